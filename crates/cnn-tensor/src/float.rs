@@ -1,0 +1,127 @@
+//! The element types the library computes in: `f32` and `f64`.
+
+use std::fmt::{Debug, Display};
+use std::iter::Sum;
+use std::ops::{AddAssign, DivAssign, MulAssign, SubAssign};
+
+use ndarray::{LinalgScalar, ScalarOperand};
+
+/// A floating-point element type: `f32` (training) or `f64` (gradient checks, parity).
+///
+/// Besides arithmetic it carries the raw GEMM entry point, so that generic
+/// kernels reach `sgemm` or `dgemm` of matrixmultiply without dispatch traits.
+pub trait Float:
+    num_traits::Float
+    + LinalgScalar
+    + ScalarOperand
+    + AddAssign
+    + SubAssign
+    + MulAssign
+    + DivAssign
+    + Sum
+    + Default
+    + Debug
+    + Display
+    + Send
+    + Sync
+    + 'static
+{
+    /// `"f32"` or `"f64"`, for messages and bench names.
+    const NAME: &'static str;
+
+    /// `v` rounded to this type.
+    fn of(v: f64) -> Self;
+
+    /// This value widened (or kept) as `f64`.
+    fn as_f64(self) -> f64;
+
+    /// `C ← α·A·B + β·C` on raw strided matrices (matrixmultiply's `sgemm`/`dgemm`).
+    ///
+    /// When `beta` is zero, `C` is written without being read (it may hold NaN).
+    ///
+    /// # Safety
+    /// Every element `a + i·rsa + j·csa` for `i < m, j < k` (likewise `b` over
+    /// `k×n`, `c` over `m×n`) must be in bounds of a live allocation, and `c`
+    /// must not alias `a` or `b`. Prefer the checked [`crate::gemm`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm_raw(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: Self,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        beta: Self,
+        c: *mut Self,
+        rsc: isize,
+        csc: isize,
+    );
+}
+
+impl Float for f32 {
+    const NAME: &'static str = "f32";
+
+    fn of(v: f64) -> Self {
+        v as f32
+    }
+
+    fn as_f64(self) -> f64 {
+        self as f64
+    }
+
+    unsafe fn gemm_raw(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: Self,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        beta: Self,
+        c: *mut Self,
+        rsc: isize,
+        csc: isize,
+    ) {
+        // SAFETY: forwarded; the caller upholds matrixmultiply's contract.
+        unsafe { matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+    }
+}
+
+impl Float for f64 {
+    const NAME: &'static str = "f64";
+
+    fn of(v: f64) -> Self {
+        v
+    }
+
+    fn as_f64(self) -> f64 {
+        self
+    }
+
+    unsafe fn gemm_raw(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: Self,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        beta: Self,
+        c: *mut Self,
+        rsc: isize,
+        csc: isize,
+    ) {
+        // SAFETY: forwarded; the caller upholds matrixmultiply's contract.
+        unsafe { matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+    }
+}

@@ -1,0 +1,66 @@
+//! The `Layer` trait every layer implements, and the train/eval `Mode`.
+
+use ndarray::ArrayD;
+
+use crate::{Float, Param, Result};
+
+/// Whether a forward pass trains (keeps what backward needs, uses batch
+/// statistics, drops out) or evaluates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Mode {
+    /// Training: caches for backward.
+    #[default]
+    Train,
+    /// Inference: caches nothing.
+    Eval,
+}
+
+/// A differentiable layer that owns its parameters (PyTorch's `nn.Module`).
+///
+/// The contract, as in llm.c: `forward` in [`Mode::Train`] keeps the few
+/// things `backward` needs; `backward` returns dL/dx and adds (`+=`) dL/dθ
+/// into each [`Param::grad`]; `backward` with nothing cached is an
+/// [`crate::Error::NoForward`], never a panic or a silent zero.
+pub trait Layer<T: Float = f32>: Send {
+    /// Output for `x`; in [`Mode::Train`] keeps what [`Layer::backward`] needs.
+    ///
+    /// # Errors
+    /// [`crate::Error::Shape`] when `x` does not fit the layer.
+    fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>>;
+
+    /// dL/dx for the last train-mode forward, given dL/dy; adds dL/dθ into the grads.
+    ///
+    /// # Errors
+    /// [`crate::Error::NoForward`] without a train-mode forward first,
+    /// [`crate::Error::Shape`] when `dy` is not the shape of that forward's output.
+    fn backward(&mut self, dy: ArrayD<T>) -> Result<ArrayD<T>>;
+
+    /// Calls `f` on every parameter and buffer under its PyTorch `state_dict`
+    /// key (`prefix` joined with the local name by a dot), in PyTorch's order.
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>));
+
+    /// Sets every gradient to zero.
+    fn zero_grad(&mut self) {
+        self.visit("", &mut |_, p| p.zero_grad());
+    }
+
+    /// Number of trainable scalars.
+    fn num_trainable(&mut self) -> usize {
+        let mut n = 0;
+        self.visit("", &mut |_, p| {
+            if p.trainable {
+                n += p.len();
+            }
+        });
+        n
+    }
+}
+
+/// Joins a key prefix and a local name as PyTorch does: `"layer1.0" + "conv1"`.
+pub fn join_key(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
