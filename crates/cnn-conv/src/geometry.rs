@@ -1,0 +1,196 @@
+//! Convolution settings and the shape arithmetic every conv kernel shares.
+
+use cnn_tensor::{Error, Result};
+
+const OP: &str = "conv2d";
+
+/// Stride, padding, dilation and groups of a 2-D convolution, per axis `[h, w]`
+/// (`F.conv2d`'s keyword arguments). Defaults: stride 1, padding 0, dilation 1, groups 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Conv2dOptions {
+    /// Step between output positions, `[h, w]`.
+    pub stride: [usize; 2],
+    /// Zeros added on each side, `[h, w]`.
+    pub padding: [usize; 2],
+    /// Spacing between kernel taps, `[h, w]`.
+    pub dilation: [usize; 2],
+    /// Channel groups: input and output channels are split into this many
+    /// independent convolutions (`groups == in_channels` is depthwise).
+    pub groups: usize,
+}
+
+impl Default for Conv2dOptions {
+    fn default() -> Self {
+        Conv2dOptions { stride: [1, 1], padding: [0, 0], dilation: [1, 1], groups: 1 }
+    }
+}
+
+impl Conv2dOptions {
+    /// The same stride on both axes.
+    pub fn with_stride(self, s: usize) -> Self {
+        Conv2dOptions { stride: [s, s], ..self }
+    }
+    /// The same padding on both axes.
+    pub fn with_padding(self, p: usize) -> Self {
+        Conv2dOptions { padding: [p, p], ..self }
+    }
+    /// The same dilation on both axes.
+    pub fn with_dilation(self, d: usize) -> Self {
+        Conv2dOptions { dilation: [d, d], ..self }
+    }
+    /// Channel groups.
+    pub fn with_groups(self, groups: usize) -> Self {
+        Conv2dOptions { groups, ..self }
+    }
+}
+
+/// Output length along one axis: `⌊(len + 2·pad − dil·(k − 1) − 1) / stride⌋ + 1`.
+/// `None` when the (dilated) kernel does not fit in the padded input.
+pub fn conv_out_len(len: usize, kernel: usize, stride: usize, pad: usize, dilation: usize) -> Option<usize> {
+    let span = dilation * (kernel - 1) + 1;
+    let padded = len + 2 * pad;
+    (padded >= span && stride > 0).then(|| (padded - span) / stride + 1)
+}
+
+/// Every size of one convolution, checked once and shared by the kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeometry {
+    /// Batch size.
+    pub n: usize,
+    /// Input channels.
+    pub c_in: usize,
+    /// Input height and width.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Output channels.
+    pub c_out: usize,
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Output height.
+    pub ho: usize,
+    /// Output width.
+    pub wo: usize,
+    /// The options the sizes came from.
+    pub opts: Conv2dOptions,
+}
+
+impl ConvGeometry {
+    /// Checks an input `[n, c_in, h, w]` against a weight `[c_out, c_in/groups, kh, kw]`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a zero stride, dilation or group count;
+    /// [`Error::Shape`] for zero sizes, channels that do not fit the groups or
+    /// the weight, and a kernel larger than the padded input.
+    pub fn new(x: &[usize], weight: &[usize], opts: &Conv2dOptions) -> Result<Self> {
+        if x.len() != 4 {
+            return Err(Error::shape(OP, format!("input must be 4-D [N, C, H, W], got {}-D {x:?}", x.len())));
+        }
+        if weight.len() != 4 {
+            return Err(Error::shape(
+                OP,
+                format!("weight must be 4-D [out, in/groups, kh, kw], got {}-D {weight:?}", weight.len()),
+            ));
+        }
+        let o = opts;
+        if o.stride.contains(&0) || o.dilation.contains(&0) || o.groups == 0 {
+            return Err(Error::config(
+                OP,
+                format!("stride {:?}, dilation {:?} and groups {} must be positive", o.stride, o.dilation, o.groups),
+            ));
+        }
+        if x.contains(&0) {
+            return Err(Error::shape(OP, format!("input {x:?} has a zero-size dimension")));
+        }
+        if weight.contains(&0) {
+            return Err(Error::shape(OP, format!("weight {weight:?} has a zero-size dimension")));
+        }
+        let (n, c_in, h, w) = (x[0], x[1], x[2], x[3]);
+        let (c_out, cg, kh, kw) = (weight[0], weight[1], weight[2], weight[3]);
+        if c_in % o.groups != 0 || c_out % o.groups != 0 {
+            return Err(Error::shape(
+                OP,
+                format!("groups={} must divide input channels {c_in} and output channels {c_out}", o.groups),
+            ));
+        }
+        if cg * o.groups != c_in {
+            return Err(Error::shape(
+                OP,
+                format!("input has {c_in} channels, weight expects {} (groups={})", cg * o.groups, o.groups),
+            ));
+        }
+        let ho = conv_out_len(h, kh, o.stride[0], o.padding[0], o.dilation[0]);
+        let wo = conv_out_len(w, kw, o.stride[1], o.padding[1], o.dilation[1]);
+        let (Some(ho), Some(wo)) = (ho, wo) else {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "kernel {kh}x{kw} (dilation {:?}) is larger than the padded input {}x{}",
+                    o.dilation,
+                    h + 2 * o.padding[0],
+                    w + 2 * o.padding[1]
+                ),
+            ));
+        };
+        Ok(ConvGeometry { n, c_in, h, w, c_out, kh, kw, ho, wo, opts: *opts })
+    }
+
+    /// Input channels per group.
+    pub fn c_in_g(&self) -> usize {
+        self.c_in / self.opts.groups
+    }
+    /// Output channels per group.
+    pub fn c_out_g(&self) -> usize {
+        self.c_out / self.opts.groups
+    }
+    /// Rows of a group's im2col matrix: `c_in/groups · kh · kw`.
+    pub fn col_rows(&self) -> usize {
+        self.c_in_g() * self.kh * self.kw
+    }
+    /// Output positions per sample: `ho · wo`.
+    pub fn out_area(&self) -> usize {
+        self.ho * self.wo
+    }
+    /// Output shape `[n, c_out, ho, wo]`.
+    pub fn out_shape(&self) -> [usize; 4] {
+        [self.n, self.c_out, self.ho, self.wo]
+    }
+    /// Forward multiply-adds times two: `2·n·c_out·ho·wo·(c_in/groups)·kh·kw`.
+    pub fn flops(&self) -> u64 {
+        2 * (self.n * self.c_out * self.out_area() * self.col_rows()) as u64
+    }
+    /// Whether im2col would only copy the input (1x1 kernel, stride 1, no padding).
+    pub fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.opts.stride == [1, 1] && self.opts.padding == [0, 0]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_len_matches_pytorch_formula() {
+        assert_eq!(conv_out_len(224, 7, 2, 3, 1), Some(112));
+        assert_eq!(conv_out_len(13, 5, 2, 2, 2), Some(5));
+        assert_eq!(conv_out_len(2, 5, 1, 1, 1), None);
+    }
+
+    #[test]
+    fn messages_name_expected_and_found() {
+        let o = Conv2dOptions::default();
+        let e = ConvGeometry::new(&[1, 3, 8, 8], &[4, 4, 3, 3], &o).unwrap_err();
+        assert_eq!(e.to_string(), "conv2d: input has 3 channels, weight expects 4 (groups=1)");
+        let e = ConvGeometry::new(&[1, 3, 8], &[4, 3, 3, 3], &o).unwrap_err();
+        assert!(e.to_string().contains("input must be 4-D"), "{e}");
+        let e = ConvGeometry::new(&[1, 4, 8, 8], &[6, 2, 3, 3], &o.with_groups(3)).unwrap_err();
+        assert!(e.to_string().contains("groups=3 must divide"), "{e}");
+        let e = ConvGeometry::new(&[1, 3, 2, 2], &[4, 3, 5, 5], &o.with_padding(1)).unwrap_err();
+        assert!(e.to_string().contains("larger than the padded input 4x4"), "{e}");
+        let e = ConvGeometry::new(&[0, 3, 8, 8], &[4, 3, 3, 3], &o).unwrap_err();
+        assert!(e.to_string().contains("zero-size"), "{e}");
+        assert!(ConvGeometry::new(&[1, 3, 8, 8], &[4, 3, 3, 3], &o.with_stride(0)).is_err());
+    }
+}

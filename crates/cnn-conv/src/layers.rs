@@ -1,0 +1,282 @@
+//! `Conv2d`, `MaxPool2d`, `AvgPool2d` and `GlobalAvgPool2d`: the kernels as [`Layer`]s.
+
+use cnn_tensor::{join_key, ArrayD, Error, Float, Layer, Mode, Param, Result};
+use ndarray::{Array4, ArrayView1, ArrayView4, Ix1, Ix4};
+use rand::Rng;
+
+use crate::{
+    avg_pool2d_backward, avg_pool2d_forward, conv2d_backward, conv2d_forward, global_avg_pool2d_backward,
+    global_avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward, Conv2dOptions, Pool2dOptions,
+};
+
+/// `x` as `[N, C, H, W]`, or an error naming `op`.
+fn to4<T: Float>(op: &'static str, x: ArrayD<T>) -> Result<Array4<T>> {
+    let shape = x.shape().to_vec();
+    x.into_dimensionality::<Ix4>()
+        .map_err(|_| Error::shape(op, format!("input must be 4-D [N, C, H, W], got {}-D {shape:?}", shape.len())))
+}
+
+fn shape4(a: &Array4<impl Sized>) -> [usize; 4] {
+    let (n, c, h, w) = a.dim();
+    [n, c, h, w]
+}
+
+/// Settings of a [`Conv2d`] layer (`nn.Conv2d`'s arguments).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dConfig {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Kernel size `[kh, kw]`.
+    pub kernel: [usize; 2],
+    /// Stride, padding, dilation, groups.
+    pub options: Conv2dOptions,
+    /// Whether there is a bias (default `true`, as PyTorch).
+    pub bias: bool,
+}
+
+impl Conv2dConfig {
+    /// `in → out` channels with a square `k×k` kernel, stride 1, no padding, a bias.
+    pub fn new(in_channels: usize, out_channels: usize, k: usize) -> Self {
+        Conv2dConfig { in_channels, out_channels, kernel: [k, k], options: Conv2dOptions::default(), bias: true }
+    }
+    /// A rectangular `kh×kw` kernel.
+    pub fn with_kernel_hw(mut self, kh: usize, kw: usize) -> Self {
+        self.kernel = [kh, kw];
+        self
+    }
+    /// The same stride on both axes.
+    pub fn with_stride(mut self, s: usize) -> Self {
+        self.options.stride = [s, s];
+        self
+    }
+    /// Stride `[h, w]`.
+    pub fn with_stride_hw(mut self, sh: usize, sw: usize) -> Self {
+        self.options.stride = [sh, sw];
+        self
+    }
+    /// The same padding on both axes.
+    pub fn with_padding(mut self, p: usize) -> Self {
+        self.options.padding = [p, p];
+        self
+    }
+    /// Padding `[h, w]`.
+    pub fn with_padding_hw(mut self, ph: usize, pw: usize) -> Self {
+        self.options.padding = [ph, pw];
+        self
+    }
+    /// The same dilation on both axes.
+    pub fn with_dilation(mut self, d: usize) -> Self {
+        self.options.dilation = [d, d];
+        self
+    }
+    /// Channel groups.
+    pub fn with_groups(mut self, groups: usize) -> Self {
+        self.options.groups = groups;
+        self
+    }
+    /// With or without a bias.
+    pub fn with_bias(mut self, bias: bool) -> Self {
+        self.bias = bias;
+        self
+    }
+    /// The weight shape `[out, in/groups, kh, kw]`.
+    pub fn weight_shape(&self) -> [usize; 4] {
+        [self.out_channels, self.in_channels / self.options.groups.max(1), self.kernel[0], self.kernel[1]]
+    }
+}
+
+/// `nn.Conv2d`: weight `[out, in/groups, kh, kw]` (key `weight`), optional bias `[out]` (key `bias`).
+#[derive(Debug, Clone)]
+pub struct Conv2d<T: Float = f32> {
+    /// The kernel, `[out, in/groups, kh, kw]`.
+    pub weight: Param<T>,
+    /// The bias, `[out]`.
+    pub bias: Option<Param<T>>,
+    /// Stride, padding, dilation, groups.
+    pub options: Conv2dOptions,
+    cache: Option<Array4<T>>,
+}
+
+impl<T: Float> Conv2d<T> {
+    /// A layer with PyTorch's default init (weight and bias from U(±1/√fan_in)).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for zero sizes, or groups that do not divide both channel counts.
+    pub fn new<R: Rng + ?Sized>(cfg: Conv2dConfig, rng: &mut R) -> Result<Self> {
+        let o = &cfg.options;
+        if cfg.in_channels == 0 || cfg.out_channels == 0 || cfg.kernel.contains(&0) {
+            return Err(Error::config("conv2d", format!("channels and kernel must be positive, got {cfg:?}")));
+        }
+        if o.groups == 0 || cfg.in_channels % o.groups != 0 || cfg.out_channels % o.groups != 0 {
+            return Err(Error::config(
+                "conv2d",
+                format!(
+                    "groups={} must divide in_channels {} and out_channels {}",
+                    o.groups, cfg.in_channels, cfg.out_channels
+                ),
+            ));
+        }
+        if o.stride.contains(&0) || o.dilation.contains(&0) {
+            return Err(Error::config("conv2d", format!("stride {:?} and dilation {:?} must be positive", o.stride, o.dilation)));
+        }
+        let shape = cfg.weight_shape();
+        let weight = cnn_init::pytorch_default_weight(&shape, rng)?;
+        let bias = if cfg.bias { Some(Param::new(cnn_init::pytorch_default_bias(&shape, rng)?)) } else { None };
+        Ok(Conv2d { weight: Param::new(weight), bias, options: cfg.options, cache: None })
+    }
+
+    /// A layer from given weights (`[out, in/groups, kh, kw]`, bias `[out]`).
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when the weight is not 4-D or the bias not `[out]`.
+    pub fn from_weights(weight: ArrayD<T>, bias: Option<ArrayD<T>>, options: Conv2dOptions) -> Result<Self> {
+        if weight.ndim() != 4 {
+            return Err(Error::shape("conv2d", format!("weight must be 4-D, got {:?}", weight.shape())));
+        }
+        if let Some(b) = &bias {
+            if b.shape() != [weight.shape()[0]] {
+                return Err(Error::shape("conv2d", format!("bias must be [{}], got {:?}", weight.shape()[0], b.shape())));
+            }
+        }
+        Ok(Conv2d { weight: Param::new(weight), bias: bias.map(Param::new), options, cache: None })
+    }
+
+    fn views(&self) -> Result<(ArrayView4<'_, T>, Option<ArrayView1<'_, T>>)> {
+        let w = self.weight.value.view().into_dimensionality::<Ix4>().map_err(|_| Error::shape("conv2d", "weight must be 4-D"))?;
+        let b = match &self.bias {
+            Some(b) => Some(b.value.view().into_dimensionality::<Ix1>().map_err(|_| Error::shape("conv2d", "bias must be 1-D"))?),
+            None => None,
+        };
+        Ok((w, b))
+    }
+}
+
+impl<T: Float> Layer<T> for Conv2d<T> {
+    fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
+        let x = to4("conv2d", x)?;
+        let (w, b) = self.views()?;
+        let y = conv2d_forward(x.view(), w, b, &self.options)?;
+        self.cache = (mode == Mode::Train).then_some(x);
+        Ok(y.into_dyn())
+    }
+
+    fn backward(&mut self, dy: ArrayD<T>) -> Result<ArrayD<T>> {
+        let x = self.cache.take().ok_or(Error::NoForward { op: "conv2d" })?;
+        let dy = to4("conv2d", dy)?;
+        let (w, _) = self.views()?;
+        let grads = conv2d_backward(x.view(), w, dy.view(), &self.options)?;
+        if self.weight.trainable {
+            self.weight.grad += &grads.dw.into_dyn();
+        }
+        if let Some(b) = self.bias.as_mut().filter(|b| b.trainable) {
+            b.grad += &grads.db.into_dyn();
+        }
+        Ok(grads.dx.into_dyn())
+    }
+
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
+        f(&join_key(prefix, "weight"), &mut self.weight);
+        if let Some(b) = self.bias.as_mut() {
+            f(&join_key(prefix, "bias"), b);
+        }
+    }
+}
+
+/// `nn.MaxPool2d`: no parameters.
+#[derive(Debug, Clone)]
+pub struct MaxPool2d {
+    /// Window, stride, padding, ceil mode.
+    pub options: Pool2dOptions,
+    cache: Option<(Array4<usize>, [usize; 4])>,
+}
+
+impl MaxPool2d {
+    /// A max pool with these options.
+    pub fn new(options: Pool2dOptions) -> Self {
+        MaxPool2d { options, cache: None }
+    }
+}
+
+impl<T: Float> Layer<T> for MaxPool2d {
+    fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
+        let x = to4("max_pool2d", x)?;
+        let out = max_pool2d_forward(x.view(), &self.options)?;
+        self.cache = (mode == Mode::Train).then(|| (out.argmax, shape4(&x)));
+        Ok(out.y.into_dyn())
+    }
+
+    fn backward(&mut self, dy: ArrayD<T>) -> Result<ArrayD<T>> {
+        let (argmax, shape) = self.cache.take().ok_or(Error::NoForward { op: "max_pool2d" })?;
+        let dy = to4("max_pool2d", dy)?;
+        if dy.shape() != argmax.shape() {
+            return Err(Error::shape("max_pool2d", format!("dy is {:?}, expected {:?}", dy.shape(), argmax.shape())));
+        }
+        Ok(max_pool2d_backward(dy.view(), argmax.view(), shape)?.into_dyn())
+    }
+
+    fn visit(&mut self, _prefix: &str, _f: &mut dyn FnMut(&str, &mut Param<T>)) {}
+}
+
+/// `nn.AvgPool2d`: no parameters.
+#[derive(Debug, Clone)]
+pub struct AvgPool2d {
+    /// Window, stride, padding, ceil mode, `count_include_pad`.
+    pub options: Pool2dOptions,
+    cache: Option<[usize; 4]>,
+}
+
+impl AvgPool2d {
+    /// An average pool with these options.
+    pub fn new(options: Pool2dOptions) -> Self {
+        AvgPool2d { options, cache: None }
+    }
+}
+
+impl<T: Float> Layer<T> for AvgPool2d {
+    fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
+        let x = to4("avg_pool2d", x)?;
+        let y = avg_pool2d_forward(x.view(), &self.options)?;
+        self.cache = (mode == Mode::Train).then(|| shape4(&x));
+        Ok(y.into_dyn())
+    }
+
+    fn backward(&mut self, dy: ArrayD<T>) -> Result<ArrayD<T>> {
+        let shape = self.cache.take().ok_or(Error::NoForward { op: "avg_pool2d" })?;
+        let dy = to4("avg_pool2d", dy)?;
+        Ok(avg_pool2d_backward(dy.view(), shape, &self.options)?.into_dyn())
+    }
+
+    fn visit(&mut self, _prefix: &str, _f: &mut dyn FnMut(&str, &mut Param<T>)) {}
+}
+
+/// `nn.AdaptiveAvgPool2d(1)`: `[N, C, H, W]` → `[N, C, 1, 1]`, no parameters.
+#[derive(Debug, Clone, Default)]
+pub struct GlobalAvgPool2d {
+    cache: Option<[usize; 4]>,
+}
+
+impl GlobalAvgPool2d {
+    /// A global average pool.
+    pub fn new() -> Self {
+        GlobalAvgPool2d::default()
+    }
+}
+
+impl<T: Float> Layer<T> for GlobalAvgPool2d {
+    fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
+        let x = to4("global_avg_pool2d", x)?;
+        let y = global_avg_pool2d_forward(x.view())?;
+        self.cache = (mode == Mode::Train).then(|| shape4(&x));
+        Ok(y.into_dyn())
+    }
+
+    fn backward(&mut self, dy: ArrayD<T>) -> Result<ArrayD<T>> {
+        let shape = self.cache.take().ok_or(Error::NoForward { op: "global_avg_pool2d" })?;
+        let dy = to4("global_avg_pool2d", dy)?;
+        Ok(global_avg_pool2d_backward(dy.view(), shape)?.into_dyn())
+    }
+
+    fn visit(&mut self, _prefix: &str, _f: &mut dyn FnMut(&str, &mut Param<T>)) {}
+}

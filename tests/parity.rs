@@ -1,0 +1,268 @@
+//! Parity with PyTorch: every `.safetensors` file in `$CNN_PARITY_DIR`
+//! (default `tests/parity`, made by PyTorch 2.15, see ../docs/parity.md) is
+//! dispatched on its metadata `op` and checked in f64 (rel 1e-9) and f32
+//! (rel 1e-4). A file whose op this test does not know fails it.
+//!
+//! The error of a tensor is `max |ours − torch| / max |torch|`: relative to
+//! the tensor's scale, so entries near zero do not blow it up.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use cnn::conv::{
+    avg_pool2d_backward, avg_pool2d_forward, conv2d_backward, conv2d_forward, global_avg_pool2d_backward,
+    global_avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward, Conv2dOptions, Pool2dOptions,
+};
+use cnn::tensor::{cross_entropy_backward, cross_entropy_forward, linear_backward, linear_forward, Float};
+use ndarray::{Array1, ArrayD, Ix1, Ix2, Ix4, IxDyn};
+use safetensors::{Dtype, SafeTensors};
+
+/// One reference case: settings and tensors (floats widened to f64, ints kept).
+struct Case {
+    name: String,
+    meta: HashMap<String, String>,
+    floats: HashMap<String, ArrayD<f64>>,
+    ints: HashMap<String, ArrayD<i64>>,
+}
+
+impl Case {
+    fn load(path: &Path) -> Result<Case, String> {
+        let bytes = std::fs::read(path).map_err(|e| format!("read: {e}"))?;
+        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| format!("header: {e}"))?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| format!("tensors: {e}"))?;
+        let (mut floats, mut ints) = (HashMap::new(), HashMap::new());
+        for (name, view) in st.tensors() {
+            let shape = IxDyn(view.shape());
+            match view.dtype() {
+                Dtype::F64 => {
+                    let v = view.data().chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect();
+                    floats.insert(name, ArrayD::from_shape_vec(shape, v).unwrap());
+                }
+                Dtype::I64 => {
+                    let v = view.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
+                    ints.insert(name, ArrayD::from_shape_vec(shape, v).unwrap());
+                }
+                other => return Err(format!("tensor {name}: dtype {other:?} not expected in parity files")),
+            }
+        }
+        let name = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+        Ok(Case { name, meta, floats, ints })
+    }
+
+    fn t<T: Float>(&self, key: &str) -> ArrayD<T> {
+        let a = self.floats.get(key).unwrap_or_else(|| panic!("{}: no tensor {key}", self.name));
+        a.mapv(T::of)
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.floats.contains_key(key)
+    }
+
+    fn json(&self, key: &str) -> Option<serde_json::Value> {
+        self.meta.get(key).map(|s| serde_json::from_str(s).unwrap_or_else(|_| serde_json::Value::String(s.clone())))
+    }
+
+    /// A `[h, w]` setting given as a JSON list or a single number.
+    fn pair(&self, key: &str, default: usize) -> [usize; 2] {
+        match self.json(key) {
+            None => [default; 2],
+            Some(serde_json::Value::Array(v)) => {
+                let n: Vec<usize> = v.iter().map(|x| x.as_u64().expect("integer") as usize).collect();
+                [n[0], n[1]]
+            }
+            Some(v) => [v.as_u64().expect("integer") as usize; 2],
+        }
+    }
+
+    fn flag(&self, key: &str, default: bool) -> bool {
+        self.json(key).map_or(default, |v| v.as_bool().unwrap_or_else(|| panic!("{key} is not a bool")))
+    }
+
+    fn number(&self, key: &str, default: f64) -> f64 {
+        self.json(key).map_or(default, |v| v.as_f64().unwrap_or_else(|| panic!("{key} is not a number")))
+    }
+}
+
+/// Collects `name: error` for every compared tensor.
+struct Compare<'a> {
+    case: &'a Case,
+    dtype: &'static str,
+    tol: f64,
+    failures: Vec<String>,
+}
+
+impl Compare<'_> {
+    fn check<T: Float>(&mut self, what: &str, ours: &ArrayD<T>, key: &str) {
+        let want = &self.case.floats[key];
+        if ours.shape() != want.shape() {
+            self.failures.push(format!("{} {}: {what} shape {:?}, torch {:?}", self.case.name, self.dtype, ours.shape(), want.shape()));
+            return;
+        }
+        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(f64::MIN_POSITIVE);
+        let err = ours.iter().zip(want).fold(0.0f64, |m, (a, b)| m.max((a.as_f64() - b).abs())) / scale;
+        if !(err <= self.tol) {
+            self.failures.push(format!("{} {}: {what} rel error {err:.3e} > {:e}", self.case.name, self.dtype, self.tol));
+        }
+    }
+}
+
+type Checker = fn(&Case, &mut Compare<'_>) -> Result<(), String>;
+
+fn checker<T: Float>(op: &str) -> Option<Checker> {
+    Some(match op {
+        "conv2d" => check_conv2d::<T>,
+        "max_pool2d" => check_max_pool2d::<T>,
+        "avg_pool2d" => check_avg_pool2d::<T>,
+        "global_avg_pool2d" => check_global_avg_pool2d::<T>,
+        "linear" => check_linear::<T>,
+        "cross_entropy" => check_cross_entropy::<T>,
+        _ => return None,
+    })
+}
+
+fn e(err: cnn::tensor::Error) -> String {
+    err.to_string()
+}
+
+fn four<T: Float>(a: ArrayD<T>) -> ndarray::Array4<T> {
+    a.into_dimensionality::<Ix4>().expect("4-D tensor")
+}
+
+fn check_conv2d<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), String> {
+    let opts = Conv2dOptions {
+        stride: c.pair("stride", 1),
+        padding: c.pair("padding", 0),
+        dilation: c.pair("dilation", 1),
+        groups: c.number("groups", 1.0) as usize,
+    };
+    let (x, w, dy) = (four(c.t::<T>("x")), four(c.t::<T>("weight")), four(c.t::<T>("dy")));
+    let bias: Option<Array1<T>> = c.flag("bias", c.has("bias")).then(|| c.t::<T>("bias").into_dimensionality::<Ix1>().unwrap());
+    let y = conv2d_forward(x.view(), w.view(), bias.as_ref().map(|b| b.view()), &opts).map_err(e)?;
+    cmp.check("y", &y.into_dyn(), "y");
+    let g = conv2d_backward(x.view(), w.view(), dy.view(), &opts).map_err(e)?;
+    cmp.check("dx", &g.dx.into_dyn(), "dx");
+    cmp.check("dweight", &g.dw.into_dyn(), "dweight");
+    if bias.is_some() {
+        cmp.check("dbias", &g.db.into_dyn(), "dbias");
+    }
+    Ok(())
+}
+
+fn pool_options(c: &Case) -> Pool2dOptions {
+    let kernel = c.pair("kernel", 1);
+    Pool2dOptions {
+        kernel,
+        stride: if c.meta.contains_key("stride") { c.pair("stride", 1) } else { kernel },
+        padding: c.pair("padding", 0),
+        ceil_mode: c.flag("ceil_mode", false),
+        count_include_pad: c.flag("count_include_pad", true),
+    }
+}
+
+fn shape4(c: &Case, key: &str) -> [usize; 4] {
+    c.floats[key].shape().try_into().expect("4-D tensor")
+}
+
+fn check_max_pool2d<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), String> {
+    let (x, dy) = (four(c.t::<T>("x")), four(c.t::<T>("dy")));
+    let out = max_pool2d_forward(x.view(), &pool_options(c)).map_err(e)?;
+    cmp.check("y", &out.y.into_dyn(), "y");
+    let dx = max_pool2d_backward(dy.view(), out.argmax.view(), shape4(c, "x")).map_err(e)?;
+    cmp.check("dx", &dx.into_dyn(), "dx");
+    Ok(())
+}
+
+fn check_avg_pool2d<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), String> {
+    let (x, dy) = (four(c.t::<T>("x")), four(c.t::<T>("dy")));
+    let opts = pool_options(c);
+    cmp.check("y", &avg_pool2d_forward(x.view(), &opts).map_err(e)?.into_dyn(), "y");
+    cmp.check("dx", &avg_pool2d_backward(dy.view(), shape4(c, "x"), &opts).map_err(e)?.into_dyn(), "dx");
+    Ok(())
+}
+
+fn check_global_avg_pool2d<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), String> {
+    let (x, dy) = (four(c.t::<T>("x")), four(c.t::<T>("dy")));
+    cmp.check("y", &global_avg_pool2d_forward(x.view()).map_err(e)?.into_dyn(), "y");
+    cmp.check("dx", &global_avg_pool2d_backward(dy.view(), shape4(c, "x")).map_err(e)?.into_dyn(), "dx");
+    Ok(())
+}
+
+fn check_linear<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), String> {
+    let two = |k: &str| c.t::<T>(k).into_dimensionality::<Ix2>().expect("2-D tensor");
+    let (x, w, dy) = (two("x"), two("weight"), two("dy"));
+    let b = c.has("bias").then(|| c.t::<T>("bias").into_dimensionality::<Ix1>().unwrap());
+    let y = linear_forward(x.view(), w.view(), b.as_ref().map(|b| b.view())).map_err(e)?;
+    cmp.check("y", &y.into_dyn(), "y");
+    let g = linear_backward(x.view(), w.view(), dy.view()).map_err(e)?;
+    cmp.check("dx", &g.dx.into_dyn(), "dx");
+    cmp.check("dweight", &g.dw.into_dyn(), "dweight");
+    if b.is_some() {
+        cmp.check("dbias", &g.db.into_dyn(), "dbias");
+    }
+    Ok(())
+}
+
+fn check_cross_entropy<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), String> {
+    if let Some(r) = c.meta.get("reduction") {
+        if r != "mean" {
+            return Err(format!("reduction {r} is not supported (mean only)"));
+        }
+    }
+    let logits = c.t::<T>("logits").into_dimensionality::<Ix2>().expect("2-D logits");
+    let targets: Vec<usize> = c.ints["target"].iter().map(|&t| t as usize).collect();
+    let ls = c.number("label_smoothing", 0.0);
+    let loss = cross_entropy_forward(logits.view(), &targets, ls).map_err(e)?;
+    cmp.check("loss", &ArrayD::from_elem(IxDyn(&[1]), loss), "loss");
+    let d = cross_entropy_backward(logits.view(), &targets, ls, T::one()).map_err(e)?;
+    cmp.check("dlogits", &d.into_dyn(), "dlogits");
+    Ok(())
+}
+
+fn parity_dir() -> PathBuf {
+    std::env::var_os("CNN_PARITY_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity"))
+}
+
+fn run<T: Float>(case: &Case, op: &str, tol: f64, failures: &mut Vec<String>) {
+    let Some(check) = checker::<T>(op) else {
+        failures.push(format!("{}: unknown op {op:?}", case.name));
+        return;
+    };
+    let mut cmp = Compare { case, dtype: T::NAME, tol, failures: Vec::new() };
+    if let Err(msg) = check(case, &mut cmp) {
+        cmp.failures.push(format!("{} {}: {msg}", case.name, T::NAME));
+    }
+    failures.extend(cmp.failures);
+}
+
+#[test]
+fn every_parity_file_matches_pytorch() {
+    let dir = parity_dir();
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|err| panic!("parity dir {}: {err}", dir.display()))
+        .map(|entry| entry.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    paths.sort();
+    assert!(!paths.is_empty(), "no .safetensors files in {}", dir.display());
+    let mut failures = Vec::new();
+    for path in &paths {
+        let case = match Case::load(path) {
+            Ok(c) => c,
+            Err(msg) => {
+                failures.push(format!("{}: {msg}", path.display()));
+                continue;
+            }
+        };
+        let Some(op) = case.meta.get("op").cloned() else {
+            failures.push(format!("{}: no `op` in the metadata", case.name));
+            continue;
+        };
+        run::<f64>(&case, &op, 1e-9, &mut failures);
+        run::<f32>(&case, &op, 1e-4, &mut failures);
+    }
+    println!("parity: {} files from {}", paths.len(), dir.display());
+    assert!(failures.is_empty(), "{} parity failures:\n{}", failures.len(), failures.join("\n"));
+}
