@@ -1,1 +1,99 @@
-fn main() {}
+//! conv2d forward and backward on the eight shapes, and the sgemm
+//! ceiling, in FLOP/s (criterion's "elem/s" counts FLOPs here).
+//!
+//! Forward FLOPs = 2·N·Cout·Ho·Wo·Cin/groups·kh·kw; backward (dx + dW) twice that.
+//! `cargo bench --bench conv`; figures and PyTorch's in docs/benchmarks.md.
+
+#![allow(missing_docs)] // criterion's macros generate undocumented functions
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use cnn::conv::{conv2d_backward, conv2d_forward, Conv2dOptions, ConvGeometry};
+use cnn::tensor::random::{normal, seeded_rng};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ndarray::{Array2, Array4, Ix2, Ix4};
+use rayon::prelude::*;
+
+/// (name, N, Cin, H=W, Cout, k, stride, pad).
+type Shape = (&'static str, usize, usize, usize, usize, usize, usize, usize);
+
+/// The shapes of the PyTorch reference script (docs/benchmarks.md).
+const SHAPES: [Shape; 8] = [
+    ("A_n32_c3_32x32_k3", 32, 3, 32, 16, 3, 1, 1),
+    ("B_n32_c16_32x32_k3", 32, 16, 32, 16, 3, 1, 1),
+    ("C_n32_c64_32x32_k3", 32, 64, 32, 64, 3, 1, 1),
+    ("D_n32_c128_16x16_k3", 32, 128, 16, 128, 3, 1, 1),
+    ("E_n32_c256_8x8_k3", 32, 256, 8, 256, 3, 1, 1),
+    ("F_n32_c64_32x32_k3s2_to128", 32, 64, 32, 128, 3, 2, 1),
+    ("G_n8_c3_224x224_k7s2", 8, 3, 224, 64, 7, 2, 3),
+    ("H_n32_c256_8x8_k1_to64", 32, 256, 8, 64, 1, 1, 0),
+];
+
+fn randn4(shape: [usize; 4], seed: u64) -> Array4<f32> {
+    normal(&shape, 0.0, 1.0, &mut seeded_rng(seed)).into_dimensionality::<Ix4>().expect("4-D")
+}
+
+fn conv(c: &mut Criterion) {
+    for (name, n, cin, hw, cout, k, s, p) in SHAPES {
+        let opts = Conv2dOptions::default().with_stride(s).with_padding(p);
+        let x = randn4([n, cin, hw, hw], 1);
+        let w = randn4([cout, cin, k, k], 2);
+        let g = ConvGeometry::new(x.shape(), w.shape(), &opts).expect("valid shape");
+        let dy = randn4(g.out_shape(), 3);
+
+        let mut fwd = c.benchmark_group("conv2d_fwd");
+        fwd.throughput(Throughput::Elements(g.flops()));
+        fwd.bench_function(BenchmarkId::from_parameter(name), |b| {
+            b.iter(|| black_box(conv2d_forward(x.view(), w.view(), None, &opts).expect("forward")))
+        });
+        fwd.finish();
+
+        let mut bwd = c.benchmark_group("conv2d_bwd");
+        bwd.throughput(Throughput::Elements(2 * g.flops()));
+        bwd.bench_function(BenchmarkId::from_parameter(name), |b| {
+            b.iter(|| {
+                black_box(conv2d_backward(x.view(), w.view(), dy.view(), &opts).expect("backward"))
+            })
+        });
+        bwd.finish();
+    }
+}
+
+/// matrixmultiply sgemm 2048², on one thread and with rows split over the rayon pool.
+fn sgemm(c: &mut Criterion) {
+    const M: usize = 2048;
+    let randn2 = |seed| {
+        normal::<f32, _>(&[M, M], 0.0, 1.0, &mut seeded_rng(seed)).into_dimensionality::<Ix2>()
+    };
+    let (a, b) = (randn2(4).expect("2-D"), randn2(5).expect("2-D"));
+    let mut out = Array2::<f32>::zeros((M, M));
+    let mut group = c.benchmark_group("sgemm");
+    group.throughput(Throughput::Elements(2 * (M * M * M) as u64));
+    group.bench_function("2048_1thread", |bch| {
+        bch.iter(|| cnn::tensor::gemm(1.0, a.view(), b.view(), 0.0, out.view_mut()).expect("gemm"))
+    });
+    let threads = rayon::current_num_threads();
+    group.bench_function(format!("2048_{threads}threads"), |bch| {
+        bch.iter(|| {
+            let rows = M / threads;
+            let out_rows = out.as_slice_mut().expect("contiguous");
+            out_rows.par_chunks_mut(rows * M).enumerate().for_each(|(i, o)| {
+                let a_part = a.slice(ndarray::s![i * rows..(i + 1) * rows, ..]);
+                let o = ndarray::ArrayViewMut2::from_shape((rows, M), o).expect("rows of out");
+                cnn::tensor::gemm(1.0, a_part, b.view(), 0.0, o).expect("gemm");
+            });
+        })
+    });
+    group.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+}
+
+criterion_group! { name = benches; config = config(); targets = sgemm, conv }
+criterion_main!(benches);

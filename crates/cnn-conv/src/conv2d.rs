@@ -13,7 +13,9 @@
 //! of threads.
 
 use cnn_tensor::{gemm, Error, Float, Result};
-use ndarray::{Array1, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut2, Axis, ShapeBuilder};
+use ndarray::{
+    Array1, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut2, Axis, ShapeBuilder,
+};
 use rayon::prelude::*;
 
 use crate::im2col::{col2im, im2col};
@@ -46,18 +48,21 @@ fn block_len(g: &ConvGeometry) -> usize {
 /// A row-major matrix view over a slice.
 fn mat<T>(data: &[T], rows: usize, cols: usize, ld: usize) -> ArrayView2<'_, T> {
     // Invariant of every caller: the slice covers `rows` rows of stride `ld`.
-    ArrayView2::from_shape((rows, cols).strides((ld, 1)), data).expect("matrix view within its buffer")
+    ArrayView2::from_shape((rows, cols).strides((ld, 1)), data)
+        .expect("matrix view within its buffer")
 }
 
 fn mat_mut<T>(data: &mut [T], rows: usize, cols: usize, ld: usize) -> ArrayViewMut2<'_, T> {
-    ArrayViewMut2::from_shape((rows, cols).strides((ld, 1)), data).expect("matrix view within its buffer")
+    ArrayViewMut2::from_shape((rows, cols).strides((ld, 1)), data)
+        .expect("matrix view within its buffer")
 }
 
 fn check_bias<T>(g: &ConvGeometry, bias: Option<&ArrayView1<'_, T>>) -> Result<()> {
     match bias {
-        Some(b) if b.len() != g.c_out => {
-            Err(Error::shape("conv2d", format!("bias has {} entries, weight has {} output channels", b.len(), g.c_out)))
-        }
+        Some(b) if b.len() != g.c_out => Err(Error::shape(
+            "conv2d",
+            format!("bias has {} entries, weight has {} output channels", b.len(), g.c_out),
+        )),
         _ => Ok(()),
     }
 }
@@ -113,7 +118,10 @@ struct Scratch<T> {
 impl<T: Float> Scratch<T> {
     fn new(g: &ConvGeometry, s_max: usize) -> Self {
         let cols = s_max * g.out_area();
-        Scratch { col: vec![T::zero(); g.col_rows() * cols], out: vec![T::zero(); g.c_out_g() * cols] }
+        Scratch {
+            col: vec![T::zero(); g.col_rows() * cols],
+            out: vec![T::zero(); g.c_out_g() * cols],
+        }
     }
 }
 
@@ -158,7 +166,9 @@ fn forward_block<T: Float>(
             for o in 0..cog {
                 let dst = &mut y_n[(grp * cog + o) * area..(grp * cog + o + 1) * area];
                 if !direct {
-                    dst.copy_from_slice(&scratch.out[o * cols + si * area..o * cols + (si + 1) * area]);
+                    dst.copy_from_slice(
+                        &scratch.out[o * cols + si * area..o * cols + (si + 1) * area],
+                    );
                 }
                 if let Some(b) = bias {
                     let bo = b[grp * cog + o];
@@ -234,7 +244,10 @@ struct BackScratch<T> {
 impl<T: Float> BackScratch<T> {
     fn new(g: &ConvGeometry, s_max: usize) -> Self {
         let cols = s_max * g.out_area();
-        BackScratch { col: vec![T::zero(); g.col_rows() * cols], dy_g: vec![T::zero(); g.c_out_g() * cols] }
+        BackScratch {
+            col: vec![T::zero(); g.col_rows() * cols],
+            dy_g: vec![T::zero(); g.c_out_g() * cols],
+        }
     }
 }
 
@@ -274,21 +287,36 @@ fn backward_block<T: Float>(
                 mat(&x_blk[grp * cg * hw..], cg, hw, hw)
             } else {
                 for si in 0..s {
-                    im2col(g, &x_blk[si * per_in..(si + 1) * per_in], grp * cg, &mut scratch.col[si * area..], cols);
+                    im2col(
+                        g,
+                        &x_blk[si * per_in..(si + 1) * per_in],
+                        grp * cg,
+                        &mut scratch.col[si * area..],
+                        cols,
+                    );
                 }
                 mat(&scratch.col, rows, cols, cols)
             };
             let dw_g = mat_mut(&mut dw[grp * cog * rows..], cog, rows, rows);
-            gemm(T::one(), dy_g, col.t(), T::one(), dw_g).expect("block shapes agree by construction");
+            gemm(T::one(), dy_g, col.t(), T::one(), dw_g)
+                .expect("block shapes agree by construction");
         }
         if pointwise_direct {
             let dx_g = mat_mut(&mut dx_blk[grp * cg * hw..], cg, hw, hw);
-            gemm(T::one(), w_g.t(), dy_g, T::zero(), dx_g).expect("block shapes agree by construction");
+            gemm(T::one(), w_g.t(), dy_g, T::zero(), dx_g)
+                .expect("block shapes agree by construction");
         } else {
             let dcol = mat_mut(&mut scratch.col, rows, cols, cols);
-            gemm(T::one(), w_g.t(), dy_g, T::zero(), dcol).expect("block shapes agree by construction");
+            gemm(T::one(), w_g.t(), dy_g, T::zero(), dcol)
+                .expect("block shapes agree by construction");
             for si in 0..s {
-                col2im(g, &scratch.col[si * area..], cols, grp * cg, &mut dx_blk[si * per_in..(si + 1) * per_in]);
+                col2im(
+                    g,
+                    &scratch.col[si * area..],
+                    cols,
+                    grp * cg,
+                    &mut dx_blk[si * per_in..(si + 1) * per_in],
+                );
             }
         }
     }

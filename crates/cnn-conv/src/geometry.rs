@@ -46,7 +46,13 @@ impl Conv2dOptions {
 
 /// Output length along one axis: `⌊(len + 2·pad − dil·(k − 1) − 1) / stride⌋ + 1`.
 /// `None` when the (dilated) kernel does not fit in the padded input.
-pub fn conv_out_len(len: usize, kernel: usize, stride: usize, pad: usize, dilation: usize) -> Option<usize> {
+pub fn conv_out_len(
+    len: usize,
+    kernel: usize,
+    stride: usize,
+    pad: usize,
+    dilation: usize,
+) -> Option<usize> {
     let span = dilation * (kernel - 1) + 1;
     let padded = len + 2 * pad;
     (padded >= span && stride > 0).then(|| (padded - span) / stride + 1)
@@ -86,19 +92,28 @@ impl ConvGeometry {
     /// the weight, and a kernel larger than the padded input.
     pub fn new(x: &[usize], weight: &[usize], opts: &Conv2dOptions) -> Result<Self> {
         if x.len() != 4 {
-            return Err(Error::shape(OP, format!("input must be 4-D [N, C, H, W], got {}-D {x:?}", x.len())));
+            return Err(Error::shape(
+                OP,
+                format!("input must be 4-D [N, C, H, W], got {}-D {x:?}", x.len()),
+            ));
         }
         if weight.len() != 4 {
             return Err(Error::shape(
                 OP,
-                format!("weight must be 4-D [out, in/groups, kh, kw], got {}-D {weight:?}", weight.len()),
+                format!(
+                    "weight must be 4-D [out, in/groups, kh, kw], got {}-D {weight:?}",
+                    weight.len()
+                ),
             ));
         }
         let o = opts;
         if o.stride.contains(&0) || o.dilation.contains(&0) || o.groups == 0 {
             return Err(Error::config(
                 OP,
-                format!("stride {:?}, dilation {:?} and groups {} must be positive", o.stride, o.dilation, o.groups),
+                format!(
+                    "stride {:?}, dilation {:?} and groups {} must be positive",
+                    o.stride, o.dilation, o.groups
+                ),
             ));
         }
         if x.contains(&0) {
@@ -112,13 +127,20 @@ impl ConvGeometry {
         if c_in % o.groups != 0 || c_out % o.groups != 0 {
             return Err(Error::shape(
                 OP,
-                format!("groups={} must divide input channels {c_in} and output channels {c_out}", o.groups),
+                format!(
+                    "groups={} must divide input channels {c_in} and output channels {c_out}",
+                    o.groups
+                ),
             ));
         }
         if cg * o.groups != c_in {
             return Err(Error::shape(
                 OP,
-                format!("input has {c_in} channels, weight expects {} (groups={})", cg * o.groups, o.groups),
+                format!(
+                    "input has {c_in} channels, weight expects {} (groups={})",
+                    cg * o.groups,
+                    o.groups
+                ),
             ));
         }
         let ho = conv_out_len(h, kh, o.stride[0], o.padding[0], o.dilation[0]);

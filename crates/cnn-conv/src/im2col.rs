@@ -116,10 +116,15 @@ mod tests {
                     for len in 1..8 {
                         let (lo, hi) = valid_range(out_len, stride, offset, len);
                         let want: Vec<usize> = (0..out_len)
-                            .filter(|&o| (0..len as isize).contains(&(o as isize * stride as isize + offset)))
+                            .filter(|&o| {
+                                (0..len as isize).contains(&(o as isize * stride as isize + offset))
+                            })
                             .collect();
                         let got: Vec<usize> = (lo..hi).collect();
-                        assert_eq!(got, want, "out_len {out_len} stride {stride} offset {offset} len {len}");
+                        assert_eq!(
+                            got, want,
+                            "out_len {out_len} stride {stride} offset {offset} len {len}"
+                        );
                     }
                 }
             }

@@ -5,15 +5,17 @@ use ndarray::{Array4, ArrayView1, ArrayView4, Ix1, Ix4};
 use rand::Rng;
 
 use crate::{
-    avg_pool2d_backward, avg_pool2d_forward, conv2d_backward, conv2d_forward, global_avg_pool2d_backward,
-    global_avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward, Conv2dOptions, Pool2dOptions,
+    avg_pool2d_backward, avg_pool2d_forward, conv2d_backward, conv2d_forward,
+    global_avg_pool2d_backward, global_avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward,
+    Conv2dOptions, Pool2dOptions,
 };
 
 /// `x` as `[N, C, H, W]`, or an error naming `op`.
 fn to4<T: Float>(op: &'static str, x: ArrayD<T>) -> Result<Array4<T>> {
     let shape = x.shape().to_vec();
-    x.into_dimensionality::<Ix4>()
-        .map_err(|_| Error::shape(op, format!("input must be 4-D [N, C, H, W], got {}-D {shape:?}", shape.len())))
+    x.into_dimensionality::<Ix4>().map_err(|_| {
+        Error::shape(op, format!("input must be 4-D [N, C, H, W], got {}-D {shape:?}", shape.len()))
+    })
 }
 
 fn shape4(a: &Array4<impl Sized>) -> [usize; 4] {
@@ -39,7 +41,13 @@ pub struct Conv2dConfig {
 impl Conv2dConfig {
     /// `in → out` channels with a square `k×k` kernel, stride 1, no padding, a bias.
     pub fn new(in_channels: usize, out_channels: usize, k: usize) -> Self {
-        Conv2dConfig { in_channels, out_channels, kernel: [k, k], options: Conv2dOptions::default(), bias: true }
+        Conv2dConfig {
+            in_channels,
+            out_channels,
+            kernel: [k, k],
+            options: Conv2dOptions::default(),
+            bias: true,
+        }
     }
     /// A rectangular `kh×kw` kernel.
     pub fn with_kernel_hw(mut self, kh: usize, kw: usize) -> Self {
@@ -83,7 +91,12 @@ impl Conv2dConfig {
     }
     /// The weight shape `[out, in/groups, kh, kw]`.
     pub fn weight_shape(&self) -> [usize; 4] {
-        [self.out_channels, self.in_channels / self.options.groups.max(1), self.kernel[0], self.kernel[1]]
+        [
+            self.out_channels,
+            self.in_channels / self.options.groups.max(1),
+            self.kernel[0],
+            self.kernel[1],
+        ]
     }
 }
 
@@ -107,7 +120,10 @@ impl<T: Float> Conv2d<T> {
     pub fn new<R: Rng + ?Sized>(cfg: Conv2dConfig, rng: &mut R) -> Result<Self> {
         let o = &cfg.options;
         if cfg.in_channels == 0 || cfg.out_channels == 0 || cfg.kernel.contains(&0) {
-            return Err(Error::config("conv2d", format!("channels and kernel must be positive, got {cfg:?}")));
+            return Err(Error::config(
+                "conv2d",
+                format!("channels and kernel must be positive, got {cfg:?}"),
+            ));
         }
         if o.groups == 0 || cfg.in_channels % o.groups != 0 || cfg.out_channels % o.groups != 0 {
             return Err(Error::config(
@@ -119,11 +135,18 @@ impl<T: Float> Conv2d<T> {
             ));
         }
         if o.stride.contains(&0) || o.dilation.contains(&0) {
-            return Err(Error::config("conv2d", format!("stride {:?} and dilation {:?} must be positive", o.stride, o.dilation)));
+            return Err(Error::config(
+                "conv2d",
+                format!("stride {:?} and dilation {:?} must be positive", o.stride, o.dilation),
+            ));
         }
         let shape = cfg.weight_shape();
         let weight = cnn_init::pytorch_default_weight(&shape, rng)?;
-        let bias = if cfg.bias { Some(Param::new(cnn_init::pytorch_default_bias(&shape, rng)?)) } else { None };
+        let bias = if cfg.bias {
+            Some(Param::new(cnn_init::pytorch_default_bias(&shape, rng)?))
+        } else {
+            None
+        };
         Ok(Conv2d { weight: Param::new(weight), bias, options: cfg.options, cache: None })
     }
 
@@ -131,22 +154,42 @@ impl<T: Float> Conv2d<T> {
     ///
     /// # Errors
     /// [`Error::Shape`] when the weight is not 4-D or the bias not `[out]`.
-    pub fn from_weights(weight: ArrayD<T>, bias: Option<ArrayD<T>>, options: Conv2dOptions) -> Result<Self> {
+    pub fn from_weights(
+        weight: ArrayD<T>,
+        bias: Option<ArrayD<T>>,
+        options: Conv2dOptions,
+    ) -> Result<Self> {
         if weight.ndim() != 4 {
-            return Err(Error::shape("conv2d", format!("weight must be 4-D, got {:?}", weight.shape())));
+            return Err(Error::shape(
+                "conv2d",
+                format!("weight must be 4-D, got {:?}", weight.shape()),
+            ));
         }
         if let Some(b) = &bias {
             if b.shape() != [weight.shape()[0]] {
-                return Err(Error::shape("conv2d", format!("bias must be [{}], got {:?}", weight.shape()[0], b.shape())));
+                return Err(Error::shape(
+                    "conv2d",
+                    format!("bias must be [{}], got {:?}", weight.shape()[0], b.shape()),
+                ));
             }
         }
         Ok(Conv2d { weight: Param::new(weight), bias: bias.map(Param::new), options, cache: None })
     }
 
     fn views(&self) -> Result<(ArrayView4<'_, T>, Option<ArrayView1<'_, T>>)> {
-        let w = self.weight.value.view().into_dimensionality::<Ix4>().map_err(|_| Error::shape("conv2d", "weight must be 4-D"))?;
+        let w = self
+            .weight
+            .value
+            .view()
+            .into_dimensionality::<Ix4>()
+            .map_err(|_| Error::shape("conv2d", "weight must be 4-D"))?;
         let b = match &self.bias {
-            Some(b) => Some(b.value.view().into_dimensionality::<Ix1>().map_err(|_| Error::shape("conv2d", "bias must be 1-D"))?),
+            Some(b) => Some(
+                b.value
+                    .view()
+                    .into_dimensionality::<Ix1>()
+                    .map_err(|_| Error::shape("conv2d", "bias must be 1-D"))?,
+            ),
             None => None,
         };
         Ok((w, b))
@@ -211,7 +254,10 @@ impl<T: Float> Layer<T> for MaxPool2d {
         let (argmax, shape) = self.cache.take().ok_or(Error::NoForward { op: "max_pool2d" })?;
         let dy = to4("max_pool2d", dy)?;
         if dy.shape() != argmax.shape() {
-            return Err(Error::shape("max_pool2d", format!("dy is {:?}, expected {:?}", dy.shape(), argmax.shape())));
+            return Err(Error::shape(
+                "max_pool2d",
+                format!("dy is {:?}, expected {:?}", dy.shape(), argmax.shape()),
+            ));
         }
         Ok(max_pool2d_backward(dy.view(), argmax.view(), shape)?.into_dyn())
     }

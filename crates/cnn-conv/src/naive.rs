@@ -17,10 +17,23 @@ fn for_each_tap(g: &ConvGeometry, mut f: impl FnMut([usize; 9])) {
                     for c in 0..cg {
                         for i in 0..g.kh {
                             for j in 0..g.kw {
-                                let ih = (p * o_.stride[0] + i * o_.dilation[0]) as isize - o_.padding[0] as isize;
-                                let iw = (q * o_.stride[1] + j * o_.dilation[1]) as isize - o_.padding[1] as isize;
-                                if ih >= 0 && iw >= 0 && (ih as usize) < g.h && (iw as usize) < g.w {
-                                    f([n, o, p, q, c, i, j, grp * cg + c, (ih as usize) * g.w + iw as usize]);
+                                let ih = (p * o_.stride[0] + i * o_.dilation[0]) as isize
+                                    - o_.padding[0] as isize;
+                                let iw = (q * o_.stride[1] + j * o_.dilation[1]) as isize
+                                    - o_.padding[1] as isize;
+                                if ih >= 0 && iw >= 0 && (ih as usize) < g.h && (iw as usize) < g.w
+                                {
+                                    f([
+                                        n,
+                                        o,
+                                        p,
+                                        q,
+                                        c,
+                                        i,
+                                        j,
+                                        grp * cg + c,
+                                        (ih as usize) * g.w + iw as usize,
+                                    ]);
                                 }
                             }
                         }
@@ -44,7 +57,10 @@ pub fn conv2d_forward_naive<T: Float>(
     let g = ConvGeometry::new(x.shape(), w.shape(), opts)?;
     if let Some(b) = &b {
         if b.len() != g.c_out {
-            return Err(Error::shape("conv2d", format!("bias has {} entries, expected {}", b.len(), g.c_out)));
+            return Err(Error::shape(
+                "conv2d",
+                format!("bias has {} entries, expected {}", b.len(), g.c_out),
+            ));
         }
     }
     let mut y = Array4::<T>::zeros(g.out_shape());
@@ -71,7 +87,10 @@ pub fn conv2d_backward_naive<T: Float>(
 ) -> Result<Conv2dGrads<T>> {
     let g = ConvGeometry::new(x.shape(), w.shape(), opts)?;
     if dy.shape() != g.out_shape() {
-        return Err(Error::shape("conv2d", format!("dy is {:?}, expected {:?}", dy.shape(), g.out_shape())));
+        return Err(Error::shape(
+            "conv2d",
+            format!("dy is {:?}, expected {:?}", dy.shape(), g.out_shape()),
+        ));
     }
     let mut dx = Array4::<T>::zeros(x.raw_dim());
     let mut dw = Array4::<T>::zeros(w.raw_dim());

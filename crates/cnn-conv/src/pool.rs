@@ -28,7 +28,13 @@ pub struct Pool2dOptions {
 impl Pool2dOptions {
     /// A square `k×k` window with stride `k`.
     pub fn new(k: usize) -> Self {
-        Pool2dOptions { kernel: [k, k], stride: [k, k], padding: [0, 0], ceil_mode: false, count_include_pad: true }
+        Pool2dOptions {
+            kernel: [k, k],
+            stride: [k, k],
+            padding: [0, 0],
+            ceil_mode: false,
+            count_include_pad: true,
+        }
     }
     /// The same stride on both axes.
     pub fn with_stride(self, s: usize) -> Self {
@@ -78,13 +84,19 @@ struct PoolGeometry {
 impl PoolGeometry {
     fn new(op: &'static str, x: &[usize], o: &Pool2dOptions) -> Result<Self> {
         if x.len() != 4 {
-            return Err(Error::shape(op, format!("input must be 4-D [N, C, H, W], got {}-D {x:?}", x.len())));
+            return Err(Error::shape(
+                op,
+                format!("input must be 4-D [N, C, H, W], got {}-D {x:?}", x.len()),
+            ));
         }
         if x.contains(&0) {
             return Err(Error::shape(op, format!("input {x:?} has a zero-size dimension")));
         }
         if o.kernel.contains(&0) || o.stride.contains(&0) {
-            return Err(Error::config(op, format!("kernel {:?} and stride {:?} must be positive", o.kernel, o.stride)));
+            return Err(Error::config(
+                op,
+                format!("kernel {:?} and stride {:?} must be positive", o.kernel, o.stride),
+            ));
         }
         if o.padding[0] > o.kernel[0] / 2 || o.padding[1] > o.kernel[1] / 2 {
             return Err(Error::config(
@@ -113,7 +125,8 @@ impl PoolGeometry {
     fn window(&self, a: usize, p: usize) -> (usize, usize, isize) {
         let len = if a == 0 { self.h } else { self.w };
         let start = (p * self.o.stride[a]) as isize - self.o.padding[a] as isize;
-        let padded_end = (start + self.o.kernel[a] as isize).min((len + self.o.padding[a]) as isize);
+        let padded_end =
+            (start + self.o.kernel[a] as isize).min((len + self.o.padding[a]) as isize);
         let end = (start + self.o.kernel[a] as isize).min(len as isize);
         (start.max(0) as usize, end.max(0) as usize, padded_end - start)
     }
@@ -121,7 +134,10 @@ impl PoolGeometry {
     fn check_dy(&self, op: &'static str, dy: &[usize]) -> Result<()> {
         let want = [self.n, self.c, self.ho, self.wo];
         if dy != want {
-            return Err(Error::shape(op, format!("dy is {dy:?}, expected the output shape {want:?}")));
+            return Err(Error::shape(
+                op,
+                format!("dy is {dy:?}, expected the output shape {want:?}"),
+            ));
         }
         Ok(())
     }
@@ -146,7 +162,10 @@ pub struct MaxPoolOutput<T> {
 /// # Errors
 /// [`Error::Shape`] for a rank other than 4, zero sizes or a kernel larger than
 /// the padded input; [`Error::Config`] for zero kernel or stride, or padding above half the kernel.
-pub fn max_pool2d_forward<T: Float>(x: ArrayView4<'_, T>, opts: &Pool2dOptions) -> Result<MaxPoolOutput<T>> {
+pub fn max_pool2d_forward<T: Float>(
+    x: ArrayView4<'_, T>,
+    opts: &Pool2dOptions,
+) -> Result<MaxPoolOutput<T>> {
     let g = PoolGeometry::new("max_pool2d", x.shape(), opts)?;
     let x = x.as_standard_layout();
     let xs = x.as_slice().expect("standard layout is contiguous");
@@ -156,34 +175,36 @@ pub fn max_pool2d_forward<T: Float>(x: ArrayView4<'_, T>, opts: &Pool2dOptions) 
     let mut argmax = Array4::<usize>::zeros((g.n, g.c, g.ho, g.wo));
     let ys = y.as_slice_mut().expect("new arrays are contiguous");
     let am = argmax.as_slice_mut().expect("new arrays are contiguous");
-    ys.par_chunks_mut(area_out).zip(am.par_chunks_mut(area_out)).enumerate().for_each(|(plane, (yp, ap))| {
-        let xp = &xs[plane * area_in..(plane + 1) * area_in];
-        for p in 0..g.ho {
-            let (h0, h1, _) = g.window(0, p);
-            for q in 0..g.wo {
-                let (w0, w1, _) = g.window(1, q);
-                let mut best = T::neg_infinity();
-                let mut best_at = h0 * g.w + w0;
-                for ih in h0..h1 {
-                    for iw in w0..w1 {
-                        let v = xp[ih * g.w + iw];
-                        if v > best || v.is_nan() {
-                            best = v;
-                            best_at = ih * g.w + iw;
-                            if v.is_nan() {
-                                break;
+    ys.par_chunks_mut(area_out).zip(am.par_chunks_mut(area_out)).enumerate().for_each(
+        |(plane, (yp, ap))| {
+            let xp = &xs[plane * area_in..(plane + 1) * area_in];
+            for p in 0..g.ho {
+                let (h0, h1, _) = g.window(0, p);
+                for q in 0..g.wo {
+                    let (w0, w1, _) = g.window(1, q);
+                    let mut best = T::neg_infinity();
+                    let mut best_at = h0 * g.w + w0;
+                    for ih in h0..h1 {
+                        for iw in w0..w1 {
+                            let v = xp[ih * g.w + iw];
+                            if v > best || v.is_nan() {
+                                best = v;
+                                best_at = ih * g.w + iw;
+                                if v.is_nan() {
+                                    break;
+                                }
                             }
                         }
+                        if best.is_nan() {
+                            break;
+                        }
                     }
-                    if best.is_nan() {
-                        break;
-                    }
+                    yp[p * g.wo + q] = best;
+                    ap[p * g.wo + q] = best_at;
                 }
-                yp[p * g.wo + q] = best;
-                ap[p * g.wo + q] = best_at;
             }
-        }
-    });
+        },
+    );
     Ok(MaxPoolOutput { y, argmax })
 }
 
@@ -204,12 +225,19 @@ pub fn max_pool2d_backward<T: Float>(
     if dy.shape() != argmax.shape() || dy.shape()[..2] != input_shape[..2] {
         return Err(Error::shape(
             OP,
-            format!("dy {:?} and argmax {:?} must match the input {input_shape:?} in N and C", dy.shape(), argmax.shape()),
+            format!(
+                "dy {:?} and argmax {:?} must match the input {input_shape:?} in N and C",
+                dy.shape(),
+                argmax.shape()
+            ),
         ));
     }
     let area = input_shape[2] * input_shape[3];
     if argmax.iter().any(|&i| i >= area) {
-        return Err(Error::shape(OP, format!("an argmax index is outside the {area}-element plane")));
+        return Err(Error::shape(
+            OP,
+            format!("an argmax index is outside the {area}-element plane"),
+        ));
     }
     let mut dx = Array4::<T>::zeros(input_shape);
     let area_out = dy.shape()[2] * dy.shape()[3];
@@ -234,7 +262,10 @@ pub fn max_pool2d_backward<T: Float>(
 ///
 /// # Errors
 /// As [`max_pool2d_forward`].
-pub fn avg_pool2d_forward<T: Float>(x: ArrayView4<'_, T>, opts: &Pool2dOptions) -> Result<Array4<T>> {
+pub fn avg_pool2d_forward<T: Float>(
+    x: ArrayView4<'_, T>,
+    opts: &Pool2dOptions,
+) -> Result<Array4<T>> {
     let g = PoolGeometry::new("avg_pool2d", x.shape(), opts)?;
     let x = x.as_standard_layout();
     let xs = x.as_slice().expect("standard layout is contiguous");
@@ -258,7 +289,13 @@ pub fn avg_pool2d_forward<T: Float>(x: ArrayView4<'_, T>, opts: &Pool2dOptions) 
     Ok(y)
 }
 
-fn avg_divisor<T: Float>(g: &PoolGeometry, rows: usize, cols: usize, padded_rows: isize, padded_cols: isize) -> T {
+fn avg_divisor<T: Float>(
+    g: &PoolGeometry,
+    rows: usize,
+    cols: usize,
+    padded_rows: isize,
+    padded_cols: isize,
+) -> T {
     if g.o.count_include_pad {
         T::of((padded_rows * padded_cols) as f64)
     } else {
@@ -325,7 +362,8 @@ pub fn global_avg_pool2d_forward<T: Float>(x: ArrayView4<'_, T>) -> Result<Array
     let inv = T::one() / T::of((h * w) as f64);
     let x = x.as_standard_layout();
     let xs = x.as_slice().expect("standard layout is contiguous");
-    let means: Vec<T> = xs.par_chunks(h * w).map(|plane| plane.iter().copied().sum::<T>() * inv).collect();
+    let means: Vec<T> =
+        xs.par_chunks(h * w).map(|plane| plane.iter().copied().sum::<T>() * inv).collect();
     Ok(Array4::from_shape_vec((n, c, 1, 1), means).expect("one mean per plane"))
 }
 
@@ -336,7 +374,10 @@ pub fn global_avg_pool2d_forward<T: Float>(x: ArrayView4<'_, T>) -> Result<Array
 ///
 /// # Errors
 /// [`Error::Shape`] when `dy` is not `[N, C, 1, 1]` of the input.
-pub fn global_avg_pool2d_backward<T: Float>(dy: ArrayView4<'_, T>, input_shape: [usize; 4]) -> Result<Array4<T>> {
+pub fn global_avg_pool2d_backward<T: Float>(
+    dy: ArrayView4<'_, T>,
+    input_shape: [usize; 4],
+) -> Result<Array4<T>> {
     check_global(&input_shape)?;
     let [n, c, h, w] = input_shape;
     if dy.shape() != [n, c, 1, 1] {
@@ -363,7 +404,10 @@ pub mod naive {
     ///
     /// # Errors
     /// As [`max_pool2d_forward`].
-    pub fn max_pool2d_forward_naive<T: Float>(x: ArrayView4<'_, T>, opts: &Pool2dOptions) -> Result<Array4<T>> {
+    pub fn max_pool2d_forward_naive<T: Float>(
+        x: ArrayView4<'_, T>,
+        opts: &Pool2dOptions,
+    ) -> Result<Array4<T>> {
         let g = PoolGeometry::new("max_pool2d", x.shape(), opts)?;
         Ok(Array4::from_shape_fn((g.n, g.c, g.ho, g.wo), |(n, c, p, q)| {
             let mut best = T::neg_infinity();
@@ -381,7 +425,10 @@ pub mod naive {
     ///
     /// # Errors
     /// As [`avg_pool2d_forward`].
-    pub fn avg_pool2d_forward_naive<T: Float>(x: ArrayView4<'_, T>, opts: &Pool2dOptions) -> Result<Array4<T>> {
+    pub fn avg_pool2d_forward_naive<T: Float>(
+        x: ArrayView4<'_, T>,
+        opts: &Pool2dOptions,
+    ) -> Result<Array4<T>> {
         let g = PoolGeometry::new("avg_pool2d", x.shape(), opts)?;
         Ok(Array4::from_shape_fn((g.n, g.c, g.ho, g.wo), |(n, c, p, q)| {
             let (mut sum, mut inside, mut counted) = (T::zero(), 0usize, 0usize);
@@ -390,7 +437,9 @@ pub mod naive {
                     let ih = (p * opts.stride[0] + i) as isize - opts.padding[0] as isize;
                     let iw = (q * opts.stride[1] + j) as isize - opts.padding[1] as isize;
                     // Taps past the right/bottom padding (ceil mode) are not counted at all.
-                    if ih < (g.h + opts.padding[0]) as isize && iw < (g.w + opts.padding[1]) as isize {
+                    if ih < (g.h + opts.padding[0]) as isize
+                        && iw < (g.w + opts.padding[1]) as isize
+                    {
                         counted += 1;
                     }
                     if ih >= 0 && iw >= 0 && (ih as usize) < g.h && (iw as usize) < g.w {

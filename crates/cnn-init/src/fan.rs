@@ -74,7 +74,10 @@ mod tests {
     fn gains_follow_pytorch() {
         assert_eq!(calculate_gain(Nonlinearity::Relu), 2f64.sqrt());
         // kaiming_uniform_(a=√5), PyTorch's default for Linear and Conv: gain √(1/3).
-        approx::assert_relative_eq!(calculate_gain(Nonlinearity::LeakyRelu(5f64.sqrt())), (1.0f64 / 3.0).sqrt());
+        approx::assert_relative_eq!(
+            calculate_gain(Nonlinearity::LeakyRelu(5f64.sqrt())),
+            (1.0f64 / 3.0).sqrt()
+        );
         assert_eq!(calculate_gain(Nonlinearity::Tanh), 5.0 / 3.0);
     }
 }

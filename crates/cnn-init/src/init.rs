@@ -50,7 +50,11 @@ pub fn kaiming_uniform<T: Float, R: Rng + ?Sized>(
 ///
 /// # Errors
 /// [`Error::Shape`] for fewer than 2 dimensions or zero fans.
-pub fn xavier_normal<T: Float, R: Rng + ?Sized>(shape: &[usize], gain: f64, rng: &mut R) -> Result<ArrayD<T>> {
+pub fn xavier_normal<T: Float, R: Rng + ?Sized>(
+    shape: &[usize],
+    gain: f64,
+    rng: &mut R,
+) -> Result<ArrayD<T>> {
     let (fan_in, fan_out) = fans(shape)?;
     if fan_in + fan_out == 0 {
         return Err(Error::shape("init", format!("weight {shape:?} has zero fans")));
@@ -62,7 +66,11 @@ pub fn xavier_normal<T: Float, R: Rng + ?Sized>(shape: &[usize], gain: f64, rng:
 ///
 /// # Errors
 /// [`Error::Shape`] for fewer than 2 dimensions or zero fans.
-pub fn xavier_uniform<T: Float, R: Rng + ?Sized>(shape: &[usize], gain: f64, rng: &mut R) -> Result<ArrayD<T>> {
+pub fn xavier_uniform<T: Float, R: Rng + ?Sized>(
+    shape: &[usize],
+    gain: f64,
+    rng: &mut R,
+) -> Result<ArrayD<T>> {
     let (fan_in, fan_out) = fans(shape)?;
     if fan_in + fan_out == 0 {
         return Err(Error::shape("init", format!("weight {shape:?} has zero fans")));
@@ -75,9 +83,17 @@ pub fn xavier_uniform<T: Float, R: Rng + ?Sized>(shape: &[usize], gain: f64, rng
 ///
 /// # Errors
 /// [`Error::Config`] for a negative or non-finite `std`.
-pub fn normal<T: Float, R: Rng + ?Sized>(shape: &[usize], mean: f64, std: f64, rng: &mut R) -> Result<ArrayD<T>> {
+pub fn normal<T: Float, R: Rng + ?Sized>(
+    shape: &[usize],
+    mean: f64,
+    std: f64,
+    rng: &mut R,
+) -> Result<ArrayD<T>> {
     if !(std >= 0.0 && std.is_finite() && mean.is_finite()) {
-        return Err(Error::config("init", format!("normal needs a finite mean and std >= 0, got {mean}, {std}")));
+        return Err(Error::config(
+            "init",
+            format!("normal needs a finite mean and std >= 0, got {mean}, {std}"),
+        ));
     }
     Ok(random::normal(shape, mean, std, rng))
 }
@@ -86,9 +102,17 @@ pub fn normal<T: Float, R: Rng + ?Sized>(shape: &[usize], mean: f64, std: f64, r
 ///
 /// # Errors
 /// [`Error::Config`] when `low > high` or a bound is not finite.
-pub fn uniform<T: Float, R: Rng + ?Sized>(shape: &[usize], low: f64, high: f64, rng: &mut R) -> Result<ArrayD<T>> {
+pub fn uniform<T: Float, R: Rng + ?Sized>(
+    shape: &[usize],
+    low: f64,
+    high: f64,
+    rng: &mut R,
+) -> Result<ArrayD<T>> {
     if !(low <= high && low.is_finite() && high.is_finite()) {
-        return Err(Error::config("init", format!("uniform needs finite low <= high, got [{low}, {high})")));
+        return Err(Error::config(
+            "init",
+            format!("uniform needs finite low <= high, got [{low}, {high})"),
+        ));
     }
     Ok(random::uniform(shape, low, high, rng))
 }
@@ -113,7 +137,10 @@ pub fn constant<T: Float>(shape: &[usize], value: f64) -> ArrayD<T> {
 ///
 /// # Errors
 /// [`Error::Shape`] for fewer than 2 dimensions or a zero fan.
-pub fn pytorch_default_weight<T: Float, R: Rng + ?Sized>(shape: &[usize], rng: &mut R) -> Result<ArrayD<T>> {
+pub fn pytorch_default_weight<T: Float, R: Rng + ?Sized>(
+    shape: &[usize],
+    rng: &mut R,
+) -> Result<ArrayD<T>> {
     kaiming_uniform(shape, FanMode::FanIn, Nonlinearity::LeakyRelu(5f64.sqrt()), rng)
 }
 
@@ -122,7 +149,10 @@ pub fn pytorch_default_weight<T: Float, R: Rng + ?Sized>(shape: &[usize], rng: &
 ///
 /// # Errors
 /// [`Error::Shape`] for a weight of fewer than 2 dimensions or a zero fan.
-pub fn pytorch_default_bias<T: Float, R: Rng + ?Sized>(weight_shape: &[usize], rng: &mut R) -> Result<ArrayD<T>> {
+pub fn pytorch_default_bias<T: Float, R: Rng + ?Sized>(
+    weight_shape: &[usize],
+    rng: &mut R,
+) -> Result<ArrayD<T>> {
     let bound = 1.0 / (fan(weight_shape, FanMode::FanIn)? as f64).sqrt();
     Ok(random::uniform(&[weight_shape[0]], -bound, bound, rng))
 }
@@ -143,8 +173,14 @@ mod tests {
         let mut rng = seeded_rng(0);
         let shape = [256, 128, 3, 3]; // fan_in 1152, fan_out 2304
         let cases: Vec<(ArrayD<f64>, f64)> = vec![
-            (kaiming_normal(&shape, FanMode::FanIn, Nonlinearity::Relu, &mut rng).unwrap(), (2.0 / 1152.0f64).sqrt()),
-            (kaiming_uniform(&shape, FanMode::FanOut, Nonlinearity::Relu, &mut rng).unwrap(), (2.0 / 2304.0f64).sqrt()),
+            (
+                kaiming_normal(&shape, FanMode::FanIn, Nonlinearity::Relu, &mut rng).unwrap(),
+                (2.0 / 1152.0f64).sqrt(),
+            ),
+            (
+                kaiming_uniform(&shape, FanMode::FanOut, Nonlinearity::Relu, &mut rng).unwrap(),
+                (2.0 / 2304.0f64).sqrt(),
+            ),
             (xavier_normal(&shape, 1.0, &mut rng).unwrap(), (2.0 / 3456.0f64).sqrt()),
             (xavier_uniform(&shape, 1.0, &mut rng).unwrap(), (2.0 / 3456.0f64).sqrt()),
             (pytorch_default_weight(&shape, &mut rng).unwrap(), 1.0 / (3.0 * 1152.0f64).sqrt()),
@@ -159,16 +195,23 @@ mod tests {
 
     #[test]
     fn same_seed_same_weights() {
-        let a: ArrayD<f32> = kaiming_normal(&[8, 4, 3, 3], FanMode::FanIn, Nonlinearity::Relu, &mut seeded_rng(5)).unwrap();
-        let b: ArrayD<f32> = kaiming_normal(&[8, 4, 3, 3], FanMode::FanIn, Nonlinearity::Relu, &mut seeded_rng(5)).unwrap();
+        let a: ArrayD<f32> =
+            kaiming_normal(&[8, 4, 3, 3], FanMode::FanIn, Nonlinearity::Relu, &mut seeded_rng(5))
+                .unwrap();
+        let b: ArrayD<f32> =
+            kaiming_normal(&[8, 4, 3, 3], FanMode::FanIn, Nonlinearity::Relu, &mut seeded_rng(5))
+                .unwrap();
         assert_eq!(a, b);
     }
 
     #[test]
     fn bad_settings_are_errors() {
         let mut rng = seeded_rng(0);
-        assert!(kaiming_normal::<f32, _>(&[4], FanMode::FanIn, Nonlinearity::Relu, &mut rng).is_err());
-        assert!(kaiming_normal::<f32, _>(&[4, 0], FanMode::FanIn, Nonlinearity::Relu, &mut rng).is_err());
+        assert!(
+            kaiming_normal::<f32, _>(&[4], FanMode::FanIn, Nonlinearity::Relu, &mut rng).is_err()
+        );
+        assert!(kaiming_normal::<f32, _>(&[4, 0], FanMode::FanIn, Nonlinearity::Relu, &mut rng)
+            .is_err());
         assert!(uniform::<f32, _>(&[4], 1.0, 0.0, &mut rng).is_err());
         assert!(normal::<f32, _>(&[4], 0.0, -1.0, &mut rng).is_err());
         assert_eq!(constant::<f32>(&[2], 0.5).as_slice().unwrap(), &[0.5, 0.5]);

@@ -18,6 +18,6 @@ mod init;
 
 pub use fan::{calculate_gain, fans, FanMode, Nonlinearity};
 pub use init::{
-    constant, kaiming_normal, kaiming_uniform, normal, ones, pytorch_default_bias, pytorch_default_weight, uniform,
-    xavier_normal, xavier_uniform, zeros,
+    constant, kaiming_normal, kaiming_uniform, normal, ones, pytorch_default_bias,
+    pytorch_default_weight, uniform, xavier_normal, xavier_uniform, zeros,
 };

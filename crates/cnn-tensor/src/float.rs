@@ -90,7 +90,9 @@ impl Float for f32 {
         csc: isize,
     ) {
         // SAFETY: forwarded; the caller upholds matrixmultiply's contract.
-        unsafe { matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+        unsafe {
+            matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+        }
     }
 }
 
@@ -122,6 +124,8 @@ impl Float for f64 {
         csc: isize,
     ) {
         // SAFETY: forwarded; the caller upholds matrixmultiply's contract.
-        unsafe { matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+        unsafe {
+            matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+        }
     }
 }

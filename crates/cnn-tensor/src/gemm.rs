@@ -24,7 +24,10 @@ pub fn gemm<T: Float>(
     if k != k2 || c.dim() != (m, n) {
         return Err(Error::shape(
             "gemm",
-            format!("A is {m}x{k}, B is {k2}x{n}, C is {:?}: expected B {k}xN and C {m}xN", c.dim()),
+            format!(
+                "A is {m}x{k}, B is {k2}x{n}, C is {:?}: expected B {k}xN and C {m}xN",
+                c.dim()
+            ),
         ));
     }
     let (sa, sb, sc) = (a.strides().to_vec(), b.strides().to_vec(), c.strides().to_vec());

@@ -27,7 +27,12 @@ pub struct GradCheckConfig {
 
 impl Default for GradCheckConfig {
     fn default() -> Self {
-        GradCheckConfig { step: 1e-6, tolerance: 1e-6, floor: 1.0, max_entries_per_tensor: usize::MAX }
+        GradCheckConfig {
+            step: 1e-6,
+            tolerance: 1e-6,
+            floor: 1.0,
+            max_entries_per_tensor: usize::MAX,
+        }
     }
 }
 
@@ -70,7 +75,15 @@ impl GradCheckReport {
         self.worst_error() <= self.tolerance
     }
 
-    fn record(&mut self, tensor: &str, shape: &[usize], flat: usize, analytic: f64, numeric: f64, floor: f64) {
+    fn record(
+        &mut self,
+        tensor: &str,
+        shape: &[usize],
+        flat: usize,
+        analytic: f64,
+        numeric: f64,
+        floor: f64,
+    ) {
         self.checked += 1;
         let scale = analytic.abs().max(numeric.abs()).max(floor);
         let mut error = (analytic - numeric).abs() / scale;
@@ -78,8 +91,13 @@ impl GradCheckReport {
             error = f64::INFINITY;
         }
         if self.worst.as_ref().is_none_or(|w| error > w.error) {
-            self.worst =
-                Some(GradMismatch { tensor: tensor.to_string(), index: unravel(flat, shape), analytic, numeric, error });
+            self.worst = Some(GradMismatch {
+                tensor: tensor.to_string(),
+                index: unravel(flat, shape),
+                analytic,
+                numeric,
+                error,
+            });
         }
     }
 }
@@ -87,7 +105,11 @@ impl GradCheckReport {
 impl fmt::Display for GradCheckReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let verdict = if self.passed() { "PASS" } else { "FAIL" };
-        writeln!(f, "gradient check: {verdict} ({} entries, tolerance {:e})", self.checked, self.tolerance)?;
+        writeln!(
+            f,
+            "gradient check: {verdict} ({} entries, tolerance {:e})",
+            self.checked, self.tolerance
+        )?;
         for (name, shape) in &self.tensors {
             writeln!(f, "  checked {name} {shape:?}")?;
         }
@@ -125,7 +147,10 @@ fn entries_to_check(len: usize, cfg: &GradCheckConfig, rng: &mut random::SeededR
 
 fn dot(y: &ArrayD<f64>, r: &ArrayD<f64>) -> Result<f64> {
     if y.shape() != r.shape() {
-        return Err(Error::shape("gradcheck", format!("output shape changed from {:?} to {:?}", r.shape(), y.shape())));
+        return Err(Error::shape(
+            "gradcheck",
+            format!("output shape changed from {:?} to {:?}", r.shape(), y.shape()),
+        ));
     }
     Ok(y.iter().zip(r.iter()).map(|(a, b)| a * b).sum())
 }
@@ -187,10 +212,14 @@ pub fn check_layer(
     let r: ArrayD<f64> = random::normal(y.shape(), 0.0, 1.0, &mut rng);
     let dx = layer.backward(r.clone())?;
     if dx.shape() != x.shape() {
-        return Err(Error::shape("gradcheck", format!("backward gave dx {:?} for x {:?}", dx.shape(), x.shape())));
+        return Err(Error::shape(
+            "gradcheck",
+            format!("backward gave dx {:?} for x {:?}", dx.shape(), x.shape()),
+        ));
     }
 
-    let mut report = GradCheckReport { checked: 0, tensors: Vec::new(), worst: None, tolerance: cfg.tolerance };
+    let mut report =
+        GradCheckReport { checked: 0, tensors: Vec::new(), worst: None, tolerance: cfg.tolerance };
     let loss_at = |layer: &mut dyn Layer<f64>, input: ArrayD<f64>| -> Result<f64> {
         let y = layer.forward(input, Mode::Train)?;
         dot(&y, &r)
@@ -200,15 +229,24 @@ pub fn check_layer(
     let dx = standard(&dx);
     for i in entries_to_check(x.len(), cfg, &mut rng) {
         let mut xp = x.clone();
-        let xs = xp.as_slice_mut().ok_or_else(|| Error::shape("gradcheck", "input not contiguous"))?;
+        let xs =
+            xp.as_slice_mut().ok_or_else(|| Error::shape("gradcheck", "input not contiguous"))?;
         let orig = xs[i];
         xs[i] = orig + cfg.step;
         let lp = loss_at(layer, xp.clone())?;
-        let xs = xp.as_slice_mut().ok_or_else(|| Error::shape("gradcheck", "input not contiguous"))?;
+        let xs =
+            xp.as_slice_mut().ok_or_else(|| Error::shape("gradcheck", "input not contiguous"))?;
         xs[i] = orig - cfg.step;
         let lm = loss_at(layer, xp)?;
         let numeric = (lp - lm) / (2.0 * cfg.step);
-        report.record("input", x.shape(), i, dx.as_slice().map_or(f64::NAN, |d| d[i]), numeric, cfg.floor);
+        report.record(
+            "input",
+            x.shape(),
+            i,
+            dx.as_slice().map_or(f64::NAN, |d| d[i]),
+            numeric,
+            cfg.floor,
+        );
     }
 
     // Snapshot analytic grads of trainable params; make values contiguous to index them.
@@ -276,10 +314,15 @@ where
     let y = forward(&inputs)?;
     let r: ArrayD<f64> = random::normal(y.shape(), 0.0, 1.0, &mut rng);
     let grads = backward(&inputs, &r)?;
-    if grads.len() != inputs.len() || grads.iter().zip(&inputs).any(|(g, x)| g.shape() != x.shape()) {
-        return Err(Error::shape("gradcheck", "backward must give one gradient per input, each of its input's shape"));
+    if grads.len() != inputs.len() || grads.iter().zip(&inputs).any(|(g, x)| g.shape() != x.shape())
+    {
+        return Err(Error::shape(
+            "gradcheck",
+            "backward must give one gradient per input, each of its input's shape",
+        ));
     }
-    let mut report = GradCheckReport { checked: 0, tensors: Vec::new(), worst: None, tolerance: cfg.tolerance };
+    let mut report =
+        GradCheckReport { checked: 0, tensors: Vec::new(), worst: None, tolerance: cfg.tolerance };
     for (t, grad) in grads.iter().enumerate() {
         let name = format!("input{t}");
         let grad = standard(grad);
@@ -294,7 +337,14 @@ where
                 l[slot] = dot(&y?, &r)?;
             }
             let numeric = (l[0] - l[1]) / (2.0 * cfg.step);
-            report.record(&name, &shape, i, grad.as_slice().map_or(f64::NAN, |g| g[i]), numeric, cfg.floor);
+            report.record(
+                &name,
+                &shape,
+                i,
+                grad.as_slice().map_or(f64::NAN, |g| g[i]),
+                numeric,
+                cfg.floor,
+            );
         }
     }
     Ok(report)

@@ -20,7 +20,12 @@ fn check_linear<T: Float>(x: &ArrayView2<'_, T>, w: &ArrayView2<'_, T>) -> Resul
     if x.ncols() != w.ncols() {
         return Err(Error::shape(
             "linear",
-            format!("input has {} features, weight [out, in] = {:?} expects {}", x.ncols(), w.dim(), w.ncols()),
+            format!(
+                "input has {} features, weight [out, in] = {:?} expects {}",
+                x.ncols(),
+                w.dim(),
+                w.ncols()
+            ),
         ));
     }
     Ok(())
@@ -42,7 +47,10 @@ pub fn linear_forward<T: Float>(
     let mut y = Array2::zeros((x.nrows(), w.nrows()));
     if let Some(b) = &b {
         if b.len() != w.nrows() {
-            return Err(Error::shape("linear", format!("bias has {} entries, weight has {} outputs", b.len(), w.nrows())));
+            return Err(Error::shape(
+                "linear",
+                format!("bias has {} entries, weight has {} outputs", b.len(), w.nrows()),
+            ));
         }
         y += b;
     }
@@ -68,7 +76,12 @@ pub fn linear_backward<T: Float>(
     if dy.dim() != (x.nrows(), w.nrows()) {
         return Err(Error::shape(
             "linear",
-            format!("dy is {:?}, expected [{}, {}] like the output", dy.dim(), x.nrows(), w.nrows()),
+            format!(
+                "dy is {:?}, expected [{}, {}] like the output",
+                dy.dim(),
+                x.nrows(),
+                w.nrows()
+            ),
         ));
     }
     let mut dx = Array2::zeros(x.raw_dim());
@@ -125,7 +138,8 @@ impl<T: Float> Linear<T> {
         }
         let bound = 1.0 / (cfg.in_features as f64).sqrt();
         let weight = random::uniform(&[cfg.out_features, cfg.in_features], -bound, bound, rng);
-        let bias = cfg.bias.then(|| Param::new(random::uniform(&[cfg.out_features], -bound, bound, rng)));
+        let bias =
+            cfg.bias.then(|| Param::new(random::uniform(&[cfg.out_features], -bound, bound, rng)));
         Ok(Linear { weight: Param::new(weight), bias, cache: None })
     }
 
@@ -135,7 +149,10 @@ impl<T: Float> Linear<T> {
     /// [`Error::Shape`] when the shapes are not those.
     pub fn from_weights(weight: ArrayD<T>, bias: Option<ArrayD<T>>) -> Result<Self> {
         if weight.ndim() != 2 {
-            return Err(Error::shape("linear", format!("weight must be [out, in], got {:?}", weight.shape())));
+            return Err(Error::shape(
+                "linear",
+                format!("weight must be [out, in], got {:?}", weight.shape()),
+            ));
         }
         if let Some(b) = &bias {
             if b.shape() != [weight.shape()[0]] {
@@ -163,7 +180,10 @@ impl<T: Float> Layer<T> for Linear<T> {
         let (out_f, in_f) = w.dim();
         let shape = x.shape().to_vec();
         if shape.last() != Some(&in_f) {
-            return Err(Error::shape("linear", format!("input {shape:?} must end in {in_f} features")));
+            return Err(Error::shape(
+                "linear",
+                format!("input {shape:?} must end in {in_f} features"),
+            ));
         }
         let rows = shape[..shape.len() - 1].iter().product();
         let x2 = x
@@ -184,7 +204,8 @@ impl<T: Float> Layer<T> for Linear<T> {
         let mut out_shape = shape.clone();
         out_shape[shape.len() - 1] = out_f;
         self.cache = (mode == Mode::Train).then_some((x2, shape));
-        y.into_shape_with_order(IxDyn(&out_shape)).map_err(|e| Error::shape("linear", e.to_string()))
+        y.into_shape_with_order(IxDyn(&out_shape))
+            .map_err(|e| Error::shape("linear", e.to_string()))
     }
 
     fn backward(&mut self, dy: ArrayD<T>) -> Result<ArrayD<T>> {
@@ -195,7 +216,12 @@ impl<T: Float> Layer<T> for Linear<T> {
             .as_standard_layout()
             .into_owned()
             .into_shape_with_order((x2.nrows(), out_f))
-            .map_err(|_| Error::shape("linear", format!("dy is {:?}, expected [{}, {out_f}]", dy.shape(), x2.nrows())))?;
+            .map_err(|_| {
+            Error::shape(
+                "linear",
+                format!("dy is {:?}, expected [{}, {out_f}]", dy.shape(), x2.nrows()),
+            )
+        })?;
         let grads = linear_backward(x2.view(), w, dy2.view())?;
         if self.weight.trainable {
             self.weight.grad += &grads.dw;
@@ -203,7 +229,10 @@ impl<T: Float> Layer<T> for Linear<T> {
         if let Some(b) = self.bias.as_mut().filter(|b| b.trainable) {
             b.grad += &grads.db;
         }
-        grads.dx.into_shape_with_order(IxDyn(&in_shape)).map_err(|e| Error::shape("linear", e.to_string()))
+        grads
+            .dx
+            .into_shape_with_order(IxDyn(&in_shape))
+            .map_err(|e| Error::shape("linear", e.to_string()))
     }
 
     fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
@@ -222,11 +251,16 @@ mod tests {
     #[test]
     fn forward_matches_naive_loops() {
         let mut rng = random::seeded_rng(1);
-        let x: Array2<f64> = random::normal(&[4, 6], 0.0, 1.0, &mut rng).into_dimensionality().unwrap();
-        let w: Array2<f64> = random::normal(&[3, 6], 0.0, 1.0, &mut rng).into_dimensionality().unwrap();
-        let b: Array1<f64> = random::normal(&[3], 0.0, 1.0, &mut rng).into_dimensionality().unwrap();
+        let x: Array2<f64> =
+            random::normal(&[4, 6], 0.0, 1.0, &mut rng).into_dimensionality().unwrap();
+        let w: Array2<f64> =
+            random::normal(&[3, 6], 0.0, 1.0, &mut rng).into_dimensionality().unwrap();
+        let b: Array1<f64> =
+            random::normal(&[3], 0.0, 1.0, &mut rng).into_dimensionality().unwrap();
         let y = linear_forward(x.view(), w.view(), Some(b.view())).unwrap();
-        let naive = Array2::from_shape_fn((4, 3), |(n, o)| b[o] + (0..6).map(|i| x[[n, i]] * w[[o, i]]).sum::<f64>());
+        let naive = Array2::from_shape_fn((4, 3), |(n, o)| {
+            b[o] + (0..6).map(|i| x[[n, i]] * w[[o, i]]).sum::<f64>()
+        });
         assert_relative_eq!(y, naive, max_relative = 1e-12);
     }
 

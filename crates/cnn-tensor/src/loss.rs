@@ -29,11 +29,18 @@ pub fn softmax<T: Float>(logits: ArrayView2<'_, T>) -> Array2<T> {
     log_softmax(logits).mapv_into(T::exp)
 }
 
-fn check_cross_entropy<T: Float>(logits: &ArrayView2<'_, T>, targets: &[usize], label_smoothing: f64) -> Result<()> {
+fn check_cross_entropy<T: Float>(
+    logits: &ArrayView2<'_, T>,
+    targets: &[usize],
+    label_smoothing: f64,
+) -> Result<()> {
     const OP: &str = "cross_entropy";
     let (n, c) = logits.dim();
     if n == 0 || c == 0 {
-        return Err(Error::shape(OP, format!("logits must be [n, classes] with both positive, got [{n}, {c}]")));
+        return Err(Error::shape(
+            OP,
+            format!("logits must be [n, classes] with both positive, got [{n}, {c}]"),
+        ));
     }
     if targets.len() != n {
         return Err(Error::shape(OP, format!("{} targets for {n} rows of logits", targets.len())));
@@ -42,7 +49,10 @@ fn check_cross_entropy<T: Float>(logits: &ArrayView2<'_, T>, targets: &[usize], 
         return Err(Error::shape(OP, format!("target {t} at row {i} is not a class of {c}")));
     }
     if !(0.0..=1.0).contains(&label_smoothing) {
-        return Err(Error::config(OP, format!("label_smoothing must be in [0, 1], got {label_smoothing}")));
+        return Err(Error::config(
+            OP,
+            format!("label_smoothing must be in [0, 1], got {label_smoothing}"),
+        ));
     }
     Ok(())
 }
@@ -59,7 +69,11 @@ fn check_cross_entropy<T: Float>(logits: &ArrayView2<'_, T>, targets: &[usize], 
 /// # Errors
 /// [`Error::Shape`] for an empty batch, a target count other than `n` or a
 /// target out of range; [`Error::Config`] for `ε` outside `[0, 1]`.
-pub fn cross_entropy_forward<T: Float>(logits: ArrayView2<'_, T>, targets: &[usize], label_smoothing: f64) -> Result<T> {
+pub fn cross_entropy_forward<T: Float>(
+    logits: ArrayView2<'_, T>,
+    targets: &[usize],
+    label_smoothing: f64,
+) -> Result<T> {
     check_cross_entropy(&logits, targets, label_smoothing)?;
     let (n, c) = logits.dim();
     let log_p = log_softmax(logits);

@@ -16,12 +16,22 @@ pub fn seeded_rng(seed: u64) -> SeededRng {
 }
 
 /// A tensor of i.i.d. draws from U[low, high).
-pub fn uniform<T: Float, R: Rng + ?Sized>(shape: &[usize], low: f64, high: f64, rng: &mut R) -> ArrayD<T> {
+pub fn uniform<T: Float, R: Rng + ?Sized>(
+    shape: &[usize],
+    low: f64,
+    high: f64,
+    rng: &mut R,
+) -> ArrayD<T> {
     ArrayD::from_shape_simple_fn(IxDyn(shape), || T::of(low + (high - low) * rng.random::<f64>()))
 }
 
 /// A tensor of i.i.d. draws from N(mean, std²).
-pub fn normal<T: Float, R: Rng + ?Sized>(shape: &[usize], mean: f64, std: f64, rng: &mut R) -> ArrayD<T> {
+pub fn normal<T: Float, R: Rng + ?Sized>(
+    shape: &[usize],
+    mean: f64,
+    std: f64,
+    rng: &mut R,
+) -> ArrayD<T> {
     ArrayD::from_shape_simple_fn(IxDyn(shape), || {
         let z: f64 = StandardNormal.sample(rng);
         T::of(mean + std * z)

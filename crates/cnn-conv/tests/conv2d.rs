@@ -1,0 +1,194 @@
+//! conv2d: the fast kernel against its naive twin, backward against central
+//! differences (through the public gradient checker), determinism across
+//! thread counts, and errors on bad input.
+
+mod common;
+
+use cnn_conv::naive::{conv2d_backward_naive, conv2d_forward_naive};
+use cnn_conv::{
+    conv2d_backward, conv2d_forward, Conv2d, Conv2dConfig, Conv2dOptions, ConvGeometry,
+};
+use cnn_tensor::gradcheck::{check_fn, check_layer, GradCheckConfig};
+use cnn_tensor::{random, ArrayD, Error, Layer, Mode};
+use common::{proptest_config, randn4, rel_err};
+use ndarray::{Array1, Ix1, Ix4};
+use proptest::prelude::*;
+
+/// A random convolution that fits: sizes, kernel, stride, padding, dilation, groups, bias.
+#[derive(Debug, Clone)]
+struct Case {
+    x: [usize; 4],
+    w: [usize; 4],
+    opts: Conv2dOptions,
+    bias: bool,
+}
+
+fn case(max_hw: usize) -> impl Strategy<Value = Case> {
+    (
+        1..4usize,
+        1..4usize,
+        1..4usize,
+        1..4usize,
+        (1..4usize, 1..4usize),
+        (1..3usize, 1..3usize),
+        (0..3usize, 0..3usize),
+    )
+        .prop_flat_map(move |(n, cg, cog, groups, (kh, kw), (sh, sw), (ph, pw))| {
+            (
+                Just((n, cg, cog, groups, kh, kw, sh, sw, ph, pw)),
+                (1..3usize, 1..3usize),
+                1..=max_hw,
+                1..=max_hw,
+                any::<bool>(),
+            )
+        })
+        .prop_filter_map(
+            "kernel must fit the padded input",
+            |((n, cg, cog, groups, kh, kw, sh, sw, ph, pw), (dh, dw), h, w, bias)| {
+                let opts = Conv2dOptions {
+                    stride: [sh, sw],
+                    padding: [ph, pw],
+                    dilation: [dh, dw],
+                    groups,
+                };
+                let c =
+                    Case { x: [n, cg * groups, h, w], w: [cog * groups, cg, kh, kw], opts, bias };
+                ConvGeometry::new(&c.x, &c.w, &c.opts).ok().map(|_| c)
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(proptest_config(96))]
+
+    #[test]
+    fn fast_kernel_equals_naive(c in case(9), seed in 0u64..1000) {
+        let (x, w, b) = (randn4(c.x, seed), randn4(c.w, seed + 1), Array1::from_vec(vec![0.5; c.w[0]]));
+        let b = c.bias.then_some(b.view());
+        let fast = conv2d_forward(x.view(), w.view(), b, &c.opts).unwrap();
+        let slow = conv2d_forward_naive(x.view(), w.view(), b, &c.opts).unwrap();
+        prop_assert!(rel_err(&fast, &slow) < 1e-12, "forward {}", rel_err(&fast, &slow));
+        let dy = randn4(fast.dim().into(), seed + 2);
+        let gf = conv2d_backward(x.view(), w.view(), dy.view(), &c.opts).unwrap();
+        let gs = conv2d_backward_naive(x.view(), w.view(), dy.view(), &c.opts).unwrap();
+        prop_assert!(rel_err(&gf.dx, &gs.dx) < 1e-12, "dx {}", rel_err(&gf.dx, &gs.dx));
+        prop_assert!(rel_err(&gf.dw, &gs.dw) < 1e-12, "dw {}", rel_err(&gf.dw, &gs.dw));
+        prop_assert!(rel_err(&gf.db, &gs.db) < 1e-12, "db {}", rel_err(&gf.db, &gs.db));
+    }
+
+    #[test]
+    fn backward_matches_central_differences(c in case(6), seed in 0u64..1000) {
+        let opts = c.opts;
+        let bias = c.bias;
+        let forward = |t: &[ArrayD<f64>]| {
+            let x = t[0].view().into_dimensionality::<Ix4>().unwrap();
+            let w = t[1].view().into_dimensionality::<Ix4>().unwrap();
+            let b = t[2].view().into_dimensionality::<Ix1>().unwrap();
+            Ok(conv2d_forward(x, w, bias.then_some(b), &opts)?.into_dyn())
+        };
+        let backward = |t: &[ArrayD<f64>], dy: &ArrayD<f64>| {
+            let x = t[0].view().into_dimensionality::<Ix4>().unwrap();
+            let w = t[1].view().into_dimensionality::<Ix4>().unwrap();
+            let dy = dy.view().into_dimensionality::<Ix4>().unwrap();
+            let g = conv2d_backward(x, w, dy, &opts)?;
+            let db = if bias { g.db.into_dyn() } else { ArrayD::zeros(vec![t[2].len()]) };
+            Ok(vec![g.dx.into_dyn(), g.dw.into_dyn(), db])
+        };
+        let inputs = [randn4(c.x, seed).into_dyn(), randn4(c.w, seed + 1).into_dyn(), ArrayD::zeros(vec![c.w[0]])];
+        let report = check_fn(forward, backward, &inputs, seed, &GradCheckConfig::default()).unwrap();
+        prop_assert!(report.passed(), "{report}");
+    }
+}
+
+#[test]
+fn layer_passes_the_gradient_checker() {
+    let mut rng = random::seeded_rng(9);
+    let cfg = Conv2dConfig::new(4, 6, 3).with_stride_hw(2, 1).with_padding_hw(1, 2).with_groups(2);
+    let mut conv = Conv2d::<f64>::new(cfg, &mut rng).unwrap();
+    let x = random::normal(&[2, 4, 7, 6], 0.0, 1.0, &mut rng);
+    let report = check_layer(&mut conv, &x, 3, &GradCheckConfig::default()).unwrap();
+    assert!(report.passed(), "{report}");
+    assert_eq!(report.tensors.len(), 3, "input, weight and bias are checked");
+}
+
+#[test]
+fn same_numbers_on_one_and_two_threads() {
+    // Shapes that make several sample blocks (small maps) and one block per sample.
+    for (x_shape, w_shape) in [
+        ([32, 8, 8, 8], [16, 8, 3, 3]),
+        ([6, 3, 20, 20], [4, 3, 5, 5]),
+        ([9, 16, 4, 4], [8, 16, 1, 1]),
+    ] {
+        let x = randn4(x_shape, 1).mapv(|v| v as f32);
+        let w = randn4(w_shape, 2).mapv(|v| v as f32);
+        let opts = Conv2dOptions::default().with_padding(w_shape[2] / 2);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let y = conv2d_forward(x.view(), w.view(), None, &opts).unwrap();
+                let g = conv2d_backward(x.view(), w.view(), y.view(), &opts).unwrap();
+                (y, g)
+            })
+        };
+        let (y1, g1) = run(1);
+        let (y2, g2) = run(2);
+        let bits = |a: &ndarray::ArrayD<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&y1.into_dyn()), bits(&y2.into_dyn()));
+        assert_eq!(bits(&g1.dx.into_dyn()), bits(&g2.dx.into_dyn()));
+        assert_eq!(bits(&g1.dw.into_dyn()), bits(&g2.dw.into_dyn()));
+        assert_eq!(bits(&g1.db.into_dyn()), bits(&g2.db.into_dyn()));
+    }
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let x = randn4([2, 3, 8, 8], 0);
+    let w = randn4([4, 3, 3, 3], 1);
+    let o = Conv2dOptions::default();
+    let msg = |r: Result<ndarray::Array4<f64>, Error>| r.unwrap_err().to_string();
+    let w4 = randn4([4, 4, 3, 3], 1);
+    assert_eq!(
+        msg(conv2d_forward(x.view(), w4.view(), None, &o)),
+        "conv2d: input has 3 channels, weight expects 4 (groups=1)"
+    );
+    let big = randn4([4, 3, 11, 11], 1);
+    assert!(msg(conv2d_forward(x.view(), big.view(), None, &o.with_padding(1)))
+        .contains("larger than the padded input 10x10"));
+    let b = Array1::<f64>::zeros(5);
+    assert!(
+        msg(conv2d_forward(x.view(), w.view(), Some(b.view()), &o)).contains("bias has 5 entries")
+    );
+    let dy = randn4([2, 4, 5, 5], 3);
+    assert!(conv2d_backward(x.view(), w.view(), dy.view(), &o)
+        .unwrap_err()
+        .to_string()
+        .contains("dy is [2, 4, 5, 5]"));
+
+    let mut rng = random::seeded_rng(0);
+    let mut conv = Conv2d::<f32>::new(Conv2dConfig::new(3, 4, 3), &mut rng).unwrap();
+    let err = conv.forward(ArrayD::zeros(vec![3, 8, 8]), Mode::Train).unwrap_err();
+    assert_eq!(err.to_string(), "conv2d: input must be 4-D [N, C, H, W], got 3-D [3, 8, 8]");
+    assert!(matches!(
+        conv.backward(ArrayD::zeros(vec![1, 4, 6, 6])),
+        Err(Error::NoForward { op: "conv2d" })
+    ));
+    // Eval mode keeps nothing for backward.
+    conv.forward(ArrayD::zeros(vec![1, 3, 8, 8]), Mode::Eval).unwrap();
+    assert!(matches!(conv.backward(ArrayD::zeros(vec![1, 4, 6, 6])), Err(Error::NoForward { .. })));
+    assert!(Conv2d::<f32>::new(Conv2dConfig::new(3, 4, 3).with_groups(2), &mut rng).is_err());
+    assert!(Conv2d::<f32>::new(Conv2dConfig::new(3, 4, 0), &mut rng).is_err());
+}
+
+#[test]
+fn default_init_is_pytorchs() {
+    // nn.Conv2d(64, 32, 3): weight and bias in U(±1/√(64·9)).
+    let mut rng = random::seeded_rng(4);
+    let conv = Conv2d::<f64>::new(Conv2dConfig::new(64, 32, 3), &mut rng).unwrap();
+    let bound = 1.0 / 576f64.sqrt();
+    let w = &conv.weight.value;
+    assert!(w.iter().all(|v| v.abs() <= bound));
+    let var = w.mapv(|v| v * v).mean().unwrap();
+    assert!((var / (bound * bound / 3.0) - 1.0).abs() < 0.05, "variance {var}");
+    let b = conv.bias.as_ref().unwrap().value.view().into_dimensionality::<Ix1>().unwrap();
+    assert!(b.iter().all(|v| v.abs() <= bound));
+}
