@@ -17,6 +17,7 @@ use ndarray::{
     Array1, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut2, Axis, ShapeBuilder,
 };
 use rayon::prelude::*;
+use std::ops::Range;
 
 use crate::im2col::{col2im, im2col};
 use crate::{Conv2dOptions, ConvGeometry};
@@ -34,35 +35,69 @@ pub struct Conv2dGrads<T> {
 
 /// Columns a GEMM should see at least: small feature maps are batched so
 /// that matrixmultiply's packing pays off (measured: see docs/benchmarks.md).
-const TARGET_COLS: usize = 256;
-/// At most this many blocks: bounds the memory of partial weight gradients.
-const MAX_BLOCKS: usize = 16;
+const TARGET_COLS: usize = 1024;
+/// Bound on the memory of the per-block partial weight gradients.
+const PARTIALS_BYTES: usize = 32 << 20;
+/// Bytes of im2col tile that should stay in a core's L2 cache between being
+/// written and being packed by the GEMM.
+const TILE_BYTES: usize = 512 * 1024;
 
-/// Samples per block: enough for `TARGET_COLS` columns, and at most `MAX_BLOCKS` blocks.
-fn block_len(g: &ConvGeometry) -> usize {
-    let for_width = TARGET_COLS.div_ceil(g.out_area()).max(1);
-    let for_count = g.n.div_ceil(MAX_BLOCKS);
-    for_width.max(for_count).min(g.n)
+/// How the work is cut, from the shapes alone (never from the thread count).
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    /// Samples per block (the unit of parallel work and of partial dW sums).
+    samples: usize,
+    /// Output rows per GEMM within a one-sample block (all rows otherwise).
+    tile_rows: usize,
+}
+
+impl Plan {
+    fn new<T>(g: &ConvGeometry) -> Self {
+        // A pointwise conv reads x and writes y in place, with no copies, one sample at a time.
+        let for_width = if g.is_pointwise() { 1 } else { TARGET_COLS.div_ceil(g.out_area()).max(1) };
+        let partial_dw_bytes = g.c_out * g.col_rows() * std::mem::size_of::<T>();
+        let max_blocks = (PARTIALS_BYTES / partial_dw_bytes).max(1);
+        let samples = for_width.max(g.n.div_ceil(max_blocks)).min(g.n);
+        let tile_rows = if samples > 1 {
+            g.ho
+        } else {
+            let cols = (TILE_BYTES / (g.col_rows() * std::mem::size_of::<T>())).max(TARGET_COLS);
+            (cols / g.wo).clamp(1, g.ho)
+        };
+        Plan { samples, tile_rows }
+    }
+
+    /// Columns of the largest GEMM operand: the size of the scratch buffers.
+    fn max_cols(&self, g: &ConvGeometry) -> usize {
+        if self.samples > 1 {
+            self.samples * g.out_area()
+        } else {
+            self.tile_rows * g.wo
+        }
+    }
+
+    /// Output-row ranges of the tiles of one sample.
+    fn tiles(&self, g: &ConvGeometry) -> impl Iterator<Item = Range<usize>> {
+        let (step, ho) = (self.tile_rows, g.ho);
+        (0..ho).step_by(step).map(move |r| r..(r + step).min(ho))
+    }
 }
 
 /// A row-major matrix view over a slice.
 fn mat<T>(data: &[T], rows: usize, cols: usize, ld: usize) -> ArrayView2<'_, T> {
     // Invariant of every caller: the slice covers `rows` rows of stride `ld`.
-    ArrayView2::from_shape((rows, cols).strides((ld, 1)), data)
-        .expect("matrix view within its buffer")
+    ArrayView2::from_shape((rows, cols).strides((ld, 1)), data).expect("matrix view within its buffer")
 }
 
 fn mat_mut<T>(data: &mut [T], rows: usize, cols: usize, ld: usize) -> ArrayViewMut2<'_, T> {
-    ArrayViewMut2::from_shape((rows, cols).strides((ld, 1)), data)
-        .expect("matrix view within its buffer")
+    ArrayViewMut2::from_shape((rows, cols).strides((ld, 1)), data).expect("matrix view within its buffer")
 }
 
 fn check_bias<T>(g: &ConvGeometry, bias: Option<&ArrayView1<'_, T>>) -> Result<()> {
     match bias {
-        Some(b) if b.len() != g.c_out => Err(Error::shape(
-            "conv2d",
-            format!("bias has {} entries, weight has {} output channels", b.len(), g.c_out),
-        )),
+        Some(b) if b.len() != g.c_out => {
+            Err(Error::shape("conv2d", format!("bias has {} entries, weight has {} output channels", b.len(), g.c_out)))
+        }
         _ => Ok(()),
     }
 }
@@ -93,17 +128,26 @@ pub fn conv2d_forward<T: Float>(
     let mut y = Array4::<T>::zeros(g.out_shape());
     let per_sample_in = g.c_in * g.h * g.w;
     let per_sample_out = g.c_out * g.out_area();
-    let s_max = block_len(&g);
-    let bias: Option<Vec<T>> = b.map(|b| b.to_vec());
+    let plan = Plan::new::<T>(&g);
     let y_slice = y.as_slice_mut().expect("a new array is contiguous");
 
-    y_slice.par_chunks_mut(s_max * per_sample_out).enumerate().for_each_init(
-        || Scratch::new(&g, s_max),
+    y_slice.par_chunks_mut(plan.samples * per_sample_out).enumerate().for_each_init(
+        || Scratch::new(&g, &plan),
         |scratch, (blk, y_blk)| {
-            let n0 = blk * s_max;
+            let n0 = blk * plan.samples;
             let s = y_blk.len() / per_sample_out;
             let x_blk = &xs[n0 * per_sample_in..(n0 + s) * per_sample_in];
-            forward_block(&g, x_blk, ws, bias.as_deref(), y_blk, s, scratch);
+            if s == 1 {
+                forward_sample(&g, &plan, x_blk, ws, y_blk, scratch);
+            } else {
+                forward_samples(&g, x_blk, ws, y_blk, s, scratch);
+            }
+            if let Some(b) = b.as_ref() {
+                for (i, y_c) in y_blk.chunks_mut(g.out_area()).enumerate() {
+                    let bc = b[i % g.c_out];
+                    y_c.iter_mut().for_each(|v| *v += bc);
+                }
+            }
         },
     );
     Ok(y)
@@ -111,16 +155,21 @@ pub fn conv2d_forward<T: Float>(
 
 /// Reusable buffers of one worker.
 struct Scratch<T> {
+    /// im2col tile, or its gradient.
     col: Vec<T>,
+    /// GEMM output (forward) or gathered dy (backward) of a multi-sample block.
     out: Vec<T>,
+    /// Input rows split by phase of a horizontal stride (see `im2col`).
+    phases: Vec<T>,
 }
 
 impl<T: Float> Scratch<T> {
-    fn new(g: &ConvGeometry, s_max: usize) -> Self {
-        let cols = s_max * g.out_area();
+    fn new(g: &ConvGeometry, plan: &Plan) -> Self {
+        let cols = plan.max_cols(g);
         Scratch {
             col: vec![T::zero(); g.col_rows() * cols],
             out: vec![T::zero(); g.c_out_g() * cols],
+            phases: Vec::new(),
         }
     }
 }
@@ -129,51 +178,43 @@ fn slice<'a, T>(a: &'a ndarray::CowArray<'_, T, ndarray::Ix4>) -> &'a [T] {
     a.as_slice().expect("standard layout is contiguous")
 }
 
-fn forward_block<T: Float>(
-    g: &ConvGeometry,
-    x_blk: &[T],
-    ws: &[T],
-    bias: Option<&[T]>,
-    y_blk: &mut [T],
-    s: usize,
-    scratch: &mut Scratch<T>,
-) {
-    let (area, rows, cog, cg) = (g.out_area(), g.col_rows(), g.c_out_g(), g.c_in_g());
-    let cols = s * area;
-    let per_in = g.c_in * g.h * g.w;
-    let per_out = g.c_out * area;
+/// One sample, tile by tile of output rows: the GEMM writes straight into `y`.
+fn forward_sample<T: Float>(g: &ConvGeometry, plan: &Plan, x: &[T], ws: &[T], y: &mut [T], scratch: &mut Scratch<T>) {
+    let (area, rows, cog, cg, wo) = (g.out_area(), g.col_rows(), g.c_out_g(), g.c_in_g(), g.wo);
     for grp in 0..g.opts.groups {
         let w_g = mat(&ws[grp * cog * rows..], cog, rows, rows);
-        let direct = s == 1;
-        // One sample: the GEMM writes straight into y; several: into `out`, then scattered.
-        let (col_view, beta) = if g.is_pointwise() && direct {
-            (mat(&x_blk[grp * cg * area..], cg, area, area), T::zero())
-        } else {
-            for si in 0..s {
-                let col = &mut scratch.col[si * area..];
-                im2col(g, &x_blk[si * per_in..(si + 1) * per_in], grp * cg, col, cols);
-            }
-            (mat(&scratch.col, rows, cols, cols), T::zero())
-        };
-        let out = if direct {
-            mat_mut(&mut y_blk[grp * cog * area..], cog, area, area)
-        } else {
-            mat_mut(&mut scratch.out, cog, cols, cols)
-        };
-        gemm(T::one(), w_g, col_view, beta, out).expect("block shapes agree by construction");
+        for tile in plan.tiles(g) {
+            let cols = tile.len() * wo;
+            let offset = tile.start * wo;
+            let col = if g.is_pointwise() {
+                mat(&x[grp * cg * area + offset..], cg, cols, area)
+            } else {
+                im2col(g, x, grp * cg, tile, &mut scratch.col, cols, &mut scratch.phases);
+                mat(&scratch.col, rows, cols, cols)
+            };
+            let out = mat_mut(&mut y[grp * cog * area + offset..], cog, cols, area);
+            gemm(T::one(), w_g, col, T::zero(), out).expect("tile shapes agree by construction");
+        }
+    }
+}
+
+/// Several small samples side by side in one GEMM, then scattered into `y`.
+fn forward_samples<T: Float>(g: &ConvGeometry, x_blk: &[T], ws: &[T], y_blk: &mut [T], s: usize, scratch: &mut Scratch<T>) {
+    let (area, rows, cog, cg) = (g.out_area(), g.col_rows(), g.c_out_g(), g.c_in_g());
+    let cols = s * area;
+    let (per_in, per_out) = (g.c_in * g.h * g.w, g.c_out * area);
+    for grp in 0..g.opts.groups {
+        let w_g = mat(&ws[grp * cog * rows..], cog, rows, rows);
         for si in 0..s {
-            let y_n = &mut y_blk[si * per_out..(si + 1) * per_out];
+            im2col(g, &x_blk[si * per_in..(si + 1) * per_in], grp * cg, 0..g.ho, &mut scratch.col[si * area..], cols, &mut scratch.phases);
+        }
+        let out = mat_mut(&mut scratch.out, cog, cols, cols);
+        gemm(T::one(), w_g, mat(&scratch.col, rows, cols, cols), T::zero(), out)
+            .expect("block shapes agree by construction");
+        for si in 0..s {
             for o in 0..cog {
-                let dst = &mut y_n[(grp * cog + o) * area..(grp * cog + o + 1) * area];
-                if !direct {
-                    dst.copy_from_slice(
-                        &scratch.out[o * cols + si * area..o * cols + (si + 1) * area],
-                    );
-                }
-                if let Some(b) = bias {
-                    let bo = b[grp * cog + o];
-                    dst.iter_mut().for_each(|v| *v += bo);
-                }
+                let dst = &mut y_blk[si * per_out + (grp * cog + o) * area..][..area];
+                dst.copy_from_slice(&scratch.out[o * cols + si * area..][..area]);
             }
         }
     }
@@ -207,21 +248,27 @@ pub fn conv2d_backward<T: Float>(
     let (xs, ws, dys) = (slice(&x), slice(&w), slice(&dy));
     let per_in = g.c_in * g.h * g.w;
     let per_out = g.c_out * g.out_area();
-    let s_max = block_len(&g);
+    let plan = Plan::new::<T>(&g);
     let mut dx = Array4::<T>::zeros((g.n, g.c_in, g.h, g.w));
     let dx_slice = dx.as_slice_mut().expect("a new array is contiguous");
 
     let partials: Vec<Vec<T>> = dx_slice
-        .par_chunks_mut(s_max * per_in)
+        .par_chunks_mut(plan.samples * per_in)
         .enumerate()
         .map_init(
-            || BackScratch::new(&g, s_max),
+            || Scratch::new(&g, &plan),
             |scratch, (blk, dx_blk)| {
-                let n0 = blk * s_max;
+                let n0 = blk * plan.samples;
                 let s = dx_blk.len() / per_in;
                 let x_blk = &xs[n0 * per_in..(n0 + s) * per_in];
                 let dy_blk = &dys[n0 * per_out..(n0 + s) * per_out];
-                backward_block(&g, x_blk, ws, dy_blk, dx_blk, s, scratch)
+                let mut dw = vec![T::zero(); ws.len()];
+                if s == 1 {
+                    backward_sample(&g, &plan, x_blk, ws, dy_blk, dx_blk, &mut dw, scratch);
+                } else {
+                    backward_samples(&g, x_blk, ws, dy_blk, dx_blk, &mut dw, s, scratch);
+                }
+                dw
             },
         )
         .collect();
@@ -236,89 +283,89 @@ pub fn conv2d_backward<T: Float>(
     Ok(Conv2dGrads { dx, dw, db })
 }
 
-struct BackScratch<T> {
-    col: Vec<T>,
-    dy_g: Vec<T>,
+/// `dW_g += dy_g · colᵀ`, in the orientation matrixmultiply packs faster.
+///
+/// Neither operand is laid out as its packing likes, so the choice was
+/// measured: with few output channels (a thin `dy_g`) computing `dW_gᵀ = col · dy_gᵀ`
+/// was 45% faster (shape B), with many it was 5–10% slower (D, F, H).
+fn add_weight_grad<T: Float>(dy_g: ArrayView2<'_, T>, col: ArrayView2<'_, T>, dw_g: ArrayViewMut2<'_, T>) {
+    let done = if dy_g.nrows() < 64 {
+        gemm(T::one(), col, dy_g.t(), T::one(), dw_g.reversed_axes())
+    } else {
+        gemm(T::one(), dy_g, col.t(), T::one(), dw_g)
+    };
+    done.expect("shapes agree by construction");
 }
 
-impl<T: Float> BackScratch<T> {
-    fn new(g: &ConvGeometry, s_max: usize) -> Self {
-        let cols = s_max * g.out_area();
-        BackScratch {
-            col: vec![T::zero(); g.col_rows() * cols],
-            dy_g: vec![T::zero(); g.c_out_g() * cols],
+/// One sample's dx (into `dx`) and its dW (added into `dw`), tile by tile.
+#[allow(clippy::too_many_arguments)]
+fn backward_sample<T: Float>(
+    g: &ConvGeometry,
+    plan: &Plan,
+    x: &[T],
+    ws: &[T],
+    dy: &[T],
+    dx: &mut [T],
+    dw: &mut [T],
+    scratch: &mut Scratch<T>,
+) {
+    let (area, rows, cog, cg, wo) = (g.out_area(), g.col_rows(), g.c_out_g(), g.c_in_g(), g.wo);
+    for grp in 0..g.opts.groups {
+        let w_g = mat(&ws[grp * cog * rows..], cog, rows, rows);
+        for tile in plan.tiles(g) {
+            let cols = tile.len() * wo;
+            let offset = tile.start * wo;
+            let dy_t = mat(&dy[grp * cog * area + offset..], cog, cols, area);
+            let dw_g = mat_mut(&mut dw[grp * cog * rows..], cog, rows, rows);
+            if g.is_pointwise() {
+                let x_t = mat(&x[grp * cg * area + offset..], cg, cols, area);
+                add_weight_grad(dy_t, x_t, dw_g);
+                let dx_t = mat_mut(&mut dx[grp * cg * area + offset..], cg, cols, area);
+                gemm(T::one(), w_g.t(), dy_t, T::zero(), dx_t).expect("tile shapes agree by construction");
+            } else {
+                im2col(g, x, grp * cg, tile.clone(), &mut scratch.col, cols, &mut scratch.phases);
+                let col = mat(&scratch.col, rows, cols, cols);
+                add_weight_grad(dy_t, col, dw_g);
+                let dcol = mat_mut(&mut scratch.col, rows, cols, cols);
+                gemm(T::one(), w_g.t(), dy_t, T::zero(), dcol).expect("tile shapes agree by construction");
+                col2im(g, &scratch.col, cols, tile, grp * cg, dx);
+            }
         }
     }
 }
 
-/// One block's dx (written into `dx_blk`) and its partial dW (returned).
-fn backward_block<T: Float>(
+/// Several small samples side by side: dy gathered into one matrix per group.
+#[allow(clippy::too_many_arguments)]
+fn backward_samples<T: Float>(
     g: &ConvGeometry,
     x_blk: &[T],
     ws: &[T],
     dy_blk: &[T],
     dx_blk: &mut [T],
+    dw: &mut [T],
     s: usize,
-    scratch: &mut BackScratch<T>,
-) -> Vec<T> {
+    scratch: &mut Scratch<T>,
+) {
     let (area, rows, cog, cg) = (g.out_area(), g.col_rows(), g.c_out_g(), g.c_in_g());
     let cols = s * area;
-    let per_in = g.c_in * g.h * g.w;
-    let per_out = g.c_out * area;
-    let hw = g.h * g.w;
-    let mut dw = vec![T::zero(); ws.len()];
+    let (per_in, per_out) = (g.c_in * g.h * g.w, g.c_out * area);
     for grp in 0..g.opts.groups {
         let w_g = mat(&ws[grp * cog * rows..], cog, rows, rows);
-        // dy of this group for the block, as one [Cog, s·area] matrix.
-        let dy_g = if s == 1 {
-            mat(&dy_blk[grp * cog * area..], cog, area, area)
-        } else {
-            for si in 0..s {
-                for o in 0..cog {
-                    let src = &dy_blk[si * per_out + (grp * cog + o) * area..][..area];
-                    scratch.dy_g[o * cols + si * area..][..area].copy_from_slice(src);
-                }
+        for si in 0..s {
+            for o in 0..cog {
+                let src = &dy_blk[si * per_out + (grp * cog + o) * area..][..area];
+                scratch.out[o * cols + si * area..][..area].copy_from_slice(src);
             }
-            mat(&scratch.dy_g, cog, cols, cols)
-        };
-        let pointwise_direct = g.is_pointwise() && s == 1;
-        {
-            let col = if pointwise_direct {
-                mat(&x_blk[grp * cg * hw..], cg, hw, hw)
-            } else {
-                for si in 0..s {
-                    im2col(
-                        g,
-                        &x_blk[si * per_in..(si + 1) * per_in],
-                        grp * cg,
-                        &mut scratch.col[si * area..],
-                        cols,
-                    );
-                }
-                mat(&scratch.col, rows, cols, cols)
-            };
-            let dw_g = mat_mut(&mut dw[grp * cog * rows..], cog, rows, rows);
-            gemm(T::one(), dy_g, col.t(), T::one(), dw_g)
-                .expect("block shapes agree by construction");
+            im2col(g, &x_blk[si * per_in..(si + 1) * per_in], grp * cg, 0..g.ho, &mut scratch.col[si * area..], cols, &mut scratch.phases);
         }
-        if pointwise_direct {
-            let dx_g = mat_mut(&mut dx_blk[grp * cg * hw..], cg, hw, hw);
-            gemm(T::one(), w_g.t(), dy_g, T::zero(), dx_g)
-                .expect("block shapes agree by construction");
-        } else {
-            let dcol = mat_mut(&mut scratch.col, rows, cols, cols);
-            gemm(T::one(), w_g.t(), dy_g, T::zero(), dcol)
-                .expect("block shapes agree by construction");
-            for si in 0..s {
-                col2im(
-                    g,
-                    &scratch.col[si * area..],
-                    cols,
-                    grp * cg,
-                    &mut dx_blk[si * per_in..(si + 1) * per_in],
-                );
-            }
+        let dy_g = mat(&scratch.out, cog, cols, cols);
+        let dw_g = mat_mut(&mut dw[grp * cog * rows..], cog, rows, rows);
+        add_weight_grad(dy_g, mat(&scratch.col, rows, cols, cols), dw_g);
+        let dcol = mat_mut(&mut scratch.col, rows, cols, cols);
+        gemm(T::one(), w_g.t(), dy_g, T::zero(), dcol).expect("block shapes agree by construction");
+        for si in 0..s {
+            let dx = &mut dx_blk[si * per_in..(si + 1) * per_in];
+            col2im(g, &scratch.col[si * area..], cols, 0..g.ho, grp * cg, dx);
         }
     }
-    dw
 }

@@ -5,6 +5,8 @@
 //! so `y_g = W_g[c_out/g, (c_in/g)·kh·kw] · col`. A block of several samples
 //! sits side by side: sample `s` fills columns `s·ho·wo ..`.
 
+use std::ops::Range;
+
 use cnn_tensor::Float;
 
 use crate::ConvGeometry;
@@ -21,51 +23,103 @@ fn valid_range(out_len: usize, stride: usize, offset: isize, len: usize) -> (usi
 }
 
 /// Fills `col` (row stride `ld`) with the im2col matrix of channels
-/// `c0 .. c0 + c_in/groups` of one sample `x` (`[c_in, h, w]`, contiguous).
-pub(crate) fn im2col<T: Float>(g: &ConvGeometry, x: &[T], c0: usize, col: &mut [T], ld: usize) {
+/// `c0 .. c0 + c_in/groups` of one sample `x` (`[c_in, h, w]`, contiguous),
+/// for output rows `out_rows` only: column `(oh − start)·wo + ow`.
+///
+/// With a horizontal stride `sw > 1`, each input row is first split into its
+/// `sw` phases (`x[q], x[q + sw], …` for `q < sw`) in `phases`, so that every
+/// kernel tap copies a contiguous run instead of gathering with a stride:
+/// the strided reads happen once per input element, not once per tap.
+pub(crate) fn im2col<T: Float>(
+    g: &ConvGeometry,
+    x: &[T],
+    c0: usize,
+    out_rows: Range<usize>,
+    col: &mut [T],
+    ld: usize,
+    phases: &mut Vec<T>,
+) {
     let [sh, sw] = g.opts.stride;
     let [ph, pw] = g.opts.padding;
     let [dh, dw] = g.opts.dilation;
     let (h, w, wo) = (g.h, g.w, g.wo);
+    let in_rows = input_rows(g, &out_rows);
+    let width = w.div_ceil(sw);
+    if sw > 1 {
+        split_phases(g, x, c0, &in_rows, phases);
+    }
     let mut row = 0;
-    for c in c0..c0 + g.c_in_g() {
-        let plane = &x[c * h * w..(c + 1) * h * w];
+    for cc in 0..g.c_in_g() {
+        let plane = &x[(c0 + cc) * h * w..(c0 + cc + 1) * h * w];
         for i in 0..g.kh {
             let oh_off = (i * dh) as isize - ph as isize;
             let (oh_lo, oh_hi) = valid_range(g.ho, sh, oh_off, h);
             for j in 0..g.kw {
                 let ow_off = (j * dw) as isize - pw as isize;
                 let (ow_lo, ow_hi) = valid_range(wo, sw, ow_off, w);
-                let dst_row = &mut col[row * ld..row * ld + g.out_area()];
+                let n = ow_hi - ow_lo;
+                let dst_row = &mut col[row * ld..row * ld + out_rows.len() * wo];
                 row += 1;
-                for oh in 0..g.ho {
-                    let dst = &mut dst_row[oh * wo..(oh + 1) * wo];
-                    if oh < oh_lo || oh >= oh_hi || ow_lo >= ow_hi {
+                for (t, oh) in out_rows.clone().enumerate() {
+                    let dst = &mut dst_row[t * wo..(t + 1) * wo];
+                    if oh < oh_lo || oh >= oh_hi || n == 0 {
                         dst.fill(T::zero());
                         continue;
                     }
-                    let ih = (oh * sh) as isize + oh_off;
-                    let src = &plane[ih as usize * w..(ih as usize + 1) * w];
+                    let ih = ((oh * sh) as isize + oh_off) as usize;
                     dst[..ow_lo].fill(T::zero());
                     dst[ow_hi..].fill(T::zero());
-                    let iw0 = (ow_lo * sw) as isize + ow_off;
-                    if sw == 1 {
-                        let n = ow_hi - ow_lo;
-                        dst[ow_lo..ow_hi].copy_from_slice(&src[iw0 as usize..iw0 as usize + n]);
+                    let iw0 = ((ow_lo * sw) as isize + ow_off) as usize;
+                    let src = if sw == 1 {
+                        &plane[ih * w + iw0..ih * w + iw0 + n]
                     } else {
-                        for (k, d) in dst[ow_lo..ow_hi].iter_mut().enumerate() {
-                            *d = src[iw0 as usize + k * sw];
-                        }
-                    }
+                        let phase_row = ((cc * in_rows.len() + ih - in_rows.start) * sw + iw0 % sw) * width;
+                        &phases[phase_row + iw0 / sw..phase_row + iw0 / sw + n]
+                    };
+                    dst[ow_lo..ow_hi].copy_from_slice(src);
                 }
             }
         }
     }
 }
 
-/// Adds (`+=`) the im2col-shaped `col` (row stride `ld`) back onto channels
-/// `c0 .. c0 + c_in/groups` of one sample's `dx` (`[c_in, h, w]`): the adjoint of [`im2col`].
-pub(crate) fn col2im<T: Float>(g: &ConvGeometry, col: &[T], ld: usize, c0: usize, dx: &mut [T]) {
+/// The input rows (clipped to the image) that output rows `out_rows` read.
+fn input_rows(g: &ConvGeometry, out_rows: &Range<usize>) -> Range<usize> {
+    let [sh, _] = g.opts.stride;
+    let first = (out_rows.start * sh) as isize - g.opts.padding[0] as isize;
+    let last = ((out_rows.end.max(1) - 1) * sh + (g.kh - 1) * g.opts.dilation[0]) as isize - g.opts.padding[0] as isize;
+    let lo = first.clamp(0, g.h as isize) as usize;
+    let hi = (last + 1).clamp(lo as isize, g.h as isize) as usize;
+    lo..hi
+}
+
+/// `phases[((cc·rows + r)·sw + q)·⌈w/sw⌉ + t] = x[c0 + cc, in_rows.start + r, q + t·sw]`.
+fn split_phases<T: Float>(g: &ConvGeometry, x: &[T], c0: usize, in_rows: &Range<usize>, phases: &mut Vec<T>) {
+    let [_, sw] = g.opts.stride;
+    let (h, w) = (g.h, g.w);
+    let width = w.div_ceil(sw);
+    let needed = g.c_in_g() * in_rows.len() * sw * width;
+    if phases.len() < needed {
+        phases.resize(needed, T::zero());
+    }
+    for cc in 0..g.c_in_g() {
+        for (r, ih) in in_rows.clone().enumerate() {
+            let src = &x[((c0 + cc) * h + ih) * w..][..w];
+            let base = (cc * in_rows.len() + r) * sw * width;
+            for q in 0..sw.min(w) {
+                let dst = &mut phases[base + q * width..base + (q + 1) * width];
+                for (d, &v) in dst.iter_mut().zip(src[q..].iter().step_by(sw)) {
+                    *d = v;
+                }
+            }
+        }
+    }
+}
+
+/// Adds (`+=`) the im2col-shaped `col` (row stride `ld`, output rows
+/// `out_rows`) back onto channels `c0 .. c0 + c_in/groups` of one sample's
+/// `dx` (`[c_in, h, w]`): the adjoint of [`im2col`].
+pub(crate) fn col2im<T: Float>(g: &ConvGeometry, col: &[T], ld: usize, out_rows: Range<usize>, c0: usize, dx: &mut [T]) {
     let [sh, sw] = g.opts.stride;
     let [ph, pw] = g.opts.padding;
     let [dh, dw] = g.opts.dilation;
@@ -79,23 +133,24 @@ pub(crate) fn col2im<T: Float>(g: &ConvGeometry, col: &[T], ld: usize, c0: usize
             for j in 0..g.kw {
                 let ow_off = (j * dw) as isize - pw as isize;
                 let (ow_lo, ow_hi) = valid_range(wo, sw, ow_off, w);
-                let src_row = &col[row * ld..row * ld + g.out_area()];
+                let src_row = &col[row * ld..row * ld + out_rows.len() * wo];
                 row += 1;
                 if ow_lo >= ow_hi {
                     continue;
                 }
-                for oh in oh_lo..oh_hi {
+                for oh in oh_lo.max(out_rows.start)..oh_hi.min(out_rows.end) {
                     let ih = ((oh * sh) as isize + oh_off) as usize;
                     let dst = &mut plane[ih * w..(ih + 1) * w];
-                    let src = &src_row[oh * wo + ow_lo..oh * wo + ow_hi];
+                    let t = oh - out_rows.start;
+                    let src = &src_row[t * wo + ow_lo..t * wo + ow_hi];
                     let iw0 = ((ow_lo * sw) as isize + ow_off) as usize;
                     if sw == 1 {
                         for (d, &s) in dst[iw0..iw0 + src.len()].iter_mut().zip(src) {
                             *d += s;
                         }
                     } else {
-                        for (k, &s) in src.iter().enumerate() {
-                            dst[iw0 + k * sw] += s;
+                        for (d, &s) in dst[iw0..].iter_mut().step_by(sw).zip(src) {
+                            *d += s;
                         }
                     }
                 }

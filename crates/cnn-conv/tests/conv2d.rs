@@ -192,3 +192,26 @@ fn default_init_is_pytorchs() {
     let b = conv.bias.as_ref().unwrap().value.view().into_dimensionality::<Ix1>().unwrap();
     assert!(b.iter().all(|v| v.abs() <= bound));
 }
+
+#[test]
+fn large_maps_cut_into_row_tiles_equal_naive() {
+    // One sample per block and several row tiles per sample (576 col rows, 40x40 output).
+    for (x_shape, w_shape, opts) in [
+        ([2, 64, 40, 40], [8, 64, 3, 3], Conv2dOptions::default().with_padding(1)),
+        ([1, 32, 45, 39], [6, 16, 3, 5], Conv2dOptions { stride: [2, 1], padding: [1, 2], dilation: [1, 2], groups: 2 }),
+        ([2, 300, 30, 30], [4, 300, 1, 1], Conv2dOptions::default()),
+        ([1, 16, 64, 63], [8, 16, 3, 3], Conv2dOptions::default().with_stride(2).with_padding(1)),
+        ([1, 8, 70, 70], [4, 8, 7, 7], Conv2dOptions { stride: [2, 3], padding: [3, 3], dilation: [1, 1], groups: 1 }),
+    ] {
+        let (x, w) = (randn4(x_shape, 11), randn4(w_shape, 12));
+        let b = Array1::linspace(-1.0, 1.0, w_shape[0]);
+        let fast = conv2d_forward(x.view(), w.view(), Some(b.view()), &opts).unwrap();
+        let slow = conv2d_forward_naive(x.view(), w.view(), Some(b.view()), &opts).unwrap();
+        assert!(rel_err(&fast, &slow) < 1e-12, "forward {x_shape:?}");
+        let dy = randn4(fast.dim().into(), 13);
+        let gf = conv2d_backward(x.view(), w.view(), dy.view(), &opts).unwrap();
+        let gs = conv2d_backward_naive(x.view(), w.view(), dy.view(), &opts).unwrap();
+        assert!(rel_err(&gf.dx, &gs.dx) < 1e-12, "dx {x_shape:?}");
+        assert!(rel_err(&gf.dw, &gs.dw) < 1e-12, "dw {x_shape:?}");
+    }
+}
