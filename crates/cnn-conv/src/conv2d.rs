@@ -328,7 +328,7 @@ fn backward_sample<T: Float>(
                 add_weight_grad(dy_t, col, dw_g);
                 let dcol = mat_mut(&mut scratch.col, rows, cols, cols);
                 gemm(T::one(), w_g.t(), dy_t, T::zero(), dcol).expect("tile shapes agree by construction");
-                col2im(g, &scratch.col, cols, tile, grp * cg, dx);
+                col2im(g, &scratch.col, cols, tile, grp * cg, dx, &mut scratch.phases);
             }
         }
     }
@@ -365,7 +365,7 @@ fn backward_samples<T: Float>(
         gemm(T::one(), w_g.t(), dy_g, T::zero(), dcol).expect("block shapes agree by construction");
         for si in 0..s {
             let dx = &mut dx_blk[si * per_in..(si + 1) * per_in];
-            col2im(g, &scratch.col[si * area..], cols, 0..g.ho, grp * cg, dx);
+            col2im(g, &scratch.col[si * area..], cols, 0..g.ho, grp * cg, dx, &mut scratch.phases);
         }
     }
 }

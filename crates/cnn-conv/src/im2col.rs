@@ -119,14 +119,35 @@ fn split_phases<T: Float>(g: &ConvGeometry, x: &[T], c0: usize, in_rows: &Range<
 /// Adds (`+=`) the im2col-shaped `col` (row stride `ld`, output rows
 /// `out_rows`) back onto channels `c0 .. c0 + c_in/groups` of one sample's
 /// `dx` (`[c_in, h, w]`): the adjoint of [`im2col`].
-pub(crate) fn col2im<T: Float>(g: &ConvGeometry, col: &[T], ld: usize, out_rows: Range<usize>, c0: usize, dx: &mut [T]) {
+///
+/// With a horizontal stride `sw > 1` the taps are summed into `phases` (the
+/// layout [`im2col`] reads from) with contiguous adds, and the phases are
+/// interleaved back onto `dx` once at the end.
+pub(crate) fn col2im<T: Float>(
+    g: &ConvGeometry,
+    col: &[T],
+    ld: usize,
+    out_rows: Range<usize>,
+    c0: usize,
+    dx: &mut [T],
+    phases: &mut Vec<T>,
+) {
     let [sh, sw] = g.opts.stride;
     let [ph, pw] = g.opts.padding;
     let [dh, dw] = g.opts.dilation;
     let (h, w, wo) = (g.h, g.w, g.wo);
+    let in_rows = input_rows(g, &out_rows);
+    let width = w.div_ceil(sw);
+    if sw > 1 {
+        let needed = g.c_in_g() * in_rows.len() * sw * width;
+        if phases.len() < needed {
+            phases.resize(needed, T::zero());
+        }
+        phases[..needed].fill(T::zero());
+    }
     let mut row = 0;
-    for c in c0..c0 + g.c_in_g() {
-        let plane = &mut dx[c * h * w..(c + 1) * h * w];
+    for cc in 0..g.c_in_g() {
+        let plane = &mut dx[(c0 + cc) * h * w..(c0 + cc + 1) * h * w];
         for i in 0..g.kh {
             let oh_off = (i * dh) as isize - ph as isize;
             let (oh_lo, oh_hi) = valid_range(g.ho, sh, oh_off, h);
@@ -138,21 +159,43 @@ pub(crate) fn col2im<T: Float>(g: &ConvGeometry, col: &[T], ld: usize, out_rows:
                 if ow_lo >= ow_hi {
                     continue;
                 }
+                let n = ow_hi - ow_lo;
                 for oh in oh_lo.max(out_rows.start)..oh_hi.min(out_rows.end) {
                     let ih = ((oh * sh) as isize + oh_off) as usize;
-                    let dst = &mut plane[ih * w..(ih + 1) * w];
                     let t = oh - out_rows.start;
                     let src = &src_row[t * wo + ow_lo..t * wo + ow_hi];
                     let iw0 = ((ow_lo * sw) as isize + ow_off) as usize;
-                    if sw == 1 {
-                        for (d, &s) in dst[iw0..iw0 + src.len()].iter_mut().zip(src) {
-                            *d += s;
-                        }
+                    let dst = if sw == 1 {
+                        &mut plane[ih * w + iw0..ih * w + iw0 + n]
                     } else {
-                        for (d, &s) in dst[iw0..].iter_mut().step_by(sw).zip(src) {
-                            *d += s;
-                        }
+                        let phase_row = ((cc * in_rows.len() + ih - in_rows.start) * sw + iw0 % sw) * width;
+                        &mut phases[phase_row + iw0 / sw..phase_row + iw0 / sw + n]
+                    };
+                    for (d, &s) in dst.iter_mut().zip(src) {
+                        *d += s;
                     }
+                }
+            }
+        }
+    }
+    if sw > 1 {
+        merge_phases(g, phases, c0, &in_rows, dx);
+    }
+}
+
+/// `dx[c0 + cc, in_rows.start + r, q + t·sw] += phases[…]`: the adjoint of `split_phases`.
+fn merge_phases<T: Float>(g: &ConvGeometry, phases: &[T], c0: usize, in_rows: &Range<usize>, dx: &mut [T]) {
+    let [_, sw] = g.opts.stride;
+    let (h, w) = (g.h, g.w);
+    let width = w.div_ceil(sw);
+    for cc in 0..g.c_in_g() {
+        for (r, ih) in in_rows.clone().enumerate() {
+            let dst = &mut dx[((c0 + cc) * h + ih) * w..][..w];
+            let base = (cc * in_rows.len() + r) * sw * width;
+            for q in 0..sw.min(w) {
+                let src = &phases[base + q * width..base + (q + 1) * width];
+                for (d, &v) in dst[q..].iter_mut().step_by(sw).zip(src) {
+                    *d += v;
                 }
             }
         }
