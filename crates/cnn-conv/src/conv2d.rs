@@ -14,7 +14,7 @@
 
 use cnn_tensor::{gemm, Error, Float, Result};
 use ndarray::{
-    Array1, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut2, Axis, ShapeBuilder,
+    Array1, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut2, ShapeBuilder,
 };
 use rayon::prelude::*;
 use std::ops::Range;
@@ -35,9 +35,12 @@ pub struct Conv2dGrads<T> {
 
 /// Columns a GEMM should see at least: small feature maps are batched so
 /// that matrixmultiply's packing pays off (measured: see docs/benchmarks.md).
-const TARGET_COLS: usize = 1024;
+const TARGET_COLS: usize = 512;
 /// Bound on the memory of the per-block partial weight gradients.
 const PARTIALS_BYTES: usize = 32 << 20;
+/// At most this many blocks: enough to balance a few threads, few enough
+/// that summing the partial weight gradients stays cheap.
+const MAX_BLOCKS: usize = 16;
 /// Bytes of im2col tile that should stay in a core's L2 cache between being
 /// written and being packed by the GEMM.
 const TILE_BYTES: usize = 512 * 1024;
@@ -45,31 +48,30 @@ const TILE_BYTES: usize = 512 * 1024;
 /// How the work is cut, from the shapes alone (never from the thread count).
 #[derive(Debug, Clone, Copy)]
 struct Plan {
-    /// Samples per block (the unit of parallel work and of partial dW sums).
+    /// Samples per block: the unit of parallel work and of partial dW sums.
     samples: usize,
-    /// Output rows per GEMM within a one-sample block (all rows otherwise).
+    /// Whether a block's samples sit side by side in one GEMM (small maps),
+    /// or go one by one, tile by tile, straight into the output.
+    batched: bool,
+    /// Output rows per GEMM when not batched.
     tile_rows: usize,
 }
 
 impl Plan {
     fn new<T>(g: &ConvGeometry) -> Self {
-        // A pointwise conv reads x and writes y in place, with no copies, one sample at a time.
-        let for_width = if g.is_pointwise() { 1 } else { TARGET_COLS.div_ceil(g.out_area()).max(1) };
         let partial_dw_bytes = g.c_out * g.col_rows() * std::mem::size_of::<T>();
-        let max_blocks = (PARTIALS_BYTES / partial_dw_bytes).max(1);
-        let samples = for_width.max(g.n.div_ceil(max_blocks)).min(g.n);
-        let tile_rows = if samples > 1 {
-            g.ho
-        } else {
-            let cols = (TILE_BYTES / (g.col_rows() * std::mem::size_of::<T>())).max(TARGET_COLS);
-            (cols / g.wo).clamp(1, g.ho)
-        };
-        Plan { samples, tile_rows }
+        let max_blocks = (PARTIALS_BYTES / partial_dw_bytes).clamp(1, MAX_BLOCKS);
+        let min_samples = g.n.div_ceil(max_blocks);
+        // A pointwise conv reads x and writes y in place, with no copies, so it is never batched.
+        let batched = !g.is_pointwise() && g.out_area() < TARGET_COLS && g.n > 1;
+        let samples = if batched { TARGET_COLS.div_ceil(g.out_area()).max(min_samples) } else { min_samples };
+        let cols = (TILE_BYTES / (g.col_rows() * std::mem::size_of::<T>())).max(TARGET_COLS);
+        Plan { samples: samples.min(g.n), batched, tile_rows: (cols / g.wo).clamp(1, g.ho) }
     }
 
     /// Columns of the largest GEMM operand: the size of the scratch buffers.
     fn max_cols(&self, g: &ConvGeometry) -> usize {
-        if self.samples > 1 {
+        if self.batched {
             self.samples * g.out_area()
         } else {
             self.tile_rows * g.wo
@@ -137,10 +139,12 @@ pub fn conv2d_forward<T: Float>(
             let n0 = blk * plan.samples;
             let s = y_blk.len() / per_sample_out;
             let x_blk = &xs[n0 * per_sample_in..(n0 + s) * per_sample_in];
-            if s == 1 {
-                forward_sample(&g, &plan, x_blk, ws, y_blk, scratch);
-            } else {
+            if plan.batched {
                 forward_samples(&g, x_blk, ws, y_blk, s, scratch);
+            } else {
+                for (x_n, y_n) in x_blk.chunks(per_sample_in).zip(y_blk.chunks_mut(per_sample_out)) {
+                    forward_sample(&g, &plan, x_n, ws, y_n, scratch);
+                }
             }
             if let Some(b) = b.as_ref() {
                 for (i, y_c) in y_blk.chunks_mut(g.out_area()).enumerate() {
@@ -166,11 +170,10 @@ struct Scratch<T> {
 impl<T: Float> Scratch<T> {
     fn new(g: &ConvGeometry, plan: &Plan) -> Self {
         let cols = plan.max_cols(g);
-        Scratch {
-            col: vec![T::zero(); g.col_rows() * cols],
-            out: vec![T::zero(); g.c_out_g() * cols],
-            phases: Vec::new(),
-        }
+        // A pointwise conv needs no im2col buffer, an unbatched one no gather buffer.
+        let col_len = if g.is_pointwise() { 0 } else { g.col_rows() * cols };
+        let out_len = if plan.batched { g.c_out_g() * cols } else { 0 };
+        Scratch { col: vec![T::zero(); col_len], out: vec![T::zero(); out_len], phases: Vec::new() }
     }
 }
 
@@ -263,10 +266,13 @@ pub fn conv2d_backward<T: Float>(
                 let x_blk = &xs[n0 * per_in..(n0 + s) * per_in];
                 let dy_blk = &dys[n0 * per_out..(n0 + s) * per_out];
                 let mut dw = vec![T::zero(); ws.len()];
-                if s == 1 {
-                    backward_sample(&g, &plan, x_blk, ws, dy_blk, dx_blk, &mut dw, scratch);
-                } else {
+                if plan.batched {
                     backward_samples(&g, x_blk, ws, dy_blk, dx_blk, &mut dw, s, scratch);
+                } else {
+                    let samples = x_blk.chunks(per_in).zip(dy_blk.chunks(per_out)).zip(dx_blk.chunks_mut(per_in));
+                    for ((x_n, dy_n), dx_n) in samples {
+                        backward_sample(&g, &plan, x_n, ws, dy_n, dx_n, &mut dw, scratch);
+                    }
                 }
                 dw
             },
@@ -279,7 +285,12 @@ pub fn conv2d_backward<T: Float>(
         dw_flat.iter_mut().zip(part).for_each(|(a, &b)| *a += b);
     }
     let dw = Array4::from_shape_vec(w.raw_dim(), dw_flat).expect("same length as the weight");
-    let db = dy.sum_axis(Axis(3)).sum_axis(Axis(2)).sum_axis(Axis(0));
+    let mut db = Array1::<T>::zeros(g.c_out);
+    for dy_n in dys.chunks(per_out) {
+        for (d, dy_c) in db.iter_mut().zip(dy_n.chunks(g.out_area())) {
+            *d += cnn_tensor::sum(dy_c);
+        }
+    }
     Ok(Conv2dGrads { dx, dw, db })
 }
 

@@ -202,6 +202,8 @@ fn large_maps_cut_into_row_tiles_equal_naive() {
         ([2, 300, 30, 30], [4, 300, 1, 1], Conv2dOptions::default()),
         ([1, 16, 64, 63], [8, 16, 3, 3], Conv2dOptions::default().with_stride(2).with_padding(1)),
         ([1, 8, 70, 70], [4, 8, 7, 7], Conv2dOptions { stride: [2, 3], padding: [3, 3], dilation: [1, 1], groups: 1 }),
+        ([37, 4, 24, 24], [6, 2, 3, 3], Conv2dOptions::default().with_padding(1).with_groups(2)),
+        ([35, 16, 3, 3], [8, 16, 1, 1], Conv2dOptions::default()),
     ] {
         let (x, w) = (randn4(x_shape, 11), randn4(w_shape, 12));
         let b = Array1::linspace(-1.0, 1.0, w_shape[0]);

@@ -27,6 +27,7 @@ mod linear;
 mod loss;
 mod param;
 pub mod random;
+mod reduce;
 
 pub use error::{Error, Result};
 pub use float::Float;
@@ -35,6 +36,7 @@ pub use layer::{join_key, Layer, Mode};
 pub use linear::{linear_backward, linear_forward, Linear, LinearConfig, LinearGrads};
 pub use loss::{cross_entropy_backward, cross_entropy_forward, log_softmax, softmax};
 pub use param::Param;
+pub use reduce::sum;
 
 /// ndarray, re-exported so users name the same version we use.
 pub use ndarray;
