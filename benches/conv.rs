@@ -73,6 +73,14 @@ fn sgemm(c: &mut Criterion) {
     group.bench_function("2048_1thread", |bch| {
         bch.iter(|| cnn::tensor::gemm(1.0, a.view(), b.view(), 0.0, out.view_mut()).expect("gemm"))
     });
+    let packed = cnn::tensor::PackedLhs::new(a.view(), M);
+    let mut scratch = Vec::new();
+    group.bench_function("2048_packed_1thread", |bch| {
+        bch.iter(|| {
+            cnn::tensor::gemm_packed(&packed, b.view(), 0.0, out.view_mut(), &mut scratch)
+                .expect("gemm")
+        })
+    });
     let threads = rayon::current_num_threads();
     group.bench_function(format!("2048_{threads}threads"), |bch| {
         bch.iter(|| {

@@ -12,10 +12,8 @@
 //! weight gradients are summed in block order: the same numbers on any number
 //! of threads.
 
-use cnn_tensor::{gemm, Error, Float, Result};
-use ndarray::{
-    Array1, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut2, ShapeBuilder,
-};
+use cnn_tensor::{gemm, gemm_packed, Error, Float, PackedLhs, Result};
+use ndarray::{Array1, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut2, ShapeBuilder};
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -64,7 +62,8 @@ impl Plan {
         let min_samples = g.n.div_ceil(max_blocks);
         // A pointwise conv reads x and writes y in place, with no copies, so it is never batched.
         let batched = !g.is_pointwise() && g.out_area() < TARGET_COLS && g.n > 1;
-        let samples = if batched { TARGET_COLS.div_ceil(g.out_area()).max(min_samples) } else { min_samples };
+        let samples =
+            if batched { TARGET_COLS.div_ceil(g.out_area()).max(min_samples) } else { min_samples };
         let cols = (TILE_BYTES / (g.col_rows() * std::mem::size_of::<T>())).max(TARGET_COLS);
         Plan { samples: samples.min(g.n), batched, tile_rows: (cols / g.wo).clamp(1, g.ho) }
     }
@@ -85,21 +84,41 @@ impl Plan {
     }
 }
 
+/// Each group's weight `W_g [C_out/G, rows]` (or its transpose, for dx)
+/// packed once for the whole call.
+fn pack_weights<T: Float>(
+    g: &ConvGeometry,
+    plan: &Plan,
+    ws: &[T],
+    transposed: bool,
+) -> Vec<PackedLhs<T>> {
+    let (rows, cog) = (g.col_rows(), g.c_out_g());
+    (0..g.opts.groups)
+        .map(|grp| {
+            let w_g = mat(&ws[grp * cog * rows..], cog, rows, rows);
+            PackedLhs::new(if transposed { w_g.t() } else { w_g }, plan.max_cols(g))
+        })
+        .collect()
+}
+
 /// A row-major matrix view over a slice.
 fn mat<T>(data: &[T], rows: usize, cols: usize, ld: usize) -> ArrayView2<'_, T> {
     // Invariant of every caller: the slice covers `rows` rows of stride `ld`.
-    ArrayView2::from_shape((rows, cols).strides((ld, 1)), data).expect("matrix view within its buffer")
+    ArrayView2::from_shape((rows, cols).strides((ld, 1)), data)
+        .expect("matrix view within its buffer")
 }
 
 fn mat_mut<T>(data: &mut [T], rows: usize, cols: usize, ld: usize) -> ArrayViewMut2<'_, T> {
-    ArrayViewMut2::from_shape((rows, cols).strides((ld, 1)), data).expect("matrix view within its buffer")
+    ArrayViewMut2::from_shape((rows, cols).strides((ld, 1)), data)
+        .expect("matrix view within its buffer")
 }
 
 fn check_bias<T>(g: &ConvGeometry, bias: Option<&ArrayView1<'_, T>>) -> Result<()> {
     match bias {
-        Some(b) if b.len() != g.c_out => {
-            Err(Error::shape("conv2d", format!("bias has {} entries, weight has {} output channels", b.len(), g.c_out)))
-        }
+        Some(b) if b.len() != g.c_out => Err(Error::shape(
+            "conv2d",
+            format!("bias has {} entries, weight has {} output channels", b.len(), g.c_out),
+        )),
         _ => Ok(()),
     }
 }
@@ -133,6 +152,7 @@ pub fn conv2d_forward<T: Float>(
     let plan = Plan::new::<T>(&g);
     let y_slice = y.as_slice_mut().expect("a new array is contiguous");
 
+    let weights = pack_weights(&g, &plan, ws, false);
     y_slice.par_chunks_mut(plan.samples * per_sample_out).enumerate().for_each_init(
         || Scratch::new(&g, &plan),
         |scratch, (blk, y_blk)| {
@@ -140,10 +160,11 @@ pub fn conv2d_forward<T: Float>(
             let s = y_blk.len() / per_sample_out;
             let x_blk = &xs[n0 * per_sample_in..(n0 + s) * per_sample_in];
             if plan.batched {
-                forward_samples(&g, x_blk, ws, y_blk, s, scratch);
+                forward_samples(&g, x_blk, &weights, y_blk, s, scratch);
             } else {
-                for (x_n, y_n) in x_blk.chunks(per_sample_in).zip(y_blk.chunks_mut(per_sample_out)) {
-                    forward_sample(&g, &plan, x_n, ws, y_n, scratch);
+                for (x_n, y_n) in x_blk.chunks(per_sample_in).zip(y_blk.chunks_mut(per_sample_out))
+                {
+                    forward_sample(&g, &plan, x_n, &weights, y_n, scratch);
                 }
             }
             if let Some(b) = b.as_ref() {
@@ -165,6 +186,8 @@ struct Scratch<T> {
     out: Vec<T>,
     /// Input rows split by phase of a horizontal stride (see `im2col`).
     phases: Vec<T>,
+    /// The right operand of `gemm_packed`, packed.
+    packed: Vec<T>,
 }
 
 impl<T: Float> Scratch<T> {
@@ -173,7 +196,12 @@ impl<T: Float> Scratch<T> {
         // A pointwise conv needs no im2col buffer, an unbatched one no gather buffer.
         let col_len = if g.is_pointwise() { 0 } else { g.col_rows() * cols };
         let out_len = if plan.batched { g.c_out_g() * cols } else { 0 };
-        Scratch { col: vec![T::zero(); col_len], out: vec![T::zero(); out_len], phases: Vec::new() }
+        Scratch {
+            col: vec![T::zero(); col_len],
+            out: vec![T::zero(); out_len],
+            phases: Vec::new(),
+            packed: Vec::new(),
+        }
     }
 }
 
@@ -182,10 +210,16 @@ fn slice<'a, T>(a: &'a ndarray::CowArray<'_, T, ndarray::Ix4>) -> &'a [T] {
 }
 
 /// One sample, tile by tile of output rows: the GEMM writes straight into `y`.
-fn forward_sample<T: Float>(g: &ConvGeometry, plan: &Plan, x: &[T], ws: &[T], y: &mut [T], scratch: &mut Scratch<T>) {
+fn forward_sample<T: Float>(
+    g: &ConvGeometry,
+    plan: &Plan,
+    x: &[T],
+    weights: &[PackedLhs<T>],
+    y: &mut [T],
+    scratch: &mut Scratch<T>,
+) {
     let (area, rows, cog, cg, wo) = (g.out_area(), g.col_rows(), g.c_out_g(), g.c_in_g(), g.wo);
-    for grp in 0..g.opts.groups {
-        let w_g = mat(&ws[grp * cog * rows..], cog, rows, rows);
+    for (grp, w_g) in weights.iter().enumerate() {
         for tile in plan.tiles(g) {
             let cols = tile.len() * wo;
             let offset = tile.start * wo;
@@ -196,23 +230,38 @@ fn forward_sample<T: Float>(g: &ConvGeometry, plan: &Plan, x: &[T], ws: &[T], y:
                 mat(&scratch.col, rows, cols, cols)
             };
             let out = mat_mut(&mut y[grp * cog * area + offset..], cog, cols, area);
-            gemm(T::one(), w_g, col, T::zero(), out).expect("tile shapes agree by construction");
+            gemm_packed(w_g, col, T::zero(), out, &mut scratch.packed)
+                .expect("tile shapes agree by construction");
         }
     }
 }
 
 /// Several small samples side by side in one GEMM, then scattered into `y`.
-fn forward_samples<T: Float>(g: &ConvGeometry, x_blk: &[T], ws: &[T], y_blk: &mut [T], s: usize, scratch: &mut Scratch<T>) {
+fn forward_samples<T: Float>(
+    g: &ConvGeometry,
+    x_blk: &[T],
+    weights: &[PackedLhs<T>],
+    y_blk: &mut [T],
+    s: usize,
+    scratch: &mut Scratch<T>,
+) {
     let (area, rows, cog, cg) = (g.out_area(), g.col_rows(), g.c_out_g(), g.c_in_g());
     let cols = s * area;
     let (per_in, per_out) = (g.c_in * g.h * g.w, g.c_out * area);
-    for grp in 0..g.opts.groups {
-        let w_g = mat(&ws[grp * cog * rows..], cog, rows, rows);
+    for (grp, w_g) in weights.iter().enumerate() {
         for si in 0..s {
-            im2col(g, &x_blk[si * per_in..(si + 1) * per_in], grp * cg, 0..g.ho, &mut scratch.col[si * area..], cols, &mut scratch.phases);
+            im2col(
+                g,
+                &x_blk[si * per_in..(si + 1) * per_in],
+                grp * cg,
+                0..g.ho,
+                &mut scratch.col[si * area..],
+                cols,
+                &mut scratch.phases,
+            );
         }
         let out = mat_mut(&mut scratch.out, cog, cols, cols);
-        gemm(T::one(), w_g, mat(&scratch.col, rows, cols, cols), T::zero(), out)
+        gemm_packed(w_g, mat(&scratch.col, rows, cols, cols), T::zero(), out, &mut scratch.packed)
             .expect("block shapes agree by construction");
         for si in 0..s {
             for o in 0..cog {
@@ -255,6 +304,8 @@ pub fn conv2d_backward<T: Float>(
     let mut dx = Array4::<T>::zeros((g.n, g.c_in, g.h, g.w));
     let dx_slice = dx.as_slice_mut().expect("a new array is contiguous");
 
+    let weights_t = pack_weights(&g, &plan, ws, true);
+    let dw_len = ws.len();
     let partials: Vec<Vec<T>> = dx_slice
         .par_chunks_mut(plan.samples * per_in)
         .enumerate()
@@ -265,13 +316,16 @@ pub fn conv2d_backward<T: Float>(
                 let s = dx_blk.len() / per_in;
                 let x_blk = &xs[n0 * per_in..(n0 + s) * per_in];
                 let dy_blk = &dys[n0 * per_out..(n0 + s) * per_out];
-                let mut dw = vec![T::zero(); ws.len()];
+                let mut dw = vec![T::zero(); dw_len];
                 if plan.batched {
-                    backward_samples(&g, x_blk, ws, dy_blk, dx_blk, &mut dw, s, scratch);
+                    backward_samples(&g, x_blk, &weights_t, dy_blk, dx_blk, &mut dw, s, scratch);
                 } else {
-                    let samples = x_blk.chunks(per_in).zip(dy_blk.chunks(per_out)).zip(dx_blk.chunks_mut(per_in));
+                    let samples = x_blk
+                        .chunks(per_in)
+                        .zip(dy_blk.chunks(per_out))
+                        .zip(dx_blk.chunks_mut(per_in));
                     for ((x_n, dy_n), dx_n) in samples {
-                        backward_sample(&g, &plan, x_n, ws, dy_n, dx_n, &mut dw, scratch);
+                        backward_sample(&g, &plan, x_n, &weights_t, dy_n, dx_n, &mut dw, scratch);
                     }
                 }
                 dw
@@ -299,7 +353,11 @@ pub fn conv2d_backward<T: Float>(
 /// Neither operand is laid out as its packing likes, so the choice was
 /// measured: with few output channels (a thin `dy_g`) computing `dW_gᵀ = col · dy_gᵀ`
 /// was 45% faster (shape B), with many it was 5–10% slower (D, F, H).
-fn add_weight_grad<T: Float>(dy_g: ArrayView2<'_, T>, col: ArrayView2<'_, T>, dw_g: ArrayViewMut2<'_, T>) {
+fn add_weight_grad<T: Float>(
+    dy_g: ArrayView2<'_, T>,
+    col: ArrayView2<'_, T>,
+    dw_g: ArrayViewMut2<'_, T>,
+) {
     let done = if dy_g.nrows() < 64 {
         gemm(T::one(), col, dy_g.t(), T::one(), dw_g.reversed_axes())
     } else {
@@ -314,15 +372,14 @@ fn backward_sample<T: Float>(
     g: &ConvGeometry,
     plan: &Plan,
     x: &[T],
-    ws: &[T],
+    weights_t: &[PackedLhs<T>],
     dy: &[T],
     dx: &mut [T],
     dw: &mut [T],
     scratch: &mut Scratch<T>,
 ) {
     let (area, rows, cog, cg, wo) = (g.out_area(), g.col_rows(), g.c_out_g(), g.c_in_g(), g.wo);
-    for grp in 0..g.opts.groups {
-        let w_g = mat(&ws[grp * cog * rows..], cog, rows, rows);
+    for (grp, w_t) in weights_t.iter().enumerate() {
         for tile in plan.tiles(g) {
             let cols = tile.len() * wo;
             let offset = tile.start * wo;
@@ -332,13 +389,15 @@ fn backward_sample<T: Float>(
                 let x_t = mat(&x[grp * cg * area + offset..], cg, cols, area);
                 add_weight_grad(dy_t, x_t, dw_g);
                 let dx_t = mat_mut(&mut dx[grp * cg * area + offset..], cg, cols, area);
-                gemm(T::one(), w_g.t(), dy_t, T::zero(), dx_t).expect("tile shapes agree by construction");
+                gemm_packed(w_t, dy_t, T::zero(), dx_t, &mut scratch.packed)
+                    .expect("tile shapes agree by construction");
             } else {
                 im2col(g, x, grp * cg, tile.clone(), &mut scratch.col, cols, &mut scratch.phases);
                 let col = mat(&scratch.col, rows, cols, cols);
                 add_weight_grad(dy_t, col, dw_g);
                 let dcol = mat_mut(&mut scratch.col, rows, cols, cols);
-                gemm(T::one(), w_g.t(), dy_t, T::zero(), dcol).expect("tile shapes agree by construction");
+                gemm_packed(w_t, dy_t, T::zero(), dcol, &mut scratch.packed)
+                    .expect("tile shapes agree by construction");
                 col2im(g, &scratch.col, cols, tile, grp * cg, dx, &mut scratch.phases);
             }
         }
@@ -350,7 +409,7 @@ fn backward_sample<T: Float>(
 fn backward_samples<T: Float>(
     g: &ConvGeometry,
     x_blk: &[T],
-    ws: &[T],
+    weights_t: &[PackedLhs<T>],
     dy_blk: &[T],
     dx_blk: &mut [T],
     dw: &mut [T],
@@ -360,20 +419,28 @@ fn backward_samples<T: Float>(
     let (area, rows, cog, cg) = (g.out_area(), g.col_rows(), g.c_out_g(), g.c_in_g());
     let cols = s * area;
     let (per_in, per_out) = (g.c_in * g.h * g.w, g.c_out * area);
-    for grp in 0..g.opts.groups {
-        let w_g = mat(&ws[grp * cog * rows..], cog, rows, rows);
+    for (grp, w_t) in weights_t.iter().enumerate() {
         for si in 0..s {
             for o in 0..cog {
                 let src = &dy_blk[si * per_out + (grp * cog + o) * area..][..area];
                 scratch.out[o * cols + si * area..][..area].copy_from_slice(src);
             }
-            im2col(g, &x_blk[si * per_in..(si + 1) * per_in], grp * cg, 0..g.ho, &mut scratch.col[si * area..], cols, &mut scratch.phases);
+            im2col(
+                g,
+                &x_blk[si * per_in..(si + 1) * per_in],
+                grp * cg,
+                0..g.ho,
+                &mut scratch.col[si * area..],
+                cols,
+                &mut scratch.phases,
+            );
         }
         let dy_g = mat(&scratch.out, cog, cols, cols);
         let dw_g = mat_mut(&mut dw[grp * cog * rows..], cog, rows, rows);
         add_weight_grad(dy_g, mat(&scratch.col, rows, cols, cols), dw_g);
         let dcol = mat_mut(&mut scratch.col, rows, cols, cols);
-        gemm(T::one(), w_g.t(), dy_g, T::zero(), dcol).expect("block shapes agree by construction");
+        gemm_packed(w_t, dy_g, T::zero(), dcol, &mut scratch.packed)
+            .expect("block shapes agree by construction");
         for si in 0..s {
             let dx = &mut dx_blk[si * per_in..(si + 1) * per_in];
             col2im(g, &scratch.col[si * area..], cols, 0..g.ho, grp * cg, dx, &mut scratch.phases);

@@ -73,7 +73,8 @@ pub(crate) fn im2col<T: Float>(
                     let src = if sw == 1 {
                         &plane[ih * w + iw0..ih * w + iw0 + n]
                     } else {
-                        let phase_row = ((cc * in_rows.len() + ih - in_rows.start) * sw + iw0 % sw) * width;
+                        let phase_row =
+                            ((cc * in_rows.len() + ih - in_rows.start) * sw + iw0 % sw) * width;
                         &phases[phase_row + iw0 / sw..phase_row + iw0 / sw + n]
                     };
                     dst[ow_lo..ow_hi].copy_from_slice(src);
@@ -87,14 +88,21 @@ pub(crate) fn im2col<T: Float>(
 fn input_rows(g: &ConvGeometry, out_rows: &Range<usize>) -> Range<usize> {
     let [sh, _] = g.opts.stride;
     let first = (out_rows.start * sh) as isize - g.opts.padding[0] as isize;
-    let last = ((out_rows.end.max(1) - 1) * sh + (g.kh - 1) * g.opts.dilation[0]) as isize - g.opts.padding[0] as isize;
+    let last = ((out_rows.end.max(1) - 1) * sh + (g.kh - 1) * g.opts.dilation[0]) as isize
+        - g.opts.padding[0] as isize;
     let lo = first.clamp(0, g.h as isize) as usize;
     let hi = (last + 1).clamp(lo as isize, g.h as isize) as usize;
     lo..hi
 }
 
 /// `phases[((cc·rows + r)·sw + q)·⌈w/sw⌉ + t] = x[c0 + cc, in_rows.start + r, q + t·sw]`.
-fn split_phases<T: Float>(g: &ConvGeometry, x: &[T], c0: usize, in_rows: &Range<usize>, phases: &mut Vec<T>) {
+fn split_phases<T: Float>(
+    g: &ConvGeometry,
+    x: &[T],
+    c0: usize,
+    in_rows: &Range<usize>,
+    phases: &mut Vec<T>,
+) {
     let [_, sw] = g.opts.stride;
     let (h, w) = (g.h, g.w);
     let width = w.div_ceil(sw);
@@ -168,7 +176,8 @@ pub(crate) fn col2im<T: Float>(
                     let dst = if sw == 1 {
                         &mut plane[ih * w + iw0..ih * w + iw0 + n]
                     } else {
-                        let phase_row = ((cc * in_rows.len() + ih - in_rows.start) * sw + iw0 % sw) * width;
+                        let phase_row =
+                            ((cc * in_rows.len() + ih - in_rows.start) * sw + iw0 % sw) * width;
                         &mut phases[phase_row + iw0 / sw..phase_row + iw0 / sw + n]
                     };
                     for (d, &s) in dst.iter_mut().zip(src) {
@@ -184,7 +193,13 @@ pub(crate) fn col2im<T: Float>(
 }
 
 /// `dx[c0 + cc, in_rows.start + r, q + t·sw] += phases[…]`: the adjoint of `split_phases`.
-fn merge_phases<T: Float>(g: &ConvGeometry, phases: &[T], c0: usize, in_rows: &Range<usize>, dx: &mut [T]) {
+fn merge_phases<T: Float>(
+    g: &ConvGeometry,
+    phases: &[T],
+    c0: usize,
+    in_rows: &Range<usize>,
+    dx: &mut [T],
+) {
     let [_, sw] = g.opts.stride;
     let (h, w) = (g.h, g.w);
     let width = w.div_ceil(sw);

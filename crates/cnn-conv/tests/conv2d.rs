@@ -77,6 +77,22 @@ proptest! {
     }
 
     #[test]
+    fn f32_kernel_matches_f64_naive(c in case(9), seed in 0u64..1000) {
+        // The f32 path has its own GEMM micro-kernel (AVX-512 where present).
+        let (x, w) = (randn4(c.x, seed), randn4(c.w, seed + 1));
+        let (x32, w32) = (x.mapv(|v| v as f32), w.mapv(|v| v as f32));
+        let (x, w) = (x32.mapv(f64::from), w32.mapv(f64::from));
+        let y32 = conv2d_forward(x32.view(), w32.view(), None, &c.opts).unwrap();
+        let y = conv2d_forward_naive(x.view(), w.view(), None, &c.opts).unwrap();
+        prop_assert!(rel_err(&y32.mapv(f64::from), &y) < 1e-5);
+        let dy32 = randn4(y.dim().into(), seed + 2).mapv(|v| v as f32);
+        let g32 = conv2d_backward(x32.view(), w32.view(), dy32.view(), &c.opts).unwrap();
+        let g = conv2d_backward_naive(x.view(), w.view(), dy32.mapv(f64::from).view(), &c.opts).unwrap();
+        prop_assert!(rel_err(&g32.dx.mapv(f64::from), &g.dx) < 1e-5);
+        prop_assert!(rel_err(&g32.dw.mapv(f64::from), &g.dw) < 1e-5);
+    }
+
+    #[test]
     fn backward_matches_central_differences(c in case(6), seed in 0u64..1000) {
         let opts = c.opts;
         let bias = c.bias;
@@ -198,10 +214,18 @@ fn large_maps_cut_into_row_tiles_equal_naive() {
     // One sample per block and several row tiles per sample (576 col rows, 40x40 output).
     for (x_shape, w_shape, opts) in [
         ([2, 64, 40, 40], [8, 64, 3, 3], Conv2dOptions::default().with_padding(1)),
-        ([1, 32, 45, 39], [6, 16, 3, 5], Conv2dOptions { stride: [2, 1], padding: [1, 2], dilation: [1, 2], groups: 2 }),
+        (
+            [1, 32, 45, 39],
+            [6, 16, 3, 5],
+            Conv2dOptions { stride: [2, 1], padding: [1, 2], dilation: [1, 2], groups: 2 },
+        ),
         ([2, 300, 30, 30], [4, 300, 1, 1], Conv2dOptions::default()),
         ([1, 16, 64, 63], [8, 16, 3, 3], Conv2dOptions::default().with_stride(2).with_padding(1)),
-        ([1, 8, 70, 70], [4, 8, 7, 7], Conv2dOptions { stride: [2, 3], padding: [3, 3], dilation: [1, 1], groups: 1 }),
+        (
+            [1, 8, 70, 70],
+            [4, 8, 7, 7],
+            Conv2dOptions { stride: [2, 3], padding: [3, 3], dilation: [1, 1], groups: 1 },
+        ),
         ([37, 4, 24, 24], [6, 2, 3, 3], Conv2dOptions::default().with_padding(1).with_groups(2)),
         ([35, 16, 3, 3], [8, 16, 1, 1], Conv2dOptions::default()),
     ] {
@@ -215,5 +239,26 @@ fn large_maps_cut_into_row_tiles_equal_naive() {
         let gs = conv2d_backward_naive(x.view(), w.view(), dy.view(), &opts).unwrap();
         assert!(rel_err(&gf.dx, &gs.dx) < 1e-12, "dx {x_shape:?}");
         assert!(rel_err(&gf.dw, &gs.dw) < 1e-12, "dw {x_shape:?}");
+        // And the f32 path, whose GEMM is its own.
+        let (x32, w32, dy32) = (x.mapv(|v| v as f32), w.mapv(|v| v as f32), dy.mapv(|v| v as f32));
+        let y32 = conv2d_forward(x32.view(), w32.view(), None, &opts).unwrap();
+        let y = conv2d_forward_naive(
+            x32.mapv(f64::from).view(),
+            w32.mapv(f64::from).view(),
+            None,
+            &opts,
+        )
+        .unwrap();
+        assert!(rel_err(&y32.mapv(f64::from), &y) < 1e-5, "f32 forward {x_shape:?}");
+        let g32 = conv2d_backward(x32.view(), w32.view(), dy32.view(), &opts).unwrap();
+        let g = conv2d_backward_naive(
+            x32.mapv(f64::from).view(),
+            w32.mapv(f64::from).view(),
+            dy32.mapv(f64::from).view(),
+            &opts,
+        )
+        .unwrap();
+        assert!(rel_err(&g32.dx.mapv(f64::from), &g.dx) < 1e-5, "f32 dx {x_shape:?}");
+        assert!(rel_err(&g32.dw.mapv(f64::from), &g.dw) < 1e-5, "f32 dw {x_shape:?}");
     }
 }

@@ -25,6 +25,7 @@ pub mod gradcheck;
 mod layer;
 mod linear;
 mod loss;
+mod packed;
 mod param;
 pub mod random;
 mod reduce;
@@ -35,6 +36,7 @@ pub use gemm::{gemm, matmul};
 pub use layer::{join_key, Layer, Mode};
 pub use linear::{linear_backward, linear_forward, Linear, LinearConfig, LinearGrads};
 pub use loss::{cross_entropy_backward, cross_entropy_forward, log_softmax, softmax};
+pub use packed::{gemm_packed, PackedLhs};
 pub use param::Param;
 pub use reduce::sum;
 
