@@ -125,7 +125,10 @@ impl<T: Float> Conv2d<T> {
                 format!("channels and kernel must be positive, got {cfg:?}"),
             ));
         }
-        if o.groups == 0 || cfg.in_channels % o.groups != 0 || cfg.out_channels % o.groups != 0 {
+        if o.groups == 0
+            || !cfg.in_channels.is_multiple_of(o.groups)
+            || !cfg.out_channels.is_multiple_of(o.groups)
+        {
             return Err(Error::config(
                 "conv2d",
                 format!(

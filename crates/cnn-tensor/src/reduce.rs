@@ -27,7 +27,7 @@ pub fn sum<T: Float>(xs: &[T]) -> T {
     while width > 1 {
         width /= 2;
         for i in 0..width {
-            acc[i] = acc[i] + acc[i + width];
+            acc[i] += acc[i + width];
         }
     }
     acc[0]
