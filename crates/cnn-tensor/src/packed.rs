@@ -38,10 +38,18 @@ pub struct PackedLhs<T: Float> {
     plain: Array2<T>,
 }
 
+/// Whether `T` is f32 and the kernel may run: the CPU has AVX-512F and the
+/// environment variable `CNN_DISABLE_AVX512` is not set (read once), which
+/// lets users and tests take the portable matrixmultiply path on any machine.
 fn avx512_f32<T: 'static>() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        TypeId::of::<T>() == TypeId::of::<f32>() && std::arch::is_x86_feature_detected!("avx512f")
+        static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let enabled = *ENABLED.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::env::var_os("CNN_DISABLE_AVX512").is_none()
+        });
+        TypeId::of::<T>() == TypeId::of::<f32>() && enabled
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -71,6 +79,12 @@ impl<T: Float> PackedLhs<T> {
             }
         }
         PackedLhs { m, k, shape, data, plain: a.to_owned() }
+    }
+
+    /// Whether products with `T` run in this crate's micro-kernel (f32 with
+    /// AVX-512, unless `CNN_DISABLE_AVX512` is set) rather than in matrixmultiply.
+    pub fn uses_kernel() -> bool {
+        avx512_f32::<T>()
     }
 
     /// Rows of `A`.
