@@ -1,5 +1,37 @@
-//! `cnn`: convolutional networks on the CPU, with hand-written backward
-//! checked against PyTorch. This facade re-exports the workspace's crates.
+//! `cnn`: convolutional networks on the CPU, with every forward and backward
+//! written by hand and checked against PyTorch.
+//!
+//! This facade re-exports the workspace's crates under short names
+//! ([`tensor`], [`init`], [`conv`]) and gathers the everyday items in
+//! [`prelude`]. Depend on a single crate (`cnn-conv`, `cnn-tensor`, …)
+//! instead when that is all you need.
+//!
+//! ```
+//! use cnn::prelude::*;
+//!
+//! let mut rng = seeded_rng(0);
+//! let mut conv = Conv2d::<f32>::new(Conv2dConfig::new(1, 8, 3).with_padding(1), &mut rng)?;
+//! let mut pool = GlobalAvgPool2d::new();
+//! let mut fc = Linear::<f32>::new(LinearConfig::new(8, 10), &mut rng)?;
+//!
+//! let x = cnn::tensor::random::normal(&[4, 1, 8, 8], 0.0, 1.0, &mut rng);
+//! let features = pool.forward(conv.forward(x, Mode::Train)?, Mode::Train)?;
+//! let logits = fc.forward(features.into_shape_with_order(vec![4, 8]).map_err(|e| Error::shape("reshape", e.to_string()))?, Mode::Train)?;
+//! assert_eq!(logits.shape(), &[4, 10]);
+//! # Ok::<(), cnn::tensor::Error>(())
+//! ```
+
 pub use cnn_conv as conv;
 pub use cnn_init as init;
 pub use cnn_tensor as tensor;
+
+/// The items most programs use, for `use cnn::prelude::*`.
+pub mod prelude {
+    pub use cnn_conv::{
+        AvgPool2d, Conv2d, Conv2dConfig, Conv2dOptions, GlobalAvgPool2d, MaxPool2d, Pool2dOptions,
+    };
+    pub use cnn_init::{FanMode, Nonlinearity};
+    pub use cnn_tensor::gradcheck::{check_layer, GradCheckConfig};
+    pub use cnn_tensor::random::seeded_rng;
+    pub use cnn_tensor::{ArrayD, Error, Float, Layer, Linear, LinearConfig, Mode, Param, Result};
+}
