@@ -12,7 +12,7 @@
 //! weight gradients are summed in block order: the same numbers on any number
 //! of threads.
 
-use cnn_tensor::{gemm, gemm_packed, Error, Float, PackedLhs, Result};
+use cnn_tensor::{gemm, gemm_packed, Float, PackedLhs, Result};
 use ndarray::{Array1, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut2, ShapeBuilder};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -113,16 +113,6 @@ fn mat_mut<T>(data: &mut [T], rows: usize, cols: usize, ld: usize) -> ArrayViewM
         .expect("matrix view within its buffer")
 }
 
-fn check_bias<T>(g: &ConvGeometry, bias: Option<&ArrayView1<'_, T>>) -> Result<()> {
-    match bias {
-        Some(b) if b.len() != g.c_out => Err(Error::shape(
-            "conv2d",
-            format!("bias has {} entries, weight has {} output channels", b.len(), g.c_out),
-        )),
-        _ => Ok(()),
-    }
-}
-
 /// 2-D convolution (cross-correlation, as `F.conv2d`).
 ///
 /// `y[n, o, p, q] = b[o] + Σ_{c, i, j} w[o, c, i, j] · x[n, g·Cg + c, p·sh − ph + i·dh, q·sw − pw + j·dw]`
@@ -142,7 +132,7 @@ pub fn conv2d_forward<T: Float>(
     opts: &Conv2dOptions,
 ) -> Result<Array4<T>> {
     let g = ConvGeometry::new(x.shape(), w.shape(), opts)?;
-    check_bias(&g, b.as_ref())?;
+    g.check_bias(b.as_ref().map(|b| b.len()))?;
     let x = x.as_standard_layout();
     let w = w.as_standard_layout();
     let (xs, ws) = (slice(&x), slice(&w));
@@ -236,6 +226,29 @@ fn forward_sample<T: Float>(
     }
 }
 
+/// The im2col matrices of group `grp` of the `s` samples of `x_blk`, side by
+/// side in `scratch.col` (`[rows, s·Ho·Wo]`).
+fn im2col_side_by_side<T: Float>(
+    g: &ConvGeometry,
+    x_blk: &[T],
+    grp: usize,
+    s: usize,
+    scratch: &mut Scratch<T>,
+) {
+    let (area, per_in) = (g.out_area(), g.c_in * g.h * g.w);
+    for (si, x) in x_blk.chunks(per_in).take(s).enumerate() {
+        im2col(
+            g,
+            x,
+            grp * g.c_in_g(),
+            0..g.ho,
+            &mut scratch.col[si * area..],
+            s * area,
+            &mut scratch.phases,
+        );
+    }
+}
+
 /// Several small samples side by side in one GEMM, then scattered into `y`.
 fn forward_samples<T: Float>(
     g: &ConvGeometry,
@@ -245,21 +258,11 @@ fn forward_samples<T: Float>(
     s: usize,
     scratch: &mut Scratch<T>,
 ) {
-    let (area, rows, cog, cg) = (g.out_area(), g.col_rows(), g.c_out_g(), g.c_in_g());
+    let (area, rows, cog) = (g.out_area(), g.col_rows(), g.c_out_g());
     let cols = s * area;
-    let (per_in, per_out) = (g.c_in * g.h * g.w, g.c_out * area);
+    let per_out = g.c_out * area;
     for (grp, w_g) in weights.iter().enumerate() {
-        for si in 0..s {
-            im2col(
-                g,
-                &x_blk[si * per_in..(si + 1) * per_in],
-                grp * cg,
-                0..g.ho,
-                &mut scratch.col[si * area..],
-                cols,
-                &mut scratch.phases,
-            );
-        }
+        im2col_side_by_side(g, x_blk, grp, s, scratch);
         let out = mat_mut(&mut scratch.out, cog, cols, cols);
         gemm_packed(w_g, mat(&scratch.col, rows, cols, cols), T::zero(), out, &mut scratch.packed)
             .expect("block shapes agree by construction");
@@ -288,12 +291,7 @@ pub fn conv2d_backward<T: Float>(
     opts: &Conv2dOptions,
 ) -> Result<Conv2dGrads<T>> {
     let g = ConvGeometry::new(x.shape(), w.shape(), opts)?;
-    if dy.shape() != g.out_shape() {
-        return Err(Error::shape(
-            "conv2d",
-            format!("dy is {:?}, expected the output shape {:?}", dy.shape(), g.out_shape()),
-        ));
-    }
+    g.check_dy(dy.shape())?;
     let x = x.as_standard_layout();
     let w = w.as_standard_layout();
     let dy = dy.as_standard_layout();
@@ -425,16 +423,8 @@ fn backward_samples<T: Float>(
                 let src = &dy_blk[si * per_out + (grp * cog + o) * area..][..area];
                 scratch.out[o * cols + si * area..][..area].copy_from_slice(src);
             }
-            im2col(
-                g,
-                &x_blk[si * per_in..(si + 1) * per_in],
-                grp * cg,
-                0..g.ho,
-                &mut scratch.col[si * area..],
-                cols,
-                &mut scratch.phases,
-            );
         }
+        im2col_side_by_side(g, x_blk, grp, s, scratch);
         let dy_g = mat(&scratch.out, cog, cols, cols);
         let dw_g = mat_mut(&mut dw[grp * cog * rows..], cog, rows, rows);
         add_weight_grad(dy_g, mat(&scratch.col, rows, cols, cols), dw_g);

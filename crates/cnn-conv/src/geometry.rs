@@ -183,6 +183,34 @@ impl ConvGeometry {
     pub fn flops(&self) -> u64 {
         2 * (self.n * self.c_out * self.out_area() * self.col_rows()) as u64
     }
+    /// Checks an upstream gradient against the output shape.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] naming both shapes.
+    pub fn check_dy(&self, dy: &[usize]) -> Result<()> {
+        if dy != self.out_shape() {
+            return Err(Error::shape(
+                OP,
+                format!("dy is {dy:?}, expected the output shape {:?}", self.out_shape()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks a bias length against the output channels.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] naming both.
+    pub fn check_bias(&self, bias_len: Option<usize>) -> Result<()> {
+        match bias_len {
+            Some(len) if len != self.c_out => Err(Error::shape(
+                OP,
+                format!("bias has {len} entries, weight has {} output channels", self.c_out),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether im2col would only copy the input (1x1 kernel, stride 1, no padding).
     pub fn is_pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.opts.stride == [1, 1] && self.opts.padding == [0, 0]

@@ -1,6 +1,6 @@
 //! Naive reference kernels: the definitions as loops, to hold the fast ones to.
 
-use cnn_tensor::{Error, Float, Result};
+use cnn_tensor::{Float, Result};
 use ndarray::{Array1, Array4, ArrayView1, ArrayView4};
 
 use crate::{Conv2dGrads, Conv2dOptions, ConvGeometry};
@@ -55,14 +55,7 @@ pub fn conv2d_forward_naive<T: Float>(
     opts: &Conv2dOptions,
 ) -> Result<Array4<T>> {
     let g = ConvGeometry::new(x.shape(), w.shape(), opts)?;
-    if let Some(b) = &b {
-        if b.len() != g.c_out {
-            return Err(Error::shape(
-                "conv2d",
-                format!("bias has {} entries, expected {}", b.len(), g.c_out),
-            ));
-        }
-    }
+    g.check_bias(b.as_ref().map(|b| b.len()))?;
     let mut y = Array4::<T>::zeros(g.out_shape());
     for_each_tap(&g, |[n, o, p, q, c, i, j, ci, pos]| {
         y[[n, o, p, q]] += w[[o, c, i, j]] * x[[n, ci, pos / g.w, pos % g.w]];
@@ -86,12 +79,7 @@ pub fn conv2d_backward_naive<T: Float>(
     opts: &Conv2dOptions,
 ) -> Result<Conv2dGrads<T>> {
     let g = ConvGeometry::new(x.shape(), w.shape(), opts)?;
-    if dy.shape() != g.out_shape() {
-        return Err(Error::shape(
-            "conv2d",
-            format!("dy is {:?}, expected {:?}", dy.shape(), g.out_shape()),
-        ));
-    }
+    g.check_dy(dy.shape())?;
     let mut dx = Array4::<T>::zeros(x.raw_dim());
     let mut dw = Array4::<T>::zeros(w.raw_dim());
     for_each_tap(&g, |[n, o, p, q, c, i, j, ci, pos]| {
