@@ -2,7 +2,7 @@
 //! written by hand and checked against PyTorch.
 //!
 //! This facade re-exports the workspace's crates under short names
-//! ([`tensor`], [`init`], [`conv`]) and gathers the everyday items in
+//! ([`tensor`], [`init`], [`conv`], [`norm`], [`act`]) and gathers the everyday items in
 //! [`prelude`]. Depend on a single crate (`cnn-conv`, `cnn-tensor`, …)
 //! instead when that is all you need.
 //!
@@ -21,8 +21,10 @@
 //! # Ok::<(), cnn::tensor::Error>(())
 //! ```
 
+pub use cnn_act as act;
 pub use cnn_conv as conv;
 pub use cnn_init as init;
+pub use cnn_norm as norm;
 pub use cnn_tensor as tensor;
 
 /// The items most programs use, for `use cnn::prelude::*`.

@@ -11,13 +11,19 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use cnn::act::{activation_backward, activation_forward, Activation};
 use cnn::conv::{
     avg_pool2d_backward, avg_pool2d_forward, conv2d_backward, conv2d_forward,
     global_avg_pool2d_backward, global_avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward,
     Conv2dOptions, Pool2dOptions,
 };
+use cnn::norm::{
+    normalize_backward, rstd, Affine, AffineAxes, BatchNorm, BatchNormConfig, GroupNorm,
+    InstanceNorm2d, LayerNorm, NormAxes,
+};
 use cnn::tensor::{
-    cross_entropy_backward, cross_entropy_forward, linear_backward, linear_forward, Float,
+    cross_entropy_backward, cross_entropy_forward, linear_backward, linear_forward, Float, Layer,
+    Mode,
 };
 use ndarray::{Array1, ArrayD, Ix1, Ix2, Ix4, IxDyn};
 use safetensors::{Dtype, SafeTensors};
@@ -149,6 +155,11 @@ fn checker<T: Float>(op: &str) -> Option<Checker> {
         "global_avg_pool2d" => check_global_avg_pool2d::<T>,
         "linear" => check_linear::<T>,
         "cross_entropy" => check_cross_entropy::<T>,
+        "relu" | "leaky_relu" | "sigmoid" | "tanh" | "gelu" => check_activation::<T>,
+        "batch_norm2d" => check_batch_norm2d::<T>,
+        "group_norm" => check_group_norm::<T>,
+        "instance_norm2d" => check_instance_norm2d::<T>,
+        "layer_norm" => check_layer_norm::<T>,
         _ => return None,
     })
 }
@@ -260,6 +271,174 @@ fn check_cross_entropy<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), 
     let d = cross_entropy_backward(logits.view(), &targets, ls, T::one()).map_err(e)?;
     cmp.check("dlogits", &d.into_dyn(), "dlogits");
     Ok(())
+}
+
+fn check_activation<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), String> {
+    let act = match c.meta["op"].as_str() {
+        "relu" => Activation::Relu,
+        "leaky_relu" => Activation::LeakyRelu(c.number("negative_slope", 0.01)),
+        "sigmoid" => Activation::Sigmoid,
+        "tanh" => Activation::Tanh,
+        "gelu" => match c.meta.get("approximate").map(String::as_str) {
+            Some("tanh") => Activation::GeluTanh,
+            None | Some("none") => Activation::Gelu,
+            Some(other) => return Err(format!("gelu approximate={other} is not supported")),
+        },
+        other => return Err(format!("not an activation: {other}")),
+    };
+    let x = c.t::<T>("x");
+    let y = activation_forward(act, x.clone()).map_err(e)?;
+    cmp.check("y", &y, "y");
+    let saved = if act.backward_from_output() { &y } else { &x };
+    let dx = activation_backward(act, saved, c.t::<T>("dy")).map_err(e)?;
+    cmp.check("dx", &dx, "dx");
+    Ok(())
+}
+
+/// Loads tensors into a layer's parameters by key, e.g. `("weight", "weight")`.
+fn load<T: Float>(
+    layer: &mut dyn Layer<T>,
+    c: &Case,
+    pairs: &[(&str, &str)],
+) -> Result<(), String> {
+    let mut missing: Vec<&str> = pairs.iter().map(|p| p.0).collect();
+    layer.visit("", &mut |key, p| {
+        if let Some((_, name)) = pairs.iter().find(|(k, _)| *k == key) {
+            p.value =
+                c.t::<T>(name).into_shape_with_order(p.value.raw_dim()).expect("parameter shape");
+            missing.retain(|m| *m != key);
+        }
+    });
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("layer has no parameters {missing:?}"))
+    }
+}
+
+/// A layer's gradient (or, for buffers, value) by key.
+fn param<T: Float>(layer: &mut dyn Layer<T>, key: &str, grad: bool) -> ArrayD<T> {
+    let mut out = None;
+    layer.visit("", &mut |k, p| {
+        if k == key {
+            out = Some(if grad { p.grad.clone() } else { p.value.clone() });
+        }
+    });
+    out.unwrap_or_else(|| panic!("no parameter {key}"))
+}
+
+/// Forward in train mode, backward `dy`, compare `y`, `dx`, `dweight`, `dbias`.
+fn check_norm_layer<T: Float>(
+    c: &Case,
+    cmp: &mut Compare<'_>,
+    layer: &mut dyn Layer<T>,
+) -> Result<(), String> {
+    let affine = c.has("weight");
+    if affine {
+        load(layer, c, &[("weight", "weight"), ("bias", "bias")])?;
+    }
+    let y = layer.forward(c.t::<T>("x"), Mode::Train).map_err(e)?;
+    cmp.check("y", &y, "y");
+    let dx = layer.backward(c.t::<T>("dy")).map_err(e)?;
+    cmp.check("dx", &dx, "dx");
+    if affine {
+        cmp.check("dweight", &param(layer, "weight", true), "dweight");
+        cmp.check("dbias", &param(layer, "bias", true), "dbias");
+    }
+    Ok(())
+}
+
+fn check_batch_norm2d<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), String> {
+    let eps = c.number("eps", 1e-5);
+    let momentum = c.json("momentum").and_then(|v| v.as_f64());
+    let channels = c.floats["x"].shape()[1];
+    let mut bn = BatchNorm::<T>::new_2d(
+        BatchNormConfig::new(channels).with_eps(eps).with_momentum(momentum),
+    )
+    .map_err(e)?;
+    load(
+        &mut bn,
+        c,
+        &[("running_mean", "running_mean_before"), ("running_var", "running_var_before")],
+    )?;
+    match c.meta.get("mode").map(String::as_str) {
+        Some("train") | None => {
+            check_norm_layer(c, cmp, &mut bn)?;
+            cmp.check("running_mean", &param(&mut bn, "running_mean", false), "running_mean_after");
+            cmp.check("running_var", &param(&mut bn, "running_var", false), "running_var_after");
+        }
+        Some("eval") => {
+            // Eval mode: fixed running statistics; the kernel gives the gradients.
+            load(&mut bn, c, &[("weight", "weight"), ("bias", "bias")])?;
+            let y = bn.forward(c.t::<T>("x"), Mode::Eval).map_err(e)?;
+            cmp.check("y", &y, "y");
+            let (x, dy) = (c.t::<T>("x"), c.t::<T>("dy"));
+            let (n, ch) = (x.shape()[0], x.shape()[1]);
+            let inner = x.len() / (n * ch);
+            let axes = NormAxes { outer: n, groups: ch, inner };
+            let mean: Vec<T> = c.t::<T>("running_mean_before").iter().copied().collect();
+            let var: Vec<T> = c.t::<T>("running_var_before").iter().copied().collect();
+            let (gamma, beta): (Vec<T>, Vec<T>) = (
+                c.t::<T>("weight").iter().copied().collect(),
+                c.t::<T>("bias").iter().copied().collect(),
+            );
+            let affine = Affine {
+                gamma: &gamma,
+                beta: &beta,
+                axes: AffineAxes { outer: n, features: ch, inner },
+            };
+            let g = normalize_backward(
+                x.as_slice().unwrap(),
+                dy.as_slice().unwrap(),
+                axes,
+                &mean,
+                &rstd(&var, eps),
+                Some(affine),
+                false,
+            )
+            .map_err(e)?;
+            cmp.check("dx", &ArrayD::from_shape_vec(x.raw_dim(), g.dx).unwrap(), "dx");
+            cmp.check("dweight", &ArrayD::from_shape_vec(vec![ch], g.dgamma).unwrap(), "dweight");
+            cmp.check("dbias", &ArrayD::from_shape_vec(vec![ch], g.dbeta).unwrap(), "dbias");
+            cmp.check("running_mean", &param(&mut bn, "running_mean", false), "running_mean_after");
+            cmp.check("running_var", &param(&mut bn, "running_var", false), "running_var_after");
+        }
+        Some(other) => return Err(format!("unknown batch_norm2d mode {other}")),
+    }
+    Ok(())
+}
+
+fn check_group_norm<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), String> {
+    let channels = c.floats["x"].shape()[1];
+    let groups = c.number("groups", 1.0) as usize;
+    let mut gn =
+        GroupNorm::<T>::new(groups, channels, c.number("eps", 1e-5), c.has("weight")).map_err(e)?;
+    check_norm_layer(c, cmp, &mut gn)
+}
+
+fn check_instance_norm2d<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), String> {
+    let channels = c.floats["x"].shape()[1];
+    let mut inorm = InstanceNorm2d::<T>::new(
+        channels,
+        c.number("eps", 1e-5),
+        Some(0.1),
+        c.has("weight"),
+        false,
+    )
+    .map_err(e)?;
+    check_norm_layer(c, cmp, &mut inorm)
+}
+
+fn check_layer_norm<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), String> {
+    let shape: Vec<usize> = match c.json("normalized_shape") {
+        Some(serde_json::Value::Array(v)) => {
+            v.iter().map(|d| d.as_u64().expect("integer") as usize).collect()
+        }
+        Some(v) => vec![v.as_u64().expect("integer") as usize],
+        None => return Err("layer_norm needs normalized_shape".into()),
+    };
+    let mut ln = LayerNorm::<T>::new(&shape, c.number("eps", 1e-5), c.has("weight")).map_err(e)?;
+    check_norm_layer(c, cmp, &mut ln)
 }
 
 fn parity_dir() -> PathBuf {

@@ -35,6 +35,9 @@ pub trait Float:
     /// This value widened (or kept) as `f64`.
     fn as_f64(self) -> f64;
 
+    /// The error function `erf(x) = 2/√π ∫₀ˣ e^(−t²) dt` (libm's `erff` / `erf`).
+    fn erf(self) -> Self;
+
     /// `C ← α·A·B + β·C` on raw strided matrices (matrixmultiply's `sgemm`/`dgemm`).
     ///
     /// When `beta` is zero, `C` is written without being read (it may hold NaN).
@@ -73,6 +76,10 @@ impl Float for f32 {
         self as f64
     }
 
+    fn erf(self) -> Self {
+        libm::erff(self)
+    }
+
     unsafe fn gemm_raw(
         m: usize,
         k: usize,
@@ -105,6 +112,10 @@ impl Float for f64 {
 
     fn as_f64(self) -> f64 {
         self
+    }
+
+    fn erf(self) -> Self {
+        libm::erf(self)
     }
 
     unsafe fn gemm_raw(

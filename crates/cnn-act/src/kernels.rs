@@ -1,0 +1,236 @@
+//! Elementwise activations: forward and backward as pure functions.
+//!
+//! Each forward takes the input by value and overwrites it (the caller gives
+//! up ownership, so no new buffer is needed); each backward overwrites the
+//! upstream gradient it is given. Large tensors are split over rayon in
+//! fixed chunks; each element is computed alone, so threads never change a bit.
+
+use cnn_tensor::{ArrayD, Error, Float, Result};
+use rayon::prelude::*;
+
+/// Elements per parallel chunk: large enough to amortize a task.
+const CHUNK: usize = 1 << 15;
+
+/// The activations of this crate, with their settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activation {
+    /// `max(x, 0)`; derivative 0 at 0, as PyTorch.
+    Relu,
+    /// `x` for `x > 0`, else `slope·x` (PyTorch's default slope is 0.01).
+    LeakyRelu(f64),
+    /// `1 / (1 + e^(−x))`, computed without overflow for large `|x|`.
+    Sigmoid,
+    /// `tanh(x)`.
+    Tanh,
+    /// `x·Φ(x) = x/2·(1 + erf(x/√2))` (`F.gelu(x)`).
+    Gelu,
+    /// `x/2·(1 + tanh(√(2/π)·(x + 0.044715·x³)))` (`F.gelu(x, approximate="tanh")`).
+    GeluTanh,
+}
+
+impl Activation {
+    /// PyTorch's name, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Activation::Relu => "relu",
+            Activation::LeakyRelu(_) => "leaky_relu",
+            Activation::Sigmoid => "sigmoid",
+            Activation::Tanh => "tanh",
+            Activation::Gelu | Activation::GeluTanh => "gelu",
+        }
+    }
+
+    /// Whether backward needs the output (`Sigmoid`, `Tanh`) rather than the input.
+    pub fn backward_from_output(&self) -> bool {
+        matches!(self, Activation::Sigmoid | Activation::Tanh)
+    }
+
+    fn check(&self) -> Result<()> {
+        match self {
+            Activation::LeakyRelu(s) if !s.is_finite() => {
+                Err(Error::config("leaky_relu", format!("negative_slope must be finite, got {s}")))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The activation of one value.
+    pub fn value<T: Float>(&self, x: T) -> T {
+        let half = T::of(0.5);
+        match *self {
+            Activation::Relu => {
+                if x > T::zero() {
+                    x
+                } else {
+                    T::zero()
+                }
+            }
+            Activation::LeakyRelu(s) => {
+                if x > T::zero() {
+                    x
+                } else {
+                    x * T::of(s)
+                }
+            }
+            Activation::Sigmoid => sigmoid(x),
+            Activation::Tanh => x.tanh(),
+            Activation::Gelu => {
+                half * x * (T::one() + (x * T::of(std::f64::consts::FRAC_1_SQRT_2)).erf())
+            }
+            Activation::GeluTanh => half * x * (T::one() + gelu_tanh_inner(x).tanh()),
+        }
+    }
+
+    /// dy/dx at one point, given the input `x` or (for `Sigmoid`, `Tanh`) the output `y`.
+    pub fn derivative<T: Float>(&self, x_or_y: T) -> T {
+        let half = T::of(0.5);
+        match *self {
+            Activation::Relu => {
+                if x_or_y > T::zero() {
+                    T::one()
+                } else {
+                    T::zero()
+                }
+            }
+            Activation::LeakyRelu(s) => {
+                if x_or_y > T::zero() {
+                    T::one()
+                } else {
+                    T::of(s)
+                }
+            }
+            Activation::Sigmoid => x_or_y * (T::one() - x_or_y),
+            Activation::Tanh => T::one() - x_or_y * x_or_y,
+            Activation::Gelu => {
+                let x = x_or_y;
+                let cdf = half * (T::one() + (x * T::of(std::f64::consts::FRAC_1_SQRT_2)).erf());
+                let pdf = (-half * x * x).exp() * T::of(1.0 / (2.0 * std::f64::consts::PI).sqrt());
+                cdf + x * pdf
+            }
+            Activation::GeluTanh => {
+                let x = x_or_y;
+                let t = gelu_tanh_inner(x).tanh();
+                let k = T::of((2.0 / std::f64::consts::PI).sqrt());
+                half * (T::one() + t)
+                    + half * x * (T::one() - t * t) * k * (T::one() + T::of(3.0 * GELU_C) * x * x)
+            }
+        }
+    }
+}
+
+const GELU_C: f64 = 0.044715;
+
+fn gelu_tanh_inner<T: Float>(x: T) -> T {
+    T::of((2.0 / std::f64::consts::PI).sqrt()) * (x + T::of(GELU_C) * x * x * x)
+}
+
+/// `1/(1 + e^(−x))` for `x ≥ 0` and `e^x/(1 + e^x)` below: `exp` only ever sees
+/// a non-positive argument, so it cannot overflow.
+fn sigmoid<T: Float>(x: T) -> T {
+    if x >= T::zero() {
+        T::one() / (T::one() + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (T::one() + e)
+    }
+}
+
+fn for_each_chunk<T: Float>(data: &mut [T], f: impl Fn(&mut [T]) + Sync + Send) {
+    if data.len() <= CHUNK {
+        f(data);
+    } else {
+        data.par_chunks_mut(CHUNK).for_each(f);
+    }
+}
+
+fn contiguous<T: Float>(a: ArrayD<T>) -> ArrayD<T> {
+    if a.is_standard_layout() {
+        a
+    } else {
+        a.as_standard_layout().into_owned()
+    }
+}
+
+/// `act(x)`, elementwise, in `x`'s own buffer (`F.relu`, `torch.sigmoid`, `F.gelu`, …).
+///
+/// # Shapes
+/// Any shape; the output has the input's.
+///
+/// # Errors
+/// [`Error::Config`] for a non-finite leaky slope.
+pub fn activation_forward<T: Float>(act: Activation, x: ArrayD<T>) -> Result<ArrayD<T>> {
+    act.check()?;
+    let mut x = contiguous(x);
+    if let Some(data) = x.as_slice_mut() {
+        for_each_chunk(data, |c| c.iter_mut().for_each(|v| *v = act.value(*v)));
+    }
+    Ok(x)
+}
+
+/// dL/dx = dL/dy · act'(·), in `dy`'s own buffer. `saved` is the forward's
+/// input, or its output for `Sigmoid` and `Tanh` (see [`Activation::backward_from_output`]).
+///
+/// # Shapes
+/// `saved` and `dy` of the same shape.
+///
+/// # Errors
+/// [`Error::Shape`] when the shapes differ; [`Error::Config`] for a non-finite slope.
+pub fn activation_backward<T: Float>(
+    act: Activation,
+    saved: &ArrayD<T>,
+    dy: ArrayD<T>,
+) -> Result<ArrayD<T>> {
+    act.check()?;
+    if saved.shape() != dy.shape() {
+        return Err(Error::shape(
+            act.name(),
+            format!("dy is {:?}, expected the output shape {:?}", dy.shape(), saved.shape()),
+        ));
+    }
+    let mut dy = contiguous(dy);
+    let saved = saved.as_standard_layout();
+    if let (Some(g), Some(s)) = (dy.as_slice_mut(), saved.as_slice()) {
+        if g.len() <= CHUNK {
+            g.iter_mut().zip(s).for_each(|(g, &v)| *g *= act.derivative(v));
+        } else {
+            g.par_chunks_mut(CHUNK).zip(s.par_chunks(CHUNK)).for_each(|(gc, sc)| {
+                gc.iter_mut().zip(sc).for_each(|(g, &v)| *g *= act.derivative(v));
+            });
+        }
+    }
+    Ok(dy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sigmoid_is_stable_far_out() {
+        assert_eq!(sigmoid(1000.0f32), 1.0);
+        assert_eq!(sigmoid(-1000.0f32), 0.0);
+        assert!(sigmoid(-100.0f64) > 0.0);
+        assert!(!sigmoid(-1e30f64).is_nan());
+    }
+
+    #[test]
+    fn relu_derivative_is_zero_at_zero() {
+        assert_eq!(Activation::Relu.derivative(0.0f64), 0.0);
+        assert_eq!(Activation::LeakyRelu(0.1).derivative(0.0f64), 0.1);
+    }
+
+    #[test]
+    fn gelu_values_match_known_points() {
+        // Φ(1) = 0.8413447460685429
+        approx::assert_relative_eq!(
+            Activation::Gelu.value(1.0f64),
+            0.8413447460685429,
+            max_relative = 1e-15
+        );
+        approx::assert_relative_eq!(
+            Activation::GeluTanh.value(1.0f64),
+            0.8411919906082768,
+            max_relative = 1e-12
+        );
+    }
+}

@@ -1,0 +1,153 @@
+//! `nn.BatchNorm1d` / `nn.BatchNorm2d`.
+
+use cnn_tensor::{ArrayD, Error, Float, Layer, Mode, Param, Result};
+
+use crate::common::{
+    backward_with, batch_moments, channels, check_settings, forward_with, AffineParams, NormCache,
+    RunningStats,
+};
+use crate::{rstd, AffineAxes, NormAxes};
+
+/// Settings of a [`BatchNorm`] layer, with PyTorch's defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchNormConfig {
+    /// Channels `C`.
+    pub num_features: usize,
+    /// Added to the variance. Default `1e-5`.
+    pub eps: f64,
+    /// Weight of the new batch in the running statistics. Default `Some(0.1)`;
+    /// `None` is a cumulative average over all batches seen.
+    pub momentum: Option<f64>,
+    /// Learnable γ and β. Default `true`.
+    pub affine: bool,
+    /// Keep running statistics and use them in eval mode. Default `true`;
+    /// with `false` batch statistics are used in both modes.
+    pub track_running_stats: bool,
+}
+
+impl BatchNormConfig {
+    /// PyTorch's defaults for `num_features` channels.
+    pub fn new(num_features: usize) -> Self {
+        BatchNormConfig {
+            num_features,
+            eps: 1e-5,
+            momentum: Some(0.1),
+            affine: true,
+            track_running_stats: true,
+        }
+    }
+    /// Another eps.
+    pub fn with_eps(self, eps: f64) -> Self {
+        BatchNormConfig { eps, ..self }
+    }
+    /// Another momentum (`None`: cumulative average).
+    pub fn with_momentum(self, momentum: Option<f64>) -> Self {
+        BatchNormConfig { momentum, ..self }
+    }
+    /// With or without γ and β.
+    pub fn with_affine(self, affine: bool) -> Self {
+        BatchNormConfig { affine, ..self }
+    }
+    /// With or without running statistics.
+    pub fn with_track_running_stats(self, track: bool) -> Self {
+        BatchNormConfig { track_running_stats: track, ..self }
+    }
+}
+
+/// Batch normalization: per channel over (N, H, W) for `[N, C, H, W]`
+/// (`BatchNorm::new_2d`), or over (N, L) for `[N, C]` / `[N, C, L]` (`BatchNorm::new_1d`).
+///
+/// Keys: `weight`, `bias`, `running_mean`, `running_var`, `num_batches_tracked`.
+#[derive(Debug, Clone)]
+pub struct BatchNorm<T: Float = f32> {
+    /// The settings.
+    pub config: BatchNormConfig,
+    affine: Option<AffineParams<T>>,
+    running: Option<RunningStats<T>>,
+    ranks: (usize, usize),
+    op: &'static str,
+    cache: Option<NormCache<T>>,
+}
+
+impl<T: Float> BatchNorm<T> {
+    /// `nn.BatchNorm2d`: inputs `[N, C, H, W]`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for zero features, a non-positive eps or momentum outside [0, 1].
+    pub fn new_2d(config: BatchNormConfig) -> Result<Self> {
+        Self::build(config, (4, 4), "batch_norm2d")
+    }
+
+    /// `nn.BatchNorm1d`: inputs `[N, C]` or `[N, C, L]`.
+    ///
+    /// # Errors
+    /// As [`BatchNorm::new_2d`].
+    pub fn new_1d(config: BatchNormConfig) -> Result<Self> {
+        Self::build(config, (2, 3), "batch_norm1d")
+    }
+
+    fn build(config: BatchNormConfig, ranks: (usize, usize), op: &'static str) -> Result<Self> {
+        if config.num_features == 0 {
+            return Err(Error::config(op, "num_features must be positive"));
+        }
+        check_settings(op, config.eps, config.momentum)?;
+        let c = config.num_features;
+        Ok(BatchNorm {
+            config,
+            affine: config.affine.then(|| AffineParams::new(&[c])),
+            running: config.track_running_stats.then(|| RunningStats::new(c)),
+            ranks,
+            op,
+            cache: None,
+        })
+    }
+
+    /// The running mean and variance, when tracked.
+    pub fn running_stats(&self) -> Option<(&ArrayD<T>, &ArrayD<T>)> {
+        self.running.as_ref().map(|r| (&r.mean.value, &r.var.value))
+    }
+}
+
+impl<T: Float> Layer<T> for BatchNorm<T> {
+    fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
+        let c = channels(self.op, x.shape(), self.ranks.0, self.ranks.1, self.config.num_features)?;
+        let n = x.shape()[0];
+        let inner: usize = x.shape()[2..].iter().product();
+        let axes = NormAxes { outer: n, groups: c, inner };
+        let affine_axes = AffineAxes { outer: n, features: c, inner };
+        let train = mode == Mode::Train;
+        let use_batch = train || self.running.is_none();
+        let (mean, rstd_v) = if use_batch {
+            let (mean, var) = batch_moments(self.op, &x, axes, train)?;
+            if let (true, Some(running)) = (train, self.running.as_mut()) {
+                let m = T::of(axes.count() as f64);
+                let unbiased: Vec<T> = var.iter().map(|&v| v * m / (m - T::one())).collect();
+                running.update(self.config.momentum, &mean, &unbiased);
+            }
+            (mean, rstd(&var, self.config.eps))
+        } else {
+            let running = self.running.as_ref().ok_or(Error::NoForward { op: self.op })?;
+            let mean = running.mean.value.iter().copied().collect();
+            let var: Vec<T> = running.var.value.iter().copied().collect();
+            (mean, rstd(&var, self.config.eps))
+        };
+        let affine = self.affine.as_ref().map(|a| (a, affine_axes));
+        let (y, cache) = forward_with(self.op, x, axes, (mean, rstd_v), affine, use_batch, train)?;
+        self.cache = cache;
+        Ok(y)
+    }
+
+    fn backward(&mut self, dy: ArrayD<T>) -> Result<ArrayD<T>> {
+        let cache = self.cache.take().ok_or(Error::NoForward { op: self.op })?;
+        backward_with(self.op, cache, dy, self.affine.as_mut())
+    }
+
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
+        if let Some(a) = self.affine.as_mut() {
+            a.visit(prefix, f);
+        }
+        if let Some(r) = self.running.as_mut() {
+            r.visit(prefix, f);
+        }
+    }
+}

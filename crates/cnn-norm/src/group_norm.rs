@@ -1,0 +1,178 @@
+//! `nn.GroupNorm` and `nn.InstanceNorm2d`.
+
+use cnn_tensor::{ArrayD, Error, Float, Layer, Mode, Param, Result};
+
+use crate::common::{
+    backward_with, batch_moments, channels, check_settings, forward_with, AffineParams, NormCache,
+    RunningStats,
+};
+use crate::{rstd, AffineAxes, NormAxes};
+
+/// Group normalization: each sample over groups of `C/G` channels and all
+/// spatial positions, with a per-channel γ and β. Independent of the batch,
+/// so it works for batches of one, where BatchNorm cannot.
+///
+/// Keys: `weight`, `bias` (when `affine`).
+#[derive(Debug, Clone)]
+pub struct GroupNorm<T: Float = f32> {
+    groups: usize,
+    channels: usize,
+    eps: f64,
+    affine: Option<AffineParams<T>>,
+    cache: Option<NormCache<T>>,
+}
+
+impl<T: Float> GroupNorm<T> {
+    /// `nn.GroupNorm(num_groups, num_channels, eps, affine)`; PyTorch's defaults are 1e-5 and true.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when `groups` does not divide `channels`, either is zero, or eps is not positive.
+    pub fn new(groups: usize, channels: usize, eps: f64, affine: bool) -> Result<Self> {
+        if groups == 0 || channels == 0 || channels % groups != 0 {
+            return Err(Error::config(
+                "group_norm",
+                format!("num_groups {groups} must be positive and divide num_channels {channels}"),
+            ));
+        }
+        check_settings("group_norm", eps, None)?;
+        Ok(GroupNorm {
+            groups,
+            channels,
+            eps,
+            affine: affine.then(|| AffineParams::new(&[channels])),
+            cache: None,
+        })
+    }
+}
+
+impl<T: Float> Layer<T> for GroupNorm<T> {
+    fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
+        let c = channels("group_norm", x.shape(), 2, usize::MAX, self.channels)?;
+        let n = x.shape()[0];
+        let rest: usize = x.shape()[2..].iter().product();
+        let axes = NormAxes { outer: 1, groups: n * self.groups, inner: c / self.groups * rest };
+        let (mean, var) = batch_moments("group_norm", &x, axes, false)?;
+        let affine =
+            self.affine.as_ref().map(|a| (a, AffineAxes { outer: n, features: c, inner: rest }));
+        let (y, cache) = forward_with(
+            "group_norm",
+            x,
+            axes,
+            (mean, rstd(&var, self.eps)),
+            affine,
+            true,
+            mode == Mode::Train,
+        )?;
+        self.cache = cache;
+        Ok(y)
+    }
+
+    fn backward(&mut self, dy: ArrayD<T>) -> Result<ArrayD<T>> {
+        let cache = self.cache.take().ok_or(Error::NoForward { op: "group_norm" })?;
+        backward_with("group_norm", cache, dy, self.affine.as_mut())
+    }
+
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
+        if let Some(a) = self.affine.as_mut() {
+            a.visit(prefix, f);
+        }
+    }
+}
+
+/// Instance normalization: each sample and channel over (H, W). γ/β and
+/// running statistics are optional and off by default, as in PyTorch; with
+/// running statistics, eval mode uses them (their update averages the
+/// per-instance statistics over the batch).
+///
+/// Keys: `weight`, `bias`, `running_mean`, `running_var`, `num_batches_tracked` (when enabled).
+#[derive(Debug, Clone)]
+pub struct InstanceNorm2d<T: Float = f32> {
+    channels: usize,
+    eps: f64,
+    momentum: Option<f64>,
+    affine: Option<AffineParams<T>>,
+    running: Option<RunningStats<T>>,
+    cache: Option<NormCache<T>>,
+}
+
+impl<T: Float> InstanceNorm2d<T> {
+    /// `nn.InstanceNorm2d(num_features, eps=1e-5, momentum=0.1, affine=False, track_running_stats=False)`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for zero features, a non-positive eps or momentum outside [0, 1].
+    pub fn new(
+        num_features: usize,
+        eps: f64,
+        momentum: Option<f64>,
+        affine: bool,
+        track_running_stats: bool,
+    ) -> Result<Self> {
+        if num_features == 0 {
+            return Err(Error::config("instance_norm2d", "num_features must be positive"));
+        }
+        check_settings("instance_norm2d", eps, momentum)?;
+        Ok(InstanceNorm2d {
+            channels: num_features,
+            eps,
+            momentum,
+            affine: affine.then(|| AffineParams::new(&[num_features])),
+            running: track_running_stats.then(|| RunningStats::new(num_features)),
+            cache: None,
+        })
+    }
+}
+
+impl<T: Float> Layer<T> for InstanceNorm2d<T> {
+    fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
+        let c = channels("instance_norm2d", x.shape(), 4, 4, self.channels)?;
+        let n = x.shape()[0];
+        let hw = x.shape()[2] * x.shape()[3];
+        let axes = NormAxes { outer: 1, groups: n * c, inner: hw };
+        let train = mode == Mode::Train;
+        let use_batch = train || self.running.is_none();
+        let (mean, rstd_v) = if use_batch {
+            let (mean, var) = batch_moments("instance_norm2d", &x, axes, train)?;
+            if let (true, Some(running)) = (train, self.running.as_mut()) {
+                let m = T::of(hw as f64);
+                let per_channel = |v: &[T], unbias: bool| -> Vec<T> {
+                    (0..c)
+                        .map(|ch| {
+                            let s: T = (0..n).map(|i| v[i * c + ch]).fold(T::zero(), |a, b| a + b);
+                            let s = if unbias { s * m / (m - T::one()) } else { s };
+                            s / T::of(n as f64)
+                        })
+                        .collect()
+                };
+                let (bm, bv) = (per_channel(&mean, false), per_channel(&var, true));
+                running.update(self.momentum, &bm, &bv);
+            }
+            (mean, rstd(&var, self.eps))
+        } else {
+            let running =
+                self.running.as_ref().ok_or(Error::NoForward { op: "instance_norm2d" })?;
+            let rm: Vec<T> = running.mean.value.iter().copied().collect();
+            let rv: Vec<T> = rstd(&running.var.value.iter().copied().collect::<Vec<T>>(), self.eps);
+            ((0..n * c).map(|g| rm[g % c]).collect(), (0..n * c).map(|g| rv[g % c]).collect())
+        };
+        let affine =
+            self.affine.as_ref().map(|a| (a, AffineAxes { outer: n, features: c, inner: hw }));
+        let (y, cache) =
+            forward_with("instance_norm2d", x, axes, (mean, rstd_v), affine, use_batch, train)?;
+        self.cache = cache;
+        Ok(y)
+    }
+
+    fn backward(&mut self, dy: ArrayD<T>) -> Result<ArrayD<T>> {
+        let cache = self.cache.take().ok_or(Error::NoForward { op: "instance_norm2d" })?;
+        backward_with("instance_norm2d", cache, dy, self.affine.as_mut())
+    }
+
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
+        if let Some(a) = self.affine.as_mut() {
+            a.visit(prefix, f);
+        }
+        if let Some(r) = self.running.as_mut() {
+            r.visit(prefix, f);
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! The one normalization kernel: `y = γ·(x − mean)/√(var + eps) + β`, with the
+//! statistics taken over a chosen set of axes.
+//!
+//! A contiguous tensor is viewed as `[outer, groups, inner]` ([`NormAxes`]):
+//! one mean and variance per group, over all `outer × inner` of its elements.
+//! The affine parameters are indexed by their own view `[outer, features,
+//! inner]` ([`AffineAxes`]), because GroupNorm's statistics go per group while
+//! its γ and β go per channel.
+//!
+//! | norm | statistics view | affine view |
+//! | --- | --- | --- |
+//! | BatchNorm | `[N, C, H·W]` | `[N, C, H·W]` |
+//! | InstanceNorm | `[1, N·C, H·W]` | `[N, C, H·W]` |
+//! | GroupNorm(G) | `[1, N·G, C/G·H·W]` | `[N, C, H·W]` |
+//! | LayerNorm(D) | `[1, rows, D]` | `[rows, D, 1]` |
+//!
+//! Sums run in 16 interleaved lanes (`cnn_tensor::sum` style) in a fixed
+//! order, and each group or feature is reduced by one task, so results do not
+//! depend on the thread count.
+
+use cnn_tensor::{Error, Float, Result};
+use rayon::prelude::*;
+
+/// `x` as `[outer, groups, inner]`; statistics per group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NormAxes {
+    /// Blocks that repeat the groups (the batch, for BatchNorm).
+    pub outer: usize,
+    /// Independent statistics.
+    pub groups: usize,
+    /// Contiguous elements of one group in one block.
+    pub inner: usize,
+}
+
+impl NormAxes {
+    /// Elements behind one statistic: `outer · inner`.
+    pub fn count(&self) -> usize {
+        self.outer * self.inner
+    }
+    fn len(&self) -> usize {
+        self.outer * self.groups * self.inner
+    }
+}
+
+/// `x` as `[outer, features, inner]`; γ and β indexed by feature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AffineAxes {
+    /// Blocks that repeat the features.
+    pub outer: usize,
+    /// Length of γ and β.
+    pub features: usize,
+    /// Contiguous elements that share one γ.
+    pub inner: usize,
+}
+
+impl AffineAxes {
+    fn len(&self) -> usize {
+        self.outer * self.features * self.inner
+    }
+}
+
+/// γ and β with the view that indexes them.
+#[derive(Debug, Clone, Copy)]
+pub struct Affine<'a, T> {
+    /// Scale, one per feature.
+    pub gamma: &'a [T],
+    /// Shift, one per feature.
+    pub beta: &'a [T],
+    /// How elements map to features.
+    pub axes: AffineAxes,
+}
+
+/// Per-group mean and biased variance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Moments<T> {
+    /// Mean of each group.
+    pub mean: Vec<T>,
+    /// Biased variance (divided by the count) of each group.
+    pub var: Vec<T>,
+}
+
+/// Gradients of [`normalize_backward`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct NormGrads<T> {
+    /// dL/dx, in `x`'s layout.
+    pub dx: Vec<T>,
+    /// dL/dγ, one per feature (empty without affine).
+    pub dgamma: Vec<T>,
+    /// dL/dβ, one per feature (empty without affine).
+    pub dbeta: Vec<T>,
+}
+
+const LANES: usize = 16;
+
+/// `(Σ a, Σ a·(b − shift))`... in lanes: `(Σ a, Σ a·b')` with `b' = b − shift`.
+fn sum_and_dot<T: Float>(a: &[T], b: &[T], shift: T) -> (T, T) {
+    let (mut s, mut d) = ([T::zero(); LANES], [T::zero(); LANES]);
+    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (ca, cb) in ac.zip(bc) {
+        for l in 0..LANES {
+            s[l] += ca[l];
+            d[l] += ca[l] * (cb[l] - shift);
+        }
+    }
+    for (l, (&x, &y)) in ar.iter().zip(br).enumerate() {
+        s[l] += x;
+        d[l] += x * (y - shift);
+    }
+    (fold(s), fold(d))
+}
+
+/// `(Σ (x − shift), Σ (x − shift)²)` in lanes.
+fn sum_and_squares<T: Float>(x: &[T], shift: T) -> (T, T) {
+    let (mut s, mut q) = ([T::zero(); LANES], [T::zero(); LANES]);
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            let v = c[l] - shift;
+            s[l] += v;
+            q[l] += v * v;
+        }
+    }
+    for (l, &v) in rest.iter().enumerate() {
+        let v = v - shift;
+        s[l] += v;
+        q[l] += v * v;
+    }
+    (fold(s), fold(q))
+}
+
+fn fold<T: Float>(mut acc: [T; LANES]) -> T {
+    let mut width = LANES;
+    while width > 1 {
+        width /= 2;
+        for i in 0..width {
+            let upper = acc[i + width];
+            acc[i] += upper;
+        }
+    }
+    acc[0]
+}
+
+fn check(op: &'static str, len: usize, axes: &NormAxes, affine: Option<&AffineAxes>) -> Result<()> {
+    if axes.len() != len {
+        return Err(Error::shape(
+            op,
+            format!("{len} elements do not fill the statistics view {axes:?}"),
+        ));
+    }
+    if axes.count() == 0 {
+        return Err(Error::shape(op, format!("no elements to take statistics over in {axes:?}")));
+    }
+    if let Some(a) = affine {
+        if a.len() != len {
+            return Err(Error::shape(
+                op,
+                format!("{len} elements do not fill the affine view {a:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The segments (contiguous runs of `inner`) of group `s`.
+fn segments<'a, T>(x: &'a [T], axes: NormAxes, s: usize) -> impl Iterator<Item = &'a [T]> + 'a {
+    (0..axes.outer).map(move |a| &x[(a * axes.groups + s) * axes.inner..][..axes.inner])
+}
+
+/// Mean and biased variance of each group, in two passes (mean first, then
+/// squared deviations from it, which keeps f32 accurate).
+///
+/// # Errors
+/// [`Error::Shape`] when `x` does not fill `axes` or a group is empty.
+pub fn moments<T: Float>(x: &[T], axes: NormAxes) -> Result<Moments<T>> {
+    check("norm", x.len(), &axes, None)?;
+    let count = T::of(axes.count() as f64);
+    let stats: Vec<(T, T)> = (0..axes.groups)
+        .into_par_iter()
+        .map(|s| {
+            let sum: T = segments(x, axes, s)
+                .map(|seg| sum_and_squares(seg, T::zero()).0)
+                .fold(T::zero(), |a, b| a + b);
+            let mean = sum / count;
+            let sq: T = segments(x, axes, s)
+                .map(|seg| sum_and_squares(seg, mean).1)
+                .fold(T::zero(), |a, b| a + b);
+            (mean, sq / count)
+        })
+        .collect();
+    Ok(Moments {
+        mean: stats.iter().map(|s| s.0).collect(),
+        var: stats.iter().map(|s| s.1).collect(),
+    })
+}
+
+/// Calls `f(offset, len, feature)` for the runs of `start .. start + len` that share a feature.
+fn for_runs(start: usize, len: usize, a: &AffineAxes, mut f: impl FnMut(usize, usize, usize)) {
+    let mut j = 0;
+    while j < len {
+        let i = start + j;
+        let run = (a.inner - i % a.inner).min(len - j);
+        f(j, run, (i / a.inner) % a.features);
+        j += run;
+    }
+}
+
+/// `y = (x − mean)·rstd·γ + β` with per-group `mean`, `rstd = 1/√(var + eps)`.
+///
+/// # Errors
+/// [`Error::Shape`] when the views do not fit `x` or the statistics and
+/// parameters have the wrong lengths.
+pub fn normalize_forward<T: Float>(
+    x: &[T],
+    axes: NormAxes,
+    mean: &[T],
+    rstd: &[T],
+    affine: Option<Affine<'_, T>>,
+) -> Result<Vec<T>> {
+    check("norm", x.len(), &axes, affine.as_ref().map(|a| &a.axes))?;
+    check_params(axes, mean, rstd, affine.as_ref())?;
+    let mut y = vec![T::zero(); x.len()];
+    y.par_chunks_mut(axes.inner).zip(x.par_chunks(axes.inner)).enumerate().for_each(
+        |(seg, (ys, xs))| {
+            let s = seg % axes.groups;
+            let (m, r) = (mean[s], rstd[s]);
+            match &affine {
+                None => ys.iter_mut().zip(xs).for_each(|(y, &x)| *y = (x - m) * r),
+                Some(af) => for_runs(seg * axes.inner, axes.inner, &af.axes, |j, n, k| {
+                    let (scale, shift) = (r * af.gamma[k], af.beta[k] - m * r * af.gamma[k]);
+                    ys[j..j + n]
+                        .iter_mut()
+                        .zip(&xs[j..j + n])
+                        .for_each(|(y, &x)| *y = x * scale + shift);
+                }),
+            }
+        },
+    );
+    Ok(y)
+}
+
+fn check_params<T>(
+    axes: NormAxes,
+    mean: &[T],
+    rstd: &[T],
+    affine: Option<&Affine<'_, T>>,
+) -> Result<()> {
+    if mean.len() != axes.groups || rstd.len() != axes.groups {
+        return Err(Error::shape(
+            "norm",
+            format!("{} means and {} rstds for {} groups", mean.len(), rstd.len(), axes.groups),
+        ));
+    }
+    if let Some(a) = affine {
+        if a.gamma.len() != a.axes.features || a.beta.len() != a.axes.features {
+            return Err(Error::shape(
+                "norm",
+                format!(
+                    "gamma {} and beta {} for {} features",
+                    a.gamma.len(),
+                    a.beta.len(),
+                    a.axes.features
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Gradients of [`normalize_forward`] for upstream `dy`.
+///
+/// With `batch_stats` (the statistics came from this `x`, as in training),
+/// `dx = rstd·(g − mean(g) − x̂·mean(g·x̂))` with `g = dy·γ`, the means over
+/// each group; without (fixed running statistics, BatchNorm in eval mode),
+/// `dx = rstd·g`. `dγ = Σ dy·x̂` and `dβ = Σ dy` per feature.
+///
+/// # Errors
+/// As [`normalize_forward`], and [`Error::Shape`] when `dy` is not `x`'s size.
+pub fn normalize_backward<T: Float>(
+    x: &[T],
+    dy: &[T],
+    axes: NormAxes,
+    mean: &[T],
+    rstd: &[T],
+    affine: Option<Affine<'_, T>>,
+    batch_stats: bool,
+) -> Result<NormGrads<T>> {
+    check("norm", x.len(), &axes, affine.as_ref().map(|a| &a.axes))?;
+    check_params(axes, mean, rstd, affine.as_ref())?;
+    if dy.len() != x.len() {
+        return Err(Error::shape(
+            "norm",
+            format!("dy has {} elements, x has {}", dy.len(), x.len()),
+        ));
+    }
+    let gamma_of = |k: usize| affine.as_ref().map_or(T::one(), |a| a.gamma[k]);
+    let whole = AffineAxes { outer: 1, features: 1, inner: x.len() };
+    let af_axes = affine.as_ref().map_or(whole, |a| a.axes);
+
+    // Per group: Σ g and Σ g·x̂, with g = dy·γ, x̂ = (x − mean)·rstd.
+    let count = T::of(axes.count() as f64);
+    let coef: Vec<(T, T)> = if batch_stats {
+        (0..axes.groups)
+            .into_par_iter()
+            .map(|s| {
+                let (mut sg, mut sgx) = (T::zero(), T::zero());
+                for a in 0..axes.outer {
+                    let start = (a * axes.groups + s) * axes.inner;
+                    for_runs(start, axes.inner, &af_axes, |j, n, k| {
+                        let (d, dx) =
+                            sum_and_dot(&dy[start + j..][..n], &x[start + j..][..n], mean[s]);
+                        sg += gamma_of(k) * d;
+                        sgx += gamma_of(k) * dx * rstd[s];
+                    });
+                }
+                (sg / count, sgx / count)
+            })
+            .collect()
+    } else {
+        vec![(T::zero(), T::zero()); axes.groups]
+    };
+
+    let mut dx = vec![T::zero(); x.len()];
+    dx.par_chunks_mut(axes.inner).enumerate().for_each(|(seg, out)| {
+        let s = seg % axes.groups;
+        let start = seg * axes.inner;
+        let (m, r, (mg, mgx)) = (mean[s], rstd[s], coef[s]);
+        for_runs(start, axes.inner, &af_axes, |j, n, k| {
+            let gk = gamma_of(k);
+            for ((o, &d), &xv) in
+                out[j..j + n].iter_mut().zip(&dy[start + j..][..n]).zip(&x[start + j..][..n])
+            {
+                let xhat = (xv - m) * r;
+                *o = r * (d * gk - mg - xhat * mgx);
+            }
+        });
+    });
+
+    let (dgamma, dbeta) = match &affine {
+        None => (Vec::new(), Vec::new()),
+        Some(af) => {
+            let a = af.axes;
+            let sums: Vec<(T, T)> = (0..a.features)
+                .into_par_iter()
+                .map(|k| {
+                    let (mut dg, mut db) = (T::zero(), T::zero());
+                    for o in 0..a.outer {
+                        let start = (o * a.features + k) * a.inner;
+                        let s = (start / axes.inner) % axes.groups;
+                        let (d, dxm) =
+                            sum_and_dot(&dy[start..][..a.inner], &x[start..][..a.inner], mean[s]);
+                        db += d;
+                        dg += dxm * rstd[s];
+                    }
+                    (dg, db)
+                })
+                .collect();
+            (sums.iter().map(|s| s.0).collect(), sums.iter().map(|s| s.1).collect())
+        }
+    };
+    Ok(NormGrads { dx, dgamma, dbeta })
+}
+
+/// `1/√(var + eps)` for each variance.
+pub fn rstd<T: Float>(var: &[T], eps: f64) -> Vec<T> {
+    var.iter().map(|&v| T::one() / (v + T::of(eps)).sqrt()).collect()
+}

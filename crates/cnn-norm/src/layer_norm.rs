@@ -1,0 +1,85 @@
+//! `nn.LayerNorm`.
+
+use cnn_tensor::{ArrayD, Error, Float, Layer, Mode, Param, Result};
+
+use crate::common::{
+    backward_with, batch_moments, check_settings, forward_with, AffineParams, NormCache,
+};
+use crate::{rstd, AffineAxes, NormAxes};
+
+/// Layer normalization: each sample over its trailing `normalized_shape`,
+/// with an elementwise γ and β of that shape. Independent of the batch.
+///
+/// Keys: `weight`, `bias` (when `elementwise_affine`).
+#[derive(Debug, Clone)]
+pub struct LayerNorm<T: Float = f32> {
+    normalized_shape: Vec<usize>,
+    eps: f64,
+    affine: Option<AffineParams<T>>,
+    cache: Option<NormCache<T>>,
+}
+
+impl<T: Float> LayerNorm<T> {
+    /// `nn.LayerNorm(normalized_shape, eps, elementwise_affine)`; PyTorch's defaults are 1e-5 and true.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an empty or zero-size shape, or a non-positive eps.
+    pub fn new(normalized_shape: &[usize], eps: f64, elementwise_affine: bool) -> Result<Self> {
+        if normalized_shape.is_empty() || normalized_shape.contains(&0) {
+            return Err(Error::config(
+                "layer_norm",
+                format!(
+                    "normalized_shape must be non-empty and positive, got {normalized_shape:?}"
+                ),
+            ));
+        }
+        check_settings("layer_norm", eps, None)?;
+        Ok(LayerNorm {
+            normalized_shape: normalized_shape.to_vec(),
+            eps,
+            affine: elementwise_affine.then(|| AffineParams::new(normalized_shape)),
+            cache: None,
+        })
+    }
+}
+
+impl<T: Float> Layer<T> for LayerNorm<T> {
+    fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
+        let ns = &self.normalized_shape;
+        let shape = x.shape();
+        if shape.len() < ns.len() || shape[shape.len() - ns.len()..] != ns[..] || x.is_empty() {
+            return Err(Error::shape(
+                "layer_norm",
+                format!("input {shape:?} must end in normalized_shape {ns:?}"),
+            ));
+        }
+        let d: usize = ns.iter().product();
+        let rows = x.len() / d;
+        let axes = NormAxes { outer: 1, groups: rows, inner: d };
+        let (mean, var) = batch_moments("layer_norm", &x, axes, false)?;
+        let affine =
+            self.affine.as_ref().map(|a| (a, AffineAxes { outer: rows, features: d, inner: 1 }));
+        let (y, cache) = forward_with(
+            "layer_norm",
+            x,
+            axes,
+            (mean, rstd(&var, self.eps)),
+            affine,
+            true,
+            mode == Mode::Train,
+        )?;
+        self.cache = cache;
+        Ok(y)
+    }
+
+    fn backward(&mut self, dy: ArrayD<T>) -> Result<ArrayD<T>> {
+        let cache = self.cache.take().ok_or(Error::NoForward { op: "layer_norm" })?;
+        backward_with("layer_norm", cache, dy, self.affine.as_mut())
+    }
+
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
+        if let Some(a) = self.affine.as_mut() {
+            a.visit(prefix, f);
+        }
+    }
+}
