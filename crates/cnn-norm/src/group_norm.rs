@@ -28,7 +28,7 @@ impl<T: Float> GroupNorm<T> {
     /// # Errors
     /// [`Error::Config`] when `groups` does not divide `channels`, either is zero, or eps is not positive.
     pub fn new(groups: usize, channels: usize, eps: f64, affine: bool) -> Result<Self> {
-        if groups == 0 || channels == 0 || channels % groups != 0 {
+        if groups == 0 || channels == 0 || !channels.is_multiple_of(groups) {
             return Err(Error::config(
                 "group_norm",
                 format!("num_groups {groups} must be positive and divide num_channels {channels}"),

@@ -1,0 +1,129 @@
+//! Activations and dropout: gradients against central differences, in-place
+//! work, dropout's statistics, errors.
+
+#![allow(clippy::unwrap_used)]
+
+use cnn_act::{activation_backward, activation_forward, Act, Activation, Dropout};
+use cnn_tensor::gradcheck::{check_layer, GradCheckConfig};
+use cnn_tensor::random::{normal, seeded_rng};
+use cnn_tensor::{ArrayD, Error, Layer, Mode};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngSeed};
+
+fn config(cases: u32) -> Config {
+    Config {
+        cases,
+        rng_seed: RngSeed::Fixed(0x5eed),
+        failure_persistence: None,
+        ..Config::default()
+    }
+}
+
+const ALL: [Activation; 6] = [
+    Activation::Relu,
+    Activation::LeakyRelu(0.2),
+    Activation::Sigmoid,
+    Activation::Tanh,
+    Activation::Gelu,
+    Activation::GeluTanh,
+];
+
+proptest! {
+    #![proptest_config(config(64))]
+
+    #[test]
+    fn activation_gradients(rows in 1..5usize, cols in 1..7usize, which in 0..6usize, seed in 0u64..1000) {
+        // ReLU's kink at 0 defeats central differences: keep inputs away from it.
+        let x = normal(&[rows, cols], 0.0, 2.0, &mut seeded_rng(seed)).mapv(|v: f64| if v.abs() < 1e-3 { v + 0.01 } else { v });
+        let mut layer = Act::<f64>::new(ALL[which]);
+        let report = check_layer(&mut layer, &x, seed, &GradCheckConfig::default()).unwrap();
+        prop_assert!(report.passed(), "{:?}: {report}", ALL[which]);
+    }
+}
+
+#[test]
+fn forward_and_backward_reuse_the_callers_buffer() {
+    let x: ArrayD<f32> = normal(&[64, 64], 0.0, 1.0, &mut seeded_rng(1));
+    let ptr = x.as_ptr();
+    let y = activation_forward(Activation::Gelu, x).unwrap();
+    assert_eq!(y.as_ptr(), ptr);
+    let dy: ArrayD<f32> = ArrayD::ones(vec![64, 64]);
+    let ptr = dy.as_ptr();
+    let dx = activation_backward(Activation::Gelu, &y, dy).unwrap();
+    assert_eq!(dx.as_ptr(), ptr);
+}
+
+#[test]
+fn large_tensors_match_elementwise_values() {
+    // Past the parallel chunk size, every element still gets its own value.
+    let x: ArrayD<f64> = normal(&[300, 500], 0.0, 3.0, &mut seeded_rng(2));
+    for act in ALL {
+        let y = activation_forward(act, x.clone()).unwrap();
+        assert!(y.iter().zip(&x).all(|(&y, &x)| y == act.value(x)), "{act:?}");
+    }
+}
+
+#[test]
+fn dropout_keeps_one_minus_p_and_the_mean() {
+    let n = 200_000;
+    let x = ArrayD::<f64>::ones(vec![n]);
+    for p in [0.1, 0.5, 0.8] {
+        let mut drop = Dropout::new(p, 7).unwrap();
+        let y = drop.forward(x.clone(), Mode::Train).unwrap();
+        let kept = y.iter().filter(|&&v| v != 0.0).count() as f64 / n as f64;
+        // The kept count is Binomial(n, 1 − p): its std is √(p(1−p)/n) ≤ 0.0012; allow 5 of them.
+        assert!((kept - (1.0 - p)).abs() < 0.006, "p = {p}: kept {kept}");
+        // Survivors are scaled by 1/(1 − p), so the mean stays 1 within the same tolerance, scaled.
+        let mean = y.sum() / n as f64;
+        assert!((mean - 1.0).abs() < 0.006 / (1.0 - p), "p = {p}: mean {mean}");
+        assert!(y.iter().all(|&v| v == 0.0 || (v - 1.0 / (1.0 - p)).abs() < 1e-12));
+    }
+}
+
+#[test]
+fn dropout_is_seeded_and_backward_uses_the_same_mask() {
+    let x: ArrayD<f64> = normal(&[10, 10], 0.0, 1.0, &mut seeded_rng(3));
+    let mut a = Dropout::new(0.5, 11).unwrap();
+    let mut b = Dropout::new(0.5, 11).unwrap();
+    let ya = a.forward(x.clone(), Mode::Train).unwrap();
+    assert_eq!(ya, b.forward(x.clone(), Mode::Train).unwrap(), "same seed, same mask");
+    let dx = a.backward(ArrayD::<f64>::ones(vec![10, 10])).unwrap();
+    for (g, y) in dx.iter().zip(&ya) {
+        assert_eq!(*g == 0.0, *y == 0.0, "gradient flows exactly where the input did");
+    }
+    // The next call draws a new mask.
+    assert_ne!(ya, a.forward(x.clone(), Mode::Train).unwrap());
+}
+
+#[test]
+fn dropout_edges() {
+    let x: ArrayD<f64> = normal(&[50], 0.0, 1.0, &mut seeded_rng(4));
+    let mut eval = Dropout::new(0.9, 1).unwrap();
+    assert_eq!(eval.forward(x.clone(), Mode::Eval).unwrap(), x);
+    let mut zero = Dropout::new(0.0, 1).unwrap();
+    assert_eq!(zero.forward(x.clone(), Mode::Train).unwrap(), x);
+    let mut all = Dropout::new(1.0, 1).unwrap();
+    let y = all.forward(x, Mode::Train).unwrap();
+    assert!(y.iter().all(|&v| v == 0.0 && !v.is_nan()));
+    let dx = all.backward(ArrayD::<f64>::ones(vec![50])).unwrap();
+    assert!(dx.iter().all(|&v| v == 0.0));
+    for p in [-0.1, 1.1, f64::NAN] {
+        let e = Dropout::new(p, 0).unwrap_err();
+        assert!(e.to_string().starts_with("dropout: invalid setting: p must be in [0, 1]"), "{e}");
+    }
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let mut relu = Act::<f32>::relu();
+    assert!(matches!(relu.backward(ArrayD::zeros(vec![2])), Err(Error::NoForward { op: "relu" })));
+    relu.forward(ArrayD::zeros(vec![2, 3]), Mode::Train).unwrap();
+    let e = relu.backward(ArrayD::zeros(vec![3, 2])).unwrap_err();
+    assert_eq!(e.to_string(), "relu: dy is [3, 2], expected the output shape [2, 3]");
+    assert!(
+        activation_forward(Activation::LeakyRelu(f64::NAN), ArrayD::<f32>::zeros(vec![2])).is_err()
+    );
+    let mut drop = Dropout::new(0.5, 0).unwrap();
+    Layer::<f32>::forward(&mut drop, ArrayD::zeros(vec![4]), Mode::Train).unwrap();
+    assert!(Layer::<f32>::backward(&mut drop, ArrayD::zeros(vec![5])).is_err());
+}

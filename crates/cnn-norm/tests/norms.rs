@@ -1,0 +1,239 @@
+//! Norm layers: gradients against central differences (proptest, f64),
+//! the equivalences between them, running statistics, determinism, errors.
+
+#![allow(clippy::unwrap_used)]
+
+use cnn_norm::{BatchNorm, BatchNormConfig, GroupNorm, InstanceNorm2d, LayerNorm};
+use cnn_tensor::gradcheck::{check_layer, GradCheckConfig};
+use cnn_tensor::random::{normal, seeded_rng};
+use cnn_tensor::{ArrayD, Error, Layer, Mode, Param};
+use ndarray::{s, Axis};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngSeed};
+
+fn config(cases: u32) -> Config {
+    Config {
+        cases,
+        rng_seed: RngSeed::Fixed(0x5eed),
+        failure_persistence: None,
+        ..Config::default()
+    }
+}
+
+/// Random γ and β so that the affine gradients are not trivially symmetric.
+fn randomize_affine(layer: &mut dyn Layer<f64>, seed: u64) {
+    let mut rng = seeded_rng(seed);
+    layer.visit("", &mut |key, p: &mut Param<f64>| {
+        if key == "weight" || key == "bias" {
+            p.value = normal(p.value.shape(), 0.5, 1.0, &mut rng);
+        }
+    });
+}
+
+fn max_abs_diff(a: &ArrayD<f64>, b: &ArrayD<f64>) -> f64 {
+    a.iter().zip(b).fold(0.0, |m, (x, y)| m.max((x - y).abs()))
+}
+
+proptest! {
+    #![proptest_config(config(48))]
+
+    #[test]
+    fn batch_norm_gradients(n in 2..5usize, c in 1..4usize, h in 1..4usize, w in 1..4usize, affine: bool, seed in 0u64..1000) {
+        let mut bn = BatchNorm::<f64>::new_2d(BatchNormConfig::new(c).with_affine(affine)).unwrap();
+        randomize_affine(&mut bn, seed);
+        let x = normal(&[n, c, h, w], 1.0, 2.0, &mut seeded_rng(seed));
+        let report = check_layer(&mut bn, &x, seed, &GradCheckConfig::default()).unwrap();
+        prop_assert!(report.passed(), "{report}");
+    }
+
+    #[test]
+    fn batch_norm_1d_gradients(n in 2..6usize, c in 1..5usize, affine: bool, seed in 0u64..1000) {
+        let mut bn = BatchNorm::<f64>::new_1d(BatchNormConfig::new(c).with_affine(affine)).unwrap();
+        randomize_affine(&mut bn, seed);
+        let x = normal(&[n, c], 0.0, 1.0, &mut seeded_rng(seed));
+        let report = check_layer(&mut bn, &x, seed, &GradCheckConfig::default()).unwrap();
+        prop_assert!(report.passed(), "{report}");
+    }
+
+    #[test]
+    fn group_norm_gradients(n in 1..4usize, g in 1..4usize, cpg in 1..3usize, h in 1..4usize, w in 1..4usize, affine: bool, seed in 0u64..1000) {
+        prop_assume!(cpg * h * w > 1);
+        let mut gn = GroupNorm::<f64>::new(g, g * cpg, 1e-5, affine).unwrap();
+        randomize_affine(&mut gn, seed);
+        let x = normal(&[n, g * cpg, h, w], 0.0, 1.0, &mut seeded_rng(seed));
+        let report = check_layer(&mut gn, &x, seed, &GradCheckConfig::default()).unwrap();
+        prop_assert!(report.passed(), "{report}");
+    }
+
+    #[test]
+    fn instance_norm_gradients(n in 1..4usize, c in 1..4usize, h in 1..4usize, w in 2..4usize, affine: bool, seed in 0u64..1000) {
+        let mut inorm = InstanceNorm2d::<f64>::new(c, 1e-5, Some(0.1), affine, false).unwrap();
+        randomize_affine(&mut inorm, seed);
+        let x = normal(&[n, c, h, w], 0.0, 1.0, &mut seeded_rng(seed));
+        let report = check_layer(&mut inorm, &x, seed, &GradCheckConfig::default()).unwrap();
+        prop_assert!(report.passed(), "{report}");
+    }
+
+    #[test]
+    fn layer_norm_gradients(rows in 1..4usize, d1 in 1..4usize, d2 in 2..5usize, affine: bool, seed in 0u64..1000) {
+        let mut ln = LayerNorm::<f64>::new(&[d1, d2], 1e-5, affine).unwrap();
+        randomize_affine(&mut ln, seed);
+        let x = normal(&[rows, d1, d2], 0.0, 1.0, &mut seeded_rng(seed));
+        let report = check_layer(&mut ln, &x, seed, &GradCheckConfig::default()).unwrap();
+        prop_assert!(report.passed(), "{report}");
+    }
+}
+
+#[test]
+fn group_norm_with_one_group_is_layer_norm_over_chw() {
+    let x = normal(&[3, 4, 5, 6], 2.0, 3.0, &mut seeded_rng(1));
+    let mut gn = GroupNorm::<f64>::new(1, 4, 1e-5, true).unwrap();
+    let mut ln = LayerNorm::<f64>::new(&[4, 5, 6], 1e-5, true).unwrap();
+    // The same per-channel γ/β: LayerNorm's elementwise parameters broadcast from channels.
+    let gamma = ndarray::Array1::from_vec(vec![0.5, 1.5, -1.0, 2.0]);
+    let beta = ndarray::Array1::from_vec(vec![0.1, -0.2, 0.3, 0.0]);
+    gn.visit("", &mut |k, p| {
+        p.value = if k == "weight" { gamma.clone() } else { beta.clone() }.into_dyn()
+    });
+    ln.visit("", &mut |k, p| {
+        let v = if k == "weight" { &gamma } else { &beta };
+        p.value = ArrayD::from_shape_fn(vec![4, 5, 6], |i| v[i[0]]);
+    });
+    let a = gn.forward(x.clone(), Mode::Train).unwrap();
+    let b = ln.forward(x, Mode::Train).unwrap();
+    assert!(max_abs_diff(&a, &b) < 1e-12);
+}
+
+#[test]
+fn group_norm_with_c_groups_is_instance_norm() {
+    let x = normal(&[3, 4, 5, 6], -1.0, 0.5, &mut seeded_rng(2));
+    let mut gn = GroupNorm::<f64>::new(4, 4, 1e-5, true).unwrap();
+    let mut inorm = InstanceNorm2d::<f64>::new(4, 1e-5, Some(0.1), true, false).unwrap();
+    randomize_affine(&mut gn, 3);
+    randomize_affine(&mut inorm, 3);
+    let a = gn.forward(x.clone(), Mode::Train).unwrap();
+    let b = inorm.forward(x, Mode::Train).unwrap();
+    assert!(max_abs_diff(&a, &b) < 1e-12);
+}
+
+#[test]
+fn layer_norm_ignores_the_batch_and_batch_norm_does_not() {
+    let x = normal(&[4, 3, 2, 2], 0.0, 1.0, &mut seeded_rng(4));
+    let mut other = x.clone();
+    other.slice_mut(s![1.., .., .., ..]).mapv_inplace(|v| v * 5.0 + 3.0);
+    let first = |y: ArrayD<f64>| y.index_axis(Axis(0), 0).to_owned();
+
+    let mut ln = LayerNorm::<f64>::new(&[3, 2, 2], 1e-5, true).unwrap();
+    let a = first(ln.forward(x.clone(), Mode::Train).unwrap());
+    let b = first(ln.forward(other.clone(), Mode::Train).unwrap());
+    assert_eq!(a, b, "sample 0's LayerNorm output must not see the other samples");
+
+    let mut bn = BatchNorm::<f64>::new_2d(BatchNormConfig::new(3)).unwrap();
+    let a = first(bn.forward(x, Mode::Train).unwrap());
+    let b = first(bn.forward(other, Mode::Train).unwrap());
+    assert!(max_abs_diff(&a, &b) > 0.1, "sample 0's BatchNorm output depends on the batch");
+}
+
+#[test]
+fn batch_norm_running_statistics_follow_pytorch() {
+    let x = normal(&[5, 2, 3, 3], 4.0, 2.0, &mut seeded_rng(5));
+    let m = 45.0; // values per channel
+    let channel = |c: usize| x.index_axis(Axis(1), c).iter().copied().collect::<Vec<f64>>();
+    let stats = |c: usize| {
+        let v = channel(c);
+        let mean = v.iter().sum::<f64>() / m;
+        (mean, v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (m - 1.0))
+    };
+
+    // momentum 0.1: running = 0.9·running + 0.1·batch (unbiased variance).
+    let mut bn = BatchNorm::<f64>::new_2d(BatchNormConfig::new(2)).unwrap();
+    bn.forward(x.clone(), Mode::Train).unwrap();
+    let (rm, rv) = bn.running_stats().unwrap();
+    for c in 0..2 {
+        let (mean, var) = stats(c);
+        approx::assert_relative_eq!(rm[c], 0.1 * mean, max_relative = 1e-12);
+        approx::assert_relative_eq!(rv[c], 0.9 + 0.1 * var, max_relative = 1e-12);
+    }
+
+    // momentum None: a cumulative average; after one batch it is the batch's statistics.
+    let mut bn = BatchNorm::<f64>::new_2d(BatchNormConfig::new(2).with_momentum(None)).unwrap();
+    bn.forward(x.clone(), Mode::Train).unwrap();
+    let mut count = 0.0;
+    bn.visit("", &mut |k, p| {
+        if k == "num_batches_tracked" {
+            count = p.value[[]];
+        }
+    });
+    assert_eq!(count, 1.0);
+    let (rm, rv) = bn.running_stats().map(|(m, v)| (m[0], v[0])).unwrap();
+    approx::assert_relative_eq!(rm, stats(0).0, max_relative = 1e-12);
+    approx::assert_relative_eq!(rv, stats(0).1, max_relative = 1e-12);
+
+    // Eval mode uses the running statistics: y = (x − rm)/√(rv + eps).
+    let y = bn.forward(x.clone(), Mode::Eval).unwrap();
+    let want = (x[[0, 0, 0, 0]] - rm) / (rv + 1e-5).sqrt();
+    approx::assert_relative_eq!(y[[0, 0, 0, 0]], want, max_relative = 1e-12);
+
+    // Without running statistics, eval mode normalizes with the batch too.
+    let mut bn =
+        BatchNorm::<f64>::new_2d(BatchNormConfig::new(2).with_track_running_stats(false)).unwrap();
+    let train = bn.forward(x.clone(), Mode::Train).unwrap();
+    let eval = bn.forward(x, Mode::Eval).unwrap();
+    assert_eq!(train, eval);
+    let mut keys = Vec::new();
+    bn.visit("bn1", &mut |k, _| keys.push(k.to_string()));
+    assert_eq!(keys, ["bn1.weight", "bn1.bias"]);
+}
+
+#[test]
+fn same_numbers_on_one_and_two_threads() {
+    let x: ArrayD<f32> = normal(&[16, 8, 12, 12], 0.0, 1.0, &mut seeded_rng(6));
+    let dy: ArrayD<f32> = normal(&[16, 8, 12, 12], 0.0, 1.0, &mut seeded_rng(7));
+    let run = |threads: usize| {
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| {
+            let mut layers: Vec<Box<dyn Layer<f32>>> = vec![
+                Box::new(BatchNorm::<f32>::new_2d(BatchNormConfig::new(8)).unwrap()),
+                Box::new(GroupNorm::<f32>::new(4, 8, 1e-5, true).unwrap()),
+                Box::new(LayerNorm::<f32>::new(&[8, 12, 12], 1e-5, true).unwrap()),
+            ];
+            layers
+                .iter_mut()
+                .map(|l| {
+                    let y = l.forward(x.clone(), Mode::Train).unwrap();
+                    let dx = l.backward(dy.clone()).unwrap();
+                    let mut grads = Vec::new();
+                    l.visit("", &mut |_, p| grads.push(p.grad.clone()));
+                    (y, dx, grads)
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    assert_eq!(run(1), run(2));
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let mut bn = BatchNorm::<f32>::new_2d(BatchNormConfig::new(3)).unwrap();
+    let e = bn.forward(ArrayD::zeros(vec![2, 3, 4]), Mode::Train).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "batch_norm2d: input must have 4 to 4 dimensions [N, C, ...], got 3-D [2, 3, 4]"
+    );
+    let e = bn.forward(ArrayD::zeros(vec![2, 4, 2, 2]), Mode::Train).unwrap_err();
+    assert_eq!(e.to_string(), "batch_norm2d: input has 4 channels, the layer expects 3");
+    let e = bn.forward(ArrayD::zeros(vec![1, 3, 1, 1]), Mode::Train).unwrap_err();
+    assert!(e.to_string().contains("expected more than 1 value per channel when training"), "{e}");
+    assert!(matches!(bn.backward(ArrayD::zeros(vec![1, 3, 1, 1])), Err(Error::NoForward { .. })));
+    let e = GroupNorm::<f32>::new(4, 6, 1e-5, true).unwrap_err();
+    assert!(
+        e.to_string().contains("num_groups 4 must be positive and divide num_channels 6"),
+        "{e}"
+    );
+    let mut ln = LayerNorm::<f32>::new(&[4], 1e-5, true).unwrap();
+    let e = ln.forward(ArrayD::zeros(vec![2, 3]), Mode::Train).unwrap_err();
+    assert_eq!(e.to_string(), "layer_norm: input [2, 3] must end in normalized_shape [4]");
+    assert!(BatchNorm::<f32>::new_2d(BatchNormConfig::new(3).with_momentum(Some(1.5))).is_err());
+    assert!(LayerNorm::<f32>::new(&[4], 0.0, true).is_err());
+    let mut inorm = InstanceNorm2d::<f32>::new(3, 1e-5, None, false, false).unwrap();
+    assert!(inorm.forward(ArrayD::zeros(vec![2, 3, 4]), Mode::Train).is_err());
+}
