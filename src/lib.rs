@@ -29,10 +29,12 @@ pub use cnn_tensor as tensor;
 
 /// The items most programs use, for `use cnn::prelude::*`.
 pub mod prelude {
+    pub use cnn_act::{Act, Activation, Dropout};
     pub use cnn_conv::{
         AvgPool2d, Conv2d, Conv2dConfig, Conv2dOptions, GlobalAvgPool2d, MaxPool2d, Pool2dOptions,
     };
     pub use cnn_init::{FanMode, Nonlinearity};
+    pub use cnn_norm::{BatchNorm, BatchNormConfig, GroupNorm, InstanceNorm2d, LayerNorm};
     pub use cnn_tensor::gradcheck::{check_layer, GradCheckConfig};
     pub use cnn_tensor::random::seeded_rng;
     pub use cnn_tensor::{ArrayD, Error, Float, Layer, Linear, LinearConfig, Mode, Param, Result};

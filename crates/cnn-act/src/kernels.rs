@@ -162,9 +162,28 @@ pub fn activation_forward<T: Float>(act: Activation, x: ArrayD<T>) -> Result<Arr
     act.check()?;
     let mut x = contiguous(x);
     if let Some(data) = x.as_slice_mut() {
-        for_each_chunk(data, |c| c.iter_mut().for_each(|v| *v = act.value(*v)));
+        if let (Activation::Gelu, Some(data)) = (act, as_f32_mut(data)) {
+            for_each_chunk(data, crate::fast_f32::gelu_forward);
+        } else {
+            for_each_chunk(data, |c| c.iter_mut().for_each(|v| *v = act.value(*v)));
+        }
     }
     Ok(x)
+}
+
+/// `data` as `&mut [f32]` when `T` is f32 (the vectorized GELU's type).
+fn as_f32_mut<T: Float>(data: &mut [T]) -> Option<&mut [f32]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        // SAFETY: T is f32, so the slice already is a slice of f32.
+        .then(|| unsafe {
+            std::slice::from_raw_parts_mut(data.as_mut_ptr().cast::<f32>(), data.len())
+        })
+}
+
+fn as_f32<T: Float>(data: &[T]) -> Option<&[f32]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        // SAFETY: T is f32, so the slice already is a slice of f32.
+        .then(|| unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<f32>(), data.len()) })
 }
 
 /// dL/dx = dL/dy · act'(·), in `dy`'s own buffer. `saved` is the forward's
@@ -190,7 +209,15 @@ pub fn activation_backward<T: Float>(
     let mut dy = contiguous(dy);
     let saved = saved.as_standard_layout();
     if let (Some(g), Some(s)) = (dy.as_slice_mut(), saved.as_slice()) {
-        if g.len() <= CHUNK {
+        if let (Activation::Gelu, Some(g32), Some(s32)) = (act, as_f32_mut(g), as_f32(s)) {
+            if g32.len() <= CHUNK {
+                crate::fast_f32::gelu_backward(g32, s32);
+            } else {
+                g32.par_chunks_mut(CHUNK)
+                    .zip(s32.par_chunks(CHUNK))
+                    .for_each(|(gc, sc)| crate::fast_f32::gelu_backward(gc, sc));
+            }
+        } else if g.len() <= CHUNK {
             g.iter_mut().zip(s).for_each(|(g, &v)| *g *= act.derivative(v));
         } else {
             g.par_chunks_mut(CHUNK).zip(s.par_chunks(CHUNK)).for_each(|(gc, sc)| {

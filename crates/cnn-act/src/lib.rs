@@ -27,6 +27,7 @@
 //! ```
 
 mod dropout;
+mod fast_f32;
 mod kernels;
 mod layers;
 

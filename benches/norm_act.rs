@@ -1,0 +1,90 @@
+//! BatchNorm2d, GroupNorm and GELU, forward (train mode) and backward, on
+//! 32×64×32×32 f32, in bytes moved per second (criterion's "B/s").
+//!
+//! Bytes: forward reads x and writes y (2 tensors); backward reads x and dy
+//! and writes dx (3 tensors). `cargo bench --bench norm_act`; PyTorch's
+//! figures from benches/torch/torch_norm_act.py are in docs/benchmarks.md.
+
+#![allow(missing_docs)] // criterion's macros generate undocumented functions
+
+use std::time::Duration;
+
+use cnn::prelude::*;
+use cnn::tensor::random::normal;
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+
+const SHAPE: [usize; 4] = [32, 64, 32, 32];
+
+/// A named way to build a fresh layer.
+type Maker = (&'static str, Box<dyn Fn() -> Box<dyn Layer<f32>>>);
+
+fn layers() -> Vec<Maker> {
+    vec![
+        (
+            "batch_norm2d",
+            Box::new(|| {
+                Box::new(BatchNorm::<f32>::new_2d(BatchNormConfig::new(64)).expect("valid"))
+            }),
+        ),
+        (
+            "group_norm_g32",
+            Box::new(|| Box::new(GroupNorm::<f32>::new(32, 64, 1e-5, true).expect("valid"))),
+        ),
+        ("gelu", Box::new(|| Box::new(Act::<f32>::gelu()))),
+    ]
+}
+
+fn bench(c: &mut Criterion) {
+    let x: ArrayD<f32> = normal(&SHAPE, 0.0, 1.0, &mut seeded_rng(1));
+    let dy: ArrayD<f32> = normal(&SHAPE, 0.0, 1.0, &mut seeded_rng(2));
+    let bytes = (x.len() * std::mem::size_of::<f32>()) as u64;
+    let id = "n32_c64_32x32";
+    for (name, make) in layers() {
+        let mut fwd = c.benchmark_group(format!("{name}_fwd"));
+        fwd.throughput(Throughput::Bytes(2 * bytes));
+        let mut layer = make();
+        fwd.bench_function(BenchmarkId::from_parameter(id), |b| {
+            b.iter_batched(
+                || x.clone(),
+                |x| layer.forward(x, Mode::Train).expect("forward"),
+                BatchSize::PerIteration,
+            )
+        });
+        if name == "gelu" {
+            // Eval mode keeps nothing for backward: the kernel alone, in place.
+            fwd.bench_function(BenchmarkId::new("eval", id), |b| {
+                b.iter_batched(
+                    || x.clone(),
+                    |x| layer.forward(x, Mode::Eval).expect("forward"),
+                    BatchSize::PerIteration,
+                )
+            });
+        }
+        fwd.finish();
+
+        let mut bwd = c.benchmark_group(format!("{name}_bwd"));
+        bwd.throughput(Throughput::Bytes(3 * bytes));
+        bwd.bench_function(BenchmarkId::from_parameter(id), |b| {
+            b.iter_batched(
+                || {
+                    let mut layer = make();
+                    layer.forward(x.clone(), Mode::Train).expect("forward");
+                    (layer, dy.clone())
+                },
+                |(mut layer, dy)| layer.backward(dy).expect("backward"),
+                BatchSize::PerIteration,
+            )
+        });
+        bwd.finish();
+    }
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+}
+
+criterion_group! { name = benches; config = config(); targets = bench }
+criterion_main!(benches);

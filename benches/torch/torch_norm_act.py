@@ -1,0 +1,45 @@
+#!/usr/bin/env python3
+"""PyTorch CPU reference for BatchNorm2d, GroupNorm(32, 64) and GELU on 32x64x32x32 f32.
+
+Usage: python torch_norm_act.py [threads]   (needs torch)
+Forward in train mode; backward = gradients w.r.t. the input and parameters
+for a given dy. Prints median ms and GB/s, counting 2 tensors moved forward
+(x in, y out) and 3 backward (x, dy in, dx out), as benches/norm_act.rs does.
+"""
+import statistics, sys, time
+import torch
+
+def timed(fn, reps=20):
+    for _ in range(3):
+        fn()
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter(); fn(); ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+def main():
+    threads = int(sys.argv[1]) if len(sys.argv) > 1 else 2
+    torch.set_num_threads(threads)
+    print(f"torch {torch.__version__}, threads={threads}")
+    shape = (32, 64, 32, 32)
+    x = torch.randn(*shape, requires_grad=True)
+    dy = torch.randn(*shape)
+    mb = x.numel() * 4 / 1e9
+    mods = {"batch_norm2d": torch.nn.BatchNorm2d(64).train(),
+            "group_norm_g32": torch.nn.GroupNorm(32, 64),
+            "gelu": torch.nn.GELU()}
+    print(f"{'op':16} {'fwd ms':>8} {'fwd GB/s':>9} {'bwd ms':>8} {'bwd GB/s':>9}")
+    for name, m in mods.items():
+        with torch.no_grad():
+            tf = timed(lambda: m(x))
+        inputs = [x] + [p for p in m.parameters()]
+        def bwd():
+            y = m(x)
+            return torch.autograd.grad(y, inputs, dy)
+        # backward alone: forward time subtracted from forward+backward
+        tfb = timed(bwd)
+        tb = max(tfb - tf, 1e-9)
+        print(f"{name:16} {tf*1e3:8.2f} {2*mb/tf:9.1f} {tb*1e3:8.2f} {3*mb/tb:9.1f}")
+
+if __name__ == "__main__":
+    main()
