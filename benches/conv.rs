@@ -9,6 +9,12 @@
 use std::hint::black_box;
 use std::time::Duration;
 
+/// A caching allocator, as a training program would use: glibc's malloc hands
+/// multi-megabyte buffers back to the kernel on free and pays a page fault per
+/// 4 KiB on the next step (docs/benchmarks.md measures the difference).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use cnn::conv::{conv2d_backward, conv2d_forward, Conv2dOptions, ConvGeometry};
 use cnn::tensor::random::{normal, seeded_rng};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};

@@ -2,12 +2,18 @@
 //! 32×64×32×32 f32, in bytes moved per second (criterion's "B/s").
 //!
 //! Bytes: forward reads x and writes y (2 tensors); backward reads x and dy
-//! and writes dx (3 tensors). `cargo bench --bench norm_act`; PyTorch's
+//! and writes dx (3 tensors); forward + backward counts 5. `cargo bench --bench norm_act`; PyTorch's
 //! figures from benches/torch/torch_norm_act.py are in docs/benchmarks.md.
 
 #![allow(missing_docs)] // criterion's macros generate undocumented functions
 
 use std::time::Duration;
+
+/// A caching allocator, as a training program would use: glibc's malloc hands
+/// multi-megabyte buffers back to the kernel on free and pays a page fault per
+/// 4 KiB on the next step (docs/benchmarks.md measures the difference).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use cnn::prelude::*;
 use cnn::tensor::random::normal;
@@ -76,6 +82,20 @@ fn bench(c: &mut Criterion) {
             )
         });
         bwd.finish();
+
+        let mut both = c.benchmark_group(format!("{name}_fwd_bwd"));
+        both.throughput(Throughput::Bytes(5 * bytes));
+        both.bench_function(BenchmarkId::from_parameter(id), |b| {
+            b.iter_batched(
+                || (make(), x.clone(), dy.clone()),
+                |(mut layer, x, dy)| {
+                    layer.forward(x, Mode::Train).expect("forward");
+                    layer.backward(dy).expect("backward")
+                },
+                BatchSize::PerIteration,
+            )
+        });
+        both.finish();
     }
 }
 

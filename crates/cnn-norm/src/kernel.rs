@@ -18,6 +18,9 @@
 //! order, and each group or feature is reduced by one task, so results do not
 //! depend on the thread count.
 
+use std::mem::MaybeUninit;
+
+use cnn_tensor::simd::vectorized;
 use cnn_tensor::{Error, Float, Result};
 use rayon::prelude::*;
 
@@ -93,6 +96,7 @@ pub struct NormGrads<T> {
 const LANES: usize = 16;
 
 /// `(Σ a, Σ a·(b − shift))`... in lanes: `(Σ a, Σ a·b')` with `b' = b − shift`.
+#[inline(always)]
 fn sum_and_dot<T: Float>(a: &[T], b: &[T], shift: T) -> (T, T) {
     let (mut s, mut d) = ([T::zero(); LANES], [T::zero(); LANES]);
     let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
@@ -110,26 +114,26 @@ fn sum_and_dot<T: Float>(a: &[T], b: &[T], shift: T) -> (T, T) {
     (fold(s), fold(d))
 }
 
-/// `(Σ (x − shift), Σ (x − shift)²)` in lanes.
-fn sum_and_squares<T: Float>(x: &[T], shift: T) -> (T, T) {
-    let (mut s, mut q) = ([T::zero(); LANES], [T::zero(); LANES]);
+/// `Σ (x − shift)²` in lanes.
+#[inline(always)]
+fn squares<T: Float>(x: &[T], shift: T) -> T {
+    let mut q = [T::zero(); LANES];
     let chunks = x.chunks_exact(LANES);
     let rest = chunks.remainder();
     for c in chunks {
         for l in 0..LANES {
             let v = c[l] - shift;
-            s[l] += v;
             q[l] += v * v;
         }
     }
     for (l, &v) in rest.iter().enumerate() {
         let v = v - shift;
-        s[l] += v;
         q[l] += v * v;
     }
-    (fold(s), fold(q))
+    fold(q)
 }
 
+#[inline(always)]
 fn fold<T: Float>(mut acc: [T; LANES]) -> T {
     let mut width = LANES;
     while width > 1 {
@@ -179,14 +183,15 @@ pub fn moments<T: Float>(x: &[T], axes: NormAxes) -> Result<Moments<T>> {
     let stats: Vec<(T, T)> = (0..axes.groups)
         .into_par_iter()
         .map(|s| {
-            let sum: T = segments(x, axes, s)
-                .map(|seg| sum_and_squares(seg, T::zero()).0)
-                .fold(T::zero(), |a, b| a + b);
-            let mean = sum / count;
-            let sq: T = segments(x, axes, s)
-                .map(|seg| sum_and_squares(seg, mean).1)
-                .fold(T::zero(), |a, b| a + b);
-            (mean, sq / count)
+            vectorized(|| {
+                let sum: T =
+                    segments(x, axes, s).map(cnn_tensor::sum).fold(T::zero(), |a, b| a + b);
+                let mean = sum / count;
+                let sq: T = segments(x, axes, s)
+                    .map(|seg| squares(seg, mean))
+                    .fold(T::zero(), |a, b| a + b);
+                (mean, sq / count)
+            })
         })
         .collect();
     Ok(Moments {
@@ -196,6 +201,7 @@ pub fn moments<T: Float>(x: &[T], axes: NormAxes) -> Result<Moments<T>> {
 }
 
 /// Calls `f(offset, len, feature)` for the runs of `start .. start + len` that share a feature.
+#[inline(always)]
 fn for_runs(start: usize, len: usize, a: &AffineAxes, mut f: impl FnMut(usize, usize, usize)) {
     let mut j = 0;
     while j < len {
@@ -220,24 +226,26 @@ pub fn normalize_forward<T: Float>(
 ) -> Result<Vec<T>> {
     check("norm", x.len(), &axes, affine.as_ref().map(|a| &a.axes))?;
     check_params(axes, mean, rstd, affine.as_ref())?;
-    let mut y = vec![T::zero(); x.len()];
+    let mut y = uninit_vec::<T>(x.len());
     y.par_chunks_mut(axes.inner).zip(x.par_chunks(axes.inner)).enumerate().for_each(
         |(seg, (ys, xs))| {
             let s = seg % axes.groups;
             let (m, r) = (mean[s], rstd[s]);
-            match &affine {
-                None => ys.iter_mut().zip(xs).for_each(|(y, &x)| *y = (x - m) * r),
+            vectorized(|| match &affine {
+                None => ys.iter_mut().zip(xs).for_each(|(y, &x)| {
+                    y.write((x - m) * r);
+                }),
                 Some(af) => for_runs(seg * axes.inner, axes.inner, &af.axes, |j, n, k| {
                     let (scale, shift) = (r * af.gamma[k], af.beta[k] - m * r * af.gamma[k]);
-                    ys[j..j + n]
-                        .iter_mut()
-                        .zip(&xs[j..j + n])
-                        .for_each(|(y, &x)| *y = x * scale + shift);
+                    ys[j..j + n].iter_mut().zip(&xs[j..j + n]).for_each(|(y, &x)| {
+                        y.write(x * scale + shift);
+                    });
                 }),
-            }
+            })
         },
     );
-    Ok(y)
+    // SAFETY: the chunks cover `y` and every element of every chunk was written above.
+    Ok(unsafe { assume_init(y) })
 }
 
 fn check_params<T>(
@@ -304,39 +312,45 @@ pub fn normalize_backward<T: Float>(
         (0..axes.groups)
             .into_par_iter()
             .map(|s| {
-                let (mut sg, mut sgx) = (T::zero(), T::zero());
-                for a in 0..axes.outer {
-                    let start = (a * axes.groups + s) * axes.inner;
-                    for_runs(start, axes.inner, &af_axes, |j, n, k| {
-                        let (d, dx) =
-                            sum_and_dot(&dy[start + j..][..n], &x[start + j..][..n], mean[s]);
-                        sg += gamma_of(k) * d;
-                        sgx += gamma_of(k) * dx * rstd[s];
-                    });
-                }
-                (sg / count, sgx / count)
+                vectorized(|| {
+                    let (mut sg, mut sgx) = (T::zero(), T::zero());
+                    for a in 0..axes.outer {
+                        let start = (a * axes.groups + s) * axes.inner;
+                        for_runs(start, axes.inner, &af_axes, |j, n, k| {
+                            let (d, dx) =
+                                sum_and_dot(&dy[start + j..][..n], &x[start + j..][..n], mean[s]);
+                            sg += gamma_of(k) * d;
+                            sgx += gamma_of(k) * dx * rstd[s];
+                        });
+                    }
+                    (sg / count, sgx / count)
+                })
             })
             .collect()
     } else {
         vec![(T::zero(), T::zero()); axes.groups]
     };
 
-    let mut dx = vec![T::zero(); x.len()];
+    let mut dx = uninit_vec::<T>(x.len());
     dx.par_chunks_mut(axes.inner).enumerate().for_each(|(seg, out)| {
         let s = seg % axes.groups;
         let start = seg * axes.inner;
         let (m, r, (mg, mgx)) = (mean[s], rstd[s], coef[s]);
-        for_runs(start, axes.inner, &af_axes, |j, n, k| {
-            let gk = gamma_of(k);
-            for ((o, &d), &xv) in
-                out[j..j + n].iter_mut().zip(&dy[start + j..][..n]).zip(&x[start + j..][..n])
-            {
-                let xhat = (xv - m) * r;
-                *o = r * (d * gk - mg - xhat * mgx);
-            }
+        vectorized(|| {
+            for_runs(start, axes.inner, &af_axes, |j, n, k| {
+                let gk = gamma_of(k);
+                for ((o, &d), &xv) in
+                    out[j..j + n].iter_mut().zip(&dy[start + j..][..n]).zip(&x[start + j..][..n])
+                {
+                    let xhat = (xv - m) * r;
+                    o.write(r * (d * gk - mg - xhat * mgx));
+                }
+            })
         });
     });
 
+    // SAFETY: the chunks cover `dx` and every element of every chunk was written above.
+    let dx = unsafe { assume_init(dx) };
     let (dgamma, dbeta) = match &affine {
         None => (Vec::new(), Vec::new()),
         Some(af) => {
@@ -344,22 +358,44 @@ pub fn normalize_backward<T: Float>(
             let sums: Vec<(T, T)> = (0..a.features)
                 .into_par_iter()
                 .map(|k| {
-                    let (mut dg, mut db) = (T::zero(), T::zero());
-                    for o in 0..a.outer {
-                        let start = (o * a.features + k) * a.inner;
-                        let s = (start / axes.inner) % axes.groups;
-                        let (d, dxm) =
-                            sum_and_dot(&dy[start..][..a.inner], &x[start..][..a.inner], mean[s]);
-                        db += d;
-                        dg += dxm * rstd[s];
-                    }
-                    (dg, db)
+                    vectorized(|| {
+                        let (mut dg, mut db) = (T::zero(), T::zero());
+                        for o in 0..a.outer {
+                            let start = (o * a.features + k) * a.inner;
+                            let s = (start / axes.inner) % axes.groups;
+                            let (d, dxm) = sum_and_dot(
+                                &dy[start..][..a.inner],
+                                &x[start..][..a.inner],
+                                mean[s],
+                            );
+                            db += d;
+                            dg += dxm * rstd[s];
+                        }
+                        (dg, db)
+                    })
                 })
                 .collect();
             (sums.iter().map(|s| s.0).collect(), sums.iter().map(|s| s.1).collect())
         }
     };
     Ok(NormGrads { dx, dgamma, dbeta })
+}
+
+/// A vector of `len` uninitialized elements, for outputs that are written whole:
+/// no zeroing pass, and (unlike `calloc`) reused heap memory is not cleared again.
+fn uninit_vec<T>(len: usize) -> Vec<MaybeUninit<T>> {
+    let mut v = Vec::with_capacity(len);
+    // SAFETY: MaybeUninit needs no initialization; capacity is at least len.
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// # Safety
+/// Every element of `v` must have been written.
+unsafe fn assume_init<T>(v: Vec<MaybeUninit<T>>) -> Vec<T> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: MaybeUninit<T> has T's layout; the caller guarantees every element is initialized.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<T>(), v.len(), v.capacity()) }
 }
 
 /// `1/√(var + eps)` for each variance.

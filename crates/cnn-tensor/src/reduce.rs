@@ -11,6 +11,7 @@ const LANES: usize = 16;
 /// A plain left-to-right float sum is bound by the latency of one add per
 /// element; this order lets the compiler use SIMD registers, and it depends
 /// on the length only, so results are the same on every run and thread count.
+#[inline(always)]
 pub fn sum<T: Float>(xs: &[T]) -> T {
     let mut acc = [T::zero(); LANES];
     let chunks = xs.chunks_exact(LANES);
