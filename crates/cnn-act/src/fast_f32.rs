@@ -29,7 +29,7 @@ fn exp(x: f32) -> f32 {
     p = p.mul_add(r, 8.333_452e-3);
     p = p.mul_add(r, 4.166_579_6e-2);
     p = p.mul_add(r, 1.666_666_5e-1);
-    p = p.mul_add(r, 5.000_000e-1);
+    p = p.mul_add(r, 0.5);
     let e = (p * r).mul_add(r, r) + 1.0;
     // 2^n without a float-to-int conversion (which would not vectorize):
     // n + 2²³ + 127 holds n + 127 in its low mantissa bits; shift them into the exponent.
