@@ -59,6 +59,13 @@ fn gelu_forward_body(xs: &mut [f32]) {
 }
 
 #[inline(always)]
+fn gelu_forward_out_body(xs: &[f32], ys: &mut [std::mem::MaybeUninit<f32>]) {
+    for (y, &x) in ys.iter_mut().zip(xs) {
+        y.write(0.5 * x * (1.0 + erf(x * FRAC_1_SQRT_2)));
+    }
+}
+
+#[inline(always)]
 fn gelu_backward_body(dy: &mut [f32], xs: &[f32]) {
     for (g, &x) in dy.iter_mut().zip(xs) {
         let cdf = 0.5 * (1.0 + erf(x * FRAC_1_SQRT_2));
@@ -92,6 +99,11 @@ macro_rules! dispatch {
 /// `x ← GELU(x)` (erf form), elementwise.
 pub(crate) fn gelu_forward(xs: &mut [f32]) {
     dispatch!(gelu_forward_body(xs))
+}
+
+/// `y ← GELU(x)` (erf form) into a new buffer, elementwise.
+pub(crate) fn gelu_forward_out(xs: &[f32], ys: &mut [std::mem::MaybeUninit<f32>]) {
+    dispatch!(gelu_forward_out_body(xs, ys))
 }
 
 /// `dy ← dy · GELU'(x)` (erf form), elementwise.

@@ -171,6 +171,41 @@ pub fn activation_forward<T: Float>(act: Activation, x: ArrayD<T>) -> Result<Arr
     Ok(x)
 }
 
+/// `act(x)` into a new tensor, leaving `x` as it is: what a layer that keeps
+/// its input for backward uses, instead of copying the input first.
+///
+/// # Errors
+/// [`Error::Config`] for a non-finite leaky slope.
+pub fn activation_forward_copy<T: Float>(act: Activation, x: &ArrayD<T>) -> Result<ArrayD<T>> {
+    act.check()?;
+    let x = x.as_standard_layout();
+    let xs = x.as_slice().ok_or_else(|| Error::shape(act.name(), "input is not contiguous"))?;
+    let mut out: Vec<T> = Vec::with_capacity(xs.len());
+    {
+        let spare = &mut out.spare_capacity_mut()[..xs.len()];
+        let work = |ys: &mut [std::mem::MaybeUninit<T>], xs: &[T]| {
+            if let (Activation::Gelu, Some(x32)) = (act, as_f32(xs)) {
+                // SAFETY: T is f32 (as_f32 succeeded), so the slots are MaybeUninit<f32>.
+                let y32 =
+                    unsafe { std::slice::from_raw_parts_mut(ys.as_mut_ptr().cast(), ys.len()) };
+                crate::fast_f32::gelu_forward_out(x32, y32);
+            } else {
+                for (y, &v) in ys.iter_mut().zip(xs) {
+                    y.write(act.value(v));
+                }
+            }
+        };
+        if xs.len() <= CHUNK {
+            work(spare, xs);
+        } else {
+            spare.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)).for_each(|(ys, xs)| work(ys, xs));
+        }
+    }
+    // SAFETY: every one of the first xs.len() slots was written above.
+    unsafe { out.set_len(xs.len()) };
+    ArrayD::from_shape_vec(x.raw_dim(), out).map_err(|e| Error::shape(act.name(), e.to_string()))
+}
+
 /// `data` as `&mut [f32]` when `T` is f32 (the vectorized GELU's type).
 fn as_f32_mut<T: Float>(data: &mut [T]) -> Option<&mut [f32]> {
     (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())

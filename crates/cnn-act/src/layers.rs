@@ -2,7 +2,7 @@
 
 use cnn_tensor::{ArrayD, Error, Float, Layer, Mode, Param, Result};
 
-use crate::{activation_backward, activation_forward, Activation};
+use crate::{activation_backward, activation_forward, activation_forward_copy, Activation};
 
 /// An activation as a [`Layer`]: `Act::relu()`, `Act::gelu()`, … No parameters.
 #[derive(Debug, Clone)]
@@ -47,15 +47,17 @@ impl<T: Float> Layer<T> for Act<T> {
     fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
         let act = self.activation;
         // Keep the input, or for sigmoid/tanh the output, whichever backward reads.
-        if mode == Mode::Train && !act.backward_from_output() {
-            self.saved = Some(x.clone());
-        }
-        let y = activation_forward(act, x)?;
-        self.saved = match mode {
-            Mode::Train if act.backward_from_output() => Some(y.clone()),
-            Mode::Train => self.saved.take(),
-            Mode::Eval => None,
+        // Keeping the input: write y to a new buffer rather than copy x first.
+        let (y, saved) = match mode {
+            Mode::Eval => (activation_forward(act, x)?, None),
+            Mode::Train if act.backward_from_output() => {
+                let y = activation_forward(act, x)?;
+                let saved = y.clone();
+                (y, Some(saved))
+            }
+            Mode::Train => (activation_forward_copy(act, &x)?, Some(x)),
         };
+        self.saved = saved;
         Ok(y)
     }
 

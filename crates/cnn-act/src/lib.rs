@@ -32,5 +32,5 @@ mod kernels;
 mod layers;
 
 pub use dropout::Dropout;
-pub use kernels::{activation_backward, activation_forward, Activation};
+pub use kernels::{activation_backward, activation_forward, activation_forward_copy, Activation};
 pub use layers::Act;

@@ -127,3 +127,15 @@ fn bad_input_is_a_clear_error() {
     Layer::<f32>::forward(&mut drop, ArrayD::zeros(vec![4]), Mode::Train).unwrap();
     assert!(Layer::<f32>::backward(&mut drop, ArrayD::zeros(vec![5])).is_err());
 }
+
+#[test]
+fn out_of_place_forward_equals_in_place() {
+    let x32: ArrayD<f32> = normal(&[70, 1000], 0.0, 2.0, &mut seeded_rng(9));
+    let x64: ArrayD<f64> = normal(&[7, 100], 0.0, 2.0, &mut seeded_rng(9));
+    for act in ALL {
+        let a = cnn_act::activation_forward_copy(act, &x32).unwrap();
+        assert_eq!(a, activation_forward(act, x32.clone()).unwrap(), "{act:?} f32");
+        let b = cnn_act::activation_forward_copy(act, &x64).unwrap();
+        assert_eq!(b, activation_forward(act, x64.clone()).unwrap(), "{act:?} f64");
+    }
+}
