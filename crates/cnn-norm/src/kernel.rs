@@ -20,7 +20,6 @@
 
 use std::mem::MaybeUninit;
 
-use cnn_tensor::simd::vectorized;
 use cnn_tensor::{Error, Float, Result};
 use rayon::prelude::*;
 
@@ -167,9 +166,10 @@ fn check(op: &'static str, len: usize, axes: &NormAxes, affine: Option<&AffineAx
     Ok(())
 }
 
-/// The segments (contiguous runs of `inner`) of group `s`.
-fn segments<'a, T>(x: &'a [T], axes: NormAxes, s: usize) -> impl Iterator<Item = &'a [T]> + 'a {
-    (0..axes.outer).map(move |a| &x[(a * axes.groups + s) * axes.inner..][..axes.inner])
+/// Block `a`'s segment (a contiguous run of `inner`) of group `s`.
+#[inline(always)]
+fn segment<T>(x: &[T], axes: NormAxes, a: usize, s: usize) -> &[T] {
+    &x[(a * axes.groups + s) * axes.inner..][..axes.inner]
 }
 
 /// Mean and biased variance of each group, in two passes (mean first, then
@@ -179,37 +179,197 @@ fn segments<'a, T>(x: &'a [T], axes: NormAxes, s: usize) -> impl Iterator<Item =
 /// [`Error::Shape`] when `x` does not fill `axes` or a group is empty.
 pub fn moments<T: Float>(x: &[T], axes: NormAxes) -> Result<Moments<T>> {
     check("norm", x.len(), &axes, None)?;
-    let count = T::of(axes.count() as f64);
-    let stats: Vec<(T, T)> = (0..axes.groups)
-        .into_par_iter()
-        .map(|s| {
-            vectorized(|| {
-                let sum: T =
-                    segments(x, axes, s).map(cnn_tensor::sum).fold(T::zero(), |a, b| a + b);
-                let mean = sum / count;
-                let sq: T = segments(x, axes, s)
-                    .map(|seg| squares(seg, mean))
-                    .fold(T::zero(), |a, b| a + b);
-                (mean, sq / count)
-            })
-        })
-        .collect();
+    let stats: Vec<(T, T)> =
+        (0..axes.groups).into_par_iter().map(|s| group_moments(x, axes, s)).collect();
     Ok(Moments {
         mean: stats.iter().map(|s| s.0).collect(),
         var: stats.iter().map(|s| s.1).collect(),
     })
 }
 
-/// Calls `f(offset, len, feature)` for the runs of `start .. start + len` that share a feature.
+/// Runs `$body` compiled for AVX-512 or AVX2 + FMA when the CPU has them (the
+/// crate is built for baseline x86-64), with the same results on every path:
+/// Rust never fuses a multiply and an add by itself, and the lanes only
+/// change how many elements go at once, not the order of the sums.
+macro_rules! multiversion {
+    ($(#[$meta:meta])* fn $name:ident = $body:ident ( $($arg:ident : $ty:ty),* $(,)? ) $(-> $ret:ty)?) => {
+        $(#[$meta])*
+        fn $name<T: Float>($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                fn avx512<T: Float>($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2<T: Float>($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F (checked), which implies AVX2 and FMA.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU has AVX2 and FMA, checked just above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
+multiversion! {
+    /// Mean and biased variance of group `s`, two passes.
+    fn group_moments = group_moments_body(x: &[T], axes: NormAxes, s: usize) -> (T, T)
+}
+
 #[inline(always)]
-fn for_runs(start: usize, len: usize, a: &AffineAxes, mut f: impl FnMut(usize, usize, usize)) {
-    let mut j = 0;
-    while j < len {
-        let i = start + j;
-        let run = (a.inner - i % a.inner).min(len - j);
-        f(j, run, (i / a.inner) % a.features);
-        j += run;
+fn group_moments_body<T: Float>(x: &[T], axes: NormAxes, s: usize) -> (T, T) {
+    let count = T::of(axes.count() as f64);
+    let mut sum = T::zero();
+    for a in 0..axes.outer {
+        sum += cnn_tensor::sum(segment(x, axes, a, s));
     }
+    let mean = sum / count;
+    let mut sq = T::zero();
+    for a in 0..axes.outer {
+        sq += squares(segment(x, axes, a, s), mean);
+    }
+    (mean, sq / count)
+}
+
+multiversion! {
+    /// `ys = (xs − m)·r·γ + β` for the segment starting at element `start`.
+    fn normalize_segment = normalize_segment_body(
+        ys: &mut [MaybeUninit<T>], xs: &[T], start: usize, m: T, r: T, affine: Option<&Affine<'_, T>>)
+}
+
+#[inline(always)]
+fn normalize_segment_body<T: Float>(
+    ys: &mut [MaybeUninit<T>],
+    xs: &[T],
+    start: usize,
+    m: T,
+    r: T,
+    affine: Option<&Affine<'_, T>>,
+) {
+    let Some(af) = affine else {
+        for (y, &x) in ys.iter_mut().zip(xs) {
+            y.write((x - m) * r);
+        }
+        return;
+    };
+    // Runs of elements that share one γ, as plain loops so they vectorize.
+    let mut j = 0;
+    while j < xs.len() {
+        let i = start + j;
+        let n = (af.axes.inner - i % af.axes.inner).min(xs.len() - j);
+        let k = (i / af.axes.inner) % af.axes.features;
+        let (scale, shift) = (r * af.gamma[k], af.beta[k] - m * r * af.gamma[k]);
+        for (y, &x) in ys[j..j + n].iter_mut().zip(&xs[j..j + n]) {
+            y.write(x * scale + shift);
+        }
+        j += n;
+    }
+}
+
+multiversion! {
+    /// `(Σ g, Σ g·x̂)` over group `s`, with `g = dy·γ`.
+    fn group_grad_sums = group_grad_sums_body(
+        x: &[T], dy: &[T], axes: NormAxes, s: usize, m: T, r: T, affine: Option<&Affine<'_, T>>) -> (T, T)
+}
+
+#[inline(always)]
+fn group_grad_sums_body<T: Float>(
+    x: &[T],
+    dy: &[T],
+    axes: NormAxes,
+    s: usize,
+    m: T,
+    r: T,
+    affine: Option<&Affine<'_, T>>,
+) -> (T, T) {
+    let (mut sg, mut sgx) = (T::zero(), T::zero());
+    for a in 0..axes.outer {
+        let start = (a * axes.groups + s) * axes.inner;
+        let mut j = 0;
+        while j < axes.inner {
+            let i = start + j;
+            let (n, gk) = match affine {
+                Some(af) => (
+                    (af.axes.inner - i % af.axes.inner).min(axes.inner - j),
+                    af.gamma[(i / af.axes.inner) % af.axes.features],
+                ),
+                None => (axes.inner - j, T::one()),
+            };
+            let (d, dxm) = sum_and_dot(&dy[i..i + n], &x[i..i + n], m);
+            sg += gk * d;
+            sgx += gk * dxm * r;
+            j += n;
+        }
+    }
+    (sg, sgx)
+}
+
+multiversion! {
+    /// `dx = r·(dy·γ − mg − x̂·mgx)` for the segment starting at element `start`.
+    fn dx_segment = dx_segment_body(
+        out: &mut [MaybeUninit<T>], x: &[T], dy: &[T], start: usize, stats: [T; 4], affine: Option<&Affine<'_, T>>)
+}
+
+#[inline(always)]
+fn dx_segment_body<T: Float>(
+    out: &mut [MaybeUninit<T>],
+    x: &[T],
+    dy: &[T],
+    start: usize,
+    [m, r, mg, mgx]: [T; 4],
+    affine: Option<&Affine<'_, T>>,
+) {
+    let mut j = 0;
+    while j < out.len() {
+        let i = start + j;
+        let (n, gk) = match affine {
+            Some(af) => (
+                (af.axes.inner - i % af.axes.inner).min(out.len() - j),
+                af.gamma[(i / af.axes.inner) % af.axes.features],
+            ),
+            None => (out.len() - j, T::one()),
+        };
+        for ((o, &d), &xv) in out[j..j + n].iter_mut().zip(&dy[j..j + n]).zip(&x[j..j + n]) {
+            let xhat = (xv - m) * r;
+            o.write(r * (d * gk - mg - xhat * mgx));
+        }
+        j += n;
+    }
+}
+
+multiversion! {
+    /// `(dγ[k], dβ[k])`: sums of `dy·x̂` and `dy` over the elements of feature `k`.
+    fn feature_grad_sums = feature_grad_sums_body(
+        x: &[T], dy: &[T], axes: NormAxes, a: AffineAxes, k: usize, mean: &[T], rstd: &[T]) -> (T, T)
+}
+
+#[inline(always)]
+fn feature_grad_sums_body<T: Float>(
+    x: &[T],
+    dy: &[T],
+    axes: NormAxes,
+    a: AffineAxes,
+    k: usize,
+    mean: &[T],
+    rstd: &[T],
+) -> (T, T) {
+    let (mut dg, mut db) = (T::zero(), T::zero());
+    for o in 0..a.outer {
+        let start = (o * a.features + k) * a.inner;
+        let s = (start / axes.inner) % axes.groups;
+        let (d, dxm) = sum_and_dot(&dy[start..][..a.inner], &x[start..][..a.inner], mean[s]);
+        db += d;
+        dg += dxm * rstd[s];
+    }
+    (dg, db)
 }
 
 /// `y = (x − mean)·rstd·γ + β` with per-group `mean`, `rstd = 1/√(var + eps)`.
@@ -230,18 +390,7 @@ pub fn normalize_forward<T: Float>(
     y.par_chunks_mut(axes.inner).zip(x.par_chunks(axes.inner)).enumerate().for_each(
         |(seg, (ys, xs))| {
             let s = seg % axes.groups;
-            let (m, r) = (mean[s], rstd[s]);
-            vectorized(|| match &affine {
-                None => ys.iter_mut().zip(xs).for_each(|(y, &x)| {
-                    y.write((x - m) * r);
-                }),
-                Some(af) => for_runs(seg * axes.inner, axes.inner, &af.axes, |j, n, k| {
-                    let (scale, shift) = (r * af.gamma[k], af.beta[k] - m * r * af.gamma[k]);
-                    ys[j..j + n].iter_mut().zip(&xs[j..j + n]).for_each(|(y, &x)| {
-                        y.write(x * scale + shift);
-                    });
-                }),
-            })
+            normalize_segment(ys, xs, seg * axes.inner, mean[s], rstd[s], affine.as_ref());
         },
     );
     // SAFETY: the chunks cover `y` and every element of every chunk was written above.
@@ -302,29 +451,14 @@ pub fn normalize_backward<T: Float>(
             format!("dy has {} elements, x has {}", dy.len(), x.len()),
         ));
     }
-    let gamma_of = |k: usize| affine.as_ref().map_or(T::one(), |a| a.gamma[k]);
-    let whole = AffineAxes { outer: 1, features: 1, inner: x.len() };
-    let af_axes = affine.as_ref().map_or(whole, |a| a.axes);
-
-    // Per group: Σ g and Σ g·x̂, with g = dy·γ, x̂ = (x − mean)·rstd.
+    // Per group: Σ g and Σ g·x̂ (their means), with g = dy·γ, x̂ = (x − mean)·rstd.
     let count = T::of(axes.count() as f64);
     let coef: Vec<(T, T)> = if batch_stats {
         (0..axes.groups)
             .into_par_iter()
             .map(|s| {
-                vectorized(|| {
-                    let (mut sg, mut sgx) = (T::zero(), T::zero());
-                    for a in 0..axes.outer {
-                        let start = (a * axes.groups + s) * axes.inner;
-                        for_runs(start, axes.inner, &af_axes, |j, n, k| {
-                            let (d, dx) =
-                                sum_and_dot(&dy[start + j..][..n], &x[start + j..][..n], mean[s]);
-                            sg += gamma_of(k) * d;
-                            sgx += gamma_of(k) * dx * rstd[s];
-                        });
-                    }
-                    (sg / count, sgx / count)
-                })
+                let (sg, sgx) = group_grad_sums(x, dy, axes, s, mean[s], rstd[s], affine.as_ref());
+                (sg / count, sgx / count)
             })
             .collect()
     } else {
@@ -335,45 +469,26 @@ pub fn normalize_backward<T: Float>(
     dx.par_chunks_mut(axes.inner).enumerate().for_each(|(seg, out)| {
         let s = seg % axes.groups;
         let start = seg * axes.inner;
-        let (m, r, (mg, mgx)) = (mean[s], rstd[s], coef[s]);
-        vectorized(|| {
-            for_runs(start, axes.inner, &af_axes, |j, n, k| {
-                let gk = gamma_of(k);
-                for ((o, &d), &xv) in
-                    out[j..j + n].iter_mut().zip(&dy[start + j..][..n]).zip(&x[start + j..][..n])
-                {
-                    let xhat = (xv - m) * r;
-                    o.write(r * (d * gk - mg - xhat * mgx));
-                }
-            })
-        });
+        let stats = [mean[s], rstd[s], coef[s].0, coef[s].1];
+        dx_segment(
+            out,
+            &x[start..start + axes.inner],
+            &dy[start..start + axes.inner],
+            start,
+            stats,
+            affine.as_ref(),
+        );
     });
-
     // SAFETY: the chunks cover `dx` and every element of every chunk was written above.
     let dx = unsafe { assume_init(dx) };
+
     let (dgamma, dbeta) = match &affine {
         None => (Vec::new(), Vec::new()),
         Some(af) => {
             let a = af.axes;
             let sums: Vec<(T, T)> = (0..a.features)
                 .into_par_iter()
-                .map(|k| {
-                    vectorized(|| {
-                        let (mut dg, mut db) = (T::zero(), T::zero());
-                        for o in 0..a.outer {
-                            let start = (o * a.features + k) * a.inner;
-                            let s = (start / axes.inner) % axes.groups;
-                            let (d, dxm) = sum_and_dot(
-                                &dy[start..][..a.inner],
-                                &x[start..][..a.inner],
-                                mean[s],
-                            );
-                            db += d;
-                            dg += dxm * rstd[s];
-                        }
-                        (dg, db)
-                    })
-                })
+                .map(|k| feature_grad_sums(x, dy, axes, a, k, mean, rstd))
                 .collect();
             (sums.iter().map(|s| s.0).collect(), sums.iter().map(|s| s.1).collect())
         }
