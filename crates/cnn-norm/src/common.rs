@@ -78,6 +78,28 @@ pub(crate) fn forward_with<T: Float>(
     Ok((y, cache))
 }
 
+/// Train-or-eval forward with batch statistics of contiguous groups, fused
+/// ([`crate::normalize_fused`]); keeps what backward needs when `train`.
+pub(crate) fn forward_fused<T: Float>(
+    op: &'static str,
+    x: ArrayD<T>,
+    axes: NormAxes,
+    eps: f64,
+    affine: Option<(&AffineParams<T>, AffineAxes)>,
+    train: bool,
+) -> Result<(ArrayD<T>, Option<NormCache<T>>)> {
+    let x = if x.is_standard_layout() { x } else { x.as_standard_layout().into_owned() };
+    let xs = x.as_slice().ok_or_else(|| Error::shape(op, "input is not contiguous"))?;
+    let view = affine.map(|(p, a)| p.view(op, a)).transpose()?;
+    let (y, mean, var) = crate::normalize_fused(xs, axes, eps, view)?;
+    let y = ArrayD::from_shape_vec(x.raw_dim(), y).map_err(|e| Error::shape(op, e.to_string()))?;
+    let whole = AffineAxes { outer: 1, features: 1, inner: x.len() };
+    let affine_axes = affine.map_or(whole, |(_, a)| a);
+    let rstd = crate::rstd(&var, eps);
+    let cache = train.then(|| NormCache { x, axes, affine_axes, mean, rstd, batch_stats: true });
+    Ok((y, cache))
+}
+
 /// Backward from a cache: dx, and dγ/dβ added into the affine's grads.
 pub(crate) fn backward_with<T: Float>(
     op: &'static str,
@@ -101,7 +123,11 @@ pub(crate) fn backward_with<T: Float>(
             Some(p) => Some(p.view(op, cache.affine_axes)?),
             None => None,
         };
-        normalize_backward(xs, dys, cache.axes, &cache.mean, &cache.rstd, view, cache.batch_stats)?
+        if cache.batch_stats {
+            crate::normalize_backward_fused(xs, dys, cache.axes, &cache.mean, &cache.rstd, view)?
+        } else {
+            normalize_backward(xs, dys, cache.axes, &cache.mean, &cache.rstd, view, false)?
+        }
     };
     if let Some(p) = affine {
         p.add_grads(&grads.dgamma, &grads.dbeta);

@@ -3,8 +3,8 @@
 use cnn_tensor::{ArrayD, Error, Float, Layer, Mode, Param, Result};
 
 use crate::common::{
-    backward_with, batch_moments, channels, check_settings, forward_with, AffineParams, NormCache,
-    RunningStats,
+    backward_with, batch_moments, channels, check_settings, forward_fused, forward_with,
+    AffineParams, NormCache, RunningStats,
 };
 use crate::{rstd, AffineAxes, NormAxes};
 
@@ -51,18 +51,10 @@ impl<T: Float> Layer<T> for GroupNorm<T> {
         let n = x.shape()[0];
         let rest: usize = x.shape()[2..].iter().product();
         let axes = NormAxes { outer: 1, groups: n * self.groups, inner: c / self.groups * rest };
-        let (mean, var) = batch_moments("group_norm", &x, axes, false)?;
         let affine =
             self.affine.as_ref().map(|a| (a, AffineAxes { outer: n, features: c, inner: rest }));
-        let (y, cache) = forward_with(
-            "group_norm",
-            x,
-            axes,
-            (mean, rstd(&var, self.eps)),
-            affine,
-            true,
-            mode == Mode::Train,
-        )?;
+        let (y, cache) =
+            forward_fused("group_norm", x, axes, self.eps, affine, mode == Mode::Train)?;
         self.cache = cache;
         Ok(y)
     }

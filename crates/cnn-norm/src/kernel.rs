@@ -397,6 +397,151 @@ pub fn normalize_forward<T: Float>(
     Ok(unsafe { assume_init(y) })
 }
 
+/// Batch statistics and normalization together, for views whose groups are
+/// contiguous (`outer == 1`: GroupNorm, LayerNorm, InstanceNorm): each task
+/// takes one group's mean and variance and normalizes it while it is still in
+/// cache, so `x` is read from memory once instead of twice. The numbers are
+/// those of [`moments`] followed by [`normalize_forward`], bit for bit.
+///
+/// Returns `(y, mean, var)`.
+///
+/// # Errors
+/// [`Error::Config`] when `outer != 1`; otherwise as [`normalize_forward`].
+#[allow(clippy::type_complexity)]
+pub fn normalize_fused<T: Float>(
+    x: &[T],
+    axes: NormAxes,
+    eps: f64,
+    affine: Option<Affine<'_, T>>,
+) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
+    if axes.outer != 1 {
+        return Err(Error::config(
+            "norm",
+            format!("normalize_fused needs contiguous groups (outer 1), got {axes:?}"),
+        ));
+    }
+    check("norm", x.len(), &axes, affine.as_ref().map(|a| &a.axes))?;
+    if let Some(a) = &affine {
+        check_params(axes, &vec![T::zero(); axes.groups], &vec![T::zero(); axes.groups], Some(a))?;
+    }
+    let one = NormAxes { outer: 1, groups: 1, inner: axes.inner };
+    let mut y = uninit_vec::<T>(x.len());
+    let stats: Vec<(T, T)> = y
+        .par_chunks_mut(axes.inner)
+        .zip(x.par_chunks(axes.inner))
+        .enumerate()
+        .map(|(s, (ys, xs))| {
+            let (mean, var) = group_moments(xs, one, 0);
+            let r = T::one() / (var + T::of(eps)).sqrt();
+            normalize_segment(ys, xs, s * axes.inner, mean, r, affine.as_ref());
+            (mean, var)
+        })
+        .collect();
+    // SAFETY: the chunks cover `y` and every element of every chunk was written above.
+    let y = unsafe { assume_init(y) };
+    Ok((y, stats.iter().map(|s| s.0).collect(), stats.iter().map(|s| s.1).collect()))
+}
+
+/// [`normalize_backward`] with batch statistics, fused for contiguous groups
+/// (`outer == 1`) and γ runs longer than one element (GroupNorm,
+/// InstanceNorm): one task per group sums `dy` and `dy·(x − mean)` per γ run
+/// (which give both the group's coefficients and its share of dγ, dβ), then
+/// writes the group's dx while it is still in cache. Per-group shares of dγ
+/// and dβ are added in group order. Other views go to [`normalize_backward`].
+///
+/// # Errors
+/// As [`normalize_backward`].
+pub fn normalize_backward_fused<T: Float>(
+    x: &[T],
+    dy: &[T],
+    axes: NormAxes,
+    mean: &[T],
+    rstd: &[T],
+    affine: Option<Affine<'_, T>>,
+) -> Result<NormGrads<T>> {
+    let fusable = axes.outer == 1 && affine.as_ref().is_none_or(|a| a.axes.inner > 1);
+    if !fusable {
+        return normalize_backward(x, dy, axes, mean, rstd, affine, true);
+    }
+    check("norm", x.len(), &axes, affine.as_ref().map(|a| &a.axes))?;
+    check_params(axes, mean, rstd, affine.as_ref())?;
+    if dy.len() != x.len() {
+        return Err(Error::shape(
+            "norm",
+            format!("dy has {} elements, x has {}", dy.len(), x.len()),
+        ));
+    }
+    let count = T::of(axes.count() as f64);
+    let mut dx = uninit_vec::<T>(x.len());
+    // Per group: its (feature, Σ dy·x̂, Σ dy) runs.
+    let shares: Vec<Vec<(usize, T, T)>> = dx
+        .par_chunks_mut(axes.inner)
+        .enumerate()
+        .map(|(s, out)| {
+            let start = s * axes.inner;
+            let (xs, dys) = (&x[start..start + axes.inner], &dy[start..start + axes.inner]);
+            let (m, r) = (mean[s], rstd[s]);
+            let runs = run_sums(xs, dys, start, m, affine.as_ref());
+            let (mut sg, mut sgx) = (T::zero(), T::zero());
+            for &(k, d, e) in &runs {
+                let gk = affine.as_ref().map_or(T::one(), |a| a.gamma[k]);
+                sg += gk * d;
+                sgx += gk * e * r;
+            }
+            dx_segment(out, xs, dys, start, [m, r, sg / count, sgx / count], affine.as_ref());
+            runs.into_iter().map(|(k, d, e)| (k, e * r, d)).collect()
+        })
+        .collect();
+    // SAFETY: the chunks cover `dx` and every element of every chunk was written above.
+    let dx = unsafe { assume_init(dx) };
+    let (dgamma, dbeta) = match &affine {
+        None => (Vec::new(), Vec::new()),
+        Some(a) => {
+            let (mut dg, mut db) =
+                (vec![T::zero(); a.axes.features], vec![T::zero(); a.axes.features]);
+            for group in &shares {
+                for &(k, g, b) in group {
+                    dg[k] += g;
+                    db[k] += b;
+                }
+            }
+            (dg, db)
+        }
+    };
+    Ok(NormGrads { dx, dgamma, dbeta })
+}
+
+multiversion! {
+    /// `(feature, Σ dy, Σ dy·(x − m))` for each run of one γ in a segment.
+    fn run_sums = run_sums_body(x: &[T], dy: &[T], start: usize, m: T, affine: Option<&Affine<'_, T>>) -> Vec<(usize, T, T)>
+}
+
+#[inline(always)]
+fn run_sums_body<T: Float>(
+    x: &[T],
+    dy: &[T],
+    start: usize,
+    m: T,
+    affine: Option<&Affine<'_, T>>,
+) -> Vec<(usize, T, T)> {
+    let mut runs = Vec::new();
+    let mut j = 0;
+    while j < x.len() {
+        let i = start + j;
+        let (n, k) = match affine {
+            Some(af) => (
+                (af.axes.inner - i % af.axes.inner).min(x.len() - j),
+                (i / af.axes.inner) % af.axes.features,
+            ),
+            None => (x.len() - j, 0),
+        };
+        let (d, e) = sum_and_dot(&dy[j..j + n], &x[j..j + n], m);
+        runs.push((k, d, e));
+        j += n;
+    }
+    runs
+}
+
 fn check_params<T>(
     axes: NormAxes,
     mean: &[T],

@@ -2,10 +2,8 @@
 
 use cnn_tensor::{ArrayD, Error, Float, Layer, Mode, Param, Result};
 
-use crate::common::{
-    backward_with, batch_moments, check_settings, forward_with, AffineParams, NormCache,
-};
-use crate::{rstd, AffineAxes, NormAxes};
+use crate::common::{backward_with, check_settings, forward_fused, AffineParams, NormCache};
+use crate::{AffineAxes, NormAxes};
 
 /// Layer normalization: each sample over its trailing `normalized_shape`,
 /// with an elementwise γ and β of that shape. Independent of the batch.
@@ -56,18 +54,10 @@ impl<T: Float> Layer<T> for LayerNorm<T> {
         let d: usize = ns.iter().product();
         let rows = x.len() / d;
         let axes = NormAxes { outer: 1, groups: rows, inner: d };
-        let (mean, var) = batch_moments("layer_norm", &x, axes, false)?;
         let affine =
             self.affine.as_ref().map(|a| (a, AffineAxes { outer: rows, features: d, inner: 1 }));
-        let (y, cache) = forward_with(
-            "layer_norm",
-            x,
-            axes,
-            (mean, rstd(&var, self.eps)),
-            affine,
-            true,
-            mode == Mode::Train,
-        )?;
+        let (y, cache) =
+            forward_fused("layer_norm", x, axes, self.eps, affine, mode == Mode::Train)?;
         self.cache = cache;
         Ok(y)
     }

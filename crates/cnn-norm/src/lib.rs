@@ -37,7 +37,7 @@ mod layer_norm;
 pub use batch_norm::{BatchNorm, BatchNormConfig};
 pub use group_norm::{GroupNorm, InstanceNorm2d};
 pub use kernel::{
-    moments, normalize_backward, normalize_forward, rstd, Affine, AffineAxes, Moments, NormAxes,
-    NormGrads,
+    moments, normalize_backward, normalize_backward_fused, normalize_forward, normalize_fused,
+    rstd, Affine, AffineAxes, Moments, NormAxes, NormGrads,
 };
 pub use layer_norm::LayerNorm;

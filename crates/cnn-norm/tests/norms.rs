@@ -237,3 +237,33 @@ fn bad_input_is_a_clear_error() {
     let mut inorm = InstanceNorm2d::<f32>::new(3, 1e-5, None, false, false).unwrap();
     assert!(inorm.forward(ArrayD::zeros(vec![2, 3, 4]), Mode::Train).is_err());
 }
+
+#[test]
+fn fused_kernels_give_the_same_bits_as_the_plain_ones() {
+    use cnn_norm::{
+        moments, normalize_backward, normalize_backward_fused, normalize_forward, normalize_fused,
+        rstd, Affine, AffineAxes, NormAxes,
+    };
+    let (n, c, g, hw) = (3, 6, 2, 20);
+    let x: Vec<f32> =
+        normal::<f32, _>(&[n * c * hw], 0.5, 2.0, &mut seeded_rng(8)).into_raw_vec_and_offset().0;
+    let dy: Vec<f32> =
+        normal::<f32, _>(&[n * c * hw], 0.0, 1.0, &mut seeded_rng(9)).into_raw_vec_and_offset().0;
+    let gamma: Vec<f32> = (0..c).map(|i| 0.5 + i as f32).collect();
+    let beta: Vec<f32> = (0..c).map(|i| i as f32 - 2.0).collect();
+    let axes = NormAxes { outer: 1, groups: n * g, inner: c / g * hw };
+    let affine = Affine {
+        gamma: &gamma,
+        beta: &beta,
+        axes: AffineAxes { outer: n, features: c, inner: hw },
+    };
+    let m = moments(&x, axes).unwrap();
+    let r = rstd(&m.var, 1e-5);
+    let plain = normalize_forward(&x, axes, &m.mean, &r, Some(affine)).unwrap();
+    let (fused, mean, var) = normalize_fused(&x, axes, 1e-5, Some(affine)).unwrap();
+    assert_eq!((plain, m.mean.clone(), m.var), (fused, mean, var));
+    let a = normalize_backward(&x, &dy, axes, &m.mean, &r, Some(affine), true).unwrap();
+    let b = normalize_backward_fused(&x, &dy, axes, &m.mean, &r, Some(affine)).unwrap();
+    assert_eq!(a, b);
+    assert!(normalize_fused(&x, NormAxes { outer: n, groups: c, inner: hw }, 1e-5, None).is_err());
+}

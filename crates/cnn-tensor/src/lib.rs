@@ -29,7 +29,6 @@ mod packed;
 mod param;
 pub mod random;
 mod reduce;
-pub mod simd;
 
 pub use error::{Error, Result};
 pub use float::Float;
