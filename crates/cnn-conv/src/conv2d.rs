@@ -123,7 +123,7 @@ fn mat_mut<T>(data: &mut [T], rows: usize, cols: usize, ld: usize) -> ArrayViewM
 /// `[N, C_out, Ho, Wo]` with `Ho = ⌊(H + 2ph − dh(kh − 1) − 1)/sh⌋ + 1` (likewise `Wo`).
 ///
 /// # Errors
-/// [`Error::Shape`] / [`Error::Config`] as [`ConvGeometry::new`], or a bias
+/// [`cnn_tensor::Error::Shape`] / [`cnn_tensor::Error::Config`] as [`ConvGeometry::new`], or a bias
 /// that is not `[C_out]`.
 pub fn conv2d_forward<T: Float>(
     x: ArrayView4<'_, T>,
@@ -283,7 +283,7 @@ fn forward_samples<T: Float>(
 /// `x: [N, C_in, H, W]`, `w: [C_out, C_in/groups, kh, kw]`, `dy: [N, C_out, Ho, Wo]`.
 ///
 /// # Errors
-/// As [`conv2d_forward`], and [`Error::Shape`] when `dy` is not the output's shape.
+/// As [`conv2d_forward`], and [`cnn_tensor::Error::Shape`] when `dy` is not the output's shape.
 pub fn conv2d_backward<T: Float>(
     x: ArrayView4<'_, T>,
     w: ArrayView4<'_, T>,
