@@ -463,14 +463,7 @@ pub fn normalize_backward_fused<T: Float>(
     if !fusable {
         return normalize_backward(x, dy, axes, mean, rstd, affine, true);
     }
-    check("norm", x.len(), &axes, affine.as_ref().map(|a| &a.axes))?;
-    check_params(axes, mean, rstd, affine.as_ref())?;
-    if dy.len() != x.len() {
-        return Err(Error::shape(
-            "norm",
-            format!("dy has {} elements, x has {}", dy.len(), x.len()),
-        ));
-    }
+    check_backward(x, dy, axes, mean, rstd, affine.as_ref())?;
     let count = T::of(axes.count() as f64);
     let mut dx = uninit_vec::<T>(x.len());
     // Per group: its (feature, Σ dy·x̂, Σ dy) runs.
@@ -542,6 +535,25 @@ fn run_sums_body<T: Float>(
     runs
 }
 
+fn check_backward<T>(
+    x: &[T],
+    dy: &[T],
+    axes: NormAxes,
+    mean: &[T],
+    rstd: &[T],
+    affine: Option<&Affine<'_, T>>,
+) -> Result<()> {
+    check("norm", x.len(), &axes, affine.map(|a| &a.axes))?;
+    check_params(axes, mean, rstd, affine)?;
+    if dy.len() != x.len() {
+        return Err(Error::shape(
+            "norm",
+            format!("dy has {} elements, x has {}", dy.len(), x.len()),
+        ));
+    }
+    Ok(())
+}
+
 fn check_params<T>(
     axes: NormAxes,
     mean: &[T],
@@ -588,14 +600,7 @@ pub fn normalize_backward<T: Float>(
     affine: Option<Affine<'_, T>>,
     batch_stats: bool,
 ) -> Result<NormGrads<T>> {
-    check("norm", x.len(), &axes, affine.as_ref().map(|a| &a.axes))?;
-    check_params(axes, mean, rstd, affine.as_ref())?;
-    if dy.len() != x.len() {
-        return Err(Error::shape(
-            "norm",
-            format!("dy has {} elements, x has {}", dy.len(), x.len()),
-        ));
-    }
+    check_backward(x, dy, axes, mean, rstd, affine.as_ref())?;
     // Per group: Σ g and Σ g·x̂ (their means), with g = dy·γ, x̂ = (x − mean)·rstd.
     let count = T::of(axes.count() as f64);
     let coef: Vec<(T, T)> = if batch_stats {
