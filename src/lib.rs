@@ -2,7 +2,7 @@
 //! written by hand and checked against PyTorch.
 //!
 //! This facade re-exports the workspace's crates under short names
-//! ([`tensor`], [`init`], [`conv`], [`norm`], [`act`]) and gathers the everyday items in
+//! ([`tensor`], [`init`], [`conv`], [`norm`], [`act`], [`optim`]) and gathers the everyday items in
 //! [`prelude`]. Depend on a single crate (`cnn-conv`, `cnn-tensor`, …)
 //! instead when that is all you need.
 //!
@@ -25,6 +25,7 @@ pub use cnn_act as act;
 pub use cnn_conv as conv;
 pub use cnn_init as init;
 pub use cnn_norm as norm;
+pub use cnn_optim as optim;
 pub use cnn_tensor as tensor;
 
 /// The items most programs use, for `use cnn::prelude::*`.
@@ -35,6 +36,7 @@ pub mod prelude {
     };
     pub use cnn_init::{FanMode, Nonlinearity};
     pub use cnn_norm::{BatchNorm, BatchNormConfig, GroupNorm, InstanceNorm2d, LayerNorm};
+    pub use cnn_optim::{Optimizer, ParamGroup, Rule, Schedule};
     pub use cnn_tensor::gradcheck::{check_layer, GradCheckConfig};
     pub use cnn_tensor::random::seeded_rng;
     pub use cnn_tensor::{ArrayD, Error, Float, Layer, Linear, LinearConfig, Mode, Param, Result};

@@ -21,9 +21,10 @@ use cnn::norm::{
     normalize_backward, rstd, Affine, AffineAxes, BatchNorm, BatchNormConfig, GroupNorm,
     InstanceNorm2d, LayerNorm, NormAxes,
 };
+use cnn::optim::{Optimizer, Rule, Schedule};
 use cnn::tensor::{
     cross_entropy_backward, cross_entropy_forward, linear_backward, linear_forward, Float, Layer,
-    Mode,
+    Mode, Param,
 };
 use ndarray::{Array1, ArrayD, Ix1, Ix2, Ix4, IxDyn};
 use safetensors::{Dtype, SafeTensors};
@@ -160,6 +161,8 @@ fn checker<T: Float>(op: &str) -> Option<Checker> {
         "group_norm" => check_group_norm::<T>,
         "instance_norm2d" => check_instance_norm2d::<T>,
         "layer_norm" => check_layer_norm::<T>,
+        "sgd" | "adam" | "adamw" => check_optimizer::<T>,
+        "warmup_cosine" => check_warmup_cosine::<T>,
         _ => return None,
     })
 }
@@ -439,6 +442,55 @@ fn check_layer_norm<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), Str
     };
     let mut ln = LayerNorm::<T>::new(&shape, c.number("eps", 1e-5), c.has("weight")).map_err(e)?;
     check_norm_layer(c, cmp, &mut ln)
+}
+
+fn check_optimizer<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), String> {
+    let wd = c.number("weight_decay", 0.0);
+    let lr = c.number("lr", 1e-3);
+    let rule = match c.meta["op"].as_str() {
+        "sgd" => Rule::Sgd {
+            momentum: c.number("momentum", 0.0),
+            dampening: c.number("dampening", 0.0),
+            nesterov: c.flag("nesterov", false),
+        },
+        op => {
+            let (beta1, beta2, eps) =
+                (c.number("beta1", 0.9), c.number("beta2", 0.999), c.number("eps", 1e-8));
+            if op == "adam" {
+                Rule::Adam { beta1, beta2, eps }
+            } else {
+                Rule::AdamW { beta1, beta2, eps }
+            }
+        }
+    };
+    let mut opt = Optimizer::<T>::new(rule, lr, wd).map_err(e)?;
+    let mut p = Param::new(c.t::<T>("param_before"));
+    let grads = c.t::<T>("grads");
+    let mut after = Vec::new();
+    for g in grads.outer_iter() {
+        p.grad = g.to_owned();
+        opt.update("p", &mut p).map_err(e)?;
+        after.push(p.value.clone().insert_axis(ndarray::Axis(0)));
+    }
+    let views: Vec<_> = after.iter().map(|a| a.view()).collect();
+    let all = ndarray::concatenate(ndarray::Axis(0), &views).map_err(|err| err.to_string())?;
+    cmp.check("params_after_each_step", &all, "params_after_each_step");
+    Ok(())
+}
+
+fn check_warmup_cosine<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), String> {
+    let schedule = Schedule::WarmupCosine {
+        warmup_steps: c.number("warmup_steps", 0.0) as usize,
+        start_factor: c.number("warmup_start_factor", 1.0),
+        total_steps: c.number("total_steps", 1.0) as usize,
+        min_lr: c.number("min_lr", 0.0),
+    };
+    schedule.validate().map_err(e)?;
+    let base = c.number("base_lr", 0.1);
+    let n = c.floats["lr"].len();
+    let lrs = ArrayD::from_shape_fn(IxDyn(&[n]), |i| T::of(schedule.lr(i[0], base)));
+    cmp.check("lr", &lrs, "lr");
+    Ok(())
 }
 
 fn parity_dir() -> PathBuf {
