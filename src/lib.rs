@@ -2,7 +2,7 @@
 //! written by hand and checked against PyTorch.
 //!
 //! This facade re-exports the workspace's crates under short names
-//! ([`tensor`], [`init`], [`conv`], [`norm`], [`act`], [`optim`]) and gathers the everyday items in
+//! ([`tensor`], [`init`], [`conv`], [`norm`], [`act`], [`nn`], [`models`], [`optim`]) and gathers the everyday items in
 //! [`prelude`]. Depend on a single crate (`cnn-conv`, `cnn-tensor`, …)
 //! instead when that is all you need.
 //!
@@ -24,6 +24,8 @@
 pub use cnn_act as act;
 pub use cnn_conv as conv;
 pub use cnn_init as init;
+pub use cnn_models as models;
+pub use cnn_nn as nn;
 pub use cnn_norm as norm;
 pub use cnn_optim as optim;
 pub use cnn_tensor as tensor;
@@ -35,6 +37,7 @@ pub mod prelude {
         AvgPool2d, Conv2d, Conv2dConfig, Conv2dOptions, GlobalAvgPool2d, MaxPool2d, Pool2dOptions,
     };
     pub use cnn_init::{FanMode, Nonlinearity};
+    pub use cnn_nn::{count_params, freeze, unfreeze, BasicBlock, Flatten, Sequential};
     pub use cnn_norm::{BatchNorm, BatchNormConfig, GroupNorm, InstanceNorm2d, LayerNorm};
     pub use cnn_optim::{Optimizer, ParamGroup, Rule, Schedule};
     pub use cnn_tensor::gradcheck::{check_layer, GradCheckConfig};

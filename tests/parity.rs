@@ -17,6 +17,7 @@ use cnn::conv::{
     global_avg_pool2d_backward, global_avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward,
     Conv2dOptions, Pool2dOptions,
 };
+use cnn::models::cifar_resnet;
 use cnn::norm::{
     normalize_backward, rstd, Affine, AffineAxes, BatchNorm, BatchNormConfig, GroupNorm,
     InstanceNorm2d, LayerNorm, NormAxes,
@@ -163,6 +164,7 @@ fn checker<T: Float>(op: &str) -> Option<Checker> {
         "layer_norm" => check_layer_norm::<T>,
         "sgd" | "adam" | "adamw" => check_optimizer::<T>,
         "warmup_cosine" => check_warmup_cosine::<T>,
+        "model" => check_model::<T>,
         _ => return None,
     })
 }
@@ -490,6 +492,83 @@ fn check_warmup_cosine<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), 
     let n = c.floats["lr"].len();
     let lrs = ArrayD::from_shape_fn(IxDyn(&[n]), |i| T::of(schedule.lr(i[0], base)));
     cmp.check("lr", &lrs, "lr");
+    Ok(())
+}
+
+/// A whole network: load `param.*`, one train-mode forward/backward of mean
+/// cross-entropy, compare logits, loss, every `grad.*`, the running statistics
+/// `after_train.*`, then eval-mode logits. Tolerances: f64 1e-8, f32 1e-3.
+fn check_model<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), String> {
+    cmp.tol = if T::NAME == "f64" { 1e-8 } else { 1e-3 };
+    let arch = c.meta.get("arch").ok_or("no arch")?;
+    let depth: usize = arch
+        .strip_prefix("resnet")
+        .and_then(|r| r.strip_suffix("_cifar"))
+        .and_then(|d| d.parse().ok())
+        .ok_or_else(|| format!("unknown arch {arch}"))?;
+    let classes = c.floats.get("param.fc.weight").ok_or("no param.fc.weight")?.shape()[0];
+    let mut net =
+        cifar_resnet::<T, _>(depth, classes, true, &mut cnn::tensor::random::seeded_rng(0))
+            .map_err(e)?;
+    // Load every parameter and buffer; the file must hold exactly the model's keys.
+    let mut keys = Vec::new();
+    let mut missing = Vec::new();
+    net.visit("", &mut |key, p| {
+        keys.push(key.to_string());
+        let name = format!("param.{key}");
+        let value = match (c.floats.get(&name), c.ints.get(&name)) {
+            (Some(f), _) => f.mapv(T::of),
+            (None, Some(i)) => i.mapv(|v| T::of(v as f64)),
+            (None, None) => {
+                missing.push(key.to_string());
+                return;
+            }
+        };
+        p.value = value.into_shape_with_order(p.value.raw_dim()).expect("parameter shape");
+    });
+    let extra: Vec<&String> = c
+        .floats
+        .keys()
+        .chain(c.ints.keys())
+        .filter(|k| k.strip_prefix("param.").is_some_and(|k| !keys.iter().any(|m| m == k)))
+        .collect();
+    if !missing.is_empty() || !extra.is_empty() {
+        return Err(format!("state dict mismatch: missing {missing:?}, unexpected {extra:?}"));
+    }
+    let logits = net.forward(c.t::<T>("input"), Mode::Train).map_err(e)?;
+    cmp.check("logits_train", &logits, "logits_train");
+    let logits2 = logits.into_dimensionality::<Ix2>().map_err(|err| err.to_string())?;
+    let targets: Vec<usize> = c.ints["target"].iter().map(|&t| t as usize).collect();
+    let loss = cross_entropy_forward(logits2.view(), &targets, 0.0).map_err(e)?;
+    cmp.check("loss", &ArrayD::from_elem(IxDyn(&[1]), loss), "loss");
+    let dlogits = cross_entropy_backward(logits2.view(), &targets, 0.0, T::one()).map_err(e)?;
+    net.backward(dlogits.into_dyn()).map_err(e)?;
+    let mut grads = Vec::new();
+    let mut after = Vec::new();
+    net.visit("", &mut |key, p| {
+        if c.has(&format!("grad.{key}")) {
+            grads.push((key.to_string(), p.grad.clone()));
+        }
+        if c.has(&format!("after_train.{key}")) {
+            after.push((key.to_string(), p.value.clone()));
+        }
+    });
+    let grad_count = c.floats.keys().filter(|k| k.starts_with("grad.")).count();
+    if grads.len() != grad_count {
+        return Err(format!(
+            "{} gradients in the file, {} matched the model",
+            grad_count,
+            grads.len()
+        ));
+    }
+    for (key, g) in &grads {
+        cmp.check(&format!("grad.{key}"), g, &format!("grad.{key}"));
+    }
+    for (key, v) in &after {
+        cmp.check(&format!("after_train.{key}"), v, &format!("after_train.{key}"));
+    }
+    let eval = net.forward(c.t::<T>("input"), Mode::Eval).map_err(e)?;
+    cmp.check("logits_eval", &eval, "logits_eval");
     Ok(())
 }
 

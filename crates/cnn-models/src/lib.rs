@@ -1,0 +1,93 @@
+//! Network architectures with torchvision's parameter names.
+//!
+//! So far: the CIFAR ResNets of He et al. (2016, §4.2), `cifar_resnet(depth)`
+//! for depth 6n + 2 (20, 32, 44, 56, 110), and their plain twins (the same
+//! layers without skip connections) for the degradation experiment.
+//!
+//! ```
+//! use cnn_models::cifar_resnet;
+//! use cnn_tensor::{random, Layer, Mode};
+//!
+//! let mut rng = random::seeded_rng(0);
+//! let mut net = cifar_resnet::<f32, _>(20, 10, true, &mut rng)?;
+//! let logits = net.forward(random::normal(&[2, 3, 32, 32], 0.0, 1.0, &mut rng), Mode::Eval)?;
+//! assert_eq!(logits.shape(), &[2, 10]);
+//! assert_eq!(cnn_nn::count_params(&mut net).0, 272_474);
+//! # Ok::<(), cnn_tensor::Error>(())
+//! ```
+
+use cnn_act::Act;
+use cnn_conv::{Conv2dConfig, GlobalAvgPool2d};
+use cnn_nn::{kaiming_conv, BasicBlock, Flatten, Sequential};
+use cnn_norm::{BatchNorm, BatchNormConfig};
+use cnn_tensor::{Error, Float, Linear, LinearConfig, Result};
+use rand::Rng;
+
+/// A CIFAR ResNet of `depth = 6n + 2` layers: a 3×3 stem of 16 channels,
+/// three stages of `n` [`BasicBlock`]s at 16, 32 and 64 channels (the first
+/// block of stages 2 and 3 halves the map with a projection shortcut),
+/// global average pooling and a linear classifier.
+///
+/// Keys as torchvision's ResNet: `conv1`, `bn1`, `layer1.0.conv1`, …,
+/// `layer2.0.downsample.0`, `fc`. With `skip = false` it is the plain twin:
+/// the same layers and keys but no shortcuts (and no `downsample`).
+///
+/// # Errors
+/// [`Error::Config`] when `depth` is not 6n + 2 with n ≥ 1, or `num_classes` is 0.
+pub fn cifar_resnet<T: Float, R: Rng + ?Sized>(
+    depth: usize,
+    num_classes: usize,
+    skip: bool,
+    rng: &mut R,
+) -> Result<Sequential<T>> {
+    if depth < 8 || (depth - 2) % 6 != 0 || num_classes == 0 {
+        return Err(Error::config(
+            "cifar_resnet",
+            format!("depth must be 6n + 2 with n >= 1 (20, 32, 44, 56, 110) and num_classes positive, got {depth}, {num_classes}"),
+        ));
+    }
+    cifar_resnet_widths(depth, [16, 32, 64], num_classes, skip, rng)
+}
+
+/// [`cifar_resnet`] with other stage widths (small widths make whole-network
+/// gradient checks cheap).
+///
+/// # Errors
+/// As [`cifar_resnet`], and for a zero width.
+pub fn cifar_resnet_widths<T: Float, R: Rng + ?Sized>(
+    depth: usize,
+    widths: [usize; 3],
+    num_classes: usize,
+    skip: bool,
+    rng: &mut R,
+) -> Result<Sequential<T>> {
+    if depth < 8 || (depth - 2) % 6 != 0 || num_classes == 0 || widths.contains(&0) {
+        return Err(Error::config(
+            "cifar_resnet",
+            format!("bad depth {depth}, widths {widths:?} or classes {num_classes}"),
+        ));
+    }
+    let n = (depth - 2) / 6;
+    let stem = kaiming_conv::<T, _>(
+        Conv2dConfig::new(3, widths[0], 3).with_padding(1).with_bias(false),
+        rng,
+    )?;
+    let mut net = Sequential::new()
+        .push_named("conv1", stem)
+        .push_named("bn1", BatchNorm::new_2d(BatchNormConfig::new(widths[0]))?)
+        .push_named("relu", Act::relu());
+    let mut c_in = widths[0];
+    for (stage, &w) in widths.iter().enumerate() {
+        let mut layer = Sequential::new();
+        for j in 0..n {
+            let stride = if stage > 0 && j == 0 { 2 } else { 1 };
+            layer = layer.push(BasicBlock::new(c_in, w, stride, skip, rng)?);
+            c_in = w;
+        }
+        net = net.push_named(&format!("layer{}", stage + 1), layer);
+    }
+    Ok(net
+        .push_named("avgpool", GlobalAvgPool2d::new())
+        .push_named("flatten", Flatten::new())
+        .push_named("fc", Linear::new(LinearConfig::new(c_in, num_classes), rng)?))
+}

@@ -1,0 +1,128 @@
+//! ResNet's `BasicBlock`: two 3×3 convolutions with a skip connection.
+
+use cnn_act::Act;
+use cnn_conv::{Conv2d, Conv2dConfig};
+use cnn_norm::{BatchNorm, BatchNormConfig};
+use cnn_tensor::{join_key, ArrayD, Error, Float, Layer, Mode, Param, Result};
+use rand::Rng;
+
+use crate::{kaiming_conv, Sequential};
+
+/// `relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`, as torchvision's
+/// `BasicBlock`. The shortcut is the identity, or, when the stride or width
+/// changes, a projection `downsample = Sequential(conv 1×1 stride s, BatchNorm)`.
+/// With `skip = false` it is the plain twin (no shortcut), for the degradation
+/// experiment. Keys: `conv1`, `bn1`, `conv2`, `bn2`, `downsample.0`, `downsample.1`.
+pub struct BasicBlock<T: Float = f32> {
+    conv1: Conv2d<T>,
+    bn1: BatchNorm<T>,
+    relu1: Act<T>,
+    conv2: Conv2d<T>,
+    bn2: BatchNorm<T>,
+    downsample: Option<Sequential<T>>,
+    relu_out: Act<T>,
+    skip: bool,
+}
+
+impl<T: Float> BasicBlock<T> {
+    /// A block from `c_in` to `c_out` channels with the given stride; convs
+    /// Kaiming-normal (fan_out), BatchNorm γ = 1, β = 0, as torchvision.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for zero channels or stride.
+    pub fn new<R: Rng + ?Sized>(
+        c_in: usize,
+        c_out: usize,
+        stride: usize,
+        skip: bool,
+        rng: &mut R,
+    ) -> Result<Self> {
+        if stride == 0 {
+            return Err(Error::config("basic_block", "stride must be positive"));
+        }
+        let conv1 = kaiming_conv(
+            Conv2dConfig::new(c_in, c_out, 3).with_stride(stride).with_padding(1).with_bias(false),
+            rng,
+        )?;
+        let conv2 =
+            kaiming_conv(Conv2dConfig::new(c_out, c_out, 3).with_padding(1).with_bias(false), rng)?;
+        let downsample = if skip && (stride != 1 || c_in != c_out) {
+            let conv = kaiming_conv(
+                Conv2dConfig::new(c_in, c_out, 1).with_stride(stride).with_bias(false),
+                rng,
+            )?;
+            Some(Sequential::new().push(conv).push(BatchNorm::new_2d(BatchNormConfig::new(c_out))?))
+        } else {
+            None
+        };
+        Ok(BasicBlock {
+            conv1,
+            bn1: BatchNorm::new_2d(BatchNormConfig::new(c_out))?,
+            relu1: Act::relu(),
+            conv2,
+            bn2: BatchNorm::new_2d(BatchNormConfig::new(c_out))?,
+            downsample,
+            relu_out: Act::relu(),
+            skip,
+        })
+    }
+
+    /// Sets the last BatchNorm's γ to zero, so the block starts as the identity
+    /// (torchvision's `zero_init_residual`).
+    pub fn zero_init_residual(&mut self) {
+        self.bn2.visit("", &mut |k, p| {
+            if k == "weight" {
+                p.value.fill(T::zero());
+            }
+        });
+    }
+}
+
+impl<T: Float> Layer<T> for BasicBlock<T> {
+    fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
+        let shortcut = match (&mut self.downsample, self.skip) {
+            (Some(ds), _) => Some(ds.forward(x.clone(), mode)?),
+            (None, true) => Some(x.clone()),
+            (None, false) => None,
+        };
+        let mut y = self.conv1.forward(x, mode)?;
+        y = self.relu1.forward(self.bn1.forward(y, mode)?, mode)?;
+        y = self.bn2.forward(self.conv2.forward(y, mode)?, mode)?;
+        if let Some(s) = shortcut {
+            if s.shape() != y.shape() {
+                return Err(Error::shape(
+                    "basic_block",
+                    format!("shortcut {:?} and main path {:?} differ", s.shape(), y.shape()),
+                ));
+            }
+            y += &s;
+        }
+        self.relu_out.forward(y, mode)
+    }
+
+    fn backward(&mut self, dy: ArrayD<T>) -> Result<ArrayD<T>> {
+        // The sum's gradient flows unchanged into both paths.
+        let dz = self.relu_out.backward(dy)?;
+        let d_short = match (&mut self.downsample, self.skip) {
+            (Some(ds), _) => Some(ds.backward(dz.clone())?),
+            (None, true) => Some(dz.clone()),
+            (None, false) => None,
+        };
+        let mut d = self.conv2.backward(self.bn2.backward(dz)?)?;
+        d = self.conv1.backward(self.bn1.backward(self.relu1.backward(d)?)?)?;
+        if let Some(s) = d_short {
+            d += &s;
+        }
+        Ok(d)
+    }
+
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
+        self.conv1.visit(&join_key(prefix, "conv1"), f);
+        self.bn1.visit(&join_key(prefix, "bn1"), f);
+        self.conv2.visit(&join_key(prefix, "conv2"), f);
+        self.bn2.visit(&join_key(prefix, "bn2"), f);
+        if let Some(ds) = self.downsample.as_mut() {
+            ds.visit(&join_key(prefix, "downsample"), f);
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! `Sequential` and `Flatten`.
+
+use cnn_tensor::{join_key, ArrayD, Error, Float, IxDyn, Layer, Mode, Param, Result};
+
+/// Layers applied in order (`nn.Sequential`). Children are named `0`, `1`, …
+/// unless given a name, and their parameters' keys start with that name.
+#[derive(Default)]
+pub struct Sequential<T: Float = f32> {
+    children: Vec<(String, Box<dyn Layer<T>>)>,
+}
+
+impl<T: Float> Sequential<T> {
+    /// An empty container.
+    pub fn new() -> Self {
+        Sequential { children: Vec::new() }
+    }
+
+    /// Appends a child named by its position (`"0"`, `"1"`, …).
+    pub fn push(mut self, layer: impl Layer<T> + 'static) -> Self {
+        let name = self.children.len().to_string();
+        self.children.push((name, Box::new(layer)));
+        self
+    }
+
+    /// Appends a child under `name` (`"conv1"`, `"layer1"`, `"fc"`).
+    pub fn push_named(mut self, name: &str, layer: impl Layer<T> + 'static) -> Self {
+        self.children.push((name.to_string(), Box::new(layer)));
+        self
+    }
+
+    /// The children's names, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.children.iter().map(|(n, _)| n.as_str())
+    }
+
+    /// Replaces the child `name` (a classifier head, say) and returns the old one.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when there is no child of that name.
+    pub fn replace(
+        &mut self,
+        name: &str,
+        layer: impl Layer<T> + 'static,
+    ) -> Result<Box<dyn Layer<T>>> {
+        let names = self.names_vec();
+        let slot = self.children.iter_mut().find(|(n, _)| n == name).ok_or_else(|| {
+            Error::config("sequential", format!("no child named {name:?}; children: {names:?}"))
+        })?;
+        Ok(std::mem::replace(&mut slot.1, Box::new(layer)))
+    }
+
+    fn names_vec(&self) -> Vec<String> {
+        self.children.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    /// The number of children.
+    pub fn len(&self) -> usize {
+        self.children.len()
+    }
+
+    /// Whether there are no children.
+    pub fn is_empty(&self) -> bool {
+        self.children.is_empty()
+    }
+}
+
+impl<T: Float> Layer<T> for Sequential<T> {
+    fn forward(&mut self, mut x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
+        for (_, layer) in &mut self.children {
+            x = layer.forward(x, mode)?;
+        }
+        Ok(x)
+    }
+
+    fn backward(&mut self, mut dy: ArrayD<T>) -> Result<ArrayD<T>> {
+        for (_, layer) in self.children.iter_mut().rev() {
+            dy = layer.backward(dy)?;
+        }
+        Ok(dy)
+    }
+
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
+        for (name, layer) in &mut self.children {
+            layer.visit(&join_key(prefix, name), f);
+        }
+    }
+}
+
+/// `[N, d1, d2, …]` → `[N, d1·d2·…]` (`nn.Flatten()`); no parameters.
+#[derive(Debug, Clone, Default)]
+pub struct Flatten {
+    shape: Option<Vec<usize>>,
+}
+
+impl Flatten {
+    /// A flatten layer.
+    pub fn new() -> Self {
+        Flatten::default()
+    }
+}
+
+impl<T: Float> Layer<T> for Flatten {
+    fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
+        if x.ndim() < 2 {
+            return Err(Error::shape(
+                "flatten",
+                format!("input must have a batch axis and at least one more, got {:?}", x.shape()),
+            ));
+        }
+        let shape = x.shape().to_vec();
+        let n = shape[0];
+        let rest = shape[1..].iter().product();
+        let y = x
+            .as_standard_layout()
+            .into_owned()
+            .into_shape_with_order(IxDyn(&[n, rest]))
+            .map_err(|e| Error::shape("flatten", e.to_string()))?;
+        self.shape = (mode == Mode::Train).then_some(shape);
+        Ok(y)
+    }
+
+    fn backward(&mut self, dy: ArrayD<T>) -> Result<ArrayD<T>> {
+        let shape = self.shape.take().ok_or(Error::NoForward { op: "flatten" })?;
+        dy.as_standard_layout().into_owned().into_shape_with_order(IxDyn(&shape)).map_err(|_| {
+            Error::shape("flatten", format!("dy does not fit the input shape {shape:?}"))
+        })
+    }
+
+    fn visit(&mut self, _prefix: &str, _f: &mut dyn FnMut(&str, &mut Param<T>)) {}
+}
