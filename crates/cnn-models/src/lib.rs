@@ -40,12 +40,6 @@ pub fn cifar_resnet<T: Float, R: Rng + ?Sized>(
     skip: bool,
     rng: &mut R,
 ) -> Result<Sequential<T>> {
-    if depth < 8 || (depth - 2) % 6 != 0 || num_classes == 0 {
-        return Err(Error::config(
-            "cifar_resnet",
-            format!("depth must be 6n + 2 with n >= 1 (20, 32, 44, 56, 110) and num_classes positive, got {depth}, {num_classes}"),
-        ));
-    }
     cifar_resnet_widths(depth, [16, 32, 64], num_classes, skip, rng)
 }
 
