@@ -55,10 +55,13 @@ pub fn cifar_resnet_widths<T: Float, R: Rng + ?Sized>(
     skip: bool,
     rng: &mut R,
 ) -> Result<Sequential<T>> {
-    if depth < 8 || (depth - 2) % 6 != 0 || num_classes == 0 || widths.contains(&0) {
+    if depth < 8 || !(depth - 2).is_multiple_of(6) || num_classes == 0 || widths.contains(&0) {
         return Err(Error::config(
             "cifar_resnet",
-            format!("bad depth {depth}, widths {widths:?} or classes {num_classes}"),
+            format!(
+                "depth must be 6n + 2 with n >= 1 (20, 32, 44, 56, 110), widths and classes positive; \
+                 got depth {depth}, widths {widths:?}, {num_classes} classes"
+            ),
         ));
     }
     let n = (depth - 2) / 6;
