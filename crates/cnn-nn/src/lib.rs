@@ -1,6 +1,8 @@
 //! Containers and building blocks over the `cnn` layers, with PyTorch's
 //! `state_dict` names: [`Sequential`], [`Flatten`], the ResNet
-//! [`BasicBlock`], freezing by key prefix and parameter counts.
+//! [`BasicBlock`], freezing by key prefix, parameter counts, and `state_dict`
+//! files in safetensors ([`save_state_dict`], [`load_state_dict`]) that
+//! PyTorch reads and writes.
 //!
 //! ```
 //! use cnn_nn::{count_params, freeze, Flatten, Sequential};
@@ -21,9 +23,11 @@
 
 mod block;
 mod sequential;
+mod state_dict;
 
 pub use block::BasicBlock;
 pub use sequential::{Flatten, Sequential};
+pub use state_dict::{load_state_dict, save_state_dict, write_atomic, LoadReport, SaveDtype};
 
 use cnn_conv::{Conv2d, Conv2dConfig};
 use cnn_init::{kaiming_normal, FanMode, Nonlinearity};

@@ -1,0 +1,99 @@
+//! safetensors state dicts: round trip, and clear errors for files that do not fit.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+
+use cnn_models::{cifar_resnet, cifar_resnet_widths};
+use cnn_nn::{load_state_dict, save_state_dict, SaveDtype};
+use cnn_tensor::random::{normal, seeded_rng};
+use cnn_tensor::{Error, Layer, Mode};
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cnn-state-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+#[test]
+fn save_then_load_gives_identical_outputs() {
+    for (dtype, name) in [(SaveDtype::F32, "f32.safetensors"), (SaveDtype::F64, "f64.safetensors")]
+    {
+        let path = temp(name);
+        let mut a =
+            cifar_resnet_widths::<f64, _>(8, [4, 4, 8], 10, true, &mut seeded_rng(1)).unwrap();
+        // Train-mode steps move the running statistics away from their init.
+        a.forward(normal(&[4, 3, 8, 8], 1.0, 2.0, &mut seeded_rng(2)), Mode::Train).unwrap();
+        save_state_dict(&mut a, &path, dtype).unwrap();
+        let mut b =
+            cifar_resnet_widths::<f64, _>(8, [4, 4, 8], 10, true, &mut seeded_rng(99)).unwrap();
+        let report = load_state_dict(&mut b, &path, true).unwrap();
+        assert!(report.is_exact(), "{report}");
+        let x = normal(&[2, 3, 8, 8], 0.0, 1.0, &mut seeded_rng(3));
+        let (ya, yb) =
+            (a.forward(x.clone(), Mode::Eval).unwrap(), b.forward(x, Mode::Eval).unwrap());
+        if dtype == SaveDtype::F64 {
+            assert_eq!(ya, yb);
+        } else {
+            let err = ya.iter().zip(&yb).fold(0f64, |m, (p, q)| m.max((p - q).abs()));
+            assert!(err < 1e-5, "f32 round trip differs by {err}");
+        }
+    }
+}
+
+#[test]
+fn files_that_do_not_fit_are_clear_errors() {
+    let path = temp("resnet8.safetensors");
+    let mut small =
+        cifar_resnet_widths::<f32, _>(8, [4, 4, 8], 10, true, &mut seeded_rng(1)).unwrap();
+    save_state_dict(&mut small, &path, SaveDtype::F32).unwrap();
+
+    // Deeper model: keys missing from the file.
+    let mut deeper =
+        cifar_resnet_widths::<f32, _>(14, [4, 4, 8], 10, true, &mut seeded_rng(1)).unwrap();
+    let e = load_state_dict(&mut deeper, &path, true).unwrap_err().to_string();
+    assert!(e.contains("missing keys: layer1.1.conv1.weight"), "{e}");
+    let report = load_state_dict(&mut deeper, &path, false).unwrap();
+    assert!(!report.missing.is_empty() && report.unexpected.is_empty() && report.loaded > 0);
+
+    // Shallower model: unexpected keys in the file.
+    let mut plain =
+        cifar_resnet_widths::<f32, _>(8, [4, 4, 8], 10, false, &mut seeded_rng(1)).unwrap();
+    let e = load_state_dict(&mut plain, &path, true).unwrap_err().to_string();
+    assert!(e.contains("unexpected keys: layer2.0.downsample.0.weight"), "{e}");
+
+    // Another head: shape mismatches, by key.
+    let mut other =
+        cifar_resnet_widths::<f32, _>(8, [4, 4, 8], 7, true, &mut seeded_rng(1)).unwrap();
+    let e = load_state_dict(&mut other, &path, true).unwrap_err().to_string();
+    assert!(e.contains("fc.weight: model [7, 8], file [10, 8]"), "{e}");
+
+    // Truncated bytes and garbage: an error, never a panic.
+    let bytes = std::fs::read(&path).unwrap();
+    for cut in [0, 7, 100, bytes.len() / 2, bytes.len() - 1] {
+        let bad = temp("truncated.safetensors");
+        std::fs::write(&bad, &bytes[..cut]).unwrap();
+        assert!(
+            matches!(load_state_dict(&mut small, &bad, true), Err(Error::Format { .. })),
+            "cut at {cut}"
+        );
+    }
+    assert!(matches!(
+        load_state_dict(&mut small, &temp("absent.safetensors"), true),
+        Err(Error::Io { .. })
+    ));
+}
+
+#[test]
+fn an_unsupported_dtype_is_refused() {
+    let data: Vec<u8> = vec![0; 16 * 3 * 3 * 3 * 4];
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::I32, vec![16, 3, 3, 3], &data)
+            .unwrap();
+    let bytes = safetensors::serialize(vec![("conv1.weight", view)], None).unwrap();
+    let path = temp("i32.safetensors");
+    std::fs::write(&path, bytes).unwrap();
+    let mut net = cifar_resnet::<f32, _>(20, 10, true, &mut seeded_rng(1)).unwrap();
+    let e = load_state_dict(&mut net, &path, false).unwrap_err().to_string();
+    assert!(e.contains("conv1.weight: dtype I32 is not supported"), "{e}");
+}
