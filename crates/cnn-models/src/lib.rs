@@ -2,7 +2,8 @@
 //!
 //! So far: the CIFAR ResNets of He et al. (2016, §4.2), `cifar_resnet(depth)`
 //! for depth 6n + 2 (20, 32, 44, 56, 110), and their plain twins (the same
-//! layers without skip connections) for the degradation experiment.
+//! layers without skip connections) for the degradation experiment; and
+//! torchvision's `resnet18` and `resnet34`.
 //!
 //! ```
 //! use cnn_models::cifar_resnet;
@@ -17,7 +18,7 @@
 //! ```
 
 use cnn_act::Act;
-use cnn_conv::{Conv2dConfig, GlobalAvgPool2d};
+use cnn_conv::{Conv2dConfig, GlobalAvgPool2d, MaxPool2d, Pool2dOptions};
 use cnn_nn::{kaiming_conv, BasicBlock, Flatten, Sequential};
 use cnn_norm::{BatchNorm, BatchNormConfig};
 use cnn_tensor::{Error, Float, Linear, LinearConfig, Result};
@@ -79,6 +80,67 @@ pub fn cifar_resnet_widths<T: Float, R: Rng + ?Sized>(
         for j in 0..n {
             let stride = if stage > 0 && j == 0 { 2 } else { 1 };
             layer = layer.push(BasicBlock::new(c_in, w, stride, skip, rng)?);
+            c_in = w;
+        }
+        net = net.push_named(&format!("layer{}", stage + 1), layer);
+    }
+    Ok(net
+        .push_named("avgpool", GlobalAvgPool2d::new())
+        .push_named("flatten", Flatten::new())
+        .push_named("fc", Linear::new(LinearConfig::new(c_in, num_classes), rng)?))
+}
+
+/// torchvision's `resnet18`: a 7×7 stride-2 stem, 3×3 max pool, four stages
+/// of 2 [`BasicBlock`]s at 64/128/256/512 channels, global pooling and a
+/// linear head. Keys, shapes and order as torchvision's `state_dict`.
+///
+/// # Errors
+/// [`Error::Config`] when `num_classes` is 0.
+pub fn resnet18<T: Float, R: Rng + ?Sized>(
+    num_classes: usize,
+    rng: &mut R,
+) -> Result<Sequential<T>> {
+    resnet_basic([2, 2, 2, 2], num_classes, rng)
+}
+
+/// torchvision's `resnet34`: as [`resnet18`] with 3, 4, 6, 3 blocks per stage.
+///
+/// # Errors
+/// [`Error::Config`] when `num_classes` is 0.
+pub fn resnet34<T: Float, R: Rng + ?Sized>(
+    num_classes: usize,
+    rng: &mut R,
+) -> Result<Sequential<T>> {
+    resnet_basic([3, 4, 6, 3], num_classes, rng)
+}
+
+/// An ImageNet ResNet of [`BasicBlock`]s with `blocks[i]` blocks in stage `i`.
+fn resnet_basic<T: Float, R: Rng + ?Sized>(
+    blocks: [usize; 4],
+    num_classes: usize,
+    rng: &mut R,
+) -> Result<Sequential<T>> {
+    if num_classes == 0 {
+        return Err(Error::config("resnet", "num_classes must be positive"));
+    }
+    let stem = kaiming_conv::<T, _>(
+        Conv2dConfig::new(3, 64, 7).with_stride(2).with_padding(3).with_bias(false),
+        rng,
+    )?;
+    let mut net = Sequential::new()
+        .push_named("conv1", stem)
+        .push_named("bn1", BatchNorm::new_2d(BatchNormConfig::new(64))?)
+        .push_named("relu", Act::relu())
+        .push_named(
+            "maxpool",
+            MaxPool2d::new(Pool2dOptions::new(3).with_stride(2).with_padding(1)),
+        );
+    let mut c_in = 64;
+    for (stage, (&n, w)) in blocks.iter().zip([64, 128, 256, 512]).enumerate() {
+        let mut layer = Sequential::new();
+        for j in 0..n {
+            let stride = if stage > 0 && j == 0 { 2 } else { 1 };
+            layer = layer.push(BasicBlock::new(c_in, w, stride, true, rng)?);
             c_in = w;
         }
         net = net.push_named(&format!("layer{}", stage + 1), layer);
