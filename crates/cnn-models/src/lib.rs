@@ -3,7 +3,7 @@
 //! So far: the CIFAR ResNets of He et al. (2016, §4.2), `cifar_resnet(depth)`
 //! for depth 6n + 2 (20, 32, 44, 56, 110), and their plain twins (the same
 //! layers without skip connections) for the degradation experiment; and
-//! torchvision's `resnet18` and `resnet34`.
+//! torchvision's `resnet18/34/50/101/152`.
 //!
 //! ```
 //! use cnn_models::cifar_resnet;
@@ -19,9 +19,9 @@
 
 use cnn_act::Act;
 use cnn_conv::{Conv2dConfig, GlobalAvgPool2d, MaxPool2d, Pool2dOptions};
-use cnn_nn::{kaiming_conv, BasicBlock, Flatten, Sequential};
+use cnn_nn::{kaiming_conv, BasicBlock, Bottleneck, Flatten, Sequential, EXPANSION};
 use cnn_norm::{BatchNorm, BatchNormConfig};
-use cnn_tensor::{Error, Float, Linear, LinearConfig, Result};
+use cnn_tensor::{Error, Float, Layer, Linear, LinearConfig, Result};
 use rand::Rng;
 
 /// A CIFAR ResNet of `depth = 6n + 2` layers: a 3×3 stem of 16 channels,
@@ -114,39 +114,110 @@ pub fn resnet34<T: Float, R: Rng + ?Sized>(
     resnet_basic([3, 4, 6, 3], num_classes, rng)
 }
 
-/// An ImageNet ResNet of [`BasicBlock`]s with `blocks[i]` blocks in stage `i`.
-fn resnet_basic<T: Float, R: Rng + ?Sized>(
-    blocks: [usize; 4],
+/// torchvision's `resnet50`: [`Bottleneck`] blocks, 3, 4, 6, 3 per stage, 2048 features.
+///
+/// # Errors
+/// [`Error::Config`] when `num_classes` is 0.
+pub fn resnet50<T: Float, R: Rng + ?Sized>(
     num_classes: usize,
     rng: &mut R,
 ) -> Result<Sequential<T>> {
-    if num_classes == 0 {
-        return Err(Error::config("resnet", "num_classes must be positive"));
-    }
+    resnet_bottleneck([3, 4, 6, 3], num_classes, rng)
+}
+
+/// torchvision's `resnet101`: [`Bottleneck`] blocks, 3, 4, 23, 3 per stage.
+///
+/// # Errors
+/// [`Error::Config`] when `num_classes` is 0.
+pub fn resnet101<T: Float, R: Rng + ?Sized>(
+    num_classes: usize,
+    rng: &mut R,
+) -> Result<Sequential<T>> {
+    resnet_bottleneck([3, 4, 23, 3], num_classes, rng)
+}
+
+/// torchvision's `resnet152`: [`Bottleneck`] blocks, 3, 8, 36, 3 per stage.
+///
+/// # Errors
+/// [`Error::Config`] when `num_classes` is 0.
+pub fn resnet152<T: Float, R: Rng + ?Sized>(
+    num_classes: usize,
+    rng: &mut R,
+) -> Result<Sequential<T>> {
+    resnet_bottleneck([3, 8, 36, 3], num_classes, rng)
+}
+
+/// The stem every ImageNet ResNet shares: conv 7×7 stride 2, BatchNorm, ReLU, max pool 3×3 stride 2.
+fn imagenet_stem<T: Float, R: Rng + ?Sized>(rng: &mut R) -> Result<Sequential<T>> {
     let stem = kaiming_conv::<T, _>(
         Conv2dConfig::new(3, 64, 7).with_stride(2).with_padding(3).with_bias(false),
         rng,
     )?;
-    let mut net = Sequential::new()
+    Ok(Sequential::new()
         .push_named("conv1", stem)
         .push_named("bn1", BatchNorm::new_2d(BatchNormConfig::new(64))?)
         .push_named("relu", Act::relu())
         .push_named(
             "maxpool",
             MaxPool2d::new(Pool2dOptions::new(3).with_stride(2).with_padding(1)),
-        );
-    let mut c_in = 64;
-    for (stage, (&n, w)) in blocks.iter().zip([64, 128, 256, 512]).enumerate() {
-        let mut layer = Sequential::new();
-        for j in 0..n {
-            let stride = if stage > 0 && j == 0 { 2 } else { 1 };
-            layer = layer.push(BasicBlock::new(c_in, w, stride, true, rng)?);
-            c_in = w;
-        }
-        net = net.push_named(&format!("layer{}", stage + 1), layer);
-    }
+        ))
+}
+
+/// The head every ResNet shares: global average pooling, flatten, linear.
+fn head<T: Float, R: Rng + ?Sized>(
+    net: Sequential<T>,
+    features: usize,
+    num_classes: usize,
+    rng: &mut R,
+) -> Result<Sequential<T>> {
     Ok(net
         .push_named("avgpool", GlobalAvgPool2d::new())
         .push_named("flatten", Flatten::new())
-        .push_named("fc", Linear::new(LinearConfig::new(c_in, num_classes), rng)?))
+        .push_named("fc", Linear::new(LinearConfig::new(features, num_classes), rng)?))
+}
+
+/// An ImageNet ResNet of `stage`-built blocks: `blocks[i]` in stage `i` at width 64·2^i.
+fn resnet_stages<T: Float, R: Rng + ?Sized>(
+    blocks: [usize; 4],
+    num_classes: usize,
+    expansion: usize,
+    rng: &mut R,
+    mut block: impl FnMut(usize, usize, usize, &mut R) -> Result<Box<dyn Layer<T>>>,
+) -> Result<Sequential<T>> {
+    if num_classes == 0 {
+        return Err(Error::config("resnet", "num_classes must be positive"));
+    }
+    let mut net = imagenet_stem(rng)?;
+    let mut c_in = 64;
+    for (stage, (&n, width)) in blocks.iter().zip([64, 128, 256, 512]).enumerate() {
+        let mut layer = Sequential::new();
+        for j in 0..n {
+            let stride = if stage > 0 && j == 0 { 2 } else { 1 };
+            layer = layer.push_boxed(block(c_in, width, stride, rng)?);
+            c_in = width * expansion;
+        }
+        net = net.push_named(&format!("layer{}", stage + 1), layer);
+    }
+    head(net, c_in, num_classes, rng)
+}
+
+fn resnet_bottleneck<T: Float, R: Rng + ?Sized>(
+    blocks: [usize; 4],
+    num_classes: usize,
+    rng: &mut R,
+) -> Result<Sequential<T>> {
+    resnet_stages(blocks, num_classes, EXPANSION, rng, |c_in, w, s, rng| {
+        Ok(Box::new(Bottleneck::new(c_in, w, s, rng)?))
+    })
+}
+
+/// An ImageNet ResNet of [`BasicBlock`]s with `blocks[i]` blocks in stage `i`.
+fn resnet_basic<T: Float, R: Rng + ?Sized>(
+    blocks: [usize; 4],
+    num_classes: usize,
+    rng: &mut R,
+) -> Result<Sequential<T>> {
+    resnet_stages(blocks, num_classes, 1, rng, |c_in, w, s, rng| {
+        Ok(Box::new(BasicBlock::new(c_in, w, s, true, rng)?))
+    })
 }

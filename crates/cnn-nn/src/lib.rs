@@ -22,10 +22,12 @@
 //! ```
 
 mod block;
+mod bottleneck;
 mod sequential;
 mod state_dict;
 
 pub use block::BasicBlock;
+pub use bottleneck::{Bottleneck, EXPANSION};
 pub use sequential::{Flatten, Sequential};
 pub use state_dict::{load_state_dict, save_state_dict, write_atomic, LoadReport, SaveDtype};
 

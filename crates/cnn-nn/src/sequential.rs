@@ -22,6 +22,13 @@ impl<T: Float> Sequential<T> {
         self
     }
 
+    /// Appends an already boxed child, named by its position.
+    pub fn push_boxed(mut self, layer: Box<dyn Layer<T>>) -> Self {
+        let name = self.children.len().to_string();
+        self.children.push((name, layer));
+        self
+    }
+
     /// Appends a child under `name` (`"conv1"`, `"layer1"`, `"fc"`).
     pub fn push_named(mut self, name: &str, layer: impl Layer<T> + 'static) -> Self {
         self.children.push((name.to_string(), Box::new(layer)));
