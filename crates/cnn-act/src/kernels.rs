@@ -151,6 +151,58 @@ fn contiguous<T: Float>(a: ArrayD<T>) -> ArrayD<T> {
     }
 }
 
+/// Expands `$body` once per activation with `$f` bound to that activation's
+/// function as a concrete closure: the `match` happens once, not per element,
+/// so each loop is specialized (and vectorized, for ReLU).
+macro_rules! with_value {
+    ($T:ty, $act:expr, |$f:ident| $body:expr) => {
+        match $act {
+            Activation::Relu => {
+                let $f = |x: $T| if x > <$T>::zero() { x } else { <$T>::zero() };
+                $body
+            }
+            Activation::LeakyRelu(s) => {
+                let s = <$T>::of(s);
+                let $f = move |x: $T| if x > <$T>::zero() { x } else { x * s };
+                $body
+            }
+            other => {
+                let $f = move |x: $T| other.value(x);
+                $body
+            }
+        }
+    };
+}
+
+/// As `with_value!`, for the derivative (of the input, or of the output for sigmoid and tanh).
+macro_rules! with_derivative {
+    ($T:ty, $act:expr, |$d:ident| $body:expr) => {
+        match $act {
+            Activation::Relu => {
+                let $d = |x: $T| if x > <$T>::zero() { <$T>::one() } else { <$T>::zero() };
+                $body
+            }
+            Activation::LeakyRelu(s) => {
+                let s = <$T>::of(s);
+                let $d = move |x: $T| if x > <$T>::zero() { <$T>::one() } else { s };
+                $body
+            }
+            Activation::Sigmoid => {
+                let $d = |y: $T| y * (<$T>::one() - y);
+                $body
+            }
+            Activation::Tanh => {
+                let $d = |y: $T| <$T>::one() - y * y;
+                $body
+            }
+            other => {
+                let $d = move |x: $T| other.derivative(x);
+                $body
+            }
+        }
+    };
+}
+
 /// `act(x)`, elementwise, in `x`'s own buffer (`F.relu`, `torch.sigmoid`, `F.gelu`, …).
 ///
 /// # Shapes
@@ -165,7 +217,9 @@ pub fn activation_forward<T: Float>(act: Activation, x: ArrayD<T>) -> Result<Arr
         if let (Activation::Gelu, Some(data)) = (act, as_f32_mut(data)) {
             for_each_chunk(data, crate::fast_f32::gelu_forward);
         } else {
-            for_each_chunk(data, |c| c.iter_mut().for_each(|v| *v = act.value(*v)));
+            with_value!(T, act, |f| for_each_chunk(data, |c| c
+                .iter_mut()
+                .for_each(|v| *v = f(*v))));
         }
     }
     Ok(x)
@@ -190,9 +244,11 @@ pub fn activation_forward_copy<T: Float>(act: Activation, x: &ArrayD<T>) -> Resu
                     unsafe { std::slice::from_raw_parts_mut(ys.as_mut_ptr().cast(), ys.len()) };
                 crate::fast_f32::gelu_forward_out(x32, y32);
             } else {
-                for (y, &v) in ys.iter_mut().zip(xs) {
-                    y.write(act.value(v));
-                }
+                with_value!(T, act, |f| {
+                    for (y, &v) in ys.iter_mut().zip(xs) {
+                        y.write(f(v));
+                    }
+                });
             }
         };
         if xs.len() <= CHUNK {
@@ -253,10 +309,10 @@ pub fn activation_backward<T: Float>(
                     .for_each(|(gc, sc)| crate::fast_f32::gelu_backward(gc, sc));
             }
         } else if g.len() <= CHUNK {
-            g.iter_mut().zip(s).for_each(|(g, &v)| *g *= act.derivative(v));
+            with_derivative!(T, act, |d| g.iter_mut().zip(s).for_each(|(g, &v)| *g *= d(v)));
         } else {
             g.par_chunks_mut(CHUNK).zip(s.par_chunks(CHUNK)).for_each(|(gc, sc)| {
-                gc.iter_mut().zip(sc).for_each(|(g, &v)| *g *= act.derivative(v));
+                with_derivative!(T, act, |d| gc.iter_mut().zip(sc).for_each(|(g, &v)| *g *= d(v)));
             });
         }
     }

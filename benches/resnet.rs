@@ -1,0 +1,66 @@
+//! Whole networks: a CIFAR ResNet-20 train step at batch 128 (forward,
+//! cross-entropy, backward, SGD step) and a ResNet-18 eval forward at batch 8
+//! on 3×224×224, in images per second (criterion's "elem/s").
+//! PyTorch's figures (benches/torch/torch_resnet.py) are in docs/benchmarks.md.
+
+#![allow(missing_docs)] // criterion's macros generate undocumented functions
+
+use std::time::Duration;
+
+/// A caching allocator, as a training program would use (see docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use cnn::models::{cifar_resnet, resnet18};
+use cnn::optim::{Optimizer, Rule};
+use cnn::tensor::random::{normal, seeded_rng};
+use cnn::tensor::{cross_entropy_backward, cross_entropy_forward, ArrayD, Layer, Mode};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use ndarray::Ix2;
+
+fn train_step(c: &mut Criterion) {
+    let mut rng = seeded_rng(0);
+    let mut net = cifar_resnet::<f32, _>(20, 10, true, &mut rng).expect("model");
+    let mut opt = Optimizer::new(Rule::sgd(0.9), 0.1, 0.0).expect("optimizer");
+    let x: ArrayD<f32> = normal(&[128, 3, 32, 32], 0.0, 1.0, &mut rng);
+    let targets: Vec<usize> = (0..128).map(|i| i % 10).collect();
+    let mut group = c.benchmark_group("resnet20_cifar_train_step");
+    group.throughput(Throughput::Elements(128));
+    group.bench_function("b128", |b| {
+        b.iter(|| {
+            opt.zero_grad(&mut net);
+            let logits = net
+                .forward(x.clone(), Mode::Train)
+                .expect("forward")
+                .into_dimensionality::<Ix2>()
+                .expect("2-D");
+            let _loss = cross_entropy_forward(logits.view(), &targets, 0.0).expect("loss");
+            let dlogits = cross_entropy_backward(logits.view(), &targets, 0.0, 1.0).expect("dloss");
+            net.backward(dlogits.into_dyn()).expect("backward");
+            opt.step(&mut net).expect("step");
+        })
+    });
+    group.finish();
+}
+
+fn resnet18_eval(c: &mut Criterion) {
+    let mut rng = seeded_rng(1);
+    let mut net = resnet18::<f32, _>(1000, &mut rng).expect("model");
+    let x: ArrayD<f32> = normal(&[8, 3, 224, 224], 0.0, 1.0, &mut rng);
+    let mut group = c.benchmark_group("resnet18_eval_forward");
+    group.throughput(Throughput::Elements(8));
+    group.bench_function("b8_224", |b| {
+        b.iter(|| net.forward(x.clone(), Mode::Eval).expect("forward"))
+    });
+    group.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5))
+}
+
+criterion_group! { name = benches; config = config(); targets = train_step, resnet18_eval }
+criterion_main!(benches);
