@@ -22,6 +22,7 @@
 //! # Ok::<(), cnn_tensor::Error>(())
 //! ```
 
+mod adaptive;
 mod conv2d;
 mod geometry;
 mod im2col;
@@ -29,6 +30,7 @@ mod layers;
 pub mod naive;
 mod pool;
 
+pub use adaptive::{adaptive_avg_pool2d_backward, adaptive_avg_pool2d_forward, AdaptiveAvgPool2d};
 pub use conv2d::{conv2d_backward, conv2d_forward, Conv2dGrads};
 pub use geometry::{conv_out_len, Conv2dOptions, ConvGeometry};
 pub use layers::{AvgPool2d, Conv2d, Conv2dConfig, GlobalAvgPool2d, MaxPool2d};

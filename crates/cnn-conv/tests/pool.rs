@@ -124,3 +124,21 @@ fn bad_input_is_a_clear_error() {
         Err(Error::NoForward { .. })
     ));
 }
+
+#[test]
+fn adaptive_pool_matches_global_and_passes_the_gradient_checker() {
+    use cnn_conv::{adaptive_avg_pool2d_forward, AdaptiveAvgPool2d};
+    let x = randn4([2, 3, 7, 5], 4);
+    let a = adaptive_avg_pool2d_forward(x.view(), [1, 1]).unwrap();
+    let g = global_avg_pool2d_forward(x.view()).unwrap();
+    assert!(rel_err(&a, &g) < 1e-15);
+    // Same size: the identity.
+    assert_eq!(adaptive_avg_pool2d_forward(x.view(), [7, 5]).unwrap(), x);
+    for out in [[3, 2], [4, 4], [2, 5]] {
+        let mut layer = AdaptiveAvgPool2d::new(out);
+        let report =
+            check_layer(&mut layer, &x.clone().into_dyn(), 1, &GradCheckConfig::default()).unwrap();
+        assert!(report.passed(), "{out:?}: {report}");
+    }
+    assert!(adaptive_avg_pool2d_forward(x.view(), [0, 2]).is_err());
+}
