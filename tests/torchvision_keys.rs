@@ -1,18 +1,17 @@
 //! Our torchvision models produce exactly the `state_dict` of torchvision:
 //! the keys, shapes and dtypes in tests/parity/torchvision_state_dicts.json,
-//! in order. (The manifest also lists vgg11, vgg16_bn and alexnet, which
-//! this workspace does not build yet.)
+//! in order, for every model the manifest lists.
 
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 
-use cnn::models::{resnet18, resnet34, resnet50};
+use cnn::models::{alexnet, resnet18, resnet34, resnet50, vgg};
 use cnn::nn::Sequential;
 use cnn::tensor::random::seeded_rng;
 use cnn::tensor::Layer;
 
-type Build = fn() -> Sequential<f64>;
+type Build = fn() -> Sequential<f32>;
 
 #[test]
 fn models_match_torchvision_state_dicts() {
@@ -20,11 +19,20 @@ fn models_match_torchvision_state_dicts() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity/torchvision_state_dicts.json");
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let models: [(&str, Build); 3] = [
+    let models: [(&str, Build); 6] = [
         ("resnet18", || resnet18(1000, &mut seeded_rng(0)).unwrap()),
         ("resnet34", || resnet34(1000, &mut seeded_rng(0)).unwrap()),
         ("resnet50", || resnet50(1000, &mut seeded_rng(0)).unwrap()),
+        ("vgg11", || vgg(11, false, 1000, &mut seeded_rng(0)).unwrap()),
+        ("vgg16_bn", || vgg(16, true, 1000, &mut seeded_rng(0)).unwrap()),
+        ("alexnet", || alexnet(1000, &mut seeded_rng(0)).unwrap()),
     ];
+    let names: Vec<&str> = models.iter().map(|m| m.0).collect();
+    let listed: Vec<&String> = manifest.as_object().unwrap().keys().collect();
+    assert!(
+        listed.iter().all(|k| names.contains(&k.as_str())),
+        "a manifest model without a builder: {listed:?}"
+    );
     for (name, build) in models {
         let want: Vec<(String, Vec<usize>, String)> = manifest[name]
             .as_array()
@@ -80,4 +88,17 @@ fn bottleneck_resnets_have_torchvisions_sizes() {
         cnn::nn::count_params(&mut resnet152::<f32, _>(1000, &mut seeded_rng(1)).unwrap()).0,
         60_192_808
     );
+}
+
+#[test]
+fn classic_models_run_and_have_torchvisions_sizes() {
+    use cnn::tensor::{random::normal, Mode};
+    let mut a = alexnet::<f32, _>(1000, &mut seeded_rng(1)).unwrap();
+    assert_eq!(cnn::nn::count_params(&mut a).0, 61_100_840);
+    let y = a.forward(normal(&[1, 3, 224, 224], 0.0, 1.0, &mut seeded_rng(2)), Mode::Eval).unwrap();
+    assert_eq!(y.shape(), &[1, 1000]);
+    let mut v = vgg::<f32, _>(11, false, 10, &mut seeded_rng(1)).unwrap();
+    let y = v.forward(normal(&[1, 3, 32, 32], 0.0, 1.0, &mut seeded_rng(2)), Mode::Train).unwrap();
+    assert_eq!(y.shape(), &[1, 10]);
+    assert!(vgg::<f32, _>(12, false, 10, &mut seeded_rng(1)).is_err());
 }

@@ -3,7 +3,7 @@
 //! So far: the CIFAR ResNets of He et al. (2016, §4.2), `cifar_resnet(depth)`
 //! for depth 6n + 2 (20, 32, 44, 56, 110), and their plain twins (the same
 //! layers without skip connections) for the degradation experiment; and
-//! torchvision's `resnet18/34/50/101/152`.
+//! torchvision's `resnet18/34/50/101/152`, `alexnet`, and `vgg(11 | 13 | 16 | 19, batch_norm)`.
 //!
 //! ```
 //! use cnn_models::cifar_resnet;
@@ -16,6 +16,10 @@
 //! assert_eq!(cnn_nn::count_params(&mut net).0, 272_474);
 //! # Ok::<(), cnn_tensor::Error>(())
 //! ```
+
+mod classic;
+
+pub use classic::{alexnet, vgg};
 
 use cnn_act::Act;
 use cnn_conv::{Conv2dConfig, GlobalAvgPool2d, MaxPool2d, Pool2dOptions};
