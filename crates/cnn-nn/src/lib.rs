@@ -28,8 +28,9 @@ mod state_dict;
 
 pub use block::BasicBlock;
 pub use bottleneck::{Bottleneck, EXPANSION};
+pub use cnn_tensor::write_atomic;
 pub use sequential::{Flatten, Sequential};
-pub use state_dict::{load_state_dict, save_state_dict, write_atomic, LoadReport, SaveDtype};
+pub use state_dict::{load_state_dict, save_state_dict, LoadReport, SaveDtype};
 
 use cnn_conv::{Conv2d, Conv2dConfig};
 use cnn_init::{kaiming_normal, FanMode, Nonlinearity};

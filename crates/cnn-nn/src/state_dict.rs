@@ -2,10 +2,9 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::Write;
 use std::path::Path;
 
-use cnn_tensor::{ArrayD, Error, Float, IxDyn, Layer, Result};
+use cnn_tensor::{write_atomic, ArrayD, Error, Float, IxDyn, Layer, Result};
 use safetensors::{Dtype, SafeTensors};
 
 /// The float type parameters are written in (`num_batches_tracked` is always int64, as PyTorch).
@@ -97,26 +96,6 @@ pub fn save_state_dict<T: Float>(
     let data = safetensors::serialize(views, None)
         .map_err(|e| Error::Format { context: path.display().to_string(), msg: e.to_string() })?;
     write_atomic(path, &data)
-}
-
-/// Writes `data` to `path` through a temporary file and a rename.
-///
-/// # Errors
-/// [`Error::Io`] naming the path.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let io =
-        |what: &str, source| Error::Io { context: format!("{what} {}", path.display()), source };
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::config("save", format!("{} is not a file path", path.display())))?;
-    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
-    let mut file = std::fs::File::create(&tmp).map_err(|e| io("create", e))?;
-    file.write_all(data).map_err(|e| io("write", e))?;
-    file.sync_all().map_err(|e| io("sync", e))?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(|e| io("rename into", e))?;
-    Ok(())
 }
 
 fn to_floats<T: Float>(

@@ -28,6 +28,7 @@
 mod group;
 mod optimizer;
 mod schedule;
+mod state_file;
 
 pub use group::ParamGroup;
 pub use optimizer::{Optimizer, ParamState, Rule};

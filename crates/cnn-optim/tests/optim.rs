@@ -161,3 +161,30 @@ fn state_round_trips_for_exact_resume() {
     };
     assert_eq!(run(None), run(Some(3)));
 }
+
+#[test]
+fn state_files_resume_exactly_and_refuse_bad_bytes() {
+    let dir = std::env::temp_dir().join(format!("cnn-optim-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("opt.safetensors");
+    let run = |resume_at: Option<usize>| {
+        let mut toy = Toy::new();
+        let mut opt = Optimizer::new(Rule::adamw(), 0.01, 0.1).unwrap();
+        for i in 0..6 {
+            if Some(i) == resume_at {
+                opt.save_state(&path).unwrap();
+                opt = Optimizer::new(Rule::adamw(), 0.01, 0.1).unwrap();
+                opt.load_state(&path).unwrap();
+            }
+            opt.step(&mut toy).unwrap();
+        }
+        toy.weight.value
+    };
+    assert_eq!(run(None), run(Some(2)));
+    let bytes = std::fs::read(&path).unwrap();
+    let bad = dir.join("bad.safetensors");
+    std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
+    let mut opt = Optimizer::<f64>::new(Rule::sgd(0.9), 0.1, 0.0).unwrap();
+    assert!(matches!(opt.load_state(&bad), Err(Error::Format { .. })));
+    assert!(matches!(opt.load_state(&dir.join("absent")), Err(Error::Io { .. })));
+}
