@@ -102,3 +102,36 @@ fn classic_models_run_and_have_torchvisions_sizes() {
     assert_eq!(y.shape(), &[1, 10]);
     assert!(vgg::<f32, _>(12, false, 10, &mut seeded_rng(1)).is_err());
 }
+
+#[test]
+fn zero_init_residual_and_summary() {
+    use cnn::models::{cifar_resnet, zero_init_residual};
+    use cnn::nn::summary;
+    let mut r50 = resnet50::<f32, _>(10, &mut seeded_rng(3)).unwrap();
+    assert_eq!(zero_init_residual(&mut r50), 16, "one bn3 per Bottleneck");
+    let mut r18 = resnet18::<f32, _>(10, &mut seeded_rng(3)).unwrap();
+    assert_eq!(zero_init_residual(&mut r18), 8, "one bn2 per BasicBlock");
+    r18.visit("", &mut |k, p| {
+        if k == "layer1.0.bn2.weight" {
+            assert!(p.value.iter().all(|&v| v == 0.0));
+        }
+        if k == "layer1.0.bn1.weight" {
+            assert!(p.value.iter().all(|&v| v == 1.0));
+        }
+    });
+
+    let mut net = cifar_resnet::<f32, _>(20, 10, true, &mut seeded_rng(4)).unwrap();
+    let (rows, text) = summary(&mut net, &[1, 3, 32, 32]).unwrap();
+    let row = |key: &str| rows.iter().find(|r| r.key == key).unwrap();
+    assert_eq!(row("conv1").kind, "Conv2d");
+    assert_eq!(row("conv1").output_shape, vec![1, 16, 32, 32]);
+    assert_eq!(row("layer2").output_shape, vec![1, 32, 16, 16]);
+    assert_eq!(row("layer3.2").kind, "BasicBlock");
+    assert_eq!(row("fc").output_shape, vec![1, 10]);
+    assert_eq!(row("fc").params, 650);
+    assert_eq!(row("(model)").params, 272_474);
+    assert!(
+        text.contains("Total params: 272474") && text.contains("Trainable params: 272474"),
+        "{text}"
+    );
+}

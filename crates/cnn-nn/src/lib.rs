@@ -25,12 +25,14 @@ mod block;
 mod bottleneck;
 mod sequential;
 mod state_dict;
+mod summary;
 
 pub use block::BasicBlock;
 pub use bottleneck::{Bottleneck, EXPANSION};
 pub use cnn_tensor::write_atomic;
 pub use sequential::{Flatten, Sequential};
 pub use state_dict::{load_state_dict, save_state_dict, LoadReport, SaveDtype};
+pub use summary::{summary, SummaryRow};
 
 use cnn_conv::{Conv2d, Conv2dConfig};
 use cnn_init::{kaiming_normal, FanMode, Nonlinearity};

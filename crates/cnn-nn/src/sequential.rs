@@ -91,6 +91,13 @@ impl<T: Float> Layer<T> for Sequential<T> {
             layer.visit(&join_key(prefix, name), f);
         }
     }
+
+    fn children_mut(&mut self) -> Vec<(String, &mut dyn Layer<T>)> {
+        self.children
+            .iter_mut()
+            .map(|(n, l)| (n.clone(), l.as_mut() as &mut dyn Layer<T>))
+            .collect()
+    }
 }
 
 /// `[N, d1, d2, …]` → `[N, d1·d2·…]` (`nn.Flatten()`); no parameters.

@@ -44,6 +44,18 @@ pub trait Layer<T: Float = f32>: Send {
         self.visit("", &mut |_, p| p.zero_grad());
     }
 
+    /// The layer's Rust type, for summaries (`cnn_conv::layers::Conv2d<f32>`).
+    fn type_name(&self) -> &'static str {
+        std::any::type_name::<Self>()
+    }
+
+    /// The direct children, by name, of a container whose forward applies them
+    /// in this order and nothing else (`Sequential`); empty for every other
+    /// layer. Model summaries walk it.
+    fn children_mut(&mut self) -> Vec<(String, &mut dyn Layer<T>)> {
+        Vec::new()
+    }
+
     /// Number of trainable scalars.
     fn num_trainable(&mut self) -> usize {
         let mut n = 0;
