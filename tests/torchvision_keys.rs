@@ -135,3 +135,21 @@ fn zero_init_residual_and_summary() {
         "{text}"
     );
 }
+
+#[test]
+fn a_nested_head_can_be_replaced() {
+    use cnn::tensor::{random::normal, Linear, LinearConfig, Mode};
+    let mut net = alexnet::<f32, _>(1000, &mut seeded_rng(5)).unwrap();
+    net.replace(
+        "classifier.6",
+        Linear::new(LinearConfig::new(4096, 5), &mut seeded_rng(6)).unwrap(),
+    )
+    .unwrap();
+    let y =
+        net.forward(normal(&[1, 3, 224, 224], 0.0, 1.0, &mut seeded_rng(7)), Mode::Eval).unwrap();
+    assert_eq!(y.shape(), &[1, 5]);
+    let e = net.replace("classifier.9", cnn::nn::Flatten::new()).err().unwrap().to_string();
+    assert!(e.contains("no child named \"9\""), "{e}");
+    let e = net.replace("avgpool.0", cnn::nn::Flatten::new()).err().unwrap().to_string();
+    assert!(e.contains("has no child"), "{e}");
+}

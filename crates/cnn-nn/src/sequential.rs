@@ -40,20 +40,17 @@ impl<T: Float> Sequential<T> {
         self.children.iter().map(|(n, _)| n.as_str())
     }
 
-    /// Replaces the child `name` (a classifier head, say) and returns the old one.
+    /// Replaces the child at `path` (`"fc"`, or `"classifier.6"` inside a nested
+    /// `Sequential`) and returns the old one.
     ///
     /// # Errors
-    /// [`Error::Config`] when there is no child of that name.
+    /// [`Error::Config`] when there is no child at that path.
     pub fn replace(
         &mut self,
-        name: &str,
+        path: &str,
         layer: impl Layer<T> + 'static,
     ) -> Result<Box<dyn Layer<T>>> {
-        let names = self.names_vec();
-        let slot = self.children.iter_mut().find(|(n, _)| n == name).ok_or_else(|| {
-            Error::config("sequential", format!("no child named {name:?}; children: {names:?}"))
-        })?;
-        Ok(std::mem::replace(&mut slot.1, Box::new(layer)))
+        self.replace_child(path, Box::new(layer))
     }
 
     fn names_vec(&self) -> Vec<String> {
@@ -89,6 +86,18 @@ impl<T: Float> Layer<T> for Sequential<T> {
     fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
         for (name, layer) in &mut self.children {
             layer.visit(&join_key(prefix, name), f);
+        }
+    }
+
+    fn replace_child(&mut self, path: &str, layer: Box<dyn Layer<T>>) -> Result<Box<dyn Layer<T>>> {
+        let (first, rest) = path.split_once('.').map_or((path, None), |(a, b)| (a, Some(b)));
+        let names = self.names_vec();
+        let slot = self.children.iter_mut().find(|(n, _)| n == first).ok_or_else(|| {
+            Error::config("sequential", format!("no child named {first:?}; children: {names:?}"))
+        })?;
+        match rest {
+            None => Ok(std::mem::replace(&mut slot.1, layer)),
+            Some(rest) => slot.1.replace_child(rest, layer),
         }
     }
 

@@ -56,6 +56,23 @@ pub trait Layer<T: Float = f32>: Send {
         Vec::new()
     }
 
+    /// Replaces the child at a dotted path (`"fc"`, `"classifier.6"`) and returns
+    /// the old one: how a pretrained network gets a new head. Containers
+    /// implement it; other layers have no children to replace.
+    ///
+    /// # Errors
+    /// [`crate::Error::Config`] when there is no child at that path.
+    fn replace_child(
+        &mut self,
+        path: &str,
+        _layer: Box<dyn Layer<T>>,
+    ) -> crate::Result<Box<dyn Layer<T>>> {
+        Err(crate::Error::config(
+            "replace_child",
+            format!("{} has no child {path:?}", self.type_name()),
+        ))
+    }
+
     /// Number of trainable scalars.
     fn num_trainable(&mut self) -> usize {
         let mut n = 0;
