@@ -165,6 +165,8 @@ fn checker<T: Float>(op: &str) -> Option<Checker> {
         "sgd" | "adam" | "adamw" => check_optimizer::<T>,
         "warmup_cosine" => check_warmup_cosine::<T>,
         "model" => check_model::<T>,
+        "hflip" | "brightness" | "contrast" | "saturation" | "hue" | "erase" | "normalize"
+        | "pad_crop" | "resized_crop" => check_augment::<T>,
         _ => return None,
     })
 }
@@ -569,6 +571,78 @@ fn check_model<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), String> 
     }
     let eval = net.forward(c.t::<T>("input"), Mode::Eval).map_err(e)?;
     cmp.check("logits_eval", &eval, "logits_eval");
+    Ok(())
+}
+
+/// Image transforms: `image` (CHW) to `out`. Hue is allowed 1e-6 (f64), as the issue states.
+fn check_augment<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), String> {
+    use cnn::augment as aug;
+    let img =
+        c.t::<T>("image").into_dimensionality::<ndarray::Ix3>().map_err(|err| err.to_string())?;
+    let v = img.view();
+    let int = |k: &str| c.number(k, 0.0) as usize;
+    let list = |k: &str| -> Vec<f64> {
+        match c.json(k) {
+            Some(serde_json::Value::Array(a)) => {
+                a.iter().map(|x| x.as_f64().expect("number")).collect()
+            }
+            _ => Vec::new(),
+        }
+    };
+    let out = match c.meta["op"].as_str() {
+        "hflip" => aug::hflip(v),
+        "brightness" => aug::adjust_brightness(v, c.number("factor", 1.0)).map_err(e)?,
+        "contrast" => aug::adjust_contrast(v, c.number("factor", 1.0)).map_err(e)?,
+        "saturation" => aug::adjust_saturation(v, c.number("factor", 1.0)).map_err(e)?,
+        "hue" => {
+            if T::NAME == "f64" {
+                cmp.tol = 1e-6;
+            }
+            aug::adjust_hue(v, c.number("factor", 0.0)).map_err(e)?
+        }
+        "erase" => aug::erase(
+            v,
+            int("top"),
+            int("left"),
+            int("height"),
+            int("width"),
+            c.number("value", 0.0),
+        )
+        .map_err(e)?,
+        "normalize" => aug::normalize(v, &list("mean"), &list("std")).map_err(e)?,
+        "pad_crop" => {
+            let p = int("pad");
+            let padded =
+                aug::pad(v, [p; 4], aug::PadMode::Constant(c.number("fill", 0.0))).map_err(e)?;
+            aug::crop(
+                padded.view(),
+                int("top") as isize,
+                int("left") as isize,
+                int("height"),
+                int("width"),
+            )
+            .map_err(e)?
+        }
+        "resized_crop" => {
+            if c.flag("antialias", false)
+                || c.meta.get("interpolation").is_some_and(|m| m != "bilinear")
+            {
+                return Err("only bilinear without antialias is supported".into());
+            }
+            let size = c.pair("size", 1);
+            aug::resized_crop(
+                v,
+                int("top") as isize,
+                int("left") as isize,
+                int("height"),
+                int("width"),
+                size,
+            )
+            .map_err(e)?
+        }
+        other => return Err(format!("not an augmentation: {other}")),
+    };
+    cmp.check("out", &out.into_dyn(), "out");
     Ok(())
 }
 
