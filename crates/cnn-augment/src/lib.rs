@@ -4,7 +4,10 @@
 //! So far the functional forms: [`hflip`], [`vflip`], [`adjust_brightness`],
 //! [`adjust_contrast`], [`adjust_saturation`], [`adjust_hue`] (through HSV),
 //! [`erase`], [`normalize`], [`pad`] (constant, reflect, replicate), [`crop`],
-//! [`resize`] and [`resized_crop`] (bilinear, `align_corners = false`).
+//! [`resize`] and [`resized_crop`] (bilinear, `align_corners = false`); and
+//! random transforms drawing from the caller's generator: [`RandomHorizontalFlip`],
+//! [`RandomCrop`], [`RandomResizedCrop`], [`ColorJitter`], [`RandomErasing`],
+//! [`Cutout`], chained by [`Compose`].
 //!
 //! ```
 //! use cnn_augment::{adjust_hue, hflip, normalize};
@@ -21,6 +24,11 @@
 
 mod color;
 mod geometry;
+mod random;
 
 pub use color::{adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation};
 pub use geometry::{crop, erase, hflip, normalize, pad, resize, resized_crop, vflip, PadMode};
+pub use random::{
+    ColorJitter, Compose, Cutout, RandomCrop, RandomErasing, RandomHorizontalFlip,
+    RandomResizedCrop, Transform,
+};
