@@ -2,7 +2,7 @@
 //! written by hand and checked against PyTorch.
 //!
 //! This facade re-exports the workspace's crates under short names
-//! ([`tensor`], [`init`], [`conv`], [`norm`], [`act`], [`nn`], [`models`], [`optim`], [`augment`]) and gathers the everyday items in
+//! ([`tensor`], [`init`], [`conv`], [`norm`], [`act`], [`nn`], [`models`], [`optim`], [`augment`], [`data`]) and gathers the everyday items in
 //! [`prelude`]. Depend on a single crate (`cnn-conv`, `cnn-tensor`, …)
 //! instead when that is all you need.
 //!
@@ -24,6 +24,7 @@
 pub use cnn_act as act;
 pub use cnn_augment as augment;
 pub use cnn_conv as conv;
+pub use cnn_data as data;
 pub use cnn_init as init;
 pub use cnn_models as models;
 pub use cnn_nn as nn;

@@ -1,0 +1,25 @@
+//! Datasets and a deterministic parallel loader.
+//!
+//! So far: the [`Dataset`] trait and [`Subset`], the embedded UCI
+//! [`Digits`] (1797 images of 8×8; E. Alpaydin and C. Kaynak, CC BY 4.0)
+//! with a stratified split, and the [`DataLoader`].
+//!
+//! ```
+//! use std::sync::Arc;
+//! use cnn_data::{DataLoader, Dataset, Digits};
+//!
+//! let (train, test) = Digits::load()?.split(0.2, 0)?;
+//! assert_eq!(train.len() + test.len(), 1797);
+//! let loader = DataLoader::new(Arc::new(train), 64, 7)?;
+//! let batch = loader.batch(0, 0)?;
+//! assert_eq!(batch.images.shape(), &[64, 1, 8, 8]);
+//! # Ok::<(), cnn_tensor::Error>(())
+//! ```
+
+mod dataset;
+mod digits;
+mod loader;
+
+pub use dataset::{Dataset, Subset};
+pub use digits::Digits;
+pub use loader::{Batch, DataLoader};

@@ -1,0 +1,150 @@
+//! A deterministic parallel `DataLoader`.
+
+use std::sync::Arc;
+
+use cnn_augment::Transform;
+use cnn_tensor::random::seeded_rng;
+use cnn_tensor::{Error, Result};
+use ndarray::{Array4, Axis};
+use rand::seq::SliceRandom;
+use rayon::prelude::*;
+
+use crate::Dataset;
+
+/// One batch: images `[B, C, H, W]` and their labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// The images.
+    pub images: Array4<f32>,
+    /// The class of each image.
+    pub labels: Vec<usize>,
+}
+
+/// Batches of a dataset, shuffled per epoch and transformed in parallel.
+///
+/// Everything random comes from the seed: the order of epoch `e` from
+/// `(seed, e)`, and sample `i`'s transform from `(seed, e, i)`. So the batches
+/// are bitwise the same on any number of threads, and a run resumed at epoch
+/// `k` sees exactly the batches of one that never stopped.
+pub struct DataLoader {
+    dataset: Arc<dyn Dataset>,
+    batch_size: usize,
+    seed: u64,
+    shuffle: bool,
+    drop_last: bool,
+    transform: Option<Arc<dyn Transform<f32>>>,
+}
+
+/// SplitMix64's finalizer: decorrelates nearby integers into seeds.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl DataLoader {
+    /// Batches of `batch_size`, shuffled, last partial batch kept.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a zero batch size.
+    pub fn new(dataset: Arc<dyn Dataset>, batch_size: usize, seed: u64) -> Result<Self> {
+        if batch_size == 0 {
+            return Err(Error::config("data_loader", "batch_size must be positive"));
+        }
+        Ok(DataLoader {
+            dataset,
+            batch_size,
+            seed,
+            shuffle: true,
+            drop_last: false,
+            transform: None,
+        })
+    }
+    /// Shuffle each epoch (default) or keep the dataset's order.
+    pub fn with_shuffle(mut self, shuffle: bool) -> Self {
+        self.shuffle = shuffle;
+        self
+    }
+    /// Drop a last batch smaller than `batch_size`.
+    pub fn with_drop_last(mut self, drop_last: bool) -> Self {
+        self.drop_last = drop_last;
+        self
+    }
+    /// A transform applied to every sample (augmentation, normalization).
+    pub fn with_transform(mut self, transform: Arc<dyn Transform<f32>>) -> Self {
+        self.transform = Some(transform);
+        self
+    }
+
+    /// Number of batches per epoch.
+    pub fn batches_per_epoch(&self) -> usize {
+        let n = self.dataset.len();
+        if self.drop_last {
+            n / self.batch_size
+        } else {
+            n.div_ceil(self.batch_size)
+        }
+    }
+
+    /// The sample order of `epoch`.
+    pub fn order(&self, epoch: u64) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.dataset.len()).collect();
+        if self.shuffle {
+            order.shuffle(&mut seeded_rng(mix(self.seed ^ mix(epoch.wrapping_add(0x9e37_79b9)))));
+        }
+        order
+    }
+
+    /// Batch `b` of `epoch`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a batch index past the epoch; whatever a sample or
+    /// transform fails with; [`Error::Shape`] when samples differ in shape.
+    pub fn batch(&self, epoch: u64, b: usize) -> Result<Batch> {
+        let order = self.order(epoch);
+        self.batch_from(&order, epoch, b)
+    }
+
+    fn batch_from(&self, order: &[usize], epoch: u64, b: usize) -> Result<Batch> {
+        if b >= self.batches_per_epoch() {
+            return Err(Error::config(
+                "data_loader",
+                format!("batch {b} past the {} of an epoch", self.batches_per_epoch()),
+            ));
+        }
+        let idx = &order[b * self.batch_size..((b + 1) * self.batch_size).min(order.len())];
+        let samples: Vec<_> = idx
+            .par_iter()
+            .map(|&i| {
+                let (img, label) = self.dataset.get(i)?;
+                let img = match &self.transform {
+                    Some(t) => {
+                        let mut rng =
+                            seeded_rng(mix(self.seed ^ mix(epoch) ^ mix(i as u64).rotate_left(17)));
+                        t.apply(img, &mut rng)?
+                    }
+                    None => img,
+                };
+                Ok((img, label))
+            })
+            .collect::<Result<_>>()?;
+        let shape = samples[0].0.dim();
+        if let Some((img, _)) = samples.iter().find(|(img, _)| img.dim() != shape) {
+            return Err(Error::shape(
+                "data_loader",
+                format!("samples of shapes {shape:?} and {:?} in one batch", img.dim()),
+            ));
+        }
+        let views: Vec<_> =
+            samples.iter().map(|(img, _)| img.view().insert_axis(Axis(0))).collect();
+        let images = ndarray::concatenate(Axis(0), &views)
+            .map_err(|e| Error::shape("data_loader", e.to_string()))?;
+        Ok(Batch { images, labels: samples.iter().map(|s| s.1).collect() })
+    }
+
+    /// All batches of `epoch`, in order.
+    pub fn epoch(&self, epoch: u64) -> impl Iterator<Item = Result<Batch>> + '_ {
+        let order = self.order(epoch);
+        (0..self.batches_per_epoch()).map(move |b| self.batch_from(&order, epoch, b))
+    }
+}
