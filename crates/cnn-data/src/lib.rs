@@ -2,7 +2,8 @@
 //!
 //! So far: the [`Dataset`] trait and [`Subset`], the embedded UCI
 //! [`Digits`] (1797 images of 8×8; E. Alpaydin and C. Kaynak, CC BY 4.0)
-//! with a stratified split, and the [`DataLoader`].
+//! with a stratified split, MNIST-format IDX files ([`IdxDataset`]), CIFAR-10
+//! and CIFAR-100 binaries ([`Cifar`]), and the [`DataLoader`].
 //!
 //! ```
 //! use std::sync::Arc;
@@ -16,10 +17,15 @@
 //! # Ok::<(), cnn_tensor::Error>(())
 //! ```
 
+mod cifar;
 mod dataset;
 mod digits;
+mod files;
+mod idx;
 mod loader;
 
+pub use cifar::Cifar;
 pub use dataset::{Dataset, Subset};
 pub use digits::Digits;
+pub use idx::IdxDataset;
 pub use loader::{Batch, DataLoader};
