@@ -27,7 +27,7 @@ pub(crate) fn parse_records(
     classes: &[usize],
 ) -> Result<(Vec<u8>, Vec<Vec<u16>>)> {
     let record = label_bytes + PIXELS;
-    if bytes.is_empty() || bytes.len() % record != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(record) {
         return Err(format_err(
             path,
             format!("{} bytes is not a whole number of {record}-byte records", bytes.len()),
