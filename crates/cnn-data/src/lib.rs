@@ -23,9 +23,11 @@ mod digits;
 mod files;
 mod idx;
 mod loader;
+mod stats;
 
 pub use cifar::Cifar;
 pub use dataset::{Dataset, Subset};
 pub use digits::Digits;
 pub use idx::IdxDataset;
 pub use loader::{Batch, DataLoader};
+pub use stats::channel_stats;

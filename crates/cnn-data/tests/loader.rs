@@ -77,3 +77,19 @@ fn batches_are_bitwise_equal_on_any_thread_count_and_on_resume() {
     assert_eq!(loader().batch(3, 5).unwrap(), run(2));
     assert!(loader().batch(0, 18).is_err());
 }
+
+#[test]
+fn channel_stats_match_a_two_pass_computation() {
+    let d = Digits::load().unwrap();
+    let (mean, std) = cnn_data::channel_stats(&d).unwrap();
+    let mut all = Vec::new();
+    for i in 0..d.len() {
+        all.extend(d.get(i).unwrap().0.iter().map(|&v| v as f64));
+    }
+    let m = all.iter().sum::<f64>() / all.len() as f64;
+    let s = (all.iter().map(|v| (v - m).powi(2)).sum::<f64>() / all.len() as f64).sqrt();
+    assert!(
+        (mean[0] - m).abs() < 1e-12 && (std[0] - s).abs() < 1e-12,
+        "{mean:?} {std:?} vs {m} {s}"
+    );
+}
