@@ -3,7 +3,8 @@
 //! So far: the [`Dataset`] trait and [`Subset`], the embedded UCI
 //! [`Digits`] (1797 images of 8×8; E. Alpaydin and C. Kaynak, CC BY 4.0)
 //! with a stratified split, MNIST-format IDX files ([`IdxDataset`]), CIFAR-10
-//! and CIFAR-100 binaries ([`Cifar`]), and the [`DataLoader`].
+//! and CIFAR-100 binaries ([`Cifar`]), image folders ([`ImageFolder`]), the
+//! [`DataLoader`], per-channel statistics and an augmentation [`preview_grid`].
 //!
 //! ```
 //! use std::sync::Arc;
@@ -21,13 +22,17 @@ mod cifar;
 mod dataset;
 mod digits;
 mod files;
+mod folder;
 mod idx;
 mod loader;
+mod preview;
 mod stats;
 
 pub use cifar::Cifar;
 pub use dataset::{Dataset, Subset};
 pub use digits::Digits;
+pub use folder::ImageFolder;
 pub use idx::IdxDataset;
 pub use loader::{Batch, DataLoader};
+pub use preview::preview_grid;
 pub use stats::channel_stats;

@@ -1,0 +1,68 @@
+//! Image folders written here and read back; bad folders; the preview grid.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+
+use cnn_augment::{Compose, RandomHorizontalFlip};
+use cnn_data::{preview_grid, Dataset, Digits, ImageFolder};
+use cnn_tensor::Error;
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("cnn-folder-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn write_png(path: &std::path::Path, w: u32, h: u32, rgb: [u8; 3]) {
+    image::RgbImage::from_pixel(w, h, image::Rgb(rgb)).save(path).unwrap();
+}
+
+#[test]
+fn folders_read_back_with_sorted_classes() {
+    let root = dir("ok");
+    for (class, color) in [("zebra", [10, 20, 30]), ("ant", [200, 100, 0])] {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        write_png(&root.join(class).join("b.png"), 4, 4, color);
+        write_png(&root.join(class).join("a.png"), 6, 2, color);
+    }
+    let ds = ImageFolder::new(&root, [4, 4]).unwrap();
+    assert_eq!(ds.classes(), ["ant", "zebra"]);
+    assert_eq!(ds.len(), 4);
+    let (img, class) = ds.get(1).unwrap(); // ant/b.png, already 4x4
+    assert_eq!((img.dim(), class), ((3, 4, 4), 0));
+    assert_eq!(img[[0, 0, 0]], 200.0 / 255.0);
+    let (img, class) = ds.get(2).unwrap(); // zebra/a.png, resized from 2x6
+    assert_eq!((img.dim(), class), ((3, 4, 4), 1));
+    assert!((img[[2, 3, 3]] - 30.0 / 255.0).abs() < 1e-6);
+}
+
+#[test]
+fn bad_folders_are_errors_naming_the_path() {
+    let root = dir("bad");
+    std::fs::create_dir_all(root.join("cat")).unwrap();
+    write_png(&root.join("cat").join("x.png"), 2, 2, [0, 0, 0]);
+    std::fs::write(root.join("cat").join("notes.txt"), "hello").unwrap();
+    let e = ImageFolder::new(&root, [2, 2]).unwrap_err().to_string();
+    assert!(e.contains("notes.txt") && e.contains("not an image file"), "{e}");
+    std::fs::remove_file(root.join("cat").join("notes.txt")).unwrap();
+    std::fs::create_dir_all(root.join("dog")).unwrap();
+    let e = ImageFolder::new(&root, [2, 2]).unwrap_err().to_string();
+    assert!(e.contains("dog") && e.contains("empty class"), "{e}");
+    std::fs::write(root.join("dog").join("broken.png"), b"not a png").unwrap();
+    let ds = ImageFolder::new(&root, [2, 2]).unwrap();
+    assert!(matches!(ds.get(1), Err(Error::Format { .. })));
+    assert!(matches!(ImageFolder::new(&root.join("missing"), [2, 2]), Err(Error::Io { .. })));
+}
+
+#[test]
+fn preview_grid_writes_a_png() {
+    let d = Digits::load().unwrap();
+    let samples: Vec<_> = (0..3).map(|i| d.get(i).unwrap().0).collect();
+    let path = dir("preview").join("grid.png");
+    let pipeline = Compose::new().then(RandomHorizontalFlip::new(0.5).unwrap());
+    preview_grid(&samples, &pipeline, 4, 1, 4, &path).unwrap();
+    let img = image::open(&path).unwrap();
+    assert_eq!((img.width(), img.height()), (5 * (8 * 4 + 2), 3 * (8 * 4 + 2)));
+}
