@@ -131,6 +131,60 @@ pub fn resize<T: Float>(img: ArrayView3<'_, T>, [height, width]: [usize; 2]) -> 
     }))
 }
 
+/// Antialiased weights of output index `o` (PyTorch's `antialias=True` for
+/// bilinear): a triangle filter stretched by the downscale factor, so every
+/// input pixel under the output pixel contributes; `(first input, weights)`.
+fn aa_weights(o: usize, out: usize, len: usize) -> (usize, Vec<f64>) {
+    let scale = len as f64 / out as f64;
+    let support = scale.max(1.0);
+    let inv = if scale >= 1.0 { 1.0 / scale } else { 1.0 };
+    let center = scale * (o as f64 + 0.5);
+    // C++'s int() truncates toward zero.
+    let xmin = ((center - support + 0.5).trunc() as isize).max(0) as usize;
+    let xmax = ((center + support + 0.5).trunc() as usize).min(len);
+    let mut w: Vec<f64> =
+        (xmin..xmax).map(|x| (1.0 - ((x as f64 - center + 0.5) * inv).abs()).max(0.0)).collect();
+    let total: f64 = w.iter().sum();
+    if total > 0.0 {
+        w.iter_mut().for_each(|v| *v /= total);
+    }
+    (xmin, w)
+}
+
+/// Bilinear resize with antialiasing (`F.resize(..., antialias=True)`): when
+/// shrinking, each output averages all the input pixels it covers (a
+/// triangle filter widened by the factor) instead of sampling four, which
+/// avoids aliasing. Separable: rows, then columns.
+///
+/// # Errors
+/// [`Error::Shape`] for an empty image or a zero output size.
+pub fn resize_antialias<T: Float>(
+    img: ArrayView3<'_, T>,
+    [height, width]: [usize; 2],
+) -> Result<Array3<T>> {
+    let (c, h, w) = img.dim();
+    if h == 0 || w == 0 || height == 0 || width == 0 {
+        return Err(Error::shape(
+            "resize",
+            format!("image {:?} and size {:?} must be non-empty", img.dim(), [height, width]),
+        ));
+    }
+    let cols: Vec<_> = (0..width).map(|o| aa_weights(o, width, w)).collect();
+    let rows: Vec<_> = (0..height).map(|o| aa_weights(o, height, h)).collect();
+    let horizontal = Array3::from_shape_fn((c, h, width), |(ch, i, j)| {
+        let (x0, ws) = &cols[j];
+        ws.iter()
+            .enumerate()
+            .fold(T::zero(), |acc, (k, &wt)| acc + img[[ch, i, x0 + k]] * T::of(wt))
+    });
+    Ok(Array3::from_shape_fn((c, height, width), |(ch, i, j)| {
+        let (y0, ws) = &rows[i];
+        ws.iter()
+            .enumerate()
+            .fold(T::zero(), |acc, (k, &wt)| acc + horizontal[[ch, y0 + k, j]] * T::of(wt))
+    }))
+}
+
 /// [`crop`] then [`resize`] (`F.resized_crop`).
 ///
 /// # Errors

@@ -27,7 +27,9 @@ mod geometry;
 mod random;
 
 pub use color::{adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation};
-pub use geometry::{crop, erase, hflip, normalize, pad, resize, resized_crop, vflip, PadMode};
+pub use geometry::{
+    crop, erase, hflip, normalize, pad, resize, resize_antialias, resized_crop, vflip, PadMode,
+};
 pub use random::{
     ColorJitter, Compose, Cutout, RandomCrop, RandomErasing, RandomHorizontalFlip,
     RandomResizedCrop, Transform,

@@ -4,7 +4,8 @@
 #![allow(clippy::unwrap_used)]
 
 use cnn_augment::{
-    adjust_brightness, adjust_hue, crop, erase, hflip, normalize, pad, resize, vflip, PadMode,
+    adjust_brightness, adjust_hue, crop, erase, hflip, normalize, pad, resize, resize_antialias,
+    vflip, PadMode,
 };
 use ndarray::{array, Array3};
 
@@ -56,4 +57,41 @@ fn color_edges_and_errors() {
     assert!(normalize(img.view(), &[0.5; 3], &[1.0, 0.0, 1.0]).is_err());
     assert!(erase(img.view(), 0, 1, 1, 2, 0.0).is_err());
     assert!(resize(img.view(), [0, 3]).is_err());
+}
+
+#[test]
+fn antialiased_downscaling_averages_what_it_covers() {
+    // Halving a row: output 1 is centred on inputs 2-3 with triangle weights 1:3:3:1 over inputs 1-4.
+    let img = row(&[0.0, 8.0, 16.0, 24.0, 32.0, 40.0, 48.0, 56.0]);
+    let out = resize_antialias(img.view(), [1, 4]).unwrap();
+    assert!((out[[0, 0, 1]] - (8.0 + 3.0 * 16.0 + 3.0 * 24.0 + 32.0) / 8.0).abs() < 1e-12, "{out}");
+    // PyTorch 2.15: F.interpolate(arange(63).view(1, 1, 9, 7), size=(4, 3), mode="bilinear", antialias=True).
+    let grid = Array3::from_shape_fn((1, 9, 7), |(_, i, j)| (i * 7 + j) as f64);
+    let torch = [
+        6.657142857142858,
+        8.8,
+        10.942857142857143,
+        20.83275261324042,
+        22.975609756097562,
+        25.118466898954708,
+        36.88153310104531,
+        39.02439024390244,
+        41.16724738675959,
+        51.057142857142864,
+        53.2,
+        55.34285714285715,
+    ];
+    let ours = resize_antialias(grid.view(), [4, 3]).unwrap();
+    assert!(ours.iter().zip(torch).all(|(a, b)| (a - b).abs() < 1e-12), "{ours}");
+    // A constant image stays constant; the same size is the identity; upscaling is plain bilinear.
+    let flat = Array3::from_elem((2, 9, 7), 0.3f64);
+    assert!(resize_antialias(flat.view(), [4, 3])
+        .unwrap()
+        .iter()
+        .all(|&v| (v - 0.3).abs() < 1e-12));
+    let img2 = Array3::from_shape_fn((1, 5, 4), |(_, i, j)| (i * 4 + j) as f64);
+    assert_eq!(resize_antialias(img2.view(), [5, 4]).unwrap(), img2);
+    let up = resize_antialias(img2.view(), [10, 8]).unwrap();
+    let plain = resize(img2.view(), [10, 8]).unwrap();
+    assert!(up.iter().zip(&plain).all(|(a, b)| (a - b).abs() < 1e-12));
 }
