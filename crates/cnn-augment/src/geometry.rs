@@ -200,6 +200,21 @@ pub fn resized_crop<T: Float>(
     resize(crop(img, top, left, height, width)?.view(), size)
 }
 
+/// [`crop`] then [`resize_antialias`]: `F.resized_crop(..., antialias=True)`.
+///
+/// # Errors
+/// As [`crop`] and [`resize_antialias`].
+pub fn resized_crop_antialias<T: Float>(
+    img: ArrayView3<'_, T>,
+    top: isize,
+    left: isize,
+    height: usize,
+    width: usize,
+    size: [usize; 2],
+) -> Result<Array3<T>> {
+    resize_antialias(crop(img, top, left, height, width)?.view(), size)
+}
+
 /// Sets the `height × width` window at `(top, left)` to `value` (`F.erase`).
 ///
 /// # Errors

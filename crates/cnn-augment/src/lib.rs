@@ -28,7 +28,8 @@ mod random;
 
 pub use color::{adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation};
 pub use geometry::{
-    crop, erase, hflip, normalize, pad, resize, resize_antialias, resized_crop, vflip, PadMode,
+    crop, erase, hflip, normalize, pad, resize, resize_antialias, resized_crop,
+    resized_crop_antialias, vflip, PadMode,
 };
 pub use random::{
     ColorJitter, Compose, Cutout, RandomCrop, RandomErasing, RandomHorizontalFlip,

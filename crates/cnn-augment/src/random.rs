@@ -6,7 +6,7 @@ use rand::{Rng, RngCore};
 
 use crate::{
     adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, crop, erase, hflip, pad,
-    resized_crop, PadMode,
+    resized_crop, resized_crop_antialias, PadMode,
 };
 
 /// A transform of one CHW image; random ones draw from `rng`, so a seeded
@@ -121,6 +121,7 @@ pub struct RandomResizedCrop {
     size: [usize; 2],
     scale: (f64, f64),
     ratio: (f64, f64),
+    antialias: bool,
 }
 
 impl RandomResizedCrop {
@@ -146,7 +147,13 @@ impl RandomResizedCrop {
                 format!("bad size {size:?}, scale {scale:?} or ratio {ratio:?}"),
             ));
         }
-        Ok(RandomResizedCrop { size, scale, ratio })
+        Ok(RandomResizedCrop { size, scale, ratio, antialias: false })
+    }
+
+    /// Antialias when the crop is shrunk (torchvision's `antialias=True`); off by default.
+    pub fn with_antialias(mut self, antialias: bool) -> Self {
+        self.antialias = antialias;
+        self
     }
 
     /// The crop `(top, left, height, width)` for an `h × w` image (torchvision's `get_params`).
@@ -185,7 +192,11 @@ impl<T: Float> Transform<T> for RandomResizedCrop {
     fn apply(&self, img: Array3<T>, rng: &mut dyn RngCore) -> Result<Array3<T>> {
         let (_, h, w) = img.dim();
         let (top, left, ch, cw) = self.sample(h, w, rng);
-        resized_crop(img.view(), top as isize, left as isize, ch, cw, self.size)
+        if self.antialias {
+            resized_crop_antialias(img.view(), top as isize, left as isize, ch, cw, self.size)
+        } else {
+            resized_crop(img.view(), top as isize, left as isize, ch, cw, self.size)
+        }
     }
 }
 

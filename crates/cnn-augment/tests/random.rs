@@ -67,4 +67,7 @@ fn random_resized_crop_samples_within_its_bounds() {
     assert!((0.4..0.6).contains(&mean), "mean area {mean}");
     let out = rrc.apply(image(), &mut rng).unwrap();
     assert_eq!(out.dim(), (3, 16, 16));
+    let smooth = rrc.with_antialias(true).apply(image(), &mut rng).unwrap();
+    assert_eq!(smooth.dim(), (3, 16, 16));
+    assert!(smooth.iter().all(|&v| (0.0..=1.0 + 1e-6).contains(&v)));
 }

@@ -140,5 +140,12 @@ proptest! {
         std::fs::write(d.join("train.bin"), &images).unwrap();
         std::fs::write(d.join("test.bin"), &images).unwrap();
         let _ = Cifar::cifar100(&d);
+        let _ = cnn_data::Digits::parse_gz(&images, "random");
+        // An image folder whose one file holds random bytes: listing works, decoding is an Err.
+        let class = d.join("folder").join("c");
+        std::fs::create_dir_all(&class).unwrap();
+        std::fs::write(class.join("x.png"), &images).unwrap();
+        let folder = cnn_data::ImageFolder::new(&d.join("folder"), [4, 4]).unwrap();
+        let _ = folder.get(0);
     }
 }
