@@ -7,16 +7,11 @@ input and parameters given dy, through autograd). Prints median ms and GB/s,
 counting 2 tensors moved forward (x in, y out) and 5 for forward + backward
 (x in, y out, then x, dy in, dx out), as benches/norm_act.rs does.
 """
-import statistics, sys, time
+import sys
 import torch
+from torch_conv import timed  # same timing rule as the conv reference
 
-def timed(fn, reps=20):
-    for _ in range(3):
-        fn()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter(); fn(); ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+REPS = 20
 
 def main():
     threads = int(sys.argv[1]) if len(sys.argv) > 1 else 2
@@ -32,12 +27,12 @@ def main():
     print(f"{'op':16} {'fwd ms':>8} {'fwd GB/s':>9} {'fwd+bwd ms':>11} {'fwd+bwd GB/s':>13}")
     for name, m in mods.items():
         with torch.no_grad():
-            tf = timed(lambda: m(x))
+            tf = timed(lambda: m(x), REPS)
         inputs = [x] + [p for p in m.parameters()]
         def bwd():
             y = m(x)
             return torch.autograd.grad(y, inputs, dy)
-        tfb = timed(bwd)
+        tfb = timed(bwd, REPS)
         print(f"{name:16} {tf*1e3:8.2f} {2*mb/tf:9.1f} {tfb*1e3:11.2f} {5*mb/tfb:13.1f}")
 
 if __name__ == "__main__":
