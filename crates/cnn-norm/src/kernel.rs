@@ -59,6 +59,14 @@ impl AffineAxes {
     fn len(&self) -> usize {
         self.outer * self.features * self.inner
     }
+
+    /// The run of elements from flat index `i` that share one γ, capped at
+    /// `left`: its length and its feature. Loops walk these runs so that
+    /// their inner loops are plain slices that vectorize.
+    #[inline(always)]
+    fn run_at(&self, i: usize, left: usize) -> (usize, usize) {
+        ((self.inner - i % self.inner).min(left), (i / self.inner) % self.features)
+    }
 }
 
 /// γ and β with the view that indexes them.
@@ -264,8 +272,7 @@ fn normalize_segment_body<T: Float>(
     let mut j = 0;
     while j < xs.len() {
         let i = start + j;
-        let n = (af.axes.inner - i % af.axes.inner).min(xs.len() - j);
-        let k = (i / af.axes.inner) % af.axes.features;
+        let (n, k) = af.axes.run_at(i, xs.len() - j);
         let (scale, shift) = (r * af.gamma[k], af.beta[k] - m * r * af.gamma[k]);
         for (y, &x) in ys[j..j + n].iter_mut().zip(&xs[j..j + n]) {
             y.write(x * scale + shift);
@@ -297,10 +304,10 @@ fn group_grad_sums_body<T: Float>(
         while j < axes.inner {
             let i = start + j;
             let (n, gk) = match affine {
-                Some(af) => (
-                    (af.axes.inner - i % af.axes.inner).min(axes.inner - j),
-                    af.gamma[(i / af.axes.inner) % af.axes.features],
-                ),
+                Some(af) => {
+                    let (n, k) = af.axes.run_at(i, axes.inner - j);
+                    (n, af.gamma[k])
+                }
                 None => (axes.inner - j, T::one()),
             };
             let (d, dxm) = sum_and_dot(&dy[i..i + n], &x[i..i + n], m);
@@ -331,10 +338,10 @@ fn dx_segment_body<T: Float>(
     while j < out.len() {
         let i = start + j;
         let (n, gk) = match affine {
-            Some(af) => (
-                (af.axes.inner - i % af.axes.inner).min(out.len() - j),
-                af.gamma[(i / af.axes.inner) % af.axes.features],
-            ),
+            Some(af) => {
+                let (n, k) = af.axes.run_at(i, out.len() - j);
+                (n, af.gamma[k])
+            }
             None => (out.len() - j, T::one()),
         };
         for ((o, &d), &xv) in out[j..j + n].iter_mut().zip(&dy[j..j + n]).zip(&x[j..j + n]) {
@@ -522,10 +529,7 @@ fn run_sums_body<T: Float>(
     while j < x.len() {
         let i = start + j;
         let (n, k) = match affine {
-            Some(af) => (
-                (af.axes.inner - i % af.axes.inner).min(x.len() - j),
-                (i / af.axes.inner) % af.axes.features,
-            ),
+            Some(af) => af.axes.run_at(i, x.len() - j),
             None => (x.len() - j, 0),
         };
         let (d, e) = sum_and_dot(&dy[j..j + n], &x[j..j + n], m);
