@@ -80,4 +80,8 @@ impl<T: Float> Layer<T> for Dropout {
     }
 
     fn visit(&mut self, _prefix: &str, _f: &mut dyn FnMut(&str, &mut Param<T>)) {}
+
+    fn reseed(&mut self, seed: u64) {
+        self.rng = seeded_rng(seed);
+    }
 }

@@ -76,6 +76,21 @@ impl DataLoader {
         self
     }
 
+    /// The dataset the batches are drawn from.
+    pub fn dataset(&self) -> &Arc<dyn Dataset> {
+        &self.dataset
+    }
+
+    /// The batch size.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// The seed that fixes the order and the transforms.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
     /// Number of batches per epoch.
     pub fn batches_per_epoch(&self) -> usize {
         let n = self.dataset.len();
@@ -144,7 +159,13 @@ impl DataLoader {
 
     /// All batches of `epoch`, in order.
     pub fn epoch(&self, epoch: u64) -> impl Iterator<Item = Result<Batch>> + '_ {
+        self.epoch_from(epoch, 0)
+    }
+
+    /// The batches of `epoch` from batch `start` on: where a run that stopped
+    /// mid-epoch resumes (the same batches an unbroken epoch would give).
+    pub fn epoch_from(&self, epoch: u64, start: usize) -> impl Iterator<Item = Result<Batch>> + '_ {
         let order = self.order(epoch);
-        (0..self.batches_per_epoch()).map(move |b| self.batch_from(&order, epoch, b))
+        (start..self.batches_per_epoch()).map(move |b| self.batch_from(&order, epoch, b))
     }
 }

@@ -46,6 +46,14 @@ pub enum Error {
         /// What is wrong with it.
         msg: String,
     },
+    /// Training stopped because the loss stopped being a usable number.
+    #[error("training diverged at step {step}: {msg}")]
+    Diverged {
+        /// The global step (from 0) whose loss tripped the guard.
+        step: u64,
+        /// What was seen, and what to try.
+        msg: String,
+    },
 }
 
 impl Error {

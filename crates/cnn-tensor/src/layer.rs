@@ -73,6 +73,19 @@ pub trait Layer<T: Float = f32>: Send {
         ))
     }
 
+    /// Re-seeds every random layer below this one (dropout masks) from `seed`.
+    ///
+    /// A trainer calls it before each step with a seed drawn from (run seed,
+    /// step), so the masks depend on the step alone and a resumed run draws
+    /// exactly the masks of one that never stopped. The default hands each
+    /// child of [`Layer::children_mut`] its own seed; layers that draw random
+    /// numbers override it.
+    fn reseed(&mut self, seed: u64) {
+        for (i, (_, child)) in self.children_mut().into_iter().enumerate() {
+            child.reseed(crate::random::mix_seed(seed, i as u64));
+        }
+    }
+
     /// Number of trainable scalars.
     fn num_trainable(&mut self) -> usize {
         let mut n = 0;

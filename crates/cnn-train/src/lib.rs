@@ -1,0 +1,49 @@
+//! Training for `cnn` networks: a [`Trainer`] that runs epochs over a
+//! [`cnn_data::DataLoader`] (cross-entropy, the optimizer and its schedule
+//! per iteration, validation in eval mode), shows progress, writes
+//! `metrics.csv`/`metrics.json` and `curves.png`, and checkpoints after every
+//! epoch so that a resumed run is bitwise the run that never stopped;
+//! [`evaluate`] and [`predict`] (with test-time augmentation); a
+//! [`DivergenceGuard`]. One step is two functions, [`compute_gradients`] and
+//! [`apply_gradients`], so a data-parallel trainer can reduce gradients between them.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use cnn_data::{DataLoader, Digits};
+//! use cnn_nn::{Flatten, Sequential};
+//! use cnn_tensor::{random::seeded_rng, Linear, LinearConfig};
+//! use cnn_train::{evaluate, ProgressMode, TrainConfig, Trainer};
+//!
+//! let mut rng = seeded_rng(0);
+//! let mut model = Sequential::new()
+//!     .push(Flatten::new())
+//!     .push(Linear::<f32>::new(LinearConfig::new(64, 10), &mut rng)?);
+//! let (train, test) = Digits::load()?.split(0.2, 0)?;
+//! let train = DataLoader::new(Arc::new(train), 64, 0)?;
+//! let test = DataLoader::new(Arc::new(test), 256, 0)?.with_shuffle(false);
+//! let config = TrainConfig::default().with_epochs(3);
+//! Trainer::new(config).with_progress(ProgressMode::Quiet).fit(&mut model, &train, Some(&test))?;
+//! let report = evaluate(&mut model, &test)?;
+//! assert!(report.accuracy > 0.8, "{}", report.table());
+//! # Ok::<(), cnn_tensor::Error>(())
+//! ```
+
+pub mod checkpoint;
+mod config;
+mod eval;
+mod guard;
+mod history;
+mod plot;
+mod progress;
+mod step;
+mod trainer;
+
+pub use checkpoint::{find_checkpoint, load_checkpoint, save_checkpoint, TrainerState};
+pub use config::{OptimizerKind, ScheduleKind, TrainConfig};
+pub use eval::{evaluate, evaluate_tta, predict, predict_tta, EvalReport, Predictions};
+pub use guard::DivergenceGuard;
+pub use history::{EpochRecord, History};
+pub use plot::{plot_confusion, plot_curves};
+pub use progress::ProgressMode;
+pub use step::{apply_gradients, as_logits, compute_gradients, top_k_correct, StepStats};
+pub use trainer::{EpochCallback, FitReport, Trainer};

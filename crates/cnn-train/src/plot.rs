@@ -1,0 +1,225 @@
+//! Pictures of a run: `curves.png` (loss, accuracy, learning rate by epoch)
+//! and `confusion.png`. Text is drawn with an embedded DejaVu Sans, so the
+//! plots come out the same on a machine without any system font.
+
+use std::path::Path;
+use std::sync::Once;
+
+use cnn_tensor::{write_atomic, Error, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::{register_font, FontStyle};
+
+use crate::History;
+
+const FONT: &str = "sans-serif";
+const TRAIN: RGBColor = RGBColor(31, 119, 180);
+const VAL: RGBColor = RGBColor(255, 127, 14);
+const LR: RGBColor = RGBColor(44, 160, 44);
+
+fn register_fonts() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // DejaVu Sans is a valid font; a failure here would only mean blank text.
+        let _ = register_font(FONT, FontStyle::Normal, dejavu::sans::regular());
+        let _ = register_font(FONT, FontStyle::Bold, dejavu::sans::bold());
+    });
+}
+
+fn draw_err<E: std::fmt::Debug>(path: &Path) -> impl Fn(E) -> Error + '_ {
+    move |e| Error::Format { context: format!("draw {}", path.display()), msg: format!("{e:?}") }
+}
+
+/// Renders `draw` onto a white `width × height` canvas and writes it as a PNG, atomically.
+fn render_png(
+    path: &Path,
+    (width, height): (u32, u32),
+    draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> Result<()>,
+) -> Result<()> {
+    register_fonts();
+    let mut rgb = vec![0u8; width as usize * height as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, (width, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(draw_err(path))?;
+        draw(&root)?;
+        root.present().map_err(draw_err(path))?;
+    }
+    let mut png = Vec::new();
+    image::ImageEncoder::write_image(
+        image::codecs::png::PngEncoder::new(&mut png),
+        &rgb,
+        width,
+        height,
+        image::ExtendedColorType::Rgb8,
+    )
+    .map_err(|e| Error::Format { context: format!("encode {}", path.display()), msg: e.to_string() })?;
+    write_atomic(path, &png)
+}
+
+/// A padded range around `values` (at least a small span, so one value still plots).
+fn span(values: impl Iterator<Item = f64>, floor_at_zero: bool) -> (f64, f64) {
+    let (lo, hi) = values
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    if !lo.is_finite() {
+        return (0.0, 1.0);
+    }
+    let pad = ((hi - lo) * 0.08).max(hi.abs() * 0.05).max(1e-6);
+    let lo = if floor_at_zero { (lo - pad).max(0.0) } else { lo - pad };
+    (lo, hi + pad)
+}
+
+type Series = (&'static str, RGBColor, Vec<(f64, f64)>);
+
+/// One panel: a titled chart of some series by epoch, with a legend.
+fn panel(
+    area: &DrawingArea<BitMapBackend<'_>, Shift>,
+    path: &Path,
+    title: &str,
+    y_desc: &str,
+    epochs: usize,
+    series: &[Series],
+    floor_at_zero: bool,
+) -> Result<()> {
+    let err = draw_err(path);
+    let (y0, y1) = span(series.iter().flat_map(|s| s.2.iter().map(|p| p.1)), floor_at_zero);
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, (FONT, 22).into_font().style(FontStyle::Bold))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0.5f64..(epochs.max(1) as f64 + 0.5), y0..y1)
+        .map_err(&err)?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc(y_desc)
+        .x_labels(epochs.clamp(2, 10))
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| if y.abs() < 1e-2 && *y != 0.0 { format!("{y:.1e}") } else { format!("{y:.3}") })
+        .label_style((FONT, 14))
+        .axis_desc_style((FONT, 16))
+        .light_line_style(RGBColor(235, 235, 235))
+        .draw()
+        .map_err(&err)?;
+    for (name, color, points) in series.iter().filter(|s| !s.2.is_empty()) {
+        let color = *color;
+        chart
+            .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)).point_size(3))
+            .map_err(&err)?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .label_font((FONT, 15))
+        .draw()
+        .map_err(&err)?;
+    Ok(())
+}
+
+/// Draws `curves.png`: loss (train, validation), accuracy in % (train,
+/// validation) and the learning rate, each by epoch, with titles, axis labels
+/// and legends.
+///
+/// # Errors
+/// [`Error::Io`] when the file cannot be written; [`Error::Format`] if drawing fails.
+pub fn plot_curves(history: &History, path: &Path) -> Result<()> {
+    let n = history.epochs.len();
+    let pts = |f: &dyn Fn(&crate::EpochRecord) -> Option<f64>| -> Vec<(f64, f64)> {
+        history.epochs.iter().filter_map(|r| f(r).map(|v| (r.epoch as f64, v))).collect()
+    };
+    let loss = [
+        ("train", TRAIN, pts(&|r| Some(r.train_loss))),
+        ("validation", VAL, pts(&|r| r.val_loss)),
+    ];
+    let acc = [
+        ("train", TRAIN, pts(&|r| Some(100.0 * r.train_accuracy))),
+        ("validation", VAL, pts(&|r| r.val_accuracy.map(|a| 100.0 * a))),
+    ];
+    let lr = [("lr (end of epoch)", LR, pts(&|r| Some(r.lr)))];
+    render_png(path, (1500, 460), |root| {
+        let areas = root.split_evenly((1, 3));
+        panel(&areas[0], path, "Loss", "cross-entropy", n, &loss, true)?;
+        panel(&areas[1], path, "Accuracy", "top-1 accuracy (%)", n, &acc, false)?;
+        panel(&areas[2], path, "Learning rate", "lr", n, &lr, true)
+    })
+}
+
+/// Draws `confusion.png`: true class by row, predicted class by column, each
+/// cell shaded by its share of the row, with counts written in when there
+/// are at most 20 classes.
+///
+/// # Errors
+/// As [`plot_curves`]; [`Error::Config`] for an empty or non-square matrix.
+pub fn plot_confusion(confusion: &[Vec<u64>], classes: &[String], path: &Path) -> Result<()> {
+    let c = confusion.len();
+    if c == 0 || confusion.iter().any(|r| r.len() != c) {
+        return Err(Error::config("plot_confusion", "the matrix must be square and not empty"));
+    }
+    let side = (60 + 36 * c as u32).clamp(420, 1400);
+    render_png(path, (side + 90, side + 60), |root| {
+        let err = draw_err(path);
+        let mut chart = ChartBuilder::on(root)
+            .caption("Confusion matrix (rows: true class)", (FONT, 22).into_font().style(FontStyle::Bold))
+            .margin(14)
+            .x_label_area_size(44)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..c as f64, c as f64..0f64)
+            .map_err(&err)?;
+        let name = |v: &f64| -> String {
+            let i = v.floor() as usize;
+            if (v - v.floor() - 0.5).abs() > 0.01 || i >= c {
+                return String::new();
+            }
+            classes.get(i).cloned().unwrap_or_else(|| i.to_string()).chars().take(10).collect()
+        };
+        let step = c.div_ceil(20);
+        let ticks: Vec<f64> = (0..c).step_by(step).map(|i| i as f64 + 0.5).collect();
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc("predicted class")
+            .y_desc("true class")
+            .x_labels(ticks.len() * 2 + 1)
+            .y_labels(ticks.len() * 2 + 1)
+            .x_label_formatter(&name)
+            .y_label_formatter(&name)
+            .label_style((FONT, 13))
+            .axis_desc_style((FONT, 16))
+            .draw()
+            .map_err(&err)?;
+        let cells = confusion.iter().enumerate().flat_map(|(i, row)| {
+            let total = row.iter().sum::<u64>().max(1) as f64;
+            row.iter().enumerate().map(move |(j, &v)| {
+                let share = v as f64 / total;
+                let shade = (255.0 * (1.0 - share)) as u8;
+                let color = if i == j { RGBColor(shade, shade.saturating_add(20), 255) } else { RGBColor(255, shade, shade) };
+                Rectangle::new([(j as f64, i as f64), (j as f64 + 1.0, i as f64 + 1.0)], color.filled())
+            })
+        });
+        chart.draw_series(cells).map_err(&err)?;
+        if c <= 20 {
+            let size = if c <= 12 { 15 } else { 11 };
+            let texts = confusion.iter().enumerate().flat_map(|(i, row)| {
+                let total = row.iter().sum::<u64>().max(1) as f64;
+                row.iter().enumerate().filter(|(_, &v)| v > 0).map(move |(j, &v)| {
+                    let color = if v as f64 / total > 0.6 { WHITE } else { BLACK };
+                    Text::new(
+                        v.to_string(),
+                        (j as f64 + 0.5, i as f64 + 0.5),
+                        (FONT, size).into_font().color(&color).pos(plotters::style::text_anchor::Pos::new(
+                            plotters::style::text_anchor::HPos::Center,
+                            plotters::style::text_anchor::VPos::Center,
+                        )),
+                    )
+                })
+            });
+            chart.draw_series(texts).map_err(&err)?;
+        }
+        Ok(())
+    })
+}

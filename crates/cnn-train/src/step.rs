@@ -1,0 +1,126 @@
+//! One training step, split at the seam where data-parallel training reduces
+//! gradients: [`compute_gradients`] (forward, loss, backward) and
+//! [`apply_gradients`] (schedule, optimizer).
+
+use cnn_optim::{Optimizer, Schedule};
+use cnn_tensor::{cross_entropy_backward, cross_entropy_forward, ArrayD, Error, Layer, Mode};
+use cnn_tensor::{random::mix_seed, Result};
+use ndarray::{Array2, ArrayView2, Ix2};
+
+/// What one step saw: the batch's mean loss and how many it classified right.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    /// Mean cross-entropy over the batch (with the run's label smoothing).
+    pub loss: f64,
+    /// Samples whose top-1 class was the label.
+    pub correct: usize,
+    /// Samples in the batch.
+    pub count: usize,
+}
+
+/// Views a model's output as `[n, classes]` logits.
+///
+/// # Errors
+/// [`Error::Shape`] when the output is not two-dimensional with one row per sample.
+pub fn as_logits(output: ArrayD<f32>, n: usize) -> Result<Array2<f32>> {
+    let shape = output.shape().to_vec();
+    let logits = output.into_dimensionality::<Ix2>().map_err(|_| {
+        Error::shape("train", format!("the model must output [batch, classes] logits, got {shape:?}"))
+    })?;
+    if logits.nrows() != n {
+        return Err(Error::shape(
+            "train",
+            format!("the model output {} rows for a batch of {n}", logits.nrows()),
+        ));
+    }
+    Ok(logits)
+}
+
+/// Samples whose top-`k` classes hold their label (ties broken toward the lower class).
+pub fn top_k_correct(logits: ArrayView2<'_, f32>, labels: &[usize], k: usize) -> usize {
+    logits
+        .outer_iter()
+        .zip(labels)
+        .filter(|(row, &label)| {
+            let v = row[label];
+            // The label is in the top k when fewer than k classes beat it.
+            let beaten_by =
+                row.iter().enumerate().filter(|&(j, &u)| u > v || (u == v && j < label)).count();
+            beaten_by < k
+        })
+        .count()
+}
+
+/// Forward in train mode, mean cross-entropy, backward: on return every
+/// trainable [`cnn_tensor::Param::grad`] holds dL/dθ for this batch alone
+/// (gradients are zeroed first). Random layers are re-seeded from
+/// `(seed, step)` so that a resumed run draws the same dropout masks.
+///
+/// This is half a step: a data-parallel trainer averages the gradients across
+/// processes here, then calls [`apply_gradients`].
+///
+/// # Shapes
+/// `images: [n, C, H, W]`, `labels: [n]`; the model must output `[n, classes]`.
+///
+/// # Errors
+/// Whatever the model's forward or backward returns; [`Error::Shape`] for an
+/// output that is not `[n, classes]` or a label out of range.
+pub fn compute_gradients(
+    model: &mut dyn Layer<f32>,
+    images: ArrayD<f32>,
+    labels: &[usize],
+    label_smoothing: f64,
+    seed: u64,
+    step: u64,
+) -> Result<StepStats> {
+    let n = labels.len();
+    model.zero_grad();
+    model.reseed(mix_seed(seed, step));
+    let logits = as_logits(model.forward(images, Mode::Train)?, n)?;
+    let loss = cross_entropy_forward(logits.view(), labels, label_smoothing)?;
+    let correct = top_k_correct(logits.view(), labels, 1);
+    let dlogits = cross_entropy_backward(logits.view(), labels, label_smoothing, 1.0)?;
+    model.backward(dlogits.into_dyn())?;
+    Ok(StepStats { loss: f64::from(loss), correct, count: n })
+}
+
+/// Sets the optimizer's lr from `schedule` at iteration `step` and updates
+/// every trainable parameter from its gradient. Returns the lr used.
+///
+/// # Errors
+/// As [`Optimizer::step`].
+pub fn apply_gradients(
+    optimizer: &mut Optimizer<f32>,
+    schedule: &Schedule,
+    model: &mut dyn Layer<f32>,
+    step: u64,
+) -> Result<f64> {
+    optimizer.schedule(schedule, step as usize);
+    optimizer.step(model)?;
+    Ok(optimizer.groups().last().map_or(0.0, |g| g.lr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn top_k_counts_ties_toward_lower_class() {
+        let logits = array![[0.1f32, 0.9, 0.0], [0.5, 0.5, 0.0], [0.2, 0.3, 0.5]];
+        assert_eq!(top_k_correct(logits.view(), &[1, 0, 0], 1), 2);
+        assert_eq!(top_k_correct(logits.view(), &[1, 1, 0], 1), 1);
+        assert_eq!(top_k_correct(logits.view(), &[1, 1, 0], 2), 2);
+        assert_eq!(top_k_correct(logits.view(), &[1, 1, 0], 3), 3);
+    }
+
+    #[test]
+    fn wrong_output_rank_is_an_error() {
+        let e = as_logits(ArrayD::zeros(ndarray::IxDyn(&[2, 3, 4])), 2).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "train: the model must output [batch, classes] logits, got [2, 3, 4]"
+        );
+        assert!(as_logits(ArrayD::zeros(ndarray::IxDyn(&[3, 4])), 2).is_err());
+    }
+}

@@ -1,0 +1,312 @@
+//! The [`Trainer`]: epochs of train-mode steps, eval-mode validation,
+//! progress, metrics, curves and checkpoints.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use cnn_data::DataLoader;
+use cnn_tensor::{Error, Layer, Result};
+
+use crate::checkpoint::{find_checkpoint, load_checkpoint, save_checkpoint, PartialEpoch, TrainerState};
+use crate::step::{apply_gradients, compute_gradients};
+use crate::{evaluate, plot_curves, DivergenceGuard, EpochRecord, History, ProgressMode, TrainConfig};
+
+/// A callback after each epoch; returning `false` stops the run there (its checkpoint is written).
+pub type EpochCallback = Box<dyn FnMut(&EpochRecord) -> bool + Send>;
+
+/// Trains any `Layer<f32>` classifier: Lightning's `Trainer.fit` for this workspace.
+///
+/// Each epoch runs train-mode steps over the training loader (forward,
+/// cross-entropy, backward, the schedule's lr, the optimizer step), then
+/// evaluates on the validation loader in eval mode. With an output directory
+/// it writes, after every epoch, `last/` (model, optimizer, `trainer.json`),
+/// `best/` when validation accuracy improves, `metrics.csv`, `metrics.json`
+/// and `curves.png`. A run resumed from `last/` is bitwise the run that never
+/// stopped.
+///
+/// ```
+/// use std::sync::Arc;
+/// use cnn_data::{DataLoader, Digits};
+/// use cnn_nn::{Flatten, Sequential};
+/// use cnn_tensor::{random::seeded_rng, Linear, LinearConfig};
+/// use cnn_train::{evaluate, ProgressMode, TrainConfig, Trainer};
+///
+/// // A user's own model: any Layer<f32> that maps [n, 1, 8, 8] to [n, 10] logits.
+/// let mut rng = seeded_rng(0);
+/// let mut model = Sequential::new()
+///     .push(Flatten::new())
+///     .push(Linear::<f32>::new(LinearConfig::new(64, 10), &mut rng)?);
+/// let (train, test) = Digits::load()?.split(0.2, 0)?;
+/// let train = DataLoader::new(Arc::new(train), 64, 0)?;
+/// let test = DataLoader::new(Arc::new(test), 256, 0)?.with_shuffle(false);
+///
+/// let config = TrainConfig::default().with_epochs(5).with_lr(0.05);
+/// let report = Trainer::new(config).with_progress(ProgressMode::Quiet).fit(&mut model, &train, Some(&test))?;
+/// assert_eq!(report.history.epochs.len(), 5);
+/// assert!(evaluate(&mut model, &test)?.accuracy > 0.85);
+/// # Ok::<(), cnn_tensor::Error>(())
+/// ```
+pub struct Trainer {
+    config: TrainConfig,
+    out_dir: Option<PathBuf>,
+    resume: bool,
+    progress: ProgressMode,
+    stop: Option<Arc<AtomicBool>>,
+    metadata: serde_json::Value,
+    on_epoch_end: Option<EpochCallback>,
+}
+
+/// What [`Trainer::fit`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FitReport {
+    /// Every epoch of the run, those before a resume included.
+    pub history: History,
+    /// Whether every epoch ran (false when stopped by the stop flag or a callback).
+    pub completed: bool,
+    /// The best validation accuracy.
+    pub best_val_accuracy: Option<f64>,
+    /// Optimizer steps taken, those before a resume included.
+    pub global_step: u64,
+    /// Wall time of this call, in seconds.
+    pub seconds: f64,
+}
+
+impl Trainer {
+    /// A trainer with `config`, progress [`ProgressMode::Auto`], nothing written to disk.
+    pub fn new(config: TrainConfig) -> Self {
+        Trainer {
+            config,
+            out_dir: None,
+            resume: false,
+            progress: ProgressMode::Auto,
+            stop: None,
+            metadata: serde_json::Value::Null,
+            on_epoch_end: None,
+        }
+    }
+
+    /// Writes checkpoints, metrics and curves into `dir` (created if missing).
+    pub fn with_out_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.out_dir = Some(dir.into());
+        self
+    }
+
+    /// Continues the run in the output directory from its `last/` checkpoint
+    /// instead of starting afresh. The model and loaders must be built as
+    /// they were for that run; the config must equal the one it saved
+    /// (read it with [`TrainerState::read`]).
+    pub fn with_resume(mut self, resume: bool) -> Self {
+        self.resume = resume;
+        self
+    }
+
+    /// How to show progress.
+    pub fn with_progress(mut self, progress: ProgressMode) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    /// A flag that, once set (by a Ctrl-C handler, say), makes the run finish
+    /// its current step, write `last/` and return with `completed: false`.
+    pub fn with_stop_flag(mut self, stop: Arc<AtomicBool>) -> Self {
+        self.stop = Some(stop);
+        self
+    }
+
+    /// JSON stored in every checkpoint's `trainer.json` (the CLI keeps the
+    /// data set, architecture and normalization there).
+    pub fn with_metadata(mut self, metadata: serde_json::Value) -> Self {
+        self.metadata = metadata;
+        self
+    }
+
+    /// A callback after each epoch; returning `false` stops the run there.
+    pub fn with_on_epoch_end(mut self, f: impl FnMut(&EpochRecord) -> bool + Send + 'static) -> Self {
+        self.on_epoch_end = Some(Box::new(f));
+        self
+    }
+
+    /// The config.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    fn start_state(
+        &self,
+        model: &mut dyn Layer<f32>,
+        optimizer: &mut cnn_optim::Optimizer<f32>,
+        batches: usize,
+    ) -> Result<TrainerState> {
+        if !self.resume {
+            return Ok(TrainerState::new(self.config.clone(), batches, self.metadata.clone()));
+        }
+        let dir = self
+            .out_dir
+            .as_deref()
+            .ok_or_else(|| Error::config("train", "resume needs the run's output directory"))?;
+        let ckpt = find_checkpoint(dir, "last")?;
+        let state = load_checkpoint(&ckpt, model, optimizer)?;
+        if state.config != self.config {
+            return Err(Error::config(
+                "train",
+                format!(
+                    "{} was trained with another config; resume with the one in its trainer.json",
+                    ckpt.display()
+                ),
+            ));
+        }
+        if state.batches_per_epoch != batches {
+            return Err(Error::config(
+                "train",
+                format!(
+                    "{} ran {} batches per epoch, this loader gives {batches}: same data and batch size needed",
+                    ckpt.display(),
+                    state.batches_per_epoch
+                ),
+            ));
+        }
+        Ok(state)
+    }
+
+    /// Trains `model` on `train`, validating on `val` after each epoch.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a bad config or an empty training set;
+    /// [`Error::Diverged`] when the divergence guard trips (the last
+    /// checkpoint written stays as it was); whatever the loaders, the model or
+    /// the file writes return.
+    pub fn fit(
+        &mut self,
+        model: &mut dyn Layer<f32>,
+        train: &DataLoader,
+        val: Option<&DataLoader>,
+    ) -> Result<FitReport> {
+        let started = Instant::now();
+        self.config.validate()?;
+        let batches = train.batches_per_epoch();
+        if batches == 0 {
+            return Err(Error::config("train", "the training set gives no batch"));
+        }
+        let schedule = self.config.build_schedule(batches)?;
+        let mut optimizer = self.config.build_optimizer()?;
+        let mut state = self.start_state(model, &mut optimizer, batches)?;
+        let config = state.config.clone();
+        let mut guard = DivergenceGuard {
+            initial: state.initial_loss,
+            strikes: state.guard_strikes,
+            ..DivergenceGuard::new(config.divergence_factor, config.divergence_patience)
+        };
+        let out_dir = self.out_dir.clone();
+        let mut progress = crate::progress::Progress::new(self.progress, config.epochs, state.epoch);
+        let mut completed = true;
+        'epochs: while state.epoch < config.epochs {
+            let epoch = state.epoch;
+            progress.start_epoch(epoch, batches, state.batch);
+            let mut lr = schedule.lr(state.global_step as usize, config.lr);
+            let mut clock = Instant::now();
+            for batch in train.epoch_from(epoch as u64, state.batch) {
+                let batch = batch?;
+                let n = batch.labels.len();
+                let step = state.global_step;
+                let stats = compute_gradients(
+                    model,
+                    batch.images.into_dyn(),
+                    &batch.labels,
+                    config.label_smoothing,
+                    config.seed,
+                    step,
+                )?;
+                guard.check(step, stats.loss, schedule.lr(step as usize, config.lr))?;
+                lr = apply_gradients(&mut optimizer, &schedule, model, step)?;
+                state.global_step += 1;
+                state.batch += 1;
+                let p = &mut state.partial;
+                p.loss_sum += stats.loss * n as f64;
+                p.correct += stats.correct;
+                p.seen += n;
+                let secs = p.train_seconds + clock.elapsed().as_secs_f64();
+                progress.batch(
+                    p.loss_sum / p.seen as f64,
+                    p.correct as f64 / p.seen as f64,
+                    p.seen as f64 / secs.max(1e-9),
+                );
+                if self.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+                    state.partial.train_seconds += clock.elapsed().as_secs_f64();
+                    state.initial_loss = guard.initial;
+                    state.guard_strikes = guard.strikes;
+                    if let Some(dir) = &out_dir {
+                        save_checkpoint(dir, "last", model, &optimizer, &state)?;
+                    }
+                    completed = false;
+                    break 'epochs;
+                }
+            }
+            state.partial.train_seconds += clock.elapsed().as_secs_f64();
+            clock = Instant::now();
+            let report = val.map(|v| evaluate(model, v)).transpose()?;
+            let p = std::mem::take(&mut state.partial);
+            let record = EpochRecord {
+                epoch: epoch + 1,
+                train_loss: p.loss_sum / p.seen.max(1) as f64,
+                train_accuracy: p.correct as f64 / p.seen.max(1) as f64,
+                val_loss: report.as_ref().map(|r| r.loss),
+                val_accuracy: report.as_ref().map(|r| r.accuracy),
+                val_top5: report.as_ref().and_then(|r| r.top5),
+                lr,
+                seconds: p.train_seconds + clock.elapsed().as_secs_f64(),
+                images_per_second: p.seen as f64 / p.train_seconds.max(1e-9),
+            };
+            let improved = match (record.val_accuracy, state.best_val_accuracy) {
+                (Some(a), Some(best)) => a > best,
+                (Some(_), None) => true,
+                _ => false,
+            };
+            if improved {
+                state.best_val_accuracy = record.val_accuracy;
+            }
+            state.history.push(record.clone());
+            state.epoch += 1;
+            state.batch = 0;
+            state.partial = PartialEpoch::default();
+            state.initial_loss = guard.initial;
+            state.guard_strikes = guard.strikes;
+            if let Some(dir) = &out_dir {
+                write_epoch(dir, model, &optimizer, &state, improved)?;
+            }
+            progress.end_epoch(&record);
+            if let Some(callback) = &mut self.on_epoch_end {
+                if !callback(&record) && state.epoch < config.epochs {
+                    completed = false;
+                    break;
+                }
+            }
+        }
+        progress.finish();
+        Ok(FitReport {
+            history: History { epochs: state.history },
+            completed,
+            best_val_accuracy: state.best_val_accuracy,
+            global_step: state.global_step,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// What every finished epoch leaves in the run directory.
+fn write_epoch(
+    dir: &Path,
+    model: &mut dyn Layer<f32>,
+    optimizer: &cnn_optim::Optimizer<f32>,
+    state: &TrainerState,
+    improved: bool,
+) -> Result<()> {
+    save_checkpoint(dir, "last", model, optimizer, state)?;
+    if improved {
+        save_checkpoint(dir, "best", model, optimizer, state)?;
+    }
+    let history = History { epochs: state.history.clone() };
+    history.write(dir)?;
+    plot_curves(&history, &dir.join("curves.png"))
+}
