@@ -7,7 +7,7 @@
 //! [`resize`] and [`resized_crop`] (bilinear, `align_corners = false`); and
 //! random transforms drawing from the caller's generator: [`RandomHorizontalFlip`],
 //! [`RandomCrop`], [`RandomResizedCrop`], [`ColorJitter`], [`RandomErasing`],
-//! [`Cutout`], chained by [`Compose`].
+//! [`Cutout`], chained by [`Compose`] with [`Normalize`] and [`GrayToRgb`].
 //!
 //! ```
 //! use cnn_augment::{adjust_hue, hflip, normalize};
@@ -32,6 +32,6 @@ pub use geometry::{
     resized_crop_antialias, vflip, PadMode,
 };
 pub use random::{
-    ColorJitter, Compose, Cutout, RandomCrop, RandomErasing, RandomHorizontalFlip,
-    RandomResizedCrop, Transform,
+    ColorJitter, Compose, Cutout, GrayToRgb, Normalize, RandomCrop, RandomErasing,
+    RandomHorizontalFlip, RandomResizedCrop, Transform,
 };

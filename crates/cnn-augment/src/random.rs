@@ -5,7 +5,7 @@ use ndarray::Array3;
 use rand::{Rng, RngCore};
 
 use crate::{
-    adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, crop, erase, hflip, pad,
+    adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, crop, erase, hflip, normalize, pad,
     resized_crop, resized_crop_antialias, PadMode,
 };
 
@@ -331,5 +331,48 @@ impl<T: Float> Transform<T> for Cutout {
             return Ok(img);
         }
         erase(img.view(), y0, x0, y1 - y0, x1 - x0, 0.0)
+    }
+}
+
+/// Per-channel `(img − mean[c]) / std[c]` as a pipeline step (`transforms.Normalize`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Normalize {
+    mean: Vec<f64>,
+    std: Vec<f64>,
+}
+
+impl Normalize {
+    /// # Errors
+    /// [`Error::Config`] for lengths that differ, no channel, or a standard
+    /// deviation that is not positive and finite.
+    pub fn new(mean: Vec<f64>, std: Vec<f64>) -> Result<Self> {
+        if mean.is_empty() || mean.len() != std.len() || std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(Error::config(
+                "normalize",
+                format!("mean and std need one entry per channel and std > 0, got {mean:?} and {std:?}"),
+            ));
+        }
+        Ok(Normalize { mean, std })
+    }
+}
+
+impl<T: Float> Transform<T> for Normalize {
+    fn apply(&self, img: Array3<T>, _rng: &mut dyn RngCore) -> Result<Array3<T>> {
+        normalize(img.view(), &self.mean, &self.std)
+    }
+}
+
+/// Repeats a one-channel image into three (a gray image for a network built
+/// for RGB, as `x.repeat(3, 1, 1)`); other images pass unchanged.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GrayToRgb;
+
+impl<T: Float> Transform<T> for GrayToRgb {
+    fn apply(&self, img: Array3<T>, _rng: &mut dyn RngCore) -> Result<Array3<T>> {
+        if img.dim().0 != 1 {
+            return Ok(img);
+        }
+        let views = [img.view(), img.view(), img.view()];
+        ndarray::concatenate(ndarray::Axis(0), &views).map_err(|e| Error::shape("gray_to_rgb", e.to_string()))
     }
 }

@@ -3,12 +3,10 @@
 use std::io::Read;
 use std::sync::Arc;
 
-use cnn_tensor::random::seeded_rng;
 use cnn_tensor::{Error, Result};
 use ndarray::Array3;
-use rand::seq::SliceRandom;
 
-use crate::{Dataset, Subset};
+use crate::{stratified_split, Dataset, Subset};
 
 /// The gzipped CSV: 64 pixel values 0–16 and the label on each line.
 /// E. Alpaydin and C. Kaynak, UCI Machine Learning Repository, CC BY 4.0.
@@ -76,26 +74,7 @@ impl Digits {
     /// # Errors
     /// [`Error::Config`] for a fraction outside [0, 1].
     pub fn split(self, test_fraction: f64, seed: u64) -> Result<(Subset, Subset)> {
-        if !(0.0..=1.0).contains(&test_fraction) {
-            return Err(Error::config(
-                "split",
-                format!("test_fraction must be in [0, 1], got {test_fraction}"),
-            ));
-        }
-        let mut rng = seeded_rng(seed);
-        let (mut train, mut test) = (Vec::new(), Vec::new());
-        for class in 0..self.classes.len() {
-            let mut idx: Vec<usize> =
-                (0..self.labels.len()).filter(|&i| self.labels[i] == class).collect();
-            idx.shuffle(&mut rng);
-            let n_test = (idx.len() as f64 * test_fraction).round() as usize;
-            test.extend_from_slice(&idx[..n_test]);
-            train.extend_from_slice(&idx[n_test..]);
-        }
-        train.sort_unstable();
-        test.sort_unstable();
-        let all: Arc<dyn Dataset> = Arc::new(self);
-        Ok((Subset::new(all.clone(), train)?, Subset::new(all, test)?))
+        stratified_split(Arc::new(self), test_fraction, seed)
     }
 }
 
@@ -116,5 +95,10 @@ impl Dataset for Digits {
     }
     fn classes(&self) -> &[String] {
         &self.classes
+    }
+    fn label(&self, index: usize) -> Result<usize> {
+        self.labels.get(index).copied().ok_or_else(|| {
+            Error::config("digits", format!("index {index} out of range for {} samples", self.labels.len()))
+        })
     }
 }

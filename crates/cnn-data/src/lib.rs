@@ -29,7 +29,7 @@ mod preview;
 mod stats;
 
 pub use cifar::Cifar;
-pub use dataset::{Dataset, Subset};
+pub use dataset::{stratified_split, Dataset, Subset};
 pub use digits::Digits;
 pub use folder::ImageFolder;
 pub use idx::IdxDataset;

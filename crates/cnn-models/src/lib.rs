@@ -3,7 +3,8 @@
 //! So far: the CIFAR ResNets of He et al. (2016, §4.2), `cifar_resnet(depth)`
 //! for depth 6n + 2 (20, 32, 44, 56, 110), and their plain twins (the same
 //! layers without skip connections) for the degradation experiment; and
-//! torchvision's `resnet18/34/50/101/152`, `alexnet`, and `vgg(11 | 13 | 16 | 19, batch_norm)`.
+//! torchvision's `resnet18/34/50/101/152`, `alexnet`, and `vgg(11 | 13 | 16 | 19, batch_norm)`;
+//! and [`small_cnn`], the default network of `cnn train`, fit to the image size.
 //!
 //! ```
 //! use cnn_models::cifar_resnet;
@@ -18,8 +19,10 @@
 //! ```
 
 mod classic;
+mod small;
 
 pub use classic::{alexnet, vgg};
+pub use small::{small_cnn, small_cnn_pools, SMALL_CNN_WIDTHS};
 
 use cnn_act::Act;
 use cnn_conv::{Conv2dConfig, GlobalAvgPool2d, MaxPool2d, Pool2dOptions};
