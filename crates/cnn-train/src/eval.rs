@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use cnn_augment::Transform;
 use cnn_data::DataLoader;
 use cnn_tensor::random::{mix_seed, seeded_rng};
-use cnn_tensor::{softmax, ArrayD, Error, Layer, Mode, Result};
+use cnn_tensor::{cross_entropy_forward, softmax, ArrayD, Error, Layer, Mode, Result};
 use ndarray::{Array2, Array4, Axis};
 use serde::{Deserialize, Serialize};
 
@@ -64,22 +64,22 @@ impl Tally {
         Tally { loss_sum: 0.0, top1: 0, top5: 0, confusion: vec![vec![0; classes]; classes], count: 0 }
     }
 
-    /// Adds a batch of probabilities `[n, classes]` (rows summing to 1).
-    fn add(&mut self, probs: &Array2<f32>, labels: &[usize]) -> Result<()> {
+    /// Adds a batch of probabilities `[n, classes]` (rows summing to 1) and,
+    /// when the logits gave it exactly, the batch's summed loss (else it is
+    /// taken from the probabilities).
+    fn add(&mut self, probs: &Array2<f32>, labels: &[usize], loss_sum: Option<f64>) -> Result<()> {
         let classes = self.confusion.len();
-        if probs.ncols() != classes {
-            return Err(Error::shape(
-                "evaluate",
-                format!("the model outputs {} classes, the dataset has {classes}", probs.ncols()),
-            ));
-        }
+        check_classes(probs.ncols(), classes)?;
         for (row, &label) in probs.outer_iter().zip(labels) {
             if label >= classes {
                 return Err(Error::shape("evaluate", format!("label {label} is not a class of {classes}")));
             }
-            self.loss_sum -= f64::from(row[label].max(f32::MIN_POSITIVE)).ln();
+            if loss_sum.is_none() {
+                self.loss_sum -= f64::from(row[label].max(f32::MIN_POSITIVE)).ln();
+            }
             self.confusion[label][argmax(row.iter().copied())] += 1;
         }
+        self.loss_sum += loss_sum.unwrap_or(0.0);
         self.top1 += top_k_correct(probs.view(), labels, 1);
         self.top5 += top_k_correct(probs.view(), labels, 5);
         self.count += labels.len();
@@ -107,6 +107,16 @@ impl Tally {
             classes,
         })
     }
+}
+
+fn check_classes(model: usize, data: usize) -> Result<()> {
+    if model != data {
+        return Err(Error::shape(
+            "evaluate",
+            format!("the model outputs {model} classes, the dataset has {data}"),
+        ));
+    }
+    Ok(())
 }
 
 fn argmax(values: impl Iterator<Item = f32>) -> usize {
@@ -141,8 +151,12 @@ pub fn evaluate(model: &mut dyn Layer<f32>, loader: &DataLoader) -> Result<EvalR
     let mut tally = Tally::new(classes.len());
     for batch in loader.epoch(0) {
         let batch = batch?;
-        let probs = probabilities(model, batch.images.into_dyn())?;
-        tally.add(&probs, &batch.labels)?;
+        let n = batch.labels.len();
+        let logits = as_logits(model.forward(batch.images.into_dyn(), Mode::Eval)?, n)?;
+        check_classes(logits.ncols(), classes.len())?;
+        // From the log-softmax, so a confident mistake costs its full loss.
+        let loss = f64::from(cross_entropy_forward(logits.view(), &batch.labels, 0.0)?) * n as f64;
+        tally.add(&softmax(logits.view()), &batch.labels, Some(loss))?;
     }
     tally.report(classes)
 }
@@ -185,7 +199,7 @@ pub fn evaluate_tta(
             sum += &probabilities(model, view.images.into_dyn())?;
         }
         sum /= views as f32;
-        tally.add(&sum, &batch.labels)?;
+        tally.add(&sum, &batch.labels, None)?;
     }
     tally.report(classes)
 }

@@ -69,6 +69,15 @@ fn span(values: impl Iterator<Item = f64>, floor_at_zero: bool) -> (f64, f64) {
     (lo, hi + pad)
 }
 
+/// A tick label with as many decimals as the axis span needs (`0.05`, `97.5`, `2e-4`).
+fn tick_label(y: f64, span: f64) -> String {
+    if y != 0.0 && y.abs() < 1e-3 {
+        return format!("{y:.0e}");
+    }
+    let decimals = (2.0 - span.max(1e-12).log10().floor()).clamp(0.0, 4.0) as usize;
+    format!("{y:.decimals$}")
+}
+
 type Series = (&'static str, RGBColor, Vec<(f64, f64)>);
 
 /// One panel: a titled chart of some series by epoch, with a legend.
@@ -80,6 +89,7 @@ fn panel(
     epochs: usize,
     series: &[Series],
     floor_at_zero: bool,
+    legend_at: SeriesLabelPosition,
 ) -> Result<()> {
     let err = draw_err(path);
     let (y0, y1) = span(series.iter().flat_map(|s| s.2.iter().map(|p| p.1)), floor_at_zero);
@@ -96,7 +106,7 @@ fn panel(
         .y_desc(y_desc)
         .x_labels(epochs.clamp(2, 10))
         .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| if y.abs() < 1e-2 && *y != 0.0 { format!("{y:.1e}") } else { format!("{y:.3}") })
+        .y_label_formatter(&|y| tick_label(*y, y1 - y0))
         .label_style((FONT, 14))
         .axis_desc_style((FONT, 16))
         .light_line_style(RGBColor(235, 235, 235))
@@ -112,7 +122,7 @@ fn panel(
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(legend_at)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.4))
         .label_font((FONT, 15))
@@ -143,9 +153,10 @@ pub fn plot_curves(history: &History, path: &Path) -> Result<()> {
     let lr = [("lr (end of epoch)", LR, pts(&|r| Some(r.lr)))];
     render_png(path, (1500, 460), |root| {
         let areas = root.split_evenly((1, 3));
-        panel(&areas[0], path, "Loss", "cross-entropy", n, &loss, true)?;
-        panel(&areas[1], path, "Accuracy", "top-1 accuracy (%)", n, &acc, false)?;
-        panel(&areas[2], path, "Learning rate", "lr", n, &lr, true)
+        panel(&areas[0], path, "Loss", "cross-entropy", n, &loss, true, SeriesLabelPosition::UpperRight)?;
+        let acc_at = SeriesLabelPosition::LowerRight;
+        panel(&areas[1], path, "Accuracy", "top-1 accuracy (%)", n, &acc, false, acc_at)?;
+        panel(&areas[2], path, "Learning rate", "lr", n, &lr, true, SeriesLabelPosition::UpperRight)
     })
 }
 

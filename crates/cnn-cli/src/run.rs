@@ -1,0 +1,166 @@
+//! What a run directory records about its data and network (in every
+//! checkpoint's `trainer.json`, under `metadata`), and how `train` and `eval`
+//! rebuild the same loaders and network from it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cnn_data::{DataLoader, Dataset};
+use cnn_tensor::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::arch::{self, Built};
+use crate::data::{self, DataSpec, SplitOptions, Splits};
+use crate::pipeline::{parse_augment, pipeline};
+
+/// The run's data, network and normalization: enough to rebuild its loaders and model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunInfo {
+    /// The `--data` spec.
+    pub data: String,
+    /// The `--arch` name.
+    pub arch: String,
+    /// Class names.
+    pub classes: Vec<String>,
+    /// `[c, h, w]` of the data set's images.
+    pub image: [usize; 3],
+    /// Per-channel mean of the training split (normalization).
+    pub mean: Vec<f64>,
+    /// Per-channel standard deviation of the training split.
+    pub std: Vec<f64>,
+    /// Training batch size.
+    pub batch_size: usize,
+    /// The `--augment` spec.
+    pub augment: String,
+    /// The `--val-fraction`.
+    pub val_fraction: f64,
+    /// The `--val-dir`.
+    pub val_dir: Option<PathBuf>,
+    /// The `--image-size` (folder data).
+    pub image_size: usize,
+    /// Seed of the model's init and of the loader (order, augmentation).
+    pub seed: u64,
+}
+
+impl RunInfo {
+    /// The data spec.
+    ///
+    /// # Errors
+    /// [`Error::Format`] if the stored spec does not parse.
+    pub fn data_spec(&self) -> Result<DataSpec> {
+        self.data.parse().map_err(|msg| Error::Format { context: "trainer.json metadata".into(), msg })
+    }
+
+    /// The split options the run used.
+    pub fn split_options(&self) -> SplitOptions {
+        SplitOptions {
+            val_fraction: self.val_fraction,
+            val_dir: self.val_dir.clone(),
+            image_size: self.image_size,
+            split_seed: 0,
+        }
+    }
+
+    /// Reads the metadata of a checkpoint's trainer state.
+    ///
+    /// # Errors
+    /// [`Error::Format`] naming the file when it is not a `cnn train` run's.
+    pub fn from_metadata(value: &serde_json::Value, dir: &Path) -> Result<RunInfo> {
+        serde_json::from_value(value.clone()).map_err(|e| Error::Format {
+            context: dir.join(cnn_train::checkpoint::TRAINER_FILE).display().to_string(),
+            msg: format!("no `cnn train` metadata ({e})"),
+        })
+    }
+
+    /// The network, initialized from the run's seed.
+    ///
+    /// # Errors
+    /// As [`arch::build`].
+    pub fn build_model(&self) -> Result<Built> {
+        arch::build(&self.arch, self.image, self.classes.len(), self.seed)
+    }
+
+    /// Loads the splits and checks that they have the run's classes and image shape.
+    ///
+    /// # Errors
+    /// As [`data::load`]; [`Error::Config`] when the data does not fit the run.
+    pub fn load_splits(&self, spec: &DataSpec) -> Result<Splits> {
+        let splits = data::load(spec, &self.split_options())?;
+        let (classes, image) = (splits.classes(), splits.image_shape()?);
+        if classes.len() != self.classes.len() || image != self.image {
+            return Err(Error::config(
+                "data",
+                format!(
+                    "{spec} has {} classes of {image:?} images; the run was trained on {} classes of {:?}",
+                    classes.len(),
+                    self.classes.len(),
+                    self.image
+                ),
+            ));
+        }
+        Ok(splits)
+    }
+
+    /// The training loader: shuffled, augmented, normalized.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a bad augmentation spec or batch size.
+    pub fn train_loader(&self, train: Arc<dyn Dataset>, rgb: bool) -> Result<DataLoader> {
+        let augs = parse_augment(&self.augment, &self.data_spec()?)?;
+        Ok(DataLoader::new(train, self.batch_size, self.seed)?
+            .with_transform(pipeline(&augs, self.image, &self.mean, &self.std, rgb)?))
+    }
+
+    /// An evaluation loader: in order, normalized, not augmented.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a zero batch size.
+    pub fn eval_loader(&self, dataset: Arc<dyn Dataset>, batch_size: usize, rgb: bool) -> Result<DataLoader> {
+        Ok(DataLoader::new(dataset, batch_size, self.seed)?
+            .with_shuffle(false)
+            .with_transform(pipeline(&[], self.image, &self.mean, &self.std, rgb)?))
+    }
+
+    /// The training pipeline over `dataset` in order: the random views of test-time augmentation.
+    ///
+    /// # Errors
+    /// As [`RunInfo::train_loader`].
+    pub fn tta_loader(&self, dataset: Arc<dyn Dataset>, batch_size: usize, rgb: bool) -> Result<DataLoader> {
+        let augs = parse_augment(&self.augment, &self.data_spec()?)?;
+        Ok(DataLoader::new(dataset, batch_size, self.seed)?
+            .with_shuffle(false)
+            .with_transform(pipeline(&augs, self.image, &self.mean, &self.std, rgb)?))
+    }
+}
+
+/// `runs/<UTC yyyymmdd-hhmmss>`, with `-2`, `-3`, … when that exists already.
+pub fn default_run_dir() -> PathBuf {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let stamp = format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    );
+    let base = Path::new("runs").join(&stamp);
+    let mut dir = base.clone();
+    let mut k = 2;
+    while dir.exists() {
+        dir = Path::new("runs").join(format!("{stamp}-{k}"));
+        k += 1;
+    }
+    dir
+}

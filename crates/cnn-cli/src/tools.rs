@@ -1,0 +1,147 @@
+//! `cnn summary`, `cnn augment-preview` and `cnn stats`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use cnn_data::{channel_stats, preview_grid};
+use cnn_tensor::{Error, Result};
+
+use crate::arch::{self, ARCH_HELP};
+use crate::data;
+use crate::pipeline::{augmentations, parse_augment};
+use crate::DataArgs;
+
+/// Arguments of `cnn summary`.
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  cnn summary                         # the default network for the digits
+  cnn summary --arch resnet20
+  cnn summary --arch resnet18 --input 3x224x224 --classes 1000")]
+pub struct SummaryArgs {
+    /// The network.
+    #[arg(long, default_value = "small", long_help = format!("The network: {ARCH_HELP}"))]
+    arch: String,
+    /// Input as CxHxW [default: 1x8x8 for small, 3x32x32 for CIFAR ResNets, else 3x224x224].
+    #[arg(long, value_parser = parse_input)]
+    input: Option<[usize; 3]>,
+    /// Number of classes [default: 10, or 1000 for ImageNet networks].
+    #[arg(long)]
+    classes: Option<usize>,
+}
+
+fn parse_input(s: &str) -> std::result::Result<[usize; 3], String> {
+    let dims: Vec<usize> = s
+        .split(['x', '×'])
+        .map(|d| d.trim().parse::<usize>().ok().filter(|&v| v > 0))
+        .collect::<Option<_>>()
+        .ok_or_else(|| format!("expected CxHxW with positive sizes, like 3x32x32, got {s:?}"))?;
+    dims.try_into().map_err(|_| format!("expected three sizes CxHxW, like 3x32x32, got {s:?}"))
+}
+
+/// Runs `cnn summary`.
+///
+/// # Errors
+/// An unknown architecture, or an input the network cannot take.
+pub fn summary(args: SummaryArgs) -> Result<ExitCode> {
+    let input = args.input.unwrap_or_else(|| arch::default_input(&args.arch));
+    let classes = args.classes.unwrap_or(if input[1] >= 224 { 1000 } else { 10 });
+    let mut built = arch::build(&args.arch, input, classes, 0)?;
+    if built.rgb && input[0] != 3 {
+        return Err(Error::config("summary", format!("{} takes 3 input channels, got {}", args.arch, input[0])));
+    }
+    let (_, table) = cnn_nn::summary(&mut *built.model, &[1, input[0], input[1], input[2]])?;
+    print!("{table}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Arguments of `cnn augment-preview`.
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  cnn augment-preview --out preview.png                       # digits, the default augmentation
+  cnn augment-preview --data cifar10:~/data/cifar-10-batches-bin --augment crop,flip,jitter,cutout --out p.png")]
+pub struct PreviewArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// none, default or a comma list of flip, crop, jitter, cutout.
+    #[arg(long, default_value = "default")]
+    augment: String,
+    /// The PNG to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Rows: samples, one per class in turn.
+    #[arg(long, default_value_t = 8)]
+    samples: usize,
+    /// Random draws per sample (after the original).
+    #[arg(long, default_value_t = 8)]
+    draws: usize,
+    /// Seed of the draws.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+/// Runs `cnn augment-preview`.
+///
+/// # Errors
+/// Unreadable data, a bad augmentation spec, a failed write.
+pub fn preview(args: PreviewArgs) -> Result<ExitCode> {
+    let spec = &args.data.data;
+    let augs = parse_augment(&args.augment, spec)?;
+    let splits = data::load(spec, &args.data.split_options())?;
+    let image = splits.image_shape()?;
+    let classes = splits.classes().len().max(1);
+    // The first sample of each class in turn, so the rows show the classes.
+    let mut picked = Vec::new();
+    let mut next_class = 0;
+    for i in 0..splits.train.len() {
+        if picked.len() == args.samples {
+            break;
+        }
+        let (img, label) = splits.train.get(i)?;
+        if label == next_class % classes {
+            picked.push(img);
+            next_class += 1;
+        }
+    }
+    let pipe = augmentations(&augs, image)?;
+    let scale = (96 / image[1].max(image[2])).clamp(1, 12);
+    preview_grid(&picked, &pipe, args.draws, args.seed, scale, &args.out)?;
+    println!(
+        "wrote {} ({} samples of {spec}, the original then {} draws of {})",
+        args.out.display(),
+        picked.len(),
+        args.draws,
+        if augs.is_empty() { "no augmentation".to_string() } else { format!("{augs:?}").to_lowercase() }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Arguments of `cnn stats`.
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  cnn stats
+  cnn stats --data cifar10:~/data/cifar-10-batches-bin")]
+pub struct StatsArgs {
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+/// Runs `cnn stats`.
+///
+/// # Errors
+/// Unreadable data.
+pub fn stats(args: StatsArgs) -> Result<ExitCode> {
+    let spec = &args.data.data;
+    let splits = data::load(spec, &args.data.split_options())?;
+    let (mean, std) = channel_stats(&*splits.train)?;
+    let fmt = |v: &[f64]| v.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(", ");
+    println!(
+        "{spec}: {} training images of {}, {} classes: mean [{}] std [{}]",
+        splits.train.len(),
+        splits.image_shape()?.map(|v| v.to_string()).join("×"),
+        splits.classes().len(),
+        fmt(&mean),
+        fmt(&std)
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,290 @@
+//! `cnn train`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::{Args, ValueEnum};
+use cnn_data::channel_stats;
+use cnn_tensor::{Error, Result};
+use cnn_train::{evaluate, find_checkpoint, OptimizerKind, ProgressMode, ScheduleKind, TrainConfig, Trainer, TrainerState};
+
+use crate::arch::ARCH_HELP;
+use crate::data::{self, DataSpec};
+use crate::pipeline::parse_augment;
+use crate::run::{default_run_dir, RunInfo};
+use crate::DataArgs;
+
+/// `--optimizer`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Opt {
+    Sgd,
+    Adam,
+    Adamw,
+}
+
+/// `--schedule`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Sched {
+    Constant,
+    Step,
+    Cosine,
+    WarmupCosine,
+    OneCycle,
+}
+
+const RESUME_CONFLICTS: [&str; 18] = [
+    "data",
+    "val_fraction",
+    "val_dir",
+    "image_size",
+    "arch",
+    "epochs",
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "optimizer",
+    "schedule",
+    "label_smoothing",
+    "augment",
+    "seed",
+    "out",
+    "no_nesterov",
+    "warmup_epochs",
+];
+
+/// Arguments of `cnn train`; every one has a default, so `cnn train` alone
+/// trains the default network on the embedded digits.
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  cnn train                                        # digits, the default recipe, about 99% in seconds
+  cnn train --epochs 3 --data mnist:~/data/mnist   # MNIST IDX files (train-images-idx3-ubyte, ...)
+  cnn train --data cifar10:~/data/cifar-10-batches-bin --arch resnet20 --epochs 30 --batch-size 128
+  cnn train --data folder:~/photos --image-size 64 --val-fraction 0.2 --augment crop,flip,jitter
+  cnn train --resume runs/20261127-101500          # continue a stopped run exactly
+
+The run directory (--out, default runs/<time>) gets last/ and best/ checkpoints
+(model.safetensors, optimizer.safetensors, trainer.json), metrics.csv,
+metrics.json and curves.png. Ctrl-C finishes the step, writes last/ and stops.")]
+pub struct TrainArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// The network.
+    #[arg(long, default_value = "small", long_help = format!("The network: {ARCH_HELP}"))]
+    arch: String,
+    /// Passes over the training set [default: 15 for digits, 10 for MNIST, 30 otherwise].
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Images per step.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Learning rate (the peak for one-cycle) [default: 0.1].
+    #[arg(long, allow_negative_numbers = true)]
+    lr: Option<f64>,
+    /// SGD momentum [default: 0.9].
+    #[arg(long, allow_negative_numbers = true)]
+    momentum: Option<f64>,
+    /// Plain momentum instead of Nesterov's (SGD).
+    #[arg(long)]
+    no_nesterov: bool,
+    /// Weight decay [default: 5e-4].
+    #[arg(long, allow_negative_numbers = true)]
+    weight_decay: Option<f64>,
+    /// The optimizer.
+    #[arg(long, value_enum, default_value = "sgd")]
+    optimizer: Opt,
+    /// The learning-rate schedule, stepped every iteration.
+    #[arg(long, value_enum, default_value = "one-cycle")]
+    schedule: Sched,
+    /// Warmup epochs of warmup-cosine [default: 1].
+    #[arg(long)]
+    warmup_epochs: Option<f64>,
+    /// Cross-entropy label smoothing in [0, 1].
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    label_smoothing: f64,
+    /// none, default (digits and MNIST: crop; others: crop,flip) or a comma list of flip, crop, jitter, cutout.
+    #[arg(long, default_value = "default")]
+    augment: String,
+    /// Seed of the initialization, the data order and the augmentation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The run directory [default: runs/<UTC time>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in this directory from its last checkpoint, exactly as if it had never stopped.
+    #[arg(long, conflicts_with_all = RESUME_CONFLICTS)]
+    resume: Option<PathBuf>,
+    /// Print only the final line.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+impl TrainArgs {
+    fn config(&self) -> TrainConfig {
+        let d = TrainConfig::default();
+        TrainConfig {
+            epochs: self.epochs.unwrap_or(match self.data.data {
+                DataSpec::Digits => 15,
+                DataSpec::Mnist(_) => 10,
+                _ => d.epochs,
+            }),
+            lr: self.lr.unwrap_or(d.lr),
+            optimizer: match self.optimizer {
+                Opt::Sgd => OptimizerKind::Sgd,
+                Opt::Adam => OptimizerKind::Adam,
+                Opt::Adamw => OptimizerKind::AdamW,
+            },
+            momentum: self.momentum.unwrap_or(d.momentum),
+            nesterov: !self.no_nesterov,
+            weight_decay: self.weight_decay.unwrap_or(d.weight_decay),
+            schedule: match self.schedule {
+                Sched::Constant => ScheduleKind::Constant,
+                Sched::Step => ScheduleKind::Step,
+                Sched::Cosine => ScheduleKind::Cosine,
+                Sched::WarmupCosine => ScheduleKind::WarmupCosine,
+                Sched::OneCycle => ScheduleKind::OneCycle,
+            },
+            warmup_epochs: self.warmup_epochs.unwrap_or(d.warmup_epochs),
+            label_smoothing: self.label_smoothing,
+            seed: self.seed,
+            ..d
+        }
+    }
+}
+
+/// A fresh run: its info (data statistics included), config and directory.
+fn fresh(args: &TrainArgs) -> Result<(RunInfo, TrainConfig, PathBuf)> {
+    let config = args.config();
+    config.validate()?;
+    if args.batch_size == 0 {
+        return Err(Error::config("train", "--batch-size must be at least 1"));
+    }
+    let spec = args.data.data.clone();
+    parse_augment(&args.augment, &spec)?;
+    let splits = data::load(&spec, &args.data.split_options())?;
+    let (mean, std) = channel_stats(&*splits.train)?;
+    // A constant channel would divide by zero: leave its scale alone.
+    let std = std.into_iter().map(|s| if s > 1e-12 { s } else { 1.0 }).collect();
+    let info = RunInfo {
+        data: spec.to_string(),
+        arch: args.arch.clone(),
+        classes: splits.classes(),
+        image: splits.image_shape()?,
+        mean,
+        std,
+        batch_size: args.batch_size,
+        augment: args.augment.clone(),
+        val_fraction: args.data.val_fraction,
+        val_dir: args.data.val_dir.clone(),
+        image_size: args.data.image_size,
+        seed: args.seed,
+    };
+    let out = args.out.clone().unwrap_or_else(default_run_dir);
+    if out.join("last").exists() || out.join(".last.old").exists() {
+        return Err(Error::config(
+            "train",
+            format!("{} already holds a run: continue it with --resume {0}, or pick another --out", out.display()),
+        ));
+    }
+    Ok((info, config, out))
+}
+
+/// Runs `cnn train`.
+///
+/// # Errors
+/// Bad settings, unreadable data, a diverged run, failed writes.
+pub fn run(args: TrainArgs, started: Instant) -> Result<ExitCode> {
+    let (info, config, out, resuming) = match &args.resume {
+        Some(dir) => {
+            let state = TrainerState::read(&find_checkpoint(dir, "last")?)?;
+            let info = RunInfo::from_metadata(&state.metadata, dir)?;
+            (info, state.config, dir.clone(), true)
+        }
+        None => {
+            let (info, config, out) = fresh(&args)?;
+            (info, config, out, false)
+        }
+    };
+    let spec = info.data_spec()?;
+    let splits = info.load_splits(&spec)?;
+    let mut built = info.build_model()?;
+    let train = info.train_loader(splits.train.clone(), built.rgb)?;
+    let val = info.eval_loader(splits.val.clone(), 256, built.rgb)?;
+    let test = info.eval_loader(splits.test.clone(), 256, built.rgb)?;
+    let say = |line: String| {
+        if !args.quiet {
+            println!("{line}");
+        }
+    };
+    let (params, _) = cnn_nn::count_params(&mut *built.model);
+    say(format!(
+        "{} {} ({params} parameters) on {spec}: {} training images of {}, {} for validation ({}), {} classes; run directory {}",
+        if resuming { "resuming" } else { "training" },
+        info.arch,
+        splits.train.len(),
+        info.image.map(|v| v.to_string()).join("×"),
+        splits.val.len(),
+        splits.val_source,
+        info.classes.len(),
+        out.display()
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    // A second Ctrl-C leaves at once.
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this step; Ctrl-C again to quit without a checkpoint");
+    });
+    let metadata = serde_json::to_value(&info)
+        .map_err(|e| Error::Format { context: "run metadata".into(), msg: e.to_string() })?;
+    let mut trainer = Trainer::new(config)
+        .with_out_dir(&out)
+        .with_resume(resuming)
+        .with_progress(if args.quiet { ProgressMode::Quiet } else { ProgressMode::Auto })
+        .with_stop_flag(stop)
+        .with_metadata(metadata);
+    let report = match trainer.fit(&mut *built.model, &train, Some(&val)) {
+        Err(Error::Diverged { step, msg }) => {
+            let last = find_checkpoint(&out, "last").map_or_else(
+                |_| "no epoch had finished, so there is no checkpoint".to_string(),
+                |d| format!("the last good checkpoint is {}", d.display()),
+            );
+            return Err(Error::Diverged { step, msg: format!("{msg}; {last}") });
+        }
+        other => other?,
+    };
+    if !report.completed {
+        let s = TrainerState::read(&find_checkpoint(&out, "last")?)?;
+        println!(
+            "interrupted at step {} (epoch {}, batch {}); checkpoint written to {}. Resume with: cnn train --resume {}",
+            s.global_step,
+            s.epoch + 1,
+            s.batch,
+            out.join("last").display(),
+            out.display()
+        );
+        return Ok(ExitCode::from(130));
+    }
+    let result = evaluate(&mut *built.model, &test)?;
+    cnn_tensor::write_atomic(
+        &out.join("test.json"),
+        &serde_json::to_vec_pretty(&result)
+            .map_err(|e| Error::Format { context: "test.json".into(), msg: e.to_string() })?,
+    )?;
+    say(format!(
+        "run saved in {}: last/ and best/ checkpoints, metrics.csv, metrics.json, curves.png, test.json",
+        out.display()
+    ));
+    println!(
+        "test accuracy {:.2}% (loss {:.4}) in {:.1} s",
+        100.0 * result.accuracy,
+        result.loss,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
