@@ -67,7 +67,7 @@ pub struct TrainConfig {
     /// The divergence guard trips when the loss exceeds this multiple of the
     /// first step's loss ... Default 4.
     pub divergence_factor: f64,
-    /// ... for this many steps in a row (a non-finite loss trips it at once). Default 20.
+    /// ... for this many steps in a row (a non-finite loss trips it at once). Default 3.
     pub divergence_patience: usize,
 }
 
@@ -86,7 +86,7 @@ impl Default for TrainConfig {
             label_smoothing: 0.0,
             seed: 0,
             divergence_factor: 4.0,
-            divergence_patience: 20,
+            divergence_patience: 3,
         }
     }
 }
