@@ -196,6 +196,16 @@ impl TrainConfig {
     /// needs 2 steps; warmup must end before the run does).
     pub fn build_schedule(&self, steps_per_epoch: usize) -> Result<Schedule> {
         let total = steps_per_epoch * self.epochs;
+        if total < 2 && self.schedule != ScheduleKind::Constant {
+            return Err(Error::config(
+                "train",
+                format!(
+                    "the {:?} schedule needs at least 2 steps, this run has {total} ({} epochs of {steps_per_epoch} batches): \
+                     raise the epochs, lower the batch size, or use the constant schedule",
+                    self.schedule, self.epochs
+                ),
+            ));
+        }
         let schedule = match self.schedule {
             ScheduleKind::Constant => Schedule::Constant,
             ScheduleKind::Step => Schedule::Step { step_size: total.div_ceil(3).max(1), gamma: 0.1 },
