@@ -2,7 +2,7 @@
 //! written by hand and checked against PyTorch.
 //!
 //! This facade re-exports the workspace's crates under short names
-//! ([`tensor`], [`init`], [`conv`], [`norm`], [`act`], [`nn`], [`models`], [`optim`], [`augment`], [`data`]) and gathers the everyday items in
+//! ([`tensor`], [`init`], [`conv`], [`norm`], [`act`], [`nn`], [`models`], [`optim`], [`augment`], [`data`], [`train`]) and gathers the everyday items in
 //! [`prelude`]. Depend on a single crate (`cnn-conv`, `cnn-tensor`, …)
 //! instead when that is all you need.
 //!
@@ -31,6 +31,7 @@ pub use cnn_nn as nn;
 pub use cnn_norm as norm;
 pub use cnn_optim as optim;
 pub use cnn_tensor as tensor;
+pub use cnn_train as train;
 
 /// The items most programs use, for `use cnn::prelude::*`.
 pub mod prelude {
@@ -45,4 +46,6 @@ pub mod prelude {
     pub use cnn_tensor::gradcheck::{check_layer, GradCheckConfig};
     pub use cnn_tensor::random::seeded_rng;
     pub use cnn_tensor::{ArrayD, Error, Float, Layer, Linear, LinearConfig, Mode, Param, Result};
+    pub use cnn_data::{DataLoader, Dataset, Digits};
+    pub use cnn_train::{evaluate, predict, ProgressMode, TrainConfig, Trainer};
 }
