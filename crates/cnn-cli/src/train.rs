@@ -75,7 +75,7 @@ pub struct TrainArgs {
     /// The network.
     #[arg(long, default_value = "small", long_help = format!("The network: {ARCH_HELP}"))]
     arch: String,
-    /// Passes over the training set [default: 15 for digits, 10 for MNIST, 30 otherwise].
+    /// Passes over the training set [default: 12 for digits, 10 for MNIST, 30 otherwise].
     #[arg(long)]
     epochs: Option<usize>,
     /// Images per step.
@@ -127,7 +127,7 @@ impl TrainArgs {
         let d = TrainConfig::default();
         TrainConfig {
             epochs: self.epochs.unwrap_or(match self.data.data {
-                DataSpec::Digits => 15,
+                DataSpec::Digits => 12,
                 DataSpec::Mnist(_) => 10,
                 _ => d.epochs,
             }),
