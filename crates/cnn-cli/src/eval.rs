@@ -77,7 +77,7 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     };
     let png = args.out.unwrap_or_else(|| args.run.join("confusion.png"));
     plot_confusion(&report.confusion, &report.classes, &png)?;
-    println!("{} after epoch {}, on {spec}'s test split", dir.display(), state.epoch);
+    println!("{} after epoch {}, on the test split of {spec}", dir.display(), state.epoch);
     print!("{}", report.table());
     if let Some(top5) = report.top5 {
         println!("top-5 accuracy {:.2}%", 100.0 * top5);

@@ -41,8 +41,10 @@ impl DivergenceGuard {
                 return Err(Error::Diverged {
                     step,
                     msg: format!(
-                        "the loss has been above {}× its initial {initial:.4} for {} steps (now {loss:.4}, lr {lr:.3e}); {advice}",
-                        self.factor, self.strikes
+                        "the loss has been above {}× its initial {initial:.4} for {} steps (now {}, lr {lr:.3e}); {advice}",
+                        self.factor,
+                        self.strikes,
+                        if loss < 1e5 { format!("{loss:.4}") } else { format!("{loss:.3e}") }
                     ),
                 });
             }
