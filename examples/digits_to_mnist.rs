@@ -23,18 +23,29 @@ fn idx(dims: &[usize], body: Vec<u8>) -> Vec<u8> {
     out
 }
 
-fn write_split(dir: &Path, prefix: &str, data: &dyn Dataset, copies: usize, seed: u64) -> Result<usize> {
+fn write_split(
+    dir: &Path,
+    prefix: &str,
+    data: &dyn Dataset,
+    copies: usize,
+    seed: u64,
+) -> Result<usize> {
     let mut rng = seeded_rng(seed);
     let (mut pixels, mut labels) = (Vec::new(), Vec::new());
     for i in 0..data.len() {
         let (img, label) = data.get(i)?;
         let big = cnn::augment::resize(img.view(), [20, 20])?;
         for _ in 0..copies {
-            let (dy, dx) = if copies == 1 { (4, 4) } else { (rng.random_range(1..=7), rng.random_range(1..=7)) };
+            let (dy, dx) = if copies == 1 {
+                (4, 4)
+            } else {
+                (rng.random_range(1..=7), rng.random_range(1..=7))
+            };
             let mut frame = [0u8; 784];
             for y in 0..20 {
                 for x in 0..20 {
-                    frame[(y + dy) * 28 + x + dx] = (big[[0, y, x]].clamp(0.0, 1.0) * 255.0).round() as u8;
+                    frame[(y + dy) * 28 + x + dx] =
+                        (big[[0, y, x]].clamp(0.0, 1.0) * 255.0).round() as u8;
                 }
             }
             pixels.extend(frame);
@@ -51,10 +62,13 @@ fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let dir = PathBuf::from(args.next().unwrap_or_else(|| "digits-mnist".into()));
     let copies: usize = match args.next() {
-        Some(c) => c.parse().map_err(|_| Error::config("digits_to_mnist", format!("copies must be a number, got {c:?}")))?,
+        Some(c) => c.parse().map_err(|_| {
+            Error::config("digits_to_mnist", format!("copies must be a number, got {c:?}"))
+        })?,
         None => 8,
     };
-    std::fs::create_dir_all(&dir).map_err(|e| Error::Io { context: format!("create {}", dir.display()), source: e })?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::Io { context: format!("create {}", dir.display()), source: e })?;
     let (train, test) = Digits::load()?.split(0.2, 0)?;
     let n_train = write_split(&dir, "train", &train, copies.max(1), 1)?;
     let n_test = write_split(&dir, "t10k", &test, 1, 2)?;

@@ -13,7 +13,10 @@ fn main() -> Result<()> {
     let rng = &mut seeded_rng(0);
     let block = |c_in, c_out, rng: &mut _| -> Result<Sequential<f32>> {
         Ok(Sequential::new()
-            .push(Conv2d::new(Conv2dConfig::new(c_in, c_out, 3).with_padding(1).with_bias(false), rng)?)
+            .push(Conv2d::new(
+                Conv2dConfig::new(c_in, c_out, 3).with_padding(1).with_bias(false),
+                rng,
+            )?)
             .push(BatchNorm::new_2d(BatchNormConfig::new(c_out))?)
             .push(Act::relu()))
     };
@@ -28,7 +31,8 @@ fn main() -> Result<()> {
     // Data: the stratified 80/20 split, a random crop for training, normalization for both.
     let (train, test) = Digits::load()?.split(0.2, 0)?;
     let norm = || Normalize::new(vec![0.3057], vec![0.3762]);
-    let augment = Compose::new().then(RandomCrop::new([8, 8], 1, PadMode::Constant(0.0))?).then(norm()?);
+    let augment =
+        Compose::new().then(RandomCrop::new([8, 8], 1, PadMode::Constant(0.0))?).then(norm()?);
     let train = DataLoader::new(Arc::new(train), 64, 0)?.with_transform(Arc::new(augment));
     let test = DataLoader::new(Arc::new(test), 256, 0)?
         .with_shuffle(false)
@@ -36,7 +40,8 @@ fn main() -> Result<()> {
 
     // Ten lines of training: the config, the trainer, the result.
     let config = TrainConfig::default().with_epochs(15).with_lr(0.1);
-    let report = Trainer::new(config).with_out_dir("runs/example").fit(&mut model, &train, Some(&test))?;
+    let report =
+        Trainer::new(config).with_out_dir("runs/example").fit(&mut model, &train, Some(&test))?;
     let result = evaluate(&mut model, &test)?;
     print!("{}", result.table());
     println!(

@@ -39,6 +39,7 @@ pub mod prelude {
     pub use cnn_conv::{
         AvgPool2d, Conv2d, Conv2dConfig, Conv2dOptions, GlobalAvgPool2d, MaxPool2d, Pool2dOptions,
     };
+    pub use cnn_data::{DataLoader, Dataset, Digits};
     pub use cnn_init::{FanMode, Nonlinearity};
     pub use cnn_nn::{count_params, freeze, unfreeze, BasicBlock, Flatten, Sequential};
     pub use cnn_norm::{BatchNorm, BatchNormConfig, GroupNorm, InstanceNorm2d, LayerNorm};
@@ -46,6 +47,5 @@ pub mod prelude {
     pub use cnn_tensor::gradcheck::{check_layer, GradCheckConfig};
     pub use cnn_tensor::random::seeded_rng;
     pub use cnn_tensor::{ArrayD, Error, Float, Layer, Linear, LinearConfig, Mode, Param, Result};
-    pub use cnn_data::{DataLoader, Dataset, Digits};
     pub use cnn_train::{evaluate, predict, ProgressMode, TrainConfig, Trainer};
 }

@@ -5,8 +5,8 @@ use ndarray::Array3;
 use rand::{Rng, RngCore};
 
 use crate::{
-    adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, crop, erase, hflip, normalize, pad,
-    resized_crop, resized_crop_antialias, PadMode,
+    adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, crop, erase, hflip,
+    normalize, pad, resized_crop, resized_crop_antialias, PadMode,
 };
 
 /// A transform of one CHW image; random ones draw from `rng`, so a seeded
@@ -346,10 +346,15 @@ impl Normalize {
     /// [`Error::Config`] for lengths that differ, no channel, or a standard
     /// deviation that is not positive and finite.
     pub fn new(mean: Vec<f64>, std: Vec<f64>) -> Result<Self> {
-        if mean.is_empty() || mean.len() != std.len() || std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+        if mean.is_empty()
+            || mean.len() != std.len()
+            || std.iter().any(|s| !(s.is_finite() && *s > 0.0))
+        {
             return Err(Error::config(
                 "normalize",
-                format!("mean and std need one entry per channel and std > 0, got {mean:?} and {std:?}"),
+                format!(
+                    "mean and std need one entry per channel and std > 0, got {mean:?} and {std:?}"
+                ),
             ));
         }
         Ok(Normalize { mean, std })
@@ -373,6 +378,7 @@ impl<T: Float> Transform<T> for GrayToRgb {
             return Ok(img);
         }
         let views = [img.view(), img.view(), img.view()];
-        ndarray::concatenate(ndarray::Axis(0), &views).map_err(|e| Error::shape("gray_to_rgb", e.to_string()))
+        ndarray::concatenate(ndarray::Axis(0), &views)
+            .map_err(|e| Error::shape("gray_to_rgb", e.to_string()))
     }
 }

@@ -1,6 +1,8 @@
 //! `--arch` names and the networks they build.
 
-use cnn_models::{alexnet, cifar_resnet, resnet101, resnet152, resnet18, resnet34, resnet50, small_cnn, vgg};
+use cnn_models::{
+    alexnet, cifar_resnet, resnet101, resnet152, resnet18, resnet34, resnet50, small_cnn, vgg,
+};
 use cnn_tensor::random::seeded_rng;
 use cnn_tensor::{Error, Layer, Result};
 
@@ -29,7 +31,10 @@ pub fn build(arch: &str, image: [usize; 3], classes: usize, seed: u64) -> Result
     let rng = &mut seeded_rng(seed);
     let boxed = |m: cnn_nn::Sequential<f32>| -> Box<dyn Layer<f32>> { Box::new(m) };
     if arch == "small" {
-        return Ok(Built { model: boxed(small_cnn(image[0], [image[1], image[2]], classes, rng)?), rgb: false });
+        return Ok(Built {
+            model: boxed(small_cnn(image[0], [image[1], image[2]], classes, rng)?),
+            rgb: false,
+        });
     }
     let model = if let Some(depth) = arch.strip_prefix("resnet") {
         let depth: usize = depth.parse().map_err(|_| unknown(arch))?;
@@ -78,7 +83,10 @@ mod tests {
             assert!(build(bad, [1, 8, 8], 10, 0).is_err(), "{bad}");
         }
         let e = build("lenet", [1, 8, 8], 10, 0).err().unwrap().to_string();
-        assert!(e.starts_with("arch: invalid setting: unknown architecture \"lenet\"; expected small"), "{e}");
+        assert!(
+            e.starts_with("arch: invalid setting: unknown architecture \"lenet\"; expected small"),
+            "{e}"
+        );
         assert_eq!(default_input("resnet56"), [3, 32, 32]);
         assert_eq!(default_input("resnet50"), [3, 224, 224]);
     }

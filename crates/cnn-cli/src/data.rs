@@ -153,7 +153,11 @@ pub fn load(spec: &DataSpec, opts: &SplitOptions) -> Result<Splits> {
                 if val.classes() != all.classes() {
                     return Err(Error::Format {
                         context: val_dir.display().to_string(),
-                        msg: format!("classes {:?}, the training folder has {:?}", val.classes(), all.classes()),
+                        msg: format!(
+                            "classes {:?}, the training folder has {:?}",
+                            val.classes(),
+                            all.classes()
+                        ),
                     });
                 }
                 return finish(all, val.clone(), val, "the validation directory");

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use cnn_augment::{
-    ColorJitter, Compose, Cutout, GrayToRgb, Normalize, PadMode, RandomCrop, RandomHorizontalFlip, Transform,
+    ColorJitter, Compose, Cutout, GrayToRgb, Normalize, PadMode, RandomCrop, RandomHorizontalFlip,
+    Transform,
 };
 use cnn_tensor::{Error, Result};
 

@@ -50,7 +50,9 @@ impl RunInfo {
     /// # Errors
     /// [`Error::Format`] if the stored spec does not parse.
     pub fn data_spec(&self) -> Result<DataSpec> {
-        self.data.parse().map_err(|msg| Error::Format { context: "trainer.json metadata".into(), msg })
+        self.data
+            .parse()
+            .map_err(|msg| Error::Format { context: "trainer.json metadata".into(), msg })
     }
 
     /// The split options the run used.
@@ -117,7 +119,12 @@ impl RunInfo {
     ///
     /// # Errors
     /// [`Error::Config`] for a zero batch size.
-    pub fn eval_loader(&self, dataset: Arc<dyn Dataset>, batch_size: usize, rgb: bool) -> Result<DataLoader> {
+    pub fn eval_loader(
+        &self,
+        dataset: Arc<dyn Dataset>,
+        batch_size: usize,
+        rgb: bool,
+    ) -> Result<DataLoader> {
         Ok(DataLoader::new(dataset, batch_size, self.seed)?
             .with_shuffle(false)
             .with_transform(pipeline(&[], self.image, &self.mean, &self.std, rgb)?))
@@ -127,7 +134,12 @@ impl RunInfo {
     ///
     /// # Errors
     /// As [`RunInfo::train_loader`].
-    pub fn tta_loader(&self, dataset: Arc<dyn Dataset>, batch_size: usize, rgb: bool) -> Result<DataLoader> {
+    pub fn tta_loader(
+        &self,
+        dataset: Arc<dyn Dataset>,
+        batch_size: usize,
+        rgb: bool,
+    ) -> Result<DataLoader> {
         let augs = parse_augment(&self.augment, &self.data_spec()?)?;
         Ok(DataLoader::new(dataset, batch_size, self.seed)?
             .with_shuffle(false)
@@ -149,12 +161,8 @@ pub fn default_run_dir() -> PathBuf {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    let stamp = format!(
-        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    );
+    let stamp =
+        format!("{year:04}{month:02}{day:02}-{:02}{:02}{:02}", rem / 3600, rem / 60 % 60, rem % 60);
     let base = Path::new("runs").join(&stamp);
     let mut dir = base.clone();
     let mut k = 2;

@@ -48,7 +48,10 @@ pub fn summary(args: SummaryArgs) -> Result<ExitCode> {
     let classes = args.classes.unwrap_or(if input[1] >= 224 { 1000 } else { 10 });
     let mut built = arch::build(&args.arch, input, classes, 0)?;
     if built.rgb && input[0] != 3 {
-        return Err(Error::config("summary", format!("{} takes 3 input channels, got {}", args.arch, input[0])));
+        return Err(Error::config(
+            "summary",
+            format!("{} takes 3 input channels, got {}", args.arch, input[0]),
+        ));
     }
     let (_, table) = cnn_nn::summary(&mut *built.model, &[1, input[0], input[1], input[2]])?;
     print!("{table}");
@@ -111,7 +114,11 @@ pub fn preview(args: PreviewArgs) -> Result<ExitCode> {
         args.out.display(),
         picked.len(),
         args.draws,
-        if augs.is_empty() { "no augmentation".to_string() } else { format!("{augs:?}").to_lowercase() }
+        if augs.is_empty() {
+            "no augmentation".to_string()
+        } else {
+            format!("{augs:?}").to_lowercase()
+        }
     );
     Ok(ExitCode::SUCCESS)
 }

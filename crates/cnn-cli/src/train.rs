@@ -9,7 +9,10 @@ use std::time::Instant;
 use clap::{Args, ValueEnum};
 use cnn_data::channel_stats;
 use cnn_tensor::{Error, Result};
-use cnn_train::{evaluate, find_checkpoint, OptimizerKind, ProgressMode, ScheduleKind, TrainConfig, Trainer, TrainerState};
+use cnn_train::{
+    evaluate, find_checkpoint, OptimizerKind, ProgressMode, ScheduleKind, TrainConfig, Trainer,
+    TrainerState,
+};
 
 use crate::arch::ARCH_HELP;
 use crate::data::{self, DataSpec};
@@ -186,7 +189,10 @@ fn fresh(args: &TrainArgs) -> Result<(RunInfo, TrainConfig, PathBuf)> {
     if out.join("last").exists() || out.join(".last.old").exists() {
         return Err(Error::config(
             "train",
-            format!("{} already holds a run: continue it with --resume {0}, or pick another --out", out.display()),
+            format!(
+                "{} already holds a run: continue it with --resume {0}, or pick another --out",
+                out.display()
+            ),
         ));
     }
     Ok((info, config, out))

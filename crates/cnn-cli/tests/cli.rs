@@ -1,5 +1,7 @@
 //! The `cnn` binary end to end: what it prints, what it writes, how it fails.
 
+#![allow(clippy::unwrap_used)] // test helpers unwrap like the tests themselves
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -28,7 +30,9 @@ fn last_line(o: &Output) -> String {
 
 /// `test accuracy NN.NN% (loss L) …` → NN.NN as printed.
 fn printed_accuracy(line: &str) -> &str {
-    let rest = line.strip_prefix("test accuracy ").unwrap_or_else(|| panic!("not a result line: {line:?}"));
+    let rest = line
+        .strip_prefix("test accuracy ")
+        .unwrap_or_else(|| panic!("not a result line: {line:?}"));
     &rest[..rest.find('%').unwrap()]
 }
 
@@ -56,7 +60,8 @@ fn train_writes_every_promised_file_and_eval_agrees() {
     let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "{csv}");
     assert!(csv.starts_with("epoch,train_loss,train_accuracy,val_loss,val_accuracy"));
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("metrics.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(json["epochs"].as_array().unwrap().len(), 2);
     assert_png_not_blank(&run.join("curves.png"));
     for dir in ["last", "best"] {
@@ -73,7 +78,10 @@ fn train_writes_every_promised_file_and_eval_agrees() {
     assert!(stdout(&e).contains("top-5 accuracy"));
     assert_png_not_blank(&run.join("confusion.png"));
 
-    let t = cnn(&["eval", "--run", run.to_str().unwrap(), "--tta", "4", "--checkpoint", "best"], tmp.path());
+    let t = cnn(
+        &["eval", "--run", run.to_str().unwrap(), "--tta", "4", "--checkpoint", "best"],
+        tmp.path(),
+    );
     assert!(t.status.success(), "{}", stderr(&t));
     assert!(last_line(&t).ends_with("on 359 images, 4 views averaged"), "{}", last_line(&t));
 
@@ -105,7 +113,15 @@ fn metrics_without_timings(run: &Path) -> Vec<String> {
 fn ctrl_c_checkpoints_and_resume_equals_the_unbroken_run() {
     let tmp = tempfile::tempdir().unwrap();
     let (whole, broken) = (tmp.path().join("whole"), tmp.path().join("broken"));
-    let args = |out: &PathBuf| vec!["train".to_string(), "--epochs".into(), "8".into(), "--out".into(), out.display().to_string()];
+    let args = |out: &PathBuf| {
+        vec![
+            "train".to_string(),
+            "--epochs".into(),
+            "8".into(),
+            "--out".into(),
+            out.display().to_string(),
+        ]
+    };
     let whole_out = cnn(&args(&whole).iter().map(String::as_str).collect::<Vec<_>>(), tmp.path());
     assert!(whole_out.status.success(), "{}", stderr(&whole_out));
 
@@ -126,13 +142,19 @@ fn ctrl_c_checkpoints_and_resume_equals_the_unbroken_run() {
     assert_eq!(o.status.code(), Some(130), "{}{}", stdout(&o), stderr(&o));
     let line = last_line(&o);
     assert!(line.starts_with("interrupted at step "), "{line}");
-    assert!(line.ends_with(&format!("Resume with: cnn train --resume {}", broken.display())), "{line}");
+    assert!(
+        line.ends_with(&format!("Resume with: cnn train --resume {}", broken.display())),
+        "{line}"
+    );
 
     let r = cnn(&["train", "--resume", broken.to_str().unwrap()], tmp.path());
     assert!(r.status.success(), "{}", stderr(&r));
     assert!(stdout(&r).starts_with("resuming small"), "{}", stdout(&r));
     assert_eq!(printed_accuracy(&last_line(&r)), printed_accuracy(&last_line(&whole_out)));
-    assert_eq!(tensors(&broken.join("last/model.safetensors")), tensors(&whole.join("last/model.safetensors")));
+    assert_eq!(
+        tensors(&broken.join("last/model.safetensors")),
+        tensors(&whole.join("last/model.safetensors"))
+    );
     assert_eq!(
         tensors(&broken.join("last/optimizer.safetensors")),
         tensors(&whole.join("last/optimizer.safetensors"))
@@ -143,7 +165,10 @@ fn ctrl_c_checkpoints_and_resume_equals_the_unbroken_run() {
 #[test]
 fn divergence_stops_with_advice() {
     let tmp = tempfile::tempdir().unwrap();
-    let o = cnn(&["train", "--lr", "1e4", "--schedule", "constant", "--epochs", "2", "--out", "d"], tmp.path());
+    let o = cnn(
+        &["train", "--lr", "1e4", "--schedule", "constant", "--epochs", "2", "--out", "d"],
+        tmp.path(),
+    );
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
     assert!(err.starts_with("error: training diverged at step "), "{err}");
@@ -184,7 +209,11 @@ fn bad_input_is_one_clear_line() {
     let c10 = cwd.join("c10");
     std::fs::create_dir(&c10).unwrap();
     std::fs::write(c10.join("data_batch_1.bin"), vec![1u8; 3073 * 2 + 100]).unwrap();
-    fails_with(&["train", "--data", &format!("cifar10:{}", c10.display())], cwd, "data_batch_1.bin");
+    fails_with(
+        &["train", "--data", &format!("cifar10:{}", c10.display())],
+        cwd,
+        "data_batch_1.bin",
+    );
 }
 
 /// MNIST-format files of `n` 28×28 images: class `k` is a bright square in the `k`-th of 4 places.
@@ -218,7 +247,20 @@ fn mnist_cifar_and_folder_data_train_end_to_end() {
     std::fs::create_dir(&mnist).unwrap();
     write_idx(&mnist, "train", 256);
     write_idx(&mnist, "t10k", 64);
-    let o = cnn(&["train", "--data", &format!("mnist:{}", mnist.display()), "--epochs", "5", "--batch-size", "32", "--out", "m"], tmp.path());
+    let o = cnn(
+        &[
+            "train",
+            "--data",
+            &format!("mnist:{}", mnist.display()),
+            "--epochs",
+            "5",
+            "--batch-size",
+            "32",
+            "--out",
+            "m",
+        ],
+        tmp.path(),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let acc: f64 = printed_accuracy(&last_line(&o)).parse().unwrap();
     assert!(acc >= 90.0, "four placed squares: {}", last_line(&o));
@@ -229,7 +271,10 @@ fn mnist_cifar_and_folder_data_train_end_to_end() {
     let record = |label: u8, i: usize| {
         let mut r = vec![label];
         for c in 0..3 {
-            r.extend(std::iter::repeat_n(if c == label as usize % 3 { 220 } else { (i % 40) as u8 }, 1024));
+            r.extend(std::iter::repeat_n(
+                if c == label as usize % 3 { 220 } else { (i % 40) as u8 },
+                1024,
+            ));
         }
         r
     };
@@ -239,7 +284,10 @@ fn mnist_cifar_and_folder_data_train_end_to_end() {
     }
     let bytes: Vec<u8> = (0..20).flat_map(|i| record((i % 10) as u8, i)).collect();
     std::fs::write(c10.join("test_batch.bin"), bytes).unwrap();
-    let o = cnn(&["train", "--data", &format!("cifar10:{}", c10.display()), "--epochs", "1", "--out", "c"], tmp.path());
+    let o = cnn(
+        &["train", "--data", &format!("cifar10:{}", c10.display()), "--epochs", "1", "--out", "c"],
+        tmp.path(),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(last_line(&o).starts_with("test accuracy "));
 
@@ -255,19 +303,60 @@ fn mnist_cifar_and_folder_data_train_end_to_end() {
         }
     }
     let spec = format!("folder:{}", folder.display());
-    let o = cnn(&["train", "--data", &spec, "--image-size", "16", "--epochs", "2", "--val-fraction", "0.3", "--out", "f"], tmp.path());
+    let o = cnn(
+        &[
+            "train",
+            "--data",
+            &spec,
+            "--image-size",
+            "16",
+            "--epochs",
+            "2",
+            "--val-fraction",
+            "0.3",
+            "--out",
+            "f",
+        ],
+        tmp.path(),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).contains("6 for validation (the held-out split of the folder)"), "{}", stdout(&o));
-    let o = cnn(&["train", "--data", &spec, "--image-size", "16", "--arch", "resnet20", "--epochs", "2", "--out", "g"], tmp.path());
+    assert!(
+        stdout(&o).contains("6 for validation (the held-out split of the folder)"),
+        "{}",
+        stdout(&o)
+    );
+    let o = cnn(
+        &[
+            "train",
+            "--data",
+            &spec,
+            "--image-size",
+            "16",
+            "--arch",
+            "resnet20",
+            "--epochs",
+            "2",
+            "--out",
+            "g",
+        ],
+        tmp.path(),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
-    fails_with(&["train", "--data", &spec, "--epochs", "1", "--out", "h"], tmp.path(), "needs at least 2 steps");
+    fails_with(
+        &["train", "--data", &spec, "--epochs", "1", "--out", "h"],
+        tmp.path(),
+        "needs at least 2 steps",
+    );
 }
 
 #[test]
 fn digits_train_through_a_cifar_resnet() {
     // Gray digits are repeated into RGB for networks built for three channels.
     let tmp = tempfile::tempdir().unwrap();
-    let o = cnn(&["train", "--arch", "resnet8", "--epochs", "1", "--batch-size", "128", "--out", "r"], tmp.path());
+    let o = cnn(
+        &["train", "--arch", "resnet8", "--epochs", "1", "--batch-size", "128", "--out", "r"],
+        tmp.path(),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let e = cnn(&["eval", "--run", "r"], tmp.path());
     assert_eq!(printed_accuracy(&last_line(&e)), printed_accuracy(&last_line(&o)));
@@ -288,7 +377,11 @@ fn summary_preview_stats_and_help() {
 
     let o = cnn(&["stats"], tmp.path());
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(last_line(&o).starts_with("digits: 1438 training images of 1×8×8, 10 classes: mean ["), "{}", last_line(&o));
+    assert!(
+        last_line(&o).starts_with("digits: 1438 training images of 1×8×8, 10 classes: mean ["),
+        "{}",
+        last_line(&o)
+    );
 
     for cmd in ["train", "eval", "summary", "augment-preview", "stats"] {
         let o = cnn(&[cmd, "--help"], tmp.path());

@@ -128,7 +128,10 @@ impl Dataset for Cifar {
     }
     fn label(&self, index: usize) -> Result<usize> {
         self.labels.get(index).map(|&l| l as usize).ok_or_else(|| {
-            Error::config("cifar", format!("index {index} out of range for {} samples", self.labels.len()))
+            Error::config(
+                "cifar",
+                format!("index {index} out of range for {} samples", self.labels.len()),
+            )
         })
     }
 }

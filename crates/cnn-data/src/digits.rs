@@ -98,7 +98,10 @@ impl Dataset for Digits {
     }
     fn label(&self, index: usize) -> Result<usize> {
         self.labels.get(index).copied().ok_or_else(|| {
-            Error::config("digits", format!("index {index} out of range for {} samples", self.labels.len()))
+            Error::config(
+                "digits",
+                format!("index {index} out of range for {} samples", self.labels.len()),
+            )
         })
     }
 }

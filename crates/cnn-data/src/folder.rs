@@ -117,7 +117,10 @@ impl Dataset for ImageFolder {
     }
     fn label(&self, index: usize) -> Result<usize> {
         self.files.get(index).map(|f| f.1).ok_or_else(|| {
-            Error::config("image_folder", format!("index {index} out of range for {} samples", self.files.len()))
+            Error::config(
+                "image_folder",
+                format!("index {index} out of range for {} samples", self.files.len()),
+            )
         })
     }
 }

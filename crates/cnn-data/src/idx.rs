@@ -157,7 +157,10 @@ impl Dataset for IdxDataset {
     }
     fn label(&self, index: usize) -> Result<usize> {
         self.labels.get(index).map(|&l| l as usize).ok_or_else(|| {
-            Error::config("idx", format!("index {index} out of range for {} samples", self.labels.len()))
+            Error::config(
+                "idx",
+                format!("index {index} out of range for {} samples", self.labels.len()),
+            )
         })
     }
 }

@@ -82,7 +82,9 @@ mod tests {
         let mut rng = random::seeded_rng(0);
         for (c, size, keys) in [(1, 8, 9), (3, 32, 13), (1, 4, 5)] {
             let mut net = small_cnn::<f32, _>(c, [size, size], 10, &mut rng).unwrap();
-            let y = net.forward(random::normal(&[2, c, size, size], 0.0, 1.0, &mut rng), Mode::Eval).unwrap();
+            let y = net
+                .forward(random::normal(&[2, c, size, size], 0.0, 1.0, &mut rng), Mode::Eval)
+                .unwrap();
             assert_eq!(y.shape(), &[2, 10]);
             let mut weights = 0;
             net.visit("", &mut |k, _| weights += usize::from(k.ends_with("weight")));

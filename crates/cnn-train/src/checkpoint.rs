@@ -174,7 +174,10 @@ pub fn find_checkpoint(run: &Path, name: &str) -> Result<PathBuf> {
         }
     }
     let why = if run.is_dir() {
-        format!("{} has no checkpoint {name}/ (is it a run directory of `cnn train`?)", run.display())
+        format!(
+            "{} has no checkpoint {name}/ (is it a run directory of `cnn train`?)",
+            run.display()
+        )
     } else {
         format!("{} is not a directory", run.display())
     };

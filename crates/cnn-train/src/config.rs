@@ -160,7 +160,10 @@ impl TrainConfig {
         if !nonneg(self.warmup_epochs) {
             return bad(format!("warmup_epochs must be >= 0, got {}", self.warmup_epochs));
         }
-        if !(self.divergence_factor > 1.0) || self.divergence_patience == 0 {
+        if self.divergence_factor.is_nan()
+            || self.divergence_factor <= 1.0
+            || self.divergence_patience == 0
+        {
             return bad(format!(
                 "divergence_factor must be > 1 and divergence_patience >= 1, got {} and {}",
                 self.divergence_factor, self.divergence_patience
@@ -208,7 +211,9 @@ impl TrainConfig {
         }
         let schedule = match self.schedule {
             ScheduleKind::Constant => Schedule::Constant,
-            ScheduleKind::Step => Schedule::Step { step_size: total.div_ceil(3).max(1), gamma: 0.1 },
+            ScheduleKind::Step => {
+                Schedule::Step { step_size: total.div_ceil(3).max(1), gamma: 0.1 }
+            }
             ScheduleKind::Cosine => Schedule::Cosine { t_max: total.max(1), eta_min: 0.0 },
             ScheduleKind::WarmupCosine => Schedule::WarmupCosine {
                 warmup_steps: ((self.warmup_epochs * steps_per_epoch as f64).round() as usize)
@@ -239,7 +244,10 @@ mod tests {
         let c = TrainConfig::default();
         c.validate().unwrap();
         c.build_optimizer().unwrap();
-        assert!(matches!(c.build_schedule(23).unwrap(), Schedule::OneCycle { total_steps: 690, .. }));
+        assert!(matches!(
+            c.build_schedule(23).unwrap(),
+            Schedule::OneCycle { total_steps: 690, .. }
+        ));
     }
 
     #[test]

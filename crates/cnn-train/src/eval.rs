@@ -36,7 +36,8 @@ impl EvalReport {
         let width = self.classes.iter().map(String::len).max().unwrap_or(1).clamp(5, 16);
         let mut out = format!("{:>width$}  {:>8}  {:>6}  predicted →\n", "class", "accuracy", "n");
         for (c, row) in self.confusion.iter().enumerate() {
-            let name: String = self.classes.get(c).map_or("?", |s| s.as_str()).chars().take(16).collect();
+            let name: String =
+                self.classes.get(c).map_or("?", |s| s.as_str()).chars().take(16).collect();
             let n: u64 = row.iter().sum();
             let _ = write!(out, "{name:>width$}  {:>7.2}%  {n:>6} ", 100.0 * self.per_class[c]);
             if self.confusion.len() <= 20 {
@@ -61,7 +62,13 @@ struct Tally {
 
 impl Tally {
     fn new(classes: usize) -> Self {
-        Tally { loss_sum: 0.0, top1: 0, top5: 0, confusion: vec![vec![0; classes]; classes], count: 0 }
+        Tally {
+            loss_sum: 0.0,
+            top1: 0,
+            top5: 0,
+            confusion: vec![vec![0; classes]; classes],
+            count: 0,
+        }
     }
 
     /// Adds a batch of probabilities `[n, classes]` (rows summing to 1) and,
@@ -72,7 +79,10 @@ impl Tally {
         check_classes(probs.ncols(), classes)?;
         for (row, &label) in probs.outer_iter().zip(labels) {
             if label >= classes {
-                return Err(Error::shape("evaluate", format!("label {label} is not a class of {classes}")));
+                return Err(Error::shape(
+                    "evaluate",
+                    format!("label {label} is not a class of {classes}"),
+                ));
             }
             if loss_sum.is_none() {
                 self.loss_sum -= f64::from(row[label].max(f32::MIN_POSITIVE)).ln();

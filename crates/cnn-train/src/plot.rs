@@ -56,7 +56,10 @@ fn render_png(
         height,
         image::ExtendedColorType::Rgb8,
     )
-    .map_err(|e| Error::Format { context: format!("encode {}", path.display()), msg: e.to_string() })?;
+    .map_err(|e| Error::Format {
+        context: format!("encode {}", path.display()),
+        msg: e.to_string(),
+    })?;
     write_atomic(path, &png)
 }
 
@@ -84,17 +87,23 @@ fn tick_label(y: f64, span: f64) -> String {
 
 type Series = (&'static str, RGBColor, Vec<(f64, f64)>);
 
-/// One panel: a titled chart of some series by epoch, with a legend.
+/// One chart of [`plot_curves`]: some series by epoch.
+struct Panel<'a> {
+    title: &'a str,
+    y_desc: &'a str,
+    series: &'a [Series],
+    floor_at_zero: bool,
+    legend_at: SeriesLabelPosition,
+}
+
+/// Draws a titled chart of `p`'s series over `epochs`, with a legend.
 fn panel(
     area: &DrawingArea<BitMapBackend<'_>, Shift>,
     path: &Path,
-    title: &str,
-    y_desc: &str,
     epochs: usize,
-    series: &[Series],
-    floor_at_zero: bool,
-    legend_at: SeriesLabelPosition,
+    p: Panel<'_>,
 ) -> Result<()> {
+    let Panel { title, y_desc, series, floor_at_zero, legend_at } = p;
     let err = draw_err(path);
     let (y0, y1) = span(series.iter().flat_map(|s| s.2.iter().map(|p| p.1)), floor_at_zero);
     let mut chart = ChartBuilder::on(area)
@@ -119,10 +128,14 @@ fn panel(
     for (name, color, points) in series.iter().filter(|s| !s.2.is_empty()) {
         let color = *color;
         chart
-            .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)).point_size(3))
+            .draw_series(
+                LineSeries::new(points.iter().copied(), color.stroke_width(2)).point_size(3),
+            )
             .map_err(&err)?
             .label(*name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
+            });
     }
     chart
         .configure_series_labels()
@@ -146,10 +159,8 @@ pub fn plot_curves(history: &History, path: &Path) -> Result<()> {
     let pts = |f: &dyn Fn(&crate::EpochRecord) -> Option<f64>| -> Vec<(f64, f64)> {
         history.epochs.iter().filter_map(|r| f(r).map(|v| (r.epoch as f64, v))).collect()
     };
-    let loss = [
-        ("train", TRAIN, pts(&|r| Some(r.train_loss))),
-        ("validation", VAL, pts(&|r| r.val_loss)),
-    ];
+    let loss =
+        [("train", TRAIN, pts(&|r| Some(r.train_loss))), ("validation", VAL, pts(&|r| r.val_loss))];
     let acc = [
         ("train", TRAIN, pts(&|r| Some(100.0 * r.train_accuracy))),
         ("validation", VAL, pts(&|r| r.val_accuracy.map(|a| 100.0 * a))),
@@ -157,10 +168,33 @@ pub fn plot_curves(history: &History, path: &Path) -> Result<()> {
     let lr = [("lr (end of epoch)", LR, pts(&|r| Some(r.lr)))];
     render_png(path, (1500, 460), |root| {
         let areas = root.split_evenly((1, 3));
-        panel(&areas[0], path, "Loss", "cross-entropy", n, &loss, true, SeriesLabelPosition::UpperRight)?;
-        let acc_at = SeriesLabelPosition::LowerRight;
-        panel(&areas[1], path, "Accuracy", "top-1 accuracy (%)", n, &acc, false, acc_at)?;
-        panel(&areas[2], path, "Learning rate", "lr", n, &lr, true, SeriesLabelPosition::UpperRight)
+        let panels = [
+            Panel {
+                title: "Loss",
+                y_desc: "cross-entropy",
+                series: &loss,
+                floor_at_zero: true,
+                legend_at: SeriesLabelPosition::UpperRight,
+            },
+            Panel {
+                title: "Accuracy",
+                y_desc: "top-1 accuracy (%)",
+                series: &acc,
+                floor_at_zero: false,
+                legend_at: SeriesLabelPosition::LowerRight,
+            },
+            Panel {
+                title: "Learning rate",
+                y_desc: "lr",
+                series: &lr,
+                floor_at_zero: true,
+                legend_at: SeriesLabelPosition::UpperRight,
+            },
+        ];
+        for (area, p) in areas.iter().zip(panels) {
+            panel(area, path, n, p)?;
+        }
+        Ok(())
     })
 }
 
@@ -179,7 +213,10 @@ pub fn plot_confusion(confusion: &[Vec<u64>], classes: &[String], path: &Path) -
     render_png(path, (side + 90, side + 60), |root| {
         let err = draw_err(path);
         let mut chart = ChartBuilder::on(root)
-            .caption("Confusion matrix (rows: true class)", (FONT, 22).into_font().style(FontStyle::Bold))
+            .caption(
+                "Confusion matrix (rows: true class)",
+                (FONT, 22).into_font().style(FontStyle::Bold),
+            )
             .margin(14)
             .x_label_area_size(44)
             .y_label_area_size(70)
@@ -213,8 +250,15 @@ pub fn plot_confusion(confusion: &[Vec<u64>], classes: &[String], path: &Path) -
                 // Any mistake at all stays visible: non-zero cells start at a 20% tint.
                 let share = if v == 0 { 0.0 } else { 0.2 + 0.8 * v as f64 / total };
                 let shade = (255.0 * (1.0 - share)) as u8;
-                let color = if i == j { RGBColor(shade, shade.saturating_add(20), 255) } else { RGBColor(255, shade, shade) };
-                Rectangle::new([(j as f64, i as f64), (j as f64 + 1.0, i as f64 + 1.0)], color.filled())
+                let color = if i == j {
+                    RGBColor(shade, shade.saturating_add(20), 255)
+                } else {
+                    RGBColor(255, shade, shade)
+                };
+                Rectangle::new(
+                    [(j as f64, i as f64), (j as f64 + 1.0, i as f64 + 1.0)],
+                    color.filled(),
+                )
             })
         });
         chart.draw_series(cells).map_err(&err)?;
@@ -227,10 +271,12 @@ pub fn plot_confusion(confusion: &[Vec<u64>], classes: &[String], path: &Path) -
                     Text::new(
                         v.to_string(),
                         (j as f64 + 0.5, i as f64 + 0.5),
-                        (FONT, size).into_font().color(&color).pos(plotters::style::text_anchor::Pos::new(
-                            plotters::style::text_anchor::HPos::Center,
-                            plotters::style::text_anchor::VPos::Center,
-                        )),
+                        (FONT, size).into_font().color(&color).pos(
+                            plotters::style::text_anchor::Pos::new(
+                                plotters::style::text_anchor::HPos::Center,
+                                plotters::style::text_anchor::VPos::Center,
+                            ),
+                        ),
                     )
                 })
             });

@@ -26,7 +26,9 @@ pub enum ProgressMode {
 impl ProgressMode {
     fn resolve(self) -> ProgressMode {
         match self {
-            ProgressMode::Auto if std::io::stdout().is_terminal() && std::io::stderr().is_terminal() => {
+            ProgressMode::Auto
+                if std::io::stdout().is_terminal() && std::io::stderr().is_terminal() =>
+            {
                 ProgressMode::Bars
             }
             ProgressMode::Auto => ProgressMode::Lines,
@@ -68,9 +70,11 @@ impl Progress {
         if let Some(multi) = &self.multi {
             let bar = multi.add(ProgressBar::new(batches as u64));
             bar.set_style(
-                ProgressStyle::with_template("{prefix:>7} [{bar:30.cyan/white}] {pos}/{len}  {msg}  eta {eta}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar())
-                    .progress_chars("=> "),
+                ProgressStyle::with_template(
+                    "{prefix:>7} [{bar:30.cyan/white}] {pos}/{len}  {msg}  eta {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
             );
             bar.set_prefix(format!("epoch {}", epoch + 1));
             bar.set_position(done as u64);

@@ -25,7 +25,10 @@ pub struct StepStats {
 pub fn as_logits(output: ArrayD<f32>, n: usize) -> Result<Array2<f32>> {
     let shape = output.shape().to_vec();
     let logits = output.into_dimensionality::<Ix2>().map_err(|_| {
-        Error::shape("train", format!("the model must output [batch, classes] logits, got {shape:?}"))
+        Error::shape(
+            "train",
+            format!("the model must output [batch, classes] logits, got {shape:?}"),
+        )
     })?;
     if logits.nrows() != n {
         return Err(Error::shape(

@@ -9,9 +9,13 @@ use std::time::Instant;
 use cnn_data::DataLoader;
 use cnn_tensor::{Error, Layer, Result};
 
-use crate::checkpoint::{find_checkpoint, load_checkpoint, save_checkpoint, PartialEpoch, TrainerState};
+use crate::checkpoint::{
+    find_checkpoint, load_checkpoint, save_checkpoint, PartialEpoch, TrainerState,
+};
 use crate::step::{apply_gradients, compute_gradients};
-use crate::{evaluate, plot_curves, DivergenceGuard, EpochRecord, History, ProgressMode, TrainConfig};
+use crate::{
+    evaluate, plot_curves, DivergenceGuard, EpochRecord, History, ProgressMode, TrainConfig,
+};
 
 /// A callback after each epoch; returning `false` stops the run there (its checkpoint is written).
 pub type EpochCallback = Box<dyn FnMut(&EpochRecord) -> bool + Send>;
@@ -123,7 +127,10 @@ impl Trainer {
     }
 
     /// A callback after each epoch; returning `false` stops the run there.
-    pub fn with_on_epoch_end(mut self, f: impl FnMut(&EpochRecord) -> bool + Send + 'static) -> Self {
+    pub fn with_on_epoch_end(
+        mut self,
+        f: impl FnMut(&EpochRecord) -> bool + Send + 'static,
+    ) -> Self {
         self.on_epoch_end = Some(Box::new(f));
         self
     }
@@ -199,7 +206,8 @@ impl Trainer {
             ..DivergenceGuard::new(config.divergence_factor, config.divergence_patience)
         };
         let out_dir = self.out_dir.clone();
-        let mut progress = crate::progress::Progress::new(self.progress, config.epochs, state.epoch);
+        let mut progress =
+            crate::progress::Progress::new(self.progress, config.epochs, state.epoch);
         let mut completed = true;
         'epochs: while state.epoch < config.epochs {
             let epoch = state.epoch;

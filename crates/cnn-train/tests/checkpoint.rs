@@ -1,5 +1,7 @@
 //! Checkpoints survive failed writes and crashes, and bad files are refused by name.
 
+#![allow(clippy::unwrap_used)] // test helpers unwrap like the tests themselves
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -10,11 +12,16 @@ use cnn_nn::{Flatten, Sequential};
 use cnn_optim::{Optimizer, Rule};
 use cnn_tensor::{random::seeded_rng, Error, Layer, Linear, LinearConfig};
 use cnn_train::checkpoint::{replace_dir_atomic, PartialEpoch};
-use cnn_train::{find_checkpoint, load_checkpoint, save_checkpoint, ProgressMode, TrainConfig, Trainer, TrainerState};
+use cnn_train::{
+    find_checkpoint, load_checkpoint, save_checkpoint, ProgressMode, TrainConfig, Trainer,
+    TrainerState,
+};
 
 fn model(width: usize) -> Sequential<f32> {
     let mut rng = seeded_rng(0);
-    Sequential::new().push(Flatten::new()).push(Linear::new(LinearConfig::new(64, width), &mut rng).unwrap())
+    Sequential::new()
+        .push(Flatten::new())
+        .push(Linear::new(LinearConfig::new(64, width), &mut rng).unwrap())
 }
 
 /// Sets every parameter to `v`, so a checkpoint's version can be read back from any tensor.
@@ -40,7 +47,11 @@ fn load_consistent(run: &Path, width: usize) -> u64 {
     let mut m = model(width);
     let st = load_checkpoint(&dir, &mut m, &mut optimizer()).unwrap();
     m.visit("", &mut |k, p| {
-        assert!(p.value.iter().all(|&v| v == st.global_step as f32), "{k} is not version {}", st.global_step)
+        assert!(
+            p.value.iter().all(|&v| v == st.global_step as f32),
+            "{k} is not version {}",
+            st.global_step
+        )
     });
     st.global_step
 }
@@ -126,7 +137,8 @@ fn truncated_or_corrupt_files_are_refused_by_name() {
                 b[..8].copy_from_slice(b"garbage!");
             }
         });
-        let e = load_checkpoint(&tmp.path().join("last"), &mut model(3), &mut optimizer()).unwrap_err();
+        let e =
+            load_checkpoint(&tmp.path().join("last"), &mut model(3), &mut optimizer()).unwrap_err();
         assert!(
             e.to_string().contains(&path.display().to_string()),
             "{file} (truncated: {truncate}): {e}"
@@ -169,7 +181,13 @@ fn killed_writers_leave_a_loadable_checkpoint() {
     let mut versions = Vec::new();
     for round in 0..6u64 {
         let mut child = Command::new(&exe)
-            .args(["--exact", "checkpoint_writer_child", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "checkpoint_writer_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, tmp.path())
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -177,7 +195,10 @@ fn killed_writers_leave_a_loadable_checkpoint() {
         // Wait for a first checkpoint of this round, then kill at an arbitrary point of a later write.
         let before = versions.last().copied().unwrap_or(0);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while find_checkpoint(tmp.path(), "last").ok().and_then(|d| TrainerState::read(&d).ok()).map_or(0, |s| s.global_step)
+        while find_checkpoint(tmp.path(), "last")
+            .ok()
+            .and_then(|d| TrainerState::read(&d).ok())
+            .map_or(0, |s| s.global_step)
             <= before
             && Instant::now() < deadline
         {
@@ -205,18 +226,21 @@ fn the_guard_stops_an_absurd_learning_rate_and_keeps_the_last_checkpoint() {
         .unwrap();
     let good = std::fs::read(tmp.path().join("last/model.safetensors")).unwrap();
 
-    let e = Trainer::new(TrainConfig::default().with_lr(1e4).with_schedule(cnn_train::ScheduleKind::Constant))
-        .with_out_dir(tmp.path())
-        .with_progress(ProgressMode::Quiet)
-        .fit(&mut m, &train, Some(&test))
-        .unwrap_err();
+    let e = Trainer::new(
+        TrainConfig::default().with_lr(1e4).with_schedule(cnn_train::ScheduleKind::Constant),
+    )
+    .with_out_dir(tmp.path())
+    .with_progress(ProgressMode::Quiet)
+    .fit(&mut m, &train, Some(&test))
+    .unwrap_err();
     let Error::Diverged { step, .. } = &e else { panic!("not a divergence: {e}") };
     assert!(*step < 5, "tripped only at step {step}");
     let text = e.to_string();
     assert!(text.starts_with(&format!("training diverged at step {step}: the loss")), "{text}");
     assert!(text.contains("lower the learning rate"), "{text}");
     assert_eq!(std::fs::read(tmp.path().join("last/model.safetensors")).unwrap(), good);
-    let st = load_checkpoint(&tmp.path().join("last"), &mut model(10), &mut optimizer_for_resume()).unwrap();
+    let st = load_checkpoint(&tmp.path().join("last"), &mut model(10), &mut optimizer_for_resume())
+        .unwrap();
     assert_eq!(st.epoch, 1);
 }
 

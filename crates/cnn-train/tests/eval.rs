@@ -1,5 +1,7 @@
 //! evaluate, predict and test-time augmentation against hand-computed values.
 
+#![allow(clippy::unwrap_used)] // test helpers unwrap like the tests themselves
+
 use std::sync::Arc;
 
 use cnn_augment::{Compose, RandomHorizontalFlip};
@@ -69,7 +71,9 @@ fn trained() -> (Sequential<f32>, DataLoader, Subset) {
     let (train, test) = Digits::load().unwrap().split(0.2, 0).unwrap();
     let train = DataLoader::new(Arc::new(train), 64, 0).unwrap();
     let mut rng = seeded_rng(0);
-    let mut m = Sequential::new().push(Flatten::new()).push(Linear::new(LinearConfig::new(64, 10), &mut rng).unwrap());
+    let mut m = Sequential::new()
+        .push(Flatten::new())
+        .push(Linear::new(LinearConfig::new(64, 10), &mut rng).unwrap());
     Trainer::new(TrainConfig::default().with_epochs(3).with_lr(0.05))
         .with_progress(ProgressMode::Quiet)
         .fit(&mut m, &train, None)
@@ -84,7 +88,8 @@ fn predict_and_tta_agree_with_evaluate() {
     let r = evaluate(&mut m, &loader).unwrap();
     assert!(r.accuracy > 0.85, "{}", r.accuracy);
     assert_eq!(r.top5.map(|t| t >= r.accuracy), Some(true));
-    let images: Vec<_> = (0..test.len()).map(|i| test.get(i).unwrap().0.insert_axis(Axis(0))).collect();
+    let images: Vec<_> =
+        (0..test.len()).map(|i| test.get(i).unwrap().0.insert_axis(Axis(0))).collect();
     let views: Vec<_> = images.iter().map(|a| a.view()).collect();
     let batch: Array4<f32> = ndarray::concatenate(Axis(0), &views).unwrap();
     let p = predict(&mut m, batch.clone().into_dyn()).unwrap();

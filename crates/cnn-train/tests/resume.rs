@@ -1,6 +1,8 @@
 //! A run stopped and resumed is bitwise the run that never stopped: every
 //! parameter and buffer, the optimizer state, and the metrics rows.
 
+#![allow(clippy::unwrap_used)] // test helpers unwrap like the tests themselves
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
