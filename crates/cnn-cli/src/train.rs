@@ -114,7 +114,7 @@ pub struct TrainArgs {
     /// Seed of the initialization, the data order and the augmentation.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// The run directory [default: runs/<UTC time>].
+    /// The run directory [default: runs/YYYYMMDD-HHMMSS, the start time in UTC].
     #[arg(long)]
     out: Option<PathBuf>,
     /// Continue the run in this directory from its last checkpoint, exactly as if it had never stopped.
