@@ -7,9 +7,13 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn cnn(args: &[&str], cwd: &Path) -> Output {
+    cnn_on(args, cwd, 2)
+}
+
+fn cnn_on(args: &[&str], cwd: &Path, threads: usize) -> Output {
     Command::new(env!("CARGO_BIN_EXE_cnn"))
         .args(args)
-        .args(["--threads", "2"])
+        .args(["--threads", &threads.to_string()])
         .current_dir(cwd)
         .stdin(Stdio::null())
         .output()
@@ -160,6 +164,30 @@ fn ctrl_c_checkpoints_and_resume_equals_the_unbroken_run() {
         tensors(&whole.join("last/optimizer.safetensors"))
     );
     assert_eq!(metrics_without_timings(&broken), metrics_without_timings(&whole));
+}
+
+#[test]
+fn one_thread_or_two_give_the_same_run_bitwise() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (threads, out) in [(1, "t1"), (2, "t2")] {
+        let o = cnn_on(
+            &["train", "--epochs", "2", "--augment", "crop,cutout", "--out", out, "--quiet"],
+            tmp.path(),
+            threads,
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    for f in ["model.safetensors", "optimizer.safetensors"] {
+        assert_eq!(
+            tensors(&tmp.path().join("t1/last").join(f)),
+            tensors(&tmp.path().join("t2/last").join(f)),
+            "{f}"
+        );
+    }
+    assert_eq!(
+        metrics_without_timings(&tmp.path().join("t1")),
+        metrics_without_timings(&tmp.path().join("t2"))
+    );
 }
 
 #[test]
