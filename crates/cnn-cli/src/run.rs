@@ -105,14 +105,29 @@ impl RunInfo {
         Ok(splits)
     }
 
+    /// A loader over `dataset`: augmented as the run was (or not), normalized
+    /// with the run's statistics, gray repeated into RGB when `rgb`.
+    fn loader(
+        &self,
+        dataset: Arc<dyn Dataset>,
+        batch_size: usize,
+        augmented: bool,
+        shuffle: bool,
+        rgb: bool,
+    ) -> Result<DataLoader> {
+        let augs =
+            if augmented { parse_augment(&self.augment, &self.data_spec()?)? } else { Vec::new() };
+        Ok(DataLoader::new(dataset, batch_size, self.seed)?
+            .with_shuffle(shuffle)
+            .with_transform(pipeline(&augs, self.image, &self.mean, &self.std, rgb)?))
+    }
+
     /// The training loader: shuffled, augmented, normalized.
     ///
     /// # Errors
     /// [`Error::Config`] for a bad augmentation spec or batch size.
     pub fn train_loader(&self, train: Arc<dyn Dataset>, rgb: bool) -> Result<DataLoader> {
-        let augs = parse_augment(&self.augment, &self.data_spec()?)?;
-        Ok(DataLoader::new(train, self.batch_size, self.seed)?
-            .with_transform(pipeline(&augs, self.image, &self.mean, &self.std, rgb)?))
+        self.loader(train, self.batch_size, true, true, rgb)
     }
 
     /// An evaluation loader: in order, normalized, not augmented.
@@ -125,9 +140,7 @@ impl RunInfo {
         batch_size: usize,
         rgb: bool,
     ) -> Result<DataLoader> {
-        Ok(DataLoader::new(dataset, batch_size, self.seed)?
-            .with_shuffle(false)
-            .with_transform(pipeline(&[], self.image, &self.mean, &self.std, rgb)?))
+        self.loader(dataset, batch_size, false, false, rgb)
     }
 
     /// The training pipeline over `dataset` in order: the random views of test-time augmentation.
@@ -140,10 +153,7 @@ impl RunInfo {
         batch_size: usize,
         rgb: bool,
     ) -> Result<DataLoader> {
-        let augs = parse_augment(&self.augment, &self.data_spec()?)?;
-        Ok(DataLoader::new(dataset, batch_size, self.seed)?
-            .with_shuffle(false)
-            .with_transform(pipeline(&augs, self.image, &self.mean, &self.std, rgb)?))
+        self.loader(dataset, batch_size, true, false, rgb)
     }
 }
 

@@ -92,6 +92,16 @@ impl Subset {
     pub fn indices(&self) -> &[usize] {
         &self.indices
     }
+
+    /// The underlying dataset's index of sample `index`.
+    fn inner_index(&self, index: usize) -> Result<usize> {
+        self.indices.get(index).copied().ok_or_else(|| {
+            Error::config(
+                "subset",
+                format!("index {index} out of range for {} samples", self.indices.len()),
+            )
+        })
+    }
 }
 
 impl Dataset for Subset {
@@ -99,24 +109,12 @@ impl Dataset for Subset {
         self.indices.len()
     }
     fn get(&self, index: usize) -> Result<(Array3<f32>, usize)> {
-        let i = *self.indices.get(index).ok_or_else(|| {
-            Error::config(
-                "subset",
-                format!("index {index} out of range for {} samples", self.indices.len()),
-            )
-        })?;
-        self.inner.get(i)
+        self.inner.get(self.inner_index(index)?)
     }
     fn classes(&self) -> &[String] {
         self.inner.classes()
     }
     fn label(&self, index: usize) -> Result<usize> {
-        let i = *self.indices.get(index).ok_or_else(|| {
-            Error::config(
-                "subset",
-                format!("index {index} out of range for {} samples", self.indices.len()),
-            )
-        })?;
-        self.inner.label(i)
+        self.inner.label(self.inner_index(index)?)
     }
 }
