@@ -61,6 +61,8 @@ pub struct TrainerState {
     pub config: TrainConfig,
     /// Batches per epoch of the run (checked on resume: another batch size or dataset is refused).
     pub batches_per_epoch: usize,
+    /// The training loader's seed, which fixes the data order and augmentation (checked on resume).
+    pub data_seed: u64,
     /// The best validation accuracy so far.
     pub best_val_accuracy: Option<f64>,
     /// The first step's loss, the divergence guard's reference.
@@ -75,7 +77,12 @@ pub struct TrainerState {
 
 impl TrainerState {
     /// The state of a run that has not started.
-    pub fn new(config: TrainConfig, batches_per_epoch: usize, metadata: serde_json::Value) -> Self {
+    pub fn new(
+        config: TrainConfig,
+        batches_per_epoch: usize,
+        data_seed: u64,
+        metadata: serde_json::Value,
+    ) -> Self {
         TrainerState {
             format: FORMAT_VERSION,
             epoch: 0,
@@ -84,6 +91,7 @@ impl TrainerState {
             partial: PartialEpoch::default(),
             config,
             batches_per_epoch,
+            data_seed,
             best_val_accuracy: None,
             initial_loss: None,
             guard_strikes: 0,

@@ -144,10 +144,16 @@ impl Trainer {
         &self,
         model: &mut dyn Layer<f32>,
         optimizer: &mut cnn_optim::Optimizer<f32>,
-        batches: usize,
+        train: &DataLoader,
     ) -> Result<TrainerState> {
+        let batches = train.batches_per_epoch();
         if !self.resume {
-            return Ok(TrainerState::new(self.config.clone(), batches, self.metadata.clone()));
+            return Ok(TrainerState::new(
+                self.config.clone(),
+                batches,
+                train.seed(),
+                self.metadata.clone(),
+            ));
         }
         let dir = self
             .out_dir
@@ -171,6 +177,17 @@ impl Trainer {
                     "{} ran {} batches per epoch, this loader gives {batches}: same data and batch size needed",
                     ckpt.display(),
                     state.batches_per_epoch
+                ),
+            ));
+        }
+        if state.data_seed != train.seed() {
+            return Err(Error::config(
+                "train",
+                format!(
+                    "{} drew its batches with loader seed {}, this loader has {}",
+                    ckpt.display(),
+                    state.data_seed,
+                    train.seed()
                 ),
             ));
         }
@@ -198,7 +215,7 @@ impl Trainer {
         }
         let schedule = self.config.build_schedule(batches)?;
         let mut optimizer = self.config.build_optimizer()?;
-        let mut state = self.start_state(model, &mut optimizer, batches)?;
+        let mut state = self.start_state(model, &mut optimizer, train)?;
         let config = state.config.clone();
         let mut guard = DivergenceGuard {
             initial: state.initial_loss,

@@ -30,7 +30,8 @@ fn fill(m: &mut Sequential<f32>, v: f32) {
 }
 
 fn state(step: u64) -> TrainerState {
-    let mut s = TrainerState::new(TrainConfig::default(), 10, serde_json::json!({"who": "test"}));
+    let mut s =
+        TrainerState::new(TrainConfig::default(), 10, 3, serde_json::json!({"who": "test"}));
     s.global_step = step;
     s.partial = PartialEpoch { loss_sum: 1.5, correct: 3, seen: 4, train_seconds: 0.25 };
     s

@@ -208,6 +208,15 @@ fn resume_refuses_another_config_or_batch_size() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("ran 10 batches per epoch, this loader gives 6"), "{e}");
+    let other_seed = DataLoader::new(data().0, 32, 4).unwrap();
+    let e = Trainer::new(config().with_epochs(1))
+        .with_out_dir(tmp.path())
+        .with_resume(true)
+        .with_progress(ProgressMode::Quiet)
+        .fit(&mut model(), &other_seed, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("drew its batches with loader seed 3, this loader has 4"), "{e}");
     let e = Trainer::new(config())
         .with_out_dir(tmp.path().join("nothing"))
         .with_resume(true)
