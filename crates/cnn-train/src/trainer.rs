@@ -229,7 +229,9 @@ impl Trainer {
         'epochs: while state.epoch < config.epochs {
             let epoch = state.epoch;
             progress.start_epoch(epoch, batches, state.batch);
-            let mut lr = schedule.lr(state.global_step as usize, config.lr);
+            // The lr of the last step applied: what the record shows even when a
+            // run stopped after an epoch's last batch resumes with none left.
+            let mut lr = schedule.lr(state.global_step.saturating_sub(1) as usize, config.lr);
             let mut clock = Instant::now();
             for batch in train.epoch_from(epoch as u64, state.batch) {
                 let batch = batch?;
