@@ -137,48 +137,49 @@ fn resumed_runs_equal_the_unbroken_run_bitwise() {
     assert_eq!(in_memory_bits(&mut resumed), in_memory_bits(&mut whole));
     assert_eq!(snapshot(&split_dir), snapshot(&whole_dir));
 
-    // Stopped in the middle of epoch 2 by the stop flag (as Ctrl-C does), then resumed.
-    let mid_dir = tmp.path().join("mid");
-    let flag = Arc::new(AtomicBool::new(false));
-    // The sample at position 150 of epoch 2's order sits in its fifth batch (of 10).
-    let trigger = loader(train.clone()).order(1)[150];
-    let armed: Arc<dyn Dataset> = Arc::new(StopWhenRead {
-        inner: train.clone(),
-        trigger,
-        armed: AtomicBool::new(true),
-        flag: flag.clone(),
-    });
-    // Epoch 1 runs with the plain data, so the trigger can only fire in epoch 2.
-    let mut m = model();
-    Trainer::new(config())
-        .with_out_dir(&mid_dir)
-        .with_progress(ProgressMode::Quiet)
-        .with_on_epoch_end(|r| r.epoch < 1)
-        .fit(&mut m, &loader(train.clone()), Some(&val_loader))
-        .unwrap();
-    let mut m = model();
-    let r = Trainer::new(config())
-        .with_out_dir(&mid_dir)
-        .with_resume(true)
-        .with_stop_flag(flag)
-        .with_progress(ProgressMode::Quiet)
-        .fit(&mut m, &loader(armed), Some(&val_loader))
-        .unwrap();
-    assert!(!r.completed);
-    let state = cnn_train::TrainerState::read(&mid_dir.join("last")).unwrap();
-    assert_eq!(state.epoch, 1, "stopped inside the second epoch");
-    assert_eq!(state.batch, 5, "stopped after the step of the fifth batch");
-    assert!(state.partial.seen > 0);
-    let mut m = model();
-    let r = Trainer::new(config())
-        .with_out_dir(&mid_dir)
-        .with_resume(true)
-        .with_progress(ProgressMode::Quiet)
-        .fit(&mut m, &loader(train), Some(&val_loader))
-        .unwrap();
-    assert!(r.completed);
-    assert_eq!(rows(&r.history.epochs), rows(&report.history.epochs));
-    assert_eq!(snapshot(&mid_dir), snapshot(&whole_dir));
+    // Stopped by the stop flag (as Ctrl-C does) in the middle of epoch 2 and
+    // right after its last batch, then resumed.
+    for (position, batch) in [(150, 5), (295, 10)] {
+        let dir = tmp.path().join(format!("stop{position}"));
+        let flag = Arc::new(AtomicBool::new(false));
+        // The sample at `position` of epoch 2's order sits in batch `batch` (of 10, from 1).
+        let trigger = loader(train.clone()).order(1)[position];
+        let armed: Arc<dyn Dataset> = Arc::new(StopWhenRead {
+            inner: train.clone(),
+            trigger,
+            armed: AtomicBool::new(true),
+            flag: flag.clone(),
+        });
+        // Epoch 1 runs with the plain data, so the trigger can only fire in epoch 2.
+        Trainer::new(config())
+            .with_out_dir(&dir)
+            .with_progress(ProgressMode::Quiet)
+            .with_on_epoch_end(|r| r.epoch < 1)
+            .fit(&mut model(), &loader(train.clone()), Some(&val_loader))
+            .unwrap();
+        let r = Trainer::new(config())
+            .with_out_dir(&dir)
+            .with_resume(true)
+            .with_stop_flag(flag)
+            .with_progress(ProgressMode::Quiet)
+            .fit(&mut model(), &loader(armed), Some(&val_loader))
+            .unwrap();
+        assert!(!r.completed);
+        let state = cnn_train::TrainerState::read(&dir.join("last")).unwrap();
+        assert_eq!(state.epoch, 1, "stopped inside the second epoch");
+        assert_eq!(state.batch, batch, "stopped after the step of batch {batch}");
+        assert!(state.partial.seen > 0);
+        let mut m = model();
+        let r = Trainer::new(config())
+            .with_out_dir(&dir)
+            .with_resume(true)
+            .with_progress(ProgressMode::Quiet)
+            .fit(&mut m, &loader(train.clone()), Some(&val_loader))
+            .unwrap();
+        assert!(r.completed);
+        assert_eq!(rows(&r.history.epochs), rows(&report.history.epochs), "stopped at {position}");
+        assert_eq!(snapshot(&dir), snapshot(&whole_dir), "stopped at {position}");
+    }
 }
 
 #[test]
