@@ -130,8 +130,21 @@ fn same_width_rows<T: Float>(
     dst_row[t0 * w + ow_lo..t0 * w + ow_lo + len].copy_from_slice(&plane[src..src + len]);
     for t in t0..t1 {
         let r = &mut dst_row[t * w..(t + 1) * w];
-        r[..ow_lo].fill(T::zero());
-        r[ow_hi..].fill(T::zero());
+        zero_short(&mut r[..ow_lo]);
+        zero_short(&mut r[ow_hi..]);
+    }
+}
+
+/// Zeroes a run that is usually one or two elements (the padding columns of
+/// a row): plain stores, where `fill` would call `memset` for each.
+#[inline(always)]
+fn zero_short<T: Float>(run: &mut [T]) {
+    match run {
+        [] => {}
+        [a] => *a = T::zero(),
+        [a, b] => (*a, *b) = (T::zero(), T::zero()),
+        [a, b, c] => (*a, *b, *c) = (T::zero(), T::zero(), T::zero()),
+        _ => run.fill(T::zero()),
     }
 }
 
