@@ -121,7 +121,7 @@ fn ctrl_c_checkpoints_and_resume_equals_the_unbroken_run() {
         vec![
             "train".to_string(),
             "--epochs".into(),
-            "8".into(),
+            "12".into(),
             "--out".into(),
             out.display().to_string(),
         ]
