@@ -15,7 +15,7 @@ use cnn_train::{
 };
 
 use crate::arch::ARCH_HELP;
-use crate::data::{self, DataSpec};
+use crate::data::{self, DataSpec, Splits};
 use crate::pipeline::parse_augment;
 use crate::run::{default_run_dir, RunInfo};
 use crate::DataArgs;
@@ -158,8 +158,9 @@ impl TrainArgs {
     }
 }
 
-/// A fresh run: its info (data statistics included), config and directory.
-fn fresh(args: &TrainArgs) -> Result<(RunInfo, TrainConfig, PathBuf)> {
+/// A fresh run: its info (data statistics included), config, directory, and
+/// the splits it read (so they are read once).
+fn fresh(args: &TrainArgs) -> Result<(RunInfo, TrainConfig, PathBuf, Splits)> {
     let config = args.config();
     config.validate()?;
     if args.batch_size == 0 {
@@ -167,6 +168,16 @@ fn fresh(args: &TrainArgs) -> Result<(RunInfo, TrainConfig, PathBuf)> {
     }
     let spec = args.data.data.clone();
     parse_augment(&args.augment, &spec)?;
+    let out = args.out.clone().unwrap_or_else(default_run_dir);
+    if out.join("last").exists() || out.join(".last.old").exists() {
+        return Err(Error::config(
+            "train",
+            format!(
+                "{} already holds a run: continue it with --resume {0}, or pick another --out",
+                out.display()
+            ),
+        ));
+    }
     let splits = data::load(&spec, &args.data.split_options())?;
     let (mean, std) = channel_stats(&*splits.train)?;
     // A constant channel would divide by zero: leave its scale alone.
@@ -185,17 +196,7 @@ fn fresh(args: &TrainArgs) -> Result<(RunInfo, TrainConfig, PathBuf)> {
         image_size: args.data.image_size,
         seed: args.seed,
     };
-    let out = args.out.clone().unwrap_or_else(default_run_dir);
-    if out.join("last").exists() || out.join(".last.old").exists() {
-        return Err(Error::config(
-            "train",
-            format!(
-                "{} already holds a run: continue it with --resume {0}, or pick another --out",
-                out.display()
-            ),
-        ));
-    }
-    Ok((info, config, out))
+    Ok((info, config, out, splits))
 }
 
 /// Runs `cnn train`.
@@ -203,19 +204,19 @@ fn fresh(args: &TrainArgs) -> Result<(RunInfo, TrainConfig, PathBuf)> {
 /// # Errors
 /// Bad settings, unreadable data, a diverged run, failed writes.
 pub fn run(args: TrainArgs, started: Instant) -> Result<ExitCode> {
-    let (info, config, out, resuming) = match &args.resume {
+    let (info, config, out, splits, resuming) = match &args.resume {
         Some(dir) => {
             let state = TrainerState::read(&find_checkpoint(dir, "last")?)?;
             let info = RunInfo::from_metadata(&state.metadata, dir)?;
-            (info, state.config, dir.clone(), true)
+            let splits = info.load_splits(&info.data_spec()?)?;
+            (info, state.config, dir.clone(), splits, true)
         }
         None => {
-            let (info, config, out) = fresh(&args)?;
-            (info, config, out, false)
+            let (info, config, out, splits) = fresh(&args)?;
+            (info, config, out, splits, false)
         }
     };
     let spec = info.data_spec()?;
-    let splits = info.load_splits(&spec)?;
     let mut built = info.build_model()?;
     let train = info.train_loader(splits.train.clone(), built.rgb)?;
     let val = info.eval_loader(splits.val.clone(), 256, built.rgb)?;
