@@ -17,7 +17,7 @@ use cnn_optim::Optimizer;
 use cnn_tensor::{write_atomic, Error, Layer, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::{EpochRecord, TrainConfig};
+use crate::{DivergenceGuard, EpochRecord, TrainConfig};
 
 /// The model's file in a checkpoint directory.
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -65,10 +65,9 @@ pub struct TrainerState {
     pub data_seed: u64,
     /// The best validation accuracy so far.
     pub best_val_accuracy: Option<f64>,
-    /// The first step's loss, the divergence guard's reference.
-    pub initial_loss: Option<f64>,
-    /// Steps in a row the loss has been above the guard's bound.
-    pub guard_strikes: usize,
+    /// The divergence guard: its settings (from the config), the first
+    /// step's loss and the steps in a row above its bound.
+    pub guard: DivergenceGuard,
     /// Every finished epoch.
     pub history: Vec<EpochRecord>,
     /// What the caller stored with the run (the CLI: data, architecture, normalization).
@@ -83,6 +82,7 @@ impl TrainerState {
         data_seed: u64,
         metadata: serde_json::Value,
     ) -> Self {
+        let guard = DivergenceGuard::new(config.divergence_factor, config.divergence_patience);
         TrainerState {
             format: FORMAT_VERSION,
             epoch: 0,
@@ -93,8 +93,7 @@ impl TrainerState {
             batches_per_epoch,
             data_seed,
             best_val_accuracy: None,
-            initial_loss: None,
-            guard_strikes: 0,
+            guard,
             history: Vec::new(),
             metadata,
         }
@@ -127,13 +126,12 @@ fn io_err(what: &str, path: &Path) -> impl Fn(std::io::Error) -> Error {
     move |source| Error::Io { context: context.clone(), source }
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
-    // Flushes the directory entries (the renames) to disk; best effort on
-    // systems where a directory cannot be opened for syncing.
+/// Flushes a directory's entries (the renames) to disk; best effort on
+/// systems where a directory cannot be opened for syncing.
+fn sync_dir(dir: &Path) {
     if let Ok(f) = fs::File::open(dir) {
         let _ = f.sync_all();
     }
-    Ok(())
 }
 
 /// Replaces `parent/name` by a directory that `fill` writes, atomically (see the module docs).
@@ -155,7 +153,7 @@ pub fn replace_dir_atomic(
     }
     fs::create_dir(&staging).map_err(io_err("create", &staging))?;
     fill(&staging)?;
-    sync_dir(&staging)?;
+    sync_dir(&staging);
     if target.exists() {
         if aside.exists() {
             fs::remove_dir_all(&aside).map_err(io_err("remove", &aside))?;
@@ -163,7 +161,7 @@ pub fn replace_dir_atomic(
         fs::rename(&target, &aside).map_err(io_err("rename aside", &target))?;
     }
     fs::rename(&staging, &target).map_err(io_err("rename into place", &target))?;
-    sync_dir(parent)?;
+    sync_dir(parent);
     if aside.exists() {
         fs::remove_dir_all(&aside).map_err(io_err("remove", &aside))?;
     }

@@ -1,10 +1,12 @@
 //! The divergence guard: stop a run whose loss has left the rails, and say why.
 
 use cnn_tensor::{Error, Result};
+use serde::{Deserialize, Serialize};
 
 /// Trips on a non-finite loss at once, or on a loss above `factor ×` the
 /// first step's loss for `patience` steps in a row.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DivergenceGuard {
     /// Multiple of the initial loss counted as diverging.
     pub factor: f64,

@@ -9,13 +9,9 @@ use std::time::Instant;
 use cnn_data::DataLoader;
 use cnn_tensor::{Error, Layer, Result};
 
-use crate::checkpoint::{
-    find_checkpoint, load_checkpoint, save_checkpoint, PartialEpoch, TrainerState,
-};
+use crate::checkpoint::{find_checkpoint, load_checkpoint, save_checkpoint, TrainerState};
 use crate::step::{apply_gradients, compute_gradients};
-use crate::{
-    evaluate, plot_curves, DivergenceGuard, EpochRecord, History, ProgressMode, TrainConfig,
-};
+use crate::{evaluate, plot_curves, EpochRecord, History, ProgressMode, TrainConfig};
 
 /// A callback after each epoch; returning `false` stops the run there (its checkpoint is written).
 pub type EpochCallback = Box<dyn FnMut(&EpochRecord) -> bool + Send>;
@@ -217,11 +213,6 @@ impl Trainer {
         let mut optimizer = self.config.build_optimizer()?;
         let mut state = self.start_state(model, &mut optimizer, train)?;
         let config = state.config.clone();
-        let mut guard = DivergenceGuard {
-            initial: state.initial_loss,
-            strikes: state.guard_strikes,
-            ..DivergenceGuard::new(config.divergence_factor, config.divergence_patience)
-        };
         let out_dir = self.out_dir.clone();
         let mut progress =
             crate::progress::Progress::new(self.progress, config.epochs, state.epoch);
@@ -245,7 +236,7 @@ impl Trainer {
                     config.seed,
                     step,
                 )?;
-                guard.check(step, stats.loss, schedule.lr(step as usize, config.lr))?;
+                state.guard.check(step, stats.loss, schedule.lr(step as usize, config.lr))?;
                 lr = apply_gradients(&mut optimizer, &schedule, model, step)?;
                 state.global_step += 1;
                 state.batch += 1;
@@ -261,8 +252,6 @@ impl Trainer {
                 );
                 if self.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
                     state.partial.train_seconds += clock.elapsed().as_secs_f64();
-                    state.initial_loss = guard.initial;
-                    state.guard_strikes = guard.strikes;
                     if let Some(dir) = &out_dir {
                         save_checkpoint(dir, "last", model, &optimizer, &state)?;
                     }
@@ -296,9 +285,6 @@ impl Trainer {
             state.history.push(record.clone());
             state.epoch += 1;
             state.batch = 0;
-            state.partial = PartialEpoch::default();
-            state.initial_loss = guard.initial;
-            state.guard_strikes = guard.strikes;
             if let Some(dir) = &out_dir {
                 write_epoch(dir, model, &optimizer, &state, improved)?;
             }
