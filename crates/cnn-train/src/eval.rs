@@ -54,7 +54,6 @@ impl EvalReport {
 /// Accumulates loss, hits and the confusion matrix batch by batch.
 struct Tally {
     loss_sum: f64,
-    top1: usize,
     top5: usize,
     confusion: Vec<Vec<u64>>,
     count: usize,
@@ -62,13 +61,7 @@ struct Tally {
 
 impl Tally {
     fn new(classes: usize) -> Self {
-        Tally {
-            loss_sum: 0.0,
-            top1: 0,
-            top5: 0,
-            confusion: vec![vec![0; classes]; classes],
-            count: 0,
-        }
+        Tally { loss_sum: 0.0, top5: 0, confusion: vec![vec![0; classes]; classes], count: 0 }
     }
 
     /// Adds a batch of probabilities `[n, classes]` (rows summing to 1) and,
@@ -90,7 +83,6 @@ impl Tally {
             self.confusion[label][argmax(row.iter().copied())] += 1;
         }
         self.loss_sum += loss_sum.unwrap_or(0.0);
-        self.top1 += top_k_correct(probs.view(), labels, 1);
         self.top5 += top_k_correct(probs.view(), labels, 5);
         self.count += labels.len();
         Ok(())
@@ -101,6 +93,8 @@ impl Tally {
             return Err(Error::config("evaluate", "the split has no samples"));
         }
         let n = self.count as f64;
+        // Top-1 hits are the confusion matrix's diagonal (argmax breaks ties as top_k_correct does).
+        let top1: u64 = (0..self.confusion.len()).map(|c| self.confusion[c][c]).sum();
         let per_class = self
             .confusion
             .iter()
@@ -109,7 +103,7 @@ impl Tally {
             .collect();
         Ok(EvalReport {
             loss: self.loss_sum / n,
-            accuracy: self.top1 as f64 / n,
+            accuracy: top1 as f64 / n,
             top5: (self.confusion.len() > 5).then(|| self.top5 as f64 / n),
             per_class,
             confusion: self.confusion,
@@ -195,11 +189,15 @@ pub fn evaluate_tta(
     }
     let classes = class_names(plain);
     let mut tally = Tally::new(classes.len());
-    for (b, batch) in plain.epoch(0).enumerate() {
+    // View v is epoch v of the augmented loader, walked in step with the plain one.
+    let mut augmented_views: Vec<_> = (1..views).map(|v| augmented.epoch(v as u64)).collect();
+    for batch in plain.epoch(0) {
         let batch = batch?;
         let mut sum = probabilities(model, batch.images.into_dyn())?;
-        for v in 1..views {
-            let view = augmented.batch(v as u64, b)?;
+        for view in &mut augmented_views {
+            let view = view.next().ok_or_else(|| {
+                Error::config("evaluate_tta", "the augmented loader ran out of batches")
+            })??;
             if view.labels != batch.labels {
                 return Err(Error::config(
                     "evaluate_tta",
