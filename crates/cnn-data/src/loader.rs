@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use cnn_augment::Transform;
-use cnn_tensor::random::seeded_rng;
+use cnn_tensor::random::{seeded_rng, splitmix as mix};
 use cnn_tensor::{Error, Result};
 use ndarray::{Array4, Axis};
 use rand::seq::SliceRandom;
@@ -33,13 +33,6 @@ pub struct DataLoader {
     shuffle: bool,
     drop_last: bool,
     transform: Option<Arc<dyn Transform<f32>>>,
-}
-
-/// SplitMix64's finalizer: decorrelates nearby integers into seeds.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 impl DataLoader {

@@ -15,15 +15,16 @@ pub fn seeded_rng(seed: u64) -> SeededRng {
     SeededRng::seed_from_u64(seed)
 }
 
-/// A seed for the `index`-th stream under `seed` (SplitMix64's finalizer over
-/// both): nearby inputs give unrelated seeds.
+/// SplitMix64's finalizer: decorrelates nearby integers into seeds.
+pub fn splitmix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A seed for the `index`-th stream under `seed`: nearby inputs give unrelated seeds.
 pub fn mix_seed(seed: u64, index: u64) -> u64 {
-    let mix = |mut z: u64| {
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
-    mix(seed ^ mix(index.wrapping_add(0x9e37_79b9_7f4a_7c15)))
+    splitmix(seed ^ splitmix(index.wrapping_add(0x9e37_79b9_7f4a_7c15)))
 }
 
 /// A tensor of i.i.d. draws from U[low, high).
