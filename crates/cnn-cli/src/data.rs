@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use cnn_data::{stratified_split, Cifar, Dataset, Digits, IdxDataset, ImageFolder};
+use cnn_data::{stratified_split, Cifar, Dataset, Digits, IdxDataset, ImageFolder, Resized};
 use cnn_tensor::{Error, Result};
 
 /// Where the images come from.
@@ -69,6 +69,8 @@ pub struct SplitOptions {
     pub val_dir: Option<PathBuf>,
     /// Folder data: images are resized to this square size.
     pub image_size: usize,
+    /// Other data: images are resized to this square size when given.
+    pub resize: Option<usize>,
     /// Seed of the stratified splits.
     pub split_seed: u64,
 }
@@ -167,6 +169,14 @@ pub fn load(spec: &DataSpec, opts: &SplitOptions) -> Result<Splits> {
             let held: Arc<dyn Dataset> = Arc::new(held);
             return finish(Arc::new(train), held.clone(), held, "the held-out split of the folder");
         }
+    };
+    let (train, test) = match opts.resize {
+        Some(size) => {
+            let r =
+                |d| -> Result<Arc<dyn Dataset>> { Ok(Arc::new(Resized::new(d, [size, size])?)) };
+            (r(train)?, r(test)?)
+        }
+        None => (train, test),
     };
     if opts.val_fraction > 0.0 {
         let (rest, val) = stratified_split(train, opts.val_fraction, opts.split_seed)?;

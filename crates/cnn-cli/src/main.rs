@@ -7,6 +7,7 @@ mod pipeline;
 mod run;
 mod tools;
 mod train;
+mod tune;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +57,8 @@ struct Cli {
 enum Command {
     /// Train a network (with no arguments: the embedded digits, the default recipe).
     Train(Box<train::TrainArgs>),
+    /// Run the six-step tuning recipe and write report.md and best.json.
+    Tune(Box<tune::TuneArgs>),
     /// Evaluate a run's checkpoint: loss, accuracy, per-class accuracy, confusion matrix.
     Eval(eval::EvalArgs),
     /// Print a network's layers, output shapes and parameter counts.
@@ -79,9 +82,17 @@ struct DataArgs {
     /// Folder data: a directory of validation images (one sub-directory per class).
     #[arg(long)]
     val_dir: Option<PathBuf>,
-    /// Folder data: images are resized to SIZE×SIZE.
-    #[arg(long, default_value_t = 64)]
-    image_size: usize,
+    /// Images are resized to SIZE×SIZE [default: folder data 64 (224 for
+    /// `finetune`), other data sets their own size].
+    #[arg(long, value_parser = parse_size)]
+    image_size: Option<usize>,
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    s.parse::<usize>()
+        .ok()
+        .filter(|v| (1..=4096).contains(v))
+        .ok_or_else(|| format!("expected a size from 1 to 4096, got {s:?}"))
 }
 
 fn parse_data(s: &str) -> Result<DataSpec, String> {
@@ -90,10 +101,18 @@ fn parse_data(s: &str) -> Result<DataSpec, String> {
 
 impl DataArgs {
     fn split_options(&self) -> data::SplitOptions {
+        self.split_options_sized(None)
+    }
+
+    /// The split options with `default_size` when `--image-size` is not given.
+    fn split_options_sized(&self, default_size: Option<usize>) -> data::SplitOptions {
+        let size = self.image_size.or(default_size);
+        let folder = matches!(self.data, DataSpec::Folder(_));
         data::SplitOptions {
             val_fraction: self.val_fraction,
             val_dir: self.val_dir.clone(),
-            image_size: self.image_size,
+            image_size: size.unwrap_or(64),
+            resize: if folder { None } else { size },
             split_seed: 0,
         }
     }
@@ -109,6 +128,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Train(args) => train::run(*args, started),
+        Command::Tune(args) => tune::run(*args, started),
         Command::Eval(args) => eval::run(args),
         Command::Summary(args) => tools::summary(args),
         Command::AugmentPreview(args) => tools::preview(args),

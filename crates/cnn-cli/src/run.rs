@@ -40,11 +40,84 @@ pub struct RunInfo {
     pub val_dir: Option<PathBuf>,
     /// The `--image-size` (folder data).
     pub image_size: usize,
+    /// The size other data sets were resized to, if any.
+    #[serde(default)]
+    pub resize: Option<usize>,
     /// Seed of the model's init and of the loader (order, augmentation).
     pub seed: u64,
 }
 
+/// What a fresh run is asked for, besides its training recipe.
+pub struct RunRequest<'a> {
+    /// The data and how to split it.
+    pub spec: &'a DataSpec,
+    /// The split options.
+    pub split: SplitOptions,
+    /// The `--arch` name.
+    pub arch: &'a str,
+    /// Training batch size.
+    pub batch_size: usize,
+    /// The `--augment` spec.
+    pub augment: &'a str,
+    /// The `--seed`.
+    pub seed: u64,
+    /// A normalization to use instead of the training split's statistics
+    /// (the pretrained network's, for transfer).
+    pub normalization: Option<(Vec<f64>, Vec<f64>)>,
+}
+
 impl RunInfo {
+    /// Reads the data of a fresh run, checks the request, and records the
+    /// run's info: the per-channel mean and std of the training split, unless
+    /// a normalization is given.
+    ///
+    /// # Errors
+    /// A zero batch size, a bad augmentation spec, unreadable data.
+    pub fn prepare(req: RunRequest<'_>) -> Result<(RunInfo, Splits)> {
+        if req.batch_size == 0 {
+            return Err(Error::config("data", "--batch-size must be at least 1"));
+        }
+        parse_augment(req.augment, req.spec)?;
+        let splits = data::load(req.spec, &req.split)?;
+        let image = splits.image_shape()?;
+        let (mean, std) = match req.normalization {
+            Some((mean, std)) => {
+                let channels = if image[0] == 1 { [1, 3] } else { [image[0], image[0]] };
+                if !channels.contains(&mean.len()) || mean.len() != std.len() {
+                    return Err(Error::config(
+                        "data",
+                        format!(
+                            "the normalization has {} means and {} stds; the images have {} channels",
+                            mean.len(),
+                            std.len(),
+                            image[0]
+                        ),
+                    ));
+                }
+                (mean, std)
+            }
+            None => cnn_data::channel_stats(&*splits.train)?,
+        };
+        // A constant channel would divide by zero: leave its scale alone.
+        let std = std.into_iter().map(|s| if s > 1e-12 { s } else { 1.0 }).collect();
+        let info = RunInfo {
+            data: req.spec.to_string(),
+            arch: req.arch.to_string(),
+            classes: splits.classes(),
+            image,
+            mean,
+            std,
+            batch_size: req.batch_size,
+            augment: req.augment.to_string(),
+            val_fraction: req.split.val_fraction,
+            val_dir: req.split.val_dir.clone(),
+            image_size: req.split.image_size,
+            resize: req.split.resize,
+            seed: req.seed,
+        };
+        Ok((info, splits))
+    }
+
     /// The data spec.
     ///
     /// # Errors
@@ -61,6 +134,7 @@ impl RunInfo {
             val_fraction: self.val_fraction,
             val_dir: self.val_dir.clone(),
             image_size: self.image_size,
+            resize: self.resize,
             split_seed: 0,
         }
     }

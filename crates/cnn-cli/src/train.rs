@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
-use cnn_data::channel_stats;
 use cnn_tensor::{Error, Result};
 use cnn_train::{
     evaluate, find_checkpoint, OptimizerKind, ProgressMode, ScheduleKind, TrainConfig, Trainer,
@@ -15,9 +14,8 @@ use cnn_train::{
 };
 
 use crate::arch::ARCH_HELP;
-use crate::data::{self, DataSpec, Splits};
-use crate::pipeline::parse_augment;
-use crate::run::{default_run_dir, RunInfo};
+use crate::data::{DataSpec, Splits};
+use crate::run::{default_run_dir, RunInfo, RunRequest};
 use crate::DataArgs;
 
 /// `--optimizer`.
@@ -38,7 +36,21 @@ enum Sched {
     OneCycle,
 }
 
-const RESUME_CONFLICTS: [&str; 18] = [
+/// The recipe flags a `--config` file replaces.
+const CONFIG_CONFLICTS: [&str; 9] = [
+    "epochs",
+    "lr",
+    "momentum",
+    "no_nesterov",
+    "weight_decay",
+    "optimizer",
+    "schedule",
+    "warmup_epochs",
+    "label_smoothing",
+];
+
+const RESUME_CONFLICTS: [&str; 19] = [
+    "config",
     "data",
     "val_fraction",
     "val_dir",
@@ -114,6 +126,10 @@ pub struct TrainArgs {
     /// Seed of the initialization, the data order and the augmentation.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// The training recipe from a JSON file (`best.json` of `cnn tune`, or a
+    /// run's `config` from trainer.json) instead of the recipe flags.
+    #[arg(long, value_name = "FILE", conflicts_with_all = CONFIG_CONFLICTS)]
+    config: Option<PathBuf>,
     /// The run directory [default: runs/YYYYMMDD-HHMMSS, the start time in UTC].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -125,10 +141,27 @@ pub struct TrainArgs {
     quiet: bool,
 }
 
+/// Reads a training recipe (a [`TrainConfig`] as JSON).
+///
+/// # Errors
+/// [`Error::Io`] naming the file; [`Error::Format`] for JSON that is not a recipe.
+pub fn read_config(path: &std::path::Path) -> Result<TrainConfig> {
+    let text = std::fs::read(path)
+        .map_err(|e| Error::Io { context: format!("read {}", path.display()), source: e })?;
+    serde_json::from_slice(&text).map_err(|e| Error::Format {
+        context: path.display().to_string(),
+        msg: format!("not a training config: {e}"),
+    })
+}
+
 impl TrainArgs {
-    fn config(&self) -> TrainConfig {
+    fn config(&self) -> Result<TrainConfig> {
+        if let Some(path) = &self.config {
+            // --seed stays the command line's: it seeds the init and data too.
+            return Ok(read_config(path)?.with_seed(self.seed));
+        }
         let d = TrainConfig::default();
-        TrainConfig {
+        Ok(TrainConfig {
             epochs: self.epochs.unwrap_or(match self.data.data {
                 DataSpec::Digits => 12,
                 DataSpec::Mnist(_) => 10,
@@ -154,20 +187,15 @@ impl TrainArgs {
             label_smoothing: self.label_smoothing,
             seed: self.seed,
             ..d
-        }
+        })
     }
 }
 
 /// A fresh run: its info (data statistics included), config, directory, and
 /// the splits it read (so they are read once).
 fn fresh(args: &TrainArgs) -> Result<(RunInfo, TrainConfig, PathBuf, Splits)> {
-    let config = args.config();
+    let config = args.config()?;
     config.validate()?;
-    if args.batch_size == 0 {
-        return Err(Error::config("train", "--batch-size must be at least 1"));
-    }
-    let spec = args.data.data.clone();
-    parse_augment(&args.augment, &spec)?;
     let out = args.out.clone().unwrap_or_else(default_run_dir);
     if out.join("last").exists() || out.join(".last.old").exists() {
         return Err(Error::config(
@@ -178,24 +206,15 @@ fn fresh(args: &TrainArgs) -> Result<(RunInfo, TrainConfig, PathBuf, Splits)> {
             ),
         ));
     }
-    let splits = data::load(&spec, &args.data.split_options())?;
-    let (mean, std) = channel_stats(&*splits.train)?;
-    // A constant channel would divide by zero: leave its scale alone.
-    let std = std.into_iter().map(|s| if s > 1e-12 { s } else { 1.0 }).collect();
-    let info = RunInfo {
-        data: spec.to_string(),
-        arch: args.arch.clone(),
-        classes: splits.classes(),
-        image: splits.image_shape()?,
-        mean,
-        std,
+    let (info, splits) = RunInfo::prepare(RunRequest {
+        spec: &args.data.data,
+        split: args.data.split_options(),
+        arch: &args.arch,
         batch_size: args.batch_size,
-        augment: args.augment.clone(),
-        val_fraction: args.data.val_fraction,
-        val_dir: args.data.val_dir.clone(),
-        image_size: args.data.image_size,
+        augment: &args.augment,
         seed: args.seed,
-    };
+        normalization: None,
+    })?;
     Ok((info, config, out, splits))
 }
 

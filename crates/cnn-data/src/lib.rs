@@ -25,6 +25,7 @@ mod files;
 mod folder;
 mod idx;
 mod loader;
+mod memory;
 mod preview;
 mod stats;
 
@@ -34,5 +35,6 @@ pub use digits::Digits;
 pub use folder::ImageFolder;
 pub use idx::IdxDataset;
 pub use loader::{Batch, DataLoader};
+pub use memory::{Resized, TensorDataset};
 pub use preview::preview_grid;
 pub use stats::channel_stats;

@@ -69,6 +69,25 @@ impl DataLoader {
         self
     }
 
+    /// A loader with these settings (batch size, seed, shuffling, transform)
+    /// over another dataset: a sample of the training set, say.
+    pub fn over(&self, dataset: Arc<dyn Dataset>) -> DataLoader {
+        DataLoader { dataset, transform: self.transform.clone(), ..*self }
+    }
+
+    /// This loader with another batch size.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a zero batch size.
+    pub fn with_batch_size(&self, batch_size: usize) -> Result<DataLoader> {
+        let mut l = self.over(self.dataset.clone());
+        if batch_size == 0 {
+            return Err(Error::config("data_loader", "batch_size must be positive"));
+        }
+        l.batch_size = batch_size;
+        Ok(l)
+    }
+
     /// The dataset the batches are drawn from.
     pub fn dataset(&self) -> &Arc<dyn Dataset> {
         &self.dataset

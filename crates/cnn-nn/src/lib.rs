@@ -31,7 +31,9 @@ pub use block::BasicBlock;
 pub use bottleneck::{Bottleneck, EXPANSION};
 pub use cnn_tensor::write_atomic;
 pub use sequential::{Flatten, Sequential};
-pub use state_dict::{load_state_dict, save_state_dict, LoadReport, SaveDtype};
+pub use state_dict::{
+    bf16_to_f32, f16_to_f32, load_state_dict, save_state_dict, LoadReport, SaveDtype, StateDict,
+};
 pub use summary::{summary, SummaryRow};
 
 use cnn_conv::{Conv2d, Conv2dConfig};

@@ -1,6 +1,5 @@
 //! `state_dict` files in safetensors, with PyTorch's keys, layouts and dtypes.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
@@ -98,38 +97,229 @@ pub fn save_state_dict<T: Float>(
     write_atomic(path, &data)
 }
 
-fn to_floats<T: Float>(
+/// IEEE binary16 bits to f32 (exact: every f16 is an f32).
+pub fn f16_to_f32(bits: u16) -> f32 {
+    let sign = u32::from(bits >> 15) << 31;
+    let exp = u32::from((bits >> 10) & 0x1f);
+    let frac = u32::from(bits & 0x3ff);
+    let magnitude = match (exp, frac) {
+        (0, 0) => 0,
+        // Subnormal: frac · 2⁻²⁴, renormalized into an f32 normal.
+        (0, _) => {
+            let shift = frac.leading_zeros() - 21;
+            let frac = (frac << shift) & 0x3ff;
+            ((127 - 15 + 1 - shift) << 23) | (frac << 13)
+        }
+        (0x1f, _) => (0xff << 23) | (frac << 13),
+        _ => ((exp + 127 - 15) << 23) | (frac << 13),
+    };
+    f32::from_bits(sign | magnitude)
+}
+
+/// bfloat16 bits to f32 (exact: bf16 is the top half of an f32).
+pub fn bf16_to_f32(bits: u16) -> f32 {
+    f32::from_bits(u32::from(bits) << 16)
+}
+
+/// The values of one tensor as f64, converting f16 and bf16 (checkpoints as
+/// found in the wild) and integer counters.
+fn to_f64(
     view: &safetensors::tensor::TensorView<'_>,
     key: &str,
     context: &str,
-) -> Result<Vec<T>> {
+) -> Result<Vec<f64>> {
     let bytes = view.data();
-    let bad = |msg: String| Error::Format { context: context.to_string(), msg };
+    let u16s = || bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]));
     Ok(match view.dtype() {
         Dtype::F32 => bytes
             .chunks_exact(4)
-            .map(|b| T::of(f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64))
+            .map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
             .collect(),
         Dtype::F64 => bytes
             .chunks_exact(8)
-            .map(|b| T::of(f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])))
+            .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
             .collect(),
+        Dtype::F16 => u16s().map(|b| f64::from(f16_to_f32(b))).collect(),
+        Dtype::BF16 => u16s().map(|b| f64::from(bf16_to_f32(b))).collect(),
         Dtype::I64 if is_counter(key) => bytes
             .chunks_exact(8)
-            .map(|b| {
-                T::of(i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f64)
-            })
+            .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f64)
             .collect(),
         other => {
-            return Err(bad(format!(
-                "{key}: dtype {other:?} is not supported (F32, F64; I64 for num_batches_tracked)"
-            )))
+            return Err(Error::Format {
+                context: context.to_string(),
+                msg: format!(
+                    "{key}: dtype {other:?} is not supported (F32, F64, F16, BF16; I64 for num_batches_tracked)"
+                ),
+            })
         }
     })
 }
 
+/// A `state_dict` read from a safetensors file: tensors by key, as f64, with
+/// the dtype each had in the file. Reading it apart from loading it lets a
+/// caller fix its keys first ([`StateDict::strip_prefix`],
+/// [`StateDict::rename`]) or leave some out ([`StateDict::load_into`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StateDict {
+    /// `key → (shape, values)`, in key order.
+    pub tensors: std::collections::BTreeMap<String, (Vec<usize>, Vec<f64>)>,
+    /// `key → dtype name in the file` (`F32`, `F16`, `BF16`, …).
+    pub dtypes: std::collections::BTreeMap<String, String>,
+    /// The file it came from, for messages.
+    pub source: String,
+}
+
+impl StateDict {
+    /// Reads every tensor of a safetensors file.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the file cannot be read, [`Error::Format`] when it is
+    /// not a valid safetensors file or holds an unsupported dtype.
+    pub fn read(path: &Path) -> Result<StateDict> {
+        let source = path.display().to_string();
+        let bytes = std::fs::read(path)
+            .map_err(|e| Error::Io { context: format!("read {source}"), source: e })?;
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| Error::Format { context: source.clone(), msg: e.to_string() })?;
+        let mut dict = StateDict { source, ..StateDict::default() };
+        for (name, view) in st.tensors() {
+            let values = to_f64(&view, &name, &dict.source)?;
+            dict.dtypes.insert(name.clone(), format!("{:?}", view.dtype()));
+            dict.tensors.insert(name, (view.shape().to_vec(), values));
+        }
+        Ok(dict)
+    }
+
+    /// The dtypes in the file other than F32/F64/I64 with how many tensors
+    /// had each (`[("F16", 102)]`): what loading converted.
+    pub fn converted_dtypes(&self) -> Vec<(String, usize)> {
+        let mut counts = std::collections::BTreeMap::<String, usize>::new();
+        for d in self.dtypes.values().filter(|d| !matches!(d.as_str(), "F32" | "F64" | "I64")) {
+            *counts.entry(d.clone()).or_default() += 1;
+        }
+        counts.into_iter().collect()
+    }
+
+    /// The prefix every key shares up to a dot (`"module."` from DataParallel,
+    /// `"model."`, `"backbone."`), if there is one and it is not a key of
+    /// `expected` itself: the usual wrapper prefixes of checkpoints in the wild.
+    pub fn common_prefix(&self, expected: &[String]) -> Option<String> {
+        let first = self.tensors.keys().next()?;
+        let (head, _) = first.split_once('.')?;
+        let prefix = format!("{head}.");
+        let all = self.tensors.keys().all(|k| k.starts_with(&prefix));
+        let ours = expected.iter().any(|k| k.starts_with(&prefix));
+        (all && !ours).then_some(prefix)
+    }
+
+    /// Removes `prefix` from every key that starts with it; returns how many it changed.
+    pub fn strip_prefix(&mut self, prefix: &str) -> usize {
+        let (hit, keep): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.tensors).into_iter().partition(|(k, _)| k.starts_with(prefix));
+        let n = hit.len();
+        self.tensors = keep.into_iter().collect();
+        for (k, v) in hit {
+            let new = k[prefix.len()..].to_string();
+            if let Some(d) = self.dtypes.remove(&k) {
+                self.dtypes.insert(new.clone(), d);
+            }
+            self.tensors.insert(new, v);
+        }
+        n
+    }
+
+    /// Renames keys by `(from, to)` pairs: a pair whose `from` ends in `.` (or is
+    /// empty) renames that key prefix, any other renames one whole key. Returns
+    /// how many keys changed.
+    pub fn rename(&mut self, pairs: &[(String, String)]) -> usize {
+        let keys: Vec<String> = self.tensors.keys().cloned().collect();
+        let mut n = 0;
+        for k in keys {
+            let new = pairs.iter().find_map(|(from, to)| {
+                if from.ends_with('.') {
+                    k.strip_prefix(from.as_str()).map(|rest| format!("{to}{rest}"))
+                } else {
+                    (k == *from).then(|| to.clone())
+                }
+            });
+            if let Some(new) = new.filter(|new| *new != k) {
+                if let Some(v) = self.tensors.remove(&k) {
+                    self.tensors.insert(new.clone(), v);
+                }
+                if let Some(d) = self.dtypes.remove(&k) {
+                    self.dtypes.insert(new, d);
+                }
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Loads the tensors into `model` by key, leaving out the model's keys for
+    /// which `skip` is true (and the file's keys under them).
+    ///
+    /// With `strict`, any missing or unexpected key or shape mismatch among
+    /// the rest is an error that lists them all, and nothing is loaded;
+    /// otherwise the matching tensors are loaded and the report says what did
+    /// not match.
+    ///
+    /// # Errors
+    /// [`Error::Format`] naming the file and every mismatch, when `strict`.
+    pub fn load_into<T: Float>(
+        &self,
+        model: &mut dyn Layer<T>,
+        strict: bool,
+        skip: &dyn Fn(&str) -> bool,
+    ) -> Result<LoadReport> {
+        let mut report = LoadReport::default();
+        let mut model_keys = std::collections::HashSet::new();
+        model.visit("", &mut |key, p| {
+            model_keys.insert(key.to_string());
+            if skip(key) {
+                return;
+            }
+            match self.tensors.get(key) {
+                None => report.missing.push(key.to_string()),
+                Some((shape, _)) if shape.as_slice() != p.value.shape() => {
+                    report.shape_mismatches.push((
+                        key.to_string(),
+                        p.value.shape().to_vec(),
+                        shape.clone(),
+                    ));
+                }
+                Some(_) => {}
+            }
+        });
+        report.unexpected =
+            self.tensors.keys().filter(|k| !model_keys.contains(*k) && !skip(k)).cloned().collect();
+        if strict && !report.is_exact() {
+            return Err(Error::Format {
+                context: self.source.clone(),
+                msg: format!("state dict does not match the model: {report}"),
+            });
+        }
+        model.visit("", &mut |key, p| {
+            if skip(key) {
+                return;
+            }
+            if let Some((shape, values)) = self.tensors.get(key) {
+                if shape.as_slice() == p.value.shape() {
+                    let values = values.iter().map(|&v| T::of(v)).collect();
+                    if let Ok(a) = ArrayD::from_shape_vec(IxDyn(shape), values) {
+                        p.value = a;
+                        report.loaded += 1;
+                    }
+                }
+            }
+        });
+        Ok(report)
+    }
+}
+
 /// Loads a safetensors `state_dict` (ours, or PyTorch's via
-/// `safetensors.torch.save_file`) into `model` by key.
+/// `safetensors.torch.save_file`; f16 and bf16 tensors are converted) into
+/// `model` by key.
 ///
 /// With `strict`, any missing or unexpected key or shape mismatch is an error
 /// that lists them all, and nothing is loaded; otherwise the matching tensors
@@ -144,49 +334,31 @@ pub fn load_state_dict<T: Float>(
     path: &Path,
     strict: bool,
 ) -> Result<LoadReport> {
-    let context = path.display().to_string();
-    let bytes = std::fs::read(path)
-        .map_err(|e| Error::Io { context: format!("read {context}"), source: e })?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::Format { context: context.clone(), msg: e.to_string() })?;
-    let mut file: HashMap<String, (Vec<usize>, Vec<T>)> = HashMap::new();
-    for (name, view) in st.tensors() {
-        let values = to_floats::<T>(&view, &name, &context)?;
-        file.insert(name, (view.shape().to_vec(), values));
-    }
-    let mut report = LoadReport::default();
-    let mut model_keys = Vec::new();
-    model.visit("", &mut |key, p| {
-        model_keys.push(key.to_string());
-        match file.get(key) {
-            None => report.missing.push(key.to_string()),
-            Some((shape, _)) if shape.as_slice() != p.value.shape() => {
-                report.shape_mismatches.push((
-                    key.to_string(),
-                    p.value.shape().to_vec(),
-                    shape.clone(),
-                ));
-            }
-            Some(_) => {}
+    StateDict::read(path)?.load_into(model, strict, &|_| false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_precision_converts_exactly() {
+        // 1.0, -2.0, 65504 (max), 2^-24 (smallest subnormal), 2^-14 (smallest normal), inf.
+        let cases = [
+            (0x3c00, 1.0),
+            (0xc000, -2.0),
+            (0x7bff, 65504.0),
+            (0x0001, 5.960_464_5e-8),
+            (0x0400, 6.103_515_6e-5),
+            (0x0200, 3.051_757_8e-5),
+            (0x7c00, f32::INFINITY),
+            (0x3555, 0.333_251_95),
+        ];
+        for (bits, want) in cases {
+            assert_eq!(f16_to_f32(bits), want, "{bits:#06x}");
         }
-    });
-    report.unexpected = file.keys().filter(|k| !model_keys.contains(k)).cloned().collect();
-    report.unexpected.sort();
-    if strict && !report.is_exact() {
-        return Err(Error::Format {
-            context,
-            msg: format!("state dict does not match the model: {report}"),
-        });
+        assert!(f16_to_f32(0x7e00).is_nan());
+        assert_eq!(bf16_to_f32(0x3f80), 1.0);
+        assert_eq!(bf16_to_f32(0xc049), -3.140_625);
     }
-    model.visit("", &mut |key, p| {
-        if let Some((shape, values)) = file.get(key) {
-            if shape.as_slice() == p.value.shape() {
-                if let Ok(a) = ArrayD::from_shape_vec(IxDyn(shape), values.clone()) {
-                    p.value = a;
-                    report.loaded += 1;
-                }
-            }
-        }
-    });
-    Ok(report)
 }

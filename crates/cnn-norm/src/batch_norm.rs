@@ -102,6 +102,17 @@ impl<T: Float> BatchNorm<T> {
         })
     }
 
+    /// Whether the layer is frozen: it has γ and β and neither is trainable
+    /// (as [`cnn_tensor::Param::trainable`] after `cnn_nn::freeze`). A frozen
+    /// layer normalizes with its running statistics in train mode too and
+    /// leaves them unchanged, as timm's `FrozenBatchNorm2d` does: freezing a
+    /// pretrained backbone must not let its statistics drift to the new data.
+    /// Without affine parameters a layer is never frozen.
+    pub fn is_frozen(&self) -> bool {
+        self.running.is_some()
+            && self.affine.as_ref().is_some_and(|a| !a.weight.trainable && !a.bias.trainable)
+    }
+
     /// The running mean and variance, when tracked.
     pub fn running_stats(&self) -> Option<(&ArrayD<T>, &ArrayD<T>)> {
         self.running.as_ref().map(|r| (&r.mean.value, &r.var.value))
@@ -116,7 +127,7 @@ impl<T: Float> Layer<T> for BatchNorm<T> {
         let axes = NormAxes { outer: n, groups: c, inner };
         let affine_axes = AffineAxes { outer: n, features: c, inner };
         let train = mode == Mode::Train;
-        let use_batch = train || self.running.is_none();
+        let use_batch = (train && !self.is_frozen()) || self.running.is_none();
         let (mean, rstd_v) = if use_batch {
             let (mean, var) = batch_moments(self.op, &x, axes, train)?;
             if let (true, Some(running)) = (train, self.running.as_mut()) {

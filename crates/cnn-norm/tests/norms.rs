@@ -267,3 +267,39 @@ fn fused_kernels_give_the_same_bits_as_the_plain_ones() {
     assert_eq!(a, b);
     assert!(normalize_fused(&x, NormAxes { outer: n, groups: c, inner: hw }, 1e-5, None).is_err());
 }
+
+/// A BatchNorm with frozen γ and β (after `cnn_nn::freeze`): train mode normalizes with the
+/// running statistics, leaves them bitwise unchanged, and its dx is that affine map's.
+#[test]
+fn frozen_batch_norm_keeps_its_statistics_and_passes_the_right_gradient() {
+    let mut bn = BatchNorm::<f64>::new_2d(BatchNormConfig::new(3)).unwrap();
+    randomize_affine(&mut bn, 4);
+    let mut rng = seeded_rng(5);
+    bn.visit("", &mut |key, p| {
+        if key == "running_mean" {
+            p.value = normal(&[3], 0.3, 1.0, &mut rng);
+        } else if key == "running_var" {
+            p.value = normal(&[3], 0.0, 1.0, &mut rng).mapv(|v: f64| 0.5 + v * v);
+        }
+    });
+    assert!(!bn.is_frozen());
+    bn.visit("", &mut |_, p| p.trainable = false);
+    assert!(bn.is_frozen());
+    let before: Vec<ArrayD<f64>> = {
+        let mut v: Vec<ArrayD<f64>> = Vec::new();
+        bn.visit("", &mut |_, p| v.push(p.value.clone()));
+        v
+    };
+    let x = normal(&[4, 3, 5, 5], 1.0, 2.0, &mut seeded_rng(6));
+    let eval = bn.forward(x.clone(), Mode::Eval).unwrap();
+    let train = bn.forward(x.clone(), Mode::Train).unwrap();
+    assert_eq!(train, eval, "a frozen BatchNorm must normalize with its running statistics");
+    let mut after: Vec<ArrayD<f64>> = Vec::new();
+    bn.visit("", &mut |_, p| after.push(p.value.clone()));
+    assert_eq!(before, after, "running statistics and counter must not move");
+    let report = check_layer(&mut bn, &x, 7, &GradCheckConfig::default()).unwrap();
+    assert!(report.passed(), "{report}");
+    // The same layer unfrozen uses batch statistics again.
+    bn.visit("", &mut |k, p| p.trainable = !p.buffer && (k == "weight" || k == "bias"));
+    assert_ne!(bn.forward(x, Mode::Train).unwrap(), eval);
+}

@@ -69,6 +69,19 @@ pub struct TrainConfig {
     pub divergence_factor: f64,
     /// ... for this many steps in a row (a non-finite loss trips it at once). Default 3.
     pub divergence_patience: usize,
+    /// Key prefixes of the head (`["fc"]`): with [`TrainConfig::backbone_lr_mult`]
+    /// they train at the full lr and the rest (the pretrained backbone) at the
+    /// smaller one. Default empty (one lr for all).
+    #[serde(default)]
+    pub head: Vec<String>,
+    /// The backbone's lr as a multiple of [`TrainConfig::lr`] when
+    /// [`TrainConfig::head`] is set (fine-tuning: 0.1). Default 1.
+    #[serde(default = "one")]
+    pub backbone_lr_mult: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 impl Default for TrainConfig {
@@ -87,6 +100,8 @@ impl Default for TrainConfig {
             seed: 0,
             divergence_factor: 4.0,
             divergence_patience: 3,
+            head: Vec::new(),
+            backbone_lr_mult: 1.0,
         }
     }
 }
@@ -128,6 +143,10 @@ impl TrainConfig {
         with_divergence_factor: divergence_factor: f64;
         /// Sets [`TrainConfig::divergence_patience`].
         with_divergence_patience: divergence_patience: usize;
+        /// Sets [`TrainConfig::head`].
+        with_head: head: Vec<String>;
+        /// Sets [`TrainConfig::backbone_lr_mult`].
+        with_backbone_lr_mult: backbone_lr_mult: f64;
     }
 
     /// Checks every setting.
@@ -169,6 +188,12 @@ impl TrainConfig {
                 self.divergence_factor, self.divergence_patience
             ));
         }
+        if !(self.backbone_lr_mult.is_finite() && self.backbone_lr_mult > 0.0) {
+            return bad(format!(
+                "backbone_lr_mult must be positive and finite, got {}",
+                self.backbone_lr_mult
+            ));
+        }
         Ok(())
     }
 
@@ -184,12 +209,22 @@ impl TrainConfig {
             OptimizerKind::Adam => Rule::adam(),
             OptimizerKind::AdamW => Rule::adamw(),
         };
-        let opt = Optimizer::new(rule, self.lr, self.weight_decay)?;
-        if self.no_decay_norms_biases {
-            opt.with_group(ParamGroup::norms_and_biases(self.lr))
-        } else {
-            Ok(opt)
+        // The head's group comes first (groups match in order), so the
+        // default group is the backbone at its smaller lr.
+        let split = !self.head.is_empty() && self.backbone_lr_mult != 1.0;
+        let backbone_lr = if split { self.lr * self.backbone_lr_mult } else { self.lr };
+        let mut opt = Optimizer::new(rule, backbone_lr, self.weight_decay)?;
+        if split {
+            let head = self.head.clone();
+            opt =
+                opt.with_group(ParamGroup::new("head", self.lr, self.weight_decay, move |key| {
+                    head.iter().any(|p| key == p || key.starts_with(&format!("{p}.")))
+                }))?;
         }
+        if self.no_decay_norms_biases {
+            opt = opt.with_group(ParamGroup::norms_and_biases(backbone_lr))?;
+        }
+        Ok(opt)
     }
 
     /// The schedule over a run of `steps_per_epoch × epochs` iterations.
@@ -258,6 +293,25 @@ mod tests {
         assert!(TrainConfig::default().with_label_smoothing(1.5).validate().is_err());
         assert!(TrainConfig::default().with_momentum(0.0).validate().is_err());
         assert!(TrainConfig::default().with_divergence_factor(1.0).validate().is_err());
+    }
+
+    #[test]
+    fn the_backbone_trains_at_its_multiple_of_the_lr() {
+        let c = TrainConfig::default()
+            .with_lr(0.01)
+            .with_head(vec!["fc".into()])
+            .with_backbone_lr_mult(0.1);
+        let opt = c.build_optimizer().unwrap();
+        let lrs: Vec<(String, f64)> = opt.groups().map(|g| (g.name.clone(), g.base_lr)).collect();
+        assert_eq!(lrs, [("head".to_string(), 0.01), ("default".to_string(), 0.01 * 0.1)]);
+        let head = opt.groups().next().unwrap();
+        assert!((head.matches)("fc.weight") && !(head.matches)("fc2.weight"));
+        assert!(c.clone().with_backbone_lr_mult(0.0).validate().is_err());
+        // An old trainer.json without the new fields still reads.
+        let mut v = serde_json::to_value(TrainConfig::default()).unwrap();
+        v.as_object_mut().unwrap().remove("head");
+        v.as_object_mut().unwrap().remove("backbone_lr_mult");
+        assert_eq!(serde_json::from_value::<TrainConfig>(v).unwrap(), TrainConfig::default());
     }
 
     #[test]

@@ -31,19 +31,28 @@
 pub mod checkpoint;
 mod config;
 mod eval;
+mod frozen;
 mod guard;
 mod history;
 mod plot;
 mod progress;
 mod step;
 mod trainer;
+mod transfer;
+pub mod tune;
 
 pub use checkpoint::{find_checkpoint, load_checkpoint, save_checkpoint, TrainerState};
 pub use config::{OptimizerKind, ScheduleKind, TrainConfig};
 pub use eval::{evaluate, evaluate_tta, predict, predict_tta, EvalReport, Predictions};
+pub use frozen::{extract_features, frozen_prefix, FeatureHead};
 pub use guard::DivergenceGuard;
 pub use history::{EpochRecord, History};
-pub use plot::{plot_confusion, plot_curves};
+pub use plot::{plot_confusion, plot_curves, plot_scatter, LineChart};
 pub use progress::ProgressMode;
 pub use step::{apply_gradients, as_logits, compute_gradients, top_k_correct, StepStats};
 pub use trainer::{EpochCallback, FitReport, Trainer};
+pub use transfer::{
+    head_path, load_pretrained, replace_head, set_transfer_mode, PretrainedOptions, TransferMode,
+    TransferReport,
+};
+pub use tune::{Budget, TuneConfig, TuneData, TuneReport, Tuner, Verdict};

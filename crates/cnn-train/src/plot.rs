@@ -285,3 +285,221 @@ pub fn plot_confusion(confusion: &[Vec<u64>], classes: &[String], path: &Path) -
         Ok(())
     })
 }
+
+/// Ten distinguishable colors (matplotlib's tab10), for charts with many series.
+pub(crate) const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// A chart of named lines, for the tuning report and `cnn init-stats`.
+#[derive(Debug, Clone, Default)]
+pub struct LineChart {
+    /// The title above the chart.
+    pub title: String,
+    /// The x axis label.
+    pub x_desc: String,
+    /// The y axis label.
+    pub y_desc: String,
+    /// `(name, points)` per line; non-finite points are left out.
+    pub series: Vec<(String, Vec<(f64, f64)>)>,
+    /// A log₁₀ x axis.
+    pub log_x: bool,
+    /// A log₁₀ y axis.
+    pub log_y: bool,
+    /// A dashed horizontal reference line and its legend name (ln C, a threshold).
+    pub reference: Option<(f64, String)>,
+}
+
+fn to_axis(v: f64, log: bool) -> Option<f64> {
+    let v = if log { (v > 0.0).then(|| v.log10())? } else { v };
+    v.is_finite().then_some(v)
+}
+
+fn axis_label(v: f64, log: bool, span: f64) -> String {
+    if log {
+        let p = 10f64.powf(v);
+        if (0.01..1000.0).contains(&p) {
+            // Three significant digits, without trailing zeros: 0.0631, 2.51, 100.
+            let decimals = (2.0 - p.log10().floor()).max(0.0) as usize;
+            let s = format!("{p:.decimals$}");
+            if s.contains('.') {
+                s.trim_end_matches('0').trim_end_matches('.').to_string()
+            } else {
+                s
+            }
+        } else if (v - v.round()).abs() < 1e-6 {
+            format!("1e{}", v.round() as i64)
+        } else {
+            format!("{p:.2e}")
+        }
+    } else {
+        tick_label(v, span)
+    }
+}
+
+impl LineChart {
+    /// Draws the chart into a `width × height` PNG, atomically.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the file cannot be written; [`Error::Format`] if drawing fails.
+    pub fn write_png(&self, path: &Path, (width, height): (u32, u32)) -> Result<()> {
+        let pts: Vec<(String, Vec<(f64, f64)>)> = self
+            .series
+            .iter()
+            .map(|(n, p)| {
+                let p = p
+                    .iter()
+                    .filter_map(|&(x, y)| Some((to_axis(x, self.log_x)?, to_axis(y, self.log_y)?)))
+                    .collect();
+                (n.clone(), p)
+            })
+            .collect();
+        let reference = self
+            .reference
+            .as_ref()
+            .and_then(|(y, name)| Some((to_axis(*y, self.log_y)?, name.clone())));
+        let (x0, x1) = span(pts.iter().flat_map(|s| s.1.iter().map(|p| p.0)), false);
+        let (y0, y1) = span(
+            pts.iter().flat_map(|s| s.1.iter().map(|p| p.1)).chain(reference.iter().map(|r| r.0)),
+            !self.log_y,
+        );
+        render_png(path, (width, height), |root| {
+            let err = draw_err(path);
+            let mut chart = ChartBuilder::on(root)
+                .caption(&self.title, (FONT, 22).into_font().style(FontStyle::Bold))
+                .margin(14)
+                .x_label_area_size(42)
+                .y_label_area_size(70)
+                .build_cartesian_2d(x0..x1, y0..y1)
+                .map_err(&err)?;
+            chart
+                .configure_mesh()
+                .x_desc(self.x_desc.as_str())
+                .y_desc(self.y_desc.as_str())
+                .x_label_formatter(&|x| axis_label(*x, self.log_x, x1 - x0))
+                .y_label_formatter(&|y| axis_label(*y, self.log_y, y1 - y0))
+                .label_style((FONT, 14))
+                .axis_desc_style((FONT, 16))
+                .light_line_style(RGBColor(235, 235, 235))
+                .draw()
+                .map_err(&err)?;
+            for (i, (name, points)) in pts.iter().enumerate().filter(|(_, s)| !s.1.is_empty()) {
+                let color = PALETTE[i % PALETTE.len()];
+                let marker = if points.len() <= 40 { 3 } else { 0 };
+                chart
+                    .draw_series(
+                        LineSeries::new(points.iter().copied(), color.stroke_width(2))
+                            .point_size(marker),
+                    )
+                    .map_err(&err)?
+                    .label(name.as_str())
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
+                    });
+            }
+            if let Some((y, name)) = &reference {
+                let dashes = (0..40).map(|i| {
+                    let a = x0 + (x1 - x0) * (2 * i) as f64 / 80.0;
+                    let b = x0 + (x1 - x0) * (2 * i + 1) as f64 / 80.0;
+                    PathElement::new(vec![(a, *y), (b, *y)], BLACK.stroke_width(1))
+                });
+                chart.draw_series(dashes).map_err(&err)?.label(name.as_str()).legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 24, y)], BLACK.stroke_width(1))
+                });
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK.mix(0.4))
+                .label_font((FONT, 14))
+                .draw()
+                .map_err(&err)?;
+            Ok(())
+        })
+    }
+}
+
+/// A scatter of `(x, y, value)` points on log₁₀ axes, each colored by its
+/// value from blue (lowest) to red (highest), the best ringed: the coarse
+/// search's learning rate × weight decay by validation accuracy.
+///
+/// # Errors
+/// As [`LineChart::write_png`].
+pub fn plot_scatter(
+    path: &Path,
+    title: &str,
+    (x_desc, y_desc): (&str, &str),
+    points: &[(f64, f64, f64)],
+) -> Result<()> {
+    let pts: Vec<(f64, f64, f64)> = points
+        .iter()
+        .filter_map(|&(x, y, v)| Some((to_axis(x, true)?, to_axis(y, true)?, v)))
+        .collect();
+    let (x0, x1) = span(pts.iter().map(|p| p.0), false);
+    let (y0, y1) = span(pts.iter().map(|p| p.1), false);
+    let (v0, v1) = pts
+        .iter()
+        .map(|p| p.2)
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+    let color = |v: f64| {
+        let t = if v1 > v0 && v.is_finite() { (v - v0) / (v1 - v0) } else { 0.5 };
+        RGBColor((40.0 + 200.0 * t) as u8, 60, (240.0 - 200.0 * t) as u8)
+    };
+    render_png(path, (760, 560), |root| {
+        let err = draw_err(path);
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, (FONT, 20).into_font().style(FontStyle::Bold))
+            .margin(14)
+            .x_label_area_size(42)
+            .y_label_area_size(70)
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(&err)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc(y_desc)
+            .x_label_formatter(&|x| axis_label(*x, true, x1 - x0))
+            .y_label_formatter(&|y| axis_label(*y, true, y1 - y0))
+            .label_style((FONT, 14))
+            .axis_desc_style((FONT, 16))
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()
+            .map_err(&err)?;
+        chart
+            .draw_series(pts.iter().map(|&(x, y, v)| Circle::new((x, y), 7, color(v).filled())))
+            .map_err(&err)?;
+        if let Some(best) =
+            pts.iter().filter(|p| p.2.is_finite()).max_by(|a, b| a.2.total_cmp(&b.2))
+        {
+            chart
+                .draw_series(std::iter::once(Circle::new(
+                    (best.0, best.1),
+                    11,
+                    BLACK.stroke_width(2),
+                )))
+                .map_err(&err)?
+                .label(format!("best: {:.2}% (red high, blue low)", 100.0 * best.2))
+                .legend(|(x, y)| Circle::new((x + 10, y), 6, BLACK.stroke_width(2)));
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::LowerRight)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK.mix(0.4))
+                .label_font((FONT, 14))
+                .draw()
+                .map_err(&err)?;
+        }
+        Ok(())
+    })
+}

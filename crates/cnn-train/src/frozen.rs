@@ -1,0 +1,144 @@
+//! Training past a frozen backbone: the frozen part runs in eval mode and
+//! backward stops where it begins; or its features are computed once.
+//!
+//! Freezing (`cnn_nn::freeze`) marks parameters untrainable. That alone, as
+//! in PyTorch, would still let the backbone's BatchNorm statistics move in
+//! train mode and would still run backward through every frozen layer. Here
+//! the leading children of a model that have nothing to train form its
+//! *frozen prefix*: [`crate::compute_gradients`] runs them in
+//! [`Mode::Eval`] (no caches, running statistics untouched, no dropout) and
+//! sends the gradient back only through the children after them. A frozen
+//! BatchNorm after that point keeps its statistics too (`BatchNorm::is_frozen`).
+
+use cnn_data::{DataLoader, TensorDataset};
+use cnn_tensor::{ArrayD, Error, IxDyn, Layer, Mode, Param, Result};
+
+/// How many leading children of `model` have no trainable parameter: the
+/// frozen prefix. 0 for a model without children ([`Layer::children_mut`]).
+pub fn frozen_prefix(model: &mut dyn Layer<f32>) -> usize {
+    let mut k = 0;
+    for (_, child) in model.children_mut() {
+        let mut trainable = false;
+        child.visit("", &mut |_, p| trainable |= p.trainable && !p.buffer);
+        if trainable {
+            break;
+        }
+        k += 1;
+    }
+    k
+}
+
+/// A train-mode forward whose first `frozen` children run in eval mode.
+pub(crate) fn forward_past_frozen(
+    model: &mut dyn Layer<f32>,
+    mut x: ArrayD<f32>,
+    frozen: usize,
+) -> Result<ArrayD<f32>> {
+    if frozen == 0 {
+        return model.forward(x, Mode::Train);
+    }
+    for (i, (_, child)) in model.children_mut().into_iter().enumerate() {
+        x = child.forward(x, if i < frozen { Mode::Eval } else { Mode::Train })?;
+    }
+    Ok(x)
+}
+
+/// Backward through the children after the first `frozen` only.
+pub(crate) fn backward_to_frozen(
+    model: &mut dyn Layer<f32>,
+    dy: ArrayD<f32>,
+    frozen: usize,
+) -> Result<()> {
+    if frozen == 0 {
+        model.backward(dy)?;
+        return Ok(());
+    }
+    let mut dy = dy;
+    for (_, child) in model.children_mut().into_iter().skip(frozen).rev() {
+        dy = child.backward(dy)?;
+    }
+    Ok(())
+}
+
+/// The outputs of the first `frozen` children of `model` (eval mode) for
+/// every sample of `loader`, as a dataset of `[d, 1, 1]` features with the
+/// loader's labels, and the features' own shape (`[512]` after a flatten).
+///
+/// A linear probe without augmentation sees the same features every epoch,
+/// so it computes them once and trains the head on them ([`FeatureHead`]).
+///
+/// # Errors
+/// Whatever the loader or the model returns; [`Error::Config`] for an empty loader.
+pub fn extract_features(
+    model: &mut dyn Layer<f32>,
+    frozen: usize,
+    loader: &DataLoader,
+) -> Result<(TensorDataset, Vec<usize>)> {
+    let (mut values, mut labels, mut shape) = (Vec::new(), Vec::new(), None::<Vec<usize>>);
+    for batch in loader.epoch(0) {
+        let batch = batch?;
+        let mut x = batch.images.into_dyn();
+        for (_, child) in model.children_mut().into_iter().take(frozen) {
+            x = child.forward(x, Mode::Eval)?;
+        }
+        let per_sample = x.shape()[1..].to_vec();
+        if shape.get_or_insert_with(|| per_sample.clone()) != &per_sample {
+            return Err(Error::shape("extract_features", "feature shapes differ between batches"));
+        }
+        values.extend(x.as_standard_layout().iter().copied());
+        labels.extend(batch.labels);
+    }
+    let shape = shape.ok_or_else(|| Error::config("extract_features", "the loader is empty"))?;
+    let d = shape.iter().product();
+    let classes = loader.dataset().classes().to_vec();
+    Ok((TensorDataset::new([d, 1, 1], values, labels, classes)?, shape))
+}
+
+/// The children of `model` from `from` on, fed with cached features
+/// ([`extract_features`]): what [`crate::Trainer::fit`] trains in a cached
+/// linear probe. Its parameters are the whole model's, under their keys, so
+/// checkpoints hold the whole network.
+pub struct FeatureHead<'a> {
+    model: &'a mut dyn Layer<f32>,
+    from: usize,
+    feature_shape: Vec<usize>,
+}
+
+impl<'a> FeatureHead<'a> {
+    /// The head of `model` after its first `from` children, taking features of `feature_shape`.
+    pub fn new(model: &'a mut dyn Layer<f32>, from: usize, feature_shape: Vec<usize>) -> Self {
+        FeatureHead { model, from, feature_shape }
+    }
+}
+
+impl Layer<f32> for FeatureHead<'_> {
+    fn forward(&mut self, x: ArrayD<f32>, mode: Mode) -> Result<ArrayD<f32>> {
+        let mut shape = vec![x.shape()[0]];
+        shape.extend(&self.feature_shape);
+        let mut x = x
+            .as_standard_layout()
+            .into_owned()
+            .into_shape_with_order(IxDyn(&shape))
+            .map_err(|e| Error::shape("feature_head", e.to_string()))?;
+        for (_, child) in self.model.children_mut().into_iter().skip(self.from) {
+            x = child.forward(x, mode)?;
+        }
+        Ok(x)
+    }
+
+    fn backward(&mut self, dy: ArrayD<f32>) -> Result<ArrayD<f32>> {
+        let mut dy = dy;
+        for (_, child) in self.model.children_mut().into_iter().skip(self.from).rev() {
+            dy = child.backward(dy)?;
+        }
+        Ok(dy)
+    }
+
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<f32>)) {
+        self.model.visit(prefix, f);
+    }
+
+    fn reseed(&mut self, seed: u64) {
+        self.model.reseed(seed);
+    }
+}
