@@ -27,11 +27,34 @@ enum Which {
 #[command(after_help = "Examples:
   cnn eval --run runs/20261127-101500               # the run's test split, last checkpoint
   cnn eval --run runs/20261127-101500 --tta 8       # average 8 views (the original + 7 augmented)
-  cnn eval --run runs/20261127-101500 --checkpoint best --data mnist:~/other-mnist")]
+  cnn eval --run runs/20261127-101500 --checkpoint best --data mnist:~/other-mnist
+  cnn eval --weights resnet18.safetensors --arch resnet18 --image cat.jpg dog.png --labels imagenet.txt")]
 pub struct EvalArgs {
     /// The run directory of `cnn train`.
-    #[arg(long)]
-    run: PathBuf,
+    #[arg(long, required_unless_present = "weights", conflicts_with = "weights")]
+    run: Option<PathBuf>,
+    /// Pretrained weights (safetensors) to classify --image files with, instead of a run.
+    #[arg(long, requires = "image")]
+    weights: Option<PathBuf>,
+    /// With --weights: the network they belong to.
+    #[arg(long, default_value = "resnet18")]
+    arch: String,
+    /// With --weights: images to classify; prints each path and its top-5 as class:probability.
+    #[arg(long, num_args = 1.., requires = "weights")]
+    image: Vec<PathBuf>,
+    /// With --weights: a file of class names, one per line in class order.
+    #[arg(long, requires = "weights")]
+    labels: Option<PathBuf>,
+    /// With --weights: the side of the center crop (after resizing the shorter side to size·256/224).
+    #[arg(long, default_value_t = 224)]
+    image_size: usize,
+    /// With --weights: per-channel mean, comma-separated [default: the run's
+    /// when the weights sit in a cnn run, else ImageNet's].
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    mean: Vec<f64>,
+    /// With --weights: per-channel std, comma-separated [default: as --mean].
+    #[arg(long, value_delimiter = ',')]
+    std: Vec<f64>,
     /// Which checkpoint.
     #[arg(long, value_enum, default_value = "last")]
     checkpoint: Which,
@@ -54,13 +77,32 @@ pub struct EvalArgs {
 /// # Errors
 /// A directory that is not a run, a corrupt checkpoint, data that does not fit the run.
 pub fn run(args: EvalArgs) -> Result<ExitCode> {
+    if let Some(weights) = &args.weights {
+        let (norm, _) = crate::finetune::pretrained_normalization(weights, "", &args.mean, &args.std)?;
+        let (mean, std) = norm.unwrap_or_else(|| {
+            (crate::finetune::IMAGENET_MEAN.to_vec(), crate::finetune::IMAGENET_STD.to_vec())
+        });
+        crate::classify::classify(&crate::classify::ClassifyRequest {
+            weights,
+            arch: &args.arch,
+            images: &args.image,
+            labels: args.labels.as_deref(),
+            size: args.image_size,
+            mean: &mean,
+            std: &std,
+        })?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(run) = args.run.clone() else {
+        return Err(cnn_tensor::Error::config("eval", "give --run DIR, or --weights FILE with --image"));
+    };
     let name = match args.checkpoint {
         Which::Last => "last",
         Which::Best => "best",
     };
-    let dir = find_checkpoint(&args.run, name)?;
+    let dir = find_checkpoint(&run, name)?;
     let state = TrainerState::read(&dir)?;
-    let info = RunInfo::from_metadata(&state.metadata, &args.run)?;
+    let info = RunInfo::from_metadata(&state.metadata, &run)?;
     let mut built = info.build_model()?;
     load_state_dict(&mut *built.model, &dir.join(MODEL_FILE), true)?;
     let spec = match args.data {
@@ -75,7 +117,7 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     } else {
         evaluate(&mut *built.model, &plain)?
     };
-    let png = args.out.unwrap_or_else(|| args.run.join("confusion.png"));
+    let png = args.out.clone().unwrap_or_else(|| run.join("confusion.png"));
     plot_confusion(&report.confusion, &report.classes, &png)?;
     println!("{} after epoch {}, on the test split of {spec}", dir.display(), state.epoch);
     print!("{}", report.table());

@@ -1,8 +1,10 @@
 //! `cnn`: train, evaluate, summarize and inspect convolutional networks on the CPU.
 
 mod arch;
+mod classify;
 mod data;
 mod eval;
+mod finetune;
 mod pipeline;
 mod run;
 mod tools;
@@ -59,6 +61,8 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// Run the six-step tuning recipe and write report.md and best.json.
     Tune(Box<tune::TuneArgs>),
+    /// Transfer pretrained weights to new data: linear probe, fine-tuning, or named parts.
+    Finetune(Box<finetune::FinetuneArgs>),
     /// Evaluate a run's checkpoint: loss, accuracy, per-class accuracy, confusion matrix.
     Eval(eval::EvalArgs),
     /// Print a network's layers, output shapes and parameter counts.
@@ -129,6 +133,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => train::run(*args, started),
         Command::Tune(args) => tune::run(*args, started),
+        Command::Finetune(args) => finetune::run(*args, started),
         Command::Eval(args) => eval::run(args),
         Command::Summary(args) => tools::summary(args),
         Command::AugmentPreview(args) => tools::preview(args),

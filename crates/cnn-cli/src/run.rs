@@ -45,6 +45,10 @@ pub struct RunInfo {
     pub resize: Option<usize>,
     /// Seed of the model's init and of the loader (order, augmentation).
     pub seed: u64,
+    /// Transfer runs: the key prefixes that train (the rest is frozen);
+    /// `None` when everything trains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trainable: Option<Vec<String>>,
 }
 
 /// What a fresh run is asked for, besides its training recipe.
@@ -114,6 +118,7 @@ impl RunInfo {
             image_size: req.split.image_size,
             resize: req.split.resize,
             seed: req.seed,
+            trainable: None,
         };
         Ok((info, splits))
     }
@@ -155,7 +160,14 @@ impl RunInfo {
     /// # Errors
     /// As [`arch::build`].
     pub fn build_model(&self) -> Result<Built> {
-        arch::build(&self.arch, self.image, self.classes.len(), self.seed)
+        let mut built = arch::build(&self.arch, self.image, self.classes.len(), self.seed)?;
+        if let Some(trainable) = &self.trainable {
+            cnn_nn::freeze(&mut *built.model, "");
+            for prefix in trainable {
+                cnn_nn::unfreeze(&mut *built.model, prefix);
+            }
+        }
+        Ok(built)
     }
 
     /// Loads the splits and checks that they have the run's classes and image shape.

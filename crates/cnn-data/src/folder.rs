@@ -84,6 +84,23 @@ impl ImageFolder {
     }
 }
 
+/// Reads an image file (PNG, JPEG, …) as RGB `[3, H, W]` with values in [0, 1].
+///
+/// # Errors
+/// [`Error::Format`] naming the file when it cannot be read or decoded.
+pub fn read_image(path: &Path) -> Result<Array3<f32>> {
+    let img = image::open(path)
+        .map_err(|e| Error::Format {
+            context: path.display().to_string(),
+            msg: format!("cannot decode: {e}"),
+        })?
+        .to_rgb8();
+    let (w, h) = img.dimensions();
+    Ok(Array3::from_shape_fn((3, h as usize, w as usize), |(c, i, j)| {
+        img.get_pixel(j as u32, i as u32)[c] as f32 / 255.0
+    }))
+}
+
 impl Dataset for ImageFolder {
     fn len(&self) -> usize {
         self.files.len()
@@ -95,17 +112,9 @@ impl Dataset for ImageFolder {
                 format!("index {index} out of range for {} samples", self.files.len()),
             )
         })?;
-        let img = image::open(path)
-            .map_err(|e| Error::Format {
-                context: path.display().to_string(),
-                msg: format!("cannot decode: {e}"),
-            })?
-            .to_rgb8();
-        let (w, h) = img.dimensions();
-        let raw = Array3::from_shape_fn((3, h as usize, w as usize), |(c, i, j)| {
-            img.get_pixel(j as u32, i as u32)[c] as f32 / 255.0
-        });
-        let out = if [h as usize, w as usize] == self.size {
+        let raw = read_image(path)?;
+        let (_, h, w) = raw.dim();
+        let out = if [h, w] == self.size {
             raw
         } else {
             resize(raw.view(), self.size)?

@@ -32,7 +32,7 @@ mod stats;
 pub use cifar::Cifar;
 pub use dataset::{stratified_split, Dataset, Subset};
 pub use digits::Digits;
-pub use folder::ImageFolder;
+pub use folder::{read_image, ImageFolder};
 pub use idx::IdxDataset;
 pub use loader::{Batch, DataLoader};
 pub use memory::{Resized, TensorDataset};

@@ -216,19 +216,23 @@ pub fn set_transfer_mode(
             freeze(model, "");
             for p in prefixes {
                 if unfreeze(model, p) == 0 {
-                    let mut tops: Vec<String> = Vec::new();
+                    // Name the parts beside the one asked for: the children of its parent.
+                    let parent = p.rsplit_once('.').map_or("", |(a, _)| a);
+                    let mut parts: Vec<String> = Vec::new();
                     model.visit("", &mut |k, _| {
-                        let top = k.split('.').next().unwrap_or(k).to_string();
-                        if !tops.contains(&top) {
-                            tops.push(top);
+                        let rest = if parent.is_empty() { Some(k) } else { k.strip_prefix(&format!("{parent}.")) };
+                        if let Some(rest) = rest {
+                            let child = rest.split('.').next().unwrap_or(rest);
+                            let part = if parent.is_empty() { child.to_string() } else { format!("{parent}.{child}") };
+                            if !parts.contains(&part) {
+                                parts.push(part);
+                            }
                         }
                     });
+                    let at = if parent.is_empty() { String::new() } else { format!(" under {parent:?}") };
                     return Err(Error::config(
                         "transfer",
-                        format!(
-                            "no parameter is under {p:?}; the model's parts are {}",
-                            tops.join(", ")
-                        ),
+                        format!("no parameter is under {p:?}; the parts{at} are {}", parts.join(", ")),
                     ));
                 }
             }

@@ -1,0 +1,105 @@
+//! `cnn eval --weights FILE --image PATH...`: a pretrained network's top-5
+//! for single images, to check a downloaded model before transferring it.
+
+use std::path::{Path, PathBuf};
+
+use cnn_augment::{crop, normalize, resize_antialias};
+use cnn_nn::StateDict;
+use cnn_tensor::{Error, Result};
+use cnn_train::{head_path, predict};
+use ndarray::{Array3, Axis};
+
+use crate::arch;
+
+/// What `--weights --image` needs.
+pub struct ClassifyRequest<'a> {
+    /// The safetensors file.
+    pub weights: &'a Path,
+    /// The architecture.
+    pub arch: &'a str,
+    /// The images.
+    pub images: &'a [PathBuf],
+    /// Class names, one per line (index order), if given.
+    pub labels: Option<&'a Path>,
+    /// Side of the center crop fed to the network.
+    pub size: usize,
+    /// Per-channel mean and std.
+    pub mean: &'a [f64],
+    /// Per-channel std.
+    pub std: &'a [f64],
+}
+
+/// torchvision's evaluation transform: resize the shorter side to
+/// `size · 256 / 224` (antialiased), center-crop `size × size`; then as
+/// many channels as the network takes (gray averages RGB).
+fn preprocess(img: Array3<f32>, size: usize, channels: usize) -> Result<Array3<f32>> {
+    let (_, h, w) = img.dim();
+    let short = (size * 256).div_ceil(224);
+    let (nh, nw) = if h <= w { (short, (w * short).div_ceil(h)) } else { ((h * short).div_ceil(w), short) };
+    let resized = resize_antialias(img.view(), [nh, nw])?;
+    let top = ((nh - size) / 2) as isize;
+    let left = ((nw - size) / 2) as isize;
+    let cropped = crop(resized.view(), top, left, size, size)?;
+    Ok(if channels == 1 { cropped.mean_axis(Axis(0)).map_or(cropped.clone(), |m| m.insert_axis(Axis(0))) } else { cropped })
+}
+
+/// The first layer's input channels, from the file: the first rank-4 weight's second axis.
+fn input_channels(dict: &StateDict) -> usize {
+    dict.tensors.iter().find(|(k, (s, _))| k.ends_with("weight") && s.len() == 4).map_or(3, |(_, (s, _))| s[1])
+}
+
+/// Loads the network (its class count read from the file's head) and prints
+/// one line per image: the path, then the top-5 as `class:probability`.
+///
+/// # Errors
+/// Unreadable weights or images; weights that do not fit the architecture.
+pub fn classify(req: &ClassifyRequest<'_>) -> Result<()> {
+    let mut dict = StateDict::read(req.weights)?;
+    let channels = input_channels(&dict);
+    let image = [channels, req.size, req.size];
+    let mut probe = arch::build(req.arch, image, 1000, 0)?;
+    let mut keys = Vec::new();
+    probe.model.visit("", &mut |k, _| keys.push(k.to_string()));
+    if let Some(prefix) = dict.common_prefix(&keys) {
+        dict.strip_prefix(&prefix);
+    }
+    let (head, _) = head_path(&mut *probe.model)?;
+    let classes = dict.tensors.get(&format!("{head}.weight")).map(|(s, _)| s[0]).ok_or_else(|| {
+        Error::Format { context: req.weights.display().to_string(), msg: format!("no head weight {head}.weight for --arch {}", req.arch) }
+    })?;
+    let mut built = arch::build(req.arch, image, classes, 0)?;
+    dict.load_into(&mut *built.model, true, &|_| false)?;
+    let names: Option<Vec<String>> = match req.labels {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| Error::Io { context: format!("read {}", path.display()), source: e })?;
+            let names: Vec<String> = text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+            if names.len() != classes {
+                return Err(Error::config("eval", format!("{} names {} classes, the network has {classes}", path.display(), names.len())));
+            }
+            Some(names)
+        }
+        None => None,
+    };
+    let (mean, std) = if channels == req.mean.len() { (req.mean.to_vec(), req.std.to_vec()) } else {
+        let avg = |v: &[f64]| vec![v.iter().sum::<f64>() / v.len().max(1) as f64; channels];
+        (avg(req.mean), avg(req.std))
+    };
+    for path in req.images {
+        let img = preprocess(cnn_data::read_image(path)?, req.size, channels)?;
+        let img = normalize(img.view(), &mean, &std)?;
+        let p = predict(&mut *built.model, img.insert_axis(Axis(0)).into_dyn())?;
+        let row = p.probabilities.row(0);
+        let mut order: Vec<usize> = (0..row.len()).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        let top: Vec<String> = order
+            .iter()
+            .take(5)
+            .map(|&c| {
+                let name = names.as_ref().map_or_else(|| c.to_string(), |n| n[c].clone());
+                format!("{name}:{:.4}", row[c])
+            })
+            .collect();
+        println!("{} {}", path.display(), top.join(" "));
+    }
+    Ok(())
+}
