@@ -5,6 +5,7 @@ mod classify;
 mod data;
 mod eval;
 mod finetune;
+mod lecture;
 mod pipeline;
 mod run;
 mod tools;
@@ -65,6 +66,10 @@ enum Command {
     Finetune(Box<finetune::FinetuneArgs>),
     /// Evaluate a run's checkpoint: loss, accuracy, per-class accuracy, confusion matrix.
     Eval(eval::EvalArgs),
+    /// The activation-statistics probe: each layer's mean and std for several inits, and a plot.
+    InitStats(lecture::InitStatsArgs),
+    /// Train ResNets and their plain twins at two depths and plot training error (He et al.'s degradation).
+    Degradation(lecture::DegradationArgs),
     /// Print a network's layers, output shapes and parameter counts.
     Summary(tools::SummaryArgs),
     /// Draw a PNG grid of random draws of an augmentation pipeline.
@@ -135,6 +140,8 @@ fn main() -> ExitCode {
         Command::Tune(args) => tune::run(*args, started),
         Command::Finetune(args) => finetune::run(*args, started),
         Command::Eval(args) => eval::run(args),
+        Command::InitStats(args) => lecture::init_stats(args),
+        Command::Degradation(args) => lecture::degradation(args, started),
         Command::Summary(args) => tools::summary(args),
         Command::AugmentPreview(args) => tools::preview(args),
         Command::Stats(args) => tools::stats(args),

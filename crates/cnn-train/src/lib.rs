@@ -50,7 +50,7 @@ pub use history::{EpochRecord, History};
 pub use plot::{plot_confusion, plot_curves, plot_scatter, LineChart};
 pub use progress::ProgressMode;
 pub use step::{apply_gradients, as_logits, compute_gradients, top_k_correct, StepStats};
-pub use trainer::{EpochCallback, FitReport, Trainer};
+pub use trainer::{EpochCallback, FitReport, StepCallback, Trainer};
 pub use transfer::{
     head_path, load_pretrained, replace_head, set_transfer_mode, PretrainedOptions, TransferMode,
     TransferReport,

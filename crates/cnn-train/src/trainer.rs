@@ -10,11 +10,14 @@ use cnn_data::DataLoader;
 use cnn_tensor::{Error, Layer, Result};
 
 use crate::checkpoint::{find_checkpoint, load_checkpoint, save_checkpoint, TrainerState};
-use crate::step::{apply_gradients, compute_gradients};
+use crate::step::{apply_gradients, compute_gradients, StepStats};
 use crate::{evaluate, plot_curves, EpochRecord, History, ProgressMode, TrainConfig};
 
 /// A callback after each epoch; returning `false` stops the run there (its checkpoint is written).
 pub type EpochCallback = Box<dyn FnMut(&EpochRecord) -> bool + Send>;
+
+/// A callback after each optimizer step, with the step's index and statistics.
+pub type StepCallback = Box<dyn FnMut(u64, &StepStats) + Send>;
 
 /// Trains any `Layer<f32>` classifier: Lightning's `Trainer.fit` for this workspace.
 ///
@@ -56,6 +59,7 @@ pub struct Trainer {
     stop: Option<Arc<AtomicBool>>,
     metadata: serde_json::Value,
     on_epoch_end: Option<EpochCallback>,
+    on_step: Option<StepCallback>,
 }
 
 /// What [`Trainer::fit`] did.
@@ -84,6 +88,7 @@ impl Trainer {
             stop: None,
             metadata: serde_json::Value::Null,
             on_epoch_end: None,
+            on_step: None,
         }
     }
 
@@ -128,6 +133,12 @@ impl Trainer {
         f: impl FnMut(&EpochRecord) -> bool + Send + 'static,
     ) -> Self {
         self.on_epoch_end = Some(Box::new(f));
+        self
+    }
+
+    /// A callback after every optimizer step (per-iteration curves).
+    pub fn with_on_step(mut self, f: impl FnMut(u64, &StepStats) + Send + 'static) -> Self {
+        self.on_step = Some(Box::new(f));
         self
     }
 
@@ -238,6 +249,9 @@ impl Trainer {
                 )?;
                 state.guard.check(step, stats.loss, schedule.lr(step as usize, config.lr))?;
                 lr = apply_gradients(&mut optimizer, &schedule, model, step)?;
+                if let Some(on_step) = &mut self.on_step {
+                    on_step(step, &stats);
+                }
                 state.global_step += 1;
                 state.batch += 1;
                 let p = &mut state.partial;

@@ -1,0 +1,248 @@
+//! The lecture's two experiments as commands: `cnn init-stats` (why the
+//! initialization scale matters) and `cnn degradation` (why deep plain
+//! networks need skip connections).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use clap::Args;
+use cnn_data::{stratified_split, Dataset};
+use cnn_init::{activation_stats, ProbeActivation, ProbeConfig, ProbeInit};
+use cnn_models::cifar_resnet;
+use cnn_tensor::{random::seeded_rng, Error, Result};
+use cnn_train::{evaluate, LineChart, ProgressMode, ScheduleKind, TrainConfig, Trainer};
+
+use crate::data::{self, DataSpec};
+use crate::run::{RunInfo, RunRequest};
+
+/// Arguments of `cnn init-stats`.
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  cnn init-stats                                  # 7 layers of 4096, ReLU, four inits
+  cnn init-stats --act tanh --init normal:0.01,normal:0.05,xavier,kaiming
+  cnn init-stats --dims 1024x10 --out deep.png
+
+Unit Gaussian inputs go through linear layers, each followed by the
+activation; the output's mean and std are printed per layer and drawn
+(log scale) in the PNG. Too small and the signal vanishes, too large and it
+explodes or saturates; Kaiming keeps it level.")]
+pub struct InitStatsArgs {
+    /// Layer widths: WIDTHxDEPTH (4096x7) or a comma list (512,256,128).
+    #[arg(long, default_value = "4096x7")]
+    dims: String,
+    /// Initializations, comma-separated: kaiming, xavier, normal:STD.
+    #[arg(long, value_delimiter = ',', default_value = "normal:0.01,normal:0.05,xavier,kaiming")]
+    init: Vec<String>,
+    /// The activation after each layer: relu, tanh or linear.
+    #[arg(long, default_value = "relu")]
+    act: String,
+    /// Rows of the input batch.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Seed of the input and the weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The plot to write.
+    #[arg(long, default_value = "init_stats.png")]
+    out: PathBuf,
+}
+
+fn parse_dims(s: &str) -> Result<Vec<usize>> {
+    let bad = || Error::config("init-stats", format!("--dims must be WIDTHxDEPTH like 4096x7 or a comma list of widths, got {s:?}"));
+    let dims: Vec<usize> = match s.split_once(['x', '×']) {
+        Some((w, d)) => {
+            let (w, d) = (w.trim().parse().map_err(|_| bad())?, d.trim().parse().map_err(|_| bad())?);
+            vec![w; d]
+        }
+        None => s.split(',').map(|v| v.trim().parse().map_err(|_| bad())).collect::<Result<_>>()?,
+    };
+    if dims.is_empty() || dims.contains(&0) {
+        return Err(bad());
+    }
+    Ok(dims)
+}
+
+fn parse_init(s: &str) -> Result<(ProbeInit, String)> {
+    match s.trim() {
+        "kaiming" => Ok((ProbeInit::Kaiming, "Kaiming".into())),
+        "xavier" => Ok((ProbeInit::Xavier, "Xavier".into())),
+        other => match other.strip_prefix("normal:").map(str::parse::<f64>) {
+            Some(Ok(std)) if std > 0.0 && std.is_finite() => Ok((ProbeInit::Normal(std), format!("N(0, {std}²)"))),
+            _ => Err(Error::config("init-stats", format!("unknown init {other:?}: expected kaiming, xavier or normal:STD"))),
+        },
+    }
+}
+
+/// Runs `cnn init-stats`.
+///
+/// # Errors
+/// Bad dims, inits or activation; a failed write.
+pub fn init_stats(args: InitStatsArgs) -> Result<ExitCode> {
+    let dims = parse_dims(&args.dims)?;
+    let act = match args.act.as_str() {
+        "relu" => ProbeActivation::Relu,
+        "tanh" => ProbeActivation::Tanh,
+        "linear" => ProbeActivation::Linear,
+        other => return Err(Error::config("init-stats", format!("unknown activation {other:?}: expected relu, tanh or linear"))),
+    };
+    let inits = args.init.iter().map(|s| parse_init(s)).collect::<Result<Vec<_>>>()?;
+    let config = ProbeConfig { dims: dims.clone(), batch: args.batch };
+    let mut series = Vec::new();
+    println!("{} layers of widths {:?} after unit Gaussian input, {} activation, batch {}:", dims.len(), dims, args.act, args.batch);
+    println!("{:<14} {:>5} {:>12} {:>12}", "init", "layer", "mean", "std");
+    for (init, name) in &inits {
+        let stats = activation_stats(&config, *init, act, args.seed)?;
+        for (l, s) in stats.iter().enumerate() {
+            println!("{name:<14} {:>5} {:>12.4e} {:>12.4e}", l + 1, s.mean, s.std);
+        }
+        series.push((name.clone(), stats.iter().enumerate().map(|(l, s)| ((l + 1) as f64, s.std)).collect()));
+    }
+    LineChart {
+        title: format!("Activation std per layer ({} layers of {}, {})", dims.len(), dims[0], args.act),
+        x_desc: "layer".into(),
+        y_desc: "std of the layer's output (log scale)".into(),
+        series,
+        log_x: false,
+        log_y: true,
+        reference: Some((1.0, "std 1".into())),
+    }
+    .write_png(&args.out, (900, 560))?;
+    println!("drew {} (one line per init, std by layer on a log scale)", args.out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Arguments of `cnn degradation`.
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  cnn degradation                                  # digits at 16×16: ResNet and plain at depths 8 and 32
+  cnn degradation --depths 20,56 --epochs 30
+  cnn degradation --data cifar10:~/data/cifar-10-batches-bin --samples 5000 --image-size 32
+
+Trains a CIFAR ResNet and its plain twin (the same layers without shortcuts)
+at a shallow and a deep depth, each for the same number of iterations, and
+draws the training error against iterations of the four in one PNG: He et
+al.'s degradation experiment. Prints each net's final training error and
+test accuracy.")]
+pub struct DegradationArgs {
+    /// digits (resized) | mnist:DIR | cifar10:DIR | cifar100:DIR | folder:DIR
+    #[arg(long, default_value = "digits", value_parser = crate::parse_data)]
+    data: DataSpec,
+    /// The shallow and the deep depth (6n + 2: 8, 14, 20, 32, 44, 56, 110).
+    #[arg(long, value_delimiter = ',', default_value = "8,32")]
+    depths: Vec<usize>,
+    /// Epochs for every net.
+    #[arg(long, default_value_t = 20)]
+    epochs: usize,
+    /// Training images used (a stratified sample; 0: all) [default: all for digits, 5000 otherwise].
+    #[arg(long)]
+    samples: Option<usize>,
+    /// Images are resized to SIZE×SIZE [default: 16 for digits, the data's own size otherwise].
+    #[arg(long)]
+    image_size: Option<usize>,
+    /// Images per step.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Peak learning rate (one-cycle, SGD with Nesterov momentum).
+    #[arg(long, default_value_t = 0.05)]
+    lr: f64,
+    /// Seed of the inits, the sample and the data order.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The output directory (degradation.png, degradation.csv).
+    #[arg(long, default_value = "degradation")]
+    out: PathBuf,
+    /// Print only the final lines.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// Smoothed training error per iteration (EMA over about 20 steps, bias-corrected).
+fn smoothed_error(correct: &[(usize, usize)]) -> Vec<f64> {
+    let beta: f64 = 0.95;
+    let mut avg = 0.0;
+    correct
+        .iter()
+        .enumerate()
+        .map(|(i, &(c, n))| {
+            avg = beta * avg + (1.0 - beta) * (1.0 - c as f64 / n.max(1) as f64);
+            avg / (1.0 - beta.powi(i as i32 + 1))
+        })
+        .collect()
+}
+
+/// Runs `cnn degradation`.
+///
+/// # Errors
+/// Bad depths, unreadable data, failed writes.
+pub fn degradation(args: DegradationArgs, started: Instant) -> Result<ExitCode> {
+    if args.depths.len() != 2 || args.depths.iter().any(|d| d < &8 || (d - 2) % 6 != 0) {
+        return Err(Error::config("degradation", format!("--depths must be two depths of the form 6n + 2 (8, 14, 20, 32, 44, 56, 110), got {:?}", args.depths)));
+    }
+    let digits = matches!(args.data, DataSpec::Digits);
+    let size = args.image_size.or(digits.then_some(16));
+    let split = data::SplitOptions { val_fraction: 0.0, val_dir: None, image_size: size.unwrap_or(64), resize: size, split_seed: 0 };
+    let (info, splits) = RunInfo::prepare(RunRequest { spec: &args.data, split, arch: "resnet", batch_size: args.batch_size, augment: "none", seed: args.seed, normalization: None })?;
+    let samples = args.samples.unwrap_or(if digits { 0 } else { 5000 });
+    let train: Arc<dyn Dataset> = if samples > 0 && samples < splits.train.len() {
+        let fraction = samples as f64 / splits.train.len() as f64;
+        Arc::new(stratified_split(splits.train.clone(), fraction, args.seed)?.1)
+    } else {
+        splits.train.clone()
+    };
+    let loader = info.train_loader(train.clone(), true)?;
+    let test = info.eval_loader(splits.test.clone(), 256, true)?;
+    let classes = info.classes.len();
+    std::fs::create_dir_all(&args.out).map_err(|e| Error::Io { context: format!("create {}", args.out.display()), source: e })?;
+    if !args.quiet {
+        println!("degradation on {}: {} training images of {}, {} epochs of {} steps per net", info.data, train.len(), info.image.map(|v| v.to_string()).join("×"), args.epochs, loader.batches_per_epoch());
+    }
+    let mut series = Vec::new();
+    let mut rows = Vec::new();
+    let mut csv = String::from("net,depth,iteration,train_error_smoothed\n");
+    for &depth in &args.depths {
+        for skip in [false, true] {
+            let name = format!("{}-{depth}", if skip { "resnet" } else { "plain" });
+            let mut model = cifar_resnet::<f32, _>(depth, classes, skip, &mut seeded_rng(args.seed))?;
+            let (params, _) = cnn_nn::count_params(&mut model);
+            let steps = Arc::new(Mutex::new(Vec::new()));
+            let record = steps.clone();
+            let config = TrainConfig::default().with_epochs(args.epochs).with_lr(args.lr).with_schedule(ScheduleKind::OneCycle).with_seed(args.seed);
+            let clock = Instant::now();
+            let fit = Trainer::new(config)
+                .with_progress(if args.quiet { ProgressMode::Quiet } else { ProgressMode::Auto })
+                .with_on_step(move |_, s| {
+                    if let Ok(mut v) = record.lock() {
+                        v.push((s.correct, s.count));
+                    }
+                })
+                .fit(&mut model, &loader, None)?;
+            let steps = steps.lock().map(|v| v.clone()).unwrap_or_default();
+            let errors = smoothed_error(&steps);
+            for (i, e) in errors.iter().enumerate() {
+                csv.push_str(&format!("{name},{depth},{},{e:.6}\n", i + 1));
+            }
+            let final_train_error = fit.history.epochs.last().map_or(f64::NAN, |r| 1.0 - r.train_accuracy);
+            let test_acc = evaluate(&mut model, &test)?.accuracy;
+            let line = format!("{name:<11} {params:>9} params  final train error {:>6.2}%  test accuracy {:>6.2}%  ({:.0} s)", 100.0 * final_train_error, 100.0 * test_acc, clock.elapsed().as_secs_f64());
+            println!("{line}");
+            rows.push(line);
+            series.push((format!("{name} (final train error {:.1}%)", 100.0 * final_train_error), errors.iter().enumerate().map(|(i, &e)| ((i + 1) as f64, 100.0 * e)).collect()));
+        }
+    }
+    let png = args.out.join("degradation.png");
+    LineChart {
+        title: format!("Training error, plain vs residual, depths {} and {}", args.depths[0], args.depths[1]),
+        x_desc: "iteration".into(),
+        y_desc: "training error (%, smoothed)".into(),
+        series,
+        log_x: false,
+        log_y: false,
+        reference: None,
+    }
+    .write_png(&png, (1000, 600))?;
+    cnn_tensor::write_atomic(&args.out.join("degradation.csv"), csv.as_bytes())?;
+    println!("drew {} and wrote degradation.csv in {:.0} s", png.display(), started.elapsed().as_secs_f64());
+    Ok(ExitCode::SUCCESS)
+}
