@@ -59,7 +59,7 @@ impl TensorDataset {
     pub fn collect(
         dataset: &dyn Dataset,
         classes: Vec<String>,
-        relabel: impl Fn(usize) -> Option<usize>,
+        mut relabel: impl FnMut(usize) -> Option<usize>,
     ) -> Result<Self> {
         let (mut values, mut labels, mut shape) = (Vec::new(), Vec::new(), None);
         for i in 0..dataset.len() {

@@ -101,11 +101,18 @@ pub fn check_initial_loss(
 /// Step 2: trains on `config.overfit_samples` training images (a stratified
 /// draw, no augmentation, no weight decay, one full batch, Adam at
 /// `config.overfit_lr`) until the loss falls to `config.overfit_loss` or
-/// `config.overfit_steps` run out. Returns the section and the loss per step.
+/// `config.overfit_steps` run out; then checks that what it learned carries
+/// to up to 1000 other training images. Returns the section and the loss per step.
 ///
 /// A network that cannot drive the loss on a handful of images to zero has a
-/// bug, too little capacity, or data that does not match its labels; no
-/// hyperparameter search fixes that.
+/// bug, too little capacity, or an optimizer that cannot move it. One that
+/// can, but then does no better than chance on other images of the same
+/// classes, has memorized labels that do not belong to their images
+/// (shuffled, misaligned, from another file): a large network memorizes
+/// random labels as fast as true ones (Zhang et al. 2017), so the loss alone
+/// cannot tell. The rule: fail unless the held-out accuracy is above chance
+/// by more than 2.33 binomial standard deviations (one-sided p ≈ 0.01); with
+/// fewer than two sample images per class, that check only warns.
 ///
 /// # Errors
 /// Whatever the model or the loader returns.
@@ -116,10 +123,14 @@ pub fn overfit_sample(
     plot: Option<&Path>,
 ) -> Result<(StepReport, Vec<f64>)> {
     let dataset = plain.dataset().clone();
+    let classes = dataset.classes().len().max(2);
     let n = config.overfit_samples.min(dataset.len());
     let fraction = n as f64 / dataset.len() as f64;
-    let (_, sample) = stratified_split(dataset, fraction, config.seed)?;
+    let (rest, sample) = stratified_split(dataset, fraction, config.seed)?;
     let n = cnn_data::Dataset::len(&sample);
+    let rest: Arc<dyn cnn_data::Dataset> = Arc::new(rest);
+    let held_fraction = (1000.0 / rest.len().max(1) as f64).min(1.0);
+    let (_, held_out) = stratified_split(rest, held_fraction, config.seed ^ 1)?;
     let loader = plain.over(Arc::new(sample)).with_batch_size(n.max(1))?;
     let batch = loader.batch(0, 0)?;
     let train = TrainConfig::default()
@@ -149,30 +160,54 @@ pub fn overfit_sample(
     }
     let last = losses.last().copied().unwrap_or(f64::NAN);
     let reached = last.is_finite() && last <= config.overfit_loss;
-    let verdict = if reached { Verdict::Pass } else { Verdict::Fail };
+    // Does what it learned carry to other images? Chance is 1/C.
+    let held_n = cnn_data::Dataset::len(&held_out);
+    let held = if reached && held_n > 0 {
+        let report = crate::evaluate(model, &plain.over(Arc::new(held_out)).with_shuffle(false))?;
+        let chance = 1.0 / classes as f64;
+        let sd = (chance * (1.0 - chance) / held_n as f64).sqrt();
+        Some((report.accuracy, (report.accuracy - chance) / sd))
+    } else {
+        None
+    };
+    let enough_per_class = n >= 2 * classes;
+    let verdict = match held {
+        _ if !reached => Verdict::Fail,
+        Some((_, z)) if z <= 2.33 && enough_per_class => Verdict::Fail,
+        Some((_, z)) if z <= 2.33 => Verdict::Warn,
+        _ => Verdict::Pass,
+    };
+    let held_cell = held.map_or("–".to_string(), |(a, z)| format!("{:.1}% ({z:.1} sd above chance)", 100.0 * a));
     let table = format!(
-        "| images | steps run (budget) | first loss | last loss | threshold | accuracy on the sample |\n\
-         | ---: | ---: | ---: | ---: | ---: | ---: |\n\
-         | {n} | {} ({}) | {:.4} | {last:.4} | {} | {:.1}% |\n",
+        "| images | steps run (budget) | first loss | last loss | threshold | accuracy on the sample | on {held_n} other images (chance {:.1}%) |\n\
+         | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n\
+         | {n} | {} ({}) | {:.4} | {last:.4} | {} | {:.1}% | {held_cell} |\n",
+        100.0 / classes as f64,
         losses.len(),
         config.overfit_steps,
         losses.first().copied().unwrap_or(f64::NAN),
         config.overfit_loss,
         100.0 * correct as f64 / n.max(1) as f64
     );
-    let (summary, next) = if reached {
-        (
-            format!("The loss on {n} images fell from {:.3} to {last:.4} in {} steps: the network can learn these labels.", losses[0], losses.len()),
-            "Go on: the model, the loss and the backward pass work together.".to_string(),
-        )
-    } else {
-        (
+    let (summary, next) = match (reached, verdict) {
+        (false, _) => (
             format!("After {} steps the loss on {n} images is still {last:.4} (threshold {}): the network cannot memorize a handful of images.", losses.len(), config.overfit_loss),
             "Look at capacity (a network too small or too narrow for the images), optimization \
              (a broken backward: gradient-check custom layers; an init that kills the signal; the lr), \
              or preprocessing (labels that do not belong to their images, normalization that wipes the signal)."
                 .to_string(),
-        )
+        ),
+        (true, Verdict::Pass) => (
+            format!("The loss on {n} images fell from {:.3} to {last:.4} in {} steps, and the fit carries to other images ({held_cell}): the network learns these labels.", losses[0], losses.len()),
+            "Go on: the model, the loss and the backward pass work together.".to_string(),
+        ),
+        (true, _) => (
+            format!("The network memorized {n} images (loss {last:.4} in {} steps) but does no better than chance on other images ({held_cell}): it memorized labels that do not belong to their images.", losses.len()),
+            "Look at preprocessing: labels shuffled or misaligned with their images (a sort on one \
+             list but not the other, the wrong label file), a transform that destroys the image; \
+             capacity and optimization are fine, since the sample was memorized."
+                .to_string(),
+        ),
     };
     let plot_name = match plot {
         Some(path) => {
@@ -186,10 +221,7 @@ pub fn overfit_sample(
                 )],
                 log_x: false,
                 log_y: true,
-                reference: Some((
-                    config.overfit_loss,
-                    format!("threshold {}", config.overfit_loss),
-                )),
+                reference: Some((config.overfit_loss, format!("threshold {}", config.overfit_loss))),
             }
             .write_png(path, (900, 520))?;
             file_name(path)
