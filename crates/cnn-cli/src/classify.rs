@@ -35,17 +35,25 @@ pub struct ClassifyRequest<'a> {
 fn preprocess(img: Array3<f32>, size: usize, channels: usize) -> Result<Array3<f32>> {
     let (_, h, w) = img.dim();
     let short = (size * 256).div_ceil(224);
-    let (nh, nw) = if h <= w { (short, (w * short).div_ceil(h)) } else { ((h * short).div_ceil(w), short) };
+    let (nh, nw) =
+        if h <= w { (short, (w * short).div_ceil(h)) } else { ((h * short).div_ceil(w), short) };
     let resized = resize_antialias(img.view(), [nh, nw])?;
     let top = ((nh - size) / 2) as isize;
     let left = ((nw - size) / 2) as isize;
     let cropped = crop(resized.view(), top, left, size, size)?;
-    Ok(if channels == 1 { cropped.mean_axis(Axis(0)).map_or(cropped.clone(), |m| m.insert_axis(Axis(0))) } else { cropped })
+    Ok(if channels == 1 {
+        cropped.mean_axis(Axis(0)).map_or(cropped.clone(), |m| m.insert_axis(Axis(0)))
+    } else {
+        cropped
+    })
 }
 
 /// The first layer's input channels, from the file: the first rank-4 weight's second axis.
 fn input_channels(dict: &StateDict) -> usize {
-    dict.tensors.iter().find(|(k, (s, _))| k.ends_with("weight") && s.len() == 4).map_or(3, |(_, (s, _))| s[1])
+    dict.tensors
+        .iter()
+        .find(|(k, (s, _))| k.ends_with("weight") && s.len() == 4)
+        .map_or(3, |(_, (s, _))| s[1])
 }
 
 /// Loads the network (its class count read from the file's head) and prints
@@ -64,23 +72,40 @@ pub fn classify(req: &ClassifyRequest<'_>) -> Result<()> {
         dict.strip_prefix(&prefix);
     }
     let (head, _) = head_path(&mut *probe.model)?;
-    let classes = dict.tensors.get(&format!("{head}.weight")).map(|(s, _)| s[0]).ok_or_else(|| {
-        Error::Format { context: req.weights.display().to_string(), msg: format!("no head weight {head}.weight for --arch {}", req.arch) }
-    })?;
+    let classes =
+        dict.tensors.get(&format!("{head}.weight")).map(|(s, _)| s[0]).ok_or_else(|| {
+            Error::Format {
+                context: req.weights.display().to_string(),
+                msg: format!("no head weight {head}.weight for --arch {}", req.arch),
+            }
+        })?;
     let mut built = arch::build(req.arch, image, classes, 0)?;
     dict.load_into(&mut *built.model, true, &|_| false)?;
     let names: Option<Vec<String>> = match req.labels {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| Error::Io { context: format!("read {}", path.display()), source: e })?;
-            let names: Vec<String> = text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+            let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
+                context: format!("read {}", path.display()),
+                source: e,
+            })?;
+            let names: Vec<String> =
+                text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
             if names.len() != classes {
-                return Err(Error::config("eval", format!("{} names {} classes, the network has {classes}", path.display(), names.len())));
+                return Err(Error::config(
+                    "eval",
+                    format!(
+                        "{} names {} classes, the network has {classes}",
+                        path.display(),
+                        names.len()
+                    ),
+                ));
             }
             Some(names)
         }
         None => None,
     };
-    let (mean, std) = if channels == req.mean.len() { (req.mean.to_vec(), req.std.to_vec()) } else {
+    let (mean, std) = if channels == req.mean.len() {
+        (req.mean.to_vec(), req.std.to_vec())
+    } else {
         let avg = |v: &[f64]| vec![v.iter().sum::<f64>() / v.len().max(1) as f64; channels];
         (avg(req.mean), avg(req.std))
     };

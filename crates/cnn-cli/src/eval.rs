@@ -78,7 +78,8 @@ pub struct EvalArgs {
 /// A directory that is not a run, a corrupt checkpoint, data that does not fit the run.
 pub fn run(args: EvalArgs) -> Result<ExitCode> {
     if let Some(weights) = &args.weights {
-        let (norm, _) = crate::finetune::pretrained_normalization(weights, "", &args.mean, &args.std)?;
+        let (norm, _) =
+            crate::finetune::pretrained_normalization(weights, "", &args.mean, &args.std)?;
         let (mean, std) = norm.unwrap_or_else(|| {
             (crate::finetune::IMAGENET_MEAN.to_vec(), crate::finetune::IMAGENET_STD.to_vec())
         });
@@ -94,7 +95,10 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let Some(run) = args.run.clone() else {
-        return Err(cnn_tensor::Error::config("eval", "give --run DIR, or --weights FILE with --image"));
+        return Err(cnn_tensor::Error::config(
+            "eval",
+            "give --run DIR, or --weights FILE with --image",
+        ));
     };
     let name = match args.checkpoint {
         Which::Last => "last",

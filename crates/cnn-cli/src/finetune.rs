@@ -130,7 +130,10 @@ pub fn pretrained_normalization(
         let dir = path.parent().unwrap_or(Path::new("."));
         let state = cnn_train::TrainerState::read(dir)?;
         if let Ok(info) = RunInfo::from_metadata(&state.metadata, dir) {
-            return Ok((Some((info.mean, info.std)), format!("the pretraining run's ({})", path.display())));
+            return Ok((
+                Some((info.mean, info.std)),
+                format!("the pretraining run's ({})", path.display()),
+            ));
         }
     }
     if arch == "small" {
@@ -142,10 +145,11 @@ pub fn pretrained_normalization(
 fn read_rename(path: &Path) -> Result<Vec<(String, String)>> {
     let text = std::fs::read(path)
         .map_err(|e| Error::Io { context: format!("read {}", path.display()), source: e })?;
-    let map: BTreeMap<String, String> = serde_json::from_slice(&text).map_err(|e| Error::Format {
-        context: path.display().to_string(),
-        msg: format!("expected a JSON object of key renames: {e}"),
-    })?;
+    let map: BTreeMap<String, String> =
+        serde_json::from_slice(&text).map_err(|e| Error::Format {
+            context: path.display().to_string(),
+            msg: format!("expected a JSON object of key renames: {e}"),
+        })?;
     Ok(map.into_iter().collect())
 }
 
@@ -158,7 +162,10 @@ pub fn run(args: FinetuneArgs, started: Instant) -> Result<ExitCode> {
         Mode::LinearProbe => TransferMode::LinearProbe,
         Mode::Finetune => TransferMode::Finetune,
         Mode::Partial if args.trainable.is_empty() => {
-            return Err(Error::config("finetune", "--mode partial needs --trainable, e.g. layer4,fc"))
+            return Err(Error::config(
+                "finetune",
+                "--mode partial needs --trainable, e.g. layer4,fc",
+            ))
         }
         Mode::Partial => TransferMode::Partial(args.trainable.clone()),
     };
@@ -181,10 +188,16 @@ pub fn run(args: FinetuneArgs, started: Instant) -> Result<ExitCode> {
     })?;
     let out = args.out.clone().unwrap_or_else(|| {
         let d = default_run_dir();
-        d.with_file_name(format!("finetune-{}", d.file_name().map_or("run".into(), |f| f.to_string_lossy())))
+        d.with_file_name(format!(
+            "finetune-{}",
+            d.file_name().map_or("run".into(), |f| f.to_string_lossy())
+        ))
     });
     if out.join("last").exists() {
-        return Err(Error::config("finetune", format!("{} already holds a run: pick another --out", out.display())));
+        return Err(Error::config(
+            "finetune",
+            format!("{} already holds a run: pick another --out", out.display()),
+        ));
     }
     let say = |line: String| {
         if !args.quiet {
@@ -198,7 +211,11 @@ pub fn run(args: FinetuneArgs, started: Instant) -> Result<ExitCode> {
         seed: args.seed,
     };
     let report = load_pretrained(&mut *built.model, &args.weights, info.classes.len(), &options)?;
-    say(format!("{}: {}", args.weights.display(), report.to_string().trim_end().replace('\n', "; ")));
+    say(format!(
+        "{}: {}",
+        args.weights.display(),
+        report.to_string().trim_end().replace('\n', "; ")
+    ));
     let heads = set_transfer_mode(&mut *built.model, &mode, &report.head)?;
     let (total, trainable) = cnn_nn::count_params(&mut *built.model);
     let lr = args.lr.unwrap_or(if args.mode == Mode::LinearProbe { 0.1 } else { 0.01 });

@@ -50,10 +50,16 @@ pub struct InitStatsArgs {
 }
 
 fn parse_dims(s: &str) -> Result<Vec<usize>> {
-    let bad = || Error::config("init-stats", format!("--dims must be WIDTHxDEPTH like 4096x7 or a comma list of widths, got {s:?}"));
+    let bad = || {
+        Error::config(
+            "init-stats",
+            format!("--dims must be WIDTHxDEPTH like 4096x7 or a comma list of widths, got {s:?}"),
+        )
+    };
     let dims: Vec<usize> = match s.split_once(['x', '×']) {
         Some((w, d)) => {
-            let (w, d) = (w.trim().parse().map_err(|_| bad())?, d.trim().parse().map_err(|_| bad())?);
+            let (w, d) =
+                (w.trim().parse().map_err(|_| bad())?, d.trim().parse().map_err(|_| bad())?);
             vec![w; d]
         }
         None => s.split(',').map(|v| v.trim().parse().map_err(|_| bad())).collect::<Result<_>>()?,
@@ -69,8 +75,13 @@ fn parse_init(s: &str) -> Result<(ProbeInit, String)> {
         "kaiming" => Ok((ProbeInit::Kaiming, "Kaiming".into())),
         "xavier" => Ok((ProbeInit::Xavier, "Xavier".into())),
         other => match other.strip_prefix("normal:").map(str::parse::<f64>) {
-            Some(Ok(std)) if std > 0.0 && std.is_finite() => Ok((ProbeInit::Normal(std), format!("N(0, {std}²)"))),
-            _ => Err(Error::config("init-stats", format!("unknown init {other:?}: expected kaiming, xavier or normal:STD"))),
+            Some(Ok(std)) if std > 0.0 && std.is_finite() => {
+                Ok((ProbeInit::Normal(std), format!("N(0, {std}²)")))
+            }
+            _ => Err(Error::config(
+                "init-stats",
+                format!("unknown init {other:?}: expected kaiming, xavier or normal:STD"),
+            )),
         },
     }
 }
@@ -85,22 +96,41 @@ pub fn init_stats(args: InitStatsArgs) -> Result<ExitCode> {
         "relu" => ProbeActivation::Relu,
         "tanh" => ProbeActivation::Tanh,
         "linear" => ProbeActivation::Linear,
-        other => return Err(Error::config("init-stats", format!("unknown activation {other:?}: expected relu, tanh or linear"))),
+        other => {
+            return Err(Error::config(
+                "init-stats",
+                format!("unknown activation {other:?}: expected relu, tanh or linear"),
+            ))
+        }
     };
     let inits = args.init.iter().map(|s| parse_init(s)).collect::<Result<Vec<_>>>()?;
     let config = ProbeConfig { dims: dims.clone(), batch: args.batch };
     let mut series = Vec::new();
-    println!("{} layers of widths {:?} after unit Gaussian input, {} activation, batch {}:", dims.len(), dims, args.act, args.batch);
+    println!(
+        "{} layers of widths {:?} after unit Gaussian input, {} activation, batch {}:",
+        dims.len(),
+        dims,
+        args.act,
+        args.batch
+    );
     println!("{:<14} {:>5} {:>12} {:>12}", "init", "layer", "mean", "std");
     for (init, name) in &inits {
         let stats = activation_stats(&config, *init, act, args.seed)?;
         for (l, s) in stats.iter().enumerate() {
             println!("{name:<14} {:>5} {:>12.4e} {:>12.4e}", l + 1, s.mean, s.std);
         }
-        series.push((name.clone(), stats.iter().enumerate().map(|(l, s)| ((l + 1) as f64, s.std)).collect()));
+        series.push((
+            name.clone(),
+            stats.iter().enumerate().map(|(l, s)| ((l + 1) as f64, s.std)).collect(),
+        ));
     }
     LineChart {
-        title: format!("Activation std per layer ({} layers of {}, {})", dims.len(), dims[0], args.act),
+        title: format!(
+            "Activation std per layer ({} layers of {}, {})",
+            dims.len(),
+            dims[0],
+            args.act
+        ),
         x_desc: "layer".into(),
         y_desc: "std of the layer's output (log scale)".into(),
         series,
@@ -182,8 +212,22 @@ pub fn degradation(args: DegradationArgs, started: Instant) -> Result<ExitCode> 
     }
     let digits = matches!(args.data, DataSpec::Digits);
     let size = args.image_size.or(digits.then_some(16));
-    let split = data::SplitOptions { val_fraction: 0.0, val_dir: None, image_size: size.unwrap_or(64), resize: size, split_seed: 0 };
-    let (info, splits) = RunInfo::prepare(RunRequest { spec: &args.data, split, arch: "resnet", batch_size: args.batch_size, augment: "none", seed: args.seed, normalization: None })?;
+    let split = data::SplitOptions {
+        val_fraction: 0.0,
+        val_dir: None,
+        image_size: size.unwrap_or(64),
+        resize: size,
+        split_seed: 0,
+    };
+    let (info, splits) = RunInfo::prepare(RunRequest {
+        spec: &args.data,
+        split,
+        arch: "resnet",
+        batch_size: args.batch_size,
+        augment: "none",
+        seed: args.seed,
+        normalization: None,
+    })?;
     let samples = args.samples.unwrap_or(if digits { 0 } else { 5000 });
     let train: Arc<dyn Dataset> = if samples > 0 && samples < splits.train.len() {
         let fraction = samples as f64 / splits.train.len() as f64;
@@ -194,9 +238,17 @@ pub fn degradation(args: DegradationArgs, started: Instant) -> Result<ExitCode> 
     let loader = info.train_loader(train.clone(), true)?;
     let test = info.eval_loader(splits.test.clone(), 256, true)?;
     let classes = info.classes.len();
-    std::fs::create_dir_all(&args.out).map_err(|e| Error::Io { context: format!("create {}", args.out.display()), source: e })?;
+    std::fs::create_dir_all(&args.out)
+        .map_err(|e| Error::Io { context: format!("create {}", args.out.display()), source: e })?;
     if !args.quiet {
-        println!("degradation on {}: {} training images of {}, {} epochs of {} steps per net", info.data, train.len(), info.image.map(|v| v.to_string()).join("×"), args.epochs, loader.batches_per_epoch());
+        println!(
+            "degradation on {}: {} training images of {}, {} epochs of {} steps per net",
+            info.data,
+            train.len(),
+            info.image.map(|v| v.to_string()).join("×"),
+            args.epochs,
+            loader.batches_per_epoch()
+        );
     }
     let mut series = Vec::new();
     let mut rows = Vec::new();
@@ -204,11 +256,16 @@ pub fn degradation(args: DegradationArgs, started: Instant) -> Result<ExitCode> 
     for &depth in &args.depths {
         for skip in [false, true] {
             let name = format!("{}-{depth}", if skip { "resnet" } else { "plain" });
-            let mut model = cifar_resnet::<f32, _>(depth, classes, skip, &mut seeded_rng(args.seed))?;
+            let mut model =
+                cifar_resnet::<f32, _>(depth, classes, skip, &mut seeded_rng(args.seed))?;
             let (params, _) = cnn_nn::count_params(&mut model);
             let steps = Arc::new(Mutex::new(Vec::new()));
             let record = steps.clone();
-            let config = TrainConfig::default().with_epochs(args.epochs).with_lr(args.lr).with_schedule(ScheduleKind::OneCycle).with_seed(args.seed);
+            let config = TrainConfig::default()
+                .with_epochs(args.epochs)
+                .with_lr(args.lr)
+                .with_schedule(ScheduleKind::OneCycle)
+                .with_seed(args.seed);
             let clock = Instant::now();
             let fit = Trainer::new(config)
                 .with_progress(if args.quiet { ProgressMode::Quiet } else { ProgressMode::Auto })
@@ -223,17 +280,24 @@ pub fn degradation(args: DegradationArgs, started: Instant) -> Result<ExitCode> 
             for (i, e) in errors.iter().enumerate() {
                 csv.push_str(&format!("{name},{depth},{},{e:.6}\n", i + 1));
             }
-            let final_train_error = fit.history.epochs.last().map_or(f64::NAN, |r| 1.0 - r.train_accuracy);
+            let final_train_error =
+                fit.history.epochs.last().map_or(f64::NAN, |r| 1.0 - r.train_accuracy);
             let test_acc = evaluate(&mut model, &test)?.accuracy;
             let line = format!("{name:<11} {params:>9} params  final train error {:>6.2}%  test accuracy {:>6.2}%  ({:.0} s)", 100.0 * final_train_error, 100.0 * test_acc, clock.elapsed().as_secs_f64());
             println!("{line}");
             rows.push(line);
-            series.push((format!("{name} (final train error {:.1}%)", 100.0 * final_train_error), errors.iter().enumerate().map(|(i, &e)| ((i + 1) as f64, 100.0 * e)).collect()));
+            series.push((
+                format!("{name} (final train error {:.1}%)", 100.0 * final_train_error),
+                errors.iter().enumerate().map(|(i, &e)| ((i + 1) as f64, 100.0 * e)).collect(),
+            ));
         }
     }
     let png = args.out.join("degradation.png");
     LineChart {
-        title: format!("Training error, plain vs residual, depths {} and {}", args.depths[0], args.depths[1]),
+        title: format!(
+            "Training error, plain vs residual, depths {} and {}",
+            args.depths[0], args.depths[1]
+        ),
         x_desc: "iteration".into(),
         y_desc: "training error (%, smoothed)".into(),
         series,
@@ -243,6 +307,10 @@ pub fn degradation(args: DegradationArgs, started: Instant) -> Result<ExitCode> 
     }
     .write_png(&png, (1000, 600))?;
     cnn_tensor::write_atomic(&args.out.join("degradation.csv"), csv.as_bytes())?;
-    println!("drew {} and wrote degradation.csv in {:.0} s", png.display(), started.elapsed().as_secs_f64());
+    println!(
+        "drew {} and wrote degradation.csv in {:.0} s",
+        png.display(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -114,11 +114,7 @@ impl Dataset for ImageFolder {
         })?;
         let raw = read_image(path)?;
         let (_, h, w) = raw.dim();
-        let out = if [h, w] == self.size {
-            raw
-        } else {
-            resize(raw.view(), self.size)?
-        };
+        let out = if [h, w] == self.size { raw } else { resize(raw.view(), self.size)? };
         Ok((out, *class))
     }
     fn classes(&self) -> &[String] {

@@ -220,19 +220,34 @@ pub fn set_transfer_mode(
                     let parent = p.rsplit_once('.').map_or("", |(a, _)| a);
                     let mut parts: Vec<String> = Vec::new();
                     model.visit("", &mut |k, _| {
-                        let rest = if parent.is_empty() { Some(k) } else { k.strip_prefix(&format!("{parent}.")) };
+                        let rest = if parent.is_empty() {
+                            Some(k)
+                        } else {
+                            k.strip_prefix(&format!("{parent}."))
+                        };
                         if let Some(rest) = rest {
                             let child = rest.split('.').next().unwrap_or(rest);
-                            let part = if parent.is_empty() { child.to_string() } else { format!("{parent}.{child}") };
+                            let part = if parent.is_empty() {
+                                child.to_string()
+                            } else {
+                                format!("{parent}.{child}")
+                            };
                             if !parts.contains(&part) {
                                 parts.push(part);
                             }
                         }
                     });
-                    let at = if parent.is_empty() { String::new() } else { format!(" under {parent:?}") };
+                    let at = if parent.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" under {parent:?}")
+                    };
                     return Err(Error::config(
                         "transfer",
-                        format!("no parameter is under {p:?}; the parts{at} are {}", parts.join(", ")),
+                        format!(
+                            "no parameter is under {p:?}; the parts{at} are {}",
+                            parts.join(", ")
+                        ),
                     ));
                 }
             }

@@ -71,7 +71,11 @@ fn a_broken_logit_scale_fails_step_one_naming_the_causes() {
     let (step1, loss) = check_initial_loss(&mut broken, &plain, 10, &small()).unwrap();
     assert_eq!(step1.verdict, Verdict::Fail);
     assert!(loss > 10.0, "{loss}");
-    assert!(step1.summary.contains("above: the untrained network is confidently wrong"), "{}", step1.summary);
+    assert!(
+        step1.summary.contains("above: the untrained network is confidently wrong"),
+        "{}",
+        step1.summary
+    );
     for cause in ["the labels", "the loss", "the init scale", "a ReLU"] {
         assert!(step1.next.contains(cause), "{}", step1.next);
     }
@@ -169,7 +173,10 @@ fn step_six_reads_synthetic_curves() {
     ]);
     let r = read_curves(&widening, &rules);
     assert_eq!(r.kind, CurveKind::Overfitting, "{r:?}");
-    assert!(r.evidence.iter().any(|e| e.contains("gap")) && r.evidence.iter().any(|e| e.contains("rose")));
+    assert!(
+        r.evidence.iter().any(|e| e.contains("gap"))
+            && r.evidence.iter().any(|e| e.contains("rose"))
+    );
     let flat_low = history(&[
         ((2.0, 0.3), (2.0, 0.3)),
         ((1.9, 0.35), (1.95, 0.33)),
@@ -213,7 +220,8 @@ fn the_recipe_writes_the_same_report_twice() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (report, md) = run(a.path());
     let (_, md2) = run(b.path());
-    let strip = |s: &str| s.lines().filter(|l| !l.contains("Wall time")).collect::<Vec<_>>().join("\n");
+    let strip =
+        |s: &str| s.lines().filter(|l| !l.contains("Wall time")).collect::<Vec<_>>().join("\n");
     assert_eq!(strip(&md), strip(&md2), "same seed, same report");
     assert_eq!(report.steps.len(), 6);
     for (i, title) in cnn_train::tune::STEP_TITLES.iter().enumerate() {

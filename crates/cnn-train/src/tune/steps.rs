@@ -177,7 +177,8 @@ pub fn overfit_sample(
         Some((_, z)) if z <= 2.33 => Verdict::Warn,
         _ => Verdict::Pass,
     };
-    let held_cell = held.map_or("–".to_string(), |(a, z)| format!("{:.1}% ({z:.1} sd above chance)", 100.0 * a));
+    let held_cell = held
+        .map_or("–".to_string(), |(a, z)| format!("{:.1}% ({z:.1} sd above chance)", 100.0 * a));
     let table = format!(
         "| images | steps run (budget) | first loss | last loss | threshold | accuracy on the sample | on {held_n} other images (chance {:.1}%) |\n\
          | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n\
@@ -221,7 +222,10 @@ pub fn overfit_sample(
                 )],
                 log_x: false,
                 log_y: true,
-                reference: Some((config.overfit_loss, format!("threshold {}", config.overfit_loss))),
+                reference: Some((
+                    config.overfit_loss,
+                    format!("threshold {}", config.overfit_loss),
+                )),
             }
             .write_png(path, (900, 520))?;
             file_name(path)
