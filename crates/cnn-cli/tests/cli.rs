@@ -3,50 +3,11 @@
 #![allow(clippy::unwrap_used)] // test helpers unwrap like the tests themselves
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn cnn(args: &[&str], cwd: &Path) -> Output {
-    cnn_on(args, cwd, 2)
-}
-
-fn cnn_on(args: &[&str], cwd: &Path, threads: usize) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cnn"))
-        .args(args)
-        .args(["--threads", &threads.to_string()])
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn last_line(o: &Output) -> String {
-    stdout(o).lines().last().unwrap_or_default().to_string()
-}
-
-/// `test accuracy NN.NN% (loss L) …` → NN.NN as printed.
-fn printed_accuracy(line: &str) -> &str {
-    let rest = line
-        .strip_prefix("test accuracy ")
-        .unwrap_or_else(|| panic!("not a result line: {line:?}"));
-    &rest[..rest.find('%').unwrap()]
-}
-
-fn assert_png_not_blank(path: &Path) {
-    let img = image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8();
-    assert!(img.width() > 100 && img.height() > 100);
-    let first = img.get_pixel(0, 0);
-    let differing = img.pixels().filter(|p| *p != first).count();
-    assert!(differing > 1000, "{} is nearly one color ({differing} pixels differ)", path.display());
-}
+mod common;
+use common::*;
 
 #[test]
 fn train_writes_every_promised_file_and_eval_agrees() {
@@ -206,16 +167,6 @@ fn divergence_stops_with_advice() {
 }
 
 /// Runs `args`, expects a failure with one `error:` line containing `needle`, and no panic.
-fn fails_with(args: &[&str], cwd: &Path, needle: &str) {
-    let o = cnn(args, cwd);
-    let err = stderr(&o);
-    assert!(!o.status.success(), "{args:?} succeeded");
-    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{args:?}: {err}");
-    let first = err.lines().next().unwrap_or_default();
-    assert!(first.starts_with("error:"), "{args:?}: {err}");
-    assert!(first.contains(needle), "{args:?}: {first:?} lacks {needle:?}");
-}
-
 #[test]
 fn bad_input_is_one_clear_line() {
     let tmp = tempfile::tempdir().unwrap();
