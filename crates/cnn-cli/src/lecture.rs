@@ -160,7 +160,7 @@ pub struct DegradationArgs {
     #[arg(long, default_value = "digits", value_parser = crate::parse_data)]
     data: DataSpec,
     /// The shallow and the deep depth (6n + 2: 8, 14, 20, 32, 44, 56, 110).
-    #[arg(long, value_delimiter = ',', default_value = "8,32")]
+    #[arg(long, value_delimiter = ',', default_value = "20,56")]
     depths: Vec<usize>,
     /// Epochs for every net.
     #[arg(long, default_value_t = 20)]

@@ -97,3 +97,37 @@ fn an_unsupported_dtype_is_refused() {
     let e = load_state_dict(&mut net, &path, false).unwrap_err().to_string();
     assert!(e.contains("conv1.weight: dtype I32 is not supported"), "{e}");
 }
+
+#[test]
+fn absent_batch_counters_are_kept_as_pytorch_does() {
+    // timm's and many published checkpoints leave out num_batches_tracked.
+    let path = temp("no_counters.safetensors");
+    let mut source = cnn_models::cifar_resnet::<f32, _>(8, 10, true, &mut seeded_rng(0)).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    source.visit("", &mut |k, p| {
+        if !k.ends_with("num_batches_tracked") {
+            let bytes = p.value.iter().flat_map(|v| v.to_le_bytes()).collect();
+            tensors.push((k.to_string(), p.value.shape().to_vec(), bytes));
+        }
+    });
+    let views: Vec<_> = tensors
+        .iter()
+        .map(|(k, s, b)| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+    let mut model = cnn_models::cifar_resnet::<f32, _>(8, 10, true, &mut seeded_rng(1)).unwrap();
+    let report = load_state_dict(&mut model, &path, true).unwrap();
+    // One counter per BatchNorm: the stem, two per block (three blocks), two projections.
+    assert_eq!(report.defaulted.len(), 9, "{report}");
+    assert!(
+        report.to_string().ends_with("; 9 num_batches_tracked counters absent, kept"),
+        "{report}"
+    );
+    assert!(report.missing.is_empty());
+}

@@ -27,6 +27,9 @@ pub struct LoadReport {
     pub shape_mismatches: Vec<(String, Vec<usize>, Vec<usize>)>,
     /// Tensors loaded.
     pub loaded: usize,
+    /// `num_batches_tracked` counters the file lacks, left as they were: many
+    /// published checkpoints drop them, and PyTorch fills them in on load too.
+    pub defaulted: Vec<String>,
 }
 
 impl LoadReport {
@@ -47,6 +50,9 @@ impl fmt::Display for LoadReport {
         }
         for (k, model, file) in &self.shape_mismatches {
             write!(f, "; {k}: model {model:?}, file {file:?}")?;
+        }
+        if !self.defaulted.is_empty() {
+            write!(f, "; {} num_batches_tracked counters absent, kept", self.defaulted.len())?;
         }
         Ok(())
     }
@@ -280,6 +286,7 @@ impl StateDict {
                 return;
             }
             match self.tensors.get(key) {
+                None if is_counter(key) => report.defaulted.push(key.to_string()),
                 None => report.missing.push(key.to_string()),
                 Some((shape, _)) if shape.as_slice() != p.value.shape() => {
                     report.shape_mismatches.push((
