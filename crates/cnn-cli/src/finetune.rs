@@ -20,6 +20,9 @@ use crate::arch::{self, ARCH_HELP};
 use crate::run::{default_run_dir, RunInfo, RunRequest};
 use crate::DataArgs;
 
+/// A per-channel mean and standard deviation.
+pub type Normalization = (Vec<f64>, Vec<f64>);
+
 /// ImageNet's per-channel mean (torchvision's and timm's ResNets).
 pub const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
 /// ImageNet's per-channel standard deviation.
@@ -118,7 +121,7 @@ pub fn pretrained_normalization(
     arch: &str,
     mean: &[f64],
     std: &[f64],
-) -> Result<(Option<(Vec<f64>, Vec<f64>)>, String)> {
+) -> Result<(Option<Normalization>, String)> {
     if !mean.is_empty() || !std.is_empty() {
         if mean.len() != std.len() {
             return Err(Error::config("normalize", "--mean and --std need as many values"));

@@ -151,7 +151,10 @@ fn record(epoch: usize, train: (f64, f64), val: (f64, f64)) -> EpochRecord {
     }
 }
 
-fn history(rows: &[((f64, f64), (f64, f64))]) -> History {
+/// `(loss, accuracy)` of training and validation for one epoch.
+type Epoch = ((f64, f64), (f64, f64));
+
+fn history(rows: &[Epoch]) -> History {
     History { epochs: rows.iter().enumerate().map(|(i, &(t, v))| record(i + 1, t, v)).collect() }
 }
 

@@ -91,8 +91,8 @@ pub fn read_curves(history: &History, rules: &CurveRules) -> CurveReading {
     let finite = e.iter().all(|r| {
         r.train_loss.is_finite()
             && r.train_accuracy.is_finite()
-            && r.val_loss.map_or(true, f64::is_finite)
-            && r.val_accuracy.map_or(true, f64::is_finite)
+            && r.val_loss.is_none_or(f64::is_finite)
+            && r.val_accuracy.is_none_or(f64::is_finite)
     });
     if !finite {
         evidence.push("a loss or accuracy is not finite (NaN or infinity)".into());
@@ -145,7 +145,7 @@ pub fn read_curves(history: &History, rules: &CurveRules) -> CurveReading {
     // The change over the last third of the epochs (at least one epoch back).
     let third = e.len().div_ceil(3).max(1);
     let moved = last.train_accuracy - e[e.len().saturating_sub(third + 1)].train_accuracy;
-    let val_low = last.val_accuracy.map_or(true, |v| v < rules.low_accuracy);
+    let val_low = last.val_accuracy.is_none_or(|v| v < rules.low_accuracy);
     if last.train_accuracy < rules.low_accuracy && val_low && moved.abs() < rules.flat {
         evidence.push(format!(
             "training accuracy ends at {:.1}% and moved {:.1} points over the last {third} epoch(s); validation {}",

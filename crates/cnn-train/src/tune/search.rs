@@ -149,7 +149,8 @@ pub fn coarse_search(
     let best = accs.iter().copied().fold(f64::NAN, f64::max);
     let worst = accs.iter().copied().fold(f64::NAN, f64::min);
     let diverged = trials.len() - accs.len();
-    let (verdict, summary, next) = if !(best > chance * 1.5) {
+    // A NaN best (every trial diverged) fails too.
+    let (verdict, summary, next) = if best.is_nan() || best <= chance * 1.5 {
         (
             Verdict::Fail,
             format!("No trial beat chance ({:.1}%) clearly; the best reached {:.2}%.", 100.0 * chance, 100.0 * best),
