@@ -131,3 +131,41 @@ fn absent_batch_counters_are_kept_as_pytorch_does() {
     );
     assert!(report.missing.is_empty());
 }
+
+#[test]
+fn half_precision_files_load_converted() {
+    // f16 bits of 1, −2, 0.5, 1/3 (nearest), 2⁻¹⁴ (smallest normal), 2⁻²⁴ (smallest subnormal).
+    let bits: [u16; 6] = [0x3c00, 0xc000, 0x3800, 0x3555, 0x0400, 0x0001];
+    let want: [f32; 6] = [1.0, -2.0, 0.5, 0.333_251_95, 6.103_515_6e-5, 5.960_464_5e-8];
+    let weight: Vec<u8> = (0..12).flat_map(|i| bits[i % 6].to_le_bytes()).collect();
+    let bias: Vec<u8> = (0..3).flat_map(|i| bits[5 - i].to_le_bytes()).collect();
+    let views = vec![
+        (
+            "0.weight".to_string(),
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F16, vec![3, 4], &weight)
+                .unwrap(),
+        ),
+        (
+            "0.bias".to_string(),
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F16, vec![3], &bias).unwrap(),
+        ),
+    ];
+    let path = temp("f16.safetensors");
+    std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+    let mut net = cnn_nn::Sequential::<f32>::new().push(
+        cnn_tensor::Linear::new(cnn_tensor::LinearConfig::new(4, 3), &mut seeded_rng(0)).unwrap(),
+    );
+    let report = load_state_dict(&mut net, &path, true).unwrap();
+    assert_eq!(report.loaded, 2);
+    net.visit("", &mut |k, p| {
+        let got: Vec<f32> = p.value.iter().copied().collect();
+        let expect: Vec<f32> = if k == "0.weight" {
+            (0..12).map(|i| want[i % 6]).collect()
+        } else {
+            (0..3).map(|i| want[5 - i]).collect()
+        };
+        assert_eq!(got, expect, "{k}");
+    });
+    let dict = cnn_nn::StateDict::read(&path).unwrap();
+    assert_eq!(dict.converted_dtypes(), [("F16".to_string(), 2)]);
+}
