@@ -46,7 +46,7 @@ fn keep_freed_pages() {
     name = "cnn",
     version,
     about = "Train, evaluate and inspect convolutional networks on the CPU.",
-    after_help = "Examples:\n  cnn train                                  # the embedded digits, the default recipe\n  cnn train --data mnist:~/data/mnist --epochs 3\n  cnn eval --run runs/20261127-101500 --tta 8\n  cnn summary --arch resnet18\n  cnn augment-preview --data cifar10:~/data/cifar-10-batches-bin --out preview.png\n  cnn stats --data folder:~/photos"
+    after_help = "Examples:\n  cnn train                                  # the embedded digits, the default recipe\n  cnn train --data mnist:~/data/mnist --epochs 3\n  cnn tune --budget small\n  cnn finetune --weights resnet18.safetensors --arch resnet18 --data folder:~/photos --mode linear-probe\n  cnn eval --run runs/20261127-101500 --tta 8\n  cnn summary --arch resnet18\n  cnn augment-preview --data cifar10:~/data/cifar-10-batches-bin --out preview.png\n  cnn stats --data folder:~/photos"
 )]
 struct Cli {
     /// Worker threads (default: every core). Results are the same bitwise for any count.
@@ -64,7 +64,7 @@ enum Command {
     Tune(Box<tune::TuneArgs>),
     /// Transfer pretrained weights to new data: linear probe, fine-tuning, or named parts.
     Finetune(Box<finetune::FinetuneArgs>),
-    /// Evaluate a run's checkpoint: loss, accuracy, per-class accuracy, confusion matrix.
+    /// Evaluate a run's checkpoint (loss, accuracy, per class, confusion matrix), or classify images with pretrained weights.
     Eval(eval::EvalArgs),
     /// The activation-statistics probe: each layer's mean and std for several inits, and a plot.
     InitStats(lecture::InitStatsArgs),
@@ -85,7 +85,7 @@ struct DataArgs {
     #[arg(long, default_value = "digits", value_parser = parse_data)]
     data: DataSpec,
     /// Folder data: the held-out share (default 0.2); other data: a validation
-    /// split carved from training (default 0: validate on the test split).
+    /// split carved from training (default 0: validate on the test split; `tune` 0.2).
     #[arg(long, default_value_t = 0.0)]
     val_fraction: f64,
     /// Folder data: a directory of validation images (one sub-directory per class).
