@@ -17,7 +17,7 @@ use cnn_train::{
 };
 
 use crate::arch::{self, ARCH_HELP};
-use crate::run::{default_run_dir, RunInfo, RunRequest};
+use crate::run::{default_run_dir, write_test_json, RunInfo, RunRequest};
 use crate::DataArgs;
 
 /// A per-channel mean and standard deviation.
@@ -189,13 +189,7 @@ pub fn run(args: FinetuneArgs, started: Instant) -> Result<ExitCode> {
         seed: args.seed,
         normalization,
     })?;
-    let out = args.out.clone().unwrap_or_else(|| {
-        let d = default_run_dir();
-        d.with_file_name(format!(
-            "finetune-{}",
-            d.file_name().map_or("run".into(), |f| f.to_string_lossy())
-        ))
-    });
+    let out = args.out.clone().unwrap_or_else(|| default_run_dir("finetune-"));
     if out.join("last").exists() {
         return Err(Error::config(
             "finetune",
@@ -276,11 +270,7 @@ pub fn run(args: FinetuneArgs, started: Instant) -> Result<ExitCode> {
         trainer.fit(&mut *built.model, &train, Some(&val))?;
     }
     let result = evaluate(&mut *built.model, &test)?;
-    cnn_tensor::write_atomic(
-        &out.join("test.json"),
-        &serde_json::to_vec_pretty(&result)
-            .map_err(|e| Error::Format { context: "test.json".into(), msg: e.to_string() })?,
-    )?;
+    write_test_json(&out, &result)?;
     println!(
         "{:?}: test accuracy {:.2}% (loss {:.4}) in {:.1} s; run saved in {}",
         args.mode,

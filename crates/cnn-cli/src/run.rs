@@ -243,8 +243,18 @@ impl RunInfo {
     }
 }
 
-/// `runs/<UTC yyyymmdd-hhmmss>`, with `-2`, `-3`, … when that exists already.
-pub fn default_run_dir() -> PathBuf {
+/// Writes the test split's evaluation as `test.json` in the run directory, atomically.
+///
+/// # Errors
+/// [`Error::Io`] when it cannot be written.
+pub fn write_test_json(out: &Path, result: &cnn_train::EvalReport) -> Result<()> {
+    let json = serde_json::to_vec_pretty(result)
+        .map_err(|e| Error::Format { context: "test.json".into(), msg: e.to_string() })?;
+    cnn_tensor::write_atomic(&out.join("test.json"), &json)
+}
+
+/// `runs/<prefix><UTC yyyymmdd-hhmmss>`, with `-2`, `-3`, … when that exists already.
+pub fn default_run_dir(prefix: &str) -> PathBuf {
     let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Howard Hinnant's civil_from_days.
@@ -257,8 +267,12 @@ pub fn default_run_dir() -> PathBuf {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    let stamp =
-        format!("{year:04}{month:02}{day:02}-{:02}{:02}{:02}", rem / 3600, rem / 60 % 60, rem % 60);
+    let stamp = format!(
+        "{prefix}{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    );
     let base = Path::new("runs").join(&stamp);
     let mut dir = base.clone();
     let mut k = 2;

@@ -15,7 +15,7 @@ use cnn_train::{
 
 use crate::arch::ARCH_HELP;
 use crate::data::{DataSpec, Splits};
-use crate::run::{default_run_dir, RunInfo, RunRequest};
+use crate::run::{default_run_dir, write_test_json, RunInfo, RunRequest};
 use crate::DataArgs;
 
 /// `--optimizer`.
@@ -196,7 +196,7 @@ impl TrainArgs {
 fn fresh(args: &TrainArgs) -> Result<(RunInfo, TrainConfig, PathBuf, Splits)> {
     let config = args.config()?;
     config.validate()?;
-    let out = args.out.clone().unwrap_or_else(default_run_dir);
+    let out = args.out.clone().unwrap_or_else(|| default_run_dir(""));
     if out.join("last").exists() || out.join(".last.old").exists() {
         return Err(Error::config(
             "train",
@@ -297,11 +297,7 @@ pub fn run(args: TrainArgs, started: Instant) -> Result<ExitCode> {
         return Ok(ExitCode::from(130));
     }
     let result = evaluate(&mut *built.model, &test)?;
-    cnn_tensor::write_atomic(
-        &out.join("test.json"),
-        &serde_json::to_vec_pretty(&result)
-            .map_err(|e| Error::Format { context: "test.json".into(), msg: e.to_string() })?,
-    )?;
+    write_test_json(&out, &result)?;
     say(format!(
         "run saved in {}: last/ and best/ checkpoints, metrics.csv, metrics.json, curves.png, test.json",
         out.display()

@@ -86,13 +86,7 @@ pub fn run(args: TuneArgs, started: Instant) -> Result<ExitCode> {
         seed: args.seed,
         normalization: None,
     })?;
-    let out = args.out.clone().unwrap_or_else(|| {
-        let d = default_run_dir();
-        d.with_file_name(format!(
-            "tune-{}",
-            d.file_name().map_or("run".into(), |f| f.to_string_lossy())
-        ))
-    });
+    let out = args.out.clone().unwrap_or_else(|| default_run_dir("tune-"));
     if out.join("report.md").exists() {
         return Err(Error::config(
             "tune",

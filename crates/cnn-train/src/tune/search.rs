@@ -5,7 +5,7 @@ use std::path::Path;
 use cnn_tensor::{random::seeded_rng, Result};
 use rand::Rng;
 
-use super::steps::file_name;
+use super::steps::{draw_chart, file_name};
 use super::{trial_seed, ModelFactory, StepReport, TuneConfig, TuneData, Verdict, STEP_TITLES};
 use crate::{plot_scatter, History, LineChart, ProgressMode, ScheduleKind, TrainConfig, Trainer};
 
@@ -290,39 +290,26 @@ pub fn refine(
         100.0 * coarse_best,
         config.coarse_epochs
     );
-    let plot_name = match plot {
-        Some(path) => {
-            LineChart {
-                title: "Step 5: validation accuracy of the refined candidates".into(),
-                x_desc: "epoch".into(),
-                y_desc: "validation accuracy (%)".into(),
-                series: trials
+    let plot_name = draw_chart(plot, || LineChart {
+        title: "Step 5: validation accuracy of the refined candidates".into(),
+        x_desc: "epoch".into(),
+        y_desc: "validation accuracy (%)".into(),
+        series: trials
+            .iter()
+            .map(|t| {
+                let pts = t
+                    .history
+                    .epochs
                     .iter()
-                    .map(|t| {
-                        let pts = t
-                            .history
-                            .epochs
-                            .iter()
-                            .filter_map(|r| r.val_accuracy.map(|a| (r.epoch as f64, 100.0 * a)))
-                            .collect();
-                        (
-                            format!(
-                                "{}: lr {:.1e}, wd {:.1e}",
-                                t.id, t.config.lr, t.config.weight_decay
-                            ),
-                            pts,
-                        )
-                    })
-                    .collect(),
-                log_x: false,
-                log_y: false,
-                reference: None,
-            }
-            .write_png(path, (900, 520))?;
-            file_name(path)
-        }
-        None => None,
-    };
+                    .filter_map(|r| r.val_accuracy.map(|a| (r.epoch as f64, 100.0 * a)))
+                    .collect();
+                (format!("{}: lr {:.1e}, wd {:.1e}", t.id, t.config.lr, t.config.weight_decay), pts)
+            })
+            .collect(),
+        log_x: false,
+        log_y: false,
+        reference: None,
+    })?;
     let table = format!(
         "Narrowed ranges (the best {} coarse trials, ×1.5 either side): lr [{lr_lo:.2e}, {lr_hi:.2e}], weight decay [{wd_lo:.2e}, {wd_hi:.2e}]; {} epochs, warmup one epoch then cosine. Candidate 1 is the best coarse configuration.\n\n{}",
         top.len(),

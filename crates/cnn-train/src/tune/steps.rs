@@ -210,28 +210,18 @@ pub fn overfit_sample(
                 .to_string(),
         ),
     };
-    let plot_name = match plot {
-        Some(path) => {
-            LineChart {
-                title: format!("Step 2: overfitting {n} images"),
-                x_desc: "step".into(),
-                y_desc: "training loss (log scale)".into(),
-                series: vec![(
-                    "loss".into(),
-                    losses.iter().enumerate().map(|(i, &l)| (i as f64 + 1.0, l)).collect(),
-                )],
-                log_x: false,
-                log_y: true,
-                reference: Some((
-                    config.overfit_loss,
-                    format!("threshold {}", config.overfit_loss),
-                )),
-            }
-            .write_png(path, (900, 520))?;
-            file_name(path)
-        }
-        None => None,
-    };
+    let plot_name = draw_chart(plot, || LineChart {
+        title: format!("Step 2: overfitting {n} images"),
+        x_desc: "step".into(),
+        y_desc: "training loss (log scale)".into(),
+        series: vec![(
+            "loss".into(),
+            losses.iter().enumerate().map(|(i, &l)| (i as f64 + 1.0, l)).collect(),
+        )],
+        log_x: false,
+        log_y: true,
+        reference: Some((config.overfit_loss, format!("threshold {}", config.overfit_loss))),
+    })?;
     let report = StepReport {
         number: 2,
         title: STEP_TITLES[1].into(),
@@ -246,6 +236,17 @@ pub fn overfit_sample(
 
 pub(crate) fn file_name(path: &Path) -> Option<String> {
     path.file_name().map(|f| f.to_string_lossy().into_owned())
+}
+
+/// Draws the chart `make` builds into `plot` (900×520), when a path is
+/// given; returns the file name the report links.
+pub(crate) fn draw_chart(
+    plot: Option<&Path>,
+    make: impl FnOnce() -> LineChart,
+) -> Result<Option<String>> {
+    let Some(path) = plot else { return Ok(None) };
+    make().write_png(path, (900, 520))?;
+    Ok(file_name(path))
 }
 
 /// One rate's run in the learning-rate sweep.
@@ -389,40 +390,22 @@ pub fn lr_sweep(
                 .into(),
         ),
     };
-    let plot_name = match plot {
-        Some(path) => {
-            LineChart {
-                title: "Step 3: smoothed training loss per learning rate".into(),
-                x_desc: "iteration".into(),
-                y_desc: "training loss (smoothed)".into(),
-                series: curves
-                    .iter()
-                    .map(|c| {
-                        let pts = c
-                            .smoothed
-                            .iter()
-                            .enumerate()
-                            .map(|(i, &l)| (i as f64 + 1.0, l))
-                            .collect();
-                        (
-                            format!(
-                                "lr {:e}{}",
-                                c.lr,
-                                if Some(c.lr) == pick { " (picked)" } else { "" }
-                            ),
-                            pts,
-                        )
-                    })
-                    .collect(),
-                log_x: false,
-                log_y: false,
-                reference: None,
-            }
-            .write_png(path, (900, 520))?;
-            file_name(path)
-        }
-        None => None,
-    };
+    let plot_name = draw_chart(plot, || LineChart {
+        title: "Step 3: smoothed training loss per learning rate".into(),
+        x_desc: "iteration".into(),
+        y_desc: "training loss (smoothed)".into(),
+        series: curves
+            .iter()
+            .map(|c| {
+                let pts =
+                    c.smoothed.iter().enumerate().map(|(i, &l)| (i as f64 + 1.0, l)).collect();
+                (format!("lr {:e}{}", c.lr, if Some(c.lr) == pick { " (picked)" } else { "" }), pts)
+            })
+            .collect(),
+        log_x: false,
+        log_y: false,
+        reference: None,
+    })?;
     let report = StepReport {
         number: 3,
         title: STEP_TITLES[2].into(),
