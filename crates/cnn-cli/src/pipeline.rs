@@ -80,6 +80,9 @@ pub fn augmentations(augs: &[Aug], [c, h, w]: [usize; 3]) -> Result<Compose<f32>
 
 /// The whole pipeline: `augs` (none for evaluation), normalization, and gray to RGB when the network wants it.
 ///
+/// Gray images normalized with three channel statistics (ImageNet's, for a
+/// pretrained network) are repeated into RGB first, then normalized per channel.
+///
 /// # Errors
 /// [`Error::Config`] from a transform's settings.
 pub fn pipeline(
@@ -89,10 +92,13 @@ pub fn pipeline(
     std: &[f64],
     rgb: bool,
 ) -> Result<Arc<dyn Transform<f32>>> {
-    let mut pipe = augmentations(augs, image)?.then(Normalize::new(mean.to_vec(), std.to_vec())?);
-    if rgb {
-        pipe = pipe.then(GrayToRgb);
-    }
+    let normalize = Normalize::new(mean.to_vec(), std.to_vec())?;
+    let pipe = augmentations(augs, image)?;
+    let pipe = match (rgb, image[0] == 1 && mean.len() == 3) {
+        (true, true) => pipe.then(GrayToRgb).then(normalize),
+        (true, false) => pipe.then(normalize).then(GrayToRgb),
+        (false, _) => pipe.then(normalize),
+    };
     Ok(Arc::new(pipe))
 }
 
@@ -110,5 +116,18 @@ mod tests {
         );
         let e = parse_augment("flip,rotate", &DataSpec::Digits).unwrap_err().to_string();
         assert!(e.contains("unknown augmentation \"rotate\""), "{e}");
+    }
+
+    #[test]
+    fn gray_images_take_rgb_statistics_after_becoming_rgb() {
+        let gray = ndarray::Array3::from_elem((1, 2, 2), 0.5f32);
+        let mut rng = cnn_tensor::random::seeded_rng(0);
+        let pipe = pipeline(&[], [1, 2, 2], &[0.5, 0.25, 0.0], &[0.5, 0.25, 1.0], true).unwrap();
+        let out = pipe.apply(gray.clone(), &mut rng).unwrap();
+        assert_eq!(out.dim(), (3, 2, 2));
+        let firsts: Vec<f32> = (0..3).map(|c| out[[c, 0, 0]]).collect();
+        assert_eq!(firsts, [0.0, 1.0, 0.5]);
+        let pipe = pipeline(&[], [1, 2, 2], &[0.25], &[0.5], true).unwrap();
+        assert_eq!(pipe.apply(gray, &mut rng).unwrap()[[2, 1, 1]], 0.5);
     }
 }

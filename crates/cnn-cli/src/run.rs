@@ -85,6 +85,10 @@ impl RunInfo {
         let splits = data::load(req.spec, &req.split)?;
         let image = splits.image_shape()?;
         let (mean, std) = match req.normalization {
+            // Statistics of gray pretraining serve RGB images channel by channel.
+            Some((mean, std)) if mean.len() == 1 && std.len() == 1 && image[0] == 3 => {
+                (vec![mean[0]; 3], vec![std[0]; 3])
+            }
             Some((mean, std)) => {
                 let channels = if image[0] == 1 { [1, 3] } else { [image[0], image[0]] };
                 if !channels.contains(&mean.len()) || mean.len() != std.len() {
