@@ -1,12 +1,13 @@
 //! `cnn tune`: the six-step tuning recipe, written up as `report.md`.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
 use cnn_tensor::{Error, Result};
-use cnn_train::{Budget, TrainConfig, TuneConfig, TuneData, Tuner, Verdict};
+use cnn_train::{Budget, ProgressMode, TrainConfig, TuneConfig, TuneData, Tuner, Verdict};
 
 use crate::arch::{self, ARCH_HELP};
 use crate::data::DataSpec;
@@ -124,8 +125,12 @@ pub fn run(args: TuneArgs, started: Instant) -> Result<ExitCode> {
             out.display()
         );
     }
+    // Bars for each trial on a terminal; in a log, the trial lines alone.
+    let terminal = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
+    let progress = if terminal && !quiet { ProgressMode::Bars } else { ProgressMode::Quiet };
     let mut tuner = Tuner::new(config, TrainConfig::default())
         .with_out_dir(&out)
+        .with_progress(progress)
         .with_context(context)
         .with_log(move |line| {
             if !quiet {

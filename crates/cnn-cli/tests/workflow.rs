@@ -240,3 +240,22 @@ fn degradation_runs_end_to_end_on_a_tiny_budget() {
     assert_eq!(csv.lines().count(), 1 + 4 * 4);
     fails_with(&["degradation", "--depths", "9,20"], tmp.path(), "6n + 2");
 }
+
+#[test]
+fn tune_gives_the_same_report_on_one_thread_or_two() {
+    let tmp = tempfile::tempdir().unwrap();
+    let report = |threads: usize| {
+        let out = tmp.path().join(format!("t{threads}"));
+        let o = cnn_on(
+            &["tune", "--budget", "small", "-q", "--out", out.to_str().unwrap()],
+            tmp.path(),
+            threads,
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+        let md: Vec<String> =
+            md.lines().filter(|l| !l.contains("Wall time")).map(String::from).collect();
+        (md, std::fs::read(out.join("best.json")).unwrap())
+    };
+    assert_eq!(report(1), report(2));
+}

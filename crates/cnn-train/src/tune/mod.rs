@@ -10,6 +10,30 @@
 //!
 //! [`Tuner::run`] chains them; every draw comes from the seed, so the same
 //! call gives the same report.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use cnn_data::{DataLoader, Digits};
+//! use cnn_models::small_cnn;
+//! use cnn_tensor::{random::seeded_rng, Layer};
+//! use cnn_train::{Budget, TrainConfig, TuneConfig, TuneData, Tuner};
+//!
+//! let (train, val) = Digits::load()?.split(0.2, 0)?;
+//! let (train, val) = (Arc::new(train), Arc::new(val));
+//! let data = TuneData {
+//!     train: DataLoader::new(train.clone(), 64, 0)?,
+//!     plain: DataLoader::new(train, 64, 0)?,
+//!     val: DataLoader::new(val, 256, 0)?.with_shuffle(false),
+//! };
+//! let mut factory = |seed: u64| -> cnn_tensor::Result<Box<dyn Layer<f32>>> {
+//!     Ok(Box::new(small_cnn(1, [8, 8], 10, &mut seeded_rng(seed))?))
+//! };
+//! let report = Tuner::new(TuneConfig::for_budget(Budget::Small), TrainConfig::default())
+//!     .with_out_dir("runs/tune-digits")
+//!     .run(&mut factory, &data)?;
+//! println!("{:?}: best {:?}", report.worst(), report.best);
+//! # Ok::<(), cnn_tensor::Error>(())
+//! ```
 
 mod curves;
 mod report;
@@ -23,10 +47,10 @@ use cnn_data::DataLoader;
 use cnn_tensor::{random::mix_seed, Error, Layer, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::{History, TrainConfig};
+use crate::{History, ProgressMode, TrainConfig};
 
 pub use curves::{read_curves, CurveKind, CurveReading, CurveRules};
-pub use search::{coarse_search, refine, Trial};
+pub use search::{coarse_search, refine, SearchOutput, Trial};
 pub use steps::{check_initial_loss, lr_sweep, overfit_sample, LrCurve};
 
 /// How much work the search may do.
@@ -309,13 +333,21 @@ pub struct Tuner {
     base: TrainConfig,
     out_dir: Option<PathBuf>,
     context: Vec<String>,
+    progress: ProgressMode,
     log: Box<dyn FnMut(&str) + Send>,
 }
 
 impl Tuner {
     /// A tuner with `config`, starting from `base`; silent, writing nothing.
     pub fn new(config: TuneConfig, base: TrainConfig) -> Self {
-        Tuner { config, base, out_dir: None, context: Vec::new(), log: Box::new(|_| {}) }
+        Tuner {
+            config,
+            base,
+            out_dir: None,
+            context: Vec::new(),
+            progress: ProgressMode::Quiet,
+            log: Box::new(|_| {}),
+        }
     }
 
     /// Writes `report.md`, `best.json` and the plots into `dir` (created if missing).
@@ -327,6 +359,12 @@ impl Tuner {
     /// Lines that open the report (the data, the network, the command).
     pub fn with_context(mut self, lines: Vec<String>) -> Self {
         self.context = lines;
+        self
+    }
+
+    /// How each search trial's training shows progress. Default quiet.
+    pub fn with_progress(mut self, progress: ProgressMode) -> Self {
+        self.progress = progress;
         self
     }
 
@@ -414,15 +452,12 @@ impl Tuner {
                 ));
                 let log = &mut self.log;
                 let plot = self.out_dir.as_ref().map(|d| d.join("coarse.png"));
-                let (step4, trials) = coarse_search(
-                    factory,
-                    data,
-                    &self.base,
-                    pick,
-                    &c,
-                    plot.as_deref(),
-                    &mut |t: &Trial| log(&format!("  {}", t.line())),
-                )?;
+                let out = SearchOutput {
+                    plot: plot.as_deref(),
+                    progress: self.progress,
+                    on_trial: &mut |t: &Trial| log(&format!("  {}", t.line())),
+                };
+                let (step4, trials) = coarse_search(factory, data, &self.base, pick, &c, out)?;
                 (self.log)(&format!("  {}: {}", step4.verdict, step4.summary));
                 steps.push(step4);
                 (self.log)(&format!(
@@ -431,15 +466,12 @@ impl Tuner {
                 ));
                 let log = &mut self.log;
                 let plot = self.out_dir.as_ref().map(|d| d.join("refine.png"));
-                let (step5, winner) = refine(
-                    factory,
-                    data,
-                    &self.base,
-                    &trials,
-                    &c,
-                    plot.as_deref(),
-                    &mut |t: &Trial| log(&format!("  {}", t.line())),
-                )?;
+                let out = SearchOutput {
+                    plot: plot.as_deref(),
+                    progress: self.progress,
+                    on_trial: &mut |t: &Trial| log(&format!("  {}", t.line())),
+                };
+                let (step5, winner) = refine(factory, data, &self.base, &trials, &c, out)?;
                 (self.log)(&format!("  {}: {}", step5.verdict, step5.summary));
                 steps.push(step5);
                 (self.log)("step 6/6: read the curves of the best run");

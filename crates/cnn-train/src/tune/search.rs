@@ -51,6 +51,17 @@ impl Trial {
     }
 }
 
+/// Where a search step reports as it goes: its plot, each trial's progress
+/// display, and a callback after each trial.
+pub struct SearchOutput<'a> {
+    /// The plot to draw, if any.
+    pub plot: Option<&'a Path>,
+    /// How each trial's training shows progress.
+    pub progress: ProgressMode,
+    /// Called with each finished trial.
+    pub on_trial: &'a mut dyn FnMut(&Trial),
+}
+
 fn sorted(trials: &[Trial]) -> Vec<&Trial> {
     let mut v: Vec<&Trial> = trials.iter().collect();
     v.sort_by_key(|t| t.rank());
@@ -72,9 +83,10 @@ fn train_trial(
     id: usize,
     config: TrainConfig,
     seed: u64,
+    progress: ProgressMode,
 ) -> Result<Trial> {
     let mut model = factory(seed)?;
-    let history = match Trainer::new(config.clone()).with_progress(ProgressMode::Quiet).fit(
+    let history = match Trainer::new(config.clone()).with_progress(progress).fit(
         &mut *model,
         &data.train,
         Some(&data.val),
@@ -120,16 +132,15 @@ fn trial_table(trials: &[&Trial]) -> String {
 ///
 /// # Errors
 /// Whatever training returns, other than divergence.
-#[allow(clippy::too_many_arguments)]
 pub fn coarse_search(
     factory: &mut ModelFactory<'_>,
     data: &TuneData,
     base: &TrainConfig,
     pick: f64,
     config: &TuneConfig,
-    plot: Option<&Path>,
-    on_trial: &mut dyn FnMut(&Trial),
+    out: SearchOutput<'_>,
 ) -> Result<(StepReport, Vec<Trial>)> {
+    let SearchOutput { plot, progress, on_trial } = out;
     let mut rng = seeded_rng(trial_seed(config.seed, 4, 0));
     let (down, up) = config.coarse_lr_decades;
     let (lr_lo, lr_hi) = (pick * 10f64.powf(-down), pick * 10f64.powf(up));
@@ -139,7 +150,7 @@ pub fn coarse_search(
         let lr = log_uniform(&mut rng, lr_lo, lr_hi);
         let wd = log_uniform(&mut rng, wd_lo, wd_hi);
         let cfg = base.clone().with_lr(lr).with_weight_decay(wd).with_epochs(config.coarse_epochs);
-        let trial = train_trial(factory, data, id, cfg, config.seed)?;
+        let trial = train_trial(factory, data, id, cfg, config.seed, progress)?;
         on_trial(&trial);
         trials.push(trial);
     }
@@ -224,16 +235,15 @@ pub fn coarse_search(
 /// # Errors
 /// Whatever training returns, other than divergence; [`cnn_tensor::Error::Config`]
 /// when no coarse trial finished.
-#[allow(clippy::too_many_arguments)]
 pub fn refine(
     factory: &mut ModelFactory<'_>,
     data: &TuneData,
     base: &TrainConfig,
     coarse: &[Trial],
     config: &TuneConfig,
-    plot: Option<&Path>,
-    on_trial: &mut dyn FnMut(&Trial),
+    out: SearchOutput<'_>,
 ) -> Result<(StepReport, Trial)> {
+    let SearchOutput { plot, progress, on_trial } = out;
     let ranked: Vec<&Trial> =
         sorted(coarse).into_iter().filter(|t| t.val_accuracy().is_some()).collect();
     let Some(best_coarse) = ranked.first() else {
@@ -261,7 +271,7 @@ pub fn refine(
     }
     let mut trials = Vec::new();
     for (i, cfg) in candidates.into_iter().enumerate() {
-        let trial = train_trial(factory, data, i + 1, cfg, config.seed)?;
+        let trial = train_trial(factory, data, i + 1, cfg, config.seed, progress)?;
         on_trial(&trial);
         trials.push(trial);
     }
