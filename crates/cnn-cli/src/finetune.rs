@@ -5,19 +5,17 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
-use cnn_data::DataLoader;
 use cnn_tensor::{Error, Result};
 use cnn_train::{
-    evaluate, extract_features, frozen_prefix, load_pretrained, set_transfer_mode, FeatureHead,
-    PretrainedOptions, ProgressMode, ScheduleKind, TrainConfig, Trainer, TransferMode,
+    evaluate, load_pretrained, set_transfer_mode, PretrainedOptions, ProgressMode, ScheduleKind,
+    TrainConfig, Trainer, TransferMode,
 };
 
 use crate::arch::{self, ARCH_HELP};
-use crate::run::{default_run_dir, write_test_json, RunInfo, RunRequest};
+use crate::run::{default_run_dir, fit_run, write_test_json, RunInfo, RunRequest};
 use crate::DataArgs;
 
 /// A per-channel mean and standard deviation.
@@ -242,32 +240,17 @@ pub fn run(args: FinetuneArgs, started: Instant) -> Result<ExitCode> {
         TransferMode::LinearProbe => Some(vec![report.head.clone()]),
         TransferMode::Partial(p) => Some(p.clone()),
     };
-    let metadata = serde_json::to_value(&info)
-        .map_err(|e| Error::Format { context: "run metadata".into(), msg: e.to_string() })?;
+    info.cached_features = args.mode == Mode::LinearProbe && augment == "none" && !args.no_cache;
     let train = info.train_loader(splits.train.clone(), built.rgb)?;
     let val = info.eval_loader(splits.val.clone(), 256, built.rgb)?;
     let test = info.eval_loader(splits.test.clone(), 256, built.rgb)?;
-    let mut trainer = Trainer::new(config)
-        .with_out_dir(&out)
-        .with_progress(if args.quiet { ProgressMode::Quiet } else { ProgressMode::Auto })
-        .with_metadata(metadata);
-    let frozen = frozen_prefix(&mut *built.model);
-    if args.mode == Mode::LinearProbe && augment == "none" && !args.no_cache && frozen > 0 {
-        let clock = Instant::now();
-        let in_order = train.over(splits.train.clone()).with_shuffle(false);
-        let (features, shape) = extract_features(&mut *built.model, frozen, &in_order)?;
-        let (val_features, _) = extract_features(&mut *built.model, frozen, &val)?;
-        say(format!(
-            "computed the frozen backbone's features once ({} values per image) in {:.1} s",
-            shape.iter().product::<usize>(),
-            clock.elapsed().as_secs_f64()
-        ));
-        let ftrain = DataLoader::new(Arc::new(features), info.batch_size, info.seed)?;
-        let fval = DataLoader::new(Arc::new(val_features), 256, info.seed)?.with_shuffle(false);
-        let mut head = FeatureHead::new(&mut *built.model, frozen, shape);
-        trainer.fit(&mut head, &ftrain, Some(&fval))?;
+    let trainer = Trainer::new(config).with_progress(if args.quiet {
+        ProgressMode::Quiet
     } else {
-        trainer.fit(&mut *built.model, &train, Some(&val))?;
+        ProgressMode::Auto
+    });
+    if fit_run(&info, &mut *built.model, trainer, &out, (&train, &val), &say)?.is_none() {
+        return Ok(ExitCode::from(130));
     }
     let result = evaluate(&mut *built.model, &test)?;
     write_test_json(&out, &result)?;

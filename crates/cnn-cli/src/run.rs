@@ -6,8 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use cnn_data::{DataLoader, Dataset};
-use cnn_tensor::{Error, Result};
+use cnn_tensor::{Error, Layer, Result};
+use cnn_train::{find_checkpoint, Trainer, TrainerState};
 use serde::{Deserialize, Serialize};
 
 use crate::arch::{self, Built};
@@ -49,6 +52,9 @@ pub struct RunInfo {
     /// `None` when everything trains.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trainable: Option<Vec<String>>,
+    /// A linear probe trained on the frozen backbone's features, computed once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cached_features: bool,
 }
 
 /// What a fresh run is asked for, besides its training recipe.
@@ -123,6 +129,7 @@ impl RunInfo {
             resize: req.split.resize,
             seed: req.seed,
             trainable: None,
+            cached_features: false,
         };
         Ok((info, splits))
     }
@@ -245,6 +252,76 @@ impl RunInfo {
     ) -> Result<DataLoader> {
         self.loader(dataset, batch_size, true, false, rgb)
     }
+}
+
+/// Trains `model` for a run: with checkpoints, metrics and curves in `out`,
+/// Ctrl-C finishing the step and writing `last/`, and, for a cached linear
+/// probe, on the frozen backbone's features computed once. Returns `None`
+/// when stopped by Ctrl-C, after printing how to resume.
+///
+/// # Errors
+/// A diverged run (naming the last good checkpoint), whatever training returns.
+pub fn fit_run(
+    info: &RunInfo,
+    model: &mut dyn Layer<f32>,
+    trainer: Trainer,
+    out: &Path,
+    (train, val): (&DataLoader, &DataLoader),
+    say: &dyn Fn(String),
+) -> Result<Option<cnn_train::FitReport>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    // A second Ctrl-C leaves at once.
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this step; Ctrl-C again to quit without a checkpoint");
+    });
+    let metadata = serde_json::to_value(info)
+        .map_err(|e| Error::Format { context: "run metadata".into(), msg: e.to_string() })?;
+    let mut trainer = trainer.with_out_dir(out).with_stop_flag(stop).with_metadata(metadata);
+    let frozen = cnn_train::frozen_prefix(model);
+    let fitted = if info.cached_features && frozen > 0 {
+        let clock = std::time::Instant::now();
+        let in_order = train.over(train.dataset().clone()).with_shuffle(false);
+        let (features, shape) = cnn_train::extract_features(model, frozen, &in_order)?;
+        let (val_features, _) = cnn_train::extract_features(model, frozen, val)?;
+        say(format!(
+            "computed the frozen backbone's features once ({} values per image) in {:.1} s",
+            shape.iter().product::<usize>(),
+            clock.elapsed().as_secs_f64()
+        ));
+        let ftrain = DataLoader::new(Arc::new(features), train.batch_size(), train.seed())?;
+        let fval = DataLoader::new(Arc::new(val_features), val.batch_size(), val.seed())?
+            .with_shuffle(false);
+        trainer.fit(&mut cnn_train::FeatureHead::new(model, frozen, shape), &ftrain, Some(&fval))
+    } else {
+        trainer.fit(model, train, Some(val))
+    };
+    let report = match fitted {
+        Err(Error::Diverged { step, msg }) => {
+            let last = find_checkpoint(out, "last").map_or_else(
+                |_| "no epoch had finished, so there is no checkpoint".to_string(),
+                |d| format!("the last good checkpoint is {}", d.display()),
+            );
+            return Err(Error::Diverged { step, msg: format!("{msg}; {last}") });
+        }
+        other => other?,
+    };
+    if !report.completed {
+        let s = TrainerState::read(&find_checkpoint(out, "last")?)?;
+        println!(
+            "interrupted at step {} (epoch {}, batch {}); checkpoint written to {}. Resume with: cnn train --resume {}",
+            s.global_step,
+            s.epoch + 1,
+            s.batch,
+            out.join("last").display(),
+            out.display()
+        );
+        return Ok(None);
+    }
+    Ok(Some(report))
 }
 
 /// Writes the test split's evaluation as `test.json` in the run directory, atomically.

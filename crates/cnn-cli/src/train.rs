@@ -2,8 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
@@ -15,7 +13,7 @@ use cnn_train::{
 
 use crate::arch::ARCH_HELP;
 use crate::data::{DataSpec, Splits};
-use crate::run::{default_run_dir, write_test_json, RunInfo, RunRequest};
+use crate::run::{default_run_dir, fit_run, write_test_json, RunInfo, RunRequest};
 use crate::DataArgs;
 
 /// `--optimizer`.
@@ -237,6 +235,17 @@ pub fn run(args: TrainArgs, started: Instant) -> Result<ExitCode> {
     };
     let spec = info.data_spec()?;
     let mut built = info.build_model()?;
+    if resuming {
+        // The Trainer loads the checkpoint itself, but a cached linear probe
+        // computes its features from the backbone before that: put the run's
+        // weights in place first.
+        let last = find_checkpoint(&out, "last")?;
+        cnn_nn::load_state_dict(
+            &mut *built.model,
+            &last.join(cnn_train::checkpoint::MODEL_FILE),
+            true,
+        )?;
+    }
     let train = info.train_loader(splits.train.clone(), built.rgb)?;
     let val = info.eval_loader(splits.val.clone(), 256, built.rgb)?;
     let test = info.eval_loader(splits.test.clone(), 256, built.rgb)?;
@@ -257,43 +266,12 @@ pub fn run(args: TrainArgs, started: Instant) -> Result<ExitCode> {
         info.classes.len(),
         out.display()
     ));
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    // A second Ctrl-C leaves at once.
-    let _ = ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!("\nstopping after this step; Ctrl-C again to quit without a checkpoint");
+    let trainer = Trainer::new(config).with_resume(resuming).with_progress(if args.quiet {
+        ProgressMode::Quiet
+    } else {
+        ProgressMode::Auto
     });
-    let metadata = serde_json::to_value(&info)
-        .map_err(|e| Error::Format { context: "run metadata".into(), msg: e.to_string() })?;
-    let mut trainer = Trainer::new(config)
-        .with_out_dir(&out)
-        .with_resume(resuming)
-        .with_progress(if args.quiet { ProgressMode::Quiet } else { ProgressMode::Auto })
-        .with_stop_flag(stop)
-        .with_metadata(metadata);
-    let report = match trainer.fit(&mut *built.model, &train, Some(&val)) {
-        Err(Error::Diverged { step, msg }) => {
-            let last = find_checkpoint(&out, "last").map_or_else(
-                |_| "no epoch had finished, so there is no checkpoint".to_string(),
-                |d| format!("the last good checkpoint is {}", d.display()),
-            );
-            return Err(Error::Diverged { step, msg: format!("{msg}; {last}") });
-        }
-        other => other?,
-    };
-    if !report.completed {
-        let s = TrainerState::read(&find_checkpoint(&out, "last")?)?;
-        println!(
-            "interrupted at step {} (epoch {}, batch {}); checkpoint written to {}. Resume with: cnn train --resume {}",
-            s.global_step,
-            s.epoch + 1,
-            s.batch,
-            out.join("last").display(),
-            out.display()
-        );
+    if fit_run(&info, &mut *built.model, trainer, &out, (&train, &val), &say)?.is_none() {
         return Ok(ExitCode::from(130));
     }
     let result = evaluate(&mut *built.model, &test)?;

@@ -56,23 +56,6 @@ fn train_writes_every_promised_file_and_eval_agrees() {
     assert!(stderr(&again).contains("already holds a run"), "{}", stderr(&again));
 }
 
-fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut v: Vec<_> = st.tensors().into_iter().map(|(k, t)| (k, t.data().to_vec())).collect();
-    v.sort();
-    v
-}
-
-/// metrics.csv without its two timing columns.
-fn metrics_without_timings(run: &Path) -> Vec<String> {
-    std::fs::read_to_string(run.join("metrics.csv"))
-        .unwrap()
-        .lines()
-        .map(|l| l.split(',').take(7).collect::<Vec<_>>().join(","))
-        .collect()
-}
-
 #[cfg(unix)]
 #[test]
 fn ctrl_c_checkpoints_and_resume_equals_the_unbroken_run() {

@@ -259,3 +259,62 @@ fn tune_gives_the_same_report_on_one_thread_or_two() {
     };
     assert_eq!(report(1), report(2));
 }
+
+#[cfg(unix)]
+#[test]
+fn a_cached_linear_probe_stopped_by_ctrl_c_resumes_bitwise() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let pre = tmp.path().join("pre");
+    assert!(cnn(&["train", "--epochs", "2", "--out", pre.to_str().unwrap(), "-q"], tmp.path())
+        .status
+        .success());
+    let weights = pre.join("last/model.safetensors");
+    let args = |out: &std::path::Path| -> Vec<String> {
+        [
+            "finetune",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--arch",
+            "small",
+            "--epochs",
+            "300",
+            "--out",
+            out.to_str().unwrap(),
+            "--threads",
+            "2",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let (whole, broken) = (tmp.path().join("whole"), tmp.path().join("broken"));
+    let o = Command::new(env!("CARGO_BIN_EXE_cnn")).args(args(&whole)).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let child = Command::new(env!("CARGO_BIN_EXE_cnn"))
+        .args(args(&broken))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !broken.join("metrics.csv").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}{}", stdout(&o), stderr(&o));
+    assert!(last_line(&o).starts_with("interrupted at step "), "{}", last_line(&o));
+    let r = cnn(&["train", "--resume", broken.to_str().unwrap()], tmp.path());
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(stdout(&r).contains("computed the frozen backbone's features once"), "{}", stdout(&r));
+    assert_eq!(
+        tensors(&broken.join("last/model.safetensors")),
+        tensors(&whole.join("last/model.safetensors"))
+    );
+    assert_eq!(metrics_without_timings(&broken), metrics_without_timings(&whole));
+}

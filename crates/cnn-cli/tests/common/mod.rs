@@ -57,3 +57,21 @@ pub fn fails_with(args: &[&str], cwd: &Path, needle: &str) {
     assert!(first.starts_with("error:"), "{args:?}: {err}");
     assert!(first.contains(needle), "{args:?}: {first:?} lacks {needle:?}");
 }
+
+/// A safetensors file's tensors, sorted by key, as raw bytes.
+pub fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut v: Vec<_> = st.tensors().into_iter().map(|(k, t)| (k, t.data().to_vec())).collect();
+    v.sort();
+    v
+}
+
+/// metrics.csv without its two timing columns.
+pub fn metrics_without_timings(run: &Path) -> Vec<String> {
+    std::fs::read_to_string(run.join("metrics.csv"))
+        .unwrap()
+        .lines()
+        .map(|l| l.split(',').take(7).collect::<Vec<_>>().join(","))
+        .collect()
+}
