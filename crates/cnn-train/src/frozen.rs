@@ -28,34 +28,61 @@ pub fn frozen_prefix(model: &mut dyn Layer<f32>) -> usize {
     k
 }
 
-/// A train-mode forward whose first `frozen` children run in eval mode.
-pub(crate) fn forward_past_frozen(
-    model: &mut dyn Layer<f32>,
-    mut x: ArrayD<f32>,
-    frozen: usize,
-) -> Result<ArrayD<f32>> {
-    if frozen == 0 {
-        return model.forward(x, Mode::Train);
+/// Where training stops going back: the frozen prefix of `model`, then,
+/// when the first child after it is itself a container with a frozen
+/// prefix, that child's, and so on (`[4, 1]`: the first four children
+/// frozen, then the first child of the fifth). `[0]` when nothing at the
+/// top is frozen.
+pub fn frozen_boundary(model: &mut dyn Layer<f32>) -> Vec<usize> {
+    let k = frozen_prefix(model);
+    let mut path = vec![k];
+    if let Some((_, child)) = model.children_mut().into_iter().nth(k) {
+        let inner = frozen_boundary(child);
+        if inner != [0] {
+            path.extend(inner);
+        }
     }
-    for (i, (_, child)) in model.children_mut().into_iter().enumerate() {
-        x = child.forward(x, if i < frozen { Mode::Eval } else { Mode::Train })?;
+    path
+}
+
+/// A train-mode forward that runs everything before the `boundary`
+/// ([`frozen_boundary`]) in eval mode.
+pub(crate) fn forward_past_frozen(
+    layer: &mut dyn Layer<f32>,
+    mut x: ArrayD<f32>,
+    boundary: &[usize],
+) -> Result<ArrayD<f32>> {
+    let (k, rest) = match boundary {
+        [] | [0] => return layer.forward(x, Mode::Train),
+        [k, rest @ ..] => (*k, rest),
+    };
+    for (i, (_, child)) in layer.children_mut().into_iter().enumerate() {
+        x = match i.cmp(&k) {
+            std::cmp::Ordering::Less => child.forward(x, Mode::Eval)?,
+            std::cmp::Ordering::Equal if !rest.is_empty() => forward_past_frozen(child, x, rest)?,
+            _ => child.forward(x, Mode::Train)?,
+        };
     }
     Ok(x)
 }
 
-/// Backward through the children after the first `frozen` only.
+/// Backward from the output back to the `boundary`, and no further.
 pub(crate) fn backward_to_frozen(
-    model: &mut dyn Layer<f32>,
+    layer: &mut dyn Layer<f32>,
     dy: ArrayD<f32>,
-    frozen: usize,
+    boundary: &[usize],
 ) -> Result<()> {
-    if frozen == 0 {
-        model.backward(dy)?;
-        return Ok(());
-    }
+    let (k, rest) = match boundary {
+        [] | [0] => return layer.backward(dy).map(|_| ()),
+        [k, rest @ ..] => (*k, rest),
+    };
+    let mut children = layer.children_mut();
     let mut dy = dy;
-    for (_, child) in model.children_mut().into_iter().skip(frozen).rev() {
+    for (_, child) in children.iter_mut().skip(k + usize::from(!rest.is_empty())).rev() {
         dy = child.backward(dy)?;
+    }
+    if let (false, Some((_, child))) = (rest.is_empty(), children.get_mut(k)) {
+        backward_to_frozen(&mut **child, dy, rest)?;
     }
     Ok(())
 }

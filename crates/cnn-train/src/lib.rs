@@ -44,7 +44,7 @@ pub mod tune;
 pub use checkpoint::{find_checkpoint, load_checkpoint, save_checkpoint, TrainerState};
 pub use config::{OptimizerKind, ScheduleKind, TrainConfig};
 pub use eval::{evaluate, evaluate_tta, predict, predict_tta, EvalReport, Predictions};
-pub use frozen::{extract_features, frozen_prefix, FeatureHead};
+pub use frozen::{extract_features, frozen_boundary, frozen_prefix, FeatureHead};
 pub use guard::DivergenceGuard;
 pub use history::{EpochRecord, History};
 pub use plot::{plot_confusion, plot_curves, plot_scatter, LineChart};

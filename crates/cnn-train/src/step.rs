@@ -59,9 +59,9 @@ pub fn top_k_correct(logits: ArrayView2<'_, f32>, labels: &[usize], k: usize) ->
 /// (gradients are zeroed first). Random layers are re-seeded from
 /// `(seed, step)` so that a resumed run draws the same dropout masks.
 ///
-/// The model's frozen prefix ([`crate::frozen_prefix`]: its leading
-/// children with nothing to train) runs in eval mode and backward stops
-/// where it ends, so a frozen backbone's statistics stay as they were and no
+/// Everything before the model's frozen boundary ([`crate::frozen_boundary`]:
+/// its leading children with nothing to train, and so on inside the first
+/// child that has something) runs in eval mode and backward stops there, so a frozen backbone's statistics stay as they were and no
 /// gradient is computed that nothing needs.
 ///
 /// This is half a step: a data-parallel trainer averages the gradients across
@@ -84,12 +84,12 @@ pub fn compute_gradients(
     let n = labels.len();
     model.zero_grad();
     model.reseed(mix_seed(seed, step));
-    let frozen = crate::frozen_prefix(model);
-    let logits = as_logits(crate::frozen::forward_past_frozen(model, images, frozen)?, n)?;
+    let boundary = crate::frozen_boundary(model);
+    let logits = as_logits(crate::frozen::forward_past_frozen(model, images, &boundary)?, n)?;
     let loss = cross_entropy_forward(logits.view(), labels, label_smoothing)?;
     let correct = top_k_correct(logits.view(), labels, 1);
     let dlogits = cross_entropy_backward(logits.view(), labels, label_smoothing, 1.0)?;
-    crate::frozen::backward_to_frozen(model, dlogits.into_dyn(), frozen)?;
+    crate::frozen::backward_to_frozen(model, dlogits.into_dyn(), &boundary)?;
     Ok(StepStats { loss: f64::from(loss), correct, count: n })
 }
 

@@ -303,3 +303,33 @@ fn a_cached_linear_probe_matches_the_uncached_one() {
         }
     }
 }
+
+#[test]
+fn the_boundary_reaches_inside_the_first_trainable_child() {
+    // As `partial --trainable layer4.1,fc` leaves a ResNet: the first child
+    // of a stage frozen, the second trained.
+    let log = Arc::new(Mutex::new((Vec::new(), 0)));
+    let spy = Spy { log: log.clone(), weight: Param::new(ArrayD::zeros(ndarray::IxDyn(&[1]))) };
+    let stage = Sequential::new()
+        .push_named("spy", spy)
+        .push_named("net", small_cnn::<f32, _>(1, [8, 8], 16, &mut seeded_rng(0)).unwrap());
+    // An empty Sequential is the identity: a stem with nothing to train.
+    let mut model = Sequential::new()
+        .push_named("stem", Sequential::<f32>::new())
+        .push_named("stage", stage)
+        .push_named("fc", Linear::new(LinearConfig::new(16, 5), &mut seeded_rng(1)).unwrap());
+    freeze(&mut model, "stage.spy");
+    assert_eq!(cnn_train::frozen_boundary(&mut model), [1, 1]);
+    let x = cnn_tensor::random::normal(&[8, 1, 8, 8], 0.0, 1.0, &mut seeded_rng(2));
+    compute_gradients(&mut model, x, &[0, 1, 2, 3, 4, 0, 1, 2], 0.0, 0, 0).unwrap();
+    assert_eq!(*log.lock().unwrap(), (vec![Mode::Eval], 0));
+    let mut grads = 0.0;
+    model.visit("", &mut |k, p| {
+        if k.starts_with("stage.net") && !p.buffer {
+            grads += p.grad.iter().map(|g| g.abs()).sum::<f32>();
+        }
+    });
+    assert!(grads > 0.0, "the trained part after the boundary gets its gradient");
+    unfreeze(&mut model, "");
+    assert_eq!(cnn_train::frozen_boundary(&mut model), [1]);
+}
