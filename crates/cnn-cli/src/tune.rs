@@ -157,7 +157,7 @@ pub fn run(args: TuneArgs, started: Instant) -> Result<ExitCode> {
             println!(
                 "tuning stopped in {secs:.1} s at step {}: {}; report {}",
                 failed.map_or(0, |s| s.number),
-                failed.map_or("no configuration trained", |s| s.summary.as_str()),
+                failed.map_or("no configuration trained", |s| s.summary.trim_end_matches('.')),
                 out.join("report.md").display()
             );
             return Ok(ExitCode::FAILURE);

@@ -68,6 +68,11 @@ fn sorted(trials: &[Trial]) -> Vec<&Trial> {
     v
 }
 
+/// `epochs`, or more when a tiny training set gives fewer than the two steps a schedule needs.
+fn at_least_two_steps(epochs: usize, train: &cnn_data::DataLoader) -> usize {
+    epochs.max(2usize.div_ceil(train.batches_per_epoch().max(1)))
+}
+
 fn log_uniform(rng: &mut impl Rng, lo: f64, hi: f64) -> f64 {
     if hi <= lo {
         return lo;
@@ -142,6 +147,7 @@ pub fn coarse_search(
 ) -> Result<(StepReport, Vec<Trial>)> {
     let SearchOutput { plot, progress, on_trial } = out;
     let mut rng = seeded_rng(trial_seed(config.seed, 4, 0));
+    let epochs = at_least_two_steps(config.coarse_epochs, &data.train);
     let (down, up) = config.coarse_lr_decades;
     let (lr_lo, lr_hi) = (pick * 10f64.powf(-down), pick * 10f64.powf(up));
     let (wd_lo, wd_hi) = config.coarse_weight_decay;
@@ -149,7 +155,7 @@ pub fn coarse_search(
     for id in 1..=config.coarse_trials {
         let lr = log_uniform(&mut rng, lr_lo, lr_hi);
         let wd = log_uniform(&mut rng, wd_lo, wd_hi);
-        let cfg = base.clone().with_lr(lr).with_weight_decay(wd).with_epochs(config.coarse_epochs);
+        let cfg = base.clone().with_lr(lr).with_weight_decay(wd).with_epochs(epochs);
         let trial = train_trial(factory, data, id, cfg, config.seed, progress)?;
         on_trial(&trial);
         trials.push(trial);
@@ -209,7 +215,7 @@ pub fn coarse_search(
     };
     let table = format!(
         "Ranges: lr log-uniform in [{lr_lo:.2e}, {lr_hi:.2e}], weight decay log-uniform in [{wd_lo:.0e}, {wd_hi:.0e}]; {} epoch(s) per trial, {:?} schedule.\n\n{}",
-        config.coarse_epochs,
+        epochs,
         base.schedule,
         trial_table(&ranked)
     );
@@ -257,10 +263,9 @@ pub fn refine(
     };
     let (lr_lo, lr_hi) = bound(&|t| t.config.lr);
     let (wd_lo, wd_hi) = bound(&|t| t.config.weight_decay);
+    let epochs = at_least_two_steps(config.refine_epochs, &data.train);
     let longer = |cfg: TrainConfig| {
-        cfg.with_epochs(config.refine_epochs)
-            .with_schedule(ScheduleKind::WarmupCosine)
-            .with_warmup_epochs(1.0)
+        cfg.with_epochs(epochs).with_schedule(ScheduleKind::WarmupCosine).with_warmup_epochs(1.0)
     };
     let mut rng = seeded_rng(trial_seed(config.seed, 5, 0));
     let mut candidates = vec![longer(best_coarse.config.clone())];
@@ -294,11 +299,11 @@ pub fn refine(
         "Candidate {} reached {:.2}% after {} epochs (lr {:.2e}, weight decay {:.2e}); the best coarse trial had {:.2}% after {}.",
         winner.id,
         100.0 * won,
-        config.refine_epochs,
+        epochs,
         winner.config.lr,
         winner.config.weight_decay,
         100.0 * coarse_best,
-        config.coarse_epochs
+        best_coarse.config.epochs
     );
     let plot_name = draw_chart(plot, || LineChart {
         title: "Step 5: validation accuracy of the refined candidates".into(),
@@ -323,7 +328,7 @@ pub fn refine(
     let table = format!(
         "Narrowed ranges (the best {} coarse trials, ×1.5 either side): lr [{lr_lo:.2e}, {lr_hi:.2e}], weight decay [{wd_lo:.2e}, {wd_hi:.2e}]; {} epochs, warmup one epoch then cosine. Candidate 1 is the best coarse configuration.\n\n{}",
         top.len(),
-        config.refine_epochs,
+        epochs,
         trial_table(&ranked)
     );
     let report = StepReport {

@@ -173,12 +173,13 @@ pub fn overfit_sample(
     let enough_per_class = n >= 2 * classes;
     let verdict = match held {
         _ if !reached => Verdict::Fail,
+        None => Verdict::Warn,
         Some((_, z)) if z <= 2.33 && enough_per_class => Verdict::Fail,
         Some((_, z)) if z <= 2.33 => Verdict::Warn,
         _ => Verdict::Pass,
     };
     let held_cell = held
-        .map_or("–".to_string(), |(a, z)| format!("{:.1}% ({z:.1} sd above chance)", 100.0 * a));
+        .map_or("–".to_string(), |(a, z)| format!("{:.1}%, {z:.1} sd above chance", 100.0 * a));
     let table = format!(
         "| images | steps run (budget) | first loss | last loss | threshold | accuracy on the sample | on {held_n} other images (chance {:.1}%) |\n\
          | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n\
@@ -201,6 +202,10 @@ pub fn overfit_sample(
         (true, Verdict::Pass) => (
             format!("The loss on {n} images fell from {:.3} to {last:.4} in {} steps, and the fit carries to other images ({held_cell}): the network learns these labels.", losses[0], losses.len()),
             "Go on: the model, the loss and the backward pass work together.".to_string(),
+        ),
+        (true, _) if held.is_none() => (
+            format!("The loss on {n} images fell from {:.3} to {last:.4} in {} steps; no training images were left to check that the fit carries to others.", losses[0], losses.len()),
+            "Go on, but with this little data, check the labels by eye (`cnn augment-preview` shows images by class) and expect the search to be noisy.".to_string(),
         ),
         (true, _) => (
             format!("The network memorized {n} images (loss {last:.4} in {} steps) but does no better than chance on other images ({held_cell}): it memorized labels that do not belong to their images.", losses.len()),
@@ -262,7 +267,8 @@ pub struct LrCurve {
     pub start: f64,
     /// The last smoothed loss.
     pub end: f64,
-    /// Whether every loss was finite and the smoothed loss never exceeded 1.5× the start.
+    /// Whether every loss was finite and the smoothed loss never exceeded
+    /// 1.5× the highest of the first five losses.
     pub stable: bool,
 }
 
@@ -290,7 +296,8 @@ fn smooth(losses: &[f64], beta: f64) -> Vec<f64> {
 /// `config.lr_candidates` (a fresh network each, the base optimizer at a
 /// constant rate, weight decay `config.lr_weight_decay`, the full training
 /// data). The pick is **the largest rate that is stable and whose smoothed
-/// loss fell by at least `config.lr_min_drop` of its start**. Returns the
+/// loss fell by at least `config.lr_min_drop` of its start (the mean of the
+/// first five losses) and never rose above 1.5× the highest of those**. Returns the
 /// section, the pick (if any) and every curve.
 ///
 /// # Errors
@@ -341,8 +348,10 @@ pub fn lr_sweep(
         let head = &losses[..losses.len().min(5)];
         let start = head.iter().sum::<f64>() / head.len() as f64;
         let end = smoothed.last().copied().unwrap_or(f64::NAN);
-        let stable =
-            losses.iter().all(|l| l.is_finite()) && smoothed.iter().all(|&s| s <= 1.5 * start);
+        // The ceiling comes from the highest of the first losses, not their
+        // mean: on a tiny set a good rate has halved the loss by step 5.
+        let ceiling = 1.5 * head.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let stable = losses.iter().all(|l| l.is_finite()) && smoothed.iter().all(|&s| s <= ceiling);
         curves.push(LrCurve { lr, losses, smoothed, start, end, stable });
     }
     let trains = |c: &LrCurve| c.stable && c.drop() >= config.lr_min_drop;
