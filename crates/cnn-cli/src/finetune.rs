@@ -10,12 +10,12 @@ use std::time::Instant;
 use clap::{Args, ValueEnum};
 use cnn_tensor::{Error, Result};
 use cnn_train::{
-    evaluate, load_pretrained, set_transfer_mode, PretrainedOptions, ProgressMode, ScheduleKind,
-    TrainConfig, Trainer, TransferMode,
+    load_pretrained, set_transfer_mode, PretrainedOptions, ProgressMode, ScheduleKind, TrainConfig,
+    Trainer, TransferMode,
 };
 
 use crate::arch::{self, ARCH_HELP};
-use crate::run::{default_run_dir, fit_run, write_test_json, RunInfo, RunRequest};
+use crate::run::{default_run_dir, fit_run, RunInfo, RunRequest};
 use crate::DataArgs;
 
 /// A per-channel mean and standard deviation.
@@ -241,19 +241,14 @@ pub fn run(args: FinetuneArgs, started: Instant) -> Result<ExitCode> {
         TransferMode::Partial(p) => Some(p.clone()),
     };
     info.cached_features = args.mode == Mode::LinearProbe && augment == "none" && !args.no_cache;
-    let train = info.train_loader(splits.train.clone(), built.rgb)?;
-    let val = info.eval_loader(splits.val.clone(), 256, built.rgb)?;
-    let test = info.eval_loader(splits.test.clone(), 256, built.rgb)?;
     let trainer = Trainer::new(config).with_progress(if args.quiet {
         ProgressMode::Quiet
     } else {
         ProgressMode::Auto
     });
-    if fit_run(&info, &mut *built.model, trainer, &out, (&train, &val), &say)?.is_none() {
+    let Some(result) = fit_run(&info, &mut built, &splits, trainer, &out, &say)? else {
         return Ok(ExitCode::from(130));
-    }
-    let result = evaluate(&mut *built.model, &test)?;
-    write_test_json(&out, &result)?;
+    };
     println!(
         "{:?}: test accuracy {:.2}% (loss {:.4}) in {:.1} s; run saved in {}",
         args.mode,

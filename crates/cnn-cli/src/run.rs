@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use cnn_data::{DataLoader, Dataset};
-use cnn_tensor::{Error, Layer, Result};
+use cnn_tensor::{Error, Result};
 use cnn_train::{find_checkpoint, Trainer, TrainerState};
 use serde::{Deserialize, Serialize};
 
@@ -254,21 +254,25 @@ impl RunInfo {
     }
 }
 
-/// Trains `model` for a run: with checkpoints, metrics and curves in `out`,
-/// Ctrl-C finishing the step and writing `last/`, and, for a cached linear
-/// probe, on the frozen backbone's features computed once. Returns `None`
-/// when stopped by Ctrl-C, after printing how to resume.
+/// Trains a run's network and scores it on the test split: checkpoints,
+/// metrics and curves in `out`, Ctrl-C finishing the step and writing
+/// `last/`, a cached linear probe on the frozen backbone's features computed
+/// once, and `test.json` at the end. Returns `None` when stopped by Ctrl-C,
+/// after printing how to resume.
 ///
 /// # Errors
 /// A diverged run (naming the last good checkpoint), whatever training returns.
 pub fn fit_run(
     info: &RunInfo,
-    model: &mut dyn Layer<f32>,
+    built: &mut Built,
+    splits: &Splits,
     trainer: Trainer,
     out: &Path,
-    (train, val): (&DataLoader, &DataLoader),
     say: &dyn Fn(String),
-) -> Result<Option<cnn_train::FitReport>> {
+) -> Result<Option<cnn_train::EvalReport>> {
+    let train = &info.train_loader(splits.train.clone(), built.rgb)?;
+    let val = &info.eval_loader(splits.val.clone(), 256, built.rgb)?;
+    let model = &mut *built.model;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     // A second Ctrl-C leaves at once.
@@ -321,14 +325,17 @@ pub fn fit_run(
         );
         return Ok(None);
     }
-    Ok(Some(report))
+    let result =
+        cnn_train::evaluate(model, &info.eval_loader(splits.test.clone(), 256, built.rgb)?)?;
+    write_test_json(out, &result)?;
+    Ok(Some(result))
 }
 
 /// Writes the test split's evaluation as `test.json` in the run directory, atomically.
 ///
 /// # Errors
 /// [`Error::Io`] when it cannot be written.
-pub fn write_test_json(out: &Path, result: &cnn_train::EvalReport) -> Result<()> {
+fn write_test_json(out: &Path, result: &cnn_train::EvalReport) -> Result<()> {
     let json = serde_json::to_vec_pretty(result)
         .map_err(|e| Error::Format { context: "test.json".into(), msg: e.to_string() })?;
     cnn_tensor::write_atomic(&out.join("test.json"), &json)

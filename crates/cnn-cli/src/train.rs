@@ -7,13 +7,12 @@ use std::time::Instant;
 use clap::{Args, ValueEnum};
 use cnn_tensor::{Error, Result};
 use cnn_train::{
-    evaluate, find_checkpoint, OptimizerKind, ProgressMode, ScheduleKind, TrainConfig, Trainer,
-    TrainerState,
+    find_checkpoint, OptimizerKind, ProgressMode, ScheduleKind, TrainConfig, Trainer, TrainerState,
 };
 
 use crate::arch::ARCH_HELP;
 use crate::data::{DataSpec, Splits};
-use crate::run::{default_run_dir, fit_run, write_test_json, RunInfo, RunRequest};
+use crate::run::{default_run_dir, fit_run, RunInfo, RunRequest};
 use crate::DataArgs;
 
 /// `--optimizer`.
@@ -246,9 +245,6 @@ pub fn run(args: TrainArgs, started: Instant) -> Result<ExitCode> {
             true,
         )?;
     }
-    let train = info.train_loader(splits.train.clone(), built.rgb)?;
-    let val = info.eval_loader(splits.val.clone(), 256, built.rgb)?;
-    let test = info.eval_loader(splits.test.clone(), 256, built.rgb)?;
     let say = |line: String| {
         if !args.quiet {
             println!("{line}");
@@ -271,11 +267,9 @@ pub fn run(args: TrainArgs, started: Instant) -> Result<ExitCode> {
     } else {
         ProgressMode::Auto
     });
-    if fit_run(&info, &mut *built.model, trainer, &out, (&train, &val), &say)?.is_none() {
+    let Some(result) = fit_run(&info, &mut built, &splits, trainer, &out, &say)? else {
         return Ok(ExitCode::from(130));
-    }
-    let result = evaluate(&mut *built.model, &test)?;
-    write_test_json(&out, &result)?;
+    };
     say(format!(
         "run saved in {}: last/ and best/ checkpoints, metrics.csv, metrics.json, curves.png, test.json",
         out.display()

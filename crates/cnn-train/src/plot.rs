@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Once;
 
 use cnn_tensor::{write_atomic, Error, Result};
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
@@ -28,6 +29,27 @@ fn register_fonts() {
 
 fn draw_err<E: std::fmt::Debug>(path: &Path) -> impl Fn(E) -> Error + '_ {
     move |e| Error::Format { context: format!("draw {}", path.display()), msg: format!("{e:?}") }
+}
+
+/// The charts here: f64 by f64 on a bitmap.
+type Chart<'a, 'b> =
+    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// Draws the legend of `chart`'s labelled series at `at`, on a light box.
+fn draw_legend<'b>(
+    chart: &mut Chart<'b, 'b>,
+    at: SeriesLabelPosition,
+    font: u32,
+    path: &Path,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .position(at)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .label_font((FONT, font))
+        .draw()
+        .map_err(draw_err(path))
 }
 
 /// Renders `draw` onto a white `width × height` canvas and writes it as a PNG, atomically.
@@ -137,15 +159,7 @@ fn panel(
                 PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
             });
     }
-    chart
-        .configure_series_labels()
-        .position(legend_at)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.4))
-        .label_font((FONT, 15))
-        .draw()
-        .map_err(&err)?;
-    Ok(())
+    draw_legend(&mut chart, legend_at, 15, path)
 }
 
 /// Draws `curves.png`: loss (train, validation), accuracy in % (train,
@@ -416,15 +430,7 @@ impl LineChart {
                     PathElement::new(vec![(x, y), (x + 24, y)], BLACK.stroke_width(1))
                 });
             }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK.mix(0.4))
-                .label_font((FONT, 14))
-                .draw()
-                .map_err(&err)?;
-            Ok(())
+            draw_legend(&mut chart, SeriesLabelPosition::UpperRight, 14, path)
         })
     }
 }
@@ -491,14 +497,7 @@ pub fn plot_scatter(
                 .map_err(&err)?
                 .label(format!("best: {:.2}% (red high, blue low)", 100.0 * best.2))
                 .legend(|(x, y)| Circle::new((x + 10, y), 6, BLACK.stroke_width(2)));
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::LowerRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK.mix(0.4))
-                .label_font((FONT, 14))
-                .draw()
-                .map_err(&err)?;
+            draw_legend(&mut chart, SeriesLabelPosition::LowerRight, 14, path)?;
         }
         Ok(())
     })
