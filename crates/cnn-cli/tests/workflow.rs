@@ -318,3 +318,37 @@ fn a_cached_linear_probe_stopped_by_ctrl_c_resumes_bitwise() {
     );
     assert_eq!(metrics_without_timings(&broken), metrics_without_timings(&whole));
 }
+
+#[test]
+fn bad_tune_and_finetune_input_is_one_clear_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path();
+    fails_with(
+        &["tune", "--overfit-samples", "0", "--out", "t1"],
+        p,
+        "overfit_samples must be in 1..=1000, got 0",
+    );
+    fails_with(
+        &["tune", "--lrs", "0.1,-1", "--out", "t2"],
+        p,
+        "lr_candidates must be positive rates",
+    );
+    fails_with(&["tune", "--lrs", "fast", "--out", "t3"], p, "invalid value 'fast'");
+    fails_with(
+        &["finetune", "--weights", "missing.safetensors", "--arch", "small"],
+        p,
+        "missing.safetensors",
+    );
+    std::fs::write(p.join("junk.safetensors"), b"not a safetensors file").unwrap();
+    fails_with(
+        &["finetune", "--weights", "junk.safetensors", "--arch", "small"],
+        p,
+        "junk.safetensors",
+    );
+    fails_with(
+        &["finetune", "--weights", "junk.safetensors", "--arch", "lenet"],
+        p,
+        "unknown architecture",
+    );
+    fails_with(&["init-stats", "--act", "swish"], p, "unknown activation \"swish\"");
+}
