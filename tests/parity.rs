@@ -20,7 +20,7 @@ use cnn::conv::{
 use cnn::models::cifar_resnet;
 use cnn::norm::{
     normalize_backward, rstd, Affine, AffineAxes, BatchNorm, BatchNormConfig, GroupNorm,
-    InstanceNorm2d, LayerNorm, NormAxes,
+    InstanceNorm2d, LayerNorm, LayerNorm2d, NormAxes,
 };
 use cnn::optim::{Optimizer, Rule, Schedule};
 use cnn::tensor::{
@@ -162,6 +162,7 @@ fn checker<T: Float>(op: &str) -> Option<Checker> {
         "group_norm" => check_group_norm::<T>,
         "instance_norm2d" => check_instance_norm2d::<T>,
         "layer_norm" => check_layer_norm::<T>,
+        "layer_norm2d" => check_layer_norm2d::<T>,
         "sgd" | "adam" | "adamw" => check_optimizer::<T>,
         "warmup_cosine" => check_warmup_cosine::<T>,
         "model" => check_model::<T>,
@@ -445,6 +446,13 @@ fn check_layer_norm<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), Str
         None => return Err("layer_norm needs normalized_shape".into()),
     };
     let mut ln = LayerNorm::<T>::new(&shape, c.number("eps", 1e-5), c.has("weight")).map_err(e)?;
+    check_norm_layer(c, cmp, &mut ln)
+}
+
+/// tests/parity/layer_norm2d: timm's LayerNorm2d (per-pixel LayerNorm over C).
+fn check_layer_norm2d<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), String> {
+    let channels = c.t::<T>("weight").len();
+    let mut ln = LayerNorm2d::<T>::new(channels, c.number("eps", 1e-6)).map_err(e)?;
     check_norm_layer(c, cmp, &mut ln)
 }
 

@@ -26,11 +26,13 @@
 //! # Ok::<(), cnn_tensor::Error>(())
 //! ```
 
+mod drop_path;
 mod dropout;
 mod fast_f32;
 mod kernels;
 mod layers;
 
+pub use drop_path::DropPath;
 pub use dropout::Dropout;
 pub use kernels::{activation_backward, activation_forward, activation_forward_copy, Activation};
 pub use layers::Act;

@@ -139,3 +139,31 @@ fn out_of_place_forward_equals_in_place() {
         assert_eq!(b, activation_forward(act, x64.clone()).unwrap(), "{act:?} f64");
     }
 }
+
+/// DropPath over many draws: the kept share of samples within 5σ of 1 − p,
+/// the mean of the output that of the input, the same seed the same masks,
+/// eval the identity.
+#[test]
+fn drop_path_statistics() {
+    use cnn_act::DropPath;
+    let p = 0.3;
+    let x: ArrayD<f64> = ArrayD::ones(cnn_tensor::IxDyn(&[1000, 4]));
+    let mut dp = DropPath::new(p, 11).unwrap();
+    let (mut kept, mut total, mut sum) = (0usize, 0usize, 0.0);
+    for _ in 0..20 {
+        let y = dp.forward(x.clone(), Mode::Train).unwrap();
+        kept += y.outer_iter().filter(|r| r[0] != 0.0).count();
+        total += 1000;
+        sum += y.sum();
+    }
+    let share = kept as f64 / total as f64;
+    let sigma = (p * (1.0 - p) / total as f64).sqrt();
+    assert!((share - (1.0 - p)).abs() < 5.0 * sigma, "kept {share}");
+    let mean = sum / (total * 4) as f64;
+    assert!((mean - 1.0).abs() < 5.0 * sigma / (1.0 - p), "mean {mean}");
+    let draw = |seed| DropPath::new(p, seed).unwrap().forward(x.clone(), Mode::Train).unwrap();
+    assert_eq!(draw(5), draw(5));
+    assert_ne!(draw(5), draw(6));
+    assert_eq!(DropPath::new(p, 1).unwrap().forward(x.clone(), Mode::Eval).unwrap(), x);
+    assert_eq!(DropPath::new(0.0, 1).unwrap().forward(x.clone(), Mode::Train).unwrap(), x);
+}

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use cnn_norm::{BatchNorm, BatchNormConfig, GroupNorm, InstanceNorm2d, LayerNorm};
+use cnn_norm::{BatchNorm, BatchNormConfig, GroupNorm, InstanceNorm2d, LayerNorm, LayerNorm2d};
 use cnn_tensor::gradcheck::{check_layer, GradCheckConfig};
 use cnn_tensor::random::{normal, seeded_rng};
 use cnn_tensor::{ArrayD, Error, Layer, Mode, Param};
@@ -71,6 +71,15 @@ proptest! {
         randomize_affine(&mut inorm, seed);
         let x = normal(&[n, c, h, w], 0.0, 1.0, &mut seeded_rng(seed));
         let report = check_layer(&mut inorm, &x, seed, &GradCheckConfig::default()).unwrap();
+        prop_assert!(report.passed(), "{report}");
+    }
+
+    #[test]
+    fn layer_norm2d_gradients(n in 1..3usize, c in 2..5usize, h in 1..4usize, w in 1..4usize, seed in 0u64..1000) {
+        let mut ln = LayerNorm2d::<f64>::new(c, 1e-6).unwrap();
+        randomize_affine(&mut ln, seed);
+        let x = normal(&[n, c, h, w], 0.5, 2.0, &mut seeded_rng(seed));
+        let report = check_layer(&mut ln, &x, seed, &GradCheckConfig::default()).unwrap();
         prop_assert!(report.passed(), "{report}");
     }
 
@@ -302,4 +311,37 @@ fn frozen_batch_norm_keeps_its_statistics_and_passes_the_right_gradient() {
     // The same layer unfrozen uses batch statistics again.
     bn.visit("", &mut |k, p| p.trainable = !p.buffer && (k == "weight" || k == "bias"));
     assert_ne!(bn.forward(x, Mode::Train).unwrap(), eval);
+}
+
+/// LayerNorm2d is LayerNorm over C at every pixel: checked against a direct loop.
+#[test]
+fn layer_norm2d_normalizes_each_pixel_over_channels() {
+    let mut ln = LayerNorm2d::<f64>::new(3, 1e-6).unwrap();
+    randomize_affine(&mut ln, 9);
+    let (mut g, mut b) = (Vec::new(), Vec::new());
+    ln.visit("", &mut |k, p| {
+        if k == "weight" {
+            g = p.value.iter().copied().collect()
+        } else {
+            b = p.value.iter().copied().collect()
+        }
+    });
+    let x = normal(&[2, 3, 4, 5], 1.0, 3.0, &mut seeded_rng(10));
+    let y = ln.forward(x.clone(), Mode::Eval).unwrap();
+    for n in 0..2 {
+        for i in 0..4 {
+            for j in 0..5 {
+                let v: Vec<f64> = (0..3).map(|c| x[[n, c, i, j]]).collect();
+                let mean = v.iter().sum::<f64>() / 3.0;
+                let var = v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / 3.0;
+                for c in 0..3 {
+                    let want = (v[c] - mean) / (var + 1e-6).sqrt() * g[c] + b[c];
+                    assert!((y[[n, c, i, j]] - want).abs() < 1e-12);
+                }
+            }
+        }
+    }
+    let e =
+        ln.forward(normal(&[2, 4, 3, 3], 0.0, 1.0, &mut seeded_rng(1)), Mode::Eval).unwrap_err();
+    assert_eq!(e.to_string(), "layer_norm2d: input must be [N, 3, H, W], got [2, 4, 3, 3]");
 }
