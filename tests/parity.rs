@@ -17,7 +17,7 @@ use cnn::conv::{
     global_avg_pool2d_backward, global_avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward,
     Conv2dOptions, Pool2dOptions,
 };
-use cnn::models::cifar_resnet;
+use cnn::models::{cifar_resnet, convnext, ConvNeXtConfig};
 use cnn::norm::{
     normalize_backward, rstd, Affine, AffineAxes, BatchNorm, BatchNormConfig, GroupNorm,
     InstanceNorm2d, LayerNorm, LayerNorm2d, NormAxes,
@@ -511,15 +511,30 @@ fn check_warmup_cosine<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), 
 fn check_model<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), String> {
     cmp.tol = if T::NAME == "f64" { 1e-8 } else { 1e-3 };
     let arch = c.meta.get("arch").ok_or("no arch")?;
-    let depth: usize = arch
-        .strip_prefix("resnet")
-        .and_then(|r| r.strip_suffix("_cifar"))
-        .and_then(|d| d.parse().ok())
-        .ok_or_else(|| format!("unknown arch {arch}"))?;
-    let classes = c.floats.get("param.fc.weight").ok_or("no param.fc.weight")?.shape()[0];
-    let mut net =
+    let mut net = if arch == "convnext" {
+        let list = |k: &str| -> Result<Vec<usize>, String> {
+            match c.json(k) {
+                Some(serde_json::Value::Array(v)) => {
+                    Ok(v.iter().map(|d| d.as_u64().unwrap_or(0) as usize).collect())
+                }
+                _ => Err(format!("convnext needs {k}")),
+            }
+        };
+        let cfg = ConvNeXtConfig::new(&list("depths")?, &list("dims")?)
+            .with_conv_mlp(c.flag("conv_mlp", false))
+            .with_num_classes(c.number("num_classes", 10.0) as usize)
+            .with_in_chans(c.floats["input"].shape()[1]);
+        convnext::<T, _>(&cfg, &mut cnn::tensor::random::seeded_rng(0)).map_err(e)?
+    } else {
+        let depth: usize = arch
+            .strip_prefix("resnet")
+            .and_then(|r| r.strip_suffix("_cifar"))
+            .and_then(|d| d.parse().ok())
+            .ok_or_else(|| format!("unknown arch {arch}"))?;
+        let classes = c.floats.get("param.fc.weight").ok_or("no param.fc.weight")?.shape()[0];
         cifar_resnet::<T, _>(depth, classes, true, &mut cnn::tensor::random::seeded_rng(0))
-            .map_err(e)?;
+            .map_err(e)?
+    };
     // Load every parameter and buffer; the file must hold exactly the model's keys.
     let mut keys = Vec::new();
     let mut missing = Vec::new();

@@ -98,6 +98,57 @@ pub fn normal<T: Float, R: Rng + ?Sized>(
     Ok(random::normal(shape, mean, std, rng))
 }
 
+/// N(mean, std²) truncated to `[a, b]` (`nn.init.trunc_normal_`; timm's
+/// init draws `trunc_normal_(std=0.02)` with PyTorch's absolute bounds ±2).
+/// Values outside the bounds are drawn again.
+///
+/// # Errors
+/// [`Error::Config`] for a negative or non-finite `std`, or bounds that do not
+/// hold at least 1% of the distribution (a rejection loop could then spin).
+pub fn trunc_normal<T: Float, R: Rng + ?Sized>(
+    shape: &[usize],
+    mean: f64,
+    std: f64,
+    (a, b): (f64, f64),
+    rng: &mut R,
+) -> Result<ArrayD<T>> {
+    let cdf = |z: f64| 0.5 * (1.0 + erf(z / std::f64::consts::SQRT_2));
+    let mass = if std > 0.0 { cdf((b - mean) / std) - cdf((a - mean) / std) } else { 1.0 };
+    let valid = std >= 0.0 && std.is_finite() && mean.is_finite() && a < b;
+    if !valid || mass < 0.01 || (std == 0.0 && !(a..=b).contains(&mean)) {
+        return Err(Error::config(
+            "init",
+            format!("trunc_normal needs std >= 0 and bounds [{a}, {b}] holding the mass around mean {mean} (std {std})"),
+        ));
+    }
+    let n: usize = shape.iter().product();
+    let mut values = Vec::with_capacity(n);
+    while values.len() < n {
+        let v = mean + std * random::normal::<f64, _>(&[1], 0.0, 1.0, rng)[[0]];
+        if (a..=b).contains(&v) {
+            values.push(T::of(v));
+        }
+    }
+    ArrayD::from_shape_vec(IxDyn(shape), values)
+        .map_err(|e| Error::shape("trunc_normal", e.to_string()))
+}
+
+/// The error function, by Abramowitz and Stegun 7.1.26 (|error| < 1.5e-7):
+/// enough to check that truncation bounds hold the distribution's mass.
+fn erf(x: f64) -> f64 {
+    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
+    let poly = t
+        * (0.254_829_592
+            + t * (-0.284_496_736
+                + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    let y = 1.0 - poly * (-x * x).exp();
+    if x >= 0.0 {
+        y
+    } else {
+        -y
+    }
+}
+
 /// U[low, high) (`nn.init.uniform_`).
 ///
 /// # Errors
@@ -166,6 +217,21 @@ mod tests {
         let n = a.len() as f64;
         let mean = a.sum() / n;
         (mean, (a.mapv(|v| (v - mean).powi(2)).sum() / n).sqrt())
+    }
+
+    #[test]
+    fn trunc_normal_stays_in_bounds_with_the_truncated_std() {
+        let mut rng = seeded_rng(1);
+        // timm's ConvNeXt init: std 0.02, bounds ±2 (100σ): the plain normal.
+        let w: ArrayD<f64> = trunc_normal(&[200_000], 0.0, 0.02, (-2.0, 2.0), &mut rng).unwrap();
+        let (mean, std) = moments(&w);
+        assert!(mean.abs() < 1e-3 * 0.02 * 5.0 && (std / 0.02 - 1.0).abs() < 0.01, "{mean} {std}");
+        // Truncated at ±1σ: all inside, std √(1 − 2φ(1)/(Φ(1) − Φ(−1))) ≈ 0.5379.
+        let w: ArrayD<f64> = trunc_normal(&[200_000], 0.0, 1.0, (-1.0, 1.0), &mut rng).unwrap();
+        assert!(w.iter().all(|v| v.abs() <= 1.0));
+        assert!((moments(&w).1 - 0.5379).abs() < 0.005, "{}", moments(&w).1);
+        assert!(trunc_normal::<f64, _>(&[1], 0.0, 1.0, (5.0, 6.0), &mut rng).is_err());
+        assert!(trunc_normal::<f64, _>(&[1], 0.0, -1.0, (-2.0, 2.0), &mut rng).is_err());
     }
 
     #[test]

@@ -20,7 +20,7 @@ mod probe;
 pub use fan::{calculate_gain, fans, FanMode, Nonlinearity};
 pub use init::{
     constant, kaiming_normal, kaiming_uniform, normal, ones, pytorch_default_bias,
-    pytorch_default_weight, uniform, xavier_normal, xavier_uniform, zeros,
+    pytorch_default_weight, trunc_normal, uniform, xavier_normal, xavier_uniform, zeros,
 };
 pub use probe::{
     activation_stats, probe_table, LayerStats, ProbeActivation, ProbeConfig, ProbeInit,

@@ -4,7 +4,8 @@
 //! for depth 6n + 2 (20, 32, 44, 56, 110), and their plain twins (the same
 //! layers without skip connections) for the degradation experiment; and
 //! torchvision's `resnet18/34/50/101/152`, `alexnet`, and `vgg(11 | 13 | 16 | 19, batch_norm)`;
-//! and [`small_cnn`], the default network of `cnn train`, fit to the image size.
+//! and [`small_cnn`], the default network of `cnn train`, fit to the image size;
+//! and timm's ConvNeXts ([`convnext`], `convnext_atto` … `convnext_tiny`) with its keys.
 //!
 //! ```
 //! use cnn_models::cifar_resnet;
@@ -19,9 +20,14 @@
 //! ```
 
 mod classic;
+mod convnext;
 mod small;
 
 pub use classic::{alexnet, vgg};
+pub use convnext::{
+    convnext, convnext_atto, convnext_femto, convnext_nano, convnext_pico, convnext_tiny,
+    ConvNeXtConfig,
+};
 pub use small::{small_cnn, small_cnn_pools, SMALL_CNN_WIDTHS};
 
 use cnn_act::Act;

@@ -23,6 +23,7 @@
 
 mod block;
 mod bottleneck;
+mod convnext;
 mod sequential;
 mod state_dict;
 mod summary;
@@ -30,6 +31,7 @@ mod summary;
 pub use block::BasicBlock;
 pub use bottleneck::{Bottleneck, EXPANSION};
 pub use cnn_tensor::write_atomic;
+pub use convnext::{trunc02, ConvNeXtBlock, ConvNeXtBlockConfig, PixelLinear};
 pub use sequential::{Flatten, Sequential};
 pub use state_dict::{
     bf16_to_f32, f16_to_f32, load_state_dict, save_state_dict, LoadReport, SaveDtype, StateDict,

@@ -1,0 +1,316 @@
+//! ConvNeXt's building blocks, with timm's keys: the per-pixel linear layer
+//! of its MLP and the ConvNeXt block.
+
+use cnn_act::{Act, DropPath};
+use cnn_conv::{Conv2d, Conv2dConfig};
+use cnn_norm::LayerNorm2d;
+use cnn_tensor::{gemm, join_key, ArrayD, Error, Float, IxDyn, Layer, Mode, Param, Result};
+use ndarray::Axis;
+
+/// A linear map over the channels of every pixel: a 1×1 convolution, or
+/// timm's channels-last `nn.Linear`. `y[n, o, p] = Σ_i W[o, i]·x[n, i, p] + b[o]`.
+///
+/// The weight is stored as `[out, in, 1, 1]` (a conv, ConvNeXt's
+/// `conv_mlp = True`) or `[out, in]` (a Linear, `conv_mlp = False`), so that
+/// both state dicts load as they are; the arithmetic is the same.
+///
+/// Keys: `weight`, `bias`.
+///
+/// # Shapes
+/// `x: [N, in, H, W]` → `y: [N, out, H, W]`.
+pub struct PixelLinear<T: Float = f32> {
+    /// `[out, in]` or `[out, in, 1, 1]`.
+    pub weight: Param<T>,
+    /// `[out]`.
+    pub bias: Param<T>,
+    x: Option<ArrayD<T>>,
+}
+
+impl<T: Float> PixelLinear<T> {
+    /// A layer from `weight` (`[out, in]` or `[out, in, 1, 1]`) and zero bias.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for any other weight shape.
+    pub fn new(weight: ArrayD<T>) -> Result<Self> {
+        let s = weight.shape();
+        if !(s.len() == 2 || (s.len() == 4 && s[2] == 1 && s[3] == 1)) || s[0] == 0 || s[1] == 0 {
+            return Err(Error::shape(
+                "pixel_linear",
+                format!("weight must be [out, in] or [out, in, 1, 1], got {s:?}"),
+            ));
+        }
+        let bias = Param::new(ArrayD::zeros(IxDyn(&[s[0]])));
+        Ok(PixelLinear { weight: Param::new(weight), bias, x: None })
+    }
+
+    fn dims(&self) -> (usize, usize) {
+        (self.weight.value.shape()[0], self.weight.value.shape()[1])
+    }
+
+    fn w2(&self) -> Result<ndarray::ArrayView2<'_, T>> {
+        let (o, i) = self.dims();
+        self.weight
+            .value
+            .view()
+            .into_shape_with_order((o, i))
+            .map_err(|e| Error::shape("pixel_linear", e.to_string()))
+    }
+}
+
+/// `[N, C, H, W]` as `N` contiguous `[C, H·W]` matrices.
+fn as_matrices<T: Float>(op: &'static str, x: &ArrayD<T>, c: usize) -> Result<(usize, usize)> {
+    if x.ndim() != 4 || x.shape()[1] != c || x.is_empty() {
+        return Err(Error::shape(op, format!("input must be [N, {c}, H, W], got {:?}", x.shape())));
+    }
+    Ok((x.shape()[0], x.shape()[2] * x.shape()[3]))
+}
+
+impl<T: Float> Layer<T> for PixelLinear<T> {
+    fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
+        let (o, i) = self.dims();
+        let (n, p) = as_matrices("pixel_linear", &x, i)?;
+        let x = x.as_standard_layout().into_owned();
+        let (h, w) = (x.shape()[2], x.shape()[3]);
+        let mut y = ArrayD::<T>::zeros(IxDyn(&[n, o, h, w]));
+        let w2 = self.w2()?;
+        for (xs, mut ys) in x.outer_iter().zip(y.outer_iter_mut()) {
+            let xs = xs
+                .into_shape_with_order((i, p))
+                .map_err(|e| Error::shape("pixel_linear", e.to_string()))?;
+            let mut ys2 = ys
+                .view_mut()
+                .into_shape_with_order((o, p))
+                .map_err(|e| Error::shape("pixel_linear", e.to_string()))?;
+            // y_n[o, p] = b[o], then += W · x_n.
+            for (mut row, &b) in ys2.outer_iter_mut().zip(self.bias.value.iter()) {
+                row.fill(b);
+            }
+            gemm(T::one(), w2, xs, T::one(), ys2.view_mut())?;
+        }
+        self.x = (mode == Mode::Train).then_some(x);
+        Ok(y)
+    }
+
+    fn backward(&mut self, dy: ArrayD<T>) -> Result<ArrayD<T>> {
+        let x = self.x.take().ok_or(Error::NoForward { op: "pixel_linear" })?;
+        let (o, i) = self.dims();
+        if dy.shape() != [x.shape()[0], o, x.shape()[2], x.shape()[3]] {
+            return Err(Error::shape(
+                "pixel_linear",
+                format!(
+                    "dy is {:?}, the output was [{}, {o}, {}, {}]",
+                    dy.shape(),
+                    x.shape()[0],
+                    x.shape()[2],
+                    x.shape()[3]
+                ),
+            ));
+        }
+        let dy = dy.as_standard_layout().into_owned();
+        let p = x.shape()[2] * x.shape()[3];
+        let mut dx = ArrayD::<T>::zeros(x.raw_dim());
+        let w2 = self.w2()?.to_owned();
+        let shape_err = |e: ndarray::ShapeError| Error::shape("pixel_linear", e.to_string());
+        let mut dw = ndarray::Array2::<T>::zeros((o, i));
+        for ((xs, ds), mut dxs) in x.outer_iter().zip(dy.outer_iter()).zip(dx.outer_iter_mut()) {
+            let xs = xs.into_shape_with_order((i, p)).map_err(shape_err)?;
+            let ds = ds.into_shape_with_order((o, p)).map_err(shape_err)?;
+            // dW += dy_n · x_nᵀ; dx_n = Wᵀ · dy_n, samples in order.
+            gemm(T::one(), ds, xs.t(), T::one(), dw.view_mut())?;
+            let dxs = dxs.view_mut().into_shape_with_order((i, p)).map_err(shape_err)?;
+            gemm(T::one(), w2.t(), ds, T::zero(), dxs)?;
+        }
+        if self.weight.trainable {
+            let dw = dw
+                .into_dyn()
+                .into_shape_with_order(self.weight.grad.raw_dim())
+                .map_err(shape_err)?;
+            self.weight.grad += &dw;
+        }
+        if self.bias.trainable {
+            let db = dy.sum_axis(Axis(3)).sum_axis(Axis(2)).sum_axis(Axis(0));
+            self.bias.grad += &db;
+        }
+        Ok(dx)
+    }
+
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
+        f(&join_key(prefix, "weight"), &mut self.weight);
+        f(&join_key(prefix, "bias"), &mut self.bias);
+    }
+}
+
+/// Settings of a [`ConvNeXtBlock`], with timm's defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConvNeXtBlockConfig {
+    /// Channels `C`.
+    pub dim: usize,
+    /// The MLP as 1×1 convs (`true`, weights `[out, in, 1, 1]`) or
+    /// channels-last Linears (`false`, `[out, in]`). Default false.
+    pub conv_mlp: bool,
+    /// Hidden width as a multiple of `C`. Default 4.
+    pub mlp_ratio: usize,
+    /// Initial layer scale γ (`None`: no layer scale). Default `Some(1e-6)`.
+    pub ls_init_value: Option<f64>,
+    /// Stochastic-depth probability of the branch. Default 0.
+    pub drop_path: f64,
+    /// Depthwise kernel size. Default 7.
+    pub kernel_size: usize,
+}
+
+impl ConvNeXtBlockConfig {
+    /// timm's defaults for `dim` channels.
+    pub fn new(dim: usize) -> Self {
+        ConvNeXtBlockConfig {
+            dim,
+            conv_mlp: false,
+            mlp_ratio: 4,
+            ls_init_value: Some(1e-6),
+            drop_path: 0.0,
+            kernel_size: 7,
+        }
+    }
+    /// Sets [`ConvNeXtBlockConfig::conv_mlp`].
+    pub fn with_conv_mlp(self, conv_mlp: bool) -> Self {
+        ConvNeXtBlockConfig { conv_mlp, ..self }
+    }
+    /// Sets [`ConvNeXtBlockConfig::ls_init_value`].
+    pub fn with_ls_init_value(self, ls_init_value: Option<f64>) -> Self {
+        ConvNeXtBlockConfig { ls_init_value, ..self }
+    }
+    /// Sets [`ConvNeXtBlockConfig::drop_path`].
+    pub fn with_drop_path(self, drop_path: f64) -> Self {
+        ConvNeXtBlockConfig { drop_path, ..self }
+    }
+}
+
+/// timm's `ConvNeXtBlock`: `x + drop_path(γ · fc2(gelu(fc1(norm(conv_dw(x))))))`,
+/// with a depthwise 7×7 conv (bias), a per-pixel LayerNorm over channels
+/// (eps 1e-6), an inverted-bottleneck MLP to 4C and back, and a learned
+/// per-channel layer scale γ.
+///
+/// Keys, in timm's order: `gamma`, `conv_dw`, `norm`, `mlp.fc1`, `mlp.fc2`.
+///
+/// # Shapes
+/// `x: [N, C, H, W]` → the same shape.
+pub struct ConvNeXtBlock<T: Float = f32> {
+    gamma: Option<Param<T>>,
+    conv_dw: Conv2d<T>,
+    norm: LayerNorm2d<T>,
+    fc1: PixelLinear<T>,
+    act: Act<T>,
+    fc2: PixelLinear<T>,
+    drop_path: DropPath,
+    /// The branch before γ, kept in training for dγ.
+    branch: Option<ArrayD<T>>,
+}
+
+impl<T: Float> ConvNeXtBlock<T> {
+    /// A block with timm's init: convs and linears truncated-normal (std
+    /// 0.02, bounds ±2), biases zero, γ = `ls_init_value`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for zero channels or ratio, or a drop-path probability outside [0, 1).
+    pub fn new<R: rand::Rng + ?Sized>(
+        cfg: ConvNeXtBlockConfig,
+        seed: u64,
+        rng: &mut R,
+    ) -> Result<Self> {
+        let (c, k) = (cfg.dim, cfg.kernel_size);
+        if c == 0 || cfg.mlp_ratio == 0 || k % 2 == 0 {
+            return Err(Error::config(
+                "convnext_block",
+                format!("dim and mlp_ratio must be positive and the kernel odd, got {cfg:?}"),
+            ));
+        }
+        let hidden = cfg.mlp_ratio * c;
+        let mut conv_dw =
+            Conv2d::new(Conv2dConfig::new(c, c, k).with_padding(k / 2).with_groups(c), rng)?;
+        conv_dw.weight.value = trunc02(&[c, 1, k, k], rng)?;
+        if let Some(b) = conv_dw.bias.as_mut() {
+            b.value.fill(T::zero());
+        }
+        let shape = |o: usize, i: usize| if cfg.conv_mlp { vec![o, i, 1, 1] } else { vec![o, i] };
+        Ok(ConvNeXtBlock {
+            gamma: cfg.ls_init_value.map(|v| Param::new(ArrayD::from_elem(IxDyn(&[c]), T::of(v)))),
+            conv_dw,
+            norm: LayerNorm2d::new(c, 1e-6)?,
+            fc1: PixelLinear::new(trunc02(&shape(hidden, c), rng)?)?,
+            act: Act::gelu(),
+            fc2: PixelLinear::new(trunc02(&shape(c, hidden), rng)?)?,
+            drop_path: DropPath::new(cfg.drop_path, seed)?,
+            branch: None,
+        })
+    }
+}
+
+/// timm's weight init for ConvNeXt: N(0, 0.02²) truncated to ±2.
+pub fn trunc02<T: Float, R: rand::Rng + ?Sized>(shape: &[usize], rng: &mut R) -> Result<ArrayD<T>> {
+    cnn_init::trunc_normal(shape, 0.0, 0.02, (-2.0, 2.0), rng)
+}
+
+/// `x[n, c, …] · g[c]`.
+fn scale_channels<T: Float>(x: &mut ArrayD<T>, g: &ArrayD<T>) {
+    for mut sample in x.outer_iter_mut() {
+        for (mut channel, &s) in sample.outer_iter_mut().zip(g.iter()) {
+            channel.mapv_inplace(|v| v * s);
+        }
+    }
+}
+
+impl<T: Float> Layer<T> for ConvNeXtBlock<T> {
+    fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
+        let h = self.conv_dw.forward(x.clone(), mode)?;
+        let h = self.norm.forward(h, mode)?;
+        let h = self.fc1.forward(h, mode)?;
+        let h = self.act.forward(h, mode)?;
+        let mut h = self.fc2.forward(h, mode)?;
+        if let Some(g) = &self.gamma {
+            self.branch = (mode == Mode::Train).then(|| h.clone());
+            scale_channels(&mut h, &g.value);
+        }
+        let h = self.drop_path.forward(h, mode)?;
+        Ok(h + x)
+    }
+
+    fn backward(&mut self, dy: ArrayD<T>) -> Result<ArrayD<T>> {
+        let mut d = self.drop_path.backward(dy.clone())?;
+        if let Some(g) = &mut self.gamma {
+            let branch = self.branch.take().ok_or(Error::NoForward { op: "convnext_block" })?;
+            if g.trainable {
+                // dγ[c] += Σ over samples and pixels of d · branch, samples in order.
+                let grad = g.grad.as_slice_mut().ok_or_else(|| {
+                    Error::shape("convnext_block", "gamma's grad is not contiguous")
+                })?;
+                for (ds, bs) in d.outer_iter().zip(branch.outer_iter()) {
+                    for ((dc, bc), gc) in ds.outer_iter().zip(bs.outer_iter()).zip(grad.iter_mut())
+                    {
+                        *gc +=
+                            dc.iter().zip(bc.iter()).fold(T::zero(), |acc, (&a, &b)| acc + a * b);
+                    }
+                }
+            }
+            scale_channels(&mut d, &g.value);
+        }
+        let d = self.fc2.backward(d)?;
+        let d = self.act.backward(d)?;
+        let d = self.fc1.backward(d)?;
+        let d = self.norm.backward(d)?;
+        let d = self.conv_dw.backward(d)?;
+        Ok(d + dy)
+    }
+
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
+        if let Some(g) = self.gamma.as_mut() {
+            f(&join_key(prefix, "gamma"), g);
+        }
+        self.conv_dw.visit(&join_key(prefix, "conv_dw"), f);
+        self.norm.visit(&join_key(prefix, "norm"), f);
+        self.fc1.visit(&join_key(prefix, "mlp.fc1"), f);
+        self.fc2.visit(&join_key(prefix, "mlp.fc2"), f);
+    }
+
+    fn reseed(&mut self, seed: u64) {
+        Layer::<T>::reseed(&mut self.drop_path, seed);
+    }
+}
