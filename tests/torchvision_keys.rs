@@ -1,7 +1,7 @@
 //! Our torchvision models produce exactly the `state_dict` of torchvision:
 //! the keys, shapes and dtypes in tests/parity/torchvision_state_dicts.json,
-//! in order, for every model the manifest lists; and timm's ResNets
-//! (tests/parity/timm_state_dicts.json) have the same keys, so their
+//! in order, for every model the manifest lists; and timm's ResNets and
+//! ConvNeXts (tests/parity/timm_state_dicts.json) have ours, so their
 //! safetensors files load as they are.
 
 #![allow(clippy::unwrap_used)]
@@ -77,23 +77,27 @@ fn models_match_torchvision_state_dicts() {
 }
 
 #[test]
-fn timm_resnets_have_our_keys() {
+fn timm_models_have_our_keys_and_sizes() {
     let manifest = read_manifest("timm_state_dicts.json");
-    let models: [(&str, Build); 2] = [
+    use cnn::models::{convnext_atto, convnext_femto, convnext_nano, convnext_tiny};
+    let models: [(&str, Build); 6] = [
         ("resnet18", || resnet18(1000, &mut seeded_rng(0)).unwrap()),
         ("resnet50", || resnet50(1000, &mut seeded_rng(0)).unwrap()),
+        ("convnext_atto", || convnext_atto(1000, &mut seeded_rng(0)).unwrap()),
+        ("convnext_femto", || convnext_femto(1000, &mut seeded_rng(0)).unwrap()),
+        ("convnext_nano", || convnext_nano(1000, &mut seeded_rng(0)).unwrap()),
+        ("convnext_tiny", || convnext_tiny(1000, &mut seeded_rng(0)).unwrap()),
     ];
-    // ConvNeXt is the ConvNeXt issue's: its entries are checked there.
-    let pending = ["convnext_atto", "convnext_femto", "convnext_nano", "convnext_tiny"];
     for name in manifest.as_object().unwrap().keys() {
-        assert!(
-            models.iter().any(|m| m.0 == name) || pending.contains(&name.as_str()),
-            "a timm model this test does not know: {name}"
-        );
+        assert!(models.iter().any(|m| m.0 == name), "a timm model without a builder: {name}");
     }
     for (name, build) in models {
         assert_eq!(ours(build()), manifest_entry(&manifest, name), "{name}");
     }
+    // timm's parameter counts.
+    let count = |b: Build| cnn::nn::count_params(&mut b()).0;
+    assert_eq!(count(|| convnext_atto(1000, &mut seeded_rng(0)).unwrap()), 3_695_520);
+    assert_eq!(count(|| convnext_tiny(1000, &mut seeded_rng(0)).unwrap()), 28_589_128);
 }
 
 #[test]
