@@ -1,7 +1,8 @@
 //! `--arch` names and the networks they build.
 
 use cnn_models::{
-    alexnet, cifar_resnet, resnet101, resnet152, resnet18, resnet34, resnet50, small_cnn, vgg,
+    alexnet, cifar_resnet, convnext, resnet101, resnet152, resnet18, resnet34, resnet50, small_cnn,
+    vgg, ConvNeXtConfig,
 };
 use cnn_tensor::random::seeded_rng;
 use cnn_tensor::{Error, Layer, Result};
@@ -9,7 +10,8 @@ use cnn_tensor::{Error, Layer, Result};
 /// The names `--arch` takes, for help texts and errors.
 pub const ARCH_HELP: &str = "small (default: a conv-BN-ReLU net fit to the image size), \
 resnet20|32|44|56|110 (CIFAR ResNets), plain20|32|44|56|110 (their twins without skips), \
-resnet18|34|50|101|152, alexnet, vgg11|13|16|19 and vgg11_bn|… (torchvision's)";
+resnet18|34|50|101|152, alexnet, vgg11|13|16|19 and vgg11_bn|… (torchvision's), \
+convnext_atto|femto|pico|nano|tiny (timm's)";
 
 /// A built network and what it needs of its input.
 pub struct Built {
@@ -53,6 +55,19 @@ pub fn build(arch: &str, image: [usize; 3], classes: usize, seed: u64) -> Result
         vgg(depth.parse().map_err(|_| unknown(arch))?, bn, classes, rng)?
     } else if arch == "alexnet" {
         alexnet(classes, rng)?
+    } else if let Some(variant) = arch.strip_prefix("convnext_") {
+        let cfg = ConvNeXtConfig::named(variant).ok_or_else(|| unknown(arch))?;
+        // A 4× stem and three 2× downsamplings: 32 pixels leave one.
+        if image[1].min(image[2]) < 32 {
+            return Err(Error::config(
+                "arch",
+                format!(
+                    "{arch} needs images of at least 32×32 (a 4× stem and three 2× downsamplings), got {}×{}: use --image-size 32 or more",
+                    image[1], image[2]
+                ),
+            ));
+        }
+        convnext(&cfg.with_num_classes(classes), rng)?
     } else {
         return Err(unknown(arch));
     };
@@ -75,11 +90,20 @@ mod tests {
 
     #[test]
     fn every_family_builds_and_unknown_names_are_errors() {
-        for arch in ["small", "resnet20", "plain20", "resnet18", "vgg11", "vgg11_bn", "alexnet"] {
-            let b = build(arch, [1, 8, 8], 10, 0).unwrap();
+        for arch in [
+            "small",
+            "resnet20",
+            "plain20",
+            "resnet18",
+            "vgg11",
+            "vgg11_bn",
+            "alexnet",
+            "convnext_atto",
+        ] {
+            let b = build(arch, [1, 32, 32], 10, 0).unwrap();
             assert_eq!(b.rgb, arch != "small", "{arch}");
         }
-        for bad in ["resnet", "resnet21", "vgg12", "lenet", "vggx"] {
+        for bad in ["resnet", "resnet21", "vgg12", "lenet", "vggx", "convnext_huge"] {
             assert!(build(bad, [1, 8, 8], 10, 0).is_err(), "{bad}");
         }
         let e = build("lenet", [1, 8, 8], 10, 0).err().unwrap().to_string();
@@ -89,5 +113,7 @@ mod tests {
         );
         assert_eq!(default_input("resnet56"), [3, 32, 32]);
         assert_eq!(default_input("resnet50"), [3, 224, 224]);
+        let e = build("convnext_atto", [1, 8, 8], 10, 0).err().unwrap().to_string();
+        assert!(e.contains("needs images of at least 32×32"), "{e}");
     }
 }

@@ -34,7 +34,8 @@ enum Sched {
 }
 
 /// The recipe flags a `--config` file replaces.
-const CONFIG_CONFLICTS: [&str; 9] = [
+const CONFIG_CONFLICTS: [&str; 10] = [
+    "no_decay_norms",
     "epochs",
     "lr",
     "momentum",
@@ -46,7 +47,8 @@ const CONFIG_CONFLICTS: [&str; 9] = [
     "label_smoothing",
 ];
 
-const RESUME_CONFLICTS: [&str; 19] = [
+const RESUME_CONFLICTS: [&str; 20] = [
+    "no_decay_norms",
     "config",
     "data",
     "val_fraction",
@@ -108,6 +110,10 @@ pub struct TrainArgs {
     /// The optimizer.
     #[arg(long, value_enum, default_value = "sgd")]
     optimizer: Opt,
+    /// No weight decay on biases, norm weights and layer scales (every 1-D
+    /// parameter: timm's habit, with --optimizer adamw for ConvNeXt).
+    #[arg(long)]
+    no_decay_norms: bool,
     /// The learning-rate schedule, stepped every iteration.
     #[arg(long, value_enum, default_value = "one-cycle")]
     schedule: Sched,
@@ -173,6 +179,7 @@ impl TrainArgs {
             momentum: self.momentum.unwrap_or(d.momentum),
             nesterov: !self.no_nesterov,
             weight_decay: self.weight_decay.unwrap_or(d.weight_decay),
+            no_decay_norms_biases: self.no_decay_norms,
             schedule: match self.schedule {
                 Sched::Constant => ScheduleKind::Constant,
                 Sched::Step => ScheduleKind::Step,

@@ -352,3 +352,79 @@ fn bad_tune_and_finetune_input_is_one_clear_line() {
     );
     fails_with(&["init-stats", "--act", "swish"], p, "unknown activation \"swish\"");
 }
+
+#[test]
+fn convnext_trains_with_timms_recipe_and_transfers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("imgs");
+    for (class, base) in [("dark", 40u8), ("light", 200u8)] {
+        std::fs::create_dir_all(data.join(class)).unwrap();
+        for i in 0..8u8 {
+            let img = image::RgbImage::from_fn(36, 36, |x, y| {
+                let v = base.wrapping_add(((x + y) as u8).wrapping_mul(i + 1) % 30);
+                image::Rgb([v, v / 2, 255 - v])
+            });
+            img.save(data.join(class).join(format!("{i}.png"))).unwrap();
+        }
+    }
+    let spec = format!("folder:{}", data.display());
+    let run = tmp.path().join("cx");
+    let o = cnn(
+        &[
+            "train",
+            "--data",
+            &spec,
+            "--arch",
+            "convnext_atto",
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--optimizer",
+            "adamw",
+            "--lr",
+            "0.004",
+            "--weight-decay",
+            "0.05",
+            "--no-decay-norms",
+            "--schedule",
+            "warmup-cosine",
+            "--out",
+            run.to_str().unwrap(),
+            "-q",
+        ],
+        tmp.path(),
+    );
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let trainer: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("last/trainer.json")).unwrap()).unwrap();
+    assert_eq!(trainer["config"]["no_decay_norms_biases"], true);
+    let weights = run.join("last/model.safetensors");
+    let o = cnn(
+        &[
+            "finetune",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--arch",
+            "convnext_atto",
+            "--data",
+            &spec,
+            "--image-size",
+            "32",
+            "--epochs",
+            "2",
+            "--out",
+            tmp.path().join("ft").to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("skipped head.fc.weight"), "{}", stdout(&o));
+    fails_with(
+        &["train", "--arch", "convnext_atto", "--epochs", "1"],
+        tmp.path(),
+        "needs images of at least 32×32",
+    );
+}

@@ -14,6 +14,9 @@ pub struct ParamGroup {
     pub lr: f64,
     /// Weight decay (L2 for SGD and Adam, decoupled for AdamW).
     pub weight_decay: f64,
+    /// Only parameters of at most this many dimensions belong (`Some(1)`:
+    /// biases, norm weights, layer scales); `None` for any.
+    pub max_rank: Option<usize>,
 }
 
 impl fmt::Debug for ParamGroup {
@@ -41,7 +44,22 @@ impl ParamGroup {
             base_lr: lr,
             lr,
             weight_decay,
+            max_rank: None,
         }
+    }
+
+    /// Whether the parameter under `key` with `rank` dimensions belongs here.
+    pub fn contains(&self, key: &str, rank: usize) -> bool {
+        (self.matches)(key) && self.max_rank.is_none_or(|r| rank <= r)
+    }
+
+    /// Every parameter of one dimension or none (biases, norm weights,
+    /// ConvNeXt's layer scales), free of weight decay: timm's rule
+    /// (`param.ndim <= 1`), which needs no knowledge of the key names.
+    pub fn no_weight_decay(lr: f64) -> Self {
+        let mut g = Self::new("no_weight_decay", lr, 0.0, |_| true);
+        g.max_rank = Some(1);
+        g
     }
 
     /// A group of the parameters whose keys start with `prefix` (`"layer4"`, `"fc"`).

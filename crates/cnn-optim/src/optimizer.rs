@@ -182,7 +182,8 @@ impl<T: Float> Optimizer<T> {
                 format!("{key}: grad {:?} for value {:?}", p.grad.shape(), p.value.shape()),
             ));
         }
-        let group = self.groups.iter().find(|g| (g.matches)(key)).unwrap_or(&self.default);
+        let rank = p.value.ndim();
+        let group = self.groups.iter().find(|g| g.contains(key, rank)).unwrap_or(&self.default);
         let (lr, wd) = (T::of(group.lr), T::of(group.weight_decay));
         let state = self.state.entry(key.to_string()).or_insert(ParamState {
             step: 0,

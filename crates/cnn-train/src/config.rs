@@ -52,8 +52,9 @@ pub struct TrainConfig {
     pub nesterov: bool,
     /// Weight decay (L2 for SGD and Adam, decoupled for AdamW). Default 5e-4.
     pub weight_decay: f64,
-    /// Exempt BatchNorm/LayerNorm parameters and biases from weight decay
-    /// (timm's habit). Default false (PyTorch's: decay on everything).
+    /// Exempt every parameter of one dimension (biases, norm weights, layer
+    /// scales) from weight decay (timm's habit). Default false (PyTorch's:
+    /// decay on everything).
     pub no_decay_norms_biases: bool,
     /// The schedule. Default one-cycle.
     pub schedule: ScheduleKind,
@@ -149,6 +150,18 @@ impl TrainConfig {
         with_backbone_lr_mult: backbone_lr_mult: f64;
     }
 
+    /// timm's recipe for ConvNeXt and friends: AdamW at `lr` with decoupled
+    /// weight decay `weight_decay` on weights only (none on biases, norms and
+    /// layer scales), one epoch of warmup then cosine decay.
+    pub fn timm_adamw(lr: f64, weight_decay: f64) -> Self {
+        TrainConfig::default()
+            .with_optimizer(OptimizerKind::AdamW)
+            .with_lr(lr)
+            .with_weight_decay(weight_decay)
+            .with_no_decay_norms_biases(true)
+            .with_schedule(ScheduleKind::WarmupCosine)
+    }
+
     /// Checks every setting.
     ///
     /// # Errors
@@ -222,7 +235,7 @@ impl TrainConfig {
                 }))?;
         }
         if self.no_decay_norms_biases {
-            opt = opt.with_group(ParamGroup::norms_and_biases(backbone_lr))?;
+            opt = opt.with_group(ParamGroup::no_weight_decay(backbone_lr))?;
         }
         Ok(opt)
     }
@@ -312,6 +325,24 @@ mod tests {
         v.as_object_mut().unwrap().remove("head");
         v.as_object_mut().unwrap().remove("backbone_lr_mult");
         assert_eq!(serde_json::from_value::<TrainConfig>(v).unwrap(), TrainConfig::default());
+    }
+
+    #[test]
+    fn timm_adamw_leaves_one_dimensional_parameters_undecayed() {
+        let opt = TrainConfig::timm_adamw(4e-3, 0.05).build_optimizer().unwrap();
+        let group = |key: &str, rank: usize| {
+            opt.groups().find(|g| g.contains(key, rank)).map(|g| g.weight_decay).unwrap()
+        };
+        for (key, rank) in
+            [("stem.1.weight", 1), ("stages.0.blocks.0.gamma", 1), ("head.fc.bias", 1)]
+        {
+            assert_eq!(group(key, rank), 0.0, "{key}");
+        }
+        for (key, rank) in
+            [("stem.0.weight", 4), ("stages.0.blocks.0.mlp.fc1.weight", 2), ("head.fc.weight", 2)]
+        {
+            assert_eq!(group(key, rank), 0.05, "{key}");
+        }
     }
 
     #[test]

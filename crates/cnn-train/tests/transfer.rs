@@ -333,3 +333,23 @@ fn the_boundary_reaches_inside_the_first_trainable_child() {
     unfreeze(&mut model, "");
     assert_eq!(cnn_train::frozen_boundary(&mut model), [1]);
 }
+
+#[test]
+fn a_timm_convnext_checkpoint_loads_with_a_new_head() {
+    use cnn_models::convnext_atto;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("convnext_atto.safetensors");
+    let mut source = convnext_atto::<f32, _>(1000, &mut seeded_rng(0)).unwrap();
+    save_state_dict(&mut source, &path, SaveDtype::F32).unwrap();
+    let mut model = convnext_atto::<f32, _>(7, &mut seeded_rng(1)).unwrap();
+    let report = load_pretrained(&mut model, &path, 7, &PretrainedOptions::default()).unwrap();
+    assert_eq!(report.head, "head.fc");
+    assert_eq!(report.loaded, 128 - 2, "{report}");
+    set_transfer_mode(&mut model, &TransferMode::LinearProbe, &report.head).unwrap();
+    // The frozen boundary: stem, stages, and the head's pool and norm run in eval mode.
+    assert_eq!(cnn_train::frozen_boundary(&mut model), [2, 3]);
+    let x = cnn_tensor::random::normal(&[2, 3, 32, 32], 0.0, 1.0, &mut seeded_rng(2));
+    let before = values(&mut model, "head.fc");
+    compute_gradients(&mut model, x, &[0, 6], 0.0, 0, 0).unwrap();
+    assert_eq!(values(&mut model, "head.fc"), before);
+}
