@@ -48,7 +48,7 @@ impl DropPath {
         if let Some(values) = x.as_slice_mut() {
             for (chunk, &keep) in values.chunks_mut(per.max(1)).zip(mask) {
                 let s = if keep { scale } else { T::zero() };
-                chunk.iter_mut().for_each(|v| *v = *v * s);
+                chunk.iter_mut().for_each(|v| *v *= s);
             }
         }
         x
