@@ -4,8 +4,11 @@
 use cnn_act::{Act, DropPath};
 use cnn_conv::{Conv2d, Conv2dConfig};
 use cnn_norm::LayerNorm2d;
-use cnn_tensor::{gemm, join_key, ArrayD, Error, Float, IxDyn, Layer, Mode, Param, Result};
+use cnn_tensor::{
+    gemm, gemm_packed, join_key, ArrayD, Error, Float, IxDyn, Layer, Mode, PackedLhs, Param, Result,
+};
 use ndarray::Axis;
+use rayon::prelude::*;
 
 /// A linear map over the channels of every pixel: a 1×1 convolution, or
 /// timm's channels-last `nn.Linear`. `y[n, o, p] = Σ_i W[o, i]·x[n, i, p] + b[o]`.
@@ -65,28 +68,44 @@ fn as_matrices<T: Float>(op: &'static str, x: &ArrayD<T>, c: usize) -> Result<(u
     Ok((x.shape()[0], x.shape()[2] * x.shape()[3]))
 }
 
+/// `out[n] = a · inp[n]` for every sample, in parallel: `a` packed once for
+/// this crate's GEMM kernel, each sample its own product (so the result does
+/// not depend on the thread count). `inp: [N, k·p]`, `out: [N, m·p]`.
+fn per_sample_products<T: Float>(
+    a: &PackedLhs<T>,
+    inp: &[T],
+    out: &mut [T],
+    p: usize,
+) -> Result<()> {
+    let (m, k) = (a.rows(), a.cols());
+    out.par_chunks_mut(m * p).zip(inp.par_chunks(k * p)).try_for_each_init(
+        Vec::new,
+        |scratch, (o, i)| {
+            let i = ndarray::ArrayView2::from_shape((k, p), i)
+                .map_err(|e| Error::shape("pixel_linear", e.to_string()))?;
+            let o = ndarray::ArrayViewMut2::from_shape((m, p), o)
+                .map_err(|e| Error::shape("pixel_linear", e.to_string()))?;
+            gemm_packed(a, i, T::zero(), o, scratch)
+        },
+    )
+}
+
 impl<T: Float> Layer<T> for PixelLinear<T> {
     fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
         let (o, i) = self.dims();
         let (n, p) = as_matrices("pixel_linear", &x, i)?;
-        let x = x.as_standard_layout().into_owned();
+        let x = if x.is_standard_layout() { x } else { x.as_standard_layout().into_owned() };
         let (h, w) = (x.shape()[2], x.shape()[3]);
-        let mut y = ArrayD::<T>::zeros(IxDyn(&[n, o, h, w]));
-        let w2 = self.w2()?;
-        for (xs, mut ys) in x.outer_iter().zip(y.outer_iter_mut()) {
-            let xs = xs
-                .into_shape_with_order((i, p))
-                .map_err(|e| Error::shape("pixel_linear", e.to_string()))?;
-            let mut ys2 = ys
-                .view_mut()
-                .into_shape_with_order((o, p))
-                .map_err(|e| Error::shape("pixel_linear", e.to_string()))?;
-            // y_n[o, p] = b[o], then += W · x_n.
-            for (mut row, &b) in ys2.outer_iter_mut().zip(self.bias.value.iter()) {
-                row.fill(b);
-            }
-            gemm(T::one(), w2, xs, T::one(), ys2.view_mut())?;
+        let xs =
+            x.as_slice().ok_or_else(|| Error::shape("pixel_linear", "input is not contiguous"))?;
+        let mut y = vec![T::zero(); n * o * p];
+        per_sample_products(&PackedLhs::new(self.w2()?, p), xs, &mut y, p)?;
+        // + b[o] on every pixel.
+        for (row, &b) in y.chunks_exact_mut(p).zip(self.bias.value.iter().cycle()) {
+            row.iter_mut().for_each(|v| *v += b);
         }
+        let y = ArrayD::from_shape_vec(IxDyn(&[n, o, h, w]), y)
+            .map_err(|e| Error::shape("pixel_linear", e.to_string()))?;
         self.x = (mode == Mode::Train).then_some(x);
         Ok(y)
     }
@@ -106,21 +125,23 @@ impl<T: Float> Layer<T> for PixelLinear<T> {
                 ),
             ));
         }
-        let dy = dy.as_standard_layout().into_owned();
+        let dy = if dy.is_standard_layout() { dy } else { dy.as_standard_layout().into_owned() };
         let p = x.shape()[2] * x.shape()[3];
-        let mut dx = ArrayD::<T>::zeros(x.raw_dim());
-        let w2 = self.w2()?.to_owned();
         let shape_err = |e: ndarray::ShapeError| Error::shape("pixel_linear", e.to_string());
-        let mut dw = ndarray::Array2::<T>::zeros((o, i));
-        for ((xs, ds), mut dxs) in x.outer_iter().zip(dy.outer_iter()).zip(dx.outer_iter_mut()) {
-            let xs = xs.into_shape_with_order((i, p)).map_err(shape_err)?;
-            let ds = ds.into_shape_with_order((o, p)).map_err(shape_err)?;
-            // dW += dy_n · x_nᵀ; dx_n = Wᵀ · dy_n, samples in order.
-            gemm(T::one(), ds, xs.t(), T::one(), dw.view_mut())?;
-            let dxs = dxs.view_mut().into_shape_with_order((i, p)).map_err(shape_err)?;
-            gemm(T::one(), w2.t(), ds, T::zero(), dxs)?;
-        }
+        let dys =
+            dy.as_slice().ok_or_else(|| Error::shape("pixel_linear", "dy is not contiguous"))?;
+        // dx_n = Wᵀ · dy_n, samples in parallel.
+        let mut dx = vec![T::zero(); x.len()];
+        let wt = self.w2()?.t().as_standard_layout().into_owned();
+        per_sample_products(&PackedLhs::new(wt.view(), p), dys, &mut dx, p)?;
         if self.weight.trainable {
+            // dW += Σ_n dy_n · x_nᵀ, samples in order.
+            let mut dw = ndarray::Array2::<T>::zeros((o, i));
+            for (xs, ds) in x.outer_iter().zip(dy.outer_iter()) {
+                let xs = xs.into_shape_with_order((i, p)).map_err(shape_err)?;
+                let ds = ds.into_shape_with_order((o, p)).map_err(shape_err)?;
+                gemm(T::one(), ds, xs.t(), T::one(), dw.view_mut())?;
+            }
             let dw = dw
                 .into_dyn()
                 .into_shape_with_order(self.weight.grad.raw_dim())
@@ -131,7 +152,7 @@ impl<T: Float> Layer<T> for PixelLinear<T> {
             let db = dy.sum_axis(Axis(3)).sum_axis(Axis(2)).sum_axis(Axis(0));
             self.bias.grad += &db;
         }
-        Ok(dx)
+        ArrayD::from_shape_vec(x.raw_dim(), dx).map_err(shape_err)
     }
 
     fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {

@@ -83,6 +83,36 @@ proptest! {
         prop_assert!(report.passed(), "{report}");
     }
 
+    /// The row-wise LayerNorm2d kernels against their naive twin: the generic
+    /// LayerNorm on the channels-last permute, forward and backward.
+    #[test]
+    fn layer_norm2d_equals_layer_norm_on_the_permute(n in 1..4usize, c in 1..9usize, h in 1..6usize, w in 1..6usize, seed in 0u64..1000) {
+        let mut fast = LayerNorm2d::<f64>::new(c, 1e-6).unwrap();
+        randomize_affine(&mut fast, seed);
+        let mut naive = LayerNorm::<f64>::new(&[c], 1e-6, true).unwrap();
+        let mut params = Vec::new();
+        fast.visit("", &mut |_, p| params.push(p.value.clone()));
+        let mut i = 0;
+        naive.visit("", &mut |_, p| { p.value = params[i].clone(); i += 1; });
+        let x = normal(&[n, c, h, w], 0.5, 2.0, &mut seeded_rng(seed));
+        let dy = normal(&[n, c, h, w], 0.0, 1.0, &mut seeded_rng(seed + 1));
+        let nhwc = |a: &ArrayD<f64>| a.view().permuted_axes(vec![0, 2, 3, 1]).as_standard_layout().into_owned();
+        let nchw = |a: ArrayD<f64>| a.permuted_axes(vec![0, 3, 1, 2]).as_standard_layout().into_owned();
+        let y_fast = fast.forward(x.clone(), Mode::Train).unwrap();
+        let y_naive = nchw(naive.forward(nhwc(&x), Mode::Train).unwrap());
+        let close = |a: &ArrayD<f64>, b: &ArrayD<f64>| a.iter().zip(b.iter()).all(|(u, v)| (u - v).abs() <= 1e-12 * (1.0 + v.abs()));
+        prop_assert!(close(&y_fast, &y_naive));
+        let dx_fast = fast.backward(dy.clone()).unwrap();
+        let dx_naive = nchw(naive.backward(nhwc(&dy)).unwrap());
+        prop_assert!(close(&dx_fast, &dx_naive));
+        let (mut gf, mut gn) = (Vec::new(), Vec::new());
+        fast.visit("", &mut |_, p| gf.push(p.grad.clone()));
+        naive.visit("", &mut |_, p| gn.push(p.grad.clone()));
+        for (a, b) in gf.iter().zip(&gn) {
+            prop_assert!(close(a, b));
+        }
+    }
+
     #[test]
     fn layer_norm_gradients(rows in 1..4usize, d1 in 1..4usize, d2 in 2..5usize, affine: bool, seed in 0u64..1000) {
         let mut ln = LayerNorm::<f64>::new(&[d1, d2], 1e-5, affine).unwrap();
