@@ -5,7 +5,7 @@
 //! | --- | --- | --- | --- | --- |
 //! | [`BatchNorm`] (1d, 2d) | (N, H, W) | channel | yes: train uses the batch, eval the running averages | CNNs with batches of 16 and more |
 //! | [`LayerNorm`] | the trailing `normalized_shape` | sample | no | sequences, transformers, any batch size |
-//! | [`LayerNorm2d`] | C, per pixel (channels-last view) | sample and pixel | no | ConvNeXt (timm's `LayerNorm2d`) |
+//! | [`LayerNorm2d`] | C, per pixel | sample and pixel | no | ConvNeXt (timm's `LayerNorm2d`) |
 //! | [`InstanceNorm2d`] | (H, W) | sample and channel | no | style transfer: per-image contrast is removed |
 //! | [`GroupNorm`] | (C/G, H, W) | sample and group | no | CNNs with small batches (detection, segmentation); G = 1 is LayerNorm over (C, H, W), G = C is InstanceNorm |
 //!
