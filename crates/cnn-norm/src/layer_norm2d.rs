@@ -22,7 +22,7 @@ fn pixel_moments<T: Float>(x: &[T], p: usize, eps: f64) -> (Vec<T>, Vec<T>) {
     for row in x.chunks_exact(p) {
         mean.iter_mut().zip(row).for_each(|(m, &v)| *m += v);
     }
-    mean.iter_mut().for_each(|m| *m = *m * inv);
+    mean.iter_mut().for_each(|m| *m *= inv);
     let mut var = vec![T::zero(); p];
     for row in x.chunks_exact(p) {
         var.iter_mut().zip(row).zip(&mean).for_each(|((s, &v), &m)| *s += (v - m) * (v - m));
