@@ -106,3 +106,25 @@ fn bad_depths_are_errors() {
     }
     assert!(cifar_resnet::<f32, _>(20, 0, true, &mut rng).is_err());
 }
+
+/// A whole ConvNeXt of one block per stage (drop path on, masks fixed) passes the gradient checker in f64.
+#[test]
+fn a_one_block_per_stage_convnext_passes_the_gradient_checker() {
+    use cnn_models::{convnext, ConvNeXtConfig};
+    use cnn_tensor::gradcheck::FixedSeed;
+    let cfg = ConvNeXtConfig::new(&[1, 1, 1], &[4, 6, 8])
+        .with_conv_mlp(true)
+        .with_num_classes(3)
+        .with_drop_path_rate(0.3);
+    let mut net = convnext::<f64, _>(&cfg, &mut seeded_rng(9)).unwrap();
+    let mut rng = seeded_rng(3);
+    net.visit("", &mut |k, p| {
+        if k.ends_with("gamma") {
+            p.value = normal(p.value.shape(), 0.5, 0.2, &mut rng);
+        }
+    });
+    let x = normal(&[2, 3, 32, 32], 0.0, 1.0, &mut seeded_rng(4));
+    let gc = GradCheckConfig { max_entries_per_tensor: 6, ..Default::default() };
+    let report = check_layer(&mut FixedSeed(net, 7), &x, 5, &gc).unwrap();
+    assert!(report.passed(), "{report}");
+}

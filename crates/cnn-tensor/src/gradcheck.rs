@@ -407,3 +407,21 @@ mod tests {
         assert!(report.passed(), "{report}");
     }
 }
+
+/// A layer re-seeded with the same seed before every forward, so that its
+/// random parts (dropout, drop path) draw the same masks each time and the
+/// gradient checker sees one function: `check_layer(&mut FixedSeed(block, 7), …)`.
+pub struct FixedSeed<L>(pub L, pub u64);
+
+impl<T: crate::Float, L: Layer<T>> Layer<T> for FixedSeed<L> {
+    fn forward(&mut self, x: ArrayD<T>, mode: crate::Mode) -> Result<ArrayD<T>> {
+        self.0.reseed(self.1);
+        self.0.forward(x, mode)
+    }
+    fn backward(&mut self, dy: ArrayD<T>) -> Result<ArrayD<T>> {
+        self.0.backward(dy)
+    }
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut crate::Param<T>)) {
+        self.0.visit(prefix, f);
+    }
+}
