@@ -3,8 +3,6 @@
 #![allow(clippy::unwrap_used)] // test helpers unwrap like the tests themselves
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 mod common;
 use common::*;
@@ -73,20 +71,7 @@ fn ctrl_c_checkpoints_and_resume_equals_the_unbroken_run() {
     let whole_out = cnn(&args(&whole).iter().map(String::as_str).collect::<Vec<_>>(), tmp.path());
     assert!(whole_out.status.success(), "{}", stderr(&whole_out));
 
-    let child = Command::new(env!("CARGO_BIN_EXE_cnn"))
-        .args(args(&broken))
-        .args(["--threads", "2"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !broken.join("metrics.csv").exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-    assert!(kill.success());
-    let o = child.wait_with_output().unwrap();
+    let o = interrupt_when(&args(&broken), &broken.join("metrics.csv"));
     assert_eq!(o.status.code(), Some(130), "{}{}", stdout(&o), stderr(&o));
     let line = last_line(&o);
     assert!(line.starts_with("interrupted at step "), "{line}");

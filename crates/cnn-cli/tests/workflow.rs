@@ -263,8 +263,6 @@ fn tune_gives_the_same_report_on_one_thread_or_two() {
 #[cfg(unix)]
 #[test]
 fn a_cached_linear_probe_stopped_by_ctrl_c_resumes_bitwise() {
-    use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
     let tmp = tempfile::tempdir().unwrap();
     let pre = tmp.path().join("pre");
     assert!(cnn(&["train", "--epochs", "2", "--out", pre.to_str().unwrap(), "-q"], tmp.path())
@@ -282,31 +280,15 @@ fn a_cached_linear_probe_stopped_by_ctrl_c_resumes_bitwise() {
             "300",
             "--out",
             out.to_str().unwrap(),
-            "--threads",
-            "2",
         ]
         .map(String::from)
         .to_vec()
     };
     let (whole, broken) = (tmp.path().join("whole"), tmp.path().join("broken"));
-    let o = Command::new(env!("CARGO_BIN_EXE_cnn")).args(args(&whole)).output().unwrap();
+    let whole_args = args(&whole);
+    let o = cnn(&whole_args.iter().map(String::as_str).collect::<Vec<_>>(), tmp.path());
     assert!(o.status.success(), "{}", stderr(&o));
-    let child = Command::new(env!("CARGO_BIN_EXE_cnn"))
-        .args(args(&broken))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !broken.join("metrics.csv").exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    assert!(Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    let o = child.wait_with_output().unwrap();
+    let o = interrupt_when(&args(&broken), &broken.join("metrics.csv"));
     assert_eq!(o.status.code(), Some(130), "{}{}", stdout(&o), stderr(&o));
     assert!(last_line(&o).starts_with("interrupted at step "), "{}", last_line(&o));
     let r = cnn(&["train", "--resume", broken.to_str().unwrap()], tmp.path());

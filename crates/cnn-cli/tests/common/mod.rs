@@ -75,3 +75,24 @@ pub fn metrics_without_timings(run: &Path) -> Vec<String> {
         .map(|l| l.split(',').take(7).collect::<Vec<_>>().join(","))
         .collect()
 }
+
+/// Starts `cnn args` on two threads, sends it SIGINT (Ctrl-C) as soon as
+/// `ready` exists (the first epoch's metrics, say), and returns what it printed.
+#[cfg(unix)]
+pub fn interrupt_when(args: &[String], ready: &Path) -> Output {
+    use std::time::{Duration, Instant};
+    let child = Command::new(env!("CARGO_BIN_EXE_cnn"))
+        .args(args)
+        .args(["--threads", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    child.wait_with_output().unwrap()
+}
