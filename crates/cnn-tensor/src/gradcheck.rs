@@ -364,6 +364,24 @@ pub fn tensor(shape: &[usize], data: Vec<f64>) -> Result<ArrayD<f64>> {
     ArrayD::from_shape_vec(IxDyn(shape), data).map_err(|e| Error::shape("tensor", e.to_string()))
 }
 
+/// A layer re-seeded with the same seed before every forward, so that its
+/// random parts (dropout, drop path) draw the same masks each time and the
+/// gradient checker sees one function: `check_layer(&mut FixedSeed(block, 7), …)`.
+pub struct FixedSeed<L>(pub L, pub u64);
+
+impl<T: crate::Float, L: Layer<T>> Layer<T> for FixedSeed<L> {
+    fn forward(&mut self, x: ArrayD<T>, mode: crate::Mode) -> Result<ArrayD<T>> {
+        self.0.reseed(self.1);
+        self.0.forward(x, mode)
+    }
+    fn backward(&mut self, dy: ArrayD<T>) -> Result<ArrayD<T>> {
+        self.0.backward(dy)
+    }
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut crate::Param<T>)) {
+        self.0.visit(prefix, f);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,23 +423,5 @@ mod tests {
         let report = check_fn(forward, backward, &[x], 1, &cfg).unwrap();
         assert_eq!(report.checked, 7);
         assert!(report.passed(), "{report}");
-    }
-}
-
-/// A layer re-seeded with the same seed before every forward, so that its
-/// random parts (dropout, drop path) draw the same masks each time and the
-/// gradient checker sees one function: `check_layer(&mut FixedSeed(block, 7), …)`.
-pub struct FixedSeed<L>(pub L, pub u64);
-
-impl<T: crate::Float, L: Layer<T>> Layer<T> for FixedSeed<L> {
-    fn forward(&mut self, x: ArrayD<T>, mode: crate::Mode) -> Result<ArrayD<T>> {
-        self.0.reseed(self.1);
-        self.0.forward(x, mode)
-    }
-    fn backward(&mut self, dy: ArrayD<T>) -> Result<ArrayD<T>> {
-        self.0.backward(dy)
-    }
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut crate::Param<T>)) {
-        self.0.visit(prefix, f);
     }
 }
