@@ -137,6 +137,12 @@ pub fn conv2d_forward<T: Float>(
     let w = w.as_standard_layout();
     let (xs, ws) = (slice(&x), slice(&w));
     let mut y = Array4::<T>::zeros(g.out_shape());
+    if crate::depthwise::applies(&g) {
+        let b = b.map(|b| b.to_vec());
+        let y_slice = y.as_slice_mut().expect("a new array is contiguous");
+        crate::depthwise::forward(&g, xs, ws, b.as_deref(), y_slice);
+        return Ok(y);
+    }
     let per_sample_in = g.c_in * g.h * g.w;
     let per_sample_out = g.c_out * g.out_area();
     let plan = Plan::new::<T>(&g);
@@ -296,6 +302,14 @@ pub fn conv2d_backward<T: Float>(
     let w = w.as_standard_layout();
     let dy = dy.as_standard_layout();
     let (xs, ws, dys) = (slice(&x), slice(&w), slice(&dy));
+    if crate::depthwise::applies(&g) {
+        let (dx, dw, db) = crate::depthwise::backward(&g, xs, ws, dys);
+        return Ok(Conv2dGrads {
+            dx: Array4::from_shape_vec((g.n, g.c_in, g.h, g.w), dx).expect("the input's length"),
+            dw: Array4::from_shape_vec(w.raw_dim(), dw).expect("the weight's length"),
+            db: Array1::from_vec(db),
+        });
+    }
     let per_in = g.c_in * g.h * g.w;
     let per_out = g.c_out * g.out_area();
     let plan = Plan::new::<T>(&g);

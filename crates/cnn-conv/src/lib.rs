@@ -24,6 +24,7 @@
 
 mod adaptive;
 mod conv2d;
+mod depthwise;
 mod geometry;
 mod im2col;
 mod layers;

@@ -262,3 +262,72 @@ fn large_maps_cut_into_row_tiles_equal_naive() {
         assert!(rel_err(&g32.dw.mapv(f64::from), &g.dw) < 1e-5, "f32 dw {x_shape:?}");
     }
 }
+
+/// A random depthwise convolution (groups = C_in = C_out): the direct kernel's domain.
+fn depthwise_case() -> impl Strategy<Value = Case> {
+    (
+        1..4usize,
+        2..6usize,
+        1..8usize,
+        1..8usize,
+        1..3usize,
+        0..4usize,
+        1..3usize,
+        1..13usize,
+        1..13usize,
+        any::<bool>(),
+    )
+        .prop_filter_map(
+            "kernel must fit the padded input",
+            |(n, c, kh, kw, s, p, d, h, w, bias)| {
+                let opts =
+                    Conv2dOptions { stride: [s, s], padding: [p, p], dilation: [d, d], groups: c };
+                let case = Case { x: [n, c, h, w], w: [c, 1, kh, kw], opts, bias };
+                ConvGeometry::new(&case.x, &case.w, &case.opts).ok().map(|_| case)
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(proptest_config(96))]
+
+    /// The direct depthwise kernel against the naive twin, forward and every gradient.
+    #[test]
+    fn depthwise_kernel_equals_naive(c in depthwise_case(), seed in 0u64..1000) {
+        let (x, w, b) = (randn4(c.x, seed), randn4(c.w, seed + 1), Array1::from_vec(vec![0.25; c.w[0]]));
+        let b = c.bias.then_some(b.view());
+        let fast = conv2d_forward(x.view(), w.view(), b, &c.opts).unwrap();
+        let slow = conv2d_forward_naive(x.view(), w.view(), b, &c.opts).unwrap();
+        prop_assert!(rel_err(&fast, &slow) < 1e-12, "forward {}", rel_err(&fast, &slow));
+        let dy = randn4(fast.dim().into(), seed + 2);
+        let gf = conv2d_backward(x.view(), w.view(), dy.view(), &c.opts).unwrap();
+        let gs = conv2d_backward_naive(x.view(), w.view(), dy.view(), &c.opts).unwrap();
+        prop_assert!(rel_err(&gf.dx, &gs.dx) < 1e-12, "dx {}", rel_err(&gf.dx, &gs.dx));
+        prop_assert!(rel_err(&gf.dw, &gs.dw) < 1e-12, "dw {}", rel_err(&gf.dw, &gs.dw));
+        prop_assert!(rel_err(&gf.db, &gs.db) < 1e-12, "db {}", rel_err(&gf.db, &gs.db));
+    }
+}
+
+/// ConvNeXt's depthwise 7×7 at a real size, and a strided 3×3: same numbers on one and two threads.
+#[test]
+fn depthwise_is_the_same_on_one_and_two_threads() {
+    for (x, w, opts) in [
+        ([3, 16, 28, 28], [16, 1, 7, 7], Conv2dOptions::default().with_padding(3).with_groups(16)),
+        (
+            [2, 8, 15, 15],
+            [8, 1, 3, 3],
+            Conv2dOptions { stride: [2, 2], padding: [1, 1], dilation: [1, 1], groups: 8 },
+        ),
+    ] {
+        let (x, w) = (randn4(x, 1).mapv(|v| v as f32), randn4(w, 2).mapv(|v| v as f32));
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let y = conv2d_forward(x.view(), w.view(), None, &opts).unwrap();
+                let g = conv2d_backward(x.view(), w.view(), y.view(), &opts).unwrap();
+                (y, g.dx, g.dw, g.db)
+            })
+        };
+        assert_eq!(run(1), run(2));
+    }
+}

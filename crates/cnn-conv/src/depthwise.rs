@@ -1,0 +1,163 @@
+//! A direct depthwise convolution (`groups = C_in = C_out`): each channel's
+//! plane convolved with its own `kh × kw` kernel, no im2col.
+//!
+//! Forward and dx run one `(sample, channel)` plane per task; dW and db one
+//! channel per task, adding the samples in order, so results do not depend
+//! on the thread count. Along the width the work is a sliding
+//! `y[q] += w·x[q·s + j·d − p]` over a row, which for stride 1 is a plain
+//! scaled row add the compiler vectorizes. The naive twin is
+//! [`crate::naive::conv2d_forward_naive`] and its backward, as for the
+//! im2col path (tests hold them equal).
+
+use cnn_tensor::Float;
+use rayon::prelude::*;
+
+use crate::ConvGeometry;
+
+/// Whether `g` is a depthwise convolution with one output per input channel.
+pub(crate) fn applies(g: &ConvGeometry) -> bool {
+    g.opts.groups == g.c_in && g.c_out == g.c_in && g.c_in > 1
+}
+
+/// The output columns `q` whose tap `x[q·s + off]` (with `off = j·d − p`) lies in `0..w`.
+fn valid_cols(wo: usize, w: usize, s: usize, off: isize) -> std::ops::Range<usize> {
+    // q·s + off >= 0  ⇔  q >= ceil(−off / s); q·s + off <= w − 1.
+    let lo = if off >= 0 { 0 } else { ((-off) as usize).div_ceil(s) };
+    let hi = if (w as isize - 1 - off) < 0 {
+        0
+    } else {
+        ((w as isize - 1 - off) as usize / s + 1).min(wo)
+    };
+    lo.min(hi)..hi
+}
+
+/// `acc[q] += k · x[q·s + off]` for the valid columns.
+#[inline]
+fn row_axpy<T: Float>(acc: &mut [T], x_row: &[T], k: T, s: usize, off: isize) {
+    let cols = valid_cols(acc.len(), x_row.len(), s, off);
+    if cols.is_empty() {
+        return;
+    }
+    let start = (cols.start * s) as isize + off;
+    if s == 1 {
+        let src = &x_row[start as usize..start as usize + cols.len()];
+        acc[cols].iter_mut().zip(src).for_each(|(a, &v)| *a += k * v);
+    } else {
+        for (i, a) in acc[cols].iter_mut().enumerate() {
+            *a += k * x_row[start as usize + i * s];
+        }
+    }
+}
+
+/// One output plane: `y[p, q] = b + Σ_{i, j} w[i, j]·x[p·sh − ph + i·dh, q·sw − pw + j·dw]`.
+///
+/// # Shapes
+/// `x: [H·W]`, `k: [kh·kw]`, `y: [Ho·Wo]`.
+fn forward_plane<T: Float>(g: &ConvGeometry, x: &[T], k: &[T], bias: T, y: &mut [T]) {
+    let ([sh, sw], [ph, pw], [dh, dw]) = (g.opts.stride, g.opts.padding, g.opts.dilation);
+    y.iter_mut().for_each(|v| *v = bias);
+    for (p, y_row) in y.chunks_mut(g.wo).enumerate() {
+        for i in 0..g.kh {
+            let r = (p * sh + i * dh) as isize - ph as isize;
+            if r < 0 || r >= g.h as isize {
+                continue;
+            }
+            let x_row = &x[r as usize * g.w..][..g.w];
+            for j in 0..g.kw {
+                row_axpy(y_row, x_row, k[i * g.kw + j], sw, (j * dw) as isize - pw as isize);
+            }
+        }
+    }
+}
+
+/// One input plane's gradient: every `dy[p, q]` sends `w[i, j]·dy[p, q]` back to its tap.
+fn dx_plane<T: Float>(g: &ConvGeometry, dy: &[T], k: &[T], dx: &mut [T]) {
+    let ([sh, sw], [ph, pw], [dh, dw]) = (g.opts.stride, g.opts.padding, g.opts.dilation);
+    for (p, dy_row) in dy.chunks(g.wo).enumerate() {
+        for i in 0..g.kh {
+            let r = (p * sh + i * dh) as isize - ph as isize;
+            if r < 0 || r >= g.h as isize {
+                continue;
+            }
+            let dx_row = &mut dx[r as usize * g.w..][..g.w];
+            for j in 0..g.kw {
+                let off = (j * dw) as isize - pw as isize;
+                let cols = valid_cols(g.wo, g.w, sw, off);
+                let kk = k[i * g.kw + j];
+                for q in cols {
+                    dx_row[((q * sw) as isize + off) as usize] += kk * dy_row[q];
+                }
+            }
+        }
+    }
+}
+
+/// One plane's share of `dW[i, j] = Σ_{p, q} dy[p, q]·x[tap]` and `db = Σ dy`.
+fn dw_plane<T: Float>(g: &ConvGeometry, x: &[T], dy: &[T], dk: &mut [T]) {
+    let ([sh, sw], [ph, pw], [dh, dw]) = (g.opts.stride, g.opts.padding, g.opts.dilation);
+    for (p, dy_row) in dy.chunks(g.wo).enumerate() {
+        for i in 0..g.kh {
+            let r = (p * sh + i * dh) as isize - ph as isize;
+            if r < 0 || r >= g.h as isize {
+                continue;
+            }
+            let x_row = &x[r as usize * g.w..][..g.w];
+            for j in 0..g.kw {
+                let off = (j * dw) as isize - pw as isize;
+                let cols = valid_cols(g.wo, g.w, sw, off);
+                let mut acc = T::zero();
+                for q in cols {
+                    acc += dy_row[q] * x_row[((q * sw) as isize + off) as usize];
+                }
+                dk[i * g.kw + j] += acc;
+            }
+        }
+    }
+}
+
+/// Forward over the batch: `x: [N·C·H·W]`, `w: [C·kh·kw]`, `b: [C]` → `y: [N·C·Ho·Wo]`.
+pub(crate) fn forward<T: Float>(g: &ConvGeometry, x: &[T], w: &[T], b: Option<&[T]>, y: &mut [T]) {
+    let (area_in, area_out, taps) = (g.h * g.w, g.ho * g.wo, g.kh * g.kw);
+    y.par_chunks_mut(area_out).zip(x.par_chunks(area_in)).enumerate().for_each(
+        |(plane, (y_p, x_p))| {
+            let c = plane % g.c_in;
+            let bias = b.map_or(T::zero(), |b| b[c]);
+            forward_plane(g, x_p, &w[c * taps..][..taps], bias, y_p);
+        },
+    );
+}
+
+/// Backward over the batch: `(dx, dw, db)` for `dy: [N·C·Ho·Wo]`.
+pub(crate) fn backward<T: Float>(
+    g: &ConvGeometry,
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let (area_in, area_out, taps, c_n) = (g.h * g.w, g.ho * g.wo, g.kh * g.kw, g.c_in);
+    let mut dx = vec![T::zero(); x.len()];
+    dx.par_chunks_mut(area_in).zip(dy.par_chunks(area_out)).enumerate().for_each(
+        |(plane, (dx_p, dy_p))| {
+            let c = plane % c_n;
+            dx_plane(g, dy_p, &w[c * taps..][..taps], dx_p);
+        },
+    );
+    let per_channel: Vec<(Vec<T>, T)> = (0..c_n)
+        .into_par_iter()
+        .map(|c| {
+            let mut dk = vec![T::zero(); taps];
+            let mut db = T::zero();
+            for n in 0..g.n {
+                let plane = n * c_n + c;
+                let (x_p, dy_p) =
+                    (&x[plane * area_in..][..area_in], &dy[plane * area_out..][..area_out]);
+                dw_plane(g, x_p, dy_p, &mut dk);
+                db += cnn_tensor::sum(dy_p);
+            }
+            (dk, db)
+        })
+        .collect();
+    let dw = per_channel.iter().flat_map(|(dk, _)| dk.iter().copied()).collect();
+    let db = per_channel.iter().map(|&(_, d)| d).collect();
+    (dx, dw, db)
+}
