@@ -21,19 +21,21 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use ndarray::{Array2, Array4, Ix2, Ix4};
 use rayon::prelude::*;
 
-/// (name, N, Cin, H=W, Cout, k, stride, pad).
-type Shape = (&'static str, usize, usize, usize, usize, usize, usize, usize);
+/// (name, N, Cin, H=W, Cout, k, stride, pad, groups).
+type Shape = (&'static str, usize, usize, usize, usize, usize, usize, usize, usize);
 
 /// The shapes of the PyTorch reference script (docs/benchmarks.md).
-const SHAPES: [Shape; 8] = [
-    ("A_n32_c3_32x32_k3", 32, 3, 32, 16, 3, 1, 1),
-    ("B_n32_c16_32x32_k3", 32, 16, 32, 16, 3, 1, 1),
-    ("C_n32_c64_32x32_k3", 32, 64, 32, 64, 3, 1, 1),
-    ("D_n32_c128_16x16_k3", 32, 128, 16, 128, 3, 1, 1),
-    ("E_n32_c256_8x8_k3", 32, 256, 8, 256, 3, 1, 1),
-    ("F_n32_c64_32x32_k3s2_to128", 32, 64, 32, 128, 3, 2, 1),
-    ("G_n8_c3_224x224_k7s2", 8, 3, 224, 64, 7, 2, 3),
-    ("H_n32_c256_8x8_k1_to64", 32, 256, 8, 64, 1, 1, 0),
+const SHAPES: [Shape; 9] = [
+    ("A_n32_c3_32x32_k3", 32, 3, 32, 16, 3, 1, 1, 1),
+    ("B_n32_c16_32x32_k3", 32, 16, 32, 16, 3, 1, 1, 1),
+    ("C_n32_c64_32x32_k3", 32, 64, 32, 64, 3, 1, 1, 1),
+    ("D_n32_c128_16x16_k3", 32, 128, 16, 128, 3, 1, 1, 1),
+    ("E_n32_c256_8x8_k3", 32, 256, 8, 256, 3, 1, 1, 1),
+    ("F_n32_c64_32x32_k3s2_to128", 32, 64, 32, 128, 3, 2, 1, 1),
+    ("G_n8_c3_224x224_k7s2", 8, 3, 224, 64, 7, 2, 3, 1),
+    ("H_n32_c256_8x8_k1_to64", 32, 256, 8, 64, 1, 1, 0, 1),
+    // ConvNeXt's depthwise 7×7 (the kernel issue's shape).
+    ("DW_n32_c96_56x56_k7_dw", 32, 96, 56, 96, 7, 1, 3, 96),
 ];
 
 fn randn4(shape: [usize; 4], seed: u64) -> Array4<f32> {
@@ -41,10 +43,10 @@ fn randn4(shape: [usize; 4], seed: u64) -> Array4<f32> {
 }
 
 fn conv(c: &mut Criterion) {
-    for (name, n, cin, hw, cout, k, s, p) in SHAPES {
-        let opts = Conv2dOptions::default().with_stride(s).with_padding(p);
+    for (name, n, cin, hw, cout, k, s, p, groups) in SHAPES {
+        let opts = Conv2dOptions::default().with_stride(s).with_padding(p).with_groups(groups);
         let x = randn4([n, cin, hw, hw], 1);
-        let w = randn4([cout, cin, k, k], 2);
+        let w = randn4([cout, cin / groups, k, k], 2);
         let g = ConvGeometry::new(x.shape(), w.shape(), &opts).expect("valid shape");
         let dy = randn4(g.out_shape(), 3);
 
