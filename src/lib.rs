@@ -35,17 +35,25 @@ pub use cnn_train as train;
 
 /// The items most programs use, for `use cnn::prelude::*`.
 pub mod prelude {
-    pub use cnn_act::{Act, Activation, Dropout};
+    pub use cnn_act::{Act, Activation, DropPath, Dropout};
     pub use cnn_conv::{
         AvgPool2d, Conv2d, Conv2dConfig, Conv2dOptions, GlobalAvgPool2d, MaxPool2d, Pool2dOptions,
     };
     pub use cnn_data::{DataLoader, Dataset, Digits};
     pub use cnn_init::{FanMode, Nonlinearity};
-    pub use cnn_nn::{count_params, freeze, unfreeze, BasicBlock, Flatten, Sequential};
-    pub use cnn_norm::{BatchNorm, BatchNormConfig, GroupNorm, InstanceNorm2d, LayerNorm};
+    pub use cnn_nn::{
+        count_params, freeze, load_state_dict, save_state_dict, unfreeze, BasicBlock, Flatten,
+        SaveDtype, Sequential,
+    };
+    pub use cnn_norm::{
+        BatchNorm, BatchNormConfig, GroupNorm, InstanceNorm2d, LayerNorm, LayerNorm2d,
+    };
     pub use cnn_optim::{Optimizer, ParamGroup, Rule, Schedule};
-    pub use cnn_tensor::gradcheck::{check_layer, GradCheckConfig};
+    pub use cnn_tensor::gradcheck::{check_layer, FixedSeed, GradCheckConfig};
     pub use cnn_tensor::random::seeded_rng;
     pub use cnn_tensor::{ArrayD, Error, Float, Layer, Linear, LinearConfig, Mode, Param, Result};
-    pub use cnn_train::{evaluate, predict, ProgressMode, TrainConfig, Trainer};
+    pub use cnn_train::{
+        evaluate, load_pretrained, predict, set_transfer_mode, PretrainedOptions, ProgressMode,
+        TrainConfig, Trainer, TransferMode, TuneConfig, Tuner,
+    };
 }

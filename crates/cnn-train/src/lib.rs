@@ -7,6 +7,13 @@
 //! [`DivergenceGuard`]. One step is two functions, [`compute_gradients`] and
 //! [`apply_gradients`], so a data-parallel trainer can reduce gradients between them.
 //!
+//! Also the lecture's workflow: the six-step tuning recipe ([`Tuner`],
+//! [`tune`]: initial loss, overfitting a sample, an lr sweep, coarse and
+//! refined search, reading the curves, written up as `report.md`), and
+//! transfer learning ([`load_pretrained`], [`set_transfer_mode`]; frozen parts
+//! run in eval mode and stop backward, [`frozen_boundary`]; a linear probe on
+//! features computed once, [`extract_features`], [`FeatureHead`]).
+//!
 //! ```
 //! use std::sync::Arc;
 //! use cnn_data::{DataLoader, Digits};
