@@ -2,17 +2,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
-
 use cnn_augment::{Compose, RandomHorizontalFlip};
 use cnn_data::{preview_grid, Dataset, Digits, ImageFolder};
 use cnn_tensor::Error;
 
-fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("cnn-folder-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn dir(name: &str) -> tempfile::TempDir {
+    // Removed with its contents when the test drops it.
+    tempfile::Builder::new().prefix(&format!("cnn-folder-{name}-")).tempdir().unwrap()
 }
 
 fn write_png(path: &std::path::Path, w: u32, h: u32, rgb: [u8; 3]) {
@@ -21,7 +17,8 @@ fn write_png(path: &std::path::Path, w: u32, h: u32, rgb: [u8; 3]) {
 
 #[test]
 fn folders_read_back_with_sorted_classes() {
-    let root = dir("ok");
+    let root_guard = dir("ok");
+    let root = root_guard.path().to_path_buf();
     for (class, color) in [("zebra", [10, 20, 30]), ("ant", [200, 100, 0])] {
         std::fs::create_dir_all(root.join(class)).unwrap();
         write_png(&root.join(class).join("b.png"), 4, 4, color);
@@ -40,7 +37,8 @@ fn folders_read_back_with_sorted_classes() {
 
 #[test]
 fn bad_folders_are_errors_naming_the_path() {
-    let root = dir("bad");
+    let root_guard = dir("bad");
+    let root = root_guard.path().to_path_buf();
     std::fs::create_dir_all(root.join("cat")).unwrap();
     write_png(&root.join("cat").join("x.png"), 2, 2, [0, 0, 0]);
     std::fs::write(root.join("cat").join("notes.txt"), "hello").unwrap();
@@ -60,7 +58,8 @@ fn bad_folders_are_errors_naming_the_path() {
 fn preview_grid_writes_a_png() {
     let d = Digits::load().unwrap();
     let samples: Vec<_> = (0..3).map(|i| d.get(i).unwrap().0).collect();
-    let path = dir("preview").join("grid.png");
+    let path_guard = dir("preview");
+    let path = path_guard.path().join("grid.png");
     let pipeline = Compose::new().then(RandomHorizontalFlip::new(0.5).unwrap());
     preview_grid(&samples, &pipeline, 4, 1, 4, &path).unwrap();
     let img = image::open(&path).unwrap();

@@ -4,17 +4,15 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use cnn_data::{Cifar, Dataset, IdxDataset};
 use cnn_tensor::Error;
 use proptest::prelude::*;
 
-fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("cnn-data-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn dir(name: &str) -> tempfile::TempDir {
+    // Removed with its contents when the test drops it.
+    tempfile::Builder::new().prefix(&format!("cnn-data-{name}-")).tempdir().unwrap()
 }
 
 fn idx_images(n: usize, rows: usize, cols: usize) -> Vec<u8> {
@@ -41,7 +39,8 @@ fn gz(bytes: &[u8]) -> Vec<u8> {
 
 #[test]
 fn idx_reads_back_exactly_plain_and_gzipped() {
-    let d = dir("idx");
+    let d_guard = dir("idx");
+    let d = d_guard.path().to_path_buf();
     std::fs::write(d.join("train-images-idx3-ubyte"), idx_images(3, 4, 5)).unwrap();
     std::fs::write(d.join("train-labels-idx1-ubyte"), idx_labels(&[1, 9, 0])).unwrap();
     std::fs::write(d.join("t10k-images-idx3-ubyte.gz"), gz(&idx_images(2, 4, 5))).unwrap();
@@ -56,7 +55,8 @@ fn idx_reads_back_exactly_plain_and_gzipped() {
 
 #[test]
 fn bad_idx_files_are_errors_naming_the_file() {
-    let d = dir("idx-bad");
+    let d_guard = dir("idx-bad");
+    let d = d_guard.path().to_path_buf();
     let (img, lab) = (d.join("i"), d.join("l"));
     let check = |ibytes: &[u8], lbytes: &[u8], needle: &str| {
         std::fs::write(&img, ibytes).unwrap();
@@ -89,7 +89,8 @@ fn cifar_records(labels: &[&[u8]]) -> Vec<u8> {
 
 #[test]
 fn cifar_reads_back_exactly() {
-    let d = dir("cifar10");
+    let d_guard = dir("cifar10");
+    let d = d_guard.path().to_path_buf();
     for i in 1..=5 {
         std::fs::write(d.join(format!("data_batch_{i}.bin")), cifar_records(&[&[i as u8], &[0]]))
             .unwrap();
@@ -109,7 +110,8 @@ fn cifar_reads_back_exactly() {
     let (img, label) = train.get(3).unwrap(); // record 1 of data_batch_2
     assert_eq!((img[[1, 0, 0]], label), (((1024 + 13) % 256) as f32 / 255.0, 0));
 
-    let d = dir("cifar100");
+    let d_guard = dir("cifar100");
+    let d = d_guard.path().to_path_buf();
     std::fs::write(d.join("train.bin"), cifar_records(&[&[3, 42], &[19, 99]])).unwrap();
     std::fs::write(d.join("test.bin"), cifar_records(&[&[0, 0]])).unwrap();
     let (train, _) = Cifar::cifar100(&d).unwrap();
@@ -127,7 +129,8 @@ proptest! {
 
     #[test]
     fn random_bytes_never_panic(images in proptest::collection::vec(any::<u8>(), 0..300), labels in proptest::collection::vec(any::<u8>(), 0..40), cut in 0usize..64) {
-        let d = dir(&format!("fuzz-{}", cut));
+        let d_guard = dir(&format!("fuzz-{cut}"));
+        let d = d_guard.path();
         let (img, lab) = (d.join("i"), d.join("l"));
         // Random bytes, and a valid file truncated at a random point.
         std::fs::write(&img, &images).unwrap();

@@ -9,17 +9,24 @@ use cnn_nn::{load_state_dict, save_state_dict, SaveDtype};
 use cnn_tensor::random::{normal, seeded_rng};
 use cnn_tensor::{Error, Layer, Mode};
 
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("cnn-state-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+/// A test's own temporary directory, removed with its files when the test ends.
+struct Scratch(tempfile::TempDir);
+
+impl Scratch {
+    fn new() -> Self {
+        Scratch(tempfile::tempdir().unwrap())
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.path().join(name)
+    }
 }
 
 #[test]
 fn save_then_load_gives_identical_outputs() {
+    let scratch = Scratch::new();
     for (dtype, name) in [(SaveDtype::F32, "f32.safetensors"), (SaveDtype::F64, "f64.safetensors")]
     {
-        let path = temp(name);
+        let path = scratch.path(name);
         let mut a =
             cifar_resnet_widths::<f64, _>(8, [4, 4, 8], 10, true, &mut seeded_rng(1)).unwrap();
         // Train-mode steps move the running statistics away from their init.
@@ -43,7 +50,8 @@ fn save_then_load_gives_identical_outputs() {
 
 #[test]
 fn files_that_do_not_fit_are_clear_errors() {
-    let path = temp("resnet8.safetensors");
+    let scratch = Scratch::new();
+    let path = scratch.path("resnet8.safetensors");
     let mut small =
         cifar_resnet_widths::<f32, _>(8, [4, 4, 8], 10, true, &mut seeded_rng(1)).unwrap();
     save_state_dict(&mut small, &path, SaveDtype::F32).unwrap();
@@ -71,7 +79,7 @@ fn files_that_do_not_fit_are_clear_errors() {
     // Truncated bytes and garbage: an error, never a panic.
     let bytes = std::fs::read(&path).unwrap();
     for cut in [0, 7, 100, bytes.len() / 2, bytes.len() - 1] {
-        let bad = temp("truncated.safetensors");
+        let bad = scratch.path("truncated.safetensors");
         std::fs::write(&bad, &bytes[..cut]).unwrap();
         assert!(
             matches!(load_state_dict(&mut small, &bad, true), Err(Error::Format { .. })),
@@ -79,19 +87,20 @@ fn files_that_do_not_fit_are_clear_errors() {
         );
     }
     assert!(matches!(
-        load_state_dict(&mut small, &temp("absent.safetensors"), true),
+        load_state_dict(&mut small, &scratch.path("absent.safetensors"), true),
         Err(Error::Io { .. })
     ));
 }
 
 #[test]
 fn an_unsupported_dtype_is_refused() {
+    let scratch = Scratch::new();
     let data: Vec<u8> = vec![0; 16 * 3 * 3 * 3 * 4];
     let view =
         safetensors::tensor::TensorView::new(safetensors::Dtype::I32, vec![16, 3, 3, 3], &data)
             .unwrap();
     let bytes = safetensors::serialize(vec![("conv1.weight", view)], None).unwrap();
-    let path = temp("i32.safetensors");
+    let path = scratch.path("i32.safetensors");
     std::fs::write(&path, bytes).unwrap();
     let mut net = cifar_resnet::<f32, _>(20, 10, true, &mut seeded_rng(1)).unwrap();
     let e = load_state_dict(&mut net, &path, false).unwrap_err().to_string();
@@ -100,8 +109,9 @@ fn an_unsupported_dtype_is_refused() {
 
 #[test]
 fn absent_batch_counters_are_kept_as_pytorch_does() {
+    let scratch = Scratch::new();
     // timm's and many published checkpoints leave out num_batches_tracked.
-    let path = temp("no_counters.safetensors");
+    let path = scratch.path("no_counters.safetensors");
     let mut source = cnn_models::cifar_resnet::<f32, _>(8, 10, true, &mut seeded_rng(0)).unwrap();
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     source.visit("", &mut |k, p| {
@@ -134,6 +144,7 @@ fn absent_batch_counters_are_kept_as_pytorch_does() {
 
 #[test]
 fn half_precision_files_load_converted() {
+    let scratch = Scratch::new();
     // f16 bits of 1, −2, 0.5, 1/3 (nearest), 2⁻¹⁴ (smallest normal), 2⁻²⁴ (smallest subnormal).
     let bits: [u16; 6] = [0x3c00, 0xc000, 0x3800, 0x3555, 0x0400, 0x0001];
     let want: [f32; 6] = [1.0, -2.0, 0.5, 0.333_251_95, 6.103_515_6e-5, 5.960_464_5e-8];
@@ -150,7 +161,7 @@ fn half_precision_files_load_converted() {
             safetensors::tensor::TensorView::new(safetensors::Dtype::F16, vec![3], &bias).unwrap(),
         ),
     ];
-    let path = temp("f16.safetensors");
+    let path = scratch.path("f16.safetensors");
     std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
     let mut net = cnn_nn::Sequential::<f32>::new().push(
         cnn_tensor::Linear::new(cnn_tensor::LinearConfig::new(4, 3), &mut seeded_rng(0)).unwrap(),

@@ -164,8 +164,8 @@ fn state_round_trips_for_exact_resume() {
 
 #[test]
 fn state_files_resume_exactly_and_refuse_bad_bytes() {
-    let dir = std::env::temp_dir().join(format!("cnn-optim-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let guard = tempfile::tempdir().unwrap();
+    let dir = guard.path();
     let path = dir.join("opt.safetensors");
     let run = |resume_at: Option<usize>| {
         let mut toy = Toy::new();
