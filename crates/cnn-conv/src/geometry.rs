@@ -45,7 +45,8 @@ impl Conv2dOptions {
 }
 
 /// Output length along one axis: `⌊(len + 2·pad − dil·(k − 1) − 1) / stride⌋ + 1`.
-/// `None` when the (dilated) kernel does not fit in the padded input.
+/// `None` when the (dilated) kernel does not fit in the padded input, or the
+/// kernel, stride or dilation is zero.
 pub fn conv_out_len(
     len: usize,
     kernel: usize,
@@ -53,6 +54,9 @@ pub fn conv_out_len(
     pad: usize,
     dilation: usize,
 ) -> Option<usize> {
+    if kernel == 0 || dilation == 0 {
+        return None;
+    }
     let span = dilation * (kernel - 1) + 1;
     let padded = len + 2 * pad;
     (padded >= span && stride > 0).then(|| (padded - span) / stride + 1)
@@ -242,5 +246,19 @@ mod tests {
         let e = ConvGeometry::new(&[0, 3, 8, 8], &[4, 3, 3, 3], &o).unwrap_err();
         assert!(e.to_string().contains("zero-size"), "{e}");
         assert!(ConvGeometry::new(&[1, 3, 8, 8], &[4, 3, 3, 3], &o.with_stride(0)).is_err());
+    }
+}
+
+#[cfg(test)]
+mod out_len_tests {
+    use super::conv_out_len;
+
+    #[test]
+    fn conv_out_len_refuses_zero_sizes() {
+        assert_eq!(conv_out_len(8, 3, 1, 1, 1), Some(8));
+        assert_eq!(conv_out_len(8, 0, 1, 1, 1), None);
+        assert_eq!(conv_out_len(8, 3, 0, 1, 1), None);
+        assert_eq!(conv_out_len(8, 3, 1, 1, 0), None);
+        assert_eq!(conv_out_len(2, 5, 1, 0, 1), None);
     }
 }

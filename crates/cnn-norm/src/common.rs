@@ -217,12 +217,14 @@ pub(crate) fn channels(
     expected: usize,
 ) -> Result<usize> {
     if x.len() < min_rank || x.len() > max_rank {
+        let ranks = match (min_rank, max_rank) {
+            (a, b) if a == b => format!("{a} dimensions"),
+            (a, usize::MAX) => format!("at least {a} dimensions"),
+            (a, b) => format!("{a} to {b} dimensions"),
+        };
         return Err(Error::shape(
             op,
-            format!(
-                "input must have {min_rank} to {max_rank} dimensions [N, C, ...], got {}-D {x:?}",
-                x.len()
-            ),
+            format!("input must have {ranks} [N, C, ...], got {}-D {x:?}", x.len()),
         ));
     }
     if x[1] != expected {

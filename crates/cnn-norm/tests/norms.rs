@@ -256,7 +256,19 @@ fn bad_input_is_a_clear_error() {
     let e = bn.forward(ArrayD::zeros(vec![2, 3, 4]), Mode::Train).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "batch_norm2d: input must have 4 to 4 dimensions [N, C, ...], got 3-D [2, 3, 4]"
+        "batch_norm2d: input must have 4 dimensions [N, C, ...], got 3-D [2, 3, 4]"
+    );
+    let mut gn = GroupNorm::<f32>::new(1, 3, 1e-5, true).unwrap();
+    let e = gn.forward(ArrayD::zeros(vec![3]), Mode::Train).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "group_norm: input must have at least 2 dimensions [N, C, ...], got 1-D [3]"
+    );
+    let mut bn1 = BatchNorm::<f32>::new_1d(BatchNormConfig::new(3)).unwrap();
+    let e = bn1.forward(ArrayD::zeros(vec![2, 3, 4, 5]), Mode::Train).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "batch_norm1d: input must have 2 to 3 dimensions [N, C, ...], got 4-D [2, 3, 4, 5]"
     );
     let e = bn.forward(ArrayD::zeros(vec![2, 4, 2, 2]), Mode::Train).unwrap_err();
     assert_eq!(e.to_string(), "batch_norm2d: input has 4 channels, the layer expects 3");
