@@ -142,7 +142,7 @@ proptest! {
         prop_assert!(cut >= good.len() || IdxDataset::from_files(&img, &lab).is_err());
         std::fs::write(d.join("train.bin"), &images).unwrap();
         std::fs::write(d.join("test.bin"), &images).unwrap();
-        let _ = Cifar::cifar100(&d);
+        let _ = Cifar::cifar100(d);
         let _ = cnn_data::Digits::parse_gz(&images, "random");
         // An image folder whose one file holds random bytes: listing works, decoding is an Err.
         let class = d.join("folder").join("c");
