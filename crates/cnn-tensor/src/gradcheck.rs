@@ -85,6 +85,20 @@ impl GradCheckReport {
         floor: f64,
     ) {
         self.checked += 1;
+        self.compare(tensor, shape, flat, analytic, numeric, floor);
+    }
+
+    /// Compares one entry with what it should be, keeping the worst; a
+    /// contract check, not counted in [`GradCheckReport::checked`].
+    fn compare(
+        &mut self,
+        tensor: &str,
+        shape: &[usize],
+        flat: usize,
+        analytic: f64,
+        numeric: f64,
+        floor: f64,
+    ) {
         let scale = analytic.abs().max(numeric.abs()).max(floor);
         let mut error = (analytic - numeric).abs() / scale;
         if error.is_nan() {
@@ -163,7 +177,10 @@ fn standard(x: &ArrayD<f64>) -> ArrayD<f64> {
 ///
 /// Runs one train-mode forward and backward with upstream gradient `r` (drawn
 /// from `seed`), then perturbs each checked entry by `±step` and runs forward
-/// again. The layer must compute the same function on every call (fix any
+/// again. It also checks the [`Layer`] contract: after two forwards,
+/// backward gives the same dx (the second forward replaced the cache), and a
+/// second backward doubles every parameter gradient (backward adds with `+=`;
+/// a layer that assigns fails, its tensor named in the report). The layer must compute the same function on every call (fix any
 /// randomness, such as a dropout mask, before checking). Its grads are zeroed
 /// first and hold the analytic gradients afterwards.
 ///
@@ -272,7 +289,36 @@ pub fn check_layer(
             report.record(key, grad.shape(), i, analytic, numeric, cfg.floor);
         }
     }
-    // The numeric passes ran forward again; leave the layer's grads as backward made them.
+    // The Layer contract, checked on the side: a second forward replaces the
+    // cache (backward then gives the same dx), and backward *adds* into the
+    // grads (a second backward doubles them; `=` instead of `+=` halves that).
+    layer.zero_grad();
+    layer.forward(x.clone(), Mode::Train)?;
+    layer.forward(x.clone(), Mode::Train)?;
+    let dx_again = standard(&layer.backward(r.clone())?);
+    for (i, (&a, &b)) in dx_again.iter().zip(dx.iter()).enumerate() {
+        report.compare("input (after a second forward)", x.shape(), i, a, b, cfg.floor);
+    }
+    let mut once: Vec<ArrayD<f64>> = Vec::new();
+    layer.visit("", &mut |_, p| {
+        if p.trainable {
+            once.push(standard(&p.grad));
+        }
+    });
+    layer.forward(x.clone(), Mode::Train)?;
+    layer.backward(r.clone())?;
+    let mut twice: Vec<(String, ArrayD<f64>)> = Vec::new();
+    layer.visit("", &mut |key, p| {
+        if p.trainable {
+            twice.push((format!("{key} (a second backward must add to it)"), standard(&p.grad)));
+        }
+    });
+    for ((name, g2), g1) in twice.iter().zip(&once) {
+        for (i, (&a, &b)) in g2.iter().zip(g1.iter()).enumerate() {
+            report.compare(name, g2.shape(), i, a, 2.0 * b, cfg.floor);
+        }
+    }
+    // Leave the layer's grads as one backward made them.
     layer.zero_grad();
     layer.forward(x, Mode::Train)?;
     layer.backward(r)?;
@@ -395,6 +441,34 @@ mod tests {
         let report = check_layer(&mut layer, &x, 7, &GradCheckConfig::default()).unwrap();
         assert!(report.passed(), "{report}");
         assert_eq!(report.checked, 20 + 12 + 3);
+    }
+
+    /// A layer that assigns its gradient (`=`) instead of adding to it (`+=`).
+    struct Assigns(Linear<f64>);
+
+    impl Layer<f64> for Assigns {
+        fn forward(&mut self, x: ArrayD<f64>, mode: Mode) -> Result<ArrayD<f64>> {
+            self.0.forward(x, mode)
+        }
+        fn backward(&mut self, dy: ArrayD<f64>) -> Result<ArrayD<f64>> {
+            self.0.weight.zero_grad();
+            self.0.backward(dy)
+        }
+        fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut crate::Param<f64>)) {
+            self.0.visit(prefix, f);
+        }
+    }
+
+    #[test]
+    fn a_layer_that_assigns_its_gradient_fails() {
+        let mut rng = random::seeded_rng(0);
+        let mut layer = Assigns(Linear::<f64>::new(LinearConfig::new(4, 3), &mut rng).unwrap());
+        let x = random::normal(&[5, 4], 0.0, 1.0, &mut rng);
+        let report = check_layer(&mut layer, &x, 7, &GradCheckConfig::default()).unwrap();
+        assert!(!report.passed(), "{report}");
+        let worst = report.worst.unwrap();
+        assert_eq!(worst.tensor, "weight (a second backward must add to it)");
+        assert!((worst.error - 0.5).abs() < 1e-9, "{}", worst.error);
     }
 
     #[test]
