@@ -16,7 +16,7 @@
 //!
 //! let x = cnn::tensor::random::normal(&[4, 1, 8, 8], 0.0, 1.0, &mut rng);
 //! let features = pool.forward(conv.forward(x, Mode::Train)?, Mode::Train)?;
-//! let logits = fc.forward(features.into_shape_with_order(vec![4, 8]).map_err(|e| Error::shape("reshape", e.to_string()))?, Mode::Train)?;
+//! let logits = fc.forward(features.into_shape_with_order(vec![4, 8])?, Mode::Train)?;
 //! assert_eq!(logits.shape(), &[4, 10]);
 //! # Ok::<(), cnn::tensor::Error>(())
 //! ```

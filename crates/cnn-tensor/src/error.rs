@@ -70,3 +70,27 @@ impl Error {
 
 /// `Result` with this workspace's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<ndarray::ShapeError> for Error {
+    /// An ndarray reshape or view that does not fit, as an [`Error::Shape`] of
+    /// op `ndarray`: so `?` works on `into_shape_with_order` and friends.
+    fn from(e: ndarray::ShapeError) -> Self {
+        Error::shape("ndarray", e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ndarray_shape_errors_convert() {
+        fn reshape() -> Result<ndarray::ArrayD<f32>> {
+            Ok(ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[2, 3]))
+                .into_shape_with_order(vec![4])?)
+        }
+        let e = reshape().unwrap_err();
+        assert!(matches!(e, Error::Shape { op: "ndarray", .. }), "{e}");
+        assert!(e.to_string().starts_with("ndarray: "), "{e}");
+    }
+}
