@@ -180,3 +180,33 @@ fn half_precision_files_load_converted() {
     let dict = cnn_nn::StateDict::read(&path).unwrap();
     assert_eq!(dict.converted_dtypes(), [("F16".to_string(), 2)]);
 }
+
+#[test]
+fn a_wrapper_prefix_on_every_key_is_named_in_one_line() {
+    let scratch = Scratch::new();
+    let path = scratch.path("dataparallel.safetensors");
+    let mut source = cnn_models::cifar_resnet::<f32, _>(8, 10, true, &mut seeded_rng(0)).unwrap();
+    let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    source.visit("", &mut |k, p| {
+        let (dtype, bytes) = if k.ends_with("num_batches_tracked") {
+            (
+                safetensors::Dtype::I64,
+                p.value.iter().flat_map(|&v| (v as i64).to_le_bytes()).collect(),
+            )
+        } else {
+            (safetensors::Dtype::F32, p.value.iter().flat_map(|v| v.to_le_bytes()).collect())
+        };
+        tensors.push((format!("module.{k}"), dtype, p.value.shape().to_vec(), bytes));
+    });
+    let views: Vec<_> = tensors
+        .iter()
+        .map(|(k, d, s, b)| {
+            (k.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap())
+        })
+        .collect();
+    std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+    let mut model = cnn_models::cifar_resnet::<f32, _>(8, 10, true, &mut seeded_rng(1)).unwrap();
+    let e = load_state_dict(&mut model, &path, true).unwrap_err().to_string();
+    assert!(e.ends_with("every key starts with \"module.\" (a wrapper such as DataParallel's); strip it: StateDict::strip_prefix, or cnn finetune --strip-prefix module."), "{e}");
+    assert!(e.len() < 300, "one short line: {e}");
+}

@@ -301,6 +301,23 @@ impl StateDict {
         report.unexpected =
             self.tensors.keys().filter(|k| !model_keys.contains(*k) && !skip(k)).cloned().collect();
         if strict && !report.is_exact() {
+            // A wrapper prefix on every key (DataParallel's `module.`) would
+            // list every key twice; say what to strip instead.
+            let ours: Vec<String> = model_keys.iter().cloned().collect();
+            if let Some(prefix) = self.common_prefix(&ours) {
+                let fits = ours
+                    .iter()
+                    .filter(|k| !skip(k))
+                    .all(|k| self.tensors.contains_key(&format!("{prefix}{k}")));
+                if fits {
+                    return Err(Error::Format {
+                        context: self.source.clone(),
+                        msg: format!(
+                            "every key starts with {prefix:?} (a wrapper such as DataParallel's); strip it: StateDict::strip_prefix, or cnn finetune --strip-prefix {prefix}"
+                        ),
+                    });
+                }
+            }
             return Err(Error::Format {
                 context: self.source.clone(),
                 msg: format!("state dict does not match the model: {report}"),
