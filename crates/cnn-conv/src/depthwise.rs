@@ -49,20 +49,26 @@ fn row_axpy<T: Float>(acc: &mut [T], x_row: &[T], k: T, s: usize, off: isize) {
     }
 }
 
+/// The kernel rows `i` that output row `p` reads, with the input row `r`
+/// they land on (rows in the padding are left out).
+fn input_rows(g: &ConvGeometry, p: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let ([sh, _], [ph, _], [dh, _]) = (g.opts.stride, g.opts.padding, g.opts.dilation);
+    (0..g.kh).filter_map(move |i| {
+        let r = (p * sh + i * dh) as isize - ph as isize;
+        (0..g.h as isize).contains(&r).then_some((i, r as usize))
+    })
+}
+
 /// One output plane: `y[p, q] = b + Σ_{i, j} w[i, j]·x[p·sh − ph + i·dh, q·sw − pw + j·dw]`.
 ///
 /// # Shapes
 /// `x: [H·W]`, `k: [kh·kw]`, `y: [Ho·Wo]`.
 fn forward_plane<T: Float>(g: &ConvGeometry, x: &[T], k: &[T], bias: T, y: &mut [T]) {
-    let ([sh, sw], [ph, pw], [dh, dw]) = (g.opts.stride, g.opts.padding, g.opts.dilation);
+    let ([_, sw], [_, pw], [_, dw]) = (g.opts.stride, g.opts.padding, g.opts.dilation);
     y.iter_mut().for_each(|v| *v = bias);
     for (p, y_row) in y.chunks_mut(g.wo).enumerate() {
-        for i in 0..g.kh {
-            let r = (p * sh + i * dh) as isize - ph as isize;
-            if r < 0 || r >= g.h as isize {
-                continue;
-            }
-            let x_row = &x[r as usize * g.w..][..g.w];
+        for (i, r) in input_rows(g, p) {
+            let x_row = &x[r * g.w..][..g.w];
             for j in 0..g.kw {
                 row_axpy(y_row, x_row, k[i * g.kw + j], sw, (j * dw) as isize - pw as isize);
             }
@@ -72,14 +78,10 @@ fn forward_plane<T: Float>(g: &ConvGeometry, x: &[T], k: &[T], bias: T, y: &mut 
 
 /// One input plane's gradient: every `dy[p, q]` sends `w[i, j]·dy[p, q]` back to its tap.
 fn dx_plane<T: Float>(g: &ConvGeometry, dy: &[T], k: &[T], dx: &mut [T]) {
-    let ([sh, sw], [ph, pw], [dh, dw]) = (g.opts.stride, g.opts.padding, g.opts.dilation);
+    let ([_, sw], [_, pw], [_, dw]) = (g.opts.stride, g.opts.padding, g.opts.dilation);
     for (p, dy_row) in dy.chunks(g.wo).enumerate() {
-        for i in 0..g.kh {
-            let r = (p * sh + i * dh) as isize - ph as isize;
-            if r < 0 || r >= g.h as isize {
-                continue;
-            }
-            let dx_row = &mut dx[r as usize * g.w..][..g.w];
+        for (i, r) in input_rows(g, p) {
+            let dx_row = &mut dx[r * g.w..][..g.w];
             for j in 0..g.kw {
                 let off = (j * dw) as isize - pw as isize;
                 let cols = valid_cols(g.wo, g.w, sw, off);
@@ -94,14 +96,10 @@ fn dx_plane<T: Float>(g: &ConvGeometry, dy: &[T], k: &[T], dx: &mut [T]) {
 
 /// One plane's share of `dW[i, j] = Σ_{p, q} dy[p, q]·x[tap]` and `db = Σ dy`.
 fn dw_plane<T: Float>(g: &ConvGeometry, x: &[T], dy: &[T], dk: &mut [T]) {
-    let ([sh, sw], [ph, pw], [dh, dw]) = (g.opts.stride, g.opts.padding, g.opts.dilation);
+    let ([_, sw], [_, pw], [_, dw]) = (g.opts.stride, g.opts.padding, g.opts.dilation);
     for (p, dy_row) in dy.chunks(g.wo).enumerate() {
-        for i in 0..g.kh {
-            let r = (p * sh + i * dh) as isize - ph as isize;
-            if r < 0 || r >= g.h as isize {
-                continue;
-            }
-            let x_row = &x[r as usize * g.w..][..g.w];
+        for (i, r) in input_rows(g, p) {
+            let x_row = &x[r * g.w..][..g.w];
             for j in 0..g.kw {
                 let off = (j * dw) as isize - pw as isize;
                 let cols = valid_cols(g.wo, g.w, sw, off);

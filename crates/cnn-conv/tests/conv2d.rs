@@ -58,22 +58,31 @@ fn case(max_hw: usize) -> impl Strategy<Value = Case> {
         )
 }
 
+/// Relative errors of the fast kernel against the naive twin on case `c`:
+/// forward, dx, dW and db.
+fn fast_vs_naive(c: &Case, seed: u64) -> [(&'static str, f64); 4] {
+    let (x, w, b) = (randn4(c.x, seed), randn4(c.w, seed + 1), Array1::from_vec(vec![0.5; c.w[0]]));
+    let b = c.bias.then_some(b.view());
+    let fast = conv2d_forward(x.view(), w.view(), b, &c.opts).unwrap();
+    let slow = conv2d_forward_naive(x.view(), w.view(), b, &c.opts).unwrap();
+    let dy = randn4(fast.dim().into(), seed + 2);
+    let gf = conv2d_backward(x.view(), w.view(), dy.view(), &c.opts).unwrap();
+    let gs = conv2d_backward_naive(x.view(), w.view(), dy.view(), &c.opts).unwrap();
+    [
+        ("forward", rel_err(&fast, &slow)),
+        ("dx", rel_err(&gf.dx, &gs.dx)),
+        ("dw", rel_err(&gf.dw, &gs.dw)),
+        ("db", rel_err(&gf.db, &gs.db)),
+    ]
+}
+
 proptest! {
     #![proptest_config(proptest_config(96))]
 
     #[test]
     fn fast_kernel_equals_naive(c in case(9), seed in 0u64..1000) {
-        let (x, w, b) = (randn4(c.x, seed), randn4(c.w, seed + 1), Array1::from_vec(vec![0.5; c.w[0]]));
-        let b = c.bias.then_some(b.view());
-        let fast = conv2d_forward(x.view(), w.view(), b, &c.opts).unwrap();
-        let slow = conv2d_forward_naive(x.view(), w.view(), b, &c.opts).unwrap();
-        prop_assert!(rel_err(&fast, &slow) < 1e-12, "forward {}", rel_err(&fast, &slow));
-        let dy = randn4(fast.dim().into(), seed + 2);
-        let gf = conv2d_backward(x.view(), w.view(), dy.view(), &c.opts).unwrap();
-        let gs = conv2d_backward_naive(x.view(), w.view(), dy.view(), &c.opts).unwrap();
-        prop_assert!(rel_err(&gf.dx, &gs.dx) < 1e-12, "dx {}", rel_err(&gf.dx, &gs.dx));
-        prop_assert!(rel_err(&gf.dw, &gs.dw) < 1e-12, "dw {}", rel_err(&gf.dw, &gs.dw));
-        prop_assert!(rel_err(&gf.db, &gs.db) < 1e-12, "db {}", rel_err(&gf.db, &gs.db));
+        let errors = fast_vs_naive(&c, seed);
+        prop_assert!(errors.iter().all(|e| e.1 < 1e-12), "{errors:?}");
     }
 
     #[test]
@@ -294,17 +303,8 @@ proptest! {
     /// The direct depthwise kernel against the naive twin, forward and every gradient.
     #[test]
     fn depthwise_kernel_equals_naive(c in depthwise_case(), seed in 0u64..1000) {
-        let (x, w, b) = (randn4(c.x, seed), randn4(c.w, seed + 1), Array1::from_vec(vec![0.25; c.w[0]]));
-        let b = c.bias.then_some(b.view());
-        let fast = conv2d_forward(x.view(), w.view(), b, &c.opts).unwrap();
-        let slow = conv2d_forward_naive(x.view(), w.view(), b, &c.opts).unwrap();
-        prop_assert!(rel_err(&fast, &slow) < 1e-12, "forward {}", rel_err(&fast, &slow));
-        let dy = randn4(fast.dim().into(), seed + 2);
-        let gf = conv2d_backward(x.view(), w.view(), dy.view(), &c.opts).unwrap();
-        let gs = conv2d_backward_naive(x.view(), w.view(), dy.view(), &c.opts).unwrap();
-        prop_assert!(rel_err(&gf.dx, &gs.dx) < 1e-12, "dx {}", rel_err(&gf.dx, &gs.dx));
-        prop_assert!(rel_err(&gf.dw, &gs.dw) < 1e-12, "dw {}", rel_err(&gf.dw, &gs.dw));
-        prop_assert!(rel_err(&gf.db, &gs.db) < 1e-12, "db {}", rel_err(&gf.db, &gs.db));
+        let errors = fast_vs_naive(&c, seed);
+        prop_assert!(errors.iter().all(|e| e.1 < 1e-12), "{errors:?}");
     }
 }
 
