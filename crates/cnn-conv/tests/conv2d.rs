@@ -2,6 +2,8 @@
 //! differences (through the public gradient checker), determinism across
 //! thread counts, and errors on bad input.
 
+#![allow(clippy::unwrap_used)] // test helpers unwrap like the tests themselves
+
 mod common;
 
 use cnn_conv::naive::{conv2d_backward_naive, conv2d_forward_naive};
