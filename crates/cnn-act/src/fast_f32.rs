@@ -2,7 +2,7 @@
 //!
 //! libm's `erff` and `expf` are scalar calls (GELU at ~4 ns an element); these
 //! are straight-line polynomials in fused multiply-adds, compiled for AVX-512
-//! and for AVX2 + FMA (picked at run time) and for the baseline, where
+//! and for AVX2 + FMA and for the baseline (picked by `cnn_tensor::simd`), where
 //! `mul_add` is libm's correctly rounded `fmaf`: the same operations in the
 //! same order on every path, so every path gives the same bits. Accuracy: `exp` within 2 ulp
 //! (Cephes' polynomial), `erf` within 5e-7 absolute (Abramowitz & Stegun
@@ -74,41 +74,19 @@ fn gelu_backward_body(dy: &mut [f32], xs: &[f32]) {
     }
 }
 
-/// Runs `body` compiled for the best vector unit this CPU has.
-macro_rules! dispatch {
-    ($body:ident ( $($arg:expr),* )) => {{
-        #[cfg(target_arch = "x86_64")]
-        {
-            #[target_feature(enable = "avx512f,fma")]
-            fn avx512(f: impl FnOnce()) { f() }
-            #[target_feature(enable = "avx2,fma")]
-            fn avx2(f: impl FnOnce()) { f() }
-            if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU has the features, checked just above.
-                return unsafe { avx512(|| $body($($arg),*)) };
-            }
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                // SAFETY: as above.
-                return unsafe { avx2(|| $body($($arg),*)) };
-            }
-        }
-        $body($($arg),*)
-    }};
+cnn_tensor::simd_fn! {
+    /// `x ← GELU(x)` (erf form), elementwise.
+    pub(crate) fn gelu_forward(xs: &mut [f32]) = gelu_forward_body
 }
 
-/// `x ← GELU(x)` (erf form), elementwise.
-pub(crate) fn gelu_forward(xs: &mut [f32]) {
-    dispatch!(gelu_forward_body(xs))
+cnn_tensor::simd_fn! {
+    /// `y ← GELU(x)` (erf form) into a new buffer, elementwise.
+    pub(crate) fn gelu_forward_out(xs: &[f32], ys: &mut [std::mem::MaybeUninit<f32>]) = gelu_forward_out_body
 }
 
-/// `y ← GELU(x)` (erf form) into a new buffer, elementwise.
-pub(crate) fn gelu_forward_out(xs: &[f32], ys: &mut [std::mem::MaybeUninit<f32>]) {
-    dispatch!(gelu_forward_out_body(xs, ys))
-}
-
-/// `dy ← dy · GELU'(x)` (erf form), elementwise.
-pub(crate) fn gelu_backward(dy: &mut [f32], xs: &[f32]) {
-    dispatch!(gelu_backward_body(dy, xs))
+cnn_tensor::simd_fn! {
+    /// `dy ← dy · GELU'(x)` (erf form), elementwise.
+    pub(crate) fn gelu_backward(dy: &mut [f32], xs: &[f32]) = gelu_backward_body
 }
 
 #[cfg(test)]

@@ -5,7 +5,9 @@
 //! upstream gradient it is given. Large tensors are split over rayon in
 //! fixed chunks; each element is computed alone, so threads never change a bit.
 
-use cnn_tensor::{ArrayD, Error, Float, Result};
+use std::mem::MaybeUninit;
+
+use cnn_tensor::{simd, ArrayD, Error, Float, Result};
 use rayon::prelude::*;
 
 /// Elements per parallel chunk: large enough to amortize a task.
@@ -214,7 +216,7 @@ pub fn activation_forward<T: Float>(act: Activation, x: ArrayD<T>) -> Result<Arr
     act.check()?;
     let mut x = contiguous(x);
     if let Some(data) = x.as_slice_mut() {
-        if let (Activation::Gelu, Some(data)) = (act, as_f32_mut(data)) {
+        if let (Activation::Gelu, Some(data)) = (act, T::as_f32_mut(data)) {
             for_each_chunk(data, crate::fast_f32::gelu_forward);
         } else {
             with_value!(T, act, |f| for_each_chunk(data, |c| c
@@ -234,47 +236,27 @@ pub fn activation_forward_copy<T: Float>(act: Activation, x: &ArrayD<T>) -> Resu
     act.check()?;
     let x = x.as_standard_layout();
     let xs = x.as_slice().ok_or_else(|| Error::shape(act.name(), "input is not contiguous"))?;
-    let mut out: Vec<T> = Vec::with_capacity(xs.len());
-    {
-        let spare = &mut out.spare_capacity_mut()[..xs.len()];
-        let work = |ys: &mut [std::mem::MaybeUninit<T>], xs: &[T]| {
-            if let (Activation::Gelu, Some(x32)) = (act, as_f32(xs)) {
-                // SAFETY: T is f32 (as_f32 succeeded), so the slots are MaybeUninit<f32>.
-                let y32 =
-                    unsafe { std::slice::from_raw_parts_mut(ys.as_mut_ptr().cast(), ys.len()) };
-                crate::fast_f32::gelu_forward_out(x32, y32);
-            } else {
-                with_value!(T, act, |f| {
-                    for (y, &v) in ys.iter_mut().zip(xs) {
-                        y.write(f(v));
-                    }
-                });
-            }
-        };
-        if xs.len() <= CHUNK {
-            work(spare, xs);
+    let mut out = simd::uninit_vec::<T>(xs.len());
+    let work = |ys: &mut [MaybeUninit<T>], xs: &[T]| {
+        if let (Activation::Gelu, Some(x32)) = (act, T::as_f32(xs)) {
+            let y32 = T::as_f32_uninit(ys).expect("T is f32 when its input is");
+            crate::fast_f32::gelu_forward_out(x32, y32);
         } else {
-            spare.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)).for_each(|(ys, xs)| work(ys, xs));
+            with_value!(T, act, |f| {
+                for (y, &v) in ys.iter_mut().zip(xs) {
+                    y.write(f(v));
+                }
+            });
         }
+    };
+    if xs.len() <= CHUNK {
+        work(&mut out, xs);
+    } else {
+        out.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)).for_each(|(ys, xs)| work(ys, xs));
     }
-    // SAFETY: every one of the first xs.len() slots was written above.
-    unsafe { out.set_len(xs.len()) };
+    // SAFETY: `work` wrote every slot: the chunks cover the whole of `out`.
+    let out = unsafe { simd::assume_init(out) };
     ArrayD::from_shape_vec(x.raw_dim(), out).map_err(|e| Error::shape(act.name(), e.to_string()))
-}
-
-/// `data` as `&mut [f32]` when `T` is f32 (the vectorized GELU's type).
-fn as_f32_mut<T: Float>(data: &mut [T]) -> Option<&mut [f32]> {
-    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
-        // SAFETY: T is f32, so the slice already is a slice of f32.
-        .then(|| unsafe {
-            std::slice::from_raw_parts_mut(data.as_mut_ptr().cast::<f32>(), data.len())
-        })
-}
-
-fn as_f32<T: Float>(data: &[T]) -> Option<&[f32]> {
-    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
-        // SAFETY: T is f32, so the slice already is a slice of f32.
-        .then(|| unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<f32>(), data.len()) })
 }
 
 /// dL/dx = dL/dy · act'(·), in `dy`'s own buffer. `saved` is the forward's
@@ -300,7 +282,7 @@ pub fn activation_backward<T: Float>(
     let mut dy = contiguous(dy);
     let saved = saved.as_standard_layout();
     if let (Some(g), Some(s)) = (dy.as_slice_mut(), saved.as_slice()) {
-        if let (Activation::Gelu, Some(g32), Some(s32)) = (act, as_f32_mut(g), as_f32(s)) {
+        if let (Activation::Gelu, Some(g32), Some(s32)) = (act, T::as_f32_mut(g), T::as_f32(s)) {
             if g32.len() <= CHUNK {
                 crate::fast_f32::gelu_backward(g32, s32);
             } else {

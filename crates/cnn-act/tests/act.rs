@@ -167,3 +167,14 @@ fn drop_path_statistics() {
     assert_eq!(DropPath::new(p, 1).unwrap().forward(x.clone(), Mode::Eval).unwrap(), x);
     assert_eq!(DropPath::new(0.0, 1).unwrap().forward(x.clone(), Mode::Train).unwrap(), x);
 }
+
+/// Every vector path (AVX-512, AVX2, portable): the elementwise and gradient
+/// tests again in a child process per SIMD level.
+#[test]
+fn every_simd_level_passes_the_kernel_tests() {
+    for level in cnn_tensor::simd::levels() {
+        for filter in ["elementwise_values", "gradients", "equals_in_place"] {
+            cnn_tensor::simd::rerun_tests(filter, &[("CNN_SIMD", level.name())]).unwrap();
+        }
+    }
+}

@@ -333,3 +333,12 @@ fn depthwise_is_the_same_on_one_and_two_threads() {
         assert_eq!(run(1), run(2));
     }
 }
+
+/// Every vector path (AVX-512 micro-kernel, AVX2, portable) against the naive
+/// kernels: the fast-vs-naive tests again in a child process per SIMD level.
+#[test]
+fn every_simd_level_equals_the_naive_kernel() {
+    for level in cnn_tensor::simd::levels() {
+        cnn_tensor::simd::rerun_tests("naive", &[("CNN_SIMD", level.name())]).unwrap();
+    }
+}

@@ -20,6 +20,7 @@
 
 use std::mem::MaybeUninit;
 
+use cnn_tensor::simd::{assume_init, uninit_vec};
 use cnn_tensor::{Error, Float, Result};
 use rayon::prelude::*;
 
@@ -195,41 +196,9 @@ pub fn moments<T: Float>(x: &[T], axes: NormAxes) -> Result<Moments<T>> {
     })
 }
 
-/// Runs `$body` compiled for AVX-512 or AVX2 + FMA when the CPU has them (the
-/// crate is built for baseline x86-64), with the same results on every path:
-/// Rust never fuses a multiply and an add by itself, and the lanes only
-/// change how many elements go at once, not the order of the sums.
-macro_rules! multiversion {
-    ($(#[$meta:meta])* fn $name:ident = $body:ident ( $($arg:ident : $ty:ty),* $(,)? ) $(-> $ret:ty)?) => {
-        $(#[$meta])*
-        fn $name<T: Float>($($arg: $ty),*) $(-> $ret)? {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx2,fma")]
-                fn avx512<T: Float>($($arg: $ty),*) $(-> $ret)? {
-                    $body($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                fn avx2<T: Float>($($arg: $ty),*) $(-> $ret)? {
-                    $body($($arg),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has AVX-512F (checked), which implies AVX2 and FMA.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                    // SAFETY: the CPU has AVX2 and FMA, checked just above.
-                    return unsafe { avx2($($arg),*) };
-                }
-            }
-            $body($($arg),*)
-        }
-    };
-}
-
-multiversion! {
+cnn_tensor::simd_fn! {
     /// Mean and biased variance of group `s`, two passes.
-    fn group_moments = group_moments_body(x: &[T], axes: NormAxes, s: usize) -> (T, T)
+    fn group_moments<T: Float>(x: &[T], axes: NormAxes, s: usize) -> (T, T) = group_moments_body
 }
 
 #[inline(always)]
@@ -247,10 +216,16 @@ fn group_moments_body<T: Float>(x: &[T], axes: NormAxes, s: usize) -> (T, T) {
     (mean, sq / count)
 }
 
-multiversion! {
+cnn_tensor::simd_fn! {
     /// `ys = (xs − m)·r·γ + β` for the segment starting at element `start`.
-    fn normalize_segment = normalize_segment_body(
-        ys: &mut [MaybeUninit<T>], xs: &[T], start: usize, m: T, r: T, affine: Option<&Affine<'_, T>>)
+    fn normalize_segment<T: Float>(
+    ys: &mut [MaybeUninit<T>],
+    xs: &[T],
+    start: usize,
+    m: T,
+    r: T,
+    affine: Option<&Affine<'_, T>>,
+) = normalize_segment_body
 }
 
 #[inline(always)]
@@ -281,10 +256,17 @@ fn normalize_segment_body<T: Float>(
     }
 }
 
-multiversion! {
+cnn_tensor::simd_fn! {
     /// `(Σ g, Σ g·x̂)` over group `s`, with `g = dy·γ`.
-    fn group_grad_sums = group_grad_sums_body(
-        x: &[T], dy: &[T], axes: NormAxes, s: usize, m: T, r: T, affine: Option<&Affine<'_, T>>) -> (T, T)
+    fn group_grad_sums<T: Float>(
+    x: &[T],
+    dy: &[T],
+    axes: NormAxes,
+    s: usize,
+    m: T,
+    r: T,
+    affine: Option<&Affine<'_, T>>,
+) -> (T, T) = group_grad_sums_body
 }
 
 #[inline(always)]
@@ -319,10 +301,16 @@ fn group_grad_sums_body<T: Float>(
     (sg, sgx)
 }
 
-multiversion! {
+cnn_tensor::simd_fn! {
     /// `dx = r·(dy·γ − mg − x̂·mgx)` for the segment starting at element `start`.
-    fn dx_segment = dx_segment_body(
-        out: &mut [MaybeUninit<T>], x: &[T], dy: &[T], start: usize, stats: [T; 4], affine: Option<&Affine<'_, T>>)
+    fn dx_segment<T: Float>(
+    out: &mut [MaybeUninit<T>],
+    x: &[T],
+    dy: &[T],
+    start: usize,
+    stats: [T; 4],
+    affine: Option<&Affine<'_, T>>,
+) = dx_segment_body
 }
 
 #[inline(always)]
@@ -352,10 +340,17 @@ fn dx_segment_body<T: Float>(
     }
 }
 
-multiversion! {
+cnn_tensor::simd_fn! {
     /// `(dγ[k], dβ[k])`: sums of `dy·x̂` and `dy` over the elements of feature `k`.
-    fn feature_grad_sums = feature_grad_sums_body(
-        x: &[T], dy: &[T], axes: NormAxes, a: AffineAxes, k: usize, mean: &[T], rstd: &[T]) -> (T, T)
+    fn feature_grad_sums<T: Float>(
+    x: &[T],
+    dy: &[T],
+    axes: NormAxes,
+    a: AffineAxes,
+    k: usize,
+    mean: &[T],
+    rstd: &[T],
+) -> (T, T) = feature_grad_sums_body
 }
 
 #[inline(always)]
@@ -511,9 +506,15 @@ pub fn normalize_backward_fused<T: Float>(
     Ok(NormGrads { dx, dgamma, dbeta })
 }
 
-multiversion! {
+cnn_tensor::simd_fn! {
     /// `(feature, Σ dy, Σ dy·(x − m))` for each run of one γ in a segment.
-    fn run_sums = run_sums_body(x: &[T], dy: &[T], start: usize, m: T, affine: Option<&Affine<'_, T>>) -> Vec<(usize, T, T)>
+    fn run_sums<T: Float>(
+    x: &[T],
+    dy: &[T],
+    start: usize,
+    m: T,
+    affine: Option<&Affine<'_, T>>,
+) -> Vec<(usize, T, T)> = run_sums_body
 }
 
 #[inline(always)]
@@ -648,23 +649,6 @@ pub fn normalize_backward<T: Float>(
         }
     };
     Ok(NormGrads { dx, dgamma, dbeta })
-}
-
-/// A vector of `len` uninitialized elements, for outputs that are written whole:
-/// no zeroing pass, and (unlike `calloc`) reused heap memory is not cleared again.
-fn uninit_vec<T>(len: usize) -> Vec<MaybeUninit<T>> {
-    let mut v = Vec::with_capacity(len);
-    // SAFETY: MaybeUninit needs no initialization; capacity is at least len.
-    unsafe { v.set_len(len) };
-    v
-}
-
-/// # Safety
-/// Every element of `v` must have been written.
-unsafe fn assume_init<T>(v: Vec<MaybeUninit<T>>) -> Vec<T> {
-    let mut v = std::mem::ManuallyDrop::new(v);
-    // SAFETY: MaybeUninit<T> has T's layout; the caller guarantees every element is initialized.
-    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<T>(), v.len(), v.capacity()) }
 }
 
 /// `1/√(var + eps)` for each variance.

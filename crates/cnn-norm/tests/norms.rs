@@ -387,3 +387,14 @@ fn layer_norm2d_normalizes_each_pixel_over_channels() {
         ln.forward(normal(&[2, 4, 3, 3], 0.0, 1.0, &mut seeded_rng(1)), Mode::Eval).unwrap_err();
     assert_eq!(e.to_string(), "layer_norm2d: input must be [N, 3, H, W], got [2, 4, 3, 3]");
 }
+
+/// Every vector path (AVX-512, AVX2, portable): the gradient, fused-kernel and
+/// thread-count tests again in a child process per SIMD level.
+#[test]
+fn every_simd_level_passes_the_kernel_tests() {
+    for level in cnn_tensor::simd::levels() {
+        for filter in ["gradients", "same_bits", "same_numbers"] {
+            cnn_tensor::simd::rerun_tests(filter, &[("CNN_SIMD", level.name())]).unwrap();
+        }
+    }
+}

@@ -2,6 +2,7 @@
 
 use std::fmt::{Debug, Display};
 use std::iter::Sum;
+use std::mem::MaybeUninit;
 use std::ops::{AddAssign, DivAssign, MulAssign, SubAssign};
 
 use ndarray::{LinalgScalar, ScalarOperand};
@@ -37,6 +38,15 @@ pub trait Float:
 
     /// The error function `erf(x) = 2/√π ∫₀ˣ e^(−t²) dt` (libm's `erff` / `erf`).
     fn erf(self) -> Self;
+
+    /// `s` as `&[f32]` when `Self` is f32 (kernels that exist in f32 only), else `None`.
+    fn as_f32(s: &[Self]) -> Option<&[f32]>;
+
+    /// `s` as `&mut [f32]` when `Self` is f32, else `None`.
+    fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]>;
+
+    /// Uninitialized slots of `Self` as slots of f32 when `Self` is f32, else `None`.
+    fn as_f32_uninit(s: &mut [MaybeUninit<Self>]) -> Option<&mut [MaybeUninit<f32>]>;
 
     /// `C ← α·A·B + β·C` on raw strided matrices (matrixmultiply's `sgemm`/`dgemm`).
     ///
@@ -80,6 +90,18 @@ impl Float for f32 {
         libm::erff(self)
     }
 
+    fn as_f32(s: &[Self]) -> Option<&[f32]> {
+        Some(s)
+    }
+
+    fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]> {
+        Some(s)
+    }
+
+    fn as_f32_uninit(s: &mut [MaybeUninit<Self>]) -> Option<&mut [MaybeUninit<f32>]> {
+        Some(s)
+    }
+
     unsafe fn gemm_raw(
         m: usize,
         k: usize,
@@ -116,6 +138,18 @@ impl Float for f64 {
 
     fn erf(self) -> Self {
         libm::erf(self)
+    }
+
+    fn as_f32(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
+
+    fn as_f32_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+        None
+    }
+
+    fn as_f32_uninit(_: &mut [MaybeUninit<Self>]) -> Option<&mut [MaybeUninit<f32>]> {
+        None
     }
 
     unsafe fn gemm_raw(

@@ -9,8 +9,6 @@
 //! matrixmultiply's GEMM. Each entry of `C` sums over `k` in order, so results
 //! never depend on how callers split work between threads.
 
-use std::any::TypeId;
-
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
 use crate::{gemm, Error, Float, Result};
@@ -40,23 +38,10 @@ pub struct PackedLhs<T: Float> {
     plain: Array2<T>,
 }
 
-/// Whether `T` is f32 and the kernel may run: the CPU has AVX-512F and the
-/// environment variable `CNN_DISABLE_AVX512` is not set (read once), which
-/// lets users and tests take the portable matrixmultiply path on any machine.
-fn avx512_f32<T: 'static>() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let enabled = *ENABLED.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx512f")
-                && std::env::var_os("CNN_DISABLE_AVX512").is_none()
-        });
-        TypeId::of::<T>() == TypeId::of::<f32>() && enabled
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+/// Whether `T` is f32 and the micro-kernel may run: the SIMD level
+/// ([`crate::simd::level`], capped by `CNN_SIMD`) is AVX-512.
+fn avx512_f32<T: Float>() -> bool {
+    T::as_f32(&[]).is_some() && crate::simd::level() == crate::simd::SimdLevel::Avx512
 }
 
 impl<T: Float> PackedLhs<T> {
@@ -83,8 +68,8 @@ impl<T: Float> PackedLhs<T> {
         PackedLhs { m, k, shape, data, plain: a.to_owned() }
     }
 
-    /// Whether products with `T` run in this crate's micro-kernel (f32 with
-    /// AVX-512, unless `CNN_DISABLE_AVX512` is set) rather than in matrixmultiply.
+    /// Whether products with `T` run in this crate's micro-kernel (f32 at SIMD
+    /// level AVX-512) rather than in matrixmultiply.
     pub fn uses_kernel() -> bool {
         avx512_f32::<T>()
     }
@@ -138,11 +123,9 @@ mod x86 {
     use super::{PackedLhs, KC, MC};
     use crate::Float;
 
-    /// Reinterprets a slice of `T` known to be `f32`.
+    /// A slice of `T` known to be `f32` (checked by `avx512_f32` before any call here).
     fn as_f32<T: Float>(s: &[T]) -> &[f32] {
-        assert_eq!(std::mem::size_of::<T>(), 4);
-        // SAFETY: the caller established T == f32 (same size, alignment and validity).
-        unsafe { std::slice::from_raw_parts(s.as_ptr().cast(), s.len()) }
+        T::as_f32(s).expect("the micro-kernel runs on f32 only")
     }
 
     /// # Safety
@@ -322,6 +305,17 @@ mod tests {
                 let scale = want.iter().fold(0f32, |s, v| s.max(v.abs()));
                 let err = want.iter().zip(&got).fold(0f32, |s, (x, y)| s.max((x - y).abs()));
                 assert!(err <= 1e-5 * scale.max(1.0), "{m}x{k}x{n} beta {beta}: {err}");
+            }
+        }
+    }
+
+    /// The micro-kernel (AVX-512) and matrixmultiply (the other levels) both
+    /// pass the tests above: they run again in a child process per level.
+    #[test]
+    fn every_simd_level_multiplies_right() {
+        for level in crate::simd::levels() {
+            for filter in ["ragged_shapes", "strided_destinations"] {
+                crate::simd::rerun_tests(filter, &[("CNN_SIMD", level.name())]).unwrap();
             }
         }
     }
