@@ -143,6 +143,12 @@ pub fn conv2d_forward<T: Float>(
         crate::depthwise::forward(&g, xs, ws, b.as_deref(), y_slice);
         return Ok(y);
     }
+    if let Some(tile) = crate::winograd::choose(&g)? {
+        let b = b.map(|b| b.to_vec());
+        let y_slice = y.as_slice_mut().expect("a new array is contiguous");
+        crate::winograd::forward(tile, &g, xs, ws, b.as_deref(), y_slice);
+        return Ok(y);
+    }
     let per_sample_in = g.c_in * g.h * g.w;
     let per_sample_out = g.c_out * g.out_area();
     let plan = Plan::new::<T>(&g);
@@ -315,8 +321,17 @@ pub fn conv2d_backward<T: Float>(
     let plan = Plan::new::<T>(&g);
     let mut dx = Array4::<T>::zeros((g.n, g.c_in, g.h, g.w));
     let dx_slice = dx.as_slice_mut().expect("a new array is contiguous");
+    // dx by Winograd when it applies; the blocks below then compute dW only.
+    let winograd_dx = match crate::winograd::choose(&g)? {
+        Some(tile) if crate::winograd::applies_to_dx(&g) => {
+            crate::winograd::backward_dx(tile, &g, ws, dys, dx_slice);
+            true
+        }
+        _ => false,
+    };
+    let with_dx = !winograd_dx;
 
-    let weights_t = pack_weights(&g, &plan, ws, true);
+    let weights_t = if with_dx { pack_weights(&g, &plan, ws, true) } else { Vec::new() };
     let dw_len = ws.len();
     let partials: Vec<Vec<T>> = dx_slice
         .par_chunks_mut(plan.samples * per_in)
@@ -330,14 +345,18 @@ pub fn conv2d_backward<T: Float>(
                 let dy_blk = &dys[n0 * per_out..(n0 + s) * per_out];
                 let mut dw = vec![T::zero(); dw_len];
                 if plan.batched {
-                    backward_samples(&g, x_blk, &weights_t, dy_blk, dx_blk, &mut dw, s, scratch);
+                    backward_samples(
+                        &g, x_blk, &weights_t, dy_blk, dx_blk, &mut dw, s, with_dx, scratch,
+                    );
                 } else {
                     let samples = x_blk
                         .chunks(per_in)
                         .zip(dy_blk.chunks(per_out))
                         .zip(dx_blk.chunks_mut(per_in));
                     for ((x_n, dy_n), dx_n) in samples {
-                        backward_sample(&g, &plan, x_n, &weights_t, dy_n, dx_n, &mut dw, scratch);
+                        backward_sample(
+                            &g, &plan, x_n, &weights_t, dy_n, dx_n, &mut dw, with_dx, scratch,
+                        );
                     }
                 }
                 dw
@@ -388,10 +407,11 @@ fn backward_sample<T: Float>(
     dy: &[T],
     dx: &mut [T],
     dw: &mut [T],
+    with_dx: bool,
     scratch: &mut Scratch<T>,
 ) {
     let (area, rows, cog, cg, wo) = (g.out_area(), g.col_rows(), g.c_out_g(), g.c_in_g(), g.wo);
-    for (grp, w_t) in weights_t.iter().enumerate() {
+    for grp in 0..g.opts.groups {
         for tile in plan.tiles(g) {
             let cols = tile.len() * wo;
             let offset = tile.start * wo;
@@ -400,17 +420,21 @@ fn backward_sample<T: Float>(
             if g.is_pointwise() {
                 let x_t = mat(&x[grp * cg * area + offset..], cg, cols, area);
                 add_weight_grad(dy_t, x_t, dw_g);
-                let dx_t = mat_mut(&mut dx[grp * cg * area + offset..], cg, cols, area);
-                gemm_packed(w_t, dy_t, T::zero(), dx_t, &mut scratch.packed)
-                    .expect("tile shapes agree by construction");
+                if with_dx {
+                    let dx_t = mat_mut(&mut dx[grp * cg * area + offset..], cg, cols, area);
+                    gemm_packed(&weights_t[grp], dy_t, T::zero(), dx_t, &mut scratch.packed)
+                        .expect("tile shapes agree by construction");
+                }
             } else {
                 im2col(g, x, grp * cg, tile.clone(), &mut scratch.col, cols, &mut scratch.phases);
                 let col = mat(&scratch.col, rows, cols, cols);
                 add_weight_grad(dy_t, col, dw_g);
-                let dcol = mat_mut(&mut scratch.col, rows, cols, cols);
-                gemm_packed(w_t, dy_t, T::zero(), dcol, &mut scratch.packed)
-                    .expect("tile shapes agree by construction");
-                col2im(g, &scratch.col, cols, tile, grp * cg, dx, &mut scratch.phases);
+                if with_dx {
+                    let dcol = mat_mut(&mut scratch.col, rows, cols, cols);
+                    gemm_packed(&weights_t[grp], dy_t, T::zero(), dcol, &mut scratch.packed)
+                        .expect("tile shapes agree by construction");
+                    col2im(g, &scratch.col, cols, tile, grp * cg, dx, &mut scratch.phases);
+                }
             }
         }
     }
@@ -426,12 +450,13 @@ fn backward_samples<T: Float>(
     dx_blk: &mut [T],
     dw: &mut [T],
     s: usize,
+    with_dx: bool,
     scratch: &mut Scratch<T>,
 ) {
     let (area, rows, cog, cg) = (g.out_area(), g.col_rows(), g.c_out_g(), g.c_in_g());
     let cols = s * area;
     let (per_in, per_out) = (g.c_in * g.h * g.w, g.c_out * area);
-    for (grp, w_t) in weights_t.iter().enumerate() {
+    for grp in 0..g.opts.groups {
         for si in 0..s {
             for o in 0..cog {
                 let src = &dy_blk[si * per_out + (grp * cog + o) * area..][..area];
@@ -442,8 +467,11 @@ fn backward_samples<T: Float>(
         let dy_g = mat(&scratch.out, cog, cols, cols);
         let dw_g = mat_mut(&mut dw[grp * cog * rows..], cog, rows, rows);
         add_weight_grad(dy_g, mat(&scratch.col, rows, cols, cols), dw_g);
+        if !with_dx {
+            continue;
+        }
         let dcol = mat_mut(&mut scratch.col, rows, cols, cols);
-        gemm_packed(w_t, dy_g, T::zero(), dcol, &mut scratch.packed)
+        gemm_packed(&weights_t[grp], dy_g, T::zero(), dcol, &mut scratch.packed)
             .expect("block shapes agree by construction");
         for si in 0..s {
             let dx = &mut dx_blk[si * per_in..(si + 1) * per_in];

@@ -17,11 +17,55 @@ pub struct Conv2dOptions {
     /// Channel groups: input and output channels are split into this many
     /// independent convolutions (`groups == in_channels` is depthwise).
     pub groups: usize,
+    /// How to compute it (not a PyTorch argument; the results agree within
+    /// rounding). Default [`ConvAlgorithm::Auto`].
+    pub algorithm: ConvAlgorithm,
+}
+
+/// The algorithm a 3×3 stride-1 convolution runs (others always use im2col,
+/// or the direct depthwise kernel).
+///
+/// With `Auto` the environment variable `CNN_CONV_ALGORITHM` (same names:
+/// `auto`, `im2col`, `winograd`, `winograd2`, `winograd4`) can force one for
+/// the whole process, where it applies; the shape rule is in docs/conv.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ConvAlgorithm {
+    /// Winograd F(4×4, 3×3) where the shape rule says it is faster, else im2col.
+    #[default]
+    Auto,
+    /// im2col + GEMM always.
+    Im2col,
+    /// Winograd, the default tile (F(4×4, 3×3)); an error on other convolutions.
+    Winograd,
+    /// Winograd F(2×2, 3×3): 2.25× fewer multiplies, smaller rounding error.
+    Winograd2,
+    /// Winograd F(4×4, 3×3): 4× fewer multiplies.
+    Winograd4,
+}
+
+impl ConvAlgorithm {
+    /// Parses a `CNN_CONV_ALGORITHM` value (case-insensitive).
+    pub fn parse(s: &str) -> Option<ConvAlgorithm> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Some(ConvAlgorithm::Auto),
+            "im2col" => Some(ConvAlgorithm::Im2col),
+            "winograd" => Some(ConvAlgorithm::Winograd),
+            "winograd2" | "f2" => Some(ConvAlgorithm::Winograd2),
+            "winograd4" | "f4" => Some(ConvAlgorithm::Winograd4),
+            _ => None,
+        }
+    }
 }
 
 impl Default for Conv2dOptions {
     fn default() -> Self {
-        Conv2dOptions { stride: [1, 1], padding: [0, 0], dilation: [1, 1], groups: 1 }
+        Conv2dOptions {
+            stride: [1, 1],
+            padding: [0, 0],
+            dilation: [1, 1],
+            groups: 1,
+            algorithm: ConvAlgorithm::Auto,
+        }
     }
 }
 
@@ -41,6 +85,10 @@ impl Conv2dOptions {
     /// Channel groups.
     pub fn with_groups(self, groups: usize) -> Self {
         Conv2dOptions { groups, ..self }
+    }
+    /// The algorithm (see [`ConvAlgorithm`]).
+    pub fn with_algorithm(self, algorithm: ConvAlgorithm) -> Self {
+        Conv2dOptions { algorithm, ..self }
     }
 }
 

@@ -30,10 +30,11 @@ mod im2col;
 mod layers;
 pub mod naive;
 mod pool;
+mod winograd;
 
 pub use adaptive::{adaptive_avg_pool2d_backward, adaptive_avg_pool2d_forward, AdaptiveAvgPool2d};
 pub use conv2d::{conv2d_backward, conv2d_forward, Conv2dGrads};
-pub use geometry::{conv_out_len, Conv2dOptions, ConvGeometry};
+pub use geometry::{conv_out_len, Conv2dOptions, ConvAlgorithm, ConvGeometry};
 pub use layers::{AvgPool2d, Conv2d, Conv2dConfig, GlobalAvgPool2d, MaxPool2d};
 pub use pool::naive as pool_naive;
 pub use pool::{

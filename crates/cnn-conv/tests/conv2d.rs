@@ -52,6 +52,7 @@ fn case(max_hw: usize) -> impl Strategy<Value = Case> {
                     padding: [ph, pw],
                     dilation: [dh, dw],
                     groups,
+                    ..Default::default()
                 };
                 let c =
                     Case { x: [n, cg * groups, h, w], w: [cog * groups, cg, kh, kw], opts, bias };
@@ -228,14 +229,26 @@ fn large_maps_cut_into_row_tiles_equal_naive() {
         (
             [1, 32, 45, 39],
             [6, 16, 3, 5],
-            Conv2dOptions { stride: [2, 1], padding: [1, 2], dilation: [1, 2], groups: 2 },
+            Conv2dOptions {
+                stride: [2, 1],
+                padding: [1, 2],
+                dilation: [1, 2],
+                groups: 2,
+                ..Default::default()
+            },
         ),
         ([2, 300, 30, 30], [4, 300, 1, 1], Conv2dOptions::default()),
         ([1, 16, 64, 63], [8, 16, 3, 3], Conv2dOptions::default().with_stride(2).with_padding(1)),
         (
             [1, 8, 70, 70],
             [4, 8, 7, 7],
-            Conv2dOptions { stride: [2, 3], padding: [3, 3], dilation: [1, 1], groups: 1 },
+            Conv2dOptions {
+                stride: [2, 3],
+                padding: [3, 3],
+                dilation: [1, 1],
+                groups: 1,
+                ..Default::default()
+            },
         ),
         ([37, 4, 24, 24], [6, 2, 3, 3], Conv2dOptions::default().with_padding(1).with_groups(2)),
         ([35, 16, 3, 3], [8, 16, 1, 1], Conv2dOptions::default()),
@@ -291,8 +304,13 @@ fn depthwise_case() -> impl Strategy<Value = Case> {
         .prop_filter_map(
             "kernel must fit the padded input",
             |(n, c, kh, kw, s, p, d, h, w, bias)| {
-                let opts =
-                    Conv2dOptions { stride: [s, s], padding: [p, p], dilation: [d, d], groups: c };
+                let opts = Conv2dOptions {
+                    stride: [s, s],
+                    padding: [p, p],
+                    dilation: [d, d],
+                    groups: c,
+                    ..Default::default()
+                };
                 let case = Case { x: [n, c, h, w], w: [c, 1, kh, kw], opts, bias };
                 ConvGeometry::new(&case.x, &case.w, &case.opts).ok().map(|_| case)
             },
@@ -318,7 +336,13 @@ fn depthwise_is_the_same_on_one_and_two_threads() {
         (
             [2, 8, 15, 15],
             [8, 1, 3, 3],
-            Conv2dOptions { stride: [2, 2], padding: [1, 1], dilation: [1, 1], groups: 8 },
+            Conv2dOptions {
+                stride: [2, 2],
+                padding: [1, 1],
+                dilation: [1, 1],
+                groups: 8,
+                ..Default::default()
+            },
         ),
     ] {
         let (x, w) = (randn4(x, 1).mapv(|v| v as f32), randn4(w, 2).mapv(|v| v as f32));

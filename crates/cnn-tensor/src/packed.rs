@@ -34,7 +34,7 @@ pub struct PackedLhs<T: Float> {
     shape: Option<(usize, usize)>,
     /// Panels of `MR` rows: `data[((p / MR)·k + kk)·MR + p % MR] = A[p, kk]`, zero-padded rows.
     data: Vec<T>,
-    /// The matrix itself, for the matrixmultiply path.
+    /// The matrix itself, for the matrixmultiply path (empty when the micro-kernel runs).
     plain: Array2<T>,
 }
 
@@ -65,7 +65,8 @@ impl<T: Float> PackedLhs<T> {
                 }
             }
         }
-        PackedLhs { m, k, shape, data, plain: a.to_owned() }
+        let plain = if shape.is_some() { Array2::zeros((0, 0)) } else { a.to_owned() };
+        PackedLhs { m, k, shape, data, plain }
     }
 
     /// Whether products with `T` run in this crate's micro-kernel (f32 at SIMD
@@ -105,9 +106,13 @@ pub fn gemm_packed<T: Float>(
     }
     match a.shape {
         #[cfg(target_arch = "x86_64")]
-        Some((mr, nv)) if beta == T::zero() || beta == T::one() => {
+        Some((mr, nv)) => {
+            let mut c = c;
+            if beta != T::zero() && beta != T::one() {
+                c.mapv_inplace(|v| v * beta);
+            }
             // SAFETY: `shape` is Some only for f32 on a CPU with AVX-512F (checked in `new`).
-            unsafe { x86::gemm_f32(a, b, beta == T::one(), c, scratch, mr, nv) };
+            unsafe { x86::gemm_f32(a, b, beta != T::zero(), c, scratch, mr, nv) };
             Ok(())
         }
         _ => gemm(T::one(), a.plain.view(), b, beta, c),
@@ -297,7 +302,7 @@ mod tests {
         ] {
             let (a, b) = (randn(m, k, 1), randn(k, n, 2));
             let packed = PackedLhs::new(a.view(), n);
-            for beta in [0.0f32, 1.0] {
+            for beta in [0.0f32, 1.0, 0.5] {
                 let mut want = randn(m, n, 3);
                 let mut got = want.clone();
                 gemm(1.0, a.view(), b.view(), beta, want.view_mut()).unwrap();

@@ -1,0 +1,636 @@
+//! Winograd convolution F(m×m, 3×3) for 3×3, stride-1, undilated convolutions
+//! (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016).
+//!
+//! Outputs come in `m × m` tiles, each read from an `α × α` input patch
+//! (`α = m + 2`). Per group, with `T` tiles in a chunk of samples:
+//! ```text
+//! U[ξ][o][c] = (G · w[o, c] · Gᵀ)[ξ]      weight transform, α² matrices [Cog, Cg], once per call
+//! V[c][ξ][t] = (Bᵀ · d[c, t] · B)[ξ]      input transform of tile t's patch
+//! M[ξ][o][t] = Σ_c U[ξ][o][c] · V[c][ξ][t] α² GEMMs [Cog, Cg]·[Cg, T] in our micro-kernel
+//! y[o, tile t] = Aᵀ · M[·][o][t] · A       output transform (+ bias), m × m outputs
+//! ```
+//! A direct 3×3 conv does 9 multiplies per output and input channel; the GEMMs
+//! here do `α²/m²`: 4 for F(2×2) (2.25× fewer), 2.25 for F(4×4) (4× fewer). The
+//! transforms are adds and a few multiplies, run 16 tiles at a time with the
+//! tiles in the vector lanes.
+//!
+//! Error: the transforms round, most for F(4×4) (its `G` has 1/6 and 1/24).
+//! Against the f64 naive kernel, measured on random N(0, 1) data, the f32
+//! max error relative to the output's largest value is below 1e-5 for
+//! F(2×2) and below 5e-5 for F(4×4) at 512 input channels (tests pin 1e-4,
+//! the f32 parity tolerance); in f64 both stay below 1e-13.
+//!
+//! Work is cut by the shapes alone: chunks of whole samples (sized so that
+//! `V` and `M` stay near 16 MiB), and inside a chunk the input transform runs
+//! one task per channel, the GEMMs one per `ξ`, the output transform one per
+//! output plane. Each output is computed by one task in a fixed order, so
+//! results do not depend on the thread count.
+
+use cnn_tensor::{gemm_packed, Error, Float, PackedLhs, Result};
+use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
+use rayon::prelude::*;
+
+use crate::{ConvAlgorithm, ConvGeometry};
+
+/// Tiles transformed at once, one per vector lane (16 f32 in an AVX-512 register).
+const LANES: usize = 16;
+/// Bytes of `V` and `M` of one chunk of samples.
+const CHUNK_BYTES: usize = 16 << 20;
+/// The largest patch side, α of F(4×4, 3×3).
+const MAX_ALPHA: usize = 6;
+
+/// The Winograd variants: output tile side `m` of F(m×m, 3×3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tile {
+    /// F(2×2, 3×3): 4×4 patches, 16 GEMMs.
+    F2,
+    /// F(4×4, 3×3): 6×6 patches, 36 GEMMs.
+    F4,
+}
+
+impl Tile {
+    fn m(self) -> usize {
+        match self {
+            Tile::F2 => 2,
+            Tile::F4 => 4,
+        }
+    }
+    fn alpha(self) -> usize {
+        self.m() + 2
+    }
+}
+
+/// Whether Winograd can compute `g`: a 3×3 kernel, stride 1, dilation 1.
+pub(crate) fn applies(g: &ConvGeometry) -> bool {
+    g.kh == 3 && g.kw == 3 && g.opts.stride == [1, 1] && g.opts.dilation == [1, 1]
+}
+
+/// The algorithm `CNN_CONV_ALGORITHM` asks for (read once): `im2col`,
+/// `winograd`, `winograd2`, `winograd4` or `auto` (the default).
+fn env_algorithm() -> ConvAlgorithm {
+    static ALGO: std::sync::OnceLock<ConvAlgorithm> = std::sync::OnceLock::new();
+    *ALGO.get_or_init(|| match std::env::var("CNN_CONV_ALGORITHM") {
+        Ok(v) => ConvAlgorithm::parse(&v).unwrap_or_else(|| {
+            eprintln!(
+                "warning: CNN_CONV_ALGORITHM={v:?} is not one of auto, im2col, winograd, \
+                 winograd2, winograd4; using auto"
+            );
+            ConvAlgorithm::Auto
+        }),
+        Err(_) => ConvAlgorithm::Auto,
+    })
+}
+
+/// The shape rule of [`ConvAlgorithm::Auto`] (measured; docs/conv.md): F(4×4)
+/// when both channel counts are at least 32 and the map is at least 6×6 —
+/// below that the transforms cost more than the multiplies they save.
+fn auto_rule(g: &ConvGeometry) -> Option<Tile> {
+    let (cg, cog) = (g.c_in_g(), g.c_out_g());
+    (cg >= 32 && cog >= 32 && g.ho >= 6 && g.wo >= 6).then_some(Tile::F4)
+}
+
+/// Which Winograd variant computes `g`, if any: the option, then (for `Auto`)
+/// `CNN_CONV_ALGORITHM`, then the shape rule.
+///
+/// # Errors
+/// [`Error::Config`] when the options force Winograd on a convolution it cannot compute.
+pub(crate) fn choose(g: &ConvGeometry) -> Result<Option<Tile>> {
+    let forced = |tile: Tile| {
+        if applies(g) {
+            Ok(Some(tile))
+        } else {
+            Err(Error::config(
+                "conv2d",
+                format!(
+                    "algorithm {:?} needs a 3x3 kernel with stride 1 and dilation 1, got {}x{} \
+                     with stride {:?} and dilation {:?}",
+                    g.opts.algorithm, g.kh, g.kw, g.opts.stride, g.opts.dilation
+                ),
+            ))
+        }
+    };
+    match g.opts.algorithm {
+        ConvAlgorithm::Im2col => Ok(None),
+        ConvAlgorithm::Winograd | ConvAlgorithm::Winograd4 => forced(Tile::F4),
+        ConvAlgorithm::Winograd2 => forced(Tile::F2),
+        ConvAlgorithm::Auto => Ok(match env_algorithm() {
+            _ if !applies(g) => None,
+            ConvAlgorithm::Im2col => None,
+            ConvAlgorithm::Winograd | ConvAlgorithm::Winograd4 => Some(Tile::F4),
+            ConvAlgorithm::Winograd2 => Some(Tile::F2),
+            ConvAlgorithm::Auto => auto_rule(g),
+        }),
+    }
+}
+
+/// Whether dx can go through Winograd too: dx of a stride-1 3×3 conv with
+/// padding `p` is a 3×3 conv of `dy` with padding `2 − p`.
+pub(crate) fn applies_to_dx(g: &ConvGeometry) -> bool {
+    g.opts.padding[0] <= 2 && g.opts.padding[1] <= 2
+}
+
+// ---------------------------------------------------------------------------
+// 1-D transforms (Lavin & Gray's matrices written out, zeros skipped). The
+// 2-D transform `X · v · Xᵀ` applies one along columns, then along rows.
+
+/// `Bᵀ·d` of F(2×2): 4 → 4.
+#[inline(always)]
+fn bt2<T: Float>(d: [T; MAX_ALPHA]) -> [T; MAX_ALPHA] {
+    let z = T::zero();
+    [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3], z, z]
+}
+
+/// `Bᵀ·d` of F(4×4): 6 → 6.
+#[inline(always)]
+fn bt4<T: Float>(d: [T; MAX_ALPHA]) -> [T; MAX_ALPHA] {
+    let (c2, c4, c5) = (T::of(2.0), T::of(4.0), T::of(5.0));
+    let a = d[4] - c4 * d[2]; // d4 − 4d2
+    let b = d[3] - c4 * d[1]; // d3 − 4d1
+    let c = d[4] - d[2];
+    let e = c2 * (d[3] - d[1]);
+    [c4 * d[0] - c5 * d[2] + d[4], a + b, a - b, c + e, c - e, c4 * d[1] - c5 * d[3] + d[5]]
+}
+
+/// `Aᵀ·v` of F(2×2): 4 → 2.
+#[inline(always)]
+fn at2<T: Float>(v: [T; MAX_ALPHA]) -> [T; 4] {
+    let z = T::zero();
+    [v[0] + v[1] + v[2], v[1] - v[2] - v[3], z, z]
+}
+
+/// `Aᵀ·v` of F(4×4): 6 → 4.
+#[inline(always)]
+fn at4<T: Float>(v: [T; MAX_ALPHA]) -> [T; 4] {
+    let (c2, c4, c8) = (T::of(2.0), T::of(4.0), T::of(8.0));
+    let (s12, d12) = (v[1] + v[2], v[1] - v[2]);
+    let (s34, d34) = (v[3] + v[4], v[3] - v[4]);
+    [v[0] + s12 + s34, d12 + c2 * d34, s12 + c4 * s34, d12 + c8 * d34 + v[5]]
+}
+
+/// `G·g`: 3 → α.
+fn g1d<T: Float>(tile: Tile, g: [T; 3]) -> [T; MAX_ALPHA] {
+    let z = T::zero();
+    match tile {
+        Tile::F2 => {
+            let h = T::of(0.5);
+            [g[0], h * (g[0] + g[1] + g[2]), h * (g[0] - g[1] + g[2]), g[2], z, z]
+        }
+        Tile::F4 => {
+            let (s, d) = (g[0] + g[2], g[1]);
+            let q = T::of(4.0) * g[2] + g[0]; // (g0 + 2g1 + 4g2) / 24 = (q + 2d) / 24
+            [
+                g[0] / T::of(4.0),
+                -(s + d) / T::of(6.0),
+                -(s - d) / T::of(6.0),
+                (q + T::of(2.0) * d) / T::of(24.0),
+                (q - T::of(2.0) * d) / T::of(24.0),
+                g[2],
+            ]
+        }
+    }
+}
+
+/// The α² transformed values of one 3×3 kernel, `G · k · Gᵀ` row-major, into `out`.
+#[inline(always)]
+fn weight_tile<T: Float, const A: usize>(tile: Tile, k: &[T; 9], out: &mut [T]) {
+    // Columns first: cols[j] = G · k[:, j].
+    let cols: [[T; MAX_ALPHA]; 3] = std::array::from_fn(|j| g1d(tile, [k[j], k[3 + j], k[6 + j]]));
+    for r in 0..A {
+        let row = g1d(tile, [cols[0][r], cols[1][r], cols[2][r]]);
+        let dst: &mut [T; A] = (&mut out[r * A..(r + 1) * A]).try_into().expect("A elements");
+        *dst = std::array::from_fn(|q| row[q]);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Transforms of LANES tiles at once: `buf[ξ][l]`, lane l = tile t0 + l.
+
+type Lanes<T> = [[T; LANES]; MAX_ALPHA * MAX_ALPHA];
+
+/// `Bᵀ·d·B` of every lane, `d` and the result row-major `[α][α]`.
+#[inline(always)]
+fn input_transform_body<T: Float>(tile: Tile, d: &Lanes<T>, out: &mut Lanes<T>) {
+    match tile {
+        Tile::F2 => transform_2d::<T, 4>(d, out, bt2),
+        Tile::F4 => transform_2d::<T, 6>(d, out, bt4),
+    }
+}
+
+/// `X·d·Xᵀ` for the 1-D transform `x` of `A` points, lane by lane.
+#[inline(always)]
+fn transform_2d<T: Float, const A: usize>(
+    d: &Lanes<T>,
+    out: &mut Lanes<T>,
+    x: impl Fn([T; MAX_ALPHA]) -> [T; MAX_ALPHA],
+) {
+    let mut e: Lanes<T> = [[T::zero(); LANES]; MAX_ALPHA * MAX_ALPHA];
+    for j in 0..A {
+        for l in 0..LANES {
+            let r = x(std::array::from_fn(|i| if i < A { d[i * A + j][l] } else { T::zero() }));
+            for k in 0..A {
+                e[k * A + j][l] = r[k];
+            }
+        }
+    }
+    for k in 0..A {
+        for l in 0..LANES {
+            let r = x(std::array::from_fn(|j| if j < A { e[k * A + j][l] } else { T::zero() }));
+            for q in 0..A {
+                out[k * A + q][l] = r[q];
+            }
+        }
+    }
+}
+
+/// `Aᵀ·v·A` of every lane: `[α][α]` in, `[m][m]` out (row-major, stride m).
+#[inline(always)]
+fn output_transform_body<T: Float>(tile: Tile, v: &Lanes<T>, out: &mut Lanes<T>) {
+    match tile {
+        Tile::F2 => inverse_2d::<T, 4, 2>(v, out, at2),
+        Tile::F4 => inverse_2d::<T, 6, 4>(v, out, at4),
+    }
+}
+
+#[inline(always)]
+fn inverse_2d<T: Float, const A: usize, const M: usize>(
+    v: &Lanes<T>,
+    out: &mut Lanes<T>,
+    x: impl Fn([T; MAX_ALPHA]) -> [T; 4],
+) {
+    let mut e: Lanes<T> = [[T::zero(); LANES]; MAX_ALPHA * MAX_ALPHA];
+    for j in 0..A {
+        for l in 0..LANES {
+            let r = x(std::array::from_fn(|i| if i < A { v[i * A + j][l] } else { T::zero() }));
+            for k in 0..M {
+                e[k * A + j][l] = r[k];
+            }
+        }
+    }
+    for k in 0..M {
+        for l in 0..LANES {
+            let r = x(std::array::from_fn(|j| if j < A { e[k * A + j][l] } else { T::zero() }));
+            for q in 0..M {
+                out[k * M + q][l] = r[q];
+            }
+        }
+    }
+}
+
+cnn_tensor::simd_fn! {
+    /// The input transform, compiled per SIMD level.
+    fn input_transform<T: Float>(tile: Tile, d: &Lanes<T>, out: &mut Lanes<T>) = input_transform_body
+}
+
+cnn_tensor::simd_fn! {
+    /// The output transform, compiled per SIMD level.
+    fn output_transform<T: Float>(tile: Tile, v: &Lanes<T>, out: &mut Lanes<T>) = output_transform_body
+}
+
+// ---------------------------------------------------------------------------
+// The convolution.
+
+/// Tile grid of one sample: rows and columns of tiles.
+#[derive(Debug, Clone, Copy)]
+struct Grid {
+    tile: Tile,
+    rows: usize,
+    cols: usize,
+}
+
+impl Grid {
+    fn new(tile: Tile, g: &ConvGeometry) -> Self {
+        let m = tile.m();
+        Grid { tile, rows: g.ho.div_ceil(m), cols: g.wo.div_ceil(m) }
+    }
+    fn per_sample(&self) -> usize {
+        self.rows * self.cols
+    }
+}
+
+/// A row-major matrix view over a slice, rows `ld` apart.
+fn mat<T>(data: &[T], rows: usize, cols: usize, ld: usize) -> ArrayView2<'_, T> {
+    // Invariant of every caller: the slice covers `rows` rows of stride `ld`.
+    ArrayView2::from_shape((rows, cols).strides((ld, 1)), data)
+        .expect("matrix view within its buffer")
+}
+
+fn mat_mut<T>(data: &mut [T], rows: usize, cols: usize, ld: usize) -> ArrayViewMut2<'_, T> {
+    ArrayViewMut2::from_shape((rows, cols).strides((ld, 1)), data)
+        .expect("matrix view within its buffer")
+}
+
+/// `U[ξ]` of each group, packed for the GEMMs: `[group][ξ]`.
+fn transform_weights<T: Float>(
+    tile: Tile,
+    g: &ConvGeometry,
+    w: &[T],
+    typical_cols: usize,
+) -> Vec<Vec<PackedLhs<T>>> {
+    let (cg, cog, a2) = (g.c_in_g(), g.c_out_g(), tile.alpha() * tile.alpha());
+    // u[o][c][ξ] for all output channels (every group), one task per output channel.
+    let mut u = vec![T::zero(); g.c_out * cg * a2];
+    u.par_chunks_mut(cg * a2).zip(w.par_chunks(cg * 9)).for_each(|(u_o, w_o)| {
+        for (u_oc, k) in u_o.chunks_mut(a2).zip(w_o.chunks(9)) {
+            let k: &[T; 9] = k.try_into().expect("3x3 kernels");
+            match tile {
+                Tile::F2 => weight_tile::<T, 4>(tile, k, u_oc),
+                Tile::F4 => weight_tile::<T, 6>(tile, k, u_oc),
+            }
+        }
+    });
+    (0..g.opts.groups)
+        .map(|grp| {
+            let u_g = &u[grp * cog * cg * a2..(grp + 1) * cog * cg * a2];
+            (0..a2)
+                .into_par_iter()
+                .map(|xi| {
+                    // U[ξ] of this group: rows o, columns c, a strided view of u.
+                    let view = ArrayView2::from_shape((cog, cg).strides((cg * a2, a2)), &u_g[xi..])
+                        .expect("view within u");
+                    PackedLhs::new(view, typical_cols)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// `y = conv3x3(x, w) + b` by Winograd `tile`, for `g` (stride 1, dilation 1;
+/// any padding, groups and sizes). `y` is `[n, c_out, ho, wo]`, written whole.
+pub(crate) fn forward<T: Float>(
+    tile: Tile,
+    g: &ConvGeometry,
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+    y: &mut [T],
+) {
+    let grid = Grid::new(tile, g);
+    let (cg, cog, a2) = (g.c_in_g(), g.c_out_g(), tile.alpha() * tile.alpha());
+    let tps = grid.per_sample();
+    let bytes_per_sample = a2 * (cg + cog) * tps * std::mem::size_of::<T>();
+    let samples = (CHUNK_BYTES / bytes_per_sample).clamp(1, g.n);
+    let weights = transform_weights(tile, g, w, samples * tps);
+    let (per_in, per_out) = (g.c_in * g.h * g.w, g.c_out * g.out_area());
+    let mut v = vec![T::zero(); a2 * cg * samples * tps];
+    let mut m = vec![T::zero(); a2 * cog * samples * tps];
+    for (chunk, y_chunk) in y.chunks_mut(samples * per_out).enumerate() {
+        let s = y_chunk.len() / per_out;
+        let n0 = chunk * samples;
+        let x_chunk = &x[n0 * per_in..(n0 + s) * per_in];
+        let t_all = s * tps;
+        for (grp, u) in weights.iter().enumerate() {
+            // V[c][ξ][t]: one task per input channel, its tiles of every sample in the lanes.
+            v[..a2 * cg * t_all].par_chunks_mut(a2 * t_all).enumerate().for_each(|(c, v_c)| {
+                let planes = Planes { data: x_chunk, first: grp * cg + c, stride: per_in };
+                match tile {
+                    Tile::F2 => transform_channel::<T, 4, 2>(&grid, g, planes, v_c, t_all),
+                    Tile::F4 => transform_channel::<T, 6, 4>(&grid, g, planes, v_c, t_all),
+                }
+            });
+            // M[ξ] = U[ξ] · V[ξ]: one GEMM per ξ.
+            let v_ref = &v[..a2 * cg * t_all];
+            m[..a2 * cog * t_all].par_chunks_mut(cog * t_all).enumerate().for_each_init(
+                Vec::new,
+                |packed, (xi, m_xi)| {
+                    let v_xi = mat(&v_ref[xi * t_all..], cg, t_all, a2 * t_all);
+                    let out = mat_mut(m_xi, cog, t_all, t_all);
+                    gemm_packed(&u[xi], v_xi, T::zero(), out, packed)
+                        .expect("shapes agree by construction");
+                },
+            );
+            // y: one task per output channel, its planes of every sample.
+            let m_ref = &m[..a2 * cog * t_all];
+            let y_ptr = SharedOut(y_chunk.as_mut_ptr());
+            (0..cog).into_par_iter().for_each(|o| {
+                let oc = grp * cog + o;
+                let bias = b.map_or(T::zero(), |b| b[oc]);
+                let m_o = &m_ref[o * t_all..];
+                let out = PlanesMut { ptr: &y_ptr, first: oc, stride: per_out, samples: s };
+                match tile {
+                    Tile::F2 => inverse_channel::<T, 4, 2>(&grid, g, m_o, cog * t_all, bias, out),
+                    Tile::F4 => inverse_channel::<T, 6, 4>(&grid, g, m_o, cog * t_all, bias, out),
+                }
+            });
+        }
+    }
+}
+
+/// Plane `first` of every sample: `data[si·stride + first·h·w ..][..h·w]`.
+#[derive(Clone, Copy)]
+struct Planes<'a, T> {
+    data: &'a [T],
+    first: usize,
+    stride: usize,
+}
+
+/// The output buffer of a chunk, shared by tasks that write disjoint planes.
+struct SharedOut<T>(*mut T);
+// SAFETY: tasks write through it only to planes no other task touches (see `PlanesMut`).
+unsafe impl<T: Send> Sync for SharedOut<T> {}
+
+/// Plane `first` of every sample of a chunk, for the one task that owns that channel.
+struct PlanesMut<'a, T> {
+    ptr: &'a SharedOut<T>,
+    first: usize,
+    stride: usize,
+    samples: usize,
+}
+
+impl<T> PlanesMut<'_, T> {
+    /// Sample `si`'s plane, `len` elements.
+    fn plane(&mut self, si: usize, len: usize) -> &mut [T] {
+        assert!(si < self.samples, "sample {si} of a chunk of {}", self.samples);
+        // SAFETY: the chunk holds `samples` samples of `stride` elements, of which this plane
+        // (`len = ho·wo` elements at `first·len`) lies inside one; channel `first` belongs to
+        // this task alone, and `&mut self` keeps one plane borrowed at a time.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.ptr.0.add(si * self.stride + self.first * len), len)
+        }
+    }
+}
+
+/// The input transforms of every tile of one channel, all samples of the
+/// chunk, into `v_c` (`[ξ][t]`, rows `ld` apart), sixteen tiles at a time.
+#[allow(clippy::needless_range_loop)] // `l` is a lane: it indexes every row of `d`
+fn transform_channel<T: Float, const A: usize, const M: usize>(
+    grid: &Grid,
+    g: &ConvGeometry,
+    planes: Planes<'_, T>,
+    v_c: &mut [T],
+    ld: usize,
+) {
+    let (ph, pw) = (g.opts.padding[0] as isize, g.opts.padding[1] as isize);
+    let (h, w, area) = (g.h as isize, g.w as isize, g.h * g.w);
+    let tps = grid.per_sample();
+    let mut d: Lanes<T> = [[T::zero(); LANES]; MAX_ALPHA * MAX_ALPHA];
+    let mut out: Lanes<T> = [[T::zero(); LANES]; MAX_ALPHA * MAX_ALPHA];
+    for t0 in (0..ld).step_by(LANES) {
+        let lanes = LANES.min(ld - t0);
+        for l in 0..LANES {
+            if l >= lanes {
+                (0..A * A).for_each(|p| d[p][l] = T::zero());
+                continue;
+            }
+            let (si, t) = ((t0 + l) / tps, (t0 + l) % tps);
+            let plane = &planes.data[si * planes.stride + planes.first * area..][..area];
+            let (ty, tx) = (t / grid.cols, t % grid.cols);
+            let (r0, c0) = ((ty * M) as isize - ph, (tx * M) as isize - pw);
+            if r0 >= 0 && c0 >= 0 && r0 + A as isize <= h && c0 + A as isize <= w {
+                for i in 0..A {
+                    let row: &[T; A] = plane[((r0 + i as isize) * w + c0) as usize..][..A]
+                        .try_into()
+                        .expect("A elements");
+                    (0..A).for_each(|j| d[i * A + j][l] = row[j]);
+                }
+            } else {
+                for i in 0..A {
+                    let r = r0 + i as isize;
+                    for j in 0..A {
+                        let c = c0 + j as isize;
+                        let ok = (0..h).contains(&r) && (0..w).contains(&c);
+                        d[i * A + j][l] = if ok { plane[(r * w + c) as usize] } else { T::zero() };
+                    }
+                }
+            }
+        }
+        input_transform(grid.tile, &d, &mut out);
+        for (xi, o) in out.iter().enumerate().take(A * A) {
+            let dst = &mut v_c[xi * ld + t0..][..lanes];
+            if lanes == LANES {
+                let dst: &mut [T; LANES] = dst.try_into().expect("LANES elements");
+                *dst = *o;
+            } else {
+                dst.iter_mut().zip(o).for_each(|(d, &v)| *d = v);
+            }
+        }
+    }
+}
+
+/// The output transforms of every tile of one output channel, all samples
+/// of the chunk: `m_o[ξ·ld + t]` holds `M[ξ][o][t]`; writes the planes whole.
+#[allow(clippy::needless_range_loop)] // `l` is a lane: it indexes every row of `out`
+fn inverse_channel<T: Float, const A: usize, const M: usize>(
+    grid: &Grid,
+    g: &ConvGeometry,
+    m_o: &[T],
+    ld: usize,
+    bias: T,
+    mut out_planes: PlanesMut<'_, T>,
+) {
+    let mut v: Lanes<T> = [[T::zero(); LANES]; MAX_ALPHA * MAX_ALPHA];
+    let mut out: Lanes<T> = [[T::zero(); LANES]; MAX_ALPHA * MAX_ALPHA];
+    let tps = grid.per_sample();
+    let t_all = tps * out_planes.samples;
+    for t0 in (0..t_all).step_by(LANES) {
+        let lanes = LANES.min(t_all - t0);
+        for (xi, v_xi) in v.iter_mut().enumerate().take(A * A) {
+            let src = &m_o[xi * ld + t0..][..lanes];
+            if lanes == LANES {
+                *v_xi = src.try_into().expect("LANES elements");
+            } else {
+                v_xi.iter_mut().zip(src).for_each(|(d, &s)| *d = s);
+            }
+        }
+        output_transform(grid.tile, &v, &mut out);
+        for l in 0..lanes {
+            let (si, t) = ((t0 + l) / tps, (t0 + l) % tps);
+            let (ty, tx) = (t / grid.cols, t % grid.cols);
+            let y_p = out_planes.plane(si, g.out_area());
+            let rows = M.min(g.ho - ty * M);
+            let cols = M.min(g.wo - tx * M);
+            for i in 0..rows {
+                let dst = &mut y_p[(ty * M + i) * g.wo + tx * M..][..cols];
+                for (j, d) in dst.iter_mut().enumerate() {
+                    *d = out[i * M + j][l] + bias;
+                }
+            }
+        }
+    }
+}
+
+/// dx of a stride-1 3×3 conv with padding `p ≤ 2`, by Winograd: the 3×3
+/// conv of `dy` with the kernel flipped and its channel axes swapped
+/// (`w'[c, o, i, j] = w[o, c, 2 − i, 2 − j]` within each group), padding `2 − p`.
+pub(crate) fn backward_dx<T: Float>(tile: Tile, g: &ConvGeometry, w: &[T], dy: &[T], dx: &mut [T]) {
+    let (cg, cog, groups) = (g.c_in_g(), g.c_out_g(), g.opts.groups);
+    let mut wt = vec![T::zero(); w.len()];
+    for grp in 0..groups {
+        for o in 0..cog {
+            for c in 0..cg {
+                let src = &w[((grp * cog + o) * cg + c) * 9..][..9];
+                let dst = &mut wt[((grp * cg + c) * cog + o) * 9..][..9];
+                for (k, d) in dst.iter_mut().enumerate() {
+                    *d = src[8 - k];
+                }
+            }
+        }
+    }
+    let opts =
+        crate::Conv2dOptions { padding: [2 - g.opts.padding[0], 2 - g.opts.padding[1]], ..g.opts };
+    let gt = ConvGeometry {
+        n: g.n,
+        c_in: g.c_out,
+        h: g.ho,
+        w: g.wo,
+        c_out: g.c_in,
+        kh: 3,
+        kw: 3,
+        ho: g.h,
+        wo: g.w,
+        opts,
+    };
+    forward(tile, &gt, dy, &wt, None, dx);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The transforms against the matrices of Lavin & Gray, applied densely.
+    #[test]
+    fn one_dimensional_transforms_match_the_matrices() {
+        let bt4m: [[f64; 6]; 6] = [
+            [4., 0., -5., 0., 1., 0.],
+            [0., -4., -4., 1., 1., 0.],
+            [0., 4., -4., -1., 1., 0.],
+            [0., -2., -1., 2., 1., 0.],
+            [0., 2., -1., -2., 1., 0.],
+            [0., 4., 0., -5., 0., 1.],
+        ];
+        let at4m: [[f64; 6]; 4] = [
+            [1., 1., 1., 1., 1., 0.],
+            [0., 1., -1., 2., -2., 0.],
+            [0., 1., 1., 4., 4., 0.],
+            [0., 1., -1., 8., -8., 1.],
+        ];
+        let g4m: [[f64; 3]; 6] = [
+            [0.25, 0., 0.],
+            [-1. / 6., -1. / 6., -1. / 6.],
+            [-1. / 6., 1. / 6., -1. / 6.],
+            [1. / 24., 1. / 12., 1. / 6.],
+            [1. / 24., -1. / 12., 1. / 6.],
+            [0., 0., 1.],
+        ];
+        let d = [0.3, -1.2, 2.5, 0.7, -0.4, 1.9];
+        let mv = |m: &[[f64; 6]], v: &[f64; 6]| -> Vec<f64> {
+            m.iter().map(|r| r.iter().zip(v).map(|(a, b)| a * b).sum()).collect()
+        };
+        let close = |got: &[f64], want: &[f64]| {
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() < 1e-13, "{got:?} vs {want:?}");
+            }
+        };
+        close(&bt4(d), &mv(&bt4m, &d));
+        close(&at4(d), &mv(&at4m, &d));
+        let gg = [0.5, -2.0, 1.5];
+        let want: Vec<f64> =
+            g4m.iter().map(|r| r.iter().zip(&gg).map(|(a, b)| a * b).sum()).collect();
+        for (got, want) in g1d(Tile::F4, gg).iter().zip(&want) {
+            assert!((got - want).abs() < 1e-15, "{got} vs {want}");
+        }
+        let d2 = [0.3, -1.2, 2.5, 0.7, 0.0, 0.0];
+        assert_eq!(bt2(d2)[..4], [0.3 - 2.5, -1.2 + 2.5, 2.5 + 1.2, -1.2 - 0.7]);
+        assert_eq!(at2(d2)[..2], [0.3 - 1.2 + 2.5, -1.2 - 2.5 - 0.7]);
+    }
+}

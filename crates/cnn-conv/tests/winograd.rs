@@ -1,0 +1,165 @@
+//! Winograd F(2×2, 3×3) and F(4×4, 3×3) against the naive kernel: forward,
+//! dx (and dW, which stays on im2col), every padding the dx path covers,
+//! maps smaller than a tile, groups, batch 1; its f32 error bound; the
+//! algorithm switch; determinism across thread counts.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use cnn_conv::naive::{conv2d_backward_naive, conv2d_forward_naive};
+use cnn_conv::{conv2d_backward, conv2d_forward, Conv2dOptions, ConvAlgorithm};
+use common::{proptest_config, randn4, rel_err};
+use ndarray::Array1;
+use proptest::prelude::*;
+
+#[derive(Debug, Clone)]
+struct Case {
+    x: [usize; 4],
+    w: [usize; 4],
+    opts: Conv2dOptions,
+    bias: bool,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        (1..4usize, 1..5usize, 1..5usize, 1..3usize),
+        (1..12usize, 1..12usize, 0..4usize, 0..4usize),
+        any::<bool>(),
+        prop_oneof![Just(ConvAlgorithm::Winograd2), Just(ConvAlgorithm::Winograd4)],
+    )
+        .prop_filter_map(
+            "kernel must fit the padded input",
+            |((n, cg, cog, groups), (h, w, ph, pw), bias, algo)| {
+                let opts = Conv2dOptions {
+                    padding: [ph, pw],
+                    groups,
+                    algorithm: algo,
+                    ..Default::default()
+                };
+                (h + 2 * ph >= 3 && w + 2 * pw >= 3).then_some(Case {
+                    x: [n, cg * groups, h, w],
+                    w: [cog * groups, cg, 3, 3],
+                    opts,
+                    bias,
+                })
+            },
+        )
+}
+
+/// Relative errors of forward, dx, dW and db against the naive twin, in f64.
+fn errors(c: &Case, seed: u64) -> [(&'static str, f64); 4] {
+    let (x, w) = (randn4(c.x, seed), randn4(c.w, seed + 1));
+    let b = Array1::from_shape_fn(c.w[0], |i| 0.1 * i as f64 - 0.3);
+    let b = c.bias.then_some(b.view());
+    let fast = conv2d_forward(x.view(), w.view(), b, &c.opts).unwrap();
+    let slow = conv2d_forward_naive(x.view(), w.view(), b, &c.opts).unwrap();
+    let dy = randn4(fast.dim().into(), seed + 2);
+    let gf = conv2d_backward(x.view(), w.view(), dy.view(), &c.opts).unwrap();
+    let gs = conv2d_backward_naive(x.view(), w.view(), dy.view(), &c.opts).unwrap();
+    [
+        ("forward", rel_err(&fast, &slow)),
+        ("dx", rel_err(&gf.dx, &gs.dx)),
+        ("dw", rel_err(&gf.dw, &gs.dw)),
+        ("db", rel_err(&gf.db, &gs.db)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(proptest_config(128))]
+
+    #[test]
+    fn winograd_equals_naive_in_f64(c in case(), seed in 0u64..1000) {
+        let errors = errors(&c, seed);
+        prop_assert!(errors.iter().all(|e| e.1 < 1e-9), "{errors:?}");
+    }
+}
+
+/// The f32 error of each tile against the f64 naive kernel, on N(0, 1) data,
+/// as the channel count (the length of each sum) grows.
+fn f32_error(algo: ConvAlgorithm, c_in: usize, hw: usize) -> [f64; 2] {
+    let opts = Conv2dOptions::default().with_padding(1).with_algorithm(algo);
+    let (x, w) = (randn4([2, c_in, hw, hw], 7), randn4([8, c_in, 3, 3], 8));
+    let (x32, w32) = (x.mapv(|v| v as f32), w.mapv(|v| v as f32));
+    let (x, w) = (x32.mapv(f64::from), w32.mapv(f64::from));
+    let want = conv2d_forward_naive(x.view(), w.view(), None, &opts).unwrap();
+    let got = conv2d_forward(x32.view(), w32.view(), None, &opts).unwrap();
+    let dy = randn4(want.dim().into(), 9);
+    let dy32 = dy.mapv(|v| v as f32);
+    let gw = conv2d_backward_naive(x.view(), w.view(), dy32.mapv(f64::from).view(), &opts).unwrap();
+    let g = conv2d_backward(x32.view(), w32.view(), dy32.view(), &opts).unwrap();
+    [rel_err(&got.mapv(f64::from), &want), rel_err(&g.dx.mapv(f64::from), &gw.dx)]
+}
+
+#[test]
+fn winograd_equals_naive_in_f32_within_the_stated_bound() {
+    for c_in in [16, 128, 512] {
+        let [fwd2, dx2] = f32_error(ConvAlgorithm::Winograd2, c_in, 12);
+        let [fwd4, dx4] = f32_error(ConvAlgorithm::Winograd4, c_in, 12);
+        eprintln!(
+            "C_in {c_in}: F(2x2) fwd {fwd2:.2e} dx {dx2:.2e}; F(4x4) fwd {fwd4:.2e} dx {dx4:.2e}"
+        );
+        assert!(fwd2 < 1e-5 && dx2 < 1e-5, "F(2x2) at C_in {c_in}: {fwd2:e} {dx2:e}");
+        assert!(fwd4 < 1e-4 && dx4 < 1e-4, "F(4x4) at C_in {c_in}: {fwd4:e} {dx4:e}");
+    }
+}
+
+#[test]
+fn auto_picks_winograd_only_where_it_applies_and_agrees_with_im2col() {
+    // 32 channels on 16×16: the rule's Winograd; the same numbers as im2col within f32 rounding.
+    let (x, w) = (randn4([3, 32, 16, 16], 1), randn4([40, 32, 3, 3], 2));
+    let (x, w) = (x.mapv(|v| v as f32), w.mapv(|v| v as f32));
+    let auto = Conv2dOptions::default().with_padding(1);
+    let im2col = auto.with_algorithm(ConvAlgorithm::Im2col);
+    let a = conv2d_forward(x.view(), w.view(), None, &auto).unwrap();
+    let b = conv2d_forward(x.view(), w.view(), None, &im2col).unwrap();
+    assert!(rel_err(&a.mapv(f64::from), &b.mapv(f64::from)) < 1e-4);
+    assert_ne!(a, b, "Auto should have taken Winograd here (different rounding)");
+}
+
+#[test]
+fn forcing_winograd_where_it_cannot_run_is_an_error() {
+    let (x, w) = (randn4([1, 4, 9, 9], 1), randn4([4, 4, 3, 3], 2));
+    for opts in [Conv2dOptions::default().with_stride(2), Conv2dOptions::default().with_dilation(2)]
+    {
+        let err =
+            conv2d_forward(x.view(), w.view(), None, &opts.with_algorithm(ConvAlgorithm::Winograd))
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.starts_with(
+                "conv2d: invalid setting: algorithm Winograd needs a 3x3 kernel with stride 1"
+            ),
+            "{err}"
+        );
+    }
+    let w5 = randn4([4, 4, 5, 5], 3);
+    let opts = Conv2dOptions::default().with_algorithm(ConvAlgorithm::Winograd2);
+    assert!(conv2d_forward(x.view(), w5.view(), None, &opts).is_err());
+}
+
+#[test]
+fn winograd_is_the_same_on_one_and_two_threads() {
+    let (x, w) = (randn4([5, 48, 14, 14], 1), randn4([64, 48, 3, 3], 2));
+    let (x, w) = (x.mapv(|v| v as f32), w.mapv(|v| v as f32));
+    for algo in [ConvAlgorithm::Winograd2, ConvAlgorithm::Winograd4] {
+        let opts = Conv2dOptions::default().with_padding(1).with_algorithm(algo);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let y = conv2d_forward(x.view(), w.view(), None, &opts).unwrap();
+                let g = conv2d_backward(x.view(), w.view(), y.view(), &opts).unwrap();
+                (y, g.dx, g.dw)
+            })
+        };
+        assert_eq!(run(1), run(2));
+    }
+}
+
+/// Every vector path (AVX-512, AVX2, portable) of the transforms and GEMMs.
+#[test]
+fn every_simd_level_equals_the_naive_kernel() {
+    for level in cnn_tensor::simd::levels() {
+        cnn_tensor::simd::rerun_tests("winograd_equals_naive", &[("CNN_SIMD", level.name())])
+            .unwrap();
+    }
+}
