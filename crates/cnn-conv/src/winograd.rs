@@ -190,18 +190,6 @@ fn g1d<T: Float>(tile: Tile, g: [T; 3]) -> [T; MAX_ALPHA] {
     }
 }
 
-/// The α² transformed values of one 3×3 kernel, `G · k · Gᵀ` row-major, into `out`.
-#[inline(always)]
-fn weight_tile<T: Float, const A: usize>(tile: Tile, k: &[T; 9], out: &mut [T]) {
-    // Columns first: cols[j] = G · k[:, j].
-    let cols: [[T; MAX_ALPHA]; 3] = std::array::from_fn(|j| g1d(tile, [k[j], k[3 + j], k[6 + j]]));
-    for r in 0..A {
-        let row = g1d(tile, [cols[0][r], cols[1][r], cols[2][r]]);
-        let dst: &mut [T; A] = (&mut out[r * A..(r + 1) * A]).try_into().expect("A elements");
-        *dst = std::array::from_fn(|q| row[q]);
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Transforms of LANES tiles at once: `buf[ξ][l]`, lane l = tile t0 + l.
 
@@ -319,6 +307,42 @@ fn mat_mut<T>(data: &mut [T], rows: usize, cols: usize, ld: usize) -> ArrayViewM
         .expect("matrix view within its buffer")
 }
 
+/// The coefficients of `U[ξ] = Σ_{i,j} coef[ξ][3i + j] · w[·, ·, i, j]`:
+/// `coef[(r, q)][(i, j)] = G[r][i] · G[q][j]`, so `G · k · Gᵀ` becomes nine
+/// scaled adds of whole weight planes (contiguous and vectorized).
+fn weight_coefficients<T: Float>(tile: Tile) -> Vec<[T; 9]> {
+    let a = tile.alpha();
+    // Column i of G: G · e_i.
+    let gcol: [[T; MAX_ALPHA]; 3] = std::array::from_fn(|i| {
+        let mut e = [T::zero(); 3];
+        e[i] = T::one();
+        g1d(tile, e)
+    });
+    (0..a * a)
+        .map(|xi| {
+            let (r, q) = (xi / a, xi % a);
+            std::array::from_fn(|ij| gcol[ij / 3][r] * gcol[ij % 3][q])
+        })
+        .collect()
+}
+
+/// `out[p] = Σ_ij coef[ij] · planes[ij][p]`, compiled per SIMD level.
+#[inline(always)]
+fn combine_planes_body<T: Float>(planes: &[T], len: usize, coef: &[T; 9], out: &mut [T]) {
+    for (p, o) in out.iter_mut().enumerate().take(len) {
+        let mut acc = T::zero();
+        for (ij, &c) in coef.iter().enumerate() {
+            acc += c * planes[ij * len + p];
+        }
+        *o = acc;
+    }
+}
+
+cnn_tensor::simd_fn! {
+    /// See `combine_planes_body`.
+    fn combine_planes<T: Float>(planes: &[T], len: usize, coef: &[T; 9], out: &mut [T]) = combine_planes_body
+}
+
 /// `U[ξ]` of each group, packed for the GEMMs: `[group][ξ]`.
 fn transform_weights<T: Float>(
     tile: Tile,
@@ -327,27 +351,24 @@ fn transform_weights<T: Float>(
     typical_cols: usize,
 ) -> Vec<Vec<PackedLhs<T>>> {
     let (cg, cog, a2) = (g.c_in_g(), g.c_out_g(), tile.alpha() * tile.alpha());
-    // u[o][c][ξ] for all output channels (every group), one task per output channel.
-    let mut u = vec![T::zero(); g.c_out * cg * a2];
-    u.par_chunks_mut(cg * a2).zip(w.par_chunks(cg * 9)).for_each(|(u_o, w_o)| {
-        for (u_oc, k) in u_o.chunks_mut(a2).zip(w_o.chunks(9)) {
-            let k: &[T; 9] = k.try_into().expect("3x3 kernels");
-            match tile {
-                Tile::F2 => weight_tile::<T, 4>(tile, k, u_oc),
-                Tile::F4 => weight_tile::<T, 6>(tile, k, u_oc),
-            }
-        }
-    });
+    let coef = weight_coefficients::<T>(tile);
+    let len = cog * cg;
     (0..g.opts.groups)
         .map(|grp| {
-            let u_g = &u[grp * cog * cg * a2..(grp + 1) * cog * cg * a2];
+            // The group's kernel taps as nine planes [i·3 + j][o·Cg + c].
+            let w_g = &w[grp * len * 9..(grp + 1) * len * 9];
+            let mut planes = vec![T::zero(); 9 * len];
+            for (oc, k) in w_g.chunks(9).enumerate() {
+                for (ij, &v) in k.iter().enumerate() {
+                    planes[ij * len + oc] = v;
+                }
+            }
             (0..a2)
                 .into_par_iter()
                 .map(|xi| {
-                    // U[ξ] of this group: rows o, columns c, a strided view of u.
-                    let view = ArrayView2::from_shape((cog, cg).strides((cg * a2, a2)), &u_g[xi..])
-                        .expect("view within u");
-                    PackedLhs::new(view, typical_cols)
+                    let mut u = vec![T::zero(); len];
+                    combine_planes(&planes, len, &coef[xi], &mut u);
+                    PackedLhs::new(mat(&u, cog, cg, cg), typical_cols)
                 })
                 .collect()
         })
