@@ -321,17 +321,17 @@ pub fn conv2d_backward<T: Float>(
     let plan = Plan::new::<T>(&g);
     let mut dx = Array4::<T>::zeros((g.n, g.c_in, g.h, g.w));
     let dx_slice = dx.as_slice_mut().expect("a new array is contiguous");
-    // dx by Winograd when it applies; the blocks below then compute dW only.
-    let winograd_dx = match crate::winograd::choose(&g)? {
-        Some(tile) if crate::winograd::applies_to_dx(&g) => {
-            crate::winograd::backward_dx(tile, &g, ws, dys, dx_slice);
-            true
-        }
-        _ => false,
-    };
-    let with_dx = !winograd_dx;
+    // dx and dW by Winograd when it applies: then no im2col block is needed.
+    if let Some(tile) = crate::winograd::choose(&g)?.filter(|_| crate::winograd::applies_to_dx(&g))
+    {
+        crate::winograd::backward_dx(tile, &g, ws, dys, dx_slice);
+        let mut dw_flat = vec![T::zero(); ws.len()];
+        crate::winograd::backward_dw(tile, &g, xs, dys, &mut dw_flat);
+        let dw = Array4::from_shape_vec(w.raw_dim(), dw_flat).expect("same length as the weight");
+        return Ok(Conv2dGrads { dx, dw, db: bias_grad(&g, dys) });
+    }
 
-    let weights_t = if with_dx { pack_weights(&g, &plan, ws, true) } else { Vec::new() };
+    let weights_t = pack_weights(&g, &plan, ws, true);
     let dw_len = ws.len();
     let partials: Vec<Vec<T>> = dx_slice
         .par_chunks_mut(plan.samples * per_in)
@@ -345,18 +345,14 @@ pub fn conv2d_backward<T: Float>(
                 let dy_blk = &dys[n0 * per_out..(n0 + s) * per_out];
                 let mut dw = vec![T::zero(); dw_len];
                 if plan.batched {
-                    backward_samples(
-                        &g, x_blk, &weights_t, dy_blk, dx_blk, &mut dw, s, with_dx, scratch,
-                    );
+                    backward_samples(&g, x_blk, &weights_t, dy_blk, dx_blk, &mut dw, s, scratch);
                 } else {
                     let samples = x_blk
                         .chunks(per_in)
                         .zip(dy_blk.chunks(per_out))
                         .zip(dx_blk.chunks_mut(per_in));
                     for ((x_n, dy_n), dx_n) in samples {
-                        backward_sample(
-                            &g, &plan, x_n, &weights_t, dy_n, dx_n, &mut dw, with_dx, scratch,
-                        );
+                        backward_sample(&g, &plan, x_n, &weights_t, dy_n, dx_n, &mut dw, scratch);
                     }
                 }
                 dw
@@ -370,13 +366,18 @@ pub fn conv2d_backward<T: Float>(
         dw_flat.iter_mut().zip(part).for_each(|(a, &b)| *a += b);
     }
     let dw = Array4::from_shape_vec(w.raw_dim(), dw_flat).expect("same length as the weight");
+    Ok(Conv2dGrads { dx, dw, db: bias_grad(&g, dys) })
+}
+
+/// `db[o] = Σ_{n,p,q} dy[n, o, p, q]`, samples added in order.
+fn bias_grad<T: Float>(g: &ConvGeometry, dys: &[T]) -> Array1<T> {
     let mut db = Array1::<T>::zeros(g.c_out);
-    for dy_n in dys.chunks(per_out) {
+    for dy_n in dys.chunks(g.c_out * g.out_area()) {
         for (d, dy_c) in db.iter_mut().zip(dy_n.chunks(g.out_area())) {
             *d += cnn_tensor::sum(dy_c);
         }
     }
-    Ok(Conv2dGrads { dx, dw, db })
+    db
 }
 
 /// `dW_g += dy_g · colᵀ`, in the orientation matrixmultiply packs faster.
@@ -407,7 +408,6 @@ fn backward_sample<T: Float>(
     dy: &[T],
     dx: &mut [T],
     dw: &mut [T],
-    with_dx: bool,
     scratch: &mut Scratch<T>,
 ) {
     let (area, rows, cog, cg, wo) = (g.out_area(), g.col_rows(), g.c_out_g(), g.c_in_g(), g.wo);
@@ -420,21 +420,17 @@ fn backward_sample<T: Float>(
             if g.is_pointwise() {
                 let x_t = mat(&x[grp * cg * area + offset..], cg, cols, area);
                 add_weight_grad(dy_t, x_t, dw_g);
-                if with_dx {
-                    let dx_t = mat_mut(&mut dx[grp * cg * area + offset..], cg, cols, area);
-                    gemm_packed(&weights_t[grp], dy_t, T::zero(), dx_t, &mut scratch.packed)
-                        .expect("tile shapes agree by construction");
-                }
+                let dx_t = mat_mut(&mut dx[grp * cg * area + offset..], cg, cols, area);
+                gemm_packed(&weights_t[grp], dy_t, T::zero(), dx_t, &mut scratch.packed)
+                    .expect("tile shapes agree by construction");
             } else {
                 im2col(g, x, grp * cg, tile.clone(), &mut scratch.col, cols, &mut scratch.phases);
                 let col = mat(&scratch.col, rows, cols, cols);
                 add_weight_grad(dy_t, col, dw_g);
-                if with_dx {
-                    let dcol = mat_mut(&mut scratch.col, rows, cols, cols);
-                    gemm_packed(&weights_t[grp], dy_t, T::zero(), dcol, &mut scratch.packed)
-                        .expect("tile shapes agree by construction");
-                    col2im(g, &scratch.col, cols, tile, grp * cg, dx, &mut scratch.phases);
-                }
+                let dcol = mat_mut(&mut scratch.col, rows, cols, cols);
+                gemm_packed(&weights_t[grp], dy_t, T::zero(), dcol, &mut scratch.packed)
+                    .expect("tile shapes agree by construction");
+                col2im(g, &scratch.col, cols, tile, grp * cg, dx, &mut scratch.phases);
             }
         }
     }
@@ -450,7 +446,6 @@ fn backward_samples<T: Float>(
     dx_blk: &mut [T],
     dw: &mut [T],
     s: usize,
-    with_dx: bool,
     scratch: &mut Scratch<T>,
 ) {
     let (area, rows, cog, cg) = (g.out_area(), g.col_rows(), g.c_out_g(), g.c_in_g());
@@ -467,9 +462,6 @@ fn backward_samples<T: Float>(
         let dy_g = mat(&scratch.out, cog, cols, cols);
         let dw_g = mat_mut(&mut dw[grp * cog * rows..], cog, rows, rows);
         add_weight_grad(dy_g, mat(&scratch.col, rows, cols, cols), dw_g);
-        if !with_dx {
-            continue;
-        }
         let dcol = mat_mut(&mut scratch.col, rows, cols, cols);
         gemm_packed(&weights_t[grp], dy_g, T::zero(), dcol, &mut scratch.packed)
             .expect("block shapes agree by construction");

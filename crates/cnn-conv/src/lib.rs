@@ -32,6 +32,8 @@ pub mod naive;
 mod pool;
 mod winograd;
 
+pub use winograd::with_conv_algorithm;
+
 pub use adaptive::{adaptive_avg_pool2d_backward, adaptive_avg_pool2d_forward, AdaptiveAvgPool2d};
 pub use conv2d::{conv2d_backward, conv2d_forward, Conv2dGrads};
 pub use geometry::{conv_out_len, Conv2dOptions, ConvAlgorithm, ConvGeometry};

@@ -81,6 +81,38 @@ fn env_algorithm() -> ConvAlgorithm {
     })
 }
 
+thread_local! {
+    /// The algorithm [`with_conv_algorithm`] set for this thread, if any.
+    static SCOPED: std::cell::Cell<Option<ConvAlgorithm>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with every convolution of this thread whose options say
+/// [`ConvAlgorithm::Auto`] computed by `algorithm` where it applies (im2col
+/// where it does not), ahead of `CNN_CONV_ALGORITHM`; restored afterwards,
+/// also on a panic. Like `torch.backends.cudnn.flags(...)`: for a
+/// reproducibility check or a comparison, without rebuilding the model.
+///
+/// ```
+/// use cnn_conv::{conv2d_forward, with_conv_algorithm, Conv2dOptions, ConvAlgorithm};
+/// use ndarray::Array4;
+///
+/// let (x, w) = (Array4::<f32>::ones((1, 32, 8, 8)), Array4::<f32>::ones((32, 32, 3, 3)));
+/// let opts = Conv2dOptions::default().with_padding(1);
+/// let y = with_conv_algorithm(ConvAlgorithm::Im2col, || conv2d_forward(x.view(), w.view(), None, &opts))?;
+/// assert_eq!(y[[0, 0, 4, 4]], 288.0);
+/// # Ok::<(), cnn_tensor::Error>(())
+/// ```
+pub fn with_conv_algorithm<R>(algorithm: ConvAlgorithm, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<ConvAlgorithm>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SCOPED.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(SCOPED.with(|s| s.replace(Some(algorithm))));
+    f()
+}
+
 /// The shape rule of [`ConvAlgorithm::Auto`] (measured; docs/conv.md): F(4×4)
 /// when both channel counts are at least 32 and the map is at least 6×6 —
 /// below that the transforms cost more than the multiplies they save.
@@ -90,11 +122,12 @@ fn auto_rule(g: &ConvGeometry) -> Option<Tile> {
 }
 
 /// Which Winograd variant computes `g`, if any: the option, then (for `Auto`)
-/// `CNN_CONV_ALGORITHM`, then the shape rule.
+/// [`with_conv_algorithm`], `CNN_CONV_ALGORITHM`, the shape rule.
 ///
 /// # Errors
 /// [`Error::Config`] when the options force Winograd on a convolution it cannot compute.
 pub(crate) fn choose(g: &ConvGeometry) -> Result<Option<Tile>> {
+    // `Auto` asks, in order: `with_conv_algorithm`, `CNN_CONV_ALGORITHM`, the shape rule.
     let forced = |tile: Tile| {
         if applies(g) {
             Ok(Some(tile))
@@ -113,7 +146,7 @@ pub(crate) fn choose(g: &ConvGeometry) -> Result<Option<Tile>> {
         ConvAlgorithm::Im2col => Ok(None),
         ConvAlgorithm::Winograd | ConvAlgorithm::Winograd4 => forced(Tile::F4),
         ConvAlgorithm::Winograd2 => forced(Tile::F2),
-        ConvAlgorithm::Auto => Ok(match env_algorithm() {
+        ConvAlgorithm::Auto => Ok(match SCOPED.with(|s| s.get()).unwrap_or_else(env_algorithm) {
             _ if !applies(g) => None,
             ConvAlgorithm::Im2col => None,
             ConvAlgorithm::Winograd | ConvAlgorithm::Winograd4 => Some(Tile::F4),
@@ -601,6 +634,193 @@ pub(crate) fn backward_dx<T: Float>(tile: Tile, g: &ConvGeometry, w: &[T], dy: &
         opts,
     };
     forward(tile, &gt, dy, &wt, None, dx);
+}
+
+/// `A·d` of F(2×2): the adjoint of [`at2`], 2 → 4.
+#[inline(always)]
+fn a2<T: Float>(d: [T; MAX_ALPHA]) -> [T; MAX_ALPHA] {
+    let z = T::zero();
+    [d[0], d[0] + d[1], d[0] - d[1], -d[1], z, z]
+}
+
+/// `A·d` of F(4×4): the adjoint of [`at4`], 4 → 6.
+#[inline(always)]
+fn a4<T: Float>(d: [T; MAX_ALPHA]) -> [T; MAX_ALPHA] {
+    let (c2, c4, c8) = (T::of(2.0), T::of(4.0), T::of(8.0));
+    let (s02, s13) = (d[0] + d[2], d[1] + d[3]);
+    let (q02, q13) = (d[0] + c4 * d[2], c2 * d[1] + c8 * d[3]);
+    [d[0], s02 + s13, s02 - s13, q02 + q13, q02 - q13, d[3]]
+}
+
+/// `A·dY·Aᵀ` of every lane: `[m][m]` in (row-major, stride m), `[α][α]` out.
+#[inline(always)]
+fn output_adjoint_body<T: Float>(tile: Tile, dy: &Lanes<T>, out: &mut Lanes<T>) {
+    match tile {
+        Tile::F2 => adjoint_2d::<T, 4, 2>(dy, out, a2),
+        Tile::F4 => adjoint_2d::<T, 6, 4>(dy, out, a4),
+    }
+}
+
+#[inline(always)]
+fn adjoint_2d<T: Float, const A: usize, const M: usize>(
+    dy: &Lanes<T>,
+    out: &mut Lanes<T>,
+    x: impl Fn([T; MAX_ALPHA]) -> [T; MAX_ALPHA],
+) {
+    let mut e: Lanes<T> = [[T::zero(); LANES]; MAX_ALPHA * MAX_ALPHA];
+    // Columns: e[k][j] = (A · dy[:, j])[k] for k < α, j < m.
+    for j in 0..M {
+        for l in 0..LANES {
+            let r = x(std::array::from_fn(|i| if i < M { dy[i * M + j][l] } else { T::zero() }));
+            for k in 0..A {
+                e[k * M + j][l] = r[k];
+            }
+        }
+    }
+    // Rows: out[k][q] = (A · e[k, :])[q].
+    for k in 0..A {
+        for l in 0..LANES {
+            let r = x(std::array::from_fn(|j| if j < M { e[k * M + j][l] } else { T::zero() }));
+            for q in 0..A {
+                out[k * A + q][l] = r[q];
+            }
+        }
+    }
+}
+
+cnn_tensor::simd_fn! {
+    /// The adjoint of the output transform, compiled per SIMD level.
+    fn output_adjoint<T: Float>(tile: Tile, dy: &Lanes<T>, out: &mut Lanes<T>) = output_adjoint_body
+}
+
+/// `A · dy_tile · Aᵀ` of every tile of one output channel, all samples of the
+/// chunk, into `dm_o` (`[ξ][t]`, rows `ld` apart): the gradient of `M[·][o][t]`.
+#[allow(clippy::needless_range_loop)] // `l` is a lane: it indexes every row of `d`
+fn adjoint_channel<T: Float, const A: usize, const M: usize>(
+    grid: &Grid,
+    g: &ConvGeometry,
+    planes: Planes<'_, T>,
+    dm_o: &mut [T],
+    ld: usize,
+) {
+    let (ho, wo, area) = (g.ho, g.wo, g.out_area());
+    let tps = grid.per_sample();
+    let mut d: Lanes<T> = [[T::zero(); LANES]; MAX_ALPHA * MAX_ALPHA];
+    let mut out: Lanes<T> = [[T::zero(); LANES]; MAX_ALPHA * MAX_ALPHA];
+    for t0 in (0..ld).step_by(LANES) {
+        let lanes = LANES.min(ld - t0);
+        for l in 0..LANES {
+            if l >= lanes {
+                (0..M * M).for_each(|p| d[p][l] = T::zero());
+                continue;
+            }
+            let (si, t) = ((t0 + l) / tps, (t0 + l) % tps);
+            let plane = &planes.data[si * planes.stride + planes.first * area..][..area];
+            let (r0, c0) = ((t / grid.cols) * M, (t % grid.cols) * M);
+            for i in 0..M {
+                for j in 0..M {
+                    let (r, c) = (r0 + i, c0 + j);
+                    // Outputs past the map's edge were computed and dropped: their gradient is 0.
+                    d[i * M + j][l] = if r < ho && c < wo { plane[r * wo + c] } else { T::zero() };
+                }
+            }
+        }
+        output_adjoint(grid.tile, &d, &mut out);
+        for (xi, o) in out.iter().enumerate().take(A * A) {
+            let dst = &mut dm_o[xi * ld + t0..][..lanes];
+            if lanes == LANES {
+                let dst: &mut [T; LANES] = dst.try_into().expect("LANES elements");
+                *dst = *o;
+            } else {
+                dst.iter_mut().zip(o).for_each(|(d, &v)| *d = v);
+            }
+        }
+    }
+}
+
+/// `out[p] = Σ_ξ coef[ξ][ij] · planes[ξ][p]` for one tap `ij`, compiled per SIMD level.
+#[inline(always)]
+fn gather_tap_body<T: Float>(planes: &[T], len: usize, coef: &[T], out: &mut [T]) {
+    // ξ outer, positions inner (vectorized); each output still sums ξ in order.
+    let out = &mut out[..len];
+    out.fill(T::zero());
+    for (xi, &c) in coef.iter().enumerate() {
+        let plane = &planes[xi * len..(xi + 1) * len];
+        out.iter_mut().zip(plane).for_each(|(o, &v)| *o += c * v);
+    }
+}
+
+cnn_tensor::simd_fn! {
+    /// See `gather_tap_body`.
+    fn gather_tap<T: Float>(planes: &[T], len: usize, coef: &[T], out: &mut [T]) = gather_tap_body
+}
+
+/// dW of a stride-1 3×3 conv by Winograd `tile`: `dU[ξ] = Σ_t dM[ξ][·][t] · V[ξ][·][t]ᵀ`
+/// (α² GEMMs over the tiles), then `dW[o, c] = Gᵀ · dU[o, c] · G`, which uses
+/// the forward weight transform's coefficients transposed. `dw` is written whole.
+pub(crate) fn backward_dw<T: Float>(tile: Tile, g: &ConvGeometry, x: &[T], dy: &[T], dw: &mut [T]) {
+    let grid = Grid::new(tile, g);
+    let (cg, cog, a2) = (g.c_in_g(), g.c_out_g(), tile.alpha() * tile.alpha());
+    let tps = grid.per_sample();
+    let bytes_per_sample = a2 * (cg + cog) * tps * std::mem::size_of::<T>();
+    let samples = (CHUNK_BYTES / bytes_per_sample).clamp(1, g.n);
+    let (per_in, per_out) = (g.c_in * g.h * g.w, g.c_out * g.out_area());
+    let mut v = vec![T::zero(); a2 * cg * samples * tps];
+    let mut dm = vec![T::zero(); a2 * cog * samples * tps];
+    // dU[group][ξ][o·Cg + c], summed over the chunks in order.
+    let mut du = vec![T::zero(); g.opts.groups * a2 * cog * cg];
+    for n0 in (0..g.n).step_by(samples) {
+        let s = samples.min(g.n - n0);
+        let x_chunk = &x[n0 * per_in..(n0 + s) * per_in];
+        let dy_chunk = &dy[n0 * per_out..(n0 + s) * per_out];
+        let t_all = s * tps;
+        for grp in 0..g.opts.groups {
+            v[..a2 * cg * t_all].par_chunks_mut(a2 * t_all).enumerate().for_each(|(c, v_c)| {
+                let planes = Planes { data: x_chunk, first: grp * cg + c, stride: per_in };
+                match tile {
+                    Tile::F2 => transform_channel::<T, 4, 2>(&grid, g, planes, v_c, t_all),
+                    Tile::F4 => transform_channel::<T, 6, 4>(&grid, g, planes, v_c, t_all),
+                }
+            });
+            dm[..a2 * cog * t_all].par_chunks_mut(a2 * t_all).enumerate().for_each(|(o, dm_o)| {
+                let planes = Planes { data: dy_chunk, first: grp * cog + o, stride: per_out };
+                match tile {
+                    Tile::F2 => adjoint_channel::<T, 4, 2>(&grid, g, planes, dm_o, t_all),
+                    Tile::F4 => adjoint_channel::<T, 6, 4>(&grid, g, planes, dm_o, t_all),
+                }
+            });
+            let (v_ref, dm_ref) = (&v[..a2 * cg * t_all], &dm[..a2 * cog * t_all]);
+            let du_g = &mut du[grp * a2 * cog * cg..(grp + 1) * a2 * cog * cg];
+            du_g.par_chunks_mut(cog * cg).enumerate().for_each(|(xi, du_xi)| {
+                let dm_xi = mat(&dm_ref[xi * t_all..], cog, t_all, a2 * t_all);
+                let v_xi = mat(&v_ref[xi * t_all..], cg, t_all, a2 * t_all);
+                let beta = if n0 == 0 { T::zero() } else { T::one() };
+                cnn_tensor::gemm(T::one(), dm_xi, v_xi.t(), beta, mat_mut(du_xi, cog, cg, cg))
+                    .expect("shapes agree by construction");
+            });
+        }
+    }
+    // dW taps: plane ij = Σ_ξ coef[ξ][ij] · dU[ξ], then interleaved into [o][c][ij].
+    let coef = weight_coefficients::<T>(tile);
+    let len = cog * cg;
+    for grp in 0..g.opts.groups {
+        let du_g = &du[grp * a2 * len..(grp + 1) * a2 * len];
+        let taps: Vec<Vec<T>> = (0..9)
+            .into_par_iter()
+            .map(|ij| {
+                let c: Vec<T> = coef.iter().map(|row| row[ij]).collect();
+                let mut out = vec![T::zero(); len];
+                gather_tap(du_g, len, &c, &mut out);
+                out
+            })
+            .collect();
+        let dw_g = &mut dw[grp * len * 9..(grp + 1) * len * 9];
+        for (oc, k) in dw_g.chunks_mut(9).enumerate() {
+            for (ij, kv) in k.iter_mut().enumerate() {
+                *kv = taps[ij][oc];
+            }
+        }
+    }
 }
 
 #[cfg(test)]

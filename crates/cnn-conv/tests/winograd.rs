@@ -76,7 +76,7 @@ proptest! {
 
 /// The f32 error of each tile against the f64 naive kernel, on N(0, 1) data,
 /// as the channel count (the length of each sum) grows.
-fn f32_error(algo: ConvAlgorithm, c_in: usize, hw: usize) -> [f64; 2] {
+fn f32_error(algo: ConvAlgorithm, c_in: usize, hw: usize) -> [f64; 3] {
     let opts = Conv2dOptions::default().with_padding(1).with_algorithm(algo);
     let (x, w) = (randn4([2, c_in, hw, hw], 7), randn4([8, c_in, 3, 3], 8));
     let (x32, w32) = (x.mapv(|v| v as f32), w.mapv(|v| v as f32));
@@ -87,24 +87,30 @@ fn f32_error(algo: ConvAlgorithm, c_in: usize, hw: usize) -> [f64; 2] {
     let dy32 = dy.mapv(|v| v as f32);
     let gw = conv2d_backward_naive(x.view(), w.view(), dy32.mapv(f64::from).view(), &opts).unwrap();
     let g = conv2d_backward(x32.view(), w32.view(), dy32.view(), &opts).unwrap();
-    [rel_err(&got.mapv(f64::from), &want), rel_err(&g.dx.mapv(f64::from), &gw.dx)]
+    [
+        rel_err(&got.mapv(f64::from), &want),
+        rel_err(&g.dx.mapv(f64::from), &gw.dx),
+        rel_err(&g.dw.mapv(f64::from), &gw.dw),
+    ]
 }
 
 #[test]
 fn winograd_equals_naive_in_f32_within_the_stated_bound() {
     for c_in in [16, 128, 512] {
-        let [fwd2, dx2] = f32_error(ConvAlgorithm::Winograd2, c_in, 12);
-        let [fwd4, dx4] = f32_error(ConvAlgorithm::Winograd4, c_in, 12);
-        eprintln!(
-            "C_in {c_in}: F(2x2) fwd {fwd2:.2e} dx {dx2:.2e}; F(4x4) fwd {fwd4:.2e} dx {dx4:.2e}"
-        );
-        assert!(fwd2 < 1e-5 && dx2 < 1e-5, "F(2x2) at C_in {c_in}: {fwd2:e} {dx2:e}");
-        assert!(fwd4 < 1e-4 && dx4 < 1e-4, "F(4x4) at C_in {c_in}: {fwd4:e} {dx4:e}");
+        let f2 = f32_error(ConvAlgorithm::Winograd2, c_in, 12);
+        let f4 = f32_error(ConvAlgorithm::Winograd4, c_in, 12);
+        let show = |e: [f64; 3]| e.map(|v| format!("{v:.1e}")).join(", ");
+        eprintln!("C_in {c_in}: fwd, dx, dW: F(2x2) {}; F(4x4) {}", show(f2), show(f4));
+        assert!(f2.iter().all(|&e| e < 1e-5), "F(2x2) at C_in {c_in}: {f2:?}");
+        assert!(f4.iter().all(|&e| e < 1e-4), "F(4x4) at C_in {c_in}: {f4:?}");
     }
 }
 
 #[test]
 fn auto_picks_winograd_only_where_it_applies_and_agrees_with_im2col() {
+    if std::env::var_os("CNN_CONV_ALGORITHM").is_some() {
+        return; // this test is about `Auto` with no process-wide override
+    }
     // 32 channels on 16×16: the rule's Winograd; the same numbers as im2col within f32 rounding.
     let (x, w) = (randn4([3, 32, 16, 16], 1), randn4([40, 32, 3, 3], 2));
     let (x, w) = (x.mapv(|v| v as f32), w.mapv(|v| v as f32));
@@ -162,4 +168,22 @@ fn every_simd_level_equals_the_naive_kernel() {
         cnn_tensor::simd::rerun_tests("winograd_equals_naive", &[("CNN_SIMD", level.name())])
             .unwrap();
     }
+}
+
+#[test]
+fn with_conv_algorithm_overrides_auto_in_its_scope_only() {
+    if std::env::var_os("CNN_CONV_ALGORITHM").is_some() {
+        return; // this test is about `Auto` with no process-wide override
+    }
+    let (x, w) = (randn4([2, 32, 12, 12], 1), randn4([32, 32, 3, 3], 2));
+    let (x, w) = (x.mapv(|v| v as f32), w.mapv(|v| v as f32));
+    let auto = Conv2dOptions::default().with_padding(1);
+    let run = |o: &Conv2dOptions| conv2d_forward(x.view(), w.view(), None, o).unwrap();
+    let im2col = run(&auto.with_algorithm(ConvAlgorithm::Im2col));
+    let winograd = run(&auto.with_algorithm(ConvAlgorithm::Winograd4));
+    assert_eq!(cnn_conv::with_conv_algorithm(ConvAlgorithm::Im2col, || run(&auto)), im2col);
+    assert_eq!(run(&auto), winograd, "restored after the scope");
+    // An explicit option wins over the scope.
+    let explicit = auto.with_algorithm(ConvAlgorithm::Winograd4);
+    assert_eq!(cnn_conv::with_conv_algorithm(ConvAlgorithm::Im2col, || run(&explicit)), winograd);
 }
