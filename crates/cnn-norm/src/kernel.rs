@@ -14,7 +14,7 @@
 //! | GroupNorm(G) | `[1, N·G, C/G·H·W]` | `[N, C, H·W]` |
 //! | LayerNorm(D) | `[1, rows, D]` | `[rows, D, 1]` |
 //!
-//! Sums run in 16 interleaved lanes (`cnn_tensor::sum` style) in a fixed
+//! Sums run in 64 interleaved lanes (`cnn_tensor::sum` style) in a fixed
 //! order, and each group or feature is reduced by one task, so results do not
 //! depend on the thread count.
 
@@ -101,7 +101,8 @@ pub struct NormGrads<T> {
     pub dbeta: Vec<T>,
 }
 
-const LANES: usize = 16;
+/// Partial sums of the reductions: four AVX-512 registers of f32 (see `cnn_tensor::sum`).
+const LANES: usize = 64;
 
 /// `(Σ a, Σ a·(b − shift))`... in lanes: `(Σ a, Σ a·b')` with `b' = b − shift`.
 #[inline(always)]
