@@ -63,8 +63,12 @@ fn input_rows(g: &ConvGeometry, p: usize) -> impl Iterator<Item = (usize, usize)
 ///
 /// # Shapes
 /// `x: [H·W]`, `k: [kh·kw]`, `y: [Ho·Wo]`.
-fn forward_plane<T: Float>(g: &ConvGeometry, x: &[T], k: &[T], bias: T, y: &mut [T]) {
+#[inline(always)]
+fn forward_plane_body<T: Float>(g: &ConvGeometry, x: &[T], k: &[T], bias: T, y: &mut [T]) {
     let ([_, sw], [_, pw], [_, dw]) = (g.opts.stride, g.opts.padding, g.opts.dilation);
+    if sw == 1 && dw == 1 {
+        return forward_plane_unit(g, x, k, bias, y);
+    }
     y.iter_mut().for_each(|v| *v = bias);
     for (p, y_row) in y.chunks_mut(g.wo).enumerate() {
         for (i, r) in input_rows(g, p) {
@@ -76,8 +80,62 @@ fn forward_plane<T: Float>(g: &ConvGeometry, x: &[T], k: &[T], bias: T, y: &mut 
     }
 }
 
+cnn_tensor::simd_fn! {
+    /// One output plane, compiled per SIMD level.
+    fn forward_plane<T: Float>(g: &ConvGeometry, x: &[T], k: &[T], bias: T, y: &mut [T]) = forward_plane_body
+}
+
+/// Output columns accumulated in registers at once by [`forward_plane_unit`].
+const COLS: usize = 16;
+
+/// [`forward_plane_body`] for a horizontal stride and dilation of 1: each
+/// input row is first copied into a zero-padded row (`pw` zeros each side),
+/// then each block of [`COLS`] outputs of an output row sums all its taps in
+/// registers (`acc[l] += k[i, j]·row[q + l + j]`) and is stored once, instead
+/// of one pass over the output row per tap.
+#[inline(always)]
+fn forward_plane_unit<T: Float>(g: &ConvGeometry, x: &[T], k: &[T], bias: T, y: &mut [T]) {
+    let pw = g.opts.padding[1];
+    let width = g.w + 2 * pw;
+    // Padded rows of the whole plane: [h][width].
+    let mut padded = vec![T::zero(); g.h * width];
+    for (dst, src) in padded.chunks_mut(width).zip(x.chunks(g.w)) {
+        dst[pw..pw + g.w].copy_from_slice(src);
+    }
+    let (wo, kw) = (g.wo, g.kw);
+    for (p, y_row) in y.chunks_mut(wo).enumerate() {
+        let rows: Vec<(usize, usize)> = input_rows(g, p).collect();
+        let mut q0 = 0;
+        while q0 < wo {
+            let n = COLS.min(wo - q0);
+            let mut acc = [bias; COLS];
+            for &(i, r) in &rows {
+                let row = &padded[r * width..(r + 1) * width];
+                for j in 0..kw {
+                    let kk = k[i * kw + j];
+                    // Output q reads padded column q + j (input column q + j − pw).
+                    if n == COLS {
+                        let src: &[T; COLS] =
+                            row[q0 + j..q0 + j + COLS].try_into().expect("COLS columns");
+                        for l in 0..COLS {
+                            acc[l] += kk * src[l];
+                        }
+                    } else {
+                        for l in 0..n {
+                            acc[l] += kk * row[q0 + j + l];
+                        }
+                    }
+                }
+            }
+            y_row[q0..q0 + n].copy_from_slice(&acc[..n]);
+            q0 += n;
+        }
+    }
+}
+
 /// One input plane's gradient: every `dy[p, q]` sends `w[i, j]·dy[p, q]` back to its tap.
-fn dx_plane<T: Float>(g: &ConvGeometry, dy: &[T], k: &[T], dx: &mut [T]) {
+#[inline(always)]
+fn dx_plane_body<T: Float>(g: &ConvGeometry, dy: &[T], k: &[T], dx: &mut [T]) {
     let ([_, sw], [_, pw], [_, dw]) = (g.opts.stride, g.opts.padding, g.opts.dilation);
     for (p, dy_row) in dy.chunks(g.wo).enumerate() {
         for (i, r) in input_rows(g, p) {
@@ -94,8 +152,16 @@ fn dx_plane<T: Float>(g: &ConvGeometry, dy: &[T], k: &[T], dx: &mut [T]) {
     }
 }
 
+cnn_tensor::simd_fn! {
+    /// One input plane's gradient, compiled per SIMD level.
+    fn dx_plane<T: Float>(g: &ConvGeometry, dy: &[T], k: &[T], dx: &mut [T]) = dx_plane_body
+}
+
 /// One plane's share of `dW[i, j] = Σ_{p, q} dy[p, q]·x[tap]` and `db = Σ dy`.
-fn dw_plane<T: Float>(g: &ConvGeometry, x: &[T], dy: &[T], dk: &mut [T]) {
+/// The sum over `q` runs in [`COLS`] interleaved lanes (added pairwise at the
+/// end): a single running sum is latency-bound and cannot be vectorized.
+#[inline(always)]
+fn dw_plane_body<T: Float>(g: &ConvGeometry, x: &[T], dy: &[T], dk: &mut [T]) {
     let ([_, sw], [_, pw], [_, dw]) = (g.opts.stride, g.opts.padding, g.opts.dilation);
     for (p, dy_row) in dy.chunks(g.wo).enumerate() {
         for (i, r) in input_rows(g, p) {
@@ -103,14 +169,44 @@ fn dw_plane<T: Float>(g: &ConvGeometry, x: &[T], dy: &[T], dk: &mut [T]) {
             for j in 0..g.kw {
                 let off = (j * dw) as isize - pw as isize;
                 let cols = valid_cols(g.wo, g.w, sw, off);
-                let mut acc = T::zero();
-                for q in cols {
-                    acc += dy_row[q] * x_row[((q * sw) as isize + off) as usize];
+                if cols.is_empty() {
+                    continue;
                 }
-                dk[i * g.kw + j] += acc;
+                let mut lanes = [T::zero(); COLS];
+                if sw == 1 {
+                    let start = (cols.start as isize + off) as usize;
+                    let (d, xs) = (&dy_row[cols.clone()], &x_row[start..start + cols.len()]);
+                    let (dc, xc) = (d.chunks_exact(COLS), xs.chunks_exact(COLS));
+                    let (dr, xr) = (dc.remainder(), xc.remainder());
+                    for (a, b) in dc.zip(xc) {
+                        for l in 0..COLS {
+                            lanes[l] += a[l] * b[l];
+                        }
+                    }
+                    for (l, (a, b)) in dr.iter().zip(xr).enumerate() {
+                        lanes[l] += *a * *b;
+                    }
+                } else {
+                    for (t, q) in cols.enumerate() {
+                        lanes[t % COLS] += dy_row[q] * x_row[((q * sw) as isize + off) as usize];
+                    }
+                }
+                let mut width = COLS;
+                while width > 1 {
+                    width /= 2;
+                    for l in 0..width {
+                        lanes[l] += lanes[l + width];
+                    }
+                }
+                dk[i * g.kw + j] += lanes[0];
             }
         }
     }
+}
+
+cnn_tensor::simd_fn! {
+    /// One plane's share of dW, compiled per SIMD level.
+    fn dw_plane<T: Float>(g: &ConvGeometry, x: &[T], dy: &[T], dk: &mut [T]) = dw_plane_body
 }
 
 /// Forward over the batch: `x: [N·C·H·W]`, `w: [C·kh·kw]`, `b: [C]` → `y: [N·C·Ho·Wo]`.
@@ -125,6 +221,26 @@ pub(crate) fn forward<T: Float>(g: &ConvGeometry, x: &[T], w: &[T], b: Option<&[
     );
 }
 
+/// The geometry of dx as a forward conv of dy (`[Ho, Wo] → [H, W]`, flipped
+/// kernel, padding `k − 1 − p`), when stride and dilation are 1 and the
+/// padding at most `k − 1`; `None` otherwise.
+fn transposed_geometry(g: &ConvGeometry) -> Option<ConvGeometry> {
+    let o = g.opts;
+    let unit = o.stride == [1, 1] && o.dilation == [1, 1];
+    if !unit || o.padding[0] >= g.kh || o.padding[1] >= g.kw {
+        return None;
+    }
+    let padding = [g.kh - 1 - o.padding[0], g.kw - 1 - o.padding[1]];
+    Some(ConvGeometry {
+        h: g.ho,
+        w: g.wo,
+        ho: g.h,
+        wo: g.w,
+        opts: crate::Conv2dOptions { padding, ..o },
+        ..*g
+    })
+}
+
 /// Backward over the batch: `(dx, dw, db)` for `dy: [N·C·Ho·Wo]`.
 pub(crate) fn backward<T: Float>(
     g: &ConvGeometry,
@@ -134,10 +250,19 @@ pub(crate) fn backward<T: Float>(
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let (area_in, area_out, taps, c_n) = (g.h * g.w, g.ho * g.wo, g.kh * g.kw, g.c_in);
     let mut dx = vec![T::zero(); x.len()];
+    // Stride 1, dilation 1: dx is the forward conv of dy with the flipped kernel
+    // and padding k − 1 − p, which runs in the register-blocked forward kernel.
+    let flipped = transposed_geometry(g);
+    let w_flipped: Vec<T> = w.chunks(taps).flat_map(|k| k.iter().rev().copied()).collect();
     dx.par_chunks_mut(area_in).zip(dy.par_chunks(area_out)).enumerate().for_each(
         |(plane, (dx_p, dy_p))| {
             let c = plane % c_n;
-            dx_plane(g, dy_p, &w[c * taps..][..taps], dx_p);
+            match &flipped {
+                Some(gt) => {
+                    forward_plane(gt, dy_p, &w_flipped[c * taps..][..taps], T::zero(), dx_p)
+                }
+                None => dx_plane(g, dy_p, &w[c * taps..][..taps], dx_p),
+            }
         },
     );
     let per_channel: Vec<(Vec<T>, T)> = (0..c_n)

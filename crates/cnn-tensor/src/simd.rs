@@ -250,7 +250,10 @@ pub fn rerun_tests(filter: &str, env: &[(&str, &str)]) -> std::result::Result<()
     if out.status.success() && ran {
         Ok(())
     } else {
-        Err(format!("tests matching {filter:?} with {env:?}: {}\n{text}", out.status))
+        // The end of the child's output: the failing case and its message, not every backtrace.
+        let tail: String =
+            text.chars().rev().take(4000).collect::<Vec<_>>().into_iter().rev().collect();
+        Err(format!("tests matching {filter:?} with {env:?}: {}\n…{tail}", out.status))
     }
 }
 
