@@ -131,6 +131,18 @@ pub fn conv2d_forward<T: Float>(
     b: Option<ArrayView1<'_, T>>,
     opts: &Conv2dOptions,
 ) -> Result<Array4<T>> {
+    conv2d_forward_cached(x, w, b, opts, None)
+}
+
+/// [`conv2d_forward`], keeping the Winograd weight transform in `cache`
+/// between calls (a layer in eval mode: the weights rarely change there).
+pub(crate) fn conv2d_forward_cached<T: Float>(
+    x: ArrayView4<'_, T>,
+    w: ArrayView4<'_, T>,
+    b: Option<ArrayView1<'_, T>>,
+    opts: &Conv2dOptions,
+    cache: Option<&mut crate::winograd::WeightCache<T>>,
+) -> Result<Array4<T>> {
     let g = ConvGeometry::new(x.shape(), w.shape(), opts)?;
     g.check_bias(b.as_ref().map(|b| b.len()))?;
     let x = x.as_standard_layout();
@@ -146,7 +158,7 @@ pub fn conv2d_forward<T: Float>(
     if let Some(tile) = crate::winograd::choose(&g)? {
         let b = b.map(|b| b.to_vec());
         let y_slice = y.as_slice_mut().expect("a new array is contiguous");
-        crate::winograd::forward(tile, &g, xs, ws, b.as_deref(), y_slice);
+        crate::winograd::forward_cached(tile, &g, xs, ws, b.as_deref(), y_slice, cache);
         return Ok(y);
     }
     let per_sample_in = g.c_in * g.h * g.w;

@@ -4,10 +4,12 @@ use cnn_tensor::{join_key, ArrayD, Error, Float, Layer, Mode, Param, Result};
 use ndarray::{Array4, ArrayView1, ArrayView4, Ix1, Ix4};
 use rand::Rng;
 
+use crate::conv2d::conv2d_forward_cached;
+use crate::winograd::WeightCache;
 use crate::{
-    avg_pool2d_backward, avg_pool2d_forward, conv2d_backward, conv2d_forward,
-    global_avg_pool2d_backward, global_avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward,
-    Conv2dOptions, Pool2dOptions,
+    avg_pool2d_backward, avg_pool2d_forward, conv2d_backward, global_avg_pool2d_backward,
+    global_avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward, Conv2dOptions,
+    Pool2dOptions,
 };
 
 /// `x` as `[N, C, H, W]`, or an error naming `op`.
@@ -110,6 +112,8 @@ pub struct Conv2d<T: Float = f32> {
     /// Stride, padding, dilation, groups.
     pub options: Conv2dOptions,
     cache: Option<Array4<T>>,
+    /// The Winograd weight transform of the last eval-mode call.
+    eval_weights: WeightCache<T>,
 }
 
 impl<T: Float> Conv2d<T> {
@@ -150,7 +154,13 @@ impl<T: Float> Conv2d<T> {
         } else {
             None
         };
-        Ok(Conv2d { weight: Param::new(weight), bias, options: cfg.options, cache: None })
+        Ok(Conv2d {
+            weight: Param::new(weight),
+            bias,
+            options: cfg.options,
+            cache: None,
+            eval_weights: WeightCache::default(),
+        })
     }
 
     /// A layer from given weights (`[out, in/groups, kh, kw]`, bias `[out]`).
@@ -176,34 +186,45 @@ impl<T: Float> Conv2d<T> {
                 ));
             }
         }
-        Ok(Conv2d { weight: Param::new(weight), bias: bias.map(Param::new), options, cache: None })
+        Ok(Conv2d {
+            weight: Param::new(weight),
+            bias: bias.map(Param::new),
+            options,
+            cache: None,
+            eval_weights: WeightCache::default(),
+        })
     }
+}
 
-    fn views(&self) -> Result<(ArrayView4<'_, T>, Option<ArrayView1<'_, T>>)> {
-        let w = self
-            .weight
-            .value
-            .view()
-            .into_dimensionality::<Ix4>()
-            .map_err(|_| Error::shape("conv2d", "weight must be 4-D"))?;
-        let b = match &self.bias {
-            Some(b) => Some(
-                b.value
-                    .view()
-                    .into_dimensionality::<Ix1>()
-                    .map_err(|_| Error::shape("conv2d", "bias must be 1-D"))?,
-            ),
-            None => None,
-        };
-        Ok((w, b))
-    }
+/// The weight as `[out, in/groups, kh, kw]` and the bias as `[out]`.
+fn views<'a, T: Float>(
+    weight: &'a Param<T>,
+    bias: Option<&'a Param<T>>,
+) -> Result<(ArrayView4<'a, T>, Option<ArrayView1<'a, T>>)> {
+    let w = weight
+        .value
+        .view()
+        .into_dimensionality::<Ix4>()
+        .map_err(|_| Error::shape("conv2d", "weight must be 4-D"))?;
+    let b = match bias {
+        Some(b) => Some(
+            b.value
+                .view()
+                .into_dimensionality::<Ix1>()
+                .map_err(|_| Error::shape("conv2d", "bias must be 1-D"))?,
+        ),
+        None => None,
+    };
+    Ok((w, b))
 }
 
 impl<T: Float> Layer<T> for Conv2d<T> {
     fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
         let x = to4("conv2d", x)?;
-        let (w, b) = self.views()?;
-        let y = conv2d_forward(x.view(), w, b, &self.options)?;
+        let (w, b) = views(&self.weight, self.bias.as_ref())?;
+        // In eval mode the Winograd weight transform is kept between calls.
+        let cache = (mode == Mode::Eval).then_some(&mut self.eval_weights);
+        let y = conv2d_forward_cached(x.view(), w, b, &self.options, cache)?;
         self.cache = (mode == Mode::Train).then_some(x);
         Ok(y.into_dyn())
     }
@@ -211,7 +232,7 @@ impl<T: Float> Layer<T> for Conv2d<T> {
     fn backward(&mut self, dy: ArrayD<T>) -> Result<ArrayD<T>> {
         let x = self.cache.take().ok_or(Error::NoForward { op: "conv2d" })?;
         let dy = to4("conv2d", dy)?;
-        let (w, _) = self.views()?;
+        let (w, _) = views(&self.weight, self.bias.as_ref())?;
         let grads = conv2d_backward(x.view(), w, dy.view(), &self.options)?;
         if self.weight.trainable {
             self.weight.grad += &grads.dw.into_dyn();

@@ -418,12 +418,56 @@ pub(crate) fn forward<T: Float>(
     b: Option<&[T]>,
     y: &mut [T],
 ) {
+    forward_cached(tile, g, x, w, b, y, None);
+}
+
+/// The weight transform of one call, kept by a layer between eval-mode calls.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WeightCache<T: Float> {
+    /// The weights it was computed from (compared on every use: a layer's
+    /// weight is a public field, so no other signal says it changed).
+    weights: Vec<T>,
+    /// Tile, group count and the GEMM width it was packed for.
+    key: Option<(Tile, usize, usize)>,
+    packed: Vec<Vec<PackedLhs<T>>>,
+}
+
+impl<T: Float> WeightCache<T> {
+    /// The packed `U[ξ]` for `w`, from the cache when `w` and the key are the same.
+    fn get(&mut self, tile: Tile, g: &ConvGeometry, w: &[T], cols: usize) -> &[Vec<PackedLhs<T>>] {
+        let key = Some((tile, g.opts.groups, cols));
+        if self.key != key || self.weights != w {
+            self.packed = transform_weights(tile, g, w, cols);
+            self.weights = w.to_vec();
+            self.key = key;
+        }
+        &self.packed
+    }
+}
+
+/// [`forward`], with the weight transform taken from (and kept in) `cache`.
+pub(crate) fn forward_cached<T: Float>(
+    tile: Tile,
+    g: &ConvGeometry,
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+    y: &mut [T],
+    cache: Option<&mut WeightCache<T>>,
+) {
     let grid = Grid::new(tile, g);
     let (cg, cog, a2) = (g.c_in_g(), g.c_out_g(), tile.alpha() * tile.alpha());
     let tps = grid.per_sample();
     let bytes_per_sample = a2 * (cg + cog) * tps * std::mem::size_of::<T>();
     let samples = (CHUNK_BYTES / bytes_per_sample).clamp(1, g.n);
-    let weights = transform_weights(tile, g, w, samples * tps);
+    let fresh;
+    let weights = match cache {
+        Some(c) => c.get(tile, g, w, samples * tps),
+        None => {
+            fresh = transform_weights(tile, g, w, samples * tps);
+            &fresh
+        }
+    };
     let (per_in, per_out) = (g.c_in * g.h * g.w, g.c_out * g.out_area());
     let mut v = vec![T::zero(); a2 * cg * samples * tps];
     let mut m = vec![T::zero(); a2 * cog * samples * tps];

@@ -187,3 +187,28 @@ fn with_conv_algorithm_overrides_auto_in_its_scope_only() {
     let explicit = auto.with_algorithm(ConvAlgorithm::Winograd4);
     assert_eq!(cnn_conv::with_conv_algorithm(ConvAlgorithm::Im2col, || run(&explicit)), winograd);
 }
+
+#[test]
+fn eval_mode_keeps_the_weight_transform_until_the_weight_changes() {
+    use cnn_conv::{Conv2d, Conv2dConfig};
+    use cnn_tensor::{Layer, Mode};
+    let mut rng = cnn_tensor::random::seeded_rng(3);
+    let cfg = Conv2dConfig::new(32, 32, 3).with_padding(1);
+    let mut conv = Conv2d::<f32>::new(cfg, &mut rng).unwrap();
+    conv.options = conv.options.with_algorithm(ConvAlgorithm::Winograd4);
+    let x = cnn_tensor::random::normal::<f32, _>(&[2, 32, 10, 10], 0.0, 1.0, &mut rng);
+    let direct = |conv: &Conv2d<f32>| {
+        let w = conv.weight.value.view().into_dimensionality::<ndarray::Ix4>().unwrap();
+        let b = conv.bias.as_ref().unwrap().value.view().into_dimensionality::<ndarray::Ix1>();
+        let x4 = x.view().into_dimensionality::<ndarray::Ix4>().unwrap();
+        conv2d_forward(x4, w, Some(b.unwrap()), &conv.options).unwrap().into_dyn()
+    };
+    let first = conv.forward(x.clone(), Mode::Eval).unwrap();
+    assert_eq!(first, direct(&conv));
+    assert_eq!(conv.forward(x.clone(), Mode::Eval).unwrap(), first, "the cached transform");
+    // A weight changed through the public field: the cache must notice.
+    conv.weight.value[[0, 0, 1, 1]] += 1.0;
+    let changed = conv.forward(x.clone(), Mode::Eval).unwrap();
+    assert_eq!(changed, direct(&conv));
+    assert_ne!(changed, first);
+}
