@@ -89,6 +89,17 @@ fn sgemm(c: &mut Criterion) {
                 .expect("gemm")
         })
     });
+    // Every panel shape of the micro-kernel, one thread: how the per-vendor
+    // tables in cnn-tensor's packed.rs were (and are to be) chosen.
+    for (mr, nv) in cnn::tensor::PANELS {
+        let packed = cnn::tensor::PackedLhs::with_panel(a.view(), (mr, nv)).expect("a panel");
+        group.bench_function(format!("2048_panel_{mr}x{}_1thread", 16 * nv), |bch| {
+            bch.iter(|| {
+                cnn::tensor::gemm_packed(&packed, b.view(), 0.0, out.view_mut(), &mut scratch)
+                    .expect("gemm")
+            })
+        });
+    }
     let threads = rayon::current_num_threads();
     group.bench_function(format!("2048_{threads}threads"), |bch| {
         bch.iter(|| {

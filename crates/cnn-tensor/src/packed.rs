@@ -20,10 +20,51 @@ const KC: usize = 1024;
 /// Rows of `A` per block: `MC × KC` f32 (384 KiB) stays in L2.
 const MC: usize = 384;
 
-/// Panel shapes of the micro-kernel: `(MR, NV)`, `NR = 16·NV` columns; each has
-/// 24 accumulators. The first wins ties: 8 x 48 measured fastest on 2048² (202
-/// GFLOP/s on one core, against 194 for 4 x 96 and 189 for 12 x 32).
-const SHAPES: [(usize, usize); 3] = [(8, 3), (4, 6), (12, 2)];
+/// Panel shapes of the micro-kernel on AMD cores (and unknown vendors):
+/// `(MR, NV)`, `NR = 16·NV` columns, 24 accumulators each. The first wins
+/// ties: 8 x 48 measured fastest on 2048² on the AMD EPYC here (202 GFLOP/s
+/// on one core, against 194 for 4 x 96 and 189 for 12 x 32).
+const SHAPES_AMD: [(usize, usize); 3] = [(8, 3), (4, 6), (12, 2)];
+
+/// Panel shapes on Intel server cores: two 512-bit FMA ports (4 cycles
+/// latency) keep 8 FMAs in flight per cycle pair, so the first choice has
+/// more independent accumulators (14 x 32: 28) and fewer loads per FMA
+/// (16 per 28) than 8 x 48. Not yet measured on an Intel machine (no lent
+/// machine in the session that wrote it): `sgemm/panel_*` in benches/conv.rs
+/// times every shape, and `CNN_GEMM_PANEL` overrides the choice.
+const SHAPES_INTEL: [(usize, usize); 3] = [(14, 2), (8, 3), (6, 4)];
+
+/// Every panel shape the micro-kernel is compiled for.
+pub const PANELS: [(usize, usize); 6] = [(8, 3), (4, 6), (12, 2), (14, 2), (6, 4), (16, 1)];
+
+/// The panel shapes to choose from on this CPU: `CNN_GEMM_PANEL=MRxNR` (one of
+/// [`PANELS`], e.g. `8x48`) if set, else the table of the CPU's vendor.
+fn shapes() -> &'static [(usize, usize)] {
+    static CHOSEN: std::sync::OnceLock<Vec<(usize, usize)>> = std::sync::OnceLock::new();
+    CHOSEN.get_or_init(|| {
+        if let Ok(v) = std::env::var("CNN_GEMM_PANEL") {
+            let parsed = v.split_once('x').and_then(|(m, n)| {
+                let (mr, nr) = (m.trim().parse::<usize>().ok()?, n.trim().parse::<usize>().ok()?);
+                PANELS.contains(&(mr, nr / 16)).then_some((mr, nr / 16)).filter(|_| nr % 16 == 0)
+            });
+            match parsed {
+                Some(shape) => return vec![shape],
+                None => eprintln!(
+                    "warning: CNN_GEMM_PANEL={v:?} is not one of {}; using the CPU's table",
+                    PANELS
+                        .iter()
+                        .map(|(m, v)| format!("{m}x{}", 16 * v))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        }
+        match crate::simd::vendor() {
+            crate::simd::CpuVendor::Intel => SHAPES_INTEL.to_vec(),
+            _ => SHAPES_AMD.to_vec(),
+        }
+    })
+}
 
 /// A left operand `A: [m, k]`, packed for repeated products `A·B`.
 #[derive(Debug, Clone)]
@@ -48,13 +89,34 @@ impl<T: Float> PackedLhs<T> {
     /// Packs `a` for products with right operands of about `typical_n` columns
     /// (the panel shape is chosen to waste the least padding on `m × typical_n`).
     pub fn new(a: ArrayView2<'_, T>, typical_n: usize) -> Self {
-        let (m, k) = a.dim();
+        let (m, _) = a.dim();
         let shape = avx512_f32::<T>().then(|| {
             let padded = |(mr, nv): (usize, usize)| {
                 m.div_ceil(mr) * mr * typical_n.max(1).div_ceil(16 * nv) * 16 * nv
             };
-            SHAPES.iter().copied().min_by_key(|&s| padded(s)).unwrap_or((8, 3))
+            shapes().iter().copied().min_by_key(|&s| padded(s)).unwrap_or((8, 3))
         });
+        Self::pack(a, shape)
+    }
+
+    /// Packs `a` for the micro-kernel panel `(MR, NV)` (one of [`PANELS`]),
+    /// whatever the CPU's table says: for benchmarks that compare panel shapes.
+    /// Without the micro-kernel (f64, or SIMD level below AVX-512) the shape is ignored.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a shape not in [`PANELS`].
+    pub fn with_panel(a: ArrayView2<'_, T>, panel: (usize, usize)) -> Result<Self> {
+        if !PANELS.contains(&panel) {
+            return Err(Error::config(
+                "gemm_packed",
+                format!("panel {panel:?} is not one of {PANELS:?} (MR, NR/16)"),
+            ));
+        }
+        Ok(Self::pack(a, avx512_f32::<T>().then_some(panel)))
+    }
+
+    fn pack(a: ArrayView2<'_, T>, shape: Option<(usize, usize)>) -> Self {
+        let (m, k) = a.dim();
         let mut data = Vec::new();
         if let Some((mr, _)) = shape {
             data = vec![T::zero(); m.div_ceil(mr) * mr * k];
@@ -177,6 +239,9 @@ mod x86 {
                             match (mr, nv) {
                                 (4, 6) => micro::<4, 6>(kc, ap.as_ptr(), bp.as_ptr(), tile),
                                 (8, 3) => micro::<8, 3>(kc, ap.as_ptr(), bp.as_ptr(), tile),
+                                (14, 2) => micro::<14, 2>(kc, ap.as_ptr(), bp.as_ptr(), tile),
+                                (6, 4) => micro::<6, 4>(kc, ap.as_ptr(), bp.as_ptr(), tile),
+                                (16, 1) => micro::<16, 1>(kc, ap.as_ptr(), bp.as_ptr(), tile),
                                 _ => micro::<12, 2>(kc, ap.as_ptr(), bp.as_ptr(), tile),
                             }
                         }
@@ -319,10 +384,26 @@ mod tests {
     #[test]
     fn every_simd_level_multiplies_right() {
         for level in crate::simd::levels() {
-            for filter in ["ragged_shapes", "strided_destinations"] {
+            for filter in ["ragged_shapes", "strided_destinations", "every_panel_shape"] {
                 crate::simd::rerun_tests(filter, &[("CNN_SIMD", level.name())]).unwrap();
             }
         }
+    }
+
+    #[test]
+    fn every_panel_shape_equals_matrixmultiply() {
+        let (m, k, n) = (37, 300, 101);
+        let (a, b) = (randn(m, k, 1), randn(k, n, 2));
+        let mut want = Array2::<f32>::zeros((m, n));
+        gemm(1.0, a.view(), b.view(), 0.0, want.view_mut()).unwrap();
+        for panel in PANELS {
+            let packed = PackedLhs::with_panel(a.view(), panel).unwrap();
+            let mut got = Array2::<f32>::zeros((m, n));
+            gemm_packed(&packed, b.view(), 0.0, got.view_mut(), &mut Vec::new()).unwrap();
+            let err = want.iter().zip(&got).fold(0f32, |s, (x, y)| s.max((x - y).abs()));
+            assert!(err <= 1e-4, "panel {panel:?}: {err}");
+        }
+        assert!(PackedLhs::with_panel(a.view(), (5, 5)).is_err());
     }
 
     #[test]
