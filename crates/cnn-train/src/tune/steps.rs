@@ -263,12 +263,12 @@ pub struct LrCurve {
     pub losses: Vec<f64>,
     /// The exponentially smoothed loss (β = 0.9, bias-corrected).
     pub smoothed: Vec<f64>,
-    /// Mean of the first five raw losses.
+    /// The loss before the first update: the same network for every rate.
     pub start: f64,
     /// The last smoothed loss.
     pub end: f64,
     /// Whether every loss was finite and the smoothed loss never exceeded
-    /// 1.5× the highest of the first five losses.
+    /// 1.5× `start`.
     pub stable: bool,
 }
 
@@ -296,9 +296,9 @@ fn smooth(losses: &[f64], beta: f64) -> Vec<f64> {
 /// `config.lr_candidates` (a fresh network each, the base optimizer at a
 /// constant rate, weight decay `config.lr_weight_decay`, the full training
 /// data). The pick is **the largest rate that is stable and whose smoothed
-/// loss fell by at least `config.lr_min_drop` of its start (the mean of the
-/// first five losses) and never rose above 1.5× the highest of those**. Returns the
-/// section, the pick (if any) and every curve.
+/// loss fell by at least `config.lr_min_drop` of its start (the loss before
+/// the first update, the same for every rate) and never rose above 1.5× it**.
+/// Returns the section, the pick (if any) and every curve.
 ///
 /// # Errors
 /// Whatever the models or the loader return.
@@ -345,12 +345,13 @@ pub fn lr_sweep(
             }
         }
         let smoothed = smooth(&losses, 0.9);
-        let head = &losses[..losses.len().min(5)];
-        let start = head.iter().sum::<f64>() / head.len() as f64;
+        // The reference is the loss before any update, shared by every rate:
+        // a mean of the first few losses would already hold a diverging
+        // rate's jump (lr 10 on the digits: 2.3 → 6.6 by step 5, then "down"
+        // to 3.0, above chance, which is not training), and a good rate's drop.
+        let start = losses.first().copied().unwrap_or(f64::NAN);
         let end = smoothed.last().copied().unwrap_or(f64::NAN);
-        // The ceiling comes from the highest of the first losses, not their
-        // mean: on a tiny set a good rate has halved the loss by step 5.
-        let ceiling = 1.5 * head.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let ceiling = 1.5 * start;
         let stable = losses.iter().all(|l| l.is_finite()) && smoothed.iter().all(|&s| s <= ceiling);
         curves.push(LrCurve { lr, losses, smoothed, start, end, stable });
     }
