@@ -101,14 +101,20 @@ fn pack_weights<T: Float>(
         .collect()
 }
 
-/// A row-major matrix view over a slice.
-fn mat<T>(data: &[T], rows: usize, cols: usize, ld: usize) -> ArrayView2<'_, T> {
+/// A row-major matrix view over a slice, rows `ld` apart.
+pub(crate) fn mat<T>(data: &[T], rows: usize, cols: usize, ld: usize) -> ArrayView2<'_, T> {
     // Invariant of every caller: the slice covers `rows` rows of stride `ld`.
     ArrayView2::from_shape((rows, cols).strides((ld, 1)), data)
         .expect("matrix view within its buffer")
 }
 
-fn mat_mut<T>(data: &mut [T], rows: usize, cols: usize, ld: usize) -> ArrayViewMut2<'_, T> {
+/// A mutable row-major matrix view over a slice, rows `ld` apart.
+pub(crate) fn mat_mut<T>(
+    data: &mut [T],
+    rows: usize,
+    cols: usize,
+    ld: usize,
+) -> ArrayViewMut2<'_, T> {
     ArrayViewMut2::from_shape((rows, cols).strides((ld, 1)), data)
         .expect("matrix view within its buffer")
 }

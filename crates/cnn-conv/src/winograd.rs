@@ -27,9 +27,9 @@
 //! results do not depend on the thread count.
 
 use cnn_tensor::{gemm_packed, Error, Float, PackedLhs, Result};
-use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
 use rayon::prelude::*;
 
+use crate::conv2d::{mat, mat_mut};
 use crate::{ConvAlgorithm, ConvGeometry};
 
 /// Tiles transformed at once, one per vector lane (16 f32 in an AVX-512 register).
@@ -186,18 +186,19 @@ fn bt4<T: Float>(d: [T; MAX_ALPHA]) -> [T; MAX_ALPHA] {
 
 /// `Aᵀ·v` of F(2×2): 4 → 2.
 #[inline(always)]
-fn at2<T: Float>(v: [T; MAX_ALPHA]) -> [T; 4] {
+fn at2<T: Float>(v: [T; MAX_ALPHA]) -> [T; MAX_ALPHA] {
     let z = T::zero();
-    [v[0] + v[1] + v[2], v[1] - v[2] - v[3], z, z]
+    [v[0] + v[1] + v[2], v[1] - v[2] - v[3], z, z, z, z]
 }
 
 /// `Aᵀ·v` of F(4×4): 6 → 4.
 #[inline(always)]
-fn at4<T: Float>(v: [T; MAX_ALPHA]) -> [T; 4] {
+fn at4<T: Float>(v: [T; MAX_ALPHA]) -> [T; MAX_ALPHA] {
     let (c2, c4, c8) = (T::of(2.0), T::of(4.0), T::of(8.0));
     let (s12, d12) = (v[1] + v[2], v[1] - v[2]);
     let (s34, d34) = (v[3] + v[4], v[3] - v[4]);
-    [v[0] + s12 + s34, d12 + c2 * d34, s12 + c4 * s34, d12 + c8 * d34 + v[5]]
+    let z = T::zero();
+    [v[0] + s12 + s34, d12 + c2 * d34, s12 + c4 * s34, d12 + c8 * d34 + v[5], z, z]
 }
 
 /// `G·g`: 3 → α.
@@ -232,32 +233,36 @@ type Lanes<T> = [[T; LANES]; MAX_ALPHA * MAX_ALPHA];
 #[inline(always)]
 fn input_transform_body<T: Float>(tile: Tile, d: &Lanes<T>, out: &mut Lanes<T>) {
     match tile {
-        Tile::F2 => transform_2d::<T, 4>(d, out, bt2),
-        Tile::F4 => transform_2d::<T, 6>(d, out, bt4),
+        Tile::F2 => separable::<T, 4, 4>(d, out, bt2),
+        Tile::F4 => separable::<T, 6, 6>(d, out, bt4),
     }
 }
 
-/// `X·d·Xᵀ` for the 1-D transform `x` of `A` points, lane by lane.
+/// `X·d·Xᵀ` lane by lane, for the 1-D transform `x` from `IN` points to
+/// `OUT` (row-major `[IN][IN]` in, `[OUT][OUT]` out): along the columns, then
+/// along the rows. Every transform of this module is one of these.
 #[inline(always)]
-fn transform_2d<T: Float, const A: usize>(
+fn separable<T: Float, const IN: usize, const OUT: usize>(
     d: &Lanes<T>,
     out: &mut Lanes<T>,
     x: impl Fn([T; MAX_ALPHA]) -> [T; MAX_ALPHA],
 ) {
+    // e[k][j] = (X · d[:, j])[k], `[OUT][IN]`.
     let mut e: Lanes<T> = [[T::zero(); LANES]; MAX_ALPHA * MAX_ALPHA];
-    for j in 0..A {
+    for j in 0..IN {
         for l in 0..LANES {
-            let r = x(std::array::from_fn(|i| if i < A { d[i * A + j][l] } else { T::zero() }));
-            for k in 0..A {
-                e[k * A + j][l] = r[k];
+            let r = x(std::array::from_fn(|i| if i < IN { d[i * IN + j][l] } else { T::zero() }));
+            for k in 0..OUT {
+                e[k * IN + j][l] = r[k];
             }
         }
     }
-    for k in 0..A {
+    // out[k][q] = (X · e[k, :])[q].
+    for k in 0..OUT {
         for l in 0..LANES {
-            let r = x(std::array::from_fn(|j| if j < A { e[k * A + j][l] } else { T::zero() }));
-            for q in 0..A {
-                out[k * A + q][l] = r[q];
+            let r = x(std::array::from_fn(|j| if j < IN { e[k * IN + j][l] } else { T::zero() }));
+            for q in 0..OUT {
+                out[k * OUT + q][l] = r[q];
             }
         }
     }
@@ -267,33 +272,8 @@ fn transform_2d<T: Float, const A: usize>(
 #[inline(always)]
 fn output_transform_body<T: Float>(tile: Tile, v: &Lanes<T>, out: &mut Lanes<T>) {
     match tile {
-        Tile::F2 => inverse_2d::<T, 4, 2>(v, out, at2),
-        Tile::F4 => inverse_2d::<T, 6, 4>(v, out, at4),
-    }
-}
-
-#[inline(always)]
-fn inverse_2d<T: Float, const A: usize, const M: usize>(
-    v: &Lanes<T>,
-    out: &mut Lanes<T>,
-    x: impl Fn([T; MAX_ALPHA]) -> [T; 4],
-) {
-    let mut e: Lanes<T> = [[T::zero(); LANES]; MAX_ALPHA * MAX_ALPHA];
-    for j in 0..A {
-        for l in 0..LANES {
-            let r = x(std::array::from_fn(|i| if i < A { v[i * A + j][l] } else { T::zero() }));
-            for k in 0..M {
-                e[k * A + j][l] = r[k];
-            }
-        }
-    }
-    for k in 0..M {
-        for l in 0..LANES {
-            let r = x(std::array::from_fn(|j| if j < A { e[k * A + j][l] } else { T::zero() }));
-            for q in 0..M {
-                out[k * M + q][l] = r[q];
-            }
-        }
+        Tile::F2 => separable::<T, 4, 2>(v, out, at2),
+        Tile::F4 => separable::<T, 6, 4>(v, out, at4),
     }
 }
 
@@ -326,18 +306,6 @@ impl Grid {
     fn per_sample(&self) -> usize {
         self.rows * self.cols
     }
-}
-
-/// A row-major matrix view over a slice, rows `ld` apart.
-fn mat<T>(data: &[T], rows: usize, cols: usize, ld: usize) -> ArrayView2<'_, T> {
-    // Invariant of every caller: the slice covers `rows` rows of stride `ld`.
-    ArrayView2::from_shape((rows, cols).strides((ld, 1)), data)
-        .expect("matrix view within its buffer")
-}
-
-fn mat_mut<T>(data: &mut [T], rows: usize, cols: usize, ld: usize) -> ArrayViewMut2<'_, T> {
-    ArrayViewMut2::from_shape((rows, cols).strides((ld, 1)), data)
-        .expect("matrix view within its buffer")
 }
 
 /// The coefficients of `U[ξ] = Σ_{i,j} coef[ξ][3i + j] · w[·, ·, i, j]`:
@@ -700,35 +668,8 @@ fn a4<T: Float>(d: [T; MAX_ALPHA]) -> [T; MAX_ALPHA] {
 #[inline(always)]
 fn output_adjoint_body<T: Float>(tile: Tile, dy: &Lanes<T>, out: &mut Lanes<T>) {
     match tile {
-        Tile::F2 => adjoint_2d::<T, 4, 2>(dy, out, a2),
-        Tile::F4 => adjoint_2d::<T, 6, 4>(dy, out, a4),
-    }
-}
-
-#[inline(always)]
-fn adjoint_2d<T: Float, const A: usize, const M: usize>(
-    dy: &Lanes<T>,
-    out: &mut Lanes<T>,
-    x: impl Fn([T; MAX_ALPHA]) -> [T; MAX_ALPHA],
-) {
-    let mut e: Lanes<T> = [[T::zero(); LANES]; MAX_ALPHA * MAX_ALPHA];
-    // Columns: e[k][j] = (A · dy[:, j])[k] for k < α, j < m.
-    for j in 0..M {
-        for l in 0..LANES {
-            let r = x(std::array::from_fn(|i| if i < M { dy[i * M + j][l] } else { T::zero() }));
-            for k in 0..A {
-                e[k * M + j][l] = r[k];
-            }
-        }
-    }
-    // Rows: out[k][q] = (A · e[k, :])[q].
-    for k in 0..A {
-        for l in 0..LANES {
-            let r = x(std::array::from_fn(|j| if j < M { e[k * M + j][l] } else { T::zero() }));
-            for q in 0..A {
-                out[k * A + q][l] = r[q];
-            }
-        }
+        Tile::F2 => separable::<T, 2, 4>(dy, out, a2),
+        Tile::F4 => separable::<T, 4, 6>(dy, out, a4),
     }
 }
 
@@ -907,7 +848,7 @@ mod tests {
             }
         };
         close(&bt4(d), &mv(&bt4m, &d));
-        close(&at4(d), &mv(&at4m, &d));
+        close(&at4(d)[..4], &mv(&at4m, &d));
         let gg = [0.5, -2.0, 1.5];
         let want: Vec<f64> =
             g4m.iter().map(|r| r.iter().zip(&gg).map(|(a, b)| a * b).sum()).collect();

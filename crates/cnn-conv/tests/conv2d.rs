@@ -64,19 +64,7 @@ fn case(max_hw: usize) -> impl Strategy<Value = Case> {
 /// Relative errors of the fast kernel against the naive twin on case `c`:
 /// forward, dx, dW and db.
 fn fast_vs_naive(c: &Case, seed: u64) -> [(&'static str, f64); 4] {
-    let (x, w, b) = (randn4(c.x, seed), randn4(c.w, seed + 1), Array1::from_vec(vec![0.5; c.w[0]]));
-    let b = c.bias.then_some(b.view());
-    let fast = conv2d_forward(x.view(), w.view(), b, &c.opts).unwrap();
-    let slow = conv2d_forward_naive(x.view(), w.view(), b, &c.opts).unwrap();
-    let dy = randn4(fast.dim().into(), seed + 2);
-    let gf = conv2d_backward(x.view(), w.view(), dy.view(), &c.opts).unwrap();
-    let gs = conv2d_backward_naive(x.view(), w.view(), dy.view(), &c.opts).unwrap();
-    [
-        ("forward", rel_err(&fast, &slow)),
-        ("dx", rel_err(&gf.dx, &gs.dx)),
-        ("dw", rel_err(&gf.dw, &gs.dw)),
-        ("db", rel_err(&gf.db, &gs.db)),
-    ]
+    common::conv_errors_against_naive(c.x, c.w, &c.opts, c.bias, seed)
 }
 
 proptest! {

@@ -9,7 +9,6 @@ mod common;
 use cnn_conv::naive::{conv2d_backward_naive, conv2d_forward_naive};
 use cnn_conv::{conv2d_backward, conv2d_forward, Conv2dOptions, ConvAlgorithm};
 use common::{proptest_config, randn4, rel_err};
-use ndarray::Array1;
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -46,30 +45,12 @@ fn case() -> impl Strategy<Value = Case> {
         )
 }
 
-/// Relative errors of forward, dx, dW and db against the naive twin, in f64.
-fn errors(c: &Case, seed: u64) -> [(&'static str, f64); 4] {
-    let (x, w) = (randn4(c.x, seed), randn4(c.w, seed + 1));
-    let b = Array1::from_shape_fn(c.w[0], |i| 0.1 * i as f64 - 0.3);
-    let b = c.bias.then_some(b.view());
-    let fast = conv2d_forward(x.view(), w.view(), b, &c.opts).unwrap();
-    let slow = conv2d_forward_naive(x.view(), w.view(), b, &c.opts).unwrap();
-    let dy = randn4(fast.dim().into(), seed + 2);
-    let gf = conv2d_backward(x.view(), w.view(), dy.view(), &c.opts).unwrap();
-    let gs = conv2d_backward_naive(x.view(), w.view(), dy.view(), &c.opts).unwrap();
-    [
-        ("forward", rel_err(&fast, &slow)),
-        ("dx", rel_err(&gf.dx, &gs.dx)),
-        ("dw", rel_err(&gf.dw, &gs.dw)),
-        ("db", rel_err(&gf.db, &gs.db)),
-    ]
-}
-
 proptest! {
     #![proptest_config(proptest_config(128))]
 
     #[test]
     fn winograd_equals_naive_in_f64(c in case(), seed in 0u64..1000) {
-        let errors = errors(&c, seed);
+        let errors = common::conv_errors_against_naive(c.x, c.w, &c.opts, c.bias, seed);
         prop_assert!(errors.iter().all(|e| e.1 < 1e-9), "{errors:?}");
     }
 }

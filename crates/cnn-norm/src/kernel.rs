@@ -220,13 +220,13 @@ fn group_moments_body<T: Float>(x: &[T], axes: NormAxes, s: usize) -> (T, T) {
 cnn_tensor::simd_fn! {
     /// `ys = (xs − m)·r·γ + β` for the segment starting at element `start`.
     fn normalize_segment<T: Float>(
-    ys: &mut [MaybeUninit<T>],
-    xs: &[T],
-    start: usize,
-    m: T,
-    r: T,
-    affine: Option<&Affine<'_, T>>,
-) = normalize_segment_body
+        ys: &mut [MaybeUninit<T>],
+        xs: &[T],
+        start: usize,
+        m: T,
+        r: T,
+        affine: Option<&Affine<'_, T>>,
+    ) = normalize_segment_body
 }
 
 #[inline(always)]
@@ -260,14 +260,14 @@ fn normalize_segment_body<T: Float>(
 cnn_tensor::simd_fn! {
     /// `(Σ g, Σ g·x̂)` over group `s`, with `g = dy·γ`.
     fn group_grad_sums<T: Float>(
-    x: &[T],
-    dy: &[T],
-    axes: NormAxes,
-    s: usize,
-    m: T,
-    r: T,
-    affine: Option<&Affine<'_, T>>,
-) -> (T, T) = group_grad_sums_body
+        x: &[T],
+        dy: &[T],
+        axes: NormAxes,
+        s: usize,
+        m: T,
+        r: T,
+        affine: Option<&Affine<'_, T>>,
+    ) -> (T, T) = group_grad_sums_body
 }
 
 #[inline(always)]
@@ -305,13 +305,13 @@ fn group_grad_sums_body<T: Float>(
 cnn_tensor::simd_fn! {
     /// `dx = r·(dy·γ − mg − x̂·mgx)` for the segment starting at element `start`.
     fn dx_segment<T: Float>(
-    out: &mut [MaybeUninit<T>],
-    x: &[T],
-    dy: &[T],
-    start: usize,
-    stats: [T; 4],
-    affine: Option<&Affine<'_, T>>,
-) = dx_segment_body
+        out: &mut [MaybeUninit<T>],
+        x: &[T],
+        dy: &[T],
+        start: usize,
+        stats: [T; 4],
+        affine: Option<&Affine<'_, T>>,
+    ) = dx_segment_body
 }
 
 #[inline(always)]
@@ -344,14 +344,14 @@ fn dx_segment_body<T: Float>(
 cnn_tensor::simd_fn! {
     /// `(dγ[k], dβ[k])`: sums of `dy·x̂` and `dy` over the elements of feature `k`.
     fn feature_grad_sums<T: Float>(
-    x: &[T],
-    dy: &[T],
-    axes: NormAxes,
-    a: AffineAxes,
-    k: usize,
-    mean: &[T],
-    rstd: &[T],
-) -> (T, T) = feature_grad_sums_body
+        x: &[T],
+        dy: &[T],
+        axes: NormAxes,
+        a: AffineAxes,
+        k: usize,
+        mean: &[T],
+        rstd: &[T],
+    ) -> (T, T) = feature_grad_sums_body
 }
 
 #[inline(always)]
@@ -510,12 +510,12 @@ pub fn normalize_backward_fused<T: Float>(
 cnn_tensor::simd_fn! {
     /// `(feature, Σ dy, Σ dy·(x − m))` for each run of one γ in a segment.
     fn run_sums<T: Float>(
-    x: &[T],
-    dy: &[T],
-    start: usize,
-    m: T,
-    affine: Option<&Affine<'_, T>>,
-) -> Vec<(usize, T, T)> = run_sums_body
+        x: &[T],
+        dy: &[T],
+        start: usize,
+        m: T,
+        affine: Option<&Affine<'_, T>>,
+    ) -> Vec<(usize, T, T)> = run_sums_body
 }
 
 #[inline(always)]

@@ -36,3 +36,31 @@ pub fn distinct4(shape: [usize; 4], seed: u64) -> ArrayD<f64> {
     v.shuffle(&mut seeded_rng(seed));
     ArrayD::from_shape_vec(shape.to_vec(), v).expect("sizes agree")
 }
+
+/// Relative errors of `conv2d_forward` / `conv2d_backward` against their
+/// naive twins in f64, on random `x: xs`, `w: ws` (seeded), with a bias of
+/// 0.5 when `bias`: forward, dx, dW and db.
+pub fn conv_errors_against_naive(
+    xs: [usize; 4],
+    ws: [usize; 4],
+    opts: &cnn_conv::Conv2dOptions,
+    bias: bool,
+    seed: u64,
+) -> [(&'static str, f64); 4] {
+    use cnn_conv::naive::{conv2d_backward_naive, conv2d_forward_naive};
+    use cnn_conv::{conv2d_backward, conv2d_forward};
+    let (x, w) = (randn4(xs, seed), randn4(ws, seed + 1));
+    let b = ndarray::Array1::from_vec(vec![0.5; ws[0]]);
+    let b = bias.then_some(b.view());
+    let fast = conv2d_forward(x.view(), w.view(), b, opts).expect("forward");
+    let slow = conv2d_forward_naive(x.view(), w.view(), b, opts).expect("naive forward");
+    let dy = randn4(fast.dim().into(), seed + 2);
+    let gf = conv2d_backward(x.view(), w.view(), dy.view(), opts).expect("backward");
+    let gs = conv2d_backward_naive(x.view(), w.view(), dy.view(), opts).expect("naive backward");
+    [
+        ("forward", rel_err(&fast, &slow)),
+        ("dx", rel_err(&gf.dx, &gs.dx)),
+        ("dw", rel_err(&gf.dw, &gs.dw)),
+        ("db", rel_err(&gf.db, &gs.db)),
+    ]
+}
