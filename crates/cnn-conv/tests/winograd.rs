@@ -193,3 +193,50 @@ fn eval_mode_keeps_the_weight_transform_until_the_weight_changes() {
     assert_eq!(changed, direct(&conv));
     assert_ne!(changed, first);
 }
+
+fn small_case() -> impl Strategy<Value = Case> {
+    (
+        (1..3usize, 1..3usize, 1..3usize, 1..3usize),
+        (1..7usize, 1..7usize, 0..3usize),
+        any::<bool>(),
+        prop_oneof![Just(ConvAlgorithm::Winograd2), Just(ConvAlgorithm::Winograd4)],
+    )
+        .prop_filter_map(
+            "kernel must fit the padded input",
+            |((n, cg, cog, groups), (h, w, p), bias, algo)| {
+                let opts = Conv2dOptions::default()
+                    .with_padding(p)
+                    .with_groups(groups)
+                    .with_algorithm(algo);
+                (h + 2 * p >= 3 && w + 2 * p >= 3).then_some(Case {
+                    x: [n, cg * groups, h, w],
+                    w: [cog * groups, cg, 3, 3],
+                    opts,
+                    bias,
+                })
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(proptest_config(32))]
+
+    /// The public gradient checker on a `Conv2d` layer forced through
+    /// Winograd: backward (dx, dW by Winograd; db) against central differences,
+    /// and the layer contract (a second backward adds into the gradients).
+    #[test]
+    fn winograd_layer_passes_the_gradient_checker(c in small_case(), seed in 0u64..1000) {
+        use cnn_conv::{Conv2d, Conv2dConfig};
+        let cfg = Conv2dConfig {
+            in_channels: c.x[1],
+            out_channels: c.w[0],
+            kernel: [3, 3],
+            options: c.opts,
+            bias: c.bias,
+        };
+        let mut conv = Conv2d::<f64>::new(cfg, &mut cnn_tensor::random::seeded_rng(seed)).unwrap();
+        let x = randn4(c.x, seed).into_dyn();
+        let report = cnn_tensor::gradcheck::check_layer(&mut conv, &x, seed, &Default::default()).unwrap();
+        prop_assert!(report.passed(), "{report}");
+    }
+}
