@@ -345,6 +345,11 @@ cnn_tensor::simd_fn! {
 }
 
 /// `U[ξ]` of each group, packed for the GEMMs: `[group][ξ]`.
+///
+/// The group's kernel taps are first laid out as nine planes, one per tap
+/// `(i, j)`, each holding that tap of every `(o, c)`; `U[ξ]` is a scaled sum
+/// of the nine planes. With the micro-kernel the planes are laid out in its
+/// panel order, so the sums come out packed (no second copy).
 fn transform_weights<T: Float>(
     tile: Tile,
     g: &ConvGeometry,
@@ -353,15 +358,24 @@ fn transform_weights<T: Float>(
 ) -> Vec<Vec<PackedLhs<T>>> {
     let (cg, cog, a2) = (g.c_in_g(), g.c_out_g(), tile.alpha() * tile.alpha());
     let coef = weight_coefficients::<T>(tile);
-    let len = cog * cg;
+    let panel = PackedLhs::<T>::panel_for(cog, typical_cols);
+    // Plane position of (o, c): the packed index, or row-major.
+    let (len, at): (usize, Box<dyn Fn(usize, usize) -> usize + Sync>) = match panel {
+        Some((mr, _)) => (
+            cog.div_ceil(mr) * mr * cg,
+            Box::new(move |o, c| PackedLhs::<T>::packed_index(o, c, cg, mr)),
+        ),
+        None => (cog * cg, Box::new(move |o, c| o * cg + c)),
+    };
+    let size = cog * cg * 9;
     (0..g.opts.groups)
         .map(|grp| {
-            // The group's kernel taps as nine planes [i·3 + j][o·Cg + c].
-            let w_g = &w[grp * len * 9..(grp + 1) * len * 9];
+            let w_g = &w[grp * size..(grp + 1) * size];
             let mut planes = vec![T::zero(); 9 * len];
             for (oc, k) in w_g.chunks(9).enumerate() {
+                let q = at(oc / cg, oc % cg);
                 for (ij, &v) in k.iter().enumerate() {
-                    planes[ij * len + oc] = v;
+                    planes[ij * len + q] = v;
                 }
             }
             (0..a2)
@@ -369,7 +383,11 @@ fn transform_weights<T: Float>(
                 .map(|xi| {
                     let mut u = vec![T::zero(); len];
                     combine_planes(&planes, len, &coef[xi], &mut u);
-                    PackedLhs::new(mat(&u, cog, cg, cg), typical_cols)
+                    match panel {
+                        Some(panel) => PackedLhs::from_panels(cog, cg, panel, u)
+                            .expect("the panel PackedLhs chose, and its length"),
+                        None => PackedLhs::new(mat(&u, cog, cg, cg), typical_cols),
+                    }
                 })
                 .collect()
         })

@@ -89,14 +89,55 @@ impl<T: Float> PackedLhs<T> {
     /// Packs `a` for products with right operands of about `typical_n` columns
     /// (the panel shape is chosen to waste the least padding on `m × typical_n`).
     pub fn new(a: ArrayView2<'_, T>, typical_n: usize) -> Self {
-        let (m, _) = a.dim();
-        let shape = avx512_f32::<T>().then(|| {
+        Self::pack(a, Self::panel_for(a.nrows(), typical_n))
+    }
+
+    /// The panel `(MR, NV)` that [`PackedLhs::new`] chooses for an `m`-row
+    /// matrix and right operands of about `typical_n` columns (the one that
+    /// wastes the least padding), or `None` when products run in matrixmultiply.
+    pub fn panel_for(m: usize, typical_n: usize) -> Option<(usize, usize)> {
+        avx512_f32::<T>().then(|| {
             let padded = |(mr, nv): (usize, usize)| {
                 m.div_ceil(mr) * mr * typical_n.max(1).div_ceil(16 * nv) * 16 * nv
             };
             shapes().iter().copied().min_by_key(|&s| padded(s)).unwrap_or((8, 3))
-        });
-        Self::pack(a, shape)
+        })
+    }
+
+    /// Where `A[p, kk]` of a `k`-column matrix lives in the packed data of
+    /// panels of `mr` rows: `((p / mr)·k + kk)·mr + p % mr`. The data holds
+    /// `⌈m / mr⌉·mr·k` values, zero in the padding rows.
+    pub fn packed_index(p: usize, kk: usize, k: usize, mr: usize) -> usize {
+        ((p / mr) * k + kk) * mr + p % mr
+    }
+
+    /// A packed `m × k` operand from data already laid out for `panel` (see
+    /// [`PackedLhs::packed_index`]): for a producer that can write the panels
+    /// directly, instead of a matrix that [`PackedLhs::new`] then copies.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the micro-kernel does not run for `T` here or
+    /// `panel` is not one of [`PANELS`]; [`Error::Shape`] when `data` has the
+    /// wrong length.
+    pub fn from_panels(m: usize, k: usize, panel: (usize, usize), data: Vec<T>) -> Result<Self> {
+        if !avx512_f32::<T>() || !PANELS.contains(&panel) {
+            return Err(Error::config(
+                "gemm_packed",
+                format!("panel {panel:?}: the micro-kernel does not run here or has no such panel"),
+            ));
+        }
+        let want = m.div_ceil(panel.0) * panel.0 * k;
+        if data.len() != want {
+            return Err(Error::shape(
+                "gemm_packed",
+                format!(
+                    "packed data has {} values, a {m}x{k} matrix in panels of {} rows needs {want}",
+                    data.len(),
+                    panel.0
+                ),
+            ));
+        }
+        Ok(PackedLhs { m, k, shape: Some(panel), data, plain: Array2::zeros((0, 0)) })
     }
 
     /// Packs `a` for the micro-kernel panel `(MR, NV)` (one of [`PANELS`]),
@@ -121,9 +162,8 @@ impl<T: Float> PackedLhs<T> {
         if let Some((mr, _)) = shape {
             data = vec![T::zero(); m.div_ceil(mr) * mr * k];
             for (p, row) in a.rows().into_iter().enumerate() {
-                let panel = &mut data[(p / mr) * mr * k..];
                 for (kk, &v) in row.iter().enumerate() {
-                    panel[kk * mr + p % mr] = v;
+                    data[Self::packed_index(p, kk, k, mr)] = v;
                 }
             }
         }
@@ -404,6 +444,27 @@ mod tests {
             assert!(err <= 1e-4, "panel {panel:?}: {err}");
         }
         assert!(PackedLhs::with_panel(a.view(), (5, 5)).is_err());
+    }
+
+    #[test]
+    fn from_panels_equals_packing_the_matrix() {
+        let (m, k, n) = (19, 23, 40);
+        let (a, b) = (randn(m, k, 1), randn(k, n, 2));
+        let Some(panel) = PackedLhs::<f32>::panel_for(m, n) else {
+            assert!(PackedLhs::<f32>::from_panels(m, k, (8, 3), vec![0.0; 24 * k]).is_err());
+            return; // no micro-kernel at this SIMD level
+        };
+        let mut data = vec![0.0f32; m.div_ceil(panel.0) * panel.0 * k];
+        for ((p, kk), &v) in a.indexed_iter() {
+            data[PackedLhs::<f32>::packed_index(p, kk, k, panel.0)] = v;
+        }
+        let direct = PackedLhs::from_panels(m, k, panel, data).unwrap();
+        let packed = PackedLhs::new(a.view(), n);
+        let (mut c1, mut c2) = (Array2::<f32>::zeros((m, n)), Array2::<f32>::zeros((m, n)));
+        gemm_packed(&direct, b.view(), 0.0, c1.view_mut(), &mut Vec::new()).unwrap();
+        gemm_packed(&packed, b.view(), 0.0, c2.view_mut(), &mut Vec::new()).unwrap();
+        assert_eq!(c1, c2);
+        assert!(PackedLhs::<f32>::from_panels(m, k, panel, vec![0.0; 3]).is_err());
     }
 
     #[test]
