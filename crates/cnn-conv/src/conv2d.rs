@@ -1,4 +1,6 @@
-//! conv2d forward and backward by im2col + GEMM, parallel over blocks of samples.
+//! conv2d forward and backward by im2col + GEMM, parallel over blocks of samples;
+//! the entry points also route depthwise convs to `depthwise.rs` and 3×3
+//! stride-1 convs to Winograd (`winograd.rs`) by `Conv2dOptions::algorithm`.
 //!
 //! Buffers, for a block of `s` samples and one group `g` (`G` groups):
 //! ```text
@@ -128,9 +130,13 @@ pub(crate) fn mat_mut<T>(
 /// `x: [N, C_in, H, W]`, `w: [C_out, C_in/groups, kh, kw]`, `b: [C_out]` →
 /// `[N, C_out, Ho, Wo]` with `Ho = ⌊(H + 2ph − dh(kh − 1) − 1)/sh⌋ + 1` (likewise `Wo`).
 ///
+/// Computed by im2col + GEMM, the direct depthwise kernel, or Winograd for
+/// 3×3 stride-1 convs, as [`crate::ConvAlgorithm`] and its shape rule say
+/// (docs/conv.md); the results agree within rounding.
+///
 /// # Errors
-/// [`cnn_tensor::Error::Shape`] / [`cnn_tensor::Error::Config`] as [`ConvGeometry::new`], or a bias
-/// that is not `[C_out]`.
+/// [`cnn_tensor::Error::Shape`] / [`cnn_tensor::Error::Config`] as [`ConvGeometry::new`], a bias
+/// that is not `[C_out]`, or an algorithm forced on a convolution it cannot compute.
 pub fn conv2d_forward<T: Float>(
     x: ArrayView4<'_, T>,
     w: ArrayView4<'_, T>,
