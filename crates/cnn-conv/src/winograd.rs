@@ -741,21 +741,42 @@ fn adjoint_channel<T: Float, const A: usize, const M: usize>(
     }
 }
 
-/// `out[p] = Σ_ξ coef[ξ][ij] · planes[ξ][p]` for one tap `ij`, compiled per SIMD level.
+/// Positions of `dU` turned into dW taps per task (9 tap rows of this many
+/// stay in L1 while the α² planes stream past once).
+const TAP_BLOCK: usize = 512;
+
+/// `taps[ij][p] = Σ_ξ coef[ξ][ij] · planes[ξ][p0 + p]` for the nine taps `ij`
+/// and `p < taps[0].len()`: each plane is read once (ξ outer), each output
+/// sums ξ in order. Compiled per SIMD level.
 #[inline(always)]
-fn gather_tap_body<T: Float>(planes: &[T], len: usize, coef: &[T], out: &mut [T]) {
-    // ξ outer, positions inner (vectorized); each output still sums ξ in order.
-    let out = &mut out[..len];
-    out.fill(T::zero());
-    for (xi, &c) in coef.iter().enumerate() {
-        let plane = &planes[xi * len..(xi + 1) * len];
-        out.iter_mut().zip(plane).for_each(|(o, &v)| *o += c * v);
+fn gather_taps_body<T: Float>(
+    planes: &[T],
+    len: usize,
+    p0: usize,
+    coef: &[[T; 9]],
+    taps: &mut [[T; TAP_BLOCK]; 9],
+    n: usize,
+) {
+    taps.iter_mut().for_each(|t| t[..n].fill(T::zero()));
+    for (xi, c) in coef.iter().enumerate() {
+        let plane = &planes[xi * len + p0..xi * len + p0 + n];
+        for (ij, t) in taps.iter_mut().enumerate() {
+            let cij = c[ij];
+            t[..n].iter_mut().zip(plane).for_each(|(o, &v)| *o += cij * v);
+        }
     }
 }
 
 cnn_tensor::simd_fn! {
-    /// See `gather_tap_body`.
-    fn gather_tap<T: Float>(planes: &[T], len: usize, coef: &[T], out: &mut [T]) = gather_tap_body
+    /// See `gather_taps_body`.
+    fn gather_taps<T: Float>(
+        planes: &[T],
+        len: usize,
+        p0: usize,
+        coef: &[[T; 9]],
+        taps: &mut [[T; TAP_BLOCK]; 9],
+        n: usize,
+    ) = gather_taps_body
 }
 
 /// dW of a stride-1 3×3 conv by Winograd `tile`: `dU[ξ] = Σ_t dM[ξ][·][t] · V[ξ][·][t]ᵀ`
@@ -803,26 +824,22 @@ pub(crate) fn backward_dw<T: Float>(tile: Tile, g: &ConvGeometry, x: &[T], dy: &
             });
         }
     }
-    // dW taps: plane ij = Σ_ξ coef[ξ][ij] · dU[ξ], then interleaved into [o][c][ij].
+    // dW[oc][ij] = Σ_ξ coef[ξ][ij] · dU[ξ][oc], a block of positions per task.
     let coef = weight_coefficients::<T>(tile);
     let len = cog * cg;
     for grp in 0..g.opts.groups {
         let du_g = &du[grp * a2 * len..(grp + 1) * a2 * len];
-        let taps: Vec<Vec<T>> = (0..9)
-            .into_par_iter()
-            .map(|ij| {
-                let c: Vec<T> = coef.iter().map(|row| row[ij]).collect();
-                let mut out = vec![T::zero(); len];
-                gather_tap(du_g, len, &c, &mut out);
-                out
-            })
-            .collect();
         let dw_g = &mut dw[grp * len * 9..(grp + 1) * len * 9];
-        for (oc, k) in dw_g.chunks_mut(9).enumerate() {
-            for (ij, kv) in k.iter_mut().enumerate() {
-                *kv = taps[ij][oc];
+        dw_g.par_chunks_mut(TAP_BLOCK * 9).enumerate().for_each(|(blk, dw_blk)| {
+            let (p0, n) = (blk * TAP_BLOCK, dw_blk.len() / 9);
+            let mut taps = [[T::zero(); TAP_BLOCK]; 9];
+            gather_taps(du_g, len, p0, &coef, &mut taps, n);
+            for (p, k) in dw_blk.chunks_mut(9).enumerate() {
+                for (ij, kv) in k.iter_mut().enumerate() {
+                    *kv = taps[ij][p];
+                }
             }
-        }
+        });
     }
 }
 
