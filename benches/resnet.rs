@@ -43,15 +43,18 @@ fn train_step(c: &mut Criterion) {
     group.finish();
 }
 
+/// torchvision's ResNet-18 in eval mode at batch 1 (latency), 8 and 32.
 fn resnet18_eval(c: &mut Criterion) {
     let mut rng = seeded_rng(1);
     let mut net = resnet18::<f32, _>(1000, &mut rng).expect("model");
-    let x: ArrayD<f32> = normal(&[8, 3, 224, 224], 0.0, 1.0, &mut rng);
     let mut group = c.benchmark_group("resnet18_eval_forward");
-    group.throughput(Throughput::Elements(8));
-    group.bench_function("b8_224", |b| {
-        b.iter(|| net.forward(x.clone(), Mode::Eval).expect("forward"))
-    });
+    for batch in [1usize, 8, 32] {
+        let x: ArrayD<f32> = normal(&[batch, 3, 224, 224], 0.0, 1.0, &mut rng);
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_function(format!("b{batch}_224"), |b| {
+            b.iter(|| net.forward(x.clone(), Mode::Eval).expect("forward"))
+        });
+    }
     group.finish();
 }
 
