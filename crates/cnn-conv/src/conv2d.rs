@@ -340,21 +340,19 @@ pub fn conv2d_backward<T: Float>(
             db: Array1::from_vec(db),
         });
     }
-    let per_in = g.c_in * g.h * g.w;
-    let per_out = g.c_out * g.out_area();
-    let plan = Plan::new::<T>(&g);
     let mut dx = Array4::<T>::zeros((g.n, g.c_in, g.h, g.w));
     let dx_slice = dx.as_slice_mut().expect("a new array is contiguous");
     // dx and dW by Winograd when it applies: then no im2col block is needed.
-    if let Some(tile) = crate::winograd::choose(&g)?.filter(|_| crate::winograd::applies_to_dx(&g))
-    {
-        crate::winograd::backward_dx(tile, &g, ws, dys, dx_slice);
+    if let (Some(tile), Some(gt)) = (crate::winograd::choose(&g)?, g.dx_as_forward()) {
+        crate::winograd::backward_dx(tile, &g, &gt, ws, dys, dx_slice);
         let mut dw_flat = vec![T::zero(); ws.len()];
         crate::winograd::backward_dw(tile, &g, xs, dys, &mut dw_flat);
         let dw = Array4::from_shape_vec(w.raw_dim(), dw_flat).expect("same length as the weight");
         return Ok(Conv2dGrads { dx, dw, db: bias_grad(&g, dys) });
     }
-
+    let per_in = g.c_in * g.h * g.w;
+    let per_out = g.c_out * g.out_area();
+    let plan = Plan::new::<T>(&g);
     let weights_t = pack_weights(&g, &plan, ws, true);
     let dw_len = ws.len();
     let partials: Vec<Vec<T>> = dx_slice

@@ -62,12 +62,20 @@ fn input_rows(g: &ConvGeometry, p: usize) -> impl Iterator<Item = (usize, usize)
 /// One output plane: `y[p, q] = b + Σ_{i, j} w[i, j]·x[p·sh − ph + i·dh, q·sw − pw + j·dw]`.
 ///
 /// # Shapes
-/// `x: [H·W]`, `k: [kh·kw]`, `y: [Ho·Wo]`.
+/// `x: [H·W]`, `k: [kh·kw]`, `y: [Ho·Wo]`; `padded` is a task's scratch, reused
+/// from plane to plane.
 #[inline(always)]
-fn forward_plane_body<T: Float>(g: &ConvGeometry, x: &[T], k: &[T], bias: T, y: &mut [T]) {
+fn forward_plane_body<T: Float>(
+    g: &ConvGeometry,
+    x: &[T],
+    k: &[T],
+    bias: T,
+    y: &mut [T],
+    padded: &mut Vec<T>,
+) {
     let ([_, sw], [_, pw], [_, dw]) = (g.opts.stride, g.opts.padding, g.opts.dilation);
     if sw == 1 && dw == 1 {
-        return forward_plane_unit(g, x, k, bias, y);
+        return forward_plane_unit(g, x, k, bias, y, padded);
     }
     y.iter_mut().for_each(|v| *v = bias);
     for (p, y_row) in y.chunks_mut(g.wo).enumerate() {
@@ -82,7 +90,14 @@ fn forward_plane_body<T: Float>(g: &ConvGeometry, x: &[T], k: &[T], bias: T, y: 
 
 cnn_tensor::simd_fn! {
     /// One output plane, compiled per SIMD level.
-    fn forward_plane<T: Float>(g: &ConvGeometry, x: &[T], k: &[T], bias: T, y: &mut [T]) = forward_plane_body
+    fn forward_plane<T: Float>(
+        g: &ConvGeometry,
+        x: &[T],
+        k: &[T],
+        bias: T,
+        y: &mut [T],
+        padded: &mut Vec<T>,
+    ) = forward_plane_body
 }
 
 /// Output columns accumulated in registers at once by [`forward_plane_unit`].
@@ -94,22 +109,31 @@ const COLS: usize = 16;
 /// registers (`acc[l] += k[i, j]·row[q + l + j]`) and is stored once, instead
 /// of one pass over the output row per tap.
 #[inline(always)]
-fn forward_plane_unit<T: Float>(g: &ConvGeometry, x: &[T], k: &[T], bias: T, y: &mut [T]) {
+fn forward_plane_unit<T: Float>(
+    g: &ConvGeometry,
+    x: &[T],
+    k: &[T],
+    bias: T,
+    y: &mut [T],
+    padded: &mut Vec<T>,
+) {
     let pw = g.opts.padding[1];
     let width = g.w + 2 * pw;
-    // Padded rows of the whole plane: [h][width].
-    let mut padded = vec![T::zero(); g.h * width];
+    // Padded rows of the whole plane: [h][width]; the zero borders are rewritten
+    // each time, since the buffer is reused from a plane of another shape.
+    padded.resize(g.h * width, T::zero());
     for (dst, src) in padded.chunks_mut(width).zip(x.chunks(g.w)) {
+        dst[..pw].fill(T::zero());
         dst[pw..pw + g.w].copy_from_slice(src);
+        dst[pw + g.w..].fill(T::zero());
     }
     let (wo, kw) = (g.wo, g.kw);
     for (p, y_row) in y.chunks_mut(wo).enumerate() {
-        let rows: Vec<(usize, usize)> = input_rows(g, p).collect();
         let mut q0 = 0;
         while q0 < wo {
             let n = COLS.min(wo - q0);
             let mut acc = [bias; COLS];
-            for &(i, r) in &rows {
+            for (i, r) in input_rows(g, p) {
                 let row = &padded[r * width..(r + 1) * width];
                 for j in 0..kw {
                     let kk = k[i * kw + j];
@@ -212,33 +236,14 @@ cnn_tensor::simd_fn! {
 /// Forward over the batch: `x: [N·C·H·W]`, `w: [C·kh·kw]`, `b: [C]` → `y: [N·C·Ho·Wo]`.
 pub(crate) fn forward<T: Float>(g: &ConvGeometry, x: &[T], w: &[T], b: Option<&[T]>, y: &mut [T]) {
     let (area_in, area_out, taps) = (g.h * g.w, g.ho * g.wo, g.kh * g.kw);
-    y.par_chunks_mut(area_out).zip(x.par_chunks(area_in)).enumerate().for_each(
-        |(plane, (y_p, x_p))| {
+    y.par_chunks_mut(area_out).zip(x.par_chunks(area_in)).enumerate().for_each_init(
+        Vec::new,
+        |padded, (plane, (y_p, x_p))| {
             let c = plane % g.c_in;
             let bias = b.map_or(T::zero(), |b| b[c]);
-            forward_plane(g, x_p, &w[c * taps..][..taps], bias, y_p);
+            forward_plane(g, x_p, &w[c * taps..][..taps], bias, y_p, padded);
         },
     );
-}
-
-/// The geometry of dx as a forward conv of dy (`[Ho, Wo] → [H, W]`, flipped
-/// kernel, padding `k − 1 − p`), when stride and dilation are 1 and the
-/// padding at most `k − 1`; `None` otherwise.
-fn transposed_geometry(g: &ConvGeometry) -> Option<ConvGeometry> {
-    let o = g.opts;
-    let unit = o.stride == [1, 1] && o.dilation == [1, 1];
-    if !unit || o.padding[0] >= g.kh || o.padding[1] >= g.kw {
-        return None;
-    }
-    let padding = [g.kh - 1 - o.padding[0], g.kw - 1 - o.padding[1]];
-    Some(ConvGeometry {
-        h: g.ho,
-        w: g.wo,
-        ho: g.h,
-        wo: g.w,
-        opts: crate::Conv2dOptions { padding, ..o },
-        ..*g
-    })
 }
 
 /// Backward over the batch: `(dx, dw, db)` for `dy: [N·C·Ho·Wo]`.
@@ -252,14 +257,16 @@ pub(crate) fn backward<T: Float>(
     let mut dx = vec![T::zero(); x.len()];
     // Stride 1, dilation 1: dx is the forward conv of dy with the flipped kernel
     // and padding k − 1 − p, which runs in the register-blocked forward kernel.
-    let flipped = transposed_geometry(g);
-    let w_flipped: Vec<T> = w.chunks(taps).flat_map(|k| k.iter().rev().copied()).collect();
-    dx.par_chunks_mut(area_in).zip(dy.par_chunks(area_out)).enumerate().for_each(
-        |(plane, (dx_p, dy_p))| {
+    let flipped = g.dx_as_forward();
+    let w_flipped = g.dx_weight(w);
+    dx.par_chunks_mut(area_in).zip(dy.par_chunks(area_out)).enumerate().for_each_init(
+        Vec::new,
+        |padded, (plane, (dx_p, dy_p))| {
             let c = plane % c_n;
             match &flipped {
                 Some(gt) => {
-                    forward_plane(gt, dy_p, &w_flipped[c * taps..][..taps], T::zero(), dx_p)
+                    let k = &w_flipped[c * taps..][..taps];
+                    forward_plane(gt, dy_p, k, T::zero(), dx_p, padded)
                 }
                 None => dx_plane(g, dy_p, &w[c * taps..][..taps], dx_p),
             }

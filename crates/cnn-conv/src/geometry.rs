@@ -263,6 +263,46 @@ impl ConvGeometry {
         }
     }
 
+    /// dx of a stride-1, undilated convolution as a forward convolution of
+    /// `dy`: `[N, C_out, Ho, Wo] → [N, C_in, H, W]`, padding `k − 1 − p`, the
+    /// kernel as [`ConvGeometry::dx_weight`] gives it. `None` for other strides
+    /// or dilations, or padding of `k` or more.
+    pub fn dx_as_forward(&self) -> Option<ConvGeometry> {
+        let o = self.opts;
+        let unit = o.stride == [1, 1] && o.dilation == [1, 1];
+        if !unit || o.padding[0] >= self.kh || o.padding[1] >= self.kw {
+            return None;
+        }
+        let padding = [self.kh - 1 - o.padding[0], self.kw - 1 - o.padding[1]];
+        Some(ConvGeometry {
+            c_in: self.c_out,
+            h: self.ho,
+            w: self.wo,
+            c_out: self.c_in,
+            ho: self.h,
+            wo: self.w,
+            opts: Conv2dOptions { padding, ..o },
+            ..*self
+        })
+    }
+
+    /// The kernel of [`ConvGeometry::dx_as_forward`]: `w'[c, o, i, j] = w[o, c,
+    /// kh − 1 − i, kw − 1 − j]` within each group (flipped, channel axes swapped).
+    pub(crate) fn dx_weight<T: Copy>(&self, w: &[T]) -> Vec<T> {
+        let (cg, cog, taps) = (self.c_in_g(), self.c_out_g(), self.kh * self.kw);
+        let mut wt = w.to_vec();
+        for grp in 0..self.opts.groups {
+            for o in 0..cog {
+                for c in 0..cg {
+                    let src = &w[((grp * cog + o) * cg + c) * taps..][..taps];
+                    let dst = &mut wt[((grp * cg + c) * cog + o) * taps..][..taps];
+                    dst.iter_mut().zip(src.iter().rev()).for_each(|(d, &s)| *d = s);
+                }
+            }
+        }
+        wt
+    }
+
     /// Whether im2col would only copy the input (1x1 kernel, stride 1, no padding).
     pub fn is_pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.opts.stride == [1, 1] && self.opts.padding == [0, 0]
@@ -294,6 +334,33 @@ mod tests {
         let e = ConvGeometry::new(&[0, 3, 8, 8], &[4, 3, 3, 3], &o).unwrap_err();
         assert!(e.to_string().contains("zero-size"), "{e}");
         assert!(ConvGeometry::new(&[1, 3, 8, 8], &[4, 3, 3, 3], &o.with_stride(0)).is_err());
+    }
+}
+
+#[cfg(test)]
+mod dx_tests {
+    use super::*;
+
+    #[test]
+    fn dx_as_forward_swaps_sizes_and_mirrors_padding() {
+        let o = Conv2dOptions::default().with_padding(1).with_groups(2);
+        let g = ConvGeometry::new(&[3, 4, 9, 7], &[6, 2, 3, 5], &o).unwrap();
+        let t = g.dx_as_forward().unwrap();
+        assert_eq!((t.c_in, t.h, t.w, t.c_out, t.ho, t.wo), (6, 9, 5, 4, 9, 7));
+        assert_eq!(t.opts.padding, [1, 3]);
+        // Kernel [o, c, i, j] → [c, o, 2 − i, 4 − j] within each group.
+        let w: Vec<usize> = (0..6 * 2 * 15).collect();
+        let wt = g.dx_weight(&w);
+        let at = |o: usize, c: usize, i: usize, j: usize| ((o * 2 + c) * 3 + i) * 5 + j;
+        let at_t = |c: usize, o: usize, i: usize, j: usize| ((c * 3 + o) * 3 + i) * 5 + j;
+        // group 1: output channel 4 (local 1), input channel 3 (local 1).
+        assert_eq!(wt[at_t(3, 1, 0, 0)], w[at(4, 1, 2, 4)]);
+        for strided in [o.with_stride(2), o.with_dilation(2), o.with_padding(3)] {
+            assert!(ConvGeometry::new(&[3, 4, 9, 9], &[6, 2, 3, 3], &strided)
+                .unwrap()
+                .dx_as_forward()
+                .is_none());
+        }
     }
 }
 

@@ -156,12 +156,6 @@ pub(crate) fn choose(g: &ConvGeometry) -> Result<Option<Tile>> {
     }
 }
 
-/// Whether dx can go through Winograd too: dx of a stride-1 3×3 conv with
-/// padding `p` is a 3×3 conv of `dy` with padding `2 − p`.
-pub(crate) fn applies_to_dx(g: &ConvGeometry) -> bool {
-    g.opts.padding[0] <= 2 && g.opts.padding[1] <= 2
-}
-
 // ---------------------------------------------------------------------------
 // 1-D transforms (Lavin & Gray's matrices written out, zeros skipped). The
 // 2-D transform `X · v · Xᵀ` applies one along columns, then along rows.
@@ -306,6 +300,56 @@ impl Grid {
     fn per_sample(&self) -> usize {
         self.rows * self.cols
     }
+
+    /// Samples per chunk: as many as keep a chunk's transformed input `V` and
+    /// GEMM side `M` (α² values per tile and channel) near [`CHUNK_BYTES`].
+    fn samples_per_chunk<T>(&self, g: &ConvGeometry) -> usize {
+        let a2 = self.tile.alpha() * self.tile.alpha();
+        let bytes = a2 * (g.c_in_g() + g.c_out_g()) * self.per_sample() * std::mem::size_of::<T>();
+        (CHUNK_BYTES / bytes).clamp(1, g.n)
+    }
+}
+
+/// `V[c][ξ][t]` of group `grp` for the samples of `x_chunk` (`t_all` tiles):
+/// one task per input channel, its tiles of every sample in the lanes.
+fn transform_input<T: Float>(
+    grid: &Grid,
+    g: &ConvGeometry,
+    x_chunk: &[T],
+    grp: usize,
+    v: &mut [T],
+    t_all: usize,
+) {
+    let (cg, a2, per_in) = (g.c_in_g(), grid.tile.alpha() * grid.tile.alpha(), g.c_in * g.h * g.w);
+    v[..a2 * cg * t_all].par_chunks_mut(a2 * t_all).enumerate().for_each(|(c, v_c)| {
+        let planes = Planes { data: x_chunk, first: grp * cg + c, stride: per_in };
+        match grid.tile {
+            Tile::F2 => transform_channel::<T, 4, 2>(grid, g, planes, v_c, t_all),
+            Tile::F4 => transform_channel::<T, 6, 4>(grid, g, planes, v_c, t_all),
+        }
+    });
+}
+
+/// Writes `lanes` of each of the first `rows` lane rows of `out` to
+/// `dst[row·ld + t0 ..]`: a transform's result, back in `[ξ][t]` order.
+#[inline(always)]
+fn store_lanes<T: Float>(
+    out: &Lanes<T>,
+    rows: usize,
+    dst: &mut [T],
+    ld: usize,
+    t0: usize,
+    lanes: usize,
+) {
+    for (xi, o) in out.iter().enumerate().take(rows) {
+        let dst = &mut dst[xi * ld + t0..][..lanes];
+        if lanes == LANES {
+            let dst: &mut [T; LANES] = dst.try_into().expect("LANES elements");
+            *dst = *o;
+        } else {
+            dst.iter_mut().zip(o).for_each(|(d, &v)| *d = v);
+        }
+    }
 }
 
 /// The coefficients of `U[ξ] = Σ_{i,j} coef[ξ][3i + j] · w[·, ·, i, j]`:
@@ -443,9 +487,7 @@ pub(crate) fn forward_cached<T: Float>(
 ) {
     let grid = Grid::new(tile, g);
     let (cg, cog, a2) = (g.c_in_g(), g.c_out_g(), tile.alpha() * tile.alpha());
-    let tps = grid.per_sample();
-    let bytes_per_sample = a2 * (cg + cog) * tps * std::mem::size_of::<T>();
-    let samples = (CHUNK_BYTES / bytes_per_sample).clamp(1, g.n);
+    let (tps, samples) = (grid.per_sample(), grid.samples_per_chunk::<T>(g));
     let fresh;
     let weights = match cache {
         Some(c) => c.get(tile, g, w, samples * tps),
@@ -463,14 +505,7 @@ pub(crate) fn forward_cached<T: Float>(
         let x_chunk = &x[n0 * per_in..(n0 + s) * per_in];
         let t_all = s * tps;
         for (grp, u) in weights.iter().enumerate() {
-            // V[c][ξ][t]: one task per input channel, its tiles of every sample in the lanes.
-            v[..a2 * cg * t_all].par_chunks_mut(a2 * t_all).enumerate().for_each(|(c, v_c)| {
-                let planes = Planes { data: x_chunk, first: grp * cg + c, stride: per_in };
-                match tile {
-                    Tile::F2 => transform_channel::<T, 4, 2>(&grid, g, planes, v_c, t_all),
-                    Tile::F4 => transform_channel::<T, 6, 4>(&grid, g, planes, v_c, t_all),
-                }
-            });
+            transform_input(&grid, g, x_chunk, grp, &mut v, t_all);
             // M[ξ] = U[ξ] · V[ξ]: one GEMM per ξ.
             let v_ref = &v[..a2 * cg * t_all];
             m[..a2 * cog * t_all].par_chunks_mut(cog * t_all).enumerate().for_each_init(
@@ -578,15 +613,7 @@ fn transform_channel<T: Float, const A: usize, const M: usize>(
             }
         }
         input_transform(grid.tile, &d, &mut out);
-        for (xi, o) in out.iter().enumerate().take(A * A) {
-            let dst = &mut v_c[xi * ld + t0..][..lanes];
-            if lanes == LANES {
-                let dst: &mut [T; LANES] = dst.try_into().expect("LANES elements");
-                *dst = *o;
-            } else {
-                dst.iter_mut().zip(o).for_each(|(d, &v)| *d = v);
-            }
-        }
+        store_lanes(&out, A * A, v_c, ld, t0, lanes);
     }
 }
 
@@ -632,38 +659,18 @@ fn inverse_channel<T: Float, const A: usize, const M: usize>(
     }
 }
 
-/// dx of a stride-1 3×3 conv with padding `p ≤ 2`, by Winograd: the 3×3
-/// conv of `dy` with the kernel flipped and its channel axes swapped
-/// (`w'[c, o, i, j] = w[o, c, 2 − i, 2 − j]` within each group), padding `2 − p`.
-pub(crate) fn backward_dx<T: Float>(tile: Tile, g: &ConvGeometry, w: &[T], dy: &[T], dx: &mut [T]) {
-    let (cg, cog, groups) = (g.c_in_g(), g.c_out_g(), g.opts.groups);
-    let mut wt = vec![T::zero(); w.len()];
-    for grp in 0..groups {
-        for o in 0..cog {
-            for c in 0..cg {
-                let src = &w[((grp * cog + o) * cg + c) * 9..][..9];
-                let dst = &mut wt[((grp * cg + c) * cog + o) * 9..][..9];
-                for (k, d) in dst.iter_mut().enumerate() {
-                    *d = src[8 - k];
-                }
-            }
-        }
-    }
-    let opts =
-        crate::Conv2dOptions { padding: [2 - g.opts.padding[0], 2 - g.opts.padding[1]], ..g.opts };
-    let gt = ConvGeometry {
-        n: g.n,
-        c_in: g.c_out,
-        h: g.ho,
-        w: g.wo,
-        c_out: g.c_in,
-        kh: 3,
-        kw: 3,
-        ho: g.h,
-        wo: g.w,
-        opts,
-    };
-    forward(tile, &gt, dy, &wt, None, dx);
+/// dx of a stride-1 3×3 conv by Winograd: the forward conv of `dy` that
+/// `gt = g.dx_as_forward()` describes (flipped kernel, channel axes swapped,
+/// padding `2 − p`).
+pub(crate) fn backward_dx<T: Float>(
+    tile: Tile,
+    g: &ConvGeometry,
+    gt: &ConvGeometry,
+    w: &[T],
+    dy: &[T],
+    dx: &mut [T],
+) {
+    forward(tile, gt, dy, &g.dx_weight(w), None, dx);
 }
 
 /// `A·d` of F(2×2): the adjoint of [`at2`], 2 → 4.
@@ -729,15 +736,7 @@ fn adjoint_channel<T: Float, const A: usize, const M: usize>(
             }
         }
         output_adjoint(grid.tile, &d, &mut out);
-        for (xi, o) in out.iter().enumerate().take(A * A) {
-            let dst = &mut dm_o[xi * ld + t0..][..lanes];
-            if lanes == LANES {
-                let dst: &mut [T; LANES] = dst.try_into().expect("LANES elements");
-                *dst = *o;
-            } else {
-                dst.iter_mut().zip(o).for_each(|(d, &v)| *d = v);
-            }
-        }
+        store_lanes(&out, A * A, dm_o, ld, t0, lanes);
     }
 }
 
@@ -785,9 +784,7 @@ cnn_tensor::simd_fn! {
 pub(crate) fn backward_dw<T: Float>(tile: Tile, g: &ConvGeometry, x: &[T], dy: &[T], dw: &mut [T]) {
     let grid = Grid::new(tile, g);
     let (cg, cog, a2) = (g.c_in_g(), g.c_out_g(), tile.alpha() * tile.alpha());
-    let tps = grid.per_sample();
-    let bytes_per_sample = a2 * (cg + cog) * tps * std::mem::size_of::<T>();
-    let samples = (CHUNK_BYTES / bytes_per_sample).clamp(1, g.n);
+    let (tps, samples) = (grid.per_sample(), grid.samples_per_chunk::<T>(g));
     let (per_in, per_out) = (g.c_in * g.h * g.w, g.c_out * g.out_area());
     let mut v = vec![T::zero(); a2 * cg * samples * tps];
     let mut dm = vec![T::zero(); a2 * cog * samples * tps];
@@ -799,13 +796,7 @@ pub(crate) fn backward_dw<T: Float>(tile: Tile, g: &ConvGeometry, x: &[T], dy: &
         let dy_chunk = &dy[n0 * per_out..(n0 + s) * per_out];
         let t_all = s * tps;
         for grp in 0..g.opts.groups {
-            v[..a2 * cg * t_all].par_chunks_mut(a2 * t_all).enumerate().for_each(|(c, v_c)| {
-                let planes = Planes { data: x_chunk, first: grp * cg + c, stride: per_in };
-                match tile {
-                    Tile::F2 => transform_channel::<T, 4, 2>(&grid, g, planes, v_c, t_all),
-                    Tile::F4 => transform_channel::<T, 6, 4>(&grid, g, planes, v_c, t_all),
-                }
-            });
+            transform_input(&grid, g, x_chunk, grp, &mut v, t_all);
             dm[..a2 * cog * t_all].par_chunks_mut(a2 * t_all).enumerate().for_each(|(o, dm_o)| {
                 let planes = Planes { data: dy_chunk, first: grp * cog + o, stride: per_out };
                 match tile {
