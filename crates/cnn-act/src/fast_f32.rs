@@ -38,7 +38,7 @@ fn exp(x: f32) -> f32 {
 
 /// `erf(x) ≈ x·P(x²) / Q(x²)` on `x` clamped to `[−4, 4]` (beyond it erf is
 /// ±1 in f32): the rational minimax approximation of Eigen's and XLA's
-/// `erf` for f32, degree 13 over 8. One division and eleven fused
+/// `erf` for f32, degree 13 over 8. One division and ten fused
 /// multiply-adds, no `exp`: about half the instructions of Abramowitz &
 /// Stegun 7.1.26 with its `e^(−x²)`, which this replaced.
 #[inline(always)]

@@ -238,8 +238,11 @@ pub fn activation_forward_copy<T: Float>(act: Activation, x: &ArrayD<T>) -> Resu
     let xs = x.as_slice().ok_or_else(|| Error::shape(act.name(), "input is not contiguous"))?;
     let mut out = simd::uninit_vec::<T>(xs.len());
     let work = |ys: &mut [MaybeUninit<T>], xs: &[T]| {
-        if let (Activation::Gelu, Some(x32)) = (act, T::as_f32(xs)) {
-            let y32 = T::as_f32_uninit(ys).expect("T is f32 when its input is");
+        let gelu_f32 = match act {
+            Activation::Gelu => T::as_f32(xs).zip(T::as_f32_uninit(ys)),
+            _ => None,
+        };
+        if let Some((x32, y32)) = gelu_f32 {
             crate::fast_f32::gelu_forward_out(x32, y32);
         } else {
             with_value!(T, act, |f| {

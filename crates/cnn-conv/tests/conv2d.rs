@@ -12,18 +12,9 @@ use cnn_conv::{
 };
 use cnn_tensor::gradcheck::{check_fn, check_layer, GradCheckConfig};
 use cnn_tensor::{random, ArrayD, Error, Layer, Mode};
-use common::{proptest_config, randn4, rel_err};
+use common::{proptest_config, randn4, rel_err, Case};
 use ndarray::{Array1, Ix1, Ix4};
 use proptest::prelude::*;
-
-/// A random convolution that fits: sizes, kernel, stride, padding, dilation, groups, bias.
-#[derive(Debug, Clone)]
-struct Case {
-    x: [usize; 4],
-    w: [usize; 4],
-    opts: Conv2dOptions,
-    bias: bool,
-}
 
 fn case(max_hw: usize) -> impl Strategy<Value = Case> {
     (
@@ -61,18 +52,12 @@ fn case(max_hw: usize) -> impl Strategy<Value = Case> {
         )
 }
 
-/// Relative errors of the fast kernel against the naive twin on case `c`:
-/// forward, dx, dW and db.
-fn fast_vs_naive(c: &Case, seed: u64) -> [(&'static str, f64); 4] {
-    common::conv_errors_against_naive(c.x, c.w, &c.opts, c.bias, seed)
-}
-
 proptest! {
     #![proptest_config(proptest_config(96))]
 
     #[test]
     fn fast_kernel_equals_naive(c in case(9), seed in 0u64..1000) {
-        let errors = fast_vs_naive(&c, seed);
+        let errors = common::conv_errors_against_naive(&c, seed);
         prop_assert!(errors.iter().all(|e| e.1 < 1e-12), "{errors:?}");
     }
 
@@ -311,7 +296,7 @@ proptest! {
     /// The direct depthwise kernel against the naive twin, forward and every gradient.
     #[test]
     fn depthwise_kernel_equals_naive(c in depthwise_case(), seed in 0u64..1000) {
-        let errors = fast_vs_naive(&c, seed);
+        let errors = common::conv_errors_against_naive(&c, seed);
         prop_assert!(errors.iter().all(|e| e.1 < 1e-12), "{errors:?}");
     }
 }

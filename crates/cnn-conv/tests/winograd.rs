@@ -8,16 +8,8 @@ mod common;
 
 use cnn_conv::naive::{conv2d_backward_naive, conv2d_forward_naive};
 use cnn_conv::{conv2d_backward, conv2d_forward, Conv2dOptions, ConvAlgorithm};
-use common::{proptest_config, randn4, rel_err};
+use common::{proptest_config, randn4, rel_err, Case};
 use proptest::prelude::*;
-
-#[derive(Debug, Clone)]
-struct Case {
-    x: [usize; 4],
-    w: [usize; 4],
-    opts: Conv2dOptions,
-    bias: bool,
-}
 
 fn case() -> impl Strategy<Value = Case> {
     (
@@ -50,7 +42,7 @@ proptest! {
 
     #[test]
     fn winograd_equals_naive_in_f64(c in case(), seed in 0u64..1000) {
-        let errors = common::conv_errors_against_naive(c.x, c.w, &c.opts, c.bias, seed);
+        let errors = common::conv_errors_against_naive(&c, seed);
         prop_assert!(errors.iter().all(|e| e.1 < 1e-9), "{errors:?}");
     }
 }

@@ -101,8 +101,8 @@ pub struct NormGrads<T> {
     pub dbeta: Vec<T>,
 }
 
-/// Partial sums of the reductions: four AVX-512 registers of f32 (see `cnn_tensor::sum`).
-const LANES: usize = 64;
+/// Partial sums of the reductions, as `cnn_tensor::sum`'s.
+const LANES: usize = cnn_tensor::SUM_LANES;
 
 /// `(Σ a, Σ a·(b − shift))`... in lanes: `(Σ a, Σ a·b')` with `b' = b − shift`.
 #[inline(always)]

@@ -41,7 +41,7 @@ pub use linear::{linear_backward, linear_forward, Linear, LinearConfig, LinearGr
 pub use loss::{cross_entropy_backward, cross_entropy_forward, log_softmax, softmax};
 pub use packed::{gemm_packed, PackedLhs, PANELS};
 pub use param::Param;
-pub use reduce::sum;
+pub use reduce::{sum, SUM_LANES};
 
 /// ndarray, re-exported so users name the same version we use.
 pub use ndarray;

@@ -3,10 +3,10 @@
 //! A convolution multiplies the same weight matrix by one im2col tile after
 //! another; matrixmultiply re-packs the weight on every call. Here the weight
 //! is packed once ([`PackedLhs`]) and each call only packs its right operand.
-//! On x86-64 with AVX-512 (f32) the product runs in a register-blocked
-//! micro-kernel of 24 accumulators (`MR × 16·NV`, the panel shape picked per
-//! matrix to waste the least padding); elsewhere, and for f64, it is
-//! matrixmultiply's GEMM. Each entry of `C` sums over `k` in order, so results
+//! With f32 at SIMD level AVX-512 the product runs in a register-blocked
+//! micro-kernel of `MR × 16·NV` accumulators (the panel shape picked per CPU
+//! vendor and per matrix, to waste the least padding); elsewhere, and for
+//! f64, it is matrixmultiply's GEMM. Each entry of `C` sums over `k` in order, so results
 //! never depend on how callers split work between threads.
 
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
@@ -26,10 +26,9 @@ const MC: usize = 384;
 /// on one core, against 194 for 4 x 96 and 189 for 12 x 32).
 const SHAPES_AMD: [(usize, usize); 3] = [(8, 3), (4, 6), (12, 2)];
 
-/// Panel shapes on Intel server cores: two 512-bit FMA ports (4 cycles
-/// latency) keep 8 FMAs in flight per cycle pair, so the first choice has
-/// more independent accumulators (14 x 32: 28) and fewer loads per FMA
-/// (16 per 28) than 8 x 48. Not yet measured on an Intel machine (no lent
+/// Panel shapes on Intel server cores: two 512-bit FMA ports of 4 cycles
+/// latency need 8 independent FMAs in flight, so the first choice has more
+/// accumulators (14 x 32: 28) and fewer loads per FMA (16 per 28) than 8 x 48. Not yet measured on an Intel machine (no lent
 /// machine in the session that wrote it): `sgemm/panel_*` in benches/conv.rs
 /// times every shape, and `CNN_GEMM_PANEL` overrides the choice.
 const SHAPES_INTEL: [(usize, usize); 3] = [(14, 2), (8, 3), (6, 4)];
@@ -45,7 +44,7 @@ fn shapes() -> &'static [(usize, usize)] {
         if let Ok(v) = std::env::var("CNN_GEMM_PANEL") {
             let parsed = v.split_once('x').and_then(|(m, n)| {
                 let (mr, nr) = (m.trim().parse::<usize>().ok()?, n.trim().parse::<usize>().ok()?);
-                PANELS.contains(&(mr, nr / 16)).then_some((mr, nr / 16)).filter(|_| nr % 16 == 0)
+                (nr % 16 == 0 && PANELS.contains(&(mr, nr / 16))).then_some((mr, nr / 16))
             });
             match parsed {
                 Some(shape) => return vec![shape],

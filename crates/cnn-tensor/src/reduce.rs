@@ -5,7 +5,7 @@ use crate::Float;
 /// Lanes of [`sum`]: four AVX-512 registers of f32, so that four independent
 /// add chains hide the add latency (16 lanes, one chain, left GroupNorm's
 /// statistics latency-bound: GN fwd 44 → 53 GiB/s, bwd 33 → 54 with 64).
-const LANES: usize = 64;
+pub const SUM_LANES: usize = 64;
 
 /// The sum of `xs`, accumulated in 64 interleaved partial sums that are added
 /// pairwise at the end.
@@ -15,8 +15,8 @@ const LANES: usize = 64;
 /// on the length only, so results are the same on every run and thread count.
 #[inline(always)]
 pub fn sum<T: Float>(xs: &[T]) -> T {
-    let mut acc = [T::zero(); LANES];
-    let chunks = xs.chunks_exact(LANES);
+    let mut acc = [T::zero(); SUM_LANES];
+    let chunks = xs.chunks_exact(SUM_LANES);
     let tail = chunks.remainder();
     for chunk in chunks {
         for (a, &x) in acc.iter_mut().zip(chunk) {
@@ -26,7 +26,7 @@ pub fn sum<T: Float>(xs: &[T]) -> T {
     for (a, &x) in acc.iter_mut().zip(tail) {
         *a += x;
     }
-    let mut width = LANES;
+    let mut width = SUM_LANES;
     while width > 1 {
         width /= 2;
         for i in 0..width {

@@ -37,16 +37,20 @@ pub fn distinct4(shape: [usize; 4], seed: u64) -> ArrayD<f64> {
     ArrayD::from_shape_vec(shape.to_vec(), v).expect("sizes agree")
 }
 
+/// A convolution for a property test: input and weight shapes, settings, bias.
+#[derive(Debug, Clone)]
+pub struct Case {
+    pub x: [usize; 4],
+    pub w: [usize; 4],
+    pub opts: cnn_conv::Conv2dOptions,
+    pub bias: bool,
+}
+
 /// Relative errors of `conv2d_forward` / `conv2d_backward` against their
-/// naive twins in f64, on random `x: xs`, `w: ws` (seeded), with a bias of
-/// 0.5 when `bias`: forward, dx, dW and db.
-pub fn conv_errors_against_naive(
-    xs: [usize; 4],
-    ws: [usize; 4],
-    opts: &cnn_conv::Conv2dOptions,
-    bias: bool,
-    seed: u64,
-) -> [(&'static str, f64); 4] {
+/// naive twins in f64 on case `c` (random data from `seed`, a bias of 0.5 when
+/// `c.bias`): forward, dx, dW and db.
+pub fn conv_errors_against_naive(c: &Case, seed: u64) -> [(&'static str, f64); 4] {
+    let (xs, ws, opts, bias) = (c.x, c.w, &c.opts, c.bias);
     use cnn_conv::naive::{conv2d_backward_naive, conv2d_forward_naive};
     use cnn_conv::{conv2d_backward, conv2d_forward};
     let (x, w) = (randn4(xs, seed), randn4(ws, seed + 1));
