@@ -288,7 +288,7 @@ impl ConvGeometry {
 
     /// The kernel of [`ConvGeometry::dx_as_forward`]: `w'[c, o, i, j] = w[o, c,
     /// kh − 1 − i, kw − 1 − j]` within each group (flipped, channel axes swapped).
-    pub(crate) fn dx_weight<T: Copy>(&self, w: &[T]) -> Vec<T> {
+    pub fn dx_weight<T: Copy>(&self, w: &[T]) -> Vec<T> {
         let (cg, cog, taps) = (self.c_in_g(), self.c_out_g(), self.kh * self.kw);
         let mut wt = w.to_vec();
         for grp in 0..self.opts.groups {
