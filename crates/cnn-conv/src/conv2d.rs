@@ -14,7 +14,7 @@
 //! weight gradients are summed in block order: the same numbers on any number
 //! of threads.
 
-use cnn_tensor::{gemm, gemm_packed, Float, PackedLhs, Result};
+use cnn_tensor::{gemm, gemm_packed, gemm_packed_split, Float, GemmSplit, PackedLhs, Result};
 use ndarray::{Array1, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut2, ShapeBuilder};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -38,36 +38,68 @@ pub struct Conv2dGrads<T> {
 const TARGET_COLS: usize = 512;
 /// Bound on the memory of the per-block partial weight gradients.
 const PARTIALS_BYTES: usize = 32 << 20;
-/// At most this many blocks: enough to balance a few threads, few enough
-/// that summing the partial weight gradients stays cheap.
-const MAX_BLOCKS: usize = 16;
+/// At most this many blocks in backward: enough to balance 16 threads, few
+/// enough that summing the partial weight gradients stays cheap.
+const MAX_BLOCKS: usize = 64;
 /// Bytes of im2col tile that should stay in a core's L2 cache between being
 /// written and being packed by the GEMM.
 const TILE_BYTES: usize = 512 * 1024;
 
+/// Which pass a plan is for: forward has no partial sums to bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pass {
+    /// `y = conv(x)`.
+    Forward,
+    /// `dx` and `dW`.
+    Backward,
+}
+
 /// How the work is cut, from the shapes alone (never from the thread count).
+///
+/// Blocks of samples run in parallel; inside a block, each GEMM is cut
+/// further into `split` row × column blocks of its output when there are
+/// too few blocks to give every one of 16 threads four tasks
+/// ([`crate::plan::MIN_TASKS`]).
 #[derive(Debug, Clone, Copy)]
-struct Plan {
+pub(crate) struct Plan {
     /// Samples per block: the unit of parallel work and of partial dW sums.
-    samples: usize,
+    pub(crate) samples: usize,
     /// Whether a block's samples sit side by side in one GEMM (small maps),
     /// or go one by one, tile by tile, straight into the output.
-    batched: bool,
+    pub(crate) batched: bool,
     /// Output rows per GEMM when not batched.
-    tile_rows: usize,
+    pub(crate) tile_rows: usize,
+    /// How each GEMM (forward: `W_g·col`; backward: `W_gᵀ·dy_g` and the dW
+    /// product, by rows of dW) is cut into parallel tasks.
+    pub(crate) split: GemmSplit,
 }
 
 impl Plan {
-    fn new<T>(g: &ConvGeometry) -> Self {
+    pub(crate) fn new<T>(g: &ConvGeometry, pass: Pass) -> Self {
         let partial_dw_bytes = g.c_out * g.col_rows() * std::mem::size_of::<T>();
-        let max_blocks = (PARTIALS_BYTES / partial_dw_bytes).clamp(1, MAX_BLOCKS);
+        let max_blocks = match pass {
+            Pass::Forward => g.n,
+            Pass::Backward => (PARTIALS_BYTES / partial_dw_bytes).clamp(1, MAX_BLOCKS),
+        };
         let min_samples = g.n.div_ceil(max_blocks);
         // A pointwise conv reads x and writes y in place, with no copies, so it is never batched.
         let batched = !g.is_pointwise() && g.out_area() < TARGET_COLS && g.n > 1;
         let samples =
             if batched { TARGET_COLS.div_ceil(g.out_area()).max(min_samples) } else { min_samples };
+        let samples = samples.min(g.n);
         let cols = (TILE_BYTES / (g.col_rows() * std::mem::size_of::<T>())).max(TARGET_COLS);
-        Plan { samples: samples.min(g.n), batched, tile_rows: (cols / g.wo).clamp(1, g.ho) }
+        // Tiles of about equal height: ⌈ho / tiles⌉ rows each.
+        let tiles = g.ho.div_ceil((cols / g.wo).clamp(1, g.ho));
+        let tile_rows = g.ho.div_ceil(tiles);
+        let blocks = g.n.div_ceil(samples);
+        let gemm_cols = if batched { samples * g.out_area() } else { tile_rows * g.wo };
+        // Forward's GEMM has C_out/G rows; backward's dx product C_in/G·kh·kw.
+        let rows = match pass {
+            Pass::Forward => g.c_out_g(),
+            Pass::Backward => g.c_out_g().min(g.col_rows()),
+        };
+        let split = crate::plan::gemm_split(blocks * g.opts.groups, rows, gemm_cols);
+        Plan { samples, batched, tile_rows, split }
     }
 
     /// Columns of the largest GEMM operand: the size of the scratch buffers.
@@ -80,9 +112,16 @@ impl Plan {
     }
 
     /// Output-row ranges of the tiles of one sample.
-    fn tiles(&self, g: &ConvGeometry) -> impl Iterator<Item = Range<usize>> {
+    pub(crate) fn tiles(&self, g: &ConvGeometry) -> impl Iterator<Item = Range<usize>> {
         let (step, ho) = (self.tile_rows, g.ho);
         (0..ho).step_by(step).map(move |r| r..(r + step).min(ho))
+    }
+
+    /// Blocks of samples: `(first sample, samples)`.
+    #[cfg(test)]
+    pub(crate) fn blocks(&self, g: &ConvGeometry) -> impl Iterator<Item = (usize, usize)> {
+        let (step, n) = (self.samples, g.n);
+        (0..n).step_by(step).map(move |n0| (n0, step.min(n - n0)))
     }
 }
 
@@ -119,6 +158,22 @@ pub(crate) fn mat_mut<T>(
 ) -> ArrayViewMut2<'_, T> {
     ArrayViewMut2::from_shape((rows, cols).strides((ld, 1)), data)
         .expect("matrix view within its buffer")
+}
+
+/// `out ← w·b`, in one task or cut as `split` says (the same numbers either way).
+pub(crate) fn product<T: Float>(
+    w: &PackedLhs<T>,
+    b: ArrayView2<'_, T>,
+    out: ArrayViewMut2<'_, T>,
+    split: GemmSplit,
+    packed: &mut Vec<T>,
+) {
+    let done = if split == GemmSplit::ONE {
+        gemm_packed(w, b, T::zero(), out, packed)
+    } else {
+        gemm_packed_split(w, b, T::zero(), out, split)
+    };
+    done.expect("shapes agree by construction");
 }
 
 /// 2-D convolution (cross-correlation, as `F.conv2d`).
@@ -175,7 +230,7 @@ pub(crate) fn conv2d_forward_cached<T: Float>(
     }
     let per_sample_in = g.c_in * g.h * g.w;
     let per_sample_out = g.c_out * g.out_area();
-    let plan = Plan::new::<T>(&g);
+    let plan = Plan::new::<T>(&g, Pass::Forward);
     let y_slice = y.as_slice_mut().expect("a new array is contiguous");
 
     let weights = pack_weights(&g, &plan, ws, false);
@@ -186,7 +241,7 @@ pub(crate) fn conv2d_forward_cached<T: Float>(
             let s = y_blk.len() / per_sample_out;
             let x_blk = &xs[n0 * per_sample_in..(n0 + s) * per_sample_in];
             if plan.batched {
-                forward_samples(&g, x_blk, &weights, y_blk, s, scratch);
+                forward_samples(&g, plan.split, x_blk, &weights, y_blk, s, scratch);
             } else {
                 for (x_n, y_n) in x_blk.chunks(per_sample_in).zip(y_blk.chunks_mut(per_sample_out))
                 {
@@ -256,8 +311,7 @@ fn forward_sample<T: Float>(
                 mat(&scratch.col, rows, cols, cols)
             };
             let out = mat_mut(&mut y[grp * cog * area + offset..], cog, cols, area);
-            gemm_packed(w_g, col, T::zero(), out, &mut scratch.packed)
-                .expect("tile shapes agree by construction");
+            product(w_g, col, out, plan.split, &mut scratch.packed);
         }
     }
 }
@@ -288,6 +342,7 @@ fn im2col_side_by_side<T: Float>(
 /// Several small samples side by side in one GEMM, then scattered into `y`.
 fn forward_samples<T: Float>(
     g: &ConvGeometry,
+    split: GemmSplit,
     x_blk: &[T],
     weights: &[PackedLhs<T>],
     y_blk: &mut [T],
@@ -300,8 +355,7 @@ fn forward_samples<T: Float>(
     for (grp, w_g) in weights.iter().enumerate() {
         im2col_side_by_side(g, x_blk, grp, s, scratch);
         let out = mat_mut(&mut scratch.out, cog, cols, cols);
-        gemm_packed(w_g, mat(&scratch.col, rows, cols, cols), T::zero(), out, &mut scratch.packed)
-            .expect("block shapes agree by construction");
+        product(w_g, mat(&scratch.col, rows, cols, cols), out, split, &mut scratch.packed);
         for si in 0..s {
             for o in 0..cog {
                 let dst = &mut y_blk[si * per_out + (grp * cog + o) * area..][..area];
@@ -352,7 +406,7 @@ pub fn conv2d_backward<T: Float>(
     }
     let per_in = g.c_in * g.h * g.w;
     let per_out = g.c_out * g.out_area();
-    let plan = Plan::new::<T>(&g);
+    let plan = Plan::new::<T>(&g, Pass::Backward);
     let weights_t = pack_weights(&g, &plan, ws, true);
     let dw_len = ws.len();
     let partials: Vec<Vec<T>> = dx_slice
@@ -367,7 +421,9 @@ pub fn conv2d_backward<T: Float>(
                 let dy_blk = &dys[n0 * per_out..(n0 + s) * per_out];
                 let mut dw = vec![T::zero(); dw_len];
                 if plan.batched {
-                    backward_samples(&g, x_blk, &weights_t, dy_blk, dx_blk, &mut dw, s, scratch);
+                    backward_samples(
+                        &g, plan.split, x_blk, &weights_t, dy_blk, dx_blk, &mut dw, s, scratch,
+                    );
                 } else {
                     let samples = x_blk
                         .chunks(per_in)
@@ -391,6 +447,39 @@ pub fn conv2d_backward<T: Float>(
     Ok(Conv2dGrads { dx, dw, db: bias_grad(&g, dys) })
 }
 
+/// The work (multiply-adds) of each parallel GEMM task of the im2col path
+/// on `g`: what the plan test counts.
+#[cfg(test)]
+pub(crate) fn gemm_tasks<T>(g: &ConvGeometry, pass: Pass) -> Vec<f64> {
+    let plan = Plan::new::<T>(g, pass);
+    let (rows, cog) = (g.col_rows(), g.c_out_g());
+    let mut tasks = Vec::new();
+    let mut product = |cols: usize| match pass {
+        Pass::Forward => {
+            let blocks = plan.split.blocks(cog, cols, 8);
+            tasks.extend(blocks.iter().map(|&(r, c)| (r * c * rows) as f64));
+        }
+        Pass::Backward => {
+            let blocks = plan.split.blocks(rows, cols, 8);
+            tasks.extend(blocks.iter().map(|&(r, c)| (r * c * cog) as f64));
+            let parts = (plan.split.rows * plan.split.cols).min(cog.div_ceil(8)).max(1);
+            tasks.extend((0..parts).map(|_| (cog * rows * cols / parts) as f64));
+        }
+    };
+    for (_, s) in plan.blocks(g) {
+        for _ in 0..g.opts.groups {
+            if plan.batched {
+                product(s * g.out_area());
+            } else {
+                for _ in 0..s {
+                    plan.tiles(g).for_each(|t| product(t.len() * g.wo));
+                }
+            }
+        }
+    }
+    tasks
+}
+
 /// `db[o] = Σ_{n,p,q} dy[n, o, p, q]`, samples added in order.
 fn bias_grad<T: Float>(g: &ConvGeometry, dys: &[T]) -> Array1<T> {
     let mut db = Array1::<T>::zeros(g.c_out);
@@ -411,7 +500,25 @@ fn add_weight_grad<T: Float>(
     dy_g: ArrayView2<'_, T>,
     col: ArrayView2<'_, T>,
     dw_g: ArrayViewMut2<'_, T>,
+    split: GemmSplit,
 ) {
+    // Cut by rows of dW (output channels): each entry is still one product, summed in order.
+    let parts = (split.rows * split.cols).min(dy_g.nrows().div_ceil(8)).max(1);
+    if parts > 1 {
+        let m = dy_g.nrows();
+        let mut pieces = Vec::with_capacity(parts);
+        let mut rest = dw_g;
+        for p in 0..parts {
+            let (r0, r1) = (p * m / parts, (p + 1) * m / parts);
+            let (top, bottom) = rest.split_at(ndarray::Axis(0), r1 - r0);
+            pieces.push((dy_g.slice(ndarray::s![r0..r1, ..]), top));
+            rest = bottom;
+        }
+        pieces.into_par_iter().for_each(|(dy_p, dw_p)| {
+            add_weight_grad(dy_p, col, dw_p, GemmSplit::ONE);
+        });
+        return;
+    }
     let done = if dy_g.nrows() < 64 {
         gemm(T::one(), col, dy_g.t(), T::one(), dw_g.reversed_axes())
     } else {
@@ -441,17 +548,15 @@ fn backward_sample<T: Float>(
             let dw_g = mat_mut(&mut dw[grp * cog * rows..], cog, rows, rows);
             if g.is_pointwise() {
                 let x_t = mat(&x[grp * cg * area + offset..], cg, cols, area);
-                add_weight_grad(dy_t, x_t, dw_g);
+                add_weight_grad(dy_t, x_t, dw_g, plan.split);
                 let dx_t = mat_mut(&mut dx[grp * cg * area + offset..], cg, cols, area);
-                gemm_packed(&weights_t[grp], dy_t, T::zero(), dx_t, &mut scratch.packed)
-                    .expect("tile shapes agree by construction");
+                product(&weights_t[grp], dy_t, dx_t, plan.split, &mut scratch.packed);
             } else {
                 im2col(g, x, grp * cg, tile.clone(), &mut scratch.col, cols, &mut scratch.phases);
                 let col = mat(&scratch.col, rows, cols, cols);
-                add_weight_grad(dy_t, col, dw_g);
+                add_weight_grad(dy_t, col, dw_g, plan.split);
                 let dcol = mat_mut(&mut scratch.col, rows, cols, cols);
-                gemm_packed(&weights_t[grp], dy_t, T::zero(), dcol, &mut scratch.packed)
-                    .expect("tile shapes agree by construction");
+                product(&weights_t[grp], dy_t, dcol, plan.split, &mut scratch.packed);
                 col2im(g, &scratch.col, cols, tile, grp * cg, dx, &mut scratch.phases);
             }
         }
@@ -462,6 +567,7 @@ fn backward_sample<T: Float>(
 #[allow(clippy::too_many_arguments)]
 fn backward_samples<T: Float>(
     g: &ConvGeometry,
+    split: GemmSplit,
     x_blk: &[T],
     weights_t: &[PackedLhs<T>],
     dy_blk: &[T],
@@ -483,10 +589,9 @@ fn backward_samples<T: Float>(
         im2col_side_by_side(g, x_blk, grp, s, scratch);
         let dy_g = mat(&scratch.out, cog, cols, cols);
         let dw_g = mat_mut(&mut dw[grp * cog * rows..], cog, rows, rows);
-        add_weight_grad(dy_g, mat(&scratch.col, rows, cols, cols), dw_g);
+        add_weight_grad(dy_g, mat(&scratch.col, rows, cols, cols), dw_g, split);
         let dcol = mat_mut(&mut scratch.col, rows, cols, cols);
-        gemm_packed(&weights_t[grp], dy_g, T::zero(), dcol, &mut scratch.packed)
-            .expect("block shapes agree by construction");
+        product(&weights_t[grp], dy_g, dcol, split, &mut scratch.packed);
         for si in 0..s {
             let dx = &mut dx_blk[si * per_in..(si + 1) * per_in];
             col2im(g, &scratch.col[si * area..], cols, 0..g.ho, grp * cg, dx, &mut scratch.phases);

@@ -29,6 +29,7 @@ mod geometry;
 mod im2col;
 mod layers;
 pub mod naive;
+mod plan;
 mod pool;
 mod winograd;
 

@@ -26,7 +26,7 @@
 //! output plane. Each output is computed by one task in a fixed order, so
 //! results do not depend on the thread count.
 
-use cnn_tensor::{gemm_packed, Error, Float, PackedLhs, Result};
+use cnn_tensor::{Error, Float, PackedLhs, Result};
 use rayon::prelude::*;
 
 use crate::conv2d::{mat, mat_mut};
@@ -508,13 +508,13 @@ pub(crate) fn forward_cached<T: Float>(
             transform_input(&grid, g, x_chunk, grp, &mut v, t_all);
             // M[ξ] = U[ξ] · V[ξ]: one GEMM per ξ.
             let v_ref = &v[..a2 * cg * t_all];
+            let split = crate::plan::gemm_split(a2, cog, t_all);
             m[..a2 * cog * t_all].par_chunks_mut(cog * t_all).enumerate().for_each_init(
                 Vec::new,
                 |packed, (xi, m_xi)| {
                     let v_xi = mat(&v_ref[xi * t_all..], cg, t_all, a2 * t_all);
                     let out = mat_mut(m_xi, cog, t_all, t_all);
-                    gemm_packed(&u[xi], v_xi, T::zero(), out, packed)
-                        .expect("shapes agree by construction");
+                    crate::conv2d::product(&u[xi], v_xi, out, split, packed);
                 },
             );
             // y: one task per output channel, its planes of every sample.
@@ -806,11 +806,16 @@ pub(crate) fn backward_dw<T: Float>(tile: Tile, g: &ConvGeometry, x: &[T], dy: &
             });
             let (v_ref, dm_ref) = (&v[..a2 * cg * t_all], &dm[..a2 * cog * t_all]);
             let du_g = &mut du[grp * a2 * cog * cg..(grp + 1) * a2 * cog * cg];
-            du_g.par_chunks_mut(cog * cg).enumerate().for_each(|(xi, du_xi)| {
-                let dm_xi = mat(&dm_ref[xi * t_all..], cog, t_all, a2 * t_all);
+            // One task per ξ and block of rows of dU[ξ] (output channels).
+            let parts = crate::plan::row_parts(a2, cog);
+            let rows_per = cog.div_ceil(parts);
+            du_g.par_chunks_mut(rows_per * cg).enumerate().for_each(|(task, du_part)| {
+                let (xi, o0) = ((task * rows_per) / cog, (task * rows_per) % cog);
+                let rows = du_part.len() / cg;
+                let dm_xi = mat(&dm_ref[xi * t_all + o0 * a2 * t_all..], rows, t_all, a2 * t_all);
                 let v_xi = mat(&v_ref[xi * t_all..], cg, t_all, a2 * t_all);
                 let beta = if n0 == 0 { T::zero() } else { T::one() };
-                cnn_tensor::gemm(T::one(), dm_xi, v_xi.t(), beta, mat_mut(du_xi, cog, cg, cg))
+                cnn_tensor::gemm(T::one(), dm_xi, v_xi.t(), beta, mat_mut(du_part, rows, cg, cg))
                     .expect("shapes agree by construction");
             });
         }
@@ -832,6 +837,29 @@ pub(crate) fn backward_dw<T: Float>(tile: Tile, g: &ConvGeometry, x: &[T], dy: &
             }
         });
     }
+}
+
+/// The work (multiply-adds) of each parallel GEMM task of a Winograd
+/// forward (`backward = false`) or dW (`true`) on `g`: what the plan test counts.
+#[cfg(test)]
+pub(crate) fn gemm_tasks<T>(tile: Tile, g: &ConvGeometry, backward: bool) -> Vec<f64> {
+    let grid = Grid::new(tile, g);
+    let (cg, cog, a2) = (g.c_in_g(), g.c_out_g(), tile.alpha() * tile.alpha());
+    let (tps, samples) = (grid.per_sample(), grid.samples_per_chunk::<T>(g));
+    let mut tasks = Vec::new();
+    for n0 in (0..g.n).step_by(samples) {
+        let t_all = samples.min(g.n - n0) * tps;
+        for _ in 0..g.opts.groups * a2 {
+            if backward {
+                let parts = crate::plan::row_parts(a2, cog);
+                tasks.extend((0..parts).map(|_| (cog / parts * cg * t_all) as f64));
+            } else {
+                let blocks = crate::plan::gemm_split(a2, cog, t_all).blocks(cog, t_all, 8);
+                tasks.extend(blocks.iter().map(|&(r, c)| (r * c * cg) as f64));
+            }
+        }
+    }
+    tasks
 }
 
 #[cfg(test)]

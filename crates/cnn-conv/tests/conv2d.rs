@@ -112,17 +112,23 @@ fn layer_passes_the_gradient_checker() {
     assert_eq!(report.tensors.len(), 3, "input, weight and bias are checked");
 }
 
+/// The plan depends on the shapes only: 1, 2, 3 and 16 threads (a pool of
+/// 16 oversubscribes this machine, which is fine here) give the same bits.
 #[test]
-fn same_numbers_on_one_and_two_threads() {
-    // Shapes that make several sample blocks (small maps) and one block per sample.
-    for (x_shape, w_shape) in [
-        ([32, 8, 8, 8], [16, 8, 3, 3]),
-        ([6, 3, 20, 20], [4, 3, 5, 5]),
-        ([9, 16, 4, 4], [8, 16, 1, 1]),
+fn same_numbers_on_one_two_three_and_sixteen_threads() {
+    // Several sample blocks (small maps), one block per sample, a batch of one
+    // whose GEMMs are cut in rows and columns, a stride-2 conv, Winograd (by the rule).
+    for (x_shape, w_shape, stride) in [
+        ([32, 8, 8, 8], [16, 8, 3, 3], 1),
+        ([6, 3, 20, 20], [4, 3, 5, 5], 1),
+        ([9, 16, 4, 4], [8, 16, 1, 1], 1),
+        ([1, 64, 12, 12], [96, 64, 3, 3], 2),
+        ([1, 40, 14, 14], [80, 40, 1, 1], 1),
+        ([3, 32, 9, 9], [64, 32, 3, 3], 1),
     ] {
         let x = randn4(x_shape, 1).mapv(|v| v as f32);
         let w = randn4(w_shape, 2).mapv(|v| v as f32);
-        let opts = Conv2dOptions::default().with_padding(w_shape[2] / 2);
+        let opts = Conv2dOptions::default().with_padding(w_shape[2] / 2).with_stride(stride);
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| {
@@ -131,13 +137,16 @@ fn same_numbers_on_one_and_two_threads() {
                 (y, g)
             })
         };
+        let bits = |a: ndarray::ArrayD<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         let (y1, g1) = run(1);
-        let (y2, g2) = run(2);
-        let bits = |a: &ndarray::ArrayD<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&y1.into_dyn()), bits(&y2.into_dyn()));
-        assert_eq!(bits(&g1.dx.into_dyn()), bits(&g2.dx.into_dyn()));
-        assert_eq!(bits(&g1.dw.into_dyn()), bits(&g2.dw.into_dyn()));
-        assert_eq!(bits(&g1.db.into_dyn()), bits(&g2.db.into_dyn()));
+        for threads in [2, 3, 16] {
+            let (y, g) = run(threads);
+            let case = format!("{x_shape:?} {w_shape:?} on {threads} threads");
+            assert_eq!(bits(y1.clone().into_dyn()), bits(y.into_dyn()), "y {case}");
+            assert_eq!(bits(g1.dx.clone().into_dyn()), bits(g.dx.into_dyn()), "dx {case}");
+            assert_eq!(bits(g1.dw.clone().into_dyn()), bits(g.dw.into_dyn()), "dw {case}");
+            assert_eq!(bits(g1.db.clone().into_dyn()), bits(g.db.into_dyn()), "db {case}");
+        }
     }
 }
 

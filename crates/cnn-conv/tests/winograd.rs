@@ -117,7 +117,7 @@ fn forcing_winograd_where_it_cannot_run_is_an_error() {
 }
 
 #[test]
-fn winograd_is_the_same_on_one_and_two_threads() {
+fn winograd_is_the_same_on_one_two_three_and_sixteen_threads() {
     let (x, w) = (randn4([5, 48, 14, 14], 1), randn4([64, 48, 3, 3], 2));
     let (x, w) = (x.mapv(|v| v as f32), w.mapv(|v| v as f32));
     for algo in [ConvAlgorithm::Winograd2, ConvAlgorithm::Winograd4] {
@@ -130,7 +130,10 @@ fn winograd_is_the_same_on_one_and_two_threads() {
                 (y, g.dx, g.dw)
             })
         };
-        assert_eq!(run(1), run(2));
+        let one = run(1);
+        for threads in [2, 3, 16] {
+            assert!(run(threads) == one, "{algo:?} on {threads} threads");
+        }
     }
 }
 

@@ -39,7 +39,7 @@ pub use io::write_atomic;
 pub use layer::{join_key, Layer, Mode};
 pub use linear::{linear_backward, linear_forward, Linear, LinearConfig, LinearGrads};
 pub use loss::{cross_entropy_backward, cross_entropy_forward, log_softmax, softmax};
-pub use packed::{gemm_packed, PackedLhs, PANELS};
+pub use packed::{gemm_packed, gemm_packed_split, GemmSplit, PackedLhs, PANELS};
 pub use param::Param;
 pub use reduce::{sum, SUM_LANES};
 

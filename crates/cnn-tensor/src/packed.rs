@@ -9,7 +9,11 @@
 //! f64, it is matrixmultiply's GEMM. Each entry of `C` sums over `k` in order, so results
 //! never depend on how callers split work between threads.
 
-use ndarray::{Array2, ArrayView2, ArrayViewMut2};
+use std::any::Any;
+use std::ops::Range;
+
+use ndarray::{s, Array2, ArrayView2, ArrayViewMut2, Axis};
+use rayon::prelude::*;
 
 use crate::{gemm, Error, Float, Result};
 
@@ -198,6 +202,110 @@ pub fn gemm_packed<T: Float>(
     c: ArrayViewMut2<'_, T>,
     scratch: &mut Vec<T>,
 ) -> Result<()> {
+    check_dims(a, &b, &c)?;
+    multiply(a, 0..a.m, b, beta, c, scratch);
+    Ok(())
+}
+
+/// How [`gemm_packed_split`] cuts one product into tasks: `rows × cols`
+/// blocks of `C`, each computed whole by one task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GemmSplit {
+    /// Blocks of rows of `C` (rounded to the micro-kernel's panels of rows).
+    pub rows: usize,
+    /// Blocks of columns of `C` (multiples of 16 columns).
+    pub cols: usize,
+}
+
+impl GemmSplit {
+    /// One task: the whole product.
+    pub const ONE: GemmSplit = GemmSplit { rows: 1, cols: 1 };
+
+    /// The tasks of an `m × n` product: `(rows, cols)` of each block of `C`,
+    /// for panels of `mr` rows, row blocks first.
+    pub fn blocks(&self, m: usize, n: usize, mr: usize) -> Vec<(usize, usize)> {
+        let rows = split_ranges(m.div_ceil(mr), self.rows, 1);
+        let cols = split_ranges(n, self.cols, 16);
+        rows.iter()
+            .flat_map(|r| {
+                let m_r = (r.end * mr).min(m) - r.start * mr;
+                cols.iter().map(move |c| (m_r, c.len()))
+            })
+            .collect()
+    }
+}
+
+/// `0..len` cut into at most `parts` ranges of about equal length, each a
+/// multiple of `unit` except the last; empty ranges are left out.
+fn split_ranges(len: usize, parts: usize, unit: usize) -> Vec<Range<usize>> {
+    let units = len.div_ceil(unit);
+    let parts = parts.clamp(1, units.max(1));
+    (0..parts)
+        .map(|p| ((p * units / parts) * unit).min(len)..(((p + 1) * units / parts) * unit).min(len))
+        .filter(|r| !r.is_empty())
+        .collect()
+}
+
+/// [`gemm_packed`] cut into `split.rows × split.cols` tasks run in parallel
+/// (rayon). Each column block packs its part of `B` once and its row blocks
+/// share it. Each entry of `C` is still summed over `k` in order by one task,
+/// so the result is bitwise the same for every split and thread count.
+///
+/// # Errors
+/// [`Error::Shape`] when the dimensions disagree.
+pub fn gemm_packed_split<T: Float>(
+    a: &PackedLhs<T>,
+    b: ArrayView2<'_, T>,
+    beta: T,
+    c: ArrayViewMut2<'_, T>,
+    split: GemmSplit,
+) -> Result<()> {
+    check_dims(a, &b, &c)?;
+    let mr = a.shape.map_or(1, |(mr, _)| mr);
+    let row_blocks: Vec<Range<usize>> = split_ranges(a.m.div_ceil(mr), split.rows, 1)
+        .into_iter()
+        .map(|r| r.start * mr..(r.end * mr).min(a.m))
+        .collect();
+    let mut col_views = Vec::new();
+    let mut rest = c;
+    let mut done = 0;
+    for cols in split_ranges(b.ncols(), split.cols, 16) {
+        let (left, right) = rest.split_at(Axis(1), cols.end - done);
+        col_views.push((cols.clone(), left));
+        rest = right;
+        done = cols.end;
+    }
+    col_views.into_par_iter().for_each(|(cols, c_cols)| {
+        let b_cols = b.slice(s![.., cols]);
+        let mut row_views = Vec::new();
+        let mut rest = c_cols;
+        for rows in &row_blocks {
+            let (top, bottom) = rest.split_at(Axis(0), rows.len());
+            row_views.push((rows.clone(), top));
+            rest = bottom;
+        }
+        if row_views.len() == 1 {
+            let (rows, c_block) = row_views.pop().expect("one block");
+            with_pack_buffer(|buf| multiply(a, rows, b_cols, beta, c_block, buf));
+            return;
+        }
+        // Pack this block's columns of B once for all its row blocks.
+        with_pack_buffer(|buf| {
+            pack_rhs_for(a, b_cols, buf);
+            let packed: &[T] = buf;
+            row_views.into_par_iter().for_each(|(rows, c_block)| {
+                multiply_packed(a, rows, packed, b_cols, beta, c_block);
+            });
+        });
+    });
+    Ok(())
+}
+
+fn check_dims<T: Float>(
+    a: &PackedLhs<T>,
+    b: &ArrayView2<'_, T>,
+    c: &ArrayViewMut2<'_, T>,
+) -> Result<()> {
     let (k, n) = b.dim();
     if k != a.k || c.dim() != (a.m, n) {
         return Err(Error::shape(
@@ -205,6 +313,60 @@ pub fn gemm_packed<T: Float>(
             format!("A is {}x{}, B is {k}x{n}, C is {:?}", a.m, a.k, c.dim()),
         ));
     }
+    Ok(())
+}
+
+thread_local! {
+    /// A packed `B`, kept between calls on this thread (a `Vec<T>` of the
+    /// last `T` used). Taken while in use: a task that finds it taken (by the
+    /// task it interrupted) makes its own.
+    static PACK_BUFFER: std::cell::Cell<Option<Box<dyn Any>>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with this thread's packing buffer.
+fn with_pack_buffer<T: Float, R>(f: impl FnOnce(&mut Vec<T>) -> R) -> R {
+    let mut buf = PACK_BUFFER
+        .with(|b| b.take())
+        .and_then(|any| any.downcast::<Vec<T>>().ok())
+        .map_or_else(Vec::new, |v| *v);
+    let r = f(&mut buf);
+    PACK_BUFFER.with(|b| b.set(Some(Box::new(buf))));
+    r
+}
+
+/// Packs `b` for `a`'s micro-kernel into `buf` (nothing on the matrixmultiply path).
+fn pack_rhs_for<T: Float>(a: &PackedLhs<T>, b: ArrayView2<'_, T>, buf: &mut Vec<T>) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some((_, nv)) = a.shape {
+        x86::pack_all(b, 16 * nv, buf);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (a, b, buf);
+}
+
+/// `C ← A[rows]·B + β·C` for rows `rows` of `A` (whole panels, or up to the
+/// end), `c` being those rows of the product; `scratch` holds packed `B`.
+fn multiply<T: Float>(
+    a: &PackedLhs<T>,
+    rows: Range<usize>,
+    b: ArrayView2<'_, T>,
+    beta: T,
+    c: ArrayViewMut2<'_, T>,
+    scratch: &mut Vec<T>,
+) {
+    pack_rhs_for(a, b, scratch);
+    multiply_packed(a, rows, scratch, b, beta, c);
+}
+
+/// `C ← A[rows]·B + β·C` with `B` already packed in `packed` by [`pack_rhs_for`].
+fn multiply_packed<T: Float>(
+    a: &PackedLhs<T>,
+    rows: Range<usize>,
+    packed: &[T],
+    b: ArrayView2<'_, T>,
+    beta: T,
+    c: ArrayViewMut2<'_, T>,
+) {
     match a.shape {
         #[cfg(target_arch = "x86_64")]
         Some((mr, nv)) => {
@@ -212,11 +374,15 @@ pub fn gemm_packed<T: Float>(
             if beta != T::zero() && beta != T::one() {
                 c.mapv_inplace(|v| v * beta);
             }
-            // SAFETY: `shape` is Some only for f32 on a CPU with AVX-512F (checked in `new`).
-            unsafe { x86::gemm_f32(a, b, beta != T::zero(), c, scratch, mr, nv) };
-            Ok(())
+            // SAFETY: `shape` is Some only for f32 on a CPU with AVX-512F (checked in `new`);
+            // `packed` holds `b` packed by `pack_rhs_for` for this panel.
+            unsafe { x86::gemm_f32(a, rows, packed, b.dim(), beta != T::zero(), c, mr, nv) };
         }
-        _ => gemm(T::one(), a.plain.view(), b, beta, c),
+        _ => {
+            let _ = packed;
+            gemm(T::one(), a.plain.slice(s![rows, ..]), b, beta, c)
+                .expect("dimensions checked by the caller");
+        }
     }
 }
 
@@ -234,47 +400,53 @@ mod x86 {
         T::as_f32(s).expect("the micro-kernel runs on f32 only")
     }
 
+    /// `C ← A[rows]·B (+ C when `accumulate`)` for rows `rows` of `A` (starting
+    /// on a panel), `c` being those rows; `packed` is `B` (`k × n`) packed by [`pack_all`].
+    ///
     /// # Safety
     /// `T` is `f32` and the CPU has AVX-512F.
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn gemm_f32<T: Float>(
         a: &PackedLhs<T>,
-        b: ArrayView2<'_, T>,
+        rows: std::ops::Range<usize>,
+        packed: &[T],
+        (k, n): (usize, usize),
         accumulate: bool,
         mut c: ArrayViewMut2<'_, T>,
-        scratch: &mut Vec<T>,
         mr: usize,
         nv: usize,
     ) {
-        let (k, n, m) = (a.k, b.ncols(), a.m);
         let nr = 16 * nv;
         let panels_n = n.div_ceil(nr);
-        let panels_m = m.div_ceil(mr);
+        let (first, end) = (rows.start / mr, rows.end.div_ceil(mr));
         let per_block = (MC / mr).max(1);
         let (rsc, csc) = (c.strides()[0], c.strides()[1]);
         let c_ptr = c.as_mut_ptr().cast::<f32>();
         let a_data = as_f32(&a.data);
+        let b_all = as_f32(packed);
+        assert!(b_all.len() >= panels_n * nr * k, "B packed for this product");
         let mut k0 = 0;
         while k0 < k {
             let kc = KC.min(k - k0);
             let acc = accumulate || k0 > 0;
-            // Pack rows k0..k0+kc of B (kept in L2): panel j holds kc rows of NR columns, zero-padded.
-            pack_rhs(b.slice(ndarray::s![k0..k0 + kc, ..]), nr, scratch);
-            let b_data = as_f32(scratch);
+            let b_data = &b_all[k0 * panels_n * nr..];
             // Blocks of MC rows of A (kept in L2) against every right panel (kept in L1).
-            for i0 in (0..panels_m).step_by(per_block) {
+            for i0 in (first..end).step_by(per_block) {
                 for j in 0..panels_n {
                     let cols = nr.min(n - j * nr);
                     let bp = &b_data[j * kc * nr..];
-                    for i in i0..(i0 + per_block).min(panels_m) {
-                        let rows = mr.min(m - i * mr);
+                    for i in i0..(i0 + per_block).min(end) {
+                        let tile_rows = mr.min(rows.end - i * mr);
                         let ap = &a_data[(i * k + k0) * mr..];
                         // SAFETY: panels hold kc·MR and kc·NR values from these offsets; the
-                        // tile of C written is rows x cols inside the view.
+                        // tile of C written is tile_rows x cols inside the view (its row
+                        // `i·MR − rows.start` is within the rows this call was given).
                         unsafe {
-                            let ct =
-                                c_ptr.offset((i * mr) as isize * rsc + (j * nr) as isize * csc);
-                            let tile = Tile { c: ct, rsc, csc, rows, cols, accumulate: acc };
+                            let ct = c_ptr.offset(
+                                (i * mr - rows.start) as isize * rsc + (j * nr) as isize * csc,
+                            );
+                            let tile =
+                                Tile { c: ct, rsc, csc, rows: tile_rows, cols, accumulate: acc };
                             match (mr, nv) {
                                 (4, 6) => micro::<4, 6>(kc, ap.as_ptr(), bp.as_ptr(), tile),
                                 (8, 3) => micro::<8, 3>(kc, ap.as_ptr(), bp.as_ptr(), tile),
@@ -291,14 +463,26 @@ mod x86 {
         }
     }
 
-    /// `scratch[(j·kc + kk)·NR + l] = b[kk, j·NR + l]`, zero past the last column.
-    fn pack_rhs<T: Float>(b: ArrayView2<'_, T>, nr: usize, scratch: &mut Vec<T>) {
+    /// `B` packed slab by slab of `KC` rows: the slab of rows `k0..k0 + kc`
+    /// starts at `k0·⌈n/NR⌉·NR` and holds panel `j` as `kc` rows of `NR` columns.
+    pub(super) fn pack_all<T: Float>(b: ArrayView2<'_, T>, nr: usize, out: &mut Vec<T>) {
+        let (k, n) = b.dim();
+        let width = n.div_ceil(nr) * nr;
+        if out.len() < k * width {
+            out.resize(k * width, T::zero());
+        }
+        let mut k0 = 0;
+        while k0 < k {
+            let kc = KC.min(k - k0);
+            pack_rhs(b.slice(ndarray::s![k0..k0 + kc, ..]), nr, &mut out[k0 * width..]);
+            k0 += kc;
+        }
+    }
+
+    /// `dst[(j·kc + kk)·NR + l] = b[kk, j·NR + l]`, zero past the last column.
+    fn pack_rhs<T: Float>(b: ArrayView2<'_, T>, nr: usize, scratch: &mut [T]) {
         let (kc, n) = b.dim();
         let panels_n = n.div_ceil(nr);
-        let len = panels_n * nr * kc;
-        if scratch.len() < len {
-            scratch.resize(len, T::zero());
-        }
         for (kk, row) in b.rows().into_iter().enumerate() {
             for j in 0..panels_n {
                 let dst = &mut scratch[(j * kc + kk) * nr..(j * kc + kk + 1) * nr];
@@ -423,7 +607,9 @@ mod tests {
     #[test]
     fn every_simd_level_multiplies_right() {
         for level in crate::simd::levels() {
-            for filter in ["ragged_shapes", "strided_destinations", "every_panel_shape"] {
+            for filter in
+                ["ragged_shapes", "strided_destinations", "every_panel_shape", "split_products"]
+            {
                 crate::simd::rerun_tests(filter, &[("CNN_SIMD", level.name())]).unwrap();
             }
         }
@@ -475,6 +661,58 @@ mod tests {
             .unwrap();
         let want = crate::matmul(a.view(), b.view()).unwrap();
         approx::assert_relative_eq!(got.t(), want.view(), max_relative = 1e-4, epsilon = 1e-5);
+    }
+
+    /// Every split, on pools of 1, 2 and 3 threads, gives bitwise the same
+    /// product as one task (f32 on the micro-kernel or matrixmultiply, and f64).
+    #[test]
+    fn split_products_are_bitwise_equal_to_one_task() {
+        for (m, k, n) in [(37, 300, 101), (64, 1100, 49), (7, 5, 300), (130, 17, 33)] {
+            let (a, b) = (randn(m, k, 1), randn(k, n, 2));
+            let packed = PackedLhs::new(a.view(), n);
+            let c0 = randn(m, n, 3);
+            let mut want = c0.clone();
+            gemm_packed(&packed, b.view(), 1.0, want.view_mut(), &mut Vec::new()).unwrap();
+            let (a64, b64) = (a.mapv(f64::from), b.mapv(f64::from));
+            let packed64 = PackedLhs::new(a64.view(), n);
+            let mut want64 = c0.mapv(f64::from);
+            gemm_packed(&packed64, b64.view(), 1.0, want64.view_mut(), &mut Vec::new()).unwrap();
+            for threads in [1, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                for (rows, cols) in [(1, 1), (3, 1), (1, 4), (5, 7), (64, 64)] {
+                    let split = GemmSplit { rows, cols };
+                    let mut got = c0.clone();
+                    pool.install(|| {
+                        gemm_packed_split(&packed, b.view(), 1.0, got.view_mut(), split).unwrap()
+                    });
+                    assert_eq!(got, want, "{m}x{k}x{n} {split:?} on {threads} threads");
+                    let mut got64 = c0.mapv(f64::from);
+                    pool.install(|| {
+                        gemm_packed_split(&packed64, b64.view(), 1.0, got64.view_mut(), split)
+                            .unwrap()
+                    });
+                    assert_eq!(got64, want64, "f64 {m}x{k}x{n} {split:?}");
+                }
+            }
+        }
+        let packed = PackedLhs::new(randn(4, 3, 1).view(), 2);
+        let mut c = Array2::<f32>::zeros((4, 2));
+        let err =
+            gemm_packed_split(&packed, randn(2, 2, 1).view(), 0.0, c.view_mut(), GemmSplit::ONE);
+        assert!(err.is_err());
+    }
+
+    #[test]
+    fn split_blocks_cover_the_product_in_about_equal_parts() {
+        let split = GemmSplit { rows: 4, cols: 3 };
+        let blocks = split.blocks(100, 200, 8);
+        assert_eq!(blocks.len(), 12);
+        let area: usize = blocks.iter().map(|(r, c)| r * c).sum();
+        assert_eq!(area, 100 * 200);
+        assert!(blocks.iter().all(|&(r, c)| (20..=32).contains(&r) && (64..=80).contains(&c)));
+        // No more blocks than panels of rows and 16-column strips.
+        assert_eq!(GemmSplit { rows: 9, cols: 9 }.blocks(10, 20, 8).len(), 4);
+        assert_eq!(split_ranges(0, 3, 16), Vec::<Range<usize>>::new());
     }
 
     #[test]
