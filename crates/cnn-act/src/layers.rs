@@ -2,7 +2,10 @@
 
 use cnn_tensor::{ArrayD, Error, Float, Layer, Mode, Param, Result};
 
-use crate::{activation_backward, activation_forward, activation_forward_copy, Activation};
+use crate::{
+    activation_backward, activation_forward, activation_forward_copy, rectifier_backward_masked,
+    rectifier_forward_masked, Activation,
+};
 
 /// An activation as a [`Layer`]: `Act::relu()`, `Act::gelu()`, … No parameters.
 #[derive(Debug, Clone)]
@@ -10,12 +13,16 @@ pub struct Act<T: Float = f32> {
     /// Which activation.
     pub activation: Activation,
     saved: Option<ArrayD<T>>,
+    /// ReLU and LeakyReLU: which inputs were positive, kept (and reused) between steps.
+    positive: Vec<u8>,
+    /// ReLU and LeakyReLU: the shape of the last train-mode output, until backward.
+    masked: Option<Vec<usize>>,
 }
 
 impl<T: Float> Act<T> {
     /// Any activation.
     pub fn new(activation: Activation) -> Self {
-        Act { activation, saved: None }
+        Act { activation, saved: None, positive: Vec::new(), masked: None }
     }
     /// `nn.ReLU`.
     pub fn relu() -> Self {
@@ -46,10 +53,18 @@ impl<T: Float> Act<T> {
 impl<T: Float> Layer<T> for Act<T> {
     fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
         let act = self.activation;
-        // Keep the input, or for sigmoid/tanh the output, whichever backward reads.
-        // Keeping the input: write y to a new buffer rather than copy x first.
+        self.masked = None;
+        // ReLU and LeakyReLU: in place, keeping only the input's signs.
+        // Otherwise keep the input, or for sigmoid/tanh the output, whichever
+        // backward reads; keeping the input: write y to a new buffer rather than copy x first.
         let (y, saved) = match mode {
             Mode::Eval => (activation_forward(act, x)?, None),
+            Mode::Train if act.is_rectifier() => {
+                let shape = x.shape().to_vec();
+                let y = rectifier_forward_masked(act, x, &mut self.positive)?;
+                self.masked = Some(shape);
+                (y, None)
+            }
             Mode::Train if act.backward_from_output() => {
                 let y = activation_forward(act, x)?;
                 let saved = y.clone();
@@ -62,6 +77,15 @@ impl<T: Float> Layer<T> for Act<T> {
     }
 
     fn backward(&mut self, dy: ArrayD<T>) -> Result<ArrayD<T>> {
+        if let Some(shape) = self.masked.take() {
+            if dy.shape() != shape.as_slice() {
+                return Err(Error::shape(
+                    self.activation.name(),
+                    format!("dy is {:?}, expected the output shape {shape:?}", dy.shape()),
+                ));
+            }
+            return rectifier_backward_masked(self.activation, &self.positive, dy);
+        }
         let saved = self.saved.take().ok_or(Error::NoForward { op: self.activation.name() })?;
         activation_backward(self.activation, &saved, dy)
     }

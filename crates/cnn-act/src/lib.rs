@@ -34,5 +34,8 @@ mod layers;
 
 pub use drop_path::DropPath;
 pub use dropout::Dropout;
-pub use kernels::{activation_backward, activation_forward, activation_forward_copy, Activation};
+pub use kernels::{
+    activation_backward, activation_forward, activation_forward_copy, rectifier_backward_masked,
+    rectifier_forward_masked, Activation,
+};
 pub use layers::Act;

@@ -178,3 +178,38 @@ fn every_simd_level_passes_the_kernel_tests() {
         }
     }
 }
+
+/// ReLU and LeakyReLU layers work in place and keep a sign mask: the same
+/// numbers as the kernels that keep the input, on zeros and both signs, at
+/// two batch sizes one after the other (the mask resizes); a NaN gradient
+/// where the input was negative gives 0, as PyTorch's `threshold_backward`.
+#[test]
+fn rectifier_layers_in_place_equal_the_kernels() {
+    for act in [Activation::Relu, Activation::LeakyRelu(0.1)] {
+        let mut layer = Act::<f32>::new(act);
+        for (n, seed) in [(4usize, 1u64), (7, 2), (4, 3)] {
+            let mut x: ArrayD<f32> = normal(&[n, 3, 40, 40], 0.0, 1.0, &mut seeded_rng(seed));
+            x.iter_mut().step_by(7).for_each(|v| *v = 0.0);
+            let mut dy: ArrayD<f32> = normal(&[n, 3, 40, 40], 0.0, 1.0, &mut seeded_rng(seed + 9));
+            dy[[0, 0, 0, 0]] = f32::NAN;
+            x[[0, 0, 0, 0]] = -1.0;
+            let y_want = activation_forward(act, x.clone()).unwrap();
+            let mut dx_want = activation_backward(act, &x, dy.clone()).unwrap();
+            if act == Activation::Relu {
+                dx_want[[0, 0, 0, 0]] = 0.0; // threshold_backward: 0, not NaN · 0
+            }
+            let y = layer.forward(x, Mode::Train).unwrap();
+            let dx = layer.backward(dy).unwrap();
+            assert_eq!(y, y_want, "{act:?} batch {n}");
+            let same = dx.iter().zip(&dx_want).all(|(a, b)| a == b || (a.is_nan() && b.is_nan()));
+            assert!(same, "{act:?} batch {n}");
+        }
+        // The mask belongs to one train forward: backward again, or after eval, is an error.
+        assert!(matches!(layer.backward(ArrayD::zeros(vec![1])), Err(Error::NoForward { .. })));
+        let x: ArrayD<f32> = ArrayD::zeros(vec![2, 2]);
+        layer.forward(x.clone(), Mode::Eval).unwrap();
+        assert!(matches!(layer.backward(x.clone()), Err(Error::NoForward { .. })));
+        layer.forward(x.clone(), Mode::Train).unwrap();
+        assert!(layer.backward(ArrayD::zeros(vec![3])).is_err());
+    }
+}
