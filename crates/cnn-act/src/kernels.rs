@@ -396,7 +396,9 @@ pub fn rectifier_backward_masked<T: Float>(
     if data.len() <= CHUNK {
         work(data, positive);
     } else {
-        data.par_chunks_mut(CHUNK).zip(positive.par_chunks(CHUNK)).for_each(|(gs, ms)| work(gs, ms));
+        data.par_chunks_mut(CHUNK)
+            .zip(positive.par_chunks(CHUNK))
+            .for_each(|(gs, ms)| work(gs, ms));
     }
     Ok(dy)
 }

@@ -24,6 +24,14 @@ impl<T: Float> Act<T> {
     pub fn new(activation: Activation) -> Self {
         Act { activation, saved: None, positive: Vec::new(), masked: None }
     }
+    /// Drops what the last train-mode forward kept for backward, as an
+    /// eval-mode forward does: for a container that applied this activation
+    /// inside another layer (a convolution's epilogue) instead of calling it.
+    pub fn clear_cache(&mut self) {
+        self.saved = None;
+        self.masked = None;
+    }
+
     /// `nn.ReLU`.
     pub fn relu() -> Self {
         Self::new(Activation::Relu)
@@ -91,4 +99,8 @@ impl<T: Float> Layer<T> for Act<T> {
     }
 
     fn visit(&mut self, _prefix: &str, _f: &mut dyn FnMut(&str, &mut Param<T>)) {}
+
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
+    }
 }

@@ -198,10 +198,88 @@ pub fn conv2d_forward<T: Float>(
     b: Option<ArrayView1<'_, T>>,
     opts: &Conv2dOptions,
 ) -> Result<Array4<T>> {
-    conv2d_forward_cached(x, w, b, opts, None)
+    conv2d_forward_cached(x, w, b, opts, None, Epilogue::None)
 }
 
-/// [`conv2d_forward`], keeping the Winograd weight transform in `cache`
+/// What a convolution applies to each output tile while it is still in
+/// cache, after the bias: nothing, or ReLU (`max(v, 0)`, 0 for NaN, as the
+/// `Act` layer), the epilogue of fused inference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Epilogue {
+    /// `y = conv(x) + b`.
+    #[default]
+    None,
+    /// `y = relu(conv(x) + b)`.
+    Relu,
+}
+
+/// [`conv2d_forward`] followed by `epilogue`, applied tile by tile in the
+/// kernel (equal to a separate ReLU, bit for bit).
+///
+/// # Errors
+/// As [`conv2d_forward`].
+pub fn conv2d_forward_with<T: Float>(
+    x: ArrayView4<'_, T>,
+    w: ArrayView4<'_, T>,
+    b: Option<ArrayView1<'_, T>>,
+    opts: &Conv2dOptions,
+    epilogue: Epilogue,
+) -> Result<Array4<T>> {
+    conv2d_forward_cached(x, w, b, opts, None, epilogue)
+}
+
+/// `max(v, 0)`, 0 for NaN: the `Act` layer's ReLU.
+#[inline(always)]
+pub(crate) fn relu<T: Float>(v: T) -> T {
+    if v > T::zero() {
+        v
+    } else {
+        T::zero()
+    }
+}
+
+/// [`relu`] over a slice.
+pub(crate) fn relu_in_place<T: Float>(ys: &mut [T]) {
+    ys.iter_mut().for_each(|v| *v = relu(*v));
+}
+
+/// `y[o, ·] ← epilogue(y[o, ·] + b[o])` on a tile of output channels
+/// `channels` (rows `ld` apart, `cols` wide) while it is in cache.
+fn finish_tile<T: Float>(
+    tile: &mut [T],
+    channels: Range<usize>,
+    cols: usize,
+    ld: usize,
+    bias: Option<&[T]>,
+    epilogue: Epilogue,
+) {
+    if bias.is_none() && epilogue == Epilogue::None {
+        return;
+    }
+    for (r, oc) in channels.enumerate() {
+        let row = &mut tile[r * ld..r * ld + cols];
+        let b = bias.map_or(T::zero(), |b| b[oc]);
+        match epilogue {
+            Epilogue::None => row.iter_mut().for_each(|v| *v += b),
+            Epilogue::Relu => row.iter_mut().for_each(|v| *v = relu(*v + b)),
+        }
+    }
+}
+
+/// The bias and epilogue of a forward, applied to each tile as it is made.
+#[derive(Clone, Copy)]
+struct Finish<'a, T> {
+    bias: Option<&'a [T]>,
+    epilogue: Epilogue,
+}
+
+impl<T: Float> Finish<'_, T> {
+    fn apply(&self, tile: &mut [T], channels: Range<usize>, cols: usize, ld: usize) {
+        finish_tile(tile, channels, cols, ld, self.bias, self.epilogue);
+    }
+}
+
+/// [`conv2d_forward_with`], keeping the Winograd weight transform in `cache`
 /// between calls (a layer in eval mode: the weights rarely change there).
 pub(crate) fn conv2d_forward_cached<T: Float>(
     x: ArrayView4<'_, T>,
@@ -209,7 +287,9 @@ pub(crate) fn conv2d_forward_cached<T: Float>(
     b: Option<ArrayView1<'_, T>>,
     opts: &Conv2dOptions,
     cache: Option<&mut crate::winograd::WeightCache<T>>,
+    epilogue: Epilogue,
 ) -> Result<Array4<T>> {
+    let relu = epilogue == Epilogue::Relu;
     let g = ConvGeometry::new(x.shape(), w.shape(), opts)?;
     g.check_bias(b.as_ref().map(|b| b.len()))?;
     let x = x.as_standard_layout();
@@ -219,13 +299,13 @@ pub(crate) fn conv2d_forward_cached<T: Float>(
     if crate::depthwise::applies(&g) {
         let b = b.map(|b| b.to_vec());
         let y_slice = y.as_slice_mut().expect("a new array is contiguous");
-        crate::depthwise::forward(&g, xs, ws, b.as_deref(), y_slice);
+        crate::depthwise::forward(&g, xs, ws, b.as_deref(), y_slice, relu);
         return Ok(y);
     }
     if let Some(tile) = crate::winograd::choose(&g)? {
         let b = b.map(|b| b.to_vec());
         let y_slice = y.as_slice_mut().expect("a new array is contiguous");
-        crate::winograd::forward_cached(tile, &g, xs, ws, b.as_deref(), y_slice, cache);
+        crate::winograd::forward_cached(tile, &g, xs, ws, b.as_deref(), y_slice, cache, relu);
         return Ok(y);
     }
     let per_sample_in = g.c_in * g.h * g.w;
@@ -234,6 +314,8 @@ pub(crate) fn conv2d_forward_cached<T: Float>(
     let y_slice = y.as_slice_mut().expect("a new array is contiguous");
 
     let weights = pack_weights(&g, &plan, ws, false);
+    let b = b.map(|b| b.to_vec());
+    let finish = Finish { bias: b.as_deref(), epilogue };
     y_slice.par_chunks_mut(plan.samples * per_sample_out).enumerate().for_each_init(
         || Scratch::new(&g, &plan),
         |scratch, (blk, y_blk)| {
@@ -241,17 +323,11 @@ pub(crate) fn conv2d_forward_cached<T: Float>(
             let s = y_blk.len() / per_sample_out;
             let x_blk = &xs[n0 * per_sample_in..(n0 + s) * per_sample_in];
             if plan.batched {
-                forward_samples(&g, plan.split, x_blk, &weights, y_blk, s, scratch);
+                forward_samples(&g, plan.split, x_blk, &weights, y_blk, s, finish, scratch);
             } else {
                 for (x_n, y_n) in x_blk.chunks(per_sample_in).zip(y_blk.chunks_mut(per_sample_out))
                 {
-                    forward_sample(&g, &plan, x_n, &weights, y_n, scratch);
-                }
-            }
-            if let Some(b) = b.as_ref() {
-                for (i, y_c) in y_blk.chunks_mut(g.out_area()).enumerate() {
-                    let bc = b[i % g.c_out];
-                    y_c.iter_mut().for_each(|v| *v += bc);
+                    forward_sample(&g, &plan, x_n, &weights, y_n, finish, scratch);
                 }
             }
         },
@@ -297,6 +373,7 @@ fn forward_sample<T: Float>(
     x: &[T],
     weights: &[PackedLhs<T>],
     y: &mut [T],
+    finish: Finish<'_, T>,
     scratch: &mut Scratch<T>,
 ) {
     let (area, rows, cog, cg, wo) = (g.out_area(), g.col_rows(), g.c_out_g(), g.c_in_g(), g.wo);
@@ -312,6 +389,8 @@ fn forward_sample<T: Float>(
             };
             let out = mat_mut(&mut y[grp * cog * area + offset..], cog, cols, area);
             product(w_g, col, out, plan.split, &mut scratch.packed);
+            let channels = grp * cog..(grp + 1) * cog;
+            finish.apply(&mut y[grp * cog * area + offset..], channels, cols, area);
         }
     }
 }
@@ -340,6 +419,7 @@ fn im2col_side_by_side<T: Float>(
 }
 
 /// Several small samples side by side in one GEMM, then scattered into `y`.
+#[allow(clippy::too_many_arguments)]
 fn forward_samples<T: Float>(
     g: &ConvGeometry,
     split: GemmSplit,
@@ -347,6 +427,7 @@ fn forward_samples<T: Float>(
     weights: &[PackedLhs<T>],
     y_blk: &mut [T],
     s: usize,
+    finish: Finish<'_, T>,
     scratch: &mut Scratch<T>,
 ) {
     let (area, rows, cog) = (g.out_area(), g.col_rows(), g.c_out_g());
@@ -356,6 +437,7 @@ fn forward_samples<T: Float>(
         im2col_side_by_side(g, x_blk, grp, s, scratch);
         let out = mat_mut(&mut scratch.out, cog, cols, cols);
         product(w_g, mat(&scratch.col, rows, cols, cols), out, split, &mut scratch.packed);
+        finish.apply(&mut scratch.out, grp * cog..(grp + 1) * cog, cols, cols);
         for si in 0..s {
             for o in 0..cog {
                 let dst = &mut y_blk[si * per_out + (grp * cog + o) * area..][..area];

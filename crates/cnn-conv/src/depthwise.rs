@@ -234,7 +234,15 @@ cnn_tensor::simd_fn! {
 }
 
 /// Forward over the batch: `x: [N·C·H·W]`, `w: [C·kh·kw]`, `b: [C]` → `y: [N·C·Ho·Wo]`.
-pub(crate) fn forward<T: Float>(g: &ConvGeometry, x: &[T], w: &[T], b: Option<&[T]>, y: &mut [T]) {
+/// With `relu`, each plane goes through `max(·, 0)` while it is in cache.
+pub(crate) fn forward<T: Float>(
+    g: &ConvGeometry,
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+    y: &mut [T],
+    relu: bool,
+) {
     let (area_in, area_out, taps) = (g.h * g.w, g.ho * g.wo, g.kh * g.kw);
     y.par_chunks_mut(area_out).zip(x.par_chunks(area_in)).enumerate().for_each_init(
         Vec::new,
@@ -242,6 +250,9 @@ pub(crate) fn forward<T: Float>(g: &ConvGeometry, x: &[T], w: &[T], b: Option<&[
             let c = plane % g.c_in;
             let bias = b.map_or(T::zero(), |b| b[c]);
             forward_plane(g, x_p, &w[c * taps..][..taps], bias, y_p, padded);
+            if relu {
+                crate::conv2d::relu_in_place(y_p);
+            }
         },
     );
 }

@@ -4,7 +4,8 @@ use cnn_tensor::{join_key, ArrayD, Error, Float, Layer, Mode, Param, Result};
 use ndarray::{Array4, ArrayView1, ArrayView4, Ix1, Ix4};
 use rand::Rng;
 
-use crate::conv2d::conv2d_forward_cached;
+use crate::conv2d::{conv2d_forward_cached, Epilogue};
+use crate::fold::{ChannelAffine, FoldCache};
 use crate::winograd::WeightCache;
 use crate::{
     avg_pool2d_backward, avg_pool2d_forward, conv2d_backward, global_avg_pool2d_backward,
@@ -114,6 +115,8 @@ pub struct Conv2d<T: Float = f32> {
     cache: Option<Array4<T>>,
     /// The Winograd weight transform of the last eval-mode call.
     eval_weights: WeightCache<T>,
+    /// Fused inference: this conv's weights with the next norm folded in.
+    folded: FoldCache<T>,
 }
 
 impl<T: Float> Conv2d<T> {
@@ -160,6 +163,7 @@ impl<T: Float> Conv2d<T> {
             options: cfg.options,
             cache: None,
             eval_weights: WeightCache::default(),
+            folded: FoldCache::default(),
         })
     }
 
@@ -192,11 +196,58 @@ impl<T: Float> Conv2d<T> {
             options,
             cache: None,
             eval_weights: WeightCache::default(),
+            folded: FoldCache::default(),
         })
     }
 }
 
 /// The weight as `[out, in/groups, kh, kw]` and the bias as `[out]`.
+impl<T: Float> Conv2d<T> {
+    /// Fused inference: `epilogue(norm(conv(x)))` in one pass, for eval mode
+    /// (nothing is kept for backward). With `norm` (a BatchNorm's eval map,
+    /// `cnn_norm::BatchNorm::eval_scale_shift`) the norm is folded into this
+    /// conv's weights and bias, computed once and recomputed when the
+    /// weights, the bias or the norm change; the epilogue (ReLU) is applied
+    /// to each output tile while it is in cache. Equal to the three layers
+    /// run one after the other within f32 rounding (the folded weights round
+    /// differently), bit for bit without a norm.
+    ///
+    /// # Errors
+    /// As [`crate::conv2d_forward`]; [`Error::Shape`] when `norm` has not one
+    /// value per output channel.
+    pub fn forward_fused(
+        &mut self,
+        x: ArrayView4<'_, T>,
+        norm: Option<ChannelAffine<'_, T>>,
+        epilogue: Epilogue,
+    ) -> Result<Array4<T>> {
+        let (w, b) = views(&self.weight, self.bias.as_ref())?;
+        self.cache = None;
+        match norm {
+            None => conv2d_forward_cached(
+                x,
+                w,
+                b,
+                &self.options,
+                Some(&mut self.eval_weights),
+                epilogue,
+            ),
+            Some(norm) => {
+                let b = b.map(|b| b.to_vec());
+                let (w, b, winograd) = self.folded.get(w, b.as_deref(), norm)?;
+                let b = ndarray::ArrayView1::from(b);
+                conv2d_forward_cached(x, w, Some(b), &self.options, Some(winograd), epilogue)
+            }
+        }
+    }
+
+    /// The input kept by the last train-mode forward, for a caller that
+    /// needs it too (a residual block's shortcut) instead of a copy.
+    pub fn cached_input(&self) -> Option<ArrayView4<'_, T>> {
+        self.cache.as_ref().map(|x| x.view())
+    }
+}
+
 fn views<'a, T: Float>(
     weight: &'a Param<T>,
     bias: Option<&'a Param<T>>,
@@ -224,7 +275,7 @@ impl<T: Float> Layer<T> for Conv2d<T> {
         let (w, b) = views(&self.weight, self.bias.as_ref())?;
         // In eval mode the Winograd weight transform is kept between calls.
         let cache = (mode == Mode::Eval).then_some(&mut self.eval_weights);
-        let y = conv2d_forward_cached(x.view(), w, b, &self.options, cache)?;
+        let y = conv2d_forward_cached(x.view(), w, b, &self.options, cache, Epilogue::None)?;
         self.cache = (mode == Mode::Train).then_some(x);
         Ok(y.into_dyn())
     }
@@ -248,6 +299,10 @@ impl<T: Float> Layer<T> for Conv2d<T> {
         if let Some(b) = self.bias.as_mut() {
             f(&join_key(prefix, "bias"), b);
         }
+    }
+
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
     }
 }
 

@@ -25,6 +25,7 @@
 mod adaptive;
 mod conv2d;
 mod depthwise;
+mod fold;
 mod geometry;
 mod im2col;
 mod layers;
@@ -36,7 +37,8 @@ mod winograd;
 pub use winograd::with_conv_algorithm;
 
 pub use adaptive::{adaptive_avg_pool2d_backward, adaptive_avg_pool2d_forward, AdaptiveAvgPool2d};
-pub use conv2d::{conv2d_backward, conv2d_forward, Conv2dGrads};
+pub use conv2d::{conv2d_backward, conv2d_forward, conv2d_forward_with, Conv2dGrads, Epilogue};
+pub use fold::ChannelAffine;
 pub use geometry::{conv_out_len, Conv2dOptions, ConvAlgorithm, ConvGeometry};
 pub use layers::{AvgPool2d, Conv2d, Conv2dConfig, GlobalAvgPool2d, MaxPool2d};
 pub use pool::naive as pool_naive;

@@ -448,7 +448,7 @@ pub(crate) fn forward<T: Float>(
     b: Option<&[T]>,
     y: &mut [T],
 ) {
-    forward_cached(tile, g, x, w, b, y, None);
+    forward_cached(tile, g, x, w, b, y, None, false);
 }
 
 /// The weight transform of one call, kept by a layer between eval-mode calls.
@@ -460,22 +460,34 @@ pub(crate) struct WeightCache<T: Float> {
     /// Tile, group count and the GEMM width it was packed for.
     key: Option<(Tile, usize, usize)>,
     packed: Vec<Vec<PackedLhs<T>>>,
+    /// The owner guarantees the weights are unchanged while the cache lives
+    /// (it clears the cache when they change): no copy kept, no comparison.
+    trusted: bool,
 }
 
 impl<T: Float> WeightCache<T> {
+    /// A cache for weights its owner alone can change (and clears it when it does).
+    pub(crate) fn trusting() -> Self {
+        WeightCache { trusted: true, ..Self::default() }
+    }
+
     /// The packed `U[ξ]` for `w`, from the cache when `w` and the key are the same.
     fn get(&mut self, tile: Tile, g: &ConvGeometry, w: &[T], cols: usize) -> &[Vec<PackedLhs<T>>] {
         let key = Some((tile, g.opts.groups, cols));
-        if self.key != key || self.weights != w {
+        if self.key != key || (!self.trusted && self.weights != w) {
             self.packed = transform_weights(tile, g, w, cols);
-            self.weights = w.to_vec();
+            if !self.trusted {
+                self.weights = w.to_vec();
+            }
             self.key = key;
         }
         &self.packed
     }
 }
 
-/// [`forward`], with the weight transform taken from (and kept in) `cache`.
+/// [`forward`], with the weight transform taken from (and kept in) `cache`,
+/// and `max(·, 0)` applied in the output transform when `relu`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn forward_cached<T: Float>(
     tile: Tile,
     g: &ConvGeometry,
@@ -484,6 +496,7 @@ pub(crate) fn forward_cached<T: Float>(
     b: Option<&[T]>,
     y: &mut [T],
     cache: Option<&mut WeightCache<T>>,
+    relu: bool,
 ) {
     let grid = Grid::new(tile, g);
     let (cg, cog, a2) = (g.c_in_g(), g.c_out_g(), tile.alpha() * tile.alpha());
@@ -526,8 +539,12 @@ pub(crate) fn forward_cached<T: Float>(
                 let m_o = &m_ref[o * t_all..];
                 let out = PlanesMut { ptr: &y_ptr, first: oc, stride: per_out, samples: s };
                 match tile {
-                    Tile::F2 => inverse_channel::<T, 4, 2>(&grid, g, m_o, cog * t_all, bias, out),
-                    Tile::F4 => inverse_channel::<T, 6, 4>(&grid, g, m_o, cog * t_all, bias, out),
+                    Tile::F2 => {
+                        inverse_channel::<T, 4, 2>(&grid, g, m_o, cog * t_all, bias, relu, out)
+                    }
+                    Tile::F4 => {
+                        inverse_channel::<T, 6, 4>(&grid, g, m_o, cog * t_all, bias, relu, out)
+                    }
                 }
             });
         }
@@ -608,7 +625,8 @@ fn transform_channel<T: Float, const A: usize, const M: usize>(
                 let (i0, i1) = ((-r0).clamp(0, A as isize), (h - r0).clamp(0, A as isize));
                 let (j0, j1) = ((-c0).clamp(0, A as isize), (w - c0).clamp(0, A as isize));
                 for i in i0..i1 {
-                    let row = &plane[((r0 + i) * w + c0 + j0) as usize..][..(j1 - j0).max(0) as usize];
+                    let row =
+                        &plane[((r0 + i) * w + c0 + j0) as usize..][..(j1 - j0).max(0) as usize];
                     for (j, &v) in (j0..j1).zip(row) {
                         d[(i * A as isize + j) as usize][l] = v;
                     }
@@ -629,6 +647,7 @@ fn inverse_channel<T: Float, const A: usize, const M: usize>(
     m_o: &[T],
     ld: usize,
     bias: T,
+    relu: bool,
     mut out_planes: PlanesMut<'_, T>,
 ) {
     let mut v: Lanes<T> = [[T::zero(); LANES]; MAX_ALPHA * MAX_ALPHA];
@@ -655,7 +674,8 @@ fn inverse_channel<T: Float, const A: usize, const M: usize>(
             for i in 0..rows {
                 let dst = &mut y_p[(ty * M + i) * g.wo + tx * M..][..cols];
                 for (j, d) in dst.iter_mut().enumerate() {
-                    *d = out[i * M + j][l] + bias;
+                    let v = out[i * M + j][l] + bias;
+                    *d = if relu { crate::conv2d::relu(v) } else { v };
                 }
             }
         }

@@ -8,7 +8,8 @@ mod common;
 
 use cnn_conv::naive::{conv2d_backward_naive, conv2d_forward_naive};
 use cnn_conv::{
-    conv2d_backward, conv2d_forward, Conv2d, Conv2dConfig, Conv2dOptions, ConvGeometry,
+    conv2d_backward, conv2d_forward, conv2d_forward_with, Conv2d, Conv2dConfig, Conv2dOptions,
+    ConvAlgorithm, ConvGeometry, Epilogue,
 };
 use cnn_tensor::gradcheck::{check_fn, check_layer, GradCheckConfig};
 use cnn_tensor::{random, ArrayD, Error, Layer, Mode};
@@ -346,5 +347,46 @@ fn depthwise_is_the_same_on_one_and_two_threads() {
 fn every_simd_level_equals_the_naive_kernel() {
     for level in cnn_tensor::simd::levels() {
         cnn_tensor::simd::rerun_tests("naive", &[("CNN_SIMD", level.name())]).unwrap();
+    }
+}
+
+/// The ReLU epilogue equals a ReLU after the convolution, bit for bit, on
+/// every path: im2col one sample at a time, batched small maps, pointwise,
+/// a batch of one cut into GEMM blocks, Winograd F(2x2) and F(4x4), depthwise.
+#[test]
+fn relu_epilogue_equals_relu_after_the_conv() {
+    let cases: [([usize; 4], [usize; 4], Conv2dOptions); 7] = [
+        ([2, 5, 30, 30], [7, 5, 3, 3], Conv2dOptions::default().with_padding(1)),
+        ([9, 6, 6, 6], [8, 6, 3, 3], Conv2dOptions::default().with_stride(2)),
+        ([3, 16, 8, 8], [24, 16, 1, 1], Conv2dOptions::default()),
+        (
+            [1, 32, 9, 9],
+            [64, 32, 3, 3],
+            Conv2dOptions::default().with_algorithm(ConvAlgorithm::Im2col),
+        ),
+        (
+            [2, 8, 10, 10],
+            [8, 8, 3, 3],
+            Conv2dOptions::default().with_padding(1).with_algorithm(ConvAlgorithm::Winograd2),
+        ),
+        (
+            [2, 8, 10, 10],
+            [8, 8, 3, 3],
+            Conv2dOptions::default().with_padding(1).with_algorithm(ConvAlgorithm::Winograd4),
+        ),
+        ([2, 6, 11, 11], [6, 1, 5, 5], Conv2dOptions::default().with_padding(2).with_groups(6)),
+    ];
+    for (i, (xs, ws, opts)) in cases.into_iter().enumerate() {
+        let (x, w) = (randn4(xs, 10 + i as u64), randn4(ws, 20 + i as u64));
+        let b = Array1::from_iter((0..ws[0]).map(|o| o as f64 * 0.25 - 1.0));
+        let plain = conv2d_forward(x.view(), w.view(), Some(b.view()), &opts).unwrap();
+        let fused = conv2d_forward_with(x.view(), w.view(), Some(b.view()), &opts, Epilogue::Relu);
+        assert_eq!(fused.unwrap(), plain.mapv(|v| if v > 0.0 { v } else { 0.0 }), "case {i} f64");
+        let none = conv2d_forward_with(x.view(), w.view(), Some(b.view()), &opts, Epilogue::None);
+        assert_eq!(none.unwrap(), plain, "case {i}: no epilogue is the plain conv");
+        let (x, w, b) = (x.mapv(|v| v as f32), w.mapv(|v| v as f32), b.mapv(|v| v as f32));
+        let plain = conv2d_forward(x.view(), w.view(), Some(b.view()), &opts).unwrap();
+        let fused = conv2d_forward_with(x.view(), w.view(), Some(b.view()), &opts, Epilogue::Relu);
+        assert_eq!(fused.unwrap(), plain.mapv(|v| if v > 0.0 { v } else { 0.0 }), "case {i} f32");
     }
 }

@@ -4,6 +4,7 @@ use cnn_act::Act;
 use cnn_conv::{Conv2d, Conv2dConfig};
 use cnn_norm::{BatchNorm, BatchNormConfig};
 use cnn_tensor::{join_key, ArrayD, Error, Float, Layer, Mode, Param, Result};
+use ndarray::ArrayViewD;
 use rand::Rng;
 
 use crate::{kaiming_conv, Sequential};
@@ -78,24 +79,66 @@ impl<T: Float> BasicBlock<T> {
     }
 }
 
+impl<T: Float> BasicBlock<T> {
+    /// Eval mode with fused inference: conv1+bn1+ReLU and conv2+bn2 as one
+    /// convolution each (the norms folded in), the shortcut added in place,
+    /// no copy of the input.
+    fn forward_fused(&mut self, x: ArrayD<T>) -> Result<ArrayD<T>> {
+        let x = crate::fusion::to4("basic_block", x)?;
+        self.relu_out.clear_cache();
+        let y = crate::fusion::conv_bn(
+            &mut self.conv1,
+            &mut self.bn1,
+            Some(&mut self.relu1),
+            x.view(),
+        )?;
+        let mut y =
+            crate::fusion::conv_bn(&mut self.conv2, &mut self.bn2, None, y.view())?.into_dyn();
+        match (&mut self.downsample, self.skip) {
+            (Some(ds), _) => add_shortcut(&mut y, ds.forward(x.into_dyn(), Mode::Eval)?.view())?,
+            (None, true) => add_shortcut(&mut y, x.into_dyn().view())?,
+            (None, false) => {}
+        }
+        y.mapv_inplace(|v| if v > T::zero() { v } else { T::zero() });
+        Ok(y)
+    }
+}
+
+/// `y += shortcut`, or an error when the shapes differ.
+pub(crate) fn add_shortcut<T: Float>(y: &mut ArrayD<T>, shortcut: ArrayViewD<'_, T>) -> Result<()> {
+    if shortcut.shape() != y.shape() {
+        return Err(Error::shape(
+            "residual",
+            format!("shortcut {:?} and main path {:?} differ", shortcut.shape(), y.shape()),
+        ));
+    }
+    *y += &shortcut;
+    Ok(())
+}
+
 impl<T: Float> Layer<T> for BasicBlock<T> {
     fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
-        let shortcut = match (&mut self.downsample, self.skip) {
-            (Some(ds), _) => Some(ds.forward(x.clone(), mode)?),
-            (None, true) => Some(x.clone()),
-            (None, false) => None,
+        if mode == Mode::Eval && crate::fusion_enabled() {
+            return self.forward_fused(x);
+        }
+        // The projection reads its own copy of x; the identity shortcut reads
+        // the copy conv1 keeps for backward (no clone), once the main path is done.
+        let projected = match &mut self.downsample {
+            Some(ds) => Some(ds.forward(x.clone(), mode)?),
+            None => None,
         };
+        let identity = self.skip && self.downsample.is_none();
+        let x_eval = (identity && mode == Mode::Eval).then(|| x.clone());
         let mut y = self.conv1.forward(x, mode)?;
         y = self.relu1.forward(self.bn1.forward(y, mode)?, mode)?;
         y = self.bn2.forward(self.conv2.forward(y, mode)?, mode)?;
-        if let Some(s) = shortcut {
-            if s.shape() != y.shape() {
-                return Err(Error::shape(
-                    "basic_block",
-                    format!("shortcut {:?} and main path {:?} differ", s.shape(), y.shape()),
-                ));
-            }
-            y += &s;
+        if let Some(s) = &projected {
+            add_shortcut(&mut y, s.view())?;
+        } else if let Some(s) = &x_eval {
+            add_shortcut(&mut y, s.view())?;
+        } else if identity {
+            let s = self.conv1.cached_input().ok_or(Error::NoForward { op: "basic_block" })?;
+            add_shortcut(&mut y, s.into_dyn())?;
         }
         self.relu_out.forward(y, mode)
     }

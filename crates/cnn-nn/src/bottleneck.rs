@@ -6,6 +6,7 @@ use cnn_norm::{BatchNorm, BatchNormConfig};
 use cnn_tensor::{join_key, ArrayD, Error, Float, Layer, Mode, Param, Result};
 use rand::Rng;
 
+use crate::block::add_shortcut;
 use crate::{kaiming_conv, Sequential};
 
 /// Output channels per `width` of a [`Bottleneck`].
@@ -68,12 +69,38 @@ impl<T: Float> Bottleneck<T> {
     }
 }
 
+impl<T: Float> Bottleneck<T> {
+    /// Eval mode with fused inference: each conv with its norm (and ReLU) as
+    /// one convolution, the shortcut added in place, no copy of the input.
+    fn forward_fused(&mut self, x: ArrayD<T>) -> Result<ArrayD<T>> {
+        let x = crate::fusion::to4("bottleneck", x)?;
+        let [c1, c2, c3] = &mut self.convs;
+        let [b1, b2, b3] = &mut self.bns;
+        let [r1, r2, r3] = &mut self.relus;
+        r3.clear_cache();
+        let y = crate::fusion::conv_bn(c1, b1, Some(r1), x.view())?;
+        let y = crate::fusion::conv_bn(c2, b2, Some(r2), y.view())?;
+        let mut y = crate::fusion::conv_bn(c3, b3, None, y.view())?.into_dyn();
+        match &mut self.downsample {
+            Some(ds) => add_shortcut(&mut y, ds.forward(x.into_dyn(), Mode::Eval)?.view())?,
+            None => add_shortcut(&mut y, x.into_dyn().view())?,
+        }
+        y.mapv_inplace(|v| if v > T::zero() { v } else { T::zero() });
+        Ok(y)
+    }
+}
+
 impl<T: Float> Layer<T> for Bottleneck<T> {
     fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
-        let shortcut = match &mut self.downsample {
-            Some(ds) => ds.forward(x.clone(), mode)?,
-            None => x.clone(),
+        if mode == Mode::Eval && crate::fusion_enabled() {
+            return self.forward_fused(x);
+        }
+        // The identity shortcut reads the copy conv1 keeps for backward (no clone).
+        let projected = match &mut self.downsample {
+            Some(ds) => Some(ds.forward(x.clone(), mode)?),
+            None => None,
         };
+        let x_eval = (projected.is_none() && mode == Mode::Eval).then(|| x.clone());
         let mut y = x;
         for i in 0..3 {
             y = self.bns[i].forward(self.convs[i].forward(y, mode)?, mode)?;
@@ -81,13 +108,14 @@ impl<T: Float> Layer<T> for Bottleneck<T> {
                 y = self.relus[i].forward(y, mode)?;
             }
         }
-        if shortcut.shape() != y.shape() {
-            return Err(Error::shape(
-                "bottleneck",
-                format!("shortcut {:?} and main path {:?} differ", shortcut.shape(), y.shape()),
-            ));
+        match (&projected, &x_eval) {
+            (Some(s), _) | (None, Some(s)) => add_shortcut(&mut y, s.view())?,
+            (None, None) => {
+                let s =
+                    self.convs[0].cached_input().ok_or(Error::NoForward { op: "bottleneck" })?;
+                add_shortcut(&mut y, s.into_dyn())?;
+            }
         }
-        y += &shortcut;
         self.relus[2].forward(y, mode)
     }
 

@@ -24,6 +24,7 @@
 mod block;
 mod bottleneck;
 mod convnext;
+mod fusion;
 mod sequential;
 mod state_dict;
 mod summary;
@@ -32,6 +33,7 @@ pub use block::BasicBlock;
 pub use bottleneck::{Bottleneck, EXPANSION};
 pub use cnn_tensor::write_atomic;
 pub use convnext::{trunc02, ConvNeXtBlock, ConvNeXtBlockConfig, PixelLinear};
+pub use fusion::{fusion_enabled, with_fusion};
 pub use sequential::{Flatten, Sequential};
 pub use state_dict::{
     bf16_to_f32, f16_to_f32, load_state_dict, save_state_dict, LoadReport, SaveDtype, StateDict,

@@ -68,8 +68,34 @@ impl<T: Float> Sequential<T> {
     }
 }
 
+impl<T: Float> Sequential<T> {
+    /// Eval-mode forward with fused inference ([`crate::with_fusion`]): each
+    /// run of conv (→ BatchNorm2d) (→ ReLU) goes as one convolution.
+    fn forward_fused(&mut self, mut x: ArrayD<T>) -> Result<ArrayD<T>> {
+        let mut i = 0;
+        while i < self.children.len() {
+            let end = (i + 3).min(self.children.len());
+            let mut run: Vec<&mut dyn Layer<T>> = self.children[i..end]
+                .iter_mut()
+                .map(|(_, l)| &mut **l as &mut dyn Layer<T>)
+                .collect();
+            if let Some((used, y)) = crate::fusion::run_fused(&mut run, &x)? {
+                x = y.into_dyn();
+                i += used;
+            } else {
+                x = self.children[i].1.forward(x, Mode::Eval)?;
+                i += 1;
+            }
+        }
+        Ok(x)
+    }
+}
+
 impl<T: Float> Layer<T> for Sequential<T> {
     fn forward(&mut self, mut x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
+        if mode == Mode::Eval && crate::fusion_enabled() {
+            return self.forward_fused(x);
+        }
         for (_, layer) in &mut self.children {
             x = layer.forward(x, mode)?;
         }

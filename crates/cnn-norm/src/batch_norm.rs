@@ -113,6 +113,45 @@ impl<T: Float> BatchNorm<T> {
             && self.affine.as_ref().is_some_and(|a| !a.weight.trainable && !a.bias.trainable)
     }
 
+    /// The per-channel map this layer applies in eval mode, `y = x·scale + shift`
+    /// with `scale = γ/√(var + ε)` and `shift = β − mean·scale` (γ = 1, β = 0
+    /// without affine parameters): what fused inference folds into the
+    /// convolution before it. `None` without running statistics (eval mode
+    /// then normalizes with the batch's own, which no fold can do).
+    pub fn eval_scale_shift(&self) -> Option<(Vec<T>, Vec<T>)> {
+        let running = self.running.as_ref()?;
+        let var: Vec<T> = running.var.value.iter().copied().collect();
+        let rstd = rstd(&var, self.config.eps);
+        let (gamma, beta) = match &self.affine {
+            Some(a) => {
+                (a.weight.value.iter().copied().collect(), a.bias.value.iter().copied().collect())
+            }
+            None => (vec![T::one(); rstd.len()], vec![T::zero(); rstd.len()]),
+        };
+        let scale: Vec<T> = rstd.iter().zip(&gamma).map(|(&r, &g): (&T, &T)| r * g).collect();
+        let shift = running
+            .mean
+            .value
+            .iter()
+            .zip(&scale)
+            .zip(&beta)
+            .map(|((&m, &s), &b): ((&T, &T), &T)| b - m * s)
+            .collect();
+        Some((scale, shift))
+    }
+
+    /// Whether this is `BatchNorm2d` (inputs `[N, C, H, W]`).
+    pub fn is_2d(&self) -> bool {
+        self.ranks == (4, 4)
+    }
+
+    /// Drops what the last train-mode forward kept for backward, as an
+    /// eval-mode forward does: for a container that applied this layer
+    /// folded into another (fused inference) instead of calling it.
+    pub fn clear_cache(&mut self) {
+        self.cache = None;
+    }
+
     /// The running mean and variance, when tracked.
     pub fn running_stats(&self) -> Option<(&ArrayD<T>, &ArrayD<T>)> {
         self.running.as_ref().map(|r| (&r.mean.value, &r.var.value))
@@ -160,5 +199,9 @@ impl<T: Float> Layer<T> for BatchNorm<T> {
         if let Some(r) = self.running.as_mut() {
             r.visit(prefix, f);
         }
+    }
+
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
     }
 }

@@ -49,6 +49,13 @@ pub trait Layer<T: Float = f32>: Send {
         std::any::type_name::<Self>()
     }
 
+    /// This layer as [`std::any::Any`], for containers that look for layer
+    /// types they know (fused inference finds a `Conv2d` followed by a
+    /// `BatchNorm` this way); `None` by default.
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        None
+    }
+
     /// The direct children, by name, of a container whose forward applies them
     /// in this order and nothing else (`Sequential`); empty for every other
     /// layer. Model summaries walk it.

@@ -1,0 +1,96 @@
+//! Fused inference (conv + BatchNorm + ReLU as one convolution in eval mode)
+//! against the layers run one by one, on every model of this crate.
+#![allow(clippy::unwrap_used)]
+
+use cnn_models::{
+    alexnet, cifar_resnet, convnext, resnet18, resnet50, small_cnn, vgg, ConvNeXtConfig,
+};
+use cnn_nn::{with_fusion, Sequential};
+use cnn_tensor::random::{normal, seeded_rng};
+use cnn_tensor::{ArrayD, Error, Layer, Mode};
+
+/// Max |a − b| over max |b|.
+fn rel(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+/// Every norm given a non-trivial γ, β and running statistics: two train
+/// forwards (batch statistics feed the running ones), then random affines.
+fn settle(net: &mut Sequential<f32>, x: &ArrayD<f32>) {
+    for _ in 0..2 {
+        net.forward(x.clone(), Mode::Train).unwrap();
+    }
+    let mut rng = seeded_rng(7);
+    net.visit("", &mut |k, p| {
+        if k.contains("bn") || k.contains("downsample.1") || k.starts_with("features.") {
+            if p.value.ndim() == 1 && (k.ends_with("weight") || k.ends_with("bias")) {
+                let noise: ArrayD<f32> = normal(p.value.shape(), 0.0, 0.3, &mut rng);
+                p.value = &p.value + &noise;
+            }
+        }
+    });
+}
+
+fn models() -> Vec<(&'static str, Sequential<f32>, Vec<usize>)> {
+    let mut rng = seeded_rng(0);
+    vec![
+        ("small_cnn", small_cnn(1, [28, 28], 10, &mut rng).unwrap(), vec![3, 1, 28, 28]),
+        ("cifar_resnet20", cifar_resnet(20, 10, true, &mut rng).unwrap(), vec![2, 3, 32, 32]),
+        ("resnet18", resnet18(10, &mut rng).unwrap(), vec![2, 3, 64, 64]),
+        ("resnet50", resnet50(10, &mut rng).unwrap(), vec![1, 3, 64, 64]),
+        ("vgg11", vgg(11, false, 10, &mut rng).unwrap(), vec![1, 3, 32, 32]),
+        ("vgg11_bn", vgg(11, true, 10, &mut rng).unwrap(), vec![2, 3, 32, 32]),
+        ("alexnet", alexnet(10, &mut rng).unwrap(), vec![1, 3, 64, 64]),
+        (
+            "convnext_atto",
+            convnext(&ConvNeXtConfig::named("atto").unwrap().with_num_classes(10), &mut rng)
+                .unwrap(),
+            vec![2, 3, 32, 32],
+        ),
+    ]
+}
+
+#[test]
+fn fused_inference_equals_the_layers_one_by_one_on_every_model() {
+    for (name, mut net, shape) in models() {
+        let x: ArrayD<f32> = normal(&shape, 0.0, 1.0, &mut seeded_rng(3));
+        settle(&mut net, &x);
+        let unfused = with_fusion(false, || net.forward(x.clone(), Mode::Eval)).unwrap();
+        let fused = net.forward(x.clone(), Mode::Eval).unwrap();
+        let err = rel(&fused, &unfused);
+        assert!(err <= 1e-4, "{name}: fused differs from unfused by {err:e}");
+        // Again: the folded weights come from the cache now.
+        let again = net.forward(x.clone(), Mode::Eval).unwrap();
+        assert_eq!(again, fused, "{name}: a second fused call");
+    }
+}
+
+/// Changing a conv weight or a norm's running statistics after an eval call
+/// is seen by the next one (the folded weights are recomputed), and backward
+/// after an eval forward is an error whether or not it was fused.
+#[test]
+fn changed_weights_invalidate_the_folded_ones() {
+    let mut rng = seeded_rng(1);
+    let mut net: Sequential<f32> = cifar_resnet(8, 10, true, &mut rng).unwrap();
+    let x: ArrayD<f32> = normal(&[2, 3, 16, 16], 0.0, 1.0, &mut seeded_rng(4));
+    settle(&mut net, &x);
+    let before = net.forward(x.clone(), Mode::Eval).unwrap();
+    for key in ["layer1.0.conv1.weight", "layer1.0.bn2.running_mean", "bn1.weight", "conv1.weight"]
+    {
+        net.visit("", &mut |k, p| {
+            if k == key {
+                p.value.iter_mut().step_by(3).for_each(|v| *v += 0.5);
+            }
+        });
+        let fused = net.forward(x.clone(), Mode::Eval).unwrap();
+        let unfused = with_fusion(false, || net.forward(x.clone(), Mode::Eval)).unwrap();
+        assert!(rel(&fused, &unfused) <= 1e-4, "after changing {key}");
+        assert!(rel(&fused, &before) > 1e-4, "changing {key} changed nothing");
+    }
+    // Train forward, then eval (fused): backward has nothing to go back through.
+    net.forward(x.clone(), Mode::Train).unwrap();
+    let y = net.forward(x.clone(), Mode::Eval).unwrap();
+    let err = net.backward(ArrayD::ones(y.raw_dim())).unwrap_err();
+    assert!(matches!(err, Error::NoForward { .. }), "{err}");
+}

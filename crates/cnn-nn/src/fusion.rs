@@ -1,0 +1,150 @@
+//! Fused inference: in eval mode, a `Conv2d` followed by a `BatchNorm2d`
+//! (with running statistics) and a ReLU runs as one convolution, the norm
+//! folded into its weights and bias (computed once, recomputed when either
+//! layer's parameters change) and the ReLU applied to each output tile while
+//! it is in cache. `Sequential` finds these runs of layers; `BasicBlock` and
+//! `Bottleneck` use them for their convolutions. Outputs equal the layers run
+//! one by one within f32 rounding; [`with_fusion`] turns it off to compare.
+
+use std::cell::Cell;
+
+use cnn_act::{Act, Activation};
+use cnn_conv::{ChannelAffine, Conv2d, Epilogue};
+use cnn_norm::BatchNorm;
+use cnn_tensor::{ArrayD, Error, Float, Layer, Mode, Result};
+use ndarray::{Array4, ArrayView4, Ix4};
+
+thread_local! {
+    static ENABLED: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
+/// Whether eval-mode forwards on this thread fuse: [`with_fusion`]'s setting,
+/// else `CNN_FUSION` (`0` turns it off), else on.
+pub fn fusion_enabled() -> bool {
+    ENABLED.with(|e| e.get()).unwrap_or_else(|| {
+        static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ENV.get_or_init(|| std::env::var("CNN_FUSION").map_or(true, |v| v.trim() != "0"))
+    })
+}
+
+/// Runs `f` with fused inference on or off on this thread (restored after,
+/// even on panic): `with_fusion(false, || net.forward(x, Mode::Eval))` runs
+/// every layer by itself, as in train mode.
+pub fn with_fusion<R>(enabled: bool, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<bool>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ENABLED.with(|e| e.set(self.0));
+        }
+    }
+    let _restore = Restore(ENABLED.with(|e| e.replace(Some(enabled))));
+    f()
+}
+
+/// `relu?(bn(conv(x)))` in one pass (eval mode): the norm folded into the
+/// conv when it has running statistics, else applied after it.
+pub(crate) fn conv_bn<T: Float>(
+    conv: &mut Conv2d<T>,
+    bn: &mut BatchNorm<T>,
+    relu: Option<&mut Act<T>>,
+    x: ArrayView4<'_, T>,
+) -> Result<Array4<T>> {
+    bn.clear_cache();
+    let epilogue = match relu {
+        Some(act) => {
+            act.clear_cache();
+            Epilogue::Relu
+        }
+        None => Epilogue::None,
+    };
+    let Some((scale, shift)) = bn.eval_scale_shift().filter(|_| bn.is_2d()) else {
+        // Batch statistics in eval mode: nothing to fold; the layers one by one.
+        let y = conv.forward_fused(x, None, Epilogue::None)?;
+        let y = bn.forward(y.into_dyn(), Mode::Eval)?;
+        let y = if epilogue == Epilogue::Relu { y.mapv(relu_value) } else { y };
+        return to4("batch_norm2d", y);
+    };
+    conv.forward_fused(x, Some(ChannelAffine { scale: &scale, shift: &shift }), epilogue)
+}
+
+fn relu_value<T: Float>(v: T) -> T {
+    if v > T::zero() {
+        v
+    } else {
+        T::zero()
+    }
+}
+
+/// A 4-D array, or an error naming `op`.
+pub(crate) fn to4<T: Float>(op: &'static str, x: ArrayD<T>) -> Result<Array4<T>> {
+    let shape = x.shape().to_vec();
+    x.into_dimensionality::<Ix4>().map_err(|_| {
+        Error::shape(op, format!("input must be 4-D [N, C, H, W], got {}-D {shape:?}", shape.len()))
+    })
+}
+
+/// What a layer is, for finding fusable runs.
+#[derive(PartialEq)]
+enum Kind {
+    Conv,
+    Norm,
+    Relu,
+    Other,
+}
+
+fn kind<T: Float>(layer: &mut dyn Layer<T>) -> Kind {
+    let Some(any) = layer.as_any_mut() else { return Kind::Other };
+    if any.is::<Conv2d<T>>() {
+        Kind::Conv
+    } else if any.downcast_ref::<BatchNorm<T>>().is_some_and(BatchNorm::is_2d) {
+        Kind::Norm
+    } else if any.downcast_ref::<Act<T>>().is_some_and(|a| a.activation == Activation::Relu) {
+        Kind::Relu
+    } else {
+        Kind::Other
+    }
+}
+
+fn downcast<'a, L: 'static, T: Float>(layer: &'a mut dyn Layer<T>) -> &'a mut L {
+    layer.as_any_mut().and_then(|a| a.downcast_mut::<L>()).expect("kind checked")
+}
+
+/// The fusable run at the start of `layers`, if any (a conv, then an
+/// optional 2-D BatchNorm, then an optional ReLU): how many layers it covers
+/// and its output on `x`. Layers past the run are untouched.
+pub(crate) fn run_fused<T: Float>(
+    layers: &mut [&mut dyn Layer<T>],
+    x: &ArrayD<T>,
+) -> Result<Option<(usize, Array4<T>)>> {
+    if layers.is_empty() || kind(&mut *layers[0]) != Kind::Conv {
+        return Ok(None);
+    }
+    let Ok(x4) = x.view().into_dimensionality::<Ix4>() else { return Ok(None) };
+    let norm = layers.len() > 1 && kind(&mut *layers[1]) == Kind::Norm;
+    let relu_at = 1 + usize::from(norm);
+    let relu = layers.len() > relu_at && kind(&mut *layers[relu_at]) == Kind::Relu;
+    let (head, tail) = layers.split_at_mut(1);
+    let conv: &mut Conv2d<T> = downcast(&mut *head[0]);
+    let (bn, tail) = if norm {
+        let (b, t) = tail.split_at_mut(1);
+        (Some(downcast::<BatchNorm<T>, T>(&mut *b[0])), t)
+    } else {
+        (None, tail)
+    };
+    let act = if relu { Some(downcast::<Act<T>, T>(&mut *tail[0])) } else { None };
+    let used = relu_at + usize::from(relu);
+    let y = match bn {
+        Some(bn) => conv_bn(conv, bn, act, x4)?,
+        None => {
+            let epilogue = match act {
+                Some(act) => {
+                    act.clear_cache();
+                    Epilogue::Relu
+                }
+                None => Epilogue::None,
+            };
+            conv.forward_fused(x4, None, epilogue)?
+        }
+    };
+    Ok(Some((used, y)))
+}
