@@ -20,10 +20,9 @@ struct Switch;
 
 static USE_SYSTEM: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-// SAFETY: forwards every call to one of two allocators, chosen before the first
-// allocation that matters and never changed after (each pointer is freed by the
-// allocator that made it: the switch happens before any allocation is freed
-// across it, at the top of main).
+// SAFETY: forwards every call to one of two allocators; each pointer is freed
+// by the allocator that made it (the switch may flip after start-up, so
+// `dealloc` asks mimalloc whether the pointer is in its heap).
 unsafe impl std::alloc::GlobalAlloc for Switch {
     unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
         // SAFETY: the caller's contract is passed on unchanged.
@@ -36,12 +35,12 @@ unsafe impl std::alloc::GlobalAlloc for Switch {
         }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
-        // SAFETY: as `alloc`; `p` came from the same allocator (see the impl's SAFETY).
+        // SAFETY: `p` was allocated by one of the two (see `alloc`); mimalloc says which.
         unsafe {
-            if USE_SYSTEM.load(std::sync::atomic::Ordering::Relaxed) {
-                std::alloc::System.dealloc(p, l)
-            } else {
+            if libmimalloc_sys::mi_is_in_heap_region(p.cast()) {
                 mimalloc::MiMalloc.dealloc(p, l)
+            } else {
+                std::alloc::System.dealloc(p, l)
             }
         }
     }

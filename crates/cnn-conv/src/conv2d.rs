@@ -14,6 +14,7 @@
 //! weight gradients are summed in block order: the same numbers on any number
 //! of threads.
 
+use cnn_tensor::scratch::Scratch as Pooled;
 use cnn_tensor::{gemm, gemm_packed, gemm_packed_split, Float, GemmSplit, PackedLhs, Result};
 use ndarray::{Array1, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut2, ShapeBuilder};
 use rayon::prelude::*;
@@ -335,16 +336,18 @@ pub(crate) fn conv2d_forward_cached<T: Float>(
     Ok(y)
 }
 
-/// Reusable buffers of one worker.
-struct Scratch<T> {
+/// Buffers of one worker, taken from its thread's scratch pool (kept between
+/// calls: the same shapes next step find them there, with no fresh pages).
+/// Every one is written before it is read.
+struct Scratch<T: Float> {
     /// im2col tile, or its gradient.
-    col: Vec<T>,
+    col: Pooled<T>,
     /// GEMM output (forward) or gathered dy (backward) of a multi-sample block.
-    out: Vec<T>,
+    out: Pooled<T>,
     /// Input rows split by phase of a horizontal stride (see `im2col`).
-    phases: Vec<T>,
+    phases: Pooled<T>,
     /// The right operand of `gemm_packed`, packed.
-    packed: Vec<T>,
+    packed: Pooled<T>,
 }
 
 impl<T: Float> Scratch<T> {
@@ -354,10 +357,10 @@ impl<T: Float> Scratch<T> {
         let col_len = if g.is_pointwise() { 0 } else { g.col_rows() * cols };
         let out_len = if plan.batched { g.c_out_g() * cols } else { 0 };
         Scratch {
-            col: vec![T::zero(); col_len],
-            out: vec![T::zero(); out_len],
-            phases: Vec::new(),
-            packed: Vec::new(),
+            col: Pooled::take(col_len),
+            out: Pooled::take(out_len),
+            phases: Pooled::take(0),
+            packed: Pooled::take(0),
         }
     }
 }
@@ -384,11 +387,11 @@ fn forward_sample<T: Float>(
             let col = if g.is_pointwise() {
                 mat(&x[grp * cg * area + offset..], cg, cols, area)
             } else {
-                im2col(g, x, grp * cg, tile, &mut scratch.col, cols, &mut scratch.phases);
+                im2col(g, x, grp * cg, tile, &mut scratch.col, cols, scratch.phases.vec_mut());
                 mat(&scratch.col, rows, cols, cols)
             };
             let out = mat_mut(&mut y[grp * cog * area + offset..], cog, cols, area);
-            product(w_g, col, out, plan.split, &mut scratch.packed);
+            product(w_g, col, out, plan.split, scratch.packed.vec_mut());
             let channels = grp * cog..(grp + 1) * cog;
             finish.apply(&mut y[grp * cog * area + offset..], channels, cols, area);
         }
@@ -413,7 +416,7 @@ fn im2col_side_by_side<T: Float>(
             0..g.ho,
             &mut scratch.col[si * area..],
             s * area,
-            &mut scratch.phases,
+            scratch.phases.vec_mut(),
         );
     }
 }
@@ -436,7 +439,7 @@ fn forward_samples<T: Float>(
     for (grp, w_g) in weights.iter().enumerate() {
         im2col_side_by_side(g, x_blk, grp, s, scratch);
         let out = mat_mut(&mut scratch.out, cog, cols, cols);
-        product(w_g, mat(&scratch.col, rows, cols, cols), out, split, &mut scratch.packed);
+        product(w_g, mat(&scratch.col, rows, cols, cols), out, split, scratch.packed.vec_mut());
         finish.apply(&mut scratch.out, grp * cog..(grp + 1) * cog, cols, cols);
         for si in 0..s {
             for o in 0..cog {
@@ -491,20 +494,22 @@ pub fn conv2d_backward<T: Float>(
     let plan = Plan::new::<T>(&g, Pass::Backward);
     let weights_t = pack_weights(&g, &plan, ws, true);
     let dw_len = ws.len();
-    let partials: Vec<Vec<T>> = dx_slice
+    // One partial dW per block, side by side in one pooled buffer.
+    let mut partials = Pooled::<T>::zeroed(g.n.div_ceil(plan.samples) * dw_len);
+    dx_slice
         .par_chunks_mut(plan.samples * per_in)
+        .zip(partials.par_chunks_mut(dw_len))
         .enumerate()
-        .map_init(
+        .for_each_init(
             || Scratch::new(&g, &plan),
-            |scratch, (blk, dx_blk)| {
+            |scratch, (blk, (dx_blk, dw))| {
                 let n0 = blk * plan.samples;
                 let s = dx_blk.len() / per_in;
                 let x_blk = &xs[n0 * per_in..(n0 + s) * per_in];
                 let dy_blk = &dys[n0 * per_out..(n0 + s) * per_out];
-                let mut dw = vec![T::zero(); dw_len];
                 if plan.batched {
                     backward_samples(
-                        &g, plan.split, x_blk, &weights_t, dy_blk, dx_blk, &mut dw, s, scratch,
+                        &g, plan.split, x_blk, &weights_t, dy_blk, dx_blk, dw, s, scratch,
                     );
                 } else {
                     let samples = x_blk
@@ -512,17 +517,15 @@ pub fn conv2d_backward<T: Float>(
                         .zip(dy_blk.chunks(per_out))
                         .zip(dx_blk.chunks_mut(per_in));
                     for ((x_n, dy_n), dx_n) in samples {
-                        backward_sample(&g, &plan, x_n, &weights_t, dy_n, dx_n, &mut dw, scratch);
+                        backward_sample(&g, &plan, x_n, &weights_t, dy_n, dx_n, dw, scratch);
                     }
                 }
-                dw
             },
-        )
-        .collect();
+        );
 
     // Fixed order: block 0 + block 1 + … whatever thread made each.
     let mut dw_flat = vec![T::zero(); ws.len()];
-    for part in &partials {
+    for part in partials.chunks(dw_len) {
         dw_flat.iter_mut().zip(part).for_each(|(a, &b)| *a += b);
     }
     let dw = Array4::from_shape_vec(w.raw_dim(), dw_flat).expect("same length as the weight");
@@ -632,14 +635,22 @@ fn backward_sample<T: Float>(
                 let x_t = mat(&x[grp * cg * area + offset..], cg, cols, area);
                 add_weight_grad(dy_t, x_t, dw_g, plan.split);
                 let dx_t = mat_mut(&mut dx[grp * cg * area + offset..], cg, cols, area);
-                product(&weights_t[grp], dy_t, dx_t, plan.split, &mut scratch.packed);
+                product(&weights_t[grp], dy_t, dx_t, plan.split, scratch.packed.vec_mut());
             } else {
-                im2col(g, x, grp * cg, tile.clone(), &mut scratch.col, cols, &mut scratch.phases);
+                im2col(
+                    g,
+                    x,
+                    grp * cg,
+                    tile.clone(),
+                    &mut scratch.col,
+                    cols,
+                    scratch.phases.vec_mut(),
+                );
                 let col = mat(&scratch.col, rows, cols, cols);
                 add_weight_grad(dy_t, col, dw_g, plan.split);
                 let dcol = mat_mut(&mut scratch.col, rows, cols, cols);
-                product(&weights_t[grp], dy_t, dcol, plan.split, &mut scratch.packed);
-                col2im(g, &scratch.col, cols, tile, grp * cg, dx, &mut scratch.phases);
+                product(&weights_t[grp], dy_t, dcol, plan.split, scratch.packed.vec_mut());
+                col2im(g, &scratch.col, cols, tile, grp * cg, dx, scratch.phases.vec_mut());
             }
         }
     }
@@ -673,10 +684,18 @@ fn backward_samples<T: Float>(
         let dw_g = mat_mut(&mut dw[grp * cog * rows..], cog, rows, rows);
         add_weight_grad(dy_g, mat(&scratch.col, rows, cols, cols), dw_g, split);
         let dcol = mat_mut(&mut scratch.col, rows, cols, cols);
-        product(&weights_t[grp], dy_g, dcol, split, &mut scratch.packed);
+        product(&weights_t[grp], dy_g, dcol, split, scratch.packed.vec_mut());
         for si in 0..s {
             let dx = &mut dx_blk[si * per_in..(si + 1) * per_in];
-            col2im(g, &scratch.col[si * area..], cols, 0..g.ho, grp * cg, dx, &mut scratch.phases);
+            col2im(
+                g,
+                &scratch.col[si * area..],
+                cols,
+                0..g.ho,
+                grp * cg,
+                dx,
+                scratch.phases.vec_mut(),
+            );
         }
     }
 }

@@ -26,6 +26,7 @@
 //! output plane. Each output is computed by one task in a fixed order, so
 //! results do not depend on the thread count.
 
+use cnn_tensor::scratch::Scratch as Pooled;
 use cnn_tensor::{Error, Float, PackedLhs, Result};
 use rayon::prelude::*;
 
@@ -510,8 +511,9 @@ pub(crate) fn forward_cached<T: Float>(
         }
     };
     let (per_in, per_out) = (g.c_in * g.h * g.w, g.c_out * g.out_area());
-    let mut v = vec![T::zero(); a2 * cg * samples * tps];
-    let mut m = vec![T::zero(); a2 * cog * samples * tps];
+    // From the scratch pool: written before read, kept for the next call.
+    let mut v = Pooled::<T>::take(a2 * cg * samples * tps);
+    let mut m = Pooled::<T>::take(a2 * cog * samples * tps);
     for (chunk, y_chunk) in y.chunks_mut(samples * per_out).enumerate() {
         let s = y_chunk.len() / per_out;
         let n0 = chunk * samples;
@@ -812,10 +814,11 @@ pub(crate) fn backward_dw<T: Float>(tile: Tile, g: &ConvGeometry, x: &[T], dy: &
     let (cg, cog, a2) = (g.c_in_g(), g.c_out_g(), tile.alpha() * tile.alpha());
     let (tps, samples) = (grid.per_sample(), grid.samples_per_chunk::<T>(g));
     let (per_in, per_out) = (g.c_in * g.h * g.w, g.c_out * g.out_area());
-    let mut v = vec![T::zero(); a2 * cg * samples * tps];
-    let mut dm = vec![T::zero(); a2 * cog * samples * tps];
-    // dU[group][ξ][o·Cg + c], summed over the chunks in order.
-    let mut du = vec![T::zero(); g.opts.groups * a2 * cog * cg];
+    // From the scratch pool: written before read, kept for the next call.
+    let mut v = Pooled::<T>::take(a2 * cg * samples * tps);
+    let mut dm = Pooled::<T>::take(a2 * cog * samples * tps);
+    // dU[group][ξ][o·Cg + c], summed over the chunks in order (the first chunk writes it).
+    let mut du = Pooled::<T>::take(g.opts.groups * a2 * cog * cg);
     for n0 in (0..g.n).step_by(samples) {
         let s = samples.min(g.n - n0);
         let x_chunk = &x[n0 * per_in..(n0 + s) * per_in];

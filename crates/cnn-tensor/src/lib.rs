@@ -30,6 +30,7 @@ mod packed;
 mod param;
 pub mod random;
 mod reduce;
+pub mod scratch;
 pub mod simd;
 
 pub use error::{Error, Result};

@@ -9,7 +9,6 @@
 //! f64, it is matrixmultiply's GEMM. Each entry of `C` sums over `k` in order, so results
 //! never depend on how callers split work between threads.
 
-use std::any::Any;
 use std::ops::Range;
 
 use ndarray::{s, Array2, ArrayView2, ArrayViewMut2, Axis};
@@ -286,11 +285,11 @@ pub fn gemm_packed_split<T: Float>(
         }
         if row_views.len() == 1 {
             let (rows, c_block) = row_views.pop().expect("one block");
-            with_pack_buffer(|buf| multiply(a, rows, b_cols, beta, c_block, buf));
+            with_pack_buffer(a, &b_cols, |buf| multiply(a, rows, b_cols, beta, c_block, buf));
             return;
         }
         // Pack this block's columns of B once for all its row blocks.
-        with_pack_buffer(|buf| {
+        with_pack_buffer(a, &b_cols, |buf| {
             pack_rhs_for(a, b_cols, buf);
             let packed: &[T] = buf;
             row_views.into_par_iter().for_each(|(rows, c_block)| {
@@ -316,22 +315,17 @@ fn check_dims<T: Float>(
     Ok(())
 }
 
-thread_local! {
-    /// A packed `B`, kept between calls on this thread (a `Vec<T>` of the
-    /// last `T` used). Taken while in use: a task that finds it taken (by the
-    /// task it interrupted) makes its own.
-    static PACK_BUFFER: std::cell::Cell<Option<Box<dyn Any>>> = const { std::cell::Cell::new(None) };
-}
-
-/// Runs `f` with this thread's packing buffer.
-fn with_pack_buffer<T: Float, R>(f: impl FnOnce(&mut Vec<T>) -> R) -> R {
-    let mut buf = PACK_BUFFER
-        .with(|b| b.take())
-        .and_then(|any| any.downcast::<Vec<T>>().ok())
-        .map_or_else(Vec::new, |v| *v);
-    let r = f(&mut buf);
-    PACK_BUFFER.with(|b| b.set(Some(Box::new(buf))));
-    r
+/// Runs `f` with a buffer from this thread's scratch pool large enough to
+/// pack `b` for `a` (kept between calls: no fresh pages per product).
+fn with_pack_buffer<T: Float, R>(
+    a: &PackedLhs<T>,
+    b: &ArrayView2<'_, T>,
+    f: impl FnOnce(&mut Vec<T>) -> R,
+) -> R {
+    let (k, n) = b.dim();
+    let len = a.shape.map_or(0, |(_, nv)| k * n.div_ceil(16 * nv) * 16 * nv);
+    let mut buf = crate::scratch::Scratch::<T>::take(len);
+    f(buf.vec_mut())
 }
 
 /// Packs `b` for `a`'s micro-kernel into `buf` (nothing on the matrixmultiply path).
