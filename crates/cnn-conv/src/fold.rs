@@ -18,12 +18,15 @@ pub struct ChannelAffine<'a, T> {
     pub shift: &'a [T],
 }
 
+/// What a fold was computed from: weight, bias, scale, shift.
+type Sources<T> = (Vec<T>, Option<Vec<T>>, Vec<T>, Vec<T>);
+
 /// The folded weights of one conv and one norm, and what they came from.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct FoldCache<T: Float> {
     /// Copies of the sources (weight, bias, scale, shift), compared on every
     /// call: the layers' parameters are public fields, so nothing else says they changed.
-    source: Option<(Vec<T>, Option<Vec<T>>, Vec<T>, Vec<T>)>,
+    source: Option<Sources<T>>,
     /// `W'`, laid out as the conv's weight.
     weight: Option<Array4<T>>,
     /// `b'`.

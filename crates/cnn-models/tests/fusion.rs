@@ -23,11 +23,10 @@ fn settle(net: &mut Sequential<f32>, x: &ArrayD<f32>) {
     }
     let mut rng = seeded_rng(7);
     net.visit("", &mut |k, p| {
-        if k.contains("bn") || k.contains("downsample.1") || k.starts_with("features.") {
-            if p.value.ndim() == 1 && (k.ends_with("weight") || k.ends_with("bias")) {
-                let noise: ArrayD<f32> = normal(p.value.shape(), 0.0, 0.3, &mut rng);
-                p.value = &p.value + &noise;
-            }
+        let norm = k.contains("bn") || k.contains("downsample.1") || k.starts_with("features.");
+        if norm && p.value.ndim() == 1 && (k.ends_with("weight") || k.ends_with("bias")) {
+            let noise: ArrayD<f32> = normal(p.value.shape(), 0.0, 0.3, &mut rng);
+            p.value = &p.value + &noise;
         }
     });
 }

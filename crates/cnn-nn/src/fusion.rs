@@ -105,7 +105,7 @@ fn kind<T: Float>(layer: &mut dyn Layer<T>) -> Kind {
     }
 }
 
-fn downcast<'a, L: 'static, T: Float>(layer: &'a mut dyn Layer<T>) -> &'a mut L {
+fn downcast<L: 'static, T: Float>(layer: &mut dyn Layer<T>) -> &mut L {
     layer.as_any_mut().and_then(|a| a.downcast_mut::<L>()).expect("kind checked")
 }
 
