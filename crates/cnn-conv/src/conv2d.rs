@@ -287,7 +287,7 @@ pub(crate) fn conv2d_forward_cached<T: Float>(
     w: ArrayView4<'_, T>,
     b: Option<ArrayView1<'_, T>>,
     opts: &Conv2dOptions,
-    cache: Option<&mut crate::winograd::WeightCache<T>>,
+    cache: Option<&mut crate::weight_cache::WeightCache<T>>,
     epilogue: Epilogue,
 ) -> Result<Array4<T>> {
     let relu = epilogue == Epilogue::Relu;
@@ -314,7 +314,14 @@ pub(crate) fn conv2d_forward_cached<T: Float>(
     let plan = Plan::new::<T>(&g, Pass::Forward);
     let y_slice = y.as_slice_mut().expect("a new array is contiguous");
 
-    let weights = pack_weights(&g, &plan, ws, false);
+    let fresh;
+    let weights = match cache {
+        Some(c) => c.im2col(ws, (g.opts.groups, plan.max_cols(&g)), || pack_weights(&g, &plan, ws, false)),
+        None => {
+            fresh = pack_weights(&g, &plan, ws, false);
+            &fresh
+        }
+    };
     let b = b.map(|b| b.to_vec());
     let finish = Finish { bias: b.as_deref(), epilogue };
     y_slice.par_chunks_mut(plan.samples * per_sample_out).enumerate().for_each_init(
@@ -324,11 +331,11 @@ pub(crate) fn conv2d_forward_cached<T: Float>(
             let s = y_blk.len() / per_sample_out;
             let x_blk = &xs[n0 * per_sample_in..(n0 + s) * per_sample_in];
             if plan.batched {
-                forward_samples(&g, plan.split, x_blk, &weights, y_blk, s, finish, scratch);
+                forward_samples(&g, plan.split, x_blk, weights, y_blk, s, finish, scratch);
             } else {
                 for (x_n, y_n) in x_blk.chunks(per_sample_in).zip(y_blk.chunks_mut(per_sample_out))
                 {
-                    forward_sample(&g, &plan, x_n, &weights, y_n, finish, scratch);
+                    forward_sample(&g, &plan, x_n, weights, y_n, finish, scratch);
                 }
             }
         },

@@ -6,7 +6,7 @@
 use cnn_tensor::{Error, Float, Result};
 use ndarray::{Array4, ArrayView4};
 
-use crate::winograd::WeightCache;
+use crate::weight_cache::{bytes, WeightCache};
 
 /// A per-channel map `y = x·scale + shift`: what a BatchNorm does in eval
 /// mode (`cnn_norm::BatchNorm::eval_scale_shift`), to be folded into a conv.
@@ -59,8 +59,12 @@ impl<T: Float> FoldCache<T> {
         }
         let w = w.as_standard_layout();
         let ws = w.as_slice().expect("standard layout is contiguous");
+        // Bytewise, as the weight cache: NaN equals itself, and memcmp is fast.
         let same = self.source.as_ref().is_some_and(|(sw, sb, ss, st)| {
-            sw.as_slice() == ws && sb.as_deref() == b && ss == norm.scale && st == norm.shift
+            bytes(sw) == bytes(ws)
+                && sb.as_deref().map(bytes) == b.map(bytes)
+                && bytes(ss) == bytes(norm.scale)
+                && bytes(st) == bytes(norm.shift)
         });
         if !same || self.weight.is_none() {
             let per = ws.len() / c_out.max(1);

@@ -6,7 +6,7 @@ use rand::Rng;
 
 use crate::conv2d::{conv2d_forward_cached, Epilogue};
 use crate::fold::{ChannelAffine, FoldCache};
-use crate::winograd::WeightCache;
+use crate::weight_cache::WeightCache;
 use crate::{
     avg_pool2d_backward, avg_pool2d_forward, conv2d_backward, global_avg_pool2d_backward,
     global_avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward, Conv2dOptions,

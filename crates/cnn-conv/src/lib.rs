@@ -32,6 +32,7 @@ mod layers;
 pub mod naive;
 mod plan;
 mod pool;
+mod weight_cache;
 mod winograd;
 
 pub use winograd::with_conv_algorithm;

@@ -395,7 +395,7 @@ cnn_tensor::simd_fn! {
 /// `(i, j)`, each holding that tap of every `(o, c)`; `U[ξ]` is a scaled sum
 /// of the nine planes. With the micro-kernel the planes are laid out in its
 /// panel order, so the sums come out packed (no second copy).
-fn transform_weights<T: Float>(
+pub(crate) fn transform_weights<T: Float>(
     tile: Tile,
     g: &ConvGeometry,
     w: &[T],
@@ -452,40 +452,6 @@ pub(crate) fn forward<T: Float>(
     forward_cached(tile, g, x, w, b, y, None, false);
 }
 
-/// The weight transform of one call, kept by a layer between eval-mode calls.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct WeightCache<T: Float> {
-    /// The weights it was computed from (compared on every use: a layer's
-    /// weight is a public field, so no other signal says it changed).
-    weights: Vec<T>,
-    /// Tile, group count and the GEMM width it was packed for.
-    key: Option<(Tile, usize, usize)>,
-    packed: Vec<Vec<PackedLhs<T>>>,
-    /// The owner guarantees the weights are unchanged while the cache lives
-    /// (it clears the cache when they change): no copy kept, no comparison.
-    trusted: bool,
-}
-
-impl<T: Float> WeightCache<T> {
-    /// A cache for weights its owner alone can change (and clears it when it does).
-    pub(crate) fn trusting() -> Self {
-        WeightCache { trusted: true, ..Self::default() }
-    }
-
-    /// The packed `U[ξ]` for `w`, from the cache when `w` and the key are the same.
-    fn get(&mut self, tile: Tile, g: &ConvGeometry, w: &[T], cols: usize) -> &[Vec<PackedLhs<T>>] {
-        let key = Some((tile, g.opts.groups, cols));
-        if self.key != key || (!self.trusted && self.weights != w) {
-            self.packed = transform_weights(tile, g, w, cols);
-            if !self.trusted {
-                self.weights = w.to_vec();
-            }
-            self.key = key;
-        }
-        &self.packed
-    }
-}
-
 /// [`forward`], with the weight transform taken from (and kept in) `cache`,
 /// and `max(·, 0)` applied in the output transform when `relu`.
 #[allow(clippy::too_many_arguments)]
@@ -496,7 +462,7 @@ pub(crate) fn forward_cached<T: Float>(
     w: &[T],
     b: Option<&[T]>,
     y: &mut [T],
-    cache: Option<&mut WeightCache<T>>,
+    cache: Option<&mut crate::weight_cache::WeightCache<T>>,
     relu: bool,
 ) {
     let grid = Grid::new(tile, g);
@@ -504,7 +470,7 @@ pub(crate) fn forward_cached<T: Float>(
     let (tps, samples) = (grid.per_sample(), grid.samples_per_chunk::<T>(g));
     let fresh;
     let weights = match cache {
-        Some(c) => c.get(tile, g, w, samples * tps),
+        Some(c) => c.winograd(tile, g, w, samples * tps),
         None => {
             fresh = transform_weights(tile, g, w, samples * tps);
             &fresh
