@@ -316,7 +316,9 @@ pub(crate) fn conv2d_forward_cached<T: Float>(
 
     let fresh;
     let weights = match cache {
-        Some(c) => c.im2col(ws, (g.opts.groups, plan.max_cols(&g)), || pack_weights(&g, &plan, ws, false)),
+        Some(c) => {
+            c.im2col(ws, (g.opts.groups, plan.max_cols(&g)), || pack_weights(&g, &plan, ws, false))
+        }
         None => {
             fresh = pack_weights(&g, &plan, ws, false);
             &fresh

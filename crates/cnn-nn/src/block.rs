@@ -144,17 +144,15 @@ impl<T: Float> Layer<T> for BasicBlock<T> {
     }
 
     fn backward(&mut self, dy: ArrayD<T>) -> Result<ArrayD<T>> {
-        // The sum's gradient flows unchanged into both paths.
+        // The sum's gradient flows unchanged into both paths: the main path
+        // reads it (bn2 takes a view), then the shortcut takes it (no copy).
         let dz = self.relu_out.backward(dy)?;
-        let d_short = match (&mut self.downsample, self.skip) {
-            (Some(ds), _) => Some(ds.backward(dz.clone())?),
-            (None, true) => Some(dz.clone()),
-            (None, false) => None,
-        };
-        let mut d = self.conv2.backward(self.bn2.backward(dz)?)?;
+        let mut d = self.conv2.backward(self.bn2.backward_view(dz.view())?)?;
         d = self.conv1.backward(self.bn1.backward(self.relu1.backward(d)?)?)?;
-        if let Some(s) = d_short {
-            d += &s;
+        match (&mut self.downsample, self.skip) {
+            (Some(ds), _) => add_shortcut(&mut d, ds.backward(dz)?.view())?,
+            (None, true) => add_shortcut(&mut d, dz.view())?,
+            (None, false) => {}
         }
         Ok(d)
     }

@@ -120,19 +120,17 @@ impl<T: Float> Layer<T> for Bottleneck<T> {
     }
 
     fn backward(&mut self, dy: ArrayD<T>) -> Result<ArrayD<T>> {
+        // The main path reads dz (bn3 takes a view), then the shortcut takes it (no copy).
         let dz = self.relus[2].backward(dy)?;
-        let d_short = match &mut self.downsample {
-            Some(ds) => ds.backward(dz.clone())?,
-            None => dz.clone(),
-        };
-        let mut d = dz;
-        for i in (0..3).rev() {
-            if i < 2 {
-                d = self.relus[i].backward(d)?;
-            }
+        let mut d = self.convs[2].backward(self.bns[2].backward_view(dz.view())?)?;
+        for i in (0..2).rev() {
+            d = self.relus[i].backward(d)?;
             d = self.convs[i].backward(self.bns[i].backward(d)?)?;
         }
-        d += &d_short;
+        match &mut self.downsample {
+            Some(ds) => add_shortcut(&mut d, ds.backward(dz)?.view())?,
+            None => add_shortcut(&mut d, dz.view())?,
+        }
         Ok(d)
     }
 

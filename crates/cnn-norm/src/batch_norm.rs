@@ -1,6 +1,7 @@
 //! `nn.BatchNorm1d` / `nn.BatchNorm2d`.
 
 use cnn_tensor::{ArrayD, Error, Float, Layer, Mode, Param, Result};
+use ndarray::ArrayViewD;
 
 use crate::common::{
     backward_with, batch_moments, channels, check_settings, forward_with, AffineParams, NormCache,
@@ -140,6 +141,16 @@ impl<T: Float> BatchNorm<T> {
         Some((scale, shift))
     }
 
+    /// [`Layer::backward`] reading `dy` without taking it: for a residual
+    /// block, whose shortcut needs the same gradient after (no copy of it).
+    ///
+    /// # Errors
+    /// As [`Layer::backward`].
+    pub fn backward_view(&mut self, dy: ArrayViewD<'_, T>) -> Result<ArrayD<T>> {
+        let cache = self.cache.take().ok_or(Error::NoForward { op: self.op })?;
+        backward_with(self.op, cache, dy, self.affine.as_mut())
+    }
+
     /// Whether this is `BatchNorm2d` (inputs `[N, C, H, W]`).
     pub fn is_2d(&self) -> bool {
         self.ranks == (4, 4)
@@ -189,7 +200,7 @@ impl<T: Float> Layer<T> for BatchNorm<T> {
 
     fn backward(&mut self, dy: ArrayD<T>) -> Result<ArrayD<T>> {
         let cache = self.cache.take().ok_or(Error::NoForward { op: self.op })?;
-        backward_with(self.op, cache, dy, self.affine.as_mut())
+        backward_with(self.op, cache, dy.view(), self.affine.as_mut())
     }
 
     fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {

@@ -2,6 +2,7 @@
 //! and running statistics.
 
 use cnn_tensor::{join_key, ArrayD, Error, Float, IxDyn, Param, Result};
+use ndarray::ArrayViewD;
 
 use crate::{moments, normalize_backward, normalize_forward, Affine, AffineAxes, NormAxes};
 
@@ -104,7 +105,7 @@ pub(crate) fn forward_fused<T: Float>(
 pub(crate) fn backward_with<T: Float>(
     op: &'static str,
     cache: NormCache<T>,
-    dy: ArrayD<T>,
+    dy: ArrayViewD<'_, T>,
     affine: Option<&mut AffineParams<T>>,
 ) -> Result<ArrayD<T>> {
     if dy.shape() != cache.x.shape() {

@@ -61,7 +61,7 @@ impl<T: Float> Layer<T> for GroupNorm<T> {
 
     fn backward(&mut self, dy: ArrayD<T>) -> Result<ArrayD<T>> {
         let cache = self.cache.take().ok_or(Error::NoForward { op: "group_norm" })?;
-        backward_with("group_norm", cache, dy, self.affine.as_mut())
+        backward_with("group_norm", cache, dy.view(), self.affine.as_mut())
     }
 
     fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
@@ -156,7 +156,7 @@ impl<T: Float> Layer<T> for InstanceNorm2d<T> {
 
     fn backward(&mut self, dy: ArrayD<T>) -> Result<ArrayD<T>> {
         let cache = self.cache.take().ok_or(Error::NoForward { op: "instance_norm2d" })?;
-        backward_with("instance_norm2d", cache, dy, self.affine.as_mut())
+        backward_with("instance_norm2d", cache, dy.view(), self.affine.as_mut())
     }
 
     fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {

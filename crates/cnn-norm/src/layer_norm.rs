@@ -64,7 +64,7 @@ impl<T: Float> Layer<T> for LayerNorm<T> {
 
     fn backward(&mut self, dy: ArrayD<T>) -> Result<ArrayD<T>> {
         let cache = self.cache.take().ok_or(Error::NoForward { op: "layer_norm" })?;
-        backward_with("layer_norm", cache, dy, self.affine.as_mut())
+        backward_with("layer_norm", cache, dy.view(), self.affine.as_mut())
     }
 
     fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
