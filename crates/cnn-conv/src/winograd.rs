@@ -115,11 +115,16 @@ pub fn with_conv_algorithm<R>(algorithm: ConvAlgorithm, f: impl FnOnce() -> R) -
 }
 
 /// The shape rule of [`ConvAlgorithm::Auto`] (measured; docs/conv.md): F(4×4)
-/// when both channel counts are at least 32 and the map is at least 6×6 —
-/// below that the transforms cost more than the multiplies they save.
+/// when both channel counts are at least 32, the map is at least 6×6 and the
+/// batch has 32 tiles — below that the transforms (or the padded products)
+/// cost more than the multiplies they save.
 fn auto_rule(g: &ConvGeometry) -> Option<Tile> {
     let (cg, cog) = (g.c_in_g(), g.c_out_g());
-    (cg >= 32 && cog >= 32 && g.ho >= 6 && g.wo >= 6).then_some(Tile::F4)
+    // The α² products are [C_out × C_in]·[C_in × tiles]: with fewer than 32
+    // tiles in the whole batch (a 7×7 map at batch 1 has 4) the micro-kernel
+    // pads each product to 32 columns and im2col does less work.
+    let tiles = g.n * g.ho.div_ceil(4) * g.wo.div_ceil(4);
+    (cg >= 32 && cog >= 32 && g.ho >= 6 && g.wo >= 6 && tiles >= 32).then_some(Tile::F4)
 }
 
 /// Which Winograd variant computes `g`, if any: the option, then (for `Auto`)

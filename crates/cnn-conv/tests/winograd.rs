@@ -151,7 +151,7 @@ fn with_conv_algorithm_overrides_auto_in_its_scope_only() {
     if std::env::var_os("CNN_CONV_ALGORITHM").is_some() {
         return; // this test is about `Auto` with no process-wide override
     }
-    let (x, w) = (randn4([2, 32, 12, 12], 1), randn4([32, 32, 3, 3], 2));
+    let (x, w) = (randn4([4, 32, 12, 12], 1), randn4([32, 32, 3, 3], 2)); // 36 tiles: Auto picks F(4x4)
     let (x, w) = (x.mapv(|v| v as f32), w.mapv(|v| v as f32));
     let auto = Conv2dOptions::default().with_padding(1);
     let run = |o: &Conv2dOptions| conv2d_forward(x.view(), w.view(), None, o).unwrap();
