@@ -6,6 +6,11 @@ use cnn_tensor::{Float, PackedLhs};
 use crate::winograd::{transform_weights, Tile};
 use crate::ConvGeometry;
 
+/// Winograd's `U[ξ]` per group, keyed by (tile, groups, GEMM width).
+type WinogradWeights<T> = ((Tile, usize, usize), Vec<Vec<PackedLhs<T>>>);
+/// The im2col path's packed `W_g` per group, keyed by (groups, GEMM width).
+type PackedWeights<T> = ((usize, usize), Vec<PackedLhs<T>>);
+
 /// What a layer keeps between eval-mode calls: its weights in the form each
 /// kernel reads them, rebuilt when the weights change.
 #[derive(Debug, Clone, Default)]
@@ -14,9 +19,9 @@ pub(crate) struct WeightCache<T: Float> {
     /// layer's weight is a public field, so no other signal says it changed.
     weights: Vec<T>,
     /// Winograd's `U[ξ]` per group, and the (tile, groups, GEMM width) it is for.
-    winograd: Option<((Tile, usize, usize), Vec<Vec<PackedLhs<T>>>)>,
+    winograd: Option<WinogradWeights<T>>,
     /// The im2col path's packed `W_g` per group, and the (groups, GEMM width) it is for.
-    im2col: Option<((usize, usize), Vec<PackedLhs<T>>)>,
+    im2col: Option<PackedWeights<T>>,
     /// The owner guarantees the weights are unchanged while the cache lives
     /// (it makes a new cache when they change): no copy kept, no comparison.
     trusted: bool,
