@@ -32,14 +32,6 @@ pub(crate) fn gemm_split(concurrent: usize, rows: usize, cols: usize) -> GemmSpl
     GemmSplit { rows: row_parts, cols: col_parts }
 }
 
-/// Parts to cut `rows` rows into when `concurrent` such products run side
-/// by side: a divisor of `rows` (so that blocks of rows never straddle two
-/// products laid end to end), blocks of at least [`MIN_ROWS`] rows.
-pub(crate) fn row_parts(concurrent: usize, rows: usize) -> usize {
-    let want = MIN_TASKS.div_ceil(concurrent.max(1)).min(rows / MIN_ROWS).max(1);
-    (1..=want).rev().find(|p| rows.is_multiple_of(*p)).unwrap_or(1)
-}
-
 #[cfg(test)]
 mod tests {
     use crate::conv2d::Pass;

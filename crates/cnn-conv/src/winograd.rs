@@ -806,17 +806,31 @@ pub(crate) fn backward_dw<T: Float>(tile: Tile, g: &ConvGeometry, x: &[T], dy: &
             });
             let (v_ref, dm_ref) = (&v[..a2 * cg * t_all], &dm[..a2 * cog * t_all]);
             let du_g = &mut du[grp * a2 * cog * cg..(grp + 1) * a2 * cog * cg];
-            // One task per ξ and block of rows of dU[ξ] (output channels).
-            let parts = crate::plan::row_parts(a2, cog);
-            let rows_per = cog.div_ceil(parts);
-            du_g.par_chunks_mut(rows_per * cg).enumerate().for_each(|(task, du_part)| {
-                let (xi, o0) = ((task * rows_per) / cog, (task * rows_per) % cog);
-                let rows = du_part.len() / cg;
-                let dm_xi = mat(&dm_ref[xi * t_all + o0 * a2 * t_all..], rows, t_all, a2 * t_all);
-                let v_xi = mat(&v_ref[xi * t_all..], cg, t_all, a2 * t_all);
-                let beta = if n0 == 0 { T::zero() } else { T::one() };
-                cnn_tensor::gemm(T::one(), dm_xi, v_xi.t(), beta, mat_mut(du_part, rows, cg, cg))
+            // One task per ξ and block of tiles (the long shared axis): each
+            // writes a partial dU[ξ] of its own, added in block order (fixed by
+            // the shapes). Cutting by output channels instead repacked V[ξ]
+            // once per block.
+            let parts = crate::plan::gemm_split(a2, cog, t_all).cols.min(t_all / 64).max(1);
+            let mut partials = Pooled::<T>::take(a2 * parts * cog * cg);
+            partials.par_chunks_mut(cog * cg).enumerate().for_each(|(task, part)| {
+                let (xi, p) = (task / parts, task % parts);
+                let (t0, t1) = (p * t_all / parts, (p + 1) * t_all / parts);
+                let dm_xi = mat(&dm_ref[xi * t_all + t0..], cog, t1 - t0, a2 * t_all);
+                let v_xi = mat(&v_ref[xi * t_all + t0..], cg, t1 - t0, a2 * t_all);
+                cnn_tensor::gemm(T::one(), dm_xi, v_xi.t(), T::zero(), mat_mut(part, cog, cg, cg))
                     .expect("shapes agree by construction");
+            });
+            du_g.par_chunks_mut(cog * cg).enumerate().for_each(|(xi, du_xi)| {
+                for (p, part) in partials[xi * parts * cog * cg..][..parts * cog * cg]
+                    .chunks(cog * cg)
+                    .enumerate()
+                {
+                    if n0 == 0 && p == 0 {
+                        du_xi.copy_from_slice(part);
+                    } else {
+                        du_xi.iter_mut().zip(part).for_each(|(d, &v)| *d += v);
+                    }
+                }
             });
         }
     }
@@ -851,8 +865,8 @@ pub(crate) fn gemm_tasks<T>(tile: Tile, g: &ConvGeometry, backward: bool) -> Vec
         let t_all = samples.min(g.n - n0) * tps;
         for _ in 0..g.opts.groups * a2 {
             if backward {
-                let parts = crate::plan::row_parts(a2, cog);
-                tasks.extend((0..parts).map(|_| (cog / parts * cg * t_all) as f64));
+                let parts = crate::plan::gemm_split(a2, cog, t_all).cols.min(t_all / 64).max(1);
+                tasks.extend((0..parts).map(|_| (cog * cg * t_all / parts) as f64));
             } else {
                 let blocks = crate::plan::gemm_split(a2, cog, t_all).blocks(cog, t_all, 8);
                 tasks.extend(blocks.iter().map(|&(r, c)| (r * c * cg) as f64));
