@@ -592,16 +592,12 @@ fn transform_channel<T: Float, const A: usize, const M: usize>(
                     (0..A).for_each(|j| d[i * A + j][l] = row[j]);
                 }
             } else {
-                // A tile over the padding: zeros, then the rectangle inside the
-                // map row by row (no test per element: most tiles of a small map are here).
-                (0..A * A).for_each(|p| d[p][l] = T::zero());
-                let (i0, i1) = ((-r0).clamp(0, A as isize), (h - r0).clamp(0, A as isize));
-                let (j0, j1) = ((-c0).clamp(0, A as isize), (w - c0).clamp(0, A as isize));
-                for i in i0..i1 {
-                    let row =
-                        &plane[((r0 + i) * w + c0 + j0) as usize..][..(j1 - j0).max(0) as usize];
-                    for (j, &v) in (j0..j1).zip(row) {
-                        d[(i * A as isize + j) as usize][l] = v;
+                for i in 0..A {
+                    let r = r0 + i as isize;
+                    for j in 0..A {
+                        let c = c0 + j as isize;
+                        let ok = (0..h).contains(&r) && (0..w).contains(&c);
+                        d[i * A + j][l] = if ok { plane[(r * w + c) as usize] } else { T::zero() };
                     }
                 }
             }
@@ -723,14 +719,11 @@ fn adjoint_channel<T: Float, const A: usize, const M: usize>(
             let (si, t) = ((t0 + l) / tps, (t0 + l) % tps);
             let plane = &planes.data[si * planes.stride + planes.first * area..][..area];
             let (r0, c0) = ((t / grid.cols) * M, (t % grid.cols) * M);
-            // Outputs past the map's edge were computed and dropped: their gradient is 0.
-            let (rows, cols) = (M.min(ho - r0), M.min(wo - c0));
-            if rows < M || cols < M {
-                (0..M * M).for_each(|p| d[p][l] = T::zero());
-            }
-            for i in 0..rows {
-                for (j, &v) in plane[(r0 + i) * wo + c0..][..cols].iter().enumerate() {
-                    d[i * M + j][l] = v;
+            for i in 0..M {
+                for j in 0..M {
+                    let (r, c) = (r0 + i, c0 + j);
+                    // Outputs past the map's edge were computed and dropped: their gradient is 0.
+                    d[i * M + j][l] = if r < ho && c < wo { plane[r * wo + c] } else { T::zero() };
                 }
             }
         }
