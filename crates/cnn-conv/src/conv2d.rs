@@ -99,7 +99,10 @@ impl Plan {
             Pass::Forward => g.c_out_g(),
             Pass::Backward => g.c_out_g().min(g.col_rows()),
         };
-        let split = crate::plan::gemm_split(blocks * g.opts.groups, rows, gemm_cols);
+        let depth = g.c_out_g() * g.col_rows() / rows;
+        let total = (g.flops() / 2) as usize;
+        let split =
+            crate::plan::gemm_split(blocks * g.opts.groups, (rows, gemm_cols, depth), total);
         Plan { samples, batched, tile_rows, split }
     }
 
@@ -550,11 +553,11 @@ pub(crate) fn gemm_tasks<T>(g: &ConvGeometry, pass: Pass) -> Vec<f64> {
     let mut tasks = Vec::new();
     let mut product = |cols: usize| match pass {
         Pass::Forward => {
-            let blocks = plan.split.blocks(cog, cols, 8);
+            let blocks = plan.split.blocks(cog, cols, (8, 48));
             tasks.extend(blocks.iter().map(|&(r, c)| (r * c * rows) as f64));
         }
         Pass::Backward => {
-            let blocks = plan.split.blocks(rows, cols, 8);
+            let blocks = plan.split.blocks(rows, cols, (8, 48));
             tasks.extend(blocks.iter().map(|&(r, c)| (r * c * cog) as f64));
             let parts = (plan.split.rows * plan.split.cols).min(cols / 64).max(1);
             tasks.extend((0..parts).map(|_| (cog * rows * cols / parts) as f64));

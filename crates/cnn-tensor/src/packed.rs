@@ -212,7 +212,8 @@ pub fn gemm_packed<T: Float>(
 pub struct GemmSplit {
     /// Blocks of rows of `C` (rounded to the micro-kernel's panels of rows).
     pub rows: usize,
-    /// Blocks of columns of `C` (multiples of 16 columns).
+    /// Blocks of columns of `C` (whole panels of the micro-kernel's width,
+    /// so that no block computes padding a whole product would not).
     pub cols: usize,
 }
 
@@ -221,10 +222,10 @@ impl GemmSplit {
     pub const ONE: GemmSplit = GemmSplit { rows: 1, cols: 1 };
 
     /// The tasks of an `m × n` product: `(rows, cols)` of each block of `C`,
-    /// for panels of `mr` rows, row blocks first.
-    pub fn blocks(&self, m: usize, n: usize, mr: usize) -> Vec<(usize, usize)> {
+    /// for panels of `mr` rows and `nr` columns, row blocks first.
+    pub fn blocks(&self, m: usize, n: usize, (mr, nr): (usize, usize)) -> Vec<(usize, usize)> {
         let rows = split_ranges(m.div_ceil(mr), self.rows, 1);
-        let cols = split_ranges(n, self.cols, 16);
+        let cols = split_ranges(n, self.cols, nr);
         rows.iter()
             .flat_map(|r| {
                 let m_r = (r.end * mr).min(m) - r.start * mr;
@@ -268,7 +269,8 @@ pub fn gemm_packed_split<T: Float>(
     let mut col_views = Vec::new();
     let mut rest = c;
     let mut done = 0;
-    for cols in split_ranges(b.ncols(), split.cols, 16) {
+    let nr = a.shape.map_or(16, |(_, nv)| 16 * nv);
+    for cols in split_ranges(b.ncols(), split.cols, nr) {
         let (left, right) = rest.split_at(Axis(1), cols.end - done);
         col_views.push((cols.clone(), left));
         rest = right;
@@ -699,13 +701,14 @@ mod tests {
     #[test]
     fn split_blocks_cover_the_product_in_about_equal_parts() {
         let split = GemmSplit { rows: 4, cols: 3 };
-        let blocks = split.blocks(100, 200, 8);
+        let blocks = split.blocks(100, 200, (8, 16));
         assert_eq!(blocks.len(), 12);
         let area: usize = blocks.iter().map(|(r, c)| r * c).sum();
         assert_eq!(area, 100 * 200);
         assert!(blocks.iter().all(|&(r, c)| (20..=32).contains(&r) && (64..=80).contains(&c)));
-        // No more blocks than panels of rows and 16-column strips.
-        assert_eq!(GemmSplit { rows: 9, cols: 9 }.blocks(10, 20, 8).len(), 4);
+        // No more blocks than panels of rows and columns.
+        assert_eq!(GemmSplit { rows: 9, cols: 9 }.blocks(10, 20, (8, 16)).len(), 4);
+        assert_eq!(GemmSplit { rows: 1, cols: 8 }.blocks(8, 200, (8, 48)).len(), 5);
         assert_eq!(split_ranges(0, 3, 16), Vec::<Range<usize>>::new());
     }
 

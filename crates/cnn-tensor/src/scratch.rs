@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
 
 /// Buffers a thread keeps at most; past that the smallest is dropped.
-const KEEP: usize = 8;
+const KEEP: usize = 32;
 
 thread_local! {
     /// Free buffers of this thread, each a `Vec<T>` for some `T`.
