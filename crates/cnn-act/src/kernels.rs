@@ -310,6 +310,20 @@ pub fn activation_backward<T: Float>(
     Ok(dy)
 }
 
+/// The slope below zero of a rectifier (0 for ReLU), or an error for an
+/// activation that is not one or has a non-finite slope.
+fn rectifier_slope<T: Float>(act: Activation) -> Result<T> {
+    act.check()?;
+    match act {
+        Activation::Relu => Ok(T::zero()),
+        Activation::LeakyRelu(s) => Ok(T::of(s)),
+        other => Err(Error::config(
+            other.name(),
+            "only relu and leaky_relu keep a sign mask; use activation_forward",
+        )),
+    }
+}
+
 /// ReLU or LeakyReLU in `x`'s own buffer, recording in `positive` (resized
 /// to `x`'s length and reused between calls) which inputs were positive:
 /// all that backward needs ([`rectifier_backward_masked`]), a quarter of the
@@ -323,17 +337,7 @@ pub fn rectifier_forward_masked<T: Float>(
     x: ArrayD<T>,
     positive: &mut Vec<u8>,
 ) -> Result<ArrayD<T>> {
-    act.check()?;
-    let slope = match act {
-        Activation::Relu => T::zero(),
-        Activation::LeakyRelu(s) => T::of(s),
-        other => {
-            return Err(Error::config(
-                other.name(),
-                "only relu and leaky_relu keep a sign mask; use activation_forward",
-            ))
-        }
-    };
+    let slope = rectifier_slope::<T>(act)?;
     let mut x = contiguous(x);
     let data = x.as_slice_mut().expect("a contiguous array has a slice");
     positive.resize(data.len(), 0);
@@ -364,17 +368,16 @@ pub fn rectifier_forward_masked<T: Float>(
 /// (0 for ReLU, whatever `dy` holds, as PyTorch's `threshold_backward`).
 ///
 /// # Errors
-/// [`Error::Shape`] when `dy` has not the mask's length; [`Error::Config`] as the forward.
+/// [`Error::Shape`] when `dy` has not the mask's length; [`Error::Config`] as
+/// the forward (an activation that is not a rectifier included).
 pub fn rectifier_backward_masked<T: Float>(
     act: Activation,
     positive: &[u8],
     dy: ArrayD<T>,
 ) -> Result<ArrayD<T>> {
-    act.check()?;
-    let slope = match act {
-        Activation::LeakyRelu(s) => Some(T::of(s)),
-        _ => None,
-    };
+    // ReLU selects 0 rather than multiplying by a slope of 0 (NaN · 0 is NaN).
+    let slope = rectifier_slope::<T>(act)?;
+    let slope = matches!(act, Activation::LeakyRelu(_)).then_some(slope);
     if dy.len() != positive.len() {
         return Err(Error::shape(
             act.name(),

@@ -212,4 +212,10 @@ fn rectifier_layers_in_place_equal_the_kernels() {
         layer.forward(x.clone(), Mode::Train).unwrap();
         assert!(layer.backward(ArrayD::zeros(vec![3])).is_err());
     }
+    // The masked kernels are for rectifiers only, forward and backward.
+    let x: ArrayD<f32> = ArrayD::zeros(vec![4]);
+    let mut mask = Vec::new();
+    assert!(cnn_act::rectifier_forward_masked(Activation::Sigmoid, x.clone(), &mut mask).is_err());
+    let err = cnn_act::rectifier_backward_masked(Activation::Gelu, &[1, 0, 1, 0], x).unwrap_err();
+    assert!(err.to_string().contains("sign mask"), "{err}");
 }

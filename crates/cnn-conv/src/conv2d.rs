@@ -296,18 +296,17 @@ pub(crate) fn conv2d_forward_cached<T: Float>(
     let relu = epilogue == Epilogue::Relu;
     let g = ConvGeometry::new(x.shape(), w.shape(), opts)?;
     g.check_bias(b.as_ref().map(|b| b.len()))?;
+    let b = b.map(|b| b.to_vec());
     let x = x.as_standard_layout();
     let w = w.as_standard_layout();
     let (xs, ws) = (slice(&x), slice(&w));
     let mut y = Array4::<T>::zeros(g.out_shape());
     if crate::depthwise::applies(&g) {
-        let b = b.map(|b| b.to_vec());
         let y_slice = y.as_slice_mut().expect("a new array is contiguous");
         crate::depthwise::forward(&g, xs, ws, b.as_deref(), y_slice, relu);
         return Ok(y);
     }
     if let Some(tile) = crate::winograd::choose(&g)? {
-        let b = b.map(|b| b.to_vec());
         let y_slice = y.as_slice_mut().expect("a new array is contiguous");
         crate::winograd::forward_cached(tile, &g, xs, ws, b.as_deref(), y_slice, cache, relu);
         return Ok(y);
@@ -327,7 +326,6 @@ pub(crate) fn conv2d_forward_cached<T: Float>(
             &fresh
         }
     };
-    let b = b.map(|b| b.to_vec());
     let finish = Finish { bias: b.as_deref(), epilogue };
     y_slice.par_chunks_mut(plan.samples * per_sample_out).enumerate().for_each_init(
         || Scratch::new(&g, &plan),
@@ -537,9 +535,7 @@ pub fn conv2d_backward<T: Float>(
 
     // Fixed order: block 0 + block 1 + … whatever thread made each.
     let mut dw_flat = vec![T::zero(); ws.len()];
-    for part in partials.chunks(dw_len) {
-        dw_flat.iter_mut().zip(part).for_each(|(a, &b)| *a += b);
-    }
+    crate::plan::add_partials(&mut dw_flat, &partials, false);
     let dw = Array4::from_shape_vec(w.raw_dim(), dw_flat).expect("same length as the weight");
     Ok(Conv2dGrads { dx, dw, db: bias_grad(&g, dys) })
 }
@@ -559,7 +555,7 @@ pub(crate) fn gemm_tasks<T>(g: &ConvGeometry, pass: Pass) -> Vec<f64> {
         Pass::Backward => {
             let blocks = plan.split.blocks(rows, cols, (8, 48));
             tasks.extend(blocks.iter().map(|&(r, c)| (r * c * cog) as f64));
-            let parts = (plan.split.rows * plan.split.cols).min(cols / 64).max(1);
+            let parts = crate::plan::shared_axis_parts(plan.split, cols);
             tasks.extend((0..parts).map(|_| (cog * rows * cols / parts) as f64));
         }
     };
@@ -604,7 +600,7 @@ fn add_weight_grad<T: Float>(
 ) {
     let (m, n, k) = (dy_g.nrows(), col.nrows(), dy_g.ncols());
     let thin = m < 64;
-    let parts = (split.rows * split.cols).min(k / 64).max(1);
+    let parts = crate::plan::shared_axis_parts(split, k);
     if parts == 1 {
         weight_grad_product(dy_g, col, dw_g, thin, T::one());
         return;

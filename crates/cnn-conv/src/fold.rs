@@ -66,7 +66,7 @@ impl<T: Float> FoldCache<T> {
                 && bytes(ss) == bytes(norm.scale)
                 && bytes(st) == bytes(norm.shift)
         });
-        if !same || self.weight.is_none() {
+        if !same {
             let per = ws.len() / c_out.max(1);
             let mut folded = w.to_owned();
             let fs = folded.as_slice_mut().expect("a new array is contiguous");

@@ -8,7 +8,7 @@
 //! into row × column blocks of its output ([`cnn_tensor::GemmSplit`]), so that
 //! 16 threads get at least [`MIN_TASKS`] / 16 tasks each.
 
-use cnn_tensor::GemmSplit;
+use cnn_tensor::{Float, GemmSplit};
 
 /// Tasks a convolution should offer: four per thread at 16 threads, so that
 /// uneven progress between threads evens out.
@@ -48,6 +48,28 @@ pub(crate) fn gemm_split(
     let col_parts = (cols / MIN_COLS).clamp(1, want);
     let row_parts = want.div_ceil(col_parts).min(rows / MIN_ROWS).max(1);
     GemmSplit { rows: row_parts, cols: col_parts }
+}
+
+/// Parts to cut the shared (inner) axis of length `k` of a product into, one
+/// task each, as many as `split` has blocks, each at least 64 long: for the
+/// weight gradient and Winograd's `dU`, whose outputs are small and whose
+/// inner axis (output positions, tiles) is long. Each part writes a partial
+/// that [`add_partials`] sums in order, so no operand is packed twice.
+pub(crate) fn shared_axis_parts(split: GemmSplit, k: usize) -> usize {
+    (split.rows * split.cols).min(k / 64).max(1)
+}
+
+/// `dst ← Σ_p partials[p]` (`overwrite`) or `dst += Σ_p partials[p]`, the
+/// partials (each `dst.len()` long, side by side) added in order: the fixed
+/// order that keeps the sums the same on any number of threads.
+pub(crate) fn add_partials<T: Float>(dst: &mut [T], partials: &[T], overwrite: bool) {
+    for (p, part) in partials.chunks(dst.len()).enumerate() {
+        if overwrite && p == 0 {
+            dst.copy_from_slice(part);
+        } else {
+            dst.iter_mut().zip(part).for_each(|(d, &v)| *d += v);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -803,10 +803,8 @@ pub(crate) fn backward_dw<T: Float>(tile: Tile, g: &ConvGeometry, x: &[T], dy: &
             // writes a partial dU[ξ] of its own, added in block order (fixed by
             // the shapes). Cutting by output channels instead repacked V[ξ]
             // once per block.
-            let parts = crate::plan::gemm_split(a2, (cog, t_all, cg), (g.flops() / 2) as usize)
-                .cols
-                .min(t_all / 64)
-                .max(1);
+            let split = crate::plan::gemm_split(a2, (cog, t_all, cg), (g.flops() / 2) as usize);
+            let parts = crate::plan::shared_axis_parts(split, t_all);
             let mut partials = Pooled::<T>::take(a2 * parts * cog * cg);
             partials.par_chunks_mut(cog * cg).enumerate().for_each(|(task, part)| {
                 let (xi, p) = (task / parts, task % parts);
@@ -816,18 +814,9 @@ pub(crate) fn backward_dw<T: Float>(tile: Tile, g: &ConvGeometry, x: &[T], dy: &
                 cnn_tensor::gemm(T::one(), dm_xi, v_xi.t(), T::zero(), mat_mut(part, cog, cg, cg))
                     .expect("shapes agree by construction");
             });
-            du_g.par_chunks_mut(cog * cg).enumerate().for_each(|(xi, du_xi)| {
-                for (p, part) in partials[xi * parts * cog * cg..][..parts * cog * cg]
-                    .chunks(cog * cg)
-                    .enumerate()
-                {
-                    if n0 == 0 && p == 0 {
-                        du_xi.copy_from_slice(part);
-                    } else {
-                        du_xi.iter_mut().zip(part).for_each(|(d, &v)| *d += v);
-                    }
-                }
-            });
+            du_g.par_chunks_mut(cog * cg)
+                .zip(partials.par_chunks(parts * cog * cg))
+                .for_each(|(du_xi, parts_xi)| crate::plan::add_partials(du_xi, parts_xi, n0 == 0));
         }
     }
     // dW[oc][ij] = Σ_ξ coef[ξ][ij] · dU[ξ][oc], a block of positions per task.
@@ -861,10 +850,8 @@ pub(crate) fn gemm_tasks<T>(tile: Tile, g: &ConvGeometry, backward: bool) -> Vec
         let t_all = samples.min(g.n - n0) * tps;
         for _ in 0..g.opts.groups * a2 {
             if backward {
-                let parts = crate::plan::gemm_split(a2, (cog, t_all, cg), (g.flops() / 2) as usize)
-                    .cols
-                    .min(t_all / 64)
-                    .max(1);
+                let split = crate::plan::gemm_split(a2, (cog, t_all, cg), (g.flops() / 2) as usize);
+                let parts = crate::plan::shared_axis_parts(split, t_all);
                 tasks.extend((0..parts).map(|_| (cog * cg * t_all / parts) as f64));
             } else {
                 let blocks = crate::plan::gemm_split(

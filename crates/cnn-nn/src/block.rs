@@ -85,7 +85,6 @@ impl<T: Float> BasicBlock<T> {
     /// no copy of the input.
     fn forward_fused(&mut self, x: ArrayD<T>) -> Result<ArrayD<T>> {
         let x = crate::fusion::to4("basic_block", x)?;
-        self.relu_out.clear_cache();
         let y = crate::fusion::conv_bn(
             &mut self.conv1,
             &mut self.bn1,
@@ -99,8 +98,7 @@ impl<T: Float> BasicBlock<T> {
             (None, true) => add_shortcut(&mut y, x.into_dyn().view())?,
             (None, false) => {}
         }
-        y.mapv_inplace(|v| if v > T::zero() { v } else { T::zero() });
-        Ok(y)
+        self.relu_out.forward(y, Mode::Eval)
     }
 }
 

@@ -77,7 +77,6 @@ impl<T: Float> Bottleneck<T> {
         let [c1, c2, c3] = &mut self.convs;
         let [b1, b2, b3] = &mut self.bns;
         let [r1, r2, r3] = &mut self.relus;
-        r3.clear_cache();
         let y = crate::fusion::conv_bn(c1, b1, Some(r1), x.view())?;
         let y = crate::fusion::conv_bn(c2, b2, Some(r2), y.view())?;
         let mut y = crate::fusion::conv_bn(c3, b3, None, y.view())?.into_dyn();
@@ -85,8 +84,7 @@ impl<T: Float> Bottleneck<T> {
             Some(ds) => add_shortcut(&mut y, ds.forward(x.into_dyn(), Mode::Eval)?.view())?,
             None => add_shortcut(&mut y, x.into_dyn().view())?,
         }
-        y.mapv_inplace(|v| if v > T::zero() { v } else { T::zero() });
-        Ok(y)
+        r3.forward(y, Mode::Eval)
     }
 }
 

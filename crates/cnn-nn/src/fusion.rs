@@ -49,6 +49,15 @@ pub(crate) fn conv_bn<T: Float>(
     relu: Option<&mut Act<T>>,
     x: ArrayView4<'_, T>,
 ) -> Result<Array4<T>> {
+    let Some((scale, shift)) = bn.eval_scale_shift().filter(|_| bn.is_2d()) else {
+        // Batch statistics in eval mode: nothing to fold; the layers one by one.
+        let y = conv.forward_fused(x, None, Epilogue::None)?;
+        let mut y = bn.forward(y.into_dyn(), Mode::Eval)?;
+        if let Some(act) = relu {
+            y = act.forward(y, Mode::Eval)?;
+        }
+        return to4("batch_norm2d", y);
+    };
     bn.clear_cache();
     let epilogue = match relu {
         Some(act) => {
@@ -57,22 +66,7 @@ pub(crate) fn conv_bn<T: Float>(
         }
         None => Epilogue::None,
     };
-    let Some((scale, shift)) = bn.eval_scale_shift().filter(|_| bn.is_2d()) else {
-        // Batch statistics in eval mode: nothing to fold; the layers one by one.
-        let y = conv.forward_fused(x, None, Epilogue::None)?;
-        let y = bn.forward(y.into_dyn(), Mode::Eval)?;
-        let y = if epilogue == Epilogue::Relu { y.mapv(relu_value) } else { y };
-        return to4("batch_norm2d", y);
-    };
     conv.forward_fused(x, Some(ChannelAffine { scale: &scale, shift: &shift }), epilogue)
-}
-
-fn relu_value<T: Float>(v: T) -> T {
-    if v > T::zero() {
-        v
-    } else {
-        T::zero()
-    }
 }
 
 /// A 4-D array, or an error naming `op`.

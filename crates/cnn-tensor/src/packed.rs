@@ -285,11 +285,6 @@ pub fn gemm_packed_split<T: Float>(
             row_views.push((rows.clone(), top));
             rest = bottom;
         }
-        if row_views.len() == 1 {
-            let (rows, c_block) = row_views.pop().expect("one block");
-            with_pack_buffer(a, &b_cols, |buf| multiply(a, rows, b_cols, beta, c_block, buf));
-            return;
-        }
         // Pack this block's columns of B once for all its row blocks.
         with_pack_buffer(a, &b_cols, |buf| {
             pack_rhs_for(a, b_cols, buf);
