@@ -34,7 +34,9 @@ fn layers() -> Vec<Maker> {
         ),
         (
             "group_norm_g32",
-            Box::new(|| Box::new(GroupNorm::<f32>::new(32, 64, 1e-5, true).expect("valid"))),
+            Box::new(|| {
+                Box::new(GroupNorm::<f32>::new(GroupNormConfig::new(32, 64)).expect("valid"))
+            }),
         ),
         ("gelu", Box::new(|| Box::new(Act::<f32>::gelu()))),
     ]

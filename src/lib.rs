@@ -46,7 +46,8 @@ pub mod prelude {
         SaveDtype, Sequential,
     };
     pub use cnn_norm::{
-        BatchNorm, BatchNormConfig, GroupNorm, InstanceNorm2d, LayerNorm, LayerNorm2d,
+        BatchNorm, BatchNormConfig, GroupNorm, GroupNormConfig, InstanceNorm2d, InstanceNormConfig,
+        LayerNorm, LayerNorm2d, LayerNorm2dConfig, LayerNormConfig,
     };
     pub use cnn_optim::{Optimizer, ParamGroup, Rule, Schedule};
     pub use cnn_tensor::gradcheck::{check_layer, FixedSeed, GradCheckConfig};

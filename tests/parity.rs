@@ -20,7 +20,8 @@ use cnn::conv::{
 use cnn::models::{cifar_resnet, convnext, ConvNeXtConfig};
 use cnn::norm::{
     normalize_backward, rstd, Affine, AffineAxes, BatchNorm, BatchNormConfig, GroupNorm,
-    InstanceNorm2d, LayerNorm, LayerNorm2d, NormAxes,
+    GroupNormConfig, InstanceNorm2d, InstanceNormConfig, LayerNorm, LayerNorm2d, LayerNorm2dConfig,
+    LayerNormConfig, NormAxes,
 };
 use cnn::optim::{Optimizer, Rule, Schedule};
 use cnn::tensor::{
@@ -207,7 +208,7 @@ fn check_conv2d<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), String>
 fn pool_options(c: &Case) -> Pool2dOptions {
     let kernel = c.pair("kernel", 1);
     Pool2dOptions {
-        kernel,
+        kernel_size: kernel,
         stride: if c.meta.contains_key("stride") { c.pair("stride", 1) } else { kernel },
         padding: c.pair("padding", 0),
         ceil_mode: c.flag("ceil_mode", false),
@@ -420,19 +421,21 @@ fn check_batch_norm2d<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), S
 fn check_group_norm<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), String> {
     let channels = c.floats["x"].shape()[1];
     let groups = c.number("groups", 1.0) as usize;
-    let mut gn =
-        GroupNorm::<T>::new(groups, channels, c.number("eps", 1e-5), c.has("weight")).map_err(e)?;
+    let mut gn = GroupNorm::<T>::new(
+        GroupNormConfig::new(groups, channels)
+            .with_eps(c.number("eps", 1e-5))
+            .with_affine(c.has("weight")),
+    )
+    .map_err(e)?;
     check_norm_layer(c, cmp, &mut gn)
 }
 
 fn check_instance_norm2d<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), String> {
     let channels = c.floats["x"].shape()[1];
     let mut inorm = InstanceNorm2d::<T>::new(
-        channels,
-        c.number("eps", 1e-5),
-        Some(0.1),
-        c.has("weight"),
-        false,
+        InstanceNormConfig::new(channels)
+            .with_eps(c.number("eps", 1e-5))
+            .with_affine(c.has("weight")),
     )
     .map_err(e)?;
     check_norm_layer(c, cmp, &mut inorm)
@@ -446,14 +449,21 @@ fn check_layer_norm<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), Str
         Some(v) => vec![v.as_u64().expect("integer") as usize],
         None => return Err("layer_norm needs normalized_shape".into()),
     };
-    let mut ln = LayerNorm::<T>::new(&shape, c.number("eps", 1e-5), c.has("weight")).map_err(e)?;
+    let mut ln = LayerNorm::<T>::new(
+        LayerNormConfig::new(&shape)
+            .with_eps(c.number("eps", 1e-5))
+            .with_elementwise_affine(c.has("weight")),
+    )
+    .map_err(e)?;
     check_norm_layer(c, cmp, &mut ln)
 }
 
 /// tests/parity/layer_norm2d: timm's LayerNorm2d (per-pixel LayerNorm over C).
 fn check_layer_norm2d<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), String> {
     let channels = c.t::<T>("weight").len();
-    let mut ln = LayerNorm2d::<T>::new(channels, c.number("eps", 1e-6)).map_err(e)?;
+    let mut ln =
+        LayerNorm2d::<T>::new(LayerNorm2dConfig::new(channels).with_eps(c.number("eps", 1e-6)))
+            .map_err(e)?;
     check_norm_layer(c, cmp, &mut ln)
 }
 

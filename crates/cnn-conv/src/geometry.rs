@@ -90,6 +90,34 @@ impl Conv2dOptions {
     pub fn with_algorithm(self, algorithm: ConvAlgorithm) -> Self {
         Conv2dOptions { algorithm, ..self }
     }
+
+    /// Checks that stride, dilation and groups are positive: the one place
+    /// both [`ConvGeometry::new`] and `Conv2d::new` ask.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming `op` and the settings.
+    pub fn check(&self, op: &'static str) -> Result<()> {
+        if self.stride.contains(&0) || self.dilation.contains(&0) || self.groups == 0 {
+            return Err(Error::config(
+                op,
+                format!(
+                    "stride {:?}, dilation {:?} and groups {} must be positive",
+                    self.stride, self.dilation, self.groups
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Why `groups` cannot split `c_in` input and `c_out` output channels, if it cannot.
+    pub(crate) fn groups_mismatch(&self, c_in: usize, c_out: usize) -> Option<String> {
+        (!c_in.is_multiple_of(self.groups) || !c_out.is_multiple_of(self.groups)).then(|| {
+            format!(
+                "groups={} must divide input channels {c_in} and output channels {c_out}",
+                self.groups
+            )
+        })
+    }
 }
 
 /// Output length along one axis: `⌊(len + 2·pad − dil·(k − 1) − 1) / stride⌋ + 1`.
@@ -117,7 +145,7 @@ pub struct ConvGeometry {
     pub n: usize,
     /// Input channels.
     pub c_in: usize,
-    /// Input height and width.
+    /// Input height.
     pub h: usize,
     /// Input width.
     pub w: usize,
@@ -159,15 +187,7 @@ impl ConvGeometry {
             ));
         }
         let o = opts;
-        if o.stride.contains(&0) || o.dilation.contains(&0) || o.groups == 0 {
-            return Err(Error::config(
-                OP,
-                format!(
-                    "stride {:?}, dilation {:?} and groups {} must be positive",
-                    o.stride, o.dilation, o.groups
-                ),
-            ));
-        }
+        o.check(OP)?;
         if x.contains(&0) {
             return Err(Error::shape(OP, format!("input {x:?} has a zero-size dimension")));
         }
@@ -176,14 +196,8 @@ impl ConvGeometry {
         }
         let (n, c_in, h, w) = (x[0], x[1], x[2], x[3]);
         let (c_out, cg, kh, kw) = (weight[0], weight[1], weight[2], weight[3]);
-        if c_in % o.groups != 0 || c_out % o.groups != 0 {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "groups={} must divide input channels {c_in} and output channels {c_out}",
-                    o.groups
-                ),
-            ));
+        if let Some(msg) = o.groups_mismatch(c_in, c_out) {
+            return Err(Error::shape(OP, msg));
         }
         if cg * o.groups != c_in {
             return Err(Error::shape(

@@ -33,8 +33,8 @@ pub struct Conv2dConfig {
     pub in_channels: usize,
     /// Output channels.
     pub out_channels: usize,
-    /// Kernel size `[kh, kw]`.
-    pub kernel: [usize; 2],
+    /// Kernel size `[kh, kw]` (PyTorch's `kernel_size`).
+    pub kernel_size: [usize; 2],
     /// Stride, padding, dilation, groups.
     pub options: Conv2dOptions,
     /// Whether there is a bias (default `true`, as PyTorch).
@@ -47,14 +47,14 @@ impl Conv2dConfig {
         Conv2dConfig {
             in_channels,
             out_channels,
-            kernel: [k, k],
+            kernel_size: [k, k],
             options: Conv2dOptions::default(),
             bias: true,
         }
     }
     /// A rectangular `kh×kw` kernel.
     pub fn with_kernel_hw(mut self, kh: usize, kw: usize) -> Self {
-        self.kernel = [kh, kw];
+        self.kernel_size = [kh, kw];
         self
     }
     /// The same stride on both axes.
@@ -97,8 +97,8 @@ impl Conv2dConfig {
         [
             self.out_channels,
             self.in_channels / self.options.groups.max(1),
-            self.kernel[0],
-            self.kernel[1],
+            self.kernel_size[0],
+            self.kernel_size[1],
         ]
     }
 }
@@ -125,30 +125,15 @@ impl<T: Float> Conv2d<T> {
     /// # Errors
     /// [`Error::Config`] for zero sizes, or groups that do not divide both channel counts.
     pub fn new<R: Rng + ?Sized>(cfg: Conv2dConfig, rng: &mut R) -> Result<Self> {
-        let o = &cfg.options;
-        if cfg.in_channels == 0 || cfg.out_channels == 0 || cfg.kernel.contains(&0) {
+        if cfg.in_channels == 0 || cfg.out_channels == 0 || cfg.kernel_size.contains(&0) {
             return Err(Error::config(
                 "conv2d",
-                format!("channels and kernel must be positive, got {cfg:?}"),
+                format!("channels and kernel_size must be positive, got {cfg:?}"),
             ));
         }
-        if o.groups == 0
-            || !cfg.in_channels.is_multiple_of(o.groups)
-            || !cfg.out_channels.is_multiple_of(o.groups)
-        {
-            return Err(Error::config(
-                "conv2d",
-                format!(
-                    "groups={} must divide in_channels {} and out_channels {}",
-                    o.groups, cfg.in_channels, cfg.out_channels
-                ),
-            ));
-        }
-        if o.stride.contains(&0) || o.dilation.contains(&0) {
-            return Err(Error::config(
-                "conv2d",
-                format!("stride {:?} and dilation {:?} must be positive", o.stride, o.dilation),
-            ));
+        cfg.options.check("conv2d")?;
+        if let Some(msg) = cfg.options.groups_mismatch(cfg.in_channels, cfg.out_channels) {
+            return Err(Error::config("conv2d", msg));
         }
         let shape = cfg.weight_shape();
         let weight = cnn_init::pytorch_default_weight(&shape, rng)?;

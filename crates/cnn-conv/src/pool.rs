@@ -13,7 +13,7 @@ use rayon::prelude::*;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Pool2dOptions {
     /// Window size `[h, w]`.
-    pub kernel: [usize; 2],
+    pub kernel_size: [usize; 2],
     /// Step between windows `[h, w]`.
     pub stride: [usize; 2],
     /// Implicit padding on each side `[h, w]`: −∞ for max, zeros for average.
@@ -29,7 +29,7 @@ impl Pool2dOptions {
     /// A square `k×k` window with stride `k`.
     pub fn new(k: usize) -> Self {
         Pool2dOptions {
-            kernel: [k, k],
+            kernel_size: [k, k],
             stride: [k, k],
             padding: [0, 0],
             ceil_mode: false,
@@ -92,26 +92,26 @@ impl PoolGeometry {
         if x.contains(&0) {
             return Err(Error::shape(op, format!("input {x:?} has a zero-size dimension")));
         }
-        if o.kernel.contains(&0) || o.stride.contains(&0) {
+        if o.kernel_size.contains(&0) || o.stride.contains(&0) {
             return Err(Error::config(
                 op,
-                format!("kernel {:?} and stride {:?} must be positive", o.kernel, o.stride),
+                format!("kernel {:?} and stride {:?} must be positive", o.kernel_size, o.stride),
             ));
         }
-        if o.padding[0] > o.kernel[0] / 2 || o.padding[1] > o.kernel[1] / 2 {
+        if o.padding[0] > o.kernel_size[0] / 2 || o.padding[1] > o.kernel_size[1] / 2 {
             return Err(Error::config(
                 op,
-                format!("padding {:?} must be at most half the kernel {:?}", o.padding, o.kernel),
+                format!("padding {:?} must be at most half the kernel {:?}", o.padding, o.kernel_size),
             ));
         }
-        let ho = pool_out_len(x[2], o.kernel[0], o.stride[0], o.padding[0], o.ceil_mode);
-        let wo = pool_out_len(x[3], o.kernel[1], o.stride[1], o.padding[1], o.ceil_mode);
+        let ho = pool_out_len(x[2], o.kernel_size[0], o.stride[0], o.padding[0], o.ceil_mode);
+        let wo = pool_out_len(x[3], o.kernel_size[1], o.stride[1], o.padding[1], o.ceil_mode);
         let (Some(ho), Some(wo)) = (ho, wo) else {
             return Err(Error::shape(
                 op,
                 format!(
                     "kernel {:?} is larger than the padded input {}x{}",
-                    o.kernel,
+                    o.kernel_size,
                     x[2] + 2 * o.padding[0],
                     x[3] + 2 * o.padding[1]
                 ),
@@ -126,8 +126,8 @@ impl PoolGeometry {
         let len = if a == 0 { self.h } else { self.w };
         let start = (p * self.o.stride[a]) as isize - self.o.padding[a] as isize;
         let padded_end =
-            (start + self.o.kernel[a] as isize).min((len + self.o.padding[a]) as isize);
-        let end = (start + self.o.kernel[a] as isize).min(len as isize);
+            (start + self.o.kernel_size[a] as isize).min((len + self.o.padding[a]) as isize);
+        let end = (start + self.o.kernel_size[a] as isize).min(len as isize);
         (start.max(0) as usize, end.max(0) as usize, padded_end - start)
     }
 
@@ -432,8 +432,8 @@ pub mod naive {
         let g = PoolGeometry::new("avg_pool2d", x.shape(), opts)?;
         Ok(Array4::from_shape_fn((g.n, g.c, g.ho, g.wo), |(n, c, p, q)| {
             let (mut sum, mut inside, mut counted) = (T::zero(), 0usize, 0usize);
-            for i in 0..opts.kernel[0] {
-                for j in 0..opts.kernel[1] {
+            for i in 0..opts.kernel_size[0] {
+                for j in 0..opts.kernel_size[1] {
                     let ih = (p * opts.stride[0] + i) as isize - opts.padding[0] as isize;
                     let iw = (q * opts.stride[1] + j) as isize - opts.padding[1] as isize;
                     // Taps past the right/bottom padding (ceil mode) are not counted at all.
@@ -453,8 +453,8 @@ pub mod naive {
     }
 
     fn for_window(g: &PoolGeometry, p: usize, q: usize, mut f: impl FnMut(usize, usize)) {
-        for i in 0..g.o.kernel[0] {
-            for j in 0..g.o.kernel[1] {
+        for i in 0..g.o.kernel_size[0] {
+            for j in 0..g.o.kernel_size[1] {
                 let ih = (p * g.o.stride[0] + i) as isize - g.o.padding[0] as isize;
                 let iw = (q * g.o.stride[1] + j) as isize - g.o.padding[1] as isize;
                 if ih >= 0 && iw >= 0 && (ih as usize) < g.h && (iw as usize) < g.w {

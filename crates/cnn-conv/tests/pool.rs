@@ -18,7 +18,7 @@ fn options() -> impl Strategy<Value = Pool2dOptions> {
     (1..4usize, 1..4usize, 1..4usize, 1..4usize, any::<bool>(), any::<bool>()).prop_flat_map(
         |(kh, kw, sh, sw, ceil, incl)| {
             (0..=kh / 2, 0..=kw / 2).prop_map(move |(ph, pw)| Pool2dOptions {
-                kernel: [kh, kw],
+                kernel_size: [kh, kw],
                 stride: [sh, sw],
                 padding: [ph, pw],
                 ceil_mode: ceil,

@@ -225,7 +225,7 @@ proptest! {
         let cfg = Conv2dConfig {
             in_channels: c.x[1],
             out_channels: c.w[0],
-            kernel: [3, 3],
+            kernel_size: [3, 3],
             options: c.opts,
             bias: c.bias,
         };

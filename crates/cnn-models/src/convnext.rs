@@ -2,7 +2,7 @@
 
 use cnn_conv::{Conv2d, Conv2dConfig, GlobalAvgPool2d};
 use cnn_nn::{trunc02, ConvNeXtBlock, ConvNeXtBlockConfig, Flatten, Sequential};
-use cnn_norm::LayerNorm2d;
+use cnn_norm::{LayerNorm2d, LayerNorm2dConfig};
 use cnn_tensor::{random::mix_seed, Error, Float, Linear, LinearConfig, Result};
 use rand::Rng;
 
@@ -134,7 +134,7 @@ pub fn convnext<T: Float, R: Rng + ?Sized>(
             Conv2dConfig::new(cfg.in_chans, dims[0], 4).with_stride(4),
             rng,
         )?)
-        .push(LayerNorm2d::new(dims[0], 1e-6)?);
+        .push(LayerNorm2d::new(LayerNorm2dConfig::new(dims[0]))?);
     let total: usize = depths.iter().sum();
     let mut stages = Sequential::new();
     let mut block_index = 0;
@@ -144,13 +144,9 @@ pub fn convnext<T: Float, R: Rng + ?Sized>(
             let prev = dims[i - 1];
             stage = stage.push_named(
                 "downsample",
-                Sequential::new().push(LayerNorm2d::<T>::new(prev, 1e-6)?).push(conv_with_bias::<
-                    T,
-                    _,
-                >(
-                    Conv2dConfig::new(prev, dim, 2).with_stride(2),
-                    rng,
-                )?),
+                Sequential::new().push(LayerNorm2d::<T>::new(LayerNorm2dConfig::new(prev))?).push(
+                    conv_with_bias::<T, _>(Conv2dConfig::new(prev, dim, 2).with_stride(2), rng)?,
+                ),
             );
         }
         let mut blocks = Sequential::new();
@@ -183,7 +179,7 @@ pub fn convnext<T: Float, R: Rng + ?Sized>(
     }
     let head = Sequential::new()
         .push_named("global_pool", GlobalAvgPool2d::new())
-        .push_named("norm", LayerNorm2d::<T>::new(last, 1e-6)?)
+        .push_named("norm", LayerNorm2d::<T>::new(LayerNorm2dConfig::new(last))?)
         .push_named("flatten", Flatten::new())
         .push_named("fc", fc);
     Ok(Sequential::new()

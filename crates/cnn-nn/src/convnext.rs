@@ -3,7 +3,7 @@
 
 use cnn_act::{Act, DropPath};
 use cnn_conv::{Conv2d, Conv2dConfig};
-use cnn_norm::LayerNorm2d;
+use cnn_norm::{LayerNorm2d, LayerNorm2dConfig};
 use cnn_tensor::{
     gemm, gemm_packed, join_key, ArrayD, Error, Float, IxDyn, Layer, Mode, PackedLhs, Param, Result,
 };
@@ -255,7 +255,7 @@ impl<T: Float> ConvNeXtBlock<T> {
         Ok(ConvNeXtBlock {
             gamma: cfg.ls_init_value.map(|v| Param::new(ArrayD::from_elem(IxDyn(&[c]), T::of(v)))),
             conv_dw,
-            norm: LayerNorm2d::new(c, 1e-6)?,
+            norm: LayerNorm2d::new(LayerNorm2dConfig::new(c))?,
             fc1: PixelLinear::new(trunc02(&shape(hidden, c), rng)?)?,
             act: Act::gelu(),
             fc2: PixelLinear::new(trunc02(&shape(c, hidden), rng)?)?,

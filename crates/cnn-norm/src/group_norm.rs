@@ -8,6 +8,35 @@ use crate::common::{
 };
 use crate::{rstd, AffineAxes, NormAxes};
 
+/// Settings of a [`GroupNorm`] layer, with PyTorch's defaults
+/// (`nn.GroupNorm(num_groups, num_channels, eps=1e-5, affine=True)`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GroupNormConfig {
+    /// Groups `G`; must divide `num_channels`.
+    pub num_groups: usize,
+    /// Channels `C`.
+    pub num_channels: usize,
+    /// Added to the variance. Default `1e-5`.
+    pub eps: f64,
+    /// Learnable per-channel γ and β. Default `true`.
+    pub affine: bool,
+}
+
+impl GroupNormConfig {
+    /// PyTorch's defaults for `num_groups` groups of `num_channels` channels.
+    pub fn new(num_groups: usize, num_channels: usize) -> Self {
+        GroupNormConfig { num_groups, num_channels, eps: 1e-5, affine: true }
+    }
+    /// Another eps.
+    pub fn with_eps(self, eps: f64) -> Self {
+        GroupNormConfig { eps, ..self }
+    }
+    /// With or without γ and β.
+    pub fn with_affine(self, affine: bool) -> Self {
+        GroupNormConfig { affine, ..self }
+    }
+}
+
 /// Group normalization: each sample over groups of `C/G` channels and all
 /// spatial positions, with a per-channel γ and β. Independent of the batch,
 /// so it works for batches of one, where BatchNorm cannot.
@@ -23,11 +52,12 @@ pub struct GroupNorm<T: Float = f32> {
 }
 
 impl<T: Float> GroupNorm<T> {
-    /// `nn.GroupNorm(num_groups, num_channels, eps, affine)`; PyTorch's defaults are 1e-5 and true.
+    /// `nn.GroupNorm` from its settings.
     ///
     /// # Errors
-    /// [`Error::Config`] when `groups` does not divide `channels`, either is zero, or eps is not positive.
-    pub fn new(groups: usize, channels: usize, eps: f64, affine: bool) -> Result<Self> {
+    /// [`Error::Config`] when `num_groups` does not divide `num_channels`, either is zero, or eps is not positive.
+    pub fn new(config: GroupNormConfig) -> Result<Self> {
+        let GroupNormConfig { num_groups: groups, num_channels: channels, eps, affine } = config;
         if groups == 0 || channels == 0 || !channels.is_multiple_of(groups) {
             return Err(Error::config(
                 "group_norm",
@@ -71,6 +101,53 @@ impl<T: Float> Layer<T> for GroupNorm<T> {
     }
 }
 
+/// Settings of an [`InstanceNorm2d`] layer, with PyTorch's defaults
+/// (`nn.InstanceNorm2d(num_features, eps=1e-5, momentum=0.1, affine=False,
+/// track_running_stats=False)`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InstanceNormConfig {
+    /// Channels `C`.
+    pub num_features: usize,
+    /// Added to the variance. Default `1e-5`.
+    pub eps: f64,
+    /// Weight of the new batch in the running statistics. Default `Some(0.1)`;
+    /// `None` is a cumulative average.
+    pub momentum: Option<f64>,
+    /// Learnable per-channel γ and β. Default `false`.
+    pub affine: bool,
+    /// Keep running statistics and use them in eval mode. Default `false`.
+    pub track_running_stats: bool,
+}
+
+impl InstanceNormConfig {
+    /// PyTorch's defaults for `num_features` channels.
+    pub fn new(num_features: usize) -> Self {
+        InstanceNormConfig {
+            num_features,
+            eps: 1e-5,
+            momentum: Some(0.1),
+            affine: false,
+            track_running_stats: false,
+        }
+    }
+    /// Another eps.
+    pub fn with_eps(self, eps: f64) -> Self {
+        InstanceNormConfig { eps, ..self }
+    }
+    /// Another momentum (`None`: cumulative average).
+    pub fn with_momentum(self, momentum: Option<f64>) -> Self {
+        InstanceNormConfig { momentum, ..self }
+    }
+    /// With or without γ and β.
+    pub fn with_affine(self, affine: bool) -> Self {
+        InstanceNormConfig { affine, ..self }
+    }
+    /// With or without running statistics.
+    pub fn with_track_running_stats(self, track: bool) -> Self {
+        InstanceNormConfig { track_running_stats: track, ..self }
+    }
+}
+
 /// Instance normalization: each sample and channel over (H, W). γ/β and
 /// running statistics are optional and off by default, as in PyTorch; with
 /// running statistics, eval mode uses them (their update averages the
@@ -88,17 +165,13 @@ pub struct InstanceNorm2d<T: Float = f32> {
 }
 
 impl<T: Float> InstanceNorm2d<T> {
-    /// `nn.InstanceNorm2d(num_features, eps=1e-5, momentum=0.1, affine=False, track_running_stats=False)`.
+    /// `nn.InstanceNorm2d` from its settings.
     ///
     /// # Errors
     /// [`Error::Config`] for zero features, a non-positive eps or momentum outside [0, 1].
-    pub fn new(
-        num_features: usize,
-        eps: f64,
-        momentum: Option<f64>,
-        affine: bool,
-        track_running_stats: bool,
-    ) -> Result<Self> {
+    pub fn new(config: InstanceNormConfig) -> Result<Self> {
+        let InstanceNormConfig { num_features, eps, momentum, affine, track_running_stats } =
+            config;
         if num_features == 0 {
             return Err(Error::config("instance_norm2d", "num_features must be positive"));
         }

@@ -5,6 +5,37 @@ use cnn_tensor::{ArrayD, Error, Float, Layer, Mode, Param, Result};
 use crate::common::{backward_with, check_settings, forward_fused, AffineParams, NormCache};
 use crate::{AffineAxes, NormAxes};
 
+/// Settings of a [`LayerNorm`] layer, with PyTorch's defaults
+/// (`nn.LayerNorm(normalized_shape, eps=1e-5, elementwise_affine=True)`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerNormConfig {
+    /// The trailing dimensions normalized over, e.g. `[C, H, W]` or `[D]`.
+    pub normalized_shape: Vec<usize>,
+    /// Added to the variance. Default `1e-5`.
+    pub eps: f64,
+    /// Learnable elementwise γ and β of `normalized_shape`. Default `true`.
+    pub elementwise_affine: bool,
+}
+
+impl LayerNormConfig {
+    /// PyTorch's defaults over the trailing `normalized_shape`.
+    pub fn new(normalized_shape: &[usize]) -> Self {
+        LayerNormConfig {
+            normalized_shape: normalized_shape.to_vec(),
+            eps: 1e-5,
+            elementwise_affine: true,
+        }
+    }
+    /// Another eps.
+    pub fn with_eps(self, eps: f64) -> Self {
+        LayerNormConfig { eps, ..self }
+    }
+    /// With or without γ and β.
+    pub fn with_elementwise_affine(self, elementwise_affine: bool) -> Self {
+        LayerNormConfig { elementwise_affine, ..self }
+    }
+}
+
 /// Layer normalization: each sample over its trailing `normalized_shape`,
 /// with an elementwise γ and β of that shape. Independent of the batch.
 ///
@@ -18,11 +49,13 @@ pub struct LayerNorm<T: Float = f32> {
 }
 
 impl<T: Float> LayerNorm<T> {
-    /// `nn.LayerNorm(normalized_shape, eps, elementwise_affine)`; PyTorch's defaults are 1e-5 and true.
+    /// `nn.LayerNorm` from its settings.
     ///
     /// # Errors
     /// [`Error::Config`] for an empty or zero-size shape, or a non-positive eps.
-    pub fn new(normalized_shape: &[usize], eps: f64, elementwise_affine: bool) -> Result<Self> {
+    pub fn new(config: LayerNormConfig) -> Result<Self> {
+        let LayerNormConfig { normalized_shape, eps, elementwise_affine } = config;
+        let normalized_shape = &normalized_shape[..];
         if normalized_shape.is_empty() || normalized_shape.contains(&0) {
             return Err(Error::config(
                 "layer_norm",

@@ -86,6 +86,27 @@ struct Cache<T> {
     rstd: Vec<T>,
 }
 
+/// Settings of a [`LayerNorm2d`] layer, with timm's defaults
+/// (`LayerNorm2d(num_channels, eps=1e-6, affine=True)`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LayerNorm2dConfig {
+    /// Channels `C`.
+    pub num_channels: usize,
+    /// Added to the variance. Default `1e-6` (timm's, and ConvNeXt's).
+    pub eps: f64,
+}
+
+impl LayerNorm2dConfig {
+    /// timm's defaults for `num_channels` channels.
+    pub fn new(num_channels: usize) -> Self {
+        LayerNorm2dConfig { num_channels, eps: 1e-6 }
+    }
+    /// Another eps.
+    pub fn with_eps(self, eps: f64) -> Self {
+        LayerNorm2dConfig { eps, ..self }
+    }
+}
+
 /// LayerNorm over the channel axis of each pixel of an NCHW tensor, with a
 /// per-channel γ and β (timm's `LayerNorm2d`, ConvNeXt's norm; eps 1e-6 there).
 /// Samples run in parallel; dγ and dβ add the samples' shares in order, so
@@ -104,11 +125,12 @@ pub struct LayerNorm2d<T: Float = f32> {
 }
 
 impl<T: Float> LayerNorm2d<T> {
-    /// LayerNorm2d over `channels` channels with `eps` (timm: 1e-6); γ = 1, β = 0.
+    /// LayerNorm2d from its settings; γ = 1, β = 0.
     ///
     /// # Errors
     /// [`Error::Config`] for zero channels or a non-positive eps.
-    pub fn new(channels: usize, eps: f64) -> Result<Self> {
+    pub fn new(config: LayerNorm2dConfig) -> Result<Self> {
+        let LayerNorm2dConfig { num_channels: channels, eps } = config;
         if channels == 0 || !(eps > 0.0 && eps.is_finite()) {
             return Err(Error::config(
                 "layer_norm2d",

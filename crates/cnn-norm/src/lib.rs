@@ -15,7 +15,7 @@
 //! and β (see [`NormAxes`], [`AffineAxes`]).
 //!
 //! ```
-//! use cnn_norm::{BatchNorm, BatchNormConfig, GroupNorm};
+//! use cnn_norm::{BatchNorm, BatchNormConfig, GroupNorm, GroupNormConfig};
 //! use cnn_tensor::{random, Layer, Mode};
 //!
 //! let mut bn = BatchNorm::<f64>::new_2d(BatchNormConfig::new(4))?;
@@ -23,7 +23,7 @@
 //! let y = bn.forward(x.clone(), Mode::Train)?;
 //! assert!(y.mean().unwrap().abs() < 1e-12); // each channel now has mean 0
 //!
-//! let mut gn = GroupNorm::<f64>::new(2, 4, 1e-5, true)?;
+//! let mut gn = GroupNorm::<f64>::new(GroupNormConfig::new(2, 4))?;
 //! let report = cnn_tensor::gradcheck::check_layer(&mut gn, &x, 1, &Default::default())?;
 //! assert!(report.passed(), "{report}");
 //! # Ok::<(), cnn_tensor::Error>(())
@@ -37,10 +37,10 @@ mod layer_norm;
 mod layer_norm2d;
 
 pub use batch_norm::{BatchNorm, BatchNormConfig};
-pub use group_norm::{GroupNorm, InstanceNorm2d};
+pub use group_norm::{GroupNorm, GroupNormConfig, InstanceNorm2d, InstanceNormConfig};
 pub use kernel::{
     moments, normalize_backward, normalize_backward_fused, normalize_forward, normalize_fused,
     rstd, Affine, AffineAxes, Moments, NormAxes, NormGrads,
 };
-pub use layer_norm::LayerNorm;
-pub use layer_norm2d::LayerNorm2d;
+pub use layer_norm::{LayerNorm, LayerNormConfig};
+pub use layer_norm2d::{LayerNorm2d, LayerNorm2dConfig};

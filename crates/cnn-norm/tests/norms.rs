@@ -3,7 +3,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-use cnn_norm::{BatchNorm, BatchNormConfig, GroupNorm, InstanceNorm2d, LayerNorm, LayerNorm2d};
+use cnn_norm::{
+    BatchNorm, BatchNormConfig, GroupNorm, GroupNormConfig, InstanceNorm2d, InstanceNormConfig,
+    LayerNorm, LayerNorm2d, LayerNorm2dConfig, LayerNormConfig,
+};
 use cnn_tensor::gradcheck::{check_layer, GradCheckConfig};
 use cnn_tensor::random::{normal, seeded_rng};
 use cnn_tensor::{ArrayD, Error, Layer, Mode, Param};
@@ -58,7 +61,7 @@ proptest! {
     #[test]
     fn group_norm_gradients(n in 1..4usize, g in 1..4usize, cpg in 1..3usize, h in 1..4usize, w in 1..4usize, affine: bool, seed in 0u64..1000) {
         prop_assume!(cpg * h * w > 1);
-        let mut gn = GroupNorm::<f64>::new(g, g * cpg, 1e-5, affine).unwrap();
+        let mut gn = GroupNorm::<f64>::new(GroupNormConfig::new(g, g * cpg).with_affine(affine)).unwrap();
         randomize_affine(&mut gn, seed);
         let x = normal(&[n, g * cpg, h, w], 0.0, 1.0, &mut seeded_rng(seed));
         let report = check_layer(&mut gn, &x, seed, &GradCheckConfig::default()).unwrap();
@@ -67,7 +70,7 @@ proptest! {
 
     #[test]
     fn instance_norm_gradients(n in 1..4usize, c in 1..4usize, h in 1..4usize, w in 2..4usize, affine: bool, seed in 0u64..1000) {
-        let mut inorm = InstanceNorm2d::<f64>::new(c, 1e-5, Some(0.1), affine, false).unwrap();
+        let mut inorm = InstanceNorm2d::<f64>::new(InstanceNormConfig::new(c).with_affine(affine)).unwrap();
         randomize_affine(&mut inorm, seed);
         let x = normal(&[n, c, h, w], 0.0, 1.0, &mut seeded_rng(seed));
         let report = check_layer(&mut inorm, &x, seed, &GradCheckConfig::default()).unwrap();
@@ -76,7 +79,7 @@ proptest! {
 
     #[test]
     fn layer_norm2d_gradients(n in 1..3usize, c in 2..5usize, h in 1..4usize, w in 1..4usize, seed in 0u64..1000) {
-        let mut ln = LayerNorm2d::<f64>::new(c, 1e-6).unwrap();
+        let mut ln = LayerNorm2d::<f64>::new(LayerNorm2dConfig::new(c)).unwrap();
         randomize_affine(&mut ln, seed);
         let x = normal(&[n, c, h, w], 0.5, 2.0, &mut seeded_rng(seed));
         let report = check_layer(&mut ln, &x, seed, &GradCheckConfig::default()).unwrap();
@@ -87,9 +90,9 @@ proptest! {
     /// LayerNorm on the channels-last permute, forward and backward.
     #[test]
     fn layer_norm2d_equals_layer_norm_on_the_permute(n in 1..4usize, c in 1..9usize, h in 1..6usize, w in 1..6usize, seed in 0u64..1000) {
-        let mut fast = LayerNorm2d::<f64>::new(c, 1e-6).unwrap();
+        let mut fast = LayerNorm2d::<f64>::new(LayerNorm2dConfig::new(c)).unwrap();
         randomize_affine(&mut fast, seed);
-        let mut naive = LayerNorm::<f64>::new(&[c], 1e-6, true).unwrap();
+        let mut naive = LayerNorm::<f64>::new(LayerNormConfig::new(&[c]).with_eps(1e-6)).unwrap();
         let mut params = Vec::new();
         fast.visit("", &mut |_, p| params.push(p.value.clone()));
         let mut i = 0;
@@ -115,7 +118,7 @@ proptest! {
 
     #[test]
     fn layer_norm_gradients(rows in 1..4usize, d1 in 1..4usize, d2 in 2..5usize, affine: bool, seed in 0u64..1000) {
-        let mut ln = LayerNorm::<f64>::new(&[d1, d2], 1e-5, affine).unwrap();
+        let mut ln = LayerNorm::<f64>::new(LayerNormConfig::new(&[d1, d2]).with_elementwise_affine(affine)).unwrap();
         randomize_affine(&mut ln, seed);
         let x = normal(&[rows, d1, d2], 0.0, 1.0, &mut seeded_rng(seed));
         let report = check_layer(&mut ln, &x, seed, &GradCheckConfig::default()).unwrap();
@@ -126,8 +129,8 @@ proptest! {
 #[test]
 fn group_norm_with_one_group_is_layer_norm_over_chw() {
     let x = normal(&[3, 4, 5, 6], 2.0, 3.0, &mut seeded_rng(1));
-    let mut gn = GroupNorm::<f64>::new(1, 4, 1e-5, true).unwrap();
-    let mut ln = LayerNorm::<f64>::new(&[4, 5, 6], 1e-5, true).unwrap();
+    let mut gn = GroupNorm::<f64>::new(GroupNormConfig::new(1, 4)).unwrap();
+    let mut ln = LayerNorm::<f64>::new(LayerNormConfig::new(&[4, 5, 6])).unwrap();
     // The same per-channel γ/β: LayerNorm's elementwise parameters broadcast from channels.
     let gamma = ndarray::Array1::from_vec(vec![0.5, 1.5, -1.0, 2.0]);
     let beta = ndarray::Array1::from_vec(vec![0.1, -0.2, 0.3, 0.0]);
@@ -146,8 +149,9 @@ fn group_norm_with_one_group_is_layer_norm_over_chw() {
 #[test]
 fn group_norm_with_c_groups_is_instance_norm() {
     let x = normal(&[3, 4, 5, 6], -1.0, 0.5, &mut seeded_rng(2));
-    let mut gn = GroupNorm::<f64>::new(4, 4, 1e-5, true).unwrap();
-    let mut inorm = InstanceNorm2d::<f64>::new(4, 1e-5, Some(0.1), true, false).unwrap();
+    let mut gn = GroupNorm::<f64>::new(GroupNormConfig::new(4, 4)).unwrap();
+    let mut inorm =
+        InstanceNorm2d::<f64>::new(InstanceNormConfig::new(4).with_affine(true)).unwrap();
     randomize_affine(&mut gn, 3);
     randomize_affine(&mut inorm, 3);
     let a = gn.forward(x.clone(), Mode::Train).unwrap();
@@ -162,7 +166,7 @@ fn layer_norm_ignores_the_batch_and_batch_norm_does_not() {
     other.slice_mut(s![1.., .., .., ..]).mapv_inplace(|v| v * 5.0 + 3.0);
     let first = |y: ArrayD<f64>| y.index_axis(Axis(0), 0).to_owned();
 
-    let mut ln = LayerNorm::<f64>::new(&[3, 2, 2], 1e-5, true).unwrap();
+    let mut ln = LayerNorm::<f64>::new(LayerNormConfig::new(&[3, 2, 2])).unwrap();
     let a = first(ln.forward(x.clone(), Mode::Train).unwrap());
     let b = first(ln.forward(other.clone(), Mode::Train).unwrap());
     assert_eq!(a, b, "sample 0's LayerNorm output must not see the other samples");
@@ -232,8 +236,8 @@ fn same_numbers_on_one_and_two_threads() {
         rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| {
             let mut layers: Vec<Box<dyn Layer<f32>>> = vec![
                 Box::new(BatchNorm::<f32>::new_2d(BatchNormConfig::new(8)).unwrap()),
-                Box::new(GroupNorm::<f32>::new(4, 8, 1e-5, true).unwrap()),
-                Box::new(LayerNorm::<f32>::new(&[8, 12, 12], 1e-5, true).unwrap()),
+                Box::new(GroupNorm::<f32>::new(GroupNormConfig::new(4, 8)).unwrap()),
+                Box::new(LayerNorm::<f32>::new(LayerNormConfig::new(&[8, 12, 12])).unwrap()),
             ];
             layers
                 .iter_mut()
@@ -258,7 +262,7 @@ fn bad_input_is_a_clear_error() {
         e.to_string(),
         "batch_norm2d: input must have 4 dimensions [N, C, ...], got 3-D [2, 3, 4]"
     );
-    let mut gn = GroupNorm::<f32>::new(1, 3, 1e-5, true).unwrap();
+    let mut gn = GroupNorm::<f32>::new(GroupNormConfig::new(1, 3)).unwrap();
     let e = gn.forward(ArrayD::zeros(vec![3]), Mode::Train).unwrap_err();
     assert_eq!(
         e.to_string(),
@@ -275,17 +279,18 @@ fn bad_input_is_a_clear_error() {
     let e = bn.forward(ArrayD::zeros(vec![1, 3, 1, 1]), Mode::Train).unwrap_err();
     assert!(e.to_string().contains("expected more than 1 value per channel when training"), "{e}");
     assert!(matches!(bn.backward(ArrayD::zeros(vec![1, 3, 1, 1])), Err(Error::NoForward { .. })));
-    let e = GroupNorm::<f32>::new(4, 6, 1e-5, true).unwrap_err();
+    let e = GroupNorm::<f32>::new(GroupNormConfig::new(4, 6)).unwrap_err();
     assert!(
         e.to_string().contains("num_groups 4 must be positive and divide num_channels 6"),
         "{e}"
     );
-    let mut ln = LayerNorm::<f32>::new(&[4], 1e-5, true).unwrap();
+    let mut ln = LayerNorm::<f32>::new(LayerNormConfig::new(&[4])).unwrap();
     let e = ln.forward(ArrayD::zeros(vec![2, 3]), Mode::Train).unwrap_err();
     assert_eq!(e.to_string(), "layer_norm: input [2, 3] must end in normalized_shape [4]");
     assert!(BatchNorm::<f32>::new_2d(BatchNormConfig::new(3).with_momentum(Some(1.5))).is_err());
-    assert!(LayerNorm::<f32>::new(&[4], 0.0, true).is_err());
-    let mut inorm = InstanceNorm2d::<f32>::new(3, 1e-5, None, false, false).unwrap();
+    assert!(LayerNorm::<f32>::new(LayerNormConfig::new(&[4]).with_eps(0.0)).is_err());
+    let mut inorm =
+        InstanceNorm2d::<f32>::new(InstanceNormConfig::new(3).with_momentum(None)).unwrap();
     assert!(inorm.forward(ArrayD::zeros(vec![2, 3, 4]), Mode::Train).is_err());
 }
 
@@ -358,7 +363,7 @@ fn frozen_batch_norm_keeps_its_statistics_and_passes_the_right_gradient() {
 /// LayerNorm2d is LayerNorm over C at every pixel: checked against a direct loop.
 #[test]
 fn layer_norm2d_normalizes_each_pixel_over_channels() {
-    let mut ln = LayerNorm2d::<f64>::new(3, 1e-6).unwrap();
+    let mut ln = LayerNorm2d::<f64>::new(LayerNorm2dConfig::new(3)).unwrap();
     randomize_affine(&mut ln, 9);
     let (mut g, mut b) = (Vec::new(), Vec::new());
     ln.visit("", &mut |k, p| {
@@ -397,4 +402,48 @@ fn every_simd_level_passes_the_kernel_tests() {
             cnn_tensor::simd::rerun_tests(filter, &[("CNN_SIMD", level.name())]).unwrap();
         }
     }
+}
+
+/// Each config's defaults are PyTorch's (timm's for LayerNorm2d), and the
+/// layers built from them hold exactly the keys PyTorch's would.
+#[test]
+fn config_defaults_are_pytorchs() {
+    let bn = BatchNormConfig::new(4);
+    assert_eq!(
+        (bn.eps, bn.momentum, bn.affine, bn.track_running_stats),
+        (1e-5, Some(0.1), true, true)
+    );
+    let gn = GroupNormConfig::new(2, 4);
+    assert_eq!((gn.eps, gn.affine), (1e-5, true));
+    let inorm = InstanceNormConfig::new(4);
+    assert_eq!(
+        (inorm.eps, inorm.momentum, inorm.affine, inorm.track_running_stats),
+        (1e-5, Some(0.1), false, false)
+    );
+    let ln = LayerNormConfig::new(&[4, 3]);
+    assert_eq!((ln.eps, ln.elementwise_affine), (1e-5, true));
+    assert_eq!(LayerNorm2dConfig::new(4).eps, 1e-6);
+
+    fn keys(layer: &mut dyn Layer<f32>) -> Vec<String> {
+        let mut k = Vec::new();
+        layer.visit("", &mut |key, _| k.push(key.to_string()));
+        k
+    }
+    let running = ["running_mean", "running_var", "num_batches_tracked"];
+    assert_eq!(
+        keys(&mut BatchNorm::new_2d(bn).unwrap()),
+        [&["weight", "bias"][..], &running].concat()
+    );
+    assert_eq!(keys(&mut GroupNorm::new(gn).unwrap()), ["weight", "bias"]);
+    assert!(keys(&mut InstanceNorm2d::new(inorm).unwrap()).is_empty());
+    assert_eq!(
+        keys(
+            &mut InstanceNorm2d::new(inorm.with_affine(true).with_track_running_stats(true))
+                .unwrap()
+        ),
+        [&["weight", "bias"][..], &running].concat()
+    );
+    assert_eq!(keys(&mut LayerNorm::new(ln.clone()).unwrap()), ["weight", "bias"]);
+    assert!(keys(&mut LayerNorm::new(ln.with_elementwise_affine(false)).unwrap()).is_empty());
+    assert_eq!(keys(&mut LayerNorm2d::new(LayerNorm2dConfig::new(4)).unwrap()), ["weight", "bias"]);
 }
