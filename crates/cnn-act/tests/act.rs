@@ -7,17 +7,8 @@ use cnn_act::{activation_backward, activation_forward, Act, Activation, Dropout}
 use cnn_tensor::gradcheck::{check_layer, GradCheckConfig};
 use cnn_tensor::random::{normal, seeded_rng};
 use cnn_tensor::{ArrayD, Error, Layer, Mode};
+use cnn_test_support::proptest_config as config;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed};
-
-fn config(cases: u32) -> Config {
-    Config {
-        cases,
-        rng_seed: RngSeed::Fixed(0x5eed),
-        failure_persistence: None,
-        ..Config::default()
-    }
-}
 
 const ALL: [Activation; 6] = [
     Activation::Relu,

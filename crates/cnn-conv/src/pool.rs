@@ -101,7 +101,10 @@ impl PoolGeometry {
         if o.padding[0] > o.kernel_size[0] / 2 || o.padding[1] > o.kernel_size[1] / 2 {
             return Err(Error::config(
                 op,
-                format!("padding {:?} must be at most half the kernel {:?}", o.padding, o.kernel_size),
+                format!(
+                    "padding {:?} must be at most half the kernel {:?}",
+                    o.padding, o.kernel_size
+                ),
             ));
         }
         let ho = pool_out_len(x[2], o.kernel_size[0], o.stride[0], o.padding[0], o.ceil_mode);

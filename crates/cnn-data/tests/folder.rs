@@ -7,8 +7,7 @@ use cnn_data::{preview_grid, Dataset, Digits, ImageFolder};
 use cnn_tensor::Error;
 
 fn dir(name: &str) -> tempfile::TempDir {
-    // Removed with its contents when the test drops it.
-    tempfile::Builder::new().prefix(&format!("cnn-folder-{name}-")).tempdir().unwrap()
+    cnn_test_support::temp_dir(&format!("folder-{name}"))
 }
 
 fn write_png(path: &std::path::Path, w: u32, h: u32, rgb: [u8; 3]) {

@@ -11,8 +11,7 @@ use cnn_tensor::Error;
 use proptest::prelude::*;
 
 fn dir(name: &str) -> tempfile::TempDir {
-    // Removed with its contents when the test drops it.
-    tempfile::Builder::new().prefix(&format!("cnn-data-{name}-")).tempdir().unwrap()
+    cnn_test_support::temp_dir(&format!("data-{name}"))
 }
 
 fn idx_images(n: usize, rows: usize, cols: usize) -> Vec<u8> {
@@ -125,7 +124,7 @@ fn cifar_reads_back_exactly() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, rng_seed: proptest::test_runner::RngSeed::Fixed(7), ..ProptestConfig::default() })]
+    #![proptest_config(cnn_test_support::proptest_config(64))]
 
     #[test]
     fn random_bytes_never_panic(images in proptest::collection::vec(any::<u8>(), 0..300), labels in proptest::collection::vec(any::<u8>(), 0..40), cut in 0usize..64) {

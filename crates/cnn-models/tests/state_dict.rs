@@ -14,7 +14,7 @@ struct Scratch(tempfile::TempDir);
 
 impl Scratch {
     fn new() -> Self {
-        Scratch(tempfile::tempdir().unwrap())
+        Scratch(cnn_test_support::temp_dir("state-dict"))
     }
     fn path(&self, name: &str) -> PathBuf {
         self.0.path().join(name)

@@ -67,10 +67,9 @@ mod convnext {
     use super::*;
     use cnn_nn::{ConvNeXtBlock, ConvNeXtBlockConfig};
     use proptest::prelude::*;
-    use proptest::test_runner::{Config, RngSeed};
 
     proptest! {
-        #![proptest_config(Config { cases: 12, rng_seed: RngSeed::Fixed(0xc0), failure_persistence: None, ..Config::default() })]
+        #![proptest_config(cnn_test_support::proptest_config(12))]
 
         #[test]
         fn block_gradients(c in 2..5usize, h in 2..6usize, w in 2..6usize, conv_mlp: bool, drop in prop::sample::select(vec![0.0, 0.5]), seed in 0u64..1000) {

@@ -178,19 +178,22 @@ impl<T: Float> Layer<T> for BatchNorm<T> {
         let affine_axes = AffineAxes { outer: n, features: c, inner };
         let train = mode == Mode::Train;
         let use_batch = (train && !self.is_frozen()) || self.running.is_none();
-        let (mean, rstd_v) = if use_batch {
-            let (mean, var) = batch_moments(self.op, &x, axes, train)?;
-            if let (true, Some(running)) = (train, self.running.as_mut()) {
-                let m = T::of(axes.count() as f64);
-                let unbiased: Vec<T> = var.iter().map(|&v| v * m / (m - T::one())).collect();
-                running.update(self.config.momentum, &mean, &unbiased);
+        // Running statistics in eval (and when frozen), the batch's otherwise.
+        let (mean, rstd_v) = match self.running.as_ref().filter(|_| !use_batch) {
+            Some(running) => {
+                let mean = running.mean.value.iter().copied().collect();
+                let var: Vec<T> = running.var.value.iter().copied().collect();
+                (mean, rstd(&var, self.config.eps))
             }
-            (mean, rstd(&var, self.config.eps))
-        } else {
-            let running = self.running.as_ref().ok_or(Error::NoForward { op: self.op })?;
-            let mean = running.mean.value.iter().copied().collect();
-            let var: Vec<T> = running.var.value.iter().copied().collect();
-            (mean, rstd(&var, self.config.eps))
+            None => {
+                let (mean, var) = batch_moments(self.op, &x, axes, train)?;
+                if let (true, Some(running)) = (train, self.running.as_mut()) {
+                    let m = T::of(axes.count() as f64);
+                    let unbiased: Vec<T> = var.iter().map(|&v| v * m / (m - T::one())).collect();
+                    running.update(self.config.momentum, &mean, &unbiased);
+                }
+                (mean, rstd(&var, self.config.eps))
+            }
         };
         let affine = self.affine.as_ref().map(|a| (a, affine_axes));
         let (y, cache) = forward_with(self.op, x, axes, (mean, rstd_v), affine, use_batch, train)?;

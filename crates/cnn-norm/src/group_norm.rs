@@ -195,29 +195,33 @@ impl<T: Float> Layer<T> for InstanceNorm2d<T> {
         let axes = NormAxes { outer: 1, groups: n * c, inner: hw };
         let train = mode == Mode::Train;
         let use_batch = train || self.running.is_none();
-        let (mean, rstd_v) = if use_batch {
-            let (mean, var) = batch_moments("instance_norm2d", &x, axes, train)?;
-            if let (true, Some(running)) = (train, self.running.as_mut()) {
-                let m = T::of(hw as f64);
-                let per_channel = |v: &[T], unbias: bool| -> Vec<T> {
-                    (0..c)
-                        .map(|ch| {
-                            let s: T = (0..n).map(|i| v[i * c + ch]).fold(T::zero(), |a, b| a + b);
-                            let s = if unbias { s * m / (m - T::one()) } else { s };
-                            s / T::of(n as f64)
-                        })
-                        .collect()
-                };
-                let (bm, bv) = (per_channel(&mean, false), per_channel(&var, true));
-                running.update(self.momentum, &bm, &bv);
+        // Running statistics in eval when kept, the instance's otherwise.
+        let (mean, rstd_v) = match self.running.as_ref().filter(|_| !use_batch) {
+            Some(running) => {
+                let rm: Vec<T> = running.mean.value.iter().copied().collect();
+                let rv: Vec<T> =
+                    rstd(&running.var.value.iter().copied().collect::<Vec<T>>(), self.eps);
+                ((0..n * c).map(|g| rm[g % c]).collect(), (0..n * c).map(|g| rv[g % c]).collect())
             }
-            (mean, rstd(&var, self.eps))
-        } else {
-            let running =
-                self.running.as_ref().ok_or(Error::NoForward { op: "instance_norm2d" })?;
-            let rm: Vec<T> = running.mean.value.iter().copied().collect();
-            let rv: Vec<T> = rstd(&running.var.value.iter().copied().collect::<Vec<T>>(), self.eps);
-            ((0..n * c).map(|g| rm[g % c]).collect(), (0..n * c).map(|g| rv[g % c]).collect())
+            None => {
+                let (mean, var) = batch_moments("instance_norm2d", &x, axes, train)?;
+                if let (true, Some(running)) = (train, self.running.as_mut()) {
+                    let m = T::of(hw as f64);
+                    let per_channel = |v: &[T], unbias: bool| -> Vec<T> {
+                        (0..c)
+                            .map(|ch| {
+                                let s: T =
+                                    (0..n).map(|i| v[i * c + ch]).fold(T::zero(), |a, b| a + b);
+                                let s = if unbias { s * m / (m - T::one()) } else { s };
+                                s / T::of(n as f64)
+                            })
+                            .collect()
+                    };
+                    let (bm, bv) = (per_channel(&mean, false), per_channel(&var, true));
+                    running.update(self.momentum, &bm, &bv);
+                }
+                (mean, rstd(&var, self.eps))
+            }
         };
         let affine =
             self.affine.as_ref().map(|a| (a, AffineAxes { outer: n, features: c, inner: hw }));

@@ -104,7 +104,7 @@ pub struct NormGrads<T> {
 /// Partial sums of the reductions, as `cnn_tensor::sum`'s.
 const LANES: usize = cnn_tensor::SUM_LANES;
 
-/// `(Σ a, Σ a·(b − shift))`... in lanes: `(Σ a, Σ a·b')` with `b' = b − shift`.
+/// `(Σ a, Σ a·(b − shift))`, each summed in lanes.
 #[inline(always)]
 fn sum_and_dot<T: Float>(a: &[T], b: &[T], shift: T) -> (T, T) {
     let (mut s, mut d) = ([T::zero(); LANES], [T::zero(); LANES]);
@@ -155,7 +155,12 @@ fn fold<T: Float>(mut acc: [T; LANES]) -> T {
     acc[0]
 }
 
-fn check(op: &'static str, len: usize, axes: &NormAxes, affine: Option<&AffineAxes>) -> Result<()> {
+pub(crate) fn check(
+    op: &'static str,
+    len: usize,
+    axes: &NormAxes,
+    affine: Option<&AffineAxes>,
+) -> Result<()> {
     if axes.len() != len {
         return Err(Error::shape(
             op,
@@ -541,7 +546,7 @@ fn run_sums_body<T: Float>(
     runs
 }
 
-fn check_backward<T>(
+pub(crate) fn check_backward<T>(
     x: &[T],
     dy: &[T],
     axes: NormAxes,
@@ -560,7 +565,7 @@ fn check_backward<T>(
     Ok(())
 }
 
-fn check_params<T>(
+pub(crate) fn check_params<T>(
     axes: NormAxes,
     mean: &[T],
     rstd: &[T],

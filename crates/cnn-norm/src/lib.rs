@@ -12,7 +12,8 @@
 //! The kernel ([`moments`], [`normalize_forward`], [`normalize_backward`])
 //! views the input as `[outer, groups, inner]` and takes one mean and
 //! variance per group; the layers only choose that view and the shape of γ
-//! and β (see [`NormAxes`], [`AffineAxes`]).
+//! and β (see [`NormAxes`], [`AffineAxes`]). Its naive twin, plain loops
+//! the fast paths are held equal to, is [`naive`].
 //!
 //! ```
 //! use cnn_norm::{BatchNorm, BatchNormConfig, GroupNorm, GroupNormConfig};
@@ -35,6 +36,7 @@ mod group_norm;
 mod kernel;
 mod layer_norm;
 mod layer_norm2d;
+pub mod naive;
 
 pub use batch_norm::{BatchNorm, BatchNormConfig};
 pub use group_norm::{GroupNorm, GroupNormConfig, InstanceNorm2d, InstanceNormConfig};

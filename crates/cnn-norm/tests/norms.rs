@@ -4,24 +4,15 @@
 #![allow(clippy::unwrap_used)]
 
 use cnn_norm::{
-    BatchNorm, BatchNormConfig, GroupNorm, GroupNormConfig, InstanceNorm2d, InstanceNormConfig,
-    LayerNorm, LayerNorm2d, LayerNorm2dConfig, LayerNormConfig,
+    AffineAxes, BatchNorm, BatchNormConfig, GroupNorm, GroupNormConfig, InstanceNorm2d,
+    InstanceNormConfig, LayerNorm, LayerNorm2d, LayerNorm2dConfig, LayerNormConfig, NormAxes,
 };
 use cnn_tensor::gradcheck::{check_layer, GradCheckConfig};
 use cnn_tensor::random::{normal, seeded_rng};
 use cnn_tensor::{ArrayD, Error, Layer, Mode, Param};
+use cnn_test_support::{max_abs_diff, proptest_config as config};
 use ndarray::{s, Axis};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed};
-
-fn config(cases: u32) -> Config {
-    Config {
-        cases,
-        rng_seed: RngSeed::Fixed(0x5eed),
-        failure_persistence: None,
-        ..Config::default()
-    }
-}
 
 /// Random γ and β so that the affine gradients are not trivially symmetric.
 fn randomize_affine(layer: &mut dyn Layer<f64>, seed: u64) {
@@ -31,10 +22,6 @@ fn randomize_affine(layer: &mut dyn Layer<f64>, seed: u64) {
             p.value = normal(p.value.shape(), 0.5, 1.0, &mut rng);
         }
     });
-}
-
-fn max_abs_diff(a: &ArrayD<f64>, b: &ArrayD<f64>) -> f64 {
-    a.iter().zip(b).fold(0.0, |m, (x, y)| m.max((x - y).abs()))
 }
 
 proptest! {
@@ -446,4 +433,105 @@ fn config_defaults_are_pytorchs() {
     assert_eq!(keys(&mut LayerNorm::new(ln.clone()).unwrap()), ["weight", "bias"]);
     assert!(keys(&mut LayerNorm::new(ln.with_elementwise_affine(false)).unwrap()).is_empty());
     assert_eq!(keys(&mut LayerNorm2d::new(LayerNorm2dConfig::new(4)).unwrap()), ["weight", "bias"]);
+}
+
+/// The `[outer, groups, inner]` statistics view and the `[outer, features,
+/// inner]` affine view of one norm on an `[n, c, hw]` input, as the layers
+/// build them: 0 BatchNorm, 1 InstanceNorm, 2 GroupNorm(g), 3 LayerNorm.
+fn views(kind: usize, n: usize, c: usize, g: usize, hw: usize) -> (NormAxes, AffineAxes) {
+    match kind {
+        0 => (
+            NormAxes { outer: n, groups: c, inner: hw },
+            AffineAxes { outer: n, features: c, inner: hw },
+        ),
+        1 => (
+            NormAxes { outer: 1, groups: n * c, inner: hw },
+            AffineAxes { outer: n, features: c, inner: hw },
+        ),
+        2 => (
+            NormAxes { outer: 1, groups: n * g, inner: c / g * hw },
+            AffineAxes { outer: n, features: c, inner: hw },
+        ),
+        _ => (
+            NormAxes { outer: 1, groups: n, inner: c * hw },
+            AffineAxes { outer: n, features: c * hw, inner: 1 },
+        ),
+    }
+}
+
+proptest! {
+    #![proptest_config(config(96))]
+
+    /// Every fast path of the kernel (moments, forward, fused forward,
+    /// backward with and without batch statistics, fused backward) equals
+    /// the naive loops to 1e-12 in f64, on random shapes of every norm's view.
+    #[test]
+    fn fast_kernel_equals_its_naive_twin(
+        kind in 0..4usize, n in 1..5usize, g in 1..4usize, cpg in 1..4usize,
+        hw in 1..80usize, affine in any::<bool>(), seed in 0u64..1000,
+    ) {
+        use cnn_norm::{naive, Affine};
+        let c = g * cpg;
+        let (axes, aaxes) = views(kind, n, c, g, hw);
+        let mut rng = seeded_rng(seed);
+        let len = n * c * hw;
+        let x: Vec<f64> = normal(&[len], 1.5, 2.0, &mut rng).into_iter().collect();
+        let dy: Vec<f64> = normal(&[len], 0.0, 1.0, &mut rng).into_iter().collect();
+        let gamma: Vec<f64> = normal(&[aaxes.features], 1.0, 0.5, &mut rng).into_iter().collect();
+        let beta: Vec<f64> = normal(&[aaxes.features], 0.0, 0.5, &mut rng).into_iter().collect();
+        let af = affine.then_some(Affine { gamma: &gamma, beta: &beta, axes: aaxes });
+        let close = |what: &str, fast: &[f64], slow: &[f64]| {
+            let e = cnn_test_support::rel_err_slice(fast, slow);
+            prop_assert!(e < 1e-12, "{what}: relative error {e:e} ({axes:?}, affine {affine})");
+            Ok(())
+        };
+
+        let fast_m = cnn_norm::moments(&x, axes).unwrap();
+        let slow_m = naive::moments(&x, axes).unwrap();
+        close("mean", &fast_m.mean, &slow_m.mean)?;
+        close("var", &fast_m.var, &slow_m.var)?;
+        let r = cnn_norm::rstd(&slow_m.var, 1e-5);
+        let slow_y = naive::normalize_forward(&x, axes, &slow_m.mean, &r, af).unwrap();
+        close("forward", &cnn_norm::normalize_forward(&x, axes, &slow_m.mean, &r, af).unwrap(), &slow_y)?;
+        if axes.outer == 1 {
+            let (y, mean, var) = cnn_norm::normalize_fused(&x, axes, 1e-5, af).unwrap();
+            close("fused forward", &y, &slow_y)?;
+            close("fused mean", &mean, &slow_m.mean)?;
+            close("fused var", &var, &slow_m.var)?;
+        }
+        for batch_stats in [true, false] {
+            let slow = naive::normalize_backward(&x, &dy, axes, &slow_m.mean, &r, af, batch_stats).unwrap();
+            let fast = cnn_norm::normalize_backward(&x, &dy, axes, &slow_m.mean, &r, af, batch_stats).unwrap();
+            close("dx", &fast.dx, &slow.dx)?;
+            close("dgamma", &fast.dgamma, &slow.dgamma)?;
+            close("dbeta", &fast.dbeta, &slow.dbeta)?;
+            if batch_stats {
+                let fused = cnn_norm::normalize_backward_fused(&x, &dy, axes, &slow_m.mean, &r, af).unwrap();
+                close("fused dx", &fused.dx, &slow.dx)?;
+                close("fused dgamma", &fused.dgamma, &slow.dgamma)?;
+                close("fused dbeta", &fused.dbeta, &slow.dbeta)?;
+            }
+        }
+    }
+}
+
+#[test]
+fn naive_twin_refuses_views_that_do_not_fit() {
+    use cnn_norm::naive;
+    let axes = NormAxes { outer: 2, groups: 3, inner: 4 };
+    let e = naive::moments(&[0.0f64; 23], axes).unwrap_err();
+    assert!(matches!(e, Error::Shape { op: "norm", .. }), "{e}");
+    let e = naive::normalize_forward(&[0.0f64; 24], axes, &[0.0; 3], &[1.0; 2], None).unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
+    let e = naive::normalize_backward(
+        &[0.0f64; 24],
+        &[0.0; 20],
+        axes,
+        &[0.0; 3],
+        &[1.0; 3],
+        None,
+        true,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("dy has 20 elements"), "{e}");
 }

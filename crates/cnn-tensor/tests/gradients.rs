@@ -8,18 +8,9 @@ use cnn_tensor::{
     cross_entropy_backward, cross_entropy_forward, linear_backward, linear_forward, random, ArrayD,
 };
 use cnn_tensor::{Linear, LinearConfig};
+use cnn_test_support::proptest_config as config;
 use ndarray::{Ix1, Ix2};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed};
-
-fn config(cases: u32) -> Config {
-    Config {
-        cases,
-        rng_seed: RngSeed::Fixed(0x5eed),
-        failure_persistence: None,
-        ..Config::default()
-    }
-}
 
 proptest! {
     #![proptest_config(config(64))]

@@ -2,29 +2,12 @@
 #![allow(dead_code)]
 
 use cnn_tensor::random::{normal, seeded_rng};
-use ndarray::{Array, Array4, ArrayD, Dimension, Ix4};
-use proptest::test_runner::{Config, RngSeed};
-
-/// Proptest settings: a fixed seed so that CI runs are repeatable.
-pub fn proptest_config(cases: u32) -> Config {
-    Config {
-        cases,
-        rng_seed: RngSeed::Fixed(0x5eed),
-        failure_persistence: None,
-        ..Config::default()
-    }
-}
+pub use cnn_test_support::{proptest_config, rel_err};
+use ndarray::{Array4, ArrayD, Ix4};
 
 /// A standard-normal 4-D tensor from a seed.
 pub fn randn4(shape: [usize; 4], seed: u64) -> Array4<f64> {
     normal(&shape, 0.0, 1.0, &mut seeded_rng(seed)).into_dimensionality::<Ix4>().expect("4-D")
-}
-
-/// `max |a − b| / max |b|`: the error relative to the reference's scale.
-pub fn rel_err<D: Dimension>(a: &Array<f64, D>, b: &Array<f64, D>) -> f64 {
-    assert_eq!(a.shape(), b.shape());
-    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(f64::MIN_POSITIVE);
-    a.iter().zip(b).fold(0.0f64, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
 /// Distinct values spaced 0.01 apart in a seeded order, so that no max-pool
