@@ -312,7 +312,7 @@ fn load<T: Float>(
     pairs: &[(&str, &str)],
 ) -> Result<(), String> {
     let mut missing: Vec<&str> = pairs.iter().map(|p| p.0).collect();
-    layer.visit("", &mut |key, p| {
+    layer.visit_mut("", &mut |key, p| {
         if let Some((_, name)) = pairs.iter().find(|(k, _)| *k == key) {
             p.value =
                 c.t::<T>(name).into_shape_with_order(p.value.raw_dim()).expect("parameter shape");
@@ -329,7 +329,7 @@ fn load<T: Float>(
 /// A layer's gradient (or, for buffers, value) by key.
 fn param<T: Float>(layer: &mut dyn Layer<T>, key: &str, grad: bool) -> ArrayD<T> {
     let mut out = None;
-    layer.visit("", &mut |k, p| {
+    layer.visit_mut("", &mut |k, p| {
         if k == key {
             out = Some(if grad { p.grad.clone() } else { p.value.clone() });
         }
@@ -568,7 +568,7 @@ fn check_model_in<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), Strin
     // Load every parameter and buffer; the file must hold exactly the model's keys.
     let mut keys = Vec::new();
     let mut missing = Vec::new();
-    net.visit("", &mut |key, p| {
+    net.visit_mut("", &mut |key, p| {
         keys.push(key.to_string());
         let name = format!("param.{key}");
         let value = match (c.floats.get(&name), c.ints.get(&name)) {
@@ -600,7 +600,7 @@ fn check_model_in<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), Strin
     net.backward(dlogits.into_dyn()).map_err(e)?;
     let mut grads = Vec::new();
     let mut after = Vec::new();
-    net.visit("", &mut |key, p| {
+    net.visit_mut("", &mut |key, p| {
         if c.has(&format!("grad.{key}")) {
             grads.push((key.to_string(), p.grad.clone()));
         }

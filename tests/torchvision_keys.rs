@@ -32,7 +32,7 @@ fn manifest_entry(manifest: &serde_json::Value, name: &str) -> Vec<(String, Vec<
 /// `(key, shape, dtype)` of each tensor of our model, as PyTorch would save it.
 fn ours(mut model: Sequential<f32>) -> Vec<(String, Vec<usize>, String)> {
     let mut got = Vec::new();
-    model.visit("", &mut |key, p| {
+    model.visit_mut("", &mut |key, p| {
         let dtype = if key.ends_with("num_batches_tracked") { "int64" } else { "float64" };
         got.push((key.to_string(), p.value.shape().to_vec(), dtype.to_string()));
     });
@@ -149,7 +149,7 @@ fn zero_init_residual_and_summary() {
     assert_eq!(zero_init_residual(&mut r50), 16, "one bn3 per Bottleneck");
     let mut r18 = resnet18::<f32, _>(10, &mut seeded_rng(3)).unwrap();
     assert_eq!(zero_init_residual(&mut r18), 8, "one bn2 per BasicBlock");
-    r18.visit("", &mut |k, p| {
+    r18.visit_mut("", &mut |k, p| {
         if k == "layer1.0.bn2.weight" {
             assert!(p.value.iter().all(|&v| v == 0.0));
         }
@@ -165,6 +165,11 @@ fn zero_init_residual_and_summary() {
     assert_eq!(row("conv1").output_shape, vec![1, 16, 32, 32]);
     assert_eq!(row("layer2").output_shape, vec![1, 32, 16, 16]);
     assert_eq!(row("layer3.2").kind, "BasicBlock");
+    // Summaries descend into residual blocks: both branches, with their shapes.
+    assert_eq!(row("layer3.2.conv1").kind, "Conv2d");
+    assert_eq!(row("layer3.2.bn2").output_shape, vec![1, 64, 8, 8]);
+    assert_eq!(row("layer2.0.downsample").output_shape, vec![1, 32, 16, 16]);
+    assert_eq!(row("layer2.0.downsample.0").params, 16 * 32);
     assert_eq!(row("fc").output_shape, vec![1, 10]);
     assert_eq!(row("fc").params, 650);
     assert_eq!(row("(model)").params, 272_474);

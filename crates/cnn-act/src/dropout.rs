@@ -79,7 +79,9 @@ impl<T: Float> Layer<T> for Dropout {
         Ok(dy)
     }
 
-    fn visit(&mut self, _prefix: &str, _f: &mut dyn FnMut(&str, &mut Param<T>)) {}
+    fn visit_mut(&mut self, _prefix: &str, _f: &mut dyn FnMut(&str, &mut Param<T>)) {}
+
+    fn visit(&self, _prefix: &str, _f: &mut dyn FnMut(&str, &Param<T>)) {}
 
     fn reseed(&mut self, seed: u64) {
         self.rng = seeded_rng(seed);

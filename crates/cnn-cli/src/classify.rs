@@ -67,7 +67,7 @@ pub fn classify(req: &ClassifyRequest<'_>) -> Result<()> {
     let image = [channels, req.size, req.size];
     let mut probe = arch::build(req.arch, image, 1000, 0)?;
     let mut keys = Vec::new();
-    probe.model.visit("", &mut |k, _| keys.push(k.to_string()));
+    probe.model.visit_mut("", &mut |k, _| keys.push(k.to_string()));
     if let Some(prefix) = dict.common_prefix(&keys) {
         dict.strip_prefix(&prefix);
     }

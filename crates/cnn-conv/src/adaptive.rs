@@ -120,7 +120,9 @@ impl<T: Float> Layer<T> for AdaptiveAvgPool2d {
         Ok(adaptive_avg_pool2d_backward(dy.view(), shape)?.into_dyn())
     }
 
-    fn visit(&mut self, _prefix: &str, _f: &mut dyn FnMut(&str, &mut Param<T>)) {}
+    fn visit_mut(&mut self, _prefix: &str, _f: &mut dyn FnMut(&str, &mut Param<T>)) {}
+
+    fn visit(&self, _prefix: &str, _f: &mut dyn FnMut(&str, &Param<T>)) {}
 }
 
 #[cfg(test)]

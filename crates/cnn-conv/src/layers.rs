@@ -279,9 +279,16 @@ impl<T: Float> Layer<T> for Conv2d<T> {
         Ok(grads.dx.into_dyn())
     }
 
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
         f(&join_key(prefix, "weight"), &mut self.weight);
         if let Some(b) = self.bias.as_mut() {
+            f(&join_key(prefix, "bias"), b);
+        }
+    }
+
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param<T>)) {
+        f(&join_key(prefix, "weight"), &self.weight);
+        if let Some(b) = self.bias.as_ref() {
             f(&join_key(prefix, "bias"), b);
         }
     }
@@ -326,7 +333,9 @@ impl<T: Float> Layer<T> for MaxPool2d {
         Ok(max_pool2d_backward(dy.view(), argmax.view(), shape)?.into_dyn())
     }
 
-    fn visit(&mut self, _prefix: &str, _f: &mut dyn FnMut(&str, &mut Param<T>)) {}
+    fn visit_mut(&mut self, _prefix: &str, _f: &mut dyn FnMut(&str, &mut Param<T>)) {}
+
+    fn visit(&self, _prefix: &str, _f: &mut dyn FnMut(&str, &Param<T>)) {}
 }
 
 /// `nn.AvgPool2d`: no parameters.
@@ -358,7 +367,9 @@ impl<T: Float> Layer<T> for AvgPool2d {
         Ok(avg_pool2d_backward(dy.view(), shape, &self.options)?.into_dyn())
     }
 
-    fn visit(&mut self, _prefix: &str, _f: &mut dyn FnMut(&str, &mut Param<T>)) {}
+    fn visit_mut(&mut self, _prefix: &str, _f: &mut dyn FnMut(&str, &mut Param<T>)) {}
+
+    fn visit(&self, _prefix: &str, _f: &mut dyn FnMut(&str, &Param<T>)) {}
 }
 
 /// `nn.AdaptiveAvgPool2d(1)`: `[N, C, H, W]` → `[N, C, 1, 1]`, no parameters.
@@ -388,5 +399,7 @@ impl<T: Float> Layer<T> for GlobalAvgPool2d {
         Ok(global_avg_pool2d_backward(dy.view(), shape)?.into_dyn())
     }
 
-    fn visit(&mut self, _prefix: &str, _f: &mut dyn FnMut(&str, &mut Param<T>)) {}
+    fn visit_mut(&mut self, _prefix: &str, _f: &mut dyn FnMut(&str, &mut Param<T>)) {}
+
+    fn visit(&self, _prefix: &str, _f: &mut dyn FnMut(&str, &Param<T>)) {}
 }

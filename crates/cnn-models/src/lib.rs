@@ -235,27 +235,14 @@ fn resnet_basic<T: Float, R: Rng + ?Sized>(
     })
 }
 
-/// Sets the last BatchNorm γ of every residual block to zero (`bn3` in a
-/// Bottleneck, `bn2` in a BasicBlock), so that each block starts as the
-/// identity: torchvision's `zero_init_residual=True`. Returns how many it zeroed.
+/// Sets the last BatchNorm γ of every residual block's main branch to zero
+/// (`bn3` in a Bottleneck, `bn2` in a BasicBlock), so that each block starts
+/// as its shortcut: torchvision's `zero_init_residual=True`. The blocks are
+/// found through the model's structure ([`Layer::children_mut`], any
+/// [`cnn_nn::Residual`]), not by their keys. Returns how many it zeroed.
 pub fn zero_init_residual<T: Float>(model: &mut dyn Layer<T>) -> usize {
-    let mut keys = Vec::new();
-    model.visit("", &mut |k, _| keys.push(k.to_string()));
-    let is_block = |k: &str| k.starts_with("layer") && k.split('.').count() == 4;
-    let last: Vec<String> = keys
-        .iter()
-        .filter(|k| is_block(k) && (k.ends_with(".bn3.weight") || k.ends_with(".bn2.weight")))
-        .filter(|k| {
-            k.ends_with(".bn3.weight") || !keys.contains(&k.replace(".bn2.weight", ".bn3.weight"))
-        })
-        .cloned()
-        .collect();
-    let mut n = 0;
-    model.visit("", &mut |k, p| {
-        if last.iter().any(|l| l == k) {
-            p.value.fill(T::zero());
-            n += 1;
-        }
-    });
-    n
+    if let Some(block) = model.as_any_mut().and_then(|a| a.downcast_mut::<cnn_nn::Residual<T>>()) {
+        return usize::from(block.zero_init_residual());
+    }
+    model.children_mut().into_iter().map(|(_, child)| zero_init_residual(child)).sum()
 }

@@ -17,7 +17,7 @@ fn step(net: &mut Sequential<f32>, x: &ArrayD<f32>) -> (ArrayD<f32>, Vec<(String
     let dlogits = cross_entropy_backward(l2, &targets, 0.0, 1.0).unwrap();
     net.backward(dlogits.into_dyn()).unwrap();
     let mut grads = Vec::new();
-    net.visit("", &mut |k, p| grads.push((k.to_string(), p.grad.clone())));
+    net.visit_mut("", &mut |k, p| grads.push((k.to_string(), p.grad.clone())));
     (logits, grads)
 }
 

@@ -22,7 +22,7 @@ fn settle(net: &mut Sequential<f32>, x: &ArrayD<f32>) {
         net.forward(x.clone(), Mode::Train).unwrap();
     }
     let mut rng = seeded_rng(7);
-    net.visit("", &mut |k, p| {
+    net.visit_mut("", &mut |k, p| {
         let norm = k.contains("bn") || k.contains("downsample.1") || k.starts_with("features.");
         if norm && p.value.ndim() == 1 && (k.ends_with("weight") || k.ends_with("bias")) {
             let noise: ArrayD<f32> = normal(p.value.shape(), 0.0, 0.3, &mut rng);
@@ -77,7 +77,7 @@ fn changed_weights_invalidate_the_folded_ones() {
     let before = net.forward(x.clone(), Mode::Eval).unwrap();
     for key in ["layer1.0.conv1.weight", "layer1.0.bn2.running_mean", "bn1.weight", "conv1.weight"]
     {
-        net.visit("", &mut |k, p| {
+        net.visit_mut("", &mut |k, p| {
             if k == key {
                 p.value.iter_mut().step_by(3).for_each(|v| *v += 0.5);
             }
@@ -92,4 +92,24 @@ fn changed_weights_invalidate_the_folded_ones() {
     let y = net.forward(x.clone(), Mode::Eval).unwrap();
     let err = net.backward(ArrayD::ones(y.raw_dim())).unwrap_err();
     assert!(matches!(err, Error::NoForward { .. }), "{err}");
+}
+
+/// The read-only visitor and the mutable one give the same keys, in the same
+/// order, with the same values, on every model; buffers carry no gradient.
+#[test]
+fn read_only_and_mutable_visitors_agree_on_every_model() {
+    for (name, mut net, _) in models() {
+        let mut read: Vec<(String, Vec<usize>, bool)> = Vec::new();
+        net.visit("", &mut |k, p| read.push((k.to_string(), p.value.shape().to_vec(), p.buffer)));
+        let mut written: Vec<(String, Vec<usize>, bool)> = Vec::new();
+        net.visit_mut("", &mut |k, p| {
+            written.push((k.to_string(), p.value.shape().to_vec(), p.buffer));
+        });
+        assert!(!read.is_empty(), "{name}");
+        assert_eq!(read, written, "{name}");
+        net.visit("", &mut |k, p| {
+            let expected: &[usize] = if p.buffer { &[0] } else { p.value.shape() };
+            assert_eq!(p.grad.shape(), expected, "{name} {k}");
+        });
+    }
 }

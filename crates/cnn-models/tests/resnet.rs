@@ -27,7 +27,7 @@ fn keys_follow_torchvision_and_the_plain_twin_has_no_shortcuts() {
     let mut rng = seeded_rng(2);
     let mut keys = Vec::new();
     let mut net = cifar_resnet::<f32, _>(20, 10, true, &mut rng).unwrap();
-    net.visit("", &mut |k, _| keys.push(k.to_string()));
+    net.visit_mut("", &mut |k, _| keys.push(k.to_string()));
     assert_eq!(
         keys[..6],
         [
@@ -45,7 +45,7 @@ fn keys_follow_torchvision_and_the_plain_twin_has_no_shortcuts() {
 
     let mut plain = cifar_resnet::<f32, _>(20, 10, false, &mut rng).unwrap();
     let mut plain_keys = Vec::new();
-    plain.visit("", &mut |k, _| plain_keys.push(k.to_string()));
+    plain.visit_mut("", &mut |k, _| plain_keys.push(k.to_string()));
     assert!(plain_keys.iter().all(|k| !k.contains("downsample")));
     let y = plain.forward(normal(&[2, 3, 32, 32], 0.0, 1.0, &mut rng), Mode::Eval).unwrap();
     assert_eq!(y.shape(), &[2, 10]);
@@ -77,7 +77,7 @@ fn frozen_parameters_stay_bitwise_and_gather_no_gradient() {
     }
     let y = net.forward(normal(&[4, 3, 8, 8], 0.0, 1.0, &mut rng), Mode::Train).unwrap();
     net.backward(y).unwrap();
-    net.visit("", &mut |k, p| {
+    net.visit_mut("", &mut |k, p| {
         if k.starts_with("layer1.") && !p.buffer {
             assert!(p.grad.iter().all(|&g| g == 0.0), "{k} gathered a gradient while frozen");
         }
@@ -90,7 +90,7 @@ fn frozen_parameters_stay_bitwise_and_gather_no_gradient() {
 
 fn snapshot(net: &mut dyn Layer<f32>, prefix: &str) -> Vec<(String, cnn_tensor::ArrayD<f32>)> {
     let mut out = Vec::new();
-    net.visit("", &mut |k, p| {
+    net.visit_mut("", &mut |k, p| {
         if k.starts_with(prefix) {
             out.push((k.to_string(), p.value.clone()));
         }
@@ -118,7 +118,7 @@ fn a_one_block_per_stage_convnext_passes_the_gradient_checker() {
         .with_drop_path_rate(0.3);
     let mut net = convnext::<f64, _>(&cfg, &mut seeded_rng(9)).unwrap();
     let mut rng = seeded_rng(3);
-    net.visit("", &mut |k, p| {
+    net.visit_mut("", &mut |k, p| {
         if k.ends_with("gamma") {
             p.value = normal(p.value.shape(), 0.5, 0.2, &mut rng);
         }

@@ -114,7 +114,7 @@ fn absent_batch_counters_are_kept_as_pytorch_does() {
     let path = scratch.path("no_counters.safetensors");
     let mut source = cnn_models::cifar_resnet::<f32, _>(8, 10, true, &mut seeded_rng(0)).unwrap();
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    source.visit("", &mut |k, p| {
+    source.visit_mut("", &mut |k, p| {
         if !k.ends_with("num_batches_tracked") {
             let bytes = p.value.iter().flat_map(|v| v.to_le_bytes()).collect();
             tensors.push((k.to_string(), p.value.shape().to_vec(), bytes));
@@ -168,7 +168,7 @@ fn half_precision_files_load_converted() {
     );
     let report = load_state_dict(&mut net, &path, true).unwrap();
     assert_eq!(report.loaded, 2);
-    net.visit("", &mut |k, p| {
+    net.visit_mut("", &mut |k, p| {
         let got: Vec<f32> = p.value.iter().copied().collect();
         let expect: Vec<f32> = if k == "0.weight" {
             (0..12).map(|i| want[i % 6]).collect()
@@ -187,7 +187,7 @@ fn a_wrapper_prefix_on_every_key_is_named_in_one_line() {
     let path = scratch.path("dataparallel.safetensors");
     let mut source = cnn_models::cifar_resnet::<f32, _>(8, 10, true, &mut seeded_rng(0)).unwrap();
     let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-    source.visit("", &mut |k, p| {
+    source.visit_mut("", &mut |k, p| {
         let (dtype, bytes) = if k.ends_with("num_batches_tracked") {
             (
                 safetensors::Dtype::I64,

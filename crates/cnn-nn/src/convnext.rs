@@ -155,9 +155,14 @@ impl<T: Float> Layer<T> for PixelLinear<T> {
         ArrayD::from_shape_vec(x.raw_dim(), dx).map_err(shape_err)
     }
 
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
         f(&join_key(prefix, "weight"), &mut self.weight);
         f(&join_key(prefix, "bias"), &mut self.bias);
+    }
+
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param<T>)) {
+        f(&join_key(prefix, "weight"), &self.weight);
+        f(&join_key(prefix, "bias"), &self.bias);
     }
 }
 
@@ -321,8 +326,18 @@ impl<T: Float> Layer<T> for ConvNeXtBlock<T> {
         Ok(d + dy)
     }
 
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
         if let Some(g) = self.gamma.as_mut() {
+            f(&join_key(prefix, "gamma"), g);
+        }
+        self.conv_dw.visit_mut(&join_key(prefix, "conv_dw"), f);
+        self.norm.visit_mut(&join_key(prefix, "norm"), f);
+        self.fc1.visit_mut(&join_key(prefix, "mlp.fc1"), f);
+        self.fc2.visit_mut(&join_key(prefix, "mlp.fc2"), f);
+    }
+
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param<T>)) {
+        if let Some(g) = self.gamma.as_ref() {
             f(&join_key(prefix, "gamma"), g);
         }
         self.conv_dw.visit(&join_key(prefix, "conv_dw"), f);

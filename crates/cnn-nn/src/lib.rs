@@ -21,20 +21,18 @@
 //! # Ok::<(), cnn_tensor::Error>(())
 //! ```
 
-mod block;
-mod bottleneck;
 mod convnext;
 mod fusion;
+mod residual;
 mod sequential;
 mod state_dict;
 mod summary;
 
-pub use block::BasicBlock;
-pub use bottleneck::{Bottleneck, EXPANSION};
 pub use cnn_tensor::write_atomic;
 pub use convnext::{trunc02, ConvNeXtBlock, ConvNeXtBlockConfig, PixelLinear};
 pub use fusion::{fusion_enabled, with_fusion};
-pub use sequential::{Flatten, Sequential};
+pub use residual::{BasicBlock, Bottleneck, Residual, Shortcut, EXPANSION};
+pub use sequential::{Flatten, Identity, Sequential};
 pub use state_dict::{
     bf16_to_f32, f16_to_f32, load_state_dict, save_state_dict, LoadReport, SaveDtype, StateDict,
 };
@@ -76,7 +74,7 @@ pub fn unfreeze<T: Float>(model: &mut dyn Layer<T>, prefix: &str) -> usize {
 
 fn set_trainable<T: Float>(model: &mut dyn Layer<T>, prefix: &str, trainable: bool) -> usize {
     let mut n = 0;
-    model.visit("", &mut |key, p| {
+    model.visit_mut("", &mut |key, p| {
         if !p.buffer && under(key, prefix) {
             p.trainable = trainable;
             n += 1;
@@ -86,7 +84,7 @@ fn set_trainable<T: Float>(model: &mut dyn Layer<T>, prefix: &str, trainable: bo
 }
 
 /// `(total, trainable)` parameter counts (buffers excluded), as torchinfo reports.
-pub fn count_params<T: Float>(model: &mut dyn Layer<T>) -> (usize, usize) {
+pub fn count_params<T: Float>(model: &dyn Layer<T>) -> (usize, usize) {
     let (mut total, mut trainable) = (0, 0);
     model.visit("", &mut |_, p| {
         if !p.buffer {

@@ -1,12 +1,13 @@
-//! `Sequential` and `Flatten`.
+//! `Sequential`, `Flatten` and `Identity`.
 
 use cnn_tensor::{join_key, ArrayD, Error, Float, IxDyn, Layer, Mode, Param, Result};
+use ndarray::ArrayViewD;
 
 /// Layers applied in order (`nn.Sequential`). Children are named `0`, `1`, …
 /// unless given a name, and their parameters' keys start with that name.
 #[derive(Default)]
 pub struct Sequential<T: Float = f32> {
-    children: Vec<(String, Box<dyn Layer<T>>)>,
+    pub(crate) children: Vec<(String, Box<dyn Layer<T>>)>,
 }
 
 impl<T: Float> Sequential<T> {
@@ -53,6 +54,55 @@ impl<T: Float> Sequential<T> {
         self.replace_child(path, Box::new(layer))
     }
 
+    /// The child named `name`, to read.
+    pub fn get(&self, name: &str) -> Option<&dyn Layer<T>> {
+        self.children.iter().find(|(n, _)| n == name).map(|(_, l)| l.as_ref() as &dyn Layer<T>)
+    }
+
+    /// The child named `name`, to change.
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut dyn Layer<T>> {
+        self.children
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .map(|(_, l)| l.as_mut() as &mut dyn Layer<T>)
+    }
+
+    /// Inserts `layer` under `name` at position `index` (0 = first; `len()` appends).
+    ///
+    /// # Errors
+    /// [`Error::Config`] when `index` is past the end or `name` is taken
+    /// (two children under one name would share their state-dict keys).
+    pub fn insert(
+        &mut self,
+        index: usize,
+        name: &str,
+        layer: impl Layer<T> + 'static,
+    ) -> Result<()> {
+        if index > self.children.len() {
+            return Err(Error::config(
+                "sequential",
+                format!("insert at {index} in a container of {} children", self.children.len()),
+            ));
+        }
+        if self.get(name).is_some() {
+            return Err(Error::config("sequential", format!("a child named {name:?} exists")));
+        }
+        self.children.insert(index, (name.to_string(), Box::new(layer)));
+        Ok(())
+    }
+
+    /// Removes the child named `name` and returns it (the others keep their names).
+    ///
+    /// # Errors
+    /// [`Error::Config`] when there is no such child, listing the names there are.
+    pub fn remove(&mut self, name: &str) -> Result<Box<dyn Layer<T>>> {
+        let names = self.names_vec();
+        let at = self.children.iter().position(|(n, _)| n == name).ok_or_else(|| {
+            Error::config("sequential", format!("no child named {name:?}; children: {names:?}"))
+        })?;
+        Ok(self.children.remove(at).1)
+    }
+
     fn names_vec(&self) -> Vec<String> {
         self.children.iter().map(|(n, _)| n.clone()).collect()
     }
@@ -71,16 +121,15 @@ impl<T: Float> Sequential<T> {
 impl<T: Float> Sequential<T> {
     /// Eval-mode forward with fused inference ([`crate::with_fusion`]): each
     /// run of conv (→ BatchNorm2d) (→ ReLU) goes as one convolution.
-    fn forward_fused(&mut self, mut x: ArrayD<T>) -> Result<ArrayD<T>> {
-        let mut i = 0;
+    fn forward_fused(&mut self, x: ArrayD<T>) -> Result<ArrayD<T>> {
+        self.forward_fused_from(0, x)
+    }
+
+    /// [`Sequential::forward_fused`] from child `i` on.
+    fn forward_fused_from(&mut self, mut i: usize, mut x: ArrayD<T>) -> Result<ArrayD<T>> {
         while i < self.children.len() {
-            let end = (i + 3).min(self.children.len());
-            let mut run: Vec<&mut dyn Layer<T>> = self.children[i..end]
-                .iter_mut()
-                .map(|(_, l)| &mut **l as &mut dyn Layer<T>)
-                .collect();
-            if let Some((used, y)) = crate::fusion::run_fused(&mut run, &x)? {
-                x = y.into_dyn();
+            if let Some((used, y)) = self.fused_run(i, &x)? {
+                x = y;
                 i += used;
             } else {
                 x = self.children[i].1.forward(x, Mode::Eval)?;
@@ -88,6 +137,35 @@ impl<T: Float> Sequential<T> {
             }
         }
         Ok(x)
+    }
+
+    /// The fusable run at child `i` on `x`, if there is one: how many
+    /// children it covers and its output.
+    fn fused_run(&mut self, i: usize, x: &ArrayD<T>) -> Result<Option<(usize, ArrayD<T>)>> {
+        let end = (i + 3).min(self.children.len());
+        let mut run: Vec<&mut dyn Layer<T>> =
+            self.children[i..end].iter_mut().map(|(_, l)| &mut **l as &mut dyn Layer<T>).collect();
+        Ok(crate::fusion::run_fused(&mut run, x)?.map(|(used, y)| (used, y.into_dyn())))
+    }
+
+    /// Eval-mode forward of a borrowed input, for a residual block that adds
+    /// the input after: with fused inference a leading convolution reads `x`
+    /// in place; otherwise the first child gets a copy.
+    pub(crate) fn forward_eval_borrowed(&mut self, x: &ArrayD<T>) -> Result<ArrayD<T>> {
+        if self.children.is_empty() {
+            return Ok(x.clone());
+        }
+        if crate::fusion_enabled() {
+            if let Some((used, y)) = self.fused_run(0, x)? {
+                return self.forward_fused_from(used, y);
+            }
+        }
+        let y = self.children[0].1.forward(x.clone(), Mode::Eval)?;
+        if crate::fusion_enabled() {
+            self.forward_fused_from(1, y)
+        } else {
+            self.children[1..].iter_mut().try_fold(y, |y, (_, l)| l.forward(y, Mode::Eval))
+        }
     }
 }
 
@@ -109,8 +187,25 @@ impl<T: Float> Layer<T> for Sequential<T> {
         Ok(dy)
     }
 
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
+    fn backward_view(&mut self, dy: ArrayViewD<'_, T>) -> Result<ArrayD<T>> {
+        let Some(((_, last), rest)) = self.children.split_last_mut() else {
+            return Ok(dy.to_owned());
+        };
+        let mut d = last.backward_view(dy)?;
+        for (_, layer) in rest.iter_mut().rev() {
+            d = layer.backward(d)?;
+        }
+        Ok(d)
+    }
+
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
         for (name, layer) in &mut self.children {
+            layer.visit_mut(&join_key(prefix, name), f);
+        }
+    }
+
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param<T>)) {
+        for (name, layer) in &self.children {
             layer.visit(&join_key(prefix, name), f);
         }
     }
@@ -175,5 +270,44 @@ impl<T: Float> Layer<T> for Flatten {
         })
     }
 
-    fn visit(&mut self, _prefix: &str, _f: &mut dyn FnMut(&str, &mut Param<T>)) {}
+    fn visit_mut(&mut self, _prefix: &str, _f: &mut dyn FnMut(&str, &mut Param<T>)) {}
+
+    fn visit(&self, _prefix: &str, _f: &mut dyn FnMut(&str, &Param<T>)) {}
+}
+
+/// `nn.Identity`: returns its input; no parameters. A placeholder where a
+/// layer is removed but the container's names must stay (a headless backbone:
+/// `net.replace("fc", Identity::new())`).
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    shape: Option<Vec<usize>>,
+}
+
+impl Identity {
+    /// An identity layer.
+    pub fn new() -> Self {
+        Identity::default()
+    }
+}
+
+impl<T: Float> Layer<T> for Identity {
+    fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
+        self.shape = (mode == Mode::Train).then(|| x.shape().to_vec());
+        Ok(x)
+    }
+
+    fn backward(&mut self, dy: ArrayD<T>) -> Result<ArrayD<T>> {
+        let shape = self.shape.take().ok_or(Error::NoForward { op: "identity" })?;
+        if dy.shape() != shape.as_slice() {
+            return Err(Error::shape(
+                "identity",
+                format!("dy is {:?}, expected the output shape {shape:?}", dy.shape()),
+            ));
+        }
+        Ok(dy)
+    }
+
+    fn visit(&self, _prefix: &str, _f: &mut dyn FnMut(&str, &Param<T>)) {}
+
+    fn visit_mut(&mut self, _prefix: &str, _f: &mut dyn FnMut(&str, &mut Param<T>)) {}
 }

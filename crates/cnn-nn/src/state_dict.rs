@@ -69,7 +69,7 @@ fn is_counter(key: &str) -> bool {
 /// # Errors
 /// [`Error::Io`] naming the path when it cannot be written.
 pub fn save_state_dict<T: Float>(
-    model: &mut dyn Layer<T>,
+    model: &dyn Layer<T>,
     path: &Path,
     dtype: SaveDtype,
 ) -> Result<()> {
@@ -280,7 +280,7 @@ impl StateDict {
     ) -> Result<LoadReport> {
         let mut report = LoadReport::default();
         let mut model_keys = std::collections::HashSet::new();
-        model.visit("", &mut |key, p| {
+        model.visit_mut("", &mut |key, p| {
             model_keys.insert(key.to_string());
             if skip(key) {
                 return;
@@ -323,7 +323,7 @@ impl StateDict {
                 msg: format!("state dict does not match the model: {report}"),
             });
         }
-        model.visit("", &mut |key, p| {
+        model.visit_mut("", &mut |key, p| {
             if skip(key) {
                 return;
             }

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use cnn_tensor::{join_key, ArrayD, Float, IxDyn, Layer, Mode, Result};
 
-use crate::count_params;
+use crate::{count_params, Residual, Shortcut};
 
 /// One row of a summary.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,8 +20,11 @@ pub struct SummaryRow {
 }
 
 /// Runs `model` in eval mode on zeros of `input_shape` and lists every layer
-/// (containers and their children) with its output shape and parameter count,
-/// then the totals. Returns the rows and the table as text.
+/// (containers and their children, residual blocks' branches included) with
+/// its output shape and parameter count, then the totals. Returns the rows and
+/// the table as text. It takes `&mut` because output shapes come from running
+/// the model, as torchinfo's do; [`crate::count_params`] and
+/// [`crate::save_state_dict`] only read it.
 ///
 /// # Errors
 /// Whatever the model's forward returns for that input.
@@ -56,6 +59,21 @@ fn short(type_name: &str) -> String {
     base.rsplit("::").next().unwrap_or(base).to_string()
 }
 
+/// The children of a container that applies them in order, each walked on
+/// the previous one's output.
+fn walk_chain<T: Float>(
+    layer: &mut dyn Layer<T>,
+    key: &str,
+    x: ArrayD<T>,
+    rows: &mut Vec<SummaryRow>,
+) -> Result<ArrayD<T>> {
+    let mut y = x;
+    for (name, child) in layer.children_mut() {
+        y = walk(child, &join_key(key, &name), y, rows)?;
+    }
+    Ok(y)
+}
+
 fn walk<T: Float>(
     layer: &mut dyn Layer<T>,
     key: &str,
@@ -71,15 +89,18 @@ fn walk<T: Float>(
         output_shape: Vec::new(),
         params,
     });
-    let children = layer.children_mut();
-    let y = if children.is_empty() {
+    let y = if let Some(block) = layer.as_any_mut().and_then(|a| a.downcast_mut::<Residual<T>>()) {
+        // Both branches from the block's input, their rows under the block;
+        // the block's own output from its forward.
+        walk_chain(&mut block.main, key, x.clone(), rows)?;
+        if let Shortcut::Projection(ds) = &mut block.shortcut {
+            walk(ds, &join_key(key, "downsample"), x.clone(), rows)?;
+        }
+        layer.forward(x, Mode::Eval)?
+    } else if layer.children_mut().is_empty() {
         layer.forward(x, Mode::Eval)?
     } else {
-        let mut y = x;
-        for (name, child) in children {
-            y = walk(child, &join_key(key, &name), y, rows)?;
-        }
-        y
+        walk_chain(layer, key, x, rows)?
     };
     rows[at].output_shape = y.shape().to_vec();
     Ok(y)

@@ -5,7 +5,7 @@
 use cnn_nn::{BasicBlock, Bottleneck, Flatten, Sequential};
 use cnn_tensor::gradcheck::{check_layer, FixedSeed, GradCheckConfig};
 use cnn_tensor::random::{normal, seeded_rng};
-use cnn_tensor::{Error, Layer, Linear, LinearConfig, Mode};
+use cnn_tensor::{ArrayD, Error, Layer, Linear, LinearConfig, Mode};
 
 #[test]
 fn blocks_pass_the_gradient_checker() {
@@ -33,9 +33,9 @@ fn blocks_pass_the_gradient_checker() {
 #[test]
 fn keys_and_replacement() {
     let mut rng = seeded_rng(4);
-    let mut block = Bottleneck::<f32>::new(8, 4, 2, &mut rng).unwrap();
+    let mut block: cnn_nn::Residual<f32> = Bottleneck::new(8, 4, 2, &mut rng).unwrap();
     let mut keys = Vec::new();
-    block.visit("layer2.0", &mut |k, _| keys.push(k.to_string()));
+    block.visit_mut("layer2.0", &mut |k, _| keys.push(k.to_string()));
     assert_eq!(keys[0], "layer2.0.conv1.weight");
     assert!(keys.contains(&"layer2.0.bn3.running_var".to_string()));
     assert_eq!(keys.last().unwrap(), "layer2.0.downsample.1.num_batches_tracked");
@@ -56,7 +56,7 @@ fn keys_and_replacement() {
 /// γ of every block set to random values near 0.5 so the branch counts.
 fn randomize_gamma(layer: &mut dyn Layer<f64>, seed: u64) {
     let mut rng = seeded_rng(seed);
-    layer.visit("", &mut |k, p| {
+    layer.visit_mut("", &mut |k, p| {
         if k.ends_with("gamma") {
             p.value = normal(p.value.shape(), 0.5, 0.2, &mut rng);
         }
@@ -82,4 +82,77 @@ mod convnext {
             prop_assert!(report.passed(), "{report}");
         }
     }
+}
+
+/// A `Sequential`'s children by name: get, insert, remove, and `Identity` in
+/// place of a removed head.
+#[test]
+fn sequential_children_by_name() {
+    use cnn_nn::Identity;
+    let mut rng = seeded_rng(5);
+    let mut net = Sequential::<f64>::new()
+        .push_named("fc1", Linear::new(LinearConfig::new(4, 3), &mut rng).unwrap())
+        .push_named("fc2", Linear::new(LinearConfig::new(3, 2), &mut rng).unwrap());
+    assert_eq!(net.get("fc2").unwrap().num_trainable(), 3 * 2 + 2);
+    assert!(net.get("fc3").is_none());
+    net.get_mut("fc1").unwrap().visit_mut("", &mut |_, p| p.value.fill(0.0));
+    net.insert(1, "act", Identity::new()).unwrap();
+    assert_eq!(net.names().collect::<Vec<_>>(), ["fc1", "act", "fc2"]);
+    let e = net.insert(1, "fc2", Identity::new()).unwrap_err();
+    assert!(e.to_string().contains(r#"a child named "fc2" exists"#), "{e}");
+    let e = net.insert(9, "x", Identity::new()).unwrap_err();
+    assert!(e.to_string().contains("insert at 9 in a container of 3 children"), "{e}");
+    let head = net.remove("fc2").unwrap();
+    assert_eq!(head.num_trainable(), 8);
+    let Err(e) = net.remove("fc2") else { panic!("removed twice") };
+    assert!(e.to_string().contains(r#"no child named "fc2"; children: ["fc1", "act"]"#), "{e}");
+    let x = normal(&[2, 4], 0.0, 1.0, &mut rng);
+    assert_eq!(net.forward(x, Mode::Train).unwrap(), ArrayD::<f64>::zeros(vec![2, 3]));
+
+    // Identity passes values and gradients through, and keeps the Layer contract.
+    let mut id = Identity::new();
+    let x = normal(&[3, 2], 0.0, 1.0, &mut rng);
+    let report = check_layer(&mut id, &x, 1, &GradCheckConfig::default()).unwrap();
+    assert!(report.passed(), "{report}");
+    assert!(matches!(Layer::<f64>::backward(&mut id, x.clone()), Err(Error::NoForward { .. })));
+    Layer::<f64>::forward(&mut id, x.clone(), Mode::Train).unwrap();
+    let e = Layer::<f64>::backward(&mut id, ArrayD::zeros(vec![2, 2])).unwrap_err();
+    assert!(e.to_string().contains("dy is [2, 2], expected the output shape [3, 2]"), "{e}");
+}
+
+/// A residual block built by hand from the combinator: gradients check, the
+/// shortcut's keys sit under `downsample`, and zero_init_residual finds the
+/// branch's last norm through the structure.
+#[test]
+fn residual_combinator_by_hand() {
+    use cnn_act::Act;
+    use cnn_conv::{Conv2d, Conv2dConfig};
+    use cnn_nn::{Residual, Shortcut};
+    use cnn_norm::{BatchNorm, BatchNormConfig};
+    let mut rng = seeded_rng(6);
+    let main = Sequential::<f64>::new()
+        .push_named(
+            "conv",
+            Conv2d::new(Conv2dConfig::new(3, 4, 3).with_padding(1), &mut rng).unwrap(),
+        )
+        .push_named("norm", BatchNorm::new_2d(BatchNormConfig::new(4)).unwrap());
+    let proj = Sequential::new().push(Conv2d::new(Conv2dConfig::new(3, 4, 1), &mut rng).unwrap());
+    let mut block = Residual::new(main, Shortcut::Projection(proj)).with_post(Act::relu());
+    let mut keys = Vec::new();
+    block.visit("", &mut |k, _| keys.push(k.to_string()));
+    assert_eq!(&keys[..4], ["conv.weight", "conv.bias", "norm.weight", "norm.bias"]);
+    assert!(keys.contains(&"downsample.0.weight".to_string()), "{keys:?}");
+    let x = normal(&[2, 3, 5, 5], 0.0, 1.0, &mut rng);
+    let cfg = GradCheckConfig { max_entries_per_tensor: 20, ..Default::default() };
+    let report = check_layer(&mut block, &x, 2, &cfg).unwrap();
+    assert!(report.passed(), "{report}");
+    assert!(block.zero_init_residual());
+    block.visit("", &mut |k, p| {
+        if k == "norm.weight" {
+            assert!(p.value.iter().all(|&v| v == 0.0));
+        }
+    });
+    let mut plain = Residual::new(Sequential::<f64>::new(), Shortcut::Identity);
+    assert!(!plain.zero_init_residual());
+    assert_eq!(plain.forward(x.clone(), Mode::Train).unwrap(), &x * 2.0);
 }

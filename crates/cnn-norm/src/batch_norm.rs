@@ -141,16 +141,6 @@ impl<T: Float> BatchNorm<T> {
         Some((scale, shift))
     }
 
-    /// [`Layer::backward`] reading `dy` without taking it: for a residual
-    /// block, whose shortcut needs the same gradient after (no copy of it).
-    ///
-    /// # Errors
-    /// As [`Layer::backward`].
-    pub fn backward_view(&mut self, dy: ArrayViewD<'_, T>) -> Result<ArrayD<T>> {
-        let cache = self.cache.take().ok_or(Error::NoForward { op: self.op })?;
-        backward_with(self.op, cache, dy, self.affine.as_mut())
-    }
-
     /// Whether this is `BatchNorm2d` (inputs `[N, C, H, W]`).
     pub fn is_2d(&self) -> bool {
         self.ranks == (4, 4)
@@ -202,15 +192,28 @@ impl<T: Float> Layer<T> for BatchNorm<T> {
     }
 
     fn backward(&mut self, dy: ArrayD<T>) -> Result<ArrayD<T>> {
-        let cache = self.cache.take().ok_or(Error::NoForward { op: self.op })?;
-        backward_with(self.op, cache, dy.view(), self.affine.as_mut())
+        self.backward_view(dy.view())
     }
 
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
+    fn backward_view(&mut self, dy: ArrayViewD<'_, T>) -> Result<ArrayD<T>> {
+        let cache = self.cache.take().ok_or(Error::NoForward { op: self.op })?;
+        backward_with(self.op, cache, dy, self.affine.as_mut())
+    }
+
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
         if let Some(a) = self.affine.as_mut() {
-            a.visit(prefix, f);
+            a.visit_mut(prefix, f);
         }
         if let Some(r) = self.running.as_mut() {
+            r.visit_mut(prefix, f);
+        }
+    }
+
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param<T>)) {
+        if let Some(a) = self.affine.as_ref() {
+            a.visit(prefix, f);
+        }
+        if let Some(r) = self.running.as_ref() {
             r.visit(prefix, f);
         }
     }

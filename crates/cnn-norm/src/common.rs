@@ -32,9 +32,14 @@ impl<T: Float> AffineParams<T> {
         Ok(Affine { gamma, beta, axes })
     }
 
-    pub(crate) fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
+    pub(crate) fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
         f(&join_key(prefix, "weight"), &mut self.weight);
         f(&join_key(prefix, "bias"), &mut self.bias);
+    }
+
+    pub(crate) fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param<T>)) {
+        f(&join_key(prefix, "weight"), &self.weight);
+        f(&join_key(prefix, "bias"), &self.bias);
     }
 
     pub(crate) fn add_grads(&mut self, dgamma: &[T], dbeta: &[T]) {
@@ -189,10 +194,16 @@ impl<T: Float> RunningStats<T> {
         }
     }
 
-    pub(crate) fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
+    pub(crate) fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
         f(&join_key(prefix, "running_mean"), &mut self.mean);
         f(&join_key(prefix, "running_var"), &mut self.var);
         f(&join_key(prefix, "num_batches_tracked"), &mut self.num_batches_tracked);
+    }
+
+    pub(crate) fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param<T>)) {
+        f(&join_key(prefix, "running_mean"), &self.mean);
+        f(&join_key(prefix, "running_var"), &self.var);
+        f(&join_key(prefix, "num_batches_tracked"), &self.num_batches_tracked);
     }
 }
 

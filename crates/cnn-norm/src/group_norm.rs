@@ -1,6 +1,7 @@
 //! `nn.GroupNorm` and `nn.InstanceNorm2d`.
 
 use cnn_tensor::{ArrayD, Error, Float, Layer, Mode, Param, Result};
+use ndarray::ArrayViewD;
 
 use crate::common::{
     backward_with, batch_moments, channels, check_settings, forward_fused, forward_with,
@@ -90,12 +91,22 @@ impl<T: Float> Layer<T> for GroupNorm<T> {
     }
 
     fn backward(&mut self, dy: ArrayD<T>) -> Result<ArrayD<T>> {
-        let cache = self.cache.take().ok_or(Error::NoForward { op: "group_norm" })?;
-        backward_with("group_norm", cache, dy.view(), self.affine.as_mut())
+        self.backward_view(dy.view())
     }
 
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
+    fn backward_view(&mut self, dy: ArrayViewD<'_, T>) -> Result<ArrayD<T>> {
+        let cache = self.cache.take().ok_or(Error::NoForward { op: "group_norm" })?;
+        backward_with("group_norm", cache, dy, self.affine.as_mut())
+    }
+
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
         if let Some(a) = self.affine.as_mut() {
+            a.visit_mut(prefix, f);
+        }
+    }
+
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param<T>)) {
+        if let Some(a) = self.affine.as_ref() {
             a.visit(prefix, f);
         }
     }
@@ -232,15 +243,28 @@ impl<T: Float> Layer<T> for InstanceNorm2d<T> {
     }
 
     fn backward(&mut self, dy: ArrayD<T>) -> Result<ArrayD<T>> {
-        let cache = self.cache.take().ok_or(Error::NoForward { op: "instance_norm2d" })?;
-        backward_with("instance_norm2d", cache, dy.view(), self.affine.as_mut())
+        self.backward_view(dy.view())
     }
 
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
+    fn backward_view(&mut self, dy: ArrayViewD<'_, T>) -> Result<ArrayD<T>> {
+        let cache = self.cache.take().ok_or(Error::NoForward { op: "instance_norm2d" })?;
+        backward_with("instance_norm2d", cache, dy, self.affine.as_mut())
+    }
+
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
         if let Some(a) = self.affine.as_mut() {
-            a.visit(prefix, f);
+            a.visit_mut(prefix, f);
         }
         if let Some(r) = self.running.as_mut() {
+            r.visit_mut(prefix, f);
+        }
+    }
+
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param<T>)) {
+        if let Some(a) = self.affine.as_ref() {
+            a.visit(prefix, f);
+        }
+        if let Some(r) = self.running.as_ref() {
             r.visit(prefix, f);
         }
     }

@@ -1,6 +1,7 @@
 //! `nn.LayerNorm`.
 
 use cnn_tensor::{ArrayD, Error, Float, Layer, Mode, Param, Result};
+use ndarray::ArrayViewD;
 
 use crate::common::{backward_with, check_settings, forward_fused, AffineParams, NormCache};
 use crate::{AffineAxes, NormAxes};
@@ -96,12 +97,22 @@ impl<T: Float> Layer<T> for LayerNorm<T> {
     }
 
     fn backward(&mut self, dy: ArrayD<T>) -> Result<ArrayD<T>> {
-        let cache = self.cache.take().ok_or(Error::NoForward { op: "layer_norm" })?;
-        backward_with("layer_norm", cache, dy.view(), self.affine.as_mut())
+        self.backward_view(dy.view())
     }
 
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
+    fn backward_view(&mut self, dy: ArrayViewD<'_, T>) -> Result<ArrayD<T>> {
+        let cache = self.cache.take().ok_or(Error::NoForward { op: "layer_norm" })?;
+        backward_with("layer_norm", cache, dy, self.affine.as_mut())
+    }
+
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
         if let Some(a) = self.affine.as_mut() {
+            a.visit_mut(prefix, f);
+        }
+    }
+
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param<T>)) {
+        if let Some(a) = self.affine.as_ref() {
             a.visit(prefix, f);
         }
     }

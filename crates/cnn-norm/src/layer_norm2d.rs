@@ -234,8 +234,13 @@ impl<T: Float> Layer<T> for LayerNorm2d<T> {
             .map_err(|e| Error::shape("layer_norm2d", e.to_string()))
     }
 
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
         f(&join_key(prefix, "weight"), &mut self.weight);
         f(&join_key(prefix, "bias"), &mut self.bias);
+    }
+
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param<T>)) {
+        f(&join_key(prefix, "weight"), &self.weight);
+        f(&join_key(prefix, "bias"), &self.bias);
     }
 }

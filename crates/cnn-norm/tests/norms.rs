@@ -17,7 +17,7 @@ use proptest::prelude::*;
 /// Random γ and β so that the affine gradients are not trivially symmetric.
 fn randomize_affine(layer: &mut dyn Layer<f64>, seed: u64) {
     let mut rng = seeded_rng(seed);
-    layer.visit("", &mut |key, p: &mut Param<f64>| {
+    layer.visit_mut("", &mut |key, p: &mut Param<f64>| {
         if key == "weight" || key == "bias" {
             p.value = normal(p.value.shape(), 0.5, 1.0, &mut rng);
         }
@@ -81,9 +81,9 @@ proptest! {
         randomize_affine(&mut fast, seed);
         let mut naive = LayerNorm::<f64>::new(LayerNormConfig::new(&[c]).with_eps(1e-6)).unwrap();
         let mut params = Vec::new();
-        fast.visit("", &mut |_, p| params.push(p.value.clone()));
+        fast.visit_mut("", &mut |_, p| params.push(p.value.clone()));
         let mut i = 0;
-        naive.visit("", &mut |_, p| { p.value = params[i].clone(); i += 1; });
+        naive.visit_mut("", &mut |_, p| { p.value = params[i].clone(); i += 1; });
         let x = normal(&[n, c, h, w], 0.5, 2.0, &mut seeded_rng(seed));
         let dy = normal(&[n, c, h, w], 0.0, 1.0, &mut seeded_rng(seed + 1));
         let nhwc = |a: &ArrayD<f64>| a.view().permuted_axes(vec![0, 2, 3, 1]).as_standard_layout().into_owned();
@@ -96,8 +96,8 @@ proptest! {
         let dx_naive = nchw(naive.backward(nhwc(&dy)).unwrap());
         prop_assert!(close(&dx_fast, &dx_naive));
         let (mut gf, mut gn) = (Vec::new(), Vec::new());
-        fast.visit("", &mut |_, p| gf.push(p.grad.clone()));
-        naive.visit("", &mut |_, p| gn.push(p.grad.clone()));
+        fast.visit_mut("", &mut |_, p| gf.push(p.grad.clone()));
+        naive.visit_mut("", &mut |_, p| gn.push(p.grad.clone()));
         for (a, b) in gf.iter().zip(&gn) {
             prop_assert!(close(a, b));
         }
@@ -121,10 +121,10 @@ fn group_norm_with_one_group_is_layer_norm_over_chw() {
     // The same per-channel γ/β: LayerNorm's elementwise parameters broadcast from channels.
     let gamma = ndarray::Array1::from_vec(vec![0.5, 1.5, -1.0, 2.0]);
     let beta = ndarray::Array1::from_vec(vec![0.1, -0.2, 0.3, 0.0]);
-    gn.visit("", &mut |k, p| {
+    gn.visit_mut("", &mut |k, p| {
         p.value = if k == "weight" { gamma.clone() } else { beta.clone() }.into_dyn()
     });
-    ln.visit("", &mut |k, p| {
+    ln.visit_mut("", &mut |k, p| {
         let v = if k == "weight" { &gamma } else { &beta };
         p.value = ArrayD::from_shape_fn(vec![4, 5, 6], |i| v[i[0]]);
     });
@@ -189,7 +189,7 @@ fn batch_norm_running_statistics_follow_pytorch() {
     let mut bn = BatchNorm::<f64>::new_2d(BatchNormConfig::new(2).with_momentum(None)).unwrap();
     bn.forward(x.clone(), Mode::Train).unwrap();
     let mut count = 0.0;
-    bn.visit("", &mut |k, p| {
+    bn.visit_mut("", &mut |k, p| {
         if k == "num_batches_tracked" {
             count = p.value[[]];
         }
@@ -211,7 +211,7 @@ fn batch_norm_running_statistics_follow_pytorch() {
     let eval = bn.forward(x, Mode::Eval).unwrap();
     assert_eq!(train, eval);
     let mut keys = Vec::new();
-    bn.visit("bn1", &mut |k, _| keys.push(k.to_string()));
+    bn.visit_mut("bn1", &mut |k, _| keys.push(k.to_string()));
     assert_eq!(keys, ["bn1.weight", "bn1.bias"]);
 }
 
@@ -232,7 +232,7 @@ fn same_numbers_on_one_and_two_threads() {
                     let y = l.forward(x.clone(), Mode::Train).unwrap();
                     let dx = l.backward(dy.clone()).unwrap();
                     let mut grads = Vec::new();
-                    l.visit("", &mut |_, p| grads.push(p.grad.clone()));
+                    l.visit_mut("", &mut |_, p| grads.push(p.grad.clone()));
                     (y, dx, grads)
                 })
                 .collect::<Vec<_>>()
@@ -318,7 +318,7 @@ fn frozen_batch_norm_keeps_its_statistics_and_passes_the_right_gradient() {
     let mut bn = BatchNorm::<f64>::new_2d(BatchNormConfig::new(3)).unwrap();
     randomize_affine(&mut bn, 4);
     let mut rng = seeded_rng(5);
-    bn.visit("", &mut |key, p| {
+    bn.visit_mut("", &mut |key, p| {
         if key == "running_mean" {
             p.value = normal(&[3], 0.3, 1.0, &mut rng);
         } else if key == "running_var" {
@@ -326,11 +326,11 @@ fn frozen_batch_norm_keeps_its_statistics_and_passes_the_right_gradient() {
         }
     });
     assert!(!bn.is_frozen());
-    bn.visit("", &mut |_, p| p.trainable = false);
+    bn.visit_mut("", &mut |_, p| p.trainable = false);
     assert!(bn.is_frozen());
     let before: Vec<ArrayD<f64>> = {
         let mut v: Vec<ArrayD<f64>> = Vec::new();
-        bn.visit("", &mut |_, p| v.push(p.value.clone()));
+        bn.visit_mut("", &mut |_, p| v.push(p.value.clone()));
         v
     };
     let x = normal(&[4, 3, 5, 5], 1.0, 2.0, &mut seeded_rng(6));
@@ -338,12 +338,12 @@ fn frozen_batch_norm_keeps_its_statistics_and_passes_the_right_gradient() {
     let train = bn.forward(x.clone(), Mode::Train).unwrap();
     assert_eq!(train, eval, "a frozen BatchNorm must normalize with its running statistics");
     let mut after: Vec<ArrayD<f64>> = Vec::new();
-    bn.visit("", &mut |_, p| after.push(p.value.clone()));
+    bn.visit_mut("", &mut |_, p| after.push(p.value.clone()));
     assert_eq!(before, after, "running statistics and counter must not move");
     let report = check_layer(&mut bn, &x, 7, &GradCheckConfig::default()).unwrap();
     assert!(report.passed(), "{report}");
     // The same layer unfrozen uses batch statistics again.
-    bn.visit("", &mut |k, p| p.trainable = !p.buffer && (k == "weight" || k == "bias"));
+    bn.visit_mut("", &mut |k, p| p.trainable = !p.buffer && (k == "weight" || k == "bias"));
     assert_ne!(bn.forward(x, Mode::Train).unwrap(), eval);
 }
 
@@ -353,7 +353,7 @@ fn layer_norm2d_normalizes_each_pixel_over_channels() {
     let mut ln = LayerNorm2d::<f64>::new(LayerNorm2dConfig::new(3)).unwrap();
     randomize_affine(&mut ln, 9);
     let (mut g, mut b) = (Vec::new(), Vec::new());
-    ln.visit("", &mut |k, p| {
+    ln.visit_mut("", &mut |k, p| {
         if k == "weight" {
             g = p.value.iter().copied().collect()
         } else {
@@ -413,7 +413,7 @@ fn config_defaults_are_pytorchs() {
 
     fn keys(layer: &mut dyn Layer<f32>) -> Vec<String> {
         let mut k = Vec::new();
-        layer.visit("", &mut |key, _| k.push(key.to_string()));
+        layer.visit_mut("", &mut |key, _| k.push(key.to_string()));
         k
     }
     let running = ["running_mean", "running_var", "num_batches_tracked"];

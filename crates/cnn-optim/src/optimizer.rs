@@ -155,7 +155,7 @@ impl<T: Float> Optimizer<T> {
     /// [`Error::Shape`] when a parameter's gradient or saved state has another shape than its value.
     pub fn step(&mut self, model: &mut dyn Layer<T>) -> Result<()> {
         let mut result = Ok(());
-        model.visit("", &mut |key, p| {
+        model.visit_mut("", &mut |key, p| {
             if result.is_ok() {
                 result = self.update(key, p);
             }

@@ -34,10 +34,16 @@ impl Layer<f64> for Toy {
     fn backward(&mut self, dy: ArrayD<f64>) -> Result<ArrayD<f64>> {
         Ok(dy)
     }
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<f64>)) {
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<f64>)) {
         f(&join_key(prefix, "fc.weight"), &mut self.weight);
         f(&join_key(prefix, "fc.bias"), &mut self.bias);
         f(&join_key(prefix, "bn.running_mean"), &mut self.running_mean);
+    }
+
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param<f64>)) {
+        f(&join_key(prefix, "fc.weight"), &self.weight);
+        f(&join_key(prefix, "fc.bias"), &self.bias);
+        f(&join_key(prefix, "bn.running_mean"), &self.running_mean);
     }
 }
 

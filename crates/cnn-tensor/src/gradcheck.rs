@@ -268,7 +268,7 @@ pub fn check_layer(
 
     // Snapshot analytic grads of trainable params; make values contiguous to index them.
     let mut params: Vec<(String, ArrayD<f64>)> = Vec::new();
-    layer.visit("", &mut |key, p| {
+    layer.visit_mut("", &mut |key, p| {
         if p.trainable {
             p.value = p.value.as_standard_layout().into_owned();
             params.push((key.to_string(), standard(&p.grad)));
@@ -300,7 +300,7 @@ pub fn check_layer(
         report.compare("input (after a second forward)", x.shape(), i, a, b, cfg.floor);
     }
     let mut once: Vec<ArrayD<f64>> = Vec::new();
-    layer.visit("", &mut |_, p| {
+    layer.visit_mut("", &mut |_, p| {
         if p.trainable {
             once.push(standard(&p.grad));
         }
@@ -308,7 +308,7 @@ pub fn check_layer(
     layer.forward(x.clone(), Mode::Train)?;
     layer.backward(r.clone())?;
     let mut twice: Vec<(String, ArrayD<f64>)> = Vec::new();
-    layer.visit("", &mut |key, p| {
+    layer.visit_mut("", &mut |key, p| {
         if p.trainable {
             twice.push((format!("{key} (a second backward must add to it)"), standard(&p.grad)));
         }
@@ -326,7 +326,7 @@ pub fn check_layer(
 }
 
 fn nudge(layer: &mut dyn Layer<f64>, key: &str, flat: usize, by: f64) {
-    layer.visit("", &mut |k, p| {
+    layer.visit_mut("", &mut |k, p| {
         if k == key {
             if let Some(v) = p.value.as_slice_mut().and_then(|s| s.get_mut(flat)) {
                 *v += by;
@@ -423,7 +423,11 @@ impl<T: crate::Float, L: Layer<T>> Layer<T> for FixedSeed<L> {
     fn backward(&mut self, dy: ArrayD<T>) -> Result<ArrayD<T>> {
         self.0.backward(dy)
     }
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut crate::Param<T>)) {
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut crate::Param<T>)) {
+        self.0.visit_mut(prefix, f);
+    }
+
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &crate::Param<T>)) {
         self.0.visit(prefix, f);
     }
 }
@@ -454,7 +458,11 @@ mod tests {
             self.0.weight.zero_grad();
             self.0.backward(dy)
         }
-        fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut crate::Param<f64>)) {
+        fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut crate::Param<f64>)) {
+            self.0.visit_mut(prefix, f);
+        }
+
+        fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &crate::Param<f64>)) {
             self.0.visit(prefix, f);
         }
     }

@@ -36,12 +36,27 @@ pub trait Layer<T: Float = f32>: Send {
     fn backward(&mut self, dy: ArrayD<T>) -> Result<ArrayD<T>>;
 
     /// Calls `f` on every parameter and buffer under its PyTorch `state_dict`
-    /// key (`prefix` joined with the local name by a dot), in PyTorch's order.
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>));
+    /// key (`prefix` joined with the local name by a dot), in PyTorch's order,
+    /// to read them: saving a state dict, counting parameters, summaries.
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param<T>));
+
+    /// As [`Layer::visit`], with each parameter mutable: loading weights,
+    /// optimizer steps, freezing. Must give the same keys in the same order.
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>));
+
+    /// dL/dx as [`Layer::backward`], from a borrowed `dy`: a residual block
+    /// hands its main branch the gradient it also passes to the shortcut, so
+    /// layers that need not own `dy` (BatchNorm) override this to skip a copy.
+    ///
+    /// # Errors
+    /// As [`Layer::backward`].
+    fn backward_view(&mut self, dy: ndarray::ArrayViewD<'_, T>) -> Result<ArrayD<T>> {
+        self.backward(dy.to_owned())
+    }
 
     /// Sets every gradient to zero.
     fn zero_grad(&mut self) {
-        self.visit("", &mut |_, p| p.zero_grad());
+        self.visit_mut("", &mut |_, p| p.zero_grad());
     }
 
     /// The layer's Rust type, for summaries (`cnn_conv::layers::Conv2d<f32>`).
@@ -56,9 +71,10 @@ pub trait Layer<T: Float = f32>: Send {
         None
     }
 
-    /// The direct children, by name, of a container whose forward applies them
-    /// in this order and nothing else (`Sequential`); empty for every other
-    /// layer. Model summaries walk it.
+    /// The direct children of a container, by name, in forward order: for a
+    /// `Sequential` exactly what its forward applies, for a residual block its
+    /// branches' layers; empty for a layer that holds no other layers.
+    /// Summaries, re-seeding and `zero_init_residual` walk it.
     fn children_mut(&mut self) -> Vec<(String, &mut dyn Layer<T>)> {
         Vec::new()
     }
@@ -94,7 +110,7 @@ pub trait Layer<T: Float = f32>: Send {
     }
 
     /// Number of trainable scalars.
-    fn num_trainable(&mut self) -> usize {
+    fn num_trainable(&self) -> usize {
         let mut n = 0;
         self.visit("", &mut |_, p| {
             if p.trainable {

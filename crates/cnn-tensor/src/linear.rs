@@ -235,9 +235,16 @@ impl<T: Float> Layer<T> for Linear<T> {
             .map_err(|e| Error::shape("linear", e.to_string()))
     }
 
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {
         f(&join_key(prefix, "weight"), &mut self.weight);
         if let Some(b) = self.bias.as_mut() {
+            f(&join_key(prefix, "bias"), b);
+        }
+    }
+
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param<T>)) {
+        f(&join_key(prefix, "weight"), &self.weight);
+        if let Some(b) = self.bias.as_ref() {
             f(&join_key(prefix, "bias"), b);
         }
     }

@@ -13,7 +13,8 @@ use crate::Float;
 pub struct Param<T: Float> {
     /// The current value.
     pub value: ArrayD<T>,
-    /// dL/dvalue, accumulated (`+=`) by `backward`; same shape as `value`.
+    /// dL/dvalue, accumulated (`+=`) by `backward`; same shape as `value`
+    /// for a parameter, empty (`[0]`) for a buffer, which has no gradient.
     pub grad: ArrayD<T>,
     /// Whether optimizers update it.
     pub trainable: bool,
@@ -28,9 +29,10 @@ impl<T: Float> Param<T> {
         Param { value, grad, trainable: true, buffer: false }
     }
 
-    /// A buffer: saved with the weights, never trained.
+    /// A buffer: saved with the weights, never trained, and without a
+    /// gradient (its `grad` is empty: no memory is spent on it).
     pub fn buffer(value: ArrayD<T>) -> Self {
-        let grad = ArrayD::zeros(value.raw_dim());
+        let grad = ArrayD::zeros(ndarray::IxDyn(&[0]));
         Param { value, grad, trainable: false, buffer: true }
     }
 
@@ -47,5 +49,19 @@ impl<T: Float> Param<T> {
     /// Whether it has no elements.
     pub fn is_empty(&self) -> bool {
         self.value.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_have_no_gradient_storage() {
+        let mut b = Param::<f32>::buffer(ArrayD::zeros(ndarray::IxDyn(&[1000])));
+        assert_eq!((b.grad.len(), b.len(), b.trainable, b.buffer), (0, 1000, false, true));
+        b.zero_grad();
+        let p = Param::<f32>::new(ArrayD::zeros(ndarray::IxDyn(&[3, 4])));
+        assert_eq!(p.grad.shape(), &[3, 4]);
     }
 }

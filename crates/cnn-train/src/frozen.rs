@@ -19,7 +19,7 @@ pub fn frozen_prefix(model: &mut dyn Layer<f32>) -> usize {
     let mut k = 0;
     for (_, child) in model.children_mut() {
         let mut trainable = false;
-        child.visit("", &mut |_, p| trainable |= p.trainable && !p.buffer);
+        child.visit_mut("", &mut |_, p| trainable |= p.trainable && !p.buffer);
         if trainable {
             break;
         }
@@ -161,7 +161,11 @@ impl Layer<f32> for FeatureHead<'_> {
         Ok(dy)
     }
 
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<f32>)) {
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<f32>)) {
+        self.model.visit_mut(prefix, f);
+    }
+
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param<f32>)) {
         self.model.visit(prefix, f);
     }
 

@@ -26,7 +26,7 @@ fn model(width: usize) -> Sequential<f32> {
 
 /// Sets every parameter to `v`, so a checkpoint's version can be read back from any tensor.
 fn fill(m: &mut Sequential<f32>, v: f32) {
-    m.visit("", &mut |_, p| p.value.fill(v));
+    m.visit_mut("", &mut |_, p| p.value.fill(v));
 }
 
 fn state(step: u64) -> TrainerState {
@@ -47,7 +47,7 @@ fn load_consistent(run: &Path, width: usize) -> u64 {
     let dir = find_checkpoint(run, "last").unwrap();
     let mut m = model(width);
     let st = load_checkpoint(&dir, &mut m, &mut optimizer()).unwrap();
-    m.visit("", &mut |k, p| {
+    m.visit_mut("", &mut |k, p| {
         assert!(
             p.value.iter().all(|&v| v == st.global_step as f32),
             "{k} is not version {}",
@@ -128,7 +128,7 @@ fn truncated_or_corrupt_files_are_refused_by_name() {
         let tmp = tempfile::tempdir().unwrap();
         let mut m = model(3);
         let mut opt = optimizer();
-        m.visit("", &mut |_, p| p.grad.fill(1.0));
+        m.visit_mut("", &mut |_, p| p.grad.fill(1.0));
         opt.step(&mut m).unwrap();
         save_checkpoint(tmp.path(), "last", &mut m, &opt, &state(1)).unwrap();
         let path = corrupt(tmp.path(), file, |b| {

@@ -27,7 +27,9 @@ impl Layer<f32> for Threshold {
     fn backward(&mut self, dy: ArrayD<f32>) -> Result<ArrayD<f32>> {
         Ok(dy)
     }
-    fn visit(&mut self, _prefix: &str, _f: &mut dyn FnMut(&str, &mut Param<f32>)) {}
+    fn visit_mut(&mut self, _prefix: &str, _f: &mut dyn FnMut(&str, &mut Param<f32>)) {}
+
+    fn visit(&self, _prefix: &str, _f: &mut dyn FnMut(&str, &Param<f32>)) {}
 }
 
 /// Six 1×1×1 images: (value, label).

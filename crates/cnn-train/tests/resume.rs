@@ -90,7 +90,9 @@ fn rows(h: &[EpochRecord]) -> Vec<EpochRecord> {
 
 fn in_memory_bits(m: &mut Sequential<f32>) -> Vec<(String, Vec<u32>)> {
     let mut v = Vec::new();
-    m.visit("", &mut |k, p| v.push((k.to_string(), p.value.iter().map(|x| x.to_bits()).collect())));
+    m.visit_mut("", &mut |k, p| {
+        v.push((k.to_string(), p.value.iter().map(|x| x.to_bits()).collect()))
+    });
     v
 }
 

@@ -45,7 +45,7 @@ fn fit(model: &mut dyn Layer<f32>, train: &DataLoader, config: TrainConfig) {
 
 fn values(model: &mut dyn Layer<f32>, skip: &str) -> Vec<(String, ArrayD<f32>)> {
     let mut v = Vec::new();
-    model.visit("", &mut |k, p| {
+    model.visit_mut("", &mut |k, p| {
         if !k.starts_with(skip) {
             v.push((k.to_string(), p.value.clone()));
         }
@@ -125,7 +125,7 @@ fn transfer_from_digits_0_to_4_to_5_to_9_with_fifty_images() {
 /// Writes `model`'s tensors under `prefix` + key, as bf16 (or f32 for `num_batches_tracked`, as i64).
 fn save_bf16(model: &mut dyn Layer<f32>, path: &Path, prefix: &str, drop: &str) {
     let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-    model.visit("", &mut |k, p| {
+    model.visit_mut("", &mut |k, p| {
         if k == drop {
             return;
         }
@@ -168,10 +168,10 @@ fn a_torchvision_resnet18_checkpoint_loads_with_a_new_head() {
         report.skipped[1].1
     );
     let mut want = std::collections::HashMap::new();
-    source.visit("", &mut |k, p| {
+    source.visit_mut("", &mut |k, p| {
         want.insert(k.to_string(), p.value.mapv(|v| f32::from_bits(v.to_bits() & 0xffff_0000)));
     });
-    model.visit("", &mut |k, p| {
+    model.visit_mut("", &mut |k, p| {
         if k.starts_with("fc.") {
             assert_eq!(p.value.shape()[0], 7, "{k}");
         } else {
@@ -242,8 +242,12 @@ impl Layer<f32> for Spy {
         self.log.lock().unwrap().1 += 1;
         Ok(dy)
     }
-    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<f32>)) {
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<f32>)) {
         f(&cnn_tensor::join_key(prefix, "w"), &mut self.weight);
+    }
+
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param<f32>)) {
+        f(&cnn_tensor::join_key(prefix, "w"), &self.weight);
     }
 }
 
@@ -326,7 +330,7 @@ fn the_boundary_reaches_inside_the_first_trainable_child() {
     compute_gradients(&mut model, x, &[0, 1, 2, 3, 4, 0, 1, 2], 0.0, 0, 0).unwrap();
     assert_eq!(*log.lock().unwrap(), (vec![Mode::Eval], 0));
     let mut grads = 0.0;
-    model.visit("", &mut |k, p| {
+    model.visit_mut("", &mut |k, p| {
         if k.starts_with("stage.net") && !p.buffer {
             grads += p.grad.iter().map(|g| g.abs()).sum::<f32>();
         }

@@ -27,7 +27,9 @@ impl Layer<f32> for Scale {
     fn backward(&mut self, dy: ArrayD<f32>) -> Result<ArrayD<f32>> {
         Ok(dy * self.0)
     }
-    fn visit(&mut self, _prefix: &str, _f: &mut dyn FnMut(&str, &mut Param<f32>)) {}
+    fn visit_mut(&mut self, _prefix: &str, _f: &mut dyn FnMut(&str, &mut Param<f32>)) {}
+
+    fn visit(&self, _prefix: &str, _f: &mut dyn FnMut(&str, &Param<f32>)) {}
 }
 
 fn model(seed: u64) -> Box<dyn Layer<f32>> {
