@@ -14,9 +14,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use cnn::models::{cifar_resnet, resnet18};
 use cnn::optim::{Optimizer, Rule};
 use cnn::tensor::random::{normal, seeded_rng};
-use cnn::tensor::{cross_entropy_backward, cross_entropy_forward, ArrayD, Layer, Mode};
+use cnn::tensor::{cross_entropy, ArrayD, Layer, Mode};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ndarray::Ix2;
 
 fn train_step(c: &mut Criterion) {
     let mut rng = seeded_rng(0);
@@ -29,14 +28,9 @@ fn train_step(c: &mut Criterion) {
     group.bench_function("b128", |b| {
         b.iter(|| {
             opt.zero_grad(&mut net);
-            let logits = net
-                .forward(x.clone(), Mode::Train)
-                .expect("forward")
-                .into_dimensionality::<Ix2>()
-                .expect("2-D");
-            let _loss = cross_entropy_forward(logits.view(), &targets, 0.0).expect("loss");
-            let dlogits = cross_entropy_backward(logits.view(), &targets, 0.0, 1.0).expect("dloss");
-            net.backward(dlogits.into_dyn()).expect("backward");
+            let logits = net.forward(x.clone(), Mode::Train).expect("forward");
+            let (_loss, dlogits) = cross_entropy(&logits, &targets, 0.0).expect("loss");
+            net.backward(dlogits).expect("backward");
             opt.step(&mut net).expect("step");
         })
     });

@@ -6,8 +6,9 @@
 use std::process::ExitCode;
 
 use cnn::conv::{Conv2d, Conv2dConfig, GlobalAvgPool2d, MaxPool2d, Pool2dOptions};
+use cnn::nn::{Linear, LinearConfig};
 use cnn::tensor::gradcheck::{check_layer, GradCheckConfig};
-use cnn::tensor::{random, Layer, Linear, LinearConfig};
+use cnn::tensor::{random, Layer};
 
 fn main() -> ExitCode {
     match run() {

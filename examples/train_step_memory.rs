@@ -12,8 +12,7 @@ use std::time::Instant;
 use cnn::models::cifar_resnet;
 use cnn::optim::{Optimizer, Rule};
 use cnn::tensor::random::{normal, seeded_rng};
-use cnn::tensor::{cross_entropy_backward, cross_entropy_forward, ArrayD, Layer, Mode};
-use ndarray::Ix2;
+use cnn::tensor::{cross_entropy, ArrayD, Layer, Mode};
 
 /// Switchable at start-up: mimalloc, or the system allocator.
 struct Switch;
@@ -94,10 +93,9 @@ fn main() -> Result<(), cnn::tensor::Error> {
     let targets: Vec<usize> = (0..128).map(|i| i % 10).collect();
     let mut step = || -> Result<f32, cnn::tensor::Error> {
         opt.zero_grad(&mut net);
-        let logits = net.forward(x.clone(), Mode::Train)?.into_dimensionality::<Ix2>()?;
-        let loss = cross_entropy_forward(logits.view(), &targets, 0.0)?;
-        let dlogits = cross_entropy_backward(logits.view(), &targets, 0.0, 1.0)?;
-        net.backward(dlogits.into_dyn())?;
+        let logits = net.forward(x.clone(), Mode::Train)?;
+        let (loss, dlogits) = cross_entropy(&logits, &targets, 0.0)?;
+        net.backward(dlogits)?;
         opt.step(&mut net)?;
         Ok(loss)
     };

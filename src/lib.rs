@@ -43,7 +43,7 @@ pub mod prelude {
     pub use cnn_init::{FanMode, Nonlinearity};
     pub use cnn_nn::{
         count_params, freeze, load_state_dict, save_state_dict, unfreeze, BasicBlock, Flatten,
-        SaveDtype, Sequential,
+        Identity, Linear, LinearConfig, Residual, SaveDtype, Sequential,
     };
     pub use cnn_norm::{
         BatchNorm, BatchNormConfig, GroupNorm, GroupNormConfig, InstanceNorm2d, InstanceNormConfig,
@@ -52,7 +52,7 @@ pub mod prelude {
     pub use cnn_optim::{Optimizer, ParamGroup, Rule, Schedule};
     pub use cnn_tensor::gradcheck::{check_layer, FixedSeed, GradCheckConfig};
     pub use cnn_tensor::random::seeded_rng;
-    pub use cnn_tensor::{ArrayD, Error, Float, Layer, Linear, LinearConfig, Mode, Param, Result};
+    pub use cnn_tensor::{ArrayD, Error, Float, Layer, Mode, Param, Result};
     pub use cnn_train::{
         evaluate, load_pretrained, predict, set_transfer_mode, PretrainedOptions, ProgressMode,
         TrainConfig, Trainer, TransferMode, TuneConfig, Tuner,

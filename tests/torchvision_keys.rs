@@ -181,7 +181,8 @@ fn zero_init_residual_and_summary() {
 
 #[test]
 fn a_nested_head_can_be_replaced() {
-    use cnn::tensor::{random::normal, Linear, LinearConfig, Mode};
+    use cnn::nn::{Linear, LinearConfig};
+    use cnn::tensor::{random::normal, Mode};
     let mut net = alexnet::<f32, _>(1000, &mut seeded_rng(5)).unwrap();
     net.replace(
         "classifier.6",

@@ -4,8 +4,9 @@ use cnn_act::{Act, Dropout};
 use cnn_conv::{AdaptiveAvgPool2d, Conv2d, Conv2dConfig, MaxPool2d, Pool2dOptions};
 use cnn_init::{kaiming_normal, normal, zeros, FanMode, Nonlinearity};
 use cnn_nn::{Flatten, Sequential};
+use cnn_nn::{Linear, LinearConfig};
 use cnn_norm::{BatchNorm, BatchNormConfig};
-use cnn_tensor::{Error, Float, Linear, LinearConfig, Result};
+use cnn_tensor::{Error, Float, Result};
 use rand::Rng;
 
 fn check_classes(num_classes: usize) -> Result<()> {

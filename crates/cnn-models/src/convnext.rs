@@ -2,8 +2,9 @@
 
 use cnn_conv::{Conv2d, Conv2dConfig, GlobalAvgPool2d};
 use cnn_nn::{trunc02, ConvNeXtBlock, ConvNeXtBlockConfig, Flatten, Sequential};
+use cnn_nn::{Linear, LinearConfig};
 use cnn_norm::{LayerNorm2d, LayerNorm2dConfig};
-use cnn_tensor::{random::mix_seed, Error, Float, Linear, LinearConfig, Result};
+use cnn_tensor::{random::mix_seed, Error, Float, Result};
 use rand::Rng;
 
 /// Settings of [`convnext`], with timm's defaults (`timm.models.convnext.ConvNeXt`).

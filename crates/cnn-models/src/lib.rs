@@ -33,8 +33,9 @@ pub use small::{small_cnn, small_cnn_pools, SMALL_CNN_WIDTHS};
 use cnn_act::Act;
 use cnn_conv::{Conv2dConfig, GlobalAvgPool2d, MaxPool2d, Pool2dOptions};
 use cnn_nn::{kaiming_conv, BasicBlock, Bottleneck, Flatten, Sequential, EXPANSION};
+use cnn_nn::{Linear, LinearConfig};
 use cnn_norm::{BatchNorm, BatchNormConfig};
-use cnn_tensor::{Error, Float, Layer, Linear, LinearConfig, Result};
+use cnn_tensor::{Error, Float, Layer, Result};
 use rand::Rng;
 
 /// A CIFAR ResNet of `depth = 6n + 2` layers: a 3×3 stem of 16 channels,

@@ -3,8 +3,9 @@
 use cnn_act::Act;
 use cnn_conv::{Conv2dConfig, GlobalAvgPool2d, MaxPool2d, Pool2dOptions};
 use cnn_nn::{kaiming_conv, Flatten, Sequential};
+use cnn_nn::{Linear, LinearConfig};
 use cnn_norm::{BatchNorm, BatchNormConfig};
-use cnn_tensor::{Error, Float, Linear, LinearConfig, Result};
+use cnn_tensor::{Error, Float, Result};
 use rand::Rng;
 
 /// The stage widths of [`small_cnn`]; a stage is two conv–BN–ReLU blocks.

@@ -163,9 +163,8 @@ fn half_precision_files_load_converted() {
     ];
     let path = scratch.path("f16.safetensors");
     std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
-    let mut net = cnn_nn::Sequential::<f32>::new().push(
-        cnn_tensor::Linear::new(cnn_tensor::LinearConfig::new(4, 3), &mut seeded_rng(0)).unwrap(),
-    );
+    let mut net = cnn_nn::Sequential::<f32>::new()
+        .push(cnn_nn::Linear::new(cnn_nn::LinearConfig::new(4, 3), &mut seeded_rng(0)).unwrap());
     let report = load_state_dict(&mut net, &path, true).unwrap();
     assert_eq!(report.loaded, 2);
     net.visit_mut("", &mut |k, p| {

@@ -7,7 +7,8 @@
 //! ```
 //! use cnn_nn::{count_params, freeze, Flatten, Sequential};
 //! use cnn_conv::{Conv2d, Conv2dConfig, GlobalAvgPool2d};
-//! use cnn_tensor::{random, Layer, Linear, LinearConfig};
+//! use cnn_tensor::{random, Layer};
+//! use cnn_nn::{Linear, LinearConfig};
 //!
 //! let mut rng = random::seeded_rng(0);
 //! let mut net = Sequential::<f32>::new()
@@ -23,6 +24,7 @@
 
 mod convnext;
 mod fusion;
+mod linear;
 mod residual;
 mod sequential;
 mod state_dict;
@@ -31,6 +33,7 @@ mod summary;
 pub use cnn_tensor::write_atomic;
 pub use convnext::{trunc02, ConvNeXtBlock, ConvNeXtBlockConfig, PixelLinear};
 pub use fusion::{fusion_enabled, with_fusion};
+pub use linear::{Linear, LinearConfig};
 pub use residual::{BasicBlock, Bottleneck, Residual, Shortcut, EXPANSION};
 pub use sequential::{Flatten, Identity, Sequential};
 pub use state_dict::{

@@ -3,9 +3,10 @@
 #![allow(clippy::unwrap_used)]
 
 use cnn_nn::{BasicBlock, Bottleneck, Flatten, Sequential};
+use cnn_nn::{Linear, LinearConfig};
 use cnn_tensor::gradcheck::{check_layer, FixedSeed, GradCheckConfig};
 use cnn_tensor::random::{normal, seeded_rng};
-use cnn_tensor::{ArrayD, Error, Layer, Linear, LinearConfig, Mode};
+use cnn_tensor::{ArrayD, Error, Layer, Mode};
 
 #[test]
 fn blocks_pass_the_gradient_checker() {
@@ -155,4 +156,26 @@ fn residual_combinator_by_hand() {
     let mut plain = Residual::new(Sequential::<f64>::new(), Shortcut::Identity);
     assert!(!plain.zero_init_residual());
     assert_eq!(plain.forward(x.clone(), Mode::Train).unwrap(), &x * 2.0);
+}
+
+mod linear {
+    use cnn_nn::{Linear, LinearConfig};
+    use cnn_tensor::gradcheck::{check_layer, GradCheckConfig};
+    use cnn_tensor::random;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(cnn_test_support::proptest_config(64))]
+
+        /// `nn.Linear` over any leading axes, with and without a bias.
+        #[test]
+        fn linear_layer_gradients(rows in 1..4usize, fin in 1..6usize, fout in 1..5usize, bias: bool, seed in 0u64..1000) {
+            let mut rng = random::seeded_rng(seed);
+            let mut layer = Linear::<f64>::new(LinearConfig::new(fin, fout).with_bias(bias), &mut rng).unwrap();
+            let x = random::normal(&[rows, 2, fin], 0.0, 1.0, &mut rng);
+            let report = check_layer(&mut layer, &x, seed, &GradCheckConfig::default()).unwrap();
+            prop_assert!(report.passed(), "{report}");
+        }
+
+    }
 }

@@ -8,7 +8,8 @@
 //!
 //! ```
 //! use cnn_optim::{Optimizer, ParamGroup, Rule, Schedule};
-//! use cnn_tensor::{random, Layer, Linear, LinearConfig, Mode};
+//! use cnn_tensor::{random, Layer, Mode};
+//! use cnn_nn::{Linear, LinearConfig};
 //!
 //! let mut rng = random::seeded_rng(0);
 //! let mut fc = Linear::<f32>::new(LinearConfig::new(4, 2), &mut rng)?;

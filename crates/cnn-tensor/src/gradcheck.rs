@@ -435,43 +435,60 @@ impl<T: crate::Float, L: Layer<T>> Layer<T> for FixedSeed<L> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Linear, LinearConfig};
+    use crate::{join_key, Param};
+
+    /// `y[n, i] = x[n, i]·w[i]`, with a learnable `weight` `w`.
+    struct Scale {
+        w: Param<f64>,
+        x: Option<ArrayD<f64>>,
+        /// Assign the gradient (`=`) instead of adding to it (`+=`): the bug.
+        assigns: bool,
+    }
+
+    impl Scale {
+        fn new(d: usize, assigns: bool) -> Self {
+            let w = random::normal(&[d], 1.0, 0.5, &mut random::seeded_rng(9));
+            Scale { w: Param::new(w), x: None, assigns }
+        }
+    }
+
+    impl Layer<f64> for Scale {
+        fn forward(&mut self, x: ArrayD<f64>, mode: Mode) -> Result<ArrayD<f64>> {
+            let y = &x * &self.w.value;
+            self.x = (mode == Mode::Train).then_some(x);
+            Ok(y)
+        }
+        fn backward(&mut self, dy: ArrayD<f64>) -> Result<ArrayD<f64>> {
+            let x = self.x.take().ok_or(Error::NoForward { op: "scale" })?;
+            let dw = (&x * &dy).sum_axis(ndarray::Axis(0));
+            if self.assigns {
+                self.w.grad.assign(&dw);
+            } else {
+                self.w.grad += &dw;
+            }
+            Ok(dy * &self.w.value)
+        }
+        fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param<f64>)) {
+            f(&join_key(prefix, "weight"), &self.w);
+        }
+        fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<f64>)) {
+            f(&join_key(prefix, "weight"), &mut self.w);
+        }
+    }
 
     #[test]
     fn a_correct_layer_passes() {
-        let mut rng = random::seeded_rng(0);
-        let mut layer = Linear::<f64>::new(LinearConfig::new(4, 3), &mut rng).unwrap();
-        let x = random::normal(&[5, 4], 0.0, 1.0, &mut rng);
+        let mut layer = Scale::new(4, false);
+        let x = random::normal(&[5, 4], 0.0, 1.0, &mut random::seeded_rng(0));
         let report = check_layer(&mut layer, &x, 7, &GradCheckConfig::default()).unwrap();
         assert!(report.passed(), "{report}");
-        assert_eq!(report.checked, 20 + 12 + 3);
-    }
-
-    /// A layer that assigns its gradient (`=`) instead of adding to it (`+=`).
-    struct Assigns(Linear<f64>);
-
-    impl Layer<f64> for Assigns {
-        fn forward(&mut self, x: ArrayD<f64>, mode: Mode) -> Result<ArrayD<f64>> {
-            self.0.forward(x, mode)
-        }
-        fn backward(&mut self, dy: ArrayD<f64>) -> Result<ArrayD<f64>> {
-            self.0.weight.zero_grad();
-            self.0.backward(dy)
-        }
-        fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut crate::Param<f64>)) {
-            self.0.visit_mut(prefix, f);
-        }
-
-        fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &crate::Param<f64>)) {
-            self.0.visit(prefix, f);
-        }
+        assert_eq!(report.checked, 20 + 4);
     }
 
     #[test]
     fn a_layer_that_assigns_its_gradient_fails() {
-        let mut rng = random::seeded_rng(0);
-        let mut layer = Assigns(Linear::<f64>::new(LinearConfig::new(4, 3), &mut rng).unwrap());
-        let x = random::normal(&[5, 4], 0.0, 1.0, &mut rng);
+        let mut layer = Scale::new(4, true);
+        let x = random::normal(&[5, 4], 0.0, 1.0, &mut random::seeded_rng(0));
         let report = check_layer(&mut layer, &x, 7, &GradCheckConfig::default()).unwrap();
         assert!(!report.passed(), "{report}");
         let worst = report.worst.unwrap();

@@ -1,19 +1,31 @@
 //! Core of the `cnn` workspace: the element type [`Float`], the [`Error`]
 //! type, [`Param`], the [`Layer`] trait, a strided [`gemm`], the
-//! [`linear`](linear_forward) op and [`Linear`] layer, softmax
+//! [`linear`](linear_forward) op (the layer is `cnn_nn::Linear`), softmax
 //! [`cross_entropy`](cross_entropy_forward), and the public [`gradcheck`].
 //!
 //! ```
-//! use cnn_tensor::{gradcheck, random, Layer, Linear, LinearConfig, Mode};
+//! use cnn_tensor::{cross_entropy, gradcheck, linear_backward, linear_forward, random};
+//! use ndarray::Ix2;
 //!
 //! let mut rng = random::seeded_rng(0);
-//! let mut fc = Linear::<f64>::new(LinearConfig::new(8, 3), &mut rng)?;
 //! let x = random::normal(&[4, 8], 0.0, 1.0, &mut rng);
-//! let y = fc.forward(x.clone(), Mode::Eval)?;
-//! assert_eq!(y.shape(), &[4, 3]);
+//! let w = random::normal(&[3, 8], 0.0, 0.3, &mut rng);
+//! let two = |a: &cnn_tensor::ArrayD<f64>| a.view().into_dimensionality::<Ix2>().unwrap();
+//! let logits = linear_forward(two(&x), two(&w), None)?.into_dyn();
+//! let (loss, dlogits) = cross_entropy(&logits, &[0, 2, 1, 2], 0.0)?;
+//! assert!(loss > 0.0 && dlogits.shape() == [4, 3]);
 //!
 //! // Hand-written backward against central differences.
-//! let report = gradcheck::check_layer(&mut fc, &x, 1, &Default::default())?;
+//! let report = gradcheck::check_fn(
+//!     |t| Ok(linear_forward(two(&t[0]), two(&t[1]), None)?.into_dyn()),
+//!     |t, dy| {
+//!         let g = linear_backward(two(&t[0]), two(&t[1]), two(dy))?;
+//!         Ok(vec![g.dx.into_dyn(), g.dw.into_dyn()])
+//!     },
+//!     &[x, w],
+//!     1,
+//!     &Default::default(),
+//! )?;
 //! assert!(report.passed(), "{report}");
 //! # Ok::<(), cnn_tensor::Error>(())
 //! ```
@@ -38,8 +50,10 @@ pub use float::Float;
 pub use gemm::{gemm, matmul};
 pub use io::write_atomic;
 pub use layer::{join_key, Layer, Mode};
-pub use linear::{linear_backward, linear_forward, Linear, LinearConfig, LinearGrads};
-pub use loss::{cross_entropy_backward, cross_entropy_forward, log_softmax, softmax};
+pub use linear::{linear_backward, linear_forward, LinearGrads};
+pub use loss::{
+    cross_entropy, cross_entropy_backward, cross_entropy_forward, log_softmax, softmax,
+};
 pub use packed::{gemm_packed, gemm_packed_split, GemmSplit, PackedLhs, PANELS};
 pub use param::Param;
 pub use reduce::{sum, SUM_LANES};

@@ -1,6 +1,6 @@
 //! Softmax, log-softmax and cross-entropy with label smoothing.
 
-use ndarray::{Array2, ArrayView2, Axis};
+use ndarray::{Array2, ArrayD, ArrayView2, Axis, Ix2};
 
 use crate::{Error, Float, Result};
 
@@ -114,6 +114,41 @@ pub fn cross_entropy_backward<T: Float>(
     Ok(grad)
 }
 
+/// Mean cross-entropy and its gradient in one call, on a model's output as
+/// it comes (`ArrayD`): `(loss, dL/dlogits)`, ready for `model.backward`.
+/// Equal to [`cross_entropy_forward`] and [`cross_entropy_backward`] with
+/// `dloss = 1`.
+///
+/// ```
+/// use cnn_tensor::{cross_entropy, ArrayD};
+/// let logits = ArrayD::from_shape_vec(vec![2, 3], vec![2.0, 0.5, -1.0, 0.0, 0.0, 3.0])?;
+/// let (loss, dlogits) = cross_entropy(&logits, &[0, 2], 0.0)?;
+/// assert!(loss > 0.0 && loss < 0.3);
+/// assert_eq!(dlogits.shape(), logits.shape());
+/// # Ok::<(), cnn_tensor::Error>(())
+/// ```
+///
+/// # Shapes
+/// `logits: [n, C]`, `targets: [n]` → `(scalar, [n, C])`.
+///
+/// # Errors
+/// [`Error::Shape`] when `logits` is not 2-D; otherwise as [`cross_entropy_forward`].
+pub fn cross_entropy<T: Float>(
+    logits: &ArrayD<T>,
+    targets: &[usize],
+    label_smoothing: f64,
+) -> Result<(T, ArrayD<T>)> {
+    let logits2 = logits.view().into_dimensionality::<Ix2>().map_err(|_| {
+        Error::shape(
+            "cross_entropy",
+            format!("logits must be [n, classes], got {:?}", logits.shape()),
+        )
+    })?;
+    let loss = cross_entropy_forward(logits2, targets, label_smoothing)?;
+    let dlogits = cross_entropy_backward(logits2, targets, label_smoothing, T::one())?;
+    Ok((loss, dlogits.into_dyn()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,5 +179,22 @@ mod tests {
         assert!(cross_entropy_forward(x.view(), &[0], 0.0).is_err());
         assert!(cross_entropy_backward(x.view(), &[0, 1], 1.5, 1.0).is_err());
         assert!(cross_entropy_forward(Array2::<f32>::zeros((0, 3)).view(), &[], 0.0).is_err());
+    }
+}
+
+#[cfg(test)]
+mod one_call {
+    use super::*;
+
+    #[test]
+    fn one_call_equals_forward_and_backward() {
+        let logits = crate::random::normal(&[4, 5], 0.0, 2.0, &mut crate::random::seeded_rng(1));
+        let t = [0, 4, 2, 2];
+        let (loss, d) = cross_entropy::<f64>(&logits, &t, 0.1).unwrap();
+        let l2 = logits.view().into_dimensionality::<Ix2>().unwrap();
+        assert_eq!(loss, cross_entropy_forward(l2, &t, 0.1).unwrap());
+        assert_eq!(d, cross_entropy_backward(l2, &t, 0.1, 1.0).unwrap().into_dyn());
+        let e = cross_entropy::<f64>(&ArrayD::zeros(vec![4]), &t, 0.0).unwrap_err();
+        assert_eq!(e.to_string(), "cross_entropy: logits must be [n, classes], got [4]");
     }
 }

@@ -18,7 +18,8 @@
 //! use std::sync::Arc;
 //! use cnn_data::{DataLoader, Digits};
 //! use cnn_nn::{Flatten, Sequential};
-//! use cnn_tensor::{random::seeded_rng, Linear, LinearConfig};
+//! use cnn_tensor::{random::seeded_rng};
+//! use cnn_nn::{Linear, LinearConfig};
 //! use cnn_train::{evaluate, ProgressMode, TrainConfig, Trainer};
 //!
 //! let mut rng = seeded_rng(0);

@@ -3,7 +3,7 @@
 //! [`apply_gradients`] (schedule, optimizer).
 
 use cnn_optim::{Optimizer, Schedule};
-use cnn_tensor::{cross_entropy_backward, cross_entropy_forward, ArrayD, Error, Layer};
+use cnn_tensor::{cross_entropy, ArrayD, Error, Layer};
 use cnn_tensor::{random::mix_seed, Result};
 use ndarray::{Array2, ArrayView2, Ix2};
 
@@ -86,10 +86,9 @@ pub fn compute_gradients(
     model.reseed(mix_seed(seed, step));
     let boundary = crate::frozen_boundary(model);
     let logits = as_logits(crate::frozen::forward_past_frozen(model, images, &boundary)?, n)?;
-    let loss = cross_entropy_forward(logits.view(), labels, label_smoothing)?;
     let correct = top_k_correct(logits.view(), labels, 1);
-    let dlogits = cross_entropy_backward(logits.view(), labels, label_smoothing, 1.0)?;
-    crate::frozen::backward_to_frozen(model, dlogits.into_dyn(), &boundary)?;
+    let (loss, dlogits) = cross_entropy(&logits.into_dyn(), labels, label_smoothing)?;
+    crate::frozen::backward_to_frozen(model, dlogits, &boundary)?;
     Ok(StepStats { loss: f64::from(loss), correct, count: n })
 }
 

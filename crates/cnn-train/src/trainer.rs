@@ -33,7 +33,8 @@ pub type StepCallback = Box<dyn FnMut(u64, &StepStats) + Send>;
 /// use std::sync::Arc;
 /// use cnn_data::{DataLoader, Digits};
 /// use cnn_nn::{Flatten, Sequential};
-/// use cnn_tensor::{random::seeded_rng, Linear, LinearConfig};
+/// use cnn_tensor::{random::seeded_rng};
+/// use cnn_nn::{Linear, LinearConfig};
 /// use cnn_train::{evaluate, ProgressMode, TrainConfig, Trainer};
 ///
 /// // A user's own model: any Layer<f32> that maps [n, 1, 8, 8] to [n, 10] logits.

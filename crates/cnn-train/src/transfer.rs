@@ -6,7 +6,8 @@ use std::fmt;
 use std::path::Path;
 
 use cnn_nn::{freeze, unfreeze, StateDict};
-use cnn_tensor::{random::seeded_rng, Error, Layer, Linear, LinearConfig, Result};
+use cnn_nn::{Linear, LinearConfig};
+use cnn_tensor::{random::seeded_rng, Error, Layer, Result};
 
 /// What trains after the pretrained weights are loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]

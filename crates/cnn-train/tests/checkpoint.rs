@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use cnn_data::{DataLoader, Digits};
 use cnn_nn::{Flatten, Sequential};
+use cnn_nn::{Linear, LinearConfig};
 use cnn_optim::{Optimizer, Rule};
-use cnn_tensor::{random::seeded_rng, Error, Layer, Linear, LinearConfig};
+use cnn_tensor::{random::seeded_rng, Error, Layer};
 use cnn_train::checkpoint::{replace_dir_atomic, PartialEpoch};
 use cnn_train::{
     find_checkpoint, load_checkpoint, save_checkpoint, ProgressMode, TrainConfig, Trainer,

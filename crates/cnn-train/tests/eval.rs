@@ -7,7 +7,8 @@ use std::sync::Arc;
 use cnn_augment::{Compose, RandomHorizontalFlip};
 use cnn_data::{DataLoader, Dataset, Digits, Subset};
 use cnn_nn::{Flatten, Sequential};
-use cnn_tensor::{random::seeded_rng, ArrayD, Layer, Linear, LinearConfig, Mode, Param, Result};
+use cnn_nn::{Linear, LinearConfig};
+use cnn_tensor::{random::seeded_rng, ArrayD, Layer, Mode, Param, Result};
 use cnn_train::{evaluate, evaluate_tta, predict, predict_tta, ProgressMode, TrainConfig, Trainer};
 use ndarray::{Array4, Axis, IxDyn};
 

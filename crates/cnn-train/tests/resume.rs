@@ -13,8 +13,9 @@ use cnn_augment::{Compose, PadMode, RandomCrop};
 use cnn_conv::{Conv2d, Conv2dConfig, GlobalAvgPool2d};
 use cnn_data::{DataLoader, Dataset, Digits, Subset};
 use cnn_nn::{Flatten, Sequential};
+use cnn_nn::{Linear, LinearConfig};
 use cnn_norm::{BatchNorm, BatchNormConfig};
-use cnn_tensor::{random::seeded_rng, Layer, Linear, LinearConfig, Result};
+use cnn_tensor::{random::seeded_rng, Layer, Result};
 use cnn_train::{EpochRecord, ProgressMode, TrainConfig, Trainer};
 use ndarray::Array3;
 

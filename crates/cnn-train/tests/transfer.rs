@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use cnn_data::{DataLoader, Dataset, Digits, TensorDataset};
 use cnn_models::{resnet18, small_cnn};
 use cnn_nn::{freeze, load_state_dict, save_state_dict, unfreeze, SaveDtype, Sequential};
-use cnn_tensor::{random::seeded_rng, ArrayD, Layer, Linear, LinearConfig, Mode, Param, Result};
+use cnn_nn::{Linear, LinearConfig};
+use cnn_tensor::{random::seeded_rng, ArrayD, Layer, Mode, Param, Result};
 use cnn_train::{
     compute_gradients, evaluate, extract_features, frozen_prefix, load_pretrained,
     set_transfer_mode, FeatureHead, PretrainedOptions, ProgressMode, ScheduleKind, TrainConfig,
