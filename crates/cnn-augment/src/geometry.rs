@@ -112,12 +112,26 @@ fn taps(o: usize, out: usize, len: usize) -> (usize, usize, f64) {
 ///
 /// # Errors
 /// [`Error::Shape`] for an empty image or a zero output size.
-pub fn resize<T: Float>(img: ArrayView3<'_, T>, [height, width]: [usize; 2]) -> Result<Array3<T>> {
-    let (c, h, w) = img.dim();
+pub fn resize<T: Float>(img: ArrayView3<'_, T>, size: [usize; 2]) -> Result<Array3<T>> {
+    resize_from(img.dim(), size, |ch, y, x| img[[ch, y, x]])
+}
+
+/// [`resize`] of a `(channels, h, w)` image read through `pixel(ch, y, x)`,
+/// so a decoder's buffer (bytes, another layout) is resized without first
+/// being copied whole into a float array. The same numbers as [`resize`] on
+/// the array `pixel` describes.
+///
+/// # Errors
+/// As [`resize`].
+pub fn resize_from<T: Float>(
+    (c, h, w): (usize, usize, usize),
+    [height, width]: [usize; 2],
+    pixel: impl Fn(usize, usize, usize) -> T,
+) -> Result<Array3<T>> {
     if h == 0 || w == 0 || height == 0 || width == 0 {
         return Err(Error::shape(
             "resize",
-            format!("image {:?} and size {:?} must be non-empty", img.dim(), [height, width]),
+            format!("image {:?} and size {:?} must be non-empty", (c, h, w), [height, width]),
         ));
     }
     let rows: Vec<_> = (0..height).map(|o| taps(o, height, h)).collect();
@@ -125,8 +139,8 @@ pub fn resize<T: Float>(img: ArrayView3<'_, T>, [height, width]: [usize; 2]) -> 
     Ok(Array3::from_shape_fn((c, height, width), |(ch, i, j)| {
         let ((y0, y1, ly), (x0, x1, lx)) = (rows[i], cols[j]);
         let (ly, lx) = (T::of(ly), T::of(lx));
-        let top = img[[ch, y0, x0]] * (T::one() - lx) + img[[ch, y0, x1]] * lx;
-        let bottom = img[[ch, y1, x0]] * (T::one() - lx) + img[[ch, y1, x1]] * lx;
+        let top = pixel(ch, y0, x0) * (T::one() - lx) + pixel(ch, y0, x1) * lx;
+        let bottom = pixel(ch, y1, x0) * (T::one() - lx) + pixel(ch, y1, x1) * lx;
         top * (T::one() - ly) + bottom * ly
     }))
 }

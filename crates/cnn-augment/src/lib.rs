@@ -28,7 +28,7 @@ mod random;
 
 pub use color::{adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation};
 pub use geometry::{
-    crop, erase, hflip, normalize, pad, resize, resize_antialias, resized_crop,
+    crop, erase, hflip, normalize, pad, resize, resize_antialias, resize_from, resized_crop,
     resized_crop_antialias, vflip, PadMode,
 };
 pub use random::{

@@ -1,6 +1,5 @@
 //! The UCI optical handwritten digits, embedded (1797 images of 8×8, 10 classes).
 
-use std::io::Read;
 use std::sync::Arc;
 
 use cnn_tensor::{Error, Result};
@@ -36,10 +35,8 @@ impl Digits {
     /// 65 values, a pixel outside 0–16 or a label outside 0–9.
     pub fn parse_gz(bytes: &[u8], context: &str) -> Result<Self> {
         let bad = |msg: String| Error::Format { context: context.to_string(), msg };
-        let mut text = String::new();
-        flate2::read::GzDecoder::new(bytes)
-            .read_to_string(&mut text)
-            .map_err(|e| bad(format!("gzip: {e}")))?;
+        let raw = crate::files::gunzip(bytes, crate::files::MAX_DECOMPRESSED).map_err(bad)?;
+        let text = String::from_utf8(raw).map_err(|e| bad(format!("not UTF-8 text: {e}")))?;
         let (mut images, mut labels) = (Vec::new(), Vec::new());
         for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             let values: Vec<&str> = line.trim().split(',').collect();

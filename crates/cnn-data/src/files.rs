@@ -5,6 +5,11 @@ use std::path::{Path, PathBuf};
 
 use cnn_tensor::{Error, Result};
 
+/// The most bytes a gzipped dataset file may decompress to: 1 GiB (MNIST's
+/// largest file is 47 MB, CIFAR-100's 150 MB), so that a corrupt or hostile
+/// stream cannot take all memory.
+pub(crate) const MAX_DECOMPRESSED: u64 = 1 << 30;
+
 /// The bytes of `path`, or of `path.gz` decompressed when only that exists.
 ///
 /// # Errors
@@ -22,11 +27,22 @@ pub(crate) fn read_maybe_gz(path: &Path) -> Result<(PathBuf, Vec<u8>)> {
         context: format!("read {} (or .gz)", path.display()),
         source: e,
     })?;
-    let mut bytes = Vec::new();
-    flate2::read::GzDecoder::new(raw.as_slice()).read_to_end(&mut bytes).map_err(|e| {
-        Error::Format { context: gz.display().to_string(), msg: format!("gzip: {e}") }
-    })?;
+    let bytes = gunzip(&raw, MAX_DECOMPRESSED)
+        .map_err(|msg| Error::Format { context: gz.display().to_string(), msg })?;
     Ok((gz, bytes))
+}
+
+/// Decompresses a gzip stream of at most `max` bytes.
+pub(crate) fn gunzip(raw: &[u8], max: u64) -> std::result::Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(raw)
+        .take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("gzip: {e}"))?;
+    if bytes.len() as u64 > max {
+        return Err(format!("gzip: decompresses to more than {max} bytes"));
+    }
+    Ok(bytes)
 }
 
 pub(crate) fn format_err(path: &Path, msg: impl Into<String>) -> Error {

@@ -2,13 +2,23 @@
 
 use std::path::{Path, PathBuf};
 
-use cnn_augment::resize;
+use cnn_augment::resize_from;
 use cnn_tensor::{Error, Result};
 use ndarray::Array3;
 
 use crate::Dataset;
 
 const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
+
+/// The most bytes one image may decode to by default: 128 MiB, an 8K
+/// (7680×4320) RGB photo with room to spare. A file whose header declares more
+/// (a 261 KB PNG can declare 16384×16384 pixels) is refused with an error
+/// naming it before its pixels are allocated; [`ImageFolder::with_max_decoded_bytes`]
+/// and [`read_image_limited`] take another cap.
+pub const MAX_DECODED_BYTES: u64 = 128 << 20;
+
+/// The longest side an image may declare: 16384 pixels.
+pub const MAX_SIDE: u32 = 16384;
 
 /// Images under `root/<class>/`, classes sorted by name, decoded on access to
 /// RGB `3×H×W` in [0, 1] and resized (bilinear) to a fixed size.
@@ -17,6 +27,7 @@ pub struct ImageFolder {
     files: Vec<(PathBuf, usize)>,
     classes: Vec<String>,
     size: [usize; 2],
+    max_decoded_bytes: u64,
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> Error {
@@ -75,7 +86,13 @@ impl ImageFolder {
                 dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
             );
         }
-        Ok(ImageFolder { files, classes, size })
+        Ok(ImageFolder { files, classes, size, max_decoded_bytes: MAX_DECODED_BYTES })
+    }
+
+    /// With another cap on the bytes one image may decode to (default [`MAX_DECODED_BYTES`]).
+    pub fn with_max_decoded_bytes(mut self, bytes: u64) -> Self {
+        self.max_decoded_bytes = bytes;
+        self
     }
 
     /// The file behind sample `index`.
@@ -84,21 +101,68 @@ impl ImageFolder {
     }
 }
 
-/// Reads an image file (PNG, JPEG, …) as RGB `[3, H, W]` with values in [0, 1].
+/// Reads an image file (PNG, JPEG, …) as RGB `[3, H, W]` with values in [0, 1],
+/// decoding at most [`MAX_DECODED_BYTES`].
 ///
 /// # Errors
-/// [`Error::Format`] naming the file when it cannot be read or decoded.
+/// [`Error::Format`] naming the file when it cannot be read or decoded, or
+/// declares more pixels than the cap.
 pub fn read_image(path: &Path) -> Result<Array3<f32>> {
-    let img = image::open(path)
-        .map_err(|e| Error::Format {
-            context: path.display().to_string(),
-            msg: format!("cannot decode: {e}"),
-        })?
-        .to_rgb8();
+    let img = decode_rgb8(path, MAX_DECODED_BYTES)?;
     let (w, h) = img.dimensions();
     Ok(Array3::from_shape_fn((3, h as usize, w as usize), |(c, i, j)| {
         img.get_pixel(j as u32, i as u32)[c] as f32 / 255.0
     }))
+}
+
+/// [`read_image`] resized (bilinear) to `size`, decoding at most
+/// `max_decoded_bytes`: the pixels are resized from the decoder's bytes, with
+/// no full-resolution float copy.
+///
+/// # Errors
+/// As [`read_image`].
+pub fn read_image_limited(
+    path: &Path,
+    size: [usize; 2],
+    max_decoded_bytes: u64,
+) -> Result<Array3<f32>> {
+    let img = decode_rgb8(path, max_decoded_bytes)?;
+    let (w, h) = img.dimensions();
+    let pixel = |c: usize, i: usize, j: usize| img.get_pixel(j as u32, i as u32)[c] as f32 / 255.0;
+    if [h as usize, w as usize] == size {
+        return Ok(Array3::from_shape_fn((3, h as usize, w as usize), |(c, i, j)| pixel(c, i, j)));
+    }
+    resize_from((3, h as usize, w as usize), size, pixel)
+        .map_err(|e| format_error(path, e.to_string()))
+}
+
+fn format_error(path: &Path, msg: String) -> Error {
+    Error::Format { context: path.display().to_string(), msg }
+}
+
+/// Decodes `path` to 8-bit RGB under the `image` crate's limits: each side at
+/// most [`MAX_SIDE`], at most `max_bytes` allocated by the decoder (checked
+/// against the header before any pixel buffer is made).
+fn decode_rgb8(path: &Path, max_bytes: u64) -> Result<image::RgbImage> {
+    let bad = |msg: String| format_error(path, msg);
+    let mut reader = image::ImageReader::open(path)
+        .map_err(|e| bad(format!("cannot open: {e}")))?
+        .with_guessed_format()
+        .map_err(|e| bad(format!("cannot read: {e}")))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(max_bytes);
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| match e {
+        image::ImageError::Limits(l) => bad(format!(
+            "the image is larger than this reader decodes ({l}; at most {MAX_SIDE} pixels a side and {max_bytes} bytes decoded)"
+        )),
+        e => bad(format!("cannot decode: {e}")),
+    })?;
+    // An 8-bit RGB image is taken as it is; others are converted (at most 3
+    // bytes a pixel, so within 3× the decoded size).
+    Ok(img.into_rgb8())
 }
 
 impl Dataset for ImageFolder {
@@ -112,10 +176,7 @@ impl Dataset for ImageFolder {
                 format!("index {index} out of range for {} samples", self.files.len()),
             )
         })?;
-        let raw = read_image(path)?;
-        let (_, h, w) = raw.dim();
-        let out = if [h, w] == self.size { raw } else { resize(raw.view(), self.size)? };
-        Ok((out, *class))
+        Ok((read_image_limited(path, self.size, self.max_decoded_bytes)?, *class))
     }
     fn classes(&self) -> &[String] {
         &self.classes

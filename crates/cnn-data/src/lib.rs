@@ -32,7 +32,7 @@ mod stats;
 pub use cifar::Cifar;
 pub use dataset::{stratified_split, Dataset, Subset};
 pub use digits::Digits;
-pub use folder::{read_image, ImageFolder};
+pub use folder::{read_image, read_image_limited, ImageFolder, MAX_DECODED_BYTES, MAX_SIDE};
 pub use idx::IdxDataset;
 pub use loader::{Batch, DataLoader};
 pub use memory::{Resized, TensorDataset};

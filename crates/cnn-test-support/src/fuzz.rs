@@ -139,11 +139,11 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} executions: {} loaded, {} rejected, peak allocation {:.1} MiB",
+            "{} executions: {} loaded, {} rejected, peak allocation {:.1} KiB",
             self.executions,
             self.loaded,
             self.rejected,
-            self.peak_alloc as f64 / (1 << 20) as f64
+            self.peak_alloc as f64 / 1024.0
         )
     }
 }
@@ -350,6 +350,9 @@ impl SplitMix {
 mod tests {
     use super::*;
 
+    #[global_allocator]
+    static ALLOC: CountingAlloc = CountingAlloc;
+
     fn target() -> Target<'static> {
         Target {
             name: "toy",
@@ -392,6 +395,16 @@ mod tests {
         if let Err(e) = r {
             std::panic::resume_unwind(e);
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "over the bound")]
+    fn an_allocation_over_the_bound_fails_the_run() {
+        run(&target(), 4, Budget::count(10), |b| {
+            let big = vec![1u8; 4 << 20];
+            std::hint::black_box(&big);
+            Err(format!("toy.bin: {} bytes", b.len()))
+        });
     }
 
     #[test]

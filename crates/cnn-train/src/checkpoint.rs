@@ -200,7 +200,7 @@ pub fn find_checkpoint(run: &Path, name: &str) -> Result<PathBuf> {
 pub fn save_checkpoint(
     run: &Path,
     name: &str,
-    model: &mut dyn Layer<f32>,
+    model: &dyn Layer<f32>,
     optimizer: &Optimizer<f32>,
     state: &TrainerState,
 ) -> Result<()> {

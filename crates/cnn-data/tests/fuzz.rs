@@ -1,0 +1,278 @@
+//! Every parser of cnn-data run through the mutation fuzzer of
+//! `cnn-test-support`: IDX images and labels (plain and gzipped), CIFAR
+//! binaries, the digits CSV and image folders. Each input must load or be
+//! refused with an error naming its file, without a panic and within the
+//! stated allocation bound. A fixed count runs in the regular suite; the long
+//! runs are `--ignored` (`CNN_FUZZ_MINUTES`, `CNN_FUZZ_EXECUTIONS`), their
+//! counts in docs/reliability.md.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
+
+use cnn_data::{Cifar, Dataset, Digits, IdxDataset, ImageFolder};
+use cnn_test_support::fuzz::{self, Budget, CountingAlloc, Target};
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+/// One target at a time: the allocation counter is global to the process.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Executions of each target in the regular suite.
+const CI_COUNT: u64 = 1500;
+
+const MIB: usize = 1 << 20;
+
+fn idx_images(n: usize, rows: usize, cols: usize) -> Vec<u8> {
+    let mut b = vec![0, 0, 8, 3];
+    for v in [n, rows, cols] {
+        b.extend_from_slice(&(v as u32).to_be_bytes());
+    }
+    b.extend((0..n * rows * cols).map(|i| (i * 7 % 256) as u8));
+    b
+}
+
+fn idx_labels(labels: &[u8]) -> Vec<u8> {
+    let mut b = vec![0, 0, 8, 1];
+    b.extend_from_slice(&(labels.len() as u32).to_be_bytes());
+    b.extend_from_slice(labels);
+    b
+}
+
+fn gz(bytes: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+fn write(path: &Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Runs `target` for `budget` with `parse`, prints the report, returns it.
+fn go(target: &Target<'_>, budget: Budget, parse: impl FnMut(&[u8]) -> Result<(), String>) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let report = fuzz::run(target, 0xf0221, budget, parse);
+    eprintln!("fuzz {}: {report}", target.name);
+    assert_eq!(report.executions, report.loaded + report.rejected);
+}
+
+/// IDX image files, the labels beside them valid; header fields at 4, 8, 12.
+fn idx_images_target(budget: Budget) {
+    let dir = cnn_test_support::temp_dir("fuzz-idx");
+    let (images, labels) = (dir.path().join("images-idx3-ubyte"), dir.path().join("labels"));
+    write(&labels, &idx_labels(&[1, 2, 3]));
+    let target = Target {
+        name: "idx images",
+        corpus: vec![idx_images(3, 4, 5), idx_images(3, 2, 2), idx_images(3, 1, 7)],
+        fields: vec![4, 8, 12],
+        max_alloc: MIB,
+        must_name: "images-idx3-ubyte".into(),
+    };
+    go(&target, budget, |b| {
+        write(&images, b);
+        IdxDataset::from_files(&images, &labels).map(drop).map_err(|e| e.to_string())
+    });
+}
+
+fn idx_labels_target(budget: Budget) {
+    let dir = cnn_test_support::temp_dir("fuzz-idx-labels");
+    let (images, labels) = (dir.path().join("images"), dir.path().join("labels-idx1-ubyte"));
+    write(&images, &idx_images(4, 2, 2));
+    let target = Target {
+        name: "idx labels",
+        corpus: vec![idx_labels(&[0, 9, 3, 4]), idx_labels(&[1, 1, 1, 1])],
+        fields: vec![4],
+        max_alloc: MIB,
+        must_name: "labels-idx1-ubyte".into(),
+    };
+    go(&target, budget, |b| {
+        write(&labels, b);
+        IdxDataset::from_files(&images, &labels).map(drop).map_err(|e| e.to_string())
+    });
+}
+
+/// Gzipped IDX images: mutations of the compressed stream (the gzip layer,
+/// its 1 GiB cap on what it inflates to) reach the IDX parser when the
+/// stream survives.
+fn idx_gz_target(budget: Budget) {
+    let dir = cnn_test_support::temp_dir("fuzz-idx-gz");
+    let (images, labels) = (dir.path().join("train-images"), dir.path().join("labels"));
+    let images_gz = dir.path().join("train-images.gz");
+    write(&labels, &idx_labels(&[1, 2]));
+    let target = Target {
+        name: "idx gz",
+        corpus: vec![gz(&idx_images(2, 6, 6)), gz(&idx_images(2, 3, 1))],
+        fields: vec![4, 8],
+        // Inflating is bounded by deflate's ratio (≤ 1032:1) on these few-hundred-byte inputs.
+        max_alloc: 4 * MIB,
+        must_name: "train-images".into(),
+    };
+    go(&target, budget, |b| {
+        write(&images_gz, b);
+        IdxDataset::from_files(&images, &labels).map(drop).map_err(|e| e.to_string())
+    });
+}
+
+fn cifar_records(labels: &[u8]) -> Vec<u8> {
+    let mut b = Vec::new();
+    for (r, &l) in labels.iter().enumerate() {
+        b.push(l);
+        b.extend((0..3072).map(|i| ((i + r * 13) % 256) as u8));
+    }
+    b
+}
+
+/// CIFAR-10 binaries: `data_batch_1.bin` mutated, the other five valid.
+fn cifar_target(budget: Budget) {
+    let dir = cnn_test_support::temp_dir("fuzz-cifar");
+    for i in 2..=5 {
+        write(&dir.path().join(format!("data_batch_{i}.bin")), &cifar_records(&[1]));
+    }
+    write(&dir.path().join("test_batch.bin"), &cifar_records(&[9]));
+    let first = dir.path().join("data_batch_1.bin");
+    let target = Target {
+        name: "cifar",
+        corpus: vec![cifar_records(&[0, 5]), cifar_records(&[9])],
+        fields: vec![0, 3073],
+        max_alloc: 4 * MIB,
+        must_name: "data_batch_1.bin".into(),
+    };
+    go(&target, budget, |b| {
+        write(&first, b);
+        Cifar::cifar10(dir.path()).map(drop).map_err(|e| e.to_string())
+    });
+}
+
+/// The digits CSV: the text is mutated, then gzipped, so the mutations reach
+/// the CSV parser rather than dying in gzip's checksum.
+fn digits_target(budget: Budget) {
+    let line = |label: usize| {
+        let px: Vec<String> = (0..64).map(|i| ((i * 5 + label) % 17).to_string()).collect();
+        format!("{},{label}\n", px.join(","))
+    };
+    let target = Target {
+        name: "digits csv",
+        corpus: vec![(0..3).map(line).collect::<String>().into_bytes(), line(7).into_bytes()],
+        fields: Vec::new(),
+        max_alloc: MIB,
+        must_name: "fuzz-digits.csv.gz".into(),
+    };
+    go(&target, budget, |b| {
+        Digits::parse_gz(&gz(b), "fuzz-digits.csv.gz").map(drop).map_err(|e| e.to_string())
+    });
+}
+
+fn png(w: u32, h: u32, gray: bool) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    let img: image::DynamicImage = if gray {
+        image::GrayImage::from_fn(w, h, |x, y| image::Luma([(x * 9 + y * 5) as u8])).into()
+    } else {
+        image::RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8 * 20, y as u8 * 30, 99])).into()
+    };
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+fn jpeg(w: u32, h: u32) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8 * 20, y as u8 * 30, 99]));
+    image::DynamicImage::from(img).write_to(&mut out, image::ImageFormat::Jpeg).unwrap();
+    out.into_inner()
+}
+
+/// Image folders: one file per input, read through `ImageFolder::get` with a
+/// 1 MiB decode cap; header fields are PNG's width and height (16, 20).
+fn image_folder_target(budget: Budget) {
+    let dir = cnn_test_support::temp_dir("fuzz-folder");
+    std::fs::create_dir(dir.path().join("a")).unwrap();
+    let file = dir.path().join("a").join("sample.png");
+    write(&file, &png(4, 4, false));
+    let folder = ImageFolder::new(dir.path(), [8, 8]).unwrap().with_max_decoded_bytes(MIB as u64);
+    let target = Target {
+        name: "image folder",
+        corpus: vec![png(12, 10, false), png(7, 9, true), jpeg(16, 8)],
+        fields: vec![16, 20],
+        // The decoder's cap, ×3 for gray → RGB, and the decoder's own state.
+        max_alloc: 3 * MIB + 4 * MIB,
+        must_name: "sample.png".into(),
+    };
+    go(&target, budget, |b| {
+        write(&file, b);
+        folder.get(0).map(drop).map_err(|e| e.to_string())
+    });
+}
+
+#[test]
+fn fuzz_idx_images() {
+    idx_images_target(Budget::count(CI_COUNT));
+}
+#[test]
+fn fuzz_idx_labels() {
+    idx_labels_target(Budget::count(CI_COUNT));
+}
+#[test]
+fn fuzz_idx_gz() {
+    idx_gz_target(Budget::count(CI_COUNT));
+}
+#[test]
+fn fuzz_cifar() {
+    cifar_target(Budget::count(CI_COUNT / 3));
+}
+#[test]
+fn fuzz_digits_csv() {
+    digits_target(Budget::count(CI_COUNT));
+}
+#[test]
+fn fuzz_image_folder() {
+    image_folder_target(Budget::count(CI_COUNT));
+}
+
+#[test]
+#[ignore = "long fuzzing run: cargo test --release -p cnn-data --test fuzz -- --ignored"]
+fn fuzz_long() {
+    idx_images_target(Budget::long());
+    idx_labels_target(Budget::long());
+    idx_gz_target(Budget::long());
+    cifar_target(Budget::long());
+    digits_target(Budget::long());
+    image_folder_target(Budget::long());
+}
+
+/// The case the issue found: a small PNG whose header declares 16384×16384
+/// pixels is refused quickly, naming the file, without decoding it.
+#[test]
+fn a_png_declaring_huge_dimensions_is_refused() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = cnn_test_support::temp_dir("huge-png");
+    std::fs::create_dir(dir.path().join("a")).unwrap();
+    let file = dir.path().join("a").join("huge.png");
+    // A real 16384×16384 gray PNG of zeros compresses to ~260 KB; built row by row.
+    let mut out = Vec::new();
+    {
+        let mut e = png_encoder(&mut out, 16384, 16384);
+        // A 16384-byte row of zeros at a time: the file stays small.
+        let row = vec![0u8; 16384];
+        let mut w = e.stream_writer().unwrap();
+        for _ in 0..16384 {
+            w.write_all(&row).unwrap();
+        }
+        w.finish().unwrap();
+    }
+    write(&file, &out);
+    let folder = ImageFolder::new(dir.path(), [8, 8]).unwrap();
+    let start = std::time::Instant::now();
+    let e = folder.get(0).unwrap_err().to_string();
+    assert!(e.contains("huge.png") && e.contains("larger than this reader decodes"), "{e}");
+    assert!(start.elapsed().as_secs_f64() < 1.0, "took {:?}", start.elapsed());
+}
+
+fn png_encoder(out: &mut Vec<u8>, w: u32, h: u32) -> png::Writer<&mut Vec<u8>> {
+    let mut e = png::Encoder::new(out, w, h);
+    e.set_color(png::ColorType::Grayscale);
+    e.set_depth(png::BitDepth::Eight);
+    e.write_header().unwrap()
+}
