@@ -5,7 +5,7 @@ use ndarray::{Array1, Array4, ArrayView1, ArrayView4};
 
 use crate::{Conv2dGrads, Conv2dOptions, ConvGeometry};
 
-/// Calls `f(n, o, p, q, c, i, j, ih, iw)` for every in-bounds tap of the convolution.
+/// Calls `f([n, o, p, q, c, i, j, ih, iw])` for every in-bounds tap of the convolution: sample, output channel, output row and column, input channel in the group, kernel row and column, and the input row and column they read.
 fn for_each_tap(g: &ConvGeometry, mut f: impl FnMut([usize; 9])) {
     let (cog, cg) = (g.c_out_g(), g.c_in_g());
     let o_ = &g.opts;
