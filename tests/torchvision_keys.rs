@@ -95,7 +95,7 @@ fn timm_models_have_our_keys_and_sizes() {
         assert_eq!(ours(build()), manifest_entry(&manifest, name), "{name}");
     }
     // timm's parameter counts.
-    let count = |b: Build| cnn::nn::count_params(&mut b()).0;
+    let count = |b: Build| cnn::nn::count_params(&b()).0;
     assert_eq!(count(|| convnext_atto(1000, &mut seeded_rng(0)).unwrap()), 3_695_520);
     assert_eq!(count(|| convnext_tiny(1000, &mut seeded_rng(0)).unwrap()), 28_589_128);
 }
@@ -107,7 +107,7 @@ fn resnet18_runs_end_to_end() {
     let y = net.forward(normal(&[2, 3, 64, 64], 0.0, 1.0, &mut seeded_rng(2)), Mode::Eval).unwrap();
     assert_eq!(y.shape(), &[2, 1000]);
     assert!(y.iter().all(|v| v.is_finite()));
-    assert_eq!(cnn::nn::count_params(&mut net).0, 11_689_512);
+    assert_eq!(cnn::nn::count_params(&net).0, 11_689_512);
 }
 
 #[test]
@@ -115,15 +115,15 @@ fn bottleneck_resnets_have_torchvisions_sizes() {
     use cnn::models::{resnet101, resnet152};
     use cnn::tensor::{random::normal, Mode};
     let mut r50 = resnet50::<f32, _>(1000, &mut seeded_rng(1)).unwrap();
-    assert_eq!(cnn::nn::count_params(&mut r50).0, 25_557_032);
+    assert_eq!(cnn::nn::count_params(&r50).0, 25_557_032);
     let y = r50.forward(normal(&[1, 3, 64, 64], 0.0, 1.0, &mut seeded_rng(2)), Mode::Eval).unwrap();
     assert_eq!(y.shape(), &[1, 1000]);
     assert_eq!(
-        cnn::nn::count_params(&mut resnet101::<f32, _>(1000, &mut seeded_rng(1)).unwrap()).0,
+        cnn::nn::count_params(&resnet101::<f32, _>(1000, &mut seeded_rng(1)).unwrap()).0,
         44_549_160
     );
     assert_eq!(
-        cnn::nn::count_params(&mut resnet152::<f32, _>(1000, &mut seeded_rng(1)).unwrap()).0,
+        cnn::nn::count_params(&resnet152::<f32, _>(1000, &mut seeded_rng(1)).unwrap()).0,
         60_192_808
     );
 }
@@ -132,7 +132,7 @@ fn bottleneck_resnets_have_torchvisions_sizes() {
 fn classic_models_run_and_have_torchvisions_sizes() {
     use cnn::tensor::{random::normal, Mode};
     let mut a = alexnet::<f32, _>(1000, &mut seeded_rng(1)).unwrap();
-    assert_eq!(cnn::nn::count_params(&mut a).0, 61_100_840);
+    assert_eq!(cnn::nn::count_params(&a).0, 61_100_840);
     let y = a.forward(normal(&[1, 3, 224, 224], 0.0, 1.0, &mut seeded_rng(2)), Mode::Eval).unwrap();
     assert_eq!(y.shape(), &[1, 1000]);
     let mut v = vgg::<f32, _>(11, false, 10, &mut seeded_rng(1)).unwrap();

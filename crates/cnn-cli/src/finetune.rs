@@ -212,7 +212,7 @@ pub fn run(args: FinetuneArgs, started: Instant) -> Result<ExitCode> {
         report.to_string().trim_end().replace('\n', "; ")
     ));
     let heads = set_transfer_mode(&mut *built.model, &mode, &report.head)?;
-    let (total, trainable) = cnn_nn::count_params(&mut *built.model);
+    let (total, trainable) = cnn_nn::count_params(&*built.model);
     let lr = args.lr.unwrap_or(if args.mode == Mode::LinearProbe { 0.1 } else { 0.01 });
     let mut config = TrainConfig::default()
         .with_epochs(args.epochs)

@@ -258,7 +258,7 @@ pub fn degradation(args: DegradationArgs, started: Instant) -> Result<ExitCode> 
             let name = format!("{}-{depth}", if skip { "resnet" } else { "plain" });
             let mut model =
                 cifar_resnet::<f32, _>(depth, classes, skip, &mut seeded_rng(args.seed))?;
-            let (params, _) = cnn_nn::count_params(&mut model);
+            let (params, _) = cnn_nn::count_params(&model);
             let steps = Arc::new(Mutex::new(Vec::new()));
             let record = steps.clone();
             let config = TrainConfig::default()

@@ -257,7 +257,7 @@ pub fn run(args: TrainArgs, started: Instant) -> Result<ExitCode> {
             println!("{line}");
         }
     };
-    let (params, _) = cnn_nn::count_params(&mut *built.model);
+    let (params, _) = cnn_nn::count_params(&*built.model);
     say(format!(
         "{} {} ({params} parameters) on {spec}: {} training images of {}, {} for validation ({}), {} classes; run directory {}",
         if resuming { "resuming" } else { "training" },

@@ -31,7 +31,7 @@ fn save_then_load_gives_identical_outputs() {
             cifar_resnet_widths::<f64, _>(8, [4, 4, 8], 10, true, &mut seeded_rng(1)).unwrap();
         // Train-mode steps move the running statistics away from their init.
         a.forward(normal(&[4, 3, 8, 8], 1.0, 2.0, &mut seeded_rng(2)), Mode::Train).unwrap();
-        save_state_dict(&mut a, &path, dtype).unwrap();
+        save_state_dict(&a, &path, dtype).unwrap();
         let mut b =
             cifar_resnet_widths::<f64, _>(8, [4, 4, 8], 10, true, &mut seeded_rng(99)).unwrap();
         let report = load_state_dict(&mut b, &path, true).unwrap();
@@ -54,7 +54,7 @@ fn files_that_do_not_fit_are_clear_errors() {
     let path = scratch.path("resnet8.safetensors");
     let mut small =
         cifar_resnet_widths::<f32, _>(8, [4, 4, 8], 10, true, &mut seeded_rng(1)).unwrap();
-    save_state_dict(&mut small, &path, SaveDtype::F32).unwrap();
+    save_state_dict(&small, &path, SaveDtype::F32).unwrap();
 
     // Deeper model: keys missing from the file.
     let mut deeper =

@@ -222,6 +222,8 @@ impl BasicBlock {
     ///
     /// # Errors
     /// [`Error::Config`] for zero channels or stride.
+    // Named as torchvision's class, but a block is a `Residual`: no type of its own.
+    #[allow(clippy::new_ret_no_self)]
     pub fn new<T: Float, R: Rng + ?Sized>(
         c_in: usize,
         c_out: usize,
@@ -263,6 +265,8 @@ impl Bottleneck {
     ///
     /// # Errors
     /// [`Error::Config`] for zero channels or stride.
+    // Named as torchvision's class, but a block is a `Residual`: no type of its own.
+    #[allow(clippy::new_ret_no_self)]
     pub fn new<T: Float, R: Rng + ?Sized>(
         c_in: usize,
         width: usize,

@@ -221,7 +221,7 @@ fn lies(len: usize, rng: &mut SplitMix) -> u64 {
         5 => len + 1 + rng.below(16) as u64,
         6 => len.saturating_sub(1 + rng.below(8) as u64),
         7 => 1 << (16 + rng.below(32)),
-        8 => rng.next() >> rng.below(64),
+        8 => rng.next_u64() >> rng.below(64),
         _ => 0x8000_0000,
     }
 }
@@ -258,7 +258,7 @@ fn mutate_once(data: &mut Vec<u8>, target: &Target<'_>, rng: &mut SplitMix) {
                 let s = rng.below(len);
                 data[s..(s + 1 + rng.below(64)).min(len)].to_vec()
             } else {
-                (0..1 + rng.below(16)).map(|_| rng.next() as u8).collect()
+                (0..1 + rng.below(16)).map(|_| rng.next_u64() as u8).collect()
             };
             data.splice(at..at, run);
         }
@@ -279,7 +279,7 @@ fn mutate_once(data: &mut Vec<u8>, target: &Target<'_>, rng: &mut SplitMix) {
         _ => {
             if len > 0 {
                 let i = rng.below(len);
-                data[i] = rng.next() as u8;
+                data[i] = rng.next_u64() as u8;
             }
         }
     }
@@ -328,7 +328,7 @@ pub struct SplitMix(pub u64);
 
 impl SplitMix {
     /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -341,7 +341,7 @@ impl SplitMix {
         if n == 0 {
             0
         } else {
-            (self.next() % n as u64) as usize
+            (self.next_u64() % n as u64) as usize
         }
     }
 }

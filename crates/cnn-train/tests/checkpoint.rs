@@ -63,7 +63,7 @@ fn a_failed_write_leaves_the_previous_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let mut m = model(3);
     fill(&mut m, 1.0);
-    save_checkpoint(tmp.path(), "last", &mut m, &optimizer(), &state(1)).unwrap();
+    save_checkpoint(tmp.path(), "last", &m, &optimizer(), &state(1)).unwrap();
     // The next write dies after half of the model file.
     let err = replace_dir_atomic(tmp.path(), "last", |dir| {
         std::fs::write(dir.join("model.safetensors"), vec![7u8; 100]).unwrap();
@@ -77,7 +77,7 @@ fn a_failed_write_leaves_the_previous_checkpoint() {
     assert_eq!(load_consistent(tmp.path(), 3), 1);
     // The next good write cleans up the half-written staging directory.
     fill(&mut m, 2.0);
-    save_checkpoint(tmp.path(), "last", &mut m, &optimizer(), &state(2)).unwrap();
+    save_checkpoint(tmp.path(), "last", &m, &optimizer(), &state(2)).unwrap();
     assert_eq!(load_consistent(tmp.path(), 3), 2);
     assert!(!tmp.path().join(".last.tmp").exists());
     assert!(!tmp.path().join(".last.old").exists());
@@ -88,13 +88,13 @@ fn a_crash_between_the_renames_falls_back_to_the_old_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let mut m = model(3);
     fill(&mut m, 5.0);
-    save_checkpoint(tmp.path(), "last", &mut m, &optimizer(), &state(5)).unwrap();
+    save_checkpoint(tmp.path(), "last", &m, &optimizer(), &state(5)).unwrap();
     // The state a crash right after "rename aside" leaves behind.
     std::fs::rename(tmp.path().join("last"), tmp.path().join(".last.old")).unwrap();
     assert_eq!(find_checkpoint(tmp.path(), "last").unwrap(), tmp.path().join(".last.old"));
     assert_eq!(load_consistent(tmp.path(), 3), 5);
     fill(&mut m, 6.0);
-    save_checkpoint(tmp.path(), "last", &mut m, &optimizer(), &state(6)).unwrap();
+    save_checkpoint(tmp.path(), "last", &m, &optimizer(), &state(6)).unwrap();
     assert_eq!(load_consistent(tmp.path(), 3), 6);
 }
 
@@ -104,8 +104,8 @@ fn trainer_state_round_trips_exactly() {
     let mut s = state(42);
     s.partial.loss_sum = 0.1 + 0.2;
     s.best_val_accuracy = Some(1.0 / 3.0);
-    let mut m = model(3);
-    save_checkpoint(tmp.path(), "last", &mut m, &optimizer(), &s).unwrap();
+    let m = model(3);
+    save_checkpoint(tmp.path(), "last", &m, &optimizer(), &s).unwrap();
     assert_eq!(TrainerState::read(&tmp.path().join("last")).unwrap(), s);
 }
 
@@ -131,7 +131,7 @@ fn truncated_or_corrupt_files_are_refused_by_name() {
         let mut opt = optimizer();
         m.visit_mut("", &mut |_, p| p.grad.fill(1.0));
         opt.step(&mut m).unwrap();
-        save_checkpoint(tmp.path(), "last", &mut m, &opt, &state(1)).unwrap();
+        save_checkpoint(tmp.path(), "last", &m, &opt, &state(1)).unwrap();
         let path = corrupt(tmp.path(), file, |b| {
             if truncate {
                 b.truncate(b.len() / 2);
@@ -151,7 +151,7 @@ fn truncated_or_corrupt_files_are_refused_by_name() {
 #[test]
 fn a_checkpoint_of_another_model_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    save_checkpoint(tmp.path(), "last", &mut model(3), &optimizer(), &state(1)).unwrap();
+    save_checkpoint(tmp.path(), "last", &model(3), &optimizer(), &state(1)).unwrap();
     let e = load_checkpoint(&tmp.path().join("last"), &mut model(4), &mut optimizer()).unwrap_err();
     assert!(e.to_string().contains("model.safetensors"), "{e}");
     assert!(e.to_string().contains("[4, 64]"), "{e}");
@@ -169,7 +169,7 @@ fn checkpoint_writer_child() {
     let started = Instant::now();
     for step in 1.. {
         fill(&mut m, step as f32);
-        save_checkpoint(Path::new(&dir), "last", &mut m, &optimizer(), &state(step)).unwrap();
+        save_checkpoint(Path::new(&dir), "last", &m, &optimizer(), &state(step)).unwrap();
         if started.elapsed() > Duration::from_secs(20) {
             break;
         }

@@ -62,7 +62,7 @@ fn transfer_from_digits_0_to_4_to_5_to_9_with_fifty_images() {
     let mut pre = net(1);
     let source = DataLoader::new(Arc::new(digits_of(&train, 0, usize::MAX)), 64, 0).unwrap();
     fit(&mut pre, &source, TrainConfig::default().with_epochs(8));
-    save_state_dict(&mut pre, &weights, SaveDtype::F32).unwrap();
+    save_state_dict(&pre, &weights, SaveDtype::F32).unwrap();
 
     let few = Arc::new(digits_of(&train, 5, 10));
     assert_eq!(few.len(), 50);
@@ -184,7 +184,7 @@ fn a_torchvision_resnet18_checkpoint_loads_with_a_new_head() {
 
     // Plain loading never replaces a head: the shapes must match.
     let plain = dir.path().join("resnet18.safetensors");
-    save_state_dict(&mut source, &plain, SaveDtype::F32).unwrap();
+    save_state_dict(&source, &plain, SaveDtype::F32).unwrap();
     let e = load_state_dict(&mut resnet18::<f32, _>(7, &mut seeded_rng(1)).unwrap(), &plain, true)
         .unwrap_err()
         .to_string();
@@ -346,8 +346,8 @@ fn a_timm_convnext_checkpoint_loads_with_a_new_head() {
     use cnn_models::convnext_atto;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("convnext_atto.safetensors");
-    let mut source = convnext_atto::<f32, _>(1000, &mut seeded_rng(0)).unwrap();
-    save_state_dict(&mut source, &path, SaveDtype::F32).unwrap();
+    let source = convnext_atto::<f32, _>(1000, &mut seeded_rng(0)).unwrap();
+    save_state_dict(&source, &path, SaveDtype::F32).unwrap();
     let mut model = convnext_atto::<f32, _>(7, &mut seeded_rng(1)).unwrap();
     let report = load_pretrained(&mut model, &path, 7, &PretrainedOptions::default()).unwrap();
     assert_eq!(report.head, "head.fc");
