@@ -3,37 +3,17 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write;
 use std::path::Path;
 
 use cnn_data::{Cifar, Dataset, IdxDataset};
+
+mod common;
 use cnn_tensor::Error;
+use common::{gz, idx_images, idx_labels};
 use proptest::prelude::*;
 
 fn dir(name: &str) -> tempfile::TempDir {
     cnn_test_support::temp_dir(&format!("data-{name}"))
-}
-
-fn idx_images(n: usize, rows: usize, cols: usize) -> Vec<u8> {
-    let mut b = vec![0, 0, 8, 3];
-    for v in [n, rows, cols] {
-        b.extend_from_slice(&(v as u32).to_be_bytes());
-    }
-    b.extend((0..n * rows * cols).map(|i| (i * 7 % 256) as u8));
-    b
-}
-
-fn idx_labels(labels: &[u8]) -> Vec<u8> {
-    let mut b = vec![0, 0, 8, 1];
-    b.extend_from_slice(&(labels.len() as u32).to_be_bytes());
-    b.extend_from_slice(labels);
-    b
-}
-
-fn gz(bytes: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(bytes).unwrap();
-    e.finish().unwrap()
 }
 
 #[test]

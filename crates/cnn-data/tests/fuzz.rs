@@ -8,55 +8,29 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write;
+use std::io::Write as _;
 use std::path::Path;
-use std::sync::Mutex;
 
 use cnn_data::{Cifar, Dataset, Digits, IdxDataset, ImageFolder};
 use cnn_test_support::fuzz::{self, Budget, CountingAlloc, Target};
 
+mod common;
+use common::{gz, idx_images, idx_labels};
+
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
 
-/// One target at a time: the allocation counter is global to the process.
-static SERIAL: Mutex<()> = Mutex::new(());
-
 /// Executions of each target in the regular suite.
-const CI_COUNT: u64 = 1500;
+const CI_COUNT: u64 = 5000;
 
 const MIB: usize = 1 << 20;
-
-fn idx_images(n: usize, rows: usize, cols: usize) -> Vec<u8> {
-    let mut b = vec![0, 0, 8, 3];
-    for v in [n, rows, cols] {
-        b.extend_from_slice(&(v as u32).to_be_bytes());
-    }
-    b.extend((0..n * rows * cols).map(|i| (i * 7 % 256) as u8));
-    b
-}
-
-fn idx_labels(labels: &[u8]) -> Vec<u8> {
-    let mut b = vec![0, 0, 8, 1];
-    b.extend_from_slice(&(labels.len() as u32).to_be_bytes());
-    b.extend_from_slice(labels);
-    b
-}
-
-fn gz(bytes: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(bytes).unwrap();
-    e.finish().unwrap()
-}
 
 fn write(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap();
 }
 
-/// Runs `target` for `budget` with `parse`, prints the report, returns it.
 fn go(target: &Target<'_>, budget: Budget, parse: impl FnMut(&[u8]) -> Result<(), String>) {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let report = fuzz::run(target, 0xf0221, budget, parse);
-    eprintln!("fuzz {}: {report}", target.name);
+    let report = fuzz::run_one(target, 0xf0221, budget, parse);
     assert_eq!(report.executions, report.loaded + report.rejected);
 }
 
@@ -220,7 +194,7 @@ fn fuzz_idx_gz() {
 }
 #[test]
 fn fuzz_cifar() {
-    cifar_target(Budget::count(CI_COUNT / 3));
+    cifar_target(Budget::count(CI_COUNT / 2));
 }
 #[test]
 fn fuzz_digits_csv() {
@@ -246,7 +220,7 @@ fn fuzz_long() {
 /// pixels is refused quickly, naming the file, without decoding it.
 #[test]
 fn a_png_declaring_huge_dimensions_is_refused() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _alone = fuzz::exclusive();
     let dir = cnn_test_support::temp_dir("huge-png");
     std::fs::create_dir(dir.path().join("a")).unwrap();
     let file = dir.path().join("a").join("huge.png");

@@ -200,6 +200,26 @@ where
     report
 }
 
+/// [`run`] for a test: one target at a time in the process (the allocation
+/// counter is global, so targets in one test binary must not overlap),
+/// the report printed to stderr (`--nocapture` shows it) and returned.
+pub fn run_one<F>(target: &Target<'_>, seed: u64, budget: Budget, parse: F) -> Report
+where
+    F: FnMut(&[u8]) -> Result<(), String>,
+{
+    let _one_at_a_time = exclusive();
+    let report = run(target, seed, budget, parse);
+    eprintln!("fuzz {}: {report}", target.name);
+    report
+}
+
+/// Holds off every other [`run_one`] in the process while the guard lives:
+/// for a test whose allocations must not land in a fuzz target's peak.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// One input: a corpus file with one to four mutations.
 pub fn mutate(target: &Target<'_>, rng: &mut SplitMix) -> Vec<u8> {
     let mut data = target.corpus[rng.below(target.corpus.len())].clone();
