@@ -148,24 +148,18 @@ impl<T: Float> Sequential<T> {
         Ok(crate::fusion::run_fused(&mut run, x)?.map(|(used, y)| (used, y.into_dyn())))
     }
 
-    /// Eval-mode forward of a borrowed input, for a residual block that adds
-    /// the input after: with fused inference a leading convolution reads `x`
-    /// in place; otherwise the first child gets a copy.
+    /// Eval-mode forward with fused inference of a borrowed input, for a
+    /// residual block that adds the input after: a leading convolution reads
+    /// `x` in place; any other first child gets a copy.
     pub(crate) fn forward_eval_borrowed(&mut self, x: &ArrayD<T>) -> Result<ArrayD<T>> {
         if self.children.is_empty() {
             return Ok(x.clone());
         }
-        if crate::fusion_enabled() {
-            if let Some((used, y)) = self.fused_run(0, x)? {
-                return self.forward_fused_from(used, y);
-            }
-        }
-        let y = self.children[0].1.forward(x.clone(), Mode::Eval)?;
-        if crate::fusion_enabled() {
-            self.forward_fused_from(1, y)
-        } else {
-            self.children[1..].iter_mut().try_fold(y, |y, (_, l)| l.forward(y, Mode::Eval))
-        }
+        let (used, y) = match self.fused_run(0, x)? {
+            Some(run) => run,
+            None => (1, self.children[0].1.forward(x.clone(), Mode::Eval)?),
+        };
+        self.forward_fused_from(used, y)
     }
 }
 

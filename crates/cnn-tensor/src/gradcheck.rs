@@ -205,7 +205,10 @@ fn standard(x: &ArrayD<f64>) -> ArrayD<f64> {
 ///         self.a.grad[[0]] += (&x * &dy).sum();
 ///         Ok(dy * self.a.value[[0]])
 ///     }
-///     fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<f64>)) {
+///     fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param<f64>)) {
+///         f(&join_key(prefix, "a"), &self.a);
+///     }
+///     fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<f64>)) {
 ///         f(&join_key(prefix, "a"), &mut self.a);
 ///     }
 /// }

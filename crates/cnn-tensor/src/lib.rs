@@ -5,12 +5,14 @@
 //!
 //! ```
 //! use cnn_tensor::{cross_entropy, gradcheck, linear_backward, linear_forward, random};
-//! use ndarray::Ix2;
+//! use ndarray::{ArrayView2, Ix2};
 //!
 //! let mut rng = random::seeded_rng(0);
 //! let x = random::normal(&[4, 8], 0.0, 1.0, &mut rng);
 //! let w = random::normal(&[3, 8], 0.0, 0.3, &mut rng);
-//! let two = |a: &cnn_tensor::ArrayD<f64>| a.view().into_dimensionality::<Ix2>().unwrap();
+//! fn two(a: &cnn_tensor::ArrayD<f64>) -> ArrayView2<'_, f64> {
+//!     a.view().into_dimensionality::<Ix2>().unwrap()
+//! }
 //! let logits = linear_forward(two(&x), two(&w), None)?.into_dyn();
 //! let (loss, dlogits) = cross_entropy(&logits, &[0, 2, 1, 2], 0.0)?;
 //! assert!(loss > 0.0 && dlogits.shape() == [4, 3]);
