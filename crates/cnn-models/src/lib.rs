@@ -239,8 +239,8 @@ fn resnet_basic<T: Float, R: Rng + ?Sized>(
 /// Sets the last BatchNorm γ of every residual block's main branch to zero
 /// (`bn3` in a Bottleneck, `bn2` in a BasicBlock), so that each block starts
 /// as its shortcut: torchvision's `zero_init_residual=True`. The blocks are
-/// found through the model's structure ([`Layer::children_mut`], any
-/// [`cnn_nn::Residual`]), not by their keys. Returns how many it zeroed.
+/// found through the model's structure (every [`cnn_nn::Residual`] reached
+/// through [`Layer::children_mut`]), not by their keys. Returns how many it zeroed.
 pub fn zero_init_residual<T: Float>(model: &mut dyn Layer<T>) -> usize {
     if let Some(block) = model.as_any_mut().and_then(|a| a.downcast_mut::<cnn_nn::Residual<T>>()) {
         return usize::from(block.zero_init_residual());

@@ -187,17 +187,16 @@ impl<T: Float> Layer<T> for Residual<T> {
         Some(self)
     }
 
-    /// The main branch's children, then `downsample` and `relu` (the post
-    /// activation) when present.
-    fn children_mut(&mut self) -> Vec<(String, &mut dyn Layer<T>)> {
-        let mut out = self.main.children_mut();
+    // No `children_mut`: that list is for containers whose forward applies
+    // their children in order and nothing else (the frozen-prefix logic of
+    // cnn-train and summaries run it as a chain); a residual block is not one.
+    // Summaries and `zero_init_residual` know the type instead.
+
+    fn reseed(&mut self, seed: u64) {
+        self.main.reseed(cnn_tensor::random::mix_seed(seed, 0));
         if let Shortcut::Projection(ds) = &mut self.shortcut {
-            out.push(("downsample".into(), ds as &mut dyn Layer<T>));
+            ds.reseed(cnn_tensor::random::mix_seed(seed, 1));
         }
-        if let Some(post) = &mut self.post {
-            out.push(("relu".into(), post as &mut dyn Layer<T>));
-        }
-        out
     }
 
     fn replace_child(&mut self, path: &str, layer: Box<dyn Layer<T>>) -> Result<Box<dyn Layer<T>>> {

@@ -71,10 +71,11 @@ pub trait Layer<T: Float = f32>: Send {
         None
     }
 
-    /// The direct children of a container, by name, in forward order: for a
-    /// `Sequential` exactly what its forward applies, for a residual block its
-    /// branches' layers; empty for a layer that holds no other layers.
-    /// Summaries, re-seeding and `zero_init_residual` walk it.
+    /// The direct children, by name, of a container whose forward applies them
+    /// in this order and nothing else (`Sequential`); empty for every other
+    /// layer, containers of another shape included (a residual block adds a
+    /// shortcut, so running its children as a chain would be wrong). Model
+    /// summaries, re-seeding and the trainer's frozen-prefix logic walk it.
     fn children_mut(&mut self) -> Vec<(String, &mut dyn Layer<T>)> {
         Vec::new()
     }

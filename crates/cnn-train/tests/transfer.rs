@@ -341,6 +341,27 @@ fn the_boundary_reaches_inside_the_first_trainable_child() {
     assert_eq!(cnn_train::frozen_boundary(&mut model), [1]);
 }
 
+/// A residual block is not a chain: a partly frozen block is trained whole
+/// (frozen parameters just get no update), never run child by child, which
+/// would apply the projection to the main branch's output and drop the sum.
+#[test]
+fn the_boundary_does_not_enter_a_residual_block() {
+    let rng = &mut seeded_rng(3);
+    let mut model = Sequential::new()
+        .push_named("block", cnn_nn::BasicBlock::new(2, 4, 2, true, rng).unwrap())
+        .push_named("pool", cnn_conv::GlobalAvgPool2d::new())
+        .push_named("flatten", cnn_nn::Flatten::new())
+        .push_named("fc", Linear::new(LinearConfig::new(4, 3), rng).unwrap());
+    freeze(&mut model, "block.conv1");
+    freeze(&mut model, "block.bn1");
+    assert_eq!(cnn_train::frozen_boundary(&mut model), [0]);
+    let x = cnn_tensor::random::normal(&[4, 2, 6, 6], 0.0, 1.0, &mut seeded_rng(4));
+    let stats = compute_gradients(&mut model, x.clone(), &[0, 1, 2, 0], 0.0, 0, 0).unwrap();
+    let logits = model.forward(x, Mode::Train).unwrap();
+    let (loss, _) = cnn_tensor::cross_entropy(&logits, &[0, 1, 2, 0], 0.0).unwrap();
+    assert_eq!(stats.loss, f64::from(loss), "the step ran the block as a block");
+}
+
 #[test]
 fn a_timm_convnext_checkpoint_loads_with_a_new_head() {
     use cnn_models::convnext_atto;
