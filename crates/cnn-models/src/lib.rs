@@ -93,7 +93,12 @@ pub fn cifar_resnet_widths<T: Float, R: Rng + ?Sized>(
         let mut layer = Sequential::new();
         for j in 0..n {
             let stride = if stage > 0 && j == 0 { 2 } else { 1 };
-            layer = layer.push(BasicBlock::new(c_in, w, stride, skip, rng)?);
+            let block = if skip {
+                BasicBlock::new(c_in, w, stride, rng)?
+            } else {
+                BasicBlock::plain(c_in, w, stride, rng)?
+            };
+            layer = layer.push(block);
             c_in = w;
         }
         net = net.push_named(&format!("layer{}", stage + 1), layer);
@@ -232,7 +237,7 @@ fn resnet_basic<T: Float, R: Rng + ?Sized>(
     rng: &mut R,
 ) -> Result<Sequential<T>> {
     resnet_stages(blocks, num_classes, 1, rng, |c_in, w, s, rng| {
-        Ok(Box::new(BasicBlock::new(c_in, w, s, true, rng)?))
+        Ok(Box::new(BasicBlock::new(c_in, w, s, rng)?))
     })
 }
 

@@ -216,14 +216,36 @@ pub struct BasicBlock;
 
 impl BasicBlock {
     /// A block from `c_in` to `c_out` channels with the given stride; convs
-    /// Kaiming-normal (fan_out), BatchNorm γ = 1, β = 0, as torchvision. With
-    /// `skip = false` it is the plain twin (no shortcut).
+    /// Kaiming-normal (fan_out), BatchNorm γ = 1, β = 0, as torchvision.
     ///
     /// # Errors
     /// [`Error::Config`] for zero channels or stride.
     // Named as torchvision's class, but a block is a `Residual`: no type of its own.
     #[allow(clippy::new_ret_no_self)]
     pub fn new<T: Float, R: Rng + ?Sized>(
+        c_in: usize,
+        c_out: usize,
+        stride: usize,
+        rng: &mut R,
+    ) -> Result<Residual<T>> {
+        Self::build(c_in, c_out, stride, true, rng)
+    }
+
+    /// The plain twin of [`BasicBlock::new`]: the same layers and keys, no
+    /// shortcut (`Shortcut::Off`), for the degradation experiment.
+    ///
+    /// # Errors
+    /// As [`BasicBlock::new`].
+    pub fn plain<T: Float, R: Rng + ?Sized>(
+        c_in: usize,
+        c_out: usize,
+        stride: usize,
+        rng: &mut R,
+    ) -> Result<Residual<T>> {
+        Self::build(c_in, c_out, stride, false, rng)
+    }
+
+    fn build<T: Float, R: Rng + ?Sized>(
         c_in: usize,
         c_out: usize,
         stride: usize,

@@ -14,9 +14,9 @@ fn blocks_pass_the_gradient_checker() {
     let cfg = GradCheckConfig { max_entries_per_tensor: 30, ..Default::default() };
     let x = normal(&[2, 4, 6, 6], 0.0, 1.0, &mut rng);
     let mut blocks: Vec<(&str, Box<dyn Layer<f64>>)> = vec![
-        ("basic, identity shortcut", Box::new(BasicBlock::new(4, 4, 1, true, &mut rng).unwrap())),
-        ("basic, projection", Box::new(BasicBlock::new(4, 6, 2, true, &mut rng).unwrap())),
-        ("basic, plain", Box::new(BasicBlock::new(4, 6, 2, false, &mut rng).unwrap())),
+        ("basic, identity shortcut", Box::new(BasicBlock::new(4, 4, 1, &mut rng).unwrap())),
+        ("basic, projection", Box::new(BasicBlock::new(4, 6, 2, &mut rng).unwrap())),
+        ("basic, plain", Box::new(BasicBlock::plain(4, 6, 2, &mut rng).unwrap())),
         ("bottleneck, projection", Box::new(Bottleneck::new(4, 2, 2, &mut rng).unwrap())),
         ("bottleneck, identity", Box::new(Bottleneck::new(8, 2, 1, &mut rng).unwrap())),
     ];
