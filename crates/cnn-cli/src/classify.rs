@@ -65,13 +65,13 @@ pub fn classify(req: &ClassifyRequest<'_>) -> Result<()> {
     let mut dict = StateDict::read(req.weights)?;
     let channels = input_channels(&dict);
     let image = [channels, req.size, req.size];
-    let mut probe = arch::build(req.arch, image, 1000, 0)?;
+    let probe = arch::build(req.arch, image, 1000, 0)?;
     let mut keys = Vec::new();
-    probe.model.visit_mut("", &mut |k, _| keys.push(k.to_string()));
+    probe.model.visit("", &mut |k, _| keys.push(k.to_string()));
     if let Some(prefix) = dict.common_prefix(&keys) {
         dict.strip_prefix(&prefix);
     }
-    let (head, _) = head_path(&mut *probe.model)?;
+    let (head, _) = head_path(&*probe.model)?;
     let classes =
         dict.tensors.get(&format!("{head}.weight")).map(|(s, _)| s[0]).ok_or_else(|| {
             Error::Format {

@@ -108,11 +108,15 @@ impl ImageFolder {
 /// [`Error::Format`] naming the file when it cannot be read or decoded, or
 /// declares more pixels than the cap.
 pub fn read_image(path: &Path) -> Result<Array3<f32>> {
-    let img = decode_rgb8(path, MAX_DECODED_BYTES)?;
+    Ok(to_array(&decode_rgb8(path, MAX_DECODED_BYTES)?))
+}
+
+/// 8-bit RGB as `[3, H, W]` in [0, 1].
+fn to_array(img: &image::RgbImage) -> Array3<f32> {
     let (w, h) = img.dimensions();
-    Ok(Array3::from_shape_fn((3, h as usize, w as usize), |(c, i, j)| {
+    Array3::from_shape_fn((3, h as usize, w as usize), |(c, i, j)| {
         img.get_pixel(j as u32, i as u32)[c] as f32 / 255.0
-    }))
+    })
 }
 
 /// [`read_image`] resized (bilinear) to `size`, decoding at most
@@ -128,10 +132,10 @@ pub fn read_image_limited(
 ) -> Result<Array3<f32>> {
     let img = decode_rgb8(path, max_decoded_bytes)?;
     let (w, h) = img.dimensions();
-    let pixel = |c: usize, i: usize, j: usize| img.get_pixel(j as u32, i as u32)[c] as f32 / 255.0;
     if [h as usize, w as usize] == size {
-        return Ok(Array3::from_shape_fn((3, h as usize, w as usize), |(c, i, j)| pixel(c, i, j)));
+        return Ok(to_array(&img));
     }
+    let pixel = |c: usize, i: usize, j: usize| img.get_pixel(j as u32, i as u32)[c] as f32 / 255.0;
     resize_from((3, h as usize, w as usize), size, pixel)
         .map_err(|e| format_error(path, e.to_string()))
 }

@@ -88,7 +88,7 @@ mod tests {
                 .unwrap();
             assert_eq!(y.shape(), &[2, 10]);
             let mut weights = 0;
-            net.visit_mut("", &mut |k, _| weights += usize::from(k.ends_with("weight")));
+            net.visit("", &mut |k, _| weights += usize::from(k.ends_with("weight")));
             assert_eq!(weights, keys, "size {size}");
         }
         assert!(small_cnn::<f32, _>(0, [8, 8], 10, &mut rng).is_err());

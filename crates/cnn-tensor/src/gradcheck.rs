@@ -303,7 +303,7 @@ pub fn check_layer(
         report.compare("input (after a second forward)", x.shape(), i, a, b, cfg.floor);
     }
     let mut once: Vec<ArrayD<f64>> = Vec::new();
-    layer.visit_mut("", &mut |_, p| {
+    layer.visit("", &mut |_, p| {
         if p.trainable {
             once.push(standard(&p.grad));
         }
@@ -311,7 +311,7 @@ pub fn check_layer(
     layer.forward(x.clone(), Mode::Train)?;
     layer.backward(r.clone())?;
     let mut twice: Vec<(String, ArrayD<f64>)> = Vec::new();
-    layer.visit_mut("", &mut |key, p| {
+    layer.visit("", &mut |key, p| {
         if p.trainable {
             twice.push((format!("{key} (a second backward must add to it)"), standard(&p.grad)));
         }

@@ -19,7 +19,7 @@ pub fn frozen_prefix(model: &mut dyn Layer<f32>) -> usize {
     let mut k = 0;
     for (_, child) in model.children_mut() {
         let mut trainable = false;
-        child.visit_mut("", &mut |_, p| trainable |= p.trainable && !p.buffer);
+        child.visit("", &mut |_, p| trainable |= p.trainable && !p.buffer);
         if trainable {
             break;
         }

@@ -93,9 +93,9 @@ impl fmt::Display for TransferReport {
 /// # Errors
 /// [`Error::Config`] for a model without parameters, or whose last layer is
 /// not a linear layer (a `weight` of rank 2 and a `bias`).
-pub fn head_path(model: &mut dyn Layer<f32>) -> Result<(String, [usize; 2])> {
+pub fn head_path(model: &dyn Layer<f32>) -> Result<(String, [usize; 2])> {
     let mut last = None;
-    model.visit_mut("", &mut |key, p| {
+    model.visit("", &mut |key, p| {
         if !p.buffer {
             last = Some((key.to_string(), p.value.shape().to_vec()));
         }
@@ -103,7 +103,7 @@ pub fn head_path(model: &mut dyn Layer<f32>) -> Result<(String, [usize; 2])> {
     let (key, _) = last.ok_or_else(|| Error::config("transfer", "the model has no parameters"))?;
     let path = key.rsplit_once('.').map_or("", |(p, _)| p).to_string();
     let mut weight = None;
-    model.visit_mut("", &mut |k, p| {
+    model.visit("", &mut |k, p| {
         if k == format!("{path}.weight") {
             weight = Some(p.value.shape().to_vec());
         }
@@ -162,7 +162,7 @@ pub fn load_pretrained(
         ..TransferReport::default()
     };
     let mut keys = Vec::new();
-    model.visit_mut("", &mut |k, _| keys.push(k.to_string()));
+    model.visit("", &mut |k, _| keys.push(k.to_string()));
     let prefix = match &options.strip_prefix {
         Some(p) => Some((p.clone(), false)),
         None => dict.common_prefix(&keys).map(|p| (p, true)),
@@ -220,7 +220,7 @@ pub fn set_transfer_mode(
                     // Name the parts beside the one asked for: the children of its parent.
                     let parent = p.rsplit_once('.').map_or("", |(a, _)| a);
                     let mut parts: Vec<String> = Vec::new();
-                    model.visit_mut("", &mut |k, _| {
+                    model.visit("", &mut |k, _| {
                         let rest = if parent.is_empty() {
                             Some(k)
                         } else {
