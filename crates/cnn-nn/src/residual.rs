@@ -192,6 +192,16 @@ impl<T: Float> Layer<T> for Residual<T> {
     // cnn-train and summaries run it as a chain); a residual block is not one.
     // Summaries and `zero_init_residual` know the type instead.
 
+    fn sync_batch_norm(
+        &mut self,
+        group: Option<std::sync::Arc<dyn cnn_tensor::collective::Collective>>,
+    ) {
+        if let Shortcut::Projection(ds) = &mut self.shortcut {
+            ds.sync_batch_norm(group.clone());
+        }
+        self.main.sync_batch_norm(group);
+    }
+
     fn reseed(&mut self, seed: u64) {
         self.main.reseed(cnn_tensor::random::mix_seed(seed, 0));
         if let Shortcut::Projection(ds) = &mut self.shortcut {

@@ -1,5 +1,8 @@
 //! `nn.BatchNorm1d` / `nn.BatchNorm2d`.
 
+use std::sync::Arc;
+
+use cnn_tensor::collective::Collective;
 use cnn_tensor::{ArrayD, Error, Float, Layer, Mode, Param, Result};
 use ndarray::ArrayViewD;
 
@@ -59,6 +62,14 @@ impl BatchNormConfig {
 /// (`BatchNorm::new_2d`), or over (N, L) for `[N, C]` / `[N, C, L]` (`BatchNorm::new_1d`).
 ///
 /// Keys: `weight`, `bias`, `running_mean`, `running_var`, `num_batches_tracked`.
+///
+/// Synced ([`Layer::sync_batch_norm`], PyTorch's `SyncBatchNorm`): in
+/// training the statistics are those of the whole global batch, spread over
+/// the ranks of a [`Collective`]. Forward adds the per-channel sums across
+/// ranks, then the sums of squared deviations from the global mean (two
+/// passes, as [`crate::moments`], so f32 stays accurate); backward adds the
+/// two per-channel gradient sums ([`crate::grad_sums`]). The running
+/// statistics get the global ones, so every rank keeps the same.
 #[derive(Debug, Clone)]
 pub struct BatchNorm<T: Float = f32> {
     /// The settings.
@@ -68,6 +79,9 @@ pub struct BatchNorm<T: Float = f32> {
     ranks: (usize, usize),
     op: &'static str,
     cache: Option<NormCache<T>>,
+    group: Option<Arc<dyn Collective>>,
+    /// Values per channel over all ranks in the last synced forward (the global `N·H·W`).
+    synced_count: usize,
 }
 
 impl<T: Float> BatchNorm<T> {
@@ -100,6 +114,8 @@ impl<T: Float> BatchNorm<T> {
             ranks,
             op,
             cache: None,
+            group: None,
+            synced_count: 0,
         })
     }
 
@@ -153,6 +169,89 @@ impl<T: Float> BatchNorm<T> {
         self.cache = None;
     }
 
+    /// The group whose ranks share the batch statistics, when synced.
+    pub fn sync_group(&self) -> Option<&Arc<dyn Collective>> {
+        self.group.as_ref()
+    }
+
+    /// Mean and biased variance per channel over every rank's batch, and the
+    /// number of values behind them.
+    fn synced_moments(
+        &self,
+        group: &dyn Collective,
+        x: &ArrayD<T>,
+        axes: NormAxes,
+    ) -> Result<(Vec<T>, Vec<T>, usize)> {
+        let xs = x.as_standard_layout();
+        let xs = xs.as_slice().ok_or_else(|| Error::shape(self.op, "input is not contiguous"))?;
+        // [Σx per channel…, values on this rank]
+        let mut sums: Vec<f64> = crate::group_sums(xs, axes)?.iter().map(|v| v.as_f64()).collect();
+        sums.push(axes.count() as f64);
+        group.sum_f64(&mut sums)?;
+        let count = sums.pop().unwrap_or(0.0);
+        if count <= 1.0 {
+            return Err(Error::shape(
+                self.op,
+                format!(
+                    "expected more than 1 value per channel over all ranks when training, got input {:?} on each",
+                    x.shape()
+                ),
+            ));
+        }
+        let mean: Vec<T> = sums.iter().map(|&s| T::of(s / count)).collect();
+        let mut sq: Vec<f64> =
+            crate::group_squares(xs, axes, &mean)?.iter().map(|v| v.as_f64()).collect();
+        group.sum_f64(&mut sq)?;
+        let var = sq.iter().map(|&q| T::of(q / count)).collect();
+        Ok((mean, var, count as usize))
+    }
+
+    /// Backward of a synced forward: the two gradient sums added across ranks.
+    fn synced_backward(
+        &mut self,
+        group: &dyn Collective,
+        cache: NormCache<T>,
+        dy: ArrayViewD<'_, T>,
+    ) -> Result<ArrayD<T>> {
+        let op = self.op;
+        if dy.shape() != cache.x.shape() {
+            return Err(Error::shape(
+                op,
+                format!("dy is {:?}, expected the output shape {:?}", dy.shape(), cache.x.shape()),
+            ));
+        }
+        let dy = dy.as_standard_layout();
+        let (Some(xs), Some(dys)) = (cache.x.as_slice(), dy.as_slice()) else {
+            return Err(Error::shape(op, "tensors are not contiguous"));
+        };
+        let view = match &self.affine {
+            Some(p) => Some(p.view(op, cache.affine_axes)?),
+            None => None,
+        };
+        let local = crate::grad_sums(xs, dys, cache.axes, &cache.mean, &cache.rstd, view.as_ref())?;
+        // [Σg per channel…, Σg·x̂ per channel…]
+        let mut sums: Vec<f64> = local.iter().map(|p| p.0.as_f64()).collect();
+        sums.extend(local.iter().map(|p| p.1.as_f64()));
+        group.sum_f64(&mut sums)?;
+        let (c, count) = (local.len(), self.synced_count as f64);
+        let coef: Vec<(T, T)> =
+            (0..c).map(|k| (T::of(sums[k] / count), T::of(sums[c + k] / count))).collect();
+        let grads = crate::normalize_backward_from(
+            xs,
+            dys,
+            cache.axes,
+            &cache.mean,
+            &cache.rstd,
+            view,
+            &coef,
+        )?;
+        if let Some(p) = self.affine.as_mut() {
+            p.add_grads(&grads.dgamma, &grads.dbeta);
+        }
+        ArrayD::from_shape_vec(cache.x.raw_dim(), grads.dx)
+            .map_err(|e| Error::shape(op, e.to_string()))
+    }
+
     /// The running mean and variance, when tracked.
     pub fn running_stats(&self) -> Option<(&ArrayD<T>, &ArrayD<T>)> {
         self.running.as_ref().map(|r| (&r.mean.value, &r.var.value))
@@ -176,9 +275,16 @@ impl<T: Float> Layer<T> for BatchNorm<T> {
                 (mean, rstd(&var, self.config.eps))
             }
             None => {
-                let (mean, var) = batch_moments(self.op, &x, axes, train)?;
+                let (mean, var, count) = match self.group.clone().filter(|_| train) {
+                    Some(group) => self.synced_moments(&*group, &x, axes)?,
+                    None => {
+                        let (mean, var) = batch_moments(self.op, &x, axes, train)?;
+                        (mean, var, axes.count())
+                    }
+                };
+                self.synced_count = count;
                 if let (true, Some(running)) = (train, self.running.as_mut()) {
-                    let m = T::of(axes.count() as f64);
+                    let m = T::of(count as f64);
                     let unbiased: Vec<T> = var.iter().map(|&v| v * m / (m - T::one())).collect();
                     running.update(self.config.momentum, &mean, &unbiased);
                 }
@@ -197,7 +303,14 @@ impl<T: Float> Layer<T> for BatchNorm<T> {
 
     fn backward_view(&mut self, dy: ArrayViewD<'_, T>) -> Result<ArrayD<T>> {
         let cache = self.cache.take().ok_or(Error::NoForward { op: self.op })?;
-        backward_with(self.op, cache, dy, self.affine.as_mut())
+        match self.group.clone().filter(|_| cache.batch_stats) {
+            Some(group) => self.synced_backward(&*group, cache, dy),
+            None => backward_with(self.op, cache, dy, self.affine.as_mut()),
+        }
+    }
+
+    fn sync_batch_norm(&mut self, group: Option<Arc<dyn Collective>>) {
+        self.group = group;
     }
 
     fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {

@@ -600,6 +600,8 @@ pub(crate) fn check_params<T>(
 /// each group; without (fixed running statistics, BatchNorm in eval mode),
 /// `dx = rstd·g`. `dγ = Σ dy·x̂` and `dβ = Σ dy` per feature.
 ///
+/// It is [`grad_sums`] divided by the group size, then [`normalize_backward_from`].
+///
 /// # Errors
 /// As [`normalize_forward`], and [`Error::Shape`] when `dy` is not `x`'s size.
 pub fn normalize_backward<T: Float>(
@@ -611,21 +613,58 @@ pub fn normalize_backward<T: Float>(
     affine: Option<Affine<'_, T>>,
     batch_stats: bool,
 ) -> Result<NormGrads<T>> {
-    check_backward(x, dy, axes, mean, rstd, affine.as_ref())?;
-    // Per group: Σ g and Σ g·x̂ (their means), with g = dy·γ, x̂ = (x − mean)·rstd.
-    let count = T::of(axes.count() as f64);
-    let coef: Vec<(T, T)> = if batch_stats {
-        (0..axes.groups)
-            .into_par_iter()
-            .map(|s| {
-                let (sg, sgx) = group_grad_sums(x, dy, axes, s, mean[s], rstd[s], affine.as_ref());
-                (sg / count, sgx / count)
-            })
-            .collect()
+    let coef = if batch_stats {
+        let count = T::of(axes.count() as f64);
+        let sums = grad_sums(x, dy, axes, mean, rstd, affine.as_ref())?;
+        sums.into_iter().map(|(sg, sgx)| (sg / count, sgx / count)).collect()
     } else {
         vec![(T::zero(), T::zero()); axes.groups]
     };
+    normalize_backward_from(x, dy, axes, mean, rstd, affine, &coef)
+}
 
+/// Per group, `(Σ g, Σ g·x̂)` with `g = dy·γ` and `x̂ = (x − mean)·rstd`: the
+/// two sums behind batch-statistics backward. Synced BatchNorm adds them
+/// across ranks before dividing by the global group size.
+///
+/// # Errors
+/// As [`normalize_backward`].
+pub fn grad_sums<T: Float>(
+    x: &[T],
+    dy: &[T],
+    axes: NormAxes,
+    mean: &[T],
+    rstd: &[T],
+    affine: Option<&Affine<'_, T>>,
+) -> Result<Vec<(T, T)>> {
+    check_backward(x, dy, axes, mean, rstd, affine)?;
+    Ok((0..axes.groups)
+        .into_par_iter()
+        .map(|s| group_grad_sums(x, dy, axes, s, mean[s], rstd[s], affine))
+        .collect())
+}
+
+/// `dx = rstd·(g − coef.0 − x̂·coef.1)` per group (`coef`: the means of `g`
+/// and `g·x̂`, zero for fixed statistics), and `dγ = Σ dy·x̂`, `dβ = Σ dy` per feature.
+///
+/// # Errors
+/// As [`normalize_backward`], and [`Error::Shape`] for a `coef` of another length than the groups.
+pub fn normalize_backward_from<T: Float>(
+    x: &[T],
+    dy: &[T],
+    axes: NormAxes,
+    mean: &[T],
+    rstd: &[T],
+    affine: Option<Affine<'_, T>>,
+    coef: &[(T, T)],
+) -> Result<NormGrads<T>> {
+    check_backward(x, dy, axes, mean, rstd, affine.as_ref())?;
+    if coef.len() != axes.groups {
+        return Err(Error::shape(
+            "norm",
+            format!("{} coefficient pairs for {} groups", coef.len(), axes.groups),
+        ));
+    }
     let mut dx = uninit_vec::<T>(x.len());
     dx.par_chunks_mut(axes.inner).enumerate().for_each(|(seg, out)| {
         let s = seg % axes.groups;
@@ -655,6 +694,52 @@ pub fn normalize_backward<T: Float>(
         }
     };
     Ok(NormGrads { dx, dgamma, dbeta })
+}
+
+/// Per group, `Σ x`: the first pass of [`moments`], on its own so that
+/// synced BatchNorm can add the sums across ranks before taking the mean.
+///
+/// # Errors
+/// As [`moments`].
+pub fn group_sums<T: Float>(x: &[T], axes: NormAxes) -> Result<Vec<T>> {
+    check("norm", x.len(), &axes, None)?;
+    Ok((0..axes.groups)
+        .into_par_iter()
+        .map(|s| {
+            (0..axes.outer)
+                .map(|a| cnn_tensor::sum(segment(x, axes, a, s)))
+                .fold(T::zero(), |acc, v| acc + v)
+        })
+        .collect())
+}
+
+/// Per group, `Σ (x − mean)²`: the second pass of [`moments`], from a given mean.
+///
+/// # Errors
+/// As [`moments`], and [`Error::Shape`] for a `mean` of another length than the groups.
+pub fn group_squares<T: Float>(x: &[T], axes: NormAxes, mean: &[T]) -> Result<Vec<T>> {
+    check("norm", x.len(), &axes, None)?;
+    if mean.len() != axes.groups {
+        return Err(Error::shape(
+            "norm",
+            format!("{} means for {} groups", mean.len(), axes.groups),
+        ));
+    }
+    Ok((0..axes.groups).into_par_iter().map(|s| group_squares_of(x, axes, s, mean[s])).collect())
+}
+
+cnn_tensor::simd_fn! {
+    /// `Σ (x − m)²` over group `s`.
+    fn group_squares_of<T: Float>(x: &[T], axes: NormAxes, s: usize, m: T) -> T = group_squares_body
+}
+
+#[inline(always)]
+fn group_squares_body<T: Float>(x: &[T], axes: NormAxes, s: usize, m: T) -> T {
+    let mut sq = T::zero();
+    for a in 0..axes.outer {
+        sq += squares(segment(x, axes, a, s), m);
+    }
+    sq
 }
 
 /// `1/√(var + eps)` for each variance.

@@ -41,8 +41,9 @@ pub mod naive;
 pub use batch_norm::{BatchNorm, BatchNormConfig};
 pub use group_norm::{GroupNorm, GroupNormConfig, InstanceNorm2d, InstanceNormConfig};
 pub use kernel::{
-    moments, normalize_backward, normalize_backward_fused, normalize_forward, normalize_fused,
-    rstd, Affine, AffineAxes, Moments, NormAxes, NormGrads,
+    grad_sums, group_squares, group_sums, moments, normalize_backward, normalize_backward_from,
+    normalize_backward_fused, normalize_forward, normalize_fused, rstd, Affine, AffineAxes,
+    Moments, NormAxes, NormGrads,
 };
 pub use layer_norm::{LayerNorm, LayerNormConfig};
 pub use layer_norm2d::{LayerNorm2d, LayerNorm2dConfig};

@@ -54,6 +54,13 @@ pub enum Error {
         /// What was seen, and what to try.
         msg: String,
     },
+    /// Data-parallel training failed across ranks: a transport error, a rank
+    /// that left, or another rank's error relayed: `distributed: rank 0 failed: …`.
+    #[error("distributed: {msg}")]
+    Distributed {
+        /// What failed, naming the rank.
+        msg: String,
+    },
 }
 
 impl Error {
@@ -65,6 +72,11 @@ impl Error {
     /// A [`Error::Config`] for `op`.
     pub fn config(op: &'static str, msg: impl Into<String>) -> Self {
         Error::Config { op, msg: msg.into() }
+    }
+
+    /// A [`Error::Distributed`].
+    pub fn distributed(msg: impl Into<String>) -> Self {
+        Error::Distributed { msg: msg.into() }
     }
 }
 

@@ -110,6 +110,20 @@ pub trait Layer<T: Float = f32>: Send {
         }
     }
 
+    /// Makes every BatchNorm below this layer take its train-mode statistics
+    /// over all ranks of `group` (PyTorch's `SyncBatchNorm`), or, with
+    /// `None`, over this process's batch again. The default hands `group` to
+    /// each child of [`Layer::children_mut`]; BatchNorm keeps it; containers of
+    /// another shape (a residual block) hand it to their branches.
+    fn sync_batch_norm(
+        &mut self,
+        group: Option<std::sync::Arc<dyn crate::collective::Collective>>,
+    ) {
+        for (_, child) in self.children_mut() {
+            child.sync_batch_norm(group.clone());
+        }
+    }
+
     /// Number of trainable scalars.
     fn num_trainable(&self) -> usize {
         let mut n = 0;

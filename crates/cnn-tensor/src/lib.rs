@@ -32,6 +32,7 @@
 //! # Ok::<(), cnn_tensor::Error>(())
 //! ```
 
+pub mod collective;
 mod error;
 mod float;
 mod gemm;

@@ -172,4 +172,11 @@ impl Layer<f32> for FeatureHead<'_> {
     fn reseed(&mut self, seed: u64) {
         self.model.reseed(seed);
     }
+
+    fn sync_batch_norm(
+        &mut self,
+        group: Option<std::sync::Arc<dyn cnn_tensor::collective::Collective>>,
+    ) {
+        self.model.sync_batch_norm(group);
+    }
 }
