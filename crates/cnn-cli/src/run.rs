@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use cnn_data::{DataLoader, Dataset};
+use cnn_tensor::collective::Collective;
 use cnn_tensor::{Error, Result};
 use cnn_train::{find_checkpoint, Trainer, TrainerState};
 use serde::{Deserialize, Serialize};
@@ -270,6 +271,30 @@ pub fn fit_run(
     out: &Path,
     say: &dyn Fn(String),
 ) -> Result<Option<cnn_train::EvalReport>> {
+    fit_run_in(info, built, splits, trainer, out, say, None)
+}
+
+/// [`fit_run`] as one rank of `group` (`cnn train --distributed`): the
+/// trainer shares every batch and the validation with the other ranks, the
+/// test split is shared too, and only rank 0 writes `test.json` and prints
+/// how to resume.
+///
+/// # Errors
+/// As [`fit_run`].
+pub fn fit_run_in(
+    info: &RunInfo,
+    built: &mut Built,
+    splits: &Splits,
+    trainer: Trainer,
+    out: &Path,
+    say: &dyn Fn(String),
+    group: Option<Arc<dyn Collective>>,
+) -> Result<Option<cnn_train::EvalReport>> {
+    let rank = group.as_ref().map_or(0, |g| g.rank());
+    let trainer = match &group {
+        Some(g) => trainer.with_group(g.clone()),
+        None => trainer,
+    };
     let train = &info.train_loader(splits.train.clone(), built.rgb)?;
     let val = &info.eval_loader(splits.val.clone(), 256, built.rgb)?;
     let model = &mut *built.model;
@@ -314,6 +339,9 @@ pub fn fit_run(
         other => other?,
     };
     if !report.completed {
+        if rank != 0 {
+            return Ok(None);
+        }
         let s = TrainerState::read(&find_checkpoint(out, "last")?)?;
         println!(
             "interrupted at step {} (epoch {}, batch {}); checkpoint written to {}. Resume with: cnn train --resume {}",
@@ -325,9 +353,14 @@ pub fn fit_run(
         );
         return Ok(None);
     }
-    let result =
-        cnn_train::evaluate(model, &info.eval_loader(splits.test.clone(), 256, built.rgb)?)?;
-    write_test_json(out, &result)?;
+    let test = info.eval_loader(splits.test.clone(), 256, built.rgb)?;
+    let result = match &group {
+        Some(g) => cnn_train::evaluate_distributed(model, &test, &**g)?,
+        None => cnn_train::evaluate(model, &test)?,
+    };
+    if rank == 0 {
+        write_test_json(out, &result)?;
+    }
     Ok(Some(result))
 }
 

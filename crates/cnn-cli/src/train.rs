@@ -2,9 +2,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
+use cnn_tensor::collective::{broadcast_result, Collective};
 use cnn_tensor::{Error, Result};
 use cnn_train::{
     find_checkpoint, OptimizerKind, ProgressMode, ScheduleKind, TrainConfig, Trainer, TrainerState,
@@ -12,7 +14,7 @@ use cnn_train::{
 
 use crate::arch::ARCH_HELP;
 use crate::data::{DataSpec, Splits};
-use crate::run::{default_run_dir, fit_run, RunInfo, RunRequest};
+use crate::run::{default_run_dir, fit_run_in, RunInfo, RunRequest};
 use crate::DataArgs;
 
 /// `--optimizer`.
@@ -142,6 +144,16 @@ pub struct TrainArgs {
     /// Print only the final line.
     #[arg(long, short)]
     quiet: bool,
+    /// Data-parallel over the ranks of an MPI job: `mpirun -np 4 cnn train
+    /// --distributed …`. --batch-size stays the global batch; rank 0 prints
+    /// and writes. Needs a build with `--features distributed` (docs/distributed.md).
+    #[arg(long)]
+    distributed: bool,
+    /// With --distributed: BatchNorm statistics over the whole global batch
+    /// (SyncBatchNorm), so the run equals one process; without it each rank
+    /// normalizes over its own share (DDP's default).
+    #[arg(long, requires = "distributed")]
+    sync_bn: bool,
 }
 
 /// Reads a training recipe (a [`TrainConfig`] as JSON).
@@ -222,14 +234,71 @@ fn fresh(args: &TrainArgs) -> Result<(RunInfo, TrainConfig, PathBuf, Splits)> {
     Ok((info, config, out, splits))
 }
 
-/// Runs `cnn train`.
+/// Runs `cnn train`, as one rank of an MPI job with `--distributed`.
 ///
 /// # Errors
-/// Bad settings, unreadable data, a diverged run, failed writes.
+/// Bad settings, unreadable data, a diverged run, failed writes; with
+/// `--distributed` in a build without the feature, an error saying how to build it.
 pub fn run(args: TrainArgs, started: Instant) -> Result<ExitCode> {
+    if args.distributed {
+        return distributed(args, started);
+    }
+    run_in(args, started, None)
+}
+
+#[cfg(not(feature = "distributed"))]
+fn distributed(_: TrainArgs, _: Instant) -> Result<ExitCode> {
+    Err(Error::config(
+        "train",
+        "--distributed needs a cnn built with MPI: cargo build --release -p cnn-cli --features distributed (see docs/distributed.md)",
+    ))
+}
+
+/// One rank of `mpirun -np N cnn train --distributed`. A rank that fails
+/// says so and aborts the whole job (`MPI_Abort`): the others would
+/// otherwise wait for it forever. A diverged run is the same on every rank,
+/// so all of them stop together and only rank 0 reports it.
+#[cfg(feature = "distributed")]
+fn distributed(args: TrainArgs, started: Instant) -> Result<ExitCode> {
+    let mpi = cnn_train::Mpi::init()?;
+    let (rank, size) = (mpi.rank(), mpi.size());
+    let group: Arc<dyn Collective> = mpi.clone();
+    match run_in(args, started, Some(group)) {
+        Ok(code) => Ok(code),
+        Err(e @ Error::Diverged { .. }) if rank == 0 => Err(e),
+        Err(Error::Diverged { .. }) => Ok(ExitCode::FAILURE),
+        Err(e) => {
+            eprintln!("error: rank {rank} of {size}: {e}");
+            eprintln!("cnn: rank {rank} failed; aborting all {size} ranks");
+            mpi.abort(1)
+        }
+    }
+}
+
+/// The checkpoint's trainer state: read by rank 0 and sent to the others
+/// (their nodes need not see the run directory).
+fn read_state(dir: &std::path::Path, group: Option<&Arc<dyn Collective>>) -> Result<TrainerState> {
+    let read = || TrainerState::read(&find_checkpoint(dir, "last")?);
+    let Some(g) = group.filter(|g| g.size() > 1) else {
+        return read();
+    };
+    let json = broadcast_result(&**g, || {
+        serde_json::to_vec(&read()?)
+            .map_err(|e| Error::Format { context: "trainer state".into(), msg: e.to_string() })
+    })?;
+    serde_json::from_slice(&json)
+        .map_err(|e| Error::Format { context: "rank 0's trainer state".into(), msg: e.to_string() })
+}
+
+fn run_in(
+    args: TrainArgs,
+    started: Instant,
+    group: Option<Arc<dyn Collective>>,
+) -> Result<ExitCode> {
+    let rank = group.as_ref().map_or(0, |g| g.rank());
     let (info, config, out, splits, resuming) = match &args.resume {
         Some(dir) => {
-            let state = TrainerState::read(&find_checkpoint(dir, "last")?)?;
+            let state = read_state(dir, group.as_ref())?;
             let info = RunInfo::from_metadata(&state.metadata, dir)?;
             let splits = info.load_splits(&info.data_spec()?)?;
             (info, state.config, dir.clone(), splits, true)
@@ -241,10 +310,10 @@ pub fn run(args: TrainArgs, started: Instant) -> Result<ExitCode> {
     };
     let spec = info.data_spec()?;
     let mut built = info.build_model()?;
-    if resuming {
+    if resuming && rank == 0 {
         // The Trainer loads the checkpoint itself, but a cached linear probe
         // computes its features from the backbone before that: put the run's
-        // weights in place first.
+        // weights in place first (rank 0's reach the others below).
         let last = find_checkpoint(&out, "last")?;
         cnn_nn::load_state_dict(
             &mut *built.model,
@@ -252,14 +321,24 @@ pub fn run(args: TrainArgs, started: Instant) -> Result<ExitCode> {
             true,
         )?;
     }
+    if let Some(g) = &group {
+        cnn_train::distributed::broadcast_parameters(&mut *built.model, &**g)?;
+        if args.sync_bn {
+            built.model.sync_batch_norm(Some(g.clone()));
+        }
+    }
     let say = |line: String| {
-        if !args.quiet {
+        if !args.quiet && rank == 0 {
             println!("{line}");
         }
     };
+    let ranks = group.as_ref().map_or(String::new(), |g| {
+        let bn = if args.sync_bn { "synced" } else { "per-rank" };
+        format!(" on {} ranks ({bn} BatchNorm)", g.size())
+    });
     let (params, _) = cnn_nn::count_params(&*built.model);
     say(format!(
-        "{} {} ({params} parameters) on {spec}: {} training images of {}, {} for validation ({}), {} classes; run directory {}",
+        "{} {}{ranks} ({params} parameters) on {spec}: {} training images of {}, {} for validation ({}), {} classes; run directory {}",
         if resuming { "resuming" } else { "training" },
         info.arch,
         splits.train.len(),
@@ -274,9 +353,12 @@ pub fn run(args: TrainArgs, started: Instant) -> Result<ExitCode> {
     } else {
         ProgressMode::Auto
     });
-    let Some(result) = fit_run(&info, &mut built, &splits, trainer, &out, &say)? else {
+    let Some(result) = fit_run_in(&info, &mut built, &splits, trainer, &out, &say, group)? else {
         return Ok(ExitCode::from(130));
     };
+    if rank != 0 {
+        return Ok(ExitCode::SUCCESS);
+    }
     say(format!(
         "run saved in {}: last/ and best/ checkpoints, metrics.csv, metrics.json, curves.png, test.json",
         out.display()

@@ -34,7 +34,7 @@ pub use dataset::{stratified_split, Dataset, Subset};
 pub use digits::Digits;
 pub use folder::{read_image, read_image_limited, ImageFolder, MAX_DECODED_BYTES, MAX_SIDE};
 pub use idx::IdxDataset;
-pub use loader::{Batch, DataLoader};
+pub use loader::{shard_range, Batch, DataLoader};
 pub use memory::{Resized, TensorDataset};
 pub use preview::preview_grid;
 pub use stats::channel_stats;

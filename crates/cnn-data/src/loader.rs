@@ -11,6 +11,14 @@ use rayon::prelude::*;
 
 use crate::Dataset;
 
+/// Positions `[rank·n/ranks, (rank+1)·n/ranks)`: rank `rank`'s share of a
+/// batch of `n` when `ranks` processes split it (shares differ by at most one
+/// sample, and in rank order they are the batch).
+pub fn shard_range(n: usize, rank: usize, ranks: usize) -> std::ops::Range<usize> {
+    let ranks = ranks.max(1);
+    rank * n / ranks..(rank + 1) * n / ranks
+}
+
 /// One batch: images `[B, C, H, W]` and their labels.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
@@ -139,7 +147,83 @@ impl DataLoader {
                 format!("batch {b} past the {} of an epoch", self.batches_per_epoch()),
             ));
         }
-        let idx = &order[b * self.batch_size..((b + 1) * self.batch_size).min(order.len())];
+        self.load(&order[self.batch_range(b)], epoch)
+    }
+
+    /// Positions in the epoch's order of batch `b`'s samples.
+    fn batch_range(&self, b: usize) -> std::ops::Range<usize> {
+        b * self.batch_size..((b + 1) * self.batch_size).min(self.dataset.len())
+    }
+
+    /// Samples in batch `b` (the last may be short).
+    pub fn batch_len(&self, b: usize) -> usize {
+        self.batch_range(b).len()
+    }
+
+    /// Rank `rank`'s share of batch `b` of `epoch` when `ranks` processes split
+    /// every batch (data-parallel training): the batch's samples at positions
+    /// [`shard_range`]`(len, rank, ranks)`, loaded and transformed exactly as
+    /// in [`DataLoader::batch`], so the shares of all ranks, in rank order,
+    /// are that batch.
+    ///
+    /// # Errors
+    /// As [`DataLoader::batch`]; [`Error::Config`] for a rank past `ranks`
+    /// or an empty share (a batch of fewer samples than ranks).
+    pub fn shard(&self, epoch: u64, b: usize, rank: usize, ranks: usize) -> Result<Batch> {
+        let order = self.order(epoch);
+        self.shard_from(&order, epoch, b, rank, ranks)
+    }
+
+    fn shard_from(
+        &self,
+        order: &[usize],
+        epoch: u64,
+        b: usize,
+        rank: usize,
+        ranks: usize,
+    ) -> Result<Batch> {
+        if rank >= ranks {
+            return Err(Error::config("data_loader", format!("rank {rank} of {ranks}")));
+        }
+        if b >= self.batches_per_epoch() {
+            return Err(Error::config(
+                "data_loader",
+                format!("batch {b} past the {} of an epoch", self.batches_per_epoch()),
+            ));
+        }
+        let range = self.batch_range(b);
+        let share = shard_range(range.len(), rank, ranks);
+        if share.is_empty() {
+            return Err(Error::config(
+                "data_loader",
+                format!(
+                    "batch {b} has {} samples, fewer than the {ranks} ranks that share it",
+                    range.len()
+                ),
+            ));
+        }
+        self.load(&order[range][share], epoch)
+    }
+
+    /// Rank `rank`'s shares of the batches of `epoch` from batch `start` on,
+    /// each with the whole batch's size (see [`DataLoader::shard`]).
+    pub fn epoch_shards_from(
+        &self,
+        epoch: u64,
+        start: usize,
+        rank: usize,
+        ranks: usize,
+    ) -> impl Iterator<Item = Result<(Batch, usize)>> + '_ {
+        let order = self.order(epoch);
+        (start..self.batches_per_epoch())
+            .map(move |b| Ok((self.shard_from(&order, epoch, b, rank, ranks)?, self.batch_len(b))))
+    }
+
+    /// The samples at `idx`, transformed with their `(seed, epoch, index)` draws.
+    fn load(&self, idx: &[usize], epoch: u64) -> Result<Batch> {
+        if idx.is_empty() {
+            return Err(Error::config("data_loader", "a batch needs at least one sample"));
+        }
         let samples: Vec<_> = idx
             .par_iter()
             .map(|&i| {

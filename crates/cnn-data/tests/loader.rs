@@ -93,3 +93,44 @@ fn channel_stats_match_a_two_pass_computation() {
         "{mean:?} {std:?} vs {m} {s}"
     );
 }
+
+#[test]
+fn the_shares_of_all_ranks_in_rank_order_are_the_batch_bitwise() {
+    let l = loader(); // 1797 samples in batches of 100: the last has 97
+    for ranks in 1..=4 {
+        for (epoch, b) in [(0u64, 0usize), (1, 5), (2, 17)] {
+            let whole = l.batch(epoch, b).unwrap();
+            let shares: Vec<_> = (0..ranks).map(|r| l.shard(epoch, b, r, ranks).unwrap()).collect();
+            let sizes: Vec<usize> = shares.iter().map(|s| s.labels.len()).collect();
+            assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1, "{sizes:?}");
+            let views: Vec<_> = shares.iter().map(|s| s.images.view()).collect();
+            assert_eq!(ndarray::concatenate(ndarray::Axis(0), &views).unwrap(), whole.images);
+            let labels: Vec<usize> = shares.iter().flat_map(|s| s.labels.clone()).collect();
+            assert_eq!(labels, whole.labels);
+        }
+        // The iterator gives the same shares, each with its whole batch's size.
+        let from_iter: Vec<(usize, usize)> = l
+            .epoch_shards_from(3, 16, ranks - 1, ranks)
+            .map(|r| r.map(|(s, n)| (s.labels.len(), n)).unwrap())
+            .collect();
+        let last = cnn_data::shard_range(97, ranks - 1, ranks).len();
+        assert_eq!(
+            from_iter,
+            vec![(cnn_data::shard_range(100, ranks - 1, ranks).len(), 100), (last, 97)]
+        );
+    }
+}
+
+#[test]
+fn a_share_that_would_be_empty_or_a_rank_past_the_group_is_an_error() {
+    let tiny = DataLoader::new(Arc::new(Digits::load().unwrap()), 2, 0).unwrap();
+    assert_eq!(tiny.batch_len(0), 2);
+    assert_eq!(
+        tiny.shard(0, 0, 0, 3).unwrap_err().to_string(),
+        "data_loader: invalid setting: batch 0 has 2 samples, fewer than the 3 ranks that share it"
+    );
+    assert_eq!(
+        tiny.shard(0, 0, 3, 3).unwrap_err().to_string(),
+        "data_loader: invalid setting: rank 3 of 3"
+    );
+}

@@ -15,6 +15,15 @@ impl<T: Float> Optimizer<T> {
     /// # Errors
     /// [`Error::Io`] when the file cannot be written.
     pub fn save_state(&self, path: &Path) -> Result<()> {
+        write_atomic(path, &self.state_bytes(&path.display().to_string())?)
+    }
+
+    /// The bytes [`Optimizer::save_state`] writes (a safetensors file), for
+    /// sending the state to other processes; `context` names it in errors.
+    ///
+    /// # Errors
+    /// [`Error::Format`] when the state cannot be serialized.
+    pub fn state_bytes(&self, context: &str) -> Result<Vec<u8>> {
         let mut entries: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
         for (key, st) in self.states() {
             entries.push((
@@ -31,7 +40,7 @@ impl<T: Float> Optimizer<T> {
             }
         }
         let format = |e: safetensors::SafeTensorError| Error::Format {
-            context: path.display().to_string(),
+            context: context.to_string(),
             msg: e.to_string(),
         };
         let views = entries
@@ -42,7 +51,7 @@ impl<T: Float> Optimizer<T> {
             })
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(format)?;
-        write_atomic(path, &safetensors::serialize(views, None).map_err(format)?)
+        safetensors::serialize(views, None).map_err(format)
     }
 
     /// Reads a file written by [`Optimizer::save_state`] and replaces the state.
@@ -52,10 +61,18 @@ impl<T: Float> Optimizer<T> {
     /// not a valid state file (truncated, corrupt, unexpected names or dtypes).
     pub fn load_state(&mut self, path: &Path) -> Result<()> {
         let context = path.display().to_string();
-        let bad = |msg: String| Error::Format { context: context.clone(), msg };
         let bytes = std::fs::read(path)
             .map_err(|e| Error::Io { context: format!("read {context}"), source: e })?;
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+        self.load_state_bytes(&bytes, &context)
+    }
+
+    /// As [`Optimizer::load_state`], from the bytes of such a file; `context` names it in errors.
+    ///
+    /// # Errors
+    /// [`Error::Format`] when the bytes are not a valid state file.
+    pub fn load_state_bytes(&mut self, bytes: &[u8], context: &str) -> Result<()> {
+        let bad = |msg: String| Error::Format { context: context.to_string(), msg };
+        let st = SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
         let mut state: HashMap<String, ParamState<T>> = HashMap::new();
         for (name, view) in st.tensors() {
             let (key, field) =

@@ -3,7 +3,8 @@
 use std::fmt::Write as _;
 
 use cnn_augment::Transform;
-use cnn_data::DataLoader;
+use cnn_data::{shard_range, Batch, DataLoader};
+use cnn_tensor::collective::Collective;
 use cnn_tensor::random::{mix_seed, seeded_rng};
 use cnn_tensor::{cross_entropy_forward, softmax, ArrayD, Error, Layer, Mode, Result};
 use ndarray::{Array2, Array4, Axis};
@@ -88,6 +89,16 @@ impl Tally {
         Ok(())
     }
 
+    /// Runs `model` on a batch in eval mode and adds it.
+    fn add_batch(&mut self, model: &mut dyn Layer<f32>, batch: Batch) -> Result<()> {
+        let n = batch.labels.len();
+        let logits = as_logits(model.forward(batch.images.into_dyn(), Mode::Eval)?, n)?;
+        check_classes(logits.ncols(), self.confusion.len())?;
+        // From the log-softmax, so a confident mistake costs its full loss.
+        let loss = f64::from(cross_entropy_forward(logits.view(), &batch.labels, 0.0)?) * n as f64;
+        self.add(&softmax(logits.view()), &batch.labels, Some(loss))
+    }
+
     fn report(self, classes: Vec<String>) -> Result<EvalReport> {
         if self.count == 0 {
             return Err(Error::config("evaluate", "the split has no samples"));
@@ -154,13 +165,45 @@ pub fn evaluate(model: &mut dyn Layer<f32>, loader: &DataLoader) -> Result<EvalR
     let classes = class_names(loader);
     let mut tally = Tally::new(classes.len());
     for batch in loader.epoch(0) {
-        let batch = batch?;
-        let n = batch.labels.len();
-        let logits = as_logits(model.forward(batch.images.into_dyn(), Mode::Eval)?, n)?;
-        check_classes(logits.ncols(), classes.len())?;
-        // From the log-softmax, so a confident mistake costs its full loss.
-        let loss = f64::from(cross_entropy_forward(logits.view(), &batch.labels, 0.0)?) * n as f64;
-        tally.add(&softmax(logits.view()), &batch.labels, Some(loss))?;
+        tally.add_batch(model, batch?)?;
+    }
+    tally.report(classes)
+}
+
+/// [`evaluate`] shared by the ranks of `group`: each rank evaluates its share
+/// of every batch ([`DataLoader::shard`]) and the sums (loss, top-5 hits,
+/// the confusion matrix, the count) are added across ranks, so every rank
+/// gets the report of the whole split. Every rank must call it.
+///
+/// # Errors
+/// As [`evaluate`]; [`Error::Distributed`] when the transport fails.
+pub fn evaluate_distributed(
+    model: &mut dyn Layer<f32>,
+    loader: &DataLoader,
+    group: &dyn Collective,
+) -> Result<EvalReport> {
+    if group.size() <= 1 {
+        return evaluate(model, loader);
+    }
+    let classes = class_names(loader);
+    let mut tally = Tally::new(classes.len());
+    let (rank, ranks) = (group.rank(), group.size());
+    for b in 0..loader.batches_per_epoch() {
+        // A last batch of fewer samples than ranks leaves some ranks out.
+        if !shard_range(loader.batch_len(b), rank, ranks).is_empty() {
+            tally.add_batch(model, loader.shard(0, b, rank, ranks)?)?;
+        }
+    }
+    let mut sums = vec![tally.loss_sum, tally.top5 as f64, tally.count as f64];
+    sums.extend(tally.confusion.iter().flatten().map(|&v| v as f64));
+    group.sum_f64(&mut sums)?;
+    // Counts below 2^53 are exact in f64.
+    tally.loss_sum = sums[0];
+    tally.top5 = sums[1] as usize;
+    tally.count = sums[2] as usize;
+    let c = classes.len();
+    for (k, v) in sums[3..].iter().enumerate() {
+        tally.confusion[k / c][k % c] = *v as u64;
     }
     tally.report(classes)
 }

@@ -38,10 +38,13 @@
 
 pub mod checkpoint;
 mod config;
+pub mod distributed;
 mod eval;
 mod frozen;
 mod guard;
 mod history;
+#[cfg(feature = "distributed")]
+mod mpi;
 mod plot;
 mod progress;
 mod step;
@@ -51,13 +54,20 @@ pub mod tune;
 
 pub use checkpoint::{find_checkpoint, load_checkpoint, save_checkpoint, TrainerState};
 pub use config::{OptimizerKind, ScheduleKind, TrainConfig};
-pub use eval::{evaluate, evaluate_tta, predict, predict_tta, EvalReport, Predictions};
+pub use eval::{
+    evaluate, evaluate_distributed, evaluate_tta, predict, predict_tta, EvalReport, Predictions,
+};
 pub use frozen::{extract_features, frozen_boundary, frozen_prefix, FeatureHead};
 pub use guard::DivergenceGuard;
 pub use history::{EpochRecord, History};
+#[cfg(feature = "distributed")]
+pub use mpi::Mpi;
 pub use plot::{plot_confusion, plot_curves, plot_scatter, LineChart};
 pub use progress::ProgressMode;
-pub use step::{apply_gradients, as_logits, compute_gradients, top_k_correct, StepStats};
+pub use step::{
+    apply_gradients, as_logits, compute_gradients, compute_shard_gradients, top_k_correct,
+    StepStats,
+};
 pub use trainer::{EpochCallback, FitReport, StepCallback, Trainer};
 pub use transfer::{
     head_path, load_pretrained, replace_head, set_transfer_mode, PretrainedOptions, TransferMode,

@@ -81,13 +81,44 @@ pub fn compute_gradients(
     seed: u64,
     step: u64,
 ) -> Result<StepStats> {
+    compute_shard_gradients(model, images, labels, labels.len(), label_smoothing, seed, step)
+}
+
+/// [`compute_gradients`] for one rank's share of a global batch of
+/// `batch_size` samples (data-parallel training): the loss is the global
+/// batch's mean restricted to these samples (each sample's loss over
+/// `batch_size`, not over `labels.len()`), so that the gradients summed over
+/// the ranks are the global batch's. The returned loss is still the mean over
+/// these samples.
+///
+/// # Errors
+/// As [`compute_gradients`]; [`Error::Config`] when `batch_size` is smaller than the share.
+pub fn compute_shard_gradients(
+    model: &mut dyn Layer<f32>,
+    images: ArrayD<f32>,
+    labels: &[usize],
+    batch_size: usize,
+    label_smoothing: f64,
+    seed: u64,
+    step: u64,
+) -> Result<StepStats> {
     let n = labels.len();
+    if batch_size < n {
+        return Err(Error::config(
+            "train",
+            format!("a share of {n} samples of a global batch of {batch_size}"),
+        ));
+    }
     model.zero_grad();
     model.reseed(mix_seed(seed, step));
     let boundary = crate::frozen_boundary(model);
     let logits = as_logits(crate::frozen::forward_past_frozen(model, images, &boundary)?, n)?;
     let correct = top_k_correct(logits.view(), labels, 1);
-    let (loss, dlogits) = cross_entropy(&logits.into_dyn(), labels, label_smoothing)?;
+    let (loss, mut dlogits) = cross_entropy(&logits.into_dyn(), labels, label_smoothing)?;
+    if batch_size != n {
+        // d(Σ loss_i / batch_size) = d(mean over the share) · n / batch_size.
+        dlogits *= n as f32 / batch_size as f32;
+    }
     crate::frozen::backward_to_frozen(model, dlogits, &boundary)?;
     Ok(StepStats { loss: f64::from(loss), correct, count: n })
 }

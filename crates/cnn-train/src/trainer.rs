@@ -7,11 +7,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cnn_data::DataLoader;
+use cnn_tensor::collective::{broadcast_result, Collective};
+use cnn_tensor::random::mix_seed;
 use cnn_tensor::{Error, Layer, Result};
 
 use crate::checkpoint::{find_checkpoint, load_checkpoint, save_checkpoint, TrainerState};
-use crate::step::{apply_gradients, compute_gradients, StepStats};
-use crate::{evaluate, plot_curves, EpochRecord, History, ProgressMode, TrainConfig};
+use crate::distributed::{allreduce_gradients, broadcast_optimizer, broadcast_parameters};
+use crate::step::{apply_gradients, compute_shard_gradients, StepStats};
+use crate::{evaluate_distributed, plot_curves, EpochRecord, History, ProgressMode, TrainConfig};
 
 /// A callback after each epoch; returning `false` stops the run there (its checkpoint is written).
 pub type EpochCallback = Box<dyn FnMut(&EpochRecord) -> bool + Send>;
@@ -61,6 +64,7 @@ pub struct Trainer {
     metadata: serde_json::Value,
     on_epoch_end: Option<EpochCallback>,
     on_step: Option<StepCallback>,
+    group: Option<Arc<dyn Collective>>,
 }
 
 /// What [`Trainer::fit`] did.
@@ -76,6 +80,8 @@ pub struct FitReport {
     pub global_step: u64,
     /// Wall time of this call, in seconds.
     pub seconds: f64,
+    /// Of which, summing gradients across ranks (0 in one process).
+    pub allreduce_seconds: f64,
 }
 
 impl Trainer {
@@ -90,7 +96,23 @@ impl Trainer {
             metadata: serde_json::Value::Null,
             on_epoch_end: None,
             on_step: None,
+            group: None,
         }
+    }
+
+    /// Trains data-parallel over the ranks of `group` (PyTorch's
+    /// `DistributedDataParallel`): every rank runs `fit` with the same model,
+    /// config and loaders, takes its share of every batch (the loader's batch
+    /// size stays the global batch), and the gradients are summed across
+    /// ranks before every rank takes the same step. Rank 0's weights (and, on
+    /// resume, its checkpoint) are broadcast first. Only rank 0 shows
+    /// progress and writes to the output directory; validation is shared;
+    /// a stop flag or callback on any rank stops all of them at the same step.
+    /// BatchNorm normalizes over each rank's share unless the model is synced
+    /// ([`Layer::sync_batch_norm`]). Dropout draws differ per rank.
+    pub fn with_group(mut self, group: Arc<dyn Collective>) -> Self {
+        self.group = Some(group);
+        self
     }
 
     /// Writes checkpoints, metrics and curves into `dir` (created if missing).
@@ -202,6 +224,34 @@ impl Trainer {
         Ok(state)
     }
 
+    /// [`Trainer::start_state`] on rank 0, then its state, weights and
+    /// optimizer state on every rank (a failure on rank 0 fails all ranks).
+    fn start_state_shared(
+        &self,
+        model: &mut dyn Layer<f32>,
+        optimizer: &mut cnn_optim::Optimizer<f32>,
+        train: &DataLoader,
+        group: &dyn Collective,
+    ) -> Result<TrainerState> {
+        let mine = (group.rank() == 0).then(|| self.start_state(model, optimizer, train));
+        let json = broadcast_result(group, || match &mine {
+            Some(Ok(state)) => serde_json::to_vec(state)
+                .map_err(|e| Error::Format { context: "trainer state".into(), msg: e.to_string() }),
+            Some(Err(e)) => Err(Error::distributed(e.to_string())),
+            None => Ok(Vec::new()),
+        });
+        let state = match (mine, json) {
+            (Some(result), _) => result?,
+            (None, json) => serde_json::from_slice(&json?).map_err(|e| Error::Format {
+                context: "rank 0's trainer state".into(),
+                msg: e.to_string(),
+            })?,
+        };
+        broadcast_parameters(model, group)?;
+        broadcast_optimizer(optimizer, group)?;
+        Ok(state)
+    }
+
     /// Trains `model` on `train`, validating on `val` after each epoch.
     ///
     /// # Errors
@@ -223,11 +273,29 @@ impl Trainer {
         }
         let schedule = self.config.build_schedule(batches)?;
         let mut optimizer = self.config.build_optimizer()?;
-        let mut state = self.start_state(model, &mut optimizer, train)?;
+        let group = self.group.clone().filter(|g| g.size() > 1);
+        let (rank, ranks) = group.as_ref().map_or((0, 1), |g| (g.rank(), g.size()));
+        let shortest = train.batch_len(batches - 1);
+        if shortest < ranks {
+            return Err(Error::config(
+                "train",
+                format!(
+                    "the last batch has {shortest} samples for {ranks} ranks: every rank needs one (another batch size, or drop_last)"
+                ),
+            ));
+        }
+        let mut state = match &group {
+            Some(g) => self.start_state_shared(model, &mut optimizer, train, &**g)?,
+            None => self.start_state(model, &mut optimizer, train)?,
+        };
         let config = state.config.clone();
-        let out_dir = self.out_dir.clone();
-        let mut progress =
-            crate::progress::Progress::new(self.progress, config.epochs, state.epoch);
+        // Only rank 0 writes and shows progress.
+        let out_dir = self.out_dir.clone().filter(|_| rank == 0);
+        let shown = if rank == 0 { self.progress } else { ProgressMode::Quiet };
+        let mut progress = crate::progress::Progress::new(shown, config.epochs, state.epoch);
+        // Dropout masks differ per rank (the same on every rank would correlate the shares).
+        let step_seed = if ranks > 1 { mix_seed(config.seed, rank as u64) } else { config.seed };
+        let mut allreduce_seconds = 0.0;
         let mut completed = true;
         'epochs: while state.epoch < config.epochs {
             let epoch = state.epoch;
@@ -236,18 +304,35 @@ impl Trainer {
             // run stopped after an epoch's last batch resumes with none left.
             let mut lr = schedule.lr(state.global_step.saturating_sub(1) as usize, config.lr);
             let mut clock = Instant::now();
-            for batch in train.epoch_from(epoch as u64, state.batch) {
-                let batch = batch?;
+            for item in train.epoch_shards_from(epoch as u64, state.batch, rank, ranks) {
+                let (batch, global) = item?;
                 let n = batch.labels.len();
                 let step = state.global_step;
-                let stats = compute_gradients(
+                let mut stats = compute_shard_gradients(
                     model,
                     batch.images.into_dyn(),
                     &batch.labels,
+                    global,
                     config.label_smoothing,
-                    config.seed,
+                    step_seed,
                     step,
                 )?;
+                let mut stop = self.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
+                if let Some(g) = &group {
+                    let clock = Instant::now();
+                    allreduce_gradients(model, &**g)?;
+                    // The global batch's loss and hits, and whether any rank stops.
+                    let mut sums =
+                        [stats.loss * n as f64, stats.correct as f64, f64::from(u8::from(stop))];
+                    g.sum_f64(&mut sums)?;
+                    allreduce_seconds += clock.elapsed().as_secs_f64();
+                    stats = StepStats {
+                        loss: sums[0] / global as f64,
+                        correct: sums[1] as usize,
+                        count: global,
+                    };
+                    stop = sums[2] > 0.0;
+                }
                 state.guard.check(step, stats.loss, schedule.lr(step as usize, config.lr))?;
                 lr = apply_gradients(&mut optimizer, &schedule, model, step)?;
                 if let Some(on_step) = &mut self.on_step {
@@ -256,16 +341,16 @@ impl Trainer {
                 state.global_step += 1;
                 state.batch += 1;
                 let p = &mut state.partial;
-                p.loss_sum += stats.loss * n as f64;
+                p.loss_sum += stats.loss * global as f64;
                 p.correct += stats.correct;
-                p.seen += n;
+                p.seen += global;
                 let secs = p.train_seconds + clock.elapsed().as_secs_f64();
                 progress.batch(
                     p.loss_sum / p.seen as f64,
                     p.correct as f64 / p.seen as f64,
                     p.seen as f64 / secs.max(1e-9),
                 );
-                if self.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+                if stop {
                     state.partial.train_seconds += clock.elapsed().as_secs_f64();
                     if let Some(dir) = &out_dir {
                         save_checkpoint(dir, "last", model, &optimizer, &state)?;
@@ -276,7 +361,10 @@ impl Trainer {
             }
             state.partial.train_seconds += clock.elapsed().as_secs_f64();
             clock = Instant::now();
-            let report = val.map(|v| evaluate(model, v)).transpose()?;
+            let report = match &group {
+                Some(g) => val.map(|v| evaluate_distributed(model, v, &**g)).transpose()?,
+                None => val.map(|v| crate::evaluate(model, v)).transpose()?,
+            };
             let p = std::mem::take(&mut state.partial);
             let record = EpochRecord {
                 epoch: epoch + 1,
@@ -304,11 +392,15 @@ impl Trainer {
                 write_epoch(dir, model, &optimizer, &state, improved)?;
             }
             progress.end_epoch(&record);
-            if let Some(callback) = &mut self.on_epoch_end {
-                if !callback(&record) && state.epoch < config.epochs {
-                    completed = false;
-                    break;
-                }
+            let wants_stop = self.on_epoch_end.as_mut().is_some_and(|callback| !callback(&record));
+            let mut stop = [f64::from(u8::from(wants_stop))];
+            if let Some(g) = &group {
+                // Any rank's callback stops every rank.
+                g.sum_f64(&mut stop)?;
+            }
+            if stop[0] > 0.0 && state.epoch < config.epochs {
+                completed = false;
+                break;
             }
         }
         progress.finish();
@@ -318,6 +410,7 @@ impl Trainer {
             best_val_accuracy: state.best_val_accuracy,
             global_step: state.global_step,
             seconds: started.elapsed().as_secs_f64(),
+            allreduce_seconds,
         })
     }
 }
