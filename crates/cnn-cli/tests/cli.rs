@@ -336,3 +336,31 @@ fn summary_preview_stats_and_help() {
         assert!(stdout(&o).contains("Examples:"), "{cmd} --help has no examples");
     }
 }
+
+/// The default build needs no MPI: `distributed` is off unless asked for
+/// (tests/distributed.rs checks that the feature brings it in).
+#[test]
+fn the_default_build_has_no_mpi_in_its_tree() {
+    let tree = std::process::Command::new(env!("CARGO"))
+        .args(["tree", "-p", "cnn-cli", "-e", "normal,build", "--prefix", "none"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(tree.status.success(), "{}", String::from_utf8_lossy(&tree.stderr));
+    let out = String::from_utf8_lossy(&tree.stdout);
+    assert!(out.lines().any(|l| l.starts_with("cnn-train v")), "{out}");
+    let mpi: Vec<&str> =
+        out.lines().filter(|l| l.starts_with("mpi") || l.contains("bindgen")).collect();
+    assert!(mpi.is_empty(), "MPI in the default build: {mpi:?}");
+}
+
+/// (A build with the feature runs tests/distributed.rs instead.)
+#[cfg(not(feature = "distributed"))]
+#[test]
+fn distributed_without_the_feature_says_how_to_build_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    fails_with(&["train", "--distributed"], tmp.path(), "--features distributed");
+    let o = cnn(&["train", "--sync-bn"], tmp.path());
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--distributed"), "{}", stderr(&o));
+}

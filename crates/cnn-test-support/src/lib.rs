@@ -8,6 +8,7 @@
 //! included, can take it as a dev-dependency. Not published.
 
 pub mod fuzz;
+pub mod mpi;
 
 use ndarray::{ArrayBase, Data, Dimension};
 use proptest::test_runner::{Config, RngSeed};
