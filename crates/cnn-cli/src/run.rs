@@ -56,6 +56,20 @@ pub struct RunInfo {
     /// A linear probe trained on the frozen backbone's features, computed once.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cached_features: bool,
+    /// How a data-parallel run was spread (`cnn train --distributed`);
+    /// `None` for one process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distributed: Option<Distributed>,
+}
+
+/// The ranks of a data-parallel run and how its BatchNorm normalized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Distributed {
+    /// MPI ranks that trained it.
+    pub ranks: usize,
+    /// BatchNorm statistics over all ranks (`--sync-bn`).
+    pub sync_bn: bool,
 }
 
 /// What a fresh run is asked for, besides its training recipe.
@@ -131,6 +145,7 @@ impl RunInfo {
             seed: req.seed,
             trainable: None,
             cached_features: false,
+            distributed: None,
         };
         Ok((info, splits))
     }
@@ -291,6 +306,7 @@ pub fn fit_run_in(
     group: Option<Arc<dyn Collective>>,
 ) -> Result<Option<cnn_train::EvalReport>> {
     let rank = group.as_ref().map_or(0, |g| g.rank());
+    let ranks = group.as_ref().map_or(1, |g| g.size());
     let trainer = match &group {
         Some(g) => trainer.with_group(g.clone()),
         None => trainer,
@@ -305,7 +321,9 @@ pub fn fit_run_in(
         if flag.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
         }
-        eprintln!("\nstopping after this step; Ctrl-C again to quit without a checkpoint");
+        if rank == 0 {
+            eprintln!("\nstopping after this step; Ctrl-C again to quit without a checkpoint");
+        }
     });
     let metadata = serde_json::to_value(info)
         .map_err(|e| Error::Format { context: "run metadata".into(), msg: e.to_string() })?;
@@ -343,8 +361,15 @@ pub fn fit_run_in(
             return Ok(None);
         }
         let s = TrainerState::read(&find_checkpoint(out, "last")?)?;
+        let how = match info.distributed {
+            Some(d) if ranks > 1 => format!(
+                "mpirun -np {ranks} cnn train --distributed{} --resume",
+                if d.sync_bn { " --sync-bn" } else { "" }
+            ),
+            _ => "cnn train --resume".to_string(),
+        };
         println!(
-            "interrupted at step {} (epoch {}, batch {}); checkpoint written to {}. Resume with: cnn train --resume {}",
+            "interrupted at step {} (epoch {}, batch {}); checkpoint written to {}. Resume with: {how} {}",
             s.global_step,
             s.epoch + 1,
             s.batch,

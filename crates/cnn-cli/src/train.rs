@@ -296,7 +296,7 @@ fn run_in(
     group: Option<Arc<dyn Collective>>,
 ) -> Result<ExitCode> {
     let rank = group.as_ref().map_or(0, |g| g.rank());
-    let (info, config, out, splits, resuming) = match &args.resume {
+    let (mut info, config, out, splits, resuming) = match &args.resume {
         Some(dir) => {
             let state = read_state(dir, group.as_ref())?;
             let info = RunInfo::from_metadata(&state.metadata, dir)?;
@@ -309,6 +309,24 @@ fn run_in(
         }
     };
     let spec = info.data_spec()?;
+    let mut notes = Vec::new();
+    // A resumed run keeps its BatchNorm: --sync-bn need not be repeated.
+    let recorded = info.distributed;
+    let sync_bn = args.sync_bn || recorded.is_some_and(|d| d.sync_bn);
+    match (&group, recorded) {
+        (Some(g), Some(d)) if d.ranks != g.size() => notes.push(format!(
+            "the run was trained on {} ranks: on {} the sums run in another order, so it continues as an equal run, not bit for bit",
+            d.ranks,
+            g.size()
+        )),
+        (None, Some(d)) if resuming => notes.push(format!(
+            "the run was trained on {} ranks; continuing on one process{}",
+            d.ranks,
+            if d.sync_bn { "" } else { " (BatchNorm now sees the whole batch)" }
+        )),
+        _ => {}
+    }
+    info.distributed = group.as_ref().map(|g| crate::run::Distributed { ranks: g.size(), sync_bn });
     let mut built = info.build_model()?;
     if resuming && rank == 0 {
         // The Trainer loads the checkpoint itself, but a cached linear probe
@@ -323,7 +341,7 @@ fn run_in(
     }
     if let Some(g) = &group {
         cnn_train::distributed::broadcast_parameters(&mut *built.model, &**g)?;
-        if args.sync_bn {
+        if sync_bn {
             built.model.sync_batch_norm(Some(g.clone()));
         }
     }
@@ -333,12 +351,12 @@ fn run_in(
         }
     };
     let ranks = group.as_ref().map_or(String::new(), |g| {
-        let bn = if args.sync_bn { "synced" } else { "per-rank" };
-        format!(" on {} ranks ({bn} BatchNorm)", g.size())
+        let bn = if sync_bn { "synced" } else { "per-rank" };
+        format!(" over {} ranks ({bn} BatchNorm)", g.size())
     });
     let (params, _) = cnn_nn::count_params(&*built.model);
     say(format!(
-        "{} {}{ranks} ({params} parameters) on {spec}: {} training images of {}, {} for validation ({}), {} classes; run directory {}",
+        "{} {} ({params} parameters) on {spec}{ranks}: {} training images of {}, {} for validation ({}), {} classes; run directory {}",
         if resuming { "resuming" } else { "training" },
         info.arch,
         splits.train.len(),
@@ -348,6 +366,9 @@ fn run_in(
         info.classes.len(),
         out.display()
     ));
+    for note in notes {
+        say(format!("note: {note}"));
+    }
     let trainer = Trainer::new(config).with_resume(resuming).with_progress(if args.quiet {
         ProgressMode::Quiet
     } else {

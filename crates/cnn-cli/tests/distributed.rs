@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cnn_test_support::mpi::{mpirun, Job};
+use cnn_test_support::mpi::{exclusive, mpirun, Job, MPIRUN_FLAGS};
 use common::{cnn, metrics_without_timings, printed_accuracy, stderr, tensors};
 
 fn bin() -> PathBuf {
@@ -42,6 +42,7 @@ fn floats(path: &Path) -> Vec<(String, Vec<f32>)> {
 
 #[test]
 fn two_ranks_with_synced_batch_norm_train_the_digits_as_one_process() {
+    let _one_job_at_a_time = exclusive();
     let tmp = cnn_test_support::temp_dir("dist-digits");
     let one = cnn(&["train", "--epochs", "4", "--out", "one"], tmp.path());
     assert!(one.status.success(), "{}", stderr(&one));
@@ -49,11 +50,8 @@ fn two_ranks_with_synced_batch_norm_train_the_digits_as_one_process() {
     assert!(two.ok(), "{}", two.output());
     // One line per epoch and one result, from rank 0 alone.
     assert_eq!(two.stdout.matches("test accuracy").count(), 1, "{}", two.output());
-    assert!(
-        two.stdout.starts_with("training small on 2 ranks (synced BatchNorm)"),
-        "{}",
-        two.stdout
-    );
+    assert!(two.stdout.contains("on digits over 2 ranks (synced BatchNorm):"), "{}", two.stdout);
+    assert_eq!(two.stdout.matches("epoch 4/4").count(), 1, "{}", two.stdout);
     let (a1, a2) = (
         printed_accuracy(last_line(&common::stdout(&one))).parse::<f64>().unwrap(),
         printed_accuracy(last_line(&two.stdout)).parse::<f64>().unwrap(),
@@ -86,117 +84,99 @@ fn two_ranks_with_synced_batch_norm_train_the_digits_as_one_process() {
 /// Bound on `‖θ₂ − θ₁‖ / ‖θ₁‖` over all weights after 4 epochs of digits.
 const F32_BOUND: f64 = 0.15;
 
-#[test]
-fn a_distributed_run_resumes_from_its_checkpoint_as_if_never_stopped() {
-    let tmp = cnn_test_support::temp_dir("dist-resume");
-    let whole = train(2, &["--sync-bn", "--epochs", "20", "--out", "whole"], tmp.path());
-    assert!(whole.ok(), "{}", whole.output());
-    // The same run, its job killed (SIGTERM to mpirun, as a scheduler would)
-    // once the first epoch's checkpoint is written.
-    let broken = tmp.path().join("broken");
-    let all = [
-        "--allow-run-as-root",
-        "--oversubscribe",
-        "-np",
-        "2",
-        env!("CARGO_BIN_EXE_cnn"),
-        "--threads",
-        "1",
-        "train",
-        "--distributed",
-        "--sync-bn",
-        "--epochs",
-        "20",
-        "--out",
-        "broken",
-    ];
-    let mut child = Command::new("mpirun")
-        .args(all)
-        .current_dir(tmp.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !broken.join("metrics.csv").exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    child.wait().unwrap();
-    let state = cnn_train::TrainerState::read(&broken.join("last")).unwrap();
-    assert!(state.epoch < 20, "the job finished before it was stopped");
-    let resumed = mpirun(
-        2,
-        &bin(),
-        &["--threads", "1", "train", "--distributed", "--sync-bn", "--resume", "broken"],
-        tmp.path(),
-        Duration::from_secs(300),
-    );
-    assert!(resumed.ok(), "{}", resumed.output());
-    assert!(resumed.stdout.starts_with("resuming small on 2 ranks"), "{}", resumed.stdout);
-    assert_eq!(
-        last_line(&resumed.stdout).split(" in ").next(),
-        last_line(&whole.stdout).split(" in ").next()
-    );
-    for file in ["model.safetensors", "optimizer.safetensors"] {
-        let f = |run: &str| tensors(&tmp.path().join(run).join("last").join(file));
-        assert_eq!(f("broken"), f("whole"), "{file}");
-    }
-    assert_eq!(
-        metrics_without_timings(&broken),
-        metrics_without_timings(&tmp.path().join("whole"))
-    );
-}
+/// The recipe of the resume tests: 20 epochs, synced BatchNorm, on 2 ranks.
+const RUN: [&str; 3] = ["--sync-bn", "--epochs", "20"];
 
-#[test]
-fn a_rank_killed_mid_run_ends_the_job_with_a_message() {
-    let tmp = cnn_test_support::temp_dir("dist-kill");
-    let all = [
-        "--allow-run-as-root",
-        "--oversubscribe",
-        "-np",
-        "2",
-        env!("CARGO_BIN_EXE_cnn"),
-        "--threads",
-        "1",
-        "train",
-        "--distributed",
-        "--epochs",
-        "200",
-        "--out",
-        "run",
-    ];
-    let started = Instant::now();
+/// Starts `mpirun -np 2 cnn train --distributed RUN --out name` in `cwd` and
+/// returns it once the first epoch's checkpoint is written.
+fn start_run(cwd: &Path, name: &str) -> std::process::Child {
     let child = Command::new("mpirun")
-        .args(all)
-        .current_dir(tmp.path())
+        .args(MPIRUN_FLAGS)
+        .args(["-np", "2", env!("CARGO_BIN_EXE_cnn")])
+        .args(["--threads", "1", "train", "--distributed"])
+        .args(RUN)
+        .args(["--out", name])
+        .current_dir(cwd)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !tmp.path().join("run/metrics.csv").exists() && Instant::now() < deadline {
+    while !cwd.join(name).join("metrics.csv").exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(2));
     }
+    child
+}
+
+/// Resumes `name` on 2 ranks (`--sync-bn` comes from the checkpoint) and
+/// checks that it ends as `whole`, the run that never stopped.
+fn resume_equals(cwd: &Path, name: &str, whole: &Job) {
+    let state = cnn_train::TrainerState::read(&cwd.join(name).join("last")).unwrap();
+    assert!(state.epoch < 20, "the job finished before it was stopped");
+    let resumed = train(2, &["--resume", name], cwd);
+    assert!(resumed.ok(), "{}", resumed.output());
+    assert!(resumed.stdout.contains("over 2 ranks (synced BatchNorm)"), "{}", resumed.stdout);
+    let result = |s: &str| last_line(s).split(" in ").next().unwrap().to_string();
+    assert_eq!(result(&resumed.stdout), result(&whole.stdout));
+    for file in ["model.safetensors", "optimizer.safetensors"] {
+        let f = |run: &str| tensors(&cwd.join(run).join("last").join(file));
+        assert_eq!(f(name), f("whole"), "{file}");
+    }
+    assert_eq!(
+        metrics_without_timings(&cwd.join(name)),
+        metrics_without_timings(&cwd.join("whole"))
+    );
+}
+
+#[test]
+fn ctrl_c_stops_every_rank_at_one_step_and_the_run_resumes_as_if_never_stopped() {
+    let _one_job_at_a_time = exclusive();
+    let tmp = cnn_test_support::temp_dir("dist-ctrl-c");
+    let whole = train(2, &[&RUN[..], &["--out", "whole"]].concat(), tmp.path());
+    assert!(whole.ok(), "{}", whole.output());
+    // Ctrl-C reaches mpirun, which passes SIGTERM to the ranks: they finish
+    // the step together and rank 0 writes last/ before mpirun's SIGKILL.
+    let child = start_run(tmp.path(), "broken");
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = last_line(&stdout);
+    assert!(line.starts_with("interrupted at step "), "{stdout}");
+    assert!(
+        line.ends_with(
+            "Resume with: mpirun -np 2 cnn train --distributed --sync-bn --resume broken"
+        ),
+        "{line}"
+    );
+    assert_eq!(stdout.matches("interrupted").count(), 1, "rank 0 alone reports: {stdout}");
+    resume_equals(tmp.path(), "broken", &whole);
+}
+
+#[test]
+fn a_killed_rank_ends_the_job_and_the_run_resumes_from_its_last_epoch() {
+    let _one_job_at_a_time = exclusive();
+    let tmp = cnn_test_support::temp_dir("dist-kill");
+    let whole = train(2, &[&RUN[..], &["--out", "whole"]].concat(), tmp.path());
+    assert!(whole.ok(), "{}", whole.output());
+    let started = Instant::now();
+    let child = start_run(tmp.path(), "killed");
     // One rank (a child of mpirun) dies as a crashed or OOM-killed process would.
     let ranks = Command::new("pgrep").args(["-P", &child.id().to_string()]).output().unwrap();
     let pids = String::from_utf8_lossy(&ranks.stdout).to_string();
     let victim = pids.split_whitespace().last().expect("no rank processes found");
     Command::new("kill").args(["-KILL", victim]).status().unwrap();
-    // The others wait in a sum for it: mpirun must end them, in bounded time.
-    let watchdog = std::thread::spawn({
-        let id = child.id();
-        move || {
-            std::thread::sleep(Duration::from_secs(60));
-            let _ = Command::new("kill").args(["-KILL", &id.to_string()]).status();
-        }
+    // The other waits in a sum for it: mpirun must end it, in bounded time.
+    let id = child.id();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(60));
+        let _ = Command::new("kill").args(["-TERM", &id.to_string()]).status();
     });
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(started.elapsed() < Duration::from_secs(60), "the job hung: {err}");
     assert!(!out.status.success());
-    assert!(err.contains("exited on signal 9") || err.contains("terminated"), "{err}");
-    drop(watchdog);
+    assert!(err.contains("exited on signal 9"), "{err}");
+    resume_equals(tmp.path(), "killed", &whole);
 }
 
 #[test]

@@ -35,11 +35,21 @@ impl Job {
     }
 }
 
-/// `mpirun -np ranks program args…` in `cwd`, killed after `timeout`.
-///
-/// Runs as root (CI containers) and with more ranks than cores
-/// (`--oversubscribe`, 2-core CI machines); each rank gets `OMP`/rayon
-/// threads from the program's own flags.
+/// The flags every test job gets: run as root (CI containers), allow more
+/// ranks than cores (`--oversubscribe`, 2-core CI machines), and leave
+/// placement to the OS (`--bind-to none`: OpenMPI would pin rank 0 of every
+/// job to core 0).
+pub const MPIRUN_FLAGS: [&str; 4] = ["--allow-run-as-root", "--oversubscribe", "--bind-to", "none"];
+
+/// Held by a test for as long as its MPI jobs run: jobs on 2 cores at the
+/// same time would starve each other (MPI ranks spin while they wait).
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// `mpirun -np ranks program args…` in `cwd` with [`MPIRUN_FLAGS`], killed
+/// after `timeout`; each rank's threads come from the program's own flags.
 ///
 /// # Panics
 /// When `mpirun` cannot be started: the distributed tests need OpenMPI
@@ -47,7 +57,8 @@ impl Job {
 pub fn mpirun(ranks: usize, program: &Path, args: &[&str], cwd: &Path, timeout: Duration) -> Job {
     let started = Instant::now();
     let mut child = Command::new("mpirun")
-        .args(["--allow-run-as-root", "--oversubscribe", "-np", &ranks.to_string()])
+        .args(MPIRUN_FLAGS)
+        .args(["-np", &ranks.to_string()])
         .arg(program)
         .args(args)
         .current_dir(cwd)

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cnn_test_support::mpi::{mpirun, Job};
+use cnn_test_support::mpi::{exclusive, mpirun, Job};
 
 /// target/<profile>/examples/distributed_check, which `cargo test` builds beside this test.
 fn example() -> PathBuf {
@@ -24,6 +24,7 @@ fn example() -> PathBuf {
 }
 
 fn check(ranks: usize, what: &str) -> Job {
+    let _one_job_at_a_time = exclusive();
     let tmp = cnn_test_support::temp_dir("mpirun");
     mpirun(ranks, &example(), &[what], tmp.path(), Duration::from_secs(120))
 }
