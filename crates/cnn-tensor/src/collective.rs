@@ -70,7 +70,7 @@ pub fn sum_across<T: Float>(group: &dyn Collective, buf: &mut [T]) -> Result<()>
     Ok(())
 }
 
-/// Rank 0's `Ok(bytes)` on every rank, or its error as an [`Error::Config`]
+/// Rank 0's `Ok(bytes)` on every rank, or its error as an [`Error::Distributed`]
 /// on every rank: how one rank reads a file for all (a checkpoint) without
 /// leaving the others waiting when the read fails.
 ///
@@ -100,6 +100,9 @@ pub fn broadcast_result(
     }
 }
 
+/// Sends a slice to the next rank of a ring and fills another from the previous one.
+pub type Exchange<'a, T> = dyn FnMut(&[T], &mut [T]) -> Result<()> + 'a;
+
 /// The bounds of segment `k` of `len` values cut into `size` segments.
 fn segment(len: usize, size: usize, k: usize) -> std::ops::Range<usize> {
     k * len / size..(k + 1) * len / size
@@ -120,7 +123,7 @@ pub fn ring_sum<T: Float>(
     buf: &mut [T],
     rank: usize,
     size: usize,
-    exchange: &mut dyn FnMut(&[T], &mut [T]) -> Result<()>,
+    exchange: &mut Exchange<'_, T>,
 ) -> Result<()> {
     if size <= 1 {
         return Ok(());

@@ -58,7 +58,10 @@ fn args() -> Result<Args> {
     })
 }
 
-fn model(arch: &str) -> Result<(Box<dyn Layer<f32>>, [usize; 3], usize)> {
+/// A network, its input `[C, H, W]` and its classes.
+type Network = (Box<dyn Layer<f32>>, [usize; 3], usize);
+
+fn model(arch: &str) -> Result<Network> {
     let rng = &mut seeded_rng(0);
     Ok(match arch {
         "resnet20" => (Box::new(cnn_models::cifar_resnet(20, 10, true, rng)?), [3, 32, 32], 10),

@@ -6,8 +6,8 @@
 //! batch's mean restricted to its samples, so the gradients summed over the
 //! ranks ([`allreduce_gradients`]) are the gradients of the global batch, and
 //! every rank then takes the same optimizer step. MPI's ranks come from
-//! [`crate::Mpi`] (feature `distributed`); [`cnn_tensor::collective::LocalGroup`]
-//! runs the same code on threads.
+//! `cnn_train::Mpi` (feature `distributed`); [`cnn_tensor::collective::LocalGroup`]
+//! runs the same code on threads. [`crate::Trainer::with_group`] puts it all together.
 
 use cnn_optim::Optimizer;
 use cnn_tensor::collective::{broadcast_result, sum_across, Collective};

@@ -90,7 +90,8 @@ pub fn f64_resnet_equals_one_process(group: Arc<dyn Collective>, steps: usize) -
             }
         }
     }
-    if !(worst.0 <= 1e-10) {
+    // NaN fails too.
+    if worst.0.is_nan() || worst.0 > 1e-10 {
         return Err(Error::distributed(format!(
             "rank {}: {} differs from one process by {:e} (bound 1e-10)",
             group.rank(),
