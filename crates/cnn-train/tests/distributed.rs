@@ -177,3 +177,30 @@ fn f32_step_losses_agree_to_rounding_before_the_schedule_peaks() {
         assert!(rel <= 1e-6, "step {step}: {a} on one process, {b} on two ranks ({rel:.1e})");
     }
 }
+
+/// A loss that explodes trips the guard on every rank at the same step (the
+/// guard sees the global loss), so no rank is left waiting in a sum.
+#[test]
+fn divergence_stops_every_rank_at_the_same_step() {
+    use cnn_data::{DataLoader, Digits, Subset};
+    use cnn_train::{ProgressMode, TrainConfig, Trainer};
+
+    let results = on_threads(2, |g| {
+        let digits = Arc::new(Digits::load().unwrap());
+        let train = Subset::new(digits, (0..256).collect()).unwrap();
+        let mut model = checks::small_net().unwrap();
+        Trainer::new(TrainConfig::default().with_epochs(5).with_lr(1e6))
+            .with_progress(ProgressMode::Quiet)
+            .with_group(g)
+            .fit(&mut model, &DataLoader::new(Arc::new(train), 32, 0).unwrap(), None)
+            .unwrap_err()
+    });
+    let steps: Vec<u64> = results
+        .iter()
+        .map(|e| match e {
+            cnn_tensor::Error::Diverged { step, .. } => *step,
+            other => panic!("expected divergence, got {other}"),
+        })
+        .collect();
+    assert_eq!(steps[0], steps[1], "{results:?}");
+}
