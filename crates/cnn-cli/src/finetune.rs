@@ -246,7 +246,7 @@ pub fn run(args: FinetuneArgs, started: Instant) -> Result<ExitCode> {
     } else {
         ProgressMode::Auto
     });
-    let Some(result) = fit_run(&info, &mut built, &splits, trainer, &out, &say)? else {
+    let Some(result) = fit_run(&info, &mut built, &splits, trainer, &out, &say, None)? else {
         return Ok(ExitCode::from(130));
     };
     println!(

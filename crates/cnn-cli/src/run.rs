@@ -276,27 +276,14 @@ impl RunInfo {
 /// once, and `test.json` at the end. Returns `None` when stopped by Ctrl-C,
 /// after printing how to resume.
 ///
-/// # Errors
-/// A diverged run (naming the last good checkpoint), whatever training returns.
-pub fn fit_run(
-    info: &RunInfo,
-    built: &mut Built,
-    splits: &Splits,
-    trainer: Trainer,
-    out: &Path,
-    say: &dyn Fn(String),
-) -> Result<Option<cnn_train::EvalReport>> {
-    fit_run_in(info, built, splits, trainer, out, say, None)
-}
-
-/// [`fit_run`] as one rank of `group` (`cnn train --distributed`): the
+/// With a `group` (`cnn train --distributed`) this is one rank of it: the
 /// trainer shares every batch and the validation with the other ranks, the
 /// test split is shared too, and only rank 0 writes `test.json` and prints
 /// how to resume.
 ///
 /// # Errors
-/// As [`fit_run`].
-pub fn fit_run_in(
+/// A diverged run (naming the last good checkpoint), whatever training returns.
+pub fn fit_run(
     info: &RunInfo,
     built: &mut Built,
     splits: &Splits,

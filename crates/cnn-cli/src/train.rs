@@ -14,7 +14,7 @@ use cnn_train::{
 
 use crate::arch::ARCH_HELP;
 use crate::data::{DataSpec, Splits};
-use crate::run::{default_run_dir, fit_run_in, RunInfo, RunRequest};
+use crate::run::{default_run_dir, fit_run, RunInfo, RunRequest};
 use crate::DataArgs;
 
 /// `--optimizer`.
@@ -374,7 +374,7 @@ fn run_in(
     } else {
         ProgressMode::Auto
     });
-    let Some(result) = fit_run_in(&info, &mut built, &splits, trainer, &out, &say, group)? else {
+    let Some(result) = fit_run(&info, &mut built, &splits, trainer, &out, &say, group)? else {
         return Ok(ExitCode::from(130));
     };
     if rank != 0 {
