@@ -127,7 +127,20 @@ impl DataArgs {
     }
 }
 
+/// Ends the process quietly when the reader of its output goes away
+/// (`cnn train | head -1`), as Unix commands do: Rust ignores SIGPIPE, which
+/// turns the next `println!` into a panic.
+fn die_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restores one signal's default disposition; called first thing
+    // in `main`, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    die_on_closed_pipe();
     keep_freed_pages();
     let started = Instant::now();
     let cli = Cli::parse();

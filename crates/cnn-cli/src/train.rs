@@ -81,6 +81,7 @@ const RESUME_CONFLICTS: [&str; 20] = [
   cnn train --data cifar10:~/data/cifar-10-batches-bin --arch resnet20 --epochs 30 --batch-size 128
   cnn train --data folder:~/photos --image-size 64 --val-fraction 0.2 --augment crop,flip,jitter
   cnn train --resume runs/20261127-101500          # continue a stopped run exactly
+  mpirun -np 2 cnn --threads 1 train --distributed --sync-bn   # over MPI (a build with --features distributed)
 
 The run directory (--out, default runs/<time>) gets last/ and best/ checkpoints
 (model.safetensors, optimizer.safetensors, trainer.json), metrics.csv,
@@ -352,7 +353,10 @@ fn run_in(
     };
     let ranks = group.as_ref().map_or(String::new(), |g| {
         let bn = if sync_bn { "synced" } else { "per-rank" };
-        format!(" over {} ranks ({bn} BatchNorm)", g.size())
+        match g.size() {
+            1 => " on one MPI rank".to_string(),
+            n => format!(" over {n} ranks ({bn} BatchNorm)"),
+        }
     });
     let (params, _) = cnn_nn::count_params(&*built.model);
     say(format!(

@@ -364,3 +364,28 @@ fn distributed_without_the_feature_says_how_to_build_it() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--distributed"), "{}", stderr(&o));
 }
+
+/// `cnn train | head -1`: when the reader goes away the command ends as Unix
+/// commands do (SIGPIPE), not with a panic about a failed print.
+#[cfg(unix)]
+#[test]
+fn a_closed_pipe_ends_the_command_without_a_panic() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cnn"))
+        .args(["train", "--epochs", "30", "--out", "run", "--threads", "1"])
+        .current_dir(tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.starts_with("training small"), "{first}");
+    // The reader is dropped here, as `head -1` exits.
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}: {err}", out.status);
+}
