@@ -180,6 +180,12 @@ pub fn every_sample_once_per_epoch(group: Arc<dyn Collective>) -> Result<String>
             group.size()
         )));
     }
+    if !(report.allreduce_seconds > 0.0 && report.allreduce_seconds < report.seconds) {
+        return Err(Error::distributed(format!(
+            "the gradient sums took {} s of {} s",
+            report.allreduce_seconds, report.seconds
+        )));
+    }
     let seen: usize = report.history.epochs.len();
     Ok(format!(
         "{} ranks, batches of 16 over 100 samples for {seen} epochs: every sample read once per epoch, every validation sample once per validation",
