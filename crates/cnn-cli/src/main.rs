@@ -149,7 +149,7 @@ fn main() -> ExitCode {
         let _ = rayon::ThreadPoolBuilder::new().num_threads(n.into()).build_global();
     }
     let result = match cli.command {
-        Command::Train(args) => train::run(*args, started),
+        Command::Train(args) => train::run(*args, started, cli.threads.is_some()),
         Command::Tune(args) => tune::run(*args, started),
         Command::Finetune(args) => finetune::run(*args, started),
         Command::Eval(args) => eval::run(args),

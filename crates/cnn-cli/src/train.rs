@@ -240,15 +240,15 @@ fn fresh(args: &TrainArgs) -> Result<(RunInfo, TrainConfig, PathBuf, Splits)> {
 /// # Errors
 /// Bad settings, unreadable data, a diverged run, failed writes; with
 /// `--distributed` in a build without the feature, an error saying how to build it.
-pub fn run(args: TrainArgs, started: Instant) -> Result<ExitCode> {
+pub fn run(args: TrainArgs, started: Instant, threads_given: bool) -> Result<ExitCode> {
     if args.distributed {
-        return distributed(args, started);
+        return distributed(args, started, threads_given);
     }
     run_in(args, started, None)
 }
 
 #[cfg(not(feature = "distributed"))]
-fn distributed(_: TrainArgs, _: Instant) -> Result<ExitCode> {
+fn distributed(_: TrainArgs, _: Instant, _: bool) -> Result<ExitCode> {
     Err(Error::config(
         "train",
         "--distributed needs a cnn built with MPI: cargo build --release -p cnn-cli --features distributed (see docs/distributed.md)",
@@ -259,10 +259,20 @@ fn distributed(_: TrainArgs, _: Instant) -> Result<ExitCode> {
 /// says so and aborts the whole job (`MPI_Abort`): the others would
 /// otherwise wait for it forever. A diverged run is the same on every rank,
 /// so all of them stop together and only rank 0 reports it.
+///
+/// Without `--threads`, the ranks on one node share its cores: each computes
+/// with cores ÷ ranks-on-the-node threads (as torchrun sets
+/// `OMP_NUM_THREADS`), instead of every rank starting a thread per core.
 #[cfg(feature = "distributed")]
-fn distributed(args: TrainArgs, started: Instant) -> Result<ExitCode> {
+fn distributed(args: TrainArgs, started: Instant, threads_given: bool) -> Result<ExitCode> {
     let mpi = cnn_train::Mpi::init()?;
     let (rank, size) = (mpi.rank(), mpi.size());
+    if !threads_given {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let threads = (cores / mpi.ranks_on_this_node()).max(1);
+        // Fails only if a pool exists already, which cannot be the case here.
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+    }
     let group: Arc<dyn Collective> = mpi.clone();
     match run_in(args, started, Some(group)) {
         Ok(code) => Ok(code),
@@ -353,9 +363,11 @@ fn run_in(
     };
     let ranks = group.as_ref().map_or(String::new(), |g| {
         let bn = if sync_bn { "synced" } else { "per-rank" };
+        let t = rayon::current_num_threads();
+        let threads = format!("{t} thread{}", if t == 1 { "" } else { "s" });
         match g.size() {
-            1 => " on one MPI rank".to_string(),
-            n => format!(" over {n} ranks ({bn} BatchNorm)"),
+            1 => format!(" on one MPI rank of {threads}"),
+            n => format!(" over {n} ranks × {threads} ({bn} BatchNorm)"),
         }
     });
     let (params, _) = cnn_nn::count_params(&*built.model);

@@ -50,7 +50,11 @@ fn two_ranks_with_synced_batch_norm_train_the_digits_as_one_process() {
     assert!(two.ok(), "{}", two.output());
     // One line per epoch and one result, from rank 0 alone.
     assert_eq!(two.stdout.matches("test accuracy").count(), 1, "{}", two.output());
-    assert!(two.stdout.contains("on digits over 2 ranks (synced BatchNorm):"), "{}", two.stdout);
+    assert!(
+        two.stdout.contains("on digits over 2 ranks × 1 thread (synced BatchNorm):"),
+        "{}",
+        two.stdout
+    );
     assert_eq!(two.stdout.matches("epoch 4/4").count(), 1, "{}", two.stdout);
     let (a1, a2) = (
         printed_accuracy(last_line(&common::stdout(&one))).parse::<f64>().unwrap(),
@@ -115,7 +119,11 @@ fn resume_equals(cwd: &Path, name: &str, whole: &Job) {
     assert!(state.epoch < 20, "the job finished before it was stopped");
     let resumed = train(2, &["--resume", name], cwd);
     assert!(resumed.ok(), "{}", resumed.output());
-    assert!(resumed.stdout.contains("over 2 ranks (synced BatchNorm)"), "{}", resumed.stdout);
+    assert!(
+        resumed.stdout.contains("over 2 ranks × 1 thread (synced BatchNorm)"),
+        "{}",
+        resumed.stdout
+    );
     let result = |s: &str| last_line(s).split(" in ").next().unwrap().to_string();
     assert_eq!(result(&resumed.stdout), result(&whole.stdout));
     for file in ["model.safetensors", "optimizer.safetensors"] {
@@ -198,4 +206,23 @@ fn the_feature_build_has_mpi_in_its_tree() {
         .unwrap();
     assert!(tree.status.success(), "{}", String::from_utf8_lossy(&tree.stderr));
     assert!(String::from_utf8_lossy(&tree.stdout).lines().any(|l| l.starts_with("mpi v")));
+}
+
+#[test]
+fn without_threads_the_ranks_of_a_node_share_its_cores() {
+    let _one_job_at_a_time = exclusive();
+    let tmp = cnn_test_support::temp_dir("dist-threads");
+    let job = mpirun(
+        2,
+        &bin(),
+        &["train", "--distributed", "--epochs", "1", "--out", "run"],
+        tmp.path(),
+        Duration::from_secs(120),
+    );
+    assert!(job.ok(), "{}", job.output());
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let t = (cores / 2).max(1);
+    let want =
+        format!("over 2 ranks × {t} thread{} (per-rank BatchNorm)", if t == 1 { "" } else { "s" });
+    assert!(job.stdout.contains(&want), "{want:?} not in {}", job.stdout);
 }

@@ -28,6 +28,7 @@ pub struct Mpi {
     world: SimpleCommunicator,
     rank: usize,
     size: usize,
+    local_size: usize,
     owner: ThreadId,
     // Last, so that MPI_Finalize runs after the communicator is gone.
     _universe: Universe,
@@ -66,13 +67,21 @@ impl Mpi {
         let (Ok(rank), Ok(size)) = (rank, size) else {
             return Err(Error::distributed("MPI reported a negative rank or size"));
         };
+        // The ranks that share this node's memory (MPI_Comm_split_type).
+        let local_size = usize::try_from(world.split_shared(world.rank()).size()).unwrap_or(1);
         Ok(Arc::new(Mpi {
             world,
             rank,
             size,
+            local_size,
             owner: std::thread::current().id(),
             _universe: universe,
         }))
+    }
+
+    /// How many ranks of the job run on this node (share its memory and cores).
+    pub fn ranks_on_this_node(&self) -> usize {
+        self.local_size.max(1)
     }
 
     /// Ends every rank of the job with `code` (`MPI_Abort`): what a rank does
