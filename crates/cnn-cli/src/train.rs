@@ -351,7 +351,12 @@ fn run_in(
         )?;
     }
     if let Some(g) = &group {
-        cnn_train::distributed::broadcast_parameters(&mut *built.model, &**g)?;
+        if resuming {
+            // Before a cached probe's features are computed; a fresh run's
+            // weights are the same on every rank (same seed), and the
+            // Trainer broadcasts rank 0's before training in any case.
+            cnn_train::distributed::broadcast_parameters(&mut *built.model, &**g)?;
+        }
         if sync_bn {
             built.model.sync_batch_norm(Some(g.clone()));
         }

@@ -7,8 +7,8 @@ use cnn_tensor::{ArrayD, Error, Float, Layer, Mode, Param, Result};
 use ndarray::ArrayViewD;
 
 use crate::common::{
-    backward_with, batch_moments, channels, check_settings, forward_with, AffineParams, NormCache,
-    RunningStats,
+    backward_by, backward_with, batch_moments, channels, check_settings, forward_with,
+    AffineParams, NormCache, RunningStats,
 };
 use crate::{rstd, AffineAxes, NormAxes};
 
@@ -213,43 +213,19 @@ impl<T: Float> BatchNorm<T> {
         cache: NormCache<T>,
         dy: ArrayViewD<'_, T>,
     ) -> Result<ArrayD<T>> {
-        let op = self.op;
-        if dy.shape() != cache.x.shape() {
-            return Err(Error::shape(
-                op,
-                format!("dy is {:?}, expected the output shape {:?}", dy.shape(), cache.x.shape()),
-            ));
-        }
-        let dy = dy.as_standard_layout();
-        let (Some(xs), Some(dys)) = (cache.x.as_slice(), dy.as_slice()) else {
-            return Err(Error::shape(op, "tensors are not contiguous"));
-        };
-        let view = match &self.affine {
-            Some(p) => Some(p.view(op, cache.affine_axes)?),
-            None => None,
-        };
-        let local = crate::grad_sums(xs, dys, cache.axes, &cache.mean, &cache.rstd, view.as_ref())?;
-        // [Σg per channel…, Σg·x̂ per channel…]
-        let mut sums: Vec<f64> = local.iter().map(|p| p.0.as_f64()).collect();
-        sums.extend(local.iter().map(|p| p.1.as_f64()));
-        group.sum_f64(&mut sums)?;
-        let (c, count) = (local.len(), self.synced_count as f64);
-        let coef: Vec<(T, T)> =
-            (0..c).map(|k| (T::of(sums[k] / count), T::of(sums[c + k] / count))).collect();
-        let grads = crate::normalize_backward_from(
-            xs,
-            dys,
-            cache.axes,
-            &cache.mean,
-            &cache.rstd,
-            view,
-            &coef,
-        )?;
-        if let Some(p) = self.affine.as_mut() {
-            p.add_grads(&grads.dgamma, &grads.dbeta);
-        }
-        ArrayD::from_shape_vec(cache.x.raw_dim(), grads.dx)
-            .map_err(|e| Error::shape(op, e.to_string()))
+        let count = self.synced_count as f64;
+        backward_by(self.op, cache, dy, self.affine.as_mut(), |xs, dys, cache, view| {
+            let (axes, mean, rstd) = (cache.axes, &cache.mean, &cache.rstd);
+            let local = crate::grad_sums(xs, dys, axes, mean, rstd, view.as_ref())?;
+            // [Σg per channel…, Σg·x̂ per channel…]
+            let mut sums: Vec<f64> = local.iter().map(|p| p.0.as_f64()).collect();
+            sums.extend(local.iter().map(|p| p.1.as_f64()));
+            group.sum_f64(&mut sums)?;
+            let c = local.len();
+            let coef: Vec<(T, T)> =
+                (0..c).map(|k| (T::of(sums[k] / count), T::of(sums[c + k] / count))).collect();
+            crate::normalize_backward_from(xs, dys, axes, mean, rstd, view, &coef)
+        })
     }
 
     /// The running mean and variance, when tracked.

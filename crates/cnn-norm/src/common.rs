@@ -4,7 +4,9 @@
 use cnn_tensor::{join_key, ArrayD, Error, Float, IxDyn, Param, Result};
 use ndarray::ArrayViewD;
 
-use crate::{moments, normalize_backward, normalize_forward, Affine, AffineAxes, NormAxes};
+use crate::{
+    moments, normalize_backward, normalize_forward, Affine, AffineAxes, NormAxes, NormGrads,
+};
 
 /// γ (`weight`, ones) and β (`bias`, zeros) of a norm layer.
 #[derive(Debug, Clone)]
@@ -113,6 +115,26 @@ pub(crate) fn backward_with<T: Float>(
     dy: ArrayViewD<'_, T>,
     affine: Option<&mut AffineParams<T>>,
 ) -> Result<ArrayD<T>> {
+    backward_by(op, cache, dy, affine, |xs, dys, cache, view| {
+        if cache.batch_stats {
+            crate::normalize_backward_fused(xs, dys, cache.axes, &cache.mean, &cache.rstd, view)
+        } else {
+            normalize_backward(xs, dys, cache.axes, &cache.mean, &cache.rstd, view, false)
+        }
+    })
+}
+
+/// What every norm's backward shares around the kernel call: `dy` checked
+/// against the cached input and made contiguous, the affine view, dγ/dβ added
+/// into the grads, dx shaped as `x`. `grads(x, dy, cache, affine)` runs the
+/// kernel (synced BatchNorm's sums its statistics across ranks there).
+pub(crate) fn backward_by<T: Float>(
+    op: &'static str,
+    cache: NormCache<T>,
+    dy: ArrayViewD<'_, T>,
+    affine: Option<&mut AffineParams<T>>,
+    grads: impl FnOnce(&[T], &[T], &NormCache<T>, Option<Affine<'_, T>>) -> Result<NormGrads<T>>,
+) -> Result<ArrayD<T>> {
     if dy.shape() != cache.x.shape() {
         return Err(Error::shape(
             op,
@@ -129,11 +151,7 @@ pub(crate) fn backward_with<T: Float>(
             Some(p) => Some(p.view(op, cache.affine_axes)?),
             None => None,
         };
-        if cache.batch_stats {
-            crate::normalize_backward_fused(xs, dys, cache.axes, &cache.mean, &cache.rstd, view)?
-        } else {
-            normalize_backward(xs, dys, cache.axes, &cache.mean, &cache.rstd, view, false)?
-        }
+        grads(xs, dys, &cache, view)?
     };
     if let Some(p) = affine {
         p.add_grads(&grads.dgamma, &grads.dbeta);
