@@ -385,6 +385,8 @@ mod tests {
 
     #[test]
     fn a_careful_parser_survives_and_runs_are_repeatable() {
+        // The allocation counter is global: no other test's allocations in this one's peak.
+        let _serial = exclusive();
         let parse = |b: &[u8]| -> Result<(), String> {
             let text = std::str::from_utf8(b).map_err(|e| format!("toy.bin: {e}"))?;
             let n: usize = text
@@ -403,6 +405,8 @@ mod tests {
     #[test]
     #[should_panic(expected = "the parser panicked")]
     fn a_panicking_parser_fails_the_run() {
+        // The allocation counter is global: no other test's allocations in this one's peak.
+        let _serial = exclusive();
         let parse = |b: &[u8]| -> Result<(), String> {
             let n = usize::from(b[4] - b'0');
             assert!(n == 0, "boom");
@@ -420,6 +424,8 @@ mod tests {
     #[test]
     #[should_panic(expected = "over the bound")]
     fn an_allocation_over_the_bound_fails_the_run() {
+        // The allocation counter is global: no other test's allocations in this one's peak.
+        let _serial = exclusive();
         run(&target(), 4, Budget::count(10), |b| {
             let big = vec![1u8; 4 << 20];
             std::hint::black_box(&big);
@@ -430,6 +436,8 @@ mod tests {
     #[test]
     #[should_panic(expected = "does not name")]
     fn an_error_without_the_file_name_fails_the_run() {
+        // The allocation counter is global: no other test's allocations in this one's peak.
+        let _serial = exclusive();
         run(&target(), 5, Budget::count(100), |_| Err("something went wrong".into()));
     }
 }
