@@ -57,11 +57,13 @@ fn input_channels(dict: &StateDict) -> usize {
 }
 
 /// Loads the network (its class count read from the file's head) and prints
-/// one line per image: the path, then the top-5 as `class:probability`.
+/// one line per image: the path, then the top-5 as `class:probability`. An
+/// image that cannot be read gets an `error:` line on stderr instead, and the
+/// others are still classified; returns how many could not be.
 ///
 /// # Errors
-/// Unreadable weights or images; weights that do not fit the architecture.
-pub fn classify(req: &ClassifyRequest<'_>) -> Result<()> {
+/// Unreadable weights or labels; weights that do not fit the architecture.
+pub fn classify(req: &ClassifyRequest<'_>) -> Result<usize> {
     let mut dict = StateDict::read(req.weights)?;
     let channels = input_channels(&dict);
     let image = [channels, req.size, req.size];
@@ -72,13 +74,20 @@ pub fn classify(req: &ClassifyRequest<'_>) -> Result<()> {
         dict.strip_prefix(&prefix);
     }
     let (head, _) = head_path(&*probe.model)?;
-    let classes =
-        dict.tensors.get(&format!("{head}.weight")).map(|(s, _)| s[0]).ok_or_else(|| {
-            Error::Format {
-                context: req.weights.display().to_string(),
-                msg: format!("no head weight {head}.weight for --arch {}", req.arch),
+    let head_key = format!("{head}.weight");
+    let bad = |msg: String| Error::Format { context: req.weights.display().to_string(), msg };
+    let classes = match dict.tensors.get(&head_key) {
+        None => return Err(bad(format!("no head weight {head_key} for --arch {}", req.arch))),
+        // The class count is the head's first axis: a file's shape is checked, never indexed blindly.
+        Some((shape, _)) => match shape.as_slice() {
+            [classes, _] if *classes > 0 => *classes,
+            other => {
+                return Err(bad(format!(
+                    "head weight {head_key} has shape {other:?}, expected [classes, features] with classes > 0"
+                )))
             }
-        })?;
+        },
+    };
     let mut built = arch::build(req.arch, image, classes, 0)?;
     dict.load_into(&mut *built.model, true, &|_| false)?;
     let names: Option<Vec<String>> = match req.labels {
@@ -109,8 +118,16 @@ pub fn classify(req: &ClassifyRequest<'_>) -> Result<()> {
         let avg = |v: &[f64]| vec![v.iter().sum::<f64>() / v.len().max(1) as f64; channels];
         (avg(req.mean), avg(req.std))
     };
+    let mut failed = 0;
     for path in req.images {
-        let img = preprocess(cnn_data::read_image(path)?, req.size, channels)?;
+        let img = match cnn_data::read_image(path) {
+            Ok(img) => preprocess(img, req.size, channels)?,
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed += 1;
+                continue;
+            }
+        };
         let img = normalize(img.view(), &mean, &std)?;
         let p = predict(&mut *built.model, img.insert_axis(Axis(0)).into_dyn())?;
         let row = p.probabilities.row(0);
@@ -126,5 +143,5 @@ pub fn classify(req: &ClassifyRequest<'_>) -> Result<()> {
             .collect();
         println!("{} {}", path.display(), top.join(" "));
     }
-    Ok(())
+    Ok(failed)
 }

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use cnn_data::{stratified_split, Cifar, Dataset, Digits, IdxDataset, ImageFolder, Resized};
+use cnn_data::{
+    stratified_split, BadSamples, Cifar, Dataset, Digits, IdxDataset, ImageFolder, Resized,
+};
 use cnn_tensor::{Error, Result};
 
 /// Where the images come from.
@@ -93,14 +95,28 @@ impl Splits {
         self.train.classes().to_vec()
     }
 
-    /// `[channels, height, width]` of the training images.
+    /// `[channels, height, width]` of the training images: the first one's,
+    /// or under [`BadSamples::Skip`] the first readable one's (those before
+    /// it are logged as skipped).
     ///
     /// # Errors
-    /// Whatever reading the first image fails with.
-    pub fn image_shape(&self) -> Result<[usize; 3]> {
-        let (img, _) = self.train.get(0)?;
-        let (c, h, w) = img.dim();
-        Ok([c, h, w])
+    /// Whatever reading the first image fails with (under `Fail`), or
+    /// [`Error::Format`] when no image can be read.
+    pub fn image_shape(&self, policy: &BadSamples) -> Result<[usize; 3]> {
+        for i in 0..self.train.len() {
+            match (self.train.get(i), policy) {
+                (Ok((img, _)), _) => {
+                    let (c, h, w) = img.dim();
+                    return Ok([c, h, w]);
+                }
+                (Err(e @ (Error::Format { .. } | Error::Io { .. })), BadSamples::Skip(log)) => {
+                    let source = self.train.source(i).unwrap_or_else(|| format!("sample {i}"));
+                    log.record(&source, &e.to_string());
+                }
+                (Err(e), _) => return Err(e),
+            }
+        }
+        Err(Error::config("data", "no training image could be read"))
     }
 }
 

@@ -83,7 +83,7 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         let (mean, std) = norm.unwrap_or_else(|| {
             (crate::finetune::IMAGENET_MEAN.to_vec(), crate::finetune::IMAGENET_STD.to_vec())
         });
-        crate::classify::classify(&crate::classify::ClassifyRequest {
+        let failed = crate::classify::classify(&crate::classify::ClassifyRequest {
             weights,
             arch: &args.arch,
             images: &args.image,
@@ -92,7 +92,8 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
             mean: &mean,
             std: &std,
         })?;
-        return Ok(ExitCode::SUCCESS);
+        // As `cat` or `ls` with a missing file: the others are done, the exit status says not all were.
+        return Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
     let Some(run) = args.run.clone() else {
         return Err(cnn_tensor::Error::config(

@@ -146,10 +146,13 @@ pub fn pretrained_normalization(
 fn read_rename(path: &Path) -> Result<Vec<(String, String)>> {
     let text = std::fs::read(path)
         .map_err(|e| Error::Io { context: format!("read {}", path.display()), source: e })?;
+    let context = path.display().to_string();
     let map: BTreeMap<String, String> =
-        serde_json::from_slice(&text).map_err(|e| Error::Format {
-            context: path.display().to_string(),
-            msg: format!("expected a JSON object of key renames: {e}"),
+        cnn_tensor::untrusted::contain_panic(&context, "the JSON parser", || {
+            serde_json::from_slice(&text).map_err(|e| Error::Format {
+                context: context.clone(),
+                msg: format!("expected a JSON object of key renames: {e}"),
+            })
         })?;
     Ok(map.into_iter().collect())
 }
@@ -186,6 +189,7 @@ pub fn run(args: FinetuneArgs, started: Instant) -> Result<ExitCode> {
         augment: &augment,
         seed: args.seed,
         normalization,
+        bad_images: args.data.bad_images.unwrap_or_default(),
     })?;
     let out = args.out.clone().unwrap_or_else(|| default_run_dir("finetune-"));
     if out.join("last").exists() {
@@ -250,12 +254,13 @@ pub fn run(args: FinetuneArgs, started: Instant) -> Result<ExitCode> {
         return Ok(ExitCode::from(130));
     };
     println!(
-        "{:?}: test accuracy {:.2}% (loss {:.4}) in {:.1} s; run saved in {}",
+        "{:?}: test accuracy {:.2}% (loss {:.4}) in {:.1} s; run saved in {}{}",
         args.mode,
         100.0 * result.accuracy,
         result.loss,
         started.elapsed().as_secs_f64(),
-        out.display()
+        out.display(),
+        info.skipped_note(&out)
     );
     Ok(ExitCode::SUCCESS)
 }

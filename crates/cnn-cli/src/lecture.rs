@@ -227,6 +227,7 @@ pub fn degradation(args: DegradationArgs, started: Instant) -> Result<ExitCode> 
         augment: "none",
         seed: args.seed,
         normalization: None,
+        bad_images: crate::run::BadImages::Fail,
     })?;
     let samples = args.samples.unwrap_or(if digits { 0 } else { 5000 });
     let train: Arc<dyn Dataset> = if samples > 0 && samples < splits.train.len() {

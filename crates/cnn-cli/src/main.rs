@@ -46,7 +46,7 @@ fn keep_freed_pages() {
     name = "cnn",
     version,
     about = "Train, evaluate and inspect convolutional networks on the CPU.",
-    after_help = "Examples:\n  cnn train                                  # the embedded digits, the default recipe\n  cnn train --data mnist:~/data/mnist --epochs 3\n  cnn tune --budget small\n  cnn finetune --weights resnet18.safetensors --arch resnet18 --data folder:~/photos --mode linear-probe\n  cnn eval --run runs/20261127-101500 --tta 8\n  cnn summary --arch resnet18\n  cnn augment-preview --data cifar10:~/data/cifar-10-batches-bin --out preview.png\n  cnn stats --data folder:~/photos"
+    after_help = "Examples:\n  cnn train                                  # the embedded digits, the default recipe\n  cnn train --data mnist:~/data/mnist --epochs 3\n  cnn tune --budget small\n  cnn finetune --weights resnet18.safetensors --arch resnet18 --data folder:~/photos --mode linear-probe\n  cnn eval --run runs/20261127-101500 --tta 8\n  cnn summary --arch resnet18\n  cnn augment-preview --data cifar10:~/data/cifar-10-batches-bin --out preview.png\n  cnn stats --data folder:~/photos\n  cnn check-data --data folder:~/photos"
 )]
 struct Cli {
     /// Worker threads (default: every core). Results are the same bitwise for any count.
@@ -76,6 +76,8 @@ enum Command {
     AugmentPreview(tools::PreviewArgs),
     /// Per-channel mean and standard deviation of a data set's training split.
     Stats(tools::StatsArgs),
+    /// Read every image of a data set once and list the unreadable ones.
+    CheckData(tools::CheckArgs),
 }
 
 /// How to split a data set; shared by every command that reads one.
@@ -95,6 +97,12 @@ struct DataArgs {
     /// `finetune`), other data sets their own size].
     #[arg(long, value_parser = parse_size)]
     image_size: Option<usize>,
+    /// An image that cannot be read (corrupt, truncated, vanished): `fail`
+    /// stops with its name; `skip` leaves it out, lists it in the run's
+    /// skipped.txt and counts it in the final line [default: fail; on
+    /// --resume, what the run used]. `cnn check-data` lists them beforehand.
+    #[arg(long, value_enum)]
+    bad_images: Option<run::BadImages>,
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -141,6 +149,9 @@ fn die_on_closed_pipe() {
 
 fn main() -> ExitCode {
     die_on_closed_pipe();
+    // A decoder's panic on a user's file is contained and reported as one
+    // `error:` line naming the file; the hook keeps it from printing twice.
+    cnn_tensor::untrusted::quiet_contained_panics();
     keep_freed_pages();
     let started = Instant::now();
     let cli = Cli::parse();
@@ -158,6 +169,7 @@ fn main() -> ExitCode {
         Command::Summary(args) => tools::summary(args),
         Command::AugmentPreview(args) => tools::preview(args),
         Command::Stats(args) => tools::stats(args),
+        Command::CheckData(args) => tools::check_data(args),
     };
     match result {
         Ok(code) => code,

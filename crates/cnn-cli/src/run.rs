@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use cnn_data::{DataLoader, Dataset};
+use cnn_data::{BadSamples, DataLoader, Dataset, SkipLog};
 use cnn_tensor::collective::Collective;
 use cnn_tensor::{Error, Result};
 use cnn_train::{find_checkpoint, Trainer, TrainerState};
@@ -60,7 +60,46 @@ pub struct RunInfo {
     /// `None` for one process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distributed: Option<Distributed>,
+    /// What the run does with an image it cannot read (`--bad-images`);
+    /// kept on resume, so the same files are left out.
+    #[serde(default, skip_serializing_if = "BadImages::is_fail")]
+    pub bad_images: BadImages,
+    /// The images this process left out (under `--bad-images skip`), shared
+    /// by the run's loaders; written as `skipped.txt`.
+    #[serde(skip)]
+    pub skipped: SharedSkipLog,
 }
+
+/// `--bad-images`: what a run does with an image it cannot read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BadImages {
+    /// Stop with an error naming the file (PyTorch's habit).
+    #[default]
+    Fail,
+    /// Leave it out of every epoch, list it in the run's skipped.txt and count it in the final line.
+    Skip,
+}
+
+impl BadImages {
+    fn is_fail(&self) -> bool {
+        *self == BadImages::Fail
+    }
+}
+
+/// The [`SkipLog`] a run's loaders share. Not part of the run's identity:
+/// two `RunInfo`s compare equal whatever their logs hold.
+#[derive(Debug, Clone, Default)]
+pub struct SharedSkipLog(pub Arc<SkipLog>);
+
+impl PartialEq for SharedSkipLog {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// The list of unreadable images a run left out, in its directory.
+pub const SKIPPED_FILE: &str = "skipped.txt";
 
 /// The ranks of a data-parallel run and how its BatchNorm normalized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +128,8 @@ pub struct RunRequest<'a> {
     /// A normalization to use instead of the training split's statistics
     /// (the pretrained network's, for transfer).
     pub normalization: Option<(Vec<f64>, Vec<f64>)>,
+    /// `--bad-images`.
+    pub bad_images: BadImages,
 }
 
 impl RunInfo {
@@ -104,7 +145,9 @@ impl RunInfo {
         }
         parse_augment(req.augment, req.spec)?;
         let splits = data::load(req.spec, &req.split)?;
-        let image = splits.image_shape()?;
+        let skipped = SharedSkipLog::default();
+        let policy = policy(req.bad_images, &skipped);
+        let image = splits.image_shape(&policy)?;
         let (mean, std) = match req.normalization {
             // Statistics of gray pretraining serve RGB images channel by channel.
             Some((mean, std)) if mean.len() == 1 && std.len() == 1 && image[0] == 3 => {
@@ -125,7 +168,7 @@ impl RunInfo {
                 }
                 (mean, std)
             }
-            None => cnn_data::channel_stats(&*splits.train)?,
+            None => cnn_data::channel_stats_with(&*splits.train, &policy)?,
         };
         // A constant channel would divide by zero: leave its scale alone.
         let std = std.into_iter().map(|s| if s > 1e-12 { s } else { 1.0 }).collect();
@@ -146,6 +189,8 @@ impl RunInfo {
             trainable: None,
             cached_features: false,
             distributed: None,
+            bad_images: req.bad_images,
+            skipped,
         };
         Ok((info, splits))
     }
@@ -203,7 +248,7 @@ impl RunInfo {
     /// As [`data::load`]; [`Error::Config`] when the data does not fit the run.
     pub fn load_splits(&self, spec: &DataSpec) -> Result<Splits> {
         let splits = data::load(spec, &self.split_options())?;
-        let (classes, image) = (splits.classes(), splits.image_shape()?);
+        let (classes, image) = (splits.classes(), splits.image_shape(&self.bad_samples())?);
         if classes.len() != self.classes.len() || image != self.image {
             return Err(Error::config(
                 "data",
@@ -216,6 +261,42 @@ impl RunInfo {
             ));
         }
         Ok(splits)
+    }
+
+    /// The loaders' policy for unreadable images.
+    pub fn bad_samples(&self) -> BadSamples {
+        policy(self.bad_images, &self.skipped)
+    }
+
+    /// Adds a resumed run's `skipped.txt` to the log (a missing file adds nothing).
+    pub fn read_skipped(&self, out: &Path) {
+        if let Ok(text) = std::fs::read_to_string(out.join(SKIPPED_FILE)) {
+            self.skipped.0.extend_from_text(&text);
+        }
+    }
+
+    /// Writes `skipped.txt` into the run directory when any image was left out.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when it cannot be written.
+    pub fn write_skipped(&self, out: &Path) -> Result<()> {
+        if self.skipped.0.is_empty() {
+            return Ok(());
+        }
+        cnn_tensor::write_atomic(&out.join(SKIPPED_FILE), self.skipped.0.to_text().as_bytes())
+    }
+
+    /// `, 3 unreadable images skipped, listed in DIR/skipped.txt` for the
+    /// final line, or nothing.
+    pub fn skipped_note(&self, out: &Path) -> String {
+        match self.skipped.0.len() {
+            0 => String::new(),
+            n => format!(
+                "; {n} unreadable image{} skipped, listed in {}",
+                if n == 1 { "" } else { "s" },
+                out.join(SKIPPED_FILE).display()
+            ),
+        }
     }
 
     /// A loader over `dataset`: augmented as the run was (or not), normalized
@@ -232,6 +313,7 @@ impl RunInfo {
             if augmented { parse_augment(&self.augment, &self.data_spec()?)? } else { Vec::new() };
         Ok(DataLoader::new(dataset, batch_size, self.seed)?
             .with_shuffle(shuffle)
+            .with_bad_samples(self.bad_samples())
             .with_transform(pipeline(&augs, self.image, &self.mean, &self.std, rgb)?))
     }
 
@@ -267,6 +349,25 @@ impl RunInfo {
         rgb: bool,
     ) -> Result<DataLoader> {
         self.loader(dataset, batch_size, true, false, rgb)
+    }
+}
+
+/// A folder run's error on an unreadable image, with the way around it.
+pub fn bad_image_hint(e: Error, folder: bool) -> Error {
+    const HINT: &str = "--bad-images skip leaves unreadable images out; cnn check-data lists them";
+    match e {
+        Error::Format { context, msg } if folder => {
+            Error::Format { context, msg: format!("{msg}; {HINT}") }
+        }
+        e => e,
+    }
+}
+
+/// The loader policy for `--bad-images`, logging into `log`.
+fn policy(bad: BadImages, log: &SharedSkipLog) -> BadSamples {
+    match bad {
+        BadImages::Fail => BadSamples::Fail,
+        BadImages::Skip => BadSamples::Skip(log.0.clone()),
     }
 }
 
@@ -314,7 +415,21 @@ pub fn fit_run(
     });
     let metadata = serde_json::to_value(info)
         .map_err(|e| Error::Format { context: "run metadata".into(), msg: e.to_string() })?;
+    if rank == 0 {
+        // A resumed run lists what it skipped before, and writes the list
+        // after every epoch so that a crash leaves it too.
+        info.read_skipped(out);
+    }
     let mut trainer = trainer.with_out_dir(out).with_stop_flag(stop).with_metadata(metadata);
+    if rank == 0 && info.bad_images == BadImages::Skip {
+        let (info, out) = (info.clone(), out.to_path_buf());
+        trainer = trainer.with_on_epoch_end(move |_| {
+            if let Err(e) = info.write_skipped(&out) {
+                eprintln!("warning: {e}");
+            }
+            true
+        });
+    }
     let frozen = cnn_train::frozen_prefix(model);
     let fitted = if info.cached_features && frozen > 0 {
         let clock = std::time::Instant::now();
@@ -333,6 +448,12 @@ pub fn fit_run(
     } else {
         trainer.fit(model, train, Some(val))
     };
+    if rank == 0 {
+        // Whatever the outcome (an error included), the list of what was left out stays.
+        if let Err(e) = info.write_skipped(out) {
+            eprintln!("warning: {e}");
+        }
+    }
     let report = match fitted {
         Err(Error::Diverged { step, msg }) => {
             let last = find_checkpoint(out, "last").map_or_else(
@@ -372,6 +493,7 @@ pub fn fit_run(
     };
     if rank == 0 {
         write_test_json(out, &result)?;
+        info.write_skipped(out)?;
     }
     Ok(Some(result))
 }

@@ -1,10 +1,13 @@
-//! `cnn summary`, `cnn augment-preview` and `cnn stats`.
+//! `cnn summary`, `cnn augment-preview`, `cnn stats` and `cnn check-data`.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Args;
-use cnn_data::{channel_stats, preview_grid};
+use cnn_data::{channel_stats, preview_grid, Dataset, ImageFolder};
+use cnn_tensor::untrusted::contain_panic;
 use cnn_tensor::{Error, Result};
 
 use crate::arch::{self, ARCH_HELP};
@@ -91,7 +94,7 @@ pub fn preview(args: PreviewArgs) -> Result<ExitCode> {
     let spec = &args.data.data;
     let augs = parse_augment(&args.augment, spec)?;
     let splits = data::load(spec, &args.data.split_options())?;
-    let image = splits.image_shape()?;
+    let image = splits.image_shape(&cnn_data::BadSamples::Fail)?;
     let classes = splits.classes().len().max(1);
     // The first sample of each class in turn, so the rows show the classes.
     let mut picked = Vec::new();
@@ -145,10 +148,90 @@ pub fn stats(args: StatsArgs) -> Result<ExitCode> {
     println!(
         "{spec}: {} training images of {}, {} classes: mean [{}] std [{}]",
         splits.train.len(),
-        splits.image_shape()?.map(|v| v.to_string()).join("×"),
+        splits.image_shape(&cnn_data::BadSamples::Fail)?.map(|v| v.to_string()).join("×"),
         splits.classes().len(),
         fmt(&mean),
         fmt(&std)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Arguments of `cnn check-data`.
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  cnn check-data --data folder:~/photos
+  cnn check-data --data folder:~/photos --val-dir ~/photos-val
+
+Reads every image once (in parallel, as training would decode it) and lists
+each one that cannot be read with its error, so a folder can be cleaned
+before a long run (or trained with --bad-images skip). Exits 1 when any image
+is unreadable.")]
+pub struct CheckArgs {
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+/// Runs `cnn check-data`: every sample read once; each unreadable one
+/// printed (`error: …` naming it), then one summary line.
+///
+/// # Errors
+/// A data set that cannot be opened at all (a missing directory, an empty class).
+pub fn check_data(args: CheckArgs) -> Result<ExitCode> {
+    use rayon::prelude::*;
+    let started = std::time::Instant::now();
+    let spec = &args.data.data;
+    let opts = args.data.split_options();
+    let sets: Vec<Arc<dyn Dataset>> = match spec {
+        // Every file of the folder (and of --val-dir), not a split of them.
+        data::DataSpec::Folder(dir) => {
+            let size = [opts.image_size, opts.image_size];
+            let mut sets: Vec<Arc<dyn Dataset>> = vec![Arc::new(ImageFolder::new(dir, size)?)];
+            if let Some(val) = &opts.val_dir {
+                sets.push(Arc::new(ImageFolder::new(val, size)?));
+            }
+            sets
+        }
+        // The other formats are parsed whole when opened; their samples are read here too.
+        _ => {
+            let splits = data::load(spec, &opts)?;
+            vec![splits.train, splits.test]
+        }
+    };
+    let total: usize = sets.iter().map(|d| d.len()).sum();
+    let bar = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(total as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("reading {pos}/{len} images {bar:30} {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut bad: Vec<String> = Vec::new();
+    for set in &sets {
+        let errors: Vec<String> = (0..set.len())
+            .into_par_iter()
+            .filter_map(|i| {
+                let source = set.source(i).unwrap_or_else(|| format!("sample {i}"));
+                let read = contain_panic(&source, "the dataset's reader", || set.get(i));
+                bar.inc(1);
+                read.err().map(|e| e.to_string())
+            })
+            .collect();
+        bad.extend(errors);
+    }
+    bar.finish_and_clear();
+    for e in &bad {
+        println!("error: {e}");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    if bad.is_empty() {
+        println!("{spec}: all {total} images readable ({secs:.1} s)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{spec}: {} of {total} images unreadable, listed above ({secs:.1} s); remove them, or train with --bad-images skip",
+        bad.len()
+    );
+    Ok(ExitCode::FAILURE)
 }

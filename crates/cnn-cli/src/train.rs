@@ -14,7 +14,7 @@ use cnn_train::{
 
 use crate::arch::ARCH_HELP;
 use crate::data::{DataSpec, Splits};
-use crate::run::{default_run_dir, fit_run, RunInfo, RunRequest};
+use crate::run::{default_run_dir, fit_run, BadImages, RunInfo, RunRequest};
 use crate::DataArgs;
 
 /// `--optimizer`.
@@ -164,9 +164,12 @@ pub struct TrainArgs {
 pub fn read_config(path: &std::path::Path) -> Result<TrainConfig> {
     let text = std::fs::read(path)
         .map_err(|e| Error::Io { context: format!("read {}", path.display()), source: e })?;
-    serde_json::from_slice(&text).map_err(|e| Error::Format {
-        context: path.display().to_string(),
-        msg: format!("not a training config: {e}"),
+    let context = path.display().to_string();
+    cnn_tensor::untrusted::contain_panic(&context, "the JSON parser", || {
+        serde_json::from_slice(&text).map_err(|e| Error::Format {
+            context: context.clone(),
+            msg: format!("not a training config: {e}"),
+        })
     })
 }
 
@@ -231,6 +234,7 @@ fn fresh(args: &TrainArgs) -> Result<(RunInfo, TrainConfig, PathBuf, Splits)> {
         augment: &args.augment,
         seed: args.seed,
         normalization: None,
+        bad_images: args.data.bad_images.unwrap_or_default(),
     })?;
     Ok((info, config, out, splits))
 }
@@ -244,7 +248,8 @@ pub fn run(args: TrainArgs, started: Instant, threads_given: bool) -> Result<Exi
     if args.distributed {
         return distributed(args, started, threads_given);
     }
-    run_in(args, started, None)
+    let folder = matches!(args.data.data, DataSpec::Folder(_));
+    run_in(args, started, None).map_err(|e| crate::run::bad_image_hint(e, folder))
 }
 
 #[cfg(not(feature = "distributed"))]
@@ -307,10 +312,14 @@ fn run_in(
     group: Option<Arc<dyn Collective>>,
 ) -> Result<ExitCode> {
     let rank = group.as_ref().map_or(0, |g| g.rank());
+    let mut recorded_bad = BadImages::Fail;
     let (mut info, config, out, splits, resuming) = match &args.resume {
         Some(dir) => {
             let state = read_state(dir, group.as_ref())?;
-            let info = RunInfo::from_metadata(&state.metadata, dir)?;
+            let mut info = RunInfo::from_metadata(&state.metadata, dir)?;
+            // A run that stopped on a bad image can go on with --bad-images skip.
+            recorded_bad = info.bad_images;
+            info.bad_images = args.data.bad_images.unwrap_or(info.bad_images);
             let splits = info.load_splits(&info.data_spec()?)?;
             (info, state.config, dir.clone(), splits, true)
         }
@@ -330,6 +339,13 @@ fn run_in(
             d.ranks,
             g.size()
         )),
+        _ if resuming && args.data.bad_images.is_some_and(|b| b != recorded_bad) => {
+            notes.push(format!(
+                "unreadable images are now {} (the run started with --bad-images {})",
+                if info.bad_images == BadImages::Skip { "skipped" } else { "errors" },
+                if recorded_bad == BadImages::Skip { "skip" } else { "fail" }
+            ));
+        }
         (None, Some(d)) if resuming => notes.push(format!(
             "the run was trained on {} ranks; continuing on one process{}",
             d.ranks,
@@ -406,10 +422,11 @@ fn run_in(
         out.display()
     ));
     println!(
-        "test accuracy {:.2}% (loss {:.4}) in {:.1} s",
+        "test accuracy {:.2}% (loss {:.4}) in {:.1} s{}",
         100.0 * result.accuracy,
         result.loss,
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        info.skipped_note(&out)
     );
     Ok(ExitCode::SUCCESS)
 }

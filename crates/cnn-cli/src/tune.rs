@@ -86,6 +86,7 @@ pub fn run(args: TuneArgs, started: Instant) -> Result<ExitCode> {
         augment: &args.augment,
         seed: args.seed,
         normalization: None,
+        bad_images: args.data.bad_images.unwrap_or_default(),
     })?;
     let out = args.out.clone().unwrap_or_else(|| default_run_dir("tune-"));
     if out.join("report.md").exists() {

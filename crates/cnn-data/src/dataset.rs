@@ -29,6 +29,13 @@ pub trait Dataset: Send + Sync {
     fn label(&self, index: usize) -> Result<usize> {
         self.get(index).map(|(_, label)| label)
     }
+    /// Where sample `index` is read from, for messages and lists of unreadable
+    /// samples (an image folder: the file's path); `None` for data held in
+    /// memory or in one file, whose errors name that file themselves.
+    fn source(&self, index: usize) -> Option<String> {
+        let _ = index;
+        None
+    }
 }
 
 /// A stratified split of `dataset`: within each class (in class order) the
@@ -116,5 +123,8 @@ impl Dataset for Subset {
     }
     fn label(&self, index: usize) -> Result<usize> {
         self.inner.label(self.inner_index(index)?)
+    }
+    fn source(&self, index: usize) -> Option<String> {
+        self.inner.source(self.inner_index(index).ok()?)
     }
 }

@@ -35,7 +35,7 @@ impl Digits {
     /// 65 values, a pixel outside 0–16 or a label outside 0–9.
     pub fn parse_gz(bytes: &[u8], context: &str) -> Result<Self> {
         let bad = |msg: String| Error::Format { context: context.to_string(), msg };
-        let raw = crate::files::gunzip(bytes, crate::files::MAX_DECOMPRESSED).map_err(bad)?;
+        let raw = crate::files::gunzip(bytes, crate::files::MAX_DECOMPRESSED, context)?;
         let text = String::from_utf8(raw).map_err(|e| bad(format!("not UTF-8 text: {e}")))?;
         let (mut images, mut labels) = (Vec::new(), Vec::new());
         for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {

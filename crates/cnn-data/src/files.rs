@@ -27,22 +27,25 @@ pub(crate) fn read_maybe_gz(path: &Path) -> Result<(PathBuf, Vec<u8>)> {
         context: format!("read {} (or .gz)", path.display()),
         source: e,
     })?;
-    let bytes = gunzip(&raw, MAX_DECOMPRESSED)
-        .map_err(|msg| Error::Format { context: gz.display().to_string(), msg })?;
+    let bytes = gunzip(&raw, MAX_DECOMPRESSED, &gz.display().to_string())?;
     Ok((gz, bytes))
 }
 
-/// Decompresses a gzip stream of at most `max` bytes.
-pub(crate) fn gunzip(raw: &[u8], max: u64) -> std::result::Result<Vec<u8>, String> {
-    let mut bytes = Vec::new();
-    flate2::read::GzDecoder::new(raw)
-        .take(max + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("gzip: {e}"))?;
-    if bytes.len() as u64 > max {
-        return Err(format!("gzip: decompresses to more than {max} bytes"));
-    }
-    Ok(bytes)
+/// Decompresses a gzip stream (every member) of at most `max` bytes; errors
+/// and a panic inside the decoder name `file`.
+pub(crate) fn gunzip(raw: &[u8], max: u64, file: &str) -> Result<Vec<u8>> {
+    let bad = |msg: String| Error::Format { context: file.to_string(), msg };
+    cnn_tensor::untrusted::contain_panic(file, "the gzip decoder", || {
+        let mut bytes = Vec::new();
+        flate2::read::MultiGzDecoder::new(raw)
+            .take(max + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| bad(format!("gzip: {e}")))?;
+        if bytes.len() as u64 > max {
+            return Err(bad(format!("gzip: decompresses to more than {max} bytes")));
+        }
+        Ok(bytes)
+    })
 }
 
 pub(crate) fn format_err(path: &Path, msg: impl Into<String>) -> Error {

@@ -146,8 +146,18 @@ fn format_error(path: &Path, msg: String) -> Error {
 
 /// Decodes `path` to 8-bit RGB under the `image` crate's limits: each side at
 /// most [`MAX_SIDE`], at most `max_bytes` allocated by the decoder (checked
-/// against the header before any pixel buffer is made).
+/// against the header before any pixel buffer is made). A panic inside the
+/// decoder becomes an error naming the file
+/// ([`cnn_tensor::untrusted::contain_panic`]).
 fn decode_rgb8(path: &Path, max_bytes: u64) -> Result<image::RgbImage> {
+    let format = path.extension().and_then(|e| e.to_str()).unwrap_or("image").to_uppercase();
+    let format = if format == "JPG" { "JPEG".to_string() } else { format };
+    cnn_tensor::untrusted::contain_panic(&path.display().to_string(), &format!("the {format} decoder"), || {
+        decode_rgb8_unguarded(path, max_bytes)
+    })
+}
+
+fn decode_rgb8_unguarded(path: &Path, max_bytes: u64) -> Result<image::RgbImage> {
     let bad = |msg: String| format_error(path, msg);
     let mut reader = image::ImageReader::open(path)
         .map_err(|e| bad(format!("cannot open: {e}")))?
@@ -184,6 +194,9 @@ impl Dataset for ImageFolder {
     }
     fn classes(&self) -> &[String] {
         &self.classes
+    }
+    fn source(&self, index: usize) -> Option<String> {
+        self.path(index).map(|p| p.display().to_string())
     }
     fn label(&self, index: usize) -> Result<usize> {
         self.files.get(index).map(|f| f.1).ok_or_else(|| {

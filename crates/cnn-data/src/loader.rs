@@ -1,9 +1,11 @@
 //! A deterministic parallel `DataLoader`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use cnn_augment::Transform;
 use cnn_tensor::random::{seeded_rng, splitmix as mix};
+use cnn_tensor::untrusted::contain_panic;
 use cnn_tensor::{Error, Result};
 use ndarray::{Array4, Axis};
 use rand::seq::SliceRandom;
@@ -11,12 +13,101 @@ use rayon::prelude::*;
 
 use crate::Dataset;
 
+/// `e` with `note` added to its message (in parentheses); variants without
+/// free text are returned as they are.
+pub(crate) fn with_note(e: Error, note: &str) -> Error {
+    match e {
+        Error::Format { context, msg } => Error::Format { context, msg: format!("{msg} ({note})") },
+        Error::Io { context, source } => {
+            Error::Io { context: format!("{context} ({note})"), source }
+        }
+        e => e,
+    }
+}
+
+/// The samples a loader left out under [`BadSamples::Skip`]: each one's
+/// source (a file's path, or `sample N`) once, with the error that made it
+/// unreadable. Shared by the loaders of a run (training, validation, test),
+/// and written as `skipped.txt` (`path<TAB>error` a line).
+#[derive(Debug, Default)]
+pub struct SkipLog {
+    entries: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+}
+
+impl SkipLog {
+    /// An empty log.
+    pub fn new() -> Self {
+        SkipLog::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, String>> {
+        // A panic while the lock was held cannot leave the map half-written
+        // (one insert), so a poisoned lock is taken as it is.
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records `source` as unreadable with `error`; `true` the first time.
+    pub fn record(&self, source: &str, error: &str) -> bool {
+        let line = error.replace(['\n', '\t'], " ");
+        let mut map = self.lock();
+        if map.contains_key(source) {
+            return false;
+        }
+        map.insert(source.replace(['\n', '\t'], " "), line);
+        true
+    }
+
+    /// How many distinct samples were left out.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether none was.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `(source, error)` pairs, sorted by source.
+    pub fn entries(&self) -> Vec<(String, String)> {
+        self.lock().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// The log as `skipped.txt` holds it: `source<TAB>error` a line, sorted.
+    pub fn to_text(&self) -> String {
+        self.lock().iter().map(|(k, v)| format!("{k}\t{v}\n")).collect()
+    }
+
+    /// Adds the lines of a `skipped.txt` (a resumed run keeps what it skipped before).
+    pub fn extend_from_text(&self, text: &str) {
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let (source, error) = line.split_once('\t').unwrap_or((line, ""));
+            self.record(source, error);
+        }
+    }
+}
+
 /// Positions `[rank·n/ranks, (rank+1)·n/ranks)`: rank `rank`'s share of a
 /// batch of `n` when `ranks` processes split it (shares differ by at most one
 /// sample, and in rank order they are the batch).
 pub fn shard_range(n: usize, rank: usize, ranks: usize) -> std::ops::Range<usize> {
     let ranks = ranks.max(1);
     rank * n / ranks..(rank + 1) * n / ranks
+}
+
+/// What a loader does with a sample it cannot read: a corrupt, truncated or
+/// vanished file ([`Error::Format`] or [`Error::Io`] from [`Dataset::get`],
+/// or a panic inside its decoder).
+#[derive(Debug, Clone, Default)]
+pub enum BadSamples {
+    /// The batch fails with the error, which names the sample's file and the
+    /// count of samples read before it (PyTorch's `ImageFolder` habit).
+    #[default]
+    Fail,
+    /// The sample is left out of its batch (the others keep their order, so
+    /// a batch can come out short, or empty) and recorded once in the log.
+    /// A file that stays bad is left out of every epoch, so runs stay
+    /// deterministic and resume exactly.
+    Skip(Arc<SkipLog>),
 }
 
 /// One batch: images `[B, C, H, W]` and their labels.
@@ -41,6 +132,9 @@ pub struct DataLoader {
     shuffle: bool,
     drop_last: bool,
     transform: Option<Arc<dyn Transform<f32>>>,
+    bad_samples: BadSamples,
+    /// Samples read by this loader so far, for the message of a bad one.
+    read: Arc<AtomicU64>,
 }
 
 impl DataLoader {
@@ -59,6 +153,8 @@ impl DataLoader {
             shuffle: true,
             drop_last: false,
             transform: None,
+            bad_samples: BadSamples::Fail,
+            read: Arc::new(AtomicU64::new(0)),
         })
     }
     /// Shuffle each epoch (default) or keep the dataset's order.
@@ -77,10 +173,28 @@ impl DataLoader {
         self
     }
 
-    /// A loader with these settings (batch size, seed, shuffling, transform)
-    /// over another dataset: a sample of the training set, say.
+    /// What to do with a sample that cannot be read (default [`BadSamples::Fail`]).
+    pub fn with_bad_samples(mut self, policy: BadSamples) -> Self {
+        self.bad_samples = policy;
+        self
+    }
+
+    /// The policy for unreadable samples.
+    pub fn bad_samples(&self) -> &BadSamples {
+        &self.bad_samples
+    }
+
+    /// A loader with these settings (batch size, seed, shuffling, transform,
+    /// policy for unreadable samples) over another dataset: a sample of the
+    /// training set, say.
     pub fn over(&self, dataset: Arc<dyn Dataset>) -> DataLoader {
-        DataLoader { dataset, transform: self.transform.clone(), ..*self }
+        DataLoader {
+            dataset,
+            transform: self.transform.clone(),
+            bad_samples: self.bad_samples.clone(),
+            read: Arc::new(AtomicU64::new(0)),
+            ..*self
+        }
     }
 
     /// This loader with another batch size.
@@ -219,27 +333,54 @@ impl DataLoader {
             .map(move |b| Ok((self.shard_from(&order, epoch, b, rank, ranks)?, self.batch_len(b))))
     }
 
-    /// The samples at `idx`, transformed with their `(seed, epoch, index)` draws.
+    /// Sample `i` read and transformed with its `(seed, epoch, i)` draws;
+    /// `None` when it cannot be read and the policy skips it. A panic in the
+    /// dataset's reader or the transform is contained here, so a worker
+    /// thread never takes the run (or the pool) down with it.
+    fn sample(&self, i: usize, epoch: u64) -> Result<Option<(ndarray::Array3<f32>, usize)>> {
+        let name = || self.dataset.source(i).unwrap_or_else(|| format!("sample {i}"));
+        let read = contain_panic(&name(), "the dataset's reader", || self.dataset.get(i));
+        let (img, label) = match read {
+            Ok(sample) => sample,
+            Err(e @ (Error::Format { .. } | Error::Io { .. })) => {
+                return match &self.bad_samples {
+                    BadSamples::Skip(log) => {
+                        log.record(&name(), &e.to_string());
+                        Ok(None)
+                    }
+                    BadSamples::Fail => {
+                        let before = self.read.load(Ordering::Relaxed);
+                        Err(with_note(e, &format!("{before} samples read before it")))
+                    }
+                };
+            }
+            Err(e) => return Err(e),
+        };
+        self.read.fetch_add(1, Ordering::Relaxed);
+        let img = match &self.transform {
+            Some(t) => {
+                let mut rng = seeded_rng(mix(self.seed ^ mix(epoch) ^ mix(i as u64).rotate_left(17)));
+                contain_panic(&name(), "the transform", || t.apply(img, &mut rng))?
+            }
+            None => img,
+        };
+        Ok(Some((img, label)))
+    }
+
+    /// The samples at `idx`, transformed with their `(seed, epoch, index)`
+    /// draws; under [`BadSamples::Skip`] the unreadable ones are left out
+    /// (the batch may come out empty: `[0, 0, 0, 0]` and no labels).
     fn load(&self, idx: &[usize], epoch: u64) -> Result<Batch> {
         if idx.is_empty() {
             return Err(Error::config("data_loader", "a batch needs at least one sample"));
         }
-        let samples: Vec<_> = idx
-            .par_iter()
-            .map(|&i| {
-                let (img, label) = self.dataset.get(i)?;
-                let img = match &self.transform {
-                    Some(t) => {
-                        let mut rng =
-                            seeded_rng(mix(self.seed ^ mix(epoch) ^ mix(i as u64).rotate_left(17)));
-                        t.apply(img, &mut rng)?
-                    }
-                    None => img,
-                };
-                Ok((img, label))
-            })
-            .collect::<Result<_>>()?;
-        let shape = samples[0].0.dim();
+        let samples: Vec<Option<_>> =
+            idx.par_iter().map(|&i| self.sample(i, epoch)).collect::<Result<_>>()?;
+        let samples: Vec<_> = samples.into_iter().flatten().collect();
+        let Some(first) = samples.first() else {
+            return Ok(Batch { images: Array4::zeros((0, 0, 0, 0)), labels: Vec::new() });
+        };
+        let shape = first.0.dim();
         if let Some((img, _)) = samples.iter().find(|(img, _)| img.dim() != shape) {
             return Err(Error::shape(
                 "data_loader",

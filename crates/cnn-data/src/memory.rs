@@ -148,6 +148,9 @@ impl Dataset for Resized {
     fn label(&self, index: usize) -> Result<usize> {
         self.inner.label(index)
     }
+    fn source(&self, index: usize) -> Option<String> {
+        self.inner.source(index)
+    }
 }
 
 #[cfg(test)]

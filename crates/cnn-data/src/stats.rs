@@ -2,7 +2,7 @@
 
 use cnn_tensor::{Error, Result};
 
-use crate::Dataset;
+use crate::{BadSamples, Dataset};
 
 /// Per-channel mean and (population) standard deviation over every pixel of
 /// every image, streamed one image at a time with Chan et al.'s parallel
@@ -14,12 +14,42 @@ use crate::Dataset;
 /// [`Error::Shape`] for an empty dataset or images with different channel
 /// counts; whatever reading a sample fails with.
 pub fn channel_stats(dataset: &dyn Dataset) -> Result<(Vec<f64>, Vec<f64>)> {
+    channel_stats_with(dataset, &BadSamples::Fail)
+}
+
+/// [`channel_stats`] with a policy for unreadable samples: under
+/// [`BadSamples::Fail`] the first one ends it with its error (naming the
+/// file and the count read before it), under [`BadSamples::Skip`] it is
+/// logged and left out.
+///
+/// # Errors
+/// As [`channel_stats`]; [`Error::Shape`] also when every sample was skipped.
+pub fn channel_stats_with(
+    dataset: &dyn Dataset,
+    bad: &BadSamples,
+) -> Result<(Vec<f64>, Vec<f64>)> {
     if dataset.is_empty() {
         return Err(Error::shape("channel_stats", "the dataset is empty"));
     }
     let (mut count, mut mean, mut m2): (f64, Vec<f64>, Vec<f64>) = (0.0, Vec::new(), Vec::new());
+    let mut read = 0usize;
     for i in 0..dataset.len() {
-        let (img, _) = dataset.get(i)?;
+        let source = || dataset.source(i).unwrap_or_else(|| format!("sample {i}"));
+        let got = cnn_tensor::untrusted::contain_panic(&source(), "the dataset's reader", || {
+            dataset.get(i)
+        });
+        let (img, _) = match (got, bad) {
+            (Ok(sample), _) => sample,
+            (Err(e @ (Error::Format { .. } | Error::Io { .. })), BadSamples::Skip(log)) => {
+                log.record(&source(), &e.to_string());
+                continue;
+            }
+            (Err(e @ (Error::Format { .. } | Error::Io { .. })), BadSamples::Fail) => {
+                return Err(crate::loader::with_note(e, &format!("{read} samples read before it")));
+            }
+            (Err(e), _) => return Err(e),
+        };
+        read += 1;
         let (c, h, w) = img.dim();
         if mean.is_empty() {
             mean = vec![0.0; c];
@@ -41,6 +71,9 @@ pub fn channel_stats(dataset: &dyn Dataset) -> Result<(Vec<f64>, Vec<f64>)> {
             m2[ch] += s + delta * delta * count * n / total;
         }
         count += n;
+    }
+    if read == 0 {
+        return Err(Error::shape("channel_stats", "no sample could be read"));
     }
     Ok((mean, m2.iter().map(|&v| (v / count).sqrt()).collect()))
 }

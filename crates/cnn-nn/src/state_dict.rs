@@ -186,15 +186,18 @@ impl StateDict {
         let source = path.display().to_string();
         let bytes = std::fs::read(path)
             .map_err(|e| Error::Io { context: format!("read {source}"), source: e })?;
-        let st = SafeTensors::deserialize(&bytes)
-            .map_err(|e| Error::Format { context: source.clone(), msg: e.to_string() })?;
-        let mut dict = StateDict { source, ..StateDict::default() };
-        for (name, view) in st.tensors() {
-            let values = to_f64(&view, &name, &dict.source)?;
-            dict.dtypes.insert(name.clone(), format!("{:?}", view.dtype()));
-            dict.tensors.insert(name, (view.shape().to_vec(), values));
-        }
-        Ok(dict)
+        // The safetensors parser runs on the user's bytes: a panic in it is contained.
+        cnn_tensor::untrusted::contain_panic(&source, "the safetensors parser", || {
+            let st = SafeTensors::deserialize(&bytes)
+                .map_err(|e| Error::Format { context: source.clone(), msg: e.to_string() })?;
+            let mut dict = StateDict { source: source.clone(), ..StateDict::default() };
+            for (name, view) in st.tensors() {
+                let values = to_f64(&view, &name, &dict.source)?;
+                dict.dtypes.insert(name.clone(), format!("{:?}", view.dtype()));
+                dict.tensors.insert(name, (view.shape().to_vec(), values));
+            }
+            Ok(dict)
+        })
     }
 
     /// The dtypes in the file other than F32/F64/I64 with how many tensors

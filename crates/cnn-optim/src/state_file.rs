@@ -71,6 +71,13 @@ impl<T: Float> Optimizer<T> {
     /// # Errors
     /// [`Error::Format`] when the bytes are not a valid state file.
     pub fn load_state_bytes(&mut self, bytes: &[u8], context: &str) -> Result<()> {
+        // The safetensors parser runs on a file's bytes: a panic in it is contained.
+        cnn_tensor::untrusted::contain_panic(context, "the safetensors parser", || {
+            self.load_state_bytes_unguarded(bytes, context)
+        })
+    }
+
+    fn load_state_bytes_unguarded(&mut self, bytes: &[u8], context: &str) -> Result<()> {
         let bad = |msg: String| Error::Format { context: context.to_string(), msg };
         let st = SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
         let mut state: HashMap<String, ParamState<T>> = HashMap::new();

@@ -92,6 +92,10 @@ impl Tally {
     /// Runs `model` on a batch in eval mode and adds it.
     fn add_batch(&mut self, model: &mut dyn Layer<f32>, batch: Batch) -> Result<()> {
         let n = batch.labels.len();
+        if n == 0 {
+            // Every sample unreadable and skipped (`BadSamples::Skip`).
+            return Ok(());
+        }
         let logits = as_logits(model.forward(batch.images.into_dyn(), Mode::Eval)?, n)?;
         check_classes(logits.ncols(), self.confusion.len())?;
         // From the log-softmax, so a confident mistake costs its full loss.
@@ -236,6 +240,13 @@ pub fn evaluate_tta(
     let mut augmented_views: Vec<_> = (1..views).map(|v| augmented.epoch(v as u64)).collect();
     for batch in plain.epoch(0) {
         let batch = batch?;
+        if batch.labels.is_empty() {
+            // Every sample unreadable and skipped: the same in every view.
+            for view in &mut augmented_views {
+                view.next().transpose()?;
+            }
+            continue;
+        }
         let mut sum = probabilities(model, batch.images.into_dyn())?;
         for view in &mut augmented_views {
             let view = view.next().ok_or_else(|| {

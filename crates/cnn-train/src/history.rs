@@ -109,8 +109,11 @@ impl History {
     pub fn read_json(path: &Path) -> Result<History> {
         let bytes = std::fs::read(path)
             .map_err(|e| Error::Io { context: format!("read {}", path.display()), source: e })?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Format { context: path.display().to_string(), msg: e.to_string() })
+        let context = path.display().to_string();
+        cnn_tensor::untrusted::contain_panic(&context, "the JSON parser", || {
+            serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Format { context: context.clone(), msg: e.to_string() })
+        })
     }
 }
 

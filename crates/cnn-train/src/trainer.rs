@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use cnn_data::DataLoader;
+use cnn_data::{BadSamples, DataLoader};
 use cnn_tensor::collective::{broadcast_result, Collective};
 use cnn_tensor::random::mix_seed;
 use cnn_tensor::{Error, Layer, Result};
@@ -305,8 +305,33 @@ impl Trainer {
             let mut lr = schedule.lr(state.global_step.saturating_sub(1) as usize, config.lr);
             let mut clock = Instant::now();
             for item in train.epoch_shards_from(epoch as u64, state.batch, rank, ranks) {
-                let (batch, global) = item?;
+                let (batch, nominal) = item?;
                 let n = batch.labels.len();
+                let global = match (&group, train.bad_samples()) {
+                    (_, BadSamples::Fail) => nominal,
+                    // Unreadable samples left out: the loss averages over those read.
+                    (None, BadSamples::Skip(_)) => n,
+                    (Some(g), BadSamples::Skip(_)) => {
+                        let mut count = [n as f64];
+                        g.sum_f64(&mut count)?;
+                        count[0] as usize
+                    }
+                };
+                if global == 0 {
+                    // Every sample of the batch was unreadable and skipped: no step.
+                    state.batch += 1;
+                    continue;
+                }
+                if n == 0 {
+                    return Err(Error::config(
+                        "train",
+                        format!(
+                            "every sample of rank {rank}'s share of batch {} of epoch {} is unreadable (skipped); a rank cannot take a step without samples",
+                            state.batch,
+                            epoch + 1
+                        ),
+                    ));
+                }
                 let step = state.global_step;
                 let mut stats = compute_shard_gradients(
                     model,
