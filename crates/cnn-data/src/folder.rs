@@ -146,33 +146,42 @@ fn format_error(path: &Path, msg: String) -> Error {
 
 /// Decodes `path` to 8-bit RGB under the `image` crate's limits: each side at
 /// most [`MAX_SIDE`], at most `max_bytes` allocated by the decoder (checked
-/// against the header before any pixel buffer is made). A panic inside the
-/// decoder becomes an error naming the file
-/// ([`cnn_tensor::untrusted::contain_panic`]).
+/// against the header before any pixel buffer is made).
+///
+/// The file is read whole first, so one that vanishes or is rewritten while a
+/// run reads it gives one clear error (or the old bytes), never a decoder
+/// reading a moving file; the decode then runs under
+/// [`cnn_tensor::untrusted::contain_panic`], so a panic inside the decoder
+/// becomes an error naming the file and its detected format.
 fn decode_rgb8(path: &Path, max_bytes: u64) -> Result<image::RgbImage> {
-    let format = path.extension().and_then(|e| e.to_str()).unwrap_or("image").to_uppercase();
-    let format = if format == "JPG" { "JPEG".to_string() } else { format };
-    cnn_tensor::untrusted::contain_panic(&path.display().to_string(), &format!("the {format} decoder"), || {
-        decode_rgb8_unguarded(path, max_bytes)
-    })
-}
-
-fn decode_rgb8_unguarded(path: &Path, max_bytes: u64) -> Result<image::RgbImage> {
     let bad = |msg: String| format_error(path, msg);
-    let mut reader = image::ImageReader::open(path)
-        .map_err(|e| bad(format!("cannot open: {e}")))?
+    let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
+    let reader = image::ImageReader::new(std::io::Cursor::new(&bytes[..]))
         .with_guessed_format()
         .map_err(|e| bad(format!("cannot read: {e}")))?;
+    let format = reader.format().map_or("image".to_string(), |f| format!("{f:?}").to_uppercase());
+    cnn_tensor::untrusted::contain_panic(
+        &path.display().to_string(),
+        &format!("the {format} decoder"),
+        || decode_limited(reader, max_bytes).map_err(bad),
+    )
+}
+
+/// The decode itself, on bytes already in memory.
+fn decode_limited(
+    mut reader: image::ImageReader<std::io::Cursor<&[u8]>>,
+    max_bytes: u64,
+) -> std::result::Result<image::RgbImage, String> {
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
     limits.max_alloc = Some(max_bytes);
     reader.limits(limits);
     let img = reader.decode().map_err(|e| match e {
-        image::ImageError::Limits(l) => bad(format!(
+        image::ImageError::Limits(l) => format!(
             "the image is larger than this reader decodes ({l}; at most {MAX_SIDE} pixels a side and {max_bytes} bytes decoded)"
-        )),
-        e => bad(format!("cannot decode: {e}")),
+        ),
+        e => format!("cannot decode: {e}"),
     })?;
     // An 8-bit RGB image is taken as it is; others are converted (at most 3
     // bytes a pixel, so within 3× the decoded size).

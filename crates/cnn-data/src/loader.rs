@@ -359,7 +359,8 @@ impl DataLoader {
         self.read.fetch_add(1, Ordering::Relaxed);
         let img = match &self.transform {
             Some(t) => {
-                let mut rng = seeded_rng(mix(self.seed ^ mix(epoch) ^ mix(i as u64).rotate_left(17)));
+                let mut rng =
+                    seeded_rng(mix(self.seed ^ mix(epoch) ^ mix(i as u64).rotate_left(17)));
                 contain_panic(&name(), "the transform", || t.apply(img, &mut rng))?
             }
             None => img,

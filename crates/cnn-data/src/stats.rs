@@ -24,10 +24,7 @@ pub fn channel_stats(dataset: &dyn Dataset) -> Result<(Vec<f64>, Vec<f64>)> {
 ///
 /// # Errors
 /// As [`channel_stats`]; [`Error::Shape`] also when every sample was skipped.
-pub fn channel_stats_with(
-    dataset: &dyn Dataset,
-    bad: &BadSamples,
-) -> Result<(Vec<f64>, Vec<f64>)> {
+pub fn channel_stats_with(dataset: &dyn Dataset, bad: &BadSamples) -> Result<(Vec<f64>, Vec<f64>)> {
     if dataset.is_empty() {
         return Err(Error::shape("channel_stats", "the dataset is empty"));
     }

@@ -1,10 +1,13 @@
 //! Every parser of cnn-data run through the mutation fuzzer of
 //! `cnn-test-support`: IDX images and labels (plain and gzipped), CIFAR
-//! binaries, the digits CSV and image folders. Each input must load or be
-//! refused with an error naming its file, without a panic and within the
-//! stated allocation bound. A fixed count runs in the regular suite; the long
-//! runs are `--ignored` (`CNN_FUZZ_MINUTES`, `CNN_FUZZ_EXECUTIONS`), their
-//! counts in docs/reliability.md.
+//! binaries, the digits CSV and image folders (JPEG and PNG from several
+//! encoders). Each input must load or be refused with an error naming its
+//! file, without a panic and within the stated allocation bound; some inputs
+//! must still load and, for the container formats, get past the container's
+//! checks into the decoder. Byte-level and structure-aware mutations run
+//! half and half. A fixed count runs in the regular suite; the long runs are
+//! `--ignored` (`CNN_FUZZ_MINUTES`, `CNN_FUZZ_EXECUTIONS`), their counts in
+//! docs/reliability.md.
 
 #![allow(clippy::unwrap_used)]
 
@@ -12,7 +15,8 @@ use std::io::Write as _;
 use std::path::Path;
 
 use cnn_data::{Cifar, Dataset, Digits, IdxDataset, ImageFolder};
-use cnn_test_support::fuzz::{self, Budget, CountingAlloc, Target};
+use cnn_test_support::fuzz::{self, Budget, CountingAlloc, Mutators, Report, Target};
+use cnn_test_support::images::{image_corpus, panicking_jpeg};
 
 mod common;
 use common::{gz, idx_images, idx_labels};
@@ -29,9 +33,30 @@ fn write(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap();
 }
 
-fn go(target: &Target<'_>, budget: Budget, parse: impl FnMut(&[u8]) -> Result<(), String>) {
+/// Runs `target` and checks that the run could have found something: some
+/// mutated inputs still load (a harness that refused everything would not),
+/// some are refused, and for container formats (`containers`) some got past
+/// the container's checks into the decoder.
+fn go(
+    target: &Target<'_>,
+    budget: Budget,
+    containers: bool,
+    parse: impl FnMut(&[u8]) -> Result<(), String>,
+) -> Report {
     let report = fuzz::run_one(target, 0xf0221, budget, parse);
-    assert_eq!(report.executions, report.loaded + report.rejected);
+    for class in report.error_classes.keys().filter(|c| c.contains("panicked")) {
+        eprintln!("  contained: {class}");
+    }
+    assert!(report.loaded > 0, "{}: no mutated input loaded: {report}", target.name);
+    assert!(report.rejected > 0, "{}: no mutated input refused: {report}", target.name);
+    if containers {
+        assert!(
+            report.past_container > 0,
+            "{}: nothing reached the decoder: {report}",
+            target.name
+        );
+    }
+    report
 }
 
 /// IDX image files, the labels beside them valid; header fields at 4, 8, 12.
@@ -45,8 +70,9 @@ fn idx_images_target(budget: Budget) {
         fields: vec![4, 8, 12],
         max_alloc: MIB,
         must_name: "images-idx3-ubyte".into(),
+        mutators: Mutators::Both,
     };
-    go(&target, budget, |b| {
+    go(&target, budget, false, |b| {
         write(&images, b);
         IdxDataset::from_files(&images, &labels).map(drop).map_err(|e| e.to_string())
     });
@@ -62,17 +88,19 @@ fn idx_labels_target(budget: Budget) {
         fields: vec![4],
         max_alloc: MIB,
         must_name: "labels-idx1-ubyte".into(),
+        mutators: Mutators::Both,
     };
-    go(&target, budget, |b| {
+    go(&target, budget, false, |b| {
         write(&labels, b);
         IdxDataset::from_files(&images, &labels).map(drop).map_err(|e| e.to_string())
     });
 }
 
-/// Gzipped IDX images: mutations of the compressed stream (the gzip layer,
-/// its 1 GiB cap on what it inflates to) reach the IDX parser when the
-/// stream survives.
-fn idx_gz_target(budget: Budget) {
+/// Gzipped IDX images: byte mutations of the compressed stream test the
+/// gzip layer (and its 1 GiB cap on what it inflates to); the structure-aware
+/// ones inflate, rewrite the IDX dimensions (content offsets 4, 8, 12) and
+/// compress again, or lie in the gzip header, members and trailer.
+fn idx_gz_target(budget: Budget, mutators: Mutators) -> Report {
     let dir = cnn_test_support::temp_dir("fuzz-idx-gz");
     let (images, labels) = (dir.path().join("train-images"), dir.path().join("labels"));
     let images_gz = dir.path().join("train-images.gz");
@@ -80,15 +108,17 @@ fn idx_gz_target(budget: Budget) {
     let target = Target {
         name: "idx gz",
         corpus: vec![gz(&idx_images(2, 6, 6)), gz(&idx_images(2, 3, 1))],
-        fields: vec![4, 8],
+        // IDX's count, rows and columns, in the decompressed content.
+        fields: vec![4, 8, 12],
         // Inflating is bounded by deflate's ratio (≤ 1032:1) on these few-hundred-byte inputs.
         max_alloc: 4 * MIB,
         must_name: "train-images".into(),
+        mutators,
     };
-    go(&target, budget, |b| {
+    go(&target, budget, true, |b| {
         write(&images_gz, b);
         IdxDataset::from_files(&images, &labels).map(drop).map_err(|e| e.to_string())
-    });
+    })
 }
 
 fn cifar_records(labels: &[u8]) -> Vec<u8> {
@@ -114,8 +144,9 @@ fn cifar_target(budget: Budget) {
         fields: vec![0, 3073],
         max_alloc: 4 * MIB,
         must_name: "data_batch_1.bin".into(),
+        mutators: Mutators::Both,
     };
-    go(&target, budget, |b| {
+    go(&target, budget, false, |b| {
         write(&first, b);
         Cifar::cifar10(dir.path()).map(drop).map_err(|e| e.to_string())
     });
@@ -134,50 +165,45 @@ fn digits_target(budget: Budget) {
         fields: Vec::new(),
         max_alloc: MIB,
         must_name: "fuzz-digits.csv.gz".into(),
+        mutators: Mutators::Both,
     };
-    go(&target, budget, |b| {
+    go(&target, budget, false, |b| {
         Digits::parse_gz(&gz(b), "fuzz-digits.csv.gz").map(drop).map_err(|e| e.to_string())
     });
 }
 
-fn png(w: u32, h: u32, gray: bool) -> Vec<u8> {
-    let mut out = std::io::Cursor::new(Vec::new());
-    let img: image::DynamicImage = if gray {
-        image::GrayImage::from_fn(w, h, |x, y| image::Luma([(x * 9 + y * 5) as u8])).into()
-    } else {
-        image::RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8 * 20, y as u8 * 30, 99])).into()
-    };
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
-}
-
-fn jpeg(w: u32, h: u32) -> Vec<u8> {
-    let mut out = std::io::Cursor::new(Vec::new());
-    let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8 * 20, y as u8 * 30, 99]));
-    image::DynamicImage::from(img).write_to(&mut out, image::ImageFormat::Jpeg).unwrap();
-    out.into_inner()
-}
-
 /// Image folders: one file per input, read through `ImageFolder::get` with a
-/// 1 MiB decode cap; header fields are PNG's width and height (16, 20).
-fn image_folder_target(budget: Budget) {
+/// 1 MiB decode cap, from a corpus of JPEGs and PNGs of several encoders
+/// (`corpus`: all of them, or one format's). A decoder panic is contained
+/// and counted; it must come back as an error naming the file.
+fn image_folder_target(budget: Budget, mutators: Mutators, corpus: Vec<Vec<u8>>) -> Report {
     let dir = cnn_test_support::temp_dir("fuzz-folder");
     std::fs::create_dir(dir.path().join("a")).unwrap();
     let file = dir.path().join("a").join("sample.png");
-    write(&file, &png(4, 4, false));
+    write(&file, &corpus[0]);
     let folder = ImageFolder::new(dir.path(), [8, 8]).unwrap().with_max_decoded_bytes(MIB as u64);
     let target = Target {
         name: "image folder",
-        corpus: vec![png(12, 10, false), png(7, 9, true), jpeg(16, 8)],
-        fields: vec![16, 20],
+        corpus,
+        // The structure-aware mutators rewrite IHDR and SOF fields with valid CRCs and lengths.
+        fields: Vec::new(),
         // The decoder's cap, ×3 for gray → RGB, and the decoder's own state.
         max_alloc: 3 * MIB + 4 * MIB,
         must_name: "sample.png".into(),
+        mutators,
     };
-    go(&target, budget, |b| {
+    go(&target, budget, true, |b| {
         write(&file, b);
         folder.get(0).map(drop).map_err(|e| e.to_string())
-    });
+    })
+}
+
+fn jpegs() -> Vec<Vec<u8>> {
+    image_corpus().into_iter().filter(|f| f.starts_with(&[0xff, 0xd8])).collect()
+}
+
+fn pngs() -> Vec<Vec<u8>> {
+    image_corpus().into_iter().filter(|f| f.starts_with(b"\x89PNG")).collect()
 }
 
 #[test]
@@ -190,7 +216,7 @@ fn fuzz_idx_labels() {
 }
 #[test]
 fn fuzz_idx_gz() {
-    idx_gz_target(Budget::count(CI_COUNT));
+    idx_gz_target(Budget::count(CI_COUNT), Mutators::Both);
 }
 #[test]
 fn fuzz_cifar() {
@@ -202,7 +228,64 @@ fn fuzz_digits_csv() {
 }
 #[test]
 fn fuzz_image_folder() {
-    image_folder_target(Budget::count(CI_COUNT));
+    image_folder_target(Budget::count(CI_COUNT), Mutators::Both, image_corpus());
+}
+
+/// The structure awareness measured: with the same seed and count, each
+/// structure-aware family (JPEG, PNG, gzip) makes the parser answer with
+/// error classes the byte mutators never reached.
+#[test]
+fn structure_mutators_reach_errors_the_byte_mutators_do_not() {
+    const N: u64 = 2000;
+    let families: [(&str, Box<dyn Fn(Mutators) -> Report>); 3] = [
+        ("jpeg", Box::new(|m| image_folder_target(Budget::count(N), m, jpegs()))),
+        ("png", Box::new(|m| image_folder_target(Budget::count(N), m, pngs()))),
+        ("gzip", Box::new(|m| idx_gz_target(Budget::count(N), m))),
+    ];
+    for (family, run) in families {
+        let bytes = run(Mutators::Bytes);
+        let structure = run(Mutators::Structure);
+        let new: Vec<&String> = structure
+            .error_classes
+            .keys()
+            .filter(|c| !bytes.error_classes.contains_key(*c))
+            .collect();
+        eprintln!(
+            "{family}: bytes {} classes, {} past the container; structure {} classes ({} new), {} past the container",
+            bytes.error_classes.len(),
+            bytes.past_container,
+            structure.error_classes.len(),
+            new.len(),
+            structure.past_container
+        );
+        assert!(
+            !new.is_empty(),
+            "{family}: no error class beyond the byte mutators': {:?}",
+            structure.error_classes
+        );
+        assert!(
+            structure.past_container > bytes.past_container,
+            "{family}: {} vs {} past the container",
+            structure.past_container,
+            bytes.past_container
+        );
+    }
+}
+
+/// The JPEG of issue 22 (a decoder panic inside zune-jpeg) is an error naming
+/// the file, and the folder's other images still read.
+#[test]
+fn a_jpeg_that_panics_the_decoder_is_an_error_naming_it() {
+    let _alone = fuzz::exclusive();
+    let dir = cnn_test_support::temp_dir("panicking-jpeg");
+    std::fs::create_dir(dir.path().join("a")).unwrap();
+    write(&dir.path().join("a").join("bad.jpg"), &panicking_jpeg());
+    write(&dir.path().join("a").join("good.jpg"), &image_corpus()[0]);
+    let folder = ImageFolder::new(dir.path(), [8, 8]).unwrap();
+    let e = folder.get(0).unwrap_err().to_string();
+    assert!(e.contains("bad.jpg") && e.contains("the JPEG decoder failed on this file"), "{e}");
+    assert!(e.contains("it panicked"), "{e}");
+    assert!(folder.get(1).is_ok());
 }
 
 #[test]
@@ -210,10 +293,10 @@ fn fuzz_image_folder() {
 fn fuzz_long() {
     idx_images_target(Budget::long());
     idx_labels_target(Budget::long());
-    idx_gz_target(Budget::long());
+    idx_gz_target(Budget::long(), Mutators::Both);
     cifar_target(Budget::long());
     digits_target(Budget::long());
-    image_folder_target(Budget::long());
+    image_folder_target(Budget::long(), Mutators::Both, image_corpus());
 }
 
 /// The case the issue found: a small PNG whose header declares 16384×16384

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use cnn_augment::{Compose, PadMode, RandomCrop, RandomHorizontalFlip};
-use cnn_data::{DataLoader, Dataset, Digits};
+use cnn_data::{BadSamples, DataLoader, Dataset, Digits, SkipLog};
 
 #[test]
 fn digits_are_all_there_and_split_stratified() {
@@ -133,4 +133,114 @@ fn a_share_that_would_be_empty_or_a_rank_past_the_group_is_an_error() {
         tiny.shard(0, 0, 3, 3).unwrap_err().to_string(),
         "data_loader: invalid setting: rank 3 of 3"
     );
+}
+
+/// The digits, but reading some samples fails: `panics` panic inside `get`
+/// (as a decoder would), `corrupt` return a format error naming a file.
+struct Flaky {
+    inner: Digits,
+    panics: Vec<usize>,
+    corrupt: Vec<usize>,
+}
+
+impl Dataset for Flaky {
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+    fn get(&self, index: usize) -> cnn_tensor::Result<(ndarray::Array3<f32>, usize)> {
+        if self.panics.contains(&index) {
+            let v: Vec<u8> = Vec::new();
+            let _ = v[index]; // a dependency's out-of-bounds index
+        }
+        if self.corrupt.contains(&index) {
+            return Err(cnn_tensor::Error::Format {
+                context: format!("photos/{index}.jpg"),
+                msg: "cannot decode: truncated".into(),
+            });
+        }
+        self.inner.get(index)
+    }
+    fn classes(&self) -> &[String] {
+        self.inner.classes()
+    }
+    fn source(&self, index: usize) -> Option<String> {
+        Some(format!("photos/{index}.jpg"))
+    }
+}
+
+fn flaky(panics: Vec<usize>, corrupt: Vec<usize>) -> Arc<dyn Dataset> {
+    Arc::new(Flaky { inner: Digits::load().unwrap(), panics, corrupt })
+}
+
+#[test]
+fn a_panic_inside_a_dataset_is_the_epochs_error_and_the_next_epoch_runs() {
+    let loader = DataLoader::new(flaky(vec![7], vec![]), 64, 1).unwrap();
+    let results: Vec<_> = loader.epoch(0).collect();
+    let errors: Vec<String> =
+        results.iter().filter_map(|r| r.as_ref().err()).map(|e| e.to_string()).collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("photos/7.jpg: the dataset's reader failed on this file (it panicked: index out of bounds"),
+        "{}",
+        errors[0]
+    );
+    assert!(errors[0].contains("samples read before it"), "{}", errors[0]);
+    // The pool is not poisoned: the next epoch reads every other batch as before.
+    let ok = loader.epoch(1).filter(|r| r.is_ok()).count();
+    assert_eq!(ok, loader.batches_per_epoch() - 1);
+}
+
+#[test]
+fn unreadable_samples_fail_with_the_file_named_or_are_skipped_deterministically() {
+    let bad = vec![3, 500, 1001, 1796];
+    let fail = DataLoader::new(flaky(vec![], bad.clone()), 64, 2).unwrap();
+    let e = fail.epoch(0).find_map(|r| r.err()).unwrap().to_string();
+    assert!(e.starts_with("photos/") && e.contains("cannot decode: truncated ("), "{e}");
+
+    let log = Arc::new(SkipLog::new());
+    let skip = DataLoader::new(flaky(vec![1001], bad.clone()), 64, 2)
+        .unwrap()
+        .with_bad_samples(BadSamples::Skip(log.clone()));
+    let plain = DataLoader::new(Arc::new(Digits::load().unwrap()), 64, 2).unwrap();
+    let order = plain.order(0);
+    let mut seen = 0;
+    for (b, (got, all)) in skip.epoch(0).zip(plain.epoch(0)).enumerate() {
+        let (got, all) = (got.unwrap(), all.unwrap());
+        // The batch is the full one without its bad samples, in the same order.
+        let positions = b * 64..((b + 1) * 64).min(order.len());
+        let keep: Vec<usize> =
+            positions.clone().filter(|&p| !bad.contains(&order[p])).map(|p| p - b * 64).collect();
+        assert_eq!(got.labels, keep.iter().map(|&k| all.labels[k]).collect::<Vec<_>>());
+        for (row, &k) in keep.iter().enumerate() {
+            assert_eq!(
+                got.images.index_axis(ndarray::Axis(0), row),
+                all.images.index_axis(ndarray::Axis(0), k)
+            );
+        }
+        seen += got.labels.len();
+    }
+    assert_eq!(seen, 1797 - bad.len());
+    let entries = log.entries();
+    let mut names: Vec<String> = bad.iter().map(|i| format!("photos/{i}.jpg")).collect();
+    names.sort();
+    assert_eq!(entries.iter().map(|(s, _)| s.clone()).collect::<Vec<_>>(), names);
+    assert!(entries.iter().any(|(_, e)| e.contains("it panicked")), "{entries:?}");
+    // A second epoch skips the same files: each is listed once.
+    assert_eq!(skip.epoch(1).map(|b| b.unwrap().labels.len()).sum::<usize>(), 1797 - bad.len());
+    assert_eq!(log.len(), bad.len());
+    // The log round-trips through its text (a resumed run reads skipped.txt).
+    let again = SkipLog::new();
+    again.extend_from_text(&log.to_text());
+    assert_eq!(again.entries(), log.entries());
+}
+
+#[test]
+fn a_batch_of_only_unreadable_samples_comes_out_empty() {
+    let log = Arc::new(SkipLog::new());
+    let loader = DataLoader::new(flaky(vec![], (0..1797).collect()), 100, 0)
+        .unwrap()
+        .with_bad_samples(BadSamples::Skip(log.clone()));
+    let b = loader.batch(0, 0).unwrap();
+    assert!(b.labels.is_empty() && b.images.is_empty());
+    assert_eq!(log.len(), 100);
 }

@@ -120,7 +120,8 @@ mod tests {
     #[test]
     fn a_panic_becomes_an_error_naming_the_file_and_the_depth_unwinds() {
         quiet_contained_panics();
-        let r: Result<()> = contain_panic("a/b.png", "the PNG decoder", || panic!("index 7 out of range"));
+        let r: Result<()> =
+            contain_panic("a/b.png", "the PNG decoder", || panic!("index 7 out of range"));
         let e = r.unwrap_err().to_string();
         assert_eq!(
             e,
@@ -130,7 +131,8 @@ mod tests {
         // Errors and values pass through untouched, nested calls too.
         let ok = contain_panic("x", "the gzip decoder", || contain_panic("y", "inner", || Ok(5)));
         assert_eq!(ok.unwrap(), 5);
-        let err: Result<()> = contain_panic("x", "the gzip decoder", || Err(Error::config("t", "no")));
+        let err: Result<()> =
+            contain_panic("x", "the gzip decoder", || Err(Error::config("t", "no")));
         assert_eq!(err.unwrap_err().to_string(), "t: invalid setting: no");
         assert!(!is_containing());
     }

@@ -7,7 +7,9 @@
 //! It depends on no crate of the workspace, so every crate, `cnn-tensor`
 //! included, can take it as a dev-dependency. Not published.
 
+pub mod formats;
 pub mod fuzz;
+pub mod images;
 pub mod mpi;
 
 use ndarray::{ArrayBase, Data, Dimension};
