@@ -48,6 +48,8 @@ impl SkipLog {
 
     /// Records `source` as unreadable with `error`; `true` the first time.
     pub fn record(&self, source: &str, error: &str) -> bool {
+        // The error usually starts with the file's name: once per line is enough.
+        let error = error.strip_prefix(source).and_then(|e| e.strip_prefix(": ")).unwrap_or(error);
         let line = error.replace(['\n', '\t'], " ");
         let mut map = self.lock();
         if map.contains_key(source) {

@@ -651,19 +651,23 @@ fn mutate_safetensors(data: &[u8], rng: &mut SplitMix) -> Option<Vec<u8>> {
     let mut length_lie: i64 = 0;
     match rng.below(9) {
         0 | 1 if !names.is_empty() => {
-            let t = header.get_mut(&names[rng.below(names.len())])?;
-            t["dtype"] = json!(pick(
-                rng,
-                &[
-                    "F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL",
-                    "F8_E4M3", "C64", "X"
-                ]
-            ));
+            let t = header.get_mut(&names[rng.below(names.len())])?.as_object_mut()?;
+            t.insert(
+                "dtype".into(),
+                json!(pick(
+                    rng,
+                    &[
+                        "F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL",
+                        "F8_E4M3", "C64", "X"
+                    ]
+                )),
+            );
         }
         2 | 3 if !names.is_empty() => {
-            let t = header.get_mut(&names[rng.below(names.len())])?;
-            let old: Vec<Value> = t["shape"].as_array().cloned().unwrap_or_default();
-            t["shape"] = match rng.below(8) {
+            let t = header.get_mut(&names[rng.below(names.len())])?.as_object_mut()?;
+            let old: Vec<Value> =
+                t.get("shape").and_then(Value::as_array).cloned().unwrap_or_default();
+            let shape = match rng.below(8) {
                 0 => json!([]),
                 1 => json!([0]),
                 2 => json!([1u64 << 31, 1u64 << 31]),
@@ -681,14 +685,16 @@ fn mutate_safetensors(data: &[u8], rng: &mut SplitMix) -> Option<Vec<u8>> {
                     Value::Array(s)
                 }
             };
+            t.insert("shape".into(), shape);
         }
         4 | 5 if !names.is_empty() => {
-            let t = header.get_mut(&names[rng.below(names.len())])?;
+            let t = header.get_mut(&names[rng.below(names.len())])?.as_object_mut()?;
             let total = body.len() as u64;
-            let [a, b] = t["data_offsets"]
-                .as_array()
+            let [a, b] = t
+                .get("data_offsets")
+                .and_then(Value::as_array)
                 .and_then(|o| Some([o.first()?.as_u64()?, o.get(1)?.as_u64()?]))?;
-            t["data_offsets"] = match rng.below(7) {
+            let offsets = match rng.below(7) {
                 0 => json!([b, a]),
                 1 => json!([a, total + 1 + rng.below(16) as u64]),
                 2 => json!([0, 0]),
@@ -697,6 +703,7 @@ fn mutate_safetensors(data: &[u8], rng: &mut SplitMix) -> Option<Vec<u8>> {
                 5 => json!([a + 1, b + 1]),
                 _ => json!("0,4"),
             };
+            t.insert("data_offsets".into(), offsets);
         }
         // A tensor dropped, or aliased under another name.
         6 if !names.is_empty() => {

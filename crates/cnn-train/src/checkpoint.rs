@@ -143,8 +143,8 @@ fn sync_dir(dir: &Path) {
 /// Replaces `parent/name` by a directory that `fill` writes, atomically (see the module docs).
 ///
 /// # Errors
-/// Whatever `fill` returns (the previous directory is then untouched);
-/// [`Error::Io`] when a rename fails.
+/// Whatever `fill` returns (the previous directory is then untouched, and the
+/// staging directory removed); [`Error::Io`] when a rename fails.
 pub fn replace_dir_atomic(
     parent: &Path,
     name: &str,
@@ -158,7 +158,11 @@ pub fn replace_dir_atomic(
         fs::remove_dir_all(&staging).map_err(io_err("remove", &staging))?;
     }
     fs::create_dir(&staging).map_err(io_err("create", &staging))?;
-    fill(&staging)?;
+    if let Err(e) = fill(&staging) {
+        // A full disk leaves half a checkpoint in staging: give its space back.
+        let _ = fs::remove_dir_all(&staging);
+        return Err(e);
+    }
     sync_dir(&staging);
     if target.exists() {
         if aside.exists() {

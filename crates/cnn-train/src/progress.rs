@@ -106,6 +106,18 @@ impl Progress {
         }
     }
 
+    /// A warning on stderr (above the bars), shown even when quiet.
+    pub(crate) fn warn(&self, line: &str) {
+        match &self.multi {
+            Some(multi) => {
+                if multi.println(line).is_err() {
+                    eprintln!("{line}");
+                }
+            }
+            None => eprintln!("{line}"),
+        }
+    }
+
     /// A line above the bars (or on stdout), unless quiet.
     pub(crate) fn println(&self, line: &str) {
         match (&self.multi, self.mode) {

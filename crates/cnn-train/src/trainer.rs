@@ -32,6 +32,16 @@ pub type StepCallback = Box<dyn FnMut(u64, &StepStats) + Send>;
 /// and `curves.png`. A run resumed from `last/` is bitwise the run that never
 /// stopped.
 ///
+/// A write that fails (a full disk) does not end the run where it happens:
+/// each checkpoint is replaced whole or not at all, so the previous one stays
+/// loadable; the trainer warns on stderr, trains on, and writes again after
+/// the next epoch. Disks fill and are freed while long runs go on, and the
+/// model in memory is worth more than the epoch's write. If the last epoch's
+/// checkpoint cannot be written either, `fit` returns that error, naming the
+/// checkpoint that was last written. A failed `metrics.csv` or `curves.png`
+/// only warns: they are rewritten whole after the next epoch from the
+/// history, which the checkpoint holds.
+///
 /// ```
 /// use std::sync::Arc;
 /// use cnn_data::{DataLoader, Digits};
@@ -297,6 +307,10 @@ impl Trainer {
         let step_seed = if ranks > 1 { mix_seed(config.seed, rank as u64) } else { config.seed };
         let mut allreduce_seconds = 0.0;
         let mut completed = true;
+        // The last epoch whose `last/` checkpoint is on disk, and the error of
+        // a checkpoint write that failed since then (retried each epoch).
+        let mut written_epoch = self.resume.then_some(state.epoch);
+        let mut unwritten: Option<Error> = None;
         'epochs: while state.epoch < config.epochs {
             let epoch = state.epoch;
             progress.start_epoch(epoch, batches, state.batch);
@@ -378,7 +392,16 @@ impl Trainer {
                 if stop {
                     state.partial.train_seconds += clock.elapsed().as_secs_f64();
                     if let Some(dir) = &out_dir {
-                        save_checkpoint(dir, "last", model, &optimizer, &state)?;
+                        // Asked to stop: a checkpoint that cannot be written is the run's error.
+                        save_checkpoint(dir, "last", model, &optimizer, &state).map_err(|e| {
+                            with_context(
+                                e,
+                                &format!(
+                                    "stopping, the checkpoint could not be written; {}",
+                                    last_written(dir, written_epoch)
+                                ),
+                            )
+                        })?;
                     }
                     completed = false;
                     break 'epochs;
@@ -407,16 +430,42 @@ impl Trainer {
                 (Some(_), None) => true,
                 _ => false,
             };
+            let previous_best = state.best_val_accuracy;
             if improved {
                 state.best_val_accuracy = record.val_accuracy;
             }
             state.history.push(record.clone());
             state.epoch += 1;
             state.batch = 0;
-            if let Some(dir) = &out_dir {
-                write_epoch(dir, model, &optimizer, &state, improved)?;
-            }
             progress.end_epoch(&record);
+            if let Some(dir) = &out_dir {
+                let written = write_epoch(dir, model, &optimizer, &state, improved);
+                if written.last.is_ok() {
+                    written_epoch = Some(state.epoch);
+                    unwritten = None;
+                }
+                if let Err(e) = written.last {
+                    // After the last epoch the error itself says it (below).
+                    if state.epoch < config.epochs {
+                        progress.warn(&format!(
+                        "warning: the checkpoint of epoch {} could not be written ({e}); {}; training goes on and writes it again after the next epoch",
+                        state.epoch,
+                        last_written(dir, written_epoch)
+                        ));
+                    }
+                    unwritten = Some(e);
+                }
+                if let Err(e) = written.best {
+                    // The next improvement must write best/ again.
+                    state.best_val_accuracy = previous_best;
+                    progress.warn(&format!("warning: best/ could not be written ({e})"));
+                }
+                if let Err(e) = written.metrics {
+                    progress.warn(&format!(
+                        "warning: the metrics or curves could not be written ({e}); they are rewritten whole after the next epoch"
+                    ));
+                }
+            }
             let wants_stop = self.on_epoch_end.as_mut().is_some_and(|callback| !callback(&record));
             let mut stop = [f64::from(u8::from(wants_stop))];
             if let Some(g) = &group {
@@ -429,6 +478,16 @@ impl Trainer {
             }
         }
         progress.finish();
+        if let (Some(e), Some(dir)) = (unwritten, &out_dir) {
+            return Err(with_context(
+                e,
+                &format!(
+                    "the checkpoint of epoch {} could not be written; {}",
+                    state.epoch,
+                    last_written(dir, written_epoch)
+                ),
+            ));
+        }
         Ok(FitReport {
             history: History { epochs: state.history },
             completed,
@@ -440,19 +499,48 @@ impl Trainer {
     }
 }
 
-/// What every finished epoch leaves in the run directory.
+/// How each write of an epoch's end went.
+struct EpochWrites {
+    last: Result<()>,
+    best: Result<()>,
+    metrics: Result<()>,
+}
+
+/// What every finished epoch leaves in the run directory: `last/`, `best/`
+/// when validation improved, metrics and curves, each tried even when one
+/// before it failed.
 fn write_epoch(
     dir: &Path,
     model: &mut dyn Layer<f32>,
     optimizer: &cnn_optim::Optimizer<f32>,
     state: &TrainerState,
     improved: bool,
-) -> Result<()> {
-    save_checkpoint(dir, "last", model, optimizer, state)?;
-    if improved {
-        save_checkpoint(dir, "best", model, optimizer, state)?;
-    }
+) -> EpochWrites {
+    let last = save_checkpoint(dir, "last", model, optimizer, state);
+    let best =
+        if improved { save_checkpoint(dir, "best", model, optimizer, state) } else { Ok(()) };
     let history = History { epochs: state.history.clone() };
-    history.write(dir)?;
-    plot_curves(&history, &dir.join("curves.png"))
+    let metrics = history.write(dir).and_then(|()| plot_curves(&history, &dir.join("curves.png")));
+    EpochWrites { last, best, metrics }
+}
+
+/// `the last checkpoint written is epoch 3 (runs/x/last)`, or that there is none.
+fn last_written(dir: &Path, epoch: Option<usize>) -> String {
+    match epoch {
+        Some(0) | None => format!("no checkpoint of this run is in {} yet", dir.display()),
+        Some(e) => {
+            format!("the last checkpoint written is epoch {e} ({})", dir.join("last").display())
+        }
+    }
+}
+
+/// `e` led by `note`: `note (what failed): why`.
+fn with_context(e: Error, note: &str) -> Error {
+    match e {
+        Error::Io { context, source } => {
+            Error::Io { context: format!("{note} ({context})"), source }
+        }
+        Error::Format { context, msg } => Error::Format { context, msg: format!("{msg} ({note})") },
+        e => e,
+    }
 }

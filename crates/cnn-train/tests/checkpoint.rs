@@ -75,6 +75,8 @@ fn a_failed_write_leaves_the_previous_checkpoint() {
     .unwrap_err();
     assert!(err.to_string().contains("disk full"), "{err}");
     assert_eq!(load_consistent(tmp.path(), 3), 1);
+    // The half-written staging directory is gone at once: its space is given back.
+    assert!(!tmp.path().join(".last.tmp").exists());
     // The next good write cleans up the half-written staging directory.
     fill(&mut m, 2.0);
     save_checkpoint(tmp.path(), "last", &m, &optimizer(), &state(2)).unwrap();
@@ -248,4 +250,109 @@ fn the_guard_stops_an_absurd_learning_rate_and_keeps_the_last_checkpoint() {
 
 fn optimizer_for_resume() -> Optimizer<f32> {
     TrainConfig::default().build_optimizer().unwrap()
+}
+
+/// A fault in the run directory: `.last.tmp` made a regular file, so the
+/// next checkpoint write fails (its staging directory cannot be made), as a
+/// full disk would make it fail.
+fn block_checkpoints(run: &Path) {
+    std::fs::write(run.join(".last.tmp"), b"in the way").unwrap();
+}
+
+fn digits_loaders() -> (DataLoader, DataLoader) {
+    let (train, test) = Digits::load().unwrap().split(0.2, 0).unwrap();
+    let train = DataLoader::new(Arc::new(train), 64, 0).unwrap();
+    let test = DataLoader::new(Arc::new(test), 256, 0).unwrap().with_shuffle(false);
+    (train, test)
+}
+
+fn four_epochs() -> Trainer {
+    Trainer::new(TrainConfig::default().with_epochs(4).with_lr(0.05))
+        .with_progress(ProgressMode::Quiet)
+}
+
+#[test]
+fn a_checkpoint_that_cannot_be_written_is_retried_after_the_next_epoch() {
+    let (train, test) = digits_loaders();
+    let tmp = tempfile::tempdir().unwrap();
+    let whole = tmp.path().join("whole");
+    four_epochs().with_out_dir(&whole).fit(&mut model(10), &train, Some(&test)).unwrap();
+
+    // Epochs 2 and 3 cannot write; the fault is gone before epoch 4's write.
+    let faulty = tmp.path().join("faulty");
+    let dir = faulty.clone();
+    let report = four_epochs()
+        .with_out_dir(&faulty)
+        .with_on_epoch_end(move |r| {
+            match r.epoch {
+                1 => block_checkpoints(&dir),
+                3 => std::fs::remove_file(dir.join(".last.tmp")).unwrap(),
+                _ => {}
+            }
+            true
+        })
+        .fit(&mut model(10), &train, Some(&test))
+        .unwrap();
+    assert!(report.completed);
+    // The run trained on through the failures: the same weights and optimizer
+    // state bitwise, the same place in the run and the same best accuracy.
+    for file in ["last/model.safetensors", "last/optimizer.safetensors"] {
+        assert_eq!(
+            std::fs::read(faulty.join(file)).unwrap(),
+            std::fs::read(whole.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    let (a, b) = (
+        TrainerState::read(&faulty.join("last")).unwrap(),
+        TrainerState::read(&whole.join("last")).unwrap(),
+    );
+    assert_eq!(
+        (a.epoch, a.global_step, a.best_val_accuracy),
+        (b.epoch, b.global_step, b.best_val_accuracy)
+    );
+    assert_eq!(a.history.len(), 4);
+    assert!(!faulty.join(".last.tmp").exists());
+}
+
+#[test]
+fn a_last_checkpoint_that_cannot_be_written_fails_the_run_and_keeps_the_one_before() {
+    let (train, test) = digits_loaders();
+    let tmp = tempfile::tempdir().unwrap();
+    // What epoch 1's checkpoint holds, from a run stopped there.
+    let one = tmp.path().join("one");
+    four_epochs()
+        .with_out_dir(&one)
+        .with_on_epoch_end(|_| false)
+        .fit(&mut model(10), &train, Some(&test))
+        .unwrap();
+
+    let full = tmp.path().join("full");
+    let dir = full.clone();
+    let e = four_epochs()
+        .with_out_dir(&full)
+        .with_on_epoch_end(move |r| {
+            if r.epoch == 1 {
+                block_checkpoints(&dir);
+            }
+            true
+        })
+        .fit(&mut model(10), &train, Some(&test))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(".last.tmp"), "{e}");
+    assert!(
+        e.contains("the checkpoint of epoch 4 could not be written; the last checkpoint written is epoch 1"),
+        "{e}"
+    );
+    // Epoch 1's checkpoint is intact and loads bitwise.
+    let st =
+        load_checkpoint(&full.join("last"), &mut model(10), &mut optimizer_for_resume()).unwrap();
+    assert_eq!(st.epoch, 1);
+    for file in ["last/model.safetensors", "last/optimizer.safetensors"] {
+        assert_eq!(std::fs::read(full.join(file)).unwrap(), std::fs::read(one.join(file)).unwrap());
+    }
+    // The metrics went on being written: all four epochs are there.
+    let csv = std::fs::read_to_string(full.join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 5, "{csv}");
 }

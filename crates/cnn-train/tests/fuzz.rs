@@ -16,7 +16,7 @@ use cnn_norm::{BatchNorm, BatchNormConfig};
 use cnn_optim::{Optimizer, Rule};
 use cnn_tensor::random::seeded_rng;
 use cnn_tensor::Layer;
-use cnn_test_support::fuzz::{self, Budget, CountingAlloc, Target};
+use cnn_test_support::fuzz::{self, Budget, CountingAlloc, Mutators, Report, Target};
 use cnn_train::{load_checkpoint, save_checkpoint, TrainConfig, TrainerState};
 
 #[global_allocator]
@@ -56,13 +56,30 @@ fn checkpoint(run: &Path) -> std::path::PathBuf {
     run.join("last")
 }
 
-fn go(target: &Target<'_>, budget: Budget, parse: impl FnMut(&[u8]) -> Result<(), String>) {
+/// Runs `target` and checks that the run could have found something: some
+/// mutated inputs still load, some are refused, and (safetensors) some were
+/// well-formed files that reached the tensor checks.
+fn go(
+    target: &Target<'_>,
+    budget: Budget,
+    parse: impl FnMut(&[u8]) -> Result<(), String>,
+) -> Report {
     let report = fuzz::run_one(target, 0xc4ec, budget, parse);
-    assert_eq!(report.executions, report.loaded + report.rejected);
+    assert!(report.loaded > 0, "{}: no mutated input loaded: {report}", target.name);
+    assert!(report.rejected > 0, "{}: no mutated input refused: {report}", target.name);
+    if target.name.ends_with("safetensors") {
+        assert!(report.past_container > 0, "{}: nothing reached the parser: {report}", target.name);
+    }
+    report
 }
 
 /// One file of the checkpoint mutated, the others valid, loaded whole.
-fn checkpoint_target(file: &'static str, fields: Vec<usize>, budget: Budget) {
+fn checkpoint_target(
+    file: &'static str,
+    fields: Vec<usize>,
+    budget: Budget,
+    mutators: Mutators,
+) -> Report {
     let tmp = cnn_test_support::temp_dir("fuzz-checkpoint");
     let dir = checkpoint(tmp.path());
     let path = dir.join(file);
@@ -80,11 +97,12 @@ fn checkpoint_target(file: &'static str, fields: Vec<usize>, budget: Budget) {
         fields,
         max_alloc: 4 * MIB,
         must_name: file.into(),
+        mutators,
     };
     go(&target, budget, |b| {
         std::fs::write(&path, b).unwrap();
         load_checkpoint(&dir, &mut model(), &mut optimizer()).map(drop).map_err(|e| e.to_string())
-    });
+    })
 }
 
 /// A state dict read on its own (`cnn finetune`'s path, non-strict).
@@ -98,6 +116,7 @@ fn state_dict_target(budget: Budget) {
         fields: vec![0],
         max_alloc: 4 * MIB,
         must_name: "weights.safetensors".into(),
+        mutators: Mutators::Both,
     };
     go(&target, budget, |b| {
         std::fs::write(&path, b).unwrap();
@@ -108,17 +127,38 @@ fn state_dict_target(budget: Budget) {
     });
 }
 
+/// The structure awareness measured for safetensors: with the same seed and
+/// count, headers rewritten as valid JSON with lying dtypes, shapes and
+/// offsets reach error classes that byte mutations do not.
+#[test]
+fn structure_mutators_reach_errors_the_byte_mutators_do_not() {
+    let run = |m| checkpoint_target("model.safetensors", vec![0], Budget::count(2000), m);
+    let (bytes, structure) = (run(Mutators::Bytes), run(Mutators::Structure));
+    let new: Vec<&String> =
+        structure.error_classes.keys().filter(|c| !bytes.error_classes.contains_key(*c)).collect();
+    eprintln!(
+        "safetensors: bytes {} classes, {} past the container; structure {} classes ({} new), {} past the container",
+        bytes.error_classes.len(),
+        bytes.past_container,
+        structure.error_classes.len(),
+        new.len(),
+        structure.past_container
+    );
+    assert!(!new.is_empty(), "{:?}", structure.error_classes);
+    assert!(structure.past_container > bytes.past_container);
+}
+
 #[test]
 fn fuzz_trainer_json() {
-    checkpoint_target("trainer.json", Vec::new(), Budget::count(CI_COUNT));
+    checkpoint_target("trainer.json", Vec::new(), Budget::count(CI_COUNT), Mutators::Both);
 }
 #[test]
 fn fuzz_model_safetensors() {
-    checkpoint_target("model.safetensors", vec![0], Budget::count(CI_COUNT));
+    checkpoint_target("model.safetensors", vec![0], Budget::count(CI_COUNT), Mutators::Both);
 }
 #[test]
 fn fuzz_optimizer_safetensors() {
-    checkpoint_target("optimizer.safetensors", vec![0], Budget::count(CI_COUNT));
+    checkpoint_target("optimizer.safetensors", vec![0], Budget::count(CI_COUNT), Mutators::Both);
 }
 #[test]
 fn fuzz_state_dict() {
@@ -128,8 +168,8 @@ fn fuzz_state_dict() {
 #[test]
 #[ignore = "long fuzzing run: cargo test --release -p cnn-train --test fuzz -- --ignored"]
 fn fuzz_long() {
-    checkpoint_target("trainer.json", Vec::new(), Budget::long());
-    checkpoint_target("model.safetensors", vec![0], Budget::long());
-    checkpoint_target("optimizer.safetensors", vec![0], Budget::long());
+    checkpoint_target("trainer.json", Vec::new(), Budget::long(), Mutators::Both);
+    checkpoint_target("model.safetensors", vec![0], Budget::long(), Mutators::Both);
+    checkpoint_target("optimizer.safetensors", vec![0], Budget::long(), Mutators::Both);
     state_dict_target(Budget::long());
 }
