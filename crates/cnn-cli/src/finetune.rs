@@ -111,6 +111,13 @@ pub struct FinetuneArgs {
     quiet: bool,
 }
 
+impl FinetuneArgs {
+    /// Whether the data is an image folder (where unreadable images are met).
+    pub fn is_folder(&self) -> bool {
+        matches!(self.data.data, crate::data::DataSpec::Folder(_))
+    }
+}
+
 /// The normalization that goes with pretrained weights: given, the run's
 /// (when the weights sit in a `cnn train` run), ImageNet's for ImageNet
 /// networks, or none (the training split's statistics).

@@ -161,8 +161,14 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Train(args) => train::run(*args, started, cli.threads.is_some()),
-        Command::Tune(args) => tune::run(*args, started),
-        Command::Finetune(args) => finetune::run(*args, started),
+        Command::Tune(args) => {
+            let folder = args.is_folder();
+            tune::run(*args, started).map_err(|e| run::bad_image_hint(e, folder))
+        }
+        Command::Finetune(args) => {
+            let folder = args.is_folder();
+            finetune::run(*args, started).map_err(|e| run::bad_image_hint(e, folder))
+        }
         Command::Eval(args) => eval::run(args),
         Command::InitStats(args) => lecture::init_stats(args),
         Command::Degradation(args) => lecture::degradation(args, started),

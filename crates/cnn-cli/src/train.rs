@@ -80,12 +80,16 @@ const RESUME_CONFLICTS: [&str; 20] = [
   cnn train --epochs 3 --data mnist:~/data/mnist   # MNIST IDX files (train-images-idx3-ubyte, ...)
   cnn train --data cifar10:~/data/cifar-10-batches-bin --arch resnet20 --epochs 30 --batch-size 128
   cnn train --data folder:~/photos --image-size 64 --val-fraction 0.2 --augment crop,flip,jitter
+  cnn train --data folder:~/photos --bad-images skip   # leave unreadable images out, list them in skipped.txt
   cnn train --resume runs/20261127-101500          # continue a stopped run exactly
   mpirun -np 2 cnn --threads 1 train --distributed --sync-bn   # over MPI (a build with --features distributed)
 
 The run directory (--out, default runs/<time>) gets last/ and best/ checkpoints
 (model.safetensors, optimizer.safetensors, trainer.json), metrics.csv,
-metrics.json and curves.png. Ctrl-C finishes the step, writes last/ and stops.")]
+metrics.json and curves.png (and skipped.txt under --bad-images skip). Ctrl-C
+finishes the step, writes last/ and stops. A checkpoint that cannot be written
+(a full disk) is a warning: training goes on and writes it after the next
+epoch; the run fails at the end only if the last one cannot be written.")]
 pub struct TrainArgs {
     #[command(flatten)]
     data: DataArgs,

@@ -68,6 +68,13 @@ pub struct TuneArgs {
     quiet: bool,
 }
 
+impl TuneArgs {
+    /// Whether the data is an image folder (where unreadable images are met).
+    pub fn is_folder(&self) -> bool {
+        matches!(self.data.data, crate::data::DataSpec::Folder(_))
+    }
+}
+
 /// Runs `cnn tune`.
 ///
 /// # Errors

@@ -4,7 +4,8 @@
 //! [`Digits`] (1797 images of 8×8; E. Alpaydin and C. Kaynak, CC BY 4.0)
 //! with a stratified split, MNIST-format IDX files ([`IdxDataset`]), CIFAR-10
 //! and CIFAR-100 binaries ([`Cifar`]), image folders ([`ImageFolder`]), the
-//! [`DataLoader`], per-channel statistics and an augmentation [`preview_grid`].
+//! [`DataLoader`] with its policy for unreadable samples ([`BadSamples`],
+//! [`SkipLog`]), per-channel statistics and an augmentation [`preview_grid`].
 //!
 //! ```
 //! use std::sync::Arc;
@@ -18,6 +19,7 @@
 //! # Ok::<(), cnn_tensor::Error>(())
 //! ```
 
+mod bad_samples;
 mod cifar;
 mod dataset;
 mod digits;
@@ -29,12 +31,13 @@ mod memory;
 mod preview;
 mod stats;
 
+pub use bad_samples::{BadSamples, SkipLog};
 pub use cifar::Cifar;
 pub use dataset::{stratified_split, Dataset, Subset};
 pub use digits::Digits;
 pub use folder::{read_image, read_image_limited, ImageFolder, MAX_DECODED_BYTES, MAX_SIDE};
 pub use idx::IdxDataset;
-pub use loader::{shard_range, BadSamples, Batch, DataLoader, SkipLog};
+pub use loader::{shard_range, Batch, DataLoader};
 pub use memory::{Resized, TensorDataset};
 pub use preview::preview_grid;
 pub use stats::{channel_stats, channel_stats_with};

@@ -42,7 +42,10 @@ pub fn channel_stats_with(dataset: &dyn Dataset, bad: &BadSamples) -> Result<(Ve
                 continue;
             }
             (Err(e @ (Error::Format { .. } | Error::Io { .. })), BadSamples::Fail) => {
-                return Err(crate::loader::with_note(e, &format!("{read} samples read before it")));
+                return Err(crate::bad_samples::with_note(
+                    e,
+                    &format!("{read} samples read before it"),
+                ));
             }
             (Err(e), _) => return Err(e),
         };

@@ -43,6 +43,10 @@ fn go(
     containers: bool,
     parse: impl FnMut(&[u8]) -> Result<(), String>,
 ) -> Report {
+    // As the `cnn` binary does: a contained decoder panic is not printed
+    // (printing it would capture and symbolize a backtrace, megabytes that
+    // are no part of the parser's allocation).
+    cnn_tensor::untrusted::quiet_contained_panics();
     let report = fuzz::run_one(target, 0xf0221, budget, parse);
     for class in report.error_classes.keys().filter(|c| c.contains("panicked")) {
         eprintln!("  contained: {class}");
@@ -237,7 +241,8 @@ fn fuzz_image_folder() {
 #[test]
 fn structure_mutators_reach_errors_the_byte_mutators_do_not() {
     const N: u64 = 2000;
-    let families: [(&str, Box<dyn Fn(Mutators) -> Report>); 3] = [
+    type Run = Box<dyn Fn(Mutators) -> Report>;
+    let families: [(&str, Run); 3] = [
         ("jpeg", Box::new(|m| image_folder_target(Budget::count(N), m, jpegs()))),
         ("png", Box::new(|m| image_folder_target(Budget::count(N), m, pngs()))),
         ("gzip", Box::new(|m| idx_gz_target(Budget::count(N), m))),
@@ -288,14 +293,38 @@ fn a_jpeg_that_panics_the_decoder_is_an_error_naming_it() {
     assert!(folder.get(1).is_ok());
 }
 
+// The long runs, one test a target: `cargo test --release -p cnn-data --test
+// fuzz -- --ignored --test-threads 1` runs them all (one at a time: the
+// allocation counter is global), `… -- --ignored long_image_folder` one.
+
 #[test]
 #[ignore = "long fuzzing run: cargo test --release -p cnn-data --test fuzz -- --ignored"]
-fn fuzz_long() {
+fn long_idx_images() {
     idx_images_target(Budget::long());
+}
+#[test]
+#[ignore = "long fuzzing run: cargo test --release -p cnn-data --test fuzz -- --ignored"]
+fn long_idx_labels() {
     idx_labels_target(Budget::long());
+}
+#[test]
+#[ignore = "long fuzzing run: cargo test --release -p cnn-data --test fuzz -- --ignored"]
+fn long_idx_gz() {
     idx_gz_target(Budget::long(), Mutators::Both);
+}
+#[test]
+#[ignore = "long fuzzing run: cargo test --release -p cnn-data --test fuzz -- --ignored"]
+fn long_cifar() {
     cifar_target(Budget::long());
+}
+#[test]
+#[ignore = "long fuzzing run: cargo test --release -p cnn-data --test fuzz -- --ignored"]
+fn long_digits_csv() {
     digits_target(Budget::long());
+}
+#[test]
+#[ignore = "long fuzzing run: cargo test --release -p cnn-data --test fuzz -- --ignored"]
+fn long_image_folder() {
     image_folder_target(Budget::long(), Mutators::Both, image_corpus());
 }
 

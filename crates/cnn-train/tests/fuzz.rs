@@ -64,6 +64,8 @@ fn go(
     budget: Budget,
     parse: impl FnMut(&[u8]) -> Result<(), String>,
 ) -> Report {
+    // As the `cnn` binary does: a contained parser panic is not printed.
+    cnn_tensor::untrusted::quiet_contained_panics();
     let report = fuzz::run_one(target, 0xc4ec, budget, parse);
     assert!(report.loaded > 0, "{}: no mutated input loaded: {report}", target.name);
     assert!(report.rejected > 0, "{}: no mutated input refused: {report}", target.name);
@@ -165,11 +167,24 @@ fn fuzz_state_dict() {
     state_dict_target(Budget::count(CI_COUNT));
 }
 
+// The long runs, one test a target (run them with --test-threads 1).
 #[test]
 #[ignore = "long fuzzing run: cargo test --release -p cnn-train --test fuzz -- --ignored"]
-fn fuzz_long() {
+fn long_trainer_json() {
     checkpoint_target("trainer.json", Vec::new(), Budget::long(), Mutators::Both);
+}
+#[test]
+#[ignore = "long fuzzing run: cargo test --release -p cnn-train --test fuzz -- --ignored"]
+fn long_model_safetensors() {
     checkpoint_target("model.safetensors", vec![0], Budget::long(), Mutators::Both);
+}
+#[test]
+#[ignore = "long fuzzing run: cargo test --release -p cnn-train --test fuzz -- --ignored"]
+fn long_optimizer_safetensors() {
     checkpoint_target("optimizer.safetensors", vec![0], Budget::long(), Mutators::Both);
+}
+#[test]
+#[ignore = "long fuzzing run: cargo test --release -p cnn-train --test fuzz -- --ignored"]
+fn long_state_dict() {
     state_dict_target(Budget::long());
 }
