@@ -248,31 +248,10 @@ fn structure_mutators_reach_errors_the_byte_mutators_do_not() {
         ("gzip", Box::new(|m| idx_gz_target(Budget::count(N), m))),
     ];
     for (family, run) in families {
-        let bytes = run(Mutators::Bytes);
-        let structure = run(Mutators::Structure);
-        let new: Vec<&String> = structure
-            .error_classes
-            .keys()
-            .filter(|c| !bytes.error_classes.contains_key(*c))
-            .collect();
-        eprintln!(
-            "{family}: bytes {} classes, {} past the container; structure {} classes ({} new), {} past the container",
-            bytes.error_classes.len(),
-            bytes.past_container,
-            structure.error_classes.len(),
-            new.len(),
-            structure.past_container
-        );
-        assert!(
-            !new.is_empty(),
-            "{family}: no error class beyond the byte mutators': {:?}",
-            structure.error_classes
-        );
-        assert!(
-            structure.past_container > bytes.past_container,
-            "{family}: {} vs {} past the container",
-            structure.past_container,
-            bytes.past_container
+        fuzz::assert_structure_reaches_further(
+            family,
+            &run(Mutators::Bytes),
+            &run(Mutators::Structure),
         );
     }
 }

@@ -279,6 +279,36 @@ where
     report
 }
 
+/// Checks that a structure-aware run reached further than a byte-level run
+/// of the same target, seed and count: error classes the byte mutators never
+/// produced, and more inputs past the container's checks. Prints both.
+///
+/// # Panics
+/// When it did not.
+pub fn assert_structure_reaches_further(family: &str, bytes: &Report, structure: &Report) {
+    let new: Vec<&String> =
+        structure.error_classes.keys().filter(|c| !bytes.error_classes.contains_key(*c)).collect();
+    eprintln!(
+        "{family}: bytes {} classes, {} past the container; structure {} classes ({} new), {} past the container",
+        bytes.error_classes.len(),
+        bytes.past_container,
+        structure.error_classes.len(),
+        new.len(),
+        structure.past_container
+    );
+    assert!(
+        !new.is_empty(),
+        "{family}: no error class beyond the byte mutators': {:?}",
+        structure.error_classes
+    );
+    assert!(
+        structure.past_container > bytes.past_container,
+        "{family}: {} vs {} past the container",
+        structure.past_container,
+        bytes.past_container
+    );
+}
+
 /// Holds off every other [`run_one`] in the process while the guard lives:
 /// for a test whose allocations must not land in a fuzz target's peak.
 pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {

@@ -145,29 +145,36 @@ mod resume {
 /// (measured ≤ 1.6e-7). Past the one-cycle warmup, lr 0.1 amplifies those
 /// roundings into different weights (docs/distributed.md); a wrong sum or
 /// scale would show from the first step.
-#[test]
-fn f32_step_losses_agree_to_rounding_before_the_schedule_peaks() {
+/// The loss of every step of two epochs of the digits recipe's small CNN
+/// (synced BatchNorm on a group) over `loader`.
+fn step_losses(loader: &cnn_data::DataLoader, group: Option<Arc<dyn Collective>>) -> Vec<f64> {
     use std::sync::Mutex;
 
-    use cnn_data::{DataLoader, Digits};
     use cnn_train::{ProgressMode, TrainConfig, Trainer};
+
+    let mut rng = cnn_tensor::random::seeded_rng(0);
+    let mut model = cnn_models::small_cnn::<f32, _>(1, [8, 8], 10, &mut rng).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let mut trainer = Trainer::new(TrainConfig::default().with_epochs(2))
+        .with_progress(ProgressMode::Quiet)
+        .with_on_step(move |_, s| record.lock().unwrap().push(s.loss));
+    if let Some(g) = group {
+        cnn_tensor::Layer::sync_batch_norm(&mut model, Some(g.clone()));
+        trainer = trainer.with_group(g);
+    }
+    trainer.fit(&mut model, loader, None).unwrap();
+    let v = seen.lock().unwrap().clone();
+    v
+}
+
+#[test]
+fn f32_step_losses_agree_to_rounding_before_the_schedule_peaks() {
+    use cnn_data::{DataLoader, Digits};
 
     fn losses(group: Option<Arc<dyn Collective>>) -> Vec<f64> {
         let (train, _) = Digits::load().unwrap().split(0.2, 0).unwrap();
-        let mut rng = cnn_tensor::random::seeded_rng(0);
-        let mut model = cnn_models::small_cnn::<f32, _>(1, [8, 8], 10, &mut rng).unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let record = seen.clone();
-        let mut trainer = Trainer::new(TrainConfig::default().with_epochs(2))
-            .with_progress(ProgressMode::Quiet)
-            .with_on_step(move |_, s| record.lock().unwrap().push(s.loss));
-        if let Some(g) = group {
-            cnn_tensor::Layer::sync_batch_norm(&mut model, Some(g.clone()));
-            trainer = trainer.with_group(g);
-        }
-        trainer.fit(&mut model, &DataLoader::new(Arc::new(train), 64, 0).unwrap(), None).unwrap();
-        let v = seen.lock().unwrap().clone();
-        v
+        step_losses(&DataLoader::new(Arc::new(train), 64, 0).unwrap(), group)
     }
     let one = losses(None);
     let two = on_threads(2, |g| losses(Some(g)));
@@ -213,11 +220,8 @@ fn divergence_stops_every_rank_at_the_same_step() {
 /// the rising lr amplifies the different summation order (4e-6 at step 7).
 #[test]
 fn skipped_samples_give_two_ranks_the_one_process_losses() {
-    use std::sync::Mutex;
-
     use cnn_data::{BadSamples, DataLoader, Dataset, Digits, SkipLog};
     use cnn_tensor::{Error, Result};
-    use cnn_train::{ProgressMode, TrainConfig, Trainer};
     use ndarray::Array3;
 
     /// Every 7th sample unreadable.
@@ -245,20 +249,8 @@ fn skipped_samples_give_two_ranks_the_one_process_losses() {
         let data = Arc::new(Spoiled(Digits::load().unwrap()));
         let loader =
             DataLoader::new(data, 64, 0).unwrap().with_bad_samples(BadSamples::Skip(log.clone()));
-        let mut rng = cnn_tensor::random::seeded_rng(0);
-        let mut model = cnn_models::small_cnn::<f32, _>(1, [8, 8], 10, &mut rng).unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let record = seen.clone();
-        let mut trainer = Trainer::new(TrainConfig::default().with_epochs(2))
-            .with_progress(ProgressMode::Quiet)
-            .with_on_step(move |_, s| record.lock().unwrap().push(s.loss));
-        if let Some(g) = group {
-            cnn_tensor::Layer::sync_batch_norm(&mut model, Some(g.clone()));
-            trainer = trainer.with_group(g);
-        }
-        trainer.fit(&mut model, &loader, None).unwrap();
-        let v = seen.lock().unwrap().clone();
-        (v, log.entries().into_iter().map(|(s, _)| s).collect())
+        let losses = step_losses(&loader, group);
+        (losses, log.entries().into_iter().map(|(s, _)| s).collect())
     }
     let (one, skipped) = losses(None);
     assert_eq!(skipped.len(), (0..1797).filter(|i| i % 7 == 3).count());
