@@ -173,8 +173,14 @@ fn main() -> ExitCode {
         Command::InitStats(args) => lecture::init_stats(args),
         Command::Degradation(args) => lecture::degradation(args, started),
         Command::Summary(args) => tools::summary(args),
-        Command::AugmentPreview(args) => tools::preview(args),
-        Command::Stats(args) => tools::stats(args),
+        Command::AugmentPreview(args) => {
+            let folder = args.is_folder();
+            tools::preview(args).map_err(|e| run::bad_image_hint(e, folder))
+        }
+        Command::Stats(args) => {
+            let folder = args.is_folder();
+            tools::stats(args).map_err(|e| run::bad_image_hint(e, folder))
+        }
         Command::CheckData(args) => tools::check_data(args),
     };
     match result {

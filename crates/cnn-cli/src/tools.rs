@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Args;
-use cnn_data::{channel_stats, preview_grid, Dataset, ImageFolder};
+use cnn_data::{channel_stats_with, preview_grid, BadSamples, Dataset, ImageFolder, SkipLog};
 use cnn_tensor::untrusted::contain_panic;
 use cnn_tensor::{Error, Result};
 
@@ -86,6 +86,13 @@ pub struct PreviewArgs {
     seed: u64,
 }
 
+impl PreviewArgs {
+    /// Whether the data is an image folder (where unreadable images are met).
+    pub fn is_folder(&self) -> bool {
+        matches!(self.data.data, data::DataSpec::Folder(_))
+    }
+}
+
 /// Runs `cnn augment-preview`.
 ///
 /// # Errors
@@ -94,7 +101,8 @@ pub fn preview(args: PreviewArgs) -> Result<ExitCode> {
     let spec = &args.data.data;
     let augs = parse_augment(&args.augment, spec)?;
     let splits = data::load(spec, &args.data.split_options())?;
-    let image = splits.image_shape(&cnn_data::BadSamples::Fail)?;
+    let (policy, _) = bad_samples(&args.data);
+    let image = splits.image_shape(&policy)?;
     let classes = splits.classes().len().max(1);
     // The first sample of each class in turn, so the rows show the classes.
     let mut picked = Vec::new();
@@ -103,7 +111,16 @@ pub fn preview(args: PreviewArgs) -> Result<ExitCode> {
         if picked.len() == args.samples {
             break;
         }
-        let (img, label) = splits.train.get(i)?;
+        let read = contain_panic(
+            &splits.train.source(i).unwrap_or_else(|| format!("sample {i}")),
+            "the dataset's reader",
+            || splits.train.get(i),
+        );
+        let (img, label) = match (read, &policy) {
+            (Ok(sample), _) => sample,
+            (Err(Error::Format { .. } | Error::Io { .. }), BadSamples::Skip(_)) => continue,
+            (Err(e), _) => return Err(e),
+        };
         if label == next_class % classes {
             picked.push(img);
             next_class += 1;
@@ -136,6 +153,13 @@ pub struct StatsArgs {
     data: DataArgs,
 }
 
+impl StatsArgs {
+    /// Whether the data is an image folder (where unreadable images are met).
+    pub fn is_folder(&self) -> bool {
+        matches!(self.data.data, data::DataSpec::Folder(_))
+    }
+}
+
 /// Runs `cnn stats`.
 ///
 /// # Errors
@@ -143,17 +167,31 @@ pub struct StatsArgs {
 pub fn stats(args: StatsArgs) -> Result<ExitCode> {
     let spec = &args.data.data;
     let splits = data::load(spec, &args.data.split_options())?;
-    let (mean, std) = channel_stats(&*splits.train)?;
+    let (policy, log) = bad_samples(&args.data);
+    let (mean, std) = channel_stats_with(&*splits.train, &policy)?;
     let fmt = |v: &[f64]| v.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(", ");
+    let skipped = match log.len() {
+        0 => String::new(),
+        n => format!(" ({n} unreadable left out: cnn check-data lists them)"),
+    };
     println!(
-        "{spec}: {} training images of {}, {} classes: mean [{}] std [{}]",
-        splits.train.len(),
-        splits.image_shape(&cnn_data::BadSamples::Fail)?.map(|v| v.to_string()).join("×"),
+        "{spec}: {} training images of {}, {} classes: mean [{}] std [{}]{skipped}",
+        splits.train.len() - log.len(),
+        splits.image_shape(&policy)?.map(|v| v.to_string()).join("×"),
         splits.classes().len(),
         fmt(&mean),
         fmt(&std)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The loader policy `--bad-images` asks for (default fail), and its log.
+fn bad_samples(args: &DataArgs) -> (BadSamples, Arc<SkipLog>) {
+    let log = Arc::new(SkipLog::new());
+    match args.bad_images.unwrap_or_default() {
+        crate::run::BadImages::Fail => (BadSamples::Fail, log),
+        crate::run::BadImages::Skip => (BadSamples::Skip(log.clone()), log),
+    }
 }
 
 /// Arguments of `cnn check-data`.

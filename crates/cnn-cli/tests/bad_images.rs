@@ -1,7 +1,8 @@
 //! A photo folder cannot take a run down: a JPEG that panics the decoder is
 //! one `error:` line naming it (no backtrace), `--bad-images skip` trains
-//! past it and lists it, `cnn check-data` finds it beforehand, and `cnn eval
-//! --image` classifies the good images around it.
+//! past it and lists it, `cnn check-data` finds it beforehand, `cnn stats`
+//! honours the policy, and `cnn eval --image` classifies the good images
+//! around it.
 
 #![allow(clippy::unwrap_used)]
 
@@ -134,6 +135,15 @@ fn check_data_lists_the_unreadable_images() {
     assert!(errors.iter().any(|l| l.contains("cut.png")), "{out}");
     assert!(last_line(&o).contains("2 of 26 images unreadable"), "{out}");
     assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+
+    // `cnn stats` fails on them by default, and leaves them out under skip.
+    let spec = format!("folder:{}", dir.display());
+    let o = cnn(&["stats", "--data", &spec], tmp.path());
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stderr(&o).starts_with("error: ") && stderr(&o).lines().count() == 1, "{}", stderr(&o));
+    let o = cnn(&["stats", "--data", &spec, "--bad-images", "skip"], tmp.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(last_line(&o).contains("unreadable left out"), "{}", stdout(&o));
 
     std::fs::remove_file(dir.join("blue").join("cut.png")).unwrap();
     std::fs::remove_file(dir.join("red").join("bad.jpg")).unwrap();
