@@ -6,7 +6,7 @@ use std::sync::Arc;
 use cnn_tensor::Error;
 
 /// What a loader does with a sample it cannot read: a corrupt, truncated or
-/// vanished file ([`Error::Format`] or [`Error::Io`] from [`Dataset::get`],
+/// vanished file ([`Error::Format`] or [`Error::Io`] from [`crate::Dataset::get`],
 /// or a panic inside its decoder).
 #[derive(Debug, Clone, Default)]
 pub enum BadSamples {
