@@ -520,7 +520,10 @@ fn write_epoch(
     let best =
         if improved { save_checkpoint(dir, "best", model, optimizer, state) } else { Ok(()) };
     let history = History { epochs: state.history.clone() };
-    let metrics = history.write(dir).and_then(|()| plot_curves(&history, &dir.join("curves.png")));
+    // Each tried on its own: a metrics.csv that cannot be written does not keep the curves away.
+    let table = history.write(dir);
+    let curves = plot_curves(&history, &dir.join("curves.png"));
+    let metrics = table.and(curves);
     EpochWrites { last, best, metrics }
 }
 

@@ -356,3 +356,31 @@ fn a_last_checkpoint_that_cannot_be_written_fails_the_run_and_keeps_the_one_befo
     let csv = std::fs::read_to_string(full.join("metrics.csv")).unwrap();
     assert_eq!(csv.lines().count(), 5, "{csv}");
 }
+
+#[test]
+fn metrics_that_cannot_be_written_do_not_lose_the_model() {
+    let (train, test) = digits_loaders();
+    let tmp = tempfile::tempdir().unwrap();
+    let whole = tmp.path().join("whole");
+    four_epochs().with_out_dir(&whole).fit(&mut model(10), &train, Some(&test)).unwrap();
+    // metrics.csv cannot be replaced: a non-empty directory stands in its place.
+    let run = tmp.path().join("run");
+    std::fs::create_dir_all(run.join("metrics.csv/in-the-way")).unwrap();
+    let report = four_epochs().with_out_dir(&run).fit(&mut model(10), &train, Some(&test)).unwrap();
+    assert!(report.completed);
+    for file in ["last/model.safetensors", "last/optimizer.safetensors"] {
+        assert_eq!(
+            std::fs::read(run.join(file)).unwrap(),
+            std::fs::read(whole.join(file)).unwrap()
+        );
+    }
+    assert_eq!(TrainerState::read(&run.join("last")).unwrap().history.len(), 4);
+    assert!(run.join("curves.png").is_file());
+    // Nothing half-written is left beside it.
+    let left: Vec<_> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
