@@ -148,17 +148,23 @@ pub fn run(args: TuneArgs, started: Instant) -> Result<ExitCode> {
     let arch_name = info.arch.clone();
     let (image, classes) = (info.image, info.classes.len());
     let mut factory = |seed: u64| Ok(arch::build(&arch_name, image, classes, seed)?.model);
-    let report = tuner.run(&mut factory, &data)?;
+    let report = tuner.run(&mut factory, &data);
+    // Under --bad-images skip, what was left out is listed whatever the outcome.
+    if let Err(e) = info.write_skipped(&out) {
+        eprintln!("warning: {e}");
+    }
+    let report = report?;
     let secs = started.elapsed().as_secs_f64();
     match (&report.best, report.best_val_accuracy) {
         (Some(best), Some(acc)) => println!(
-            "tuned in {secs:.1} s: best lr {:.3e}, weight decay {:.3e}, {} epochs: validation {:.2}%; report {}; train it with: cnn train --config {}",
+            "tuned in {secs:.1} s: best lr {:.3e}, weight decay {:.3e}, {} epochs: validation {:.2}%; report {}; train it with: cnn train --config {}{}",
             best.lr,
             best.weight_decay,
             best.epochs,
             100.0 * acc,
             out.join("report.md").display(),
-            out.join("best.json").display()
+            out.join("best.json").display(),
+            info.skipped_note(&out)
         ),
         _ => {
             let failed = report.steps.iter().find(|s| s.verdict == Verdict::Fail);
