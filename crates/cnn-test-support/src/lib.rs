@@ -1,8 +1,10 @@
 //! Helpers shared by the workspace's tests, in one place instead of a copy
 //! per test file: the proptest settings ([`proptest_config`]), comparisons of
 //! a fast kernel with its naive twin ([`rel_err`], [`max_abs_diff`]),
-//! temporary directories that are removed when dropped ([`temp_dir`]), and
-//! the mutation fuzzer the file parsers are run through ([`fuzz`]).
+//! temporary directories that are removed when dropped ([`temp_dir`]), the
+//! mutation fuzzer the file parsers are run through ([`fuzz`]) with its
+//! structure-aware mutators ([`formats`]), and image files made by several
+//! encoders for its corpora and the bad-image tests ([`images`]).
 //!
 //! It depends on no crate of the workspace, so every crate, `cnn-tensor`
 //! included, can take it as a dev-dependency. Not published.
