@@ -104,16 +104,9 @@ impl Splits {
     /// [`Error::Format`] when no image can be read.
     pub fn image_shape(&self, policy: &BadSamples) -> Result<[usize; 3]> {
         for i in 0..self.train.len() {
-            match (self.train.get(i), policy) {
-                (Ok((img, _)), _) => {
-                    let (c, h, w) = img.dim();
-                    return Ok([c, h, w]);
-                }
-                (Err(e @ (Error::Format { .. } | Error::Io { .. })), BadSamples::Skip(log)) => {
-                    let source = self.train.source(i).unwrap_or_else(|| format!("sample {i}"));
-                    log.record(&source, &e.to_string());
-                }
-                (Err(e), _) => return Err(e),
+            if let Some((img, _)) = policy.read(&*self.train, i, 0)? {
+                let (c, h, w) = img.dim();
+                return Ok([c, h, w]);
             }
         }
         Err(Error::config("data", "no training image could be read"))

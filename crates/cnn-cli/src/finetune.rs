@@ -53,7 +53,7 @@ probe without augmentation computes the frozen features once and trains the
 head on them. See docs/transfer.md.")]
 pub struct FinetuneArgs {
     #[command(flatten)]
-    data: DataArgs,
+    pub(crate) data: DataArgs,
     /// The pretrained weights (safetensors).
     #[arg(long)]
     weights: PathBuf,
@@ -109,13 +109,6 @@ pub struct FinetuneArgs {
     /// Print only the final line.
     #[arg(long, short)]
     quiet: bool,
-}
-
-impl FinetuneArgs {
-    /// Whether the data is an image folder (where unreadable images are met).
-    pub fn is_folder(&self) -> bool {
-        matches!(self.data.data, crate::data::DataSpec::Folder(_))
-    }
 }
 
 /// The normalization that goes with pretrained weights: given, the run's

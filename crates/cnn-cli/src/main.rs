@@ -159,30 +159,30 @@ fn main() -> ExitCode {
         // Fails only if a pool exists already, which cannot be the case here.
         let _ = rayon::ThreadPoolBuilder::new().num_threads(n.into()).build_global();
     }
+    // A folder's unreadable image: the error says how to get past it.
+    let data = match &cli.command {
+        Command::Train(a) => Some(&a.data),
+        Command::Tune(a) => Some(&a.data),
+        Command::Finetune(a) => Some(&a.data),
+        Command::AugmentPreview(a) => Some(&a.data),
+        Command::Stats(a) => Some(&a.data),
+        Command::CheckData(a) => Some(&a.data),
+        _ => None,
+    };
+    let folder = data.is_some_and(|d| matches!(d.data, DataSpec::Folder(_)));
     let result = match cli.command {
         Command::Train(args) => train::run(*args, started, cli.threads.is_some()),
-        Command::Tune(args) => {
-            let folder = args.is_folder();
-            tune::run(*args, started).map_err(|e| run::bad_image_hint(e, folder))
-        }
-        Command::Finetune(args) => {
-            let folder = args.is_folder();
-            finetune::run(*args, started).map_err(|e| run::bad_image_hint(e, folder))
-        }
+        Command::Tune(args) => tune::run(*args, started),
+        Command::Finetune(args) => finetune::run(*args, started),
         Command::Eval(args) => eval::run(args),
         Command::InitStats(args) => lecture::init_stats(args),
         Command::Degradation(args) => lecture::degradation(args, started),
         Command::Summary(args) => tools::summary(args),
-        Command::AugmentPreview(args) => {
-            let folder = args.is_folder();
-            tools::preview(args).map_err(|e| run::bad_image_hint(e, folder))
-        }
-        Command::Stats(args) => {
-            let folder = args.is_folder();
-            tools::stats(args).map_err(|e| run::bad_image_hint(e, folder))
-        }
+        Command::AugmentPreview(args) => tools::preview(args),
+        Command::Stats(args) => tools::stats(args),
         Command::CheckData(args) => tools::check_data(args),
-    };
+    }
+    .map_err(|e| run::bad_image_hint(e, folder));
     match result {
         Ok(code) => code,
         Err(e) => {

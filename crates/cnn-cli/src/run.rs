@@ -352,19 +352,19 @@ impl RunInfo {
     }
 }
 
-/// A folder run's error on an unreadable image, with the way around it.
+/// A folder run's error on an unreadable image (a format or I/O error), with
+/// the way around it.
 pub fn bad_image_hint(e: Error, folder: bool) -> Error {
-    const HINT: &str = "--bad-images skip leaves unreadable images out; cnn check-data lists them";
     match e {
-        Error::Format { context, msg } if folder => {
-            Error::Format { context, msg: format!("{msg}; {HINT}") }
+        Error::Format { .. } | Error::Io { .. } if folder => {
+            e.with_note("--bad-images skip leaves unreadable images out; cnn check-data lists them")
         }
         e => e,
     }
 }
 
 /// The loader policy for `--bad-images`, logging into `log`.
-fn policy(bad: BadImages, log: &SharedSkipLog) -> BadSamples {
+pub(crate) fn policy(bad: BadImages, log: &SharedSkipLog) -> BadSamples {
     match bad {
         BadImages::Fail => BadSamples::Fail,
         BadImages::Skip => BadSamples::Skip(log.0.clone()),

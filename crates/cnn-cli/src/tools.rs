@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Args;
-use cnn_data::{channel_stats_with, preview_grid, BadSamples, Dataset, ImageFolder, SkipLog};
+use cnn_data::{channel_stats_with, preview_grid, Dataset, ImageFolder, SampleName};
 use cnn_tensor::untrusted::contain_panic;
 use cnn_tensor::{Error, Result};
 
@@ -68,7 +68,7 @@ pub fn summary(args: SummaryArgs) -> Result<ExitCode> {
   cnn augment-preview --data cifar10:~/data/cifar-10-batches-bin --augment crop,flip,jitter,cutout --out p.png")]
 pub struct PreviewArgs {
     #[command(flatten)]
-    data: DataArgs,
+    pub(crate) data: DataArgs,
     /// none, default or a comma list of flip, crop, jitter, cutout.
     #[arg(long, default_value = "default")]
     augment: String,
@@ -84,13 +84,6 @@ pub struct PreviewArgs {
     /// Seed of the draws.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-}
-
-impl PreviewArgs {
-    /// Whether the data is an image folder (where unreadable images are met).
-    pub fn is_folder(&self) -> bool {
-        matches!(self.data.data, data::DataSpec::Folder(_))
-    }
 }
 
 /// Runs `cnn augment-preview`.
@@ -111,16 +104,7 @@ pub fn preview(args: PreviewArgs) -> Result<ExitCode> {
         if picked.len() == args.samples {
             break;
         }
-        let read = contain_panic(
-            &splits.train.source(i).unwrap_or_else(|| format!("sample {i}")),
-            "the dataset's reader",
-            || splits.train.get(i),
-        );
-        let (img, label) = match (read, &policy) {
-            (Ok(sample), _) => sample,
-            (Err(Error::Format { .. } | Error::Io { .. }), BadSamples::Skip(_)) => continue,
-            (Err(e), _) => return Err(e),
-        };
+        let Some((img, label)) = policy.read(&*splits.train, i, i as u64)? else { continue };
         if label == next_class % classes {
             picked.push(img);
             next_class += 1;
@@ -150,14 +134,7 @@ pub fn preview(args: PreviewArgs) -> Result<ExitCode> {
   cnn stats --data cifar10:~/data/cifar-10-batches-bin")]
 pub struct StatsArgs {
     #[command(flatten)]
-    data: DataArgs,
-}
-
-impl StatsArgs {
-    /// Whether the data is an image folder (where unreadable images are met).
-    pub fn is_folder(&self) -> bool {
-        matches!(self.data.data, data::DataSpec::Folder(_))
-    }
+    pub(crate) data: DataArgs,
 }
 
 /// Runs `cnn stats`.
@@ -170,13 +147,13 @@ pub fn stats(args: StatsArgs) -> Result<ExitCode> {
     let (policy, log) = bad_samples(&args.data);
     let (mean, std) = channel_stats_with(&*splits.train, &policy)?;
     let fmt = |v: &[f64]| v.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(", ");
-    let skipped = match log.len() {
+    let skipped = match log.0.len() {
         0 => String::new(),
         n => format!(" ({n} unreadable left out: cnn check-data lists them)"),
     };
     println!(
         "{spec}: {} training images of {}, {} classes: mean [{}] std [{}]{skipped}",
-        splits.train.len() - log.len(),
+        splits.train.len() - log.0.len(),
         splits.image_shape(&policy)?.map(|v| v.to_string()).join("×"),
         splits.classes().len(),
         fmt(&mean),
@@ -186,12 +163,9 @@ pub fn stats(args: StatsArgs) -> Result<ExitCode> {
 }
 
 /// The loader policy `--bad-images` asks for (default fail), and its log.
-fn bad_samples(args: &DataArgs) -> (BadSamples, Arc<SkipLog>) {
-    let log = Arc::new(SkipLog::new());
-    match args.bad_images.unwrap_or_default() {
-        crate::run::BadImages::Fail => (BadSamples::Fail, log),
-        crate::run::BadImages::Skip => (BadSamples::Skip(log.clone()), log),
-    }
+fn bad_samples(args: &DataArgs) -> (cnn_data::BadSamples, crate::run::SharedSkipLog) {
+    let log = crate::run::SharedSkipLog::default();
+    (crate::run::policy(args.bad_images.unwrap_or_default(), &log), log)
 }
 
 /// Arguments of `cnn check-data`.
@@ -206,7 +180,7 @@ before a long run (or trained with --bad-images skip). Exits 1 when any image
 is unreadable.")]
 pub struct CheckArgs {
     #[command(flatten)]
-    data: DataArgs,
+    pub(crate) data: DataArgs,
 }
 
 /// Runs `cnn check-data`: every sample read once; each unreadable one
@@ -250,8 +224,8 @@ pub fn check_data(args: CheckArgs) -> Result<ExitCode> {
         let errors: Vec<String> = (0..set.len())
             .into_par_iter()
             .filter_map(|i| {
-                let source = set.source(i).unwrap_or_else(|| format!("sample {i}"));
-                let read = contain_panic(&source, "the dataset's reader", || set.get(i));
+                let name = SampleName { dataset: &**set, index: i };
+                let read = contain_panic(name, "the dataset's reader", || set.get(i));
                 bar.inc(1);
                 read.err().map(|e| e.to_string())
             })

@@ -92,7 +92,7 @@ finishes the step, writes last/ and stops. A checkpoint that cannot be written
 epoch; the run fails at the end only if the last one cannot be written.")]
 pub struct TrainArgs {
     #[command(flatten)]
-    data: DataArgs,
+    pub(crate) data: DataArgs,
     /// The network.
     #[arg(long, default_value = "small", long_help = format!("The network: {ARCH_HELP}"))]
     arch: String,
@@ -252,8 +252,7 @@ pub fn run(args: TrainArgs, started: Instant, threads_given: bool) -> Result<Exi
     if args.distributed {
         return distributed(args, started, threads_given);
     }
-    let folder = matches!(args.data.data, DataSpec::Folder(_));
-    run_in(args, started, None).map_err(|e| crate::run::bad_image_hint(e, folder))
+    run_in(args, started, None)
 }
 
 #[cfg(not(feature = "distributed"))]

@@ -38,7 +38,7 @@ which `cnn train --config best.json` takes. Unless --val-fraction is given,
 a fifth of the training set is held out to select on (never the test set).")]
 pub struct TuneArgs {
     #[command(flatten)]
-    data: DataArgs,
+    pub(crate) data: DataArgs,
     /// The network.
     #[arg(long, default_value = "small", long_help = format!("The network: {ARCH_HELP}"))]
     arch: String,
@@ -66,13 +66,6 @@ pub struct TuneArgs {
     /// Print only the final line.
     #[arg(long, short)]
     quiet: bool,
-}
-
-impl TuneArgs {
-    /// Whether the data is an image folder (where unreadable images are met).
-    pub fn is_folder(&self) -> bool {
-        matches!(self.data.data, crate::data::DataSpec::Folder(_))
-    }
 }
 
 /// Runs `cnn tune`.

@@ -3,7 +3,11 @@
 
 use std::sync::Arc;
 
-use cnn_tensor::Error;
+use cnn_tensor::untrusted::contain_panic;
+use cnn_tensor::{Error, Result};
+use ndarray::Array3;
+
+use crate::Dataset;
 
 /// What a loader does with a sample it cannot read: a corrupt, truncated or
 /// vanished file ([`Error::Format`] or [`Error::Io`] from [`crate::Dataset::get`],
@@ -21,15 +25,53 @@ pub enum BadSamples {
     Skip(Arc<SkipLog>),
 }
 
-/// `e` with `note` added to its message (in parentheses); variants without
-/// free text are returned as they are.
-pub(crate) fn with_note(e: Error, note: &str) -> Error {
-    match e {
-        Error::Format { context, msg } => Error::Format { context, msg: format!("{msg} ({note})") },
-        Error::Io { context, source } => {
-            Error::Io { context: format!("{context} ({note})"), source }
+impl BadSamples {
+    /// Reads sample `i` of `dataset` under this policy, a panic in its reader
+    /// contained: `Some` when read; `None` when it cannot be read (a format
+    /// or I/O error) and the policy skips it (it is logged); under `Fail`
+    /// that error, with `read_before` samples noted in its message. Other
+    /// errors (an index out of range) pass through.
+    ///
+    /// # Errors
+    /// As said: an unreadable sample under `Fail`, or any other error of `get`.
+    pub fn read(
+        &self,
+        dataset: &dyn Dataset,
+        i: usize,
+        read_before: u64,
+    ) -> Result<Option<(Array3<f32>, usize)>> {
+        let name = SampleName { dataset, index: i };
+        match contain_panic(&name, "the dataset's reader", || dataset.get(i)) {
+            Ok(sample) => Ok(Some(sample)),
+            Err(e @ (Error::Format { .. } | Error::Io { .. })) => match self {
+                BadSamples::Skip(log) => {
+                    log.record(&name.to_string(), &e.to_string());
+                    Ok(None)
+                }
+                BadSamples::Fail => {
+                    Err(e.with_note(&format!("{read_before} samples read before it")))
+                }
+            },
+            Err(e) => Err(e),
         }
-        e => e,
+    }
+}
+
+/// Where sample `index` comes from, for messages: [`Dataset::source`] (an
+/// image folder's path) or `sample N`; formatted only when printed.
+pub struct SampleName<'a> {
+    /// The dataset.
+    pub dataset: &'a dyn Dataset,
+    /// The sample.
+    pub index: usize,
+}
+
+impl std::fmt::Display for SampleName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.dataset.source(self.index) {
+            Some(s) => f.write_str(&s),
+            None => write!(f, "sample {}", self.index),
+        }
     }
 }
 

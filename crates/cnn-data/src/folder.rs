@@ -160,11 +160,9 @@ fn decode_rgb8(path: &Path, max_bytes: u64) -> Result<image::RgbImage> {
         .with_guessed_format()
         .map_err(|e| bad(format!("cannot read: {e}")))?;
     let format = reader.format().map_or("image".to_string(), |f| format!("{f:?}").to_uppercase());
-    cnn_tensor::untrusted::contain_panic(
-        &path.display().to_string(),
-        &format!("the {format} decoder"),
-        || decode_limited(reader, max_bytes).map_err(bad),
-    )
+    cnn_tensor::untrusted::contain_panic(path.display(), &format!("the {format} decoder"), || {
+        decode_limited(reader, max_bytes).map_err(bad)
+    })
 }
 
 /// The decode itself, on bytes already in memory.

@@ -31,7 +31,7 @@ mod memory;
 mod preview;
 mod stats;
 
-pub use bad_samples::{BadSamples, SkipLog};
+pub use bad_samples::{BadSamples, SampleName, SkipLog};
 pub use cifar::Cifar;
 pub use dataset::{stratified_split, Dataset, Subset};
 pub use digits::Digits;

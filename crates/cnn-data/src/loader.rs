@@ -11,8 +11,7 @@ use ndarray::{Array4, Axis};
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
-use crate::bad_samples::with_note;
-use crate::{BadSamples, Dataset};
+use crate::{BadSamples, Dataset, SampleName};
 
 /// Positions `[rank·n/ranks, (rank+1)·n/ranks)`: rank `rank`'s share of a
 /// batch of `n` when `ranks` processes split it (shares differ by at most one
@@ -250,30 +249,17 @@ impl DataLoader {
     /// dataset's reader or the transform is contained here, so a worker
     /// thread never takes the run (or the pool) down with it.
     fn sample(&self, i: usize, epoch: u64) -> Result<Option<(ndarray::Array3<f32>, usize)>> {
-        let name = || self.dataset.source(i).unwrap_or_else(|| format!("sample {i}"));
-        let read = contain_panic(&name(), "the dataset's reader", || self.dataset.get(i));
-        let (img, label) = match read {
-            Ok(sample) => sample,
-            Err(e @ (Error::Format { .. } | Error::Io { .. })) => {
-                return match &self.bad_samples {
-                    BadSamples::Skip(log) => {
-                        log.record(&name(), &e.to_string());
-                        Ok(None)
-                    }
-                    BadSamples::Fail => {
-                        let before = self.read.load(Ordering::Relaxed);
-                        Err(with_note(e, &format!("{before} samples read before it")))
-                    }
-                };
-            }
-            Err(e) => return Err(e),
+        let before = self.read.load(Ordering::Relaxed);
+        let Some((img, label)) = self.bad_samples.read(&*self.dataset, i, before)? else {
+            return Ok(None);
         };
         self.read.fetch_add(1, Ordering::Relaxed);
         let img = match &self.transform {
             Some(t) => {
                 let mut rng =
                     seeded_rng(mix(self.seed ^ mix(epoch) ^ mix(i as u64).rotate_left(17)));
-                contain_panic(&name(), "the transform", || t.apply(img, &mut rng))?
+                let name = SampleName { dataset: &*self.dataset, index: i };
+                contain_panic(name, "the transform", || t.apply(img, &mut rng))?
             }
             None => img,
         };

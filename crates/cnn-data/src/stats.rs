@@ -29,26 +29,9 @@ pub fn channel_stats_with(dataset: &dyn Dataset, bad: &BadSamples) -> Result<(Ve
         return Err(Error::shape("channel_stats", "the dataset is empty"));
     }
     let (mut count, mut mean, mut m2): (f64, Vec<f64>, Vec<f64>) = (0.0, Vec::new(), Vec::new());
-    let mut read = 0usize;
+    let mut read = 0u64;
     for i in 0..dataset.len() {
-        let source = || dataset.source(i).unwrap_or_else(|| format!("sample {i}"));
-        let got = cnn_tensor::untrusted::contain_panic(&source(), "the dataset's reader", || {
-            dataset.get(i)
-        });
-        let (img, _) = match (got, bad) {
-            (Ok(sample), _) => sample,
-            (Err(e @ (Error::Format { .. } | Error::Io { .. })), BadSamples::Skip(log)) => {
-                log.record(&source(), &e.to_string());
-                continue;
-            }
-            (Err(e @ (Error::Format { .. } | Error::Io { .. })), BadSamples::Fail) => {
-                return Err(crate::bad_samples::with_note(
-                    e,
-                    &format!("{read} samples read before it"),
-                ));
-            }
-            (Err(e), _) => return Err(e),
-        };
+        let Some((img, _)) = bad.read(dataset, i, read)? else { continue };
         read += 1;
         let (c, h, w) = img.dim();
         if mean.is_empty() {

@@ -78,6 +78,36 @@ impl Error {
     pub fn distributed(msg: impl Into<String>) -> Self {
         Error::Distributed { msg: msg.into() }
     }
+
+    /// This error with `note` after what it says, in parentheses
+    /// (`file: cannot decode: … (12 samples read before it)`); variants
+    /// without free text are returned as they are.
+    pub fn with_note(self, note: &str) -> Self {
+        match self {
+            Error::Format { context, msg } => {
+                Error::Format { context, msg: format!("{msg} ({note})") }
+            }
+            Error::Io { context, source } => {
+                Error::Io { context: format!("{context} ({note})"), source }
+            }
+            e => e,
+        }
+    }
+
+    /// This error led by `summary`, what failed following in parentheses
+    /// (`the checkpoint of epoch 4 could not be written; … (write x.tmp): No space left`);
+    /// variants without free text are returned as they are.
+    pub fn led_by(self, summary: &str) -> Self {
+        match self {
+            Error::Io { context, source } => {
+                Error::Io { context: format!("{summary} ({context})"), source }
+            }
+            Error::Format { context, msg } => {
+                Error::Format { context, msg: format!("{summary}: {msg}") }
+            }
+            e => e,
+        }
+    }
 }
 
 /// `Result` with this workspace's [`Error`].
@@ -104,5 +134,16 @@ mod tests {
         let e = reshape().unwrap_err();
         assert!(matches!(e, Error::Shape { op: "ndarray", .. }), "{e}");
         assert!(e.to_string().starts_with("ndarray: "), "{e}");
+    }
+
+    #[test]
+    fn notes_go_after_the_message_and_summaries_before_the_failed_step() {
+        let io =
+            || Error::Io { context: "write a.tmp".into(), source: std::io::Error::other("full") };
+        assert_eq!(io().with_note("3 read").to_string(), "write a.tmp (3 read): full");
+        assert_eq!(io().led_by("no checkpoint").to_string(), "no checkpoint (write a.tmp): full");
+        let f = Error::Format { context: "x.png".into(), msg: "bad".into() };
+        assert_eq!(f.with_note("n").to_string(), "x.png: bad (n)");
+        assert_eq!(Error::config("t", "c").with_note("n").to_string(), "t: invalid setting: c");
     }
 }

@@ -58,7 +58,8 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Runs `decode` (a dependency's decoder, on bytes from `file`); a panic
-/// inside it becomes [`Error::Format`] with `file` as its context, saying
+/// inside it becomes [`Error::Format`] with `file` as its context (formatted
+/// only then: a lazy [`std::fmt::Display`] costs nothing per call), saying
 /// that `decoder` (`"the JPEG decoder"`) failed on the file, with the
 /// panic's message.
 ///
@@ -76,7 +77,7 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// # Errors
 /// Whatever `decode` returns, and [`Error::Format`] for a panic inside it.
 pub fn contain_panic<T>(
-    file: &str,
+    file: impl std::fmt::Display,
     decoder: &str,
     decode: impl FnOnce() -> Result<T>,
 ) -> Result<T> {

@@ -109,14 +109,11 @@ impl TrainerState {
         let bytes = fs::read(&path)
             .map_err(|e| Error::Io { context: format!("read {}", path.display()), source: e })?;
         let bad = |msg: String| Error::Format { context: path.display().to_string(), msg };
-        let state: TrainerState = cnn_tensor::untrusted::contain_panic(
-            &path.display().to_string(),
-            "the JSON parser",
-            || {
+        let state: TrainerState =
+            cnn_tensor::untrusted::contain_panic(path.display(), "the JSON parser", || {
                 serde_json::from_slice(&bytes)
                     .map_err(|e| bad(format!("not a trainer state ({e})")))
-            },
-        )?;
+            })?;
         if state.format != FORMAT_VERSION {
             return Err(bad(format!(
                 "format {} (this build reads {FORMAT_VERSION})",

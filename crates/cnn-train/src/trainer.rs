@@ -394,13 +394,10 @@ impl Trainer {
                     if let Some(dir) = &out_dir {
                         // Asked to stop: a checkpoint that cannot be written is the run's error.
                         save_checkpoint(dir, "last", model, &optimizer, &state).map_err(|e| {
-                            with_context(
-                                e,
-                                &format!(
-                                    "stopping, the checkpoint could not be written; {}",
-                                    last_written(dir, written_epoch)
-                                ),
-                            )
+                            e.led_by(&format!(
+                                "stopping, the checkpoint could not be written; {}",
+                                last_written(dir, written_epoch)
+                            ))
                         })?;
                     }
                     completed = false;
@@ -440,10 +437,6 @@ impl Trainer {
             progress.end_epoch(&record);
             if let Some(dir) = &out_dir {
                 let written = write_epoch(dir, model, &optimizer, &state, improved);
-                if written.last.is_ok() {
-                    written_epoch = Some(state.epoch);
-                    unwritten = None;
-                }
                 if let Err(e) = written.last {
                     // After the last epoch the error itself says it (below).
                     if state.epoch < config.epochs {
@@ -454,6 +447,9 @@ impl Trainer {
                         ));
                     }
                     unwritten = Some(e);
+                } else {
+                    written_epoch = Some(state.epoch);
+                    unwritten = None;
                 }
                 if let Err(e) = written.best {
                     // The next improvement must write best/ again.
@@ -479,14 +475,11 @@ impl Trainer {
         }
         progress.finish();
         if let (Some(e), Some(dir)) = (unwritten, &out_dir) {
-            return Err(with_context(
-                e,
-                &format!(
-                    "the checkpoint of epoch {} could not be written; {}",
-                    state.epoch,
-                    last_written(dir, written_epoch)
-                ),
-            ));
+            return Err(e.led_by(&format!(
+                "the checkpoint of epoch {} could not be written; {}",
+                state.epoch,
+                last_written(dir, written_epoch)
+            )));
         }
         Ok(FitReport {
             history: History { epochs: state.history },
@@ -534,16 +527,5 @@ fn last_written(dir: &Path, epoch: Option<usize>) -> String {
         Some(e) => {
             format!("the last checkpoint written is epoch {e} ({})", dir.join("last").display())
         }
-    }
-}
-
-/// `e` led by `note`: `note (what failed): why`.
-fn with_context(e: Error, note: &str) -> Error {
-    match e {
-        Error::Io { context, source } => {
-            Error::Io { context: format!("{note} ({context})"), source }
-        }
-        Error::Format { context, msg } => Error::Format { context, msg: format!("{msg} ({note})") },
-        e => e,
     }
 }

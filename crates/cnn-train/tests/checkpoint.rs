@@ -259,6 +259,14 @@ fn block_checkpoints(run: &Path) {
     std::fs::write(run.join(".last.tmp"), b"in the way").unwrap();
 }
 
+/// Two runs' `last/` model and optimizer files are the same bytes.
+fn assert_same_tensors(a: &Path, b: &Path) {
+    for file in ["last/model.safetensors", "last/optimizer.safetensors"] {
+        let read = |run: &Path| std::fs::read(run.join(file)).unwrap();
+        assert_eq!(read(a), read(b), "{file} of {} and {}", a.display(), b.display());
+    }
+}
+
 fn digits_loaders() -> (DataLoader, DataLoader) {
     let (train, test) = Digits::load().unwrap().split(0.2, 0).unwrap();
     let train = DataLoader::new(Arc::new(train), 64, 0).unwrap();
@@ -296,13 +304,7 @@ fn a_checkpoint_that_cannot_be_written_is_retried_after_the_next_epoch() {
     assert!(report.completed);
     // The run trained on through the failures: the same weights and optimizer
     // state bitwise, the same place in the run and the same best accuracy.
-    for file in ["last/model.safetensors", "last/optimizer.safetensors"] {
-        assert_eq!(
-            std::fs::read(faulty.join(file)).unwrap(),
-            std::fs::read(whole.join(file)).unwrap(),
-            "{file}"
-        );
-    }
+    assert_same_tensors(&faulty, &whole);
     let (a, b) = (
         TrainerState::read(&faulty.join("last")).unwrap(),
         TrainerState::read(&whole.join("last")).unwrap(),
@@ -349,9 +351,7 @@ fn a_last_checkpoint_that_cannot_be_written_fails_the_run_and_keeps_the_one_befo
     let st =
         load_checkpoint(&full.join("last"), &mut model(10), &mut optimizer_for_resume()).unwrap();
     assert_eq!(st.epoch, 1);
-    for file in ["last/model.safetensors", "last/optimizer.safetensors"] {
-        assert_eq!(std::fs::read(full.join(file)).unwrap(), std::fs::read(one.join(file)).unwrap());
-    }
+    assert_same_tensors(&full, &one);
     // The metrics went on being written: all four epochs are there.
     let csv = std::fs::read_to_string(full.join("metrics.csv")).unwrap();
     assert_eq!(csv.lines().count(), 5, "{csv}");
@@ -368,12 +368,7 @@ fn metrics_that_cannot_be_written_do_not_lose_the_model() {
     std::fs::create_dir_all(run.join("metrics.csv/in-the-way")).unwrap();
     let report = four_epochs().with_out_dir(&run).fit(&mut model(10), &train, Some(&test)).unwrap();
     assert!(report.completed);
-    for file in ["last/model.safetensors", "last/optimizer.safetensors"] {
-        assert_eq!(
-            std::fs::read(run.join(file)).unwrap(),
-            std::fs::read(whole.join(file)).unwrap()
-        );
-    }
+    assert_same_tensors(&run, &whole);
     assert_eq!(TrainerState::read(&run.join("last")).unwrap().history.len(), 4);
     assert!(run.join("curves.png").is_file());
     // Nothing half-written is left beside it.
