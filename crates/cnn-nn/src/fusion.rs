@@ -11,7 +11,7 @@ use std::cell::Cell;
 use cnn_act::{Act, Activation};
 use cnn_conv::{ChannelAffine, Conv2d, Epilogue};
 use cnn_norm::BatchNorm;
-use cnn_tensor::{ArrayD, Error, Float, Layer, Mode, Result};
+use cnn_tensor::{switches, ArrayD, Error, Float, Layer, Mode, Result};
 use ndarray::{Array4, ArrayView4, Ix4};
 
 thread_local! {
@@ -19,26 +19,20 @@ thread_local! {
 }
 
 /// Whether eval-mode forwards on this thread fuse: [`with_fusion`]'s setting,
-/// else `CNN_FUSION` (`0` turns it off), else on.
+/// else `CNN_FUSION` (`off` turns it off; [`cnn_tensor::switches::FUSION`]), else on.
 pub fn fusion_enabled() -> bool {
-    ENABLED.with(|e| e.get()).unwrap_or_else(|| {
-        static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *ENV.get_or_init(|| std::env::var("CNN_FUSION").map_or(true, |v| v.trim() != "0"))
-    })
+    static ENV: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    ENABLED
+        .with(|e| e.get())
+        .or_else(|| switches::FUSION.cached(&ENV, switches::parse_on_off))
+        .unwrap_or(true)
 }
 
 /// Runs `f` with fused inference on or off on this thread (restored after,
 /// even on panic): `with_fusion(false, || net.forward(x, Mode::Eval))` runs
 /// every layer by itself, as in train mode.
 pub fn with_fusion<R>(enabled: bool, f: impl FnOnce() -> R) -> R {
-    struct Restore(Option<bool>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            ENABLED.with(|e| e.set(self.0));
-        }
-    }
-    let _restore = Restore(ENABLED.with(|e| e.replace(Some(enabled))));
-    f()
+    switches::scoped(&ENABLED, enabled, f)
 }
 
 /// `relu?(bn(conv(x)))` in one pass (eval mode): the norm folded into the

@@ -47,6 +47,7 @@ pub mod random;
 mod reduce;
 pub mod scratch;
 pub mod simd;
+pub mod switches;
 pub mod untrusted;
 
 pub use error::{Error, Result};

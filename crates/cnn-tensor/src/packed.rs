@@ -42,30 +42,20 @@ pub const PANELS: [(usize, usize); 6] = [(8, 3), (4, 6), (12, 2), (14, 2), (6, 4
 /// The panel shapes to choose from on this CPU: `CNN_GEMM_PANEL=MRxNR` (one of
 /// [`PANELS`], e.g. `8x48`) if set, else the table of the CPU's vendor.
 fn shapes() -> &'static [(usize, usize)] {
-    static CHOSEN: std::sync::OnceLock<Vec<(usize, usize)>> = std::sync::OnceLock::new();
-    CHOSEN.get_or_init(|| {
-        if let Ok(v) = std::env::var("CNN_GEMM_PANEL") {
-            let parsed = v.split_once('x').and_then(|(m, n)| {
-                let (mr, nr) = (m.trim().parse::<usize>().ok()?, n.trim().parse::<usize>().ok()?);
-                (nr % 16 == 0 && PANELS.contains(&(mr, nr / 16))).then_some((mr, nr / 16))
-            });
-            match parsed {
-                Some(shape) => return vec![shape],
-                None => eprintln!(
-                    "warning: CNN_GEMM_PANEL={v:?} is not one of {}; using the CPU's table",
-                    PANELS
-                        .iter()
-                        .map(|(m, v)| format!("{m}x{}", 16 * v))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            }
-        }
-        match crate::simd::vendor() {
-            crate::simd::CpuVendor::Intel => SHAPES_INTEL.to_vec(),
-            _ => SHAPES_AMD.to_vec(),
-        }
-    })
+    static FORCED: std::sync::OnceLock<Option<(usize, usize)>> = std::sync::OnceLock::new();
+    let forced = crate::switches::GEMM_PANEL.cached(&FORCED, |v| {
+        let (m, n) = v.split_once('x')?;
+        let (mr, nr) = (m.trim().parse::<usize>().ok()?, n.trim().parse::<usize>().ok()?);
+        (nr % 16 == 0 && PANELS.contains(&(mr, nr / 16))).then_some((mr, nr / 16))
+    });
+    static ONE: std::sync::OnceLock<[(usize, usize); 1]> = std::sync::OnceLock::new();
+    match forced {
+        Some(shape) => ONE.get_or_init(|| [shape]),
+        None => match crate::simd::vendor() {
+            crate::simd::CpuVendor::Intel => &SHAPES_INTEL,
+            _ => &SHAPES_AMD,
+        },
+    }
 }
 
 /// A left operand `A: [m, k]`, packed for repeated products `A·B`.

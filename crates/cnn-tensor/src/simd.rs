@@ -82,23 +82,9 @@ pub fn detected() -> SimdLevel {
 /// by `CNN_SIMD` when it is set (read once per process; an unknown value is
 /// ignored with a warning on stderr, and a level above the CPU's is capped).
 pub fn level() -> SimdLevel {
-    static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
-    *LEVEL.get_or_init(|| {
-        let cpu = detected();
-        match std::env::var("CNN_SIMD") {
-            Ok(v) => match SimdLevel::parse(&v) {
-                Some(cap) => cap.min(cpu),
-                None => {
-                    eprintln!(
-                        "warning: CNN_SIMD={v:?} is not one of portable, avx2, avx512; using {}",
-                        cpu.name()
-                    );
-                    cpu
-                }
-            },
-            Err(_) => cpu,
-        }
-    })
+    static CAP: OnceLock<Option<SimdLevel>> = OnceLock::new();
+    let cpu = detected();
+    crate::switches::SIMD.cached(&CAP, SimdLevel::parse).map_or(cpu, |cap| cap.min(cpu))
 }
 
 /// The x86 CPU vendor, for kernels whose best shape differs between vendors.
