@@ -1,27 +1,22 @@
-//! conv2d forward and backward by im2col + GEMM, parallel over blocks of samples;
-//! the entry points also route depthwise convs to `depthwise.rs` and 3×3
-//! stride-1 convs to Winograd (`winograd.rs`) by `Conv2dOptions::algorithm`.
-//!
-//! Buffers, for a block of `s` samples and one group `g` (`G` groups):
-//! ```text
-//! col   [Cg·kh·kw, s·Ho·Wo]   im2col of the block          Cg  = C_in / G
-//! W_g   [Cog, Cg·kh·kw]       rows of the weight            Cog = C_out / G
-//! out   [Cog, s·Ho·Wo]        W_g · col, then scattered to y[n, g·Cog.., :, :]
-//! dW_g  += dy_g · colᵀ        dy_g gathered like out
-//! dcol   = W_gᵀ · dy_g        then col2im onto dx
-//! ```
-//! Blocks depend on the shapes only, never on the thread count, and partial
-//! weight gradients are summed in block order: the same numbers on any number
-//! of threads.
+//! conv2d's public entry points and the choice of algorithm: each call is
+//! routed to the direct depthwise kernel (`depthwise.rs`), Winograd
+//! (`winograd/`, 3×3 stride-1) or im2col + GEMM (`im2col_gemm.rs`) by
+//! [`Conv2dOptions::algorithm`], the scope of [`with_conv_algorithm`],
+//! `CNN_CONV_ALGORITHM` and the shape rule, in that order. The kernels know
+//! nothing of the choice, nor of the weight cache: this module hands each its
+//! prepared weights.
 
-use cnn_tensor::scratch::Scratch as Pooled;
-use cnn_tensor::{gemm, gemm_packed, gemm_packed_split, Float, GemmSplit, PackedLhs, Result};
-use ndarray::{Array1, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut2, ShapeBuilder};
-use rayon::prelude::*;
-use std::ops::Range;
+use cnn_tensor::{switches, Error, Float, Result};
+use ndarray::{Array1, Array4, ArrayView1, ArrayView4};
+use std::cell::Cell;
+use std::sync::OnceLock;
 
-use crate::im2col::{col2im, im2col};
-use crate::{Conv2dOptions, ConvGeometry};
+use crate::epilogue::{bias_grad, Epilogue, Finish};
+use crate::im2col_gemm::{self, Pass, Plan};
+use crate::matrix::contiguous;
+use crate::weight_cache::WeightCache;
+use crate::winograd::{self, Tile};
+use crate::{Conv2dOptions, ConvAlgorithm, ConvGeometry};
 
 /// Gradients of a convolution: [`conv2d_backward`] and its naive twin.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,150 +29,104 @@ pub struct Conv2dGrads<T> {
     pub db: Array1<T>,
 }
 
-/// Columns a GEMM should see at least: small feature maps are batched so
-/// that matrixmultiply's packing pays off (measured: see docs/benchmarks.md).
-const TARGET_COLS: usize = 512;
-/// Bound on the memory of the per-block partial weight gradients.
-const PARTIALS_BYTES: usize = 32 << 20;
-/// At most this many blocks in backward: enough to balance 16 threads, few
-/// enough that summing the partial weight gradients stays cheap.
-const MAX_BLOCKS: usize = 64;
-/// Bytes of im2col tile that should stay in a core's L2 cache between being
-/// written and being packed by the GEMM.
-const TILE_BYTES: usize = 512 * 1024;
-
-/// Which pass a plan is for: forward has no partial sums to bound.
+/// The kernel that computes one convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Pass {
-    /// `y = conv(x)`.
-    Forward,
-    /// `dx` and `dW`.
-    Backward,
+pub(crate) enum Route {
+    /// The direct depthwise kernel (`groups == C_in == C_out`).
+    Depthwise,
+    /// Winograd with this tile.
+    Winograd(Tile),
+    /// im2col + GEMM: everything else.
+    Im2col,
 }
 
-/// How the work is cut, from the shapes alone (never from the thread count).
+thread_local! {
+    /// The algorithm [`with_conv_algorithm`] set for this thread, if any.
+    static SCOPED: Cell<Option<ConvAlgorithm>> = const { Cell::new(None) };
+}
+
+/// The algorithm `CNN_CONV_ALGORITHM` asks for (read once; [`switches::CONV_ALGORITHM`]).
+fn env_algorithm() -> Option<ConvAlgorithm> {
+    static ALGO: OnceLock<Option<ConvAlgorithm>> = OnceLock::new();
+    switches::CONV_ALGORITHM.cached(&ALGO, ConvAlgorithm::parse)
+}
+
+/// Runs `f` with every convolution of this thread whose options say
+/// [`ConvAlgorithm::Auto`] computed by `algorithm` where it applies (im2col
+/// where it does not), ahead of `CNN_CONV_ALGORITHM`; restored afterwards,
+/// also on a panic. Like `torch.backends.cudnn.flags(...)`: for a
+/// reproducibility check or a comparison, without rebuilding the model.
 ///
-/// Blocks of samples run in parallel; inside a block, each GEMM is cut
-/// further into `split` row × column blocks of its output when there are
-/// too few blocks to give every one of 16 threads four tasks
-/// ([`crate::plan::MIN_TASKS`]).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Plan {
-    /// Samples per block: the unit of parallel work and of partial dW sums.
-    pub(crate) samples: usize,
-    /// Whether a block's samples sit side by side in one GEMM (small maps),
-    /// or go one by one, tile by tile, straight into the output.
-    pub(crate) batched: bool,
-    /// Output rows per GEMM when not batched.
-    pub(crate) tile_rows: usize,
-    /// How each GEMM (forward: `W_g·col`; backward: `W_gᵀ·dy_g` and the dW
-    /// product, by rows of dW) is cut into parallel tasks.
-    pub(crate) split: GemmSplit,
+/// ```
+/// use cnn_conv::{conv2d_forward, with_conv_algorithm, Conv2dOptions, ConvAlgorithm};
+/// use ndarray::Array4;
+///
+/// let (x, w) = (Array4::<f32>::ones((1, 32, 8, 8)), Array4::<f32>::ones((32, 32, 3, 3)));
+/// let opts = Conv2dOptions::default().with_padding(1);
+/// let y = with_conv_algorithm(ConvAlgorithm::Im2col, || conv2d_forward(x.view(), w.view(), None, &opts))?;
+/// assert_eq!(y[[0, 0, 4, 4]], 288.0);
+/// # Ok::<(), cnn_tensor::Error>(())
+/// ```
+pub fn with_conv_algorithm<R>(algorithm: ConvAlgorithm, f: impl FnOnce() -> R) -> R {
+    switches::scoped(&SCOPED, algorithm, f)
 }
 
-impl Plan {
-    pub(crate) fn new<T>(g: &ConvGeometry, pass: Pass) -> Self {
-        let partial_dw_bytes = g.c_out * g.col_rows() * std::mem::size_of::<T>();
-        let max_blocks = match pass {
-            Pass::Forward => g.n,
-            Pass::Backward => (PARTIALS_BYTES / partial_dw_bytes).clamp(1, MAX_BLOCKS),
-        };
-        let min_samples = g.n.div_ceil(max_blocks);
-        // A pointwise conv reads x and writes y in place, with no copies, so it is never batched.
-        let batched = !g.is_pointwise() && g.out_area() < TARGET_COLS && g.n > 1;
-        let samples =
-            if batched { TARGET_COLS.div_ceil(g.out_area()).max(min_samples) } else { min_samples };
-        let samples = samples.min(g.n);
-        let cols = (TILE_BYTES / (g.col_rows() * std::mem::size_of::<T>())).max(TARGET_COLS);
-        // Tiles of about equal height: ⌈ho / tiles⌉ rows each.
-        let tiles = g.ho.div_ceil((cols / g.wo).clamp(1, g.ho));
-        let tile_rows = g.ho.div_ceil(tiles);
-        let blocks = g.n.div_ceil(samples);
-        let gemm_cols = if batched { samples * g.out_area() } else { tile_rows * g.wo };
-        // Forward's GEMM has C_out/G rows; backward's dx product C_in/G·kh·kw.
-        let rows = match pass {
-            Pass::Forward => g.c_out_g(),
-            Pass::Backward => g.c_out_g().min(g.col_rows()),
-        };
-        let depth = g.c_out_g() * g.col_rows() / rows;
-        let total = (g.flops() / 2) as usize;
-        let split =
-            crate::plan::gemm_split(blocks * g.opts.groups, (rows, gemm_cols, depth), total);
-        Plan { samples, batched, tile_rows, split }
-    }
+/// The shape rule of [`ConvAlgorithm::Auto`] (measured; docs/conv.md): F(4×4)
+/// when both channel counts are at least 32, the map is at least 6×6 and the
+/// batch has 32 tiles — below that the transforms (or the padded products)
+/// cost more than the multiplies they save.
+fn auto_rule(g: &ConvGeometry) -> Option<Tile> {
+    let (cg, cog) = (g.c_in_g(), g.c_out_g());
+    // The α² products are [C_out × C_in]·[C_in × tiles]: with fewer than 32
+    // tiles in the whole batch (a 7×7 map at batch 1 has 4) the micro-kernel
+    // pads each product to 32 columns and im2col does less work.
+    let tiles = g.n * g.ho.div_ceil(4) * g.wo.div_ceil(4);
+    (cg >= 32 && cog >= 32 && g.ho >= 6 && g.wo >= 6 && tiles >= 32).then_some(Tile::F4)
+}
 
-    /// Columns of the largest GEMM operand: the size of the scratch buffers.
-    fn max_cols(&self, g: &ConvGeometry) -> usize {
-        if self.batched {
-            self.samples * g.out_area()
+/// Which kernel computes `g`: depthwise when it applies; else the option,
+/// then (for `Auto`) [`with_conv_algorithm`], `CNN_CONV_ALGORITHM`, the shape rule.
+///
+/// # Errors
+/// [`Error::Config`] when the options force Winograd on a convolution it cannot compute.
+pub(crate) fn route(g: &ConvGeometry) -> Result<Route> {
+    if crate::depthwise::applies(g) {
+        return Ok(Route::Depthwise);
+    }
+    let applies = winograd::applies(g);
+    let forced = |tile: Tile| {
+        if applies {
+            Ok(Route::Winograd(tile))
         } else {
-            self.tile_rows * g.wo
+            Err(Error::config(
+                "conv2d",
+                format!(
+                    "algorithm {:?} needs a 3x3 kernel with stride 1 and dilation 1, got {}x{} \
+                     with stride {:?} and dilation {:?}",
+                    g.opts.algorithm, g.kh, g.kw, g.opts.stride, g.opts.dilation
+                ),
+            ))
+        }
+    };
+    let winograd_or_im2col = |tile: Option<Tile>| match tile {
+        Some(tile) if applies => Route::Winograd(tile),
+        _ => Route::Im2col,
+    };
+    match g.opts.algorithm {
+        ConvAlgorithm::Im2col => Ok(Route::Im2col),
+        ConvAlgorithm::Winograd | ConvAlgorithm::Winograd4 => forced(Tile::F4),
+        ConvAlgorithm::Winograd2 => forced(Tile::F2),
+        ConvAlgorithm::Auto => {
+            let asked = SCOPED.with(Cell::get).or_else(env_algorithm).unwrap_or_default();
+            Ok(winograd_or_im2col(match asked {
+                ConvAlgorithm::Im2col => None,
+                ConvAlgorithm::Winograd | ConvAlgorithm::Winograd4 => Some(Tile::F4),
+                ConvAlgorithm::Winograd2 => Some(Tile::F2),
+                ConvAlgorithm::Auto if applies => auto_rule(g),
+                ConvAlgorithm::Auto => None,
+            }))
         }
     }
-
-    /// Output-row ranges of the tiles of one sample.
-    pub(crate) fn tiles(&self, g: &ConvGeometry) -> impl Iterator<Item = Range<usize>> {
-        let (step, ho) = (self.tile_rows, g.ho);
-        (0..ho).step_by(step).map(move |r| r..(r + step).min(ho))
-    }
-
-    /// Blocks of samples: `(first sample, samples)`.
-    #[cfg(test)]
-    pub(crate) fn blocks(&self, g: &ConvGeometry) -> impl Iterator<Item = (usize, usize)> {
-        let (step, n) = (self.samples, g.n);
-        (0..n).step_by(step).map(move |n0| (n0, step.min(n - n0)))
-    }
-}
-
-/// Each group's weight `W_g [C_out/G, rows]` (or its transpose, for dx)
-/// packed once for the whole call.
-fn pack_weights<T: Float>(
-    g: &ConvGeometry,
-    plan: &Plan,
-    ws: &[T],
-    transposed: bool,
-) -> Vec<PackedLhs<T>> {
-    let (rows, cog) = (g.col_rows(), g.c_out_g());
-    (0..g.opts.groups)
-        .map(|grp| {
-            let w_g = mat(&ws[grp * cog * rows..], cog, rows, rows);
-            PackedLhs::new(if transposed { w_g.t() } else { w_g }, plan.max_cols(g))
-        })
-        .collect()
-}
-
-/// A row-major matrix view over a slice, rows `ld` apart.
-pub(crate) fn mat<T>(data: &[T], rows: usize, cols: usize, ld: usize) -> ArrayView2<'_, T> {
-    // Invariant of every caller: the slice covers `rows` rows of stride `ld`.
-    ArrayView2::from_shape((rows, cols).strides((ld, 1)), data)
-        .expect("matrix view within its buffer")
-}
-
-/// A mutable row-major matrix view over a slice, rows `ld` apart.
-pub(crate) fn mat_mut<T>(
-    data: &mut [T],
-    rows: usize,
-    cols: usize,
-    ld: usize,
-) -> ArrayViewMut2<'_, T> {
-    ArrayViewMut2::from_shape((rows, cols).strides((ld, 1)), data)
-        .expect("matrix view within its buffer")
-}
-
-/// `out ← w·b`, in one task or cut as `split` says (the same numbers either way).
-pub(crate) fn product<T: Float>(
-    w: &PackedLhs<T>,
-    b: ArrayView2<'_, T>,
-    out: ArrayViewMut2<'_, T>,
-    split: GemmSplit,
-    packed: &mut Vec<T>,
-) {
-    let done = if split == GemmSplit::ONE {
-        gemm_packed(w, b, T::zero(), out, packed)
-    } else {
-        gemm_packed_split(w, b, T::zero(), out, split)
-    };
-    done.expect("shapes agree by construction");
 }
 
 /// 2-D convolution (cross-correlation, as `F.conv2d`).
@@ -205,18 +154,6 @@ pub fn conv2d_forward<T: Float>(
     conv2d_forward_cached(x, w, b, opts, None, Epilogue::None)
 }
 
-/// What a convolution applies to each output tile while it is still in
-/// cache, after the bias: nothing, or ReLU (`max(v, 0)`, 0 for NaN, as the
-/// `Act` layer), the epilogue of fused inference.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Epilogue {
-    /// `y = conv(x) + b`.
-    #[default]
-    None,
-    /// `y = relu(conv(x) + b)`.
-    Relu,
-}
-
 /// [`conv2d_forward`] followed by `epilogue`, applied tile by tile in the
 /// kernel (equal to a separate ReLU, bit for bit).
 ///
@@ -232,232 +169,56 @@ pub fn conv2d_forward_with<T: Float>(
     conv2d_forward_cached(x, w, b, opts, None, epilogue)
 }
 
-/// `max(v, 0)`, 0 for NaN: the `Act` layer's ReLU.
-#[inline(always)]
-pub(crate) fn relu<T: Float>(v: T) -> T {
-    if v > T::zero() {
-        v
-    } else {
-        T::zero()
-    }
-}
-
-/// [`relu`] over a slice.
-pub(crate) fn relu_in_place<T: Float>(ys: &mut [T]) {
-    ys.iter_mut().for_each(|v| *v = relu(*v));
-}
-
-/// `y[o, ·] ← epilogue(y[o, ·] + b[o])` on a tile of output channels
-/// `channels` (rows `ld` apart, `cols` wide) while it is in cache.
-fn finish_tile<T: Float>(
-    tile: &mut [T],
-    channels: Range<usize>,
-    cols: usize,
-    ld: usize,
-    bias: Option<&[T]>,
-    epilogue: Epilogue,
-) {
-    if bias.is_none() && epilogue == Epilogue::None {
-        return;
-    }
-    for (r, oc) in channels.enumerate() {
-        let row = &mut tile[r * ld..r * ld + cols];
-        let b = bias.map_or(T::zero(), |b| b[oc]);
-        match epilogue {
-            Epilogue::None => row.iter_mut().for_each(|v| *v += b),
-            Epilogue::Relu => row.iter_mut().for_each(|v| *v = relu(*v + b)),
-        }
-    }
-}
-
-/// The bias and epilogue of a forward, applied to each tile as it is made.
-#[derive(Clone, Copy)]
-struct Finish<'a, T> {
-    bias: Option<&'a [T]>,
-    epilogue: Epilogue,
-}
-
-impl<T: Float> Finish<'_, T> {
-    fn apply(&self, tile: &mut [T], channels: Range<usize>, cols: usize, ld: usize) {
-        finish_tile(tile, channels, cols, ld, self.bias, self.epilogue);
-    }
-}
-
-/// [`conv2d_forward_with`], keeping the Winograd weight transform in `cache`
-/// between calls (a layer in eval mode: the weights rarely change there).
+/// [`conv2d_forward_with`], keeping the weights prepared for the kernel (the
+/// Winograd transform, or the packed `W_g`) in `cache` between calls (a layer
+/// in eval mode: the weights rarely change there).
 pub(crate) fn conv2d_forward_cached<T: Float>(
     x: ArrayView4<'_, T>,
     w: ArrayView4<'_, T>,
     b: Option<ArrayView1<'_, T>>,
     opts: &Conv2dOptions,
-    cache: Option<&mut crate::weight_cache::WeightCache<T>>,
+    cache: Option<&mut WeightCache<T>>,
     epilogue: Epilogue,
 ) -> Result<Array4<T>> {
-    let relu = epilogue == Epilogue::Relu;
     let g = ConvGeometry::new(x.shape(), w.shape(), opts)?;
     g.check_bias(b.as_ref().map(|b| b.len()))?;
     let b = b.map(|b| b.to_vec());
     let x = x.as_standard_layout();
     let w = w.as_standard_layout();
-    let (xs, ws) = (slice(&x), slice(&w));
+    let (xs, ws) = (contiguous(&x), contiguous(&w));
     let mut y = Array4::<T>::zeros(g.out_shape());
-    if crate::depthwise::applies(&g) {
-        let y_slice = y.as_slice_mut().expect("a new array is contiguous");
-        crate::depthwise::forward(&g, xs, ws, b.as_deref(), y_slice, relu);
-        return Ok(y);
-    }
-    if let Some(tile) = crate::winograd::choose(&g)? {
-        let y_slice = y.as_slice_mut().expect("a new array is contiguous");
-        crate::winograd::forward_cached(tile, &g, xs, ws, b.as_deref(), y_slice, cache, relu);
-        return Ok(y);
-    }
-    let per_sample_in = g.c_in * g.h * g.w;
-    let per_sample_out = g.c_out * g.out_area();
-    let plan = Plan::new::<T>(&g, Pass::Forward);
     let y_slice = y.as_slice_mut().expect("a new array is contiguous");
-
-    let fresh;
-    let weights = match cache {
-        Some(c) => {
-            c.im2col(ws, (g.opts.groups, plan.max_cols(&g)), || pack_weights(&g, &plan, ws, false))
-        }
-        None => {
-            fresh = pack_weights(&g, &plan, ws, false);
-            &fresh
-        }
-    };
-    let finish = Finish { bias: b.as_deref(), epilogue };
-    y_slice.par_chunks_mut(plan.samples * per_sample_out).enumerate().for_each_init(
-        || Scratch::new(&g, &plan),
-        |scratch, (blk, y_blk)| {
-            let n0 = blk * plan.samples;
-            let s = y_blk.len() / per_sample_out;
-            let x_blk = &xs[n0 * per_sample_in..(n0 + s) * per_sample_in];
-            if plan.batched {
-                forward_samples(&g, plan.split, x_blk, weights, y_blk, s, finish, scratch);
-            } else {
-                for (x_n, y_n) in x_blk.chunks(per_sample_in).zip(y_blk.chunks_mut(per_sample_out))
-                {
-                    forward_sample(&g, &plan, x_n, weights, y_n, finish, scratch);
+    match route(&g)? {
+        Route::Depthwise => crate::depthwise::forward(&g, xs, ws, b.as_deref(), y_slice, epilogue),
+        Route::Winograd(tile) => {
+            let cols = winograd::gemm_cols::<T>(tile, &g);
+            let build = || winograd::transform_weights(tile, &g, ws, cols);
+            let fresh;
+            let u = match cache {
+                Some(c) => c.winograd((tile.m(), g.opts.groups, cols), ws, build),
+                None => {
+                    fresh = build();
+                    &fresh
                 }
-            }
-        },
-    );
-    Ok(y)
-}
-
-/// Buffers of one worker, taken from its thread's scratch pool (kept between
-/// calls: the same shapes next step find them there, with no fresh pages).
-/// Every one is written before it is read.
-struct Scratch<T: Float> {
-    /// im2col tile, or its gradient.
-    col: Pooled<T>,
-    /// GEMM output (forward) or gathered dy (backward) of a multi-sample block.
-    out: Pooled<T>,
-    /// Input rows split by phase of a horizontal stride (see `im2col`).
-    phases: Pooled<T>,
-    /// The right operand of `gemm_packed`, packed.
-    packed: Pooled<T>,
-}
-
-impl<T: Float> Scratch<T> {
-    fn new(g: &ConvGeometry, plan: &Plan) -> Self {
-        let cols = plan.max_cols(g);
-        // A pointwise conv needs no im2col buffer, an unbatched one no gather buffer.
-        let col_len = if g.is_pointwise() { 0 } else { g.col_rows() * cols };
-        let out_len = if plan.batched { g.c_out_g() * cols } else { 0 };
-        Scratch {
-            col: Pooled::take(col_len),
-            out: Pooled::take(out_len),
-            phases: Pooled::take(0),
-            packed: Pooled::take(0),
-        }
-    }
-}
-
-fn slice<'a, T>(a: &'a ndarray::CowArray<'_, T, ndarray::Ix4>) -> &'a [T] {
-    a.as_slice().expect("standard layout is contiguous")
-}
-
-/// One sample, tile by tile of output rows: the GEMM writes straight into `y`.
-fn forward_sample<T: Float>(
-    g: &ConvGeometry,
-    plan: &Plan,
-    x: &[T],
-    weights: &[PackedLhs<T>],
-    y: &mut [T],
-    finish: Finish<'_, T>,
-    scratch: &mut Scratch<T>,
-) {
-    let (area, rows, cog, cg, wo) = (g.out_area(), g.col_rows(), g.c_out_g(), g.c_in_g(), g.wo);
-    for (grp, w_g) in weights.iter().enumerate() {
-        for tile in plan.tiles(g) {
-            let cols = tile.len() * wo;
-            let offset = tile.start * wo;
-            let col = if g.is_pointwise() {
-                mat(&x[grp * cg * area + offset..], cg, cols, area)
-            } else {
-                im2col(g, x, grp * cg, tile, &mut scratch.col, cols, scratch.phases.vec_mut());
-                mat(&scratch.col, rows, cols, cols)
             };
-            let out = mat_mut(&mut y[grp * cog * area + offset..], cog, cols, area);
-            product(w_g, col, out, plan.split, scratch.packed.vec_mut());
-            let channels = grp * cog..(grp + 1) * cog;
-            finish.apply(&mut y[grp * cog * area + offset..], channels, cols, area);
+            winograd::forward(tile, &g, xs, u, b.as_deref(), y_slice, epilogue);
+        }
+        Route::Im2col => {
+            let plan = Plan::new::<T>(&g, Pass::Forward);
+            let build = || im2col_gemm::pack_weights(&g, &plan, ws, false);
+            let fresh;
+            let packed = match cache {
+                Some(c) => c.im2col((g.opts.groups, plan.max_cols(&g)), ws, build),
+                None => {
+                    fresh = build();
+                    &fresh
+                }
+            };
+            let finish = Finish { bias: b.as_deref(), epilogue };
+            im2col_gemm::forward(&g, &plan, xs, packed, finish, y_slice);
         }
     }
-}
-
-/// The im2col matrices of group `grp` of the `s` samples of `x_blk`, side by
-/// side in `scratch.col` (`[rows, s·Ho·Wo]`).
-fn im2col_side_by_side<T: Float>(
-    g: &ConvGeometry,
-    x_blk: &[T],
-    grp: usize,
-    s: usize,
-    scratch: &mut Scratch<T>,
-) {
-    let (area, per_in) = (g.out_area(), g.c_in * g.h * g.w);
-    for (si, x) in x_blk.chunks(per_in).take(s).enumerate() {
-        im2col(
-            g,
-            x,
-            grp * g.c_in_g(),
-            0..g.ho,
-            &mut scratch.col[si * area..],
-            s * area,
-            scratch.phases.vec_mut(),
-        );
-    }
-}
-
-/// Several small samples side by side in one GEMM, then scattered into `y`.
-#[allow(clippy::too_many_arguments)]
-fn forward_samples<T: Float>(
-    g: &ConvGeometry,
-    split: GemmSplit,
-    x_blk: &[T],
-    weights: &[PackedLhs<T>],
-    y_blk: &mut [T],
-    s: usize,
-    finish: Finish<'_, T>,
-    scratch: &mut Scratch<T>,
-) {
-    let (area, rows, cog) = (g.out_area(), g.col_rows(), g.c_out_g());
-    let cols = s * area;
-    let per_out = g.c_out * area;
-    for (grp, w_g) in weights.iter().enumerate() {
-        im2col_side_by_side(g, x_blk, grp, s, scratch);
-        let out = mat_mut(&mut scratch.out, cog, cols, cols);
-        product(w_g, mat(&scratch.col, rows, cols, cols), out, split, scratch.packed.vec_mut());
-        finish.apply(&mut scratch.out, grp * cog..(grp + 1) * cog, cols, cols);
-        for si in 0..s {
-            for o in 0..cog {
-                let dst = &mut y_blk[si * per_out + (grp * cog + o) * area..][..area];
-                dst.copy_from_slice(&scratch.out[o * cols + si * area..][..area]);
-            }
-        }
-    }
+    Ok(y)
 }
 
 /// Gradients of [`conv2d_forward`] for upstream `dy`: dL/dx, dL/dW and dL/db.
@@ -480,8 +241,9 @@ pub fn conv2d_backward<T: Float>(
     let x = x.as_standard_layout();
     let w = w.as_standard_layout();
     let dy = dy.as_standard_layout();
-    let (xs, ws, dys) = (slice(&x), slice(&w), slice(&dy));
-    if crate::depthwise::applies(&g) {
+    let (xs, ws, dys) = (contiguous(&x), contiguous(&w), contiguous(&dy));
+    let route = route(&g)?;
+    if route == Route::Depthwise {
         let (dx, dw, db) = crate::depthwise::backward(&g, xs, ws, dys);
         return Ok(Conv2dGrads {
             dx: Array4::from_shape_vec((g.n, g.c_in, g.h, g.w), dx).expect("the input's length"),
@@ -491,237 +253,15 @@ pub fn conv2d_backward<T: Float>(
     }
     let mut dx = Array4::<T>::zeros((g.n, g.c_in, g.h, g.w));
     let dx_slice = dx.as_slice_mut().expect("a new array is contiguous");
-    // dx and dW by Winograd when it applies: then no im2col block is needed.
-    if let (Some(tile), Some(gt)) = (crate::winograd::choose(&g)?, g.dx_as_forward()) {
-        crate::winograd::backward_dx(tile, &g, &gt, ws, dys, dx_slice);
-        let mut dw_flat = vec![T::zero(); ws.len()];
-        crate::winograd::backward_dw(tile, &g, xs, dys, &mut dw_flat);
-        let dw = Array4::from_shape_vec(w.raw_dim(), dw_flat).expect("same length as the weight");
-        return Ok(Conv2dGrads { dx, dw, db: bias_grad(&g, dys) });
-    }
-    let per_in = g.c_in * g.h * g.w;
-    let per_out = g.c_out * g.out_area();
-    let plan = Plan::new::<T>(&g, Pass::Backward);
-    let weights_t = pack_weights(&g, &plan, ws, true);
-    let dw_len = ws.len();
-    // One partial dW per block, side by side in one pooled buffer.
-    let mut partials = Pooled::<T>::zeroed(g.n.div_ceil(plan.samples) * dw_len);
-    dx_slice
-        .par_chunks_mut(plan.samples * per_in)
-        .zip(partials.par_chunks_mut(dw_len))
-        .enumerate()
-        .for_each_init(
-            || Scratch::new(&g, &plan),
-            |scratch, (blk, (dx_blk, dw))| {
-                let n0 = blk * plan.samples;
-                let s = dx_blk.len() / per_in;
-                let x_blk = &xs[n0 * per_in..(n0 + s) * per_in];
-                let dy_blk = &dys[n0 * per_out..(n0 + s) * per_out];
-                if plan.batched {
-                    backward_samples(
-                        &g, plan.split, x_blk, &weights_t, dy_blk, dx_blk, dw, s, scratch,
-                    );
-                } else {
-                    let samples = x_blk
-                        .chunks(per_in)
-                        .zip(dy_blk.chunks(per_out))
-                        .zip(dx_blk.chunks_mut(per_in));
-                    for ((x_n, dy_n), dx_n) in samples {
-                        backward_sample(&g, &plan, x_n, &weights_t, dy_n, dx_n, dw, scratch);
-                    }
-                }
-            },
-        );
-
-    // Fixed order: block 0 + block 1 + … whatever thread made each.
     let mut dw_flat = vec![T::zero(); ws.len()];
-    crate::plan::add_partials(&mut dw_flat, &partials, false);
+    match (route, g.dx_as_forward()) {
+        // dx and dW by Winograd when it applies: then no im2col block is needed.
+        (Route::Winograd(tile), Some(gt)) => {
+            winograd::backward_dx(tile, &g, &gt, ws, dys, dx_slice);
+            winograd::backward_dw(tile, &g, xs, dys, &mut dw_flat);
+        }
+        _ => im2col_gemm::backward(&g, xs, ws, dys, dx_slice, &mut dw_flat),
+    }
     let dw = Array4::from_shape_vec(w.raw_dim(), dw_flat).expect("same length as the weight");
     Ok(Conv2dGrads { dx, dw, db: bias_grad(&g, dys) })
-}
-
-/// The work (multiply-adds) of each parallel GEMM task of the im2col path
-/// on `g`: what the plan test counts.
-#[cfg(test)]
-pub(crate) fn gemm_tasks<T>(g: &ConvGeometry, pass: Pass) -> Vec<f64> {
-    let plan = Plan::new::<T>(g, pass);
-    let (rows, cog) = (g.col_rows(), g.c_out_g());
-    let mut tasks = Vec::new();
-    let mut product = |cols: usize| match pass {
-        Pass::Forward => {
-            let blocks = plan.split.blocks(cog, cols, (8, 48));
-            tasks.extend(blocks.iter().map(|&(r, c)| (r * c * rows) as f64));
-        }
-        Pass::Backward => {
-            let blocks = plan.split.blocks(rows, cols, (8, 48));
-            tasks.extend(blocks.iter().map(|&(r, c)| (r * c * cog) as f64));
-            let parts = crate::plan::shared_axis_parts(plan.split, cols);
-            tasks.extend((0..parts).map(|_| (cog * rows * cols / parts) as f64));
-        }
-    };
-    for (_, s) in plan.blocks(g) {
-        for _ in 0..g.opts.groups {
-            if plan.batched {
-                product(s * g.out_area());
-            } else {
-                for _ in 0..s {
-                    plan.tiles(g).for_each(|t| product(t.len() * g.wo));
-                }
-            }
-        }
-    }
-    tasks
-}
-
-/// `db[o] = Σ_{n,p,q} dy[n, o, p, q]`, samples added in order.
-fn bias_grad<T: Float>(g: &ConvGeometry, dys: &[T]) -> Array1<T> {
-    let mut db = Array1::<T>::zeros(g.c_out);
-    for dy_n in dys.chunks(g.c_out * g.out_area()) {
-        for (d, dy_c) in db.iter_mut().zip(dy_n.chunks(g.out_area())) {
-            *d += cnn_tensor::sum(dy_c);
-        }
-    }
-    db
-}
-
-/// `dW_g += dy_g · colᵀ`, cut into `split.rows·split.cols` parallel parts.
-///
-/// The cut runs along the long shared axis (output positions): each part
-/// multiplies its own columns of `dy_g` and `col` into a partial dW of its
-/// own, and the partials are added in part order (fixed by the shapes). So
-/// no operand is packed twice; cutting by output channels or taps instead
-/// repacked the other operand once per part (shape G backward 18.7 → 34.7
-/// ms, and 27.7 with the cut along the larger operand).
-fn add_weight_grad<T: Float>(
-    dy_g: ArrayView2<'_, T>,
-    col: ArrayView2<'_, T>,
-    mut dw_g: ArrayViewMut2<'_, T>,
-    split: GemmSplit,
-) {
-    let (m, n, k) = (dy_g.nrows(), col.nrows(), dy_g.ncols());
-    let thin = m < 64;
-    let parts = crate::plan::shared_axis_parts(split, k);
-    if parts == 1 {
-        weight_grad_product(dy_g, col, dw_g, thin, T::one());
-        return;
-    }
-    // Every partial is written whole (β = 0) before it is read.
-    let mut partials = Pooled::<T>::take(parts * m * n);
-    partials.par_chunks_mut(m * n).enumerate().for_each(|(p, part)| {
-        let cols = ndarray::s![.., p * k / parts..(p + 1) * k / parts];
-        let (dy_p, col_p) = (dy_g.slice(cols), col.slice(cols));
-        weight_grad_product(dy_p, col_p, mat_mut(part, m, n, n), thin, T::zero());
-    });
-    for part in partials.chunks(m * n) {
-        dw_g += &mat(part, m, n, n);
-    }
-}
-
-/// `dW ← dy · colᵀ + β·dW` in the orientation matrixmultiply packs faster.
-///
-/// Neither operand is laid out as its packing likes, so the choice was
-/// measured: with few output channels (`thin`: fewer than 64 rows of `dy`)
-/// computing `dWᵀ = col · dyᵀ` was 45% faster (shape B), with many it was
-/// 5–10% slower (D, F, H).
-fn weight_grad_product<T: Float>(
-    dy: ArrayView2<'_, T>,
-    col: ArrayView2<'_, T>,
-    dw: ArrayViewMut2<'_, T>,
-    thin: bool,
-    beta: T,
-) {
-    let done = if thin {
-        gemm(T::one(), col, dy.t(), beta, dw.reversed_axes())
-    } else {
-        gemm(T::one(), dy, col.t(), beta, dw)
-    };
-    done.expect("shapes agree by construction");
-}
-
-/// One sample's dx (into `dx`) and its dW (added into `dw`), tile by tile.
-#[allow(clippy::too_many_arguments)]
-fn backward_sample<T: Float>(
-    g: &ConvGeometry,
-    plan: &Plan,
-    x: &[T],
-    weights_t: &[PackedLhs<T>],
-    dy: &[T],
-    dx: &mut [T],
-    dw: &mut [T],
-    scratch: &mut Scratch<T>,
-) {
-    let (area, rows, cog, cg, wo) = (g.out_area(), g.col_rows(), g.c_out_g(), g.c_in_g(), g.wo);
-    for grp in 0..g.opts.groups {
-        for tile in plan.tiles(g) {
-            let cols = tile.len() * wo;
-            let offset = tile.start * wo;
-            let dy_t = mat(&dy[grp * cog * area + offset..], cog, cols, area);
-            let dw_g = mat_mut(&mut dw[grp * cog * rows..], cog, rows, rows);
-            if g.is_pointwise() {
-                let x_t = mat(&x[grp * cg * area + offset..], cg, cols, area);
-                add_weight_grad(dy_t, x_t, dw_g, plan.split);
-                let dx_t = mat_mut(&mut dx[grp * cg * area + offset..], cg, cols, area);
-                product(&weights_t[grp], dy_t, dx_t, plan.split, scratch.packed.vec_mut());
-            } else {
-                im2col(
-                    g,
-                    x,
-                    grp * cg,
-                    tile.clone(),
-                    &mut scratch.col,
-                    cols,
-                    scratch.phases.vec_mut(),
-                );
-                let col = mat(&scratch.col, rows, cols, cols);
-                add_weight_grad(dy_t, col, dw_g, plan.split);
-                let dcol = mat_mut(&mut scratch.col, rows, cols, cols);
-                product(&weights_t[grp], dy_t, dcol, plan.split, scratch.packed.vec_mut());
-                col2im(g, &scratch.col, cols, tile, grp * cg, dx, scratch.phases.vec_mut());
-            }
-        }
-    }
-}
-
-/// Several small samples side by side: dy gathered into one matrix per group.
-#[allow(clippy::too_many_arguments)]
-fn backward_samples<T: Float>(
-    g: &ConvGeometry,
-    split: GemmSplit,
-    x_blk: &[T],
-    weights_t: &[PackedLhs<T>],
-    dy_blk: &[T],
-    dx_blk: &mut [T],
-    dw: &mut [T],
-    s: usize,
-    scratch: &mut Scratch<T>,
-) {
-    let (area, rows, cog, cg) = (g.out_area(), g.col_rows(), g.c_out_g(), g.c_in_g());
-    let cols = s * area;
-    let (per_in, per_out) = (g.c_in * g.h * g.w, g.c_out * area);
-    for grp in 0..g.opts.groups {
-        for si in 0..s {
-            for o in 0..cog {
-                let src = &dy_blk[si * per_out + (grp * cog + o) * area..][..area];
-                scratch.out[o * cols + si * area..][..area].copy_from_slice(src);
-            }
-        }
-        im2col_side_by_side(g, x_blk, grp, s, scratch);
-        let dy_g = mat(&scratch.out, cog, cols, cols);
-        let dw_g = mat_mut(&mut dw[grp * cog * rows..], cog, rows, rows);
-        add_weight_grad(dy_g, mat(&scratch.col, rows, cols, cols), dw_g, split);
-        let dcol = mat_mut(&mut scratch.col, rows, cols, cols);
-        product(&weights_t[grp], dy_g, dcol, split, scratch.packed.vec_mut());
-        for si in 0..s {
-            let dx = &mut dx_blk[si * per_in..(si + 1) * per_in];
-            col2im(
-                g,
-                &scratch.col[si * area..],
-                cols,
-                0..g.ho,
-                grp * cg,
-                dx,
-                scratch.phases.vec_mut(),
-            );
-        }
-    }
 }

@@ -12,6 +12,7 @@
 use cnn_tensor::Float;
 use rayon::prelude::*;
 
+use crate::epilogue::{relu_in_place, Epilogue};
 use crate::ConvGeometry;
 
 /// Whether `g` is a depthwise convolution with one output per input channel.
@@ -234,14 +235,14 @@ cnn_tensor::simd_fn! {
 }
 
 /// Forward over the batch: `x: [N·C·H·W]`, `w: [C·kh·kw]`, `b: [C]` → `y: [N·C·Ho·Wo]`.
-/// With `relu`, each plane goes through `max(·, 0)` while it is in cache.
+/// The epilogue runs on each plane while it is in cache.
 pub(crate) fn forward<T: Float>(
     g: &ConvGeometry,
     x: &[T],
     w: &[T],
     b: Option<&[T]>,
     y: &mut [T],
-    relu: bool,
+    epilogue: Epilogue,
 ) {
     let (area_in, area_out, taps) = (g.h * g.w, g.ho * g.wo, g.kh * g.kw);
     y.par_chunks_mut(area_out).zip(x.par_chunks(area_in)).enumerate().for_each_init(
@@ -250,8 +251,8 @@ pub(crate) fn forward<T: Float>(
             let c = plane % g.c_in;
             let bias = b.map_or(T::zero(), |b| b[c]);
             forward_plane(g, x_p, &w[c * taps..][..taps], bias, y_p, padded);
-            if relu {
-                crate::conv2d::relu_in_place(y_p);
+            if epilogue == Epilogue::Relu {
+                relu_in_place(y_p);
             }
         },
     );

@@ -4,7 +4,8 @@ use cnn_tensor::{join_key, ArrayD, Error, Float, Layer, Mode, Param, Result};
 use ndarray::{Array4, ArrayView1, ArrayView4, Ix1, Ix4};
 use rand::Rng;
 
-use crate::conv2d::{conv2d_forward_cached, Epilogue};
+use crate::conv2d::conv2d_forward_cached;
+use crate::epilogue::Epilogue;
 use crate::fold::{ChannelAffine, FoldCache};
 use crate::weight_cache::WeightCache;
 use crate::{

@@ -22,23 +22,35 @@
 //! # Ok::<(), cnn_tensor::Error>(())
 //! ```
 
+// The modules form a DAG, from the bottom: shapes (`geometry`), matrix views
+// and products (`matrix`), what follows a product (`epilogue`), the work cut
+// (`plan`), the lowering (`im2col`); the kernels on them (`im2col_gemm`,
+// `winograd`, `depthwise`), none importing another; the prepared-weight
+// stores (`weight_cache`, `fold`); then `conv2d`, which chooses the kernel;
+// then the layers.
 mod adaptive;
 mod conv2d;
 mod depthwise;
+mod epilogue;
 mod fold;
 mod geometry;
 mod im2col;
+mod im2col_gemm;
 mod layers;
+mod matrix;
 pub mod naive;
 mod plan;
 mod pool;
+#[cfg(test)]
+mod task_balance;
 mod weight_cache;
 mod winograd;
 
-pub use winograd::with_conv_algorithm;
-
 pub use adaptive::{adaptive_avg_pool2d_backward, adaptive_avg_pool2d_forward, AdaptiveAvgPool2d};
-pub use conv2d::{conv2d_backward, conv2d_forward, conv2d_forward_with, Conv2dGrads, Epilogue};
+pub use conv2d::{
+    conv2d_backward, conv2d_forward, conv2d_forward_with, with_conv_algorithm, Conv2dGrads,
+};
+pub use epilogue::Epilogue;
 pub use fold::ChannelAffine;
 pub use geometry::{conv_out_len, Conv2dOptions, ConvAlgorithm, ConvGeometry};
 pub use layers::{AvgPool2d, Conv2d, Conv2dConfig, GlobalAvgPool2d, MaxPool2d};

@@ -1,13 +1,12 @@
 //! Weights prepared for the kernels (packed for the GEMM, or Winograd's
-//! transform), kept by a layer between eval-mode calls.
+//! transform), kept by a layer between eval-mode calls. The cache only
+//! stores: the dispatcher (`conv2d.rs`) builds what it holds with the
+//! kernels' own functions, so it depends on no kernel.
 
 use cnn_tensor::{Float, PackedLhs};
 
-use crate::winograd::{transform_weights, Tile};
-use crate::ConvGeometry;
-
-/// Winograd's `U[ξ]` per group, keyed by (tile, groups, GEMM width).
-type WinogradWeights<T> = ((Tile, usize, usize), Vec<Vec<PackedLhs<T>>>);
+/// Winograd's `U[ξ]` per group, keyed by (tile side m, groups, GEMM width).
+type WinogradWeights<T> = ((usize, usize, usize), Vec<Vec<PackedLhs<T>>>);
 /// The im2col path's packed `W_g` per group, keyed by (groups, GEMM width).
 type PackedWeights<T> = ((usize, usize), Vec<PackedLhs<T>>);
 
@@ -50,18 +49,17 @@ impl<T: Float> WeightCache<T> {
         }
     }
 
-    /// Winograd's packed `U[ξ]` for `w`, from the cache when `w` and the key are the same.
+    /// Winograd's packed `U[ξ]` for `w`, built by `build` when `w` or the
+    /// key (tile side, groups, GEMM width) changed.
     pub(crate) fn winograd(
         &mut self,
-        tile: Tile,
-        g: &ConvGeometry,
+        key: (usize, usize, usize),
         w: &[T],
-        cols: usize,
+        build: impl FnOnce() -> Vec<Vec<PackedLhs<T>>>,
     ) -> &[Vec<PackedLhs<T>>] {
         self.validate(w);
-        let key = (tile, g.opts.groups, cols);
         if self.winograd.as_ref().is_none_or(|(k, _)| *k != key) {
-            self.winograd = Some((key, transform_weights(tile, g, w, cols)));
+            self.winograd = Some((key, build()));
         }
         &self.winograd.as_ref().expect("set above").1
     }
@@ -69,8 +67,8 @@ impl<T: Float> WeightCache<T> {
     /// The im2col path's packed weights for `w`, built by `pack` when `w` or the key changed.
     pub(crate) fn im2col(
         &mut self,
-        w: &[T],
         key: (usize, usize),
+        w: &[T],
         pack: impl FnOnce() -> Vec<PackedLhs<T>>,
     ) -> &[PackedLhs<T>] {
         self.validate(w);
