@@ -5,7 +5,7 @@
 use cnn_models::{
     alexnet, cifar_resnet, convnext, resnet18, resnet50, small_cnn, vgg, ConvNeXtConfig,
 };
-use cnn_nn::{with_fusion, Sequential};
+use cnn_nn::{count_fused, fusable, with_fusion, FusionCount, Sequential};
 use cnn_tensor::random::{normal, seeded_rng};
 use cnn_tensor::{ArrayD, Error, Layer, Mode};
 
@@ -50,15 +50,47 @@ fn models() -> Vec<(&'static str, Sequential<f32>, Vec<usize>)> {
     ]
 }
 
+/// `(convs, folded norms, ReLU epilogues)` of one eval forward, counted by
+/// hand from each architecture (torchvision's and timm's layer lists).
+fn expected_fusion(name: &str) -> (usize, usize, usize) {
+    match name {
+        // Three stages of two conv-bn-relu blocks (28×28 input).
+        "small_cnn" => (6, 6, 6),
+        // stem + 9 blocks × 2 convs + 2 projections; ReLU after the stem and
+        // each block's first conv (the second's ReLU follows the sum).
+        "cifar_resnet20" => (21, 21, 10),
+        // stem + 8 blocks × 2 + 3 projections.
+        "resnet18" => (20, 20, 9),
+        // stem + 16 blocks × 3 + 4 projections; ReLU after conv1 and conv2 of each.
+        "resnet50" => (53, 53, 33),
+        // 8 convs, each followed by a ReLU; no norm.
+        "vgg11" => (8, 0, 8),
+        "vgg11_bn" => (8, 8, 8),
+        "alexnet" => (5, 0, 5),
+        // The stem and three downsampling convs; the blocks' depthwise convs
+        // are followed by a LayerNorm, which does not fold.
+        "convnext_atto" => (4, 0, 0),
+        _ => panic!("no expected fusion count for {name}"),
+    }
+}
+
 #[test]
 fn fused_inference_equals_the_layers_one_by_one_on_every_model() {
     for (name, mut net, shape) in models() {
         let x: ArrayD<f32> = normal(&shape, 0.0, 1.0, &mut seeded_rng(3));
         settle(&mut net, &x);
-        let unfused = with_fusion(false, || net.forward(x.clone(), Mode::Eval)).unwrap();
-        let fused = net.forward(x.clone(), Mode::Eval).unwrap();
+        let (unfused, none) =
+            count_fused(|| with_fusion(false, || net.forward(x.clone(), Mode::Eval)));
+        let (fused, count) = count_fused(|| net.forward(x.clone(), Mode::Eval));
+        let (unfused, fused) = (unfused.unwrap(), fused.unwrap());
         let err = rel(&fused, &unfused);
         assert!(err <= 1e-4, "{name}: fused differs from unfused by {err:e}");
+        // Fusion engaged, on every conv the structure offers: a fused path
+        // that fell back to the layers one by one would pass the comparison.
+        assert_eq!(none, FusionCount::default(), "{name}: with_fusion(false) fused");
+        assert_eq!(count, fusable(&mut net), "{name}: fused runs against the structure's");
+        let want = expected_fusion(name);
+        assert_eq!((count.convs, count.norms, count.relus), want, "{name}: fused runs");
         // Again: the folded weights come from the cache now.
         let again = net.forward(x.clone(), Mode::Eval).unwrap();
         assert_eq!(again, fused, "{name}: a second fused call");

@@ -346,7 +346,14 @@ impl<T: Float> Layer<T> for ConvNeXtBlock<T> {
         self.fc2.visit(&join_key(prefix, "mlp.fc2"), f);
     }
 
-    fn reseed(&mut self, seed: u64) {
-        Layer::<T>::reseed(&mut self.drop_path, seed);
+    fn children_mut(&mut self) -> Vec<(String, &mut dyn Layer<T>)> {
+        vec![
+            ("conv_dw".into(), &mut self.conv_dw),
+            ("norm".into(), &mut self.norm),
+            ("mlp.fc1".into(), &mut self.fc1),
+            ("mlp.act".into(), &mut self.act),
+            ("mlp.fc2".into(), &mut self.fc2),
+            ("drop_path".into(), &mut self.drop_path),
+        ]
     }
 }

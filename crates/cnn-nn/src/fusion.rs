@@ -16,6 +16,76 @@ use ndarray::{Array4, ArrayView4, Ix4};
 
 thread_local! {
     static ENABLED: Cell<Option<bool>> = const { Cell::new(None) };
+    /// What the fused forwards of this thread did, for [`count_fused`].
+    static COUNT: Cell<FusionCount> = const { Cell::new(FusionCount { convs: 0, norms: 0, relus: 0 }) };
+}
+
+/// What fused inference did over some forwards ([`count_fused`]): how many
+/// convolutions ran fused, how many BatchNorms were folded into them, and how
+/// many ReLUs ran as their epilogue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FusionCount {
+    /// Convolutions run through the fused path.
+    pub convs: usize,
+    /// BatchNorms folded into a convolution's weights.
+    pub norms: usize,
+    /// ReLUs applied in a convolution's epilogue.
+    pub relus: usize,
+}
+
+/// Runs `f` and counts what fused inference did inside it on this thread:
+/// the check that fusion engaged, not only that its output is right.
+pub fn count_fused<R>(f: impl FnOnce() -> R) -> (R, FusionCount) {
+    let before = COUNT.with(Cell::get);
+    let r = f();
+    let after = COUNT.with(Cell::get);
+    let count = FusionCount {
+        convs: after.convs - before.convs,
+        norms: after.norms - before.norms,
+        relus: after.relus - before.relus,
+    };
+    (r, count)
+}
+
+/// Records one fused convolution in this thread's [`FusionCount`].
+fn record(norm: bool, relu: bool) {
+    COUNT.with(|c| {
+        let mut n = c.get();
+        n.convs += 1;
+        n.norms += usize::from(norm);
+        n.relus += usize::from(relu);
+        c.set(n);
+    });
+}
+
+/// How many of each layer kind fused inference can take, found through
+/// [`Layer::children_mut`]: the convolutions (every one runs fused), the
+/// 2-D BatchNorms right after one in a chain and the ReLUs right after those
+/// (or right after a conv). What [`count_fused`] should report for one
+/// eval-mode forward of `model`.
+pub fn fusable<T: Float>(model: &mut dyn Layer<T>) -> FusionCount {
+    let mut count = FusionCount::default();
+    let chain = model.wiring() == cnn_tensor::Wiring::Chain;
+    let mut children = model.children_mut();
+    let mut i = 0;
+    while i < children.len() {
+        if chain && kind(&mut *children[i].1) == Kind::Conv {
+            let norm = i + 1 < children.len() && kind(&mut *children[i + 1].1) == Kind::Norm;
+            let at = i + 1 + usize::from(norm);
+            let relu = at < children.len() && kind(&mut *children[at].1) == Kind::Relu;
+            count.convs += 1;
+            count.norms += usize::from(norm);
+            count.relus += usize::from(relu);
+            i = at + usize::from(relu);
+            continue;
+        }
+        let inner = fusable(&mut *children[i].1);
+        count.convs += inner.convs;
+        count.norms += inner.norms;
+        count.relus += inner.relus;
+        i += 1;
+    }
+    count
 }
 
 /// Whether eval-mode forwards on this thread fuse: [`with_fusion`]'s setting,
@@ -60,7 +130,10 @@ pub(crate) fn conv_bn<T: Float>(
         }
         None => Epilogue::None,
     };
-    conv.forward_fused(x, Some(ChannelAffine { scale: &scale, shift: &shift }), epilogue)
+    let y =
+        conv.forward_fused(x, Some(ChannelAffine { scale: &scale, shift: &shift }), epilogue)?;
+    record(true, epilogue == Epilogue::Relu);
+    Ok(y)
 }
 
 /// A 4-D array, or an error naming `op`.
@@ -131,7 +204,9 @@ pub(crate) fn run_fused<T: Float>(
                 }
                 None => Epilogue::None,
             };
-            conv.forward_fused(x4, None, epilogue)?
+            let y = conv.forward_fused(x4, None, epilogue)?;
+            record(false, epilogue == Epilogue::Relu);
+            y
         }
     };
     Ok(Some((used, y)))

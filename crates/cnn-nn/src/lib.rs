@@ -32,7 +32,7 @@ mod summary;
 
 pub use cnn_tensor::write_atomic;
 pub use convnext::{trunc02, ConvNeXtBlock, ConvNeXtBlockConfig, PixelLinear};
-pub use fusion::{fusion_enabled, with_fusion};
+pub use fusion::{count_fused, fusable, fusion_enabled, with_fusion, FusionCount};
 pub use linear::{Linear, LinearConfig};
 pub use residual::{BasicBlock, Bottleneck, Residual, Shortcut, EXPANSION};
 pub use sequential::{Flatten, Identity, Sequential};

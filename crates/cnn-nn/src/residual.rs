@@ -187,33 +187,18 @@ impl<T: Float> Layer<T> for Residual<T> {
         Some(self)
     }
 
-    // No `children_mut`: that list is for containers whose forward applies
-    // their children in order and nothing else (the frozen-prefix logic of
-    // cnn-train and summaries run it as a chain); a residual block is not one.
-    // Summaries and `zero_init_residual` know the type instead.
-
-    fn sync_batch_norm(
-        &mut self,
-        group: Option<std::sync::Arc<dyn cnn_tensor::collective::Collective>>,
-    ) {
+    /// The main branch, transparent (its children's keys sit under the
+    /// block's prefix), then the projection as `downsample`.
+    fn children_mut(&mut self) -> Vec<(String, &mut dyn Layer<T>)> {
+        let mut children: Vec<(String, &mut dyn Layer<T>)> = vec![(String::new(), &mut self.main)];
         if let Shortcut::Projection(ds) = &mut self.shortcut {
-            ds.sync_batch_norm(group.clone());
+            children.push(("downsample".into(), ds));
         }
-        self.main.sync_batch_norm(group);
+        children
     }
 
-    fn reseed(&mut self, seed: u64) {
-        self.main.reseed(cnn_tensor::random::mix_seed(seed, 0));
-        if let Shortcut::Projection(ds) = &mut self.shortcut {
-            ds.reseed(cnn_tensor::random::mix_seed(seed, 1));
-        }
-    }
-
-    fn replace_child(&mut self, path: &str, layer: Box<dyn Layer<T>>) -> Result<Box<dyn Layer<T>>> {
-        match (path.split_once('.'), &mut self.shortcut) {
-            (Some(("downsample", rest)), Shortcut::Projection(ds)) => ds.replace_child(rest, layer),
-            _ => self.main.replace_child(path, layer),
-        }
+    fn wiring(&self) -> cnn_tensor::Wiring {
+        cnn_tensor::Wiring::Branches
     }
 }
 

@@ -216,6 +216,10 @@ impl<T: Float> Layer<T> for Sequential<T> {
         }
     }
 
+    fn wiring(&self) -> cnn_tensor::Wiring {
+        cnn_tensor::Wiring::Chain
+    }
+
     fn children_mut(&mut self) -> Vec<(String, &mut dyn Layer<T>)> {
         self.children
             .iter_mut()

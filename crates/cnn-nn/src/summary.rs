@@ -2,9 +2,9 @@
 
 use std::fmt::Write as _;
 
-use cnn_tensor::{join_key, ArrayD, Float, IxDyn, Layer, Mode, Result};
+use cnn_tensor::{join_key, ArrayD, Float, IxDyn, Layer, Mode, Result, Wiring};
 
-use crate::{count_params, Residual, Shortcut};
+use crate::count_params;
 
 /// One row of a summary.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,7 +13,8 @@ pub struct SummaryRow {
     pub key: String,
     /// The layer type, without its module path (`Conv2d`, `BasicBlock`).
     pub kind: String,
-    /// The output shape for the given input.
+    /// The output shape for the given input; empty (`-` in the table) for a
+    /// child of a container whose wiring the summary cannot follow.
     pub output_shape: Vec<usize>,
     /// Parameters of this layer and its children (buffers excluded).
     pub params: usize,
@@ -33,7 +34,7 @@ pub fn summary<T: Float>(
     input_shape: &[usize],
 ) -> Result<(Vec<SummaryRow>, String)> {
     let mut rows = Vec::new();
-    walk(model, "", ArrayD::zeros(IxDyn(input_shape)), &mut rows)?;
+    walk(model, "", Some(ArrayD::zeros(IxDyn(input_shape))), &mut rows, false)?;
     let (total, trainable) = count_params(model);
     let width = rows.iter().map(|r| r.key.len() + r.kind.len() + 3).max().unwrap_or(10).max(20);
     let mut out = format!("{:<width$} {:>20} {:>12}\n", "Layer (type)", "Output shape", "Param #");
@@ -42,7 +43,11 @@ pub fn summary<T: Float>(
             out,
             "{:<width$} {:>20} {:>12}",
             format!("{} ({})", r.key, r.kind),
-            format!("{:?}", r.output_shape),
+            if r.output_shape.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:?}", r.output_shape)
+            },
             r.params
         );
     }
@@ -59,49 +64,48 @@ fn short(type_name: &str) -> String {
     base.rsplit("::").next().unwrap_or(base).to_string()
 }
 
-/// The children of a container that applies them in order, each walked on
-/// the previous one's output.
-fn walk_chain<T: Float>(
-    layer: &mut dyn Layer<T>,
-    key: &str,
-    x: ArrayD<T>,
-    rows: &mut Vec<SummaryRow>,
-) -> Result<ArrayD<T>> {
-    let mut y = x;
-    for (name, child) in layer.children_mut() {
-        y = walk(child, &join_key(key, &name), y, rows)?;
-    }
-    Ok(y)
-}
-
+/// Adds `layer`'s row under `key` (none for a transparent child, key `""`
+/// below the root) and its children's, and returns its output on `x` when
+/// it has one: the children of a [`Wiring::Chain`] run on each other's
+/// outputs, those of [`Wiring::Branches`] on the container's input, and
+/// those of any other container are listed without shapes (its forward
+/// alone says what it gives).
 fn walk<T: Float>(
     layer: &mut dyn Layer<T>,
     key: &str,
-    x: ArrayD<T>,
+    x: Option<ArrayD<T>>,
     rows: &mut Vec<SummaryRow>,
-) -> Result<ArrayD<T>> {
-    let kind = short(layer.type_name());
-    let params = count_params(layer).0;
-    let at = rows.len();
-    rows.push(SummaryRow {
-        key: if key.is_empty() { "(model)".into() } else { key.to_string() },
-        kind,
-        output_shape: Vec::new(),
-        params,
+    transparent: bool,
+) -> Result<Option<ArrayD<T>>> {
+    let at = (!transparent).then(|| {
+        rows.push(SummaryRow {
+            key: if key.is_empty() { "(model)".into() } else { key.to_string() },
+            kind: short(layer.type_name()),
+            output_shape: Vec::new(),
+            params: count_params(layer).0,
+        });
+        rows.len() - 1
     });
-    let y = if let Some(block) = layer.as_any_mut().and_then(|a| a.downcast_mut::<Residual<T>>()) {
-        // Both branches from the block's input, their rows under the block;
-        // the block's own output from its forward.
-        walk_chain(&mut block.main, key, x.clone(), rows)?;
-        if let Shortcut::Projection(ds) = &mut block.shortcut {
-            walk(ds, &join_key(key, "downsample"), x.clone(), rows)?;
-        }
-        layer.forward(x, Mode::Eval)?
-    } else if layer.children_mut().is_empty() {
-        layer.forward(x, Mode::Eval)?
-    } else {
-        walk_chain(layer, key, x, rows)?
+    let wiring = layer.wiring();
+    let mut chained = x.clone();
+    let mut children = layer.children_mut();
+    let leaf = children.is_empty();
+    for (name, child) in &mut children {
+        let input = match wiring {
+            Wiring::Chain => chained.take(),
+            Wiring::Branches => x.clone(),
+            Wiring::Other => None,
+        };
+        chained = walk(*child, &join_key(key, name), input, rows, name.is_empty())?;
+    }
+    drop(children);
+    let y = match (wiring, x) {
+        (Wiring::Chain, Some(_)) if !leaf => chained,
+        (_, Some(x)) => Some(layer.forward(x, Mode::Eval)?),
+        (_, None) => None,
     };
-    rows[at].output_shape = y.shape().to_vec();
+    if let (Some(at), Some(y)) = (at, &y) {
+        rows[at].output_shape = y.shape().to_vec();
+    }
     Ok(y)
 }

@@ -15,6 +15,20 @@ pub enum Mode {
     Eval,
 }
 
+/// How a container's forward feeds its children ([`Layer::wiring`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Wiring {
+    /// Each child takes the previous one's output, the first the input, and
+    /// the last one's output is the container's (`Sequential`).
+    Chain,
+    /// Each child takes the container's input (a residual block: its main
+    /// branch and its projection), and the container combines their outputs.
+    Branches,
+    /// Anything else (a leaf, or a container that wires its children
+    /// otherwise, such as `ConvNeXtBlock`'s permutes around its MLP).
+    Other,
+}
+
 /// A differentiable layer that owns its parameters (PyTorch's `nn.Module`).
 ///
 /// The contract, as in llm.c: `forward` in [`Mode::Train`] keeps the few
@@ -71,29 +85,62 @@ pub trait Layer<T: Float = f32>: Send {
         None
     }
 
-    /// The direct children, by name, of a container whose forward applies them
-    /// in this order and nothing else (`Sequential`); empty for every other
-    /// layer, containers of another shape included (a residual block adds a
-    /// shortcut, so running its children as a chain would be wrong). Model
-    /// summaries, re-seeding and the trainer's frozen-prefix logic walk it.
+    /// The direct children of a container, by name, in `state_dict` order:
+    /// the one method a container implements for every walk over the tree
+    /// (re-seeding, synced BatchNorm, [`Layer::replace_child`], summaries,
+    /// zero-init, the frozen prefix, fused-inference counts), which are
+    /// written once over it. Empty for a layer without children.
+    ///
+    /// A child named `""` is transparent: its own children's keys sit
+    /// directly under this layer's prefix (a residual block's main branch:
+    /// `layer1.0.conv1`, not `layer1.0.main.conv1`).
     fn children_mut(&mut self) -> Vec<(String, &mut dyn Layer<T>)> {
         Vec::new()
     }
 
+    /// How the forward of a container feeds its [`Layer::children_mut`]:
+    /// what lets a walk run children on their own (summaries show their
+    /// output shapes; the trainer runs a frozen prefix in eval mode).
+    /// [`Wiring::Other`] by default: nothing assumed.
+    fn wiring(&self) -> Wiring {
+        Wiring::Other
+    }
+
     /// Replaces the child at a dotted path (`"fc"`, `"classifier.6"`) and returns
-    /// the old one: how a pretrained network gets a new head. Containers
-    /// implement it; other layers have no children to replace.
+    /// the old one: how a pretrained network gets a new head. The default
+    /// follows the path through [`Layer::children_mut`] (transparent children
+    /// included); the last step needs a container that owns its children as
+    /// boxes (`Sequential`), which overrides this to swap one.
     ///
     /// # Errors
-    /// [`crate::Error::Config`] when there is no child at that path.
+    /// [`crate::Error::Config`] when there is no child at that path, or the
+    /// container holding it cannot swap it.
     fn replace_child(
         &mut self,
         path: &str,
-        _layer: Box<dyn Layer<T>>,
+        layer: Box<dyn Layer<T>>,
     ) -> crate::Result<Box<dyn Layer<T>>> {
+        let (first, rest) = path.split_once('.').map_or((path, None), |(a, b)| (a, Some(b)));
+        let type_name = self.type_name();
+        let mut children = self.children_mut();
+        let names: Vec<String> = children.iter().map(|(n, _)| n.clone()).collect();
+        if let Some((_, child)) = children.iter_mut().find(|(n, _)| n == first) {
+            return match rest {
+                Some(rest) => child.replace_child(rest, layer),
+                None => Err(crate::Error::config(
+                    "replace_child",
+                    format!(
+                        "{type_name} holds {first:?} inline and cannot swap it for another layer"
+                    ),
+                )),
+            };
+        }
+        if let Some((_, child)) = children.iter_mut().find(|(n, _)| n.is_empty()) {
+            return child.replace_child(path, layer);
+        }
         Err(crate::Error::config(
             "replace_child",
-            format!("{} has no child {path:?}", self.type_name()),
+            format!("{type_name} has no child {first:?}; children: {names:?}"),
         ))
     }
 
@@ -113,8 +160,7 @@ pub trait Layer<T: Float = f32>: Send {
     /// Makes every BatchNorm below this layer take its train-mode statistics
     /// over all ranks of `group` (PyTorch's `SyncBatchNorm`), or, with
     /// `None`, over this process's batch again. The default hands `group` to
-    /// each child of [`Layer::children_mut`]; BatchNorm keeps it; containers of
-    /// another shape (a residual block) hand it to their branches.
+    /// each child of [`Layer::children_mut`]; BatchNorm keeps it.
     fn sync_batch_norm(
         &mut self,
         group: Option<std::sync::Arc<dyn crate::collective::Collective>>,
@@ -136,9 +182,12 @@ pub trait Layer<T: Float = f32>: Send {
     }
 }
 
-/// Joins a key prefix and a local name as PyTorch does: `"layer1.0" + "conv1"`.
+/// Joins a key prefix and a local name as PyTorch does: `"layer1.0" + "conv1"`;
+/// an empty name (a transparent child, [`Layer::children_mut`]) is the prefix itself.
 pub fn join_key(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() {
+    if name.is_empty() {
+        prefix.to_string()
+    } else if prefix.is_empty() {
         name.to_string()
     } else {
         format!("{prefix}.{name}")

@@ -54,7 +54,7 @@ pub use error::{Error, Result};
 pub use float::Float;
 pub use gemm::{gemm, matmul};
 pub use io::write_atomic;
-pub use layer::{join_key, Layer, Mode};
+pub use layer::{join_key, Layer, Mode, Wiring};
 pub use linear::{linear_backward, linear_forward, LinearGrads};
 pub use loss::{
     cross_entropy, cross_entropy_backward, cross_entropy_forward, log_softmax, softmax,

@@ -11,11 +11,15 @@
 //! BatchNorm after that point keeps its statistics too (`BatchNorm::is_frozen`).
 
 use cnn_data::{DataLoader, TensorDataset};
-use cnn_tensor::{ArrayD, Error, IxDyn, Layer, Mode, Param, Result};
+use cnn_tensor::{ArrayD, Error, IxDyn, Layer, Mode, Param, Result, Wiring};
 
 /// How many leading children of `model` have no trainable parameter: the
-/// frozen prefix. 0 for a model without children ([`Layer::children_mut`]).
+/// frozen prefix. 0 unless the model is a chain of children
+/// ([`Wiring::Chain`]): only there can the first ones run by themselves.
 pub fn frozen_prefix(model: &mut dyn Layer<f32>) -> usize {
+    if model.wiring() != Wiring::Chain {
+        return 0;
+    }
     let mut k = 0;
     for (_, child) in model.children_mut() {
         let mut trainable = false;
