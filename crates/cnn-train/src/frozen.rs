@@ -38,6 +38,10 @@ pub fn frozen_prefix(model: &mut dyn Layer<f32>) -> usize {
 /// frozen, then the first child of the fifth). `[0]` when nothing at the
 /// top is frozen.
 pub fn frozen_boundary(model: &mut dyn Layer<f32>) -> Vec<usize> {
+    if model.wiring() != Wiring::Chain {
+        // Only a chain's children can run by themselves (not a residual block's).
+        return vec![0];
+    }
     let k = frozen_prefix(model);
     let mut path = vec![k];
     if let Some((_, child)) = model.children_mut().into_iter().nth(k) {
