@@ -75,7 +75,7 @@ pub fn classify(req: &ClassifyRequest<'_>) -> Result<usize> {
     }
     let (head, _) = head_path(&*probe.model)?;
     let head_key = format!("{head}.weight");
-    let bad = |msg: String| Error::Format { context: req.weights.display().to_string(), msg };
+    let bad = |msg: String| Error::format(req.weights.display(), msg);
     let classes = match dict.tensors.get(&head_key) {
         None => return Err(bad(format!("no head weight {head_key} for --arch {}", req.arch))),
         // The class count is the head's first axis: a file's shape is checked, never indexed blindly.
@@ -92,10 +92,7 @@ pub fn classify(req: &ClassifyRequest<'_>) -> Result<usize> {
     dict.load_into(&mut *built.model, true, &|_| false)?;
     let names: Option<Vec<String>> = match req.labels {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
-                context: format!("read {}", path.display()),
-                source: e,
-            })?;
+            let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
             let names: Vec<String> =
                 text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
             if names.len() != classes {

@@ -124,10 +124,11 @@ fn require_dir(dir: &Path) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
-    Err(Error::Io {
-        context: format!("open {}", dir.display()),
-        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
-    })
+    Err(Error::io(
+        "open",
+        dir,
+        std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
+    ))
 }
 
 /// Loads `spec` and makes its splits.
@@ -162,14 +163,14 @@ pub fn load(spec: &DataSpec, opts: &SplitOptions) -> Result<Splits> {
             if let Some(val_dir) = &opts.val_dir {
                 let val: Arc<dyn Dataset> = Arc::new(ImageFolder::new(val_dir, size)?);
                 if val.classes() != all.classes() {
-                    return Err(Error::Format {
-                        context: val_dir.display().to_string(),
-                        msg: format!(
+                    return Err(Error::format(
+                        val_dir.display(),
+                        format!(
                             "classes {:?}, the training folder has {:?}",
                             val.classes(),
                             all.classes()
                         ),
-                    });
+                    ));
                 }
                 return finish(all, val.clone(), val, "the validation directory");
             }

@@ -144,14 +144,12 @@ pub fn pretrained_normalization(
 }
 
 fn read_rename(path: &Path) -> Result<Vec<(String, String)>> {
-    let text = std::fs::read(path)
-        .map_err(|e| Error::Io { context: format!("read {}", path.display()), source: e })?;
+    let text = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
     let context = path.display().to_string();
     let map: BTreeMap<String, String> =
         cnn_tensor::untrusted::contain_panic(&context, "the JSON parser", || {
-            serde_json::from_slice(&text).map_err(|e| Error::Format {
-                context: context.clone(),
-                msg: format!("expected a JSON object of key renames: {e}"),
+            serde_json::from_slice(&text).map_err(|e| {
+                Error::format(&context, format!("expected a JSON object of key renames: {e}"))
             })
         })?;
     Ok(map.into_iter().collect())

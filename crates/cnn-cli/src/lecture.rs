@@ -239,8 +239,7 @@ pub fn degradation(args: DegradationArgs, started: Instant) -> Result<ExitCode> 
     let loader = info.train_loader(train.clone(), true)?;
     let test = info.eval_loader(splits.test.clone(), 256, true)?;
     let classes = info.classes.len();
-    std::fs::create_dir_all(&args.out)
-        .map_err(|e| Error::Io { context: format!("create {}", args.out.display()), source: e })?;
+    std::fs::create_dir_all(&args.out).map_err(|e| Error::io("create", &args.out, e))?;
     if !args.quiet {
         println!(
             "degradation on {}: {} training images of {}, {} epochs of {} steps per net",

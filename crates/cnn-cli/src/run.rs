@@ -200,9 +200,7 @@ impl RunInfo {
     /// # Errors
     /// [`Error::Format`] if the stored spec does not parse.
     pub fn data_spec(&self) -> Result<DataSpec> {
-        self.data
-            .parse()
-            .map_err(|msg| Error::Format { context: "trainer.json metadata".into(), msg })
+        self.data.parse().map_err(|msg| Error::format("trainer.json metadata", msg))
     }
 
     /// The split options the run used.
@@ -221,9 +219,11 @@ impl RunInfo {
     /// # Errors
     /// [`Error::Format`] naming the file when it is not a `cnn train` run's.
     pub fn from_metadata(value: &serde_json::Value, dir: &Path) -> Result<RunInfo> {
-        serde_json::from_value(value.clone()).map_err(|e| Error::Format {
-            context: dir.join(cnn_train::checkpoint::TRAINER_FILE).display().to_string(),
-            msg: format!("no `cnn train` metadata ({e})"),
+        serde_json::from_value(value.clone()).map_err(|e| {
+            Error::format(
+                dir.join(cnn_train::checkpoint::TRAINER_FILE).display(),
+                format!("no `cnn train` metadata ({e})"),
+            )
         })
     }
 
@@ -413,8 +413,8 @@ pub fn fit_run(
             eprintln!("\nstopping after this step; Ctrl-C again to quit without a checkpoint");
         }
     });
-    let metadata = serde_json::to_value(info)
-        .map_err(|e| Error::Format { context: "run metadata".into(), msg: e.to_string() })?;
+    let metadata =
+        serde_json::to_value(info).map_err(|e| Error::format("run metadata", e.to_string()))?;
     if rank == 0 {
         // A resumed run lists what it skipped before, and writes the list
         // after every epoch so that a crash leaves it too.
@@ -503,8 +503,8 @@ pub fn fit_run(
 /// # Errors
 /// [`Error::Io`] when it cannot be written.
 fn write_test_json(out: &Path, result: &cnn_train::EvalReport) -> Result<()> {
-    let json = serde_json::to_vec_pretty(result)
-        .map_err(|e| Error::Format { context: "test.json".into(), msg: e.to_string() })?;
+    let json =
+        serde_json::to_vec_pretty(result).map_err(|e| Error::format("test.json", e.to_string()))?;
     cnn_tensor::write_atomic(&out.join("test.json"), &json)
 }
 

@@ -166,14 +166,11 @@ pub struct TrainArgs {
 /// # Errors
 /// [`Error::Io`] naming the file; [`Error::Format`] for JSON that is not a recipe.
 pub fn read_config(path: &std::path::Path) -> Result<TrainConfig> {
-    let text = std::fs::read(path)
-        .map_err(|e| Error::Io { context: format!("read {}", path.display()), source: e })?;
+    let text = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
     let context = path.display().to_string();
     cnn_tensor::untrusted::contain_panic(&context, "the JSON parser", || {
-        serde_json::from_slice(&text).map_err(|e| Error::Format {
-            context: context.clone(),
-            msg: format!("not a training config: {e}"),
-        })
+        serde_json::from_slice(&text)
+            .map_err(|e| Error::format(&context, format!("not a training config: {e}")))
     })
 }
 
@@ -302,11 +299,10 @@ fn read_state(dir: &std::path::Path, group: Option<&Arc<dyn Collective>>) -> Res
         return read();
     };
     let json = broadcast_result(&**g, || {
-        serde_json::to_vec(&read()?)
-            .map_err(|e| Error::Format { context: "trainer state".into(), msg: e.to_string() })
+        serde_json::to_vec(&read()?).map_err(|e| Error::format("trainer state", e.to_string()))
     })?;
     serde_json::from_slice(&json)
-        .map_err(|e| Error::Format { context: "rank 0's trainer state".into(), msg: e.to_string() })
+        .map_err(|e| Error::format("rank 0's trainer state", e.to_string()))
 }
 
 fn run_in(

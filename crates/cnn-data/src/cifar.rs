@@ -5,7 +5,7 @@ use std::path::Path;
 use cnn_tensor::{Error, Result};
 use ndarray::Array3;
 
-use crate::files::{format_err, read_maybe_gz};
+use crate::files::read_maybe_gz;
 use crate::Dataset;
 
 const PIXELS: usize = 3 * 32 * 32;
@@ -28,8 +28,8 @@ pub(crate) fn parse_records(
 ) -> Result<(Vec<u8>, Vec<Vec<u16>>)> {
     let record = label_bytes + PIXELS;
     if bytes.is_empty() || !bytes.len().is_multiple_of(record) {
-        return Err(format_err(
-            path,
+        return Err(Error::format(
+            path.display(),
             format!("{} bytes is not a whole number of {record}-byte records", bytes.len()),
         ));
     }
@@ -38,8 +38,8 @@ pub(crate) fn parse_records(
     for (r, rec) in bytes.chunks_exact(record).enumerate() {
         for (k, &l) in rec[..label_bytes].iter().enumerate() {
             if l as usize >= classes[k] {
-                return Err(format_err(
-                    path,
+                return Err(Error::format(
+                    path.display(),
                     format!("record {r}: label {l} outside 0-{}", classes[k] - 1),
                 ));
             }

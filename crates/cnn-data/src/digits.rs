@@ -34,7 +34,7 @@ impl Digits {
     /// [`Error::Format`] naming the line for a bad gzip stream, a line without
     /// 65 values, a pixel outside 0–16 or a label outside 0–9.
     pub fn parse_gz(bytes: &[u8], context: &str) -> Result<Self> {
-        let bad = |msg: String| Error::Format { context: context.to_string(), msg };
+        let bad = |msg: String| Error::format(context, msg);
         let raw = crate::files::gunzip(bytes, crate::files::MAX_DECOMPRESSED, context)?;
         let text = String::from_utf8(raw).map_err(|e| bad(format!("not UTF-8 text: {e}")))?;
         let (mut images, mut labels) = (Vec::new(), Vec::new());

@@ -16,17 +16,13 @@ pub(crate) const MAX_DECOMPRESSED: u64 = 1 << 30;
 /// [`Error::Io`] naming the path when neither can be read; [`Error::Format`] for a bad gzip stream.
 pub(crate) fn read_maybe_gz(path: &Path) -> Result<(PathBuf, Vec<u8>)> {
     if path.exists() {
-        let bytes = std::fs::read(path)
-            .map_err(|e| Error::Io { context: format!("read {}", path.display()), source: e })?;
+        let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
         return Ok((path.to_path_buf(), bytes));
     }
     let mut gz = path.as_os_str().to_owned();
     gz.push(".gz");
     let gz = PathBuf::from(gz);
-    let raw = std::fs::read(&gz).map_err(|e| Error::Io {
-        context: format!("read {} (or .gz)", path.display()),
-        source: e,
-    })?;
+    let raw = std::fs::read(&gz).map_err(|e| Error::io("read", path, e).with_note("or .gz"))?;
     let bytes = gunzip(&raw, MAX_DECOMPRESSED, &gz.display().to_string())?;
     Ok((gz, bytes))
 }
@@ -34,7 +30,7 @@ pub(crate) fn read_maybe_gz(path: &Path) -> Result<(PathBuf, Vec<u8>)> {
 /// Decompresses a gzip stream (every member) of at most `max` bytes; errors
 /// and a panic inside the decoder name `file`.
 pub(crate) fn gunzip(raw: &[u8], max: u64, file: &str) -> Result<Vec<u8>> {
-    let bad = |msg: String| Error::Format { context: file.to_string(), msg };
+    let bad = |msg: String| Error::format(file, msg);
     cnn_tensor::untrusted::contain_panic(file, "the gzip decoder", || {
         let mut bytes = Vec::new();
         flate2::read::MultiGzDecoder::new(raw)
@@ -46,8 +42,4 @@ pub(crate) fn gunzip(raw: &[u8], max: u64, file: &str) -> Result<Vec<u8>> {
         }
         Ok(bytes)
     })
-}
-
-pub(crate) fn format_err(path: &Path, msg: impl Into<String>) -> Error {
-    Error::Format { context: path.display().to_string(), msg: msg.into() }
 }

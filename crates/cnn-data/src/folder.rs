@@ -30,10 +30,6 @@ pub struct ImageFolder {
     max_decoded_bytes: u64,
 }
 
-fn io_err(path: &Path, e: std::io::Error) -> Error {
-    Error::Io { context: format!("read {}", path.display()), source: e }
-}
-
 impl ImageFolder {
     /// Lists `root`: one sub-directory per class, each holding `.png`, `.jpg`
     /// or `.jpeg` files (sorted by name, so the order is the same everywhere).
@@ -47,38 +43,32 @@ impl ImageFolder {
             return Err(Error::config("image_folder", "size must be positive"));
         }
         let mut class_dirs: Vec<PathBuf> = std::fs::read_dir(root)
-            .map_err(|e| io_err(root, e))?
+            .map_err(|e| Error::io("read", root, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.is_dir())
             .collect();
         class_dirs.sort();
         if class_dirs.is_empty() {
-            return Err(Error::Format {
-                context: root.display().to_string(),
-                msg: "no class directories".into(),
-            });
+            return Err(Error::format(root.display(), "no class directories"));
         }
         let mut files = Vec::new();
         let mut classes = Vec::new();
         for (class, dir) in class_dirs.iter().enumerate() {
             let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-                .map_err(|e| io_err(dir, e))?
+                .map_err(|e| Error::io("read", dir, e))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .collect();
             entries.sort();
             if entries.is_empty() {
-                return Err(Error::Format {
-                    context: dir.display().to_string(),
-                    msg: "empty class directory".into(),
-                });
+                return Err(Error::format(dir.display(), "empty class directory"));
             }
             for f in entries {
                 let ext = f.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
                 if !ext.as_deref().is_some_and(|e| EXTENSIONS.contains(&e)) {
-                    return Err(Error::Format {
-                        context: f.display().to_string(),
-                        msg: "not an image file (expected .png, .jpg or .jpeg)".into(),
-                    });
+                    return Err(Error::format(
+                        f.display(),
+                        "not an image file (expected .png, .jpg or .jpeg)",
+                    ));
                 }
                 files.push((f, class));
             }
@@ -137,11 +127,7 @@ pub fn read_image_limited(
     }
     let pixel = |c: usize, i: usize, j: usize| img.get_pixel(j as u32, i as u32)[c] as f32 / 255.0;
     resize_from((3, h as usize, w as usize), size, pixel)
-        .map_err(|e| format_error(path, e.to_string()))
-}
-
-fn format_error(path: &Path, msg: String) -> Error {
-    Error::Format { context: path.display().to_string(), msg }
+        .map_err(|e| Error::format(path.display(), e.to_string()))
 }
 
 /// Decodes `path` to 8-bit RGB under the `image` crate's limits: each side at
@@ -154,8 +140,8 @@ fn format_error(path: &Path, msg: String) -> Error {
 /// [`cnn_tensor::untrusted::contain_panic`], so a panic inside the decoder
 /// becomes an error naming the file and its detected format.
 fn decode_rgb8(path: &Path, max_bytes: u64) -> Result<image::RgbImage> {
-    let bad = |msg: String| format_error(path, msg);
-    let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
+    let bad = |msg: String| Error::format(path.display(), msg);
+    let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
     let reader = image::ImageReader::new(std::io::Cursor::new(&bytes[..]))
         .with_guessed_format()
         .map_err(|e| bad(format!("cannot read: {e}")))?;

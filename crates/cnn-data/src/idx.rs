@@ -5,7 +5,7 @@ use std::path::Path;
 use cnn_tensor::{Error, Result};
 use ndarray::Array3;
 
-use crate::files::{format_err, read_maybe_gz};
+use crate::files::read_maybe_gz;
 use crate::Dataset;
 
 /// Images and labels from a pair of IDX files: `1×rows×cols` in [0, 1], classes 0–9.
@@ -25,14 +25,14 @@ fn be_u32(bytes: &[u8], at: usize) -> Option<usize> {
 /// Parses IDX image bytes: magic `0x00000803`, count, rows, cols, then pixels.
 pub(crate) fn parse_images(bytes: &[u8], path: &Path) -> Result<(usize, usize, usize, Vec<u8>)> {
     if bytes.len() < 16 {
-        return Err(format_err(
-            path,
+        return Err(Error::format(
+            path.display(),
             format!("{} bytes is too short for an IDX image header", bytes.len()),
         ));
     }
     if bytes[..4] != [0, 0, 8, 3] {
-        return Err(format_err(
-            path,
+        return Err(Error::format(
+            path.display(),
             format!("magic {:02x?} is not an IDX image file (00 00 08 03)", &bytes[..4]),
         ));
     }
@@ -44,10 +44,10 @@ pub(crate) fn parse_images(bytes: &[u8], path: &Path) -> Result<(usize, usize, u
     let want = n
         .checked_mul(rows)
         .and_then(|v| v.checked_mul(cols))
-        .ok_or_else(|| format_err(path, "sizes overflow"))?;
+        .ok_or_else(|| Error::format(path.display(), "sizes overflow"))?;
     if bytes.len() - 16 != want {
-        return Err(format_err(
-            path,
+        return Err(Error::format(
+            path.display(),
             format!(
                 "{n} images of {rows}x{cols} need {want} bytes, the file has {}",
                 bytes.len() - 16
@@ -60,23 +60,26 @@ pub(crate) fn parse_images(bytes: &[u8], path: &Path) -> Result<(usize, usize, u
 /// Parses IDX label bytes: magic `0x00000801`, count, then labels 0–9.
 pub(crate) fn parse_labels(bytes: &[u8], path: &Path) -> Result<Vec<u8>> {
     if bytes.len() < 8 {
-        return Err(format_err(
-            path,
+        return Err(Error::format(
+            path.display(),
             format!("{} bytes is too short for an IDX label header", bytes.len()),
         ));
     }
     if bytes[..4] != [0, 0, 8, 1] {
-        return Err(format_err(
-            path,
+        return Err(Error::format(
+            path.display(),
             format!("magic {:02x?} is not an IDX label file (00 00 08 01)", &bytes[..4]),
         ));
     }
     let n = be_u32(bytes, 4).unwrap_or(0);
     if bytes.len() - 8 != n {
-        return Err(format_err(path, format!("{n} labels announced, {} present", bytes.len() - 8)));
+        return Err(Error::format(
+            path.display(),
+            format!("{n} labels announced, {} present", bytes.len() - 8),
+        ));
     }
     if let Some((i, &l)) = bytes[8..].iter().enumerate().find(|(_, &l)| l > 9) {
-        return Err(format_err(path, format!("label {l} at {i} is outside 0-9")));
+        return Err(Error::format(path.display(), format!("label {l} at {i} is outside 0-9")));
     }
     Ok(bytes[8..].to_vec())
 }
@@ -94,8 +97,8 @@ impl IdxDataset {
         let (n, rows, cols, pixels) = parse_images(&ibytes, &ipath)?;
         let labels = parse_labels(&lbytes, &lpath)?;
         if labels.len() != n {
-            return Err(format_err(
-                &lpath,
+            return Err(Error::format(
+                lpath.display(),
                 format!("{} labels for {n} images in {}", labels.len(), ipath.display()),
             ));
         }
@@ -115,10 +118,11 @@ impl IdxDataset {
     /// As [`IdxDataset::from_files`].
     pub fn load_dir(dir: &Path) -> Result<(Self, Self)> {
         if !dir.is_dir() {
-            return Err(Error::Io {
-                context: format!("open {}", dir.display()),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
-            });
+            return Err(Error::io(
+                "open",
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
+            ));
         }
         let train = Self::from_files(
             &dir.join("train-images-idx3-ubyte"),

@@ -59,6 +59,6 @@ pub fn preview_grid(
     let mut bytes = Vec::new();
     canvas
         .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .map_err(|e| Error::Format { context: path.display().to_string(), msg: e.to_string() })?;
+        .map_err(|e| Error::format(path.display(), e.to_string()))?;
     write_atomic(path, &bytes)
 }

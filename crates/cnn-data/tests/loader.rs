@@ -153,10 +153,10 @@ impl Dataset for Flaky {
             let _ = v[index]; // a dependency's out-of-bounds index
         }
         if self.corrupt.contains(&index) {
-            return Err(cnn_tensor::Error::Format {
-                context: format!("photos/{index}.jpg"),
-                msg: "cannot decode: truncated".into(),
-            });
+            return Err(cnn_tensor::Error::format(
+                format!("photos/{index}.jpg"),
+                "cannot decode: truncated",
+            ));
         }
         self.inner.get(index)
     }

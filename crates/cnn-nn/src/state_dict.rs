@@ -97,9 +97,9 @@ pub fn save_state_dict<T: Float>(
             safetensors::tensor::TensorView::new(*dt, shape.clone(), bytes).map(|v| (k.clone(), v))
         })
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::Format { context: path.display().to_string(), msg: e.to_string() })?;
+        .map_err(|e| Error::format(path.display(), e.to_string()))?;
     let data = safetensors::serialize(views, None)
-        .map_err(|e| Error::Format { context: path.display().to_string(), msg: e.to_string() })?;
+        .map_err(|e| Error::format(path.display(), e.to_string()))?;
     write_atomic(path, &data)
 }
 
@@ -152,12 +152,9 @@ fn to_f64(
             .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f64)
             .collect(),
         other => {
-            return Err(Error::Format {
-                context: context.to_string(),
-                msg: format!(
+            return Err(Error::format(context, format!(
                     "{key}: dtype {other:?} is not supported (F32, F64, F16, BF16; I64 for num_batches_tracked)"
-                ),
-            })
+                )))
         }
     })
 }
@@ -184,12 +181,11 @@ impl StateDict {
     /// not a valid safetensors file or holds an unsupported dtype.
     pub fn read(path: &Path) -> Result<StateDict> {
         let source = path.display().to_string();
-        let bytes = std::fs::read(path)
-            .map_err(|e| Error::Io { context: format!("read {source}"), source: e })?;
+        let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
         // The safetensors parser runs on the user's bytes: a panic in it is contained.
         cnn_tensor::untrusted::contain_panic(&source, "the safetensors parser", || {
             let st = SafeTensors::deserialize(&bytes)
-                .map_err(|e| Error::Format { context: source.clone(), msg: e.to_string() })?;
+                .map_err(|e| Error::format(&source, e.to_string()))?;
             let mut dict = StateDict { source: source.clone(), ..StateDict::default() };
             for (name, view) in st.tensors() {
                 let values = to_f64(&view, &name, &dict.source)?;
@@ -313,18 +309,15 @@ impl StateDict {
                     .filter(|k| !skip(k))
                     .all(|k| self.tensors.contains_key(&format!("{prefix}{k}")));
                 if fits {
-                    return Err(Error::Format {
-                        context: self.source.clone(),
-                        msg: format!(
+                    return Err(Error::format(self.source.clone(), format!(
                             "every key starts with {prefix:?} (a wrapper such as DataParallel's); strip it: StateDict::strip_prefix, or cnn finetune --strip-prefix {prefix}"
-                        ),
-                    });
+                        )));
                 }
             }
-            return Err(Error::Format {
-                context: self.source.clone(),
-                msg: format!("state dict does not match the model: {report}"),
-            });
+            return Err(Error::format(
+                self.source.clone(),
+                format!("state dict does not match the model: {report}"),
+            ));
         }
         model.visit_mut("", &mut |key, p| {
             if skip(key) {

@@ -39,10 +39,7 @@ impl<T: Float> Optimizer<T> {
                 }
             }
         }
-        let format = |e: safetensors::SafeTensorError| Error::Format {
-            context: context.to_string(),
-            msg: e.to_string(),
-        };
+        let format = |e: safetensors::SafeTensorError| Error::format(context, e.to_string());
         let views = entries
             .iter()
             .map(|(k, dt, shape, bytes)| {
@@ -61,8 +58,7 @@ impl<T: Float> Optimizer<T> {
     /// not a valid state file (truncated, corrupt, unexpected names or dtypes).
     pub fn load_state(&mut self, path: &Path) -> Result<()> {
         let context = path.display().to_string();
-        let bytes = std::fs::read(path)
-            .map_err(|e| Error::Io { context: format!("read {context}"), source: e })?;
+        let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
         self.load_state_bytes(&bytes, &context)
     }
 
@@ -78,7 +74,7 @@ impl<T: Float> Optimizer<T> {
     }
 
     fn load_state_bytes_unguarded(&mut self, bytes: &[u8], context: &str) -> Result<()> {
-        let bad = |msg: String| Error::Format { context: context.to_string(), msg };
+        let bad = |msg: String| Error::format(context, msg);
         let st = SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
         let mut state: HashMap<String, ParamState<T>> = HashMap::new();
         for (name, view) in st.tensors() {

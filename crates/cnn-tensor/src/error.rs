@@ -64,6 +64,17 @@ pub enum Error {
 }
 
 impl Error {
+    /// [`Error::Io`] while doing `verb` (`"read"`, `"create"`, `"write"`) to
+    /// `path`: `read photos/a.jpg: No such file or directory (os error 2)`.
+    pub fn io(verb: &str, path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+        Error::Io { context: format!("{verb} {}", path.as_ref().display()), source }
+    }
+
+    /// [`Error::Format`] for `what` (the file or record read): `what: msg`.
+    pub fn format(what: impl std::fmt::Display, msg: impl Into<String>) -> Self {
+        Error::Format { context: what.to_string(), msg: msg.into() }
+    }
+
     /// A [`Error::Shape`] for `op`.
     pub fn shape(op: &'static str, msg: impl Into<String>) -> Self {
         Error::Shape { op, msg: msg.into() }

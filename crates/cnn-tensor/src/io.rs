@@ -12,8 +12,7 @@ use crate::{Error, Result};
 /// # Errors
 /// [`Error::Io`] naming the path and the step that failed.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let io =
-        |what: &str, source| Error::Io { context: format!("{what} {}", path.display()), source };
+    let io = |what: &str, source| Error::io(what, path, source);
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path
         .file_name()

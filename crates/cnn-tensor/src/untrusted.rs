@@ -87,13 +87,13 @@ pub fn contain_panic<T>(
     let outcome = catch_unwind(AssertUnwindSafe(decode));
     drop(depth);
     outcome.unwrap_or_else(|payload| {
-        Err(Error::Format {
-            context: file.to_string(),
-            msg: format!(
+        Err(Error::format(
+            file,
+            format!(
                 "{decoder} failed on this file (it panicked: {}); the file is likely corrupt",
                 panic_message(&*payload)
             ),
-        })
+        ))
     })
 }
 

@@ -106,9 +106,8 @@ impl TrainerState {
     /// when it is truncated, not JSON, or of another format version.
     pub fn read(dir: &Path) -> Result<TrainerState> {
         let path = dir.join(TRAINER_FILE);
-        let bytes = fs::read(&path)
-            .map_err(|e| Error::Io { context: format!("read {}", path.display()), source: e })?;
-        let bad = |msg: String| Error::Format { context: path.display().to_string(), msg };
+        let bytes = fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+        let bad = |msg: String| Error::format(path.display(), msg);
         let state: TrainerState =
             cnn_tensor::untrusted::contain_panic(path.display(), "the JSON parser", || {
                 serde_json::from_slice(&bytes)
@@ -122,11 +121,6 @@ impl TrainerState {
         }
         Ok(state)
     }
-}
-
-fn io_err(what: &str, path: &Path) -> impl Fn(std::io::Error) -> Error {
-    let context = format!("{what} {}", path.display());
-    move |source| Error::Io { context: context.clone(), source }
 }
 
 /// Flushes a directory's entries (the renames) to disk; best effort on
@@ -147,14 +141,14 @@ pub fn replace_dir_atomic(
     name: &str,
     fill: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<()> {
-    fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+    fs::create_dir_all(parent).map_err(|e| Error::io("create", parent, e))?;
     let target = parent.join(name);
     let staging = parent.join(format!(".{name}.tmp"));
     let aside = parent.join(format!(".{name}.old"));
     if staging.exists() {
-        fs::remove_dir_all(&staging).map_err(io_err("remove", &staging))?;
+        fs::remove_dir_all(&staging).map_err(|e| Error::io("remove", &staging, e))?;
     }
-    fs::create_dir(&staging).map_err(io_err("create", &staging))?;
+    fs::create_dir(&staging).map_err(|e| Error::io("create", &staging, e))?;
     if let Err(e) = fill(&staging) {
         // A full disk leaves half a checkpoint in staging: give its space back.
         let _ = fs::remove_dir_all(&staging);
@@ -163,14 +157,14 @@ pub fn replace_dir_atomic(
     sync_dir(&staging);
     if target.exists() {
         if aside.exists() {
-            fs::remove_dir_all(&aside).map_err(io_err("remove", &aside))?;
+            fs::remove_dir_all(&aside).map_err(|e| Error::io("remove", &aside, e))?;
         }
-        fs::rename(&target, &aside).map_err(io_err("rename aside", &target))?;
+        fs::rename(&target, &aside).map_err(|e| Error::io("rename aside", &target, e))?;
     }
-    fs::rename(&staging, &target).map_err(io_err("rename into place", &target))?;
+    fs::rename(&staging, &target).map_err(|e| Error::io("rename into place", &target, e))?;
     sync_dir(parent);
     if aside.exists() {
-        fs::remove_dir_all(&aside).map_err(io_err("remove", &aside))?;
+        fs::remove_dir_all(&aside).map_err(|e| Error::io("remove", &aside, e))?;
     }
     Ok(())
 }
@@ -194,10 +188,7 @@ pub fn find_checkpoint(run: &Path, name: &str) -> Result<PathBuf> {
     } else {
         format!("{} is not a directory", run.display())
     };
-    Err(Error::Io {
-        context: format!("open {}", run.join(name).display()),
-        source: std::io::Error::new(std::io::ErrorKind::NotFound, why),
-    })
+    Err(Error::io("open", run.join(name), std::io::Error::new(std::io::ErrorKind::NotFound, why)))
 }
 
 /// Writes checkpoint `name` of the run in `run`: model, optimizer state and trainer state.
@@ -211,8 +202,8 @@ pub fn save_checkpoint(
     optimizer: &Optimizer<f32>,
     state: &TrainerState,
 ) -> Result<()> {
-    let json = serde_json::to_vec_pretty(state)
-        .map_err(|e| Error::Format { context: TRAINER_FILE.into(), msg: e.to_string() })?;
+    let json =
+        serde_json::to_vec_pretty(state).map_err(|e| Error::format(TRAINER_FILE, e.to_string()))?;
     replace_dir_atomic(run, name, |dir| {
         save_state_dict(model, &dir.join(MODEL_FILE), SaveDtype::F32)?;
         optimizer.save_state(&dir.join(OPTIMIZER_FILE))?;

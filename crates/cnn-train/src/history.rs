@@ -98,7 +98,7 @@ impl History {
     pub fn write(&self, dir: &Path) -> Result<()> {
         write_atomic(&dir.join("metrics.csv"), self.to_csv().as_bytes())?;
         let json = serde_json::to_vec_pretty(self)
-            .map_err(|e| Error::Format { context: "metrics.json".into(), msg: e.to_string() })?;
+            .map_err(|e| Error::format("metrics.json", e.to_string()))?;
         write_atomic(&dir.join("metrics.json"), &json)
     }
 
@@ -107,12 +107,10 @@ impl History {
     /// # Errors
     /// [`Error::Io`] when it cannot be read, [`Error::Format`] naming the file when it does not parse.
     pub fn read_json(path: &Path) -> Result<History> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| Error::Io { context: format!("read {}", path.display()), source: e })?;
+        let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
         let context = path.display().to_string();
         cnn_tensor::untrusted::contain_panic(&context, "the JSON parser", || {
-            serde_json::from_slice(&bytes)
-                .map_err(|e| Error::Format { context: context.clone(), msg: e.to_string() })
+            serde_json::from_slice(&bytes).map_err(|e| Error::format(&context, e.to_string()))
         })
     }
 }

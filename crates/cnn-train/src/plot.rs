@@ -28,7 +28,7 @@ fn register_fonts() {
 }
 
 fn draw_err<E: std::fmt::Debug>(path: &Path) -> impl Fn(E) -> Error + '_ {
-    move |e| Error::Format { context: format!("draw {}", path.display()), msg: format!("{e:?}") }
+    move |e| Error::format(format!("draw {}", path.display()), format!("{e:?}"))
 }
 
 /// The charts here: f64 by f64 on a bitmap.
@@ -78,10 +78,7 @@ fn render_png(
         height,
         image::ExtendedColorType::Rgb8,
     )
-    .map_err(|e| Error::Format {
-        context: format!("encode {}", path.display()),
-        msg: e.to_string(),
-    })?;
+    .map_err(|e| Error::format(format!("encode {}", path.display()), e.to_string()))?;
     write_atomic(path, &png)
 }
 

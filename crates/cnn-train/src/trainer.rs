@@ -245,17 +245,16 @@ impl Trainer {
     ) -> Result<TrainerState> {
         let mine = (group.rank() == 0).then(|| self.start_state(model, optimizer, train));
         let json = broadcast_result(group, || match &mine {
-            Some(Ok(state)) => serde_json::to_vec(state)
-                .map_err(|e| Error::Format { context: "trainer state".into(), msg: e.to_string() }),
+            Some(Ok(state)) => {
+                serde_json::to_vec(state).map_err(|e| Error::format("trainer state", e.to_string()))
+            }
             Some(Err(e)) => Err(Error::distributed(e.to_string())),
             None => Ok(Vec::new()),
         });
         let state = match (mine, json) {
             (Some(result), _) => result?,
-            (None, json) => serde_json::from_slice(&json?).map_err(|e| Error::Format {
-                context: "rank 0's trainer state".into(),
-                msg: e.to_string(),
-            })?,
+            (None, json) => serde_json::from_slice(&json?)
+                .map_err(|e| Error::format("rank 0's trainer state", e.to_string()))?,
         };
         broadcast_parameters(model, group)?;
         broadcast_optimizer(optimizer, group)?;

@@ -67,10 +67,7 @@ fn a_failed_write_leaves_the_previous_checkpoint() {
     // The next write dies after half of the model file.
     let err = replace_dir_atomic(tmp.path(), "last", |dir| {
         std::fs::write(dir.join("model.safetensors"), vec![7u8; 100]).unwrap();
-        Err(Error::Io {
-            context: "write model.safetensors".into(),
-            source: std::io::Error::other("disk full (simulated)"),
-        })
+        Err(Error::io("write", "model.safetensors", std::io::Error::other("disk full (simulated)")))
     })
     .unwrap_err();
     assert!(err.to_string().contains("disk full"), "{err}");

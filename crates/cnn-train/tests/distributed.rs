@@ -232,10 +232,7 @@ fn skipped_samples_give_two_ranks_the_one_process_losses() {
         }
         fn get(&self, index: usize) -> Result<(Array3<f32>, usize)> {
             if index % 7 == 3 {
-                return Err(Error::Format {
-                    context: format!("{index}.png"),
-                    msg: "truncated".into(),
-                });
+                return Err(Error::format(format!("{index}.png"), "truncated"));
             }
             self.0.get(index)
         }

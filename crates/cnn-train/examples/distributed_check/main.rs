@@ -33,10 +33,7 @@ impl Dataset for Corrupt {
     }
     fn get(&self, index: usize) -> Result<(Array3<f32>, usize)> {
         if index == 37 {
-            return Err(Error::Format {
-                context: "sample 37".into(),
-                msg: "corrupt (on purpose)".into(),
-            });
+            return Err(Error::format("sample 37", "corrupt (on purpose)"));
         }
         self.0.get(index)
     }

@@ -389,10 +389,7 @@ impl Tuner {
         self.config.validate()?;
         self.base.validate()?;
         if let Some(dir) = &self.out_dir {
-            std::fs::create_dir_all(dir).map_err(|e| Error::Io {
-                context: format!("create {}", dir.display()),
-                source: e,
-            })?;
+            std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
         }
         let c = self.config.clone();
         let seed = c.seed;
@@ -499,10 +496,8 @@ impl Tuner {
         };
         if let Some(dir) = &self.out_dir {
             if let Some(best) = &report.best {
-                let json = serde_json::to_vec_pretty(best).map_err(|e| Error::Format {
-                    context: "best.json".into(),
-                    msg: e.to_string(),
-                })?;
+                let json = serde_json::to_vec_pretty(best)
+                    .map_err(|e| Error::format("best.json", e.to_string()))?;
                 cnn_tensor::write_atomic(&dir.join("best.json"), &json)?;
             }
             let md = report.markdown("Tuning report", &self.context);
