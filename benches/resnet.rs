@@ -11,7 +11,7 @@ use std::time::Duration;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use cnn::models::{cifar_resnet, resnet18};
+use cnn::models::{cifar_resnet, resnet18, CifarResNetConfig};
 use cnn::optim::{Optimizer, Rule};
 use cnn::tensor::random::{normal, seeded_rng};
 use cnn::tensor::{cross_entropy, ArrayD, Layer, Mode};
@@ -19,7 +19,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 fn train_step(c: &mut Criterion) {
     let mut rng = seeded_rng(0);
-    let mut net = cifar_resnet::<f32, _>(20, 10, true, &mut rng).expect("model");
+    let mut net = cifar_resnet::<f32, _>(&CifarResNetConfig::new(20), &mut rng).expect("model");
     let mut opt = Optimizer::new(Rule::sgd(0.9), 0.1, 0.0).expect("optimizer");
     let x: ArrayD<f32> = normal(&[128, 3, 32, 32], 0.0, 1.0, &mut rng);
     let targets: Vec<usize> = (0..128).map(|i| i % 10).collect();

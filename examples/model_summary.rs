@@ -4,8 +4,10 @@
 //! `cargo run --release --example model_summary`
 
 fn main() -> Result<(), cnn::tensor::Error> {
-    let mut net =
-        cnn::models::cifar_resnet::<f32, _>(20, 10, true, &mut cnn::tensor::random::seeded_rng(0))?;
+    let mut net = cnn::models::cifar_resnet::<f32, _>(
+        &cnn::models::CifarResNetConfig::new(20),
+        &mut cnn::tensor::random::seeded_rng(0),
+    )?;
     let (_, text) = cnn::nn::summary(&mut net, &[1, 3, 32, 32])?;
     print!("{text}");
     Ok(())

@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use cnn::models::cifar_resnet;
+use cnn::models::{cifar_resnet, CifarResNetConfig};
 use cnn::optim::{Optimizer, Rule};
 use cnn::tensor::random::{normal, seeded_rng};
 use cnn::tensor::{cross_entropy, ArrayD, Layer, Mode};
@@ -87,7 +87,7 @@ fn main() -> Result<(), cnn::tensor::Error> {
         }
     }
     let mut rng = seeded_rng(0);
-    let mut net = cifar_resnet::<f32, _>(20, 10, true, &mut rng)?;
+    let mut net = cifar_resnet::<f32, _>(&CifarResNetConfig::new(20), &mut rng)?;
     let mut opt = Optimizer::new(Rule::sgd(0.9), 0.1, 0.0)?;
     let x: ArrayD<f32> = normal(&[128, 3, 32, 32], 0.0, 1.0, &mut rng);
     let targets: Vec<usize> = (0..128).map(|i| i % 10).collect();

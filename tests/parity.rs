@@ -17,7 +17,7 @@ use cnn::conv::{
     global_avg_pool2d_backward, global_avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward,
     Conv2dOptions, Pool2dOptions,
 };
-use cnn::models::{cifar_resnet, convnext, ConvNeXtConfig};
+use cnn::models::{cifar_resnet, convnext, CifarResNetConfig, ConvNeXtConfig};
 use cnn::norm::{
     normalize_backward, rstd, Affine, AffineAxes, BatchNorm, BatchNormConfig, GroupNorm,
     GroupNormConfig, InstanceNorm2d, InstanceNormConfig, LayerNorm, LayerNorm2d, LayerNorm2dConfig,
@@ -562,8 +562,11 @@ fn check_model_in<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), Strin
             .and_then(|d| d.parse().ok())
             .ok_or_else(|| format!("unknown arch {arch}"))?;
         let classes = c.floats.get("param.fc.weight").ok_or("no param.fc.weight")?.shape()[0];
-        cifar_resnet::<T, _>(depth, classes, true, &mut cnn::tensor::random::seeded_rng(0))
-            .map_err(e)?
+        cifar_resnet::<T, _>(
+            &CifarResNetConfig::new(depth).with_num_classes(classes),
+            &mut cnn::tensor::random::seeded_rng(0),
+        )
+        .map_err(e)?
     };
     // Load every parameter and buffer; the file must hold exactly the model's keys.
     let mut keys = Vec::new();

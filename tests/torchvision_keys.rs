@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use cnn::models::{alexnet, resnet18, resnet34, resnet50, vgg};
+use cnn::models::{alexnet, resnet18, resnet34, resnet50, vgg, VggConfig};
 use cnn::nn::Sequential;
 use cnn::tensor::random::seeded_rng;
 use cnn::tensor::Layer;
@@ -51,8 +51,10 @@ fn models_match_torchvision_state_dicts() {
         ("resnet18", || resnet18(1000, &mut seeded_rng(0)).unwrap()),
         ("resnet34", || resnet34(1000, &mut seeded_rng(0)).unwrap()),
         ("resnet50", || resnet50(1000, &mut seeded_rng(0)).unwrap()),
-        ("vgg11", || vgg(11, false, 1000, &mut seeded_rng(0)).unwrap()),
-        ("vgg16_bn", || vgg(16, true, 1000, &mut seeded_rng(0)).unwrap()),
+        ("vgg11", || vgg(&VggConfig::new(11), &mut seeded_rng(0)).unwrap()),
+        ("vgg16_bn", || {
+            vgg(&VggConfig::new(16).with_batch_norm(true), &mut seeded_rng(0)).unwrap()
+        }),
         ("alexnet", || alexnet(1000, &mut seeded_rng(0)).unwrap()),
     ];
     let names: Vec<&str> = models.iter().map(|m| m.0).collect();
@@ -135,15 +137,16 @@ fn classic_models_run_and_have_torchvisions_sizes() {
     assert_eq!(cnn::nn::count_params(&a).0, 61_100_840);
     let y = a.forward(normal(&[1, 3, 224, 224], 0.0, 1.0, &mut seeded_rng(2)), Mode::Eval).unwrap();
     assert_eq!(y.shape(), &[1, 1000]);
-    let mut v = vgg::<f32, _>(11, false, 10, &mut seeded_rng(1)).unwrap();
+    let mut v =
+        vgg::<f32, _>(&VggConfig::new(11).with_num_classes(10), &mut seeded_rng(1)).unwrap();
     let y = v.forward(normal(&[1, 3, 32, 32], 0.0, 1.0, &mut seeded_rng(2)), Mode::Train).unwrap();
     assert_eq!(y.shape(), &[1, 10]);
-    assert!(vgg::<f32, _>(12, false, 10, &mut seeded_rng(1)).is_err());
+    assert!(vgg::<f32, _>(&VggConfig::new(12), &mut seeded_rng(1)).is_err());
 }
 
 #[test]
 fn zero_init_residual_and_summary() {
-    use cnn::models::{cifar_resnet, zero_init_residual};
+    use cnn::models::{cifar_resnet, zero_init_residual, CifarResNetConfig};
     use cnn::nn::summary;
     let mut r50 = resnet50::<f32, _>(10, &mut seeded_rng(3)).unwrap();
     assert_eq!(zero_init_residual(&mut r50), 16, "one bn3 per Bottleneck");
@@ -158,7 +161,7 @@ fn zero_init_residual_and_summary() {
         }
     });
 
-    let mut net = cifar_resnet::<f32, _>(20, 10, true, &mut seeded_rng(4)).unwrap();
+    let mut net = cifar_resnet::<f32, _>(&CifarResNetConfig::new(20), &mut seeded_rng(4)).unwrap();
     let (rows, text) = summary(&mut net, &[1, 3, 32, 32]).unwrap();
     let row = |key: &str| rows.iter().find(|r| r.key == key).unwrap();
     assert_eq!(row("conv1").kind, "Conv2d");

@@ -150,10 +150,9 @@ impl RandomResizedCrop {
         Ok(RandomResizedCrop { size, scale, ratio, antialias: false })
     }
 
-    /// Antialias when the crop is shrunk (torchvision's `antialias=True`); off by default.
-    pub fn with_antialias(mut self, antialias: bool) -> Self {
-        self.antialias = antialias;
-        self
+    cnn_tensor::setters! {
+        /// Antialias when the crop is shrunk (torchvision's `antialias=True`); off by default.
+        with_antialias: antialias: bool;
     }
 
     /// The crop `(top, left, height, width)` for an `h × w` image (torchvision's `get_params`).

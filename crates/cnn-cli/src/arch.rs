@@ -2,7 +2,7 @@
 
 use cnn_models::{
     alexnet, cifar_resnet, convnext, resnet101, resnet152, resnet18, resnet34, resnet50, small_cnn,
-    vgg, ConvNeXtConfig,
+    vgg, CifarResNetConfig, ConvNeXtConfig, Shortcuts, VggConfig,
 };
 use cnn_tensor::random::seeded_rng;
 use cnn_tensor::{Error, Layer, Result};
@@ -46,13 +46,16 @@ pub fn build(arch: &str, image: [usize; 3], classes: usize, seed: u64) -> Result
             50 => resnet50(classes, rng)?,
             101 => resnet101(classes, rng)?,
             152 => resnet152(classes, rng)?,
-            d => cifar_resnet(d, classes, true, rng)?,
+            d => cifar_resnet(&CifarResNetConfig::new(d).with_num_classes(classes), rng)?,
         }
     } else if let Some(depth) = arch.strip_prefix("plain") {
-        cifar_resnet(depth.parse().map_err(|_| unknown(arch))?, classes, false, rng)?
+        let depth = depth.parse().map_err(|_| unknown(arch))?;
+        let plain = CifarResNetConfig::new(depth).with_shortcuts(Shortcuts::Plain);
+        cifar_resnet(&plain.with_num_classes(classes), rng)?
     } else if let Some(rest) = arch.strip_prefix("vgg") {
         let (depth, bn) = rest.strip_suffix("_bn").map_or((rest, false), |d| (d, true));
-        vgg(depth.parse().map_err(|_| unknown(arch))?, bn, classes, rng)?
+        let depth = depth.parse().map_err(|_| unknown(arch))?;
+        vgg(&VggConfig::new(depth).with_batch_norm(bn).with_num_classes(classes), rng)?
     } else if arch == "alexnet" {
         alexnet(classes, rng)?
     } else if let Some(variant) = arch.strip_prefix("convnext_") {

@@ -10,7 +10,7 @@ use std::time::Instant;
 use clap::Args;
 use cnn_data::{stratified_split, Dataset};
 use cnn_init::{activation_stats, ProbeActivation, ProbeConfig, ProbeInit};
-use cnn_models::cifar_resnet;
+use cnn_models::{cifar_resnet, CifarResNetConfig, Shortcuts};
 use cnn_tensor::{random::seeded_rng, Error, Result};
 use cnn_train::{evaluate, LineChart, ProgressMode, ScheduleKind, TrainConfig, Trainer};
 
@@ -254,10 +254,13 @@ pub fn degradation(args: DegradationArgs, started: Instant) -> Result<ExitCode> 
     let mut rows = Vec::new();
     let mut csv = String::from("net,depth,iteration,train_error_smoothed\n");
     for &depth in &args.depths {
-        for skip in [false, true] {
-            let name = format!("{}-{depth}", if skip { "resnet" } else { "plain" });
-            let mut model =
-                cifar_resnet::<f32, _>(depth, classes, skip, &mut seeded_rng(args.seed))?;
+        for shortcuts in [Shortcuts::Plain, Shortcuts::Residual] {
+            let kind = if shortcuts == Shortcuts::Residual { "resnet" } else { "plain" };
+            let name = format!("{kind}-{depth}");
+            let mut model = cifar_resnet::<f32, _>(
+                &CifarResNetConfig::new(depth).with_num_classes(classes).with_shortcuts(shortcuts),
+                &mut seeded_rng(args.seed),
+            )?;
             let (params, _) = cnn_nn::count_params(&model);
             let steps = Arc::new(Mutex::new(Vec::new()));
             let record = steps.clone();

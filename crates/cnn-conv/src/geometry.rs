@@ -82,13 +82,11 @@ impl Conv2dOptions {
     pub fn with_dilation(self, d: usize) -> Self {
         Conv2dOptions { dilation: [d, d], ..self }
     }
-    /// Channel groups.
-    pub fn with_groups(self, groups: usize) -> Self {
-        Conv2dOptions { groups, ..self }
-    }
-    /// The algorithm (see [`ConvAlgorithm`]).
-    pub fn with_algorithm(self, algorithm: ConvAlgorithm) -> Self {
-        Conv2dOptions { algorithm, ..self }
+    cnn_tensor::setters! {
+        /// Channel groups.
+        with_groups: groups: usize;
+        /// The algorithm (see [`ConvAlgorithm`]).
+        with_algorithm: algorithm: ConvAlgorithm;
     }
 
     /// Checks that stride, dilation and groups are positive: the one place

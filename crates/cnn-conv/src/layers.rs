@@ -88,10 +88,9 @@ impl Conv2dConfig {
         self.options.groups = groups;
         self
     }
-    /// With or without a bias.
-    pub fn with_bias(mut self, bias: bool) -> Self {
-        self.bias = bias;
-        self
+    cnn_tensor::setters! {
+        /// With or without a bias.
+        with_bias: bias: bool;
     }
     /// The weight shape `[out, in/groups, kh, kw]`.
     pub fn weight_shape(&self) -> [usize; 4] {

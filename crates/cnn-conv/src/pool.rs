@@ -44,13 +44,11 @@ impl Pool2dOptions {
     pub fn with_padding(self, p: usize) -> Self {
         Pool2dOptions { padding: [p, p], ..self }
     }
-    /// Ceil instead of floor for the output size.
-    pub fn with_ceil_mode(self, ceil_mode: bool) -> Self {
-        Pool2dOptions { ceil_mode, ..self }
-    }
-    /// Whether average pooling counts the padding.
-    pub fn with_count_include_pad(self, count_include_pad: bool) -> Self {
-        Pool2dOptions { count_include_pad, ..self }
+    cnn_tensor::setters! {
+        /// Ceil instead of floor for the output size.
+        with_ceil_mode: ceil_mode: bool;
+        /// Whether average pooling counts the padding.
+        with_count_include_pad: count_include_pad: bool;
     }
 }
 

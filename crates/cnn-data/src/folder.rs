@@ -79,10 +79,9 @@ impl ImageFolder {
         Ok(ImageFolder { files, classes, size, max_decoded_bytes: MAX_DECODED_BYTES })
     }
 
-    /// With another cap on the bytes one image may decode to (default [`MAX_DECODED_BYTES`]).
-    pub fn with_max_decoded_bytes(mut self, bytes: u64) -> Self {
-        self.max_decoded_bytes = bytes;
-        self
+    cnn_tensor::setters! {
+        /// With another cap on the bytes one image may decode to (default [`MAX_DECODED_BYTES`]).
+        with_max_decoded_bytes: max_decoded_bytes: u64;
     }
 
     /// The file behind sample `index`.

@@ -68,15 +68,11 @@ impl DataLoader {
             read: Arc::new(AtomicU64::new(0)),
         })
     }
-    /// Shuffle each epoch (default) or keep the dataset's order.
-    pub fn with_shuffle(mut self, shuffle: bool) -> Self {
-        self.shuffle = shuffle;
-        self
-    }
-    /// Drop a last batch smaller than `batch_size`.
-    pub fn with_drop_last(mut self, drop_last: bool) -> Self {
-        self.drop_last = drop_last;
-        self
+    cnn_tensor::setters! {
+        /// Shuffle each epoch (default) or keep the dataset's order.
+        with_shuffle: shuffle: bool;
+        /// Drop a last batch smaller than `batch_size`.
+        with_drop_last: drop_last: bool;
     }
     /// A transform applied to every sample (augmentation, normalization).
     pub fn with_transform(mut self, transform: Arc<dyn Transform<f32>>) -> Self {
@@ -84,10 +80,9 @@ impl DataLoader {
         self
     }
 
-    /// What to do with a sample that cannot be read (default [`BadSamples::Fail`]).
-    pub fn with_bad_samples(mut self, policy: BadSamples) -> Self {
-        self.bad_samples = policy;
-        self
+    cnn_tensor::setters! {
+        /// What to do with a sample that cannot be read (default [`BadSamples::Fail`]).
+        with_bad_samples: bad_samples: BadSamples;
     }
 
     /// The policy for unreadable samples.

@@ -68,6 +68,31 @@ const VGG16: &[usize] =
 const VGG19: &[usize] =
     &[64, 64, 0, 128, 128, 0, 256, 256, 256, 256, 0, 512, 512, 512, 512, 0, 512, 512, 512, 512, 0];
 
+/// The settings of [`vgg`], with `with_*` builders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VggConfig {
+    /// 11, 13, 16 or 19 weight layers.
+    pub depth: usize,
+    /// A BatchNorm after each conv (`vgg16_bn`, …). Default false.
+    pub batch_norm: bool,
+    /// Classes of the last linear layer. Default 1000 (ImageNet's, as torchvision).
+    pub num_classes: usize,
+}
+
+impl VggConfig {
+    /// torchvision's `vgg{depth}`: no BatchNorm, 1000 classes.
+    pub fn new(depth: usize) -> Self {
+        VggConfig { depth, batch_norm: false, num_classes: 1000 }
+    }
+
+    cnn_tensor::setters! {
+        /// Sets [`VggConfig::batch_norm`].
+        with_batch_norm: batch_norm: bool;
+        /// Sets [`VggConfig::num_classes`].
+        with_num_classes: num_classes: usize;
+    }
+}
+
 /// torchvision's VGG of `depth` 11, 13, 16 or 19, with BatchNorm after each
 /// conv when `batch_norm` (`vgg16_bn`, …): `features`, `avgpool` (adaptive,
 /// 7×7), `classifier` (4096, dropout, 4096, dropout, `num_classes`).
@@ -76,12 +101,8 @@ const VGG19: &[usize] =
 ///
 /// # Errors
 /// [`Error::Config`] for another depth or zero classes.
-pub fn vgg<T: Float, R: Rng + ?Sized>(
-    depth: usize,
-    batch_norm: bool,
-    num_classes: usize,
-    rng: &mut R,
-) -> Result<Sequential<T>> {
+pub fn vgg<T: Float, R: Rng + ?Sized>(config: &VggConfig, rng: &mut R) -> Result<Sequential<T>> {
+    let VggConfig { depth, batch_norm, num_classes } = *config;
     check_classes(num_classes)?;
     let plan = match depth {
         11 => VGG11,

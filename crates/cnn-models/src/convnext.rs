@@ -42,30 +42,17 @@ impl ConvNeXtConfig {
             head_init_scale: 1.0,
         }
     }
-    /// Sets [`ConvNeXtConfig::conv_mlp`].
-    pub fn with_conv_mlp(mut self, conv_mlp: bool) -> Self {
-        self.conv_mlp = conv_mlp;
-        self
-    }
-    /// Sets [`ConvNeXtConfig::num_classes`].
-    pub fn with_num_classes(mut self, num_classes: usize) -> Self {
-        self.num_classes = num_classes;
-        self
-    }
-    /// Sets [`ConvNeXtConfig::in_chans`].
-    pub fn with_in_chans(mut self, in_chans: usize) -> Self {
-        self.in_chans = in_chans;
-        self
-    }
-    /// Sets [`ConvNeXtConfig::drop_path_rate`].
-    pub fn with_drop_path_rate(mut self, rate: f64) -> Self {
-        self.drop_path_rate = rate;
-        self
-    }
-    /// Sets [`ConvNeXtConfig::ls_init_value`].
-    pub fn with_ls_init_value(mut self, value: f64) -> Self {
-        self.ls_init_value = value;
-        self
+    cnn_tensor::setters! {
+        /// Sets [`ConvNeXtConfig::conv_mlp`].
+        with_conv_mlp: conv_mlp: bool;
+        /// Sets [`ConvNeXtConfig::num_classes`].
+        with_num_classes: num_classes: usize;
+        /// Sets [`ConvNeXtConfig::in_chans`].
+        with_in_chans: in_chans: usize;
+        /// Sets [`ConvNeXtConfig::drop_path_rate`].
+        with_drop_path_rate: drop_path_rate: f64;
+        /// Sets [`ConvNeXtConfig::ls_init_value`].
+        with_ls_init_value: ls_init_value: f64;
     }
 
     /// timm's named variants: `atto`, `femto`, `pico`, `nano` (conv MLPs) and

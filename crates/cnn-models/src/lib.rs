@@ -1,18 +1,18 @@
 //! Network architectures with torchvision's parameter names.
 //!
-//! So far: the CIFAR ResNets of He et al. (2016, §4.2), `cifar_resnet(depth)`
+//! So far: the CIFAR ResNets of He et al. (2016, §4.2), [`cifar_resnet`]
 //! for depth 6n + 2 (20, 32, 44, 56, 110), and their plain twins (the same
 //! layers without skip connections) for the degradation experiment; and
-//! torchvision's `resnet18/34/50/101/152`, `alexnet`, and `vgg(11 | 13 | 16 | 19, batch_norm)`;
+//! torchvision's `resnet18/34/50/101/152`, `alexnet`, and [`vgg`] (11, 13, 16, 19, with or without BatchNorm);
 //! and [`small_cnn`], the default network of `cnn train`, fit to the image size;
 //! and timm's ConvNeXts ([`convnext`], `convnext_atto` … `convnext_tiny`) with its keys.
 //!
 //! ```
-//! use cnn_models::cifar_resnet;
+//! use cnn_models::{cifar_resnet, CifarResNetConfig};
 //! use cnn_tensor::{random, Layer, Mode};
 //!
 //! let mut rng = random::seeded_rng(0);
-//! let mut net = cifar_resnet::<f32, _>(20, 10, true, &mut rng)?;
+//! let mut net = cifar_resnet::<f32, _>(&CifarResNetConfig::new(20), &mut rng)?;
 //! let logits = net.forward(random::normal(&[2, 3, 32, 32], 0.0, 1.0, &mut rng), Mode::Eval)?;
 //! assert_eq!(logits.shape(), &[2, 10]);
 //! assert_eq!(cnn_nn::count_params(&mut net).0, 272_474);
@@ -23,7 +23,7 @@ mod classic;
 mod convnext;
 mod small;
 
-pub use classic::{alexnet, vgg};
+pub use classic::{alexnet, vgg, VggConfig};
 pub use convnext::{
     convnext, convnext_atto, convnext_femto, convnext_nano, convnext_pico, convnext_tiny,
     ConvNeXtConfig,
@@ -38,38 +38,78 @@ use cnn_norm::{BatchNorm, BatchNormConfig};
 use cnn_tensor::{Error, Float, Layer, Result};
 use rand::Rng;
 
-/// A CIFAR ResNet of `depth = 6n + 2` layers: a 3×3 stem of 16 channels,
-/// three stages of `n` [`BasicBlock`]s at 16, 32 and 64 channels (the first
+/// Whether a CIFAR ResNet's blocks add their shortcut ([`CifarResNetConfig::shortcuts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Shortcuts {
+    /// Every block adds its input (or its projection): the ResNet.
+    #[default]
+    Residual,
+    /// No block adds anything: the plain twin, with the same layers and keys
+    /// but no `downsample` (He et al.'s degradation experiment).
+    Plain,
+}
+
+/// The settings of [`cifar_resnet`], with `with_*` builders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CifarResNetConfig {
+    /// Layers, `6n + 2` with n ≥ 1: 20, 32, 44, 56, 110.
+    pub depth: usize,
+    /// Channels of the three stages. Default `[16, 32, 64]` (small widths
+    /// make whole-network gradient checks cheap).
+    pub widths: [usize; 3],
+    /// Classes of the linear classifier. Default 10.
+    pub num_classes: usize,
+    /// Residual or plain. Default [`Shortcuts::Residual`].
+    pub shortcuts: Shortcuts,
+}
+
+impl CifarResNetConfig {
+    /// He et al.'s ResNet of `depth` for CIFAR-10: widths 16, 32, 64, 10 classes.
+    pub fn new(depth: usize) -> Self {
+        CifarResNetConfig {
+            depth,
+            widths: [16, 32, 64],
+            num_classes: 10,
+            shortcuts: Shortcuts::Residual,
+        }
+    }
+
+    cnn_tensor::setters! {
+        /// Sets [`CifarResNetConfig::widths`].
+        with_widths: widths: [usize; 3];
+        /// Sets [`CifarResNetConfig::num_classes`].
+        with_num_classes: num_classes: usize;
+        /// Sets [`CifarResNetConfig::shortcuts`].
+        with_shortcuts: shortcuts: Shortcuts;
+    }
+}
+
+/// A CIFAR ResNet of `depth = 6n + 2` layers: a 3×3 stem of `widths[0]`
+/// channels, three stages of `n` [`BasicBlock`]s at the three widths (the first
 /// block of stages 2 and 3 halves the map with a projection shortcut),
 /// global average pooling and a linear classifier.
 ///
 /// Keys as torchvision's ResNet: `conv1`, `bn1`, `layer1.0.conv1`, …,
-/// `layer2.0.downsample.0`, `fc`. With `skip = false` it is the plain twin:
-/// the same layers and keys but no shortcuts (and no `downsample`).
+/// `layer2.0.downsample.0`, `fc`. With [`Shortcuts::Plain`] it is the plain
+/// twin: the same layers and keys but no shortcuts (and no `downsample`).
+///
+/// ```
+/// use cnn_models::{cifar_resnet, CifarResNetConfig, Shortcuts};
+/// let mut rng = cnn_tensor::random::seeded_rng(0);
+/// let plain = CifarResNetConfig::new(20).with_shortcuts(Shortcuts::Plain);
+/// let net = cifar_resnet::<f32, _>(&plain, &mut rng)?;
+/// assert_eq!(cnn_nn::count_params(&net).0, 269_722);
+/// # Ok::<(), cnn_tensor::Error>(())
+/// ```
 ///
 /// # Errors
-/// [`Error::Config`] when `depth` is not 6n + 2 with n ≥ 1, or `num_classes` is 0.
+/// [`Error::Config`] when `depth` is not 6n + 2 with n ≥ 1, or a width or
+/// `num_classes` is 0.
 pub fn cifar_resnet<T: Float, R: Rng + ?Sized>(
-    depth: usize,
-    num_classes: usize,
-    skip: bool,
+    config: &CifarResNetConfig,
     rng: &mut R,
 ) -> Result<Sequential<T>> {
-    cifar_resnet_widths(depth, [16, 32, 64], num_classes, skip, rng)
-}
-
-/// [`cifar_resnet`] with other stage widths (small widths make whole-network
-/// gradient checks cheap).
-///
-/// # Errors
-/// As [`cifar_resnet`], and for a zero width.
-pub fn cifar_resnet_widths<T: Float, R: Rng + ?Sized>(
-    depth: usize,
-    widths: [usize; 3],
-    num_classes: usize,
-    skip: bool,
-    rng: &mut R,
-) -> Result<Sequential<T>> {
+    let CifarResNetConfig { depth, widths, num_classes, shortcuts } = *config;
     if depth < 8 || !(depth - 2).is_multiple_of(6) || num_classes == 0 || widths.contains(&0) {
         return Err(Error::config(
             "cifar_resnet",
@@ -93,10 +133,9 @@ pub fn cifar_resnet_widths<T: Float, R: Rng + ?Sized>(
         let mut layer = Sequential::new();
         for j in 0..n {
             let stride = if stage > 0 && j == 0 { 2 } else { 1 };
-            let block = if skip {
-                BasicBlock::new(c_in, w, stride, rng)?
-            } else {
-                BasicBlock::plain(c_in, w, stride, rng)?
+            let block = match shortcuts {
+                Shortcuts::Residual => BasicBlock::new(c_in, w, stride, rng)?,
+                Shortcuts::Plain => BasicBlock::plain(c_in, w, stride, rng)?,
             };
             layer = layer.push(block);
             c_in = w;

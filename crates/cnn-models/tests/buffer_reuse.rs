@@ -32,7 +32,7 @@ fn reused_buffers_give_the_numbers_of_fresh_layers() {
         let build = || -> Sequential<f32> {
             let mut rng = seeded_rng(5);
             if make == 0 {
-                cifar_resnet(20, 10, true, &mut rng).unwrap()
+                cifar_resnet(&cnn_models::CifarResNetConfig::new(20), &mut rng).unwrap()
             } else {
                 resnet50(10, &mut rng).unwrap()
             }

@@ -3,7 +3,8 @@
 #![allow(clippy::unwrap_used)]
 
 use cnn_models::{
-    alexnet, cifar_resnet, convnext, resnet18, resnet50, small_cnn, vgg, ConvNeXtConfig,
+    alexnet, cifar_resnet, convnext, resnet18, resnet50, small_cnn, vgg, CifarResNetConfig,
+    ConvNeXtConfig, VggConfig,
 };
 use cnn_nn::{count_fused, fusable, with_fusion, FusionCount, Sequential};
 use cnn_tensor::random::{normal, seeded_rng};
@@ -35,11 +36,23 @@ fn models() -> Vec<(&'static str, Sequential<f32>, Vec<usize>)> {
     let mut rng = seeded_rng(0);
     vec![
         ("small_cnn", small_cnn(1, [28, 28], 10, &mut rng).unwrap(), vec![3, 1, 28, 28]),
-        ("cifar_resnet20", cifar_resnet(20, 10, true, &mut rng).unwrap(), vec![2, 3, 32, 32]),
+        (
+            "cifar_resnet20",
+            cifar_resnet(&CifarResNetConfig::new(20), &mut rng).unwrap(),
+            vec![2, 3, 32, 32],
+        ),
         ("resnet18", resnet18(10, &mut rng).unwrap(), vec![2, 3, 64, 64]),
         ("resnet50", resnet50(10, &mut rng).unwrap(), vec![1, 3, 64, 64]),
-        ("vgg11", vgg(11, false, 10, &mut rng).unwrap(), vec![1, 3, 32, 32]),
-        ("vgg11_bn", vgg(11, true, 10, &mut rng).unwrap(), vec![2, 3, 32, 32]),
+        (
+            "vgg11",
+            vgg(&VggConfig::new(11).with_num_classes(10), &mut rng).unwrap(),
+            vec![1, 3, 32, 32],
+        ),
+        (
+            "vgg11_bn",
+            vgg(&VggConfig::new(11).with_batch_norm(true).with_num_classes(10), &mut rng).unwrap(),
+            vec![2, 3, 32, 32],
+        ),
         ("alexnet", alexnet(10, &mut rng).unwrap(), vec![1, 3, 64, 64]),
         (
             "convnext_atto",
@@ -103,7 +116,7 @@ fn fused_inference_equals_the_layers_one_by_one_on_every_model() {
 #[test]
 fn changed_weights_invalidate_the_folded_ones() {
     let mut rng = seeded_rng(1);
-    let mut net: Sequential<f32> = cifar_resnet(8, 10, true, &mut rng).unwrap();
+    let mut net: Sequential<f32> = cifar_resnet(&CifarResNetConfig::new(8), &mut rng).unwrap();
     let x: ArrayD<f32> = normal(&[2, 3, 16, 16], 0.0, 1.0, &mut seeded_rng(4));
     settle(&mut net, &x);
     let before = net.forward(x.clone(), Mode::Eval).unwrap();

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use cnn_models::{cifar_resnet, cifar_resnet_widths};
+use cnn_models::{cifar_resnet, CifarResNetConfig, Shortcuts};
 use cnn_nn::{count_params, freeze, unfreeze};
 use cnn_tensor::gradcheck::{check_layer, GradCheckConfig};
 use cnn_tensor::random::{normal, seeded_rng};
@@ -14,7 +14,11 @@ fn a_whole_tiny_resnet_passes_the_gradient_checker() {
     // Depth 8 (one block per stage), widths 2/3/4: every kind of layer,
     // projection shortcuts included, in train mode (batch statistics).
     let mut rng = seeded_rng(1);
-    let mut net = cifar_resnet_widths::<f64, _>(8, [2, 3, 4], 3, true, &mut rng).unwrap();
+    let mut net = cifar_resnet::<f64, _>(
+        &CifarResNetConfig::new(8).with_widths([2, 3, 4]).with_num_classes(3),
+        &mut rng,
+    )
+    .unwrap();
     let x = normal(&[3, 3, 8, 8], 0.0, 1.0, &mut rng);
     let cfg = GradCheckConfig { max_entries_per_tensor: 24, ..Default::default() };
     let report = check_layer(&mut net, &x, 5, &cfg).unwrap();
@@ -26,7 +30,7 @@ fn a_whole_tiny_resnet_passes_the_gradient_checker() {
 fn keys_follow_torchvision_and_the_plain_twin_has_no_shortcuts() {
     let mut rng = seeded_rng(2);
     let mut keys = Vec::new();
-    let mut net = cifar_resnet::<f32, _>(20, 10, true, &mut rng).unwrap();
+    let mut net = cifar_resnet::<f32, _>(&CifarResNetConfig::new(20), &mut rng).unwrap();
     net.visit_mut("", &mut |k, _| keys.push(k.to_string()));
     assert_eq!(
         keys[..6],
@@ -43,7 +47,11 @@ fn keys_follow_torchvision_and_the_plain_twin_has_no_shortcuts() {
     assert!(keys.contains(&"layer3.2.bn2.running_var".to_string()));
     assert_eq!(keys.last().unwrap(), "fc.bias");
 
-    let mut plain = cifar_resnet::<f32, _>(20, 10, false, &mut rng).unwrap();
+    let mut plain = cifar_resnet::<f32, _>(
+        &CifarResNetConfig::new(20).with_shortcuts(Shortcuts::Plain),
+        &mut rng,
+    )
+    .unwrap();
     let mut plain_keys = Vec::new();
     plain.visit_mut("", &mut |k, _| plain_keys.push(k.to_string()));
     assert!(plain_keys.iter().all(|k| !k.contains("downsample")));
@@ -54,7 +62,11 @@ fn keys_follow_torchvision_and_the_plain_twin_has_no_shortcuts() {
 #[test]
 fn frozen_parameters_stay_bitwise_and_gather_no_gradient() {
     let mut rng = seeded_rng(3);
-    let mut net = cifar_resnet_widths::<f32, _>(8, [4, 4, 8], 5, true, &mut rng).unwrap();
+    let mut net = cifar_resnet::<f32, _>(
+        &CifarResNetConfig::new(8).with_widths([4, 4, 8]).with_num_classes(5),
+        &mut rng,
+    )
+    .unwrap();
     let frozen = freeze(&mut net, "layer1");
     assert!(frozen > 0);
     let before = snapshot(&mut net, "layer1.");
@@ -102,9 +114,14 @@ fn snapshot(net: &mut dyn Layer<f32>, prefix: &str) -> Vec<(String, cnn_tensor::
 fn bad_depths_are_errors() {
     let mut rng = seeded_rng(4);
     for depth in [0, 7, 21, 2] {
-        assert!(cifar_resnet::<f32, _>(depth, 10, true, &mut rng).is_err(), "depth {depth}");
+        assert!(
+            cifar_resnet::<f32, _>(&CifarResNetConfig::new(depth), &mut rng).is_err(),
+            "depth {depth}"
+        );
     }
-    assert!(cifar_resnet::<f32, _>(20, 0, true, &mut rng).is_err());
+    assert!(
+        cifar_resnet::<f32, _>(&CifarResNetConfig::new(20).with_num_classes(0), &mut rng).is_err()
+    );
 }
 
 /// A whole ConvNeXt of one block per stage (drop path on, masks fixed) passes the gradient checker in f64.

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use cnn_models::{cifar_resnet, cifar_resnet_widths};
+use cnn_models::{cifar_resnet, CifarResNetConfig, Shortcuts};
 use cnn_nn::{load_state_dict, save_state_dict, SaveDtype};
 use cnn_tensor::random::{normal, seeded_rng};
 use cnn_tensor::{Error, Layer, Mode};
@@ -27,13 +27,19 @@ fn save_then_load_gives_identical_outputs() {
     for (dtype, name) in [(SaveDtype::F32, "f32.safetensors"), (SaveDtype::F64, "f64.safetensors")]
     {
         let path = scratch.path(name);
-        let mut a =
-            cifar_resnet_widths::<f64, _>(8, [4, 4, 8], 10, true, &mut seeded_rng(1)).unwrap();
+        let mut a = cifar_resnet::<f64, _>(
+            &CifarResNetConfig::new(8).with_widths([4, 4, 8]),
+            &mut seeded_rng(1),
+        )
+        .unwrap();
         // Train-mode steps move the running statistics away from their init.
         a.forward(normal(&[4, 3, 8, 8], 1.0, 2.0, &mut seeded_rng(2)), Mode::Train).unwrap();
         save_state_dict(&a, &path, dtype).unwrap();
-        let mut b =
-            cifar_resnet_widths::<f64, _>(8, [4, 4, 8], 10, true, &mut seeded_rng(99)).unwrap();
+        let mut b = cifar_resnet::<f64, _>(
+            &CifarResNetConfig::new(8).with_widths([4, 4, 8]),
+            &mut seeded_rng(99),
+        )
+        .unwrap();
         let report = load_state_dict(&mut b, &path, true).unwrap();
         assert!(report.is_exact(), "{report}");
         let x = normal(&[2, 3, 8, 8], 0.0, 1.0, &mut seeded_rng(3));
@@ -52,27 +58,39 @@ fn save_then_load_gives_identical_outputs() {
 fn files_that_do_not_fit_are_clear_errors() {
     let scratch = Scratch::new();
     let path = scratch.path("resnet8.safetensors");
-    let mut small =
-        cifar_resnet_widths::<f32, _>(8, [4, 4, 8], 10, true, &mut seeded_rng(1)).unwrap();
+    let mut small = cifar_resnet::<f32, _>(
+        &CifarResNetConfig::new(8).with_widths([4, 4, 8]),
+        &mut seeded_rng(1),
+    )
+    .unwrap();
     save_state_dict(&small, &path, SaveDtype::F32).unwrap();
 
     // Deeper model: keys missing from the file.
-    let mut deeper =
-        cifar_resnet_widths::<f32, _>(14, [4, 4, 8], 10, true, &mut seeded_rng(1)).unwrap();
+    let mut deeper = cifar_resnet::<f32, _>(
+        &CifarResNetConfig::new(14).with_widths([4, 4, 8]),
+        &mut seeded_rng(1),
+    )
+    .unwrap();
     let e = load_state_dict(&mut deeper, &path, true).unwrap_err().to_string();
     assert!(e.contains("missing keys: layer1.1.conv1.weight"), "{e}");
     let report = load_state_dict(&mut deeper, &path, false).unwrap();
     assert!(!report.missing.is_empty() && report.unexpected.is_empty() && report.loaded > 0);
 
     // Shallower model: unexpected keys in the file.
-    let mut plain =
-        cifar_resnet_widths::<f32, _>(8, [4, 4, 8], 10, false, &mut seeded_rng(1)).unwrap();
+    let mut plain = cifar_resnet::<f32, _>(
+        &CifarResNetConfig::new(8).with_widths([4, 4, 8]).with_shortcuts(Shortcuts::Plain),
+        &mut seeded_rng(1),
+    )
+    .unwrap();
     let e = load_state_dict(&mut plain, &path, true).unwrap_err().to_string();
     assert!(e.contains("unexpected keys: layer2.0.downsample.0.weight"), "{e}");
 
     // Another head: shape mismatches, by key.
-    let mut other =
-        cifar_resnet_widths::<f32, _>(8, [4, 4, 8], 7, true, &mut seeded_rng(1)).unwrap();
+    let mut other = cifar_resnet::<f32, _>(
+        &CifarResNetConfig::new(8).with_widths([4, 4, 8]).with_num_classes(7),
+        &mut seeded_rng(1),
+    )
+    .unwrap();
     let e = load_state_dict(&mut other, &path, true).unwrap_err().to_string();
     assert!(e.contains("fc.weight: model [7, 8], file [10, 8]"), "{e}");
 
@@ -102,7 +120,7 @@ fn an_unsupported_dtype_is_refused() {
     let bytes = safetensors::serialize(vec![("conv1.weight", view)], None).unwrap();
     let path = scratch.path("i32.safetensors");
     std::fs::write(&path, bytes).unwrap();
-    let mut net = cifar_resnet::<f32, _>(20, 10, true, &mut seeded_rng(1)).unwrap();
+    let mut net = cifar_resnet::<f32, _>(&CifarResNetConfig::new(20), &mut seeded_rng(1)).unwrap();
     let e = load_state_dict(&mut net, &path, false).unwrap_err().to_string();
     assert!(e.contains("conv1.weight: dtype I32 is not supported"), "{e}");
 }
@@ -112,7 +130,11 @@ fn absent_batch_counters_are_kept_as_pytorch_does() {
     let scratch = Scratch::new();
     // timm's and many published checkpoints leave out num_batches_tracked.
     let path = scratch.path("no_counters.safetensors");
-    let mut source = cnn_models::cifar_resnet::<f32, _>(8, 10, true, &mut seeded_rng(0)).unwrap();
+    let mut source = cnn_models::cifar_resnet::<f32, _>(
+        &cnn_models::CifarResNetConfig::new(8),
+        &mut seeded_rng(0),
+    )
+    .unwrap();
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     source.visit_mut("", &mut |k, p| {
         if !k.ends_with("num_batches_tracked") {
@@ -131,7 +153,11 @@ fn absent_batch_counters_are_kept_as_pytorch_does() {
         })
         .collect();
     std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
-    let mut model = cnn_models::cifar_resnet::<f32, _>(8, 10, true, &mut seeded_rng(1)).unwrap();
+    let mut model = cnn_models::cifar_resnet::<f32, _>(
+        &cnn_models::CifarResNetConfig::new(8),
+        &mut seeded_rng(1),
+    )
+    .unwrap();
     let report = load_state_dict(&mut model, &path, true).unwrap();
     // One counter per BatchNorm: the stem, two per block (three blocks), two projections.
     assert_eq!(report.defaulted.len(), 9, "{report}");
@@ -184,7 +210,11 @@ fn half_precision_files_load_converted() {
 fn a_wrapper_prefix_on_every_key_is_named_in_one_line() {
     let scratch = Scratch::new();
     let path = scratch.path("dataparallel.safetensors");
-    let mut source = cnn_models::cifar_resnet::<f32, _>(8, 10, true, &mut seeded_rng(0)).unwrap();
+    let mut source = cnn_models::cifar_resnet::<f32, _>(
+        &cnn_models::CifarResNetConfig::new(8),
+        &mut seeded_rng(0),
+    )
+    .unwrap();
     let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     source.visit_mut("", &mut |k, p| {
         let (dtype, bytes) = if k.ends_with("num_batches_tracked") {
@@ -204,7 +234,11 @@ fn a_wrapper_prefix_on_every_key_is_named_in_one_line() {
         })
         .collect();
     std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
-    let mut model = cnn_models::cifar_resnet::<f32, _>(8, 10, true, &mut seeded_rng(1)).unwrap();
+    let mut model = cnn_models::cifar_resnet::<f32, _>(
+        &cnn_models::CifarResNetConfig::new(8),
+        &mut seeded_rng(1),
+    )
+    .unwrap();
     let e = load_state_dict(&mut model, &path, true).unwrap_err().to_string();
     assert!(e.ends_with("every key starts with \"module.\" (a wrapper such as DataParallel's); strip it: StateDict::strip_prefix, or cnn finetune --strip-prefix module."), "{e}");
     assert!(e.len() < 300, "one short line: {e}");

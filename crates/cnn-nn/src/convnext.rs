@@ -196,17 +196,13 @@ impl ConvNeXtBlockConfig {
             kernel_size: 7,
         }
     }
-    /// Sets [`ConvNeXtBlockConfig::conv_mlp`].
-    pub fn with_conv_mlp(self, conv_mlp: bool) -> Self {
-        ConvNeXtBlockConfig { conv_mlp, ..self }
-    }
-    /// Sets [`ConvNeXtBlockConfig::ls_init_value`].
-    pub fn with_ls_init_value(self, ls_init_value: Option<f64>) -> Self {
-        ConvNeXtBlockConfig { ls_init_value, ..self }
-    }
-    /// Sets [`ConvNeXtBlockConfig::drop_path`].
-    pub fn with_drop_path(self, drop_path: f64) -> Self {
-        ConvNeXtBlockConfig { drop_path, ..self }
+    cnn_tensor::setters! {
+        /// Sets [`ConvNeXtBlockConfig::conv_mlp`].
+        with_conv_mlp: conv_mlp: bool;
+        /// Sets [`ConvNeXtBlockConfig::ls_init_value`].
+        with_ls_init_value: ls_init_value: Option<f64>;
+        /// Sets [`ConvNeXtBlockConfig::drop_path`].
+        with_drop_path: drop_path: f64;
     }
 }
 

@@ -25,10 +25,9 @@ impl LinearConfig {
         LinearConfig { in_features, out_features, bias: true }
     }
 
-    /// With or without a bias.
-    pub fn with_bias(mut self, bias: bool) -> Self {
-        self.bias = bias;
-        self
+    cnn_tensor::setters! {
+        /// With or without a bias.
+        with_bias: bias: bool;
     }
 }
 

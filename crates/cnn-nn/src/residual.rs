@@ -61,10 +61,9 @@ impl<T: Float> Residual<T> {
         self
     }
 
-    /// With the type name a summary shows for it (`"cnn_nn::BasicBlock"`).
-    pub fn with_name(mut self, name: &'static str) -> Self {
-        self.name = name;
-        self
+    cnn_tensor::setters! {
+        /// With the type name a summary shows for it (`"cnn_nn::BasicBlock"`).
+        with_name: name: &'static str;
     }
 
     /// Sets γ of the main branch's last BatchNorm to zero, so the block starts

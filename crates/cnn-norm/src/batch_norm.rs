@@ -40,21 +40,15 @@ impl BatchNormConfig {
             track_running_stats: true,
         }
     }
-    /// Another eps.
-    pub fn with_eps(self, eps: f64) -> Self {
-        BatchNormConfig { eps, ..self }
-    }
-    /// Another momentum (`None`: cumulative average).
-    pub fn with_momentum(self, momentum: Option<f64>) -> Self {
-        BatchNormConfig { momentum, ..self }
-    }
-    /// With or without γ and β.
-    pub fn with_affine(self, affine: bool) -> Self {
-        BatchNormConfig { affine, ..self }
-    }
-    /// With or without running statistics.
-    pub fn with_track_running_stats(self, track: bool) -> Self {
-        BatchNormConfig { track_running_stats: track, ..self }
+    cnn_tensor::setters! {
+        /// Another eps.
+        with_eps: eps: f64;
+        /// Another momentum (`None`: cumulative average).
+        with_momentum: momentum: Option<f64>;
+        /// With or without γ and β.
+        with_affine: affine: bool;
+        /// With or without running statistics.
+        with_track_running_stats: track_running_stats: bool;
     }
 }
 

@@ -28,13 +28,11 @@ impl GroupNormConfig {
     pub fn new(num_groups: usize, num_channels: usize) -> Self {
         GroupNormConfig { num_groups, num_channels, eps: 1e-5, affine: true }
     }
-    /// Another eps.
-    pub fn with_eps(self, eps: f64) -> Self {
-        GroupNormConfig { eps, ..self }
-    }
-    /// With or without γ and β.
-    pub fn with_affine(self, affine: bool) -> Self {
-        GroupNormConfig { affine, ..self }
+    cnn_tensor::setters! {
+        /// Another eps.
+        with_eps: eps: f64;
+        /// With or without γ and β.
+        with_affine: affine: bool;
     }
 }
 
@@ -141,21 +139,15 @@ impl InstanceNormConfig {
             track_running_stats: false,
         }
     }
-    /// Another eps.
-    pub fn with_eps(self, eps: f64) -> Self {
-        InstanceNormConfig { eps, ..self }
-    }
-    /// Another momentum (`None`: cumulative average).
-    pub fn with_momentum(self, momentum: Option<f64>) -> Self {
-        InstanceNormConfig { momentum, ..self }
-    }
-    /// With or without γ and β.
-    pub fn with_affine(self, affine: bool) -> Self {
-        InstanceNormConfig { affine, ..self }
-    }
-    /// With or without running statistics.
-    pub fn with_track_running_stats(self, track: bool) -> Self {
-        InstanceNormConfig { track_running_stats: track, ..self }
+    cnn_tensor::setters! {
+        /// Another eps.
+        with_eps: eps: f64;
+        /// Another momentum (`None`: cumulative average).
+        with_momentum: momentum: Option<f64>;
+        /// With or without γ and β.
+        with_affine: affine: bool;
+        /// With or without running statistics.
+        with_track_running_stats: track_running_stats: bool;
     }
 }
 

@@ -27,13 +27,11 @@ impl LayerNormConfig {
             elementwise_affine: true,
         }
     }
-    /// Another eps.
-    pub fn with_eps(self, eps: f64) -> Self {
-        LayerNormConfig { eps, ..self }
-    }
-    /// With or without γ and β.
-    pub fn with_elementwise_affine(self, elementwise_affine: bool) -> Self {
-        LayerNormConfig { elementwise_affine, ..self }
+    cnn_tensor::setters! {
+        /// Another eps.
+        with_eps: eps: f64;
+        /// With or without γ and β.
+        with_elementwise_affine: elementwise_affine: bool;
     }
 }
 

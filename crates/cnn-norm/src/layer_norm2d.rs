@@ -101,9 +101,9 @@ impl LayerNorm2dConfig {
     pub fn new(num_channels: usize) -> Self {
         LayerNorm2dConfig { num_channels, eps: 1e-6 }
     }
-    /// Another eps.
-    pub fn with_eps(self, eps: f64) -> Self {
-        LayerNorm2dConfig { eps, ..self }
+    cnn_tensor::setters! {
+        /// Another eps.
+        with_eps: eps: f64;
     }
 }
 

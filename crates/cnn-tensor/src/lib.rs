@@ -46,6 +46,7 @@ mod param;
 pub mod random;
 mod reduce;
 pub mod scratch;
+mod setters;
 pub mod simd;
 pub mod switches;
 pub mod untrusted;

@@ -64,7 +64,11 @@ type Network = (Box<dyn Layer<f32>>, [usize; 3], usize);
 fn model(arch: &str) -> Result<Network> {
     let rng = &mut seeded_rng(0);
     Ok(match arch {
-        "resnet20" => (Box::new(cnn_models::cifar_resnet(20, 10, true, rng)?), [3, 32, 32], 10),
+        "resnet20" => (
+            Box::new(cnn_models::cifar_resnet(&cnn_models::CifarResNetConfig::new(20), rng)?),
+            [3, 32, 32],
+            10,
+        ),
         "resnet18" => (Box::new(cnn_models::resnet18(1000, rng)?), [3, 224, 224], 1000),
         "resnet50" => (Box::new(cnn_models::resnet50(1000, rng)?), [3, 224, 224], 1000),
         other => return Err(Error::config("distributed_step", format!("unknown arch {other:?}"))),

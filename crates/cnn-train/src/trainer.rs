@@ -131,19 +131,14 @@ impl Trainer {
         self
     }
 
-    /// Continues the run in the output directory from its `last/` checkpoint
-    /// instead of starting afresh. The model and loaders must be built as
-    /// they were for that run; the config must equal the one it saved
-    /// (read it with [`TrainerState::read`]).
-    pub fn with_resume(mut self, resume: bool) -> Self {
-        self.resume = resume;
-        self
-    }
-
-    /// How to show progress.
-    pub fn with_progress(mut self, progress: ProgressMode) -> Self {
-        self.progress = progress;
-        self
+    cnn_tensor::setters! {
+        /// Continues the run in the output directory from its `last/` checkpoint
+        /// instead of starting afresh. The model and loaders must be built as
+        /// they were for that run; the config must equal the one it saved
+        /// (read it with [`TrainerState::read`]).
+        with_resume: resume: bool;
+        /// How to show progress.
+        with_progress: progress: ProgressMode;
     }
 
     /// A flag that, once set (by a Ctrl-C handler, say), makes the run finish
@@ -153,11 +148,10 @@ impl Trainer {
         self
     }
 
-    /// JSON stored in every checkpoint's `trainer.json` (the CLI keeps the
-    /// data set, architecture and normalization there).
-    pub fn with_metadata(mut self, metadata: serde_json::Value) -> Self {
-        self.metadata = metadata;
-        self
+    cnn_tensor::setters! {
+        /// JSON stored in every checkpoint's `trainer.json` (the CLI keeps the
+        /// data set, architecture and normalization there).
+        with_metadata: metadata: serde_json::Value;
     }
 
     /// A callback after each epoch; returning `false` stops the run there.

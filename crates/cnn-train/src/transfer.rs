@@ -43,10 +43,9 @@ impl PretrainedOptions {
         self.rename = rename;
         self
     }
-    /// Sets [`PretrainedOptions::seed`].
-    pub fn with_seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
-        self
+    cnn_tensor::setters! {
+        /// Sets [`PretrainedOptions::seed`].
+        with_seed: seed: u64;
     }
 }
 

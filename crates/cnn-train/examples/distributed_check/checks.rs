@@ -63,7 +63,10 @@ fn step(
 /// ranks sum in another order than one process, so rounding differs, nothing else.
 pub fn f64_resnet_equals_one_process(group: Arc<dyn Collective>, steps: usize) -> Result<String> {
     let build = || -> Result<Sequential<f64>> {
-        cnn_models::cifar_resnet_widths(8, [4, 8, 8], 5, true, &mut seeded_rng(3))
+        cnn_models::cifar_resnet(
+            &cnn_models::CifarResNetConfig::new(8).with_widths([4, 8, 8]).with_num_classes(5),
+            &mut seeded_rng(3),
+        )
     };
     let (mut alone, mut shared) = (build()?, build()?);
     shared.sync_batch_norm(Some(group.clone()));

@@ -213,20 +213,13 @@ impl TuneConfig {
         }
     }
 
-    /// Sets [`TuneConfig::seed`].
-    pub fn with_seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
-        self
-    }
-    /// Sets [`TuneConfig::overfit_samples`].
-    pub fn with_overfit_samples(mut self, n: usize) -> Self {
-        self.overfit_samples = n;
-        self
-    }
-    /// Sets [`TuneConfig::lr_candidates`].
-    pub fn with_lr_candidates(mut self, lrs: Vec<f64>) -> Self {
-        self.lr_candidates = lrs;
-        self
+    cnn_tensor::setters! {
+        /// Sets [`TuneConfig::seed`].
+        with_seed: seed: u64;
+        /// Sets [`TuneConfig::overfit_samples`].
+        with_overfit_samples: overfit_samples: usize;
+        /// Sets [`TuneConfig::lr_candidates`].
+        with_lr_candidates: lr_candidates: Vec<f64>;
     }
 
     /// Checks the settings.
@@ -356,16 +349,11 @@ impl Tuner {
         self
     }
 
-    /// Lines that open the report (the data, the network, the command).
-    pub fn with_context(mut self, lines: Vec<String>) -> Self {
-        self.context = lines;
-        self
-    }
-
-    /// How each search trial's training shows progress. Default quiet.
-    pub fn with_progress(mut self, progress: ProgressMode) -> Self {
-        self.progress = progress;
-        self
+    cnn_tensor::setters! {
+        /// Lines that open the report (the data, the network, the command).
+        with_context: context: Vec<String>;
+        /// How each search trial's training shows progress. Default quiet.
+        with_progress: progress: ProgressMode;
     }
 
     /// Receives one line per step and per trial as the run goes.
