@@ -83,7 +83,7 @@
 //! std::fs::create_dir_all(&dir).map_err(|e| Error::Io { context: "mkdir".into(), source: e })?;
 //! let path = dir.join("net.safetensors");
 //! save_state_dict(&net, &path, SaveDtype::F32)?;
-//! let report = load_state_dict(&mut net2, &path, true)?; // strict: every key and shape
+//! let report = load_state_dict(&mut net2, &path, cnn::nn::LoadMode::Strict)?; // strict: every key and shape
 //! assert!(report.is_exact());
 //! # std::fs::remove_dir_all(&dir).ok();
 //! # Ok::<(), Error>(())

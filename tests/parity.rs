@@ -21,7 +21,7 @@ use cnn::models::{cifar_resnet, convnext, CifarResNetConfig, ConvNeXtConfig};
 use cnn::norm::{
     normalize_backward, rstd, Affine, AffineAxes, BatchNorm, BatchNormConfig, GroupNorm,
     GroupNormConfig, InstanceNorm2d, InstanceNormConfig, LayerNorm, LayerNorm2d, LayerNorm2dConfig,
-    LayerNormConfig, NormAxes,
+    LayerNormConfig, NormAxes, Statistics,
 };
 use cnn::optim::{Optimizer, Rule, Schedule};
 use cnn::tensor::{
@@ -404,7 +404,7 @@ fn check_batch_norm2d<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), S
                 &mean,
                 &rstd(&var, eps),
                 Some(affine),
-                false,
+                Statistics::Running,
             )
             .map_err(e)?;
             cmp.check("dx", &ArrayD::from_shape_vec(x.raw_dim(), g.dx).unwrap(), "dx");

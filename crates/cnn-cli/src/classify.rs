@@ -89,7 +89,7 @@ pub fn classify(req: &ClassifyRequest<'_>) -> Result<usize> {
         },
     };
     let mut built = arch::build(req.arch, image, classes, 0)?;
-    dict.load_into(&mut *built.model, true, &|_| false)?;
+    dict.load_into(&mut *built.model, cnn_nn::LoadMode::Strict, &|_| false)?;
     let names: Option<Vec<String>> = match req.labels {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;

@@ -109,7 +109,7 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     let state = TrainerState::read(&dir)?;
     let info = RunInfo::from_metadata(&state.metadata, &run)?;
     let mut built = info.build_model()?;
-    load_state_dict(&mut *built.model, &dir.join(MODEL_FILE), true)?;
+    load_state_dict(&mut *built.model, &dir.join(MODEL_FILE), cnn_nn::LoadMode::Strict)?;
     let spec = match args.data {
         Some(d) => d,
         None => info.data_spec()?,

@@ -362,7 +362,7 @@ fn run_in(
         cnn_nn::load_state_dict(
             &mut *built.model,
             &last.join(cnn_train::checkpoint::MODEL_FILE),
-            true,
+            cnn_nn::LoadMode::Strict,
         )?;
     }
     if let Some(g) = &group {

@@ -40,7 +40,7 @@ fn save_then_load_gives_identical_outputs() {
             &mut seeded_rng(99),
         )
         .unwrap();
-        let report = load_state_dict(&mut b, &path, true).unwrap();
+        let report = load_state_dict(&mut b, &path, cnn_nn::LoadMode::Strict).unwrap();
         assert!(report.is_exact(), "{report}");
         let x = normal(&[2, 3, 8, 8], 0.0, 1.0, &mut seeded_rng(3));
         let (ya, yb) =
@@ -71,9 +71,9 @@ fn files_that_do_not_fit_are_clear_errors() {
         &mut seeded_rng(1),
     )
     .unwrap();
-    let e = load_state_dict(&mut deeper, &path, true).unwrap_err().to_string();
+    let e = load_state_dict(&mut deeper, &path, cnn_nn::LoadMode::Strict).unwrap_err().to_string();
     assert!(e.contains("missing keys: layer1.1.conv1.weight"), "{e}");
-    let report = load_state_dict(&mut deeper, &path, false).unwrap();
+    let report = load_state_dict(&mut deeper, &path, cnn_nn::LoadMode::Lenient).unwrap();
     assert!(!report.missing.is_empty() && report.unexpected.is_empty() && report.loaded > 0);
 
     // Shallower model: unexpected keys in the file.
@@ -82,7 +82,7 @@ fn files_that_do_not_fit_are_clear_errors() {
         &mut seeded_rng(1),
     )
     .unwrap();
-    let e = load_state_dict(&mut plain, &path, true).unwrap_err().to_string();
+    let e = load_state_dict(&mut plain, &path, cnn_nn::LoadMode::Strict).unwrap_err().to_string();
     assert!(e.contains("unexpected keys: layer2.0.downsample.0.weight"), "{e}");
 
     // Another head: shape mismatches, by key.
@@ -91,7 +91,7 @@ fn files_that_do_not_fit_are_clear_errors() {
         &mut seeded_rng(1),
     )
     .unwrap();
-    let e = load_state_dict(&mut other, &path, true).unwrap_err().to_string();
+    let e = load_state_dict(&mut other, &path, cnn_nn::LoadMode::Strict).unwrap_err().to_string();
     assert!(e.contains("fc.weight: model [7, 8], file [10, 8]"), "{e}");
 
     // Truncated bytes and garbage: an error, never a panic.
@@ -100,12 +100,15 @@ fn files_that_do_not_fit_are_clear_errors() {
         let bad = scratch.path("truncated.safetensors");
         std::fs::write(&bad, &bytes[..cut]).unwrap();
         assert!(
-            matches!(load_state_dict(&mut small, &bad, true), Err(Error::Format { .. })),
+            matches!(
+                load_state_dict(&mut small, &bad, cnn_nn::LoadMode::Strict),
+                Err(Error::Format { .. })
+            ),
             "cut at {cut}"
         );
     }
     assert!(matches!(
-        load_state_dict(&mut small, &scratch.path("absent.safetensors"), true),
+        load_state_dict(&mut small, &scratch.path("absent.safetensors"), cnn_nn::LoadMode::Strict),
         Err(Error::Io { .. })
     ));
 }
@@ -121,7 +124,7 @@ fn an_unsupported_dtype_is_refused() {
     let path = scratch.path("i32.safetensors");
     std::fs::write(&path, bytes).unwrap();
     let mut net = cifar_resnet::<f32, _>(&CifarResNetConfig::new(20), &mut seeded_rng(1)).unwrap();
-    let e = load_state_dict(&mut net, &path, false).unwrap_err().to_string();
+    let e = load_state_dict(&mut net, &path, cnn_nn::LoadMode::Lenient).unwrap_err().to_string();
     assert!(e.contains("conv1.weight: dtype I32 is not supported"), "{e}");
 }
 
@@ -158,7 +161,7 @@ fn absent_batch_counters_are_kept_as_pytorch_does() {
         &mut seeded_rng(1),
     )
     .unwrap();
-    let report = load_state_dict(&mut model, &path, true).unwrap();
+    let report = load_state_dict(&mut model, &path, cnn_nn::LoadMode::Strict).unwrap();
     // One counter per BatchNorm: the stem, two per block (three blocks), two projections.
     assert_eq!(report.defaulted.len(), 9, "{report}");
     assert!(
@@ -191,7 +194,7 @@ fn half_precision_files_load_converted() {
     std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
     let mut net = cnn_nn::Sequential::<f32>::new()
         .push(cnn_nn::Linear::new(cnn_nn::LinearConfig::new(4, 3), &mut seeded_rng(0)).unwrap());
-    let report = load_state_dict(&mut net, &path, true).unwrap();
+    let report = load_state_dict(&mut net, &path, cnn_nn::LoadMode::Strict).unwrap();
     assert_eq!(report.loaded, 2);
     net.visit_mut("", &mut |k, p| {
         let got: Vec<f32> = p.value.iter().copied().collect();
@@ -239,7 +242,7 @@ fn a_wrapper_prefix_on_every_key_is_named_in_one_line() {
         &mut seeded_rng(1),
     )
     .unwrap();
-    let e = load_state_dict(&mut model, &path, true).unwrap_err().to_string();
+    let e = load_state_dict(&mut model, &path, cnn_nn::LoadMode::Strict).unwrap_err().to_string();
     assert!(e.ends_with("every key starts with \"module.\" (a wrapper such as DataParallel's); strip it: StateDict::strip_prefix, or cnn finetune --strip-prefix module."), "{e}");
     assert!(e.len() < 300, "one short line: {e}");
 }

@@ -37,7 +37,8 @@ pub use linear::{Linear, LinearConfig};
 pub use residual::{BasicBlock, Bottleneck, Residual, Shortcut, EXPANSION};
 pub use sequential::{Flatten, Identity, Sequential};
 pub use state_dict::{
-    bf16_to_f32, f16_to_f32, load_state_dict, save_state_dict, LoadReport, SaveDtype, StateDict,
+    bf16_to_f32, f16_to_f32, load_state_dict, save_state_dict, LoadMode, LoadReport, SaveDtype,
+    StateDict,
 };
 pub use summary::{summary, SummaryRow};
 

@@ -264,17 +264,17 @@ impl StateDict {
     /// Loads the tensors into `model` by key, leaving out the model's keys for
     /// which `skip` is true (and the file's keys under them).
     ///
-    /// With `strict`, any missing or unexpected key or shape mismatch among
-    /// the rest is an error that lists them all, and nothing is loaded;
-    /// otherwise the matching tensors are loaded and the report says what did
-    /// not match.
+    /// With [`LoadMode::Strict`], any missing or unexpected key or shape
+    /// mismatch among the rest is an error that lists them all, and nothing is
+    /// loaded; with [`LoadMode::Lenient`] the matching tensors are loaded and
+    /// the report says what did not match.
     ///
     /// # Errors
-    /// [`Error::Format`] naming the file and every mismatch, when `strict`.
+    /// [`Error::Format`] naming the file and every mismatch, when strict.
     pub fn load_into<T: Float>(
         &self,
         model: &mut dyn Layer<T>,
-        strict: bool,
+        mode: LoadMode,
         skip: &dyn Fn(&str) -> bool,
     ) -> Result<LoadReport> {
         let mut report = LoadReport::default();
@@ -299,7 +299,7 @@ impl StateDict {
         });
         report.unexpected =
             self.tensors.keys().filter(|k| !model_keys.contains(*k) && !skip(k)).cloned().collect();
-        if strict && !report.is_exact() {
+        if mode == LoadMode::Strict && !report.is_exact() {
             // A wrapper prefix on every key (DataParallel's `module.`) would
             // list every key twice; say what to strip instead.
             let ours: Vec<String> = model_keys.iter().cloned().collect();
@@ -337,24 +337,35 @@ impl StateDict {
     }
 }
 
+/// How a state dict must match the model it loads into (PyTorch's `strict`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum LoadMode {
+    /// Every key and shape must match, or nothing is loaded (`strict=True`).
+    #[default]
+    Strict,
+    /// What matches is loaded; the report lists the rest (`strict=False`).
+    Lenient,
+}
+
 /// Loads a safetensors `state_dict` (ours, or PyTorch's via
 /// `safetensors.torch.save_file`; f16 and bf16 tensors are converted) into
 /// `model` by key.
 ///
-/// With `strict`, any missing or unexpected key or shape mismatch is an error
-/// that lists them all, and nothing is loaded; otherwise the matching tensors
-/// are loaded and the report says what did not match.
+/// With [`LoadMode::Strict`] (PyTorch's `strict=True`), any missing or
+/// unexpected key or shape mismatch is an error that lists them all, and
+/// nothing is loaded; with [`LoadMode::Lenient`] the matching tensors are
+/// loaded and the report says what did not match.
 ///
 /// # Errors
 /// [`Error::Io`] when the file cannot be read, [`Error::Format`] when it is
 /// not a valid safetensors file (truncated, corrupt) or holds an unsupported
-/// dtype, and, when `strict`, when the keys or shapes do not match.
+/// dtype, and, when strict, when the keys or shapes do not match.
 pub fn load_state_dict<T: Float>(
     model: &mut dyn Layer<T>,
     path: &Path,
-    strict: bool,
+    mode: LoadMode,
 ) -> Result<LoadReport> {
-    StateDict::read(path)?.load_into(model, strict, &|_| false)
+    StateDict::read(path)?.load_into(model, mode, &|_| false)
 }
 
 #[cfg(test)]

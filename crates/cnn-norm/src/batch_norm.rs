@@ -1,5 +1,6 @@
 //! `nn.BatchNorm1d` / `nn.BatchNorm2d`.
 
+use crate::Statistics;
 use std::sync::Arc;
 
 use cnn_tensor::collective::Collective;
@@ -262,7 +263,8 @@ impl<T: Float> Layer<T> for BatchNorm<T> {
             }
         };
         let affine = self.affine.as_ref().map(|a| (a, affine_axes));
-        let (y, cache) = forward_with(self.op, x, axes, (mean, rstd_v), affine, use_batch, train)?;
+        let stats = if use_batch { Statistics::Batch } else { Statistics::Running };
+        let (y, cache) = forward_with(self.op, x, axes, (mean, rstd_v), affine, stats, mode)?;
         self.cache = cache;
         Ok(y)
     }
@@ -273,7 +275,7 @@ impl<T: Float> Layer<T> for BatchNorm<T> {
 
     fn backward_view(&mut self, dy: ArrayViewD<'_, T>) -> Result<ArrayD<T>> {
         let cache = self.cache.take().ok_or(Error::NoForward { op: self.op })?;
-        match self.group.clone().filter(|_| cache.batch_stats) {
+        match self.group.clone().filter(|_| cache.stats == Statistics::Batch) {
             Some(group) => self.synced_backward(&*group, cache, dy),
             None => backward_with(self.op, cache, dy, self.affine.as_mut()),
         }

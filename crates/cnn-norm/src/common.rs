@@ -1,6 +1,8 @@
 //! What the four norm layers share: affine parameters, the train-mode cache,
 //! and running statistics.
 
+use crate::Statistics;
+use cnn_tensor::Mode;
 use cnn_tensor::{join_key, ArrayD, Error, Float, IxDyn, Param, Result};
 use ndarray::ArrayViewD;
 
@@ -61,7 +63,7 @@ pub(crate) struct NormCache<T> {
     pub(crate) affine_axes: AffineAxes,
     pub(crate) mean: Vec<T>,
     pub(crate) rstd: Vec<T>,
-    pub(crate) batch_stats: bool,
+    pub(crate) stats: Statistics,
 }
 
 /// Normalizes `x` with statistics `mean`/`rstd` and the optional affine, and
@@ -72,9 +74,10 @@ pub(crate) fn forward_with<T: Float>(
     axes: NormAxes,
     (mean, rstd): (Vec<T>, Vec<T>),
     affine: Option<(&AffineParams<T>, AffineAxes)>,
-    batch_stats: bool,
-    train: bool,
+    stats: Statistics,
+    mode: Mode,
 ) -> Result<(ArrayD<T>, Option<NormCache<T>>)> {
+    let train = mode == Mode::Train;
     let x = if x.is_standard_layout() { x } else { x.as_standard_layout().into_owned() };
     let xs = x.as_slice().ok_or_else(|| Error::shape(op, "input is not contiguous"))?;
     let view = affine.map(|(p, a)| p.view(op, a)).transpose()?;
@@ -82,7 +85,7 @@ pub(crate) fn forward_with<T: Float>(
     let y = ArrayD::from_shape_vec(x.raw_dim(), y).map_err(|e| Error::shape(op, e.to_string()))?;
     let whole = AffineAxes { outer: 1, features: 1, inner: x.len() };
     let affine_axes = affine.map_or(whole, |(_, a)| a);
-    let cache = train.then(|| NormCache { x, axes, affine_axes, mean, rstd, batch_stats });
+    let cache = train.then(|| NormCache { x, axes, affine_axes, mean, rstd, stats });
     Ok((y, cache))
 }
 
@@ -104,7 +107,8 @@ pub(crate) fn forward_fused<T: Float>(
     let whole = AffineAxes { outer: 1, features: 1, inner: x.len() };
     let affine_axes = affine.map_or(whole, |(_, a)| a);
     let rstd = crate::rstd(&var, eps);
-    let cache = train.then(|| NormCache { x, axes, affine_axes, mean, rstd, batch_stats: true });
+    let cache =
+        train.then(|| NormCache { x, axes, affine_axes, mean, rstd, stats: Statistics::Batch });
     Ok((y, cache))
 }
 
@@ -115,12 +119,19 @@ pub(crate) fn backward_with<T: Float>(
     dy: ArrayViewD<'_, T>,
     affine: Option<&mut AffineParams<T>>,
 ) -> Result<ArrayD<T>> {
-    backward_by(op, cache, dy, affine, |xs, dys, cache, view| {
-        if cache.batch_stats {
+    backward_by(op, cache, dy, affine, |xs, dys, cache, view| match cache.stats {
+        Statistics::Batch => {
             crate::normalize_backward_fused(xs, dys, cache.axes, &cache.mean, &cache.rstd, view)
-        } else {
-            normalize_backward(xs, dys, cache.axes, &cache.mean, &cache.rstd, view, false)
         }
+        Statistics::Running => normalize_backward(
+            xs,
+            dys,
+            cache.axes,
+            &cache.mean,
+            &cache.rstd,
+            view,
+            Statistics::Running,
+        ),
     })
 }
 

@@ -1,5 +1,6 @@
 //! `nn.GroupNorm` and `nn.InstanceNorm2d`.
 
+use crate::Statistics;
 use cnn_tensor::{ArrayD, Error, Float, Layer, Mode, Param, Result};
 use ndarray::ArrayViewD;
 
@@ -228,8 +229,9 @@ impl<T: Float> Layer<T> for InstanceNorm2d<T> {
         };
         let affine =
             self.affine.as_ref().map(|a| (a, AffineAxes { outer: n, features: c, inner: hw }));
+        let stats = if use_batch { Statistics::Batch } else { Statistics::Running };
         let (y, cache) =
-            forward_with("instance_norm2d", x, axes, (mean, rstd_v), affine, use_batch, train)?;
+            forward_with("instance_norm2d", x, axes, (mean, rstd_v), affine, stats, mode)?;
         self.cache = cache;
         Ok(y)
     }

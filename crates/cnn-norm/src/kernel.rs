@@ -469,7 +469,7 @@ pub fn normalize_backward_fused<T: Float>(
 ) -> Result<NormGrads<T>> {
     let fusable = axes.outer == 1 && affine.as_ref().is_none_or(|a| a.axes.inner > 1);
     if !fusable {
-        return normalize_backward(x, dy, axes, mean, rstd, affine, true);
+        return normalize_backward(x, dy, axes, mean, rstd, affine, Statistics::Batch);
     }
     check_backward(x, dy, axes, mean, rstd, affine.as_ref())?;
     let count = T::of(axes.count() as f64);
@@ -593,11 +593,22 @@ pub(crate) fn check_params<T>(
     Ok(())
 }
 
+/// Where the statistics of a normalization came from, which decides its gradient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Statistics {
+    /// Computed from this `x` (training, or any layer/group/instance norm):
+    /// the gradient flows through them too.
+    Batch,
+    /// Fixed numbers (a BatchNorm's running statistics, in eval mode): they
+    /// are constants of the backward pass.
+    Running,
+}
+
 /// Gradients of [`normalize_forward`] for upstream `dy`.
 ///
-/// With `batch_stats` (the statistics came from this `x`, as in training),
+/// With [`Statistics::Batch`] (the statistics came from this `x`, as in training),
 /// `dx = rstd·(g − mean(g) − x̂·mean(g·x̂))` with `g = dy·γ`, the means over
-/// each group; without (fixed running statistics, BatchNorm in eval mode),
+/// each group; with [`Statistics::Running`] (BatchNorm in eval mode),
 /// `dx = rstd·g`. `dγ = Σ dy·x̂` and `dβ = Σ dy` per feature.
 ///
 /// It is [`grad_sums`] divided by the group size, then [`normalize_backward_from`].
@@ -611,9 +622,9 @@ pub fn normalize_backward<T: Float>(
     mean: &[T],
     rstd: &[T],
     affine: Option<Affine<'_, T>>,
-    batch_stats: bool,
+    stats: Statistics,
 ) -> Result<NormGrads<T>> {
-    let coef = if batch_stats {
+    let coef = if stats == Statistics::Batch {
         let count = T::of(axes.count() as f64);
         let sums = grad_sums(x, dy, axes, mean, rstd, affine.as_ref())?;
         sums.into_iter().map(|(sg, sgx)| (sg / count, sgx / count)).collect()

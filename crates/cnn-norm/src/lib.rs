@@ -43,7 +43,7 @@ pub use group_norm::{GroupNorm, GroupNormConfig, InstanceNorm2d, InstanceNormCon
 pub use kernel::{
     grad_sums, group_squares, group_sums, moments, normalize_backward, normalize_backward_from,
     normalize_backward_fused, normalize_forward, normalize_fused, rstd, Affine, AffineAxes,
-    Moments, NormAxes, NormGrads,
+    Moments, NormAxes, NormGrads, Statistics,
 };
 pub use layer_norm::{LayerNorm, LayerNormConfig};
 pub use layer_norm2d::{LayerNorm2d, LayerNorm2dConfig};

@@ -4,6 +4,7 @@
 //! [`crate::normalize_fused`], [`crate::normalize_backward`],
 //! [`crate::normalize_backward_fused`]) is held equal to these by proptests.
 
+use crate::Statistics;
 use cnn_tensor::{Float, Result};
 
 use crate::kernel::{check, check_backward, check_params};
@@ -74,8 +75,8 @@ pub fn normalize_forward<T: Float>(
     Ok(y)
 }
 
-/// Gradients of [`normalize_forward`]: with `batch_stats`,
-/// `dx = rstd·(g − mean(g) − x̂·mean(g·x̂))`, `g = dy·γ`; without, `dx = rstd·g`;
+/// Gradients of [`normalize_forward`]: with [`Statistics::Batch`],
+/// `dx = rstd·(g − mean(g) − x̂·mean(g·x̂))`, `g = dy·γ`; with running ones, `dx = rstd·g`;
 /// `dγ = Σ dy·x̂`, `dβ = Σ dy` per feature.
 ///
 /// # Errors
@@ -87,14 +88,14 @@ pub fn normalize_backward<T: Float>(
     mean: &[T],
     rstd: &[T],
     affine: Option<Affine<'_, T>>,
-    batch_stats: bool,
+    stats: Statistics,
 ) -> Result<NormGrads<T>> {
     check_backward(x, dy, axes, mean, rstd, affine.as_ref())?;
     let count = T::of(axes.count() as f64);
     let xhat = |k: usize, s: usize| (x[k] - mean[s]) * rstd[s];
     // The two means of the batch-statistics term, per group.
     let (mut mg, mut mgx) = (vec![T::zero(); axes.groups], vec![T::zero(); axes.groups]);
-    if batch_stats {
+    if stats == Statistics::Batch {
         for s in 0..axes.groups {
             for o in 0..axes.outer {
                 for i in 0..axes.inner {

@@ -6,6 +6,7 @@
 use cnn_norm::{
     AffineAxes, BatchNorm, BatchNormConfig, GroupNorm, GroupNormConfig, InstanceNorm2d,
     InstanceNormConfig, LayerNorm, LayerNorm2d, LayerNorm2dConfig, LayerNormConfig, NormAxes,
+    Statistics,
 };
 use cnn_tensor::gradcheck::{check_layer, GradCheckConfig};
 use cnn_tensor::random::{normal, seeded_rng};
@@ -305,7 +306,8 @@ fn fused_kernels_give_the_same_bits_as_the_plain_ones() {
     let plain = normalize_forward(&x, axes, &m.mean, &r, Some(affine)).unwrap();
     let (fused, mean, var) = normalize_fused(&x, axes, 1e-5, Some(affine)).unwrap();
     assert_eq!((plain, m.mean.clone(), m.var), (fused, mean, var));
-    let a = normalize_backward(&x, &dy, axes, &m.mean, &r, Some(affine), true).unwrap();
+    let a =
+        normalize_backward(&x, &dy, axes, &m.mean, &r, Some(affine), Statistics::Batch).unwrap();
     let b = normalize_backward_fused(&x, &dy, axes, &m.mean, &r, Some(affine)).unwrap();
     assert_eq!(a, b);
     assert!(normalize_fused(&x, NormAxes { outer: n, groups: c, inner: hw }, 1e-5, None).is_err());
@@ -499,13 +501,13 @@ proptest! {
             close("fused mean", &mean, &slow_m.mean)?;
             close("fused var", &var, &slow_m.var)?;
         }
-        for batch_stats in [true, false] {
-            let slow = naive::normalize_backward(&x, &dy, axes, &slow_m.mean, &r, af, batch_stats).unwrap();
-            let fast = cnn_norm::normalize_backward(&x, &dy, axes, &slow_m.mean, &r, af, batch_stats).unwrap();
+        for stats in [Statistics::Batch, Statistics::Running] {
+            let slow = naive::normalize_backward(&x, &dy, axes, &slow_m.mean, &r, af, stats).unwrap();
+            let fast = cnn_norm::normalize_backward(&x, &dy, axes, &slow_m.mean, &r, af, stats).unwrap();
             close("dx", &fast.dx, &slow.dx)?;
             close("dgamma", &fast.dgamma, &slow.dgamma)?;
             close("dbeta", &fast.dbeta, &slow.dbeta)?;
-            if batch_stats {
+            if stats == Statistics::Batch {
                 let fused = cnn_norm::normalize_backward_fused(&x, &dy, axes, &slow_m.mean, &r, af).unwrap();
                 close("fused dx", &fused.dx, &slow.dx)?;
                 close("fused dgamma", &fused.dgamma, &slow.dgamma)?;
@@ -530,7 +532,7 @@ fn naive_twin_refuses_views_that_do_not_fit() {
         &[0.0; 3],
         &[1.0; 3],
         None,
-        true,
+        Statistics::Batch,
     )
     .unwrap_err();
     assert!(e.to_string().contains("dy has 20 elements"), "{e}");

@@ -223,7 +223,7 @@ pub fn load_checkpoint(
     optimizer: &mut Optimizer<f32>,
 ) -> Result<TrainerState> {
     let state = TrainerState::read(dir)?;
-    load_state_dict(model, &dir.join(MODEL_FILE), true)?;
+    load_state_dict(model, &dir.join(MODEL_FILE), cnn_nn::LoadMode::Strict)?;
     optimizer.load_state(&dir.join(OPTIMIZER_FILE))?;
     Ok(state)
 }

@@ -188,7 +188,7 @@ pub fn load_pretrained(
         report.skipped.push((key.clone(), why));
     }
     let skip = |k: &str| under(k, &head);
-    report.loaded = dict.load_into(model, true, &skip)?.loaded;
+    report.loaded = dict.load_into(model, cnn_nn::LoadMode::Strict, &skip)?.loaded;
     replace_head(model, classes, options.seed)?;
     report.head = head;
     Ok(report)

@@ -123,7 +123,7 @@ fn state_dict_target(budget: Budget) {
     go(&target, budget, |b| {
         std::fs::write(&path, b).unwrap();
         let sd = StateDict::read(&path).map_err(|e| e.to_string())?;
-        sd.load_into(&mut model(), false, &|_| false)
+        sd.load_into(&mut model(), cnn_nn::LoadMode::Lenient, &|_| false)
             .map(drop)
             .map_err(|e| format!("{}: {e}", path.display()))
     });

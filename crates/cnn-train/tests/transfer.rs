@@ -185,9 +185,13 @@ fn a_torchvision_resnet18_checkpoint_loads_with_a_new_head() {
     // Plain loading never replaces a head: the shapes must match.
     let plain = dir.path().join("resnet18.safetensors");
     save_state_dict(&source, &plain, SaveDtype::F32).unwrap();
-    let e = load_state_dict(&mut resnet18::<f32, _>(7, &mut seeded_rng(1)).unwrap(), &plain, true)
-        .unwrap_err()
-        .to_string();
+    let e = load_state_dict(
+        &mut resnet18::<f32, _>(7, &mut seeded_rng(1)).unwrap(),
+        &plain,
+        cnn_nn::LoadMode::Strict,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("fc.weight: model [7, 512], file [1000, 512]"), "{e}");
     assert!(load_pretrained(
         &mut resnet18(7, &mut seeded_rng(1)).unwrap(),
