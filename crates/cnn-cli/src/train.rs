@@ -9,7 +9,8 @@ use clap::{Args, ValueEnum};
 use cnn_tensor::collective::{broadcast_result, Collective};
 use cnn_tensor::{Error, Result};
 use cnn_train::{
-    find_checkpoint, OptimizerKind, ProgressMode, ScheduleKind, TrainConfig, Trainer, TrainerState,
+    find_checkpoint, OptimizerConfig, OptimizerKind, ProgressMode, ScheduleConfig, ScheduleKind,
+    TrainConfig, Trainer, TrainerState,
 };
 
 use crate::arch::ARCH_HELP;
@@ -187,24 +188,28 @@ impl TrainArgs {
                 DataSpec::Mnist(_) => 10,
                 _ => d.epochs,
             }),
-            lr: self.lr.unwrap_or(d.lr),
-            optimizer: match self.optimizer {
-                Opt::Sgd => OptimizerKind::Sgd,
-                Opt::Adam => OptimizerKind::Adam,
-                Opt::Adamw => OptimizerKind::AdamW,
+            optimizer: OptimizerConfig {
+                kind: match self.optimizer {
+                    Opt::Sgd => OptimizerKind::Sgd,
+                    Opt::Adam => OptimizerKind::Adam,
+                    Opt::Adamw => OptimizerKind::AdamW,
+                },
+                lr: self.lr.unwrap_or(d.optimizer.lr),
+                momentum: self.momentum.unwrap_or(d.optimizer.momentum),
+                nesterov: !self.no_nesterov,
+                weight_decay: self.weight_decay.unwrap_or(d.optimizer.weight_decay),
+                no_decay_norms_biases: self.no_decay_norms,
             },
-            momentum: self.momentum.unwrap_or(d.momentum),
-            nesterov: !self.no_nesterov,
-            weight_decay: self.weight_decay.unwrap_or(d.weight_decay),
-            no_decay_norms_biases: self.no_decay_norms,
-            schedule: match self.schedule {
-                Sched::Constant => ScheduleKind::Constant,
-                Sched::Step => ScheduleKind::Step,
-                Sched::Cosine => ScheduleKind::Cosine,
-                Sched::WarmupCosine => ScheduleKind::WarmupCosine,
-                Sched::OneCycle => ScheduleKind::OneCycle,
+            schedule: ScheduleConfig {
+                kind: match self.schedule {
+                    Sched::Constant => ScheduleKind::Constant,
+                    Sched::Step => ScheduleKind::Step,
+                    Sched::Cosine => ScheduleKind::Cosine,
+                    Sched::WarmupCosine => ScheduleKind::WarmupCosine,
+                    Sched::OneCycle => ScheduleKind::OneCycle,
+                },
+                warmup_epochs: self.warmup_epochs.unwrap_or(d.schedule.warmup_epochs),
             },
-            warmup_epochs: self.warmup_epochs.unwrap_or(d.warmup_epochs),
             label_smoothing: self.label_smoothing,
             seed: self.seed,
             ..d

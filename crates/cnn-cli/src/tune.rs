@@ -151,8 +151,8 @@ pub fn run(args: TuneArgs, started: Instant) -> Result<ExitCode> {
     match (&report.best, report.best_val_accuracy) {
         (Some(best), Some(acc)) => println!(
             "tuned in {secs:.1} s: best lr {:.3e}, weight decay {:.3e}, {} epochs: validation {:.2}%; report {}; train it with: cnn train --config {}{}",
-            best.lr,
-            best.weight_decay,
+            best.optimizer.lr,
+            best.optimizer.weight_decay,
             best.epochs,
             100.0 * acc,
             out.join("report.md").display(),

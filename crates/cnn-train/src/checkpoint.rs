@@ -82,7 +82,8 @@ impl TrainerState {
         data_seed: u64,
         metadata: serde_json::Value,
     ) -> Self {
-        let guard = DivergenceGuard::new(config.divergence_factor, config.divergence_patience);
+        let guard =
+            DivergenceGuard::new(config.guard.divergence_factor, config.guard.divergence_patience);
         TrainerState {
             format: FORMAT_VERSION,
             epoch: 0,

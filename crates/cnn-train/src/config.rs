@@ -32,20 +32,41 @@ pub enum ScheduleKind {
     OneCycle,
 }
 
-/// What [`crate::Trainer`] does, every field with a default (PyTorch's where it has one).
+/// What [`crate::Trainer`] does, every field with a default (PyTorch's where it has one),
+/// in four parts: the optimizer, the schedule, the divergence guard and transfer.
 ///
 /// The batch size belongs to the [`cnn_data::DataLoader`]; everything here is
 /// saved in each checkpoint's `trainer.json`, so a resumed run rebuilds
-/// exactly the same optimizer and schedule.
+/// exactly the same optimizer and schedule. `trainer.json` files written
+/// before the grouping (every setting at the top level) still read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "serde_json::Value")]
 pub struct TrainConfig {
     /// Passes over the training set. Default 30.
     pub epochs: usize,
+    /// Seed of the per-step random layers (dropout). Default 0. The data
+    /// order and augmentation come from the loader's own seed.
+    pub seed: u64,
+    /// Cross-entropy label smoothing ε in [0, 1] (the default loss's). Default 0.
+    pub label_smoothing: f64,
+    /// The update rule and its settings.
+    pub optimizer: OptimizerConfig,
+    /// The learning-rate schedule.
+    pub schedule: ScheduleConfig,
+    /// When a run counts as diverged.
+    pub guard: GuardConfig,
+    /// Training a pretrained backbone more gently than a new head.
+    pub transfer: TransferConfig,
+}
+
+/// The optimizer of a [`TrainConfig`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerConfig {
+    /// The update rule. Default SGD.
+    pub kind: OptimizerKind,
     /// Base (for one-cycle: peak) learning rate. Default 0.1.
     pub lr: f64,
-    /// The update rule. Default SGD.
-    pub optimizer: OptimizerKind,
     /// SGD momentum μ. Default 0.9.
     pub momentum: f64,
     /// Nesterov momentum for SGD. Default true.
@@ -56,98 +77,202 @@ pub struct TrainConfig {
     /// scales) from weight decay (timm's habit). Default false (PyTorch's:
     /// decay on everything).
     pub no_decay_norms_biases: bool,
+}
+
+/// The learning-rate schedule of a [`TrainConfig`], stepped once per iteration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
     /// The schedule. Default one-cycle.
-    pub schedule: ScheduleKind,
+    pub kind: ScheduleKind,
     /// Epochs of linear warmup for [`ScheduleKind::WarmupCosine`]. Default 1.
     pub warmup_epochs: f64,
-    /// Cross-entropy label smoothing ε in [0, 1]. Default 0.
-    pub label_smoothing: f64,
-    /// Seed of the per-step random layers (dropout). Default 0. The data
-    /// order and augmentation come from the loader's own seed.
-    pub seed: u64,
-    /// The divergence guard trips when the loss exceeds this multiple of the
-    /// first step's loss ... Default 4.
+}
+
+/// The divergence guard of a [`TrainConfig`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardConfig {
+    /// The guard trips when the loss exceeds this multiple of the first
+    /// step's loss ... Default 4.
     pub divergence_factor: f64,
     /// ... for this many steps in a row (a non-finite loss trips it at once). Default 3.
     pub divergence_patience: usize,
-    /// Key prefixes of the head (`["fc"]`): with [`TrainConfig::backbone_lr_mult`]
-    /// they train at the full lr and the rest (the pretrained backbone) at the
-    /// smaller one. Default empty (one lr for all).
-    #[serde(default)]
-    pub head: Vec<String>,
-    /// The backbone's lr as a multiple of [`TrainConfig::lr`] when
-    /// [`TrainConfig::head`] is set (fine-tuning: 0.1). Default 1.
-    #[serde(default = "one")]
-    pub backbone_lr_mult: f64,
 }
 
-fn one() -> f64 {
-    1.0
+/// Transfer settings of a [`TrainConfig`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferConfig {
+    /// Key prefixes of the head (`["fc"]`): with [`TransferConfig::backbone_lr_mult`]
+    /// they train at the full lr and the rest (the pretrained backbone) at the
+    /// smaller one. Default empty (one lr for all).
+    pub head: Vec<String>,
+    /// The backbone's lr as a multiple of [`OptimizerConfig::lr`] when
+    /// [`TransferConfig::head`] is set (fine-tuning: 0.1). Default 1.
+    pub backbone_lr_mult: f64,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             epochs: 30,
-            lr: 0.1,
-            optimizer: OptimizerKind::Sgd,
-            momentum: 0.9,
-            nesterov: true,
-            weight_decay: 5e-4,
-            no_decay_norms_biases: false,
-            schedule: ScheduleKind::OneCycle,
-            warmup_epochs: 1.0,
-            label_smoothing: 0.0,
             seed: 0,
-            divergence_factor: 4.0,
-            divergence_patience: 3,
-            head: Vec::new(),
-            backbone_lr_mult: 1.0,
+            label_smoothing: 0.0,
+            optimizer: OptimizerConfig::default(),
+            schedule: ScheduleConfig::default(),
+            guard: GuardConfig::default(),
+            transfer: TransferConfig::default(),
         }
     }
 }
 
-macro_rules! with {
-    ($($(#[$doc:meta])* $name:ident: $field:ident: $ty:ty;)*) => {
-        $($(#[$doc])* pub fn $name(mut self, $field: $ty) -> Self {
-            self.$field = $field;
-            self
-        })*
-    };
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        OptimizerConfig {
+            kind: OptimizerKind::Sgd,
+            lr: 0.1,
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 5e-4,
+            no_decay_norms_biases: false,
+        }
+    }
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        ScheduleConfig { kind: ScheduleKind::OneCycle, warmup_epochs: 1.0 }
+    }
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        GuardConfig { divergence_factor: 4.0, divergence_patience: 3 }
+    }
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        TransferConfig { head: Vec::new(), backbone_lr_mult: 1.0 }
+    }
+}
+
+/// [`TrainConfig`] as written to `trainer.json` now: in parts.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupedFile {
+    epochs: usize,
+    seed: u64,
+    label_smoothing: f64,
+    optimizer: OptimizerConfig,
+    schedule: ScheduleConfig,
+    guard: GuardConfig,
+    #[serde(default)]
+    transfer: TransferConfig,
+}
+
+/// [`TrainConfig`] as `trainer.json` held it before the parts: every
+/// setting at the top (`head` and `backbone_lr_mult` came later still).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlatFile {
+    epochs: usize,
+    lr: f64,
+    optimizer: OptimizerKind,
+    momentum: f64,
+    nesterov: bool,
+    weight_decay: f64,
+    no_decay_norms_biases: bool,
+    schedule: ScheduleKind,
+    warmup_epochs: f64,
+    label_smoothing: f64,
+    seed: u64,
+    divergence_factor: f64,
+    divergence_patience: usize,
+    #[serde(default)]
+    head: Vec<String>,
+    #[serde(default = "one")]
+    backbone_lr_mult: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl TryFrom<serde_json::Value> for TrainConfig {
+    type Error = serde_json::Error;
+
+    /// The grouped form when `optimizer` is an object, else the flat one;
+    /// either's own error (a missing or unknown field, named) when it does not fit.
+    fn try_from(v: serde_json::Value) -> std::result::Result<Self, Self::Error> {
+        if v.get("optimizer").is_some_and(serde_json::Value::is_object) {
+            let g: GroupedFile = serde_json::from_value(v)?;
+            return Ok(TrainConfig {
+                epochs: g.epochs,
+                seed: g.seed,
+                label_smoothing: g.label_smoothing,
+                optimizer: g.optimizer,
+                schedule: g.schedule,
+                guard: g.guard,
+                transfer: g.transfer,
+            });
+        }
+        let f: FlatFile = serde_json::from_value(v)?;
+        Ok(TrainConfig {
+            epochs: f.epochs,
+            seed: f.seed,
+            label_smoothing: f.label_smoothing,
+            optimizer: OptimizerConfig {
+                kind: f.optimizer,
+                lr: f.lr,
+                momentum: f.momentum,
+                nesterov: f.nesterov,
+                weight_decay: f.weight_decay,
+                no_decay_norms_biases: f.no_decay_norms_biases,
+            },
+            schedule: ScheduleConfig { kind: f.schedule, warmup_epochs: f.warmup_epochs },
+            guard: GuardConfig {
+                divergence_factor: f.divergence_factor,
+                divergence_patience: f.divergence_patience,
+            },
+            transfer: TransferConfig { head: f.head, backbone_lr_mult: f.backbone_lr_mult },
+        })
+    }
 }
 
 impl TrainConfig {
-    with! {
+    cnn_tensor::setters! {
         /// Sets [`TrainConfig::epochs`].
         with_epochs: epochs: usize;
-        /// Sets [`TrainConfig::lr`].
-        with_lr: lr: f64;
-        /// Sets [`TrainConfig::optimizer`].
-        with_optimizer: optimizer: OptimizerKind;
-        /// Sets [`TrainConfig::momentum`].
-        with_momentum: momentum: f64;
-        /// Sets [`TrainConfig::nesterov`].
-        with_nesterov: nesterov: bool;
-        /// Sets [`TrainConfig::weight_decay`].
-        with_weight_decay: weight_decay: f64;
-        /// Sets [`TrainConfig::no_decay_norms_biases`].
-        with_no_decay_norms_biases: no_decay_norms_biases: bool;
-        /// Sets [`TrainConfig::schedule`].
-        with_schedule: schedule: ScheduleKind;
-        /// Sets [`TrainConfig::warmup_epochs`].
-        with_warmup_epochs: warmup_epochs: f64;
-        /// Sets [`TrainConfig::label_smoothing`].
-        with_label_smoothing: label_smoothing: f64;
         /// Sets [`TrainConfig::seed`].
         with_seed: seed: u64;
-        /// Sets [`TrainConfig::divergence_factor`].
-        with_divergence_factor: divergence_factor: f64;
-        /// Sets [`TrainConfig::divergence_patience`].
-        with_divergence_patience: divergence_patience: usize;
-        /// Sets [`TrainConfig::head`].
-        with_head: head: Vec<String>;
-        /// Sets [`TrainConfig::backbone_lr_mult`].
-        with_backbone_lr_mult: backbone_lr_mult: f64;
+        /// Sets [`TrainConfig::label_smoothing`].
+        with_label_smoothing: label_smoothing: f64;
+        /// Sets [`OptimizerConfig::lr`].
+        with_lr: optimizer.lr: f64;
+        /// Sets [`OptimizerConfig::kind`].
+        with_optimizer: optimizer.kind: OptimizerKind;
+        /// Sets [`OptimizerConfig::momentum`].
+        with_momentum: optimizer.momentum: f64;
+        /// Sets [`OptimizerConfig::nesterov`].
+        with_nesterov: optimizer.nesterov: bool;
+        /// Sets [`OptimizerConfig::weight_decay`].
+        with_weight_decay: optimizer.weight_decay: f64;
+        /// Sets [`OptimizerConfig::no_decay_norms_biases`].
+        with_no_decay_norms_biases: optimizer.no_decay_norms_biases: bool;
+        /// Sets [`ScheduleConfig::kind`].
+        with_schedule: schedule.kind: ScheduleKind;
+        /// Sets [`ScheduleConfig::warmup_epochs`].
+        with_warmup_epochs: schedule.warmup_epochs: f64;
+        /// Sets [`GuardConfig::divergence_factor`].
+        with_divergence_factor: guard.divergence_factor: f64;
+        /// Sets [`GuardConfig::divergence_patience`].
+        with_divergence_patience: guard.divergence_patience: usize;
+        /// Sets [`TransferConfig::head`].
+        with_head: transfer.head: Vec<String>;
+        /// Sets [`TransferConfig::backbone_lr_mult`].
+        with_backbone_lr_mult: transfer.backbone_lr_mult: f64;
     }
 
     /// timm's recipe for ConvNeXt and friends: AdamW at `lr` with decoupled
@@ -174,37 +299,36 @@ impl TrainConfig {
         if self.epochs == 0 {
             return bad("epochs must be at least 1".into());
         }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return bad(format!("lr must be positive and finite, got {}", self.lr));
+        let (o, sch, g, t) = (&self.optimizer, &self.schedule, &self.guard, &self.transfer);
+        if !(o.lr.is_finite() && o.lr > 0.0) {
+            return bad(format!("lr must be positive and finite, got {}", o.lr));
         }
-        if !nonneg(self.momentum) || !nonneg(self.weight_decay) {
+        if !nonneg(o.momentum) || !nonneg(o.weight_decay) {
             return bad(format!(
                 "momentum and weight_decay must be >= 0, got {} and {}",
-                self.momentum, self.weight_decay
+                o.momentum, o.weight_decay
             ));
         }
-        if self.optimizer == OptimizerKind::Sgd && self.nesterov && self.momentum == 0.0 {
+        if o.kind == OptimizerKind::Sgd && o.nesterov && o.momentum == 0.0 {
             return bad("nesterov needs momentum > 0 (set nesterov false or a momentum)".into());
         }
         if !(0.0..=1.0).contains(&self.label_smoothing) {
             return bad(format!("label_smoothing must be in [0, 1], got {}", self.label_smoothing));
         }
-        if !nonneg(self.warmup_epochs) {
-            return bad(format!("warmup_epochs must be >= 0, got {}", self.warmup_epochs));
+        if !nonneg(sch.warmup_epochs) {
+            return bad(format!("warmup_epochs must be >= 0, got {}", sch.warmup_epochs));
         }
-        if self.divergence_factor.is_nan()
-            || self.divergence_factor <= 1.0
-            || self.divergence_patience == 0
+        if g.divergence_factor.is_nan() || g.divergence_factor <= 1.0 || g.divergence_patience == 0
         {
             return bad(format!(
                 "divergence_factor must be > 1 and divergence_patience >= 1, got {} and {}",
-                self.divergence_factor, self.divergence_patience
+                g.divergence_factor, g.divergence_patience
             ));
         }
-        if !(self.backbone_lr_mult.is_finite() && self.backbone_lr_mult > 0.0) {
+        if !(t.backbone_lr_mult.is_finite() && t.backbone_lr_mult > 0.0) {
             return bad(format!(
                 "backbone_lr_mult must be positive and finite, got {}",
-                self.backbone_lr_mult
+                t.backbone_lr_mult
             ));
         }
         Ok(())
@@ -215,26 +339,26 @@ impl TrainConfig {
     /// # Errors
     /// [`Error::Config`] for settings the optimizer refuses.
     pub fn build_optimizer(&self) -> Result<Optimizer<f32>> {
-        let rule = match self.optimizer {
+        let (o, t) = (&self.optimizer, &self.transfer);
+        let rule = match o.kind {
             OptimizerKind::Sgd => {
-                Rule::Sgd { momentum: self.momentum, dampening: 0.0, nesterov: self.nesterov }
+                Rule::Sgd { momentum: o.momentum, dampening: 0.0, nesterov: o.nesterov }
             }
             OptimizerKind::Adam => Rule::adam(),
             OptimizerKind::AdamW => Rule::adamw(),
         };
         // The head's group comes first (groups match in order), so the
         // default group is the backbone at its smaller lr.
-        let split = !self.head.is_empty() && self.backbone_lr_mult != 1.0;
-        let backbone_lr = if split { self.lr * self.backbone_lr_mult } else { self.lr };
-        let mut opt = Optimizer::new(rule, backbone_lr, self.weight_decay)?;
+        let split = !t.head.is_empty() && t.backbone_lr_mult != 1.0;
+        let backbone_lr = if split { o.lr * t.backbone_lr_mult } else { o.lr };
+        let mut opt = Optimizer::new(rule, backbone_lr, o.weight_decay)?;
         if split {
-            let head = self.head.clone();
-            opt =
-                opt.with_group(ParamGroup::new("head", self.lr, self.weight_decay, move |key| {
-                    head.iter().any(|p| key == p || key.starts_with(&format!("{p}.")))
-                }))?;
+            let head = t.head.clone();
+            opt = opt.with_group(ParamGroup::new("head", o.lr, o.weight_decay, move |key| {
+                head.iter().any(|p| key == p || key.starts_with(&format!("{p}.")))
+            }))?;
         }
-        if self.no_decay_norms_biases {
+        if o.no_decay_norms_biases {
             opt = opt.with_group(ParamGroup::no_weight_decay(backbone_lr))?;
         }
         Ok(opt)
@@ -247,31 +371,33 @@ impl TrainConfig {
     /// needs 2 steps; warmup must end before the run does).
     pub fn build_schedule(&self, steps_per_epoch: usize) -> Result<Schedule> {
         let total = steps_per_epoch * self.epochs;
-        if total < 2 && self.schedule != ScheduleKind::Constant {
+        let (kind, lr) = (self.schedule.kind, self.optimizer.lr);
+        if total < 2 && kind != ScheduleKind::Constant {
             return Err(Error::config(
                 "train",
                 format!(
                     "the {:?} schedule needs at least 2 steps, this run has {total} ({} epochs of {steps_per_epoch} batches): \
                      raise the epochs, lower the batch size, or use the constant schedule",
-                    self.schedule, self.epochs
+                    kind, self.epochs
                 ),
             ));
         }
-        let schedule = match self.schedule {
+        let schedule = match kind {
             ScheduleKind::Constant => Schedule::Constant,
             ScheduleKind::Step => {
                 Schedule::Step { step_size: total.div_ceil(3).max(1), gamma: 0.1 }
             }
             ScheduleKind::Cosine => Schedule::Cosine { t_max: total.max(1), eta_min: 0.0 },
             ScheduleKind::WarmupCosine => Schedule::WarmupCosine {
-                warmup_steps: ((self.warmup_epochs * steps_per_epoch as f64).round() as usize)
+                warmup_steps: ((self.schedule.warmup_epochs * steps_per_epoch as f64).round()
+                    as usize)
                     .min(total.saturating_sub(1)),
                 start_factor: 0.1,
                 total_steps: total,
                 min_lr: 0.0,
             },
             ScheduleKind::OneCycle => Schedule::OneCycle {
-                max_lr: self.lr,
+                max_lr: lr,
                 total_steps: total,
                 pct_start: 0.3,
                 div_factor: 25.0,
@@ -320,10 +446,9 @@ mod tests {
         let head = opt.groups().next().unwrap();
         assert!((head.matches)("fc.weight") && !(head.matches)("fc2.weight"));
         assert!(c.clone().with_backbone_lr_mult(0.0).validate().is_err());
-        // An old trainer.json without the new fields still reads.
+        // A grouped trainer.json without the transfer part still reads.
         let mut v = serde_json::to_value(TrainConfig::default()).unwrap();
-        v.as_object_mut().unwrap().remove("head");
-        v.as_object_mut().unwrap().remove("backbone_lr_mult");
+        v.as_object_mut().unwrap().remove("transfer");
         assert_eq!(serde_json::from_value::<TrainConfig>(v).unwrap(), TrainConfig::default());
     }
 
@@ -350,5 +475,55 @@ mod tests {
         let c = TrainConfig::default().with_lr(0.1 + 0.2).with_schedule(ScheduleKind::WarmupCosine);
         let back: TrainConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, c);
+    }
+
+    /// The `config` of a trainer.json written before the parts, verbatim.
+    const FLAT: &str = r#"{"epochs":12,"lr":0.05,"optimizer":"adamw","momentum":0.9,
+        "nesterov":false,"weight_decay":0.01,"no_decay_norms_biases":true,
+        "schedule":"warmup-cosine","warmup_epochs":2.0,"label_smoothing":0.1,"seed":7,
+        "divergence_factor":5.0,"divergence_patience":2,"head":["fc"],"backbone_lr_mult":0.1}"#;
+
+    #[test]
+    fn a_trainer_json_from_before_the_parts_reads_into_them() {
+        let old: TrainConfig = serde_json::from_str(FLAT).unwrap();
+        let want = TrainConfig::default()
+            .with_epochs(12)
+            .with_lr(0.05)
+            .with_optimizer(OptimizerKind::AdamW)
+            .with_nesterov(false)
+            .with_weight_decay(0.01)
+            .with_no_decay_norms_biases(true)
+            .with_schedule(ScheduleKind::WarmupCosine)
+            .with_warmup_epochs(2.0)
+            .with_label_smoothing(0.1)
+            .with_seed(7)
+            .with_divergence_factor(5.0)
+            .with_divergence_patience(2)
+            .with_head(vec!["fc".into()])
+            .with_backbone_lr_mult(0.1);
+        assert_eq!(old, want);
+        // Written back, it takes the grouped form, and reads back the same.
+        let json = serde_json::to_value(&old).unwrap();
+        assert_eq!(json["optimizer"]["kind"], "adamw");
+        assert_eq!(json["transfer"]["backbone_lr_mult"], 0.1);
+        assert_eq!(serde_json::from_value::<TrainConfig>(json).unwrap(), want);
+        // Older still: without head and backbone_lr_mult.
+        let mut v: serde_json::Value = serde_json::from_str(FLAT).unwrap();
+        v.as_object_mut().unwrap().remove("head");
+        v.as_object_mut().unwrap().remove("backbone_lr_mult");
+        let older: TrainConfig = serde_json::from_value(v).unwrap();
+        assert_eq!(older.transfer, TransferConfig::default());
+    }
+
+    #[test]
+    fn a_misspelt_setting_is_named_in_either_form() {
+        let mut flat: serde_json::Value = serde_json::from_str(FLAT).unwrap();
+        flat["lrr"] = 0.1.into();
+        let e = serde_json::from_value::<TrainConfig>(flat).unwrap_err().to_string();
+        assert!(e.contains("unknown field `lrr`"), "{e}");
+        let mut grouped = serde_json::to_value(TrainConfig::default()).unwrap();
+        grouped["optimizer"]["momentun"] = 0.9.into();
+        let e = serde_json::from_value::<TrainConfig>(grouped).unwrap_err().to_string();
+        assert!(e.contains("unknown field `momentun`"), "{e}");
     }
 }

@@ -53,7 +53,10 @@ mod transfer;
 pub mod tune;
 
 pub use checkpoint::{find_checkpoint, load_checkpoint, save_checkpoint, TrainerState};
-pub use config::{OptimizerKind, ScheduleKind, TrainConfig};
+pub use config::{
+    GuardConfig, OptimizerConfig, OptimizerKind, ScheduleConfig, ScheduleKind, TrainConfig,
+    TransferConfig,
+};
 pub use eval::{
     evaluate, evaluate_distributed, evaluate_tta, predict, predict_tta, EvalReport, Predictions,
 };

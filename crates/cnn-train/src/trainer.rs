@@ -309,7 +309,8 @@ impl Trainer {
             progress.start_epoch(epoch, batches, state.batch);
             // The lr of the last step applied: what the record shows even when a
             // run stopped after an epoch's last batch resumes with none left.
-            let mut lr = schedule.lr(state.global_step.saturating_sub(1) as usize, config.lr);
+            let mut lr =
+                schedule.lr(state.global_step.saturating_sub(1) as usize, config.optimizer.lr);
             let mut clock = Instant::now();
             for item in train.epoch_shards_from(epoch as u64, state.batch, rank, ranks) {
                 let (batch, nominal) = item?;
@@ -365,7 +366,11 @@ impl Trainer {
                     };
                     stop = sums[2] > 0.0;
                 }
-                state.guard.check(step, stats.loss, schedule.lr(step as usize, config.lr))?;
+                state.guard.check(
+                    step,
+                    stats.loss,
+                    schedule.lr(step as usize, config.optimizer.lr),
+                )?;
                 lr = apply_gradients(&mut optimizer, &schedule, model, step)?;
                 if let Some(on_step) = &mut self.on_step {
                     on_step(step, &stats);

@@ -25,7 +25,7 @@ pub(crate) fn markdown(report: &TuneReport, title: &str, context: &[String]) -> 
         let _ = writeln!(
             md,
             "\nBest configuration (best.json): lr {:.3e}, weight decay {:.3e}, {} epochs, {:?} schedule, {:?}; validation accuracy {:.2}%. Train it with `cnn train --config best.json` and the same data and network options.",
-            best.lr, best.weight_decay, best.epochs, best.schedule, best.optimizer, 100.0 * acc
+            best.optimizer.lr, best.optimizer.weight_decay, best.epochs, best.schedule, best.optimizer, 100.0 * acc
         );
     }
     for s in &report.steps {

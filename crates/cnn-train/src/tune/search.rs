@@ -36,8 +36,8 @@ impl Trial {
         format!(
             "trial {}: lr {:.2e}, weight decay {:.2e}: validation {:.2}% (loss {:.4})",
             self.id,
-            self.config.lr,
-            self.config.weight_decay,
+            self.config.optimizer.lr,
+            self.config.optimizer.weight_decay,
             100.0 * self.val_accuracy().unwrap_or(f64::NAN),
             self.val_loss().unwrap_or(f64::NAN)
         )
@@ -118,8 +118,8 @@ fn trial_table(trials: &[&Trial]) -> String {
             "| {} | {} | {:.3e} | {:.3e} | {} | {} | {} | {} |\n",
             rank + 1,
             trial.id,
-            trial.config.lr,
-            trial.config.weight_decay,
+            trial.config.optimizer.lr,
+            trial.config.optimizer.weight_decay,
             trial.config.epochs,
             f(last.map(|r| r.train_loss), false),
             f(trial.val_loss(), false),
@@ -186,8 +186,8 @@ pub fn coarse_search(
                 "Best trial {}: {:.2}% at lr {:.2e}, weight decay {:.2e} (worst {:.2}%{}).",
                 ranked[0].id,
                 100.0 * best,
-                ranked[0].config.lr,
-                ranked[0].config.weight_decay,
+                ranked[0].config.optimizer.lr,
+                ranked[0].config.optimizer.weight_decay,
                 100.0 * worst,
                 if diverged > 0 { format!(", {diverged} diverged") } else { String::new() }
             ),
@@ -201,7 +201,13 @@ pub fn coarse_search(
         Some(path) => {
             let pts: Vec<(f64, f64, f64)> = trials
                 .iter()
-                .map(|t| (t.config.lr, t.config.weight_decay, t.val_accuracy().unwrap_or(f64::NAN)))
+                .map(|t| {
+                    (
+                        t.config.optimizer.lr,
+                        t.config.optimizer.weight_decay,
+                        t.val_accuracy().unwrap_or(f64::NAN),
+                    )
+                })
                 .collect();
             plot_scatter(
                 path,
@@ -261,8 +267,8 @@ pub fn refine(
         let hi = top.iter().map(|t| f(t)).fold(0.0, f64::max) * 1.5;
         (lo, hi)
     };
-    let (lr_lo, lr_hi) = bound(&|t| t.config.lr);
-    let (wd_lo, wd_hi) = bound(&|t| t.config.weight_decay);
+    let (lr_lo, lr_hi) = bound(&|t| t.config.optimizer.lr);
+    let (wd_lo, wd_hi) = bound(&|t| t.config.optimizer.weight_decay);
     let epochs = at_least_two_steps(config.refine_epochs, &data.train);
     let longer = |cfg: TrainConfig| {
         cfg.with_epochs(epochs).with_schedule(ScheduleKind::WarmupCosine).with_warmup_epochs(1.0)
@@ -300,8 +306,8 @@ pub fn refine(
         winner.id,
         100.0 * won,
         epochs,
-        winner.config.lr,
-        winner.config.weight_decay,
+        winner.config.optimizer.lr,
+        winner.config.optimizer.weight_decay,
         100.0 * coarse_best,
         best_coarse.config.epochs
     );
@@ -318,7 +324,13 @@ pub fn refine(
                     .iter()
                     .filter_map(|r| r.val_accuracy.map(|a| (r.epoch as f64, 100.0 * a)))
                     .collect();
-                (format!("{}: lr {:.1e}, wd {:.1e}", t.id, t.config.lr, t.config.weight_decay), pts)
+                (
+                    format!(
+                        "{}: lr {:.1e}, wd {:.1e}",
+                        t.id, t.config.optimizer.lr, t.config.optimizer.weight_decay
+                    ),
+                    pts,
+                )
             })
             .collect(),
         log_x: false,
