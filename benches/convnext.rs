@@ -30,7 +30,15 @@ fn train_step(c: &mut Criterion) {
     let mut step = 0;
     group.bench_function("b32_64", |b| {
         b.iter(|| {
-            compute_gradients(&mut net, x.clone(), &labels, 0.0, 0, step).expect("step");
+            compute_gradients(
+                &mut net,
+                x.clone(),
+                &labels,
+                &cnn::train::CrossEntropy::default(),
+                0,
+                step,
+            )
+            .expect("step");
             apply_gradients(&mut opt, &schedule, &mut net, step).expect("update");
             step += 1;
         })

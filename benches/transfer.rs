@@ -33,7 +33,17 @@ fn transfer_step(c: &mut Criterion) {
     freeze(&mut probe, "");
     unfreeze(&mut probe, "fc");
     group.bench_function("linear_probe", |b| {
-        b.iter(|| compute_gradients(&mut probe, x.clone(), &labels, 0.0, 0, 0).expect("step"))
+        b.iter(|| {
+            compute_gradients(
+                &mut probe,
+                x.clone(),
+                &labels,
+                &cnn::train::CrossEntropy::default(),
+                0,
+                0,
+            )
+            .expect("step")
+        })
     });
     // The same frozen network stepped as before this issue: train-mode
     // forward everywhere and backward through every frozen layer.
@@ -48,7 +58,17 @@ fn transfer_step(c: &mut Criterion) {
     });
     unfreeze(&mut probe, "");
     group.bench_function("finetune", |b| {
-        b.iter(|| compute_gradients(&mut probe, x.clone(), &labels, 0.0, 0, 0).expect("step"))
+        b.iter(|| {
+            compute_gradients(
+                &mut probe,
+                x.clone(),
+                &labels,
+                &cnn::train::CrossEntropy::default(),
+                0,
+                0,
+            )
+            .expect("step")
+        })
     });
     group.finish();
 }

@@ -55,6 +55,34 @@ pub trait Collective: Send + Sync + fmt::Debug {
     fn broadcast_bytes(&self, bytes: &mut Vec<u8>) -> Result<()>;
 }
 
+/// The group of one: a process training alone. Every collective is the
+/// identity, so code written for a group runs unchanged (and bit for bit as
+/// before) in a single process; `Trainer` runs this way when given no group.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Solo;
+
+impl Collective for Solo {
+    fn rank(&self) -> usize {
+        0
+    }
+
+    fn size(&self) -> usize {
+        1
+    }
+
+    fn sum_f32(&self, _buf: &mut [f32]) -> Result<()> {
+        Ok(())
+    }
+
+    fn sum_f64(&self, _buf: &mut [f64]) -> Result<()> {
+        Ok(())
+    }
+
+    fn broadcast_bytes(&self, _bytes: &mut Vec<u8>) -> Result<()> {
+        Ok(())
+    }
+}
+
 /// [`Collective::sum_f32`] or [`Collective::sum_f64`] by element type (f64
 /// buffers pass through a copy: they are the gradient checks', not the hot path's).
 ///

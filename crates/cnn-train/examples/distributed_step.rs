@@ -100,7 +100,7 @@ fn run(group: &Arc<dyn Collective>, a: &Args) -> Result<String> {
             images.clone(),
             &labels,
             a.batch,
-            0.0,
+            &cnn_train::CrossEntropy::default(),
             0,
             step as u64,
         )?;

@@ -43,6 +43,7 @@ mod eval;
 mod frozen;
 mod guard;
 mod history;
+mod loss;
 #[cfg(feature = "distributed")]
 mod mpi;
 mod plot;
@@ -63,6 +64,7 @@ pub use eval::{
 pub use frozen::{extract_features, frozen_boundary, frozen_prefix, FeatureHead};
 pub use guard::DivergenceGuard;
 pub use history::{EpochRecord, History};
+pub use loss::{CrossEntropy, Loss};
 #[cfg(feature = "distributed")]
 pub use mpi::Mpi;
 pub use plot::{plot_confusion, plot_curves, plot_scatter, LineChart};

@@ -3,14 +3,17 @@
 //! [`apply_gradients`] (schedule, optimizer).
 
 use cnn_optim::{Optimizer, Schedule};
-use cnn_tensor::{cross_entropy, ArrayD, Error, Layer};
 use cnn_tensor::{random::mix_seed, Result};
+use cnn_tensor::{ArrayD, Error, Layer};
 use ndarray::{Array2, ArrayView2, Ix2};
+
+use crate::Loss;
 
 /// What one step saw: the batch's mean loss and how many it classified right.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepStats {
-    /// Mean cross-entropy over the batch (with the run's label smoothing).
+    /// The batch's mean loss (the trainer's [`Loss`]: cross-entropy with the
+    /// run's label smoothing by default).
     pub loss: f64,
     /// Samples whose top-1 class was the label.
     pub correct: usize,
@@ -54,7 +57,7 @@ pub fn top_k_correct(logits: ArrayView2<'_, f32>, labels: &[usize], k: usize) ->
         .count()
 }
 
-/// Forward in train mode, mean cross-entropy, backward: on return every
+/// Forward in train mode, the mean `loss`, backward: on return every
 /// trainable [`cnn_tensor::Param::grad`] holds dL/dθ for this batch alone
 /// (gradients are zeroed first). Random layers are re-seeded from
 /// `(seed, step)` so that a resumed run draws the same dropout masks.
@@ -77,11 +80,11 @@ pub fn compute_gradients(
     model: &mut dyn Layer<f32>,
     images: ArrayD<f32>,
     labels: &[usize],
-    label_smoothing: f64,
+    loss: &dyn Loss,
     seed: u64,
     step: u64,
 ) -> Result<StepStats> {
-    compute_shard_gradients(model, images, labels, labels.len(), label_smoothing, seed, step)
+    compute_shard_gradients(model, images, labels, labels.len(), loss, seed, step)
 }
 
 /// [`compute_gradients`] for one rank's share of a global batch of
@@ -98,7 +101,7 @@ pub fn compute_shard_gradients(
     images: ArrayD<f32>,
     labels: &[usize],
     batch_size: usize,
-    label_smoothing: f64,
+    loss: &dyn Loss,
     seed: u64,
     step: u64,
 ) -> Result<StepStats> {
@@ -114,13 +117,13 @@ pub fn compute_shard_gradients(
     let boundary = crate::frozen_boundary(model);
     let logits = as_logits(crate::frozen::forward_past_frozen(model, images, &boundary)?, n)?;
     let correct = top_k_correct(logits.view(), labels, 1);
-    let (loss, mut dlogits) = cross_entropy(&logits.into_dyn(), labels, label_smoothing)?;
+    let (mean, mut dlogits) = loss.mean_and_grad(&logits.into_dyn(), labels)?;
     if batch_size != n {
         // d(Σ loss_i / batch_size) = d(mean over the share) · n / batch_size.
         dlogits *= n as f32 / batch_size as f32;
     }
     crate::frozen::backward_to_frozen(model, dlogits, &boundary)?;
-    Ok(StepStats { loss: f64::from(loss), correct, count: n })
+    Ok(StepStats { loss: f64::from(mean), correct, count: n })
 }
 
 /// Sets the optimizer's lr from `schedule` at iteration `step` and updates

@@ -7,14 +7,18 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cnn_data::{BadSamples, DataLoader};
-use cnn_tensor::collective::{broadcast_result, Collective};
+use cnn_optim::{Optimizer, Schedule};
+use cnn_tensor::collective::{broadcast_result, Collective, Solo};
 use cnn_tensor::random::mix_seed;
 use cnn_tensor::{Error, Layer, Result};
 
 use crate::checkpoint::{find_checkpoint, load_checkpoint, save_checkpoint, TrainerState};
 use crate::distributed::{allreduce_gradients, broadcast_optimizer, broadcast_parameters};
 use crate::step::{apply_gradients, compute_shard_gradients, StepStats};
-use crate::{evaluate_distributed, plot_curves, EpochRecord, History, ProgressMode, TrainConfig};
+use crate::{
+    evaluate_distributed, plot_curves, CrossEntropy, EpochRecord, History, Loss, ProgressMode,
+    TrainConfig,
+};
 
 /// A callback after each epoch; returning `false` stops the run there (its checkpoint is written).
 pub type EpochCallback = Box<dyn FnMut(&EpochRecord) -> bool + Send>;
@@ -74,7 +78,8 @@ pub struct Trainer {
     metadata: serde_json::Value,
     on_epoch_end: Option<EpochCallback>,
     on_step: Option<StepCallback>,
-    group: Option<Arc<dyn Collective>>,
+    group: Arc<dyn Collective>,
+    loss: Option<Arc<dyn Loss>>,
 }
 
 /// What [`Trainer::fit`] did.
@@ -90,7 +95,7 @@ pub struct FitReport {
     pub global_step: u64,
     /// Wall time of this call, in seconds.
     pub seconds: f64,
-    /// Of which, summing gradients across ranks (0 in one process).
+    /// Of which, summing gradients across ranks (next to nothing in one process).
     pub allreduce_seconds: f64,
 }
 
@@ -106,7 +111,8 @@ impl Trainer {
             metadata: serde_json::Value::Null,
             on_epoch_end: None,
             on_step: None,
-            group: None,
+            group: Arc::new(Solo),
+            loss: None,
         }
     }
 
@@ -120,8 +126,19 @@ impl Trainer {
     /// a stop flag or callback on any rank stops all of them at the same step.
     /// BatchNorm normalizes over each rank's share unless the model is synced
     /// ([`Layer::sync_batch_norm`]). Dropout draws differ per rank.
+    ///
+    /// Without one the trainer runs as the group of one ([`Solo`]): the same
+    /// code path, the same numbers bit for bit.
     pub fn with_group(mut self, group: Arc<dyn Collective>) -> Self {
-        self.group = Some(group);
+        self.group = group;
+        self
+    }
+
+    /// Trains on `loss` instead of the default, [`CrossEntropy`] with the
+    /// config's label smoothing. Validation still reports cross-entropy (the
+    /// metric the history, `best/` and the curves compare across runs).
+    pub fn with_loss(mut self, loss: impl Loss + 'static) -> Self {
+        self.loss = Some(Arc::new(loss));
         self
     }
 
@@ -255,7 +272,9 @@ impl Trainer {
         Ok(state)
     }
 
-    /// Trains `model` on `train`, validating on `val` after each epoch.
+    /// Trains `model` on `train`, validating on `val` after each epoch: each
+    /// epoch trains (the steps), validates, then ends (history, checkpoints,
+    /// callbacks), three phases of one private `Run`.
     ///
     /// # Errors
     /// [`Error::Config`] for a bad config or an empty training set;
@@ -269,6 +288,27 @@ impl Trainer {
         val: Option<&DataLoader>,
     ) -> Result<FitReport> {
         let started = Instant::now();
+        let mut run = self.start(model, train)?;
+        let mut completed = true;
+        while run.state.epoch < run.config.epochs {
+            if run.train_epoch(self, model, train)? == Flow::Stop {
+                completed = false;
+                break;
+            }
+            let record = run.validate(model, val)?;
+            if run.end_epoch(self, model, record)? == Flow::Stop {
+                completed = run.state.epoch >= run.config.epochs;
+                break;
+            }
+        }
+        run.progress.finish();
+        run.finish(started, completed)
+    }
+
+    /// Everything a run needs before its first step: the config checked, the
+    /// optimizer and schedule built, the state fresh or resumed (rank 0's on
+    /// every rank).
+    fn start(&self, model: &mut dyn Layer<f32>, train: &DataLoader) -> Result<Run> {
         self.config.validate()?;
         let batches = train.batches_per_epoch();
         if batches == 0 {
@@ -276,8 +316,8 @@ impl Trainer {
         }
         let schedule = self.config.build_schedule(batches)?;
         let mut optimizer = self.config.build_optimizer()?;
-        let group = self.group.clone().filter(|g| g.size() > 1);
-        let (rank, ranks) = group.as_ref().map_or((0, 1), |g| (g.rank(), g.size()));
+        let group = self.group.clone();
+        let (rank, ranks) = (group.rank(), group.size());
         let shortest = train.batch_len(batches - 1);
         if shortest < ranks {
             return Err(Error::config(
@@ -287,205 +327,285 @@ impl Trainer {
                 ),
             ));
         }
-        let mut state = match &group {
-            Some(g) => self.start_state_shared(model, &mut optimizer, train, &**g)?,
-            None => self.start_state(model, &mut optimizer, train)?,
-        };
+        let state = self.start_state_shared(model, &mut optimizer, train, &*group)?;
         let config = state.config.clone();
-        // Only rank 0 writes and shows progress.
-        let out_dir = self.out_dir.clone().filter(|_| rank == 0);
         let shown = if rank == 0 { self.progress } else { ProgressMode::Quiet };
-        let mut progress = crate::progress::Progress::new(shown, config.epochs, state.epoch);
-        // Dropout masks differ per rank (the same on every rank would correlate the shares).
-        let step_seed = if ranks > 1 { mix_seed(config.seed, rank as u64) } else { config.seed };
-        let mut allreduce_seconds = 0.0;
-        let mut completed = true;
-        // The last epoch whose `last/` checkpoint is on disk, and the error of
-        // a checkpoint write that failed since then (retried each epoch).
-        let mut written_epoch = self.resume.then_some(state.epoch);
-        let mut unwritten: Option<Error> = None;
-        'epochs: while state.epoch < config.epochs {
-            let epoch = state.epoch;
-            progress.start_epoch(epoch, batches, state.batch);
-            // The lr of the last step applied: what the record shows even when a
-            // run stopped after an epoch's last batch resumes with none left.
-            let mut lr =
-                schedule.lr(state.global_step.saturating_sub(1) as usize, config.optimizer.lr);
-            let mut clock = Instant::now();
-            for item in train.epoch_shards_from(epoch as u64, state.batch, rank, ranks) {
-                let (batch, nominal) = item?;
-                let n = batch.labels.len();
-                let global = match (&group, train.bad_samples()) {
-                    (_, BadSamples::Fail) => nominal,
-                    // Unreadable samples left out: the loss averages over those read.
-                    (None, BadSamples::Skip(_)) => n,
-                    (Some(g), BadSamples::Skip(_)) => {
-                        let mut count = [n as f64];
-                        g.sum_f64(&mut count)?;
-                        count[0] as usize
-                    }
-                };
-                if global == 0 {
-                    // Every sample of the batch was unreadable and skipped: no step.
-                    state.batch += 1;
-                    continue;
-                }
-                if n == 0 {
-                    return Err(Error::config(
-                        "train",
-                        format!(
-                            "every sample of rank {rank}'s share of batch {} of epoch {} is unreadable (skipped); a rank cannot take a step without samples",
-                            state.batch,
-                            epoch + 1
-                        ),
-                    ));
-                }
-                let step = state.global_step;
-                let mut stats = compute_shard_gradients(
-                    model,
-                    batch.images.into_dyn(),
-                    &batch.labels,
-                    global,
-                    config.label_smoothing,
-                    step_seed,
-                    step,
-                )?;
-                let mut stop = self.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
-                if let Some(g) = &group {
-                    let clock = Instant::now();
-                    allreduce_gradients(model, &**g)?;
-                    // The global batch's loss and hits, and whether any rank stops.
-                    let mut sums =
-                        [stats.loss * n as f64, stats.correct as f64, f64::from(u8::from(stop))];
-                    g.sum_f64(&mut sums)?;
-                    allreduce_seconds += clock.elapsed().as_secs_f64();
-                    stats = StepStats {
-                        loss: sums[0] / global as f64,
-                        correct: sums[1] as usize,
-                        count: global,
-                    };
-                    stop = sums[2] > 0.0;
-                }
-                state.guard.check(
-                    step,
-                    stats.loss,
-                    schedule.lr(step as usize, config.optimizer.lr),
-                )?;
-                lr = apply_gradients(&mut optimizer, &schedule, model, step)?;
-                if let Some(on_step) = &mut self.on_step {
-                    on_step(step, &stats);
-                }
-                state.global_step += 1;
-                state.batch += 1;
-                let p = &mut state.partial;
-                p.loss_sum += stats.loss * global as f64;
-                p.correct += stats.correct;
-                p.seen += global;
-                let secs = p.train_seconds + clock.elapsed().as_secs_f64();
-                progress.batch(
-                    p.loss_sum / p.seen as f64,
-                    p.correct as f64 / p.seen as f64,
-                    p.seen as f64 / secs.max(1e-9),
-                );
-                if stop {
-                    state.partial.train_seconds += clock.elapsed().as_secs_f64();
-                    if let Some(dir) = &out_dir {
-                        // Asked to stop: a checkpoint that cannot be written is the run's error.
-                        save_checkpoint(dir, "last", model, &optimizer, &state).map_err(|e| {
+        let loss = self
+            .loss
+            .clone()
+            .unwrap_or_else(|| Arc::new(CrossEntropy::new(config.label_smoothing)));
+        Ok(Run {
+            // Only rank 0 writes.
+            out_dir: self.out_dir.clone().filter(|_| rank == 0),
+            progress: crate::progress::Progress::new(shown, config.epochs, state.epoch),
+            // Dropout masks differ per rank (the same on every rank would
+            // correlate the shares); a group of one keeps the run's seed.
+            step_seed: if ranks > 1 { mix_seed(config.seed, rank as u64) } else { config.seed },
+            written_epoch: self.resume.then_some(state.epoch),
+            unwritten: None,
+            allreduce_seconds: 0.0,
+            lr: 0.0,
+            batches,
+            config,
+            state,
+            optimizer,
+            schedule,
+            group,
+            loss,
+        })
+    }
+}
+
+/// Whether a run goes on after a phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
+/// One call of [`Trainer::fit`]: what its phases share.
+struct Run {
+    config: TrainConfig,
+    state: TrainerState,
+    optimizer: Optimizer<f32>,
+    schedule: Schedule,
+    group: Arc<dyn Collective>,
+    loss: Arc<dyn Loss>,
+    out_dir: Option<PathBuf>,
+    progress: crate::progress::Progress,
+    step_seed: u64,
+    batches: usize,
+    /// The lr of the last step applied: what the epoch's record shows.
+    lr: f64,
+    /// The last epoch whose `last/` checkpoint is on disk, and the error of
+    /// a checkpoint write that failed since then (retried each epoch).
+    written_epoch: Option<usize>,
+    unwritten: Option<Error>,
+    allreduce_seconds: f64,
+}
+
+impl Run {
+    /// The steps of one epoch, from where the state left off. [`Flow::Stop`]
+    /// when a stop flag was seen (on any rank): `last/` is written at once.
+    fn train_epoch(
+        &mut self,
+        trainer: &mut Trainer,
+        model: &mut dyn Layer<f32>,
+        train: &DataLoader,
+    ) -> Result<Flow> {
+        let epoch = self.state.epoch;
+        let (rank, ranks) = (self.group.rank(), self.group.size());
+        self.progress.start_epoch(epoch, self.batches, self.state.batch);
+        // Even when a run stopped after an epoch's last batch resumes with none left.
+        self.lr = self
+            .schedule
+            .lr(self.state.global_step.saturating_sub(1) as usize, self.config.optimizer.lr);
+        let clock = Instant::now();
+        for item in train.epoch_shards_from(epoch as u64, self.state.batch, rank, ranks) {
+            let (batch, nominal) = item?;
+            let global = self.global_batch(train.bad_samples(), batch.labels.len(), nominal)?;
+            if global == 0 {
+                // Every sample of the batch was unreadable and skipped: no step.
+                self.state.batch += 1;
+                continue;
+            }
+            let stop = trainer.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
+            let (stats, stop) = self.step(model, batch, global, stop)?;
+            if let Some(on_step) = &mut trainer.on_step {
+                on_step(self.state.global_step - 1, &stats);
+            }
+            let p = &mut self.state.partial;
+            p.loss_sum += stats.loss * global as f64;
+            p.correct += stats.correct;
+            p.seen += global;
+            let secs = p.train_seconds + clock.elapsed().as_secs_f64();
+            self.progress.batch(
+                p.loss_sum / p.seen as f64,
+                p.correct as f64 / p.seen as f64,
+                p.seen as f64 / secs.max(1e-9),
+            );
+            if stop {
+                self.state.partial.train_seconds += clock.elapsed().as_secs_f64();
+                if let Some(dir) = &self.out_dir {
+                    // Asked to stop: a checkpoint that cannot be written is the run's error.
+                    save_checkpoint(dir, "last", model, &self.optimizer, &self.state).map_err(
+                        |e| {
                             e.led_by(&format!(
                                 "stopping, the checkpoint could not be written; {}",
-                                last_written(dir, written_epoch)
+                                last_written(dir, self.written_epoch)
                             ))
-                        })?;
-                    }
-                    completed = false;
-                    break 'epochs;
+                        },
+                    )?;
                 }
-            }
-            state.partial.train_seconds += clock.elapsed().as_secs_f64();
-            clock = Instant::now();
-            let report = match &group {
-                Some(g) => val.map(|v| evaluate_distributed(model, v, &**g)).transpose()?,
-                None => val.map(|v| crate::evaluate(model, v)).transpose()?,
-            };
-            let p = std::mem::take(&mut state.partial);
-            let record = EpochRecord {
-                epoch: epoch + 1,
-                train_loss: p.loss_sum / p.seen.max(1) as f64,
-                train_accuracy: p.correct as f64 / p.seen.max(1) as f64,
-                val_loss: report.as_ref().map(|r| r.loss),
-                val_accuracy: report.as_ref().map(|r| r.accuracy),
-                val_top5: report.as_ref().and_then(|r| r.top5),
-                lr,
-                seconds: p.train_seconds + clock.elapsed().as_secs_f64(),
-                images_per_second: p.seen as f64 / p.train_seconds.max(1e-9),
-            };
-            let improved = match (record.val_accuracy, state.best_val_accuracy) {
-                (Some(a), Some(best)) => a > best,
-                (Some(_), None) => true,
-                _ => false,
-            };
-            let previous_best = state.best_val_accuracy;
-            if improved {
-                state.best_val_accuracy = record.val_accuracy;
-            }
-            state.history.push(record.clone());
-            state.epoch += 1;
-            state.batch = 0;
-            progress.end_epoch(&record);
-            if let Some(dir) = &out_dir {
-                let written = write_epoch(dir, model, &optimizer, &state, improved);
-                if let Err(e) = written.last {
-                    // After the last epoch the error itself says it (below).
-                    if state.epoch < config.epochs {
-                        progress.warn(&format!(
-                        "warning: the checkpoint of epoch {} could not be written ({e}); {}; training goes on and writes it again after the next epoch",
-                        state.epoch,
-                        last_written(dir, written_epoch)
-                        ));
-                    }
-                    unwritten = Some(e);
-                } else {
-                    written_epoch = Some(state.epoch);
-                    unwritten = None;
-                }
-                if let Err(e) = written.best {
-                    // The next improvement must write best/ again.
-                    state.best_val_accuracy = previous_best;
-                    progress.warn(&format!("warning: best/ could not be written ({e})"));
-                }
-                if let Err(e) = written.metrics {
-                    progress.warn(&format!(
-                        "warning: the metrics or curves could not be written ({e}); they are rewritten whole after the next epoch"
-                    ));
-                }
-            }
-            let wants_stop = self.on_epoch_end.as_mut().is_some_and(|callback| !callback(&record));
-            let mut stop = [f64::from(u8::from(wants_stop))];
-            if let Some(g) = &group {
-                // Any rank's callback stops every rank.
-                g.sum_f64(&mut stop)?;
-            }
-            if stop[0] > 0.0 && state.epoch < config.epochs {
-                completed = false;
-                break;
+                return Ok(Flow::Stop);
             }
         }
-        progress.finish();
-        if let (Some(e), Some(dir)) = (unwritten, &out_dir) {
+        self.state.partial.train_seconds += clock.elapsed().as_secs_f64();
+        Ok(Flow::Continue)
+    }
+
+    /// Samples in the global batch the loss averages over: the nominal size,
+    /// or, when unreadable samples are skipped, those read on all ranks.
+    fn global_batch(&self, policy: &BadSamples, n: usize, nominal: usize) -> Result<usize> {
+        let global = match policy {
+            BadSamples::Fail => nominal,
+            BadSamples::Skip(_) => {
+                let mut count = [n as f64];
+                self.group.sum_f64(&mut count)?;
+                count[0] as usize
+            }
+        };
+        if global > 0 && n == 0 {
+            return Err(Error::config(
+                "train",
+                format!(
+                    "every sample of rank {}'s share of batch {} of epoch {} is unreadable (skipped); a rank cannot take a step without samples",
+                    self.group.rank(),
+                    self.state.batch,
+                    self.state.epoch + 1
+                ),
+            ));
+        }
+        Ok(global)
+    }
+
+    /// One optimizer step on this rank's share of a global batch of `global`
+    /// samples: gradients, their sum across ranks, the guard, the update.
+    /// Returns the global batch's statistics and whether any rank stops.
+    fn step(
+        &mut self,
+        model: &mut dyn Layer<f32>,
+        batch: cnn_data::Batch,
+        global: usize,
+        stop: bool,
+    ) -> Result<(StepStats, bool)> {
+        let step = self.state.global_step;
+        let n = batch.labels.len();
+        let labels = batch.labels;
+        let stats = compute_shard_gradients(
+            model,
+            batch.images.into_dyn(),
+            &labels,
+            global,
+            &*self.loss,
+            self.step_seed,
+            step,
+        )?;
+        let clock = Instant::now();
+        allreduce_gradients(model, &*self.group)?;
+        // The global batch's loss and hits, and whether any rank stops. In a
+        // group of one the sums are the identity and `loss·n/n` is exact (an
+        // f32 mean times n < 2^29 fits f64's 53 bits): one process's numbers
+        // are the ones it always had.
+        let mut sums = [stats.loss * n as f64, stats.correct as f64, f64::from(u8::from(stop))];
+        self.group.sum_f64(&mut sums)?;
+        self.allreduce_seconds += clock.elapsed().as_secs_f64();
+        let stats =
+            StepStats { loss: sums[0] / global as f64, correct: sums[1] as usize, count: global };
+        let stop = sums[2] > 0.0;
+        let lr = self.schedule.lr(step as usize, self.config.optimizer.lr);
+        self.state.guard.check(step, stats.loss, lr)?;
+        self.lr = apply_gradients(&mut self.optimizer, &self.schedule, model, step)?;
+        self.state.global_step += 1;
+        self.state.batch += 1;
+        Ok((stats, stop))
+    }
+
+    /// Validation after an epoch (shared across ranks), and the epoch's record.
+    fn validate(
+        &mut self,
+        model: &mut dyn Layer<f32>,
+        val: Option<&DataLoader>,
+    ) -> Result<EpochRecord> {
+        let clock = Instant::now();
+        let report = val.map(|v| evaluate_distributed(model, v, &*self.group)).transpose()?;
+        let p = std::mem::take(&mut self.state.partial);
+        Ok(EpochRecord {
+            epoch: self.state.epoch + 1,
+            train_loss: p.loss_sum / p.seen.max(1) as f64,
+            train_accuracy: p.correct as f64 / p.seen.max(1) as f64,
+            val_loss: report.as_ref().map(|r| r.loss),
+            val_accuracy: report.as_ref().map(|r| r.accuracy),
+            val_top5: report.as_ref().and_then(|r| r.top5),
+            lr: self.lr,
+            seconds: p.train_seconds + clock.elapsed().as_secs_f64(),
+            images_per_second: p.seen as f64 / p.train_seconds.max(1e-9),
+        })
+    }
+
+    /// The end of an epoch: the record in the history, the writes (a failed
+    /// one warns and is retried next epoch), the callback. [`Flow::Stop`]
+    /// when a callback on any rank asks for it.
+    fn end_epoch(
+        &mut self,
+        trainer: &mut Trainer,
+        model: &mut dyn Layer<f32>,
+        record: EpochRecord,
+    ) -> Result<Flow> {
+        let state = &mut self.state;
+        let improved = match (record.val_accuracy, state.best_val_accuracy) {
+            (Some(a), Some(best)) => a > best,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        let previous_best = state.best_val_accuracy;
+        if improved {
+            state.best_val_accuracy = record.val_accuracy;
+        }
+        state.history.push(record.clone());
+        state.epoch += 1;
+        state.batch = 0;
+        self.progress.end_epoch(&record);
+        if let Some(dir) = &self.out_dir {
+            let written = write_epoch(dir, model, &self.optimizer, state, improved);
+            if let Err(e) = written.last {
+                // After the last epoch the error itself says it (in `finish`).
+                if state.epoch < self.config.epochs {
+                    self.progress.warn(&format!(
+                        "warning: the checkpoint of epoch {} could not be written ({e}); {}; training goes on and writes it again after the next epoch",
+                        state.epoch,
+                        last_written(dir, self.written_epoch)
+                    ));
+                }
+                self.unwritten = Some(e);
+            } else {
+                self.written_epoch = Some(state.epoch);
+                self.unwritten = None;
+            }
+            if let Err(e) = written.best {
+                // The next improvement must write best/ again.
+                state.best_val_accuracy = previous_best;
+                self.progress.warn(&format!("warning: best/ could not be written ({e})"));
+            }
+            if let Err(e) = written.metrics {
+                self.progress.warn(&format!(
+                    "warning: the metrics or curves could not be written ({e}); they are rewritten whole after the next epoch"
+                ));
+            }
+        }
+        let wants_stop = trainer.on_epoch_end.as_mut().is_some_and(|callback| !callback(&record));
+        // Any rank's callback stops every rank.
+        let mut stop = [f64::from(u8::from(wants_stop))];
+        self.group.sum_f64(&mut stop)?;
+        Ok(if stop[0] > 0.0 { Flow::Stop } else { Flow::Continue })
+    }
+
+    /// The report, or the error of a last checkpoint that could not be written.
+    fn finish(self, started: Instant, completed: bool) -> Result<FitReport> {
+        if let (Some(e), Some(dir)) = (self.unwritten, &self.out_dir) {
             return Err(e.led_by(&format!(
                 "the checkpoint of epoch {} could not be written; {}",
-                state.epoch,
-                last_written(dir, written_epoch)
+                self.state.epoch,
+                last_written(dir, self.written_epoch)
             )));
         }
         Ok(FitReport {
-            history: History { epochs: state.history },
+            history: History { epochs: self.state.history },
             completed,
-            best_val_accuracy: state.best_val_accuracy,
-            global_step: state.global_step,
+            best_val_accuracy: self.state.best_val_accuracy,
+            global_step: self.state.global_step,
             seconds: started.elapsed().as_secs_f64(),
-            allreduce_seconds,
+            allreduce_seconds: self.allreduce_seconds,
         })
     }
 }

@@ -270,14 +270,15 @@ fn frozen_layers_run_in_eval_mode_and_backward_stops_at_them() {
     freeze(&mut model, "backbone");
     assert_eq!(frozen_prefix(&mut model), 2);
     let stats_before = values(&mut model, "fc.");
-    compute_gradients(&mut model, x.clone(), &labels, 0.0, 0, 0).unwrap();
+    compute_gradients(&mut model, x.clone(), &labels, &cnn_train::CrossEntropy::default(), 0, 0)
+        .unwrap();
     assert_eq!(*log.lock().unwrap(), (vec![Mode::Eval], 0), "frozen: eval mode, no backward");
     assert_eq!(values(&mut model, "fc."), stats_before, "BatchNorm statistics moved");
     // Frozen parameters but trainable ones before them: the middle runs in
     // train mode for its gradient, yet its frozen BatchNorms keep their statistics.
     unfreeze(&mut model, "spy");
     assert_eq!(frozen_prefix(&mut model), 0);
-    compute_gradients(&mut model, x, &labels, 0.0, 0, 1).unwrap();
+    compute_gradients(&mut model, x, &labels, &cnn_train::CrossEntropy::default(), 0, 1).unwrap();
     assert_eq!(*log.lock().unwrap(), (vec![Mode::Eval, Mode::Train], 1));
     let backbone = |v: Vec<(String, ArrayD<f32>)>| -> Vec<(String, ArrayD<f32>)> {
         v.into_iter().filter(|(k, _)| k.starts_with("backbone")).collect()
@@ -332,7 +333,15 @@ fn the_boundary_reaches_inside_the_first_trainable_child() {
     freeze(&mut model, "stage.spy");
     assert_eq!(cnn_train::frozen_boundary(&mut model), [1, 1]);
     let x = cnn_tensor::random::normal(&[8, 1, 8, 8], 0.0, 1.0, &mut seeded_rng(2));
-    compute_gradients(&mut model, x, &[0, 1, 2, 3, 4, 0, 1, 2], 0.0, 0, 0).unwrap();
+    compute_gradients(
+        &mut model,
+        x,
+        &[0, 1, 2, 3, 4, 0, 1, 2],
+        &cnn_train::CrossEntropy::default(),
+        0,
+        0,
+    )
+    .unwrap();
     assert_eq!(*log.lock().unwrap(), (vec![Mode::Eval], 0));
     let mut grads = 0.0;
     model.visit_mut("", &mut |k, p| {
@@ -360,7 +369,15 @@ fn the_boundary_does_not_enter_a_residual_block() {
     freeze(&mut model, "block.bn1");
     assert_eq!(cnn_train::frozen_boundary(&mut model), [0]);
     let x = cnn_tensor::random::normal(&[4, 2, 6, 6], 0.0, 1.0, &mut seeded_rng(4));
-    let stats = compute_gradients(&mut model, x.clone(), &[0, 1, 2, 0], 0.0, 0, 0).unwrap();
+    let stats = compute_gradients(
+        &mut model,
+        x.clone(),
+        &[0, 1, 2, 0],
+        &cnn_train::CrossEntropy::default(),
+        0,
+        0,
+    )
+    .unwrap();
     let logits = model.forward(x, Mode::Train).unwrap();
     let (loss, _) = cnn_tensor::cross_entropy(&logits, &[0, 1, 2, 0], 0.0).unwrap();
     assert_eq!(stats.loss, f64::from(loss), "the step ran the block as a block");
@@ -382,6 +399,6 @@ fn a_timm_convnext_checkpoint_loads_with_a_new_head() {
     assert_eq!(cnn_train::frozen_boundary(&mut model), [2, 3]);
     let x = cnn_tensor::random::normal(&[2, 3, 32, 32], 0.0, 1.0, &mut seeded_rng(2));
     let before = values(&mut model, "head.fc");
-    compute_gradients(&mut model, x, &[0, 6], 0.0, 0, 0).unwrap();
+    compute_gradients(&mut model, x, &[0, 6], &cnn_train::CrossEntropy::default(), 0, 0).unwrap();
     assert_eq!(values(&mut model, "head.fc"), before);
 }

@@ -8,7 +8,7 @@ use cnn_tensor::{cross_entropy_forward, Error, Layer, Mode, Result};
 
 use super::{ModelFactory, StepReport, TuneConfig, Verdict, STEP_TITLES};
 use crate::step::{apply_gradients, as_logits, compute_gradients};
-use crate::{LineChart, OptimizerKind, ScheduleKind, TrainConfig};
+use crate::{CrossEntropy, LineChart, OptimizerKind, ScheduleKind, TrainConfig};
 
 /// Step 1: the untrained model's mean loss over the first batches of
 /// `loader` against ln C, the loss of a uniform guess over C classes.
@@ -147,7 +147,7 @@ pub fn overfit_sample(
             model,
             batch.images.clone().into_dyn(),
             &batch.labels,
-            0.0,
+            &CrossEntropy::default(),
             config.seed,
             step,
         )?;
@@ -330,7 +330,7 @@ pub fn lr_sweep(
                     &mut *model,
                     batch.images.into_dyn(),
                     &batch.labels,
-                    base.label_smoothing,
+                    &CrossEntropy::new(base.label_smoothing),
                     config.seed,
                     step,
                 )?;
