@@ -37,6 +37,15 @@ fn synced_f64_resnet_on_two_and_three_ranks_equals_one_process() {
 }
 
 #[test]
+fn the_trainer_on_two_and_three_ranks_with_uneven_shares_equals_one_process() {
+    for ranks in [2, 3] {
+        for line in on_threads(ranks, checks::trainer_equals_one_process) {
+            println!("{}", line.unwrap());
+        }
+    }
+}
+
+#[test]
 fn three_ranks_read_every_sample_once_per_epoch() {
     for r in on_threads(3, checks::every_sample_once_per_epoch) {
         r.unwrap();

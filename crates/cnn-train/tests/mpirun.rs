@@ -30,10 +30,24 @@ fn check(ranks: usize, what: &str) -> Job {
 }
 
 #[test]
-fn two_ranks_with_synced_batch_norm_train_an_f64_resnet_as_one_process() {
-    let job = check(2, "f64-resnet");
+fn two_and_three_ranks_with_synced_batch_norm_train_an_f64_resnet_as_one_process() {
+    for ranks in [2, 3] {
+        let job = check(ranks, "f64-resnet");
+        assert!(job.ok(), "{}", job.output());
+        let want = format!("ok: f64 ResNet-8, 4 steps on {ranks} ranks");
+        assert!(job.stdout.contains(&want), "{}", job.output());
+    }
+}
+
+#[test]
+fn three_ranks_train_through_the_trainer_as_one_process() {
+    let job = check(3, "trainer");
     assert!(job.ok(), "{}", job.output());
-    assert!(job.stdout.contains("ok: f64 ResNet-8, 4 steps on 2 ranks"), "{}", job.output());
+    assert!(
+        job.stdout.contains("ok: Trainer, 20 steps of batches of 11 on 3 ranks"),
+        "{}",
+        job.output()
+    );
 }
 
 #[test]
