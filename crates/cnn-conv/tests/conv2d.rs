@@ -118,14 +118,16 @@ fn layer_passes_the_gradient_checker() {
 #[test]
 fn same_numbers_on_one_two_three_and_sixteen_threads() {
     // Several sample blocks (small maps), one block per sample, a batch of one
-    // whose GEMMs are cut in rows and columns, a stride-2 conv, Winograd (by the rule).
+    // whose GEMMs are cut in rows and columns, a stride-2 conv, Winograd
+    // F(4×4) by the shape rule (4 samples of 3×3 tiles: 36 ≥ 32; with 3
+    // samples, 27 tiles, the rule takes im2col).
     for (x_shape, w_shape, stride) in [
         ([32, 8, 8, 8], [16, 8, 3, 3], 1),
         ([6, 3, 20, 20], [4, 3, 5, 5], 1),
         ([9, 16, 4, 4], [8, 16, 1, 1], 1),
         ([1, 64, 12, 12], [96, 64, 3, 3], 2),
         ([1, 40, 14, 14], [80, 40, 1, 1], 1),
-        ([3, 32, 9, 9], [64, 32, 3, 3], 1),
+        ([4, 32, 9, 9], [64, 32, 3, 3], 1),
     ] {
         let x = randn4(x_shape, 1).mapv(|v| v as f32);
         let w = randn4(w_shape, 2).mapv(|v| v as f32);
