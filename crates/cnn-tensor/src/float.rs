@@ -11,8 +11,16 @@ use ndarray::{LinalgScalar, ScalarOperand};
 ///
 /// Besides arithmetic it carries the raw GEMM entry point, so that generic
 /// kernels reach `sgemm` or `dgemm` of matrixmultiply without dispatch traits.
+///
+/// Sealed: only `f32` and `f64` implement it. Unsafe code across the
+/// workspace relies on that (a weight cache compares weights as bytes,
+/// assuming no padding; [`Float::as_f32`] reinterprets slices; the GEMM
+/// micro-kernel runs for `T` exactly when `as_f32` says it is `f32`), and a
+/// downstream type could break those assumptions without writing `unsafe`
+/// itself if it could implement the trait.
 pub trait Float:
-    num_traits::Float
+    sealed::Sealed
+    + num_traits::Float
     + LinalgScalar
     + ScalarOperand
     + AddAssign
@@ -73,6 +81,13 @@ pub trait Float:
         rsc: isize,
         csc: isize,
     );
+}
+
+mod sealed {
+    /// Implemented for `f32` and `f64` only: see [`super::Float`].
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
 }
 
 impl Float for f32 {
