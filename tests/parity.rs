@@ -121,6 +121,8 @@ struct Compare<'a> {
     dtype: &'static str,
     tol: f64,
     failures: Vec<String>,
+    /// Gradients of an f32 model check excluded at a flipped ReLU kink.
+    kink_excluded: usize,
 }
 
 impl Compare<'_> {
@@ -518,28 +520,123 @@ fn check_warmup_cosine<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), 
 
 /// A whole network: load `param.*`, one train-mode forward/backward of mean
 /// cross-entropy, compare logits, loss, every `grad.*`, the running statistics
-/// `after_train.*`, then eval-mode logits. Tolerances: f64 1e-8, f32 1e-3.
+/// `after_train.*`, then eval-mode logits. Tolerances: f64 1e-8, f32 1e-4,
+/// with the convolutions computed as the dispatcher chooses (the reruns of
+/// [`parity_holds_for_every_conv_algorithm_and_simd_level`] force im2col,
+/// Winograd F(2×2) and F(4×4)).
 ///
-/// In f32 the convolutions run im2col (`with_conv_algorithm`): a network's
-/// gradient is discontinuous at every ReLU kink, and these files have ReLU
-/// inputs within 2e-6 of zero (ResNet-20's `layer3.1` output), closer than
-/// Winograd's f32 rounding of unit-scale activations (~5e-6); one input
-/// crossing zero moves a BatchNorm bias gradient by 1/(N·H·W) of its sum,
-/// 2.7e-3 here. Winograd is held to PyTorch by the f64 model check (where
-/// `Auto` takes it on the 32- and 64-channel layers), by the conv2d files in
-/// both precisions, and to the naive kernel by crates/cnn-conv/tests/winograd.rs.
+/// f32 gradients are compared kink-aware: a network's gradient is
+/// discontinuous at every ReLU kink, and a ReLU input within f32 rounding of
+/// zero (the ResNet-20 file has one at 2.1e-6, below Winograd F(4×4)'s f32
+/// rounding of unit-scale activations, ~5e-6) can land on the other side of
+/// it than in PyTorch's float64; one such flip moves a BatchNorm bias
+/// gradient by 1/(N·H·W) of its sum (2.7e-3 here). So the ReLU signs of the
+/// f32 run are compared with those of our f64 run (held to PyTorch at 1e-8):
+/// with no flip, every gradient must pass 1e-4; with flips (at most
+/// [`MAX_KINK_FLIPS`]), a gradient over 1e-4 is excluded and counted, and
+/// must stay under [`KINK_TOLERANCE`]. Forward outputs, the loss and the
+/// running statistics have no kink and are held to 1e-4 always.
 fn check_model<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), String> {
-    if T::NAME == "f32" {
-        cnn::conv::with_conv_algorithm(cnn::conv::ConvAlgorithm::Im2col, || {
-            check_model_in::<T>(c, cmp)
-        })
+    cmp.tol = if T::NAME == "f64" { 1e-8 } else { 1e-4 };
+    let mut net = build_model::<T>(c)?;
+    let logits = net.forward(c.t::<T>("input"), Mode::Train).map_err(e)?;
+    // The ReLU signs of this run, and of the f64 run when this one is f32.
+    let flips = if T::NAME == "f32" {
+        let mut reference = build_model::<f64>(c)?;
+        reference.forward(c.t::<f64>("input"), Mode::Train).map_err(e)?;
+        let (ours, theirs) = (relu_masks(&mut net), relu_masks(&mut reference));
+        if ours.len() != theirs.len() {
+            return Err(format!("{} ReLU layers in f32, {} in f64", ours.len(), theirs.len()));
+        }
+        // A walk that found no ReLU would make the kink check vacuous.
+        let arch = c.meta.get("arch").map_or("", String::as_str);
+        if arch.starts_with("resnet") && ours.len() < 2 {
+            return Err(format!("{} ReLU masks found in a ResNet", ours.len()));
+        }
+        ours.iter()
+            .zip(&theirs)
+            .map(|(a, b)| a.iter().zip(b).filter(|(x, y)| x != y).count())
+            .sum::<usize>()
     } else {
-        check_model_in::<T>(c, cmp)
+        0
+    };
+    if flips > MAX_KINK_FLIPS {
+        return Err(format!(
+            "{flips} ReLU inputs changed sign from f64 (at most {MAX_KINK_FLIPS})"
+        ));
     }
+    cmp.check("logits_train", &logits, "logits_train");
+    let logits2 = logits.into_dimensionality::<Ix2>().map_err(|err| err.to_string())?;
+    let targets: Vec<usize> = c.ints["target"].iter().map(|&t| t as usize).collect();
+    let loss = cross_entropy_forward(logits2.view(), &targets, 0.0).map_err(e)?;
+    cmp.check("loss", &ArrayD::from_elem(IxDyn(&[1]), loss), "loss");
+    let dlogits = cross_entropy_backward(logits2.view(), &targets, 0.0, T::one()).map_err(e)?;
+    net.backward(dlogits.into_dyn()).map_err(e)?;
+    let mut grads = Vec::new();
+    let mut after = Vec::new();
+    net.visit_mut("", &mut |key, p| {
+        if c.has(&format!("grad.{key}")) {
+            grads.push((key.to_string(), p.grad.clone()));
+        }
+        if c.has(&format!("after_train.{key}")) {
+            after.push((key.to_string(), p.value.clone()));
+        }
+    });
+    let grad_count = c.floats.keys().filter(|k| k.starts_with("grad.")).count();
+    if grads.len() != grad_count {
+        return Err(format!(
+            "{} gradients in the file, {} matched the model",
+            grad_count,
+            grads.len()
+        ));
+    }
+    for (key, g) in &grads {
+        let (what, name) = (format!("grad.{key}"), format!("grad.{key}"));
+        if flips == 0 {
+            cmp.check(&what, g, &name);
+            continue;
+        }
+        // A flipped kink: over 1e-4 is excluded (and counted), over KINK_TOLERANCE fails.
+        let mut strict = Compare {
+            case: cmp.case,
+            dtype: cmp.dtype,
+            tol: cmp.tol,
+            failures: Vec::new(),
+            kink_excluded: 0,
+        };
+        strict.check(&what, g, &name);
+        if !strict.failures.is_empty() {
+            cmp.kink_excluded += 1;
+            let tol = cmp.tol;
+            cmp.tol = KINK_TOLERANCE;
+            cmp.check(&what, g, &name);
+            cmp.tol = tol;
+        }
+    }
+    if cmp.kink_excluded > 0 {
+        println!(
+            "{} {}: {flips} ReLU input(s) on the other side of zero from f64; {} gradient(s) over {:e} excluded, each within {KINK_TOLERANCE:e}",
+            cmp.case.name, cmp.dtype, cmp.kink_excluded, cmp.tol
+        );
+    }
+    for (key, v) in &after {
+        cmp.check(&format!("after_train.{key}"), v, &format!("after_train.{key}"));
+    }
+    let eval = net.forward(c.t::<T>("input"), Mode::Eval).map_err(e)?;
+    cmp.check("logits_eval", &eval, "logits_eval");
+    Ok(())
 }
 
-fn check_model_in<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), String> {
-    cmp.tol = if T::NAME == "f64" { 1e-8 } else { 1e-3 };
+/// At most this many ReLU inputs of an f32 model check may change sign from f64.
+const MAX_KINK_FLIPS: usize = 4;
+
+/// What a gradient may be off by when a ReLU input flipped: a flip moves one
+/// BatchNorm bias gradient by 1/(N·H·W) of its sum (2.7e-3 in the ResNet-20
+/// file), and the gradients before it by as much.
+const KINK_TOLERANCE: f64 = 1e-2;
+
+/// The network of a model file, with its `param.*` loaded.
+fn build_model<T: Float>(c: &Case) -> Result<cnn::nn::Sequential<T>, String> {
     let arch = c.meta.get("arch").ok_or("no arch")?;
     let mut net = if arch == "convnext" {
         let list = |k: &str| -> Result<Vec<usize>, String> {
@@ -593,41 +690,24 @@ fn check_model_in<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), Strin
     if !missing.is_empty() || !extra.is_empty() {
         return Err(format!("state dict mismatch: missing {missing:?}, unexpected {extra:?}"));
     }
-    let logits = net.forward(c.t::<T>("input"), Mode::Train).map_err(e)?;
-    cmp.check("logits_train", &logits, "logits_train");
-    let logits2 = logits.into_dimensionality::<Ix2>().map_err(|err| err.to_string())?;
-    let targets: Vec<usize> = c.ints["target"].iter().map(|&t| t as usize).collect();
-    let loss = cross_entropy_forward(logits2.view(), &targets, 0.0).map_err(e)?;
-    cmp.check("loss", &ArrayD::from_elem(IxDyn(&[1]), loss), "loss");
-    let dlogits = cross_entropy_backward(logits2.view(), &targets, 0.0, T::one()).map_err(e)?;
-    net.backward(dlogits.into_dyn()).map_err(e)?;
-    let mut grads = Vec::new();
-    let mut after = Vec::new();
-    net.visit_mut("", &mut |key, p| {
-        if c.has(&format!("grad.{key}")) {
-            grads.push((key.to_string(), p.grad.clone()));
+    Ok(net)
+}
+
+/// The signs each ReLU saw in the last train-mode forward, every ReLU of the
+/// tree (residual blocks' ReLU after the sum included), in walk order.
+fn relu_masks<T: Float>(layer: &mut dyn Layer<T>) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    if let Some(any) = layer.as_any_mut() {
+        if let Some(act) = any.downcast_ref::<cnn::act::Act<T>>() {
+            out.extend(act.positive_mask().map(<[u8]>::to_vec));
+        } else if let Some(block) = any.downcast_mut::<cnn::nn::Residual<T>>() {
+            out.extend(block.post.as_ref().and_then(|a| a.positive_mask().map(<[u8]>::to_vec)));
         }
-        if c.has(&format!("after_train.{key}")) {
-            after.push((key.to_string(), p.value.clone()));
-        }
-    });
-    let grad_count = c.floats.keys().filter(|k| k.starts_with("grad.")).count();
-    if grads.len() != grad_count {
-        return Err(format!(
-            "{} gradients in the file, {} matched the model",
-            grad_count,
-            grads.len()
-        ));
     }
-    for (key, g) in &grads {
-        cmp.check(&format!("grad.{key}"), g, &format!("grad.{key}"));
+    for (_, child) in layer.children_mut() {
+        out.extend(relu_masks(child));
     }
-    for (key, v) in &after {
-        cmp.check(&format!("after_train.{key}"), v, &format!("after_train.{key}"));
-    }
-    let eval = net.forward(c.t::<T>("input"), Mode::Eval).map_err(e)?;
-    cmp.check("logits_eval", &eval, "logits_eval");
-    Ok(())
+    out
 }
 
 /// Image transforms: `image` (CHW) to `out`. Hue is allowed 1e-6 (f64), as the issue states.
@@ -710,7 +790,7 @@ fn parity_dir() -> PathBuf {
 
 fn run<T: Float>(case: &Case, op: &str, tol: f64, failures: &mut Vec<String>) {
     let Some(check) = checker::<T>(op) else { return };
-    let mut cmp = Compare { case, dtype: T::NAME, tol, failures: Vec::new() };
+    let mut cmp = Compare { case, dtype: T::NAME, tol, failures: Vec::new(), kink_excluded: 0 };
     if let Err(msg) = check(case, &mut cmp) {
         cmp.failures.push(format!("{} {}: {msg}", case.name, T::NAME));
     }

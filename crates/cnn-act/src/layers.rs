@@ -32,6 +32,14 @@ impl<T: Float> Act<T> {
         self.masked = None;
     }
 
+    /// ReLU and LeakyReLU: which inputs of the last train-mode forward were
+    /// positive (1) or not (0), in the input's order; `None` for other
+    /// activations, or before a train-mode forward. What a kink-aware check
+    /// compares between two precisions.
+    pub fn positive_mask(&self) -> Option<&[u8]> {
+        self.activation.is_rectifier().then_some(self.positive.as_slice()).filter(|m| !m.is_empty())
+    }
+
     /// `nn.ReLU`.
     pub fn relu() -> Self {
         Self::new(Activation::Relu)
