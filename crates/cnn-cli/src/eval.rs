@@ -11,7 +11,7 @@ use cnn_train::{evaluate, evaluate_tta, find_checkpoint, plot_confusion, Trainer
 
 use crate::data::DataSpec;
 use crate::parse_data;
-use crate::run::RunInfo;
+use crate::training_run::RunInfo;
 
 /// Which checkpoint of a run.
 #[derive(Debug, Clone, Copy, ValueEnum)]

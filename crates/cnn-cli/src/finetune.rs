@@ -15,7 +15,7 @@ use cnn_train::{
 };
 
 use crate::arch::{self, ARCH_HELP};
-use crate::run::{default_run_dir, fit_run, RunInfo, RunRequest};
+use crate::training_run::{default_run_dir, fit_run, RunInfo, RunRequest};
 use crate::DataArgs;
 
 /// A per-channel mean and standard deviation.

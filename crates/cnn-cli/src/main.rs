@@ -1,15 +1,17 @@
 //! `cnn`: train, evaluate, summarize and inspect convolutional networks on the CPU.
 
 mod arch;
+mod augment_spec;
 mod classify;
 mod data;
+mod degradation;
+mod env;
 mod eval;
 mod finetune;
-mod lecture;
-mod pipeline;
-mod run;
-mod tools;
+mod init_stats;
+mod inspect;
 mod train;
+mod training_run;
 mod tune;
 
 use std::path::PathBuf;
@@ -46,7 +48,7 @@ fn keep_freed_pages() {
     name = "cnn",
     version,
     about = "Train, evaluate and inspect convolutional networks on the CPU.",
-    after_help = "Examples:\n  cnn train                                  # the embedded digits, the default recipe\n  cnn train --data mnist:~/data/mnist --epochs 3\n  cnn tune --budget small\n  cnn finetune --weights resnet18.safetensors --arch resnet18 --data folder:~/photos --mode linear-probe\n  cnn eval --run runs/20261127-101500 --tta 8\n  cnn summary --arch resnet18\n  cnn augment-preview --data cifar10:~/data/cifar-10-batches-bin --out preview.png\n  cnn stats --data folder:~/photos\n  cnn check-data --data folder:~/photos"
+    after_help = "Examples:\n  cnn train                                  # the embedded digits, the default recipe\n  cnn train --data mnist:~/data/mnist --epochs 3\n  cnn tune --budget small\n  cnn finetune --weights resnet18.safetensors --arch resnet18 --data folder:~/photos --mode linear-probe\n  cnn eval --run runs/20261127-101500 --tta 8\n  cnn summary --arch resnet18\n  cnn augment-preview --data cifar10:~/data/cifar-10-batches-bin --out preview.png\n  cnn stats --data folder:~/photos\n  cnn check-data --data folder:~/photos\n  cnn env                                    # the CNN_* switches: CNN_SIMD, CNN_GEMM_PANEL, CNN_CONV_ALGORITHM, CNN_FUSION"
 )]
 struct Cli {
     /// Worker threads (default: every core). Results are the same bitwise for any count.
@@ -67,17 +69,19 @@ enum Command {
     /// Evaluate a run's checkpoint (loss, accuracy, per class, confusion matrix), or classify images with pretrained weights.
     Eval(eval::EvalArgs),
     /// The activation-statistics probe: each layer's mean and std for several inits, and a plot.
-    InitStats(lecture::InitStatsArgs),
+    InitStats(init_stats::InitStatsArgs),
     /// Train ResNets and their plain twins at two depths and plot training error (He et al.'s degradation).
-    Degradation(lecture::DegradationArgs),
+    Degradation(degradation::DegradationArgs),
     /// Print a network's layers, output shapes and parameter counts.
-    Summary(tools::SummaryArgs),
+    Summary(inspect::SummaryArgs),
     /// Draw a PNG grid of random draws of an augmentation pipeline.
-    AugmentPreview(tools::PreviewArgs),
+    AugmentPreview(inspect::PreviewArgs),
     /// Per-channel mean and standard deviation of a data set's training split.
-    Stats(tools::StatsArgs),
+    Stats(inspect::StatsArgs),
     /// Read every image of a data set once and list the unreadable ones.
-    CheckData(tools::CheckArgs),
+    CheckData(inspect::CheckArgs),
+    /// List the environment switches (CNN_SIMD, CNN_GEMM_PANEL, CNN_CONV_ALGORITHM, CNN_FUSION) and their values here.
+    Env(env::EnvArgs),
 }
 
 /// How to split a data set; shared by every command that reads one.
@@ -102,7 +106,7 @@ struct DataArgs {
     /// skipped.txt and counts it in the final line [default: fail; on
     /// --resume, what the run used]. `cnn check-data` lists them beforehand.
     #[arg(long, value_enum)]
-    bad_images: Option<run::BadImages>,
+    bad_images: Option<training_run::BadImages>,
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -175,14 +179,15 @@ fn main() -> ExitCode {
         Command::Tune(args) => tune::run(*args, started),
         Command::Finetune(args) => finetune::run(*args, started),
         Command::Eval(args) => eval::run(args),
-        Command::InitStats(args) => lecture::init_stats(args),
-        Command::Degradation(args) => lecture::degradation(args, started),
-        Command::Summary(args) => tools::summary(args),
-        Command::AugmentPreview(args) => tools::preview(args),
-        Command::Stats(args) => tools::stats(args),
-        Command::CheckData(args) => tools::check_data(args),
+        Command::InitStats(args) => init_stats::init_stats(args),
+        Command::Degradation(args) => degradation::degradation(args, started),
+        Command::Summary(args) => inspect::summary(args),
+        Command::AugmentPreview(args) => inspect::preview(args),
+        Command::Stats(args) => inspect::stats(args),
+        Command::CheckData(args) => inspect::check_data(args),
+        Command::Env(args) => env::run(args),
     }
-    .map_err(|e| run::bad_image_hint(e, folder));
+    .map_err(|e| training_run::bad_image_hint(e, folder));
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -15,7 +15,7 @@ use cnn_train::{
 
 use crate::arch::ARCH_HELP;
 use crate::data::{DataSpec, Splits};
-use crate::run::{default_run_dir, fit_run, BadImages, RunInfo, RunRequest};
+use crate::training_run::{default_run_dir, fit_run, BadImages, RunInfo, RunRequest};
 use crate::DataArgs;
 
 /// `--optimizer`.
@@ -357,7 +357,8 @@ fn run_in(
         )),
         _ => {}
     }
-    info.distributed = group.as_ref().map(|g| crate::run::Distributed { ranks: g.size(), sync_bn });
+    info.distributed =
+        group.as_ref().map(|g| crate::training_run::Distributed { ranks: g.size(), sync_bn });
     let mut built = info.build_model()?;
     if resuming && rank == 0 {
         // The Trainer loads the checkpoint itself, but a cached linear probe

@@ -11,7 +11,7 @@ use cnn_train::{Budget, ProgressMode, TrainConfig, TuneConfig, TuneData, Tuner, 
 
 use crate::arch::{self, ARCH_HELP};
 use crate::data::DataSpec;
-use crate::run::{default_run_dir, RunInfo, RunRequest};
+use crate::training_run::{default_run_dir, RunInfo, RunRequest};
 use crate::DataArgs;
 
 /// `--budget`.

@@ -389,3 +389,36 @@ fn a_closed_pipe_ends_the_command_without_a_panic() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}: {err}", out.status);
 }
+
+/// `cnn env`, `cnn --help` and the README name every switch of the table in
+/// cnn_tensor::switches, and the README every command: a switch or command
+/// added without its documentation fails here.
+#[test]
+fn env_help_and_readme_list_every_switch_and_command() {
+    let tmp = cnn_test_support::temp_dir("env");
+    let env = cnn(&["env"], tmp.path());
+    assert!(env.status.success(), "{}", stderr(&env));
+    let out = common::stdout(&env);
+    let help = common::stdout(&cnn(&["--help"], tmp.path()));
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    for s in cnn_tensor::switches::SWITCHES {
+        assert!(out.contains(s.name), "cnn env leaves out {}:\n{out}", s.name);
+        assert!(help.contains(s.name), "cnn --help leaves out {}", s.name);
+        assert!(readme.contains(&format!("| `{}` |", s.name)), "the README leaves out {}", s.name);
+    }
+    assert!(out.lines().last().unwrap().starts_with("4 switches"), "{out}");
+    // Every subcommand `cnn --help` lists has a line in the README.
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(commands.len() >= 11, "{commands:?}");
+    for c in commands {
+        assert!(readme.contains(&format!("cnn {c}")), "the README never shows `cnn {c}`");
+    }
+}

@@ -15,8 +15,8 @@ use cnn_train::{find_checkpoint, Trainer, TrainerState};
 use serde::{Deserialize, Serialize};
 
 use crate::arch::{self, Built};
+use crate::augment_spec::{parse_augment, pipeline};
 use crate::data::{self, DataSpec, SplitOptions, Splits};
-use crate::pipeline::{parse_augment, pipeline};
 
 /// The run's data, network and normalization: enough to rebuild its loaders and model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -11,8 +11,8 @@ use cnn_tensor::untrusted::contain_panic;
 use cnn_tensor::{Error, Result};
 
 use crate::arch::{self, ARCH_HELP};
+use crate::augment_spec::{augmentations, parse_augment};
 use crate::data;
-use crate::pipeline::{augmentations, parse_augment};
 use crate::DataArgs;
 
 /// Arguments of `cnn summary`.
@@ -163,9 +163,9 @@ pub fn stats(args: StatsArgs) -> Result<ExitCode> {
 }
 
 /// The loader policy `--bad-images` asks for (default fail), and its log.
-fn bad_samples(args: &DataArgs) -> (cnn_data::BadSamples, crate::run::SharedSkipLog) {
-    let log = crate::run::SharedSkipLog::default();
-    (crate::run::policy(args.bad_images.unwrap_or_default(), &log), log)
+fn bad_samples(args: &DataArgs) -> (cnn_data::BadSamples, crate::training_run::SharedSkipLog) {
+    let log = crate::training_run::SharedSkipLog::default();
+    (crate::training_run::policy(args.bad_images.unwrap_or_default(), &log), log)
 }
 
 /// Arguments of `cnn check-data`.
