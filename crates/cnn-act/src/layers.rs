@@ -40,6 +40,32 @@ impl<T: Float> Act<T> {
         self.activation.is_rectifier().then_some(self.positive.as_slice()).filter(|m| !m.is_empty())
     }
 
+    /// Replaces the signs the pending backward uses (ReLU and LeakyReLU, after
+    /// a train-mode forward) with `mask` ([`Act::positive_mask`] of another
+    /// run): how a kink-aware check computes a reference gradient with the
+    /// same kinks as the run it checks.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for another activation or without a pending
+    /// train-mode forward; [`Error::Shape`] when `mask` is not that forward's length.
+    pub fn set_positive_mask(&mut self, mask: &[u8]) -> Result<()> {
+        let op = self.activation.name();
+        if !self.activation.is_rectifier() || self.masked.is_none() {
+            return Err(Error::config(
+                op,
+                "signs are kept only by ReLU and LeakyReLU after a train-mode forward",
+            ));
+        }
+        if mask.len() != self.positive.len() {
+            return Err(Error::shape(
+                op,
+                format!("a mask of {} signs for {} inputs", mask.len(), self.positive.len()),
+            ));
+        }
+        self.positive.copy_from_slice(mask);
+        Ok(())
+    }
+
     /// `nn.ReLU`.
     pub fn relu() -> Self {
         Self::new(Activation::Relu)
