@@ -1,5 +1,6 @@
 //! Winograd F(2×2, 3×3) and F(4×4, 3×3) against the naive kernel: forward,
-//! dx (and dW, which stays on im2col), every padding the dx path covers,
+//! dx and dW (both by Winograd: dx as the forward conv of dy, dW as α²
+//! products over the tiles), every padding the dx path covers,
 //! maps smaller than a tile, groups, batch 1; its f32 error bound; the
 //! algorithm switch; determinism across thread counts.
 #![allow(clippy::unwrap_used)]

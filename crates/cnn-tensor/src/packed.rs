@@ -434,7 +434,10 @@ mod x86 {
                                 (14, 2) => micro::<14, 2>(kc, ap.as_ptr(), bp.as_ptr(), tile),
                                 (6, 4) => micro::<6, 4>(kc, ap.as_ptr(), bp.as_ptr(), tile),
                                 (16, 1) => micro::<16, 1>(kc, ap.as_ptr(), bp.as_ptr(), tile),
-                                _ => micro::<12, 2>(kc, ap.as_ptr(), bp.as_ptr(), tile),
+                                (12, 2) => micro::<12, 2>(kc, ap.as_ptr(), bp.as_ptr(), tile),
+                                // Every shape of PANELS has its arm; `PackedLhs` only ever
+                                // packs with one of them (checked in `from_panels`).
+                                _ => unreachable!("panel {mr}x{} is not one of PANELS", 16 * nv),
                             }
                         }
                     }
@@ -496,6 +499,12 @@ mod x86 {
     }
 
     /// `C[MR × 16·NV] (+)= A_panel · B_panel` over `kc` steps, in registers.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `a` points to `kc·MR` readable floats (one A
+    /// panel) and `b` to `kc·16·NV` (one B panel); `t.c` with strides
+    /// `t.rsc`, `t.csc` addresses a writable `t.rows × t.cols` tile, with
+    /// `t.rows ≤ MR` and `t.cols ≤ 16·NV`, that nothing else accesses meanwhile.
     #[target_feature(enable = "avx512f")]
     unsafe fn micro<const MR: usize, const NV: usize>(
         kc: usize,
