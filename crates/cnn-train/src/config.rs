@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
-    /// `torch.optim.SGD` with [`TrainConfig::momentum`] and [`TrainConfig::nesterov`].
+    /// `torch.optim.SGD` with [`OptimizerConfig::momentum`] and [`OptimizerConfig::nesterov`].
     Sgd,
     /// `torch.optim.Adam` (L2 decay added to the gradient).
     Adam,
@@ -26,7 +26,7 @@ pub enum ScheduleKind {
     Step,
     /// Cosine from the base lr to 0 over the run (`CosineAnnealingLR`).
     Cosine,
-    /// Linear warmup from 0.1× over [`TrainConfig::warmup_epochs`], then cosine to 0.
+    /// Linear warmup from 0.1× over [`ScheduleConfig::warmup_epochs`], then cosine to 0.
     WarmupCosine,
     /// `OneCycleLR` with PyTorch's defaults (30% rising, from lr/25 to lr/2.5e5).
     OneCycle,
