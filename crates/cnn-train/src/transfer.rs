@@ -14,7 +14,7 @@ use cnn_tensor::{random::seeded_rng, Error, Layer, Result};
 pub enum TransferMode {
     /// Only the new head: a linear classifier on the pretrained features.
     LinearProbe,
-    /// Every layer, the backbone at a smaller lr ([`crate::TrainConfig::backbone_lr_mult`]).
+    /// Every layer, the backbone at a smaller lr ([`crate::TransferConfig::backbone_lr_mult`]).
     Finetune,
     /// The parts under these key prefixes (`["layer4", "fc"]`), the rest frozen.
     Partial(Vec<String>),
@@ -195,7 +195,7 @@ pub fn load_pretrained(
 }
 
 /// Sets what trains for `mode` (freezing the rest) and returns the head
-/// prefixes for [`crate::TrainConfig::head`].
+/// prefixes for [`crate::TransferConfig::head`].
 ///
 /// # Errors
 /// [`Error::Config`] when a prefix of [`TransferMode::Partial`] matches no parameter.
