@@ -304,23 +304,10 @@ def op_augment(kind):
 
 # --- whole models ------------------------------------------------------------
 
-
-class Block(nn.Module):
-    """torchvision's BasicBlock with its keys (conv1, bn1, conv2, bn2, downsample.0/1)."""
-
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        idt = x if self.downsample is None else self.downsample(x)
-        return F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))) + idt)
+# torchvision's BasicBlock with its keys (conv1, bn1, conv2, bn2, downsample.0/1):
+# the speed comparison's block (benches/torch/torch_resnet.py), the same module.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benches", "torch"))
+from torch_resnet import Block  # noqa: E402
 
 
 class CifarResNet(nn.Module):
