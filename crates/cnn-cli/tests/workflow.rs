@@ -382,7 +382,7 @@ fn convnext_trains_with_timms_recipe_and_transfers() {
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     let trainer: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("last/trainer.json")).unwrap()).unwrap();
-    assert_eq!(trainer["config"]["no_decay_norms_biases"], true);
+    assert_eq!(trainer["config"]["optimizer"]["no_decay_norms_biases"], true);
     let weights = run.join("last/model.safetensors");
     let o = cnn(
         &[
