@@ -56,6 +56,10 @@ pub trait Float:
     /// Uninitialized slots of `Self` as slots of f32 when `Self` is f32, else `None`.
     fn as_f32_uninit(s: &mut [MaybeUninit<Self>]) -> Option<&mut [MaybeUninit<f32>]>;
 
+    /// `v` as values of this type: moved as it is for `f32`, widened for `f64`
+    /// (data loaders give f32 images; an f64 check trains on them exactly).
+    fn from_f32_vec(v: Vec<f32>) -> Vec<Self>;
+
     /// `C ← α·A·B + β·C` on raw strided matrices (matrixmultiply's `sgemm`/`dgemm`).
     ///
     /// When `beta` is zero, `C` is written without being read (it may hold NaN).
@@ -117,6 +121,10 @@ impl Float for f32 {
         Some(s)
     }
 
+    fn from_f32_vec(v: Vec<f32>) -> Vec<Self> {
+        v
+    }
+
     unsafe fn gemm_raw(
         m: usize,
         k: usize,
@@ -165,6 +173,10 @@ impl Float for f64 {
 
     fn as_f32_uninit(_: &mut [MaybeUninit<Self>]) -> Option<&mut [MaybeUninit<f32>]> {
         None
+    }
+
+    fn from_f32_vec(v: Vec<f32>) -> Vec<Self> {
+        v.into_iter().map(f64::from).collect()
     }
 
     unsafe fn gemm_raw(

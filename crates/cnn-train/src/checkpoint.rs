@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use cnn_nn::{load_state_dict, save_state_dict, SaveDtype};
 use cnn_optim::Optimizer;
-use cnn_tensor::{write_atomic, Error, Layer, Result};
+use cnn_tensor::{write_atomic, Error, Float, Layer, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::{DivergenceGuard, EpochRecord, TrainConfig};
@@ -196,11 +196,11 @@ pub fn find_checkpoint(run: &Path, name: &str) -> Result<PathBuf> {
 ///
 /// # Errors
 /// [`Error::Io`] when a file cannot be written.
-pub fn save_checkpoint(
+pub fn save_checkpoint<T: Float>(
     run: &Path,
     name: &str,
-    model: &dyn Layer<f32>,
-    optimizer: &Optimizer<f32>,
+    model: &dyn Layer<T>,
+    optimizer: &Optimizer<T>,
     state: &TrainerState,
 ) -> Result<()> {
     let json =
@@ -218,10 +218,10 @@ pub fn save_checkpoint(
 /// # Errors
 /// [`Error::Io`] for a missing file; [`Error::Format`] naming the file that is
 /// truncated or corrupt, or whose keys do not fit the model.
-pub fn load_checkpoint(
+pub fn load_checkpoint<T: Float>(
     dir: &Path,
-    model: &mut dyn Layer<f32>,
-    optimizer: &mut Optimizer<f32>,
+    model: &mut dyn Layer<T>,
+    optimizer: &mut Optimizer<T>,
 ) -> Result<TrainerState> {
     let state = TrainerState::read(dir)?;
     load_state_dict(model, &dir.join(MODEL_FILE), cnn_nn::LoadMode::Strict)?;

@@ -338,7 +338,7 @@ impl TrainConfig {
     ///
     /// # Errors
     /// [`Error::Config`] for settings the optimizer refuses.
-    pub fn build_optimizer(&self) -> Result<Optimizer<f32>> {
+    pub fn build_optimizer<T: cnn_tensor::Float>(&self) -> Result<Optimizer<T>> {
         let (o, t) = (&self.optimizer, &self.transfer);
         let rule = match o.kind {
             OptimizerKind::Sgd => {
@@ -417,7 +417,7 @@ mod tests {
     fn defaults_validate_and_build() {
         let c = TrainConfig::default();
         c.validate().unwrap();
-        c.build_optimizer().unwrap();
+        c.build_optimizer::<f32>().unwrap();
         assert!(matches!(
             c.build_schedule(23).unwrap(),
             Schedule::OneCycle { total_steps: 690, .. }
@@ -440,7 +440,7 @@ mod tests {
             .with_lr(0.01)
             .with_head(vec!["fc".into()])
             .with_backbone_lr_mult(0.1);
-        let opt = c.build_optimizer().unwrap();
+        let opt = c.build_optimizer::<f32>().unwrap();
         let lrs: Vec<(String, f64)> = opt.groups().map(|g| (g.name.clone(), g.base_lr)).collect();
         assert_eq!(lrs, [("head".to_string(), 0.01), ("default".to_string(), 0.01 * 0.1)]);
         let head = opt.groups().next().unwrap();
@@ -454,7 +454,7 @@ mod tests {
 
     #[test]
     fn timm_adamw_leaves_one_dimensional_parameters_undecayed() {
-        let opt = TrainConfig::timm_adamw(4e-3, 0.05).build_optimizer().unwrap();
+        let opt = TrainConfig::timm_adamw(4e-3, 0.05).build_optimizer::<f32>().unwrap();
         let group = |key: &str, rank: usize| {
             opt.groups().find(|g| g.contains(key, rank)).map(|g| g.weight_decay).unwrap()
         };

@@ -6,7 +6,7 @@ use cnn_augment::Transform;
 use cnn_data::{shard_range, Batch, DataLoader};
 use cnn_tensor::collective::Collective;
 use cnn_tensor::random::{mix_seed, seeded_rng};
-use cnn_tensor::{cross_entropy_forward, softmax, ArrayD, Error, Layer, Mode, Result};
+use cnn_tensor::{cross_entropy_forward, softmax, ArrayD, Error, Float, Layer, Mode, Result};
 use ndarray::{Array2, Array4, Axis};
 use serde::{Deserialize, Serialize};
 
@@ -90,17 +90,20 @@ impl Tally {
     }
 
     /// Runs `model` on a batch in eval mode and adds it.
-    fn add_batch(&mut self, model: &mut dyn Layer<f32>, batch: Batch) -> Result<()> {
+    fn add_batch<T: Float>(&mut self, model: &mut dyn Layer<T>, batch: Batch) -> Result<()> {
         let n = batch.labels.len();
         if n == 0 {
             // Every sample unreadable and skipped (`BadSamples::Skip`).
             return Ok(());
         }
-        let logits = as_logits(model.forward(batch.images.into_dyn(), Mode::Eval)?, n)?;
+        let images = crate::images_as::<T>(batch.images.into_dyn());
+        let logits = as_logits(model.forward(images, Mode::Eval)?, n)?;
         check_classes(logits.ncols(), self.confusion.len())?;
         // From the log-softmax, so a confident mistake costs its full loss.
-        let loss = f64::from(cross_entropy_forward(logits.view(), &batch.labels, 0.0)?) * n as f64;
-        self.add(&softmax(logits.view()), &batch.labels, Some(loss))
+        let loss = cross_entropy_forward(logits.view(), &batch.labels, 0.0)?.as_f64() * n as f64;
+        // Probabilities in f32 for the tally: exact for an f32 model.
+        let probs = softmax(logits.view()).mapv(|p| p.as_f64() as f32);
+        self.add(&probs, &batch.labels, Some(loss))
     }
 
     fn report(self, classes: Vec<String>) -> Result<EvalReport> {
@@ -165,7 +168,7 @@ fn class_names(loader: &DataLoader) -> Vec<String> {
 /// # Errors
 /// Whatever the loader or the model returns; [`Error::Shape`] when the model's
 /// classes differ from the dataset's; [`Error::Config`] for an empty split.
-pub fn evaluate(model: &mut dyn Layer<f32>, loader: &DataLoader) -> Result<EvalReport> {
+pub fn evaluate<T: Float>(model: &mut dyn Layer<T>, loader: &DataLoader) -> Result<EvalReport> {
     let classes = class_names(loader);
     let mut tally = Tally::new(classes.len());
     for batch in loader.epoch(0) {
@@ -181,8 +184,8 @@ pub fn evaluate(model: &mut dyn Layer<f32>, loader: &DataLoader) -> Result<EvalR
 ///
 /// # Errors
 /// As [`evaluate`]; [`Error::Distributed`] when the transport fails.
-pub fn evaluate_distributed(
-    model: &mut dyn Layer<f32>,
+pub fn evaluate_distributed<T: Float>(
+    model: &mut dyn Layer<T>,
     loader: &DataLoader,
     group: &dyn Collective,
 ) -> Result<EvalReport> {

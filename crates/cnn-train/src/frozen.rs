@@ -11,12 +11,12 @@
 //! BatchNorm after that point keeps its statistics too (`BatchNorm::is_frozen`).
 
 use cnn_data::{DataLoader, TensorDataset};
-use cnn_tensor::{ArrayD, Error, IxDyn, Layer, Mode, Param, Result, Wiring};
+use cnn_tensor::{ArrayD, Error, Float, IxDyn, Layer, Mode, Param, Result, Wiring};
 
 /// How many leading children of `model` have no trainable parameter: the
 /// frozen prefix. 0 unless the model is a chain of children
 /// ([`Wiring::Chain`]): only there can the first ones run by themselves.
-pub fn frozen_prefix(model: &mut dyn Layer<f32>) -> usize {
+pub fn frozen_prefix<T: Float>(model: &mut dyn Layer<T>) -> usize {
     if model.wiring() != Wiring::Chain {
         return 0;
     }
@@ -37,7 +37,7 @@ pub fn frozen_prefix(model: &mut dyn Layer<f32>) -> usize {
 /// prefix, that child's, and so on (`[4, 1]`: the first four children
 /// frozen, then the first child of the fifth). `[0]` when nothing at the
 /// top is frozen.
-pub fn frozen_boundary(model: &mut dyn Layer<f32>) -> Vec<usize> {
+pub fn frozen_boundary<T: Float>(model: &mut dyn Layer<T>) -> Vec<usize> {
     if model.wiring() != Wiring::Chain {
         // Only a chain's children can run by themselves (not a residual block's).
         return vec![0];
@@ -55,11 +55,11 @@ pub fn frozen_boundary(model: &mut dyn Layer<f32>) -> Vec<usize> {
 
 /// A train-mode forward that runs everything before the `boundary`
 /// ([`frozen_boundary`]) in eval mode.
-pub(crate) fn forward_past_frozen(
-    layer: &mut dyn Layer<f32>,
-    mut x: ArrayD<f32>,
+pub(crate) fn forward_past_frozen<T: Float>(
+    layer: &mut dyn Layer<T>,
+    mut x: ArrayD<T>,
     boundary: &[usize],
-) -> Result<ArrayD<f32>> {
+) -> Result<ArrayD<T>> {
     let (k, rest) = match boundary {
         [] | [0] => return layer.forward(x, Mode::Train),
         [k, rest @ ..] => (*k, rest),
@@ -75,9 +75,9 @@ pub(crate) fn forward_past_frozen(
 }
 
 /// Backward from the output back to the `boundary`, and no further.
-pub(crate) fn backward_to_frozen(
-    layer: &mut dyn Layer<f32>,
-    dy: ArrayD<f32>,
+pub(crate) fn backward_to_frozen<T: Float>(
+    layer: &mut dyn Layer<T>,
+    dy: ArrayD<T>,
     boundary: &[usize],
 ) -> Result<()> {
     let (k, rest) = match boundary {

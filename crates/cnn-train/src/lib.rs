@@ -49,6 +49,7 @@ mod mpi;
 mod plot;
 mod progress;
 mod step;
+use step::images_as;
 mod trainer;
 mod transfer;
 pub mod tune;

@@ -1,6 +1,7 @@
 //! What the trainer minimizes: [`Loss`], cross-entropy by default.
 
-use cnn_tensor::{cross_entropy, ArrayD, Result};
+use cnn_tensor::{cross_entropy, ArrayD, Error, Float, Result};
+use ndarray::IxDyn;
 
 /// A training loss over a batch of logits: its mean over the batch and the
 /// gradient of that mean with respect to the logits, written by hand as
@@ -29,6 +30,47 @@ pub trait Loss: Send + Sync {
     /// [`cnn_tensor::Error::Shape`] for logits that are not `[n, classes]`
     /// or a label out of range.
     fn mean_and_grad(&self, logits: &ArrayD<f32>, labels: &[usize]) -> Result<(f32, ArrayD<f32>)>;
+
+    /// [`Loss::mean_and_grad`] in f64, for a trainer run in f64 (the exact
+    /// checks of data-parallel training). By default an error: a loss
+    /// written for training needs only the f32 form.
+    ///
+    /// # Errors
+    /// As [`Loss::mean_and_grad`]; [`cnn_tensor::Error::Config`] when the loss has no f64 form.
+    fn mean_and_grad_f64(
+        &self,
+        _logits: &ArrayD<f64>,
+        _labels: &[usize],
+    ) -> Result<(f64, ArrayD<f64>)> {
+        Err(Error::config("loss", "this loss has no f64 form (implement Loss::mean_and_grad_f64)"))
+    }
+}
+
+/// `loss` on logits of either precision: the form for `T`.
+///
+/// # Errors
+/// As [`Loss::mean_and_grad`].
+pub(crate) fn mean_and_grad<T: Float>(
+    loss: &dyn Loss,
+    logits: &ArrayD<T>,
+    labels: &[usize],
+) -> Result<(T, ArrayD<T>)> {
+    let shape = IxDyn(logits.shape());
+    let values = logits.as_standard_layout();
+    let values = values.as_slice().expect("standard layout is contiguous");
+    let (mean, grad) = match T::as_f32(values) {
+        Some(v) => {
+            let logits = ArrayD::from_shape_vec(shape, v.to_vec()).expect("the same shape");
+            let (m, g) = loss.mean_and_grad(&logits, labels)?;
+            (f64::from(m), g.mapv(f64::from))
+        }
+        None => {
+            let v: Vec<f64> = values.iter().map(|x| x.as_f64()).collect();
+            let logits = ArrayD::from_shape_vec(shape, v).expect("the same shape");
+            loss.mean_and_grad_f64(&logits, labels)?
+        }
+    };
+    Ok((T::of(mean), grad.mapv(T::of)))
 }
 
 /// Softmax cross-entropy with label smoothing ε: `nn.CrossEntropyLoss(label_smoothing=ε)`.
@@ -48,6 +90,14 @@ impl CrossEntropy {
 
 impl Loss for CrossEntropy {
     fn mean_and_grad(&self, logits: &ArrayD<f32>, labels: &[usize]) -> Result<(f32, ArrayD<f32>)> {
+        cross_entropy(logits, labels, self.label_smoothing)
+    }
+
+    fn mean_and_grad_f64(
+        &self,
+        logits: &ArrayD<f64>,
+        labels: &[usize],
+    ) -> Result<(f64, ArrayD<f64>)> {
         cross_entropy(logits, labels, self.label_smoothing)
     }
 }

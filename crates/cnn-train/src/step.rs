@@ -4,7 +4,7 @@
 
 use cnn_optim::{Optimizer, Schedule};
 use cnn_tensor::{random::mix_seed, Result};
-use cnn_tensor::{ArrayD, Error, Layer};
+use cnn_tensor::{ArrayD, Error, Float, Layer};
 use ndarray::{Array2, ArrayView2, Ix2};
 
 use crate::Loss;
@@ -25,7 +25,7 @@ pub struct StepStats {
 ///
 /// # Errors
 /// [`Error::Shape`] when the output is not two-dimensional with one row per sample.
-pub fn as_logits(output: ArrayD<f32>, n: usize) -> Result<Array2<f32>> {
+pub fn as_logits<T: Float>(output: ArrayD<T>, n: usize) -> Result<Array2<T>> {
     let shape = output.shape().to_vec();
     let logits = output.into_dimensionality::<Ix2>().map_err(|_| {
         Error::shape(
@@ -42,8 +42,18 @@ pub fn as_logits(output: ArrayD<f32>, n: usize) -> Result<Array2<f32>> {
     Ok(logits)
 }
 
+/// Data-loader images (f32) as `T`: moved for f32, widened for f64.
+pub(crate) fn images_as<T: Float>(images: ArrayD<f32>) -> ArrayD<T> {
+    let shape = images.raw_dim();
+    let images =
+        if images.is_standard_layout() { images } else { images.as_standard_layout().into_owned() };
+    let (values, offset) = images.into_raw_vec_and_offset();
+    debug_assert!(offset.unwrap_or(0) == 0, "an owned standard-layout array starts its buffer");
+    ArrayD::from_shape_vec(shape, T::from_f32_vec(values)).expect("the same length")
+}
+
 /// Samples whose top-`k` classes hold their label (ties broken toward the lower class).
-pub fn top_k_correct(logits: ArrayView2<'_, f32>, labels: &[usize], k: usize) -> usize {
+pub fn top_k_correct<T: Float>(logits: ArrayView2<'_, T>, labels: &[usize], k: usize) -> usize {
     logits
         .outer_iter()
         .zip(labels)
@@ -76,9 +86,9 @@ pub fn top_k_correct(logits: ArrayView2<'_, f32>, labels: &[usize], k: usize) ->
 /// # Errors
 /// Whatever the model's forward or backward returns; [`Error::Shape`] for an
 /// output that is not `[n, classes]` or a label out of range.
-pub fn compute_gradients(
-    model: &mut dyn Layer<f32>,
-    images: ArrayD<f32>,
+pub fn compute_gradients<T: Float>(
+    model: &mut dyn Layer<T>,
+    images: ArrayD<T>,
     labels: &[usize],
     loss: &dyn Loss,
     seed: u64,
@@ -96,9 +106,9 @@ pub fn compute_gradients(
 ///
 /// # Errors
 /// As [`compute_gradients`]; [`Error::Config`] when `batch_size` is smaller than the share.
-pub fn compute_shard_gradients(
-    model: &mut dyn Layer<f32>,
-    images: ArrayD<f32>,
+pub fn compute_shard_gradients<T: Float>(
+    model: &mut dyn Layer<T>,
+    images: ArrayD<T>,
     labels: &[usize],
     batch_size: usize,
     loss: &dyn Loss,
@@ -117,13 +127,13 @@ pub fn compute_shard_gradients(
     let boundary = crate::frozen_boundary(model);
     let logits = as_logits(crate::frozen::forward_past_frozen(model, images, &boundary)?, n)?;
     let correct = top_k_correct(logits.view(), labels, 1);
-    let (mean, mut dlogits) = loss.mean_and_grad(&logits.into_dyn(), labels)?;
+    let (mean, mut dlogits) = crate::loss::mean_and_grad(loss, &logits.into_dyn(), labels)?;
     if batch_size != n {
         // d(Σ loss_i / batch_size) = d(mean over the share) · n / batch_size.
-        dlogits *= n as f32 / batch_size as f32;
+        dlogits.mapv_inplace(|v| v * (T::of(n as f64) / T::of(batch_size as f64)));
     }
     crate::frozen::backward_to_frozen(model, dlogits, &boundary)?;
-    Ok(StepStats { loss: f64::from(mean), correct, count: n })
+    Ok(StepStats { loss: mean.as_f64(), correct, count: n })
 }
 
 /// Sets the optimizer's lr from `schedule` at iteration `step` and updates
@@ -131,10 +141,10 @@ pub fn compute_shard_gradients(
 ///
 /// # Errors
 /// As [`Optimizer::step`].
-pub fn apply_gradients(
-    optimizer: &mut Optimizer<f32>,
+pub fn apply_gradients<T: Float>(
+    optimizer: &mut Optimizer<T>,
     schedule: &Schedule,
-    model: &mut dyn Layer<f32>,
+    model: &mut dyn Layer<T>,
     step: u64,
 ) -> Result<f64> {
     optimizer.schedule(schedule, step as usize);
@@ -158,11 +168,11 @@ mod tests {
 
     #[test]
     fn wrong_output_rank_is_an_error() {
-        let e = as_logits(ArrayD::zeros(ndarray::IxDyn(&[2, 3, 4])), 2).unwrap_err();
+        let e = as_logits(ArrayD::<f32>::zeros(ndarray::IxDyn(&[2, 3, 4])), 2).unwrap_err();
         assert_eq!(
             e.to_string(),
             "train: the model must output [batch, classes] logits, got [2, 3, 4]"
         );
-        assert!(as_logits(ArrayD::zeros(ndarray::IxDyn(&[3, 4])), 2).is_err());
+        assert!(as_logits(ArrayD::<f32>::zeros(ndarray::IxDyn(&[3, 4])), 2).is_err());
     }
 }

@@ -10,7 +10,7 @@ use cnn_data::{BadSamples, DataLoader};
 use cnn_optim::{Optimizer, Schedule};
 use cnn_tensor::collective::{broadcast_result, Collective, Solo};
 use cnn_tensor::random::mix_seed;
-use cnn_tensor::{Error, Layer, Result};
+use cnn_tensor::{Error, Float, Layer, Result};
 
 use crate::checkpoint::{find_checkpoint, load_checkpoint, save_checkpoint, TrainerState};
 use crate::distributed::{allreduce_gradients, broadcast_optimizer, broadcast_parameters};
@@ -26,7 +26,8 @@ pub type EpochCallback = Box<dyn FnMut(&EpochRecord) -> bool + Send>;
 /// A callback after each optimizer step, with the step's index and statistics.
 pub type StepCallback = Box<dyn FnMut(u64, &StepStats) + Send>;
 
-/// Trains any `Layer<f32>` classifier: Lightning's `Trainer.fit` for this workspace.
+/// Trains any `Layer<f32>` classifier (or `Layer<f64>`, for exact checks):
+/// Lightning's `Trainer.fit` for this workspace.
 ///
 /// Each epoch runs train-mode steps over the training loader (forward,
 /// cross-entropy, backward, the schedule's lr, the optimizer step), then
@@ -191,10 +192,10 @@ impl Trainer {
         &self.config
     }
 
-    fn start_state(
+    fn start_state<T: Float>(
         &self,
-        model: &mut dyn Layer<f32>,
-        optimizer: &mut cnn_optim::Optimizer<f32>,
+        model: &mut dyn Layer<T>,
+        optimizer: &mut cnn_optim::Optimizer<T>,
         train: &DataLoader,
     ) -> Result<TrainerState> {
         let batches = train.batches_per_epoch();
@@ -247,10 +248,10 @@ impl Trainer {
 
     /// [`Trainer::start_state`] on rank 0, then its state, weights and
     /// optimizer state on every rank (a failure on rank 0 fails all ranks).
-    fn start_state_shared(
+    fn start_state_shared<T: Float>(
         &self,
-        model: &mut dyn Layer<f32>,
-        optimizer: &mut cnn_optim::Optimizer<f32>,
+        model: &mut dyn Layer<T>,
+        optimizer: &mut cnn_optim::Optimizer<T>,
         train: &DataLoader,
         group: &dyn Collective,
     ) -> Result<TrainerState> {
@@ -281,9 +282,9 @@ impl Trainer {
     /// [`Error::Diverged`] when the divergence guard trips (the last
     /// checkpoint written stays as it was); whatever the loaders, the model or
     /// the file writes return.
-    pub fn fit(
+    pub fn fit<T: Float>(
         &mut self,
-        model: &mut dyn Layer<f32>,
+        model: &mut dyn Layer<T>,
         train: &DataLoader,
         val: Option<&DataLoader>,
     ) -> Result<FitReport> {
@@ -308,7 +309,7 @@ impl Trainer {
     /// Everything a run needs before its first step: the config checked, the
     /// optimizer and schedule built, the state fresh or resumed (rank 0's on
     /// every rank).
-    fn start(&self, model: &mut dyn Layer<f32>, train: &DataLoader) -> Result<Run> {
+    fn start<T: Float>(&self, model: &mut dyn Layer<T>, train: &DataLoader) -> Result<Run<T>> {
         self.config.validate()?;
         let batches = train.batches_per_epoch();
         if batches == 0 {
@@ -364,10 +365,10 @@ enum Flow {
 }
 
 /// One call of [`Trainer::fit`]: what its phases share.
-struct Run {
+struct Run<T: Float> {
     config: TrainConfig,
     state: TrainerState,
-    optimizer: Optimizer<f32>,
+    optimizer: Optimizer<T>,
     schedule: Schedule,
     group: Arc<dyn Collective>,
     loss: Arc<dyn Loss>,
@@ -384,13 +385,13 @@ struct Run {
     allreduce_seconds: f64,
 }
 
-impl Run {
+impl<T: Float> Run<T> {
     /// The steps of one epoch, from where the state left off. [`Flow::Stop`]
     /// when a stop flag was seen (on any rank): `last/` is written at once.
     fn train_epoch(
         &mut self,
         trainer: &mut Trainer,
-        model: &mut dyn Layer<f32>,
+        model: &mut dyn Layer<T>,
         train: &DataLoader,
     ) -> Result<Flow> {
         let epoch = self.state.epoch;
@@ -474,7 +475,7 @@ impl Run {
     /// Returns the global batch's statistics and whether any rank stops.
     fn step(
         &mut self,
-        model: &mut dyn Layer<f32>,
+        model: &mut dyn Layer<T>,
         batch: cnn_data::Batch,
         global: usize,
         stop: bool,
@@ -484,7 +485,7 @@ impl Run {
         let labels = batch.labels;
         let stats = compute_shard_gradients(
             model,
-            batch.images.into_dyn(),
+            crate::images_as::<T>(batch.images.into_dyn()),
             &labels,
             global,
             &*self.loss,
@@ -514,7 +515,7 @@ impl Run {
     /// Validation after an epoch (shared across ranks), and the epoch's record.
     fn validate(
         &mut self,
-        model: &mut dyn Layer<f32>,
+        model: &mut dyn Layer<T>,
         val: Option<&DataLoader>,
     ) -> Result<EpochRecord> {
         let clock = Instant::now();
@@ -539,7 +540,7 @@ impl Run {
     fn end_epoch(
         &mut self,
         trainer: &mut Trainer,
-        model: &mut dyn Layer<f32>,
+        model: &mut dyn Layer<T>,
         record: EpochRecord,
     ) -> Result<Flow> {
         let state = &mut self.state;
@@ -620,10 +621,10 @@ struct EpochWrites {
 /// What every finished epoch leaves in the run directory: `last/`, `best/`
 /// when validation improved, metrics and curves, each tried even when one
 /// before it failed.
-fn write_epoch(
+fn write_epoch<T: Float>(
     dir: &Path,
-    model: &mut dyn Layer<f32>,
-    optimizer: &cnn_optim::Optimizer<f32>,
+    model: &mut dyn Layer<T>,
+    optimizer: &cnn_optim::Optimizer<T>,
     state: &TrainerState,
     improved: bool,
 ) -> EpochWrites {

@@ -37,6 +37,15 @@ fn synced_f64_resnet_on_two_and_three_ranks_equals_one_process() {
 }
 
 #[test]
+fn the_f64_trainer_on_two_and_three_ranks_with_uneven_shares_equals_one_process_to_1e_10() {
+    for ranks in [2, 3] {
+        for line in on_threads(ranks, checks::f64_trainer_equals_one_process) {
+            println!("{}", line.unwrap());
+        }
+    }
+}
+
+#[test]
 fn the_trainer_on_two_and_three_ranks_with_uneven_shares_equals_one_process() {
     for ranks in [2, 3] {
         for line in on_threads(ranks, checks::trainer_equals_one_process) {

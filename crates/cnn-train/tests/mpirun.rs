@@ -40,6 +40,17 @@ fn two_and_three_ranks_with_synced_batch_norm_train_an_f64_resnet_as_one_process
 }
 
 #[test]
+fn three_ranks_train_an_f64_resnet_through_the_trainer_as_one_process() {
+    let job = check(3, "f64-trainer");
+    assert!(job.ok(), "{}", job.output());
+    assert!(
+        job.stdout.contains("ok: f64 Trainer, ResNet-8, 4 steps of batches of 11 on 3 ranks"),
+        "{}",
+        job.output()
+    );
+}
+
+#[test]
 fn three_ranks_train_through_the_trainer_as_one_process() {
     let job = check(3, "trainer");
     assert!(job.ok(), "{}", job.output());

@@ -360,7 +360,7 @@ fn the_boundary_reaches_inside_the_first_trainable_child() {
 #[test]
 fn the_boundary_does_not_enter_a_residual_block() {
     let rng = &mut seeded_rng(3);
-    let mut model = Sequential::new()
+    let mut model = Sequential::<f32>::new()
         .push_named("block", cnn_nn::BasicBlock::new(2, 4, 2, rng).unwrap())
         .push_named("pool", cnn_conv::GlobalAvgPool2d::new())
         .push_named("flatten", cnn_nn::Flatten::new())

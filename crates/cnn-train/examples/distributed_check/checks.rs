@@ -110,6 +110,85 @@ pub fn f64_resnet_equals_one_process(group: Arc<dyn Collective>, steps: usize) -
     ))
 }
 
+/// `Trainer` itself in f64 on the ranks of `group` against `Trainer` in f64
+/// in one process (each rank trains that one too): the CIFAR ResNet-8
+/// (widths 4, 8, 8) with synced BatchNorm, 2 epochs over 22 random 3×8×8
+/// images in global batches of 11 (uneven shares on 2 and 3 ranks), SGD
+/// with momentum at a constant lr. Every parameter, buffer and step loss
+/// must agree within `1e-10` relative: the trainer's shares, loss
+/// normalization, bucketed gradient sums and broadcasts, with nothing left
+/// to differ but the order of sums.
+pub fn f64_trainer_equals_one_process(group: Arc<dyn Collective>) -> Result<String> {
+    use std::sync::Mutex;
+    let mut rng = seeded_rng(13);
+    let n = 22;
+    let values: Vec<f32> =
+        normal::<f64, _>(&[n * 3 * 8 * 8], 0.5, 1.0, &mut rng).iter().map(|&v| v as f32).collect();
+    let labels: Vec<usize> = (0..n).map(|i| (i * 7) % 5).collect();
+    let classes: Vec<String> = (0..5).map(|c| c.to_string()).collect();
+    let data = Arc::new(cnn_data::TensorDataset::new([3, 8, 8], values, labels, classes)?);
+    let config = TrainConfig::default()
+        .with_epochs(2)
+        .with_lr(0.05)
+        .with_schedule(cnn_train::ScheduleKind::Constant);
+    let run = |group: Option<Arc<dyn Collective>>| -> Result<(Sequential<f64>, Vec<f64>)> {
+        let mut model: Sequential<f64> = cnn_models::cifar_resnet(
+            &cnn_models::CifarResNetConfig::new(8).with_widths([4, 8, 8]).with_num_classes(5),
+            &mut seeded_rng(3),
+        )?;
+        let losses = Arc::new(Mutex::new(Vec::new()));
+        let sink = losses.clone();
+        let mut trainer = Trainer::new(config.clone())
+            .with_progress(ProgressMode::Quiet)
+            .with_on_step(move |_, s| sink.lock().expect("not poisoned").push(s.loss));
+        if let Some(g) = group {
+            model.sync_batch_norm(Some(g.clone()));
+            trainer = trainer.with_group(g);
+        }
+        trainer.fit(&mut model, &DataLoader::new(data.clone(), 11, 4)?, None)?;
+        let losses = losses.lock().expect("not poisoned").clone();
+        Ok((model, losses))
+    };
+    let (alone, alone_losses) = run(None)?;
+    let (shared, shared_losses) = run(Some(group.clone()))?;
+    let rel = |u: f64, v: f64| (u - v).abs() / u.abs().max(1.0);
+    let mut worst = (0.0f64, String::new());
+    for ((key, a), (_, b)) in tensors(&alone).iter().zip(tensors(&shared)) {
+        for (u, v) in a.iter().zip(&b) {
+            let r = rel(*u, *v);
+            if r > worst.0 || r.is_nan() {
+                worst = (r, key.clone());
+            }
+        }
+    }
+    for (step, (u, v)) in alone_losses.iter().zip(&shared_losses).enumerate() {
+        let r = rel(*u, *v);
+        if r > worst.0 || r.is_nan() {
+            worst = (r, format!("the loss of step {step}"));
+        }
+    }
+    if alone_losses.len() != 4 || shared_losses.len() != 4 {
+        return Err(Error::distributed(format!(
+            "{} and {} steps, 4 expected",
+            alone_losses.len(),
+            shared_losses.len()
+        )));
+    }
+    if worst.0.is_nan() || worst.0 > 1e-10 {
+        return Err(Error::distributed(format!(
+            "rank {}: {} differs from one process by {:e} (bound 1e-10)",
+            group.rank(),
+            worst.1,
+            worst.0
+        )));
+    }
+    Ok(format!(
+        "f64 Trainer, ResNet-8, 4 steps of batches of 11 on {} ranks with synced BatchNorm: every tensor and loss within {:.1e} of one process (bound 1e-10)",
+        group.size(),
+        worst.0
+    ))
+}
+
 /// The relative difference bound of [`trainer_equals_one_process`]: f32
 /// sums in another order (the ring, the shares' BatchNorm statistics) differ
 /// by a few ulps per step, and 20 steps of SGD carry that along (measured:

@@ -6,6 +6,7 @@
 //! cargo build --release -p cnn-train --features distributed --example distributed_check
 //! mpirun -np 3 target/release/examples/distributed_check f64-resnet
 //! mpirun -np 3 target/release/examples/distributed_check trainer
+//! mpirun -np 3 target/release/examples/distributed_check f64-trainer
 //! mpirun -np 3 target/release/examples/distributed_check every-sample-once
 //! mpirun -np 2 target/release/examples/distributed_check rank-fails   # aborts the job
 //! mpirun -np 2 target/release/examples/distributed_check rank-exits   # mpirun ends the job
@@ -69,6 +70,7 @@ fn main() -> ExitCode {
         "f64-resnet" => checks::f64_resnet_equals_one_process(group, 4),
         "every-sample-once" => checks::every_sample_once_per_epoch(group),
         "trainer" => checks::trainer_equals_one_process(group),
+        "f64-trainer" => checks::f64_trainer_equals_one_process(group),
         "rank-fails" => rank_fails(group),
         "rank-exits" => {
             if rank == 1 {
