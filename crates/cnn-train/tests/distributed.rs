@@ -1,12 +1,12 @@
 //! Data-parallel training on threads ([`LocalGroup`]), the same ring and the
-//! same checks as on MPI ranks (the `distributed_check` example runs them
+//! same checks as on MPI ranks (the `distributed_check` binary runs them
 //! under `mpirun`): synced ResNet training in f64 equals one process, every
 //! sample is read once per epoch, all ranks end with the same bits, and a
 //! distributed run resumed from its checkpoint equals the uninterrupted one.
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "../examples/distributed_check/checks.rs"]
+#[path = "../src/bin/distributed_check/checks.rs"]
 mod checks;
 
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! The checks of `distributed.rs`, and failing ranks, on real MPI ranks:
-//! the `distributed_check` example under `mpirun`. Feature `distributed`
+//! the `distributed_check` binary under `mpirun`. Feature `distributed`
 //! (CI installs OpenMPI and runs these; docs/distributed.md).
 
 #![cfg(feature = "distributed")]
@@ -10,17 +10,9 @@ use std::time::Duration;
 
 use cnn_test_support::mpi::{exclusive, mpirun, Job};
 
-/// target/<profile>/examples/distributed_check, which `cargo test` builds beside this test.
+/// The `distributed_check` binary, which cargo builds for this test.
 fn example() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let path = profile_dir.join("examples").join("distributed_check");
-    assert!(
-        path.is_file(),
-        "{} missing: run cargo test with --features distributed",
-        path.display()
-    );
-    path
+    PathBuf::from(env!("CARGO_BIN_EXE_distributed_check"))
 }
 
 fn check(ranks: usize, what: &str) -> Job {

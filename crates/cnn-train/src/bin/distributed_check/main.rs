@@ -1,15 +1,15 @@
 //! The data-parallel checks of `checks.rs` on the ranks of an MPI job, and
 //! two ways for a rank to fail. Built with the `distributed` feature; run by
-//! crates/cnn-cli/tests/distributed.rs, or by hand:
+//! crates/cnn-train/tests/mpirun.rs, or by hand:
 //!
 //! ```text
-//! cargo build --release -p cnn-train --features distributed --example distributed_check
-//! mpirun -np 3 target/release/examples/distributed_check f64-resnet
-//! mpirun -np 3 target/release/examples/distributed_check trainer
-//! mpirun -np 3 target/release/examples/distributed_check f64-trainer
-//! mpirun -np 3 target/release/examples/distributed_check every-sample-once
-//! mpirun -np 2 target/release/examples/distributed_check rank-fails   # aborts the job
-//! mpirun -np 2 target/release/examples/distributed_check rank-exits   # mpirun ends the job
+//! cargo build --release -p cnn-train --features distributed --bin distributed_check
+//! mpirun -np 3 target/release/distributed_check f64-resnet
+//! mpirun -np 3 target/release/distributed_check trainer
+//! mpirun -np 3 target/release/distributed_check f64-trainer
+//! mpirun -np 3 target/release/distributed_check every-sample-once
+//! mpirun -np 2 target/release/distributed_check rank-fails   # aborts the job
+//! mpirun -np 2 target/release/distributed_check rank-exits   # mpirun ends the job
 //! ```
 //!
 //! Rank 0 prints `ok: …` and every rank exits 0 when a check holds; a rank

@@ -1,7 +1,7 @@
 //! Checks of data-parallel training that hold on any [`Collective`]: run on
 //! threads ([`cnn_tensor::collective::LocalGroup`]) by `tests/distributed.rs`,
-//! and on MPI ranks by the `distributed_check` example under `mpirun`
-//! (crates/cnn-cli/tests/distributed.rs). Each returns `Ok` with a line to
+//! and on MPI ranks by the `distributed_check` binary under `mpirun`
+//! (crates/cnn-train/tests/mpirun.rs). Each returns `Ok` with a line to
 //! print, or an error saying what differed.
 
 use std::sync::atomic::{AtomicU32, Ordering};
