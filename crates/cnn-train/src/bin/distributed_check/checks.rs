@@ -15,16 +15,95 @@ use cnn_norm::{BatchNorm, BatchNormConfig};
 use cnn_optim::{Optimizer, Rule};
 use cnn_tensor::collective::Collective;
 use cnn_tensor::random::{normal, seeded_rng};
-use cnn_tensor::{cross_entropy_backward, Error, Layer, Mode, Result};
+use cnn_tensor::{cross_entropy_backward, Error, Float, Layer, Mode, Result};
 use cnn_train::distributed::{allreduce_gradients, broadcast_parameters};
 use cnn_train::{ProgressMode, TrainConfig, Trainer};
 use ndarray::{Array3, Axis, Ix2, Slice};
 
-/// Every parameter and buffer, by key.
-fn tensors(model: &dyn Layer<f64>) -> Vec<(String, Vec<f64>)> {
+/// Every parameter and buffer, by key, widened to f64.
+fn tensors<T: Float>(model: &dyn Layer<T>) -> Vec<(String, Vec<f64>)> {
     let mut out = Vec::new();
-    model.visit("", &mut |k, p| out.push((k.to_string(), p.value.iter().copied().collect())));
+    model.visit("", &mut |k, p| {
+        out.push((k.to_string(), p.value.iter().map(|v| v.as_f64()).collect()))
+    });
     out
+}
+
+/// The largest relative difference (to the value, or 1 when smaller) between
+/// two runs' tensors and step losses, and where; NaN counts as the largest.
+fn worst_difference(
+    (a, a_losses): (&[(String, Vec<f64>)], &[f64]),
+    (b, b_losses): (&[(String, Vec<f64>)], &[f64]),
+) -> (f64, String) {
+    let mut worst = (0.0f64, String::new());
+    let mut see = |u: f64, v: f64, at: &dyn Fn() -> String| {
+        let r = (u - v).abs() / u.abs().max(1.0);
+        if r > worst.0 || r.is_nan() {
+            worst = (r, at());
+        }
+    };
+    for ((key, x), (_, y)) in a.iter().zip(b) {
+        x.iter().zip(y).for_each(|(u, v)| see(*u, *v, &|| key.clone()));
+    }
+    for (step, (u, v)) in a_losses.iter().zip(b_losses).enumerate() {
+        see(*u, *v, &|| format!("the loss of step {step}"));
+    }
+    worst
+}
+
+/// An error naming the rank and the worst difference when it is over `bound` (or NaN).
+fn within(group: &dyn Collective, worst: &(f64, String), bound: f64) -> Result<()> {
+    if worst.0.is_nan() || worst.0 > bound {
+        return Err(Error::distributed(format!(
+            "rank {}: {} differs from one process by {:e} (bound {bound:e})",
+            group.rank(),
+            worst.1,
+            worst.0
+        )));
+    }
+    Ok(())
+}
+
+/// One run's tensors and step losses.
+type Run = (Vec<(String, Vec<f64>)>, Vec<f64>);
+
+/// `Trainer` on the ranks of `group` (synced BatchNorm) and in one process,
+/// from the same network, data and config, global batches of 11; an error
+/// unless each took every step of its epochs.
+fn trainer_runs<T: Float>(
+    group: &Arc<dyn Collective>,
+    build: &dyn Fn() -> Result<Sequential<T>>,
+    data: Arc<dyn Dataset>,
+    config: &TrainConfig,
+) -> Result<(Run, Run)> {
+    use std::sync::Mutex;
+    let run = |group: Option<Arc<dyn Collective>>| -> Result<Run> {
+        let mut model = build()?;
+        let losses = Arc::new(Mutex::new(Vec::new()));
+        let sink = losses.clone();
+        let mut trainer = Trainer::new(config.clone())
+            .with_progress(ProgressMode::Quiet)
+            .with_on_step(move |_, s| sink.lock().expect("not poisoned").push(s.loss));
+        if let Some(g) = group {
+            model.sync_batch_norm(Some(g.clone()));
+            trainer = trainer.with_group(g);
+        }
+        trainer.fit(&mut model, &DataLoader::new(data.clone(), 11, 4)?, None)?;
+        let losses = losses.lock().expect("not poisoned").clone();
+        Ok((tensors(&model), losses))
+    };
+    let alone = run(None)?;
+    let shared = run(Some(group.clone()))?;
+    for (who, losses) in [("one process", &alone.1), ("the ranks", &shared.1)] {
+        let want = config.epochs * data.len().div_ceil(11);
+        if losses.len() != want {
+            return Err(Error::distributed(format!(
+                "{} steps in {who}, {want} expected",
+                losses.len()
+            )));
+        }
+    }
+    Ok((alone, shared))
 }
 
 /// One SGD step of `model` on `x`/`labels`, of which this process holds
@@ -85,24 +164,8 @@ pub fn f64_resnet_equals_one_process(group: Arc<dyn Collective>, steps: usize) -
         step(&mut alone, &mut opt_alone, &x, &labels, None)?;
         step(&mut shared, &mut opt_shared, &x, &labels, Some(&*group))?;
     }
-    let mut worst = (0.0f64, String::new());
-    for ((key, a), (_, b)) in tensors(&alone).iter().zip(tensors(&shared)) {
-        for (u, v) in a.iter().zip(&b) {
-            let rel = (u - v).abs() / u.abs().max(1.0);
-            if rel > worst.0 || rel.is_nan() {
-                worst = (rel, key.clone());
-            }
-        }
-    }
-    // NaN fails too.
-    if worst.0.is_nan() || worst.0 > 1e-10 {
-        return Err(Error::distributed(format!(
-            "rank {}: {} differs from one process by {:e} (bound 1e-10)",
-            group.rank(),
-            worst.1,
-            worst.0
-        )));
-    }
+    let worst = worst_difference((&tensors(&alone), &[]), (&tensors(&shared), &[]));
+    within(&*group, &worst, 1e-10)?;
     Ok(format!(
         "f64 ResNet-8, {steps} steps on {} ranks with synced BatchNorm: every tensor within {:.1e} of one process (bound 1e-10)",
         group.size(),
@@ -119,7 +182,6 @@ pub fn f64_resnet_equals_one_process(group: Arc<dyn Collective>, steps: usize) -
 /// normalization, bucketed gradient sums and broadcasts, with nothing left
 /// to differ but the order of sums.
 pub fn f64_trainer_equals_one_process(group: Arc<dyn Collective>) -> Result<String> {
-    use std::sync::Mutex;
     let mut rng = seeded_rng(13);
     let n = 22;
     let values: Vec<f32> =
@@ -127,66 +189,28 @@ pub fn f64_trainer_equals_one_process(group: Arc<dyn Collective>) -> Result<Stri
     let labels: Vec<usize> = (0..n).map(|i| (i * 7) % 5).collect();
     let classes: Vec<String> = (0..5).map(|c| c.to_string()).collect();
     let data = Arc::new(cnn_data::TensorDataset::new([3, 8, 8], values, labels, classes)?);
-    let config = TrainConfig::default()
-        .with_epochs(2)
-        .with_lr(0.05)
-        .with_schedule(cnn_train::ScheduleKind::Constant);
-    let run = |group: Option<Arc<dyn Collective>>| -> Result<(Sequential<f64>, Vec<f64>)> {
-        let mut model: Sequential<f64> = cnn_models::cifar_resnet(
+    let build = || -> Result<Sequential<f64>> {
+        cnn_models::cifar_resnet(
             &cnn_models::CifarResNetConfig::new(8).with_widths([4, 8, 8]).with_num_classes(5),
             &mut seeded_rng(3),
-        )?;
-        let losses = Arc::new(Mutex::new(Vec::new()));
-        let sink = losses.clone();
-        let mut trainer = Trainer::new(config.clone())
-            .with_progress(ProgressMode::Quiet)
-            .with_on_step(move |_, s| sink.lock().expect("not poisoned").push(s.loss));
-        if let Some(g) = group {
-            model.sync_batch_norm(Some(g.clone()));
-            trainer = trainer.with_group(g);
-        }
-        trainer.fit(&mut model, &DataLoader::new(data.clone(), 11, 4)?, None)?;
-        let losses = losses.lock().expect("not poisoned").clone();
-        Ok((model, losses))
+        )
     };
-    let (alone, alone_losses) = run(None)?;
-    let (shared, shared_losses) = run(Some(group.clone()))?;
-    let rel = |u: f64, v: f64| (u - v).abs() / u.abs().max(1.0);
-    let mut worst = (0.0f64, String::new());
-    for ((key, a), (_, b)) in tensors(&alone).iter().zip(tensors(&shared)) {
-        for (u, v) in a.iter().zip(&b) {
-            let r = rel(*u, *v);
-            if r > worst.0 || r.is_nan() {
-                worst = (r, key.clone());
-            }
-        }
-    }
-    for (step, (u, v)) in alone_losses.iter().zip(&shared_losses).enumerate() {
-        let r = rel(*u, *v);
-        if r > worst.0 || r.is_nan() {
-            worst = (r, format!("the loss of step {step}"));
-        }
-    }
-    if alone_losses.len() != 4 || shared_losses.len() != 4 {
-        return Err(Error::distributed(format!(
-            "{} and {} steps, 4 expected",
-            alone_losses.len(),
-            shared_losses.len()
-        )));
-    }
-    if worst.0.is_nan() || worst.0 > 1e-10 {
-        return Err(Error::distributed(format!(
-            "rank {}: {} differs from one process by {:e} (bound 1e-10)",
-            group.rank(),
-            worst.1,
-            worst.0
-        )));
-    }
+    let ((a, a_losses), (b, b_losses)) = trainer_runs(&group, &build, data, &constant_lr())?;
+    let worst = worst_difference((&a, &a_losses), (&b, &b_losses));
+    within(&*group, &worst, 1e-10)?;
     Ok(format!(
         "f64 Trainer, ResNet-8, 4 steps of batches of 11 on {} ranks with synced BatchNorm: every tensor and loss within {:.1e} of one process (bound 1e-10)",
         group.size(),
         worst.0
     ))
+}
+
+/// Two epochs of SGD at a constant lr: the Trainer checks' config.
+fn constant_lr() -> TrainConfig {
+    TrainConfig::default()
+        .with_epochs(2)
+        .with_lr(0.05)
+        .with_schedule(cnn_train::ScheduleKind::Constant)
 }
 
 /// The relative difference bound of [`trainer_equals_one_process`]: f32
@@ -203,67 +227,11 @@ pub const TRAINER_BOUND: f64 = 2e-6;
 /// step's global loss too: the trainer's own shares, loss normalization,
 /// gradient sums and broadcasts, checked in f32, which is what it trains in.
 pub fn trainer_equals_one_process(group: Arc<dyn Collective>) -> Result<String> {
-    use std::sync::Mutex;
     let digits: Arc<dyn Dataset> = Arc::new(Digits::load()?);
     let data = Arc::new(Subset::new(digits, (0..110).collect())?);
-    let config = TrainConfig::default()
-        .with_epochs(2)
-        .with_lr(0.05)
-        .with_schedule(cnn_train::ScheduleKind::Constant);
-    let run = |group: Option<Arc<dyn Collective>>| -> Result<(Sequential<f32>, Vec<f64>)> {
-        let mut model = small_net()?;
-        let losses = Arc::new(Mutex::new(Vec::new()));
-        let sink = losses.clone();
-        let mut trainer = Trainer::new(config.clone())
-            .with_progress(ProgressMode::Quiet)
-            .with_on_step(move |_, s| sink.lock().expect("not poisoned").push(s.loss));
-        if let Some(g) = group {
-            model.sync_batch_norm(Some(g.clone()));
-            trainer = trainer.with_group(g);
-        }
-        trainer.fit(&mut model, &DataLoader::new(data.clone(), 11, 4)?, None)?;
-        let losses = losses.lock().expect("not poisoned").clone();
-        Ok((model, losses))
-    };
-    let (alone, alone_losses) = run(None)?;
-    let (shared, shared_losses) = run(Some(group.clone()))?;
-    let rel = |u: f64, v: f64| (u - v).abs() / u.abs().max(1.0);
-    let mut worst = (0.0f64, String::new());
-    let values = |m: &Sequential<f32>| {
-        let mut out = Vec::new();
-        m.visit("", &mut |k, p| out.push((k.to_string(), p.value.iter().copied().collect())));
-        out
-    };
-    for ((key, a), (_, b)) in values(&alone).iter().zip(values(&shared)) {
-        let (a, b): (&Vec<f32>, Vec<f32>) = (a, b);
-        for (u, v) in a.iter().zip(&b) {
-            let r = rel(f64::from(*u), f64::from(*v));
-            if r > worst.0 || r.is_nan() {
-                worst = (r, key.clone());
-            }
-        }
-    }
-    for (step, (u, v)) in alone_losses.iter().zip(&shared_losses).enumerate() {
-        let r = rel(*u, *v);
-        if r > worst.0 || r.is_nan() {
-            worst = (r, format!("the loss of step {step}"));
-        }
-    }
-    if alone_losses.len() != 20 || shared_losses.len() != 20 {
-        return Err(Error::distributed(format!(
-            "{} and {} steps, 20 expected",
-            alone_losses.len(),
-            shared_losses.len()
-        )));
-    }
-    if worst.0.is_nan() || worst.0 > TRAINER_BOUND {
-        return Err(Error::distributed(format!(
-            "rank {}: {} differs from one process by {:e} (bound {TRAINER_BOUND:e})",
-            group.rank(),
-            worst.1,
-            worst.0
-        )));
-    }
+    let ((a, a_losses), (b, b_losses)) = trainer_runs(&group, &small_net, data, &constant_lr())?;
+    let worst = worst_difference((&a, &a_losses), (&b, &b_losses));
+    within(&*group, &worst, TRAINER_BOUND)?;
     Ok(format!(
         "Trainer, 20 steps of batches of 11 on {} ranks with synced BatchNorm: every tensor and loss within {:.1e} of one process (bound {TRAINER_BOUND:e})",
         group.size(),
