@@ -58,19 +58,24 @@ pub(crate) fn mean_and_grad<T: Float>(
     let shape = IxDyn(logits.shape());
     let values = logits.as_standard_layout();
     let values = values.as_slice().expect("standard layout is contiguous");
-    let (mean, grad) = match T::as_f32(values) {
+    match T::as_f32(values) {
+        // The training path: the gradient moves back as it is, no copy.
         Some(v) => {
             let logits = ArrayD::from_shape_vec(shape, v.to_vec()).expect("the same shape");
             let (m, g) = loss.mean_and_grad(&logits, labels)?;
-            (f64::from(m), g.mapv(f64::from))
+            // The loss's own gradient shape (a wrong one is the backward's error, not a panic here).
+            let g = if g.is_standard_layout() { g } else { g.as_standard_layout().into_owned() };
+            let dim = g.raw_dim();
+            let grad = T::from_f32_vec(g.into_raw_vec_and_offset().0);
+            Ok((T::of(f64::from(m)), ArrayD::from_shape_vec(dim, grad).expect("its own length")))
         }
         None => {
             let v: Vec<f64> = values.iter().map(|x| x.as_f64()).collect();
             let logits = ArrayD::from_shape_vec(shape, v).expect("the same shape");
-            loss.mean_and_grad_f64(&logits, labels)?
+            let (m, g) = loss.mean_and_grad_f64(&logits, labels)?;
+            Ok((T::of(m), g.mapv(T::of)))
         }
-    };
-    Ok((T::of(mean), grad.mapv(T::of)))
+    }
 }
 
 /// Softmax cross-entropy with label smoothing ε: `nn.CrossEntropyLoss(label_smoothing=ε)`.
