@@ -109,6 +109,11 @@ pub struct FinetuneArgs {
     /// Print only the final line.
     #[arg(long, short)]
     quiet: bool,
+    /// Print where the wall time went, phase by phase (start-up, waiting for
+    /// data, the first step, the other steps, optimizer, validation,
+    /// checkpoints, metrics and curves, test), before the final line.
+    #[arg(long)]
+    profile: bool,
 }
 
 /// The normalization that goes with pretrained weights: given, the run's
@@ -248,9 +253,13 @@ pub fn run(args: FinetuneArgs, started: Instant) -> Result<ExitCode> {
     } else {
         ProgressMode::Auto
     });
-    let Some(result) = fit_run(&info, &mut built, &splits, trainer, &out, &say, None)? else {
+    let Some((result, times)) = fit_run(&info, &mut built, &splits, trainer, &out, &say, None)?
+    else {
         return Ok(ExitCode::from(130));
     };
+    if args.profile {
+        print!("{}", times.table(started));
+    }
     println!(
         "{:?}: test accuracy {:.2}% (loss {:.4}) in {:.1} s; run saved in {}{}",
         args.mode,

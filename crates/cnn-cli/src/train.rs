@@ -150,6 +150,11 @@ pub struct TrainArgs {
     /// Print only the final line.
     #[arg(long, short)]
     quiet: bool,
+    /// Print where the wall time went, phase by phase (start-up, waiting for
+    /// data, the first step, the other steps, optimizer, validation,
+    /// checkpoints, metrics and curves, test), before the final line.
+    #[arg(long)]
+    profile: bool,
     /// Data-parallel over the ranks of an MPI job: `mpirun -np 4 cnn train
     /// --distributed …`. --batch-size stays the global batch; rank 0 prints
     /// and writes. Needs a build with `--features distributed` (docs/distributed.md).
@@ -416,7 +421,8 @@ fn run_in(
     } else {
         ProgressMode::Auto
     });
-    let Some(result) = fit_run(&info, &mut built, &splits, trainer, &out, &say, group)? else {
+    let Some((result, times)) = fit_run(&info, &mut built, &splits, trainer, &out, &say, group)?
+    else {
         return Ok(ExitCode::from(130));
     };
     if rank != 0 {
@@ -426,6 +432,9 @@ fn run_in(
         "run saved in {}: last/ and best/ checkpoints, metrics.csv, metrics.json, curves.png, test.json",
         out.display()
     ));
+    if args.profile {
+        print!("{}", times.table(started));
+    }
     println!(
         "test accuracy {:.2}% (loss {:.4}) in {:.1} s{}",
         100.0 * result.accuracy,

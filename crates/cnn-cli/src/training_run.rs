@@ -392,7 +392,7 @@ pub fn fit_run(
     out: &Path,
     say: &dyn Fn(String),
     group: Option<Arc<dyn Collective>>,
-) -> Result<Option<cnn_train::EvalReport>> {
+) -> Result<Option<(cnn_train::EvalReport, RunTimes)>> {
     let rank = group.as_ref().map_or(0, |g| g.rank());
     let ranks = group.as_ref().map_or(1, |g| g.size());
     let trainer = match &group {
@@ -431,6 +431,7 @@ pub fn fit_run(
         });
     }
     let frozen = cnn_train::frozen_prefix(model);
+    let fit_started = std::time::Instant::now();
     let fitted = if info.cached_features && frozen > 0 {
         let clock = std::time::Instant::now();
         let in_order = train.over(train.dataset().clone()).with_shuffle(false);
@@ -486,6 +487,7 @@ pub fn fit_run(
         );
         return Ok(None);
     }
+    let testing = std::time::Instant::now();
     let test = info.eval_loader(splits.test.clone(), 256, built.rgb)?;
     let result = match &group {
         Some(g) => cnn_train::evaluate_distributed(model, &test, &**g)?,
@@ -495,7 +497,49 @@ pub fn fit_run(
         write_test_json(out, &result)?;
         info.write_skipped(out)?;
     }
-    Ok(Some(result))
+    let times = RunTimes {
+        fit_started,
+        fit_seconds: fit_started.elapsed().as_secs_f64() - testing.elapsed().as_secs_f64(),
+        phases: report.phases,
+        test_seconds: testing.elapsed().as_secs_f64(),
+    };
+    Ok(Some((result, times)))
+}
+
+/// Where a training command's wall time went: what `--profile` prints.
+#[derive(Debug, Clone, Copy)]
+pub struct RunTimes {
+    /// When the trainer was called: everything before it is start-up
+    /// (arguments, the data read and normalized, the model built, a cached
+    /// probe's features).
+    pub fit_started: std::time::Instant,
+    /// Seconds of the trainer's call (a cached probe's features included).
+    pub fit_seconds: f64,
+    /// The trainer's phases.
+    pub phases: cnn_train::PhaseTimes,
+    /// Seconds of the test split's evaluation and `test.json`.
+    pub test_seconds: f64,
+}
+
+impl RunTimes {
+    /// The breakdown of a command that started at `started`, one phase a
+    /// line with its seconds and share, ending with the total.
+    pub fn table(&self, started: std::time::Instant) -> String {
+        let total = started.elapsed().as_secs_f64();
+        let before = self.fit_started.duration_since(started).as_secs_f64();
+        let mut rows = vec![("start-up: data read and normalized, model built", before)];
+        rows.extend(self.phases.phases());
+        rows.push(("trainer, other (progress display, loop)", self.phases.other(self.fit_seconds)));
+        rows.push(("test evaluation and test.json", self.test_seconds));
+        let accounted: f64 = rows.iter().map(|(_, s)| s).sum();
+        rows.push(("exit and unaccounted", (total - accounted).max(0.0)));
+        let mut out = format!("profile of the whole command, {total:.3} s wall time:\n");
+        for (name, secs) in rows {
+            let share = 100.0 * secs / total.max(1e-12);
+            out += &format!("  {name:<50} {secs:>9.3} s {share:>5.1}%\n");
+        }
+        out
+    }
 }
 
 /// Writes the test split's evaluation as `test.json` in the run directory, atomically.

@@ -422,3 +422,44 @@ fn env_help_and_readme_list_every_switch_and_command() {
         assert!(readme.contains(&format!("cnn {c}")), "the README never shows `cnn {c}`");
     }
 }
+
+/// `--profile` prints one line per phase before the final line, and the
+/// lines add up to the wall time it states; without it, no table.
+#[test]
+fn profile_accounts_for_the_whole_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let o =
+        cnn(&["train", "--epochs", "2", "--profile", "--out", run.to_str().unwrap()], tmp.path());
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert!(last_line(&o).starts_with("test accuracy "), "{out}");
+    let head = out.lines().find(|l| l.starts_with("profile of the whole command, ")).expect(&out);
+    let total: f64 = head.split(", ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    let rows: Vec<(String, f64)> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("profile of"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .map(|l| {
+            // `  name …   0.123 s  4.5%`
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let k = words.len();
+            assert!(k >= 4 && words[k - 2] == "s" && words[k - 1].ends_with('%'), "{l}");
+            (words[..k - 3].join(" "), words[k - 3].parse::<f64>().unwrap())
+        })
+        .collect();
+    assert_eq!(rows.len(), 13, "{out}");
+    let seconds = |name: &str| rows.iter().find(|(n, _)| n.starts_with(name)).expect(name).1;
+    for phase in ["steps", "first step", "validation", "checkpoints", "metrics and curves"] {
+        assert!(seconds(phase) > 0.0, "{phase}: {out}");
+    }
+    let sum: f64 = rows.iter().map(|(_, s)| s).sum();
+    assert!((sum - total).abs() <= 0.01 + 0.01 * total, "{sum} vs {total}: {out}");
+
+    let plain = cnn(
+        &["train", "--epochs", "1", "--out", tmp.path().join("b").to_str().unwrap()],
+        tmp.path(),
+    );
+    assert!(!stdout(&plain).contains("profile of"), "{}", stdout(&plain));
+}

@@ -22,6 +22,36 @@ fn valid_range(out_len: usize, stride: usize, offset: isize, len: usize) -> (usi
     (lo.min(hi), hi)
 }
 
+/// Per kernel row `i` and column `j`: the tap's offset and the output
+/// positions whose input lies inside the image, `(offset, lo, hi)`. The same
+/// for every channel, so computed once per call, not once per channel and
+/// tap (on 8×8 digits the divisions were 4.5% of a train step).
+struct TapRanges {
+    rows: Vec<(isize, usize, usize)>,
+    cols: Vec<(isize, usize, usize)>,
+}
+
+impl TapRanges {
+    fn new(g: &ConvGeometry) -> Self {
+        let [sh, sw] = g.opts.stride;
+        let [ph, pw] = g.opts.padding;
+        let [dh, dw] = g.opts.dilation;
+        let along = |k: usize, d: usize, p: usize, out: usize, s: usize, len: usize| {
+            (0..k)
+                .map(|i| {
+                    let off = (i * d) as isize - p as isize;
+                    let (lo, hi) = valid_range(out, s, off, len);
+                    (off, lo, hi)
+                })
+                .collect()
+        };
+        TapRanges {
+            rows: along(g.kh, dh, ph, g.ho, sh, g.h),
+            cols: along(g.kw, dw, pw, g.wo, sw, g.w),
+        }
+    }
+}
+
 /// Fills `col` (row stride `ld`) with the im2col matrix of channels
 /// `c0 .. c0 + c_in/groups` of one sample `x` (`[c_in, h, w]`, contiguous),
 /// for output rows `out_rows` only: column `(oh − start)·wo + ow`.
@@ -40,23 +70,18 @@ pub(crate) fn im2col<T: Float>(
     phases: &mut Vec<T>,
 ) {
     let [sh, sw] = g.opts.stride;
-    let [ph, pw] = g.opts.padding;
-    let [dh, dw] = g.opts.dilation;
     let (h, w, wo) = (g.h, g.w, g.wo);
     let in_rows = input_rows(g, &out_rows);
     let width = w.div_ceil(sw);
     if sw > 1 {
         split_phases(g, x, c0, &in_rows, phases);
     }
+    let taps = TapRanges::new(g);
     let mut row = 0;
     for cc in 0..g.c_in_g() {
         let plane = &x[(c0 + cc) * h * w..(c0 + cc + 1) * h * w];
-        for i in 0..g.kh {
-            let oh_off = (i * dh) as isize - ph as isize;
-            let (oh_lo, oh_hi) = valid_range(g.ho, sh, oh_off, h);
-            for j in 0..g.kw {
-                let ow_off = (j * dw) as isize - pw as isize;
-                let (ow_lo, ow_hi) = valid_range(wo, sw, ow_off, w);
+        for &(oh_off, oh_lo, oh_hi) in &taps.rows {
+            for &(ow_off, ow_lo, ow_hi) in &taps.cols {
                 let n = ow_hi - ow_lo;
                 let dst_row = &mut col[row * ld..row * ld + out_rows.len() * wo];
                 row += 1;
@@ -226,11 +251,10 @@ pub(crate) fn col2im<T: Float>(
     phases: &mut Vec<T>,
 ) {
     let [sh, sw] = g.opts.stride;
-    let [ph, pw] = g.opts.padding;
-    let [dh, dw] = g.opts.dilation;
     let (h, w, wo) = (g.h, g.w, g.wo);
     let in_rows = input_rows(g, &out_rows);
     let width = w.div_ceil(sw);
+    let taps = TapRanges::new(g);
     if sw > 1 {
         let needed = g.c_in_g() * in_rows.len() * sw * width;
         if phases.len() < needed {
@@ -241,12 +265,8 @@ pub(crate) fn col2im<T: Float>(
     let mut row = 0;
     for cc in 0..g.c_in_g() {
         let plane = &mut dx[(c0 + cc) * h * w..(c0 + cc + 1) * h * w];
-        for i in 0..g.kh {
-            let oh_off = (i * dh) as isize - ph as isize;
-            let (oh_lo, oh_hi) = valid_range(g.ho, sh, oh_off, h);
-            for j in 0..g.kw {
-                let ow_off = (j * dw) as isize - pw as isize;
-                let (ow_lo, ow_hi) = valid_range(wo, sw, ow_off, w);
+        for &(oh_off, oh_lo, oh_hi) in &taps.rows {
+            for &(ow_off, ow_lo, ow_hi) in &taps.cols {
                 let src_row = &col[row * ld..row * ld + out_rows.len() * wo];
                 row += 1;
                 if ow_lo >= ow_hi {

@@ -47,6 +47,7 @@ mod loss;
 #[cfg(feature = "distributed")]
 mod mpi;
 mod plot;
+mod profile;
 mod progress;
 mod step;
 use step::images_as;
@@ -69,6 +70,7 @@ pub use loss::{CrossEntropy, Loss};
 #[cfg(feature = "distributed")]
 pub use mpi::Mpi;
 pub use plot::{plot_confusion, plot_curves, plot_scatter, LineChart};
+pub use profile::PhaseTimes;
 pub use progress::ProgressMode;
 pub use step::{
     apply_gradients, as_logits, compute_gradients, compute_shard_gradients, top_k_correct,

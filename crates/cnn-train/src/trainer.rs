@@ -14,6 +14,7 @@ use cnn_tensor::{Error, Float, Layer, Result};
 
 use crate::checkpoint::{find_checkpoint, load_checkpoint, save_checkpoint, TrainerState};
 use crate::distributed::{allreduce_gradients, broadcast_optimizer, broadcast_parameters};
+use crate::profile::{PhaseTimes, Stopwatch};
 use crate::step::{apply_gradients, compute_shard_gradients, StepStats};
 use crate::{
     evaluate_distributed, plot_curves, CrossEntropy, EpochRecord, History, Loss, ProgressMode,
@@ -96,8 +97,8 @@ pub struct FitReport {
     pub global_step: u64,
     /// Wall time of this call, in seconds.
     pub seconds: f64,
-    /// Of which, summing gradients across ranks (next to nothing in one process).
-    pub allreduce_seconds: f64,
+    /// Of which, each phase's share (`cnn train --profile` prints them).
+    pub phases: PhaseTimes,
 }
 
 impl Trainer {
@@ -290,6 +291,7 @@ impl Trainer {
     ) -> Result<FitReport> {
         let started = Instant::now();
         let mut run = self.start(model, train)?;
+        run.times.start = started.elapsed().as_secs_f64();
         let mut completed = true;
         while run.state.epoch < run.config.epochs {
             if run.train_epoch(self, model, train)? == Flow::Stop {
@@ -344,7 +346,8 @@ impl Trainer {
             step_seed: if ranks > 1 { mix_seed(config.seed, rank as u64) } else { config.seed },
             written_epoch: self.resume.then_some(state.epoch),
             unwritten: None,
-            allreduce_seconds: 0.0,
+            times: PhaseTimes::default(),
+            stepped: false,
             lr: 0.0,
             batches,
             config,
@@ -382,7 +385,9 @@ struct Run<T: Float> {
     /// a checkpoint write that failed since then (retried each epoch).
     written_epoch: Option<usize>,
     unwritten: Option<Error>,
-    allreduce_seconds: f64,
+    /// Seconds per phase so far, and whether this call took a step yet.
+    times: PhaseTimes,
+    stepped: bool,
 }
 
 impl<T: Float> Run<T> {
@@ -402,7 +407,11 @@ impl<T: Float> Run<T> {
             .schedule
             .lr(self.state.global_step.saturating_sub(1) as usize, self.config.optimizer.lr);
         let clock = Instant::now();
-        for item in train.epoch_shards_from(epoch as u64, self.state.batch, rank, ranks) {
+        let mut batches = train.epoch_shards_from(epoch as u64, self.state.batch, rank, ranks);
+        loop {
+            let waited = Stopwatch::start();
+            let Some(item) = batches.next() else { break };
+            self.times.data += waited.seconds();
             let (batch, nominal) = item?;
             let global = self.global_batch(train.bad_samples(), batch.labels.len(), nominal)?;
             if global == 0 {
@@ -428,15 +437,16 @@ impl<T: Float> Run<T> {
             if stop {
                 self.state.partial.train_seconds += clock.elapsed().as_secs_f64();
                 if let Some(dir) = &self.out_dir {
+                    let writing = Stopwatch::start();
                     // Asked to stop: a checkpoint that cannot be written is the run's error.
-                    save_checkpoint(dir, "last", model, &self.optimizer, &self.state).map_err(
-                        |e| {
-                            e.led_by(&format!(
-                                "stopping, the checkpoint could not be written; {}",
-                                last_written(dir, self.written_epoch)
-                            ))
-                        },
-                    )?;
+                    let saved = save_checkpoint(dir, "last", model, &self.optimizer, &self.state);
+                    self.times.checkpoints += writing.seconds();
+                    saved.map_err(|e| {
+                        e.led_by(&format!(
+                            "stopping, the checkpoint could not be written; {}",
+                            last_written(dir, self.written_epoch)
+                        ))
+                    })?;
                 }
                 return Ok(Flow::Stop);
             }
@@ -483,6 +493,7 @@ impl<T: Float> Run<T> {
         let step = self.state.global_step;
         let n = batch.labels.len();
         let labels = batch.labels;
+        let computing = Stopwatch::start();
         let stats = compute_shard_gradients(
             model,
             crate::images_as::<T>(batch.images.into_dyn()),
@@ -492,7 +503,14 @@ impl<T: Float> Run<T> {
             self.step_seed,
             step,
         )?;
-        let clock = Instant::now();
+        let computed = computing.seconds();
+        if self.stepped {
+            self.times.steps += computed;
+        } else {
+            self.times.first_step += computed;
+            self.stepped = true;
+        }
+        let summing = Stopwatch::start();
         allreduce_gradients(model, &*self.group)?;
         // The global batch's loss and hits, and whether any rank stops. In a
         // group of one the sums are the identity and `loss·n/n` is exact (an
@@ -500,13 +518,15 @@ impl<T: Float> Run<T> {
         // are the ones it always had.
         let mut sums = [stats.loss * n as f64, stats.correct as f64, f64::from(u8::from(stop))];
         self.group.sum_f64(&mut sums)?;
-        self.allreduce_seconds += clock.elapsed().as_secs_f64();
+        self.times.allreduce += summing.seconds();
+        let updating = Stopwatch::start();
         let stats =
             StepStats { loss: sums[0] / global as f64, correct: sums[1] as usize, count: global };
         let stop = sums[2] > 0.0;
         let lr = self.schedule.lr(step as usize, self.config.optimizer.lr);
         self.state.guard.check(step, stats.loss, lr)?;
         self.lr = apply_gradients(&mut self.optimizer, &self.schedule, model, step)?;
+        self.times.optimizer += updating.seconds();
         self.state.global_step += 1;
         self.state.batch += 1;
         Ok((stats, stop))
@@ -520,6 +540,7 @@ impl<T: Float> Run<T> {
     ) -> Result<EpochRecord> {
         let clock = Instant::now();
         let report = val.map(|v| evaluate_distributed(model, v, &*self.group)).transpose()?;
+        self.times.validation += clock.elapsed().as_secs_f64();
         let p = std::mem::take(&mut self.state.partial);
         Ok(EpochRecord {
             epoch: self.state.epoch + 1,
@@ -558,7 +579,8 @@ impl<T: Float> Run<T> {
         state.batch = 0;
         self.progress.end_epoch(&record);
         if let Some(dir) = &self.out_dir {
-            let written = write_epoch(dir, model, &self.optimizer, state, improved);
+            let written =
+                write_epoch(dir, model, &self.optimizer, state, improved, &mut self.times);
             if let Err(e) = written.last {
                 // After the last epoch the error itself says it (in `finish`).
                 if state.epoch < self.config.epochs {
@@ -606,7 +628,7 @@ impl<T: Float> Run<T> {
             best_val_accuracy: self.state.best_val_accuracy,
             global_step: self.state.global_step,
             seconds: started.elapsed().as_secs_f64(),
-            allreduce_seconds: self.allreduce_seconds,
+            phases: self.times,
         })
     }
 }
@@ -627,15 +649,20 @@ fn write_epoch<T: Float>(
     optimizer: &cnn_optim::Optimizer<T>,
     state: &TrainerState,
     improved: bool,
+    times: &mut PhaseTimes,
 ) -> EpochWrites {
+    let writing = Stopwatch::start();
     let last = save_checkpoint(dir, "last", model, optimizer, state);
     let best =
         if improved { save_checkpoint(dir, "best", model, optimizer, state) } else { Ok(()) };
+    times.checkpoints += writing.seconds();
+    let writing = Stopwatch::start();
     let history = History { epochs: state.history.clone() };
     // Each tried on its own: a metrics.csv that cannot be written does not keep the curves away.
     let table = history.write(dir);
     let curves = plot_curves(&history, &dir.join("curves.png"));
     let metrics = table.and(curves);
+    times.metrics += writing.seconds();
     EpochWrites { last, best, metrics }
 }
 

@@ -113,3 +113,30 @@ fn the_loss_is_a_parameter_of_the_trainer() {
     assert_eq!(scaled.1[0], 2.0 * base.1[0]);
     assert_ne!(scaled.0, base.0);
 }
+
+/// `FitReport::phases` accounts for the call: every phase measured where it
+/// happens (the writes only with a run directory), none negative, together
+/// no more than the call's wall time.
+#[test]
+fn the_phases_account_for_the_fit() {
+    let loader = loader();
+    let val = DataLoader::new(Arc::new(Digits::load().unwrap()), 256, 0).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    for dir in [None, Some(tmp.path().join("run"))] {
+        let mut trainer = Trainer::new(config()).with_progress(ProgressMode::Quiet);
+        if let Some(d) = &dir {
+            trainer = trainer.with_out_dir(d);
+        }
+        let report = trainer.fit(&mut net(), &loader, Some(&val)).unwrap();
+        let t = report.phases;
+        assert!(t.phases().iter().all(|&(_, s)| s >= 0.0), "{t:?}");
+        assert!(t.total() <= report.seconds, "{t:?} in {} s", report.seconds);
+        assert!(t.first_step > 0.0 && t.steps > 0.0 && t.optimizer > 0.0, "{t:?}");
+        assert!(t.data > 0.0 && t.validation > 0.0, "{t:?}");
+        // Ten steps, one of them the first: the others are most of the stepping.
+        assert!(t.steps > t.first_step, "{t:?}");
+        let writes = t.checkpoints > 0.0 && t.metrics > 0.0;
+        assert_eq!(writes, dir.is_some(), "{t:?}");
+        assert_eq!(t.allreduce, t.allreduce.max(0.0));
+    }
+}

@@ -313,10 +313,10 @@ pub fn every_sample_once_per_epoch(group: Arc<dyn Collective>) -> Result<String>
             group.size()
         )));
     }
-    if !(report.allreduce_seconds > 0.0 && report.allreduce_seconds < report.seconds) {
+    if !(report.phases.allreduce > 0.0 && report.phases.allreduce < report.seconds) {
         return Err(Error::distributed(format!(
             "the gradient sums took {} s of {} s",
-            report.allreduce_seconds, report.seconds
+            report.phases.allreduce, report.seconds
         )));
     }
     let seen: usize = report.history.epochs.len();
