@@ -36,7 +36,7 @@ use crate::epilogue::{relu, Epilogue};
 use crate::matrix::{mat, mat_mut, product};
 use crate::ConvGeometry;
 use transforms::{
-    gather_taps, input_transform, output_adjoint, output_transform, store_lanes,
+    gather_patches, gather_taps, input_transform, output_adjoint, output_transform, store_lanes,
     weight_coefficients, Lanes, LANES, MAX_ALPHA, TAP_BLOCK,
 };
 pub(crate) use transforms::{transform_weights, Tile};
@@ -197,7 +197,12 @@ impl<T> PlanesMut<'_, T> {
 
 /// The input transforms of every tile of one channel, all samples of the
 /// chunk, into `v_c` (`[ξ][t]`, rows `ld` apart), sixteen tiles at a time.
-#[allow(clippy::needless_range_loop)] // `l` is a lane: it indexes every row of `d`
+///
+/// The channel's planes are first copied into zero-padded planes in which
+/// every tile's `α × α` patch lies inside ([`PaddedPlanes`]), so that the
+/// sixteen patches are gathered without a bounds check or a division per
+/// tile; on AVX-512 as sixteen-lane gathers (the per-element copy with
+/// border checks was 7–10% of the MNIST and ResNet-20 train steps).
 fn transform_channel<T: Float, const A: usize, const M: usize>(
     grid: &Grid,
     g: &ConvGeometry,
@@ -205,48 +210,140 @@ fn transform_channel<T: Float, const A: usize, const M: usize>(
     v_c: &mut [T],
     ld: usize,
 ) {
-    let (ph, pw) = (g.opts.padding[0] as isize, g.opts.padding[1] as isize);
-    let (h, w, area) = (g.h as isize, g.w as isize, g.h * g.w);
-    let tps = grid.per_sample();
+    let padded = PaddedPlanes::new::<A, M>(grid, g, planes, ld / grid.per_sample());
     let mut d: Lanes<T> = [[T::zero(); LANES]; MAX_ALPHA * MAX_ALPHA];
     let mut out: Lanes<T> = [[T::zero(); LANES]; MAX_ALPHA * MAX_ALPHA];
+    let mut at = padded.first_tile();
     for t0 in (0..ld).step_by(LANES) {
         let lanes = LANES.min(ld - t0);
-        for l in 0..LANES {
-            if l >= lanes {
-                (0..A * A).for_each(|p| d[p][l] = T::zero());
-                continue;
-            }
-            let (si, t) = ((t0 + l) / tps, (t0 + l) % tps);
-            let plane = &planes.data[si * planes.stride + planes.first * area..][..area];
-            let (ty, tx) = (t / grid.cols, t % grid.cols);
-            let (r0, c0) = ((ty * M) as isize - ph, (tx * M) as isize - pw);
-            if r0 >= 0 && c0 >= 0 && r0 + A as isize <= h && c0 + A as isize <= w {
-                for i in 0..A {
-                    let row: &[T; A] = plane[((r0 + i as isize) * w + c0) as usize..][..A]
-                        .try_into()
-                        .expect("A elements");
-                    (0..A).for_each(|j| d[i * A + j][l] = row[j]);
-                }
-            } else {
-                for i in 0..A {
-                    let r = r0 + i as isize;
-                    for j in 0..A {
-                        let c = c0 + j as isize;
-                        let ok = (0..h).contains(&r) && (0..w).contains(&c);
-                        d[i * A + j][l] = if ok { plane[(r * w + c) as usize] } else { T::zero() };
-                    }
-                }
-            }
-        }
+        // Lanes past the last tile repeat tile 0: transformed, never stored.
+        let offsets: [u32; LANES] =
+            std::array::from_fn(|l| if l < lanes { padded.next_offset(&mut at) } else { 0 });
+        gather_patches::<T>(&padded.data, &offsets, A, padded.width, &mut d);
         input_transform(grid.tile, &d, &mut out);
         store_lanes(&out, A * A, v_c, ld, t0, lanes);
     }
 }
 
+/// One channel's planes of every sample of a chunk, zero-padded so that the
+/// `α × α` patch of tile `(ty, tx)` starts at row `ty·m`, column `tx·m`:
+/// `rows·m + α − m` rows of `cols·m + α − m` values per sample, the input
+/// at offset `(pad_top, pad_left)`.
+struct PaddedPlanes<T: Float> {
+    data: Pooled<T>,
+    /// Values per padded row.
+    width: usize,
+    /// Values per padded plane (one sample).
+    area: usize,
+    /// Tile side `m` and tiles per row and per sample.
+    m: usize,
+    cols: usize,
+    rows: usize,
+}
+
+/// Where [`PaddedPlanes::next_offset`] is: sample, tile row, tile column.
+struct TileCursor {
+    si: usize,
+    ty: usize,
+    tx: usize,
+}
+
+impl<T: Float> PaddedPlanes<T> {
+    /// The input planes of `planes` (`g.h × g.w`) padded for patches of
+    /// `A × A` of tiles of `M` (the forward's and dx's input transform).
+    fn new<const A: usize, const M: usize>(
+        grid: &Grid,
+        g: &ConvGeometry,
+        planes: Planes<'_, T>,
+        samples: usize,
+    ) -> Self {
+        let (height, width) = (grid.rows * M + A - M, grid.cols * M + A - M);
+        let corner = (g.opts.padding[0], g.opts.padding[1]);
+        Self::copied(grid, M, planes, samples, (g.h, g.w), corner, (height, width))
+    }
+
+    /// The output-gradient planes of `planes` (`g.ho × g.wo`) padded with
+    /// zeros to whole tiles of `M`: outputs past the map's edge were computed
+    /// and dropped, so their gradient is 0 (dW's adjoint transform).
+    fn for_outputs<const M: usize>(
+        grid: &Grid,
+        g: &ConvGeometry,
+        planes: Planes<'_, T>,
+        samples: usize,
+    ) -> Self {
+        let size = (grid.rows * M, grid.cols * M);
+        Self::copied(grid, M, planes, samples, (g.ho, g.wo), (0, 0), size)
+    }
+
+    /// Zeroed planes of whole tiles of `M`, for the output transform to
+    /// write into before the planes are cropped ([`PaddedPlanes::offset`]).
+    fn blank<const M: usize>(grid: &Grid, samples: usize) -> Self {
+        let (height, width) = (grid.rows * M, grid.cols * M);
+        // Every tile's values are written before the crop reads them.
+        let data = Pooled::<T>::take(samples * height * width);
+        PaddedPlanes { data, width, area: height * width, m: M, cols: grid.cols, rows: grid.rows }
+    }
+
+    /// `samples` planes of `size = (h, w)` copied into planes of `(height,
+    /// width)` with their top-left corner at `corner`, zeros around.
+    fn copied(
+        grid: &Grid,
+        m: usize,
+        planes: Planes<'_, T>,
+        samples: usize,
+        (h, w): (usize, usize),
+        (top, left): (usize, usize),
+        (height, width): (usize, usize),
+    ) -> Self {
+        let area = height * width;
+        // Written whole below: zeros around the copied planes.
+        let mut data = Pooled::<T>::take(samples * area);
+        for si in 0..samples {
+            let src = &planes.data[si * planes.stride + planes.first * h * w..][..h * w];
+            let dst = &mut data[si * area..(si + 1) * area];
+            // Padded row r holds row r − top; column q column q − left.
+            for (r, row) in dst.chunks_mut(width).enumerate() {
+                let Some(ih) = r.checked_sub(top).filter(|&ih| ih < h) else {
+                    row.fill(T::zero());
+                    continue;
+                };
+                let (lo, hi) = (left.min(width), (left + w).min(width));
+                row[..lo].fill(T::zero());
+                row[lo..hi].copy_from_slice(&src[ih * w..ih * w + (hi - lo)]);
+                row[hi..].fill(T::zero());
+            }
+        }
+        PaddedPlanes { data, width, area, m, cols: grid.cols, rows: grid.rows }
+    }
+
+    fn first_tile(&self) -> TileCursor {
+        TileCursor { si: 0, ty: 0, tx: 0 }
+    }
+
+    /// The offset of the cursor's patch, then the cursor moves to the next
+    /// tile (along the row, then down, then to the next sample).
+    fn next_offset(&self, at: &mut TileCursor) -> u32 {
+        let offset = at.si * self.area + at.ty * self.m * self.width + at.tx * self.m;
+        at.tx += 1;
+        if at.tx == self.cols {
+            at.tx = 0;
+            at.ty += 1;
+            if at.ty == self.rows {
+                at.ty = 0;
+                at.si += 1;
+            }
+        }
+        // A chunk's V is bounded to tens of MiB: offsets fit 32 bits.
+        u32::try_from(offset).expect("a chunk's planes fit 32-bit offsets")
+    }
+}
+
 /// The output transforms of every tile of one output channel, all samples
 /// of the chunk: `m_o[ξ·ld + t]` holds `M[ξ][o][t]`; writes the planes whole.
-#[allow(clippy::needless_range_loop)] // `l` is a lane: it indexes every row of `out`
+///
+/// Each tile's `m × m` outputs go into planes of whole tiles without a
+/// bounds check, and those are cropped onto `y` row by row with the bias
+/// and the epilogue: no per-element edge test, no division per tile.
 fn inverse_channel<T: Float, const A: usize, const M: usize>(
     grid: &Grid,
     g: &ConvGeometry,
@@ -258,8 +355,10 @@ fn inverse_channel<T: Float, const A: usize, const M: usize>(
 ) {
     let mut v: Lanes<T> = [[T::zero(); LANES]; MAX_ALPHA * MAX_ALPHA];
     let mut out: Lanes<T> = [[T::zero(); LANES]; MAX_ALPHA * MAX_ALPHA];
-    let tps = grid.per_sample();
-    let t_all = tps * out_planes.samples;
+    let samples = out_planes.samples;
+    let t_all = grid.per_sample() * samples;
+    let mut tiles = PaddedPlanes::<T>::blank::<M>(grid, samples);
+    let mut at = tiles.first_tile();
     for t0 in (0..t_all).step_by(LANES) {
         let lanes = LANES.min(t_all - t0);
         for (xi, v_xi) in v.iter_mut().enumerate().take(A * A) {
@@ -272,20 +371,26 @@ fn inverse_channel<T: Float, const A: usize, const M: usize>(
         }
         output_transform(grid.tile, &v, &mut out);
         for l in 0..lanes {
-            let (si, t) = ((t0 + l) / tps, (t0 + l) % tps);
-            let (ty, tx) = (t / grid.cols, t % grid.cols);
-            let y_p = out_planes.plane(si, g.out_area());
-            let rows = M.min(g.ho - ty * M);
-            let cols = M.min(g.wo - tx * M);
-            for i in 0..rows {
-                let dst = &mut y_p[(ty * M + i) * g.wo + tx * M..][..cols];
-                for (j, d) in dst.iter_mut().enumerate() {
-                    let v = out[i * M + j][l] + bias;
-                    *d = match epilogue {
-                        Epilogue::None => v,
-                        Epilogue::Relu => relu(v),
-                    };
+            let off = tiles.next_offset(&mut at) as usize;
+            let width = tiles.width;
+            for i in 0..M {
+                let row: &mut [T; M] =
+                    (&mut tiles.data[off + i * width..][..M]).try_into().expect("M values");
+                for (j, d) in row.iter_mut().enumerate() {
+                    *d = out[i * M + j][l];
                 }
+            }
+        }
+    }
+    let (ho, wo) = (g.ho, g.wo);
+    for si in 0..samples {
+        let y_p = out_planes.plane(si, g.out_area());
+        let src = &tiles.data[si * tiles.area..];
+        for (r, dst) in y_p.chunks_mut(wo).enumerate().take(ho) {
+            let row = &src[r * tiles.width..][..wo];
+            match epilogue {
+                Epilogue::None => dst.iter_mut().zip(row).for_each(|(d, &v)| *d = v + bias),
+                Epilogue::Relu => dst.iter_mut().zip(row).for_each(|(d, &v)| *d = relu(v + bias)),
             }
         }
     }
@@ -308,7 +413,8 @@ pub(crate) fn backward_dx<T: Float>(
 
 /// `A · dy_tile · Aᵀ` of every tile of one output channel, all samples of the
 /// chunk, into `dm_o` (`[ξ][t]`, rows `ld` apart): the gradient of `M[·][o][t]`.
-#[allow(clippy::needless_range_loop)] // `l` is a lane: it indexes every row of `d`
+/// The tiles' `m × m` patches are gathered from zero-padded planes, as in
+/// [`transform_channel`].
 fn adjoint_channel<T: Float, const A: usize, const M: usize>(
     grid: &Grid,
     g: &ConvGeometry,
@@ -316,28 +422,16 @@ fn adjoint_channel<T: Float, const A: usize, const M: usize>(
     dm_o: &mut [T],
     ld: usize,
 ) {
-    let (ho, wo, area) = (g.ho, g.wo, g.out_area());
-    let tps = grid.per_sample();
+    let padded = PaddedPlanes::for_outputs::<M>(grid, g, planes, ld / grid.per_sample());
     let mut d: Lanes<T> = [[T::zero(); LANES]; MAX_ALPHA * MAX_ALPHA];
     let mut out: Lanes<T> = [[T::zero(); LANES]; MAX_ALPHA * MAX_ALPHA];
+    let mut at = padded.first_tile();
     for t0 in (0..ld).step_by(LANES) {
         let lanes = LANES.min(ld - t0);
-        for l in 0..LANES {
-            if l >= lanes {
-                (0..M * M).for_each(|p| d[p][l] = T::zero());
-                continue;
-            }
-            let (si, t) = ((t0 + l) / tps, (t0 + l) % tps);
-            let plane = &planes.data[si * planes.stride + planes.first * area..][..area];
-            let (r0, c0) = ((t / grid.cols) * M, (t % grid.cols) * M);
-            for i in 0..M {
-                for j in 0..M {
-                    let (r, c) = (r0 + i, c0 + j);
-                    // Outputs past the map's edge were computed and dropped: their gradient is 0.
-                    d[i * M + j][l] = if r < ho && c < wo { plane[r * wo + c] } else { T::zero() };
-                }
-            }
-        }
+        // Lanes past the last tile repeat tile 0: transformed, never stored.
+        let offsets: [u32; LANES] =
+            std::array::from_fn(|l| if l < lanes { padded.next_offset(&mut at) } else { 0 });
+        gather_patches::<T>(&padded.data, &offsets, M, padded.width, &mut d);
         output_adjoint(grid.tile, &d, &mut out);
         store_lanes(&out, A * A, dm_o, ld, t0, lanes);
     }

@@ -163,6 +163,87 @@ cnn_tensor::simd_fn! {
     pub(super) fn output_transform<T: Float>(tile: Tile, v: &Lanes<T>, out: &mut Lanes<T>) = output_transform_body
 }
 
+/// `d[i·α + j][l] = data[offsets[l] + i·width + j]`: the `α × α` patches
+/// at `offsets`, one per lane (every patch inside `data`).
+///
+/// On AVX-512 with f32, sixteen-lane gathers; elsewhere a copy per element.
+/// Both move the same values: the transforms see the same bits.
+pub(super) fn gather_patches<T: Float>(
+    data: &[T],
+    offsets: &[u32; LANES],
+    alpha: usize,
+    width: usize,
+    d: &mut Lanes<T>,
+) {
+    let last = offsets.iter().max().copied().unwrap_or(0) as usize + (alpha - 1) * (width + 1);
+    assert!(last < data.len() && alpha <= MAX_ALPHA, "patches inside the planes");
+    #[cfg(target_arch = "x86_64")]
+    if cnn_tensor::simd::level() == cnn_tensor::simd::SimdLevel::Avx512 {
+        if let (Some(src), Some(dst)) = (T::as_f32(data), as_f32_lanes(d)) {
+            // SAFETY: AVX-512F is present (the level says so); every index read,
+            // offsets[l] + i·width + j ≤ `last`, is inside `src` (asserted above).
+            unsafe { gather_patches_avx512(src, offsets, alpha, width, dst) };
+            return;
+        }
+    }
+    gather_patches_scalar(data, offsets, alpha, width, d);
+}
+
+/// [`gather_patches`] one element at a time: every level's path, and the
+/// twin the gathers are tested against.
+fn gather_patches_scalar<T: Float>(
+    data: &[T],
+    offsets: &[u32; LANES],
+    alpha: usize,
+    width: usize,
+    d: &mut Lanes<T>,
+) {
+    for (l, &off) in offsets.iter().enumerate() {
+        let off = off as usize;
+        for i in 0..alpha {
+            let row = &data[off + i * width..][..alpha];
+            for (j, &v) in row.iter().enumerate() {
+                d[i * alpha + j][l] = v;
+            }
+        }
+    }
+}
+
+/// The lanes of `d` as f32, when `T` is f32.
+fn as_f32_lanes<T: Float>(d: &mut Lanes<T>) -> Option<&mut [[f32; LANES]; MAX_ALPHA * MAX_ALPHA]> {
+    let flat = T::as_f32_mut(d.as_flattened_mut())?;
+    let rows: &mut [[f32; LANES]] = flat.as_chunks_mut::<LANES>().0;
+    rows.try_into().ok()
+}
+
+/// [`gather_patches`] with one 16-lane gather per patch element.
+///
+/// # Safety
+/// The CPU has AVX-512F; every `offsets[l] + i·width + j` (`i, j < alpha`)
+/// indexes `src`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gather_patches_avx512(
+    src: &[f32],
+    offsets: &[u32; LANES],
+    alpha: usize,
+    width: usize,
+    d: &mut [[f32; LANES]; MAX_ALPHA * MAX_ALPHA],
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: 16 u32 values are 64 readable bytes.
+    let base = unsafe { _mm512_loadu_si512(offsets.as_ptr().cast()) };
+    for i in 0..alpha {
+        for j in 0..alpha {
+            let idx = _mm512_add_epi32(base, _mm512_set1_epi32((i * width + j) as i32));
+            // SAFETY: every lane's index is inside `src` (the caller's contract).
+            let v = unsafe { _mm512_i32gather_ps::<4>(idx, src.as_ptr()) };
+            // SAFETY: a lane row is 16 f32.
+            unsafe { _mm512_storeu_ps(d[i * alpha + j].as_mut_ptr(), v) };
+        }
+    }
+}
+
 /// Writes `lanes` of each of the first `rows` lane rows of `out` to
 /// `dst[row·ld + t0 ..]`: a transform's result, back in `[ξ][t]` order.
 #[inline(always)]
@@ -341,6 +422,22 @@ cnn_tensor::simd_fn! {
 
 #[cfg(test)]
 mod tests {
+    /// The AVX-512 gathers move exactly what the element-by-element copy
+    /// moves, for both tile sizes and every lane's patch anywhere in the planes.
+    #[test]
+    fn gathered_patches_are_the_copied_ones() {
+        let data: Vec<f32> = (0..40 * 37).map(|v| (v as f32 * 0.37).sin()).collect();
+        for alpha in [4, 6] {
+            let offsets: [u32; LANES] =
+                std::array::from_fn(|l| ((l * 97 + 13) % (34 * 37 - 1)) as u32);
+            let (mut want, mut got) = ([[0f32; LANES]; 36], [[0f32; LANES]; 36]);
+            gather_patches_scalar(&data, &offsets, alpha, 37, &mut want);
+            gather_patches(&data, &offsets, alpha, 37, &mut got);
+            assert_eq!(want, got, "alpha {alpha}");
+            assert!(want[alpha * alpha - 1].iter().any(|&v| v != 0.0));
+        }
+    }
+
     use super::*;
 
     /// The transforms against the matrices of Lavin & Gray, applied densely.
