@@ -370,6 +370,7 @@ fn inverse_channel<T: Float, const A: usize, const M: usize>(
             }
         }
         output_transform(grid.tile, &v, &mut out);
+        #[allow(clippy::needless_range_loop)] // `l` is a lane: it indexes every row of `out`
         for l in 0..lanes {
             let off = tiles.next_offset(&mut at) as usize;
             let width = tiles.width;
