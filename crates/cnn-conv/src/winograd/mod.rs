@@ -213,15 +213,13 @@ fn transform_channel<T: Float, const A: usize, const M: usize>(
     let padded = PaddedPlanes::new::<A, M>(grid, g, planes, ld / grid.per_sample());
     let mut d: Lanes<T> = [[T::zero(); LANES]; MAX_ALPHA * MAX_ALPHA];
     let mut out: Lanes<T> = [[T::zero(); LANES]; MAX_ALPHA * MAX_ALPHA];
-    let mut at = padded.first_tile();
+    let mut tiles = padded.lane_offsets(ld);
     for t0 in (0..ld).step_by(LANES) {
-        let lanes = LANES.min(ld - t0);
-        // Lanes past the last tile repeat tile 0: transformed, never stored.
-        let offsets: [u32; LANES] =
-            std::array::from_fn(|l| if l < lanes { padded.next_offset(&mut at) } else { 0 });
-        gather_patches::<T>(&padded.data, &offsets, A, padded.width, &mut d);
+        let (offsets, max_offset) = tiles.next_group();
+        gather_patches::<T>(&padded.data, offsets, max_offset, A, padded.width, &mut d);
+        tiles.prepare_next();
         input_transform(grid.tile, &d, &mut out);
-        store_lanes(&out, A * A, v_c, ld, t0, lanes);
+        store_lanes(&out, A * A, v_c, ld, t0, LANES.min(ld - t0));
     }
 }
 
@@ -239,6 +237,47 @@ struct PaddedPlanes<T: Float> {
     m: usize,
     cols: usize,
     rows: usize,
+}
+
+/// The patch offsets of sixteen tiles at a time, the next group written
+/// one group ahead: the gathers read an array stored long before, not one
+/// still in the store buffer.
+struct LaneOffsets<'a, T: Float> {
+    planes: &'a PaddedPlanes<T>,
+    at: TileCursor,
+    /// Tiles not yet put in a group.
+    left: usize,
+    /// Two groups and their largest offsets, used in turn.
+    groups: [([u32; LANES], usize); 2],
+    current: usize,
+}
+
+impl<T: Float> LaneOffsets<'_, T> {
+    /// The current group: offsets (lanes past the last tile repeat tile 0:
+    /// transformed, never stored) and the largest of them.
+    fn next_group(&mut self) -> (&[u32; LANES], usize) {
+        let (offsets, max) = &self.groups[self.current];
+        (offsets, *max)
+    }
+
+    /// Fills the other group with the following tiles and makes it current
+    /// for the next [`LaneOffsets::next_group`].
+    fn prepare_next(&mut self) {
+        self.current ^= 1;
+        self.fill(self.current);
+    }
+
+    fn fill(&mut self, slot: usize) {
+        let lanes = LANES.min(self.left);
+        self.left -= lanes;
+        let mut max = 0;
+        for l in 0..LANES {
+            let offset = if l < lanes { self.planes.next_offset(&mut self.at) } else { 0 };
+            self.groups[slot].0[l] = offset;
+            max = max.max(offset as usize);
+        }
+        self.groups[slot].1 = max;
+    }
 }
 
 /// Where [`PaddedPlanes::next_offset`] is: sample, tile row, tile column.
@@ -318,6 +357,19 @@ impl<T: Float> PaddedPlanes<T> {
 
     fn first_tile(&self) -> TileCursor {
         TileCursor { si: 0, ty: 0, tx: 0 }
+    }
+
+    /// The offsets of the first `tiles` tiles' patches, sixteen at a time.
+    fn lane_offsets(&self, tiles: usize) -> LaneOffsets<'_, T> {
+        let mut offsets = LaneOffsets {
+            planes: self,
+            at: self.first_tile(),
+            left: tiles,
+            groups: [([0; LANES], 0); 2],
+            current: 0,
+        };
+        offsets.fill(0);
+        offsets
     }
 
     /// The offset of the cursor's patch, then the cursor moves to the next
@@ -426,15 +478,13 @@ fn adjoint_channel<T: Float, const A: usize, const M: usize>(
     let padded = PaddedPlanes::for_outputs::<M>(grid, g, planes, ld / grid.per_sample());
     let mut d: Lanes<T> = [[T::zero(); LANES]; MAX_ALPHA * MAX_ALPHA];
     let mut out: Lanes<T> = [[T::zero(); LANES]; MAX_ALPHA * MAX_ALPHA];
-    let mut at = padded.first_tile();
+    let mut tiles = padded.lane_offsets(ld);
     for t0 in (0..ld).step_by(LANES) {
-        let lanes = LANES.min(ld - t0);
-        // Lanes past the last tile repeat tile 0: transformed, never stored.
-        let offsets: [u32; LANES] =
-            std::array::from_fn(|l| if l < lanes { padded.next_offset(&mut at) } else { 0 });
-        gather_patches::<T>(&padded.data, &offsets, M, padded.width, &mut d);
+        let (offsets, max_offset) = tiles.next_group();
+        gather_patches::<T>(&padded.data, offsets, max_offset, M, padded.width, &mut d);
+        tiles.prepare_next();
         output_adjoint(grid.tile, &d, &mut out);
-        store_lanes(&out, A * A, dm_o, ld, t0, lanes);
+        store_lanes(&out, A * A, dm_o, ld, t0, LANES.min(ld - t0));
     }
 }
 

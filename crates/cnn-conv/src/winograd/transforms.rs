@@ -164,19 +164,24 @@ cnn_tensor::simd_fn! {
 }
 
 /// `d[i·α + j][l] = data[offsets[l] + i·width + j]`: the `α × α` patches
-/// at `offsets`, one per lane (every patch inside `data`).
+/// at `offsets` (none past `max_offset`), one per lane, every patch inside
+/// `data`. The caller states the largest offset so that the array is not
+/// read back right after it was written (a store-forwarding stall that was
+/// most of this function's time).
 ///
 /// On AVX-512 with f32, sixteen-lane gathers; elsewhere a copy per element.
 /// Both move the same values: the transforms see the same bits.
 pub(super) fn gather_patches<T: Float>(
     data: &[T],
     offsets: &[u32; LANES],
+    max_offset: usize,
     alpha: usize,
     width: usize,
     d: &mut Lanes<T>,
 ) {
-    let last = offsets.iter().max().copied().unwrap_or(0) as usize + (alpha - 1) * (width + 1);
+    let last = max_offset + (alpha - 1) * (width + 1);
     assert!(last < data.len() && alpha <= MAX_ALPHA, "patches inside the planes");
+    debug_assert!(offsets.iter().all(|&o| o as usize <= max_offset));
     #[cfg(target_arch = "x86_64")]
     if cnn_tensor::simd::level() == cnn_tensor::simd::SimdLevel::Avx512 {
         if let (Some(src), Some(dst)) = (T::as_f32(data), as_f32_lanes(d)) {
@@ -432,7 +437,7 @@ mod tests {
                 std::array::from_fn(|l| ((l * 97 + 13) % (34 * 37 - 1)) as u32);
             let (mut want, mut got) = ([[0f32; LANES]; 36], [[0f32; LANES]; 36]);
             gather_patches_scalar(&data, &offsets, alpha, 37, &mut want);
-            gather_patches(&data, &offsets, alpha, 37, &mut got);
+            gather_patches(&data, &offsets, 34 * 37 - 2, alpha, 37, &mut got);
             assert_eq!(want, got, "alpha {alpha}");
             assert!(want[alpha * alpha - 1].iter().any(|&v| v != 0.0));
         }
