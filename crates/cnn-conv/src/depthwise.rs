@@ -105,10 +105,14 @@ cnn_tensor::simd_fn! {
 const COLS: usize = 16;
 
 /// [`forward_plane_body`] for a horizontal stride and dilation of 1: each
-/// input row is first copied into a zero-padded row (`pw` zeros each side),
-/// then each block of [`COLS`] outputs of an output row sums all its taps in
-/// registers (`acc[l] += k[i, j]·row[q + l + j]`) and is stored once, instead
-/// of one pass over the output row per tap.
+/// input row is first copied into a zero-padded row (`pw` zeros on the left,
+/// zeros on the right up to a whole block), then each block of [`COLS`]
+/// outputs of an output row sums all its taps in registers
+/// (`acc[l] += k[i, j]·row[q + l + j]`) and is stored once, instead of one
+/// pass over the output row per tap. A last block narrower than [`COLS`]
+/// (every row of a map under 16 wide: ConvNeXt's 8×8, 4×4 and 2×2 stages)
+/// is computed full width over the zeros and only its `n` outputs stored:
+/// vector lanes to spare beat a scalar loop.
 #[inline(always)]
 fn forward_plane_unit<T: Float>(
     g: &ConvGeometry,
@@ -119,7 +123,8 @@ fn forward_plane_unit<T: Float>(
     padded: &mut Vec<T>,
 ) {
     let pw = g.opts.padding[1];
-    let width = g.w + 2 * pw;
+    // Every block reads columns q0 + j + l < wo.div_ceil(COLS)·COLS + kw − 1.
+    let width = (g.w + 2 * pw).max(g.wo.div_ceil(COLS) * COLS + g.kw - 1);
     // Padded rows of the whole plane: [h][width]; the zero borders are rewritten
     // each time, since the buffer is reused from a plane of another shape.
     padded.resize(g.h * width, T::zero());
@@ -139,16 +144,10 @@ fn forward_plane_unit<T: Float>(
                 for j in 0..kw {
                     let kk = k[i * kw + j];
                     // Output q reads padded column q + j (input column q + j − pw).
-                    if n == COLS {
-                        let src: &[T; COLS] =
-                            row[q0 + j..q0 + j + COLS].try_into().expect("COLS columns");
-                        for l in 0..COLS {
-                            acc[l] += kk * src[l];
-                        }
-                    } else {
-                        for l in 0..n {
-                            acc[l] += kk * row[q0 + j + l];
-                        }
+                    let src: &[T; COLS] =
+                        row[q0 + j..q0 + j + COLS].try_into().expect("COLS columns");
+                    for l in 0..COLS {
+                        acc[l] += kk * src[l];
                     }
                 }
             }
@@ -186,8 +185,11 @@ cnn_tensor::simd_fn! {
 /// The sum over `q` runs in [`COLS`] interleaved lanes (added pairwise at the
 /// end): a single running sum is latency-bound and cannot be vectorized.
 #[inline(always)]
-fn dw_plane_body<T: Float>(g: &ConvGeometry, x: &[T], dy: &[T], dk: &mut [T]) {
+fn dw_plane_body<T: Float>(g: &ConvGeometry, x: &[T], dy: &[T], dk: &mut [T], padded: &mut Vec<T>) {
     let ([_, sw], [_, pw], [_, dw]) = (g.opts.stride, g.opts.padding, g.opts.dilation);
+    if sw == 1 && dw == 1 && g.kw <= TAPS {
+        return dw_plane_unit(g, x, dy, dk, padded);
+    }
     for (p, dy_row) in dy.chunks(g.wo).enumerate() {
         for (i, r) in input_rows(g, p) {
             let x_row = &x[r * g.w..][..g.w];
@@ -229,9 +231,52 @@ fn dw_plane_body<T: Float>(g: &ConvGeometry, x: &[T], dy: &[T], dk: &mut [T]) {
     }
 }
 
+/// Kernel columns [`dw_plane_unit`] keeps in one vector of accumulators.
+const TAPS: usize = 8;
+
+/// [`dw_plane_body`] for a horizontal stride and dilation of 1 and at most
+/// [`TAPS`] kernel columns: the lanes run along the kernel's columns instead
+/// of the output's, `acc[j] += dy[p, q]·row[q + j]` over a zero-padded input
+/// row, one vector multiply-add per output column. The lanes-along-`q` form
+/// left every row under 16 wide (ConvNeXt's 8×8, 4×4, 2×2 stages) to a
+/// scalar remainder loop.
+#[inline(always)]
+fn dw_plane_unit<T: Float>(g: &ConvGeometry, x: &[T], dy: &[T], dk: &mut [T], padded: &mut Vec<T>) {
+    let pw = g.opts.padding[1];
+    // Row q reads padded columns q .. q + TAPS: zeros past the input on both sides.
+    let width = (g.w + 2 * pw).max(g.wo + TAPS - 1);
+    padded.resize(g.h * width, T::zero());
+    for (dst, src) in padded.chunks_mut(width).zip(x.chunks(g.w)) {
+        dst[..pw].fill(T::zero());
+        dst[pw..pw + g.w].copy_from_slice(src);
+        dst[pw + g.w..].fill(T::zero());
+    }
+    for (p, dy_row) in dy.chunks(g.wo).enumerate() {
+        for (i, r) in input_rows(g, p) {
+            let row = &padded[r * width..(r + 1) * width];
+            let mut acc = [T::zero(); TAPS];
+            for (q, &d) in dy_row.iter().enumerate() {
+                let src: &[T; TAPS] = row[q..q + TAPS].try_into().expect("TAPS columns");
+                for j in 0..TAPS {
+                    acc[j] += d * src[j];
+                }
+            }
+            for (dk_j, a) in dk[i * g.kw..(i + 1) * g.kw].iter_mut().zip(acc) {
+                *dk_j += a;
+            }
+        }
+    }
+}
+
 cnn_tensor::simd_fn! {
     /// One plane's share of dW, compiled per SIMD level.
-    fn dw_plane<T: Float>(g: &ConvGeometry, x: &[T], dy: &[T], dk: &mut [T]) = dw_plane_body
+    fn dw_plane<T: Float>(
+        g: &ConvGeometry,
+        x: &[T],
+        dy: &[T],
+        dk: &mut [T],
+        padded: &mut Vec<T>,
+    ) = dw_plane_body
 }
 
 /// Forward over the batch: `x: [N·C·H·W]`, `w: [C·kh·kw]`, `b: [C]` → `y: [N·C·Ho·Wo]`.
@@ -286,14 +331,14 @@ pub(crate) fn backward<T: Float>(
     );
     let per_channel: Vec<(Vec<T>, T)> = (0..c_n)
         .into_par_iter()
-        .map(|c| {
+        .map_init(Vec::new, |padded, c| {
             let mut dk = vec![T::zero(); taps];
             let mut db = T::zero();
             for n in 0..g.n {
                 let plane = n * c_n + c;
                 let (x_p, dy_p) =
                     (&x[plane * area_in..][..area_in], &dy[plane * area_out..][..area_out]);
-                dw_plane(g, x_p, dy_p, &mut dk);
+                dw_plane(g, x_p, dy_p, &mut dk, padded);
                 db += cnn_tensor::sum(dy_p);
             }
             (dk, db)
