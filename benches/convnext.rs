@@ -59,6 +59,12 @@ fn eval_forward(c: &mut Criterion) {
 }
 
 fn config() -> Criterion {
+    // As the `cnn` binary and benches/resnet.rs set it: freed pages stay with
+    // the process, so steady-state steps reuse memory instead of faulting in
+    // fresh zeroed pages (8.5% of this bench's train step in page zeroing
+    // before it was set here).
+    // SAFETY: sets a global option before the benchmarks run; mimalloc reads it on each purge.
+    unsafe { libmimalloc_sys::mi_option_set(15, -1) };
     Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_secs(2))

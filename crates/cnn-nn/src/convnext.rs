@@ -4,8 +4,10 @@
 use cnn_act::{Act, DropPath};
 use cnn_conv::{Conv2d, Conv2dConfig};
 use cnn_norm::{LayerNorm2d, LayerNorm2dConfig};
+use cnn_tensor::scratch::Scratch as Pooled;
 use cnn_tensor::{
-    gemm, gemm_packed, join_key, ArrayD, Error, Float, IxDyn, Layer, Mode, PackedLhs, Param, Result,
+    gemm, gemm_packed_split, join_key, ArrayD, Error, Float, GemmSplit, IxDyn, Layer, Mode,
+    PackedLhs, Param, Result,
 };
 use ndarray::Axis;
 use rayon::prelude::*;
@@ -68,26 +70,117 @@ fn as_matrices<T: Float>(op: &'static str, x: &ArrayD<T>, c: usize) -> Result<(u
     Ok((x.shape()[0], x.shape()[2] * x.shape()[3]))
 }
 
-/// `out[n] = a · inp[n]` for every sample, in parallel: `a` packed once for
-/// this crate's GEMM kernel, each sample its own product (so the result does
-/// not depend on the thread count). `inp: [N, k·p]`, `out: [N, m·p]`.
-fn per_sample_products<T: Float>(
+/// Columns a product should have at least: samples with fewer pixels sit
+/// side by side in one product. The micro-kernel's panels are 48 columns
+/// wide, so a product per sample of a 4×4 map (16 columns) wasted two thirds
+/// of every multiply; 512 as the im2col path's `TARGET_COLS`.
+const TARGET_COLS: usize = 512;
+
+/// Parallel tasks a product is cut into at least (by columns, bitwise the
+/// same for any cut): enough for 16 threads when there are few blocks.
+const MIN_TASKS: usize = 16;
+
+/// Samples per product for maps of `p` pixels: one when a sample alone has
+/// [`TARGET_COLS`] pixels, else enough to reach it (at most `n`).
+fn samples_per_product(p: usize, n: usize) -> usize {
+    TARGET_COLS.div_ceil(p.max(1)).clamp(1, n.max(1))
+}
+
+/// `out[n] = a · inp[n] (+ bias[row])` for every sample: `inp: [N, k, p]`,
+/// `out: [N, m, p]`, `a: [m, k]` packed once. Blocks of
+/// [`samples_per_product`] samples run in parallel; a block of several
+/// samples is gathered side by side (`[k, s·p]`), multiplied in one product
+/// and scattered back with the bias. Every output is one product's sum in
+/// `k` order: the same numbers on any thread count.
+fn products<T: Float>(
     a: &PackedLhs<T>,
     inp: &[T],
+    bias: Option<&[T]>,
     out: &mut [T],
     p: usize,
 ) -> Result<()> {
     let (m, k) = (a.rows(), a.cols());
-    out.par_chunks_mut(m * p).zip(inp.par_chunks(k * p)).try_for_each_init(
-        Vec::new,
-        |scratch, (o, i)| {
-            let i = ndarray::ArrayView2::from_shape((k, p), i)
-                .map_err(|e| Error::shape("pixel_linear", e.to_string()))?;
-            let o = ndarray::ArrayViewMut2::from_shape((m, p), o)
-                .map_err(|e| Error::shape("pixel_linear", e.to_string()))?;
-            gemm_packed(a, i, T::zero(), o, scratch)
-        },
-    )
+    let n = out.len() / (m * p).max(1);
+    let s = samples_per_product(p, n);
+    let blocks = n.div_ceil(s);
+    let split = GemmSplit { rows: 1, cols: MIN_TASKS.div_ceil(blocks) };
+    let shape_err = |e: ndarray::ShapeError| Error::shape("pixel_linear", e.to_string());
+    out.par_chunks_mut(s * m * p).zip(inp.par_chunks(s * k * p)).try_for_each(|(o, i)| {
+        let s = o.len() / (m * p);
+        if s == 1 {
+            if let Some(b) = bias {
+                // y starts as b[row] and the product is added to it (β = 1):
+                // no zeroed y, no bias pass after.
+                for (row, &bv) in o.chunks_exact_mut(p).zip(b) {
+                    row.fill(bv);
+                }
+            }
+            let beta = if bias.is_some() { T::one() } else { T::zero() };
+            let i = ndarray::ArrayView2::from_shape((k, p), i).map_err(shape_err)?;
+            let o = ndarray::ArrayViewMut2::from_shape((m, p), o).map_err(shape_err)?;
+            return gemm_packed_split(a, i, beta, o, split);
+        }
+        // Gathered: gi[c, si·p + q] = i[si, c, q]; every value written before it is read.
+        let (cols, mut gi, mut go) =
+            (s * p, Pooled::<T>::take(k * s * p), Pooled::<T>::take(m * s * p));
+        for (si, sample) in i.chunks_exact(k * p).enumerate() {
+            for (c, row) in sample.chunks_exact(p).enumerate() {
+                gi[c * cols + si * p..][..p].copy_from_slice(row);
+            }
+        }
+        let gi_v = ndarray::ArrayView2::from_shape((k, cols), &gi[..]).map_err(shape_err)?;
+        let go_v = ndarray::ArrayViewMut2::from_shape((m, cols), &mut go[..]).map_err(shape_err)?;
+        gemm_packed_split(a, gi_v, T::zero(), go_v, split)?;
+        for (si, sample) in o.chunks_exact_mut(m * p).enumerate() {
+            for (r, row) in sample.chunks_exact_mut(p).enumerate() {
+                let src = &go[r * cols + si * p..][..p];
+                match bias {
+                    Some(b) => row.iter_mut().zip(src).for_each(|(d, &v)| *d = v + b[r]),
+                    None => row.copy_from_slice(src),
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Row blocks of `dW` computed in parallel, each one product over every
+/// sample's pixels: fixed (never the thread count), so every entry is one
+/// product's sum on any machine.
+const DW_ROW_BLOCKS: usize = 4;
+
+/// `dW = Σ_n dy_n · x_nᵀ` (`[o, i]`, row-major) over `N` samples of
+/// `x: [N, i, p]` and `dy: [N, o, p]`, as one product over all pixels:
+/// both gathered side by side (`[i, N·p]`, `[o, N·p]`), then
+/// `dW = DY · Xᵀ` in [`DW_ROW_BLOCKS`] row blocks in parallel. A product per
+/// sample rewrote the whole `dW` for every sample (`p = 4` multiply-adds
+/// per entry on a 2×2 map) on one thread: 10% of the ConvNeXt-atto step.
+fn weight_grad<T: Float>(x: &[T], dy: &[T], (o, i, p): (usize, usize, usize)) -> Result<Vec<T>> {
+    let n = x.len() / (i * p).max(1);
+    let cols = n * p;
+    let gather = |src: &[T], rows: usize| {
+        // Every value written before it is read.
+        let mut g = Pooled::<T>::take(rows * cols);
+        for (si, sample) in src.chunks_exact(rows * p).enumerate() {
+            for (c, row) in sample.chunks_exact(p).enumerate() {
+                g[c * cols + si * p..][..p].copy_from_slice(row);
+            }
+        }
+        g
+    };
+    let (gx, gdy) = (gather(x, i), gather(dy, o));
+    let shape_err = |e: ndarray::ShapeError| Error::shape("pixel_linear", e.to_string());
+    let xt = ndarray::ArrayView2::from_shape((i, cols), &gx[..]).map_err(shape_err)?;
+    let mut dw = vec![T::zero(); o * i];
+    let rows = o.div_ceil(DW_ROW_BLOCKS).max(1);
+    dw.par_chunks_mut(rows * i).enumerate().try_for_each(|(blk, part)| -> Result<()> {
+        let r = part.len() / i;
+        let dys = ndarray::ArrayView2::from_shape((r, cols), &gdy[blk * rows * cols..][..r * cols])
+            .map_err(shape_err)?;
+        let part = ndarray::ArrayViewMut2::from_shape((r, i), part).map_err(shape_err)?;
+        gemm(T::one(), dys, xt.t(), T::zero(), part)
+    })?;
+    Ok(dw)
 }
 
 impl<T: Float> Layer<T> for PixelLinear<T> {
@@ -98,12 +191,17 @@ impl<T: Float> Layer<T> for PixelLinear<T> {
         let (h, w) = (x.shape()[2], x.shape()[3]);
         let xs =
             x.as_slice().ok_or_else(|| Error::shape("pixel_linear", "input is not contiguous"))?;
+        // y starts as b[o] on every pixel and the product is added to it
+        // (β = 1): one pass over y fewer than a zeroed y and a bias pass after.
+        let bias = self
+            .bias
+            .value
+            .as_slice()
+            .ok_or_else(|| Error::shape("pixel_linear", "bias is not contiguous"))?;
+        // Written whole by `products` (the bias, then the product added).
         let mut y = vec![T::zero(); n * o * p];
-        per_sample_products(&PackedLhs::new(self.w2()?, p), xs, &mut y, p)?;
-        // + b[o] on every pixel.
-        for (row, &b) in y.chunks_exact_mut(p).zip(self.bias.value.iter().cycle()) {
-            row.iter_mut().for_each(|v| *v += b);
-        }
+        let packed = PackedLhs::new(self.w2()?, p * samples_per_product(p, n));
+        products(&packed, xs, Some(bias), &mut y, p)?;
         let y = ArrayD::from_shape_vec(IxDyn(&[n, o, h, w]), y)
             .map_err(|e| Error::shape("pixel_linear", e.to_string()))?;
         self.x = (mode == Mode::Train).then_some(x);
@@ -133,16 +231,14 @@ impl<T: Float> Layer<T> for PixelLinear<T> {
         // dx_n = Wᵀ · dy_n, samples in parallel.
         let mut dx = vec![T::zero(); x.len()];
         let wt = self.w2()?.t().as_standard_layout().into_owned();
-        per_sample_products(&PackedLhs::new(wt.view(), p), dys, &mut dx, p)?;
+        let n = x.shape()[0];
+        products(&PackedLhs::new(wt.view(), p * samples_per_product(p, n)), dys, None, &mut dx, p)?;
         if self.weight.trainable {
-            // dW += Σ_n dy_n · x_nᵀ, samples in order.
-            let mut dw = ndarray::Array2::<T>::zeros((o, i));
-            for (xs, ds) in x.outer_iter().zip(dy.outer_iter()) {
-                let xs = xs.into_shape_with_order((i, p)).map_err(shape_err)?;
-                let ds = ds.into_shape_with_order((o, p)).map_err(shape_err)?;
-                gemm(T::one(), ds, xs.t(), T::one(), dw.view_mut())?;
-            }
-            let dw = dw
+            let xs =
+                x.as_slice().ok_or_else(|| Error::shape("pixel_linear", "x is not contiguous"))?;
+            let dw = weight_grad(xs, dys, (o, i, p))?;
+            let dw = ndarray::Array2::from_shape_vec((o, i), dw)
+                .map_err(shape_err)?
                 .into_dyn()
                 .into_shape_with_order(self.weight.grad.raw_dim())
                 .map_err(shape_err)?;
