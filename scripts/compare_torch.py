@@ -7,7 +7,9 @@ VENV is a Python virtual environment with torch and torchvision (for example
 `python3 -m venv ~/tv && ~/tv/bin/pip install torch torchvision`). Each round
 runs, interleaved, PyTorch's reference script and our criterion bench for
 conv2d (shapes A-H and the depthwise 7x7), BatchNorm / GroupNorm / GELU, the
-CIFAR ResNet-20 train step and ResNet-18 eval at batch 1, 8 and 32; both
+CIFAR ResNet-20 train step, ResNet-18 eval at batch 1, 8 and 32, and
+timm's ConvNeXt-atto (train step b32 64x64, eval b8 224x224; VENV needs
+timm too) beside ours; both
 sides at T threads (default 2: OMP_NUM_THREADS and RAYON_NUM_THREADS). It
 prints a Markdown table: the median time of each side over the rounds (ours:
 criterion's median of each run; PyTorch's: its script's median of each run),
@@ -44,10 +46,12 @@ for op in ["batch_norm2d", "group_norm_g32", "gelu"]:
 ROWS.append(("resnet20 train step b128", "resnet20_cifar_train_step/b128", "resnet:train"))
 for b in (1, 8, 32):
     ROWS.append((f"resnet18 eval b{b}", f"resnet18_eval_forward/b{b}_224", f"resnet:eval{b}"))
+ROWS.append(("convnext_atto train step b32 64", "convnext_atto_train_step/b32_64", "convnext:train"))
+ROWS.append(("convnext_atto eval b8 224", "convnext_atto_eval_forward/b8_224", "convnext:eval"))
 
 # (cargo bench target, criterion filter, PyTorch script)
 SUITES = [("conv", "conv2d_", "torch_conv.py"), ("norm_act", "", "torch_norm_act.py"),
-          ("resnet", "", "torch_resnet.py")]
+          ("resnet", "", "torch_resnet.py"), ("convnext", "", "torch_convnext.py")]
 
 
 def run(cmd, env):
@@ -83,6 +87,10 @@ def parse_torch(script, text):
             m = re.match(r"resnet18 eval forward b(\d+) 224x224: ([\d.]+) ms", line)
             if m:
                 found[f"resnet:eval{m.group(1)}"] = float(m.group(2))
+        elif script == "torch_convnext.py":
+            m = re.match(r"convnext_atto (train step|eval) b\d+ \d+x\d+:\s+([\d.]+) ms", line)
+            if m:
+                found["convnext:train" if m.group(1) == "train step" else "convnext:eval"] = float(m.group(2))
     return found
 
 
@@ -134,6 +142,8 @@ def key_in_bench(key, bench):
         return group.startswith("conv2d_")
     if bench == "norm_act":
         return group.startswith(("batch_norm2d", "group_norm", "gelu"))
+    if bench == "convnext":
+        return group.startswith("convnext")
     return group.startswith(("resnet20", "resnet18"))
 
 
