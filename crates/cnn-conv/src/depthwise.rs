@@ -101,6 +101,20 @@ cnn_tensor::simd_fn! {
     ) = forward_plane_body
 }
 
+/// The plane `x` (`[h, w]`) as `h` rows of `width` in `padded`: `pw` zeros,
+/// the row, zeros to the end. The borders are rewritten each time, since the
+/// buffer is reused from a plane of another shape.
+#[inline(always)]
+fn pad_rows<T: Float>(g: &ConvGeometry, x: &[T], width: usize, padded: &mut Vec<T>) {
+    let pw = g.opts.padding[1];
+    padded.resize(g.h * width, T::zero());
+    for (dst, src) in padded.chunks_mut(width).zip(x.chunks(g.w)) {
+        dst[..pw].fill(T::zero());
+        dst[pw..pw + g.w].copy_from_slice(src);
+        dst[pw + g.w..].fill(T::zero());
+    }
+}
+
 /// Output columns accumulated in registers at once by [`forward_plane_unit`].
 const COLS: usize = 16;
 
@@ -125,14 +139,7 @@ fn forward_plane_unit<T: Float>(
     let pw = g.opts.padding[1];
     // Every block reads columns q0 + j + l < wo.div_ceil(COLS)·COLS + kw − 1.
     let width = (g.w + 2 * pw).max(g.wo.div_ceil(COLS) * COLS + g.kw - 1);
-    // Padded rows of the whole plane: [h][width]; the zero borders are rewritten
-    // each time, since the buffer is reused from a plane of another shape.
-    padded.resize(g.h * width, T::zero());
-    for (dst, src) in padded.chunks_mut(width).zip(x.chunks(g.w)) {
-        dst[..pw].fill(T::zero());
-        dst[pw..pw + g.w].copy_from_slice(src);
-        dst[pw + g.w..].fill(T::zero());
-    }
+    pad_rows(g, x, width, padded);
     let (wo, kw) = (g.wo, g.kw);
     for (p, y_row) in y.chunks_mut(wo).enumerate() {
         let mut q0 = 0;
@@ -245,12 +252,7 @@ fn dw_plane_unit<T: Float>(g: &ConvGeometry, x: &[T], dy: &[T], dk: &mut [T], pa
     let pw = g.opts.padding[1];
     // Row q reads padded columns q .. q + TAPS: zeros past the input on both sides.
     let width = (g.w + 2 * pw).max(g.wo + TAPS - 1);
-    padded.resize(g.h * width, T::zero());
-    for (dst, src) in padded.chunks_mut(width).zip(x.chunks(g.w)) {
-        dst[..pw].fill(T::zero());
-        dst[pw..pw + g.w].copy_from_slice(src);
-        dst[pw + g.w..].fill(T::zero());
-    }
+    pad_rows(g, x, width, padded);
     for (p, dy_row) in dy.chunks(g.wo).enumerate() {
         for (i, r) in input_rows(g, p) {
             let row = &padded[r * width..(r + 1) * width];
