@@ -9,7 +9,6 @@ use cnn_tensor::{
     gemm, gemm_packed_split, join_key, ArrayD, Error, Float, GemmSplit, IxDyn, Layer, Mode,
     PackedLhs, Param, Result,
 };
-use ndarray::Axis;
 use rayon::prelude::*;
 
 /// A linear map over the channels of every pixel: a 1×1 convolution, or
@@ -245,8 +244,15 @@ impl<T: Float> Layer<T> for PixelLinear<T> {
             self.weight.grad += &dw;
         }
         if self.bias.trainable {
-            let db = dy.sum_axis(Axis(3)).sum_axis(Axis(2)).sum_axis(Axis(0));
-            self.bias.grad += &db;
+            // db[o] = Σ_n Σ_p dy[n, o, p], each plane summed in lanes, samples in order.
+            let db = self
+                .bias
+                .grad
+                .as_slice_mut()
+                .ok_or_else(|| Error::shape("pixel_linear", "bias grad is not contiguous"))?;
+            for (r, plane) in dys.chunks_exact(p).enumerate() {
+                db[r % o] += cnn_tensor::sum(plane);
+            }
         }
         ArrayD::from_shape_vec(x.raw_dim(), dx).map_err(shape_err)
     }
@@ -367,13 +373,18 @@ pub fn trunc02<T: Float, R: rand::Rng + ?Sized>(shape: &[usize], rng: &mut R) ->
     cnn_init::trunc_normal(shape, 0.0, 0.02, (-2.0, 2.0), rng)
 }
 
-/// `x[n, c, …] · g[c]`.
+/// `x[n, c, …] · g[c]`, plane by plane on the contiguous data (the
+/// ndarray walk over dynamic-rank views was most of its time).
 fn scale_channels<T: Float>(x: &mut ArrayD<T>, g: &ArrayD<T>) {
-    for mut sample in x.outer_iter_mut() {
-        for (mut channel, &s) in sample.outer_iter_mut().zip(g.iter()) {
-            channel.mapv_inplace(|v| v * s);
-        }
+    let c = g.len();
+    let plane = x.len() / (x.shape()[0] * c).max(1);
+    let mut contiguous = x.as_standard_layout().into_owned();
+    let data = contiguous.as_slice_mut().expect("standard layout is contiguous");
+    for (r, values) in data.chunks_exact_mut(plane.max(1)).enumerate() {
+        let s = g[r % c];
+        values.iter_mut().for_each(|v| *v = *v * s);
     }
+    *x = contiguous;
 }
 
 impl<T: Float> Layer<T> for ConvNeXtBlock<T> {
@@ -400,12 +411,14 @@ impl<T: Float> Layer<T> for ConvNeXtBlock<T> {
                 let grad = g.grad.as_slice_mut().ok_or_else(|| {
                     Error::shape("convnext_block", "gamma's grad is not contiguous")
                 })?;
-                for (ds, bs) in d.outer_iter().zip(branch.outer_iter()) {
-                    for ((dc, bc), gc) in ds.outer_iter().zip(bs.outer_iter()).zip(grad.iter_mut())
-                    {
-                        *gc +=
-                            dc.iter().zip(bc.iter()).fold(T::zero(), |acc, (&a, &b)| acc + a * b);
-                    }
+                let c = grad.len();
+                let (d, branch) = (d.as_standard_layout(), branch.as_standard_layout());
+                let (ds, bs) = (d.as_slice().unwrap_or(&[]), branch.as_slice().unwrap_or(&[]));
+                let plane = ds.len() / (d.shape()[0] * c).max(1);
+                for (r, (dc, bc)) in
+                    ds.chunks_exact(plane.max(1)).zip(bs.chunks_exact(plane.max(1))).enumerate()
+                {
+                    grad[r % c] += dc.iter().zip(bc).fold(T::zero(), |acc, (&a, &b)| acc + a * b);
                 }
             }
             scale_channels(&mut d, &g.value);
