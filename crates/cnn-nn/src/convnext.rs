@@ -382,7 +382,7 @@ fn scale_channels<T: Float>(x: &mut ArrayD<T>, g: &ArrayD<T>) {
     let data = contiguous.as_slice_mut().expect("standard layout is contiguous");
     for (r, values) in data.chunks_exact_mut(plane.max(1)).enumerate() {
         let s = g[r % c];
-        values.iter_mut().for_each(|v| *v = *v * s);
+        values.iter_mut().for_each(|v| *v *= s);
     }
     *x = contiguous;
 }
