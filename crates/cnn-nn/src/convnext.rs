@@ -124,7 +124,7 @@ fn products<T: Float>(
             (s * p, Pooled::<T>::take(k * s * p), Pooled::<T>::take(m * s * p));
         for (si, sample) in i.chunks_exact(k * p).enumerate() {
             for (c, row) in sample.chunks_exact(p).enumerate() {
-                gi[c * cols + si * p..][..p].copy_from_slice(row);
+                copy_row(&mut gi[c * cols + si * p..][..p], row);
             }
         }
         let gi_v = ndarray::ArrayView2::from_shape((k, cols), &gi[..]).map_err(shape_err)?;
@@ -135,12 +135,32 @@ fn products<T: Float>(
                 let src = &go[r * cols + si * p..][..p];
                 match bias {
                     Some(b) => row.iter_mut().zip(src).for_each(|(d, &v)| *d = v + b[r]),
-                    None => row.copy_from_slice(src),
+                    None => copy_row(row, src),
                 }
             }
         }
         Ok(())
     })
+}
+
+/// `dst ← src` for the rows of one sample's plane, which on ConvNeXt's
+/// small maps are 4 to 64 values: in blocks of 8 moved in registers, since a
+/// `memmove` call per row of a few values was 12% of the train step.
+#[inline(always)]
+fn copy_row<T: Copy>(dst: &mut [T], src: &[T]) {
+    if src.len() >= 256 {
+        dst.copy_from_slice(src);
+        return;
+    }
+    let (mut d, mut s) = (dst.chunks_exact_mut(8), src.chunks_exact(8));
+    for (a, b) in (&mut d).zip(&mut s) {
+        let b: &[T; 8] = b.try_into().expect("8 values");
+        let a: &mut [T; 8] = a.try_into().expect("8 values");
+        *a = *b;
+    }
+    for (a, &b) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *a = b;
+    }
 }
 
 /// Row blocks of `dW` computed in parallel, each one product over every
@@ -162,7 +182,7 @@ fn weight_grad<T: Float>(x: &[T], dy: &[T], (o, i, p): (usize, usize, usize)) ->
         let mut g = Pooled::<T>::take(rows * cols);
         for (si, sample) in src.chunks_exact(rows * p).enumerate() {
             for (c, row) in sample.chunks_exact(p).enumerate() {
-                g[c * cols + si * p..][..p].copy_from_slice(row);
+                copy_row(&mut g[c * cols + si * p..][..p], row);
             }
         }
         g
