@@ -182,11 +182,15 @@ pub(super) fn gather_patches<T: Float>(
     let last = max_offset + (alpha - 1) * (width + 1);
     assert!(last < data.len() && alpha <= MAX_ALPHA, "patches inside the planes");
     debug_assert!(offsets.iter().all(|&o| o as usize <= max_offset));
+    // The gathers index with signed 32-bit lanes: planes past 2^31 values
+    // (8 GiB of f32 in one chunk) take the element copy.
     #[cfg(target_arch = "x86_64")]
-    if cnn_tensor::simd::level() == cnn_tensor::simd::SimdLevel::Avx512 {
+    if cnn_tensor::simd::level() == cnn_tensor::simd::SimdLevel::Avx512 && last <= i32::MAX as usize
+    {
         if let (Some(src), Some(dst)) = (T::as_f32(data), as_f32_lanes(d)) {
             // SAFETY: AVX-512F is present (the level says so); every index read,
-            // offsets[l] + i·width + j ≤ `last`, is inside `src` (asserted above).
+            // offsets[l] + i·width + j ≤ `last` ≤ i32::MAX, is inside `src` (asserted
+            // above) and positive as a signed 32-bit lane.
             unsafe { gather_patches_avx512(src, offsets, alpha, width, dst) };
             return;
         }
@@ -225,7 +229,7 @@ fn as_f32_lanes<T: Float>(d: &mut Lanes<T>) -> Option<&mut [[f32; LANES]; MAX_AL
 ///
 /// # Safety
 /// The CPU has AVX-512F; every `offsets[l] + i·width + j` (`i, j < alpha`)
-/// indexes `src`.
+/// indexes `src` and is at most `i32::MAX` (the gathers' lanes are signed).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn gather_patches_avx512(
