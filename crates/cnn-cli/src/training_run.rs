@@ -449,6 +449,7 @@ pub fn fit_run(
     } else {
         trainer.fit(model, train, Some(val))
     };
+    let fit_seconds = fit_started.elapsed().as_secs_f64();
     if rank == 0 {
         // Whatever the outcome (an error included), the list of what was left out stays.
         if let Err(e) = info.write_skipped(out) {
@@ -499,7 +500,7 @@ pub fn fit_run(
     }
     let times = RunTimes {
         fit_started,
-        fit_seconds: fit_started.elapsed().as_secs_f64() - testing.elapsed().as_secs_f64(),
+        fit_seconds,
         phases: report.phases,
         test_seconds: testing.elapsed().as_secs_f64(),
     };

@@ -25,14 +25,17 @@ fn valid_range(out_len: usize, stride: usize, offset: isize, len: usize) -> (usi
 /// Per kernel row `i` and column `j`: the tap's offset and the output
 /// positions whose input lies inside the image, `(offset, lo, hi)`. The same
 /// for every channel, so computed once per call, not once per channel and
-/// tap (on 8×8 digits the divisions were 4.5% of a train step).
-struct TapRanges {
+/// tap (on 8×8 digits the divisions were 4.5% of a train step). A worker
+/// makes them once per conv call and hands them to every [`im2col`] and
+/// [`col2im`] of the call.
+pub(crate) struct TapRanges {
     rows: Vec<(isize, usize, usize)>,
     cols: Vec<(isize, usize, usize)>,
 }
 
 impl TapRanges {
-    fn new(g: &ConvGeometry) -> Self {
+    /// The ranges of `g`'s taps.
+    pub(crate) fn new(g: &ConvGeometry) -> Self {
         let [sh, sw] = g.opts.stride;
         let [ph, pw] = g.opts.padding;
         let [dh, dw] = g.opts.dilation;
@@ -60,8 +63,10 @@ impl TapRanges {
 /// `sw` phases (`x[q], x[q + sw], …` for `q < sw`) in `phases`, so that every
 /// kernel tap copies a contiguous run instead of gathering with a stride:
 /// the strided reads happen once per input element, not once per tap.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn im2col<T: Float>(
     g: &ConvGeometry,
+    taps: &TapRanges,
     x: &[T],
     c0: usize,
     out_rows: Range<usize>,
@@ -76,7 +81,6 @@ pub(crate) fn im2col<T: Float>(
     if sw > 1 {
         split_phases(g, x, c0, &in_rows, phases);
     }
-    let taps = TapRanges::new(g);
     let mut row = 0;
     for cc in 0..g.c_in_g() {
         let plane = &x[(c0 + cc) * h * w..(c0 + cc + 1) * h * w];
@@ -241,8 +245,10 @@ fn split_phases<T: Float>(
 /// With a horizontal stride `sw > 1` the taps are summed into `phases` (the
 /// layout [`im2col`] reads from) with contiguous adds, and the phases are
 /// interleaved back onto `dx` once at the end.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn col2im<T: Float>(
     g: &ConvGeometry,
+    taps: &TapRanges,
     col: &[T],
     ld: usize,
     out_rows: Range<usize>,
@@ -254,7 +260,6 @@ pub(crate) fn col2im<T: Float>(
     let (h, w, wo) = (g.h, g.w, g.wo);
     let in_rows = input_rows(g, &out_rows);
     let width = w.div_ceil(sw);
-    let taps = TapRanges::new(g);
     if sw > 1 {
         let needed = g.c_in_g() * in_rows.len() * sw * width;
         if phases.len() < needed {

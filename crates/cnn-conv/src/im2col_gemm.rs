@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use std::ops::Range;
 
 use crate::epilogue::Finish;
-use crate::im2col::{col2im, im2col};
+use crate::im2col::{col2im, im2col, TapRanges};
 use crate::matrix::{mat, mat_mut, product};
 use crate::ConvGeometry;
 
@@ -178,6 +178,8 @@ struct Scratch<T: Float> {
     phases: Pooled<T>,
     /// The right operand of `gemm_packed`, packed.
     packed: Pooled<T>,
+    /// Each tap's valid output range, for every im2col and col2im of the call.
+    taps: TapRanges,
 }
 
 impl<T: Float> Scratch<T> {
@@ -191,6 +193,7 @@ impl<T: Float> Scratch<T> {
             out: Pooled::take(out_len),
             phases: Pooled::take(0),
             packed: Pooled::take(0),
+            taps: TapRanges::new(g),
         }
     }
 }
@@ -213,7 +216,8 @@ fn forward_sample<T: Float>(
             let col = if g.is_pointwise() {
                 mat(&x[grp * cg * area + offset..], cg, cols, area)
             } else {
-                im2col(g, x, grp * cg, tile, &mut scratch.col, cols, scratch.phases.vec_mut());
+                let (col, phases) = (&mut scratch.col, scratch.phases.vec_mut());
+                im2col(g, &scratch.taps, x, grp * cg, tile, col, cols, phases);
                 mat(&scratch.col, rows, cols, cols)
             };
             let out = mat_mut(&mut y[grp * cog * area + offset..], cog, cols, area);
@@ -237,6 +241,7 @@ fn im2col_side_by_side<T: Float>(
     for (si, x) in x_blk.chunks(per_in).take(s).enumerate() {
         im2col(
             g,
+            &scratch.taps,
             x,
             grp * g.c_in_g(),
             0..g.ho,
@@ -437,6 +442,7 @@ fn backward_sample<T: Float>(
             } else {
                 im2col(
                     g,
+                    &scratch.taps,
                     x,
                     grp * cg,
                     tile.clone(),
@@ -448,7 +454,8 @@ fn backward_sample<T: Float>(
                 add_weight_grad(dy_t, col, dw_g, plan.split);
                 let dcol = mat_mut(&mut scratch.col, rows, cols, cols);
                 product(&weights_t[grp], dy_t, dcol, plan.split, scratch.packed.vec_mut());
-                col2im(g, &scratch.col, cols, tile, grp * cg, dx, scratch.phases.vec_mut());
+                let (col, phases) = (&scratch.col, scratch.phases.vec_mut());
+                col2im(g, &scratch.taps, col, cols, tile, grp * cg, dx, phases);
             }
         }
     }
@@ -487,6 +494,7 @@ fn backward_samples<T: Float>(
             let dx = &mut dx_blk[si * per_in..(si + 1) * per_in];
             col2im(
                 g,
+                &scratch.taps,
                 &scratch.col[si * area..],
                 cols,
                 0..g.ho,

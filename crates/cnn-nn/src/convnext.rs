@@ -119,14 +119,10 @@ fn products<T: Float>(
             let o = ndarray::ArrayViewMut2::from_shape((m, p), o).map_err(shape_err)?;
             return gemm_packed_split(a, i, beta, o, split);
         }
-        // Gathered: gi[c, si·p + q] = i[si, c, q]; every value written before it is read.
+        // Every value of both written before it is read.
         let (cols, mut gi, mut go) =
             (s * p, Pooled::<T>::take(k * s * p), Pooled::<T>::take(m * s * p));
-        for (si, sample) in i.chunks_exact(k * p).enumerate() {
-            for (c, row) in sample.chunks_exact(p).enumerate() {
-                copy_row(&mut gi[c * cols + si * p..][..p], row);
-            }
-        }
+        side_by_side(i, k, p, &mut gi);
         let gi_v = ndarray::ArrayView2::from_shape((k, cols), &gi[..]).map_err(shape_err)?;
         let go_v = ndarray::ArrayViewMut2::from_shape((m, cols), &mut go[..]).map_err(shape_err)?;
         gemm_packed_split(a, gi_v, T::zero(), go_v, split)?;
@@ -141,6 +137,17 @@ fn products<T: Float>(
         }
         Ok(())
     })
+}
+
+/// `dst[c, si·p + q] = src[si, c, q]`: the samples of `src` (`[s, rows, p]`)
+/// side by side in one `[rows, s·p]` matrix.
+fn side_by_side<T: Copy>(src: &[T], rows: usize, p: usize, dst: &mut [T]) {
+    let cols = src.len() / rows.max(1);
+    for (si, sample) in src.chunks_exact(rows * p).enumerate() {
+        for (c, row) in sample.chunks_exact(p).enumerate() {
+            copy_row(&mut dst[c * cols + si * p..][..p], row);
+        }
+    }
 }
 
 /// `dst ← src` for the rows of one sample's plane, which on ConvNeXt's
@@ -180,11 +187,7 @@ fn weight_grad<T: Float>(x: &[T], dy: &[T], (o, i, p): (usize, usize, usize)) ->
     let gather = |src: &[T], rows: usize| {
         // Every value written before it is read.
         let mut g = Pooled::<T>::take(rows * cols);
-        for (si, sample) in src.chunks_exact(rows * p).enumerate() {
-            for (c, row) in sample.chunks_exact(p).enumerate() {
-                copy_row(&mut g[c * cols + si * p..][..p], row);
-            }
-        }
+        side_by_side(src, rows, p, &mut g);
         g
     };
     let (gx, gdy) = (gather(x, i), gather(dy, o));

@@ -314,8 +314,9 @@ impl<T: Float> PaddedPlanes<T> {
         Self::copied(grid, M, planes, samples, (g.ho, g.wo), (0, 0), size)
     }
 
-    /// Zeroed planes of whole tiles of `M`, for the output transform to
-    /// write into before the planes are cropped ([`PaddedPlanes::offset`]).
+    /// Planes of whole tiles of `M` (contents unspecified: every tile is
+    /// written before the crop reads it), for the output transform to write
+    /// into before the planes are cropped onto the output.
     fn blank<const M: usize>(grid: &Grid, samples: usize) -> Self {
         let (height, width) = (grid.rows * M, grid.cols * M);
         // Every tile's values are written before the crop reads them.
