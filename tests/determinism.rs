@@ -36,7 +36,7 @@ fn step_bits(
             apply_gradients(&mut optimizer, &schedule, &mut model, step).unwrap();
         }
         model.visit("", &mut |_, p| {
-            bits.extend(p.value.iter().map(|v| u64::from(v.to_bits())));
+            bits.extend(p.value().iter().map(|v| u64::from(v.to_bits())));
             bits.extend(p.grad.iter().map(|v| u64::from(v.to_bits())));
         });
         bits

@@ -319,8 +319,13 @@ fn load<T: Float>(
     let mut missing: Vec<&str> = pairs.iter().map(|p| p.0).collect();
     layer.visit_mut("", &mut |key, p| {
         if let Some((_, name)) = pairs.iter().find(|(k, _)| *k == key) {
-            p.value =
-                c.t::<T>(name).into_shape_with_order(p.value.raw_dim()).expect("parameter shape");
+            {
+                let new_value = c
+                    .t::<T>(name)
+                    .into_shape_with_order(p.value().raw_dim())
+                    .expect("parameter shape");
+                p.set_value(new_value);
+            }
             missing.retain(|m| *m != key);
         }
     });
@@ -336,7 +341,7 @@ fn param<T: Float>(layer: &mut dyn Layer<T>, key: &str, grad: bool) -> ArrayD<T>
     let mut out = None;
     layer.visit_mut("", &mut |k, p| {
         if k == key {
-            out = Some(if grad { p.grad.clone() } else { p.value.clone() });
+            out = Some(if grad { p.grad.clone() } else { p.value().clone() });
         }
     });
     out.unwrap_or_else(|| panic!("no parameter {key}"))
@@ -498,7 +503,7 @@ fn check_optimizer<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), Stri
     for g in grads.outer_iter() {
         p.grad = g.to_owned();
         opt.update("p", &mut p).map_err(e)?;
-        after.push(p.value.clone().insert_axis(ndarray::Axis(0)));
+        after.push(p.value().clone().insert_axis(ndarray::Axis(0)));
     }
     let views: Vec<_> = after.iter().map(|a| a.view()).collect();
     let all = ndarray::concatenate(ndarray::Axis(0), &views).map_err(|err| err.to_string())?;
@@ -590,7 +595,7 @@ fn check_model<T: Float>(c: &Case, cmp: &mut Compare<'_>) -> Result<(), String> 
             grads.push((key.to_string(), p.grad.clone()));
         }
         if c.has(&format!("after_train.{key}")) {
-            after.push((key.to_string(), p.value.clone()));
+            after.push((key.to_string(), p.value().clone()));
         }
     });
     let grad_count = c.floats.keys().filter(|k| k.starts_with("grad.")).count();
@@ -707,7 +712,8 @@ fn build_model<T: Float>(c: &Case) -> Result<cnn::nn::Sequential<T>, String> {
                 return;
             }
         };
-        p.value = value.into_shape_with_order(p.value.raw_dim()).expect("parameter shape");
+        let new_value = value.into_shape_with_order(p.value().raw_dim()).expect("parameter shape");
+        p.set_value(new_value);
     });
     let extra: Vec<&String> = c
         .floats

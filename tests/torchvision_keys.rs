@@ -34,7 +34,7 @@ fn ours(mut model: Sequential<f32>) -> Vec<(String, Vec<usize>, String)> {
     let mut got = Vec::new();
     model.visit_mut("", &mut |key, p| {
         let dtype = if key.ends_with("num_batches_tracked") { "int64" } else { "float64" };
-        got.push((key.to_string(), p.value.shape().to_vec(), dtype.to_string()));
+        got.push((key.to_string(), p.value().shape().to_vec(), dtype.to_string()));
     });
     got
 }
@@ -154,10 +154,10 @@ fn zero_init_residual_and_summary() {
     assert_eq!(zero_init_residual(&mut r18), 8, "one bn2 per BasicBlock");
     r18.visit_mut("", &mut |k, p| {
         if k == "layer1.0.bn2.weight" {
-            assert!(p.value.iter().all(|&v| v == 0.0));
+            assert!(p.value().iter().all(|&v| v == 0.0));
         }
         if k == "layer1.0.bn1.weight" {
-            assert!(p.value.iter().all(|&v| v == 1.0));
+            assert!(p.value().iter().all(|&v| v == 1.0));
         }
     });
 

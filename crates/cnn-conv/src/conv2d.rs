@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use crate::epilogue::{bias_grad, Epilogue, Finish};
 use crate::im2col_gemm::{self, Pass, Plan};
 use crate::matrix::contiguous;
-use crate::weight_cache::WeightCache;
+use crate::weight_cache::Prepared;
 use crate::winograd::{self, Tile};
 use crate::{Conv2dOptions, ConvAlgorithm, ConvGeometry};
 
@@ -171,13 +171,13 @@ pub fn conv2d_forward_with<T: Float>(
 
 /// [`conv2d_forward_with`], keeping the weights prepared for the kernel (the
 /// Winograd transform, or the packed `W_g`) in `cache` between calls (a layer
-/// in eval mode: the weights rarely change there).
+/// in eval mode: the weights rarely change there), for `w` at the version given.
 pub(crate) fn conv2d_forward_cached<T: Float>(
     x: ArrayView4<'_, T>,
     w: ArrayView4<'_, T>,
     b: Option<ArrayView1<'_, T>>,
     opts: &Conv2dOptions,
-    cache: Option<&mut WeightCache<T>>,
+    cache: Option<Prepared<'_, T>>,
     epilogue: Epilogue,
 ) -> Result<Array4<T>> {
     let g = ConvGeometry::new(x.shape(), w.shape(), opts)?;
@@ -195,7 +195,9 @@ pub(crate) fn conv2d_forward_cached<T: Float>(
             let build = || winograd::transform_weights(tile, &g, ws, cols);
             let fresh;
             let u = match cache {
-                Some(c) => c.winograd((tile.m(), g.opts.groups, cols), ws, build),
+                Some((c, version)) => {
+                    c.winograd((tile.m(), g.opts.groups, cols), (version, ws), build)
+                }
                 None => {
                     fresh = build();
                     &fresh
@@ -208,7 +210,9 @@ pub(crate) fn conv2d_forward_cached<T: Float>(
             let build = || im2col_gemm::pack_weights(&g, &plan, ws, false);
             let fresh;
             let packed = match cache {
-                Some(c) => c.im2col((g.opts.groups, plan.max_cols(&g)), ws, build),
+                Some((c, version)) => {
+                    c.im2col((g.opts.groups, plan.max_cols(&g)), (version, ws), build)
+                }
                 None => {
                     fresh = build();
                     &fresh

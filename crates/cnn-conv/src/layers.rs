@@ -214,14 +214,15 @@ impl<T: Float> Conv2d<T> {
                 w,
                 b,
                 &self.options,
-                Some(&mut self.eval_weights),
+                Some((&mut self.eval_weights, self.weight.version())),
                 epilogue,
             ),
             Some(norm) => {
                 let b = b.map(|b| b.to_vec());
-                let (w, b, winograd) = self.folded.get(w, b.as_deref(), norm)?;
+                let versions = (self.weight.version(), self.bias.as_ref().map(Param::version));
+                let (w, b, prepared) = self.folded.get(w, b.as_deref(), versions, norm)?;
                 let b = ndarray::ArrayView1::from(b);
-                conv2d_forward_cached(x, w, Some(b), &self.options, Some(winograd), epilogue)
+                conv2d_forward_cached(x, w, Some(b), &self.options, Some(prepared), epilogue)
             }
         }
     }
@@ -238,13 +239,13 @@ fn views<'a, T: Float>(
     bias: Option<&'a Param<T>>,
 ) -> Result<(ArrayView4<'a, T>, Option<ArrayView1<'a, T>>)> {
     let w = weight
-        .value
+        .value()
         .view()
         .into_dimensionality::<Ix4>()
         .map_err(|_| Error::shape("conv2d", "weight must be 4-D"))?;
     let b = match bias {
         Some(b) => Some(
-            b.value
+            b.value()
                 .view()
                 .into_dimensionality::<Ix1>()
                 .map_err(|_| Error::shape("conv2d", "bias must be 1-D"))?,
@@ -259,7 +260,7 @@ impl<T: Float> Layer<T> for Conv2d<T> {
         let x = to4("conv2d", x)?;
         let (w, b) = views(&self.weight, self.bias.as_ref())?;
         // In eval mode the Winograd weight transform is kept between calls.
-        let cache = (mode == Mode::Eval).then_some(&mut self.eval_weights);
+        let cache = (mode == Mode::Eval).then_some((&mut self.eval_weights, self.weight.version()));
         let y = conv2d_forward_cached(x.view(), w, b, &self.options, cache, Epilogue::None)?;
         self.cache = (mode == Mode::Train).then_some(x);
         Ok(y.into_dyn())

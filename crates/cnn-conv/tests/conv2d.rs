@@ -198,11 +198,11 @@ fn default_init_is_pytorchs() {
     let mut rng = random::seeded_rng(4);
     let conv = Conv2d::<f64>::new(Conv2dConfig::new(64, 32, 3), &mut rng).unwrap();
     let bound = 1.0 / 576f64.sqrt();
-    let w = &conv.weight.value;
+    let w = &conv.weight.value();
     assert!(w.iter().all(|v| v.abs() <= bound));
     let var = w.mapv(|v| v * v).mean().unwrap();
     assert!((var / (bound * bound / 3.0) - 1.0).abs() < 0.05, "variance {var}");
-    let b = conv.bias.as_ref().unwrap().value.view().into_dimensionality::<Ix1>().unwrap();
+    let b = conv.bias.as_ref().unwrap().value().view().into_dimensionality::<Ix1>().unwrap();
     assert!(b.iter().all(|v| v.abs() <= bound));
 }
 

@@ -165,29 +165,61 @@ fn with_conv_algorithm_overrides_auto_in_its_scope_only() {
     assert_eq!(cnn_conv::with_conv_algorithm(ConvAlgorithm::Im2col, || run(&explicit)), winograd);
 }
 
+/// Eval mode keeps the weights prepared for the kernel (Winograd's
+/// transform, the im2col path's packing, each with and without a folded
+/// norm) until they change, through any write to the layer's fields: each
+/// output equals, bit for bit, that of a layer built afresh from the same
+/// values (nothing cached), and differs from the one before the write.
 #[test]
-fn eval_mode_keeps_the_weight_transform_until_the_weight_changes() {
-    use cnn_conv::{Conv2d, Conv2dConfig};
-    use cnn_tensor::{Layer, Mode};
+fn eval_mode_keeps_prepared_weights_until_a_field_write() {
+    use cnn_conv::{ChannelAffine, Conv2d, Conv2dConfig, Epilogue};
+    use cnn_tensor::{Layer, Mode, Param};
     let mut rng = cnn_tensor::random::seeded_rng(3);
-    let cfg = Conv2dConfig::new(32, 32, 3).with_padding(1);
-    let mut conv = Conv2d::<f32>::new(cfg, &mut rng).unwrap();
-    conv.options = conv.options.with_algorithm(ConvAlgorithm::Winograd4);
     let x = cnn_tensor::random::normal::<f32, _>(&[2, 32, 10, 10], 0.0, 1.0, &mut rng);
-    let direct = |conv: &Conv2d<f32>| {
-        let w = conv.weight.value.view().into_dimensionality::<ndarray::Ix4>().unwrap();
-        let b = conv.bias.as_ref().unwrap().value.view().into_dimensionality::<ndarray::Ix1>();
-        let x4 = x.view().into_dimensionality::<ndarray::Ix4>().unwrap();
-        conv2d_forward(x4, w, Some(b.unwrap()), &conv.options).unwrap().into_dyn()
-    };
-    let first = conv.forward(x.clone(), Mode::Eval).unwrap();
-    assert_eq!(first, direct(&conv));
-    assert_eq!(conv.forward(x.clone(), Mode::Eval).unwrap(), first, "the cached transform");
-    // A weight changed through the public field: the cache must notice.
-    conv.weight.value[[0, 0, 1, 1]] += 1.0;
-    let changed = conv.forward(x.clone(), Mode::Eval).unwrap();
-    assert_eq!(changed, direct(&conv));
-    assert_ne!(changed, first);
+    let (scale, shift) = (vec![0.5f32; 32], vec![0.25f32; 32]);
+    let norm = ChannelAffine { scale: &scale, shift: &shift };
+    let x4 = || x.view().into_dimensionality::<ndarray::Ix4>().unwrap();
+    for algorithm in [ConvAlgorithm::Winograd4, ConvAlgorithm::Im2col] {
+        for folded in [false, true] {
+            let cfg = Conv2dConfig::new(32, 32, 3).with_padding(1);
+            let mut conv = Conv2d::<f32>::new(cfg, &mut rng).unwrap();
+            conv.options = conv.options.with_algorithm(algorithm);
+            let run = |conv: &mut Conv2d<f32>| {
+                if folded {
+                    conv.forward_fused(x4(), Some(norm), Epilogue::Relu).unwrap().into_dyn()
+                } else {
+                    conv.forward(x.clone(), Mode::Eval).unwrap()
+                }
+            };
+            let fresh = |conv: &Conv2d<f32>| {
+                let w = conv.weight.value().clone();
+                let b = conv.bias.as_ref().map(|b| b.value().clone());
+                run(&mut Conv2d::from_weights(w, b, conv.options).unwrap())
+            };
+            let case = format!("{algorithm:?}, folded: {folded}");
+            let mut before = run(&mut conv);
+            assert_eq!(run(&mut conv), before, "{case}: the cached weights");
+            type Write<'a> = (&'a str, &'a dyn Fn(&mut Conv2d<f32>));
+            let writes: [Write<'_>; 4] = [
+                ("an element through value_mut", &|c| c.weight.value_mut()[[0, 0, 1, 1]] += 1.0),
+                ("set_value", &|c| {
+                    let w = c.weight.value() * 0.5;
+                    c.weight.set_value(w);
+                }),
+                ("a new Param in the field", &|c| {
+                    c.weight = Param::new(c.weight.value().mapv(|v| v - 0.01));
+                }),
+                ("the bias", &|c| c.bias.as_mut().unwrap().value_mut()[3] += 2.0),
+            ];
+            for (what, write) in writes {
+                write(&mut conv);
+                let now = run(&mut conv);
+                assert_eq!(now, fresh(&conv), "{case}: stale after {what}");
+                assert_ne!(now, before, "{case}: {what} changed nothing");
+                before = now;
+            }
+        }
+    }
 }
 
 fn small_case() -> impl Strategy<Value = Case> {

@@ -125,10 +125,14 @@ pub fn vgg<T: Float, R: Rng + ?Sized>(config: &VggConfig, rng: &mut R) -> Result
         }
         let cfg = Conv2dConfig::new(c_in, v, 3).with_padding(1);
         let mut conv = Conv2d::<T>::new(cfg, rng)?;
-        conv.weight.value =
-            kaiming_normal(&cfg.weight_shape(), FanMode::FanOut, Nonlinearity::Relu, rng)?;
+        conv.weight.set_value(kaiming_normal(
+            &cfg.weight_shape(),
+            FanMode::FanOut,
+            Nonlinearity::Relu,
+            rng,
+        )?);
         if let Some(b) = conv.bias.as_mut() {
-            b.value = zeros(&[v]);
+            b.set_value(zeros(&[v]));
         }
         features = features.push(conv);
         if batch_norm {
@@ -139,9 +143,9 @@ pub fn vgg<T: Float, R: Rng + ?Sized>(config: &VggConfig, rng: &mut R) -> Result
     }
     let linear = |i, o, rng: &mut R| -> Result<Linear<T>> {
         let mut l = Linear::new(LinearConfig::new(i, o), rng)?;
-        l.weight.value = normal(&[o, i], 0.0, 0.01, rng)?;
+        l.weight.set_value(normal(&[o, i], 0.0, 0.01, rng)?);
         if let Some(b) = l.bias.as_mut() {
-            b.value = zeros(&[o]);
+            b.set_value(zeros(&[o]));
         }
         Ok(l)
     };

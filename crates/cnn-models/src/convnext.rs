@@ -82,9 +82,9 @@ impl Default for ConvNeXtConfig {
 
 fn conv_with_bias<T: Float, R: Rng + ?Sized>(cfg: Conv2dConfig, rng: &mut R) -> Result<Conv2d<T>> {
     let mut conv = Conv2d::new(cfg, rng)?;
-    conv.weight.value = trunc02(&cfg.weight_shape(), rng)?;
+    conv.weight.set_value(trunc02(&cfg.weight_shape(), rng)?);
     if let Some(b) = conv.bias.as_mut() {
-        b.value.fill(T::zero());
+        b.value_mut().fill(T::zero());
     }
     Ok(conv)
 }
@@ -160,10 +160,11 @@ pub fn convnext<T: Float, R: Rng + ?Sized>(
     }
     let last = dims[dims.len() - 1];
     let mut fc = Linear::<T>::new(LinearConfig::new(last, cfg.num_classes), rng)?;
-    fc.weight.value =
-        trunc02::<T, _>(&[cfg.num_classes, last], rng)?.mapv(|v| v * T::of(cfg.head_init_scale));
+    fc.weight.set_value(
+        trunc02::<T, _>(&[cfg.num_classes, last], rng)?.mapv(|v| v * T::of(cfg.head_init_scale)),
+    );
     if let Some(b) = fc.bias.as_mut() {
-        b.value.fill(T::zero());
+        b.value_mut().fill(T::zero());
     }
     let head = Sequential::new()
         .push_named("global_pool", GlobalAvgPool2d::new())

@@ -25,9 +25,10 @@ fn settle(net: &mut Sequential<f32>, x: &ArrayD<f32>) {
     let mut rng = seeded_rng(7);
     net.visit_mut("", &mut |k, p| {
         let norm = k.contains("bn") || k.contains("downsample.1") || k.starts_with("features.");
-        if norm && p.value.ndim() == 1 && (k.ends_with("weight") || k.ends_with("bias")) {
-            let noise: ArrayD<f32> = normal(p.value.shape(), 0.0, 0.3, &mut rng);
-            p.value = &p.value + &noise;
+        if norm && p.value().ndim() == 1 && (k.ends_with("weight") || k.ends_with("bias")) {
+            let noise: ArrayD<f32> = normal(p.value().shape(), 0.0, 0.3, &mut rng);
+            let new_value = p.value() + &noise;
+            p.set_value(new_value);
         }
     });
 }
@@ -124,7 +125,7 @@ fn changed_weights_invalidate_the_folded_ones() {
     {
         net.visit_mut("", &mut |k, p| {
             if k == key {
-                p.value.iter_mut().step_by(3).for_each(|v| *v += 0.5);
+                p.value_mut().iter_mut().step_by(3).for_each(|v| *v += 0.5);
             }
         });
         let fused = net.forward(x.clone(), Mode::Eval).unwrap();
@@ -145,16 +146,83 @@ fn changed_weights_invalidate_the_folded_ones() {
 fn read_only_and_mutable_visitors_agree_on_every_model() {
     for (name, mut net, _) in models() {
         let mut read: Vec<(String, Vec<usize>, bool)> = Vec::new();
-        net.visit("", &mut |k, p| read.push((k.to_string(), p.value.shape().to_vec(), p.buffer)));
+        net.visit("", &mut |k, p| read.push((k.to_string(), p.value().shape().to_vec(), p.buffer)));
         let mut written: Vec<(String, Vec<usize>, bool)> = Vec::new();
         net.visit_mut("", &mut |k, p| {
-            written.push((k.to_string(), p.value.shape().to_vec(), p.buffer));
+            written.push((k.to_string(), p.value().shape().to_vec(), p.buffer));
         });
         assert!(!read.is_empty(), "{name}");
         assert_eq!(read, written, "{name}");
         net.visit("", &mut |k, p| {
-            let expected: &[usize] = if p.buffer { &[0] } else { p.value.shape() };
+            let expected: &[usize] = if p.buffer { &[0] } else { p.value().shape() };
             assert_eq!(p.grad.shape(), expected, "{name} {k}");
         });
     }
+}
+
+/// The same architecture with `net`'s values, built afresh: no weights
+/// prepared for eval yet.
+fn rebuilt(net: &Sequential<f32>, cfg: &CifarResNetConfig) -> Sequential<f32> {
+    let mut values = Vec::new();
+    net.visit("", &mut |_, p| values.push(p.value().clone()));
+    let mut copy = cifar_resnet(cfg, &mut seeded_rng(99)).unwrap();
+    let mut values = values.into_iter();
+    copy.visit_mut("", &mut |_, p| p.set_value(values.next().unwrap()));
+    copy
+}
+
+/// The weights a layer prepares for eval (packed, Winograd-transformed,
+/// folded with the next norm) are rebuilt after every way a weight can
+/// change: an optimizer step, `load_state_dict`, `visit_mut`. Each time the
+/// net's eval outputs, fused and not, equal bit for bit those of a net built
+/// afresh with the same values, which has nothing cached: a cache that missed
+/// a change would give the old weights' outputs. (A write through a layer's
+/// field is tested on `Conv2d` itself, in cnn-conv's tests.)
+#[test]
+fn cached_eval_weights_follow_every_way_a_weight_can_change() {
+    let cfg = CifarResNetConfig::new(8);
+    let mut net: Sequential<f32> = cifar_resnet(&cfg, &mut seeded_rng(2)).unwrap();
+    let x: ArrayD<f32> = normal(&[2, 3, 16, 16], 0.0, 1.0, &mut seeded_rng(5));
+    settle(&mut net, &x);
+    let eval = |net: &mut Sequential<f32>| {
+        let fused = net.forward(x.clone(), Mode::Eval).unwrap();
+        (fused, with_fusion(false, || net.forward(x.clone(), Mode::Eval)).unwrap())
+    };
+    let mut before = eval(&mut net);
+    let mut check = |net: &mut Sequential<f32>, what: &str| {
+        let now = eval(net);
+        assert_eq!(now, eval(&mut rebuilt(net, &cfg)), "{what}: eval used stale weights");
+        assert_ne!(now.0, before.0, "{what} changed nothing");
+        before = now;
+    };
+
+    // An optimizer step (after a train forward, which also moves the running statistics).
+    let mut opt = cnn_optim::Optimizer::new(cnn_optim::Rule::sgd(0.9), 0.05, 0.0).unwrap();
+    opt.zero_grad(&mut net);
+    let logits = net.forward(x.clone(), Mode::Train).unwrap();
+    let (_, dlogits) = cnn_tensor::cross_entropy(&logits, &[1, 7], 0.0).unwrap();
+    net.backward(dlogits).unwrap();
+    opt.step(&mut net).unwrap();
+    check(&mut net, "an optimizer step");
+    // The step alone this time (the same gradients again): the running
+    // statistics, which the folds compare by value, stay as they were.
+    opt.step(&mut net).unwrap();
+    check(&mut net, "a step with no forward");
+
+    // load_state_dict from another net of the same architecture.
+    let scratch = cnn_test_support::temp_dir("fusion-load");
+    let path = scratch.path().join("other.safetensors");
+    let mut other = cifar_resnet(&cfg, &mut seeded_rng(3)).unwrap();
+    settle(&mut other, &x);
+    cnn_nn::save_state_dict(&other, &path, cnn_nn::SaveDtype::F32).unwrap();
+    cnn_nn::load_state_dict(&mut net, &path, cnn_nn::LoadMode::Strict).unwrap();
+    check(&mut net, "load_state_dict");
+
+    // visit_mut, on one conv weight only.
+    net.visit_mut("", &mut |k, p| {
+        if k == "layer2.0.conv2.weight" {
+            p.value_mut().iter_mut().step_by(5).for_each(|v| *v *= -1.0);
+        }
+    });
+    check(&mut net, "visit_mut");
 }

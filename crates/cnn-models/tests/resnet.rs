@@ -104,7 +104,7 @@ fn snapshot(net: &mut dyn Layer<f32>, prefix: &str) -> Vec<(String, cnn_tensor::
     let mut out = Vec::new();
     net.visit_mut("", &mut |k, p| {
         if k.starts_with(prefix) {
-            out.push((k.to_string(), p.value.clone()));
+            out.push((k.to_string(), p.value().clone()));
         }
     });
     out
@@ -137,7 +137,8 @@ fn a_one_block_per_stage_convnext_passes_the_gradient_checker() {
     let mut rng = seeded_rng(3);
     net.visit_mut("", &mut |k, p| {
         if k.ends_with("gamma") {
-            p.value = normal(p.value.shape(), 0.5, 0.2, &mut rng);
+            let new_value = normal(p.value().shape(), 0.5, 0.2, &mut rng);
+            p.set_value(new_value);
         }
     });
     let x = normal(&[2, 3, 32, 32], 0.0, 1.0, &mut seeded_rng(4));

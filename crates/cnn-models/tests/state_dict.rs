@@ -141,8 +141,8 @@ fn absent_batch_counters_are_kept_as_pytorch_does() {
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     source.visit_mut("", &mut |k, p| {
         if !k.ends_with("num_batches_tracked") {
-            let bytes = p.value.iter().flat_map(|v| v.to_le_bytes()).collect();
-            tensors.push((k.to_string(), p.value.shape().to_vec(), bytes));
+            let bytes = p.value().iter().flat_map(|v| v.to_le_bytes()).collect();
+            tensors.push((k.to_string(), p.value().shape().to_vec(), bytes));
         }
     });
     let views: Vec<_> = tensors
@@ -197,7 +197,7 @@ fn half_precision_files_load_converted() {
     let report = load_state_dict(&mut net, &path, cnn_nn::LoadMode::Strict).unwrap();
     assert_eq!(report.loaded, 2);
     net.visit_mut("", &mut |k, p| {
-        let got: Vec<f32> = p.value.iter().copied().collect();
+        let got: Vec<f32> = p.value().iter().copied().collect();
         let expect: Vec<f32> = if k == "0.weight" {
             (0..12).map(|i| want[i % 6]).collect()
         } else {
@@ -223,12 +223,12 @@ fn a_wrapper_prefix_on_every_key_is_named_in_one_line() {
         let (dtype, bytes) = if k.ends_with("num_batches_tracked") {
             (
                 safetensors::Dtype::I64,
-                p.value.iter().flat_map(|&v| (v as i64).to_le_bytes()).collect(),
+                p.value().iter().flat_map(|&v| (v as i64).to_le_bytes()).collect(),
             )
         } else {
-            (safetensors::Dtype::F32, p.value.iter().flat_map(|v| v.to_le_bytes()).collect())
+            (safetensors::Dtype::F32, p.value().iter().flat_map(|v| v.to_le_bytes()).collect())
         };
-        tensors.push((format!("module.{k}"), dtype, p.value.shape().to_vec(), bytes));
+        tensors.push((format!("module.{k}"), dtype, p.value().shape().to_vec(), bytes));
     });
     let views: Vec<_> = tensors
         .iter()

@@ -48,13 +48,13 @@ impl<T: Float> PixelLinear<T> {
     }
 
     fn dims(&self) -> (usize, usize) {
-        (self.weight.value.shape()[0], self.weight.value.shape()[1])
+        (self.weight.value().shape()[0], self.weight.value().shape()[1])
     }
 
     fn w2(&self) -> Result<ndarray::ArrayView2<'_, T>> {
         let (o, i) = self.dims();
         self.weight
-            .value
+            .value()
             .view()
             .into_shape_with_order((o, i))
             .map_err(|e| Error::shape("pixel_linear", e.to_string()))
@@ -217,7 +217,7 @@ impl<T: Float> Layer<T> for PixelLinear<T> {
         // (β = 1): one pass over y fewer than a zeroed y and a bias pass after.
         let bias = self
             .bias
-            .value
+            .value()
             .as_slice()
             .ok_or_else(|| Error::shape("pixel_linear", "bias is not contiguous"))?;
         // Written whole by `products` (the bias, then the product added).
@@ -373,9 +373,9 @@ impl<T: Float> ConvNeXtBlock<T> {
         let hidden = cfg.mlp_ratio * c;
         let mut conv_dw =
             Conv2d::new(Conv2dConfig::new(c, c, k).with_padding(k / 2).with_groups(c), rng)?;
-        conv_dw.weight.value = trunc02(&[c, 1, k, k], rng)?;
+        conv_dw.weight.set_value(trunc02(&[c, 1, k, k], rng)?);
         if let Some(b) = conv_dw.bias.as_mut() {
-            b.value.fill(T::zero());
+            b.value_mut().fill(T::zero());
         }
         let shape = |o: usize, i: usize| if cfg.conv_mlp { vec![o, i, 1, 1] } else { vec![o, i] };
         Ok(ConvNeXtBlock {
@@ -419,7 +419,7 @@ impl<T: Float> Layer<T> for ConvNeXtBlock<T> {
         let mut h = self.fc2.forward(h, mode)?;
         if let Some(g) = &self.gamma {
             self.branch = (mode == Mode::Train).then(|| h.clone());
-            scale_channels(&mut h, &g.value);
+            scale_channels(&mut h, g.value());
         }
         let h = self.drop_path.forward(h, mode)?;
         Ok(h + x)
@@ -444,7 +444,7 @@ impl<T: Float> Layer<T> for ConvNeXtBlock<T> {
                     grad[r % c] += dc.iter().zip(bc).fold(T::zero(), |acc, (&a, &b)| acc + a * b);
                 }
             }
-            scale_channels(&mut d, &g.value);
+            scale_channels(&mut d, g.value());
         }
         let d = self.fc2.backward(d)?;
         let d = self.act.backward(d)?;

@@ -56,8 +56,12 @@ pub fn kaiming_conv<T: Float, R: Rng + ?Sized>(
     rng: &mut R,
 ) -> Result<Conv2d<T>> {
     let mut conv = Conv2d::new(cfg, rng)?;
-    conv.weight.value =
-        kaiming_normal(&cfg.weight_shape(), FanMode::FanOut, Nonlinearity::Relu, rng)?;
+    conv.weight.set_value(kaiming_normal(
+        &cfg.weight_shape(),
+        FanMode::FanOut,
+        Nonlinearity::Relu,
+        rng,
+    )?);
     Ok(conv)
 }
 

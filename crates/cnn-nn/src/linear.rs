@@ -84,7 +84,7 @@ impl<T: Float> Linear<T> {
 
     fn weight2(&self) -> Result<ArrayView2<'_, T>> {
         self.weight
-            .value
+            .value()
             .view()
             .into_dimensionality::<Ix2>()
             .map_err(|_| Error::shape("linear", "weight must be 2-D [out, in]"))
@@ -110,7 +110,7 @@ impl<T: Float> Layer<T> for Linear<T> {
             .map_err(|e| Error::shape("linear", e.to_string()))?;
         let bias = match &self.bias {
             Some(b) => Some(
-                b.value
+                b.value()
                     .view()
                     .into_dimensionality::<Ix1>()
                     .map_err(|_| Error::shape("linear", format!("bias must be [{out_f}]")))?,

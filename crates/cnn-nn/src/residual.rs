@@ -79,7 +79,7 @@ impl<T: Float> Residual<T> {
         let Some(bn) = last_norm else { return false };
         bn.visit_mut("", &mut |k, p| {
             if k == "weight" {
-                p.value.fill(T::zero());
+                p.value_mut().fill(T::zero());
             }
         });
         true

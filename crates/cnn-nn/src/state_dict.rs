@@ -75,17 +75,17 @@ pub fn save_state_dict<T: Float>(
 ) -> Result<()> {
     let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     model.visit("", &mut |key, p| {
-        let shape = p.value.shape().to_vec();
+        let shape = p.value().shape().to_vec();
         let (dt, bytes): (Dtype, Vec<u8>) = if is_counter(key) {
-            (Dtype::I64, p.value.iter().flat_map(|v| (v.as_f64() as i64).to_le_bytes()).collect())
+            (Dtype::I64, p.value().iter().flat_map(|v| (v.as_f64() as i64).to_le_bytes()).collect())
         } else {
             match dtype {
                 SaveDtype::F32 => (
                     Dtype::F32,
-                    p.value.iter().flat_map(|v| (v.as_f64() as f32).to_le_bytes()).collect(),
+                    p.value().iter().flat_map(|v| (v.as_f64() as f32).to_le_bytes()).collect(),
                 ),
                 SaveDtype::F64 => {
-                    (Dtype::F64, p.value.iter().flat_map(|v| v.as_f64().to_le_bytes()).collect())
+                    (Dtype::F64, p.value().iter().flat_map(|v| v.as_f64().to_le_bytes()).collect())
                 }
             }
         };
@@ -287,10 +287,10 @@ impl StateDict {
             match self.tensors.get(key) {
                 None if is_counter(key) => report.defaulted.push(key.to_string()),
                 None => report.missing.push(key.to_string()),
-                Some((shape, _)) if shape.as_slice() != p.value.shape() => {
+                Some((shape, _)) if shape.as_slice() != p.value().shape() => {
                     report.shape_mismatches.push((
                         key.to_string(),
-                        p.value.shape().to_vec(),
+                        p.value().shape().to_vec(),
                         shape.clone(),
                     ));
                 }
@@ -324,10 +324,10 @@ impl StateDict {
                 return;
             }
             if let Some((shape, values)) = self.tensors.get(key) {
-                if shape.as_slice() == p.value.shape() {
+                if shape.as_slice() == p.value().shape() {
                     let values = values.iter().map(|&v| T::of(v)).collect();
                     if let Ok(a) = ArrayD::from_shape_vec(IxDyn(shape), values) {
-                        p.value = a;
+                        p.set_value(a);
                         report.loaded += 1;
                     }
                 }

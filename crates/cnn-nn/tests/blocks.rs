@@ -59,7 +59,8 @@ fn randomize_gamma(layer: &mut dyn Layer<f64>, seed: u64) {
     let mut rng = seeded_rng(seed);
     layer.visit_mut("", &mut |k, p| {
         if k.ends_with("gamma") {
-            p.value = normal(p.value.shape(), 0.5, 0.2, &mut rng);
+            let new_value = normal(p.value().shape(), 0.5, 0.2, &mut rng);
+            p.set_value(new_value);
         }
     });
 }
@@ -96,7 +97,7 @@ fn sequential_children_by_name() {
         .push_named("fc2", Linear::new(LinearConfig::new(3, 2), &mut rng).unwrap());
     assert_eq!(net.get("fc2").unwrap().num_trainable(), 3 * 2 + 2);
     assert!(net.get("fc3").is_none());
-    net.get_mut("fc1").unwrap().visit_mut("", &mut |_, p| p.value.fill(0.0));
+    net.get_mut("fc1").unwrap().visit_mut("", &mut |_, p| p.value_mut().fill(0.0));
     net.insert(1, "act", Identity::new()).unwrap();
     assert_eq!(net.names().collect::<Vec<_>>(), ["fc1", "act", "fc2"]);
     let e = net.insert(1, "fc2", Identity::new()).unwrap_err();
@@ -150,7 +151,7 @@ fn residual_combinator_by_hand() {
     assert!(block.zero_init_residual());
     block.visit("", &mut |k, p| {
         if k == "norm.weight" {
-            assert!(p.value.iter().all(|&v| v == 0.0));
+            assert!(p.value().iter().all(|&v| v == 0.0));
         }
     });
     let mut plain = Residual::new(Sequential::<f64>::new(), Shortcut::Identity);
@@ -202,7 +203,7 @@ fn pixel_linear_case(n: usize, h: usize, w: usize) {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         pool.install(|| {
             let mut layer = PixelLinear::new(weight.clone()).unwrap();
-            layer.bias.value = normal(&[o], 0.0, 1.0, &mut seeded_rng(5));
+            layer.bias.set_value(normal(&[o], 0.0, 1.0, &mut seeded_rng(5)));
             let y = layer.forward(x.clone(), Mode::Train).unwrap();
             let dx = layer.backward(dy.clone()).unwrap();
             (y, dx, layer.weight.grad.clone(), layer.bias.grad.clone())

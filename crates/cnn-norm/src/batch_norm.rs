@@ -132,18 +132,19 @@ impl<T: Float> BatchNorm<T> {
     /// then normalizes with the batch's own, which no fold can do).
     pub fn eval_scale_shift(&self) -> Option<(Vec<T>, Vec<T>)> {
         let running = self.running.as_ref()?;
-        let var: Vec<T> = running.var.value.iter().copied().collect();
+        let var: Vec<T> = running.var.value().iter().copied().collect();
         let rstd = rstd(&var, self.config.eps);
         let (gamma, beta) = match &self.affine {
-            Some(a) => {
-                (a.weight.value.iter().copied().collect(), a.bias.value.iter().copied().collect())
-            }
+            Some(a) => (
+                a.weight.value().iter().copied().collect(),
+                a.bias.value().iter().copied().collect(),
+            ),
             None => (vec![T::one(); rstd.len()], vec![T::zero(); rstd.len()]),
         };
         let scale: Vec<T> = rstd.iter().zip(&gamma).map(|(&r, &g): (&T, &T)| r * g).collect();
         let shift = running
             .mean
-            .value
+            .value()
             .iter()
             .zip(&scale)
             .zip(&beta)
@@ -225,7 +226,7 @@ impl<T: Float> BatchNorm<T> {
 
     /// The running mean and variance, when tracked.
     pub fn running_stats(&self) -> Option<(&ArrayD<T>, &ArrayD<T>)> {
-        self.running.as_ref().map(|r| (&r.mean.value, &r.var.value))
+        self.running.as_ref().map(|r| (r.mean.value(), r.var.value()))
     }
 }
 
@@ -241,8 +242,8 @@ impl<T: Float> Layer<T> for BatchNorm<T> {
         // Running statistics in eval (and when frozen), the batch's otherwise.
         let (mean, rstd_v) = match self.running.as_ref().filter(|_| !use_batch) {
             Some(running) => {
-                let mean = running.mean.value.iter().copied().collect();
-                let var: Vec<T> = running.var.value.iter().copied().collect();
+                let mean = running.mean.value().iter().copied().collect();
+                let var: Vec<T> = running.var.value().iter().copied().collect();
                 (mean, rstd(&var, self.config.eps))
             }
             None => {

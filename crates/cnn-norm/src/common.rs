@@ -28,11 +28,14 @@ impl<T: Float> AffineParams<T> {
     pub(crate) fn view(&self, op: &'static str, axes: AffineAxes) -> Result<Affine<'_, T>> {
         let gamma = self
             .weight
-            .value
+            .value()
             .as_slice()
             .ok_or_else(|| Error::shape(op, "weight is not contiguous"))?;
-        let beta =
-            self.bias.value.as_slice().ok_or_else(|| Error::shape(op, "bias is not contiguous"))?;
+        let beta = self
+            .bias
+            .value()
+            .as_slice()
+            .ok_or_else(|| Error::shape(op, "bias is not contiguous"))?;
         Ok(Affine { gamma, beta, axes })
     }
 
@@ -212,13 +215,13 @@ impl<T: Float> RunningStats<T> {
     /// `running ← (1 − f)·running + f·batch`, with `f = momentum`, or `1/num_batches_tracked`
     /// when momentum is `None` (a cumulative average); the variance fed in is unbiased.
     pub(crate) fn update(&mut self, momentum: Option<f64>, mean: &[T], unbiased_var: &[T]) {
-        let n = self.num_batches_tracked.value.first().copied().unwrap_or(T::zero()) + T::one();
-        self.num_batches_tracked.value.fill(n);
+        let n = self.num_batches_tracked.value().first().copied().unwrap_or(T::zero()) + T::one();
+        self.num_batches_tracked.value_mut().fill(n);
         let f = momentum.map_or(T::one() / n, T::of);
-        for (r, &m) in self.mean.value.iter_mut().zip(mean) {
+        for (r, &m) in self.mean.value_mut().iter_mut().zip(mean) {
             *r = (T::one() - f) * *r + f * m;
         }
-        for (r, &v) in self.var.value.iter_mut().zip(unbiased_var) {
+        for (r, &v) in self.var.value_mut().iter_mut().zip(unbiased_var) {
             *r = (T::one() - f) * *r + f * v;
         }
     }

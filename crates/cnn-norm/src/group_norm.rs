@@ -202,9 +202,9 @@ impl<T: Float> Layer<T> for InstanceNorm2d<T> {
         // Running statistics in eval when kept, the instance's otherwise.
         let (mean, rstd_v) = match self.running.as_ref().filter(|_| !use_batch) {
             Some(running) => {
-                let rm: Vec<T> = running.mean.value.iter().copied().collect();
+                let rm: Vec<T> = running.mean.value().iter().copied().collect();
                 let rv: Vec<T> =
-                    rstd(&running.var.value.iter().copied().collect::<Vec<T>>(), self.eps);
+                    rstd(&running.var.value().iter().copied().collect::<Vec<T>>(), self.eps);
                 ((0..n * c).map(|g| rm[g % c]).collect(), (0..n * c).map(|g| rv[g % c]).collect())
             }
             None => {

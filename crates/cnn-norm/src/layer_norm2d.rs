@@ -146,18 +146,18 @@ impl<T: Float> LayerNorm2d<T> {
     }
 
     fn channels(&self) -> usize {
-        self.weight.value.len()
+        self.weight.value().len()
     }
 
     fn params(&self) -> Result<(&[T], &[T])> {
         let g = self
             .weight
-            .value
+            .value()
             .as_slice()
             .ok_or_else(|| Error::shape("layer_norm2d", "weight is not contiguous"))?;
         let b = self
             .bias
-            .value
+            .value()
             .as_slice()
             .ok_or_else(|| Error::shape("layer_norm2d", "bias is not contiguous"))?;
         Ok((g, b))

@@ -20,7 +20,8 @@ fn randomize_affine(layer: &mut dyn Layer<f64>, seed: u64) {
     let mut rng = seeded_rng(seed);
     layer.visit_mut("", &mut |key, p: &mut Param<f64>| {
         if key == "weight" || key == "bias" {
-            p.value = normal(p.value.shape(), 0.5, 1.0, &mut rng);
+            let new_value = normal(p.value().shape(), 0.5, 1.0, &mut rng);
+            p.set_value(new_value);
         }
     });
 }
@@ -82,9 +83,9 @@ proptest! {
         randomize_affine(&mut fast, seed);
         let mut naive = LayerNorm::<f64>::new(LayerNormConfig::new(&[c]).with_eps(1e-6)).unwrap();
         let mut params = Vec::new();
-        fast.visit_mut("", &mut |_, p| params.push(p.value.clone()));
+        fast.visit_mut("", &mut |_, p| params.push(p.value().clone()));
         let mut i = 0;
-        naive.visit_mut("", &mut |_, p| { p.value = params[i].clone(); i += 1; });
+        naive.visit_mut("", &mut |_, p| { p.set_value(params[i].clone()); i += 1; });
         let x = normal(&[n, c, h, w], 0.5, 2.0, &mut seeded_rng(seed));
         let dy = normal(&[n, c, h, w], 0.0, 1.0, &mut seeded_rng(seed + 1));
         let nhwc = |a: &ArrayD<f64>| a.view().permuted_axes(vec![0, 2, 3, 1]).as_standard_layout().into_owned();
@@ -123,11 +124,11 @@ fn group_norm_with_one_group_is_layer_norm_over_chw() {
     let gamma = ndarray::Array1::from_vec(vec![0.5, 1.5, -1.0, 2.0]);
     let beta = ndarray::Array1::from_vec(vec![0.1, -0.2, 0.3, 0.0]);
     gn.visit_mut("", &mut |k, p| {
-        p.value = if k == "weight" { gamma.clone() } else { beta.clone() }.into_dyn()
+        p.set_value(if k == "weight" { gamma.clone() } else { beta.clone() }.into_dyn())
     });
     ln.visit_mut("", &mut |k, p| {
         let v = if k == "weight" { &gamma } else { &beta };
-        p.value = ArrayD::from_shape_fn(vec![4, 5, 6], |i| v[i[0]]);
+        p.set_value(ArrayD::from_shape_fn(vec![4, 5, 6], |i| v[i[0]]));
     });
     let a = gn.forward(x.clone(), Mode::Train).unwrap();
     let b = ln.forward(x, Mode::Train).unwrap();
@@ -192,7 +193,7 @@ fn batch_norm_running_statistics_follow_pytorch() {
     let mut count = 0.0;
     bn.visit_mut("", &mut |k, p| {
         if k == "num_batches_tracked" {
-            count = p.value[[]];
+            count = p.value()[[]];
         }
     });
     assert_eq!(count, 1.0);
@@ -322,9 +323,9 @@ fn frozen_batch_norm_keeps_its_statistics_and_passes_the_right_gradient() {
     let mut rng = seeded_rng(5);
     bn.visit_mut("", &mut |key, p| {
         if key == "running_mean" {
-            p.value = normal(&[3], 0.3, 1.0, &mut rng);
+            p.set_value(normal(&[3], 0.3, 1.0, &mut rng));
         } else if key == "running_var" {
-            p.value = normal(&[3], 0.0, 1.0, &mut rng).mapv(|v: f64| 0.5 + v * v);
+            p.set_value(normal(&[3], 0.0, 1.0, &mut rng).mapv(|v: f64| 0.5 + v * v));
         }
     });
     assert!(!bn.is_frozen());
@@ -332,7 +333,7 @@ fn frozen_batch_norm_keeps_its_statistics_and_passes_the_right_gradient() {
     assert!(bn.is_frozen());
     let before: Vec<ArrayD<f64>> = {
         let mut v: Vec<ArrayD<f64>> = Vec::new();
-        bn.visit_mut("", &mut |_, p| v.push(p.value.clone()));
+        bn.visit_mut("", &mut |_, p| v.push(p.value().clone()));
         v
     };
     let x = normal(&[4, 3, 5, 5], 1.0, 2.0, &mut seeded_rng(6));
@@ -340,7 +341,7 @@ fn frozen_batch_norm_keeps_its_statistics_and_passes_the_right_gradient() {
     let train = bn.forward(x.clone(), Mode::Train).unwrap();
     assert_eq!(train, eval, "a frozen BatchNorm must normalize with its running statistics");
     let mut after: Vec<ArrayD<f64>> = Vec::new();
-    bn.visit_mut("", &mut |_, p| after.push(p.value.clone()));
+    bn.visit_mut("", &mut |_, p| after.push(p.value().clone()));
     assert_eq!(before, after, "running statistics and counter must not move");
     let report = check_layer(&mut bn, &x, 7, &GradCheckConfig::default()).unwrap();
     assert!(report.passed(), "{report}");
@@ -357,9 +358,9 @@ fn layer_norm2d_normalizes_each_pixel_over_channels() {
     let (mut g, mut b) = (Vec::new(), Vec::new());
     ln.visit_mut("", &mut |k, p| {
         if k == "weight" {
-            g = p.value.iter().copied().collect()
+            g = p.value().iter().copied().collect()
         } else {
-            b = p.value.iter().copied().collect()
+            b = p.value().iter().copied().collect()
         }
     });
     let x = normal(&[2, 3, 4, 5], 1.0, 3.0, &mut seeded_rng(10));

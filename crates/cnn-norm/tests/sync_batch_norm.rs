@@ -27,7 +27,8 @@ fn layer(c: usize, affine: bool) -> BatchNorm<f64> {
     let mut rng = seeded_rng(7);
     bn.visit_mut("", &mut |key, p: &mut Param<f64>| {
         if key == "weight" || key == "bias" {
-            p.value = normal(p.value.shape(), 0.5, 1.0, &mut rng);
+            let new_value = normal(p.value().shape(), 0.5, 1.0, &mut rng);
+            p.set_value(new_value);
         }
     });
     bn
@@ -42,7 +43,7 @@ fn run(bn: &mut BatchNorm<f64>, x: &ArrayD<f64>, dy: &ArrayD<f64>) -> Outcome {
     let (mut grads, mut values) = (Vec::new(), Vec::new());
     bn.visit("", &mut |_, p| {
         grads.push(p.grad.clone());
-        values.push(p.value.clone());
+        values.push(p.value().clone());
     });
     Outcome { y, dx, grads, values }
 }

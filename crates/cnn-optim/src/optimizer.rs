@@ -176,13 +176,13 @@ impl<T: Float> Optimizer<T> {
         if !p.trainable || p.buffer {
             return Ok(());
         }
-        if p.grad.shape() != p.value.shape() {
+        if p.grad.shape() != p.value().shape() {
             return Err(Error::shape(
                 "optimizer",
-                format!("{key}: grad {:?} for value {:?}", p.grad.shape(), p.value.shape()),
+                format!("{key}: grad {:?} for value {:?}", p.grad.shape(), p.value().shape()),
             ));
         }
-        let rank = p.value.ndim();
+        let rank = p.value().ndim();
         let group = self.groups.iter().find(|g| g.contains(key, rank)).unwrap_or(&self.default);
         let (lr, wd) = (T::of(group.lr), T::of(group.weight_decay));
         let state = self.state.entry(key.to_string()).or_insert(ParamState {
@@ -191,10 +191,14 @@ impl<T: Float> Optimizer<T> {
             second: None,
         });
         for buf in [&state.first, &state.second].into_iter().flatten() {
-            if buf.shape() != p.value.shape() {
+            if buf.shape() != p.value().shape() {
                 return Err(Error::shape(
                     "optimizer",
-                    format!("{key}: saved state {:?} for value {:?}", buf.shape(), p.value.shape()),
+                    format!(
+                        "{key}: saved state {:?} for value {:?}",
+                        buf.shape(),
+                        p.value().shape()
+                    ),
                 ));
             }
         }
@@ -203,7 +207,7 @@ impl<T: Float> Optimizer<T> {
             Rule::Sgd { momentum, dampening, nesterov } => {
                 let mut g = p.grad.clone();
                 if wd != T::zero() {
-                    g.zip_mut_with(&p.value, |g, &v| *g += wd * v);
+                    g.zip_mut_with(p.value(), |g, &v| *g += wd * v);
                 }
                 if momentum != 0.0 {
                     let mu = T::of(momentum);
@@ -222,21 +226,21 @@ impl<T: Float> Optimizer<T> {
                     }
                     state.first = Some(buf);
                 }
-                p.value.zip_mut_with(&g, |v, &g| *v -= lr * g);
+                p.value_mut().zip_mut_with(&g, |v, &g| *v -= lr * g);
             }
             Rule::Adam { beta1, beta2, eps } | Rule::AdamW { beta1, beta2, eps } => {
                 let decoupled = matches!(self.rule, Rule::AdamW { .. });
                 if decoupled && wd != T::zero() {
-                    p.value.mapv_inplace(|v| v * (T::one() - lr * wd));
+                    p.value_mut().mapv_inplace(|v| v * (T::one() - lr * wd));
                 }
                 let mut g = p.grad.clone();
                 if !decoupled && wd != T::zero() {
-                    g.zip_mut_with(&p.value, |g, &v| *g += wd * v);
+                    g.zip_mut_with(p.value(), |g, &v| *g += wd * v);
                 }
                 let (b1, b2) = (T::of(beta1), T::of(beta2));
-                let m = state.first.get_or_insert_with(|| ArrayD::zeros(p.value.raw_dim()));
+                let m = state.first.get_or_insert_with(|| ArrayD::zeros(p.value().raw_dim()));
                 m.zip_mut_with(&g, |m, &g| *m = b1 * *m + (T::one() - b1) * g);
-                let v = state.second.get_or_insert_with(|| ArrayD::zeros(p.value.raw_dim()));
+                let v = state.second.get_or_insert_with(|| ArrayD::zeros(p.value().raw_dim()));
                 v.zip_mut_with(&g, |v, &g| *v = b2 * *v + (T::one() - b2) * g * g);
                 // PyTorch's form: step = lr / (1 − β₁ᵗ), denom = √v / √(1 − β₂ᵗ) + ε.
                 let t = state.step as i32;
@@ -245,7 +249,7 @@ impl<T: Float> Optimizer<T> {
                 let step_size = lr / bc1;
                 let eps = T::of(eps);
                 let (m, v) = (&*m, &*v);
-                ndarray::Zip::from(&mut p.value).and(m).and(v).for_each(|p, &m, &v| {
+                ndarray::Zip::from(p.value_mut()).and(m).and(v).for_each(|p, &m, &v| {
                     *p -= step_size * m / (v.sqrt() / bc2_sqrt + eps);
                 });
             }

@@ -56,12 +56,12 @@ fn frozen_parameters_and_buffers_are_untouched() {
         for _ in 0..3 {
             opt.step(&mut toy).unwrap();
         }
-        assert!(toy.weight.value.iter().all(|&v| v != 1.0), "{rule:?} trains the weight");
+        assert!(toy.weight.value().iter().all(|&v| v != 1.0), "{rule:?} trains the weight");
         assert!(
-            toy.bias.value.iter().all(|&v| v.to_bits() == 1.0f64.to_bits()),
+            toy.bias.value().iter().all(|&v| v.to_bits() == 1.0f64.to_bits()),
             "{rule:?} froze the bias"
         );
-        assert!(toy.running_mean.value.iter().all(|&v| v == 1.0), "{rule:?} leaves buffers");
+        assert!(toy.running_mean.value().iter().all(|&v| v == 1.0), "{rule:?} leaves buffers");
         assert!(opt.state("fc.bias").is_none() && opt.state("bn.running_mean").is_none());
     }
 }
@@ -75,8 +75,8 @@ fn groups_set_lr_and_decay_per_parameter() {
         .unwrap();
     opt.step(&mut toy).unwrap();
     // weight: 1 − 0.1·(0.5 + 0.5·1) = 0.9; bias (lr 1, no decay): 1 − 1·0.5 = 0.5.
-    assert!((toy.weight.value[0] - 0.9).abs() < 1e-15);
-    assert!((toy.bias.value[0] - 0.5).abs() < 1e-15);
+    assert!((toy.weight.value()[0] - 0.9).abs() < 1e-15);
+    assert!((toy.bias.value()[0] - 0.5).abs() < 1e-15);
     let mut opt = Optimizer::<f64>::new(Rule::adam(), 1e-3, 0.0)
         .unwrap()
         .with_group(ParamGroup::prefix("fc", 1e-4, 0.0))
@@ -163,7 +163,7 @@ fn state_round_trips_for_exact_resume() {
             }
             opt.step(&mut toy).unwrap();
         }
-        toy.weight.value
+        toy.weight.into_value()
     };
     assert_eq!(run(None), run(Some(3)));
 }
@@ -184,7 +184,7 @@ fn state_files_resume_exactly_and_refuse_bad_bytes() {
             }
             opt.step(&mut toy).unwrap();
         }
-        toy.weight.value
+        toy.weight.into_value()
     };
     assert_eq!(run(None), run(Some(2)));
     let bytes = std::fs::read(&path).unwrap();

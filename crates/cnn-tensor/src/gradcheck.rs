@@ -273,7 +273,8 @@ pub fn check_layer(
     let mut params: Vec<(String, ArrayD<f64>)> = Vec::new();
     layer.visit_mut("", &mut |key, p| {
         if p.trainable {
-            p.value = p.value.as_standard_layout().into_owned();
+            let new_value = p.value().as_standard_layout().into_owned();
+            p.set_value(new_value);
             params.push((key.to_string(), standard(&p.grad)));
         }
     });
@@ -331,7 +332,7 @@ pub fn check_layer(
 fn nudge(layer: &mut dyn Layer<f64>, key: &str, flat: usize, by: f64) {
     layer.visit_mut("", &mut |k, p| {
         if k == key {
-            if let Some(v) = p.value.as_slice_mut().and_then(|s| s.get_mut(flat)) {
+            if let Some(v) = p.value_mut().as_slice_mut().and_then(|s| s.get_mut(flat)) {
                 *v += by;
             }
         }
@@ -457,7 +458,7 @@ mod tests {
 
     impl Layer<f64> for Scale {
         fn forward(&mut self, x: ArrayD<f64>, mode: Mode) -> Result<ArrayD<f64>> {
-            let y = &x * &self.w.value;
+            let y = &x * self.w.value();
             self.x = (mode == Mode::Train).then_some(x);
             Ok(y)
         }
@@ -469,7 +470,7 @@ mod tests {
             } else {
                 self.w.grad += &dw;
             }
-            Ok(dy * &self.w.value)
+            Ok(dy * self.w.value())
         }
         fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param<f64>)) {
             f(&join_key(prefix, "weight"), &self.w);

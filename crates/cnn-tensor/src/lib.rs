@@ -61,7 +61,7 @@ pub use loss::{
     cross_entropy, cross_entropy_backward, cross_entropy_forward, log_softmax, softmax,
 };
 pub use packed::{gemm_packed, gemm_packed_split, GemmSplit, PackedLhs, PANELS};
-pub use param::Param;
+pub use param::{Param, Version};
 pub use reduce::{sum, SUM_LANES};
 
 /// ndarray, re-exported so users name the same version we use.

@@ -35,7 +35,7 @@ pub fn broadcast_parameters<T: Float>(
     // Shapes first, so that a rank with another model fails with its name
     // instead of reading rank 0's values into the wrong tensors.
     let mut layout = String::new();
-    model.visit("", &mut |key, p| layout.push_str(&format!("{key}{:?};", p.value.shape())));
+    model.visit("", &mut |key, p| layout.push_str(&format!("{key}{:?};", p.value().shape())));
     let mut theirs = layout.clone().into_bytes();
     group.broadcast_bytes(&mut theirs)?;
     if theirs != layout.as_bytes() {
@@ -52,7 +52,7 @@ pub fn broadcast_parameters<T: Float>(
     let mut bytes = Vec::new();
     if group.rank() == 0 {
         model.visit("", &mut |_, p| {
-            bytes.extend(p.value.iter().flat_map(|v| v.as_f64().to_le_bytes()));
+            bytes.extend(p.value().iter().flat_map(|v| v.as_f64().to_le_bytes()));
         });
     }
     group.broadcast_bytes(&mut bytes)?;
@@ -62,7 +62,7 @@ pub fn broadcast_parameters<T: Float>(
         T::of(f64::from_le_bytes(le))
     });
     model.visit_mut("", &mut |_, p| {
-        p.value.iter_mut().zip(&mut values).for_each(|(v, w)| *v = w);
+        p.value_mut().iter_mut().zip(&mut values).for_each(|(v, w)| *v = w);
     });
     Ok(())
 }
@@ -180,7 +180,7 @@ mod tests {
 
     fn values(m: &dyn Layer<f64>, grads: bool) -> Vec<f64> {
         let mut v = Vec::new();
-        m.visit("", &mut |_, p| v.extend(if grads { p.grad.iter() } else { p.value.iter() }));
+        m.visit("", &mut |_, p| v.extend(if grads { p.grad.iter() } else { p.value().iter() }));
         v
     }
 

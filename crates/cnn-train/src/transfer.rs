@@ -96,7 +96,7 @@ pub fn head_path(model: &dyn Layer<f32>) -> Result<(String, [usize; 2])> {
     let mut last = None;
     model.visit("", &mut |key, p| {
         if !p.buffer {
-            last = Some((key.to_string(), p.value.shape().to_vec()));
+            last = Some((key.to_string(), p.value().shape().to_vec()));
         }
     });
     let (key, _) = last.ok_or_else(|| Error::config("transfer", "the model has no parameters"))?;
@@ -104,7 +104,7 @@ pub fn head_path(model: &dyn Layer<f32>) -> Result<(String, [usize; 2])> {
     let mut weight = None;
     model.visit("", &mut |k, p| {
         if k == format!("{path}.weight") {
-            weight = Some(p.value.shape().to_vec());
+            weight = Some(p.value().shape().to_vec());
         }
     });
     match weight.as_deref() {

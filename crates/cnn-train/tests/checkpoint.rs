@@ -27,7 +27,7 @@ fn model(width: usize) -> Sequential<f32> {
 
 /// Sets every parameter to `v`, so a checkpoint's version can be read back from any tensor.
 fn fill(m: &mut Sequential<f32>, v: f32) {
-    m.visit_mut("", &mut |_, p| p.value.fill(v));
+    m.visit_mut("", &mut |_, p| p.value_mut().fill(v));
 }
 
 fn state(step: u64) -> TrainerState {
@@ -50,7 +50,7 @@ fn load_consistent(run: &Path, width: usize) -> u64 {
     let st = load_checkpoint(&dir, &mut m, &mut optimizer()).unwrap();
     m.visit_mut("", &mut |k, p| {
         assert!(
-            p.value.iter().all(|&v| v == st.global_step as f32),
+            p.value().iter().all(|&v| v == st.global_step as f32),
             "{k} is not version {}",
             st.global_step
         )

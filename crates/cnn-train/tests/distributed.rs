@@ -126,7 +126,7 @@ mod resume {
             )
             .unwrap();
         let mut bits = Vec::new();
-        model.visit("", &mut |_, p| bits.extend(p.value.iter().map(|v| v.to_bits())));
+        model.visit("", &mut |_, p| bits.extend(p.value().iter().map(|v| v.to_bits())));
         (bits, report.completed)
     }
 

@@ -92,7 +92,7 @@ fn rows(h: &[EpochRecord]) -> Vec<EpochRecord> {
 fn in_memory_bits(m: &mut Sequential<f32>) -> Vec<(String, Vec<u32>)> {
     let mut v = Vec::new();
     m.visit_mut("", &mut |k, p| {
-        v.push((k.to_string(), p.value.iter().map(|x| x.to_bits()).collect()))
+        v.push((k.to_string(), p.value().iter().map(|x| x.to_bits()).collect()))
     });
     v
 }

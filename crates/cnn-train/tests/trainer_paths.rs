@@ -35,7 +35,7 @@ fn loader() -> DataLoader {
 
 fn weights(model: &dyn Layer<f32>) -> Vec<u32> {
     let mut bits = Vec::new();
-    model.visit("", &mut |_, p| bits.extend(p.value.iter().map(|v| v.to_bits())));
+    model.visit("", &mut |_, p| bits.extend(p.value().iter().map(|v| v.to_bits())));
     bits
 }
 

@@ -48,7 +48,7 @@ fn values(model: &mut dyn Layer<f32>, skip: &str) -> Vec<(String, ArrayD<f32>)> 
     let mut v = Vec::new();
     model.visit_mut("", &mut |k, p| {
         if !k.starts_with(skip) {
-            v.push((k.to_string(), p.value.clone()));
+            v.push((k.to_string(), p.value().clone()));
         }
     });
     v
@@ -131,14 +131,14 @@ fn save_bf16(model: &mut dyn Layer<f32>, path: &Path, prefix: &str, drop: &str) 
             return;
         }
         let (dtype, bytes): (Dtype, Vec<u8>) = if k.ends_with("num_batches_tracked") {
-            (Dtype::I64, p.value.iter().flat_map(|&v| (v as i64).to_le_bytes()).collect())
+            (Dtype::I64, p.value().iter().flat_map(|&v| (v as i64).to_le_bytes()).collect())
         } else {
             (
                 Dtype::BF16,
-                p.value.iter().flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes()).collect(),
+                p.value().iter().flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes()).collect(),
             )
         };
-        tensors.push((format!("{prefix}{k}"), dtype, p.value.shape().to_vec(), bytes));
+        tensors.push((format!("{prefix}{k}"), dtype, p.value().shape().to_vec(), bytes));
     });
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
@@ -170,13 +170,13 @@ fn a_torchvision_resnet18_checkpoint_loads_with_a_new_head() {
     );
     let mut want = std::collections::HashMap::new();
     source.visit_mut("", &mut |k, p| {
-        want.insert(k.to_string(), p.value.mapv(|v| f32::from_bits(v.to_bits() & 0xffff_0000)));
+        want.insert(k.to_string(), p.value().mapv(|v| f32::from_bits(v.to_bits() & 0xffff_0000)));
     });
     model.visit_mut("", &mut |k, p| {
         if k.starts_with("fc.") {
-            assert_eq!(p.value.shape()[0], 7, "{k}");
+            assert_eq!(p.value().shape()[0], 7, "{k}");
         } else {
-            assert_eq!(p.value, want[k], "{k}");
+            assert_eq!(p.value(), want[k], "{k}");
         }
     });
     let x = cnn_tensor::random::normal(&[1, 3, 64, 64], 0.0, 1.0, &mut seeded_rng(2));

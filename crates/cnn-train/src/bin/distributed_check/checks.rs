@@ -24,7 +24,7 @@ use ndarray::{Array3, Axis, Ix2, Slice};
 fn tensors<T: Float>(model: &dyn Layer<T>) -> Vec<(String, Vec<f64>)> {
     let mut out = Vec::new();
     model.visit("", &mut |k, p| {
-        out.push((k.to_string(), p.value.iter().map(|v| v.as_f64()).collect()))
+        out.push((k.to_string(), p.value().iter().map(|v| v.as_f64()).collect()))
     });
     out
 }
@@ -152,7 +152,7 @@ pub fn f64_resnet_equals_one_process(group: Arc<dyn Collective>, steps: usize) -
     shared.sync_batch_norm(Some(group.clone()));
     // Different weights on other ranks, to see that rank 0's are broadcast.
     if group.rank() != 0 {
-        shared.visit_mut("", &mut |_, p| p.value.mapv_inplace(|v| v * 0.5 + 0.25));
+        shared.visit_mut("", &mut |_, p| p.value_mut().mapv_inplace(|v| v * 0.5 + 0.25));
     }
     broadcast_parameters(&mut shared, &*group)?;
     let optimizer = || Optimizer::<f64>::new(Rule::sgd(0.9), 0.05, 5e-4);
