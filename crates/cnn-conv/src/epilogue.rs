@@ -5,7 +5,7 @@
 //! weights and bias (`fold.rs`), so it needs no epilogue of its own.
 
 use cnn_tensor::Float;
-use ndarray::Array1;
+use ndarray::{Array1, ArrayViewMut2};
 use std::ops::Range;
 
 use crate::ConvGeometry;
@@ -56,10 +56,26 @@ impl<T: Float> Finish<'_, T> {
         for (r, oc) in channels.enumerate() {
             let row = &mut tile[r * ld..r * ld + cols];
             let b = self.bias.map_or(T::zero(), |b| b[oc]);
-            match self.epilogue {
-                Epilogue::None => row.iter_mut().for_each(|v| *v += b),
-                Epilogue::Relu => row.iter_mut().for_each(|v| *v = relu(*v + b)),
-            }
+            self.row(row, b);
+        }
+    }
+
+    /// [`Finish::apply`] on a view whose rows are output channels `channels`.
+    pub(crate) fn apply_rows(&self, mut tile: ArrayViewMut2<'_, T>, channels: Range<usize>) {
+        if self.bias.is_none() && self.epilogue == Epilogue::None {
+            return;
+        }
+        for (mut row, oc) in tile.rows_mut().into_iter().zip(channels) {
+            let row = row.as_slice_mut().expect("tile rows are contiguous");
+            self.row(row, self.bias.map_or(T::zero(), |b| b[oc]));
+        }
+    }
+
+    /// `row ← epilogue(row + b)`.
+    fn row(&self, row: &mut [T], b: T) {
+        match self.epilogue {
+            Epilogue::None => row.iter_mut().for_each(|v| *v += b),
+            Epilogue::Relu => row.iter_mut().for_each(|v| *v = relu(*v + b)),
         }
     }
 }

@@ -15,7 +15,7 @@
 
 use cnn_tensor::scratch::Scratch as Pooled;
 use cnn_tensor::{gemm, Float, GemmSplit, PackedLhs};
-use ndarray::{ArrayView2, ArrayViewMut2};
+use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -91,8 +91,11 @@ impl Plan {
         };
         let depth = g.c_out_g() * g.col_rows() / rows;
         let total = (g.flops() / 2) as usize;
-        let split =
-            crate::plan::gemm_split(blocks * g.opts.groups, (rows, gemm_cols, depth), total);
+        // Forward runs an unbatched block's tiles as tasks of their own.
+        let per_block = if pass == Pass::Forward && !batched { samples * tiles } else { 1 };
+        let concurrent = blocks * g.opts.groups * per_block;
+        let small = if pass == Pass::Forward { crate::plan::FEW_TASKS } else { 1 };
+        let split = crate::plan::gemm_split(concurrent, (rows, gemm_cols, depth), total, small);
         Plan { samples, batched, tile_rows, split }
     }
 
@@ -138,6 +141,12 @@ pub(crate) fn pack_weights<T: Float>(
 
 /// `y = finish(conv(x))` by im2col + GEMM, `weights` the groups' packed
 /// `W_g` ([`pack_weights`] for `plan`). `y` is `[n, c_out, ho, wo]`, written whole.
+///
+/// Small maps go by blocks of samples side by side; larger ones by tiles of
+/// output rows, each (sample, group, tile) a task of its own, so that one
+/// sample (batch-1 inference) still keeps every core busy with im2col and
+/// products. Each output element is summed the same way whichever task or
+/// thread makes it: the same bits on any thread count.
 pub(crate) fn forward<T: Float>(
     g: &ConvGeometry,
     plan: &Plan,
@@ -148,24 +157,78 @@ pub(crate) fn forward<T: Float>(
 ) {
     let per_sample_in = g.c_in * g.h * g.w;
     let per_sample_out = g.c_out * g.out_area();
-    y.par_chunks_mut(plan.samples * per_sample_out).enumerate().for_each_init(
-        || Scratch::new(g, plan),
-        |scratch, (blk, y_blk)| {
-            let n0 = blk * plan.samples;
-            let s = y_blk.len() / per_sample_out;
-            let x_blk = &xs[n0 * per_sample_in..(n0 + s) * per_sample_in];
-            if plan.batched {
+    if plan.batched {
+        y.par_chunks_mut(plan.samples * per_sample_out).enumerate().for_each_init(
+            || Scratch::new(g, plan),
+            |scratch, (blk, y_blk)| {
+                let n0 = blk * plan.samples;
+                let s = y_blk.len() / per_sample_out;
+                let x_blk = &xs[n0 * per_sample_in..(n0 + s) * per_sample_in];
                 forward_samples(g, plan.split, x_blk, weights, y_blk, s, finish, scratch);
-            } else {
-                for (x_n, y_n) in x_blk.chunks(per_sample_in).zip(y_blk.chunks_mut(per_sample_out))
-                {
-                    forward_sample(g, plan, x_n, weights, y_n, finish, scratch);
-                }
-            }
+            },
+        );
+        return;
+    }
+    let tiles: Vec<Range<usize>> = plan.tiles(g).collect();
+    let per_sample = g.opts.groups * tiles.len();
+    assert_eq!(y.len(), g.n * per_sample_out, "y is [n, c_out, ho, wo]");
+    let out = SharedOut(y.as_mut_ptr());
+    (0..g.n * per_sample).into_par_iter().for_each_init(
+        || Scratch::new(g, plan),
+        |scratch, task| {
+            let (n, grp, tile) =
+                (task / per_sample, task % per_sample / tiles.len(), task % tiles.len());
+            let x_n = &xs[n * per_sample_in..][..per_sample_in];
+            // SAFETY: `y` holds `n` samples of `per_sample_out` elements (asserted above); task
+            // (n, grp, tile) alone writes sample n's channels of group `grp`, rows `tile`, and
+            // `y` stays borrowed mutably until every task has returned.
+            let y_tile = unsafe { out.tile(g, n * per_sample_out, grp, &tiles[tile]) };
+            forward_tile(
+                g,
+                plan.split,
+                x_n,
+                grp,
+                &weights[grp],
+                &tiles[tile],
+                y_tile,
+                finish,
+                scratch,
+            );
         },
     );
 }
 
+/// The output `y` of a forward, shared by tasks that write disjoint tiles.
+struct SharedOut<T>(*mut T);
+// SAFETY: tasks write through it only to tiles no other task touches (see `SharedOut::tile`).
+unsafe impl<T: Send> Sync for SharedOut<T> {}
+
+impl<T> SharedOut<T> {
+    /// The `[C_out/G, rows·Wo]` view (rows `Ho·Wo` apart) of output rows
+    /// `tile` of group `grp`'s channels of the sample starting at `sample`.
+    ///
+    /// # Safety
+    /// The sample lies inside the buffer, and no other live view covers
+    /// the same (sample, group, tile).
+    unsafe fn tile(
+        &self,
+        g: &ConvGeometry,
+        sample: usize,
+        grp: usize,
+        tile: &Range<usize>,
+    ) -> ArrayViewMut2<'_, T> {
+        let (area, cog) = (g.out_area(), g.c_out_g());
+        let first = sample + grp * cog * area + tile.start * g.wo;
+        // SAFETY: the caller's contract: `cog` rows of `tile.len()·wo` elements, `area` apart,
+        // from `first`, lie inside the sample (the last ends at row `tile.end ≤ ho` of its plane).
+        unsafe {
+            ArrayViewMut2::from_shape_ptr(
+                (cog, tile.len() * g.wo).strides((area, 1)),
+                self.0.add(first),
+            )
+        }
+    }
+}
 /// Buffers of one worker, taken from its thread's scratch pool (kept between
 /// calls: the same shapes next step find them there, with no fresh pages).
 /// Every one is written before it is read.
@@ -198,34 +261,33 @@ impl<T: Float> Scratch<T> {
     }
 }
 
-/// One sample, tile by tile of output rows: the GEMM writes straight into `y`.
-fn forward_sample<T: Float>(
+/// One tile of output rows `tile` of one sample's group `grp`: im2col (none
+/// for a pointwise conv, whose input is its own column matrix), the product
+/// straight into `y_tile`, then the bias and epilogue while it is in cache.
+#[allow(clippy::too_many_arguments)]
+fn forward_tile<T: Float>(
     g: &ConvGeometry,
-    plan: &Plan,
+    split: GemmSplit,
     x: &[T],
-    weights: &[PackedLhs<T>],
-    y: &mut [T],
+    grp: usize,
+    w_g: &PackedLhs<T>,
+    tile: &Range<usize>,
+    mut y_tile: ArrayViewMut2<'_, T>,
     finish: Finish<'_, T>,
     scratch: &mut Scratch<T>,
 ) {
-    let (area, rows, cog, cg, wo) = (g.out_area(), g.col_rows(), g.c_out_g(), g.c_in_g(), g.wo);
-    for (grp, w_g) in weights.iter().enumerate() {
-        for tile in plan.tiles(g) {
-            let cols = tile.len() * wo;
-            let offset = tile.start * wo;
-            let col = if g.is_pointwise() {
-                mat(&x[grp * cg * area + offset..], cg, cols, area)
-            } else {
-                let (col, phases) = (&mut scratch.col, scratch.phases.vec_mut());
-                im2col(g, &scratch.taps, x, grp * cg, tile, col, cols, phases);
-                mat(&scratch.col, rows, cols, cols)
-            };
-            let out = mat_mut(&mut y[grp * cog * area + offset..], cog, cols, area);
-            product(w_g, col, out, plan.split, scratch.packed.vec_mut());
-            let channels = grp * cog..(grp + 1) * cog;
-            finish.apply(&mut y[grp * cog * area + offset..], channels, cols, area);
-        }
-    }
+    let (area, rows, cg) = (g.out_area(), g.col_rows(), g.c_in_g());
+    let cols = tile.len() * g.wo;
+    let col = if g.is_pointwise() {
+        mat(&x[grp * cg * area + tile.start * g.wo..], cg, cols, area)
+    } else {
+        let (col, phases) = (&mut scratch.col, scratch.phases.vec_mut());
+        im2col(g, &scratch.taps, x, grp * cg, tile.clone(), col, cols, phases);
+        mat(&scratch.col, rows, cols, cols)
+    };
+    product(w_g, col, y_tile.view_mut(), split, scratch.packed.vec_mut());
+    let channels = grp * g.c_out_g()..(grp + 1) * g.c_out_g();
+    finish.apply_rows(y_tile, channels);
 }
 
 /// The im2col matrices of group `grp` of the `s` samples of `x_blk`, side by

@@ -20,28 +20,35 @@ const MIN_ROWS: usize = 8;
 
 /// Multiply-adds a task should have at least (about 20 µs of one core).
 const MIN_TASK_WORK: usize = 1 << 20;
-/// A convolution pass with fewer multiply-adds than this is not cut beyond
-/// its blocks of samples: cutting the digits model's layers (up to 38M)
-/// cost 15% of its training time at 2 threads (CPU time 3.4 s against 2.9 s
-/// per run of `cnn train`), and at 16 threads such a layer takes tens of µs.
+/// A convolution pass with fewer multiply-adds than this is cut little or
+/// not at all (see [`gemm_split`]): cutting the digits model's layers (up to 38M) for 16
+/// threads cost 15% of its training time at 2 threads (CPU time 3.4 s
+/// against 2.9 s per run of `cnn train`), and at 16 threads such a layer
+/// takes tens of µs.
 pub(crate) const MIN_SPLIT_WORK: usize = 64 * MIN_TASK_WORK;
+/// Tasks a forward pass under [`MIN_SPLIT_WORK`] is cut into, when its
+/// products are big enough: a lone product (batch-1 inference's stride-2 and
+/// 1×1 layers, 6–58M multiply-adds) would otherwise leave every core but one
+/// idle. Backward passes keep such layers whole: their weight-gradient parts
+/// would be summed in another order, changing the small training runs' bits.
+pub(crate) const FEW_TASKS: usize = 4;
 
 /// The cut of one `rows × cols` GEMM of inner dimension `depth` when
 /// `concurrent` of them run side by side in a pass of `total` multiply-adds:
-/// none when the pass is under [`MIN_SPLIT_WORK`]; else columns first (their packing is not repeated),
-/// then rows, until `concurrent` times the blocks reaches [`MIN_TASKS`], the
-/// blocks reach their minimum size, or a block would have less than
-/// [`MIN_TASK_WORK`] multiply-adds.
+/// columns first (their packing is not repeated), then rows, until
+/// `concurrent` times the blocks reaches [`MIN_TASKS`] (`small` for a pass
+/// under [`MIN_SPLIT_WORK`]: 1, or [`FEW_TASKS`]), the blocks reach their
+/// minimum size, or a block would have less than [`MIN_TASK_WORK`]
+/// multiply-adds.
 pub(crate) fn gemm_split(
     concurrent: usize,
     (rows, cols, depth): (usize, usize, usize),
     total: usize,
+    small: usize,
 ) -> GemmSplit {
     let work = rows * cols * depth;
-    if total < MIN_SPLIT_WORK {
-        return GemmSplit::ONE;
-    }
-    let want = MIN_TASKS.div_ceil(concurrent.max(1)).min(work / MIN_TASK_WORK);
+    let target = if total < MIN_SPLIT_WORK { small } else { MIN_TASKS };
+    let want = target.div_ceil(concurrent.max(1)).min(work / MIN_TASK_WORK);
     if want <= 1 {
         return GemmSplit::ONE;
     }

@@ -120,8 +120,11 @@ fn same_numbers_on_one_two_three_and_sixteen_threads() {
     // Several sample blocks (small maps), one block per sample, a batch of one
     // whose GEMMs are cut in rows and columns, a stride-2 conv, Winograd
     // F(4×4) by the shape rule (4 samples of 3×3 tiles: 36 ≥ 32; with 3
-    // samples, 27 tiles, the rule takes im2col).
+    // samples, 27 tiles, the rule takes im2col), and batches of one cut into
+    // row tiles that run as tasks of their own (four tiles each).
     for (x_shape, w_shape, stride) in [
+        ([1, 32, 80, 80], [16, 32, 3, 3], 2),
+        ([1, 3, 112, 112], [16, 3, 7, 7], 2),
         ([32, 8, 8, 8], [16, 8, 3, 3], 1),
         ([6, 3, 20, 20], [4, 3, 5, 5], 1),
         ([9, 16, 4, 4], [8, 16, 1, 1], 1),

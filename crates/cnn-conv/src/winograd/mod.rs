@@ -131,7 +131,7 @@ pub(crate) fn forward<T: Float>(
             transform_input(&grid, g, x_chunk, grp, &mut v, t_all);
             // M[ξ] = U[ξ] · V[ξ]: one GEMM per ξ.
             let v_ref = &v[..a2 * cg * t_all];
-            let split = crate::plan::gemm_split(a2, (cog, t_all, cg), (g.flops() / 2) as usize);
+            let split = crate::plan::gemm_split(a2, (cog, t_all, cg), (g.flops() / 2) as usize, 1);
             m[..a2 * cog * t_all].par_chunks_mut(cog * t_all).enumerate().for_each_init(
                 Vec::new,
                 |packed, (xi, m_xi)| {
@@ -522,7 +522,7 @@ pub(crate) fn backward_dw<T: Float>(tile: Tile, g: &ConvGeometry, x: &[T], dy: &
             // writes a partial dU[ξ] of its own, added in block order (fixed by
             // the shapes). Cutting by output channels instead repacked V[ξ]
             // once per block.
-            let split = crate::plan::gemm_split(a2, (cog, t_all, cg), (g.flops() / 2) as usize);
+            let split = crate::plan::gemm_split(a2, (cog, t_all, cg), (g.flops() / 2) as usize, 1);
             let parts = crate::plan::shared_axis_parts(split, t_all);
             let mut partials = Pooled::<T>::take(a2 * parts * cog * cg);
             partials.par_chunks_mut(cog * cg).enumerate().for_each(|(task, part)| {
@@ -569,16 +569,14 @@ pub(crate) fn gemm_tasks<T>(tile: Tile, g: &ConvGeometry, backward: bool) -> Vec
         let t_all = samples.min(g.n - n0) * tps;
         for _ in 0..g.opts.groups * a2 {
             if backward {
-                let split = crate::plan::gemm_split(a2, (cog, t_all, cg), (g.flops() / 2) as usize);
+                let split =
+                    crate::plan::gemm_split(a2, (cog, t_all, cg), (g.flops() / 2) as usize, 1);
                 let parts = crate::plan::shared_axis_parts(split, t_all);
                 tasks.extend((0..parts).map(|_| (cog * cg * t_all / parts) as f64));
             } else {
-                let blocks = crate::plan::gemm_split(
-                    a2,
-                    (cog, t_all, cg),
-                    (g.flops() / 2) as usize,
-                )
-                .blocks(cog, t_all, (8, 48));
+                let blocks =
+                    crate::plan::gemm_split(a2, (cog, t_all, cg), (g.flops() / 2) as usize, 1)
+                        .blocks(cog, t_all, (8, 48));
                 tasks.extend(blocks.iter().map(|&(r, c)| (r * c * cg) as f64));
             }
         }
