@@ -196,14 +196,14 @@ fn standard(x: &ArrayD<f64>) -> ArrayD<f64> {
 ///
 /// impl Layer<f64> for Scale {
 ///     fn forward(&mut self, x: ArrayD<f64>, mode: Mode) -> Result<ArrayD<f64>> {
-///         let y = &x * self.a.value[[0]];
+///         let y = &x * self.a.value()[[0]];
 ///         if mode == Mode::Train { self.x = Some(x); }
 ///         Ok(y)
 ///     }
 ///     fn backward(&mut self, dy: ArrayD<f64>) -> Result<ArrayD<f64>> {
 ///         let x = self.x.take().ok_or(Error::NoForward { op: "scale" })?;
 ///         self.a.grad[[0]] += (&x * &dy).sum();
-///         Ok(dy * self.a.value[[0]])
+///         Ok(dy * self.a.value()[[0]])
 ///     }
 ///     fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param<f64>)) {
 ///         f(&join_key(prefix, "a"), &self.a);
