@@ -233,6 +233,23 @@ pub fn activation_forward<T: Float>(act: Activation, x: ArrayD<T>) -> Result<Arr
     Ok(x)
 }
 
+/// `act(v)` for every value of a slice, in place, on this thread: the
+/// epilogue of a product that applies the activation to each tile of its
+/// output while it is in cache (ConvNeXt's `fc1`). The same numbers as
+/// [`activation_forward`], bit for bit.
+///
+/// # Errors
+/// [`Error::Config`] for a non-finite leaky slope.
+pub fn activation_in_place<T: Float>(act: Activation, data: &mut [T]) -> Result<()> {
+    act.check()?;
+    if let (Activation::Gelu, Some(data)) = (act, T::as_f32_mut(data)) {
+        crate::fast_f32::gelu_forward(data);
+    } else {
+        with_value!(T, act, |f| data.iter_mut().for_each(|v| *v = f(*v)));
+    }
+    Ok(())
+}
+
 /// `act(x)` into a new tensor, leaving `x` as it is: what a layer that keeps
 /// its input for backward uses, instead of copying the input first.
 ///

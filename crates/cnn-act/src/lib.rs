@@ -35,7 +35,7 @@ mod layers;
 pub use drop_path::DropPath;
 pub use dropout::Dropout;
 pub use kernels::{
-    activation_backward, activation_forward, activation_forward_copy, rectifier_backward_masked,
-    rectifier_forward_masked, Activation,
+    activation_backward, activation_forward, activation_forward_copy, activation_in_place,
+    rectifier_backward_masked, rectifier_forward_masked, Activation,
 };
 pub use layers::Act;

@@ -128,7 +128,18 @@ fn out_of_place_forward_equals_in_place() {
         assert_eq!(a, activation_forward(act, x32.clone()).unwrap(), "{act:?} f32");
         let b = cnn_act::activation_forward_copy(act, &x64).unwrap();
         assert_eq!(b, activation_forward(act, x64.clone()).unwrap(), "{act:?} f64");
+        // The slice form (a product's epilogue), on odd-length pieces.
+        let mut c = x32.clone();
+        c.as_slice_mut().unwrap().chunks_mut(997).for_each(|piece| {
+            cnn_act::activation_in_place(act, piece).unwrap();
+        });
+        assert_eq!(c, a, "{act:?} f32 in place by slices");
+        let mut d = x64.clone();
+        cnn_act::activation_in_place(act, d.as_slice_mut().unwrap()).unwrap();
+        assert_eq!(d, b, "{act:?} f64 in place by slices");
     }
+    let mut bad = [1.0f32];
+    assert!(cnn_act::activation_in_place(Activation::LeakyRelu(f64::NAN), &mut bad).is_err());
 }
 
 /// DropPath over many draws: the kept share of samples within 5σ of 1 − p,

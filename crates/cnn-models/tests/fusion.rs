@@ -64,26 +64,28 @@ fn models() -> Vec<(&'static str, Sequential<f32>, Vec<usize>)> {
     ]
 }
 
-/// `(convs, folded norms, ReLU epilogues)` of one eval forward, counted by
-/// hand from each architecture (torchvision's and timm's layer lists).
-fn expected_fusion(name: &str) -> (usize, usize, usize) {
+/// `(convs, folded norms, ReLU epilogues, fused ConvNeXt MLPs)` of one eval
+/// forward, counted by hand from each architecture (torchvision's and timm's
+/// layer lists).
+fn expected_fusion(name: &str) -> (usize, usize, usize, usize) {
     match name {
         // Three stages of two conv-bn-relu blocks (28×28 input).
-        "small_cnn" => (6, 6, 6),
+        "small_cnn" => (6, 6, 6, 0),
         // stem + 9 blocks × 2 convs + 2 projections; ReLU after the stem and
         // each block's first conv (the second's ReLU follows the sum).
-        "cifar_resnet20" => (21, 21, 10),
+        "cifar_resnet20" => (21, 21, 10, 0),
         // stem + 8 blocks × 2 + 3 projections.
-        "resnet18" => (20, 20, 9),
+        "resnet18" => (20, 20, 9, 0),
         // stem + 16 blocks × 3 + 4 projections; ReLU after conv1 and conv2 of each.
-        "resnet50" => (53, 53, 33),
+        "resnet50" => (53, 53, 33, 0),
         // 8 convs, each followed by a ReLU; no norm.
-        "vgg11" => (8, 0, 8),
-        "vgg11_bn" => (8, 8, 8),
-        "alexnet" => (5, 0, 5),
+        "vgg11" => (8, 0, 8, 0),
+        "vgg11_bn" => (8, 8, 8, 0),
+        "alexnet" => (5, 0, 5, 0),
         // The stem and three downsampling convs; the blocks' depthwise convs
-        // are followed by a LayerNorm, which does not fold.
-        "convnext_atto" => (4, 0, 0),
+        // are followed by a LayerNorm, which does not fold. 2 + 2 + 6 + 2
+        // blocks, each with its MLP fused.
+        "convnext_atto" => (4, 0, 0, 12),
         _ => panic!("no expected fusion count for {name}"),
     }
 }
@@ -104,7 +106,11 @@ fn fused_inference_equals_the_layers_one_by_one_on_every_model() {
         assert_eq!(none, FusionCount::default(), "{name}: with_fusion(false) fused");
         assert_eq!(count, fusable(&mut net), "{name}: fused runs against the structure's");
         let want = expected_fusion(name);
-        assert_eq!((count.convs, count.norms, count.relus), want, "{name}: fused runs");
+        assert_eq!((count.convs, count.norms, count.relus, count.mlps), want, "{name}: fused runs");
+        if want.1 == 0 {
+            // Nothing folded: the same operations on the same values.
+            assert_eq!(fused, unfused, "{name}: fused without folds differs");
+        }
         // Again: the folded weights come from the cache now.
         let again = net.forward(x.clone(), Mode::Eval).unwrap();
         assert_eq!(again, fused, "{name}: a second fused call");

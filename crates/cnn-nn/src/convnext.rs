@@ -1,15 +1,17 @@
 //! ConvNeXt's building blocks, with timm's keys: the per-pixel linear layer
 //! of its MLP and the ConvNeXt block.
 
-use cnn_act::{Act, DropPath};
-use cnn_conv::{Conv2d, Conv2dConfig};
+use cnn_act::{activation_in_place, Act, DropPath};
+use cnn_conv::{Conv2d, Conv2dConfig, Epilogue};
 use cnn_norm::{LayerNorm2d, LayerNorm2dConfig};
 use cnn_tensor::scratch::Scratch as Pooled;
+use cnn_tensor::simd;
 use cnn_tensor::{
     gemm, gemm_packed_split, join_key, ArrayD, Error, Float, GemmSplit, IxDyn, Layer, Mode,
-    PackedLhs, Param, Result,
+    PackedLhs, Param, Result, Version,
 };
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// A linear map over the channels of every pixel: a 1×1 convolution, or
 /// timm's channels-last `nn.Linear`. `y[n, o, p] = Σ_i W[o, i]·x[n, i, p] + b[o]`.
@@ -28,6 +30,9 @@ pub struct PixelLinear<T: Float = f32> {
     /// `[out]`.
     pub bias: Param<T>,
     x: Option<ArrayD<T>>,
+    /// The weight packed for the product in eval mode, kept between calls
+    /// with the weight's version and the product width it was packed for.
+    eval_packed: Option<((Version, usize), PackedLhs<T>)>,
 }
 
 impl<T: Float> PixelLinear<T> {
@@ -44,7 +49,7 @@ impl<T: Float> PixelLinear<T> {
             ));
         }
         let bias = Param::new(ArrayD::zeros(IxDyn(&[s[0]])));
-        Ok(PixelLinear { weight: Param::new(weight), bias, x: None })
+        Ok(PixelLinear { weight: Param::new(weight), bias, x: None, eval_packed: None })
     }
 
     fn dims(&self) -> (usize, usize) {
@@ -85,58 +90,91 @@ fn samples_per_product(p: usize, n: usize) -> usize {
     TARGET_COLS.div_ceil(p.max(1)).clamp(1, n.max(1))
 }
 
-/// `out[n] = a · inp[n] (+ bias[row])` for every sample: `inp: [N, k, p]`,
-/// `out: [N, m, p]`, `a: [m, k]` packed once. Blocks of
-/// [`samples_per_product`] samples run in parallel; a block of several
-/// samples is gathered side by side (`[k, s·p]`), multiplied in one product
-/// and scattered back with the bias. Every output is one product's sum in
-/// `k` order: the same numbers on any thread count.
+/// What a product does to each row of its output while the block is in
+/// cache: `finish(sample, row, values)` (an activation, a layer scale and a
+/// residual sum, in fused inference).
+pub(crate) type RowFinish<'a, T> = dyn Fn(usize, usize, &mut [T]) + Sync + 'a;
+
+/// `out[n] = a · inp[n] (+ bias[row])` for every sample, then `finish` on
+/// each output row: `inp: [N, k, p]`, `out: [N, m, p]`, `a: [m, k]` packed
+/// once. Blocks of [`samples_per_product`] samples run in parallel; a block
+/// of several samples is gathered side by side (`[k, s·p]`), multiplied in
+/// one product and scattered back with the bias. Every output is one
+/// product's sum in `k` order: the same numbers on any thread count.
 fn products<T: Float>(
     a: &PackedLhs<T>,
     inp: &[T],
     bias: Option<&[T]>,
-    out: &mut [T],
+    out: &mut [MaybeUninit<T>],
     p: usize,
+    finish: Option<&RowFinish<'_, T>>,
 ) -> Result<()> {
     let (m, k) = (a.rows(), a.cols());
     let n = out.len() / (m * p).max(1);
     let s = samples_per_product(p, n);
     let blocks = n.div_ceil(s);
     let split = GemmSplit { rows: 1, cols: MIN_TASKS.div_ceil(blocks) };
-    let shape_err = |e: ndarray::ShapeError| Error::shape("pixel_linear", e.to_string());
-    out.par_chunks_mut(s * m * p).zip(inp.par_chunks(s * k * p)).try_for_each(|(o, i)| {
-        let s = o.len() / (m * p);
-        if s == 1 {
-            if let Some(b) = bias {
-                // y starts as b[row] and the product is added to it (β = 1):
-                // no zeroed y, no bias pass after.
-                for (row, &bv) in o.chunks_exact_mut(p).zip(b) {
-                    row.fill(bv);
-                }
-            }
-            let beta = if bias.is_some() { T::one() } else { T::zero() };
-            let i = ndarray::ArrayView2::from_shape((k, p), i).map_err(shape_err)?;
-            let o = ndarray::ArrayViewMut2::from_shape((m, p), o).map_err(shape_err)?;
-            return gemm_packed_split(a, i, beta, o, split);
-        }
-        // Every value of both written before it is read.
-        let (cols, mut gi, mut go) =
-            (s * p, Pooled::<T>::take(k * s * p), Pooled::<T>::take(m * s * p));
-        side_by_side(i, k, p, &mut gi);
-        let gi_v = ndarray::ArrayView2::from_shape((k, cols), &gi[..]).map_err(shape_err)?;
-        let go_v = ndarray::ArrayViewMut2::from_shape((m, cols), &mut go[..]).map_err(shape_err)?;
-        gemm_packed_split(a, gi_v, T::zero(), go_v, split)?;
-        for (si, sample) in o.chunks_exact_mut(m * p).enumerate() {
-            for (r, row) in sample.chunks_exact_mut(p).enumerate() {
-                let src = &go[r * cols + si * p..][..p];
-                match bias {
-                    Some(b) => row.iter_mut().zip(src).for_each(|(d, &v)| *d = v + b[r]),
-                    None => copy_row(row, src),
+    let chunks = out.par_chunks_mut(s * m * p).zip(inp.par_chunks(s * k * p)).enumerate();
+    chunks.try_for_each(|(blk, (o, i))| {
+        let o = block_product(a, i, bias, o, p, split)?;
+        if let Some(finish) = finish {
+            for (si, sample) in o.chunks_exact_mut(m * p).enumerate() {
+                for (r, row) in sample.chunks_exact_mut(p).enumerate() {
+                    finish(blk * s + si, r, row);
                 }
             }
         }
         Ok(())
     })
+}
+
+/// One block's product: `o = a · i (+ bias)` for its `s` samples (`i:
+/// [s, k, p]`, `o: [s, m, p]`), alone or side by side. Writes every value of
+/// `o` (no zeroing pass before) and returns it as values.
+fn block_product<'o, T: Float>(
+    a: &PackedLhs<T>,
+    i: &[T],
+    bias: Option<&[T]>,
+    o: &'o mut [MaybeUninit<T>],
+    p: usize,
+    split: GemmSplit,
+) -> Result<&'o mut [T]> {
+    let (m, k) = (a.rows(), a.cols());
+    let shape_err = |e: ndarray::ShapeError| Error::shape("pixel_linear", e.to_string());
+    let s = o.len() / (m * p);
+    if s == 1 {
+        // y starts as b[row] (or 0) and the product is added to it (β = 1):
+        // no zeroed y, no bias pass after.
+        for (r, row) in o.chunks_exact_mut(p).enumerate() {
+            row.fill(MaybeUninit::new(bias.map_or(T::zero(), |b| b[r])));
+        }
+        // SAFETY: every row of `o` was filled just above.
+        let o = unsafe { simd::assume_init_mut(o) };
+        let i = ndarray::ArrayView2::from_shape((k, p), i).map_err(shape_err)?;
+        let ov = ndarray::ArrayViewMut2::from_shape((m, p), &mut *o).map_err(shape_err)?;
+        gemm_packed_split(a, i, T::one(), ov, split)?;
+        return Ok(o);
+    }
+    // Every value of both written before it is read.
+    let (cols, mut gi, mut go) =
+        (s * p, Pooled::<T>::take(k * s * p), Pooled::<T>::take(m * s * p));
+    side_by_side(i, k, p, &mut gi);
+    let gi_v = ndarray::ArrayView2::from_shape((k, cols), &gi[..]).map_err(shape_err)?;
+    let go_v = ndarray::ArrayViewMut2::from_shape((m, cols), &mut go[..]).map_err(shape_err)?;
+    gemm_packed_split(a, gi_v, T::zero(), go_v, split)?;
+    for (si, sample) in o.chunks_exact_mut(m * p).enumerate() {
+        for (r, row) in sample.chunks_exact_mut(p).enumerate() {
+            let src = &go[r * cols + si * p..][..p];
+            match bias {
+                Some(b) => row.iter_mut().zip(src).for_each(|(d, &v)| {
+                    d.write(v + b[r]);
+                }),
+                None => copy_row(row, simd::as_uninit(src)),
+            }
+        }
+    }
+    // SAFETY: the loops above wrote every row of every sample of `o`.
+    Ok(unsafe { simd::assume_init_mut(o) })
 }
 
 /// `dst[c, si·p + q] = src[si, c, q]`: the samples of `src` (`[s, rows, p]`)
@@ -205,8 +243,17 @@ fn weight_grad<T: Float>(x: &[T], dy: &[T], (o, i, p): (usize, usize, usize)) ->
     Ok(dw)
 }
 
-impl<T: Float> Layer<T> for PixelLinear<T> {
-    fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
+impl<T: Float> PixelLinear<T> {
+    /// The forward, with `finish` applied to each output row while its
+    /// block is in cache (fused inference; see [`products`]). In eval mode
+    /// the packed weight is kept for the next call (rebuilt when the
+    /// weight's version or the product width changes).
+    pub(crate) fn forward_with(
+        &mut self,
+        x: ArrayD<T>,
+        mode: Mode,
+        finish: Option<&RowFinish<'_, T>>,
+    ) -> Result<ArrayD<T>> {
         let (o, i) = self.dims();
         let (n, p) = as_matrices("pixel_linear", &x, i)?;
         let x = if x.is_standard_layout() { x } else { x.as_standard_layout().into_owned() };
@@ -221,13 +268,33 @@ impl<T: Float> Layer<T> for PixelLinear<T> {
             .as_slice()
             .ok_or_else(|| Error::shape("pixel_linear", "bias is not contiguous"))?;
         // Written whole by `products` (the bias, then the product added).
-        let mut y = vec![T::zero(); n * o * p];
-        let packed = PackedLhs::new(self.w2()?, p * samples_per_product(p, n));
-        products(&packed, xs, Some(bias), &mut y, p)?;
+        let mut y = simd::uninit_vec::<T>(n * o * p);
+        let width = p * samples_per_product(p, n);
+        let fresh;
+        let packed = if mode == Mode::Eval {
+            let key = (self.weight.version(), width);
+            if self.eval_packed.as_ref().is_none_or(|(k, _)| *k != key) {
+                self.eval_packed = Some((key, PackedLhs::new(self.w2()?, width)));
+            }
+            &self.eval_packed.as_ref().expect("set above").1
+        } else {
+            self.eval_packed = None;
+            fresh = PackedLhs::new(self.w2()?, width);
+            &fresh
+        };
+        products(packed, xs, Some(bias), &mut y, p, finish)?;
+        // SAFETY: `products` wrote every value of `y`.
+        let y = unsafe { simd::assume_init(y) };
         let y = ArrayD::from_shape_vec(IxDyn(&[n, o, h, w]), y)
             .map_err(|e| Error::shape("pixel_linear", e.to_string()))?;
         self.x = (mode == Mode::Train).then_some(x);
         Ok(y)
+    }
+}
+
+impl<T: Float> Layer<T> for PixelLinear<T> {
+    fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
+        self.forward_with(x, mode, None)
     }
 
     fn backward(&mut self, dy: ArrayD<T>) -> Result<ArrayD<T>> {
@@ -251,10 +318,19 @@ impl<T: Float> Layer<T> for PixelLinear<T> {
         let dys =
             dy.as_slice().ok_or_else(|| Error::shape("pixel_linear", "dy is not contiguous"))?;
         // dx_n = Wᵀ · dy_n, samples in parallel.
-        let mut dx = vec![T::zero(); x.len()];
+        let mut dx = simd::uninit_vec::<T>(x.len());
         let wt = self.w2()?.t().as_standard_layout().into_owned();
         let n = x.shape()[0];
-        products(&PackedLhs::new(wt.view(), p * samples_per_product(p, n)), dys, None, &mut dx, p)?;
+        products(
+            &PackedLhs::new(wt.view(), p * samples_per_product(p, n)),
+            dys,
+            None,
+            &mut dx,
+            p,
+            None,
+        )?;
+        // SAFETY: `products` wrote every value of `dx`.
+        let dx = unsafe { simd::assume_init(dx) };
         if self.weight.trainable {
             let xs =
                 x.as_slice().ok_or_else(|| Error::shape("pixel_linear", "x is not contiguous"))?;
@@ -410,8 +486,48 @@ fn scale_channels<T: Float>(x: &mut ArrayD<T>, g: &ArrayD<T>) {
     *x = contiguous;
 }
 
+impl<T: Float> ConvNeXtBlock<T> {
+    /// Eval mode, fused: the depthwise conv reads `x` where it is (no copy
+    /// kept for the residual), the activation runs on each block of fc1's
+    /// output and γ and the residual sum on fc2's while they are in cache,
+    /// instead of a pass (and a new tensor) each. The same operations on the
+    /// same values as the layers one by one: the same bits.
+    fn forward_fused(&mut self, x: ArrayD<T>) -> Result<ArrayD<T>> {
+        let x = if x.is_standard_layout() { x } else { x.as_standard_layout().into_owned() };
+        let x4 = crate::fusion::to4("convnext_block", x)?;
+        self.branch = None;
+        self.act.clear_cache();
+        let h = self.conv_dw.forward_fused(x4.view(), None, Epilogue::None)?;
+        let h = self.norm.forward(h.into_dyn(), Mode::Eval)?;
+        let act = self.act.activation;
+        // Checked here, once: on the rows below it cannot fail.
+        activation_in_place::<T>(act, &mut [])?;
+        let activate = |_: usize, _: usize, row: &mut [T]| {
+            let _ = activation_in_place(act, row);
+        };
+        let h = self.fc1.forward_with(h, Mode::Eval, Some(&activate))?;
+        let xs = x4.as_slice().expect("standard layout");
+        let (c, p) = (x4.shape()[1], x4.shape()[2] * x4.shape()[3]);
+        let gamma = self.gamma.as_ref().map(|g| g.value().iter().copied().collect::<Vec<T>>());
+        // `γ·h + x`, as `scale_channels` then the sum of the unfused path.
+        let scale_add = |n: usize, r: usize, row: &mut [T]| {
+            let residual = &xs[(n * c + r) * p..][..p];
+            match &gamma {
+                Some(g) => row.iter_mut().zip(residual).for_each(|(v, &x)| *v = *v * g[r] + x),
+                None => row.iter_mut().zip(residual).for_each(|(v, &x)| *v = *v + x),
+            }
+        };
+        let y = self.fc2.forward_with(h, Mode::Eval, Some(&scale_add))?;
+        crate::fusion::record_mlp();
+        Ok(y)
+    }
+}
+
 impl<T: Float> Layer<T> for ConvNeXtBlock<T> {
     fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
+        if mode == Mode::Eval && crate::fusion::fusion_enabled() {
+            return self.forward_fused(x);
+        }
         let h = self.conv_dw.forward(x.clone(), mode)?;
         let h = self.norm.forward(h, mode)?;
         let h = self.fc1.forward(h, mode)?;
@@ -483,5 +599,9 @@ impl<T: Float> Layer<T> for ConvNeXtBlock<T> {
             ("mlp.fc2".into(), &mut self.fc2),
             ("drop_path".into(), &mut self.drop_path),
         ]
+    }
+
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
     }
 }

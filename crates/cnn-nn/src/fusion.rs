@@ -17,12 +17,14 @@ use ndarray::{Array4, ArrayView4, Ix4};
 thread_local! {
     static ENABLED: Cell<Option<bool>> = const { Cell::new(None) };
     /// What the fused forwards of this thread did, for [`count_fused`].
-    static COUNT: Cell<FusionCount> = const { Cell::new(FusionCount { convs: 0, norms: 0, relus: 0 }) };
+    static COUNT: Cell<FusionCount> =
+        const { Cell::new(FusionCount { convs: 0, norms: 0, relus: 0, mlps: 0 }) };
 }
 
 /// What fused inference did over some forwards ([`count_fused`]): how many
-/// convolutions ran fused, how many BatchNorms were folded into them, and how
-/// many ReLUs ran as their epilogue.
+/// convolutions ran fused, how many BatchNorms were folded into them, how
+/// many ReLUs ran as their epilogue, and how many ConvNeXt blocks ran their
+/// MLP fused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FusionCount {
     /// Convolutions run through the fused path.
@@ -31,6 +33,9 @@ pub struct FusionCount {
     pub norms: usize,
     /// ReLUs applied in a convolution's epilogue.
     pub relus: usize,
+    /// ConvNeXt blocks whose MLP ran with its activation, layer scale and
+    /// residual sum in the products' epilogues (and no copy of the input).
+    pub mlps: usize,
 }
 
 /// Runs `f` and counts what fused inference did inside it on this thread:
@@ -43,6 +48,7 @@ pub fn count_fused<R>(f: impl FnOnce() -> R) -> (R, FusionCount) {
         convs: after.convs - before.convs,
         norms: after.norms - before.norms,
         relus: after.relus - before.relus,
+        mlps: after.mlps - before.mlps,
     };
     (r, count)
 }
@@ -58,13 +64,26 @@ fn record(norm: bool, relu: bool) {
     });
 }
 
+/// Records one ConvNeXt block run fused in this thread's [`FusionCount`].
+pub(crate) fn record_mlp() {
+    COUNT.with(|c| {
+        let mut n = c.get();
+        n.mlps += 1;
+        c.set(n);
+    });
+}
+
 /// How many of each layer kind fused inference can take, found through
 /// [`Layer::children_mut`]: the convolutions (every one runs fused), the
 /// 2-D BatchNorms right after one in a chain and the ReLUs right after those
-/// (or right after a conv). What [`count_fused`] should report for one
-/// eval-mode forward of `model`.
+/// (or right after a conv), and the ConvNeXt blocks. What [`count_fused`]
+/// should report for one eval-mode forward of `model`.
 pub fn fusable<T: Float>(model: &mut dyn Layer<T>) -> FusionCount {
     let mut count = FusionCount::default();
+    if model.as_any_mut().is_some_and(|a| a.is::<crate::ConvNeXtBlock<T>>()) {
+        count.mlps = 1;
+        return count;
+    }
     let chain = model.wiring() == cnn_tensor::Wiring::Chain;
     let mut children = model.children_mut();
     let mut i = 0;
@@ -83,6 +102,7 @@ pub fn fusable<T: Float>(model: &mut dyn Layer<T>) -> FusionCount {
         count.convs += inner.convs;
         count.norms += inner.norms;
         count.relus += inner.relus;
+        count.mlps += inner.mlps;
         i += 1;
     }
     count

@@ -84,6 +84,44 @@ mod convnext {
             prop_assert!(report.passed(), "{report}");
         }
     }
+
+    /// A block with `block`'s values, built afresh: nothing cached.
+    fn rebuilt(block: &ConvNeXtBlock<f32>, cfg: ConvNeXtBlockConfig) -> ConvNeXtBlock<f32> {
+        let mut values = Vec::new();
+        block.visit("", &mut |_, p| values.push(p.value().clone()));
+        let mut copy = ConvNeXtBlock::new(cfg, 0, &mut seeded_rng(99)).unwrap();
+        let mut values = values.into_iter();
+        copy.visit_mut("", &mut |_, p| p.set_value(values.next().unwrap()));
+        copy
+    }
+
+    /// Eval mode runs the block fused (GELU on fc1's output blocks, γ and
+    /// the residual on fc2's, no copy of the input), with the same bits as
+    /// the layers one by one, on small maps (samples side by side in one
+    /// product) and large ones, with and without γ; after a weight changes,
+    /// the packed weights kept between eval calls are rebuilt.
+    #[test]
+    fn fused_eval_equals_the_layers_one_by_one() {
+        use cnn_nn::{count_fused, with_fusion};
+        for (n, hw, gamma) in [(3, 4, true), (2, 24, true), (2, 5, false)] {
+            let cfg = ConvNeXtBlockConfig::new(8).with_ls_init_value(gamma.then_some(0.5));
+            let mut block = ConvNeXtBlock::<f32>::new(cfg, 3, &mut seeded_rng(4)).unwrap();
+            let x: ArrayD<f32> = normal(&[n, 8, hw, hw], 0.0, 1.0, &mut seeded_rng(5));
+            let (fused, count) = count_fused(|| block.forward(x.clone(), Mode::Eval).unwrap());
+            assert_eq!(count.mlps, 1, "the fused path ran");
+            let unfused = with_fusion(false, || block.forward(x.clone(), Mode::Eval)).unwrap();
+            assert_eq!(fused, unfused, "{n}x{hw}x{hw}, gamma {gamma}");
+            block.visit_mut("", &mut |k, p| {
+                if k == "mlp.fc1.weight" || k == "mlp.fc2.bias" {
+                    p.value_mut().iter_mut().step_by(3).for_each(|v| *v += 0.25);
+                }
+            });
+            let changed = block.forward(x.clone(), Mode::Eval).unwrap();
+            assert_ne!(changed, fused, "the change shows");
+            let fresh = rebuilt(&block, cfg).forward(x.clone(), Mode::Eval).unwrap();
+            assert_eq!(changed, fresh, "stale packed weights after a change");
+        }
+    }
 }
 
 /// A `Sequential`'s children by name: get, insert, remove, and `Identity` in

@@ -202,6 +202,24 @@ pub unsafe fn assume_init<T: Copy>(v: Vec<MaybeUninit<T>>) -> Vec<T> {
     unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<T>(), v.len(), v.capacity()) }
 }
 
+/// A slice of [`uninit_vec`] whose every slot has been written, as values:
+/// for a kernel that fills part of an output itself, then hands it on.
+///
+/// # Safety
+/// Every element of `s` must have been written.
+pub unsafe fn assume_init_mut<T: Copy>(s: &mut [MaybeUninit<T>]) -> &mut [T] {
+    // SAFETY: MaybeUninit<T> has T's layout; the caller guarantees every element is written.
+    unsafe { &mut *(std::ptr::from_mut(s) as *mut [T]) }
+}
+
+/// Values seen as possibly-uninitialized ones (the same memory, read only):
+/// the source of a copy into a slice of [`uninit_vec`].
+pub fn as_uninit<T: Copy>(s: &[T]) -> &[MaybeUninit<T>] {
+    // SAFETY: MaybeUninit<T> has T's layout, every T is a valid MaybeUninit<T>, and the
+    // shared borrow allows no write (which could store an uninitialized value into `s`).
+    unsafe { &*(std::ptr::from_ref(s) as *const [MaybeUninit<T>]) }
+}
+
 /// Every level this CPU can run, lowest first: what a test of "every vector
 /// path" iterates over.
 pub fn levels() -> Vec<SimdLevel> {
@@ -280,5 +298,12 @@ mod tests {
         // SAFETY: every slot was written just above.
         let v = unsafe { assume_init(v) };
         assert_eq!(v, [0.0, 1.0, 2.0, 3.0, 4.0]);
+        // A part written by copying from values, then used as values.
+        let mut w = uninit_vec::<f32>(7);
+        w[2..].copy_from_slice(as_uninit(&v));
+        // SAFETY: slots 2..7 were written by the copy.
+        let part = unsafe { assume_init_mut(&mut w[2..]) };
+        part[0] += 10.0;
+        assert_eq!(part, [10.0, 1.0, 2.0, 3.0, 4.0]);
     }
 }
