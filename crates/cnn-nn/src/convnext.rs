@@ -514,7 +514,7 @@ impl<T: Float> ConvNeXtBlock<T> {
             let residual = &xs[(n * c + r) * p..][..p];
             match &gamma {
                 Some(g) => row.iter_mut().zip(residual).for_each(|(v, &x)| *v = *v * g[r] + x),
-                None => row.iter_mut().zip(residual).for_each(|(v, &x)| *v = *v + x),
+                None => row.iter_mut().zip(residual).for_each(|(v, &x)| *v += x),
             }
         };
         let y = self.fc2.forward_with(h, Mode::Eval, Some(&scale_add))?;
