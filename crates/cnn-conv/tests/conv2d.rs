@@ -316,6 +316,32 @@ proptest! {
     }
 }
 
+/// The depthwise forward in f32 (its 16-lane blocks on AVX-512; the name
+/// has "naive", so it runs again on every SIMD level) against the f64 naive
+/// kernel: rows narrower than a block, one block and a bit, kernels 1–7
+/// wide, with and without padding and bias.
+#[test]
+fn depthwise_f32_blocks_equal_the_naive_kernel() {
+    for (h, w, k, p, bias) in [
+        (5, 3, 3, 1, true),
+        (9, 16, 7, 3, false),
+        (6, 17, 5, 2, true),
+        (4, 40, 7, 3, true),
+        (7, 33, 1, 0, false),
+        (3, 2, 3, 1, true),
+    ] {
+        let (x64, w64) = (randn4([2, 5, h, w], 3), randn4([5, 1, k, k], 4));
+        let b64 = Array1::from_iter((0..5).map(|i| 0.1 * i as f64 - 0.2));
+        let opts = Conv2dOptions::default().with_padding(p).with_groups(5);
+        let want =
+            conv2d_forward_naive(x64.view(), w64.view(), bias.then(|| b64.view()), &opts).unwrap();
+        let (x, wt, b) = (x64.mapv(|v| v as f32), w64.mapv(|v| v as f32), b64.mapv(|v| v as f32));
+        let got = conv2d_forward(x.view(), wt.view(), bias.then(|| b.view()), &opts).unwrap();
+        let err = rel_err(&got.mapv(f64::from).into_dyn(), &want.into_dyn());
+        assert!(err < 1e-5, "{h}x{w}, k {k}, p {p}: {err:e}");
+    }
+}
+
 /// ConvNeXt's depthwise 7×7 at a real size, and a strided 3×3: same numbers on one and two threads.
 #[test]
 fn depthwise_is_the_same_on_one_and_two_threads() {
