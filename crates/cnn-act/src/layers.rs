@@ -32,6 +32,33 @@ impl<T: Float> Act<T> {
         self.masked = None;
     }
 
+    /// ReLU only: runs `f` with this layer's sign buffer, sized for an
+    /// output of `shape`, for a layer that applies the ReLU to its own
+    /// train-mode output and writes the signs there (`cnn_norm::BatchNorm::
+    /// forward_relu`, fused in training); the pending backward then runs as
+    /// after this layer's own train-mode forward.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for another activation; whatever `f` returns (and
+    /// then no backward is pending).
+    pub fn forward_in<R>(
+        &mut self,
+        shape: &[usize],
+        f: impl FnOnce(&mut [u8]) -> Result<R>,
+    ) -> Result<R> {
+        if self.activation != Activation::Relu {
+            return Err(Error::config(
+                self.activation.name(),
+                "only a ReLU runs inside another layer's forward",
+            ));
+        }
+        self.clear_cache();
+        self.positive.resize(shape.iter().product(), 0);
+        let r = f(&mut self.positive)?;
+        self.masked = Some(shape.to_vec());
+        Ok(r)
+    }
+
     /// ReLU and LeakyReLU: which inputs of the last train-mode forward were
     /// positive (1) or not (0), in the input's order; `None` for other
     /// activations, or before a train-mode forward. What a kink-aware check

@@ -142,6 +142,34 @@ fn out_of_place_forward_equals_in_place() {
     assert!(cnn_act::activation_in_place(Activation::LeakyRelu(f64::NAN), &mut bad).is_err());
 }
 
+/// A ReLU applied inside another layer's forward (`Act::forward_in`, which
+/// lends the sign buffer): its backward is that of its own forward on the
+/// same output; other activations refuse, and a failed inner forward leaves
+/// no backward pending.
+#[test]
+fn a_relu_run_elsewhere_has_its_own_backward() {
+    let x: ArrayD<f32> = normal(&[4, 6], 0.0, 1.0, &mut seeded_rng(2));
+    let dy: ArrayD<f32> = normal(&[4, 6], 0.0, 1.0, &mut seeded_rng(3));
+    let mut own = Act::<f32>::relu();
+    let y = own.forward(x.clone(), Mode::Train).unwrap();
+    let mut lent = Act::<f32>::relu();
+    let y2 = lent
+        .forward_in(x.shape(), |signs| {
+            for (s, &v) in signs.iter_mut().zip(x.iter()) {
+                *s = u8::from(v > 0.0);
+            }
+            Ok(y.clone())
+        })
+        .unwrap();
+    assert_eq!(y2, y);
+    assert_eq!(lent.backward(dy.clone()).unwrap(), own.backward(dy.clone()).unwrap());
+    assert!(Act::<f32>::gelu().forward_in(&[2], |_| Ok(())).is_err());
+    let failed: cnn_tensor::Result<()> =
+        lent.forward_in(&[2], |_| Err(Error::config("inner", "refused")));
+    assert!(failed.is_err());
+    assert!(matches!(lent.backward(dy).unwrap_err(), Error::NoForward { .. }));
+}
+
 /// DropPath over many draws: the kept share of samples within 5σ of 1 − p,
 /// the mean of the output that of the input, the same seed the same masks,
 /// eval the identity.

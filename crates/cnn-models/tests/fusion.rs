@@ -232,3 +232,34 @@ fn cached_eval_weights_follow_every_way_a_weight_can_change() {
     });
     check(&mut net, "visit_mut");
 }
+
+/// Training runs each 2-D BatchNorm and the ReLU after it as one pass over
+/// the output (the ReLU's signs written by the norm's kernel): the logits,
+/// dx, every gradient and the running statistics equal, bit for bit, the
+/// layers run one by one; the fused pairs are the stem's and each block's
+/// first (the second ReLU follows the residual sum).
+#[test]
+fn fused_training_equals_the_layers_one_by_one() {
+    let cfg = CifarResNetConfig::new(8);
+    let x: ArrayD<f32> = normal(&[4, 3, 16, 16], 0.0, 1.0, &mut seeded_rng(8));
+    let bits = |a: &ArrayD<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let step = |fuse: bool| {
+        let mut net: Sequential<f32> = cifar_resnet(&cfg, &mut seeded_rng(6)).unwrap();
+        let (out, count) = count_fused(|| {
+            with_fusion(fuse, || {
+                let logits = net.forward(x.clone(), Mode::Train).unwrap();
+                let (_, d) = cnn_tensor::cross_entropy(&logits, &[0, 1, 2, 3], 0.0).unwrap();
+                let dx = net.backward(d).unwrap();
+                (bits(&logits), bits(&dx))
+            })
+        });
+        let mut state = Vec::new();
+        net.visit("", &mut |k, p| state.push((k.to_string(), bits(p.value()), bits(&p.grad))));
+        (out, state, count.norm_relus)
+    };
+    let (fused, fused_state, pairs) = step(true);
+    let (plain, plain_state, none) = step(false);
+    assert_eq!((pairs, none), (1 + 3, 0), "the stem's pair and each of 3 blocks' first");
+    assert_eq!(fused, plain, "logits and dx");
+    assert_eq!(fused_state, plain_state, "weights, gradients and running statistics");
+}

@@ -18,7 +18,7 @@ thread_local! {
     static ENABLED: Cell<Option<bool>> = const { Cell::new(None) };
     /// What the fused forwards of this thread did, for [`count_fused`].
     static COUNT: Cell<FusionCount> =
-        const { Cell::new(FusionCount { convs: 0, norms: 0, relus: 0, mlps: 0 }) };
+        const { Cell::new(FusionCount { convs: 0, norms: 0, relus: 0, mlps: 0, norm_relus: 0 }) };
 }
 
 /// What fused inference did over some forwards ([`count_fused`]): how many
@@ -36,6 +36,9 @@ pub struct FusionCount {
     /// ConvNeXt blocks whose MLP ran with its activation, layer scale and
     /// residual sum in the products' epilogues (and no copy of the input).
     pub mlps: usize,
+    /// In training: ReLUs applied by the 2-D BatchNorm before them, in the
+    /// same pass over the output (`BatchNorm::forward_relu`).
+    pub norm_relus: usize,
 }
 
 /// Runs `f` and counts what fused inference did inside it on this thread:
@@ -49,6 +52,7 @@ pub fn count_fused<R>(f: impl FnOnce() -> R) -> (R, FusionCount) {
         norms: after.norms - before.norms,
         relus: after.relus - before.relus,
         mlps: after.mlps - before.mlps,
+        norm_relus: after.norm_relus - before.norm_relus,
     };
     (r, count)
 }
@@ -71,6 +75,33 @@ pub(crate) fn record_mlp() {
         n.mlps += 1;
         c.set(n);
     });
+}
+
+/// Whether `a` then `b` are a 2-D BatchNorm and a ReLU, which a train-mode
+/// forward runs as one pass ([`norm_relu_train`]).
+pub(crate) fn is_norm_relu<T: Float>(a: &mut dyn Layer<T>, b: &mut dyn Layer<T>) -> bool {
+    kind(a) == Kind::Norm && kind(b) == Kind::Relu
+}
+
+/// `relu(bn(x))` in training, in one pass over the output: the norm keeps
+/// what its backward needs, the ReLU layer the signs (written by the norm's
+/// kernel into the ReLU's own buffer), so both backwards run unchanged.
+/// Layers checked by [`is_norm_relu`].
+pub(crate) fn norm_relu_train<T: Float>(
+    bn: &mut dyn Layer<T>,
+    relu: &mut dyn Layer<T>,
+    x: ArrayD<T>,
+) -> Result<ArrayD<T>> {
+    let bn: &mut BatchNorm<T> = downcast(bn);
+    let act: &mut Act<T> = downcast(relu);
+    let shape = x.shape().to_vec();
+    let y = act.forward_in(&shape, |signs| bn.forward_relu(x, Mode::Train, signs))?;
+    COUNT.with(|c| {
+        let mut n = c.get();
+        n.norm_relus += 1;
+        c.set(n);
+    });
+    Ok(y)
 }
 
 /// How many of each layer kind fused inference can take, found through
@@ -108,7 +139,8 @@ pub fn fusable<T: Float>(model: &mut dyn Layer<T>) -> FusionCount {
     count
 }
 
-/// Whether eval-mode forwards on this thread fuse: [`with_fusion`]'s setting,
+/// Whether forwards on this thread fuse (eval: conv + BatchNorm + ReLU and
+/// ConvNeXt's MLP; training: BatchNorm + ReLU): [`with_fusion`]'s setting,
 /// else `CNN_FUSION` (`off` turns it off; [`cnn_tensor::switches::FUSION`]), else on.
 pub fn fusion_enabled() -> bool {
     static ENV: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
@@ -118,9 +150,9 @@ pub fn fusion_enabled() -> bool {
         .unwrap_or(true)
 }
 
-/// Runs `f` with fused inference on or off on this thread (restored after,
-/// even on panic): `with_fusion(false, || net.forward(x, Mode::Eval))` runs
-/// every layer by itself, as in train mode.
+/// Runs `f` with fusion on or off on this thread (restored after, even on
+/// panic): `with_fusion(false, || net.forward(x, Mode::Eval))` runs every
+/// layer by itself, in eval mode and in training.
 pub fn with_fusion<R>(enabled: bool, f: impl FnOnce() -> R) -> R {
     switches::scoped(&ENABLED, enabled, f)
 }

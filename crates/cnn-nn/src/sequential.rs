@@ -165,11 +165,23 @@ impl<T: Float> Sequential<T> {
 
 impl<T: Float> Layer<T> for Sequential<T> {
     fn forward(&mut self, mut x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
-        if mode == Mode::Eval && crate::fusion_enabled() {
+        let fuse = crate::fusion_enabled();
+        if mode == Mode::Eval && fuse {
             return self.forward_fused(x);
         }
-        for (_, layer) in &mut self.children {
-            x = layer.forward(x, mode)?;
+        let mut i = 0;
+        while i < self.children.len() {
+            // Training: a 2-D BatchNorm then a ReLU as one pass over the output.
+            if let (true, Mode::Train, [(_, a), (_, b), ..]) = (fuse, mode, &mut self.children[i..])
+            {
+                if crate::fusion::is_norm_relu(&mut **a, &mut **b) {
+                    x = crate::fusion::norm_relu_train(&mut **a, &mut **b, x)?;
+                    i += 2;
+                    continue;
+                }
+            }
+            x = self.children[i].1.forward(x, mode)?;
+            i += 1;
         }
         Ok(x)
     }

@@ -230,8 +230,39 @@ impl<T: Float> BatchNorm<T> {
     }
 }
 
-impl<T: Float> Layer<T> for BatchNorm<T> {
-    fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
+impl<T: Float> BatchNorm<T> {
+    /// `relu(bn(x))` in one pass over the output: each plane is normalized
+    /// and rectified while in cache, and the ReLU's signs are written into
+    /// `positive` (`x`'s length: `cnn_act::Act::forward_in` lends its own),
+    /// for the ReLU's backward; this layer's backward is unchanged. Bit for
+    /// bit this norm then `cnn_act`'s ReLU. What `Sequential` runs for a
+    /// BatchNorm followed by a ReLU in training.
+    ///
+    /// # Errors
+    /// As [`Layer::forward`], and [`Error::Shape`] when `positive` is not `x`'s length.
+    pub fn forward_relu(
+        &mut self,
+        x: ArrayD<T>,
+        mode: Mode,
+        positive: &mut [u8],
+    ) -> Result<ArrayD<T>> {
+        // Before the statistics: a refused call leaves the running ones as they were.
+        if positive.len() != x.len() {
+            return Err(Error::shape(
+                self.op,
+                format!("a sign mask of {} for an input of {}", positive.len(), x.len()),
+            ));
+        }
+        self.forward_then(x, mode, Some(positive))
+    }
+
+    /// The forward, then ReLU when `relu` holds a sign buffer.
+    fn forward_then(
+        &mut self,
+        x: ArrayD<T>,
+        mode: Mode,
+        relu: Option<&mut [u8]>,
+    ) -> Result<ArrayD<T>> {
         let c = channels(self.op, x.shape(), self.ranks.0, self.ranks.1, self.config.num_features)?;
         let n = x.shape()[0];
         let inner: usize = x.shape()[2..].iter().product();
@@ -265,9 +296,15 @@ impl<T: Float> Layer<T> for BatchNorm<T> {
         };
         let affine = self.affine.as_ref().map(|a| (a, affine_axes));
         let stats = if use_batch { Statistics::Batch } else { Statistics::Running };
-        let (y, cache) = forward_with(self.op, x, axes, (mean, rstd_v), affine, stats, mode)?;
+        let (y, cache) = forward_with(self.op, x, axes, (mean, rstd_v), affine, stats, mode, relu)?;
         self.cache = cache;
         Ok(y)
+    }
+}
+
+impl<T: Float> Layer<T> for BatchNorm<T> {
+    fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
+        self.forward_then(x, mode, None)
     }
 
     fn backward(&mut self, dy: ArrayD<T>) -> Result<ArrayD<T>> {

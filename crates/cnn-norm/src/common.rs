@@ -69,8 +69,10 @@ pub(crate) struct NormCache<T> {
     pub(crate) stats: Statistics,
 }
 
-/// Normalizes `x` with statistics `mean`/`rstd` and the optional affine, and
-/// keeps what backward needs when `train`.
+/// Normalizes `x` with statistics `mean`/`rstd` and the optional affine
+/// (then ReLU, its signs written into `relu`, when given), and keeps what
+/// backward needs when `train`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn forward_with<T: Float>(
     op: &'static str,
     x: ArrayD<T>,
@@ -79,12 +81,16 @@ pub(crate) fn forward_with<T: Float>(
     affine: Option<(&AffineParams<T>, AffineAxes)>,
     stats: Statistics,
     mode: Mode,
+    relu: Option<&mut [u8]>,
 ) -> Result<(ArrayD<T>, Option<NormCache<T>>)> {
     let train = mode == Mode::Train;
     let x = if x.is_standard_layout() { x } else { x.as_standard_layout().into_owned() };
     let xs = x.as_slice().ok_or_else(|| Error::shape(op, "input is not contiguous"))?;
     let view = affine.map(|(p, a)| p.view(op, a)).transpose()?;
-    let y = normalize_forward(xs, axes, &mean, &rstd, view)?;
+    let y = match relu {
+        Some(signs) => crate::normalize_forward_relu(xs, axes, &mean, &rstd, view, signs)?,
+        None => normalize_forward(xs, axes, &mean, &rstd, view)?,
+    };
     let y = ArrayD::from_shape_vec(x.raw_dim(), y).map_err(|e| Error::shape(op, e.to_string()))?;
     let whole = AffineAxes { outer: 1, features: 1, inner: x.len() };
     let affine_axes = affine.map_or(whole, |(_, a)| a);

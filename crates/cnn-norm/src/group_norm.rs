@@ -231,7 +231,7 @@ impl<T: Float> Layer<T> for InstanceNorm2d<T> {
             self.affine.as_ref().map(|a| (a, AffineAxes { outer: n, features: c, inner: hw }));
         let stats = if use_batch { Statistics::Batch } else { Statistics::Running };
         let (y, cache) =
-            forward_with("instance_norm2d", x, axes, (mean, rstd_v), affine, stats, mode)?;
+            forward_with("instance_norm2d", x, axes, (mean, rstd_v), affine, stats, mode, None)?;
         self.cache = cache;
         Ok(y)
     }

@@ -405,6 +405,62 @@ pub fn normalize_forward<T: Float>(
     Ok(unsafe { assume_init(y) })
 }
 
+/// [`normalize_forward`] followed by ReLU, in one pass over memory: each
+/// segment is rectified while it is still in cache, and `positive[i]`
+/// records whether output `i` was positive (all a ReLU's backward needs:
+/// `cnn_act::rectifier_backward_masked`). Bit for bit the norm then
+/// `cnn_act`'s ReLU (`x` if positive, else `x·0`: −0 for a negative, NaN
+/// kept), with the same mask. BatchNorm + ReLU in training.
+///
+/// # Errors
+/// As [`normalize_forward`], and [`Error::Shape`] when `positive` is not `x`'s length.
+pub fn normalize_forward_relu<T: Float>(
+    x: &[T],
+    axes: NormAxes,
+    mean: &[T],
+    rstd: &[T],
+    affine: Option<Affine<'_, T>>,
+    positive: &mut [u8],
+) -> Result<Vec<T>> {
+    check("norm", x.len(), &axes, affine.as_ref().map(|a| &a.axes))?;
+    check_params(axes, mean, rstd, affine.as_ref())?;
+    if positive.len() != x.len() {
+        return Err(Error::shape(
+            "norm",
+            format!("a sign mask of {} for {} values", positive.len(), x.len()),
+        ));
+    }
+    let mut y = uninit_vec::<T>(x.len());
+    let segments = y.par_chunks_mut(axes.inner).zip(x.par_chunks(axes.inner));
+    segments.zip(positive.par_chunks_mut(axes.inner)).enumerate().for_each(
+        |(seg, ((ys, xs), signs))| {
+            let s = seg % axes.groups;
+            normalize_segment(ys, xs, seg * axes.inner, mean[s], rstd[s], affine.as_ref());
+            // SAFETY: `normalize_segment` wrote every value of the segment.
+            rectify(unsafe { cnn_tensor::simd::assume_init_mut(ys) }, signs);
+        },
+    );
+    // SAFETY: the chunks cover `y` and every element of every chunk was written above.
+    Ok(unsafe { assume_init(y) })
+}
+
+cnn_tensor::simd_fn! {
+    /// ReLU in place with its sign mask, as `cnn_act::rectifier_forward_masked`.
+    fn rectify<T: Float>(ys: &mut [T], signs: &mut [u8]) = rectify_body
+}
+
+#[inline(always)]
+fn rectify_body<T: Float>(ys: &mut [T], signs: &mut [u8]) {
+    // Branch-free selects, so the loop compiles to vector blends.
+    let zero = T::zero();
+    for (v, m) in ys.iter_mut().zip(signs) {
+        let x = *v;
+        let pos = x > zero;
+        *m = u8::from(pos);
+        *v = if pos { x } else { x * zero };
+    }
+}
+
 /// Batch statistics and normalization together, for views whose groups are
 /// contiguous (`outer == 1`: GroupNorm, LayerNorm, InstanceNorm): each task
 /// takes one group's mean and variance and normalizes it while it is still in

@@ -42,8 +42,8 @@ pub use batch_norm::{BatchNorm, BatchNormConfig};
 pub use group_norm::{GroupNorm, GroupNormConfig, InstanceNorm2d, InstanceNormConfig};
 pub use kernel::{
     grad_sums, group_squares, group_sums, moments, normalize_backward, normalize_backward_from,
-    normalize_backward_fused, normalize_forward, normalize_fused, rstd, Affine, AffineAxes,
-    Moments, NormAxes, NormGrads, Statistics,
+    normalize_backward_fused, normalize_forward, normalize_forward_relu, normalize_fused, rstd,
+    Affine, AffineAxes, Moments, NormAxes, NormGrads, Statistics,
 };
 pub use layer_norm::{LayerNorm, LayerNormConfig};
 pub use layer_norm2d::{LayerNorm2d, LayerNorm2dConfig};

@@ -312,6 +312,47 @@ fn fused_kernels_give_the_same_bits_as_the_plain_ones() {
     let b = normalize_backward_fused(&x, &dy, axes, &m.mean, &r, Some(affine)).unwrap();
     assert_eq!(a, b);
     assert!(normalize_fused(&x, NormAxes { outer: n, groups: c, inner: hw }, 1e-5, None).is_err());
+
+    // BatchNorm's view with ReLU in the same pass: the norm, then `x` if
+    // positive else `x·0` (−0 for negatives, as cnn_act's ReLU), and the signs.
+    let bn_axes = NormAxes { outer: n, groups: c, inner: hw };
+    let bn_affine = Affine { axes: AffineAxes { outer: n, features: c, inner: hw }, ..affine };
+    let bm = moments(&x, bn_axes).unwrap();
+    let br = rstd(&bm.var, 1e-5);
+    let plain = normalize_forward(&x, bn_axes, &bm.mean, &br, Some(bn_affine)).unwrap();
+    let mut signs = vec![7u8; x.len()];
+    let fused =
+        cnn_norm::normalize_forward_relu(&x, bn_axes, &bm.mean, &br, Some(bn_affine), &mut signs)
+            .unwrap();
+    let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let relu: Vec<f32> = plain.iter().map(|&v| if v > 0.0 { v } else { v * 0.0 }).collect();
+    assert_eq!(bits(&fused), bits(&relu));
+    assert_eq!(signs, plain.iter().map(|&v| u8::from(v > 0.0)).collect::<Vec<_>>());
+    assert!(signs.contains(&0) && signs.contains(&1), "both signs occur");
+    let e = cnn_norm::normalize_forward_relu(&x, bn_axes, &bm.mean, &br, None, &mut [0u8; 3]);
+    assert!(e.unwrap_err().to_string().contains("sign mask of 3"));
+}
+
+/// `BatchNorm::forward_relu` is the forward then ReLU, bit for bit, with the
+/// signs; a sign buffer of the wrong length is refused before the running
+/// statistics move.
+#[test]
+fn batch_norm_forward_relu_is_the_forward_then_relu() {
+    let x: ArrayD<f32> = normal(&[3, 4, 5, 5], 0.2, 1.5, &mut seeded_rng(3));
+    let mut a = BatchNorm::<f32>::new_2d(BatchNormConfig::new(4)).unwrap();
+    let mut b = BatchNorm::<f32>::new_2d(BatchNormConfig::new(4)).unwrap();
+    let mut signs = vec![0u8; x.len()];
+    let fused = a.forward_relu(x.clone(), Mode::Train, &mut signs).unwrap();
+    let plain = b.forward(x.clone(), Mode::Train).unwrap();
+    let relu = plain.mapv(|v| if v > 0.0 { v } else { v * 0.0 });
+    let bits = |a: &ArrayD<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&fused), bits(&relu));
+    assert_eq!(signs, plain.iter().map(|&v| u8::from(v > 0.0)).collect::<Vec<_>>());
+    assert_eq!(a.backward(plain.clone()).unwrap(), b.backward(plain).unwrap());
+    let before = a.running_stats().map(|(m, v)| (m.clone(), v.clone()));
+    let err = a.forward_relu(x, Mode::Train, &mut [0u8; 5]).unwrap_err();
+    assert!(err.to_string().contains("sign mask of 5"), "{err}");
+    assert_eq!(a.running_stats().map(|(m, v)| (m.clone(), v.clone())), before);
 }
 
 /// A BatchNorm with frozen γ and β (after `cnn_nn::freeze`): train mode normalizes with the
