@@ -51,12 +51,12 @@ pub static CONV_ALGORITHM: Switch = Switch {
     what: "chooses the algorithm of convolutions whose options say auto, where it applies",
 };
 
-/// `CNN_FUSION`: fused eval-mode inference (`cnn_nn`).
+/// `CNN_FUSION`: fused inference, and BatchNorm + ReLU in training (`cnn_nn`).
 pub static FUSION: Switch = Switch {
     name: "CNN_FUSION",
     values: &["on", "off"],
     default: "on",
-    what: "fuses conv + BatchNorm + ReLU in eval-mode forwards (off runs every layer by itself)",
+    what: "fuses conv + BatchNorm + ReLU and ConvNeXt's MLP in eval-mode forwards, BatchNorm + ReLU in training (off runs every layer by itself)",
 };
 
 /// Every switch, in the order `cnn env` lists them.
