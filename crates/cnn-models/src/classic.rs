@@ -2,7 +2,7 @@
 
 use cnn_act::{Act, Dropout};
 use cnn_conv::{AdaptiveAvgPool2d, Conv2d, Conv2dConfig, MaxPool2d, Pool2dOptions};
-use cnn_init::{kaiming_normal, normal, zeros, FanMode, Nonlinearity};
+use cnn_init::{normal, zeros};
 use cnn_nn::{Flatten, Sequential};
 use cnn_nn::{Linear, LinearConfig};
 use cnn_norm::{BatchNorm, BatchNormConfig};
@@ -124,13 +124,7 @@ pub fn vgg<T: Float, R: Rng + ?Sized>(config: &VggConfig, rng: &mut R) -> Result
             continue;
         }
         let cfg = Conv2dConfig::new(c_in, v, 3).with_padding(1);
-        let mut conv = Conv2d::<T>::new(cfg, rng)?;
-        conv.weight.set_value(kaiming_normal(
-            &cfg.weight_shape(),
-            FanMode::FanOut,
-            Nonlinearity::Relu,
-            rng,
-        )?);
+        let mut conv = cnn_nn::kaiming_conv::<T, _>(cfg, rng)?;
         if let Some(b) = conv.bias.as_mut() {
             b.set_value(zeros(&[v]));
         }
