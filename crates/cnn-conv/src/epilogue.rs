@@ -47,35 +47,19 @@ pub(crate) struct Finish<'a, T> {
 }
 
 impl<T: Float> Finish<'_, T> {
-    /// `y[o, ·] ← epilogue(y[o, ·] + b[o])` on a tile of output channels
-    /// `channels` (rows `ld` apart, `cols` wide) while it is in cache.
-    pub(crate) fn apply(&self, tile: &mut [T], channels: Range<usize>, cols: usize, ld: usize) {
-        if self.bias.is_none() && self.epilogue == Epilogue::None {
-            return;
-        }
-        for (r, oc) in channels.enumerate() {
-            let row = &mut tile[r * ld..r * ld + cols];
-            let b = self.bias.map_or(T::zero(), |b| b[oc]);
-            self.row(row, b);
-        }
-    }
-
-    /// [`Finish::apply`] on a view whose rows are output channels `channels`.
-    pub(crate) fn apply_rows(&self, mut tile: ArrayViewMut2<'_, T>, channels: Range<usize>) {
+    /// `y[o, ·] ← epilogue(y[o, ·] + b[o])` on a tile whose rows are output
+    /// channels `channels`, while it is in cache.
+    pub(crate) fn apply(&self, mut tile: ArrayViewMut2<'_, T>, channels: Range<usize>) {
         if self.bias.is_none() && self.epilogue == Epilogue::None {
             return;
         }
         for (mut row, oc) in tile.rows_mut().into_iter().zip(channels) {
             let row = row.as_slice_mut().expect("tile rows are contiguous");
-            self.row(row, self.bias.map_or(T::zero(), |b| b[oc]));
-        }
-    }
-
-    /// `row ← epilogue(row + b)`.
-    fn row(&self, row: &mut [T], b: T) {
-        match self.epilogue {
-            Epilogue::None => row.iter_mut().for_each(|v| *v += b),
-            Epilogue::Relu => row.iter_mut().for_each(|v| *v = relu(*v + b)),
+            let b = self.bias.map_or(T::zero(), |b| b[oc]);
+            match self.epilogue {
+                Epilogue::None => row.iter_mut().for_each(|v| *v += b),
+                Epilogue::Relu => row.iter_mut().for_each(|v| *v = relu(*v + b)),
+            }
         }
     }
 }

@@ -21,7 +21,7 @@ use std::ops::Range;
 
 use crate::epilogue::Finish;
 use crate::im2col::{col2im, im2col, TapRanges};
-use crate::matrix::{mat, mat_mut, product};
+use crate::matrix::{mat, mat_mut, product, SharedOut};
 use crate::ConvGeometry;
 
 /// Columns a GEMM should see at least: small feature maps are batched so
@@ -198,11 +198,7 @@ pub(crate) fn forward<T: Float>(
     );
 }
 
-/// The output `y` of a forward, shared by tasks that write disjoint tiles.
-struct SharedOut<T>(*mut T);
-// SAFETY: tasks write through it only to tiles no other task touches (see `SharedOut::tile`).
-unsafe impl<T: Send> Sync for SharedOut<T> {}
-
+/// The forward's output `y`, shared by the (sample, group, tile) tasks.
 impl<T> SharedOut<T> {
     /// The `[C_out/G, rows·Wo]` view (rows `Ho·Wo` apart) of output rows
     /// `tile` of group `grp`'s channels of the sample starting at `sample`.
@@ -287,7 +283,7 @@ fn forward_tile<T: Float>(
     };
     product(w_g, col, y_tile.view_mut(), split, scratch.packed.vec_mut());
     let channels = grp * g.c_out_g()..(grp + 1) * g.c_out_g();
-    finish.apply_rows(y_tile, channels);
+    finish.apply(y_tile, channels);
 }
 
 /// The im2col matrices of group `grp` of the `s` samples of `x_blk`, side by
@@ -331,9 +327,10 @@ fn forward_samples<T: Float>(
     let per_out = g.c_out * area;
     for (grp, w_g) in weights.iter().enumerate() {
         im2col_side_by_side(g, x_blk, grp, s, scratch);
-        let out = mat_mut(&mut scratch.out, cog, cols, cols);
-        product(w_g, mat(&scratch.col, rows, cols, cols), out, split, scratch.packed.vec_mut());
-        finish.apply(&mut scratch.out, grp * cog..(grp + 1) * cog, cols, cols);
+        let mut out = mat_mut(&mut scratch.out, cog, cols, cols);
+        let packed = scratch.packed.vec_mut();
+        product(w_g, mat(&scratch.col, rows, cols, cols), out.view_mut(), split, packed);
+        finish.apply(out, grp * cog..(grp + 1) * cog);
         for si in 0..s {
             for o in 0..cog {
                 let dst = &mut y_blk[si * per_out + (grp * cog + o) * area..][..area];

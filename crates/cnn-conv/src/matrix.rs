@@ -42,3 +42,12 @@ pub(crate) fn product<T: Float>(
 pub(crate) fn contiguous<'a, T>(a: &'a CowArray<'_, T, Ix4>) -> &'a [T] {
     a.as_slice().expect("standard layout is contiguous")
 }
+
+/// An output buffer shared by parallel tasks that each write a part no other
+/// task touches (Winograd's channel planes, the im2col path's row tiles):
+/// each path adds the view that hands a task its part, with the contract
+/// that makes it disjoint.
+pub(crate) struct SharedOut<T>(pub(crate) *mut T);
+// SAFETY: the pointer is only written through the views each path defines, whose
+// contracts give every task a part no other task reads or writes.
+unsafe impl<T: Send> Sync for SharedOut<T> {}

@@ -33,7 +33,7 @@ use cnn_tensor::{Float, PackedLhs};
 use rayon::prelude::*;
 
 use crate::epilogue::{relu, Epilogue};
-use crate::matrix::{mat, mat_mut, product};
+use crate::matrix::{mat, mat_mut, product, SharedOut};
 use crate::ConvGeometry;
 use transforms::{
     gather_patches, gather_taps, input_transform, output_adjoint, output_transform, store_lanes,
@@ -168,11 +168,6 @@ struct Planes<'a, T> {
     first: usize,
     stride: usize,
 }
-
-/// The output buffer of a chunk, shared by tasks that write disjoint planes.
-struct SharedOut<T>(*mut T);
-// SAFETY: tasks write through it only to planes no other task touches (see `PlanesMut`).
-unsafe impl<T: Send> Sync for SharedOut<T> {}
 
 /// Plane `first` of every sample of a chunk, for the one task that owns that channel.
 struct PlanesMut<'a, T> {
