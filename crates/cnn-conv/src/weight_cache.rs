@@ -42,7 +42,9 @@ pub(crate) fn bytes<T: Float>(v: &[T]) -> &[u8] {
 }
 
 impl<T: Float> WeightCache<T> {
-    /// Forgets everything unless it was built from this version of the weights `w`.
+    /// Forgets everything unless it was built from this version of the
+    /// weights `w` (which only debug builds read).
+    #[cfg_attr(not(debug_assertions), allow(unused_variables))]
     fn validate(&mut self, version: Version, w: &[T]) {
         if self.version != Some(version) {
             self.winograd = None;
@@ -59,7 +61,6 @@ impl<T: Float> WeightCache<T> {
             bytes(&self.weights) == bytes(w),
             "weights changed without a new version: a mutable path bypassed Param::value_mut"
         );
-        let _ = w;
     }
 
     /// Winograd's packed `U[ξ]` for `w` (at `version`), built by `build`
