@@ -358,18 +358,7 @@ pub fn rectifier_forward_masked<T: Float>(
     let mut x = contiguous(x);
     let data = x.as_slice_mut().expect("a contiguous array has a slice");
     positive.resize(data.len(), 0);
-    // Branch-free selects on values held in registers (a branch on the sign
-    // mispredicts half the time; a slope read through a reference may alias
-    // the output and keeps the loop scalar): this compiles to vector blends.
-    let work = move |xs: &mut [T], ms: &mut [u8]| {
-        let (zero, s) = (T::zero(), slope);
-        for (v, m) in xs.iter_mut().zip(ms) {
-            let x = *v;
-            let pos = x > zero;
-            *m = u8::from(pos);
-            *v = if pos { x } else { x * s };
-        }
-    };
+    let work = move |xs: &mut [T], ms: &mut [u8]| cnn_tensor::rectify_with_signs(xs, ms, slope);
     if data.len() <= CHUNK {
         work(data, positive);
     } else {

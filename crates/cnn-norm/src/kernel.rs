@@ -437,28 +437,12 @@ pub fn normalize_forward_relu<T: Float>(
             let s = seg % axes.groups;
             normalize_segment(ys, xs, seg * axes.inner, mean[s], rstd[s], affine.as_ref());
             // SAFETY: `normalize_segment` wrote every value of the segment.
-            rectify(unsafe { cnn_tensor::simd::assume_init_mut(ys) }, signs);
+            let ys = unsafe { cnn_tensor::simd::assume_init_mut(ys) };
+            cnn_tensor::rectify_with_signs(ys, signs, T::zero());
         },
     );
     // SAFETY: the chunks cover `y` and every element of every chunk was written above.
     Ok(unsafe { assume_init(y) })
-}
-
-cnn_tensor::simd_fn! {
-    /// ReLU in place with its sign mask, as `cnn_act::rectifier_forward_masked`.
-    fn rectify<T: Float>(ys: &mut [T], signs: &mut [u8]) = rectify_body
-}
-
-#[inline(always)]
-fn rectify_body<T: Float>(ys: &mut [T], signs: &mut [u8]) {
-    // Branch-free selects, so the loop compiles to vector blends.
-    let zero = T::zero();
-    for (v, m) in ys.iter_mut().zip(signs) {
-        let x = *v;
-        let pos = x > zero;
-        *m = u8::from(pos);
-        *v = if pos { x } else { x * zero };
-    }
 }
 
 /// Batch statistics and normalization together, for views whose groups are

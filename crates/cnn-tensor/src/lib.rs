@@ -44,6 +44,7 @@ mod loss;
 mod packed;
 mod param;
 pub mod random;
+mod rectify;
 mod reduce;
 pub mod scratch;
 mod setters;
@@ -62,6 +63,7 @@ pub use loss::{
 };
 pub use packed::{gemm_packed, gemm_packed_split, GemmSplit, PackedLhs, PANELS};
 pub use param::{Param, Version};
+pub use rectify::rectify_with_signs;
 pub use reduce::{sum, SUM_LANES};
 
 /// ndarray, re-exported so users name the same version we use.
