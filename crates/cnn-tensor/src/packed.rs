@@ -527,30 +527,50 @@ mod x86 {
                 }
             }
         }
-        let full = t.rows == MR && t.cols == 16 * NV && t.csc == 1;
+        // `acc` must stay in registers: any access with a data-dependent
+        // index (a loop bounded by `t.rows`) makes LLVM keep it in a stack
+        // array zeroed by a 1.5 KiB memset on every call (2% of the
+        // ResNet-20 step). So the full tile is stored with constant indices
+        // and a partial one from a copy, in a function of its own.
+        if t.rows < MR || t.cols < 16 * NV || t.csc != 1 {
+            let copy = acc;
+            // SAFETY: the caller's contract on `t` is passed on.
+            unsafe { store_partial(&copy, &t) };
+            return;
+        }
+        for (i, row) in acc.iter().enumerate() {
+            // SAFETY: a full tile: row i < MR and 16·NV columns lie inside C.
+            let c_row = unsafe { t.c.offset(i as isize * t.rsc) };
+            for (v, &r) in row.iter().enumerate() {
+                // SAFETY: as above, column block v < NV.
+                unsafe {
+                    let dst = c_row.add(16 * v);
+                    let sum = if t.accumulate { _mm512_add_ps(_mm512_loadu_ps(dst), r) } else { r };
+                    _mm512_storeu_ps(dst, sum);
+                }
+            }
+        }
+    }
+
+    /// Stores the first `t.rows × t.cols` values of `acc` into the tile.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `t` addresses a writable `t.rows × t.cols` tile
+    /// (strides `t.rsc`, `t.csc`), `t.rows ≤ MR`, `t.cols ≤ 16·NV`.
+    #[inline(never)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store_partial<const MR: usize, const NV: usize>(acc: &[[__m512; NV]; MR], t: &Tile) {
+        let mut buf = [[0f32; 16]; NV];
         for (i, row) in acc.iter().enumerate().take(t.rows) {
-            // SAFETY: rows < t.rows and columns < t.cols lie inside the caller's C view.
-            unsafe {
-                let c_row = t.c.offset(i as isize * t.rsc);
-                if full {
-                    for (v, &r) in row.iter().enumerate() {
-                        let dst = c_row.add(16 * v);
-                        let sum =
-                            if t.accumulate { _mm512_add_ps(_mm512_loadu_ps(dst), r) } else { r };
-                        _mm512_storeu_ps(dst, sum);
-                    }
-                } else {
-                    let mut buf = [0f32; 16];
-                    for (v, &r) in row.iter().enumerate() {
-                        _mm512_storeu_ps(buf.as_mut_ptr(), r);
-                        for (l, &x) in buf.iter().enumerate() {
-                            let col = 16 * v + l;
-                            if col < t.cols {
-                                let dst = c_row.offset(col as isize * t.csc);
-                                *dst = if t.accumulate { *dst + x } else { x };
-                            }
-                        }
-                    }
+            for (slot, &r) in buf.iter_mut().zip(row) {
+                // SAFETY: `slot` is 16 writable floats.
+                unsafe { _mm512_storeu_ps(slot.as_mut_ptr(), r) };
+            }
+            for (col, &x) in buf.iter().flatten().enumerate().take(t.cols) {
+                // SAFETY: row i < t.rows and column col < t.cols lie inside the caller's C view.
+                unsafe {
+                    let dst = t.c.offset(i as isize * t.rsc + col as isize * t.csc);
+                    *dst = if t.accumulate { *dst + x } else { x };
                 }
             }
         }
