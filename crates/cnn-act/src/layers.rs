@@ -59,6 +59,34 @@ impl<T: Float> Act<T> {
         Ok(r)
     }
 
+    /// ReLU only: runs `f` with the signs of the pending backward (which it
+    /// consumes), for a layer before this one that applies this ReLU's
+    /// backward inside its own (`cnn_norm::BatchNorm::backward_relu`, fused
+    /// in training); `dy_shape` is checked as [`Layer::backward`] checks `dy`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for another activation; [`Error::NoForward`] without
+    /// a pending train-mode forward (then `f` does not run); [`Error::Shape`]
+    /// when `dy_shape` is not that forward's output shape; whatever `f` returns.
+    pub fn backward_in<R>(
+        &mut self,
+        dy_shape: &[usize],
+        f: impl FnOnce(&[u8]) -> Result<R>,
+    ) -> Result<R> {
+        let op = self.activation.name();
+        if self.activation != Activation::Relu {
+            return Err(Error::config(op, "only a ReLU's backward runs inside another layer's"));
+        }
+        let shape = self.masked.take().ok_or(Error::NoForward { op })?;
+        if dy_shape != shape.as_slice() {
+            return Err(Error::shape(
+                op,
+                format!("dy is {dy_shape:?}, expected the output shape {shape:?}"),
+            ));
+        }
+        f(&self.positive)
+    }
+
     /// ReLU and LeakyReLU: which inputs of the last train-mode forward were
     /// positive (1) or not (0), in the input's order; `None` for other
     /// activations, or before a train-mode forward. What a kink-aware check

@@ -170,6 +170,37 @@ fn a_relu_run_elsewhere_has_its_own_backward() {
     assert!(matches!(lent.backward(dy).unwrap_err(), Error::NoForward { .. }));
 }
 
+/// A ReLU's backward applied inside another layer's (`Act::backward_in`,
+/// which lends the signs of the pending backward and consumes it): the signs
+/// are those of its forward; a wrong `dy` shape, a second call, a backward
+/// with no train-mode forward and another activation are refused, and `f`
+/// does not run then.
+#[test]
+fn a_relu_backward_run_elsewhere_gets_its_forward_signs() {
+    let x: ArrayD<f32> = normal(&[4, 6], 0.0, 1.0, &mut seeded_rng(2));
+    let mut relu = Act::<f32>::relu();
+    relu.forward(x.clone(), Mode::Train).unwrap();
+    let err = relu.backward_in(&[6, 4], |_| Ok(())).unwrap_err();
+    assert!(err.to_string().contains("expected the output shape [4, 6]"), "{err}");
+    relu.forward(x.clone(), Mode::Train).unwrap();
+    let signs = relu.backward_in(x.shape(), |s| Ok(s.to_vec())).unwrap();
+    assert_eq!(signs, x.iter().map(|&v| u8::from(v > 0.0)).collect::<Vec<_>>());
+    let mut ran = false;
+    let again = relu.backward_in(x.shape(), |_| {
+        ran = true;
+        Ok(())
+    });
+    assert!(matches!(again.unwrap_err(), Error::NoForward { .. }) && !ran);
+    relu.forward(x.clone(), Mode::Eval).unwrap();
+    assert!(matches!(
+        relu.backward_in(x.shape(), |_| Ok(())).unwrap_err(),
+        Error::NoForward { .. }
+    ));
+    let mut gelu = Act::<f32>::gelu();
+    gelu.forward(x.clone(), Mode::Train).unwrap();
+    assert!(matches!(gelu.backward_in(x.shape(), |_| Ok(())).unwrap_err(), Error::Config { .. }));
+}
+
 /// DropPath over many draws: the kept share of samples within 5σ of 1 − p,
 /// the mean of the output that of the input, the same seed the same masks,
 /// eval the identity.

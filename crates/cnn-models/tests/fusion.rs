@@ -234,10 +234,11 @@ fn cached_eval_weights_follow_every_way_a_weight_can_change() {
 }
 
 /// Training runs each 2-D BatchNorm and the ReLU after it as one pass over
-/// the output (the ReLU's signs written by the norm's kernel): the logits,
-/// dx, every gradient and the running statistics equal, bit for bit, the
-/// layers run one by one; the fused pairs are the stem's and each block's
-/// first (the second ReLU follows the residual sum).
+/// the output (the ReLU's signs written by the norm's kernel), and their
+/// backwards as one (the signs applied inside the norm's two passes): the
+/// logits, dx, every gradient and the running statistics equal, bit for bit,
+/// the layers run one by one; the fused pairs are the stem's and each
+/// block's first (the second ReLU follows the residual sum), both ways.
 #[test]
 fn fused_training_equals_the_layers_one_by_one() {
     let cfg = CifarResNetConfig::new(8);
@@ -255,11 +256,11 @@ fn fused_training_equals_the_layers_one_by_one() {
         });
         let mut state = Vec::new();
         net.visit("", &mut |k, p| state.push((k.to_string(), bits(p.value()), bits(&p.grad))));
-        (out, state, count.norm_relus)
+        (out, state, (count.norm_relus, count.norm_relu_backwards))
     };
     let (fused, fused_state, pairs) = step(true);
     let (plain, plain_state, none) = step(false);
-    assert_eq!((pairs, none), (1 + 3, 0), "the stem's pair and each of 3 blocks' first");
+    assert_eq!((pairs, none), ((1 + 3, 1 + 3), (0, 0)), "the stem's pair and 3 blocks' first");
     assert_eq!(fused, plain, "logits and dx");
     assert_eq!(fused_state, plain_state, "weights, gradients and running statistics");
 }

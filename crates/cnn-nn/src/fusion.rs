@@ -18,7 +18,16 @@ thread_local! {
     static ENABLED: Cell<Option<bool>> = const { Cell::new(None) };
     /// What the fused forwards of this thread did, for [`count_fused`].
     static COUNT: Cell<FusionCount> =
-        const { Cell::new(FusionCount { convs: 0, norms: 0, relus: 0, mlps: 0, norm_relus: 0 }) };
+        const {
+            Cell::new(FusionCount {
+                convs: 0,
+                norms: 0,
+                relus: 0,
+                mlps: 0,
+                norm_relus: 0,
+                norm_relu_backwards: 0,
+            })
+        };
 }
 
 /// What fused inference did over some forwards ([`count_fused`]): how many
@@ -39,6 +48,9 @@ pub struct FusionCount {
     /// In training: ReLUs applied by the 2-D BatchNorm before them, in the
     /// same pass over the output (`BatchNorm::forward_relu`).
     pub norm_relus: usize,
+    /// In training: ReLU backwards folded into the 2-D BatchNorm's before
+    /// them (`BatchNorm::backward_relu`).
+    pub norm_relu_backwards: usize,
 }
 
 /// Runs `f` and counts what fused inference did inside it on this thread:
@@ -53,6 +65,7 @@ pub fn count_fused<R>(f: impl FnOnce() -> R) -> (R, FusionCount) {
         relus: after.relus - before.relus,
         mlps: after.mlps - before.mlps,
         norm_relus: after.norm_relus - before.norm_relus,
+        norm_relu_backwards: after.norm_relu_backwards - before.norm_relu_backwards,
     };
     (r, count)
 }
@@ -102,6 +115,25 @@ pub(crate) fn norm_relu_train<T: Float>(
         c.set(n);
     });
     Ok(y)
+}
+
+/// The backward of `relu(bn(x))` in training (fused or not in the
+/// forward): the ReLU's signs lent to the norm, whose backward applies them
+/// on the way (`BatchNorm::backward_relu`). Layers checked by [`is_norm_relu`].
+pub(crate) fn norm_relu_backward<T: Float>(
+    bn: &mut dyn Layer<T>,
+    relu: &mut dyn Layer<T>,
+    dy: ArrayD<T>,
+) -> Result<ArrayD<T>> {
+    let bn: &mut BatchNorm<T> = downcast(bn);
+    let act: &mut Act<T> = downcast(relu);
+    let dx = act.backward_in(dy.shape(), |signs| bn.backward_relu(dy.view(), signs))?;
+    COUNT.with(|c| {
+        let mut n = c.get();
+        n.norm_relu_backwards += 1;
+        c.set(n);
+    });
+    Ok(dx)
 }
 
 /// How many of each layer kind fused inference can take, found through

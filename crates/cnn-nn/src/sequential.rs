@@ -163,6 +163,29 @@ impl<T: Float> Sequential<T> {
     }
 }
 
+impl<T: Float> Sequential<T> {
+    /// Backward through children `0..end`, last first. In training a 2-D
+    /// BatchNorm then a ReLU run as one backward (the ReLU's mask applied
+    /// inside the norm's passes); the gradients are the same bits.
+    fn backward_through(&mut self, mut end: usize, mut dy: ArrayD<T>) -> Result<ArrayD<T>> {
+        let fuse = crate::fusion_enabled();
+        while end > 0 {
+            if let (true, Some([(_, a), (_, b)])) =
+                (fuse, end.checked_sub(2).map(|i| &mut self.children[i..end]))
+            {
+                if crate::fusion::is_norm_relu(&mut **a, &mut **b) {
+                    dy = crate::fusion::norm_relu_backward(&mut **a, &mut **b, dy)?;
+                    end -= 2;
+                    continue;
+                }
+            }
+            dy = self.children[end - 1].1.backward(dy)?;
+            end -= 1;
+        }
+        Ok(dy)
+    }
+}
+
 impl<T: Float> Layer<T> for Sequential<T> {
     fn forward(&mut self, mut x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
         let fuse = crate::fusion_enabled();
@@ -186,22 +209,18 @@ impl<T: Float> Layer<T> for Sequential<T> {
         Ok(x)
     }
 
-    fn backward(&mut self, mut dy: ArrayD<T>) -> Result<ArrayD<T>> {
-        for (_, layer) in self.children.iter_mut().rev() {
-            dy = layer.backward(dy)?;
-        }
-        Ok(dy)
+    fn backward(&mut self, dy: ArrayD<T>) -> Result<ArrayD<T>> {
+        let end = self.children.len();
+        self.backward_through(end, dy)
     }
 
     fn backward_view(&mut self, dy: ArrayViewD<'_, T>) -> Result<ArrayD<T>> {
-        let Some(((_, last), rest)) = self.children.split_last_mut() else {
+        let Some((_, last)) = self.children.last_mut() else {
             return Ok(dy.to_owned());
         };
-        let mut d = last.backward_view(dy)?;
-        for (_, layer) in rest.iter_mut().rev() {
-            d = layer.backward(d)?;
-        }
-        Ok(d)
+        let d = last.backward_view(dy)?;
+        let end = self.children.len() - 1;
+        self.backward_through(end, d)
     }
 
     fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param<T>)) {

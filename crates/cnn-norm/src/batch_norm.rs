@@ -256,6 +256,38 @@ impl<T: Float> BatchNorm<T> {
         self.forward_then(x, mode, Some(positive))
     }
 
+    /// The backward of [`BatchNorm::forward_relu`] (or of this norm then a
+    /// ReLU whose signs are `positive`): the ReLU's backward folded into the
+    /// norm's, which reads `x` and `dy` twice instead of the ReLU's masking
+    /// pass and the norm's three. Bit for bit the ReLU's backward then
+    /// [`Layer::backward`]. What `Sequential` runs for a BatchNorm followed by
+    /// a ReLU in training.
+    ///
+    /// # Errors
+    /// As [`Layer::backward`], and [`Error::Shape`] when `positive` is not `dy`'s length.
+    pub fn backward_relu(&mut self, dy: ArrayViewD<'_, T>, positive: &[u8]) -> Result<ArrayD<T>> {
+        if positive.len() != dy.len() {
+            return Err(Error::shape(
+                self.op,
+                format!("a sign mask of {} for a gradient of {}", positive.len(), dy.len()),
+            ));
+        }
+        let cache = self.cache.take().ok_or(Error::NoForward { op: self.op })?;
+        if self.group.is_some() || cache.stats != Statistics::Batch {
+            // Synced sums or fixed statistics: the ReLU's backward first, then as unfused.
+            let dy = dy.as_standard_layout();
+            let masked = dy.iter().zip(positive).map(|(&g, &m)| if m != 0 { g } else { T::zero() });
+            let masked = ArrayD::from_shape_vec(dy.raw_dim(), masked.collect())
+                .map_err(|e| Error::shape(self.op, e.to_string()))?;
+            self.cache = Some(cache);
+            return self.backward_view(masked.view());
+        }
+        backward_by(self.op, cache, dy, self.affine.as_mut(), |xs, dys, cache, view| {
+            let (axes, mean, rstd) = (cache.axes, &cache.mean, &cache.rstd);
+            crate::normalize_backward_relu(xs, dys, positive, axes, mean, rstd, view)
+        })
+    }
+
     /// The forward, then ReLU when `relu` holds a sign buffer.
     fn forward_then(
         &mut self,

@@ -102,12 +102,27 @@ pub struct NormGrads<T> {
 }
 
 /// Partial sums of the reductions, as `cnn_tensor::sum`'s.
-const LANES: usize = cnn_tensor::SUM_LANES;
+pub(crate) const LANES: usize = cnn_tensor::SUM_LANES;
 
 /// `(Σ a, Σ a·(b − shift))`, each summed in lanes.
 #[inline(always)]
 fn sum_and_dot<T: Float>(a: &[T], b: &[T], shift: T) -> (T, T) {
     let (mut s, mut d) = ([T::zero(); LANES], [T::zero(); LANES]);
+    sum_and_dot_lanes(&mut s, &mut d, a, b, shift);
+    (fold(s), fold(d))
+}
+
+/// [`sum_and_dot`]'s lane sums, added into `s` and `d`: a sum taken piece by
+/// piece, every piece but the last a whole number of lane rows, equals the
+/// sum over the whole slice bit for bit.
+#[inline(always)]
+pub(crate) fn sum_and_dot_lanes<T: Float>(
+    s: &mut [T; LANES],
+    d: &mut [T; LANES],
+    a: &[T],
+    b: &[T],
+    shift: T,
+) {
     let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let (ar, br) = (ac.remainder(), bc.remainder());
     for (ca, cb) in ac.zip(bc) {
@@ -120,7 +135,6 @@ fn sum_and_dot<T: Float>(a: &[T], b: &[T], shift: T) -> (T, T) {
         s[l] += x;
         d[l] += x * (y - shift);
     }
-    (fold(s), fold(d))
 }
 
 /// `Σ (x − shift)²` in lanes.
@@ -143,7 +157,7 @@ fn squares<T: Float>(x: &[T], shift: T) -> T {
 }
 
 #[inline(always)]
-fn fold<T: Float>(mut acc: [T; LANES]) -> T {
+pub(crate) fn fold<T: Float>(mut acc: [T; LANES]) -> T {
     let mut width = LANES;
     while width > 1 {
         width /= 2;
@@ -320,7 +334,7 @@ cnn_tensor::simd_fn! {
 }
 
 #[inline(always)]
-fn dx_segment_body<T: Float>(
+pub(crate) fn dx_segment_body<T: Float>(
     out: &mut [MaybeUninit<T>],
     x: &[T],
     dy: &[T],
@@ -664,6 +678,13 @@ pub fn normalize_backward<T: Float>(
     affine: Option<Affine<'_, T>>,
     stats: Statistics,
 ) -> Result<NormGrads<T>> {
+    if stats == Statistics::Batch
+        && crate::batch_backward::features_are_groups(axes, affine.as_ref())
+    {
+        check_backward(x, dy, axes, mean, rstd, affine.as_ref())?;
+        let affine = affine.as_ref();
+        return Ok(crate::batch_backward::two_pass(x, dy, None, axes, mean, rstd, affine));
+    }
     let coef = if stats == Statistics::Batch {
         let count = T::of(axes.count() as f64);
         let sums = grad_sums(x, dy, axes, mean, rstd, affine.as_ref())?;

@@ -30,6 +30,7 @@
 //! # Ok::<(), cnn_tensor::Error>(())
 //! ```
 
+mod batch_backward;
 mod batch_norm;
 mod common;
 mod group_norm;
@@ -38,6 +39,7 @@ mod layer_norm;
 mod layer_norm2d;
 pub mod naive;
 
+pub use batch_backward::normalize_backward_relu;
 pub use batch_norm::{BatchNorm, BatchNormConfig};
 pub use group_norm::{GroupNorm, GroupNormConfig, InstanceNorm2d, InstanceNormConfig};
 pub use kernel::{

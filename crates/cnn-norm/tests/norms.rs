@@ -355,6 +355,116 @@ fn batch_norm_forward_relu_is_the_forward_then_relu() {
     assert_eq!(a.running_stats().map(|(m, v)| (m.clone(), v.clone())), before);
 }
 
+/// BatchNorm's backward in two passes (the per-channel sums give both the
+/// coefficients and dγ, dβ) is the three-pass one (`grad_sums`, then
+/// `normalize_backward_from`, which sums dγ and dβ again), bit for bit, in
+/// f32 and f64, with and without affine, on segments shorter than a lane row,
+/// of a whole number of lane rows, and longer than one masked piece (1024).
+/// With a ReLU's signs it is the ReLU's backward (`dy` where positive, else
+/// 0: NaN and −0 gradients included) then the norm's.
+#[test]
+fn batch_norm_backward_in_two_passes_and_through_relu_gives_the_same_bits() {
+    use cnn_norm::{grad_sums, moments, normalize_backward, normalize_backward_from};
+    use cnn_norm::{normalize_backward_relu, rstd, Affine};
+    fn case<T: cnn_tensor::Float>(n: usize, c: usize, hw: usize, affine: bool) {
+        let len = n * c * hw;
+        let x: Vec<T> =
+            normal::<T, _>(&[len], 0.5, 2.0, &mut seeded_rng(8)).into_raw_vec_and_offset().0;
+        let mut dy: Vec<T> =
+            normal::<T, _>(&[len], 0.0, 1.0, &mut seeded_rng(9)).into_raw_vec_and_offset().0;
+        dy[1] = T::of(-0.0);
+        let gamma: Vec<T> = (0..c).map(|i| T::of(0.5 + i as f64)).collect();
+        let beta: Vec<T> = (0..c).map(|i| T::of(i as f64 - 2.0)).collect();
+        let axes = NormAxes { outer: n, groups: c, inner: hw };
+        let aff = affine.then_some(Affine {
+            gamma: &gamma,
+            beta: &beta,
+            axes: AffineAxes { outer: n, features: c, inner: hw },
+        });
+        let m = moments(&x, axes).unwrap();
+        let r = rstd(&m.var, 1e-5);
+        let count = T::of(axes.count() as f64);
+        let three_pass = |dy: &[T]| {
+            let sums = grad_sums(&x, dy, axes, &m.mean, &r, aff.as_ref()).unwrap();
+            let coef: Vec<(T, T)> = sums.iter().map(|&(a, b)| (a / count, b / count)).collect();
+            normalize_backward_from(&x, dy, axes, &m.mean, &r, aff, &coef).unwrap()
+        };
+        let bits = |g: &cnn_norm::NormGrads<T>| {
+            let all = g.dx.iter().chain(&g.dgamma).chain(&g.dbeta);
+            all.map(|v| v.as_f64().to_bits()).collect::<Vec<_>>()
+        };
+        let two = normalize_backward(&x, &dy, axes, &m.mean, &r, aff, Statistics::Batch).unwrap();
+        assert_eq!(bits(&two), bits(&three_pass(&dy)), "{n}x{c}x{hw} affine {affine}");
+        assert_eq!(two.dgamma.len(), if affine { c } else { 0 });
+
+        let mut signs: Vec<u8> = x.iter().map(|&v| u8::from(v > T::of(0.5))).collect();
+        signs[0] = 0;
+        dy[0] = T::of(f64::NAN); // masked: a ReLU's backward selects 0, it does not multiply
+        let masked: Vec<T> =
+            dy.iter().zip(&signs).map(|(&g, &s)| if s != 0 { g } else { T::zero() }).collect();
+        let fused = normalize_backward_relu(&x, &dy, &signs, axes, &m.mean, &r, aff).unwrap();
+        assert_eq!(bits(&fused), bits(&three_pass(&masked)), "relu {n}x{c}x{hw} affine {affine}");
+        assert!(fused.dx.iter().all(|v| !v.is_nan()));
+        let e = normalize_backward_relu(&x, &dy, &signs[1..], axes, &m.mean, &r, aff);
+        assert!(e.unwrap_err().to_string().contains(&format!("sign mask of {}", len - 1)));
+    }
+    for (n, c, hw) in [(3, 4, 20), (2, 3, 128), (2, 2, 1500), (5, 1, 1)] {
+        for affine in [true, false] {
+            case::<f32>(n, c, hw, affine);
+            case::<f64>(n, c, hw, affine);
+        }
+    }
+}
+
+/// `BatchNorm::backward_relu` is the ReLU's backward then `backward`, bit
+/// for bit (dx, dγ, dβ), also when the norm is frozen (fixed statistics);
+/// without a pending forward it is `NoForward`.
+#[test]
+fn batch_norm_backward_relu_is_the_relu_backward_then_backward() {
+    for frozen in [false, true] {
+        let x: ArrayD<f32> = normal(&[3, 4, 5, 5], 0.2, 1.5, &mut seeded_rng(3));
+        let dy: ArrayD<f32> = normal(&[3, 4, 5, 5], 0.0, 1.0, &mut seeded_rng(4));
+        let mut a = BatchNorm::<f32>::new_2d(BatchNormConfig::new(4)).unwrap();
+        let mut rng = seeded_rng(6);
+        a.visit_mut("", &mut |key, p: &mut Param<f32>| {
+            if key == "weight" || key == "bias" {
+                p.set_value(normal(p.value().shape(), 0.5, 1.0, &mut rng));
+                p.trainable = !frozen;
+            }
+        });
+        if frozen {
+            // Running statistics of other data, then fixed: train mode uses them.
+            let mut warm = BatchNorm::<f32>::new_2d(BatchNormConfig::new(4)).unwrap();
+            warm.forward(normal(&[3, 4, 5, 5], 1.0, 2.0, &mut seeded_rng(5)), Mode::Train).unwrap();
+            let (mean, var) = warm.running_stats().map(|(m, v)| (m.clone(), v.clone())).unwrap();
+            a.visit_mut("", &mut |key, p: &mut Param<f32>| match key {
+                "running_mean" => p.set_value(mean.clone()),
+                "running_var" => p.set_value(var.clone()),
+                _ => {}
+            });
+            assert!(a.is_frozen());
+        }
+        let mut b = a.clone();
+        let mut signs = vec![0u8; x.len()];
+        let y = a.forward_relu(x.clone(), Mode::Train, &mut signs).unwrap();
+        b.forward(x.clone(), Mode::Train).unwrap();
+        let masked =
+            ndarray::Zip::from(&dy).and(&y).map_collect(|&g, &v| if v > 0.0 { g } else { 0.0 });
+        let fused = a.backward_relu(dy.view(), &signs).unwrap();
+        let plain = b.backward(masked).unwrap();
+        let bits = |a: &ArrayD<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&fused), bits(&plain), "frozen {frozen}");
+        let grads = |l: &BatchNorm<f32>| {
+            let mut g = Vec::new();
+            l.visit("", &mut |k, p| g.push((k.to_string(), p.grad.clone())));
+            g
+        };
+        assert_eq!(grads(&a), grads(&b), "frozen {frozen}");
+        let err = a.backward_relu(dy.view(), &signs).unwrap_err();
+        assert!(matches!(err, Error::NoForward { .. }), "{err}");
+    }
+}
+
 /// A BatchNorm with frozen γ and β (after `cnn_nn::freeze`): train mode normalizes with the
 /// running statistics, leaves them bitwise unchanged, and its dx is that affine map's.
 #[test]
