@@ -29,8 +29,10 @@ fn valid_range(out_len: usize, stride: usize, offset: isize, len: usize) -> (usi
 /// makes them once per conv call and hands them to every [`im2col`] and
 /// [`col2im`] of the call.
 pub(crate) struct TapRanges {
-    rows: Vec<(isize, usize, usize)>,
-    cols: Vec<(isize, usize, usize)>,
+    /// Per kernel row: `(offset, lo, hi)` of the output rows.
+    pub(crate) rows: Vec<(isize, usize, usize)>,
+    /// Per kernel column: `(offset, lo, hi)` of the output columns.
+    pub(crate) cols: Vec<(isize, usize, usize)>,
 }
 
 impl TapRanges {

@@ -36,6 +36,7 @@ mod fold;
 mod geometry;
 mod im2col;
 mod im2col_gemm;
+mod im2col_panels;
 mod layers;
 mod matrix;
 pub mod naive;

@@ -61,7 +61,9 @@ pub use linear::{linear_backward, linear_forward, LinearGrads};
 pub use loss::{
     cross_entropy, cross_entropy_backward, cross_entropy_forward, log_softmax, softmax,
 };
-pub use packed::{gemm_packed, gemm_packed_split, GemmSplit, PackedLhs, PANELS};
+pub use packed::{
+    gemm_packed, gemm_packed_split, gemm_prepacked, GemmSplit, PackedLhs, RhsPanels, PANELS,
+};
 pub use param::{Param, Version};
 pub use rectify::rectify_with_signs;
 pub use reduce::{sum, SUM_LANES};

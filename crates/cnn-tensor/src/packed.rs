@@ -180,6 +180,101 @@ impl<T: Float> PackedLhs<T> {
     }
 }
 
+impl<T: Float> PackedLhs<T> {
+    /// The layout in which [`gemm_prepacked`] reads a right operand of `n`
+    /// columns, when products run in the micro-kernel (`None` on the
+    /// matrixmultiply path): for a producer that writes `B` straight into
+    /// it (an im2col into panels) instead of a matrix that is then packed.
+    pub fn rhs_panels(&self, n: usize) -> Option<RhsPanels> {
+        self.shape.map(|(_, nv)| RhsPanels { k: self.k, n, nr: 16 * nv })
+    }
+}
+
+/// Where each value of a right operand `B: [k, n]` lives once packed for
+/// the micro-kernel ([`PackedLhs::rhs_panels`]): slabs of up to `KC` rows of
+/// `k`, each a run of panels of `NR` columns, a panel `kc` rows of `NR`
+/// contiguous values. Columns past `n` (up to a whole panel) must be zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RhsPanels {
+    k: usize,
+    n: usize,
+    nr: usize,
+}
+
+impl RhsPanels {
+    /// Values the packed operand holds: `k · ⌈n / NR⌉ · NR`.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.k * self.padded_cols()
+    }
+
+    /// Whether the operand has no values (`k` or `n` is 0).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Columns including the zero padding of the last panel: `⌈n / NR⌉ · NR`.
+    #[inline]
+    pub fn padded_cols(&self) -> usize {
+        self.n.div_ceil(self.nr) * self.nr
+    }
+
+    /// `NR`, the width of a panel: a multiple of 16, so the 16 values
+    /// `B[kk, col..col + 16]` of a `col` that is a multiple of 16 are contiguous.
+    #[inline]
+    pub fn width(&self) -> usize {
+        self.nr
+    }
+
+    /// The rows `kk0 .. kk0 + kc` of the slab that holds row `kk`, and where it starts.
+    #[inline]
+    pub fn slab(&self, kk: usize) -> (usize, usize, usize) {
+        let k0 = kk / KC * KC;
+        (k0, KC.min(self.k - k0), k0 * self.padded_cols())
+    }
+
+    /// Index of `B[kk, col]` in the packed values (`col < ⌈n / NR⌉ · NR`).
+    #[inline]
+    pub fn index(&self, kk: usize, col: usize) -> usize {
+        let (k0, kc, start) = self.slab(kk);
+        start + ((col / self.nr) * kc + (kk - k0)) * self.nr + col % self.nr
+    }
+}
+
+/// `C ← A·B + β·C` with `B` already packed in the layout of
+/// [`PackedLhs::rhs_panels`] (`packed`, at least [`RhsPanels::len`] values):
+/// the same numbers as [`gemm_packed`] on the matrix `B`.
+///
+/// # Errors
+/// [`Error::Config`] when products with `a` do not run in the micro-kernel;
+/// [`Error::Shape`] when `packed` is too short or `c` is not `[a.rows(), n]`.
+pub fn gemm_prepacked<T: Float>(
+    a: &PackedLhs<T>,
+    packed: &[T],
+    n: usize,
+    beta: T,
+    c: ArrayViewMut2<'_, T>,
+) -> Result<()> {
+    let Some(layout) = a.rhs_panels(n) else {
+        return Err(Error::config("gemm_prepacked", "the micro-kernel does not run for this A"));
+    };
+    if packed.len() < layout.len() || c.dim() != (a.m, n) {
+        return Err(Error::shape(
+            "gemm_prepacked",
+            format!(
+                "A is {}x{}, B packed has {} values (needs {}) for {n} columns, C is {:?}",
+                a.m,
+                a.k,
+                packed.len(),
+                layout.len(),
+                c.dim()
+            ),
+        ));
+    }
+    multiply_prepacked(a, 0..a.m, packed, (a.k, n), beta, c);
+    Ok(())
+}
+
 /// `C ← A·B + β·C` with `A` packed; `scratch` holds the packed `B` between calls.
 ///
 /// # Errors
@@ -348,6 +443,23 @@ fn multiply_packed<T: Float>(
     beta: T,
     c: ArrayViewMut2<'_, T>,
 ) {
+    if a.shape.is_some() {
+        multiply_prepacked(a, rows, packed, b.dim(), beta, c);
+    } else {
+        gemm(T::one(), a.plain.slice(s![rows, ..]), b, beta, c)
+            .expect("dimensions checked by the caller");
+    }
+}
+
+/// `C ← A[rows]·B + β·C` in the micro-kernel, `B` (`k × n`) packed in `packed`.
+fn multiply_prepacked<T: Float>(
+    a: &PackedLhs<T>,
+    rows: Range<usize>,
+    packed: &[T],
+    (k, n): (usize, usize),
+    beta: T,
+    c: ArrayViewMut2<'_, T>,
+) {
     match a.shape {
         #[cfg(target_arch = "x86_64")]
         Some((mr, nv)) => {
@@ -356,14 +468,11 @@ fn multiply_packed<T: Float>(
                 c.mapv_inplace(|v| v * beta);
             }
             // SAFETY: `shape` is Some only for f32 on a CPU with AVX-512F (checked in `new`);
-            // `packed` holds `b` packed by `pack_rhs_for` for this panel.
-            unsafe { x86::gemm_f32(a, rows, packed, b.dim(), beta != T::zero(), c, mr, nv) };
+            // `packed` holds `B` in this panel's layout (`pack_rhs_for`, or a producer
+            // writing `RhsPanels`; its length is asserted in `gemm_f32`).
+            unsafe { x86::gemm_f32(a, rows, packed, (k, n), beta != T::zero(), c, mr, nv) };
         }
-        _ => {
-            let _ = packed;
-            gemm(T::one(), a.plain.slice(s![rows, ..]), b, beta, c)
-                .expect("dimensions checked by the caller");
-        }
+        _ => unreachable!("a packed B exists only for the micro-kernel ({k}x{n}, {})", c.nrows()),
     }
 }
 
@@ -617,9 +726,13 @@ mod tests {
     #[test]
     fn every_simd_level_multiplies_right() {
         for level in crate::simd::levels() {
-            for filter in
-                ["ragged_shapes", "strided_destinations", "every_panel_shape", "split_products"]
-            {
+            for filter in [
+                "ragged_shapes",
+                "strided_destinations",
+                "every_panel_shape",
+                "split_products",
+                "prepacked",
+            ] {
                 crate::simd::rerun_tests(filter, &[("CNN_SIMD", level.name())]).unwrap();
             }
         }
@@ -660,6 +773,42 @@ mod tests {
         gemm_packed(&packed, b.view(), 0.0, c2.view_mut(), &mut Vec::new()).unwrap();
         assert_eq!(c1, c2);
         assert!(PackedLhs::<f32>::from_panels(m, k, panel, vec![0.0; 3]).is_err());
+    }
+
+    /// A right operand written value by value through `RhsPanels::index`
+    /// (zeros past the last column) gives the same bits as packing the
+    /// matrix: over one slab and several (k > KC), ragged n, every β; and
+    /// the calls that cannot run are refused.
+    #[test]
+    fn prepacked_operands_equal_packing_the_matrix() {
+        for (m, k, n) in [(16, 144, 1000), (37, 1100, 101), (8, 27, 16), (5, 3, 1)] {
+            let (a, b) = (randn(m, k, 1), randn(k, n, 2));
+            let packed = PackedLhs::new(a.view(), n);
+            let Some(layout) = packed.rhs_panels(n) else {
+                let c = Array2::<f32>::zeros((m, n));
+                assert!(gemm_prepacked(&packed, &[], n, 0.0, c.clone().view_mut()).is_err());
+                return; // no micro-kernel at this SIMD level
+            };
+            assert_eq!(layout.padded_cols() % layout.width(), 0);
+            let mut data = vec![f32::NAN; layout.len()];
+            for kk in 0..k {
+                for col in 0..layout.padded_cols() {
+                    data[layout.index(kk, col)] = if col < n { b[[kk, col]] } else { 0.0 };
+                }
+            }
+            assert!(data.iter().all(|v| !v.is_nan()), "every value written once");
+            for beta in [0.0f32, 1.0, 0.5] {
+                let c0 = randn(m, n, 3);
+                let (mut want, mut got) = (c0.clone(), c0.clone());
+                gemm_packed(&packed, b.view(), beta, want.view_mut(), &mut Vec::new()).unwrap();
+                gemm_prepacked(&packed, &data, n, beta, got.view_mut()).unwrap();
+                assert_eq!(want, got, "{m}x{k}x{n} beta {beta}");
+            }
+            let mut c = Array2::<f32>::zeros((m, n));
+            let short = gemm_prepacked(&packed, &data[1..], n, 0.0, c.view_mut()).unwrap_err();
+            assert!(short.to_string().contains(&format!("needs {}", layout.len())), "{short}");
+            assert!(gemm_prepacked(&packed, &data, n + 1, 0.0, c.view_mut()).is_err());
+        }
     }
 
     #[test]

@@ -1,0 +1,268 @@
+//! im2col written straight into the micro-kernel's packed right operand
+//! (`cnn_tensor::RhsPanels`), for stride-1 convolutions whose output is as
+//! wide as their input (the "same"-padded 3×3 of every ResNet stage).
+//!
+//! The plain path writes the column matrix `col [Cg·kh·kw, rows·Wo]`, and
+//! the product then copies it into panels of `NR` columns: two passes over
+//! a tile of up to 512 KiB, plus a `memmove` call per 48-value panel row
+//! (half of shape B's forward time went there). Here each 16 values of a
+//! row of `col` are one masked load from the input and one store into their
+//! panel. With stride 1 and `Wo = W`, the taps of row `(c, i, j)` at the
+//! tile's columns `p` are `x[c][start·W + p + shift]` for one shift, so 16
+//! consecutive columns are 16 consecutive inputs. The mask keeps the lanes
+//! whose input lies inside the image. Masked-off lanes read nothing
+//! (AVX-512 masked loads do not touch them) and are written as 0, as the
+//! padding is. The values are those of `im2col` then packing, so the
+//! product gives the same bits.
+//!
+//! ```text
+//! row kk = (c·kh + i)·kw + j,  shift = off_i·W + off_j
+//! chunk q: lanes p = 16q .. 16q + 16 of the tile's columns
+//!   mask  = rows valid for tap i (a range of p)  &  columns valid for tap j (p mod W)
+//!   panel[index(kk, 16q) ..][..16] = maskz_load(mask, plane + start·W + shift + 16q)
+//! ```
+
+use std::ops::Range;
+
+use cnn_tensor::{Float, RhsPanels};
+
+use crate::im2col::TapRanges;
+use crate::ConvGeometry;
+
+/// Whether [`im2col_panels`] computes `g`'s column matrix: stride 1, output
+/// as wide as the input, not pointwise (a 1×1 conv's input is its own
+/// column matrix).
+pub(crate) fn applies(g: &ConvGeometry) -> bool {
+    g.opts.stride == [1, 1] && g.wo == g.w && !g.is_pointwise()
+}
+
+/// The im2col matrix of channels `c0 .. c0 + C_in/groups` of one sample `x`
+/// (`[c_in, h, w]`), output rows `out_rows`, written into `dst` in the
+/// layout `panels` (of `col_rows × out_rows.len()·Wo`), every value of it
+/// (padding columns included). Returns false, writing nothing, when `T` is
+/// not f32, the SIMD level is below AVX-512 or `g` is not one [`applies`] to:
+/// then the caller takes the plain path.
+pub(crate) fn im2col_panels<T: Float>(
+    g: &ConvGeometry,
+    taps: &TapRanges,
+    x: &[T],
+    c0: usize,
+    out_rows: Range<usize>,
+    panels: RhsPanels,
+    dst: &mut Vec<T>,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if applies(g) && cnn_tensor::simd::level() == cnn_tensor::simd::SimdLevel::Avx512 {
+        if let Some(x) = T::as_f32(x) {
+            if dst.len() < panels.len() {
+                dst.resize(panels.len(), T::zero());
+            }
+            let out = T::as_f32_mut(&mut dst[..panels.len()]).expect("T is f32, as x");
+            assert!(x.len() >= (c0 + g.c_in_g()) * g.h * g.w, "x holds the group's channels");
+            // SAFETY: the CPU has AVX-512F (the level says so), `g` has stride 1 and
+            // Wo = W, and `x` holds the channels read (asserted just above).
+            unsafe { x86::fill(g, taps, x, c0, out_rows, panels, out) };
+            return true;
+        }
+    }
+    let _ = (g, taps, x, c0, out_rows, panels, dst);
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    use cnn_tensor::RhsPanels;
+
+    use crate::im2col::TapRanges;
+    use crate::ConvGeometry;
+
+    /// Greatest common divisor.
+    fn gcd(a: usize, b: usize) -> usize {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+
+    /// The lanes `l < 16` with `lo ≤ p0 + l < hi`.
+    fn range_mask(p0: usize, lo: usize, hi: usize) -> u16 {
+        let a = lo.saturating_sub(p0).min(16);
+        let b = hi.saturating_sub(p0).min(16);
+        let upto = |n: usize| ((1u32 << n) - 1) as u16;
+        upto(b) & !upto(a)
+    }
+
+    /// See [`super::im2col_panels`].
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `g` has stride 1 and `Wo = W`; `x` holds
+    /// channels `c0 .. c0 + C_in/groups` of `[c_in, h, w]`; `out` has
+    /// `panels.len()` values.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn fill(
+        g: &ConvGeometry,
+        taps: &TapRanges,
+        x: &[f32],
+        c0: usize,
+        out_rows: Range<usize>,
+        panels: RhsPanels,
+        out: &mut [f32],
+    ) {
+        let w = g.w;
+        // Per kernel column j: the lanes of chunk q whose output column
+        // ow = p mod W reads inside the image. The pattern repeats every
+        // lcm(W, 16) columns (the tile starts on a row), so one period is
+        // computed, not every chunk: lanes past the tile's last column are
+        // off by the rows' mask.
+        let period = w / gcd(w, 16);
+        let mut col_masks = vec![0u16; taps.cols.len() * period];
+        for (masks, &(_, lo, hi)) in col_masks.chunks_mut(period).zip(&taps.cols) {
+            let mut ow = 0;
+            for m in masks.iter_mut() {
+                for l in 0..16 {
+                    *m |= u16::from(ow >= lo && ow < hi) << l;
+                    ow = if ow + 1 == w { 0 } else { ow + 1 };
+                }
+            }
+        }
+        // Per row kk of `col`: where lane 0 of the tile reads (lane p reads
+        // plane[start·W + p + shift]; masked-off lanes may point outside the
+        // plane, so the address is formed wrapping), the range of lanes in
+        // valid output rows, and the kernel column (its masks).
+        let mut rows = Vec::with_capacity(g.col_rows());
+        for cc in 0..g.c_in_g() {
+            let plane = &x[(c0 + cc) * g.h * w..][..g.h * w];
+            for &(oh_off, oh_lo, oh_hi) in &taps.rows {
+                let (first, last) = (out_rows.start.max(oh_lo), out_rows.end.min(oh_hi));
+                let valid = if first < last {
+                    ((first - out_rows.start) * w, (last - out_rows.start) * w)
+                } else {
+                    (0, 0)
+                };
+                for (j, &(ow_off, _, _)) in taps.cols.iter().enumerate() {
+                    let shift = (out_rows.start * w) as isize + oh_off * w as isize + ow_off;
+                    rows.push((plane.as_ptr().wrapping_offset(shift), valid, j));
+                }
+            }
+        }
+        // Panel by panel, row by row: the writes run through memory in order.
+        let (nr, nv) = (panels.width(), panels.width() / 16);
+        let mut k0 = 0;
+        while k0 < rows.len() {
+            let (_, kc, start) = panels.slab(k0);
+            let mut dst = start;
+            for panel in 0..panels.padded_cols() / nr {
+                let q0 = panel * nv;
+                let phase0 = q0 % period;
+                for &(src, (p_lo, p_hi), j) in &rows[k0..k0 + kc] {
+                    let masks = &col_masks[j * period..(j + 1) * period];
+                    let mut phase = phase0;
+                    for q in q0..q0 + nv {
+                        let mut mask = masks[phase];
+                        if 16 * q < p_lo || 16 * q + 16 > p_hi {
+                            mask &= range_mask(16 * q, p_lo, p_hi);
+                        }
+                        phase = if phase + 1 == period { 0 } else { phase + 1 };
+                        debug_assert!(dst + 16 <= out.len());
+                        // SAFETY: the enabled lanes p (valid output row and column for
+                        // this tap) read plane[(oh + off_i)·W + ow + off_j] inside the
+                        // plane; disabled lanes are not accessed. `dst` runs through the
+                        // slab's panels in order: B[kk, 16q..16q + 16] is at
+                        // `panels.index(kk, 16q)`, inside `out` (`panels.len()` values).
+                        unsafe {
+                            let v = _mm512_maskz_loadu_ps(mask, src.wrapping_add(16 * q));
+                            _mm512_storeu_ps(out.as_mut_ptr().add(dst), v);
+                        }
+                        dst += 16;
+                    }
+                }
+            }
+            k0 += kc;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::im2col::im2col;
+    use crate::Conv2dOptions;
+    use cnn_tensor::PackedLhs;
+    use ndarray::Array2;
+
+    /// Every value equals the plain im2col's, placed by `RhsPanels::index`,
+    /// and the padding columns are 0: for kernels 1×3 to 5×5, paddings that
+    /// keep the width (also asymmetric in the kernel's own sense: 1×3 with
+    /// padding [1, 1] keeps it, 3×3 with [0, 1] too), a dilation of 2, maps
+    /// narrower than a lane row and wider than a panel, tiles of rows that
+    /// start at 0 and inside the map, groups, and k over one slab (> 1024).
+    /// For f64 it declines and writes nothing.
+    #[test]
+    fn panels_hold_the_plain_im2col() {
+        /// (c_in, width, kernel, padding, dilation, groups, c_out)
+        type Case = (usize, usize, [usize; 2], [usize; 2], usize, usize, usize);
+        let cases: [Case; 7] = [
+            (3, 32, [3, 3], [1, 1], 1, 1, 16),
+            (16, 7, [3, 3], [1, 1], 1, 1, 16),
+            (4, 9, [5, 5], [2, 2], 1, 2, 8),
+            (2, 20, [1, 3], [0, 1], 1, 1, 8),
+            (3, 12, [3, 3], [0, 1], 1, 1, 4),
+            (2, 11, [3, 3], [2, 2], 2, 1, 4),
+            (120, 6, [3, 3], [1, 1], 1, 1, 8),
+        ];
+        for (c_in, side, [kh, kw], padding, dilation, groups, c_out) in cases {
+            let h = if kh == 1 { side / 2 } else { side };
+            let mut opts = Conv2dOptions::default().with_dilation(dilation);
+            opts.padding = padding;
+            opts.groups = groups;
+            let g = ConvGeometry::new(&[1, c_in, h, side], &[c_out, c_in / groups, kh, kw], &opts)
+                .unwrap();
+            assert!(applies(&g), "case {c_in} {side} {kh}x{kw}: {:?}", (g.ho, g.wo));
+            let x: Vec<f32> = (0..c_in * h * side).map(|i| (i as f32 * 0.37).sin() + 2.0).collect();
+            let taps = TapRanges::new(&g);
+            let rows = g.col_rows();
+            let w_g = PackedLhs::new(Array2::<f32>::zeros((c_out / groups, rows)).view(), 64);
+            for tile in [0..g.ho, 1..g.ho.min(4), g.ho / 2..g.ho] {
+                let cols = tile.len() * g.wo;
+                let mut col = vec![0f32; rows * cols];
+                let mut phases = Vec::new();
+                for grp in 0..groups {
+                    let c0 = grp * g.c_in_g();
+                    im2col(&g, &taps, &x, c0, tile.clone(), &mut col, cols, &mut phases);
+                    let Some(panels) = w_g.rhs_panels(cols) else {
+                        return; // no micro-kernel at this SIMD level: no panel layout
+                    };
+                    let mut got = vec![f32::NAN; panels.len() + 5];
+                    assert!(im2col_panels(&g, &taps, &x, c0, tile.clone(), panels, &mut got));
+                    for kk in 0..rows {
+                        for p in 0..panels.padded_cols() {
+                            let want = if p < cols { col[kk * cols + p] } else { 0.0 };
+                            let v = got[panels.index(kk, p)];
+                            assert_eq!(
+                                v.to_bits(),
+                                want.to_bits(),
+                                "{c_in} {kh}x{kw} row {kk} col {p}"
+                            );
+                        }
+                    }
+                    let mut f64_dst = Vec::new();
+                    let x64: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+                    assert!(!im2col_panels(
+                        &g,
+                        &taps,
+                        &x64,
+                        c0,
+                        tile.clone(),
+                        panels,
+                        &mut f64_dst
+                    ));
+                    assert!(f64_dst.is_empty());
+                }
+            }
+        }
+    }
+}
