@@ -14,14 +14,14 @@
 //! of threads.
 
 use cnn_tensor::scratch::Scratch as Pooled;
-use cnn_tensor::{gemm, gemm_prepacked, Float, GemmSplit, PackedLhs};
+use cnn_tensor::{gemm, gemm_panels_by, Float, GemmSplit, PackedLhs};
 use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
 use rayon::prelude::*;
 use std::ops::Range;
 
 use crate::epilogue::Finish;
 use crate::im2col::{col2im, im2col, TapRanges};
-use crate::im2col_panels::im2col_panels;
+use crate::im2col_panels::Im2colPanels;
 use crate::matrix::{mat, mat_mut, product, SharedOut};
 use crate::ConvGeometry;
 
@@ -276,15 +276,17 @@ fn forward_tile<T: Float>(
     let (area, rows, cg) = (g.out_area(), g.col_rows(), g.c_in_g());
     let cols = tile.len() * g.wo;
     let channels = grp * g.c_out_g()..(grp + 1) * g.c_out_g();
-    // Stride 1, same width: the column matrix written straight into panels.
-    if let (true, Some(panels)) = (split == GemmSplit::ONE, w_g.rhs_panels(cols)) {
-        let packed = scratch.packed.vec_mut();
-        if im2col_panels(g, &scratch.taps, x, grp * cg, tile.clone(), panels, packed) {
-            gemm_prepacked(w_g, packed, cols, T::zero(), y_tile.view_mut())
-                .expect("shapes agree by construction");
-            finish.apply(y_tile, channels);
-            return;
-        }
+    // Stride 1, same width: each panel of the column matrix written from x
+    // just before the micro-kernel reads it.
+    let fused = (split == GemmSplit::ONE && w_g.rhs_panels(cols).is_some())
+        .then(|| Im2colPanels::new(g, &scratch.taps, x, grp * cg, tile.clone()))
+        .flatten();
+    if let Some(source) = fused {
+        let fill = |panel, k0, kc, buf: &mut [T]| source.fill(panel, k0, kc, buf);
+        gemm_panels_by(w_g, cols, T::zero(), y_tile.view_mut(), fill)
+            .expect("shapes agree by construction");
+        finish.apply(y_tile, channels);
+        return;
     }
     let col = if g.is_pointwise() {
         mat(&x[grp * cg * area + tile.start * g.wo..], cg, cols, area)

@@ -1,13 +1,17 @@
-//! im2col written straight into the micro-kernel's packed right operand
-//! (`cnn_tensor::RhsPanels`), for stride-1 convolutions whose output is as
-//! wide as their input (the "same"-padded 3×3 of every ResNet stage).
+//! im2col fused into the product: each panel of the micro-kernel's right
+//! operand (`NR` columns of the column matrix, a slab of its rows) written
+//! straight from the input just before the kernel reads it
+//! (`cnn_tensor::gemm_panels_by`), for stride-1 convolutions whose output
+//! is as wide as their input (the "same"-padded 3×3 of every ResNet stage).
 //!
 //! The plain path writes the column matrix `col [Cg·kh·kw, rows·Wo]`, and
 //! the product then copies it into panels of `NR` columns: two passes over
 //! a tile of up to 512 KiB, plus a `memmove` call per 48-value panel row
-//! (half of shape B's forward time went there). Here each 16 values of a
+//! (half of shape B's forward time went there); writing all the panels
+//! first still sent 576 KiB through L2 per tile. Here a panel (`kc × NR`,
+//! 27 KiB for shape B) goes from the input to the kernel in L1. Each 16 values of a
 //! row of `col` are one masked load from the input and one store into their
-//! panel. With stride 1 and `Wo = W`, the taps of row `(c, i, j)` at the
+//! panel row. With stride 1 and `Wo = W`, the taps of row `(c, i, j)` at the
 //! tile's columns `p` are `x[c][start·W + p + shift]` for one shift, so 16
 //! consecutive columns are 16 consecutive inputs. The mask keeps the lanes
 //! whose input lies inside the image. Masked-off lanes read nothing
@@ -22,102 +26,65 @@
 //!   panel[index(kk, 16q) ..][..16] = maskz_load(mask, plane + start·W + shift + 16q)
 //! ```
 
-use std::ops::Range;
-
-use cnn_tensor::{Float, RhsPanels};
+use cnn_tensor::Float;
 
 use crate::im2col::TapRanges;
 use crate::ConvGeometry;
 
-/// Whether [`im2col_panels`] computes `g`'s column matrix: stride 1, output
+/// Whether [`Im2colPanels`] computes `g`'s column matrix: stride 1, output
 /// as wide as the input, not pointwise (a 1×1 conv's input is its own
 /// column matrix).
 pub(crate) fn applies(g: &ConvGeometry) -> bool {
     g.opts.stride == [1, 1] && g.wo == g.w && !g.is_pointwise()
 }
 
-/// The im2col matrix of channels `c0 .. c0 + C_in/groups` of one sample `x`
-/// (`[c_in, h, w]`), output rows `out_rows`, written into `dst` in the
-/// layout `panels` (of `col_rows × out_rows.len()·Wo`), every value of it
-/// (padding columns included). Returns false, writing nothing, when `T` is
-/// not f32, the SIMD level is below AVX-512 or `g` is not one [`applies`] to:
-/// then the caller takes the plain path.
-pub(crate) fn im2col_panels<T: Float>(
-    g: &ConvGeometry,
-    taps: &TapRanges,
-    x: &[T],
-    c0: usize,
-    out_rows: Range<usize>,
-    panels: RhsPanels,
-    dst: &mut Vec<T>,
-) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if applies(g) && cnn_tensor::simd::level() == cnn_tensor::simd::SimdLevel::Avx512 {
-        if let Some(x) = T::as_f32(x) {
-            if dst.len() < panels.len() {
-                dst.resize(panels.len(), T::zero());
-            }
-            let out = T::as_f32_mut(&mut dst[..panels.len()]).expect("T is f32, as x");
-            assert!(x.len() >= (c0 + g.c_in_g()) * g.h * g.w, "x holds the group's channels");
-            // SAFETY: the CPU has AVX-512F (the level says so), `g` has stride 1 and
-            // Wo = W, and `x` holds the channels read (asserted just above).
-            unsafe { x86::fill(g, taps, x, c0, out_rows, panels, out) };
-            return true;
-        }
-    }
-    let _ = (g, taps, x, c0, out_rows, panels, dst);
-    false
+/// One row `kk` of the column matrix: where lane 0 of the tile reads (lane
+/// `p` reads `plane[start·W + p + shift]`; masked-off lanes may point outside
+/// the plane, so the address is formed wrapping), the lanes in valid output
+/// rows `lo..hi`, and the kernel column (which column masks apply).
+#[derive(Clone, Copy)]
+struct TapRow {
+    src: *const f32,
+    valid: (usize, usize),
+    kx: usize,
 }
 
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use std::arch::x86_64::*;
-    use std::ops::Range;
+/// The im2col matrix of channels `c0 .. c0 + C_in/groups` of one sample,
+/// output rows `out_rows`, as a producer of the product's right-operand
+/// panels: [`Im2colPanels::fill`] is `gemm_panels_by`'s `fill`.
+pub(crate) struct Im2colPanels<'a> {
+    rows: Vec<TapRow>,
+    /// Per kernel column, one period of the lanes' column masks.
+    col_masks: Vec<u16>,
+    /// Chunks of 16 lanes after which the column masks repeat: lcm(W, 16) / 16.
+    period: usize,
+    /// The input the rows point into, borrowed while they are read.
+    _x: std::marker::PhantomData<&'a [f32]>,
+}
 
-    use cnn_tensor::RhsPanels;
-
-    use crate::im2col::TapRanges;
-    use crate::ConvGeometry;
-
-    /// Greatest common divisor.
-    fn gcd(a: usize, b: usize) -> usize {
-        if b == 0 {
-            a
-        } else {
-            gcd(b, a % b)
-        }
-    }
-
-    /// The lanes `l < 16` with `lo ≤ p0 + l < hi`.
-    fn range_mask(p0: usize, lo: usize, hi: usize) -> u16 {
-        let a = lo.saturating_sub(p0).min(16);
-        let b = hi.saturating_sub(p0).min(16);
-        let upto = |n: usize| ((1u32 << n) - 1) as u16;
-        upto(b) & !upto(a)
-    }
-
-    /// See [`super::im2col_panels`].
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F; `g` has stride 1 and `Wo = W`; `x` holds
-    /// channels `c0 .. c0 + C_in/groups` of `[c_in, h, w]`; `out` has
-    /// `panels.len()` values.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn fill(
+impl<'a> Im2colPanels<'a> {
+    /// The producer for channels `c0 ..` of sample `x` (`[c_in, h, w]`), output
+    /// rows `out_rows`; `None` when `T` is not f32, the SIMD level is below
+    /// AVX-512 or `g` is not one [`applies`] to (then the plain path runs).
+    pub(crate) fn new<T: Float>(
         g: &ConvGeometry,
         taps: &TapRanges,
-        x: &[f32],
+        x: &'a [T],
         c0: usize,
-        out_rows: Range<usize>,
-        panels: RhsPanels,
-        out: &mut [f32],
-    ) {
+        out_rows: std::ops::Range<usize>,
+    ) -> Option<Self> {
+        let avx512 = cnn_tensor::simd::level() == cnn_tensor::simd::SimdLevel::Avx512;
+        if !cfg!(target_arch = "x86_64") || !avx512 || !applies(g) {
+            return None;
+        }
+        let x = T::as_f32(x)?;
         let w = g.w;
-        // Per kernel column j: the lanes of chunk q whose output column
-        // ow = p mod W reads inside the image. The pattern repeats every
-        // lcm(W, 16) columns (the tile starts on a row), so one period is
-        // computed, not every chunk: lanes past the tile's last column are
-        // off by the rows' mask.
+        let plane_len = g.h * w;
+        assert!(x.len() >= (c0 + g.c_in_g()) * plane_len, "x holds the group's channels");
+        // Lanes of chunk q whose output column ow = p mod W reads inside the
+        // image, per kernel column. The tile starts on a row, so the pattern
+        // repeats every lcm(W, 16) columns; lanes past the tile's last column
+        // are off by the rows' mask.
         let period = w / gcd(w, 16);
         let mut col_masks = vec![0u16; taps.cols.len() * period];
         for (masks, &(_, lo, hi)) in col_masks.chunks_mut(period).zip(&taps.cols) {
@@ -129,13 +96,9 @@ mod x86 {
                 }
             }
         }
-        // Per row kk of `col`: where lane 0 of the tile reads (lane p reads
-        // plane[start·W + p + shift]; masked-off lanes may point outside the
-        // plane, so the address is formed wrapping), the range of lanes in
-        // valid output rows, and the kernel column (its masks).
         let mut rows = Vec::with_capacity(g.col_rows());
         for cc in 0..g.c_in_g() {
-            let plane = &x[(c0 + cc) * g.h * w..][..g.h * w];
+            let plane = &x[(c0 + cc) * plane_len..][..plane_len];
             for &(oh_off, oh_lo, oh_hi) in &taps.rows {
                 let (first, last) = (out_rows.start.max(oh_lo), out_rows.end.min(oh_hi));
                 let valid = if first < last {
@@ -143,45 +106,95 @@ mod x86 {
                 } else {
                     (0, 0)
                 };
-                for (j, &(ow_off, _, _)) in taps.cols.iter().enumerate() {
+                for (kx, &(ow_off, _, _)) in taps.cols.iter().enumerate() {
                     let shift = (out_rows.start * w) as isize + oh_off * w as isize + ow_off;
-                    rows.push((plane.as_ptr().wrapping_offset(shift), valid, j));
+                    rows.push(TapRow { src: plane.as_ptr().wrapping_offset(shift), valid, kx });
                 }
             }
         }
-        // Panel by panel, row by row: the writes run through memory in order.
-        let (nr, nv) = (panels.width(), panels.width() / 16);
-        let mut k0 = 0;
-        while k0 < rows.len() {
-            let (_, kc, start) = panels.slab(k0);
-            let mut dst = start;
-            for panel in 0..panels.padded_cols() / nr {
-                let q0 = panel * nv;
-                let phase0 = q0 % period;
-                for &(src, (p_lo, p_hi), j) in &rows[k0..k0 + kc] {
-                    let masks = &col_masks[j * period..(j + 1) * period];
-                    let mut phase = phase0;
-                    for q in q0..q0 + nv {
-                        let mut mask = masks[phase];
-                        if 16 * q < p_lo || 16 * q + 16 > p_hi {
-                            mask &= range_mask(16 * q, p_lo, p_hi);
-                        }
-                        phase = if phase + 1 == period { 0 } else { phase + 1 };
-                        debug_assert!(dst + 16 <= out.len());
-                        // SAFETY: the enabled lanes p (valid output row and column for
-                        // this tap) read plane[(oh + off_i)·W + ow + off_j] inside the
-                        // plane; disabled lanes are not accessed. `dst` runs through the
-                        // slab's panels in order: B[kk, 16q..16q + 16] is at
-                        // `panels.index(kk, 16q)`, inside `out` (`panels.len()` values).
-                        unsafe {
-                            let v = _mm512_maskz_loadu_ps(mask, src.wrapping_add(16 * q));
-                            _mm512_storeu_ps(out.as_mut_ptr().add(dst), v);
-                        }
-                        dst += 16;
-                    }
+        Some(Im2colPanels { rows, col_masks, period, _x: std::marker::PhantomData })
+    }
+
+    /// Rows `k0 .. k0 + kc` of columns `panel·NR ..` of the column matrix
+    /// into `buf` (`kc·NR` values, `NR = buf.len() / kc`, a multiple of 16),
+    /// row by row; 0 past the tile's last column.
+    pub(crate) fn fill<T: Float>(&self, panel: usize, k0: usize, kc: usize, buf: &mut [T]) {
+        let out = T::as_f32_mut(buf).expect("a producer exists only for f32");
+        let nv = out.len() / kc / 16;
+        assert_eq!(out.len(), kc * nv * 16, "whole rows of 16-lane chunks");
+        let rows = &self.rows[k0..k0 + kc];
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F (checked in `new`); every row's enabled lanes read
+        // inside its plane of the borrowed input (see `x86::fill`); `out` holds kc·16·nv.
+        unsafe {
+            x86::fill(rows, &self.col_masks, self.period, panel * nv, nv, out)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (rows, panel);
+    }
+}
+
+/// Greatest common divisor.
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::TapRow;
+
+    /// The lanes `l < 16` with `lo ≤ p0 + l < hi`.
+    fn range_mask(p0: usize, lo: usize, hi: usize) -> u16 {
+        let a = lo.saturating_sub(p0).min(16);
+        let b = hi.saturating_sub(p0).min(16);
+        let upto = |n: usize| ((1u32 << n) - 1) as u16;
+        upto(b) & !upto(a)
+    }
+
+    /// Chunks `q0 .. q0 + nv` of each row in `rows` into `out`, row after row.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; each row's lanes `p` in its valid range whose
+    /// column mask is set read inside the plane its `src` was made from;
+    /// `out` holds `rows.len()·16·nv` values.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn fill(
+        rows: &[TapRow],
+        col_masks: &[u16],
+        period: usize,
+        q0: usize,
+        nv: usize,
+        out: &mut [f32],
+    ) {
+        assert!(out.len() >= rows.len() * 16 * nv, "room for every chunk");
+        let phase0 = q0 % period;
+        let mut dst = out.as_mut_ptr();
+        for row in rows {
+            let masks = &col_masks[row.kx * period..(row.kx + 1) * period];
+            let (p_lo, p_hi) = row.valid;
+            let mut phase = phase0;
+            for q in q0..q0 + nv {
+                let mut mask = masks[phase];
+                phase = if phase + 1 == period { 0 } else { phase + 1 };
+                if 16 * q < p_lo || 16 * q + 16 > p_hi {
+                    mask &= range_mask(16 * q, p_lo, p_hi);
+                }
+                // SAFETY: the enabled lanes p (valid output row and column for this tap)
+                // read plane[(oh + off_i)·W + ow + off_j] inside the plane; disabled
+                // lanes are not accessed. `dst` moves 16 values at a time through
+                // `out`, which holds 16 per chunk of every row (asserted above).
+                unsafe {
+                    let v = _mm512_maskz_loadu_ps(mask, row.src.wrapping_add(16 * q));
+                    _mm512_storeu_ps(dst, v);
+                    dst = dst.add(16);
                 }
             }
-            k0 += kc;
         }
     }
 }
@@ -194,13 +207,14 @@ mod tests {
     use cnn_tensor::PackedLhs;
     use ndarray::Array2;
 
-    /// Every value equals the plain im2col's, placed by `RhsPanels::index`,
-    /// and the padding columns are 0: for kernels 1×3 to 5×5, paddings that
+    /// The panels, produced slab by slab and panel by panel into the whole
+    /// packed operand, hold the plain im2col's values (placed by
+    /// `RhsPanels::index`), and the padding columns are 0: for kernels 1×3 to 5×5, paddings that
     /// keep the width (also asymmetric in the kernel's own sense: 1×3 with
     /// padding [1, 1] keeps it, 3×3 with [0, 1] too), a dilation of 2, maps
     /// narrower than a lane row and wider than a panel, tiles of rows that
     /// start at 0 and inside the map, groups, and k over one slab (> 1024).
-    /// For f64 it declines and writes nothing.
+    /// For f64 there is no producer.
     #[test]
     fn panels_hold_the_plain_im2col() {
         /// (c_in, width, kernel, padding, dilation, groups, c_out)
@@ -236,8 +250,18 @@ mod tests {
                     let Some(panels) = w_g.rhs_panels(cols) else {
                         return; // no micro-kernel at this SIMD level: no panel layout
                     };
-                    let mut got = vec![f32::NAN; panels.len() + 5];
-                    assert!(im2col_panels(&g, &taps, &x, c0, tile.clone(), panels, &mut got));
+                    let source = Im2colPanels::new(&g, &taps, &x, c0, tile.clone()).unwrap();
+                    let mut got = vec![f32::NAN; panels.len()];
+                    let nr = panels.width();
+                    let mut k0 = 0;
+                    while k0 < rows {
+                        let (_, kc, start) = panels.slab(k0);
+                        for panel in 0..panels.padded_cols() / nr {
+                            let at = start + panel * kc * nr;
+                            source.fill(panel, k0, kc, &mut got[at..at + kc * nr]);
+                        }
+                        k0 += kc;
+                    }
                     for kk in 0..rows {
                         for p in 0..panels.padded_cols() {
                             let want = if p < cols { col[kk * cols + p] } else { 0.0 };
@@ -249,18 +273,8 @@ mod tests {
                             );
                         }
                     }
-                    let mut f64_dst = Vec::new();
                     let x64: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
-                    assert!(!im2col_panels(
-                        &g,
-                        &taps,
-                        &x64,
-                        c0,
-                        tile.clone(),
-                        panels,
-                        &mut f64_dst
-                    ));
-                    assert!(f64_dst.is_empty());
+                    assert!(Im2colPanels::new(&g, &taps, &x64, c0, tile.clone()).is_none());
                 }
             }
         }

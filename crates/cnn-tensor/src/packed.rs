@@ -275,6 +275,69 @@ pub fn gemm_prepacked<T: Float>(
     Ok(())
 }
 
+/// `C ← A·B + β·C` where the right operand `B: [k, n]` is produced one
+/// panel at a time, just before the micro-kernel reads it:
+/// `fill(panel, k0, kc, buf)` writes rows `k0 .. k0 + kc` of columns
+/// `panel·NR .. (panel + 1)·NR` of `B` into `buf` (`kc·NR` values, row by
+/// row: `buf[r·NR + l] = B[k0 + r, panel·NR + l]`, zero past column `n`),
+/// with `NR` = [`RhsPanels::width`] of [`PackedLhs::rhs_panels`]. A panel
+/// goes from `fill` to the kernel through L1: no packed copy of the whole
+/// of `B` passes through L2 (an im2col fused into the product). The same
+/// numbers as [`gemm_prepacked`] on the same `B`.
+///
+/// # Errors
+/// As [`gemm_prepacked`], but for `packed`.
+pub fn gemm_panels_by<T: Float>(
+    a: &PackedLhs<T>,
+    n: usize,
+    beta: T,
+    c: ArrayViewMut2<'_, T>,
+    fill: impl FnMut(usize, usize, usize, &mut [T]),
+) -> Result<()> {
+    let Some(layout) = a.rhs_panels(n) else {
+        return Err(Error::config("gemm_panels_by", "the micro-kernel does not run for this A"));
+    };
+    if c.dim() != (a.m, n) {
+        return Err(Error::shape(
+            "gemm_panels_by",
+            format!("A is {}x{}, B has {n} columns, C is {:?}", a.m, a.k, c.dim()),
+        ));
+    }
+    let mut fill = fill;
+    if a.k == 0 {
+        let mut c = c;
+        c.mapv_inplace(|v| v * beta); // an empty sum: C ← β·C
+        return Ok(());
+    }
+    if a.m > MC {
+        // Row blocks of A would each need every panel: produce all of B first.
+        let mut packed = crate::scratch::Scratch::<T>::take(layout.len());
+        let buf = packed.vec_mut();
+        let panels = layout.padded_cols() / layout.width();
+        let mut k0 = 0;
+        while k0 < a.k {
+            let (_, kc, start) = layout.slab(k0);
+            let size = kc * layout.width();
+            for (panel, part) in buf[start..start + size * panels].chunks_mut(size).enumerate() {
+                fill(panel, k0, kc, part);
+            }
+            k0 += kc;
+        }
+        multiply_prepacked(a, 0..a.m, buf, (a.k, n), beta, c);
+        return Ok(());
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Some((mr, nv)) = a.shape {
+        let mut c = c;
+        if beta != T::zero() && beta != T::one() {
+            c.mapv_inplace(|v| v * beta);
+        }
+        // SAFETY: `shape` is Some only for f32 on a CPU with AVX-512F (checked in `new`).
+        unsafe { x86::gemm_f32_by(a, n, beta != T::zero(), c, mr, nv, &mut fill) };
+    }
+    Ok(())
+}
+
 /// `C ← A·B + β·C` with `A` packed; `scratch` holds the packed `B` between calls.
 ///
 /// # Errors
@@ -483,6 +546,7 @@ mod x86 {
     use ndarray::{ArrayView2, ArrayViewMut2};
 
     use super::{PackedLhs, KC, MC};
+
     use crate::Float;
 
     /// A slice of `T` known to be `f32` (checked by `avx512_f32` before any call here).
@@ -537,18 +601,89 @@ mod x86 {
                             );
                             let tile =
                                 Tile { c: ct, rsc, csc, rows: tile_rows, cols, accumulate: acc };
-                            match (mr, nv) {
-                                (4, 6) => micro::<4, 6>(kc, ap.as_ptr(), bp.as_ptr(), tile),
-                                (8, 3) => micro::<8, 3>(kc, ap.as_ptr(), bp.as_ptr(), tile),
-                                (14, 2) => micro::<14, 2>(kc, ap.as_ptr(), bp.as_ptr(), tile),
-                                (6, 4) => micro::<6, 4>(kc, ap.as_ptr(), bp.as_ptr(), tile),
-                                (16, 1) => micro::<16, 1>(kc, ap.as_ptr(), bp.as_ptr(), tile),
-                                (12, 2) => micro::<12, 2>(kc, ap.as_ptr(), bp.as_ptr(), tile),
-                                // Every shape of PANELS has its arm; `PackedLhs` only ever
-                                // packs with one of them (checked in `from_panels`).
-                                _ => unreachable!("panel {mr}x{} is not one of PANELS", 16 * nv),
-                            }
+                            micro_for((mr, nv), kc, ap.as_ptr(), bp.as_ptr(), tile);
                         }
+                    }
+                }
+            }
+            k0 += kc;
+        }
+    }
+
+    /// `fill(panel, k0, kc, buf)` of [`super::gemm_panels_by`].
+    type FillPanel<'f, T> = dyn FnMut(usize, usize, usize, &mut [T]) + 'f;
+
+    /// The micro-kernel of panel shape `(mr, nv)`.
+    ///
+    /// # Safety
+    /// As [`micro`].
+    #[inline(always)]
+    unsafe fn micro_for(
+        (mr, nv): (usize, usize),
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        tile: Tile,
+    ) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe {
+            match (mr, nv) {
+                (4, 6) => micro::<4, 6>(kc, a, b, tile),
+                (8, 3) => micro::<8, 3>(kc, a, b, tile),
+                (14, 2) => micro::<14, 2>(kc, a, b, tile),
+                (6, 4) => micro::<6, 4>(kc, a, b, tile),
+                (16, 1) => micro::<16, 1>(kc, a, b, tile),
+                (12, 2) => micro::<12, 2>(kc, a, b, tile),
+                // Every shape of PANELS has its arm; `PackedLhs` only ever
+                // packs with one of them (checked in `from_panels`).
+                _ => unreachable!("panel {mr}x{} is not one of PANELS", 16 * nv),
+            }
+        }
+    }
+
+    /// `C ← A·B (+ C when `accumulate`)` for all of A's rows (at most `MC`:
+    /// one row block), each panel of `B` (`k × n`) written by `fill` into a
+    /// buffer of this thread's pool just before the row panels read it.
+    /// The same order of sums per entry of C as [`gemm_f32`] (slab by slab).
+    ///
+    /// # Safety
+    /// `T` is `f32` and the CPU has AVX-512F; `a.rows() ≤ MC`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn gemm_f32_by<T: Float>(
+        a: &PackedLhs<T>,
+        n: usize,
+        accumulate: bool,
+        mut c: ArrayViewMut2<'_, T>,
+        mr: usize,
+        nv: usize,
+        fill: &mut FillPanel<'_, T>,
+    ) {
+        let (k, nr) = (a.k, 16 * nv);
+        let panels_n = n.div_ceil(nr);
+        let row_panels = a.m.div_ceil(mr);
+        let (rsc, csc) = (c.strides()[0], c.strides()[1]);
+        let c_ptr = c.as_mut_ptr().cast::<f32>();
+        let a_data = as_f32(&a.data);
+        let mut buf = crate::scratch::Scratch::<T>::take(KC.min(k) * nr);
+        let mut k0 = 0;
+        while k0 < k {
+            let kc = KC.min(k - k0);
+            let acc = accumulate || k0 > 0;
+            for j in 0..panels_n {
+                let cols = nr.min(n - j * nr);
+                let panel = &mut buf.vec_mut()[..kc * nr];
+                fill(j, k0, kc, panel);
+                let bp = as_f32(panel);
+                for i in 0..row_panels {
+                    let tile_rows = mr.min(a.m - i * mr);
+                    let ap = &a_data[(i * k + k0) * mr..];
+                    // SAFETY: the A panel holds kc·MR values from `ap`, the B panel kc·NR;
+                    // the tile of C (tile_rows x cols from row i·MR, column j·NR) lies
+                    // inside the view, which is a.rows() x n.
+                    unsafe {
+                        let ct = c_ptr.offset((i * mr) as isize * rsc + (j * nr) as isize * csc);
+                        let tile = Tile { c: ct, rsc, csc, rows: tile_rows, cols, accumulate: acc };
+                        micro_for((mr, nv), kc, ap.as_ptr(), bp.as_ptr(), tile);
                     }
                 }
             }
@@ -808,6 +943,53 @@ mod tests {
             let short = gemm_prepacked(&packed, &data[1..], n, 0.0, c.view_mut()).unwrap_err();
             assert!(short.to_string().contains(&format!("needs {}", layout.len())), "{short}");
             assert!(gemm_prepacked(&packed, &data, n + 1, 0.0, c.view_mut()).is_err());
+        }
+    }
+
+    /// A right operand produced panel by panel by a closure gives the same
+    /// bits as the packed matrix: one row block and several (m > MC, where
+    /// the panels are produced first), k over several slabs, ragged n, every
+    /// β; `fill` sees every (panel, slab) once; an empty k leaves β·C.
+    #[test]
+    fn panels_produced_on_demand_equal_packing_the_matrix() {
+        for (m, k, n) in [(16, 144, 1000), (37, 1100, 101), (400, 70, 50), (8, 27, 16)] {
+            let (a, b) = (randn(m, k, 1), randn(k, n, 2));
+            let packed = PackedLhs::new(a.view(), n);
+            let Some(layout) = packed.rhs_panels(n) else {
+                let mut c = Array2::<f32>::zeros((m, n));
+                assert!(gemm_panels_by(&packed, n, 0.0, c.view_mut(), |_, _, _, _| {}).is_err());
+                return; // no micro-kernel at this SIMD level
+            };
+            let nr = layout.width();
+            for beta in [0.0f32, 1.0, 0.5] {
+                let c0 = randn(m, n, 3);
+                let (mut want, mut got) = (c0.clone(), c0.clone());
+                gemm_packed(&packed, b.view(), beta, want.view_mut(), &mut Vec::new()).unwrap();
+                let mut calls = Vec::new();
+                gemm_panels_by(&packed, n, beta, got.view_mut(), |panel, k0, kc, buf| {
+                    calls.push((panel, k0));
+                    assert_eq!(buf.len(), kc * nr);
+                    for r in 0..kc {
+                        for l in 0..nr {
+                            let col = panel * nr + l;
+                            buf[r * nr + l] = if col < n { b[[k0 + r, col]] } else { 0.0 };
+                        }
+                    }
+                })
+                .unwrap();
+                assert_eq!(want, got, "{m}x{k}x{n} beta {beta}");
+                calls.sort_unstable();
+                calls.dedup();
+                assert_eq!(calls.len(), k.div_ceil(KC) * layout.padded_cols() / nr);
+            }
+            let mut c = Array2::<f32>::zeros((m, n + 1));
+            assert!(gemm_panels_by(&packed, n, 0.0, c.view_mut(), |_, _, _, _| {}).is_err());
+        }
+        let empty = PackedLhs::new(Array2::<f32>::zeros((3, 0)).view(), 4);
+        let mut c = Array2::<f32>::ones((3, 4));
+        if empty.rhs_panels(4).is_some() {
+            gemm_panels_by(&empty, 4, 0.5, c.view_mut(), |_, _, _, _| unreachable!()).unwrap();
+            assert!(c.iter().all(|&v| v == 0.5));
         }
     }
 
