@@ -67,15 +67,22 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    pub(crate) fn new<T>(g: &ConvGeometry, pass: Pass) -> Self {
+    pub(crate) fn new<T: Float>(g: &ConvGeometry, pass: Pass) -> Self {
         let partial_dw_bytes = g.c_out * g.col_rows() * std::mem::size_of::<T>();
         let max_blocks = match pass {
             Pass::Forward => g.n,
             Pass::Backward => (PARTIALS_BYTES / partial_dw_bytes).clamp(1, MAX_BLOCKS),
         };
         let min_samples = g.n.div_ceil(max_blocks);
-        // A pointwise conv reads x and writes y in place, with no copies, so it is never batched.
-        let batched = !g.is_pointwise() && g.out_area() < TARGET_COLS && g.n > 1;
+        // A pointwise conv reads x and writes y in place, with no copies, so
+        // it is never batched. Nor is a forward whose im2col is fused into
+        // the product (no column matrix to amortize) on maps of 256 outputs
+        // or more (at most an eighth of a product in padding columns).
+        let fused = pass == Pass::Forward
+            && cnn_tensor::PackedLhs::<T>::uses_kernel()
+            && crate::im2col_panels::applies(g)
+            && g.out_area() >= 256;
+        let batched = !g.is_pointwise() && g.out_area() < TARGET_COLS && g.n > 1 && !fused;
         let samples =
             if batched { TARGET_COLS.div_ceil(g.out_area()).max(min_samples) } else { min_samples };
         let samples = samples.min(g.n);
@@ -403,7 +410,7 @@ pub(crate) fn backward<T: Float>(
 /// The work (multiply-adds) of each parallel GEMM task of the im2col path
 /// on `g`: what the plan test counts.
 #[cfg(test)]
-pub(crate) fn gemm_tasks<T>(g: &ConvGeometry, pass: Pass) -> Vec<f64> {
+pub(crate) fn gemm_tasks<T: Float>(g: &ConvGeometry, pass: Pass) -> Vec<f64> {
     let plan = Plan::new::<T>(g, pass);
     let (rows, cog) = (g.col_rows(), g.c_out_g());
     let mut tasks = Vec::new();

@@ -1,23 +1,30 @@
 //! im2col fused into the product: each panel of the micro-kernel's right
 //! operand (`NR` columns of the column matrix, a slab of its rows) written
 //! straight from the input just before the kernel reads it
-//! (`cnn_tensor::gemm_panels_by`), for stride-1 convolutions whose output
-//! is as wide as their input (the "same"-padded 3×3 of every ResNet stage).
+//! (`cnn_tensor::gemm_panels_by`), for convolutions whose output is as wide
+//! as their input (the "same"-padded 3×3 of every ResNet stage), or, with a
+//! stride, as wide as the input's phase planes (ResNet's downsampling 3×3
+//! and 7×7 stem).
 //!
 //! The plain path writes the column matrix `col [Cg·kh·kw, rows·Wo]`, and
 //! the product then copies it into panels of `NR` columns: two passes over
 //! a tile of up to 512 KiB, plus a `memmove` call per 48-value panel row
 //! (half of shape B's forward time went there); writing all the panels
 //! first still sent 576 KiB through L2 per tile. Here a panel (`kc × NR`,
-//! 27 KiB for shape B) goes from the input to the kernel in L1. Each 16 values of a
-//! row of `col` are one masked load from the input and one store into their
-//! panel row. With stride 1 and `Wo = W`, the taps of row `(c, i, j)` at the
-//! tile's columns `p` are `x[c][start·W + p + shift]` for one shift, so 16
-//! consecutive columns are 16 consecutive inputs. The mask keeps the lanes
-//! whose input lies inside the image. Masked-off lanes read nothing
-//! (AVX-512 masked loads do not touch them) and are written as 0, as the
-//! padding is. The values are those of `im2col` then packing, so the
-//! product gives the same bits.
+//! 27 KiB for shape B) goes from the input to the kernel in L1.
+//!
+//! With stride 1 and `Wo = W`, the taps of row `(c, i, j)` at the tile's
+//! columns `p` are `x[c][start·W + p + shift]` for one shift, so 16
+//! consecutive columns are 16 consecutive inputs: one masked load from the
+//! input and one store into their panel row. The mask keeps the lanes whose
+//! input lies inside the image. Masked-off lanes read nothing (AVX-512
+//! masked loads do not touch them) and are written as 0, as the padding is.
+//! With a stride `(sh, sw)` the group's input is first split into phase
+//! planes (`x[sh·a + r, sw·b + s]` at `(r, s)[a, b]`, one pass over it), in
+//! which a tap's inputs for consecutive outputs are consecutive again: the
+//! same as stride 1 on the tap's plane, when `Wo` is the planes' width. The
+//! values are those of `im2col` then packing, so the product gives the same
+//! bits.
 //!
 //! ```text
 //! row kk = (c·kh + i)·kw + j,  shift = off_i·W + off_j
@@ -26,16 +33,17 @@
 //!   panel[index(kk, 16q) ..][..16] = maskz_load(mask, plane + start·W + shift + 16q)
 //! ```
 
+use cnn_tensor::scratch::Scratch as Pooled;
 use cnn_tensor::Float;
 
 use crate::im2col::TapRanges;
 use crate::ConvGeometry;
 
-/// Whether [`Im2colPanels`] computes `g`'s column matrix: stride 1, output
-/// as wide as the input, not pointwise (a 1×1 conv's input is its own
-/// column matrix).
+/// Whether [`Im2colPanels`] computes `g`'s column matrix: the output as wide
+/// as the input's phase planes (`Wo = ⌈W / sw⌉`: the input itself at stride
+/// 1), not pointwise (a 1×1 conv's input is its own column matrix).
 pub(crate) fn applies(g: &ConvGeometry) -> bool {
-    g.opts.stride == [1, 1] && g.wo == g.w && !g.is_pointwise()
+    g.wo == g.w.div_ceil(g.opts.stride[1]) && !g.is_pointwise()
 }
 
 /// One row `kk` of the column matrix: where lane 0 of the tile reads (lane
@@ -56,8 +64,11 @@ pub(crate) struct Im2colPanels<'a> {
     rows: Vec<TapRow>,
     /// Per kernel column, one period of the lanes' column masks.
     col_masks: Vec<u16>,
-    /// Chunks of 16 lanes after which the column masks repeat: lcm(W, 16) / 16.
+    /// Chunks of 16 lanes after which the column masks repeat: lcm(Wo, 16) / 16.
     period: usize,
+    /// With a stride: the group's input split into phase planes, which the
+    /// rows point into.
+    _phases: Option<Pooled<f32>>,
     /// The input the rows point into, borrowed while they are read.
     _x: std::marker::PhantomData<&'a [f32]>,
 }
@@ -78,41 +89,69 @@ impl<'a> Im2colPanels<'a> {
             return None;
         }
         let x = T::as_f32(x)?;
-        let w = g.w;
-        let plane_len = g.h * w;
+        let [sh, sw] = g.opts.stride;
+        let plane_len = g.h * g.w;
         assert!(x.len() >= (c0 + g.c_in_g()) * plane_len, "x holds the group's channels");
-        // Lanes of chunk q whose output column ow = p mod W reads inside the
+        // With a stride, input (ih, iw) = (sh·a + r, sw·b + s) goes to phase
+        // plane (r, s) at (a, b): planes of ⌈H/sh⌉ × ⌈W/sw⌉ = · × Wo, in which a
+        // tap's inputs for consecutive outputs are consecutive again.
+        let (ph, pw) = (g.h.div_ceil(sh), g.w.div_ceil(sw));
+        let wo = g.wo;
+        // Only the phase rows this tile's taps reach: a = oh + ⌊off_i / sh⌋.
+        let da = |off: isize| off.div_euclid(sh as isize);
+        let (da_lo, da_hi) = taps
+            .rows
+            .iter()
+            .fold((isize::MAX, isize::MIN), |(lo, hi), r| (lo.min(da(r.0)), hi.max(da(r.0))));
+        let a0 = (out_rows.start as isize + da_lo).clamp(0, ph as isize) as usize;
+        let a1 = (out_rows.end as isize + da_hi).clamp(a0 as isize, ph as isize) as usize;
+        let (phases, plane_len, a0) = if sh * sw > 1 {
+            (Some(split_phases(x, g, c0, a0..a1, pw)), (a1 - a0) * pw, a0)
+        } else {
+            (None, plane_len, 0)
+        };
+        let base = phases.as_ref().map_or(x.as_ptr().wrapping_add(c0 * g.h * g.w), |p| p.as_ptr());
+        // Lanes of chunk q whose output column ow = p mod Wo reads inside the
         // image, per kernel column. The tile starts on a row, so the pattern
-        // repeats every lcm(W, 16) columns; lanes past the tile's last column
+        // repeats every lcm(Wo, 16) columns; lanes past the tile's last column
         // are off by the rows' mask.
-        let period = w / gcd(w, 16);
+        let period = wo / gcd(wo, 16);
         let mut col_masks = vec![0u16; taps.cols.len() * period];
         for (masks, &(_, lo, hi)) in col_masks.chunks_mut(period).zip(&taps.cols) {
             let mut ow = 0;
             for m in masks.iter_mut() {
                 for l in 0..16 {
                     *m |= u16::from(ow >= lo && ow < hi) << l;
-                    ow = if ow + 1 == w { 0 } else { ow + 1 };
+                    ow = if ow + 1 == wo { 0 } else { ow + 1 };
                 }
             }
         }
         let mut rows = Vec::with_capacity(g.col_rows());
         for cc in 0..g.c_in_g() {
-            let plane = &x[(c0 + cc) * plane_len..][..plane_len];
             for &(oh_off, oh_lo, oh_hi) in &taps.rows {
                 let (first, last) = (out_rows.start.max(oh_lo), out_rows.end.min(oh_hi));
                 let valid = if first < last {
-                    ((first - out_rows.start) * w, (last - out_rows.start) * w)
+                    ((first - out_rows.start) * wo, (last - out_rows.start) * wo)
                 } else {
                     (0, 0)
                 };
+                let (r, da) = (oh_off.rem_euclid(sh as isize), oh_off.div_euclid(sh as isize));
                 for (kx, &(ow_off, _, _)) in taps.cols.iter().enumerate() {
-                    let shift = (out_rows.start * w) as isize + oh_off * w as isize + ow_off;
-                    rows.push(TapRow { src: plane.as_ptr().wrapping_offset(shift), valid, kx });
+                    let (s, db) = (ow_off.rem_euclid(sw as isize), ow_off.div_euclid(sw as isize));
+                    let plane = ((cc * sh + r as usize) * sw + s as usize) * plane_len;
+                    let shift = (out_rows.start as isize + da - a0 as isize) * pw as isize + db;
+                    let src = base.wrapping_add(plane).wrapping_offset(shift);
+                    rows.push(TapRow { src, valid, kx });
                 }
             }
         }
-        Some(Im2colPanels { rows, col_masks, period, _x: std::marker::PhantomData })
+        Some(Im2colPanels {
+            rows,
+            col_masks,
+            period,
+            _phases: phases,
+            _x: std::marker::PhantomData,
+        })
     }
 
     /// Rows `k0 .. k0 + kc` of columns `panel·NR ..` of the column matrix
@@ -132,6 +171,44 @@ impl<'a> Im2colPanels<'a> {
         #[cfg(not(target_arch = "x86_64"))]
         let _ = (rows, panel);
     }
+}
+
+/// Rows `rows` of the phase planes of channels `c0 ..` of the group of `x`:
+/// `[C_in/G, sh, sw, rows, ⌈W/sw⌉]`, `(r, s)[a, b] = x[sh·a + r, sw·b + s]`,
+/// 0 past the input's edge (never read: such taps are masked off).
+fn split_phases(
+    x: &[f32],
+    g: &ConvGeometry,
+    c0: usize,
+    rows: std::ops::Range<usize>,
+    pw: usize,
+) -> Pooled<f32> {
+    let [sh, sw] = g.opts.stride;
+    let (h, w) = (g.h, g.w);
+    let mut out = Pooled::<f32>::take(g.c_in_g() * sh * sw * rows.len() * pw);
+    let buf = out.vec_mut();
+    let mut at = 0;
+    for cc in 0..g.c_in_g() {
+        let plane = &x[(c0 + cc) * h * w..][..h * w];
+        for r in 0..sh {
+            for s in 0..sw {
+                for a in rows.clone() {
+                    let dst = &mut buf[at..at + pw];
+                    at += pw;
+                    let ih = sh * a + r;
+                    if ih >= h {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[ih * w..(ih + 1) * w];
+                    for (b, d) in dst.iter_mut().enumerate() {
+                        *d = src.get(sw * b + s).copied().unwrap_or(0.0);
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Greatest common divisor.
@@ -213,26 +290,36 @@ mod tests {
     /// keep the width (also asymmetric in the kernel's own sense: 1×3 with
     /// padding [1, 1] keeps it, 3×3 with [0, 1] too), a dilation of 2, maps
     /// narrower than a lane row and wider than a panel, tiles of rows that
-    /// start at 0 and inside the map, groups, and k over one slab (> 1024).
-    /// For f64 there is no producer.
+    /// start at 0 and inside the map, groups, k over one slab (> 1024), and
+    /// strides 2 and 3 (square, and along the rows only). For f64 there is
+    /// no producer; a stride whose output is narrower than the phase planes
+    /// is not taken.
     #[test]
     fn panels_hold_the_plain_im2col() {
-        /// (c_in, width, kernel, padding, dilation, groups, c_out)
-        type Case = (usize, usize, [usize; 2], [usize; 2], usize, usize, usize);
-        let cases: [Case; 7] = [
-            (3, 32, [3, 3], [1, 1], 1, 1, 16),
-            (16, 7, [3, 3], [1, 1], 1, 1, 16),
-            (4, 9, [5, 5], [2, 2], 1, 2, 8),
-            (2, 20, [1, 3], [0, 1], 1, 1, 8),
-            (3, 12, [3, 3], [0, 1], 1, 1, 4),
-            (2, 11, [3, 3], [2, 2], 2, 1, 4),
-            (120, 6, [3, 3], [1, 1], 1, 1, 8),
+        /// (c_in, width, kernel, padding, dilation, groups, c_out, stride)
+        type Case = (usize, usize, [usize; 2], [usize; 2], usize, usize, usize, [usize; 2]);
+        let cases: [Case; 12] = [
+            (3, 32, [3, 3], [1, 1], 1, 1, 16, [1, 1]),
+            (16, 7, [3, 3], [1, 1], 1, 1, 16, [1, 1]),
+            (4, 9, [5, 5], [2, 2], 1, 2, 8, [1, 1]),
+            (2, 20, [1, 3], [0, 1], 1, 1, 8, [1, 1]),
+            (3, 12, [3, 3], [0, 1], 1, 1, 4, [1, 1]),
+            (2, 11, [3, 3], [2, 2], 2, 1, 4, [1, 1]),
+            (120, 6, [3, 3], [1, 1], 1, 1, 8, [1, 1]),
+            // Strided, through phase planes: ResNet's downsampling 3×3, the
+            // 7×7 stem, odd maps, stride 3, a stride along one axis only.
+            (4, 32, [3, 3], [1, 1], 1, 1, 8, [2, 2]),
+            (3, 20, [7, 7], [3, 3], 1, 1, 8, [2, 2]),
+            (2, 9, [3, 3], [1, 1], 1, 1, 4, [2, 2]),
+            (2, 9, [3, 3], [0, 0], 1, 1, 4, [3, 3]),
+            (2, 10, [3, 3], [1, 1], 1, 1, 4, [2, 1]),
         ];
-        for (c_in, side, [kh, kw], padding, dilation, groups, c_out) in cases {
+        for (c_in, side, [kh, kw], padding, dilation, groups, c_out, stride) in cases {
             let h = if kh == 1 { side / 2 } else { side };
             let mut opts = Conv2dOptions::default().with_dilation(dilation);
             opts.padding = padding;
             opts.groups = groups;
+            opts.stride = stride;
             let g = ConvGeometry::new(&[1, c_in, h, side], &[c_out, c_in / groups, kh, kw], &opts)
                 .unwrap();
             assert!(applies(&g), "case {c_in} {side} {kh}x{kw}: {:?}", (g.ho, g.wo));
@@ -275,6 +362,16 @@ mod tests {
                     }
                     let x64: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
                     assert!(Im2colPanels::new(&g, &taps, &x64, c0, tile.clone()).is_none());
+                    let mut narrow = opts;
+                    narrow.padding = [0, 0];
+                    narrow.stride = [2, 2];
+                    let gn = ConvGeometry::new(
+                        &[1, c_in, 12, 12],
+                        &[c_out, c_in / groups, 5, 5],
+                        &narrow,
+                    )
+                    .unwrap();
+                    assert!(!applies(&gn), "4 outputs on phase planes 6 wide");
                 }
             }
         }
