@@ -119,7 +119,7 @@ fn pad_rows<T: Float>(g: &ConvGeometry, x: &[T], width: usize, padded: &mut Vec<
 const COLS: usize = 16;
 
 /// `acc[l] += k·src[l]` over one block of [`COLS`] outputs (the portable
-/// and AVX2 paths, and f64).
+/// path, and f64).
 #[inline(always)]
 fn axpy_block<T: Float>(acc: &mut [T; COLS], k: T, src: &[T; COLS]) {
     for (a, &s) in acc.iter_mut().zip(src) {
@@ -127,7 +127,8 @@ fn axpy_block<T: Float>(acc: &mut [T; COLS], k: T, src: &[T; COLS]) {
     }
 }
 
-/// [`forward_plane_unit`]'s blocks in f32 on AVX-512, one register a block.
+/// [`forward_plane_unit`]'s blocks in f32 on AVX-512, one register a block
+/// (on AVX2, two).
 /// Left to LLVM, the block's accumulators were vectorized as its heuristics
 /// and the crate's partitioning happened to decide, once across the taps in
 /// 128-bit and scalar code (31 → 42 ms on the DW benchmark shape after an
@@ -139,8 +140,8 @@ mod x86 {
     use super::{input_rows, COLS};
     use crate::ConvGeometry;
     use std::arch::x86_64::{
-        __mmask16, _mm512_add_ps, _mm512_loadu_ps, _mm512_mask_storeu_ps, _mm512_mul_ps,
-        _mm512_set1_ps,
+        __mmask16, _mm256_add_ps, _mm256_loadu_ps, _mm256_mul_ps, _mm256_set1_ps, _mm256_storeu_ps,
+        _mm512_add_ps, _mm512_loadu_ps, _mm512_mask_storeu_ps, _mm512_mul_ps, _mm512_set1_ps,
     };
 
     /// `y[p, q] = b + Σ_{i, j} k[i, j]·padded[r(p, i), q + j]` for every output,
@@ -178,6 +179,51 @@ mod x86 {
             }
         }
     }
+
+    /// [`unit_blocks`] in two 256-bit registers a block: the same products
+    /// and sums, so the same bits.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn unit_blocks_avx2(
+        g: &ConvGeometry,
+        padded: &[f32],
+        width: usize,
+        k: &[f32],
+        bias: f32,
+        y: &mut [f32],
+    ) {
+        let (wo, kw) = (g.wo, g.kw);
+        assert!(width >= wo.div_ceil(COLS) * COLS + kw - 1, "padded rows too narrow");
+        for (p, y_row) in y.chunks_mut(wo).enumerate() {
+            let mut q0 = 0;
+            while q0 < wo {
+                let n = COLS.min(wo - q0);
+                let mut acc = [_mm256_set1_ps(bias); 2];
+                for (i, r) in input_rows(g, p) {
+                    let row = &padded[r * width..(r + 1) * width];
+                    for (j, &kk) in k[i * kw..(i + 1) * kw].iter().enumerate() {
+                        let kv = _mm256_set1_ps(kk);
+                        for (h, a) in acc.iter_mut().enumerate() {
+                            // SAFETY: q0 + j + 16 ≤ ⌈wo / 16⌉·16 + kw − 1 ≤ width = row.len()
+                            // (asserted above): the 8 values of half h lie inside the row.
+                            let src = unsafe { _mm256_loadu_ps(row.as_ptr().add(q0 + j + 8 * h)) };
+                            *a = _mm256_add_ps(*a, _mm256_mul_ps(kv, src));
+                        }
+                    }
+                }
+                let mut block = [0f32; COLS];
+                let full = n == COLS;
+                let dst = if full { &mut y_row[q0..q0 + COLS] } else { &mut block[..] };
+                for (h, &a) in acc.iter().enumerate() {
+                    // SAFETY: `dst` holds 16 floats; half h writes 8 from 8·h.
+                    unsafe { _mm256_storeu_ps(dst.as_mut_ptr().add(8 * h), a) };
+                }
+                if !full {
+                    y_row[q0..q0 + n].copy_from_slice(&block[..n]);
+                }
+                q0 += n;
+            }
+        }
+    }
 }
 
 /// [`forward_plane_body`] for a horizontal stride and dilation of 1: each
@@ -203,12 +249,20 @@ fn forward_plane_unit<T: Float>(
     let width = (g.w + 2 * pw).max(g.wo.div_ceil(COLS) * COLS + g.kw - 1);
     pad_rows(g, x, width, padded);
     #[cfg(target_arch = "x86_64")]
-    if cnn_tensor::simd::level() == cnn_tensor::simd::SimdLevel::Avx512 {
+    {
+        use cnn_tensor::simd::{level, SimdLevel};
         let b = T::as_f32(std::slice::from_ref(&bias)).map(|b| b[0]);
-        if let (Some(p32), Some(k32), Some(b32)) = (T::as_f32(padded), T::as_f32(k), b) {
+        if let (Some(p32), Some(k32), Some(b32), true) =
+            (T::as_f32(padded), T::as_f32(k), b, level() >= SimdLevel::Avx2)
+        {
             let y32 = T::as_f32_mut(y).expect("y has x's type");
-            // SAFETY: `level` says Avx512 only when the CPU has AVX-512F.
-            unsafe { x86::unit_blocks(g, p32, width, k32, b32, y32) };
+            if level() == SimdLevel::Avx512 {
+                // SAFETY: `level` says Avx512 only when the CPU has AVX-512F.
+                unsafe { x86::unit_blocks(g, p32, width, k32, b32, y32) };
+            } else {
+                // SAFETY: `level` says Avx2 only when the CPU has AVX2 (and FMA).
+                unsafe { x86::unit_blocks_avx2(g, p32, width, k32, b32, y32) };
+            }
             return;
         }
     }

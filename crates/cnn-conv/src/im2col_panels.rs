@@ -18,7 +18,8 @@
 //! consecutive columns are 16 consecutive inputs: one masked load from the
 //! input and one store into their panel row. The mask keeps the lanes whose
 //! input lies inside the image. Masked-off lanes read nothing (AVX-512
-//! masked loads do not touch them) and are written as 0, as the padding is.
+//! masked loads do not touch them, nor do AVX2's `vmaskmovps`, two per
+//! chunk) and are written as 0, as the padding is.
 //! With a stride `(sh, sw)` the group's input is first split into phase
 //! planes (`x[sh·a + r, sw·b + s]` at `(r, s)[a, b]`, one pass over it), in
 //! which a tap's inputs for consecutive outputs are consecutive again: the
@@ -66,6 +67,9 @@ pub(crate) struct Im2colPanels<'a> {
     col_masks: Vec<u16>,
     /// Chunks of 16 lanes after which the column masks repeat: lcm(Wo, 16) / 16.
     period: usize,
+    /// Whether the SIMD level is AVX-512 (one masked 512-bit load a chunk),
+    /// not AVX2 (two masked 256-bit loads).
+    wide: bool,
     /// With a stride: the group's input split into phase planes, which the
     /// rows point into.
     _phases: Option<Pooled<f32>>,
@@ -76,7 +80,7 @@ pub(crate) struct Im2colPanels<'a> {
 impl<'a> Im2colPanels<'a> {
     /// The producer for channels `c0 ..` of sample `x` (`[c_in, h, w]`), output
     /// rows `out_rows`; `None` when `T` is not f32, the SIMD level is below
-    /// AVX-512 or `g` is not one [`applies`] to (then the plain path runs).
+    /// AVX2 or `g` is not one [`applies`] to (then the plain path runs).
     pub(crate) fn new<T: Float>(
         g: &ConvGeometry,
         taps: &TapRanges,
@@ -84,8 +88,9 @@ impl<'a> Im2colPanels<'a> {
         c0: usize,
         out_rows: std::ops::Range<usize>,
     ) -> Option<Self> {
-        let avx512 = cnn_tensor::simd::level() == cnn_tensor::simd::SimdLevel::Avx512;
-        if !cfg!(target_arch = "x86_64") || !avx512 || !applies(g) {
+        let level = cnn_tensor::simd::level();
+        if !cfg!(target_arch = "x86_64") || level < cnn_tensor::simd::SimdLevel::Avx2 || !applies(g)
+        {
             return None;
         }
         let x = T::as_f32(x)?;
@@ -149,6 +154,7 @@ impl<'a> Im2colPanels<'a> {
             rows,
             col_masks,
             period,
+            wide: level == cnn_tensor::simd::SimdLevel::Avx512,
             _phases: phases,
             _x: std::marker::PhantomData,
         })
@@ -163,10 +169,15 @@ impl<'a> Im2colPanels<'a> {
         assert_eq!(out.len(), kc * nv * 16, "whole rows of 16-lane chunks");
         let rows = &self.rows[k0..k0 + kc];
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has AVX-512F (checked in `new`); every row's enabled lanes read
-        // inside its plane of the borrowed input (see `x86::fill`); `out` holds kc·16·nv.
+        // SAFETY: the CPU has AVX-512F when `wide`, else AVX2 (the level checked in
+        // `new`); every row's enabled lanes read inside its plane of the borrowed
+        // input (see `x86::fill`); `out` holds kc·16·nv.
         unsafe {
-            x86::fill(rows, &self.col_masks, self.period, panel * nv, nv, out)
+            if self.wide {
+                x86::fill(rows, &self.col_masks, self.period, panel * nv, nv, out)
+            } else {
+                x86::fill_avx2(rows, &self.col_masks, self.period, panel * nv, nv, out)
+            }
         };
         #[cfg(not(target_arch = "x86_64"))]
         let _ = (rows, panel);
@@ -274,6 +285,55 @@ mod x86 {
             }
         }
     }
+
+    /// [`fill`] in 256-bit registers: each 16-lane chunk as two masked
+    /// loads of 8 (`vmaskmovps`, which does not touch masked-off lanes
+    /// and writes 0 in them); the same values.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; otherwise as [`fill`].
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn fill_avx2(
+        rows: &[TapRow],
+        col_masks: &[u16],
+        period: usize,
+        q0: usize,
+        nv: usize,
+        out: &mut [f32],
+    ) {
+        assert!(out.len() >= rows.len() * 16 * nv, "room for every chunk");
+        // Lane l of a half tests bit l of its 8 mask bits.
+        let bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+        let lanes = |m: u16| {
+            let m = _mm256_and_si256(_mm256_set1_epi32(i32::from(m)), bits);
+            _mm256_cmpeq_epi32(m, bits)
+        };
+        let phase0 = q0 % period;
+        let mut dst = out.as_mut_ptr();
+        for row in rows {
+            let masks = &col_masks[row.kx * period..(row.kx + 1) * period];
+            let (p_lo, p_hi) = row.valid;
+            let mut phase = phase0;
+            for q in q0..q0 + nv {
+                let mut mask = masks[phase];
+                phase = if phase + 1 == period { 0 } else { phase + 1 };
+                if 16 * q < p_lo || 16 * q + 16 > p_hi {
+                    mask &= range_mask(16 * q, p_lo, p_hi);
+                }
+                let src = row.src.wrapping_add(16 * q);
+                // SAFETY: as in `fill`: the enabled lanes read inside the plane and
+                // `vmaskmovps` does not access the disabled ones; `dst` moves 16
+                // values at a time through `out`, which holds 16 per chunk of every row.
+                unsafe {
+                    let lo = _mm256_maskload_ps(src, lanes(mask & 0xff));
+                    let hi = _mm256_maskload_ps(src.wrapping_add(8), lanes(mask >> 8));
+                    _mm256_storeu_ps(dst, lo);
+                    _mm256_storeu_ps(dst.add(8), hi);
+                    dst = dst.add(16);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -294,6 +354,20 @@ mod tests {
     /// strides 2 and 3 (square, and along the rows only). For f64 there is
     /// no producer; a stride whose output is narrower than the phase planes
     /// is not taken.
+    /// The AVX2 fill (two masked 8-lane loads a chunk) and the AVX-512 one
+    /// (one 16-lane load) both pass the test below: it runs again at each
+    /// SIMD level this CPU has.
+    #[test]
+    fn every_simd_level_fills_the_plain_im2col() {
+        for level in cnn_tensor::simd::levels() {
+            cnn_tensor::simd::rerun_tests(
+                "panels_hold_the_plain_im2col",
+                &[("CNN_SIMD", level.name())],
+            )
+            .unwrap();
+        }
+    }
+
     #[test]
     fn panels_hold_the_plain_im2col() {
         /// (c_in, width, kernel, padding, dilation, groups, c_out, stride)

@@ -5,9 +5,13 @@
 //! is packed once ([`PackedLhs`]) and each call only packs its right operand.
 //! With f32 at SIMD level AVX-512 the product runs in a register-blocked
 //! micro-kernel of `MR × 16·NV` accumulators (the panel shape picked per CPU
-//! vendor and per matrix, to waste the least padding); elsewhere, and for
-//! f64, it is matrixmultiply's GEMM. Each entry of `C` sums over `k` in order, so results
-//! never depend on how callers split work between threads.
+//! vendor and per matrix, to waste the least padding); at level AVX2 in its
+//! 256-bit twin on `6 × 16` panels (12 accumulators of the 16 registers);
+//! on the portable level, and for f64, it is matrixmultiply's GEMM. Each
+//! entry of `C` is one chain of fused multiply-adds over `k` in order,
+//! whatever the panel or the vector width, so results never depend on how
+//! callers split work between threads, and the AVX2 and AVX-512 kernels give
+//! the same bits.
 
 use std::ops::Range;
 
@@ -36,8 +40,13 @@ const SHAPES_AMD: [(usize, usize); 3] = [(8, 3), (4, 6), (12, 2)];
 /// times every shape, and `CNN_GEMM_PANEL` overrides the choice.
 const SHAPES_INTEL: [(usize, usize); 3] = [(14, 2), (8, 3), (6, 4)];
 
+/// Panel shape at SIMD level AVX2: 6 rows × 16 columns, two 256-bit vectors
+/// a row, is 12 accumulators, 2 loads of `B` and a broadcast of `A` in the
+/// 16 ymm registers (the shape of BLIS's Haswell sgemm kernel).
+const SHAPES_AVX2: [(usize, usize); 1] = [(6, 1)];
+
 /// Every panel shape the micro-kernel is compiled for.
-pub const PANELS: [(usize, usize); 6] = [(8, 3), (4, 6), (12, 2), (14, 2), (6, 4), (16, 1)];
+pub const PANELS: [(usize, usize); 7] = [(8, 3), (4, 6), (12, 2), (14, 2), (6, 4), (16, 1), (6, 1)];
 
 /// The panel shapes to choose from on this CPU: `CNN_GEMM_PANEL=MRxNR` (one of
 /// [`PANELS`], e.g. `8x48`) if set, else the table of the CPU's vendor.
@@ -51,6 +60,7 @@ fn shapes() -> &'static [(usize, usize)] {
     static ONE: std::sync::OnceLock<[(usize, usize); 1]> = std::sync::OnceLock::new();
     match forced {
         Some(shape) => ONE.get_or_init(|| [shape]),
+        None if crate::simd::level() < crate::simd::SimdLevel::Avx512 => &SHAPES_AVX2,
         None => match crate::simd::vendor() {
             crate::simd::CpuVendor::Intel => &SHAPES_INTEL,
             _ => &SHAPES_AMD,
@@ -71,10 +81,12 @@ pub struct PackedLhs<T: Float> {
     plain: Array2<T>,
 }
 
-/// Whether `T` is f32 and the micro-kernel may run: the SIMD level
-/// ([`crate::simd::level`], capped by `CNN_SIMD`) is AVX-512.
-fn avx512_f32<T: Float>() -> bool {
-    T::as_f32(&[]).is_some() && crate::simd::level() == crate::simd::SimdLevel::Avx512
+/// Whether `T` is f32 and a micro-kernel may run: the SIMD level
+/// ([`crate::simd::level`], capped by `CNN_SIMD`) is AVX2 (with FMA) or AVX-512.
+fn kernel_f32<T: Float>() -> bool {
+    cfg!(target_arch = "x86_64")
+        && T::as_f32(&[]).is_some()
+        && crate::simd::level() >= crate::simd::SimdLevel::Avx2
 }
 
 impl<T: Float> PackedLhs<T> {
@@ -88,7 +100,7 @@ impl<T: Float> PackedLhs<T> {
     /// matrix and right operands of about `typical_n` columns (the one that
     /// wastes the least padding), or `None` when products run in matrixmultiply.
     pub fn panel_for(m: usize, typical_n: usize) -> Option<(usize, usize)> {
-        avx512_f32::<T>().then(|| {
+        kernel_f32::<T>().then(|| {
             let padded = |(mr, nv): (usize, usize)| {
                 m.div_ceil(mr) * mr * typical_n.max(1).div_ceil(16 * nv) * 16 * nv
             };
@@ -112,7 +124,7 @@ impl<T: Float> PackedLhs<T> {
     /// `panel` is not one of [`PANELS`]; [`Error::Shape`] when `data` has the
     /// wrong length.
     pub fn from_panels(m: usize, k: usize, panel: (usize, usize), data: Vec<T>) -> Result<Self> {
-        if !avx512_f32::<T>() || !PANELS.contains(&panel) {
+        if !kernel_f32::<T>() || !PANELS.contains(&panel) {
             return Err(Error::config(
                 "gemm_packed",
                 format!("panel {panel:?}: the micro-kernel does not run here or has no such panel"),
@@ -145,7 +157,7 @@ impl<T: Float> PackedLhs<T> {
                 format!("panel {panel:?} is not one of {PANELS:?} (MR, NR/16)"),
             ));
         }
-        Ok(Self::pack(a, avx512_f32::<T>().then_some(panel)))
+        Ok(Self::pack(a, kernel_f32::<T>().then_some(panel)))
     }
 
     fn pack(a: ArrayView2<'_, T>, shape: Option<(usize, usize)>) -> Self {
@@ -164,9 +176,9 @@ impl<T: Float> PackedLhs<T> {
     }
 
     /// Whether products with `T` run in this crate's micro-kernel (f32 at SIMD
-    /// level AVX-512) rather than in matrixmultiply.
+    /// level AVX2 or AVX-512) rather than in matrixmultiply.
     pub fn uses_kernel() -> bool {
-        avx512_f32::<T>()
+        kernel_f32::<T>()
     }
 
     /// Rows of `A`.
@@ -332,7 +344,7 @@ pub fn gemm_panels_by<T: Float>(
         if beta != T::zero() && beta != T::one() {
             c.mapv_inplace(|v| v * beta);
         }
-        // SAFETY: `shape` is Some only for f32 on a CPU with AVX-512F (checked in `new`).
+        // SAFETY: `shape` is Some only for f32 at SIMD level AVX2 or AVX-512 (checked in `new`).
         unsafe { x86::gemm_f32_by(a, n, beta != T::zero(), c, mr, nv, &mut fill) };
     }
     Ok(())
@@ -530,7 +542,7 @@ fn multiply_prepacked<T: Float>(
             if beta != T::zero() && beta != T::one() {
                 c.mapv_inplace(|v| v * beta);
             }
-            // SAFETY: `shape` is Some only for f32 on a CPU with AVX-512F (checked in `new`);
+            // SAFETY: `shape` is Some only for f32 at SIMD level AVX2 or AVX-512 (checked in `new`);
             // `packed` holds `B` in this panel's layout (`pack_rhs_for`, or a producer
             // writing `RhsPanels`; its length is asserted in `gemm_f32`).
             unsafe { x86::gemm_f32(a, rows, packed, (k, n), beta != T::zero(), c, mr, nv) };
@@ -549,7 +561,7 @@ mod x86 {
 
     use crate::Float;
 
-    /// A slice of `T` known to be `f32` (checked by `avx512_f32` before any call here).
+    /// A slice of `T` known to be `f32` (checked by `kernel_f32` before any call here).
     fn as_f32<T: Float>(s: &[T]) -> &[f32] {
         T::as_f32(s).expect("the micro-kernel runs on f32 only")
     }
@@ -558,7 +570,7 @@ mod x86 {
     /// on a panel), `c` being those rows; `packed` is `B` (`k × n`) packed by [`pack_all`].
     ///
     /// # Safety
-    /// `T` is `f32` and the CPU has AVX-512F.
+    /// `T` is `f32` and the SIMD level is AVX2 or AVX-512 (the CPU has those).
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn gemm_f32<T: Float>(
         a: &PackedLhs<T>,
@@ -579,6 +591,7 @@ mod x86 {
         let a_data = as_f32(&a.data);
         let b_all = as_f32(packed);
         assert!(b_all.len() >= panels_n * nr * k, "B packed for this product");
+        let wide = wide();
         let mut k0 = 0;
         while k0 < k {
             let kc = KC.min(k - k0);
@@ -601,7 +614,7 @@ mod x86 {
                             );
                             let tile =
                                 Tile { c: ct, rsc, csc, rows: tile_rows, cols, accumulate: acc };
-                            micro_for((mr, nv), kc, ap.as_ptr(), bp.as_ptr(), tile);
+                            micro_for(wide, (mr, nv), kc, ap.as_ptr(), bp.as_ptr(), tile);
                         }
                     }
                 }
@@ -613,12 +626,19 @@ mod x86 {
     /// `fill(panel, k0, kc, buf)` of [`super::gemm_panels_by`].
     type FillPanel<'f, T> = dyn FnMut(usize, usize, usize, &mut [T]) + 'f;
 
-    /// The micro-kernel of panel shape `(mr, nv)`.
+    /// Whether the SIMD level is AVX-512 (the 512-bit kernel), not AVX2.
+    fn wide() -> bool {
+        crate::simd::level() == crate::simd::SimdLevel::Avx512
+    }
+
+    /// The micro-kernel of panel shape `(mr, nv)`: the 512-bit one when
+    /// `wide`, else the 256-bit one (the same sums, so the same bits).
     ///
     /// # Safety
-    /// As [`micro`].
+    /// As [`micro`] when `wide`, else as [`micro_avx2`].
     #[inline(always)]
     unsafe fn micro_for(
+        wide: bool,
         (mr, nv): (usize, usize),
         kc: usize,
         a: *const f32,
@@ -627,6 +647,12 @@ mod x86 {
     ) {
         // SAFETY: the caller's contract, passed on.
         unsafe {
+            if !wide {
+                return match (mr, nv) {
+                    (6, 1) => micro_avx2::<6, 1>(kc, a, b, tile),
+                    _ => micro_avx2_any(mr, nv, kc, a, b, tile),
+                };
+            }
             match (mr, nv) {
                 (4, 6) => micro::<4, 6>(kc, a, b, tile),
                 (8, 3) => micro::<8, 3>(kc, a, b, tile),
@@ -634,8 +660,38 @@ mod x86 {
                 (6, 4) => micro::<6, 4>(kc, a, b, tile),
                 (16, 1) => micro::<16, 1>(kc, a, b, tile),
                 (12, 2) => micro::<12, 2>(kc, a, b, tile),
+                (6, 1) => micro::<6, 1>(kc, a, b, tile),
                 // Every shape of PANELS has its arm; `PackedLhs` only ever
                 // packs with one of them (checked in `from_panels`).
+                _ => unreachable!("panel {mr}x{} is not one of PANELS", 16 * nv),
+            }
+        }
+    }
+
+    /// The 256-bit kernel on a panel shape chosen for AVX-512 (a
+    /// `CNN_GEMM_PANEL` or a `PackedLhs::with_panel` at level AVX2): too many
+    /// accumulators for 16 registers, so slower, but the same sums.
+    ///
+    /// # Safety
+    /// As [`micro_avx2`].
+    #[inline(never)]
+    unsafe fn micro_avx2_any(
+        mr: usize,
+        nv: usize,
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        t: Tile,
+    ) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe {
+            match (mr, nv) {
+                (4, 6) => micro_avx2::<4, 6>(kc, a, b, t),
+                (8, 3) => micro_avx2::<8, 3>(kc, a, b, t),
+                (14, 2) => micro_avx2::<14, 2>(kc, a, b, t),
+                (6, 4) => micro_avx2::<6, 4>(kc, a, b, t),
+                (16, 1) => micro_avx2::<16, 1>(kc, a, b, t),
+                (12, 2) => micro_avx2::<12, 2>(kc, a, b, t),
                 _ => unreachable!("panel {mr}x{} is not one of PANELS", 16 * nv),
             }
         }
@@ -647,7 +703,7 @@ mod x86 {
     /// The same order of sums per entry of C as [`gemm_f32`] (slab by slab).
     ///
     /// # Safety
-    /// `T` is `f32` and the CPU has AVX-512F; `a.rows() ≤ MC`.
+    /// `T` is `f32` and the SIMD level is AVX2 or AVX-512; `a.rows() ≤ MC`.
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn gemm_f32_by<T: Float>(
         a: &PackedLhs<T>,
@@ -665,6 +721,7 @@ mod x86 {
         let c_ptr = c.as_mut_ptr().cast::<f32>();
         let a_data = as_f32(&a.data);
         let mut buf = crate::scratch::Scratch::<T>::take(KC.min(k) * nr);
+        let wide = wide();
         let mut k0 = 0;
         while k0 < k {
             let kc = KC.min(k - k0);
@@ -683,7 +740,7 @@ mod x86 {
                     unsafe {
                         let ct = c_ptr.offset((i * mr) as isize * rsc + (j * nr) as isize * csc);
                         let tile = Tile { c: ct, rsc, csc, rows: tile_rows, cols, accumulate: acc };
-                        micro_for((mr, nv), kc, ap.as_ptr(), bp.as_ptr(), tile);
+                        micro_for(wide, (mr, nv), kc, ap.as_ptr(), bp.as_ptr(), tile);
                     }
                 }
             }
@@ -717,6 +774,15 @@ mod x86 {
                 let start = j * nr;
                 let width = nr.min(n - start);
                 match row.as_slice() {
+                    // A whole panel row in copies of 16 values the compiler
+                    // knows the length of (vector moves; a `memmove` call per
+                    // row of a 16-wide panel cost 8% of a Winograd forward).
+                    Some(r) if width == nr => {
+                        for (d, s) in dst.chunks_exact_mut(16).zip(r[start..].chunks_exact(16)) {
+                            let d: &mut [T; 16] = d.try_into().expect("16 values");
+                            *d = *<&[T; 16]>::try_from(s).expect("16 values");
+                        }
+                    }
                     Some(r) => dst[..width].copy_from_slice(&r[start..start + width]),
                     None => {
                         for (d, s) in dst[..width]
@@ -819,6 +885,89 @@ mod x86 {
             }
         }
     }
+
+    /// `C[MR × 16·NV] (+)= A_panel · B_panel` over `kc` steps in 256-bit
+    /// registers, two a 16-column block: each entry the same chain of fused
+    /// multiply-adds as [`micro`], so the same bits.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; otherwise as [`micro`].
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn micro_avx2<const MR: usize, const NV: usize>(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        t: Tile,
+    ) {
+        let mut acc = [[[_mm256_setzero_ps(); 2]; NV]; MR];
+        for p in 0..kc {
+            let mut bv = [[_mm256_setzero_ps(); 2]; NV];
+            for (v, slot) in bv.iter_mut().enumerate() {
+                for (h, half) in slot.iter_mut().enumerate() {
+                    // SAFETY: the B panel has kc rows of 16·NV floats.
+                    *half = unsafe { _mm256_loadu_ps(b.add(p * 16 * NV + 16 * v + 8 * h)) };
+                }
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                // SAFETY: the A panel has kc columns of MR floats.
+                let ai = _mm256_set1_ps(unsafe { *a.add(p * MR + i) });
+                for v in 0..NV {
+                    for h in 0..2 {
+                        row[v][h] = _mm256_fmadd_ps(ai, bv[v][h], row[v][h]);
+                    }
+                }
+            }
+        }
+        // As in `micro`: constant indices for a full tile, a copy for a partial one.
+        if t.rows < MR || t.cols < 16 * NV || t.csc != 1 {
+            let copy = acc;
+            // SAFETY: the caller's contract on `t` is passed on.
+            unsafe { store_partial_avx2(&copy, &t) };
+            return;
+        }
+        for (i, row) in acc.iter().enumerate() {
+            // SAFETY: a full tile: row i < MR and 16·NV columns lie inside C.
+            let c_row = unsafe { t.c.offset(i as isize * t.rsc) };
+            for (v, halves) in row.iter().enumerate() {
+                for (h, &r) in halves.iter().enumerate() {
+                    // SAFETY: as above, column block v < NV, half h < 2.
+                    unsafe {
+                        let dst = c_row.add(16 * v + 8 * h);
+                        let sum =
+                            if t.accumulate { _mm256_add_ps(_mm256_loadu_ps(dst), r) } else { r };
+                        _mm256_storeu_ps(dst, sum);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stores the first `t.rows × t.cols` values of `acc` into the tile.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; `t` addresses a writable `t.rows × t.cols` tile
+    /// (strides `t.rsc`, `t.csc`), `t.rows ≤ MR`, `t.cols ≤ 16·NV`.
+    #[inline(never)]
+    #[target_feature(enable = "avx2")]
+    unsafe fn store_partial_avx2<const MR: usize, const NV: usize>(
+        acc: &[[[__m256; 2]; NV]; MR],
+        t: &Tile,
+    ) {
+        let mut buf = [[[0f32; 8]; 2]; NV];
+        for (i, row) in acc.iter().enumerate().take(t.rows) {
+            for (slot, &r) in buf.iter_mut().flatten().zip(row.iter().flatten()) {
+                // SAFETY: `slot` is 8 writable floats.
+                unsafe { _mm256_storeu_ps(slot.as_mut_ptr(), r) };
+            }
+            for (col, &x) in buf.iter().flatten().flatten().enumerate().take(t.cols) {
+                // SAFETY: row i < t.rows and column col < t.cols lie inside the caller's C view.
+                unsafe {
+                    let dst = t.c.offset(i as isize * t.rsc + col as isize * t.csc);
+                    *dst = if t.accumulate { *dst + x } else { x };
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -867,8 +1016,46 @@ mod tests {
                 "every_panel_shape",
                 "split_products",
                 "prepacked",
+                "fused_multiply_add_chains",
             ] {
                 crate::simd::rerun_tests(filter, &[("CNN_SIMD", level.name())]).unwrap();
+            }
+        }
+    }
+
+    /// The naive twin of the micro-kernels, bit for bit: each entry of `C`
+    /// is one chain of fused multiply-adds over a slab of `KC` values of
+    /// `k` in order, from 0, added to `C` after the first slab (or from the
+    /// start when β = 1). Every panel shape, at this SIMD level (the test
+    /// runs again at each level, so the AVX2 and AVX-512 kernels both meet
+    /// the same twin), over ragged tiles and two slabs.
+    #[test]
+    fn micro_kernels_are_fused_multiply_add_chains() {
+        if !PackedLhs::<f32>::uses_kernel() {
+            return; // matrixmultiply's order of sums, held by the tests above
+        }
+        let (m, k, n) = (23, KC + 77, 53);
+        let (a, b) = (randn(m, k, 7), randn(k, n, 8));
+        let c0 = randn(m, n, 9);
+        for beta in [0.0f32, 1.0] {
+            let mut want = c0.clone();
+            for ((i, j), c) in want.indexed_iter_mut() {
+                let mut k0 = 0;
+                while k0 < k {
+                    let mut sum = 0f32;
+                    for p in k0..(k0 + KC).min(k) {
+                        sum = a[[i, p]].mul_add(b[[p, j]], sum);
+                    }
+                    *c = if k0 == 0 && beta == 0.0 { sum } else { *c + sum };
+                    k0 += KC;
+                }
+            }
+            for panel in PANELS {
+                let packed = PackedLhs::with_panel(a.view(), panel).unwrap();
+                let mut got = c0.clone();
+                gemm_packed(&packed, b.view(), beta, got.view_mut(), &mut Vec::new()).unwrap();
+                let diff = want.iter().zip(&got).filter(|(x, y)| x.to_bits() != y.to_bits());
+                assert_eq!(diff.count(), 0, "panel {panel:?} beta {beta}");
             }
         }
     }

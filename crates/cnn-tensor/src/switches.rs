@@ -38,9 +38,9 @@ pub static SIMD: Switch = Switch {
 /// `CNN_GEMM_PANEL`: the micro-kernel's panel shape (`crate::PackedLhs`).
 pub static GEMM_PANEL: Switch = Switch {
     name: "CNN_GEMM_PANEL",
-    values: &["8x48", "4x96", "12x32", "14x32", "6x64", "16x16"],
-    default: "the CPU vendor's table",
-    what: "forces the AVX-512 GEMM micro-kernel's panel, rows x columns",
+    values: &["8x48", "4x96", "12x32", "14x32", "6x64", "16x16", "6x16"],
+    default: "6x16 on AVX2, else the CPU vendor's table",
+    what: "forces the GEMM micro-kernel's panel, rows x columns",
 };
 
 /// `CNN_CONV_ALGORITHM`: how 3×3 stride-1 convolutions are computed (`cnn_conv`).
