@@ -245,6 +245,33 @@ mod x86 {
         upto(b) & !upto(a)
     }
 
+    /// The lane mask and the address of lane 0 of each 16-lane chunk
+    /// `q0 .. q0 + nv` of each row in `rows`, row after row, handed to
+    /// `chunk` in that order (the walk both register widths share).
+    #[inline(always)]
+    fn for_each_chunk(
+        rows: &[TapRow],
+        col_masks: &[u16],
+        period: usize,
+        (q0, nv): (usize, usize),
+        mut chunk: impl FnMut(u16, *const f32),
+    ) {
+        let phase0 = q0 % period;
+        for row in rows {
+            let masks = &col_masks[row.kx * period..(row.kx + 1) * period];
+            let (p_lo, p_hi) = row.valid;
+            let mut phase = phase0;
+            for q in q0..q0 + nv {
+                let mut mask = masks[phase];
+                phase = if phase + 1 == period { 0 } else { phase + 1 };
+                if 16 * q < p_lo || 16 * q + 16 > p_hi {
+                    mask &= range_mask(16 * q, p_lo, p_hi);
+                }
+                chunk(mask, row.src.wrapping_add(16 * q));
+            }
+        }
+    }
+
     /// Chunks `q0 .. q0 + nv` of each row in `rows` into `out`, row after row.
     ///
     /// # Safety
@@ -261,29 +288,17 @@ mod x86 {
         out: &mut [f32],
     ) {
         assert!(out.len() >= rows.len() * 16 * nv, "room for every chunk");
-        let phase0 = q0 % period;
         let mut dst = out.as_mut_ptr();
-        for row in rows {
-            let masks = &col_masks[row.kx * period..(row.kx + 1) * period];
-            let (p_lo, p_hi) = row.valid;
-            let mut phase = phase0;
-            for q in q0..q0 + nv {
-                let mut mask = masks[phase];
-                phase = if phase + 1 == period { 0 } else { phase + 1 };
-                if 16 * q < p_lo || 16 * q + 16 > p_hi {
-                    mask &= range_mask(16 * q, p_lo, p_hi);
-                }
-                // SAFETY: the enabled lanes p (valid output row and column for this tap)
-                // read plane[(oh + off_i)·W + ow + off_j] inside the plane; disabled
-                // lanes are not accessed. `dst` moves 16 values at a time through
-                // `out`, which holds 16 per chunk of every row (asserted above).
-                unsafe {
-                    let v = _mm512_maskz_loadu_ps(mask, row.src.wrapping_add(16 * q));
-                    _mm512_storeu_ps(dst, v);
-                    dst = dst.add(16);
-                }
+        for_each_chunk(rows, col_masks, period, (q0, nv), |mask, src| {
+            // SAFETY: the enabled lanes p (valid output row and column for this tap)
+            // read plane[(oh + off_i)·W + ow + off_j] inside the plane; disabled
+            // lanes are not accessed. `dst` moves 16 values at a time through
+            // `out`, which holds 16 per chunk of every row (asserted above).
+            unsafe {
+                _mm512_storeu_ps(dst, _mm512_maskz_loadu_ps(mask, src));
+                dst = dst.add(16);
             }
-        }
+        });
     }
 
     /// [`fill`] in 256-bit registers: each 16-lane chunk as two masked
@@ -308,31 +323,19 @@ mod x86 {
             let m = _mm256_and_si256(_mm256_set1_epi32(i32::from(m)), bits);
             _mm256_cmpeq_epi32(m, bits)
         };
-        let phase0 = q0 % period;
         let mut dst = out.as_mut_ptr();
-        for row in rows {
-            let masks = &col_masks[row.kx * period..(row.kx + 1) * period];
-            let (p_lo, p_hi) = row.valid;
-            let mut phase = phase0;
-            for q in q0..q0 + nv {
-                let mut mask = masks[phase];
-                phase = if phase + 1 == period { 0 } else { phase + 1 };
-                if 16 * q < p_lo || 16 * q + 16 > p_hi {
-                    mask &= range_mask(16 * q, p_lo, p_hi);
-                }
-                let src = row.src.wrapping_add(16 * q);
-                // SAFETY: as in `fill`: the enabled lanes read inside the plane and
-                // `vmaskmovps` does not access the disabled ones; `dst` moves 16
-                // values at a time through `out`, which holds 16 per chunk of every row.
-                unsafe {
-                    let lo = _mm256_maskload_ps(src, lanes(mask & 0xff));
-                    let hi = _mm256_maskload_ps(src.wrapping_add(8), lanes(mask >> 8));
-                    _mm256_storeu_ps(dst, lo);
-                    _mm256_storeu_ps(dst.add(8), hi);
-                    dst = dst.add(16);
-                }
+        for_each_chunk(rows, col_masks, period, (q0, nv), |mask, src| {
+            // SAFETY: as in `fill`: the enabled lanes read inside the plane and
+            // `vmaskmovps` does not access the disabled ones; `dst` moves 16
+            // values at a time through `out`, which holds 16 per chunk of every row.
+            unsafe {
+                let lo = _mm256_maskload_ps(src, lanes(mask & 0xff));
+                let hi = _mm256_maskload_ps(src.wrapping_add(8), lanes(mask >> 8));
+                _mm256_storeu_ps(dst, lo);
+                _mm256_storeu_ps(dst.add(8), hi);
+                dst = dst.add(16);
             }
-        }
+        });
     }
 }
 
