@@ -15,7 +15,7 @@
 
 use cnn_tensor::scratch::Scratch as Pooled;
 use cnn_tensor::{gemm, gemm_panels_by, Float, GemmSplit, PackedLhs};
-use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
+use ndarray::{ArrayView2, ArrayViewMut2, Axis, ShapeBuilder};
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -283,15 +283,36 @@ fn forward_tile<T: Float>(
     let (area, rows, cg) = (g.out_area(), g.col_rows(), g.c_in_g());
     let cols = tile.len() * g.wo;
     let channels = grp * g.c_out_g()..(grp + 1) * g.c_out_g();
-    // Stride 1, same width: each panel of the column matrix written from x
-    // just before the micro-kernel reads it.
-    let fused = (split == GemmSplit::ONE && w_g.rhs_panels(cols).is_some())
-        .then(|| Im2colPanels::new(g, &scratch.taps, x, grp * cg, tile.clone()))
-        .flatten();
-    if let Some(source) = fused {
-        let fill = |panel, k0, kc, buf: &mut [T]| source.fill(panel, k0, kc, buf);
-        gemm_panels_by(w_g, cols, T::zero(), y_tile.view_mut(), fill)
-            .expect("shapes agree by construction");
+    // Each panel of the column matrix written from x just before the
+    // micro-kernel reads it; a cut of the product's columns is a range of
+    // whole panels a task (the same sums for every output, so the same bits).
+    let panels = w_g.rhs_panels(cols).filter(|_| split.rows == 1);
+    let fused = panels.and_then(|p| {
+        Some((p.width(), Im2colPanels::new(g, &scratch.taps, x, grp * cg, tile.clone())?))
+    });
+    if let Some((nr, source)) = fused {
+        let (count, parts) = (cols.div_ceil(nr), split.cols.min(cols.div_ceil(nr)).max(1));
+        let mut ranges = Vec::with_capacity(parts);
+        let mut rest = y_tile.view_mut();
+        for p in 0..parts {
+            let (first, end) = (p * count / parts, (p + 1) * count / parts);
+            let width = (end * nr).min(cols) - first * nr;
+            let (part, right) = rest.split_at(Axis(1), width);
+            ranges.push((first, part));
+            rest = right;
+        }
+        let run = |(first, mut c): (usize, ArrayViewMut2<'_, T>)| {
+            let fill = |panel, k0, kc, buf: &mut [T]| source.fill(first + panel, k0, kc, buf);
+            gemm_panels_by(w_g, c.ncols(), T::zero(), c.view_mut(), fill)
+                .expect("shapes agree by construction");
+        };
+        if parts == 1 {
+            ranges.into_iter().for_each(run);
+        } else {
+            ranges.into_par_iter().for_each(run);
+        }
+        #[cfg(test)]
+        FUSED_PARTS.fetch_add(parts, std::sync::atomic::Ordering::Relaxed);
         finish.apply(y_tile, channels);
         return;
     }
@@ -305,6 +326,11 @@ fn forward_tile<T: Float>(
     product(w_g, col, y_tile.view_mut(), split, scratch.packed.vec_mut());
     finish.apply(y_tile, channels);
 }
+
+/// Products run with the im2col fused in (a task a column range), counted
+/// for the test that the fused path engages.
+#[cfg(test)]
+static FUSED_PARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// The im2col matrices of group `grp` of the `s` samples of `x_blk`, side by
 /// side in `scratch.col` (`[rows, s·Ho·Wo]`).
@@ -581,6 +607,55 @@ fn backward_samples<T: Float>(
                 dx,
                 scratch.phases.vec_mut(),
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::epilogue::Epilogue;
+    use crate::Conv2dOptions;
+    use std::sync::atomic::Ordering;
+
+    /// A forward tile whose product is cut by columns (shape F at 32
+    /// samples is cut in two) still fuses its im2col, a range of whole
+    /// panels a task, and gives the bits of the uncut fused product and of
+    /// the column-matrix path (taken with a cut by rows): for stride 1 and
+    /// 2, ragged tile widths, cuts into 2, 3 and more parts than panels.
+    #[test]
+    fn a_column_cut_keeps_the_im2col_fused_and_the_bits() {
+        for (c_in, side, stride, c_out, tile) in
+            [(64, 32, 2, 128, 0..16), (16, 32, 1, 16, 3..20), (8, 30, 2, 24, 1..14)]
+        {
+            let opts = Conv2dOptions::default().with_stride(stride).with_padding(1);
+            let g = ConvGeometry::new(&[1, c_in, side, side], &[c_out, c_in, 3, 3], &opts).unwrap();
+            let x: Vec<f32> = (0..c_in * side * side).map(|i| (i as f32 * 0.37).sin()).collect();
+            let w: Vec<f32> = (0..c_out * c_in * 9).map(|i| (i as f32 * 0.11).cos()).collect();
+            let plan = Plan::new::<f32>(&g, Pass::Forward);
+            let w_g = &pack_weights(&g, &plan, &w, false)[0];
+            let cols = tile.len() * g.wo;
+            let run = |split: GemmSplit| {
+                let mut y = ndarray::Array2::<f32>::zeros((c_out, cols));
+                let mut scratch = Scratch::new(&g, &plan);
+                scratch.col = Pooled::take(g.col_rows() * cols); // tiles of any height
+                let finish = Finish { bias: None, epilogue: Epilogue::None };
+                let before = FUSED_PARTS.load(Ordering::Relaxed);
+                forward_tile(&g, split, &x, 0, w_g, &tile, y.view_mut(), finish, &mut scratch);
+                (y, FUSED_PARTS.load(Ordering::Relaxed) > before)
+            };
+            let (plain, fused) = run(GemmSplit { rows: 2, cols: 1 });
+            assert!(!fused, "a cut by rows takes the column matrix");
+            for parts in [1, 2, 3, 64] {
+                let (y, fused) = run(GemmSplit { rows: 1, cols: parts });
+                if !PackedLhs::<f32>::uses_kernel() {
+                    assert!(!fused);
+                    continue; // no micro-kernel at this SIMD level: nothing to fuse
+                }
+                assert!(fused, "{c_in} {side} stride {stride}: {parts} parts not fused");
+                let diff = y.iter().zip(&plain).filter(|(a, b)| a.to_bits() != b.to_bits());
+                assert_eq!(diff.count(), 0, "{c_in} {side} stride {stride}: {parts} parts");
+            }
         }
     }
 }

@@ -77,6 +77,11 @@ pub(crate) struct Im2colPanels<'a> {
     _x: std::marker::PhantomData<&'a [f32]>,
 }
 
+// SAFETY: the row pointers are only read through (by `fill`), into the
+// borrowed input or the owned phase planes, which nothing writes while the
+// producer lives; tasks that fill panels of one tile side by side share it.
+unsafe impl Sync for Im2colPanels<'_> {}
+
 impl<'a> Im2colPanels<'a> {
     /// The producer for channels `c0 ..` of sample `x` (`[c_in, h, w]`), output
     /// rows `out_rows`; `None` when `T` is not f32, the SIMD level is below
