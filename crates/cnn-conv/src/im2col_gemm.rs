@@ -14,8 +14,8 @@
 //! of threads.
 
 use cnn_tensor::scratch::Scratch as Pooled;
-use cnn_tensor::{gemm, gemm_panels_by, Float, GemmSplit, PackedLhs};
-use ndarray::{ArrayView2, ArrayViewMut2, Axis, ShapeBuilder};
+use cnn_tensor::{gemm, gemm_panels_by_split, Float, GemmSplit, PackedLhs};
+use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -286,33 +286,15 @@ fn forward_tile<T: Float>(
     // Each panel of the column matrix written from x just before the
     // micro-kernel reads it; a cut of the product's columns is a range of
     // whole panels a task (the same sums for every output, so the same bits).
-    let panels = w_g.rhs_panels(cols).filter(|_| split.rows == 1);
-    let fused = panels.and_then(|p| {
-        Some((p.width(), Im2colPanels::new(g, &scratch.taps, x, grp * cg, tile.clone())?))
-    });
-    if let Some((nr, source)) = fused {
-        let (count, parts) = (cols.div_ceil(nr), split.cols.min(cols.div_ceil(nr)).max(1));
-        let mut ranges = Vec::with_capacity(parts);
-        let mut rest = y_tile.view_mut();
-        for p in 0..parts {
-            let (first, end) = (p * count / parts, (p + 1) * count / parts);
-            let width = (end * nr).min(cols) - first * nr;
-            let (part, right) = rest.split_at(Axis(1), width);
-            ranges.push((first, part));
-            rest = right;
-        }
-        let run = |(first, mut c): (usize, ArrayViewMut2<'_, T>)| {
-            let fill = |panel, k0, kc, buf: &mut [T]| source.fill(first + panel, k0, kc, buf);
-            gemm_panels_by(w_g, c.ncols(), T::zero(), c.view_mut(), fill)
-                .expect("shapes agree by construction");
-        };
-        if parts == 1 {
-            ranges.into_iter().for_each(run);
-        } else {
-            ranges.into_par_iter().for_each(run);
-        }
+    let fused = (split.rows == 1 && w_g.rhs_panels(cols).is_some())
+        .then(|| Im2colPanels::new(g, &scratch.taps, x, grp * cg, tile.clone()))
+        .flatten();
+    if let Some(source) = fused {
+        let fill = |panel, k0, kc, buf: &mut [T]| source.fill(panel, k0, kc, buf);
+        gemm_panels_by_split(w_g, cols, T::zero(), y_tile.view_mut(), split.cols, fill)
+            .expect("shapes agree by construction");
         #[cfg(test)]
-        FUSED_PARTS.fetch_add(parts, std::sync::atomic::Ordering::Relaxed);
+        FUSED_TILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         finish.apply(y_tile, channels);
         return;
     }
@@ -327,10 +309,10 @@ fn forward_tile<T: Float>(
     finish.apply(y_tile, channels);
 }
 
-/// Products run with the im2col fused in (a task a column range), counted
-/// for the test that the fused path engages.
+/// Tiles whose product ran with the im2col fused in, counted for the test
+/// that the fused path engages.
 #[cfg(test)]
-static FUSED_PARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static FUSED_TILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// The im2col matrices of group `grp` of the `s` samples of `x_blk`, side by
 /// side in `scratch.col` (`[rows, s·Ho·Wo]`).
@@ -640,9 +622,9 @@ mod tests {
                 let mut scratch = Scratch::new(&g, &plan);
                 scratch.col = Pooled::take(g.col_rows() * cols); // tiles of any height
                 let finish = Finish { bias: None, epilogue: Epilogue::None };
-                let before = FUSED_PARTS.load(Ordering::Relaxed);
+                let before = FUSED_TILES.load(Ordering::Relaxed);
                 forward_tile(&g, split, &x, 0, w_g, &tile, y.view_mut(), finish, &mut scratch);
-                (y, FUSED_PARTS.load(Ordering::Relaxed) > before)
+                (y, FUSED_TILES.load(Ordering::Relaxed) > before)
             };
             let (plain, fused) = run(GemmSplit { rows: 2, cols: 1 });
             assert!(!fused, "a cut by rows takes the column matrix");

@@ -62,8 +62,8 @@ pub use loss::{
     cross_entropy, cross_entropy_backward, cross_entropy_forward, log_softmax, softmax,
 };
 pub use packed::{
-    gemm_packed, gemm_packed_split, gemm_panels_by, gemm_prepacked, GemmSplit, PackedLhs,
-    RhsPanels, PANELS,
+    gemm_packed, gemm_packed_split, gemm_panels_by, gemm_panels_by_split, gemm_prepacked,
+    GemmSplit, PackedLhs, RhsPanels, PANELS,
 };
 pub use param::{Param, Version};
 pub use rectify::rectify_with_signs;

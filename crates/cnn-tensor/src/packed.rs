@@ -395,6 +395,49 @@ impl GemmSplit {
     }
 }
 
+/// [`gemm_panels_by`] with `C`'s columns cut into up to `parts` ranges of
+/// whole panels (as [`GemmSplit`]'s column blocks), one task each (rayon):
+/// `fill` is asked for each range's panels by their index in the whole of
+/// `B`. Every entry of `C` is summed as in one task: the same bits for any
+/// `parts` and thread count.
+///
+/// # Errors
+/// As [`gemm_panels_by`].
+pub fn gemm_panels_by_split<T: Float>(
+    a: &PackedLhs<T>,
+    n: usize,
+    beta: T,
+    c: ArrayViewMut2<'_, T>,
+    parts: usize,
+    fill: impl Fn(usize, usize, usize, &mut [T]) + Sync,
+) -> Result<()> {
+    let Some(layout) = a.rhs_panels(n) else {
+        return Err(Error::config("gemm_panels_by", "the micro-kernel does not run for this A"));
+    };
+    if c.dim() != (a.m, n) {
+        return Err(Error::shape(
+            "gemm_panels_by",
+            format!("A is {}x{}, B has {n} columns, C is {:?}", a.m, a.k, c.dim()),
+        ));
+    }
+    let nr = layout.width();
+    let ranges = split_ranges(n, parts, nr);
+    if ranges.len() <= 1 {
+        return gemm_panels_by(a, n, beta, c, &fill);
+    }
+    let mut views = Vec::with_capacity(ranges.len());
+    let (mut rest, mut done) = (c, 0);
+    for cols in ranges {
+        let (left, right) = rest.split_at(Axis(1), cols.end - done);
+        views.push((cols.start / nr, left));
+        (rest, done) = (right, cols.end);
+    }
+    views.into_par_iter().try_for_each(|(first, c_part)| {
+        let cols = c_part.ncols();
+        gemm_panels_by(a, cols, beta, c_part, |panel, k0, kc, buf| fill(first + panel, k0, kc, buf))
+    })
+}
+
 /// `0..len` cut into at most `parts` ranges of about equal length, each a
 /// multiple of `unit` except the last; empty ranges are left out.
 fn split_ranges(len: usize, parts: usize, unit: usize) -> Vec<Range<usize>> {
@@ -1017,6 +1060,7 @@ mod tests {
                 "split_products",
                 "prepacked",
                 "fused_multiply_add_chains",
+                "column_ranges",
             ] {
                 crate::simd::rerun_tests(filter, &[("CNN_SIMD", level.name())]).unwrap();
             }
@@ -1178,6 +1222,50 @@ mod tests {
             gemm_panels_by(&empty, 4, 0.5, c.view_mut(), |_, _, _, _| unreachable!()).unwrap();
             assert!(c.iter().all(|&v| v == 0.5));
         }
+    }
+
+    /// Cut into 1, 2, 3 and more ranges than panels, the product made panel
+    /// by panel gives the bits of one task, and `fill` is asked for every
+    /// (panel, slab) of the whole of `B` once.
+    #[test]
+    fn panels_produced_in_column_ranges_equal_one_task() {
+        let (m, k, n) = (37, 1100, 101);
+        let (a, b) = (randn(m, k, 1), randn(k, n, 2));
+        let packed = PackedLhs::new(a.view(), n);
+        let Some(layout) = packed.rhs_panels(n) else {
+            let mut c = Array2::<f32>::zeros((m, n));
+            let refused = gemm_panels_by_split(&packed, n, 0.0, c.view_mut(), 2, |_, _, _, _| {});
+            assert!(refused.is_err());
+            return; // no micro-kernel at this SIMD level
+        };
+        let nr = layout.width();
+        let fill = |panel: usize, k0: usize, kc: usize, buf: &mut [f32]| {
+            for r in 0..kc {
+                for l in 0..nr {
+                    let col = panel * nr + l;
+                    buf[r * nr + l] = if col < n { b[[k0 + r, col]] } else { 0.0 };
+                }
+            }
+        };
+        let c0 = randn(m, n, 3);
+        let mut want = c0.clone();
+        gemm_panels_by(&packed, n, 0.5, want.view_mut(), fill).unwrap();
+        for parts in [1, 2, 3, 64] {
+            let calls = std::sync::Mutex::new(Vec::new());
+            let mut got = c0.clone();
+            gemm_panels_by_split(&packed, n, 0.5, got.view_mut(), parts, |p, k0, kc, buf| {
+                calls.lock().unwrap().push((p, k0));
+                fill(p, k0, kc, buf)
+            })
+            .unwrap();
+            assert_eq!(want, got, "{parts} parts");
+            let mut calls = calls.into_inner().unwrap();
+            calls.sort_unstable();
+            calls.dedup();
+            assert_eq!(calls.len(), k.div_ceil(KC) * layout.padded_cols() / nr, "{parts} parts");
+        }
+        let mut c = Array2::<f32>::zeros((m, n + 1));
+        assert!(gemm_panels_by_split(&packed, n, 0.0, c.view_mut(), 2, |_, _, _, _| {}).is_err());
     }
 
     #[test]
