@@ -115,6 +115,52 @@ fn sgemm(c: &mut Criterion) {
     group.finish();
 }
 
+/// The weight-gradient product `dW[m, n] = dy[m, k] · col[n, k]ᵀ` on one
+/// thread, both operands along their rows: matrixmultiply in the
+/// orientation the im2col path used to choose (`dWᵀ = col · dyᵀ` under 64
+/// output channels) against cnn-tensor's lane kernel `gemm_nt`. Shapes:
+/// ResNet-20's three stages and ResNet-18's first (m channels, n = 9·C_in
+/// taps, k output positions of one task), and Winograd's `dU` products.
+fn weight_grad(c: &mut Criterion) {
+    let mut group = c.benchmark_group("weight_grad");
+    for (m, n, k) in [
+        (16, 144, 4096),
+        (32, 288, 2048),
+        (64, 576, 1024),
+        (64, 576, 3136),
+        (16, 16, 4096),
+        (64, 64, 512),
+        (256, 2304, 1568),
+        (512, 4608, 392),
+    ] {
+        let randn2 = |rows, seed| {
+            normal::<f32, _>(&[rows, k], 0.0, 1.0, &mut seeded_rng(seed))
+                .into_dimensionality::<Ix2>()
+                .expect("2-D")
+        };
+        let (dy, col) = (randn2(m, 6), randn2(n, 7));
+        let mut dw = Array2::<f32>::zeros((m, n));
+        group.throughput(Throughput::Elements(2 * (m * n * k) as u64));
+        let shape = format!("{m}x{n}x{k}");
+        group.bench_function(BenchmarkId::new("matrixmultiply", &shape), |bch| {
+            bch.iter(|| {
+                let done = if m < 64 {
+                    cnn::tensor::gemm(1.0, col.view(), dy.t(), 0.0, dw.view_mut().reversed_axes())
+                } else {
+                    cnn::tensor::gemm(1.0, dy.view(), col.t(), 0.0, dw.view_mut())
+                };
+                done.expect("gemm")
+            })
+        });
+        group.bench_function(BenchmarkId::new("gemm_nt", &shape), |bch| {
+            bch.iter(|| {
+                cnn::tensor::gemm_nt(dy.view(), col.view(), 0.0, dw.view_mut()).expect("gemm_nt")
+            })
+        });
+    }
+    group.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(10)
@@ -122,5 +168,5 @@ fn config() -> Criterion {
         .measurement_time(Duration::from_secs(2))
 }
 
-criterion_group! { name = benches; config = config(); targets = sgemm, conv }
+criterion_group! { name = benches; config = config(); targets = sgemm, weight_grad, conv }
 criterion_main!(benches);

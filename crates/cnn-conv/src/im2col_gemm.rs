@@ -14,7 +14,7 @@
 //! of threads.
 
 use cnn_tensor::scratch::Scratch as Pooled;
-use cnn_tensor::{gemm, gemm_panels_by_split, Float, GemmSplit, PackedLhs};
+use cnn_tensor::{gemm, gemm_nt, gemm_panels_by_split, Float, GemmSplit, PackedLhs};
 use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -481,12 +481,14 @@ fn add_weight_grad<T: Float>(
     }
 }
 
-/// `dW ← dy · colᵀ + β·dW` in the orientation matrixmultiply packs faster.
+/// `dW ← dy · colᵀ + β·dW`: both operands along their rows (output
+/// positions), by [`gemm_nt`]'s lane kernel where it runs (no packing), else
+/// by matrixmultiply in the orientation it packs faster.
 ///
-/// Neither operand is laid out as its packing likes, so the choice was
-/// measured: with few output channels (`thin`: fewer than 64 rows of `dy`)
-/// computing `dWᵀ = col · dyᵀ` was 45% faster (shape B), with many it was
-/// 5–10% slower (D, F, H).
+/// Neither operand is laid out as matrixmultiply's packing likes, so its
+/// orientation was measured: with few output channels (`thin`: fewer than
+/// 64 rows of `dy`) computing `dWᵀ = col · dyᵀ` was 45% faster (shape B),
+/// with many it was 5–10% slower (D, F, H).
 fn weight_grad_product<T: Float>(
     dy: ArrayView2<'_, T>,
     col: ArrayView2<'_, T>,
@@ -494,7 +496,9 @@ fn weight_grad_product<T: Float>(
     thin: bool,
     beta: T,
 ) {
-    let done = if thin {
+    let done = if cnn_tensor::gemm_nt_uses_kernel(&dy, &col) {
+        gemm_nt(dy, col, beta, dw)
+    } else if thin {
         gemm(T::one(), col, dy.t(), beta, dw.reversed_axes())
     } else {
         gemm(T::one(), dy, col.t(), beta, dw)

@@ -22,8 +22,9 @@
 //! every level (lanes change how many elements go at once, not the order of a
 //! sum). Code that calls `mul_add` gets an FMA instruction on the vector
 //! levels and libm's correctly rounded `fma` on the portable one: equal bits
-//! again. Only the GEMM differs: AVX-512 runs this crate's micro-kernel,
-//! the other levels matrixmultiply, whose sums are grouped differently.
+//! again. Only the GEMMs differ: AVX-512 and AVX2 run this crate's kernels
+//! (the same bits on both), the portable level matrixmultiply, whose sums
+//! are grouped differently.
 
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;

@@ -525,7 +525,7 @@ pub(crate) fn backward_dw<T: Float>(tile: Tile, g: &ConvGeometry, x: &[T], dy: &
                 let (t0, t1) = (p * t_all / parts, (p + 1) * t_all / parts);
                 let dm_xi = mat(&dm_ref[xi * t_all + t0..], cog, t1 - t0, a2 * t_all);
                 let v_xi = mat(&v_ref[xi * t_all + t0..], cg, t1 - t0, a2 * t_all);
-                cnn_tensor::gemm(T::one(), dm_xi, v_xi.t(), T::zero(), mat_mut(part, cog, cg, cg))
+                cnn_tensor::gemm_nt(dm_xi, v_xi, T::zero(), mat_mut(part, cog, cg, cg))
                     .expect("shapes agree by construction");
             });
             du_g.par_chunks_mut(cog * cg)
