@@ -45,8 +45,10 @@ const MAX_CHUNK: usize = 1024;
 /// The lane kernel of this module runs, bitwise equal to [`gemm_nt_lanes`],
 /// when it pays ([`gemm_nt_uses_kernel`]): f32, rows of `A` and `B`
 /// contiguous (unit column stride), SIMD level AVX2 or AVX-512, and a small
-/// output (`m·n ≤ 64·(m + n)` and `m·n ≤ 65536`: packing for matrixmultiply
-/// then costs more than it saves). Anything else runs matrixmultiply's GEMM.
+/// output and a long shared axis (`m·n ≤ 64·(m + n)`, `m·n ≤ 65536`, and
+/// `k ≥ 256`, or `k ≥ 128` for `m·n ≤ 16·(m + n)`: packing for
+/// matrixmultiply then costs more than it saves, and the lanes' reduction
+/// less). Anything else runs matrixmultiply's GEMM.
 /// `C` may have any strides. With `beta == 0`, `C` is written without being read.
 ///
 /// # Errors
@@ -55,16 +57,28 @@ pub fn gemm_nt<T: Float>(
     a: ArrayView2<'_, T>,
     b: ArrayView2<'_, T>,
     beta: T,
+    c: ArrayViewMut2<'_, T>,
+) -> Result<()> {
+    product(a, b, beta, c, true)
+}
+
+/// [`gemm_nt`], with the lane kernel taken wherever it can run when
+/// `when_it_pays` is false (for the tests of its short and ragged cases).
+fn product<T: Float>(
+    a: ArrayView2<'_, T>,
+    b: ArrayView2<'_, T>,
+    beta: T,
     mut c: ArrayViewMut2<'_, T>,
+    when_it_pays: bool,
 ) -> Result<()> {
     check_dims(&a, &b, &c)?;
-    if lane_kernel_runs(&a, &b) {
+    if lane_kernel_can_run(&a, &b) && (!when_it_pays || lanes_pay(&a, &b)) {
         let (m, k) = a.dim();
         let n = b.nrows();
         let beta = [beta];
-        let beta = T::as_f32(&beta).expect("lane_kernel_runs checked T is f32")[0];
+        let beta = T::as_f32(&beta).expect("lane_kernel_can_run checked T is f32")[0];
         let (rsc, csc) = (c.strides()[0], c.strides()[1]);
-        // SAFETY: T is f32 (checked by `lane_kernel_runs`), so the views'
+        // SAFETY: T is f32 (checked by `lane_kernel_can_run`), so the views'
         // pointers address f32 values; `a` and `b` have m (n) rows of k
         // contiguous values at their row strides, `c` is a unique view of
         // m × n values at (rsc, csc); the SIMD level was checked.
@@ -84,7 +98,17 @@ pub fn gemm_nt<T: Float>(
 
 /// Whether [`gemm_nt`] runs the lane kernel for these operands.
 pub fn gemm_nt_uses_kernel<T: Float>(a: &ArrayView2<'_, T>, b: &ArrayView2<'_, T>) -> bool {
-    lane_kernel_runs(a, b)
+    lane_kernel_can_run(a, b) && lanes_pay(a, b)
+}
+
+/// f32, SIMD level AVX2 or higher, rows of both operands contiguous.
+fn lane_kernel_can_run<T: Float>(a: &ArrayView2<'_, T>, b: &ArrayView2<'_, T>) -> bool {
+    let contiguous = |v: &ArrayView2<'_, T>| v.ncols() <= 1 || v.strides()[1] == 1;
+    cfg!(target_arch = "x86_64")
+        && T::as_f32(&[]).is_some()
+        && crate::simd::level() >= crate::simd::SimdLevel::Avx2
+        && contiguous(a)
+        && contiguous(b)
 }
 
 /// The rule of [`gemm_nt`]. Where it pays was measured on one core of the
@@ -94,17 +118,14 @@ pub fn gemm_nt_uses_kernel<T: Float>(a: &ArrayView2<'_, T>, b: &ArrayView2<'_, T
 /// vs 54; but 256×2304×1568 39 vs 62 and 512×4608×392 30 vs 64, where the
 /// packing is paid back by hundreds of multiply-adds per packed value
 /// (`m·n/(m + n)`) and the lanes (16 partial sums an output) no longer stay
-/// in cache.
-fn lane_kernel_runs<T: Float>(a: &ArrayView2<'_, T>, b: &ArrayView2<'_, T>) -> bool {
-    let contiguous = |v: &ArrayView2<'_, T>| v.ncols() <= 1 || v.strides()[1] == 1;
-    let (m, n) = (a.nrows(), b.nrows());
-    cfg!(target_arch = "x86_64")
-        && m * n <= 64 * (m + n)
-        && m * n <= 1 << 16
-        && T::as_f32(&[]).is_some()
-        && crate::simd::level() >= crate::simd::SimdLevel::Avx2
-        && contiguous(a)
-        && contiguous(b)
+/// in cache. A short shared axis leaves few steps per output to pay for its
+/// reduction (about three steps' worth): at `k` = 64, 64×256 ran at 36
+/// against 56 and 16×144 at 34 against 37; at 128, 64×256 51 against 57 but
+/// 16×144 50 against 38 (the thinner output packs worse in matrixmultiply);
+/// at 256, 64×256 63 against 58.
+fn lanes_pay<T: Float>(a: &ArrayView2<'_, T>, b: &ArrayView2<'_, T>) -> bool {
+    let (m, n, k) = (a.nrows(), b.nrows(), a.ncols());
+    m * n <= 64 * (m + n) && m * n <= 1 << 16 && (k >= 256 || (k >= 128 && m * n <= 16 * (m + n)))
 }
 
 fn check_dims<T: Float>(
@@ -526,7 +547,7 @@ mod tests {
         Array2::from_shape_fn((rows, cols), |(i, j)| ((i * cols + j) as f32 * seed).sin())
     }
 
-    /// The lane kernel gives the scalar twin's bits: every block remainder
+    /// The lane kernel (taken whatever the rule says) gives the scalar twin's bits: every block remainder
     /// (m, n not multiples of the block), shared axes shorter than one lane
     /// group, with a tail, and long enough for several chunks (n = 1 makes
     /// chunks of 8192); β = 0 (C not read: NaN there stays unread), 1 and
@@ -548,13 +569,13 @@ mod tests {
             let wide_a = matrix(m, k + 5, 0.37);
             let wide_b = matrix(n, k + 3, 0.11);
             let (a, b) = (wide_a.slice(s![.., 2..k + 2]), wide_b.slice(s![.., ..k]));
-            assert!(gemm_nt_uses_kernel(&a, &b));
+            assert!(lane_kernel_can_run(&a, &b));
             for beta in [0.0f32, 1.0, 0.5] {
                 let start = if beta == 0.0 { f32::NAN } else { 0.25 };
                 let mut want = Array2::from_elem((m, n), start);
                 gemm_nt_lanes(a, b, beta, want.view_mut()).unwrap();
                 let mut got = Array2::from_elem((m, n), start);
-                gemm_nt(a, b, beta, got.view_mut()).unwrap();
+                product(a, b, beta, got.view_mut(), false).unwrap();
                 let diff =
                     got.iter().zip(&want).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
                 assert_eq!(diff, 0, "{m}x{n}x{k} beta {beta}: {diff} outputs differ");
@@ -563,7 +584,7 @@ mod tests {
             let mut want = Array2::<f32>::zeros((m, n));
             gemm_nt_lanes(a, b, 0.0, want.view_mut()).unwrap();
             let mut got_t = Array2::<f32>::zeros((n, m));
-            gemm_nt(a, b, 0.0, got_t.view_mut().reversed_axes()).unwrap();
+            product(a, b, 0.0, got_t.view_mut().reversed_axes(), false).unwrap();
             assert_eq!(got_t.t(), want, "{m}x{n}x{k} into a transposed view");
         }
     }
@@ -586,13 +607,13 @@ mod tests {
     fn strided_rows_and_f64_take_the_plain_gemm() {
         let (a, b) = (matrix(4, 50, 0.37), matrix(3, 50, 0.11));
         let at = Array2::from_shape_fn((50, 4), |(i, j)| a[[j, i]]); // rows of a.t() are strided
-        assert!(!gemm_nt_uses_kernel(&at.t(), &b.view()));
+        assert!(!lane_kernel_can_run(&at.t(), &b.view()));
         let (mut c1, mut c2) = (Array2::<f32>::zeros((4, 3)), Array2::<f32>::zeros((4, 3)));
         gemm_nt(at.t(), b.view(), 0.0, c1.view_mut()).unwrap();
         gemm_nt_lanes(a.view(), b.view(), 0.0, c2.view_mut()).unwrap();
         c1.iter().zip(&c2).for_each(|(x, y)| assert!((x - y).abs() < 1e-4));
         let (a64, b64) = (a.mapv(f64::from), b.mapv(f64::from));
-        assert!(!gemm_nt_uses_kernel(&a64.view(), &b64.view()));
+        assert!(!lane_kernel_can_run(&a64.view(), &b64.view()));
         let mut c = Array2::<f64>::zeros((4, 3));
         gemm_nt(a64.view(), b64.view(), 0.0, c.view_mut()).unwrap();
         assert!((&c - &a64.dot(&b64.t())).iter().all(|d| d.abs() < 1e-12));
@@ -605,15 +626,18 @@ mod tests {
         if crate::simd::level() < SimdLevel::Avx2 {
             return;
         }
-        for (m, n, takes) in [
-            (16, 144, true),
-            (64, 64, true),
-            (64, 576, true),
-            (256, 2304, false),
-            (512, 4608, false),
+        for (m, n, k, takes) in [
+            (16, 144, 4096, true),
+            (64, 64, 512, true),
+            (64, 576, 1024, true),
+            (256, 2304, 1568, false),
+            (512, 4608, 392, false),
+            (16, 144, 128, true),
+            (64, 256, 128, false),
+            (64, 256, 64, false),
         ] {
-            let (a, b) = (Array2::<f32>::zeros((m, 100)), Array2::<f32>::zeros((n, 100)));
-            assert_eq!(gemm_nt_uses_kernel(&a.view(), &b.view()), takes, "{m}x{n}");
+            let (a, b) = (Array2::<f32>::zeros((m, k)), Array2::<f32>::zeros((n, k)));
+            assert_eq!(gemm_nt_uses_kernel(&a.view(), &b.view()), takes, "{m}x{n}x{k}");
         }
     }
 
