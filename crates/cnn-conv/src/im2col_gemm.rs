@@ -314,6 +314,11 @@ fn forward_tile<T: Float>(
 #[cfg(test)]
 static FUSED_TILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// Weight-gradient products that ran in `gemm_nt`'s lane kernel, counted for
+/// the test that it engages.
+#[cfg(test)]
+static LANE_DW: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// The im2col matrices of group `grp` of the `s` samples of `x_blk`, side by
 /// side in `scratch.col` (`[rows, s·Ho·Wo]`).
 fn im2col_side_by_side<T: Float>(
@@ -497,6 +502,8 @@ fn weight_grad_product<T: Float>(
     beta: T,
 ) {
     let done = if cnn_tensor::gemm_nt_uses_kernel(&dy, &col) {
+        #[cfg(test)]
+        LANE_DW.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         gemm_nt(dy, col, beta, dw)
     } else if thin {
         gemm(T::one(), col, dy.t(), beta, dw.reversed_axes())
@@ -603,6 +610,38 @@ mod tests {
     use crate::epilogue::Epilogue;
     use crate::Conv2dOptions;
     use std::sync::atomic::Ordering;
+
+    /// The weight gradient of ResNet-20's first stage (16 → 16 channels,
+    /// 32×32, a sample block's output positions as the shared axis) and of
+    /// a 1×1 conv on a 32×32 map runs in `gemm_nt`'s lane kernel at the
+    /// vector levels, and equals the naive kernel within f32 rounding.
+    #[test]
+    fn weight_gradients_run_in_the_lane_kernel() {
+        for (c_in, c_out, k) in [(16, 16, 3), (32, 16, 1)] {
+            let opts = Conv2dOptions::default().with_padding(k / 2);
+            let shape = [4, c_in, 32, 32];
+            let x = ndarray::Array4::from_shape_fn(shape, |(n, c, i, j)| {
+                ((n * 7 + c * 5 + i * 3 + j) as f32 * 0.37).sin()
+            });
+            let w = ndarray::Array4::from_shape_fn((c_out, c_in, k, k), |(o, c, i, j)| {
+                ((o * 5 + c * 3 + i * 2 + j) as f32 * 0.11).cos()
+            });
+            let dy = ndarray::Array4::from_shape_fn((4, c_out, 32, 32), |(n, o, i, j)| {
+                ((n + o * 3 + i * 5 + j * 7) as f32 * 0.23).sin()
+            });
+            let before = LANE_DW.load(Ordering::Relaxed);
+            let got = crate::conv2d_backward(x.view(), w.view(), dy.view(), &opts).unwrap();
+            let ran = LANE_DW.load(Ordering::Relaxed) > before;
+            let vector = cnn_tensor::simd::level() >= cnn_tensor::simd::SimdLevel::Avx2;
+            assert_eq!(ran, vector, "{c_in}->{c_out} k{k}: lane kernel ran {ran}");
+            let want =
+                crate::naive::conv2d_backward_naive(x.view(), w.view(), dy.view(), &opts).unwrap();
+            let scale = want.dw.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (a, b) in got.dw.iter().zip(&want.dw) {
+                assert!((a - b).abs() <= 1e-5 * scale, "{c_in}->{c_out} k{k}: {a} vs {b}");
+            }
+        }
+    }
 
     /// A forward tile whose product is cut by columns (shape F at 32
     /// samples is cut in two) still fuses its im2col, a range of whole

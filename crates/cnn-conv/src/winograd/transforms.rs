@@ -169,8 +169,10 @@ cnn_tensor::simd_fn! {
 /// read back right after it was written (a store-forwarding stall that was
 /// most of this function's time).
 ///
-/// On AVX-512 with f32, sixteen-lane gathers; elsewhere a copy per element.
-/// Both move the same values: the transforms see the same bits.
+/// On AVX-512 with f32, sixteen-lane gathers; on AVX2, a masked load of each
+/// patch row and 8×8 register transposes (AVX2's gathers are slower than
+/// that on the Zen 2); elsewhere a copy per element. All move the same
+/// values: the transforms see the same bits.
 pub(super) fn gather_patches<T: Float>(
     data: &[T],
     offsets: &[u32; LANES],
@@ -192,6 +194,21 @@ pub(super) fn gather_patches<T: Float>(
             // offsets[l] + i·width + j ≤ `last` ≤ i32::MAX, is inside `src` (asserted
             // above) and positive as a signed 32-bit lane.
             unsafe { gather_patches_avx512(src, offsets, alpha, width, dst) };
+            return;
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if cnn_tensor::simd::level() == cnn_tensor::simd::SimdLevel::Avx2 {
+        if let (Some(src), Some(dst)) = (T::as_f32(data), as_f32_lanes(d)) {
+            // SAFETY: AVX2 is present (the level says so); every patch row
+            // `offsets[l] + i·width .. + alpha` lies inside `src` (asserted above).
+            unsafe {
+                match alpha {
+                    4 => gather_patches_avx2::<4>(src, offsets, width, dst),
+                    6 => gather_patches_avx2::<6>(src, offsets, width, dst),
+                    _ => gather_patches_scalar(data, offsets, alpha, width, d),
+                }
+            }
             return;
         }
     }
@@ -249,6 +266,69 @@ unsafe fn gather_patches_avx512(
             let v = unsafe { _mm512_i32gather_ps::<4>(idx, src.as_ptr()) };
             // SAFETY: a lane row is 16 f32.
             unsafe { _mm512_storeu_ps(d[i * alpha + j].as_mut_ptr(), v) };
+        }
+    }
+}
+
+/// [`gather_patches`] by rows: for each patch row `i`, the row of each of 8
+/// lanes in one masked load (`ALPHA` of 8 values, nothing read past them),
+/// then an 8×8 transpose in registers gives the 8 lanes of each of the
+/// row's `ALPHA` elements, stored whole.
+///
+/// # Safety
+/// The CPU has AVX2; every `offsets[l] + i·width + j` (`i, j < ALPHA`)
+/// indexes `src`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn gather_patches_avx2<const ALPHA: usize>(
+    src: &[f32],
+    offsets: &[u32; LANES],
+    width: usize,
+    d: &mut [[f32; LANES]; MAX_ALPHA * MAX_ALPHA],
+) {
+    use std::arch::x86_64::*;
+    let bits: [i32; 8] = std::array::from_fn(|j| if j < ALPHA { -1 } else { 0 });
+    // SAFETY: 8 i32 values are 32 readable bytes.
+    let mask = unsafe { _mm256_loadu_si256(bits.as_ptr().cast()) };
+    for i in 0..ALPHA {
+        for half in 0..LANES / 8 {
+            let r: [__m256; 8] = std::array::from_fn(|k| {
+                let at = offsets[8 * half + k] as usize + i * width;
+                // SAFETY: the first ALPHA values at `at` lie inside `src` (the
+                // caller's contract); the masked ones are not read.
+                unsafe { _mm256_maskload_ps(src.as_ptr().add(at), mask) }
+            });
+            // The 8×8 transpose: t pairs lanes, s pairs pairs, o halves.
+            let t = [
+                _mm256_unpacklo_ps(r[0], r[1]),
+                _mm256_unpackhi_ps(r[0], r[1]),
+                _mm256_unpacklo_ps(r[2], r[3]),
+                _mm256_unpackhi_ps(r[2], r[3]),
+                _mm256_unpacklo_ps(r[4], r[5]),
+                _mm256_unpackhi_ps(r[4], r[5]),
+                _mm256_unpacklo_ps(r[6], r[7]),
+                _mm256_unpackhi_ps(r[6], r[7]),
+            ];
+            let s = [
+                _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+                _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+                _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+                _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+                _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+                _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+                _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+                _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+            ];
+            for (j, row) in d[i * ALPHA..(i + 1) * ALPHA].iter_mut().enumerate() {
+                // Element j of the 8 lanes: low halves for j < 4, high ones after.
+                let o = if j < 4 {
+                    _mm256_permute2f128_ps::<0x20>(s[j], s[j + 4])
+                } else {
+                    _mm256_permute2f128_ps::<0x31>(s[j - 4], s[j])
+                };
+                // SAFETY: a lane row is 16 f32; half·8 + 8 ≤ 16.
+                unsafe { _mm256_storeu_ps(row.as_mut_ptr().add(8 * half), o) };
+            }
         }
     }
 }
@@ -431,23 +511,40 @@ cnn_tensor::simd_fn! {
 
 #[cfg(test)]
 mod tests {
-    /// The AVX-512 gathers move exactly what the element-by-element copy
-    /// moves, for both tile sizes and every lane's patch anywhere in the planes.
+    /// The AVX-512 gathers and the AVX2 transposes move exactly what the
+    /// element-by-element copy moves, for both tile sizes and every lane's
+    /// patch anywhere in the planes, the last one ending at the planes' end.
     #[test]
     fn gathered_patches_are_the_copied_ones() {
         let data: Vec<f32> = (0..40 * 37).map(|v| (v as f32 * 0.37).sin()).collect();
         for alpha in [4, 6] {
-            let offsets: [u32; LANES] =
-                std::array::from_fn(|l| ((l * 97 + 13) % (34 * 37 - 1)) as u32);
+            let last = 40 * 37 - 1 - (alpha - 1) * 38;
+            let offsets: [u32; LANES] = std::array::from_fn(|l| {
+                if l == LANES - 1 {
+                    last as u32
+                } else {
+                    ((l * 97 + 13) % (34 * 37 - 1)) as u32
+                }
+            });
             let (mut want, mut got) = ([[0f32; LANES]; 36], [[0f32; LANES]; 36]);
             gather_patches_scalar(&data, &offsets, alpha, 37, &mut want);
-            gather_patches(&data, &offsets, 34 * 37 - 2, alpha, 37, &mut got);
+            gather_patches(&data, &offsets, last, alpha, 37, &mut got);
             assert_eq!(want, got, "alpha {alpha}");
             assert!(want[alpha * alpha - 1].iter().any(|&v| v != 0.0));
         }
     }
 
     use super::*;
+
+    /// The gathers at every SIMD level (AVX-512, AVX2, the copy), each held
+    /// to the copy by the test above in a child process.
+    #[test]
+    fn every_simd_level_gathers_the_copied_patches() {
+        for level in cnn_tensor::simd::levels() {
+            let env = [("CNN_SIMD", level.name())];
+            cnn_tensor::simd::rerun_tests("gathered_patches_are_the_copied_ones", &env).unwrap();
+        }
+    }
 
     /// The transforms against the matrices of Lavin & Gray, applied densely.
     #[test]
