@@ -57,16 +57,34 @@ impl TapRanges {
     }
 }
 
-/// Fills `col` (row stride `ld`) with the im2col matrix of channels
-/// `c0 .. c0 + c_in/groups` of one sample `x` (`[c_in, h, w]`, contiguous),
-/// for output rows `out_rows` only: column `(oh − start)·wo + ow`.
-///
-/// With a horizontal stride `sw > 1`, each input row is first split into its
-/// `sw` phases (`x[q], x[q + sw], …` for `q < sw`) in `phases`, so that every
-/// kernel tap copies a contiguous run instead of gathering with a stride:
-/// the strided reads happen once per input element, not once per tap.
+cnn_tensor::simd_fn! {
+    /// Fills `col` (row stride `ld`) with the im2col matrix of channels
+    /// `c0 .. c0 + c_in/groups` of one sample `x` (`[c_in, h, w]`, contiguous),
+    /// for output rows `out_rows` only: column `(oh − start)·wo + ow`.
+    ///
+    /// With a horizontal stride `sw > 1`, each input row is first split into its
+    /// `sw` phases (`x[q], x[q + sw], …` for `q < sw`) in `phases`, so that every
+    /// kernel tap copies a contiguous run instead of gathering with a stride:
+    /// the strided reads happen once per input element, not once per tap.
+    ///
+    /// Compiled per SIMD level: its copies and adds run in the level's vectors.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn im2col<T: Float>(
+        g: &ConvGeometry,
+        taps: &TapRanges,
+        x: &[T],
+        c0: usize,
+        out_rows: Range<usize>,
+        col: &mut [T],
+        ld: usize,
+        phases: &mut Vec<T>,
+    ) = im2col_body
+}
+
+/// The body of [`im2col`].
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn im2col<T: Float>(
+#[inline(always)]
+fn im2col_body<T: Float>(
     g: &ConvGeometry,
     taps: &TapRanges,
     x: &[T],
@@ -135,6 +153,7 @@ pub(crate) fn im2col<T: Float>(
 /// each row's padding columns with neighbouring pixels; those are zeroed
 /// after it, and rows outside the image are zero.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)] // into each SIMD level's copy of `im2col`
 fn same_width_rows<T: Float>(
     dst_row: &mut [T],
     plane: &[T],
@@ -212,6 +231,7 @@ fn input_rows(g: &ConvGeometry, out_rows: &Range<usize>) -> Range<usize> {
 }
 
 /// `phases[((cc·rows + r)·sw + q)·⌈w/sw⌉ + t] = x[c0 + cc, in_rows.start + r, q + t·sw]`.
+#[inline(always)] // into each SIMD level's copy of `im2col`
 fn split_phases<T: Float>(
     g: &ConvGeometry,
     x: &[T],
@@ -240,15 +260,33 @@ fn split_phases<T: Float>(
     }
 }
 
-/// Adds (`+=`) the im2col-shaped `col` (row stride `ld`, output rows
-/// `out_rows`) back onto channels `c0 .. c0 + c_in/groups` of one sample's
-/// `dx` (`[c_in, h, w]`): the adjoint of [`im2col`].
-///
-/// With a horizontal stride `sw > 1` the taps are summed into `phases` (the
-/// layout [`im2col`] reads from) with contiguous adds, and the phases are
-/// interleaved back onto `dx` once at the end.
+cnn_tensor::simd_fn! {
+    /// Adds (`+=`) the im2col-shaped `col` (row stride `ld`, output rows
+    /// `out_rows`) back onto channels `c0 .. c0 + c_in/groups` of one sample's
+    /// `dx` (`[c_in, h, w]`): the adjoint of [`im2col`].
+    ///
+    /// With a horizontal stride `sw > 1` the taps are summed into `phases` (the
+    /// layout [`im2col`] reads from) with contiguous adds, and the phases are
+    /// interleaved back onto `dx` once at the end.
+    ///
+    /// Compiled per SIMD level: its copies and adds run in the level's vectors.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn col2im<T: Float>(
+        g: &ConvGeometry,
+        taps: &TapRanges,
+        col: &[T],
+        ld: usize,
+        out_rows: Range<usize>,
+        c0: usize,
+        dx: &mut [T],
+        phases: &mut Vec<T>,
+    ) = col2im_body
+}
+
+/// The body of [`col2im`].
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn col2im<T: Float>(
+#[inline(always)]
+fn col2im_body<T: Float>(
     g: &ConvGeometry,
     taps: &TapRanges,
     col: &[T],
@@ -305,6 +343,7 @@ pub(crate) fn col2im<T: Float>(
 }
 
 /// `dx[c0 + cc, in_rows.start + r, q + t·sw] += phases[…]`: the adjoint of `split_phases`.
+#[inline(always)] // into each SIMD level's copy of `col2im`
 fn merge_phases<T: Float>(
     g: &ConvGeometry,
     phases: &[T],
