@@ -32,12 +32,14 @@ pub const NT_LANES: usize = 16;
 /// Shared-axis values per chunk are chosen so that one chunk of every row of
 /// `B` (re-read for each block of `A`'s rows) stays in half the 512 KiB L2
 /// of the smallest core here (Zen 2)...
+#[cfg(target_arch = "x86_64")]
 const B_CHUNK_BYTES: usize = 256 << 10;
 /// ...and at most this many: 16 × 144 × 4096 on one Zen 2 core ran at 49
 /// GFLOP/s with chunks of 3072 (the rows of `A` and `B` no longer stay in L1
 /// across a block), 55–59 with 512–1024, 47 with 256 and 39 with 128 (the
 /// lanes stored and reloaded between chunks, and the call per block, then
 /// weigh on 16 steps).
+#[cfg(target_arch = "x86_64")]
 const MAX_CHUNK: usize = 1024;
 
 /// `C ← A·Bᵀ + β·C` for `A: [m, k]`, `B: [n, k]`, `C: [m, n]`.
@@ -64,6 +66,7 @@ pub fn gemm_nt<T: Float>(
 
 /// [`gemm_nt`], with the lane kernel taken wherever it can run when
 /// `when_it_pays` is false (for the tests of its short and ragged cases).
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables, unused_mut))]
 fn product<T: Float>(
     a: ArrayView2<'_, T>,
     b: ArrayView2<'_, T>,
@@ -72,6 +75,7 @@ fn product<T: Float>(
     when_it_pays: bool,
 ) -> Result<()> {
     check_dims(&a, &b, &c)?;
+    #[cfg(target_arch = "x86_64")]
     if lane_kernel_can_run(&a, &b) && (!when_it_pays || lanes_pay(&a, &b)) {
         let (m, k) = a.dim();
         let n = b.nrows();
@@ -199,6 +203,7 @@ pub fn reduce_lanes<T: Float>(l: [T; NT_LANES]) -> T {
 }
 
 /// Rows of a matrix, each contiguous: row `r` starts at `ptr + r·stride`.
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct Operand {
     ptr: *const f32,
@@ -207,6 +212,7 @@ struct Operand {
 }
 
 /// The output `C`: `C[i, j]` at `ptr + i·rsc + j·csc`.
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct Out {
     ptr: *mut f32,
@@ -225,6 +231,7 @@ struct Out {
 /// The SIMD level is AVX2 or higher; `a` and `b` address their rows of `k`
 /// readable values each; `c` addresses a writable `a.rows × b.rows` matrix
 /// that nothing else accesses meanwhile.
+#[cfg(target_arch = "x86_64")]
 unsafe fn lanes_f32(a: Operand, b: Operand, k: usize, beta: f32, c: Out) {
     // The operand with fewer rows is `B`, re-read from cache for each block
     // of `A`'s rows: `Cᵀ = B·Aᵀ` has the same bits (each product `a·b` is `b·a`).
@@ -277,6 +284,7 @@ unsafe fn lanes_f32(a: Operand, b: Operand, k: usize, beta: f32, c: Out) {
 }
 
 /// The shared-axis range of one chunk, and where it stands in the product.
+#[cfg(target_arch = "x86_64")]
 struct Span {
     start: usize,
     end: usize,
@@ -289,6 +297,7 @@ struct Span {
 /// One block of outputs: `MR` rows of `A` from `a`, `NR` rows of `B` from
 /// `b`, its partial lanes at `lanes` (`MR·NR·16`, row-major by block) and
 /// its corner of `C` at `c`.
+#[cfg(target_arch = "x86_64")]
 struct Block {
     a: *const f32,
     lda: isize,
@@ -301,6 +310,7 @@ struct Block {
     beta: f32,
 }
 
+#[cfg(target_arch = "x86_64")]
 impl Block {
     /// `C[i, j] ← β·C[i, j] + sum` (`C` not read when `β == 0`).
     ///

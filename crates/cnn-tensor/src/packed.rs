@@ -306,15 +306,7 @@ pub fn gemm_panels_by<T: Float>(
     c: ArrayViewMut2<'_, T>,
     fill: impl FnMut(usize, usize, usize, &mut [T]),
 ) -> Result<()> {
-    let Some(layout) = a.rhs_panels(n) else {
-        return Err(Error::config("gemm_panels_by", "the micro-kernel does not run for this A"));
-    };
-    if c.dim() != (a.m, n) {
-        return Err(Error::shape(
-            "gemm_panels_by",
-            format!("A is {}x{}, B has {n} columns, C is {:?}", a.m, a.k, c.dim()),
-        ));
-    }
+    let layout = panels_for_product(a, n, &c)?;
     let mut fill = fill;
     if a.k == 0 {
         let mut c = c;
@@ -348,6 +340,25 @@ pub fn gemm_panels_by<T: Float>(
         unsafe { x86::gemm_f32_by(a, n, beta != T::zero(), c, mr, nv, &mut fill) };
     }
     Ok(())
+}
+
+/// The panel layout of a product `A·B` (`B` with `n` columns) into `c`, made
+/// panel by panel: the checks of [`gemm_panels_by`] and its split twin.
+fn panels_for_product<T: Float>(
+    a: &PackedLhs<T>,
+    n: usize,
+    c: &ArrayViewMut2<'_, T>,
+) -> Result<RhsPanels> {
+    let Some(layout) = a.rhs_panels(n) else {
+        return Err(Error::config("gemm_panels_by", "the micro-kernel does not run for this A"));
+    };
+    if c.dim() != (a.m, n) {
+        return Err(Error::shape(
+            "gemm_panels_by",
+            format!("A is {}x{}, B has {n} columns, C is {:?}", a.m, a.k, c.dim()),
+        ));
+    }
+    Ok(layout)
 }
 
 /// `C ← A·B + β·C` with `A` packed; `scratch` holds the packed `B` between calls.
@@ -411,30 +422,17 @@ pub fn gemm_panels_by_split<T: Float>(
     parts: usize,
     fill: impl Fn(usize, usize, usize, &mut [T]) + Sync,
 ) -> Result<()> {
-    let Some(layout) = a.rhs_panels(n) else {
-        return Err(Error::config("gemm_panels_by", "the micro-kernel does not run for this A"));
-    };
-    if c.dim() != (a.m, n) {
-        return Err(Error::shape(
-            "gemm_panels_by",
-            format!("A is {}x{}, B has {n} columns, C is {:?}", a.m, a.k, c.dim()),
-        ));
-    }
+    let layout = panels_for_product(a, n, &c)?;
     let nr = layout.width();
     let ranges = split_ranges(n, parts, nr);
     if ranges.len() <= 1 {
         return gemm_panels_by(a, n, beta, c, &fill);
     }
-    let mut views = Vec::with_capacity(ranges.len());
-    let (mut rest, mut done) = (c, 0);
-    for cols in ranges {
-        let (left, right) = rest.split_at(Axis(1), cols.end - done);
-        views.push((cols.start / nr, left));
-        (rest, done) = (right, cols.end);
-    }
-    views.into_par_iter().try_for_each(|(first, c_part)| {
-        let cols = c_part.ncols();
-        gemm_panels_by(a, cols, beta, c_part, |panel, k0, kc, buf| fill(first + panel, k0, kc, buf))
+    column_views(c, ranges).into_par_iter().try_for_each(|(cols, c_part)| {
+        let first = cols.start / nr;
+        gemm_panels_by(a, cols.len(), beta, c_part, |panel, k0, kc, buf| {
+            fill(first + panel, k0, kc, buf)
+        })
     })
 }
 
@@ -447,6 +445,22 @@ fn split_ranges(len: usize, parts: usize, unit: usize) -> Vec<Range<usize>> {
         .map(|p| ((p * units / parts) * unit).min(len)..(((p + 1) * units / parts) * unit).min(len))
         .filter(|r| !r.is_empty())
         .collect()
+}
+
+/// `c` cut into the consecutive column `ranges` (from 0, as [`split_ranges`]
+/// gives them): one view per range, for a task each.
+fn column_views<'a, T>(
+    c: ArrayViewMut2<'a, T>,
+    ranges: Vec<Range<usize>>,
+) -> Vec<(Range<usize>, ArrayViewMut2<'a, T>)> {
+    let (mut rest, mut done) = (c, 0);
+    let mut views = Vec::with_capacity(ranges.len());
+    for cols in ranges {
+        let (left, right) = rest.split_at(Axis(1), cols.end - done);
+        views.push((cols.clone(), left));
+        (rest, done) = (right, cols.end);
+    }
+    views
 }
 
 /// [`gemm_packed`] cut into `split.rows × split.cols` tasks run in parallel
@@ -469,16 +483,8 @@ pub fn gemm_packed_split<T: Float>(
         .into_iter()
         .map(|r| r.start * mr..(r.end * mr).min(a.m))
         .collect();
-    let mut col_views = Vec::new();
-    let mut rest = c;
-    let mut done = 0;
     let nr = a.shape.map_or(16, |(_, nv)| 16 * nv);
-    for cols in split_ranges(b.ncols(), split.cols, nr) {
-        let (left, right) = rest.split_at(Axis(1), cols.end - done);
-        col_views.push((cols.clone(), left));
-        rest = right;
-        done = cols.end;
-    }
+    let col_views = column_views(c, split_ranges(b.ncols(), split.cols, nr));
     col_views.into_par_iter().for_each(|(cols, c_cols)| {
         let b_cols = b.slice(s![.., cols]);
         let mut row_views = Vec::new();
@@ -1261,7 +1267,9 @@ mod tests {
             assert_eq!(want, got, "{parts} parts");
             let mut calls = calls.into_inner().unwrap();
             calls.sort_unstable();
+            let asked = calls.len();
             calls.dedup();
+            assert_eq!(asked, calls.len(), "{parts} parts: a (panel, slab) asked for twice");
             assert_eq!(calls.len(), k.div_ceil(KC) * layout.padded_cols() / nr, "{parts} parts");
         }
         let mut c = Array2::<f32>::zeros((m, n + 1));
