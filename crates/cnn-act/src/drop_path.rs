@@ -56,6 +56,10 @@ impl DropPath {
 }
 
 impl<T: Float> Layer<T> for DropPath {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
         if x.ndim() == 0 || x.shape()[0] == 0 {
             return Err(Error::shape(

@@ -46,6 +46,10 @@ impl Dropout {
 }
 
 impl<T: Float> Layer<T> for Dropout {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
         if mode == Mode::Eval {
             self.mask = None;

@@ -148,6 +148,10 @@ impl<T: Float> Act<T> {
 }
 
 impl<T: Float> Layer<T> for Act<T> {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
         let act = self.activation;
         self.masked = None;

@@ -96,9 +96,18 @@ impl AdaptiveAvgPool2d {
     pub fn new(out: [usize; 2]) -> Self {
         AdaptiveAvgPool2d { out, cache: None }
     }
+
+    /// The output size `[out_h, out_w]`.
+    pub fn output_size(&self) -> [usize; 2] {
+        self.out
+    }
 }
 
 impl<T: Float> Layer<T> for AdaptiveAvgPool2d {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
         let shape = x.shape().to_vec();
         let x = x.into_dimensionality::<Ix4>().map_err(|_| {

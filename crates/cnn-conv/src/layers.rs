@@ -256,6 +256,10 @@ fn views<'a, T: Float>(
 }
 
 impl<T: Float> Layer<T> for Conv2d<T> {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
         let x = to4("conv2d", x)?;
         let (w, b) = views(&self.weight, self.bias.as_ref())?;
@@ -315,6 +319,10 @@ impl MaxPool2d {
 }
 
 impl<T: Float> Layer<T> for MaxPool2d {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
         let x = to4("max_pool2d", x)?;
         let out = max_pool2d_forward(x.view(), &self.options)?;
@@ -355,6 +363,10 @@ impl AvgPool2d {
 }
 
 impl<T: Float> Layer<T> for AvgPool2d {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
         let x = to4("avg_pool2d", x)?;
         let y = avg_pool2d_forward(x.view(), &self.options)?;
@@ -387,6 +399,10 @@ impl GlobalAvgPool2d {
 }
 
 impl<T: Float> Layer<T> for GlobalAvgPool2d {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
         let x = to4("global_avg_pool2d", x)?;
         let y = global_avg_pool2d_forward(x.view())?;

@@ -58,5 +58,5 @@ pub use layers::{AvgPool2d, Conv2d, Conv2dConfig, GlobalAvgPool2d, MaxPool2d};
 pub use pool::naive as pool_naive;
 pub use pool::{
     avg_pool2d_backward, avg_pool2d_forward, global_avg_pool2d_backward, global_avg_pool2d_forward,
-    max_pool2d_backward, max_pool2d_forward, MaxPoolOutput, Pool2dOptions,
+    max_pool2d_backward, max_pool2d_forward, pool_out_len, MaxPoolOutput, Pool2dOptions,
 };

@@ -52,8 +52,9 @@ impl Pool2dOptions {
     }
 }
 
-/// Output length of a pooling axis, as PyTorch's `pooling_output_shape`.
-fn pool_out_len(len: usize, k: usize, s: usize, pad: usize, ceil_mode: bool) -> Option<usize> {
+/// Output length of a pooling axis, as PyTorch's `pooling_output_shape`; `None`
+/// when the window does not fit in the padded input.
+pub fn pool_out_len(len: usize, k: usize, s: usize, pad: usize, ceil_mode: bool) -> Option<usize> {
     let padded = len + 2 * pad;
     if padded < k {
         return None;

@@ -293,6 +293,10 @@ impl<T: Float> PixelLinear<T> {
 }
 
 impl<T: Float> Layer<T> for PixelLinear<T> {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
         self.forward_with(x, mode, None)
     }
@@ -417,12 +421,12 @@ impl ConvNeXtBlockConfig {
 /// # Shapes
 /// `x: [N, C, H, W]` → the same shape.
 pub struct ConvNeXtBlock<T: Float = f32> {
-    gamma: Option<Param<T>>,
-    conv_dw: Conv2d<T>,
-    norm: LayerNorm2d<T>,
-    fc1: PixelLinear<T>,
-    act: Act<T>,
-    fc2: PixelLinear<T>,
+    pub(crate) gamma: Option<Param<T>>,
+    pub(crate) conv_dw: Conv2d<T>,
+    pub(crate) norm: LayerNorm2d<T>,
+    pub(crate) fc1: PixelLinear<T>,
+    pub(crate) act: Act<T>,
+    pub(crate) fc2: PixelLinear<T>,
     drop_path: DropPath,
     /// The branch before γ, kept in training for dγ.
     branch: Option<ArrayD<T>>,
@@ -524,6 +528,10 @@ impl<T: Float> ConvNeXtBlock<T> {
 }
 
 impl<T: Float> Layer<T> for ConvNeXtBlock<T> {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
         if mode == Mode::Eval && crate::fusion::fusion_enabled() {
             return self.forward_fused(x);
@@ -588,6 +596,17 @@ impl<T: Float> Layer<T> for ConvNeXtBlock<T> {
         self.norm.visit(&join_key(prefix, "norm"), f);
         self.fc1.visit(&join_key(prefix, "mlp.fc1"), f);
         self.fc2.visit(&join_key(prefix, "mlp.fc2"), f);
+    }
+
+    fn children(&self) -> Vec<(String, &dyn Layer<T>)> {
+        vec![
+            ("conv_dw".into(), &self.conv_dw),
+            ("norm".into(), &self.norm),
+            ("mlp.fc1".into(), &self.fc1),
+            ("mlp.act".into(), &self.act),
+            ("mlp.fc2".into(), &self.fc2),
+            ("drop_path".into(), &self.drop_path),
+        ]
     }
 
     fn children_mut(&mut self) -> Vec<(String, &mut dyn Layer<T>)> {

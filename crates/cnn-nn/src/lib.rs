@@ -25,6 +25,7 @@
 mod convnext;
 mod fusion;
 mod linear;
+pub mod onnx;
 mod residual;
 mod sequential;
 mod state_dict;
@@ -34,6 +35,10 @@ pub use cnn_tensor::write_atomic;
 pub use convnext::{trunc02, ConvNeXtBlock, ConvNeXtBlockConfig, PixelLinear};
 pub use fusion::{count_fused, fusable, fusion_enabled, with_fusion, FusionCount};
 pub use linear::{Linear, LinearConfig};
+pub use onnx::{
+    export_onnx, export_onnx_with, onnx_model, read_onnx, OnnxConfig, OnnxExport, ONNX_INPUT,
+    ONNX_IR_VERSION, ONNX_OPSET, ONNX_OUTPUT,
+};
 pub use residual::{BasicBlock, Bottleneck, Residual, Shortcut, EXPANSION};
 pub use sequential::{Flatten, Identity, Sequential};
 pub use state_dict::{

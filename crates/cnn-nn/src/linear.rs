@@ -92,6 +92,10 @@ impl<T: Float> Linear<T> {
 }
 
 impl<T: Float> Layer<T> for Linear<T> {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
         let w = self.weight2()?;
         let (out_f, in_f) = w.dim();

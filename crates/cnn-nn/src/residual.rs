@@ -121,6 +121,10 @@ fn add_shortcut<T: Float>(y: &mut ArrayD<T>, shortcut: ArrayViewD<'_, T>) -> Res
 }
 
 impl<T: Float> Layer<T> for Residual<T> {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
         if mode == Mode::Eval && crate::fusion_enabled() {
             return self.forward_fused(x);
@@ -191,6 +195,14 @@ impl<T: Float> Layer<T> for Residual<T> {
     fn children_mut(&mut self) -> Vec<(String, &mut dyn Layer<T>)> {
         let mut children: Vec<(String, &mut dyn Layer<T>)> = vec![(String::new(), &mut self.main)];
         if let Shortcut::Projection(ds) = &mut self.shortcut {
+            children.push(("downsample".into(), ds));
+        }
+        children
+    }
+
+    fn children(&self) -> Vec<(String, &dyn Layer<T>)> {
+        let mut children: Vec<(String, &dyn Layer<T>)> = vec![(String::new(), &self.main)];
+        if let Shortcut::Projection(ds) = &self.shortcut {
             children.push(("downsample".into(), ds));
         }
         children

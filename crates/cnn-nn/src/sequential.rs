@@ -187,6 +187,10 @@ impl<T: Float> Sequential<T> {
 }
 
 impl<T: Float> Layer<T> for Sequential<T> {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn forward(&mut self, mut x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
         let fuse = crate::fusion_enabled();
         if mode == Mode::Eval && fuse {
@@ -257,6 +261,10 @@ impl<T: Float> Layer<T> for Sequential<T> {
             .map(|(n, l)| (n.clone(), l.as_mut() as &mut dyn Layer<T>))
             .collect()
     }
+
+    fn children(&self) -> Vec<(String, &dyn Layer<T>)> {
+        self.children.iter().map(|(n, l)| (n.clone(), l.as_ref() as &dyn Layer<T>)).collect()
+    }
 }
 
 /// `[N, d1, d2, …]` → `[N, d1·d2·…]` (`nn.Flatten()`); no parameters.
@@ -273,6 +281,10 @@ impl Flatten {
 }
 
 impl<T: Float> Layer<T> for Flatten {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
         if x.ndim() < 2 {
             return Err(Error::shape(
@@ -320,6 +332,10 @@ impl Identity {
 }
 
 impl<T: Float> Layer<T> for Identity {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
         self.shape = (mode == Mode::Train).then(|| x.shape().to_vec());
         Ok(x)

@@ -45,6 +45,10 @@ impl Layer<f32> for TwoBranch {
     fn children_mut(&mut self) -> Vec<(String, &mut dyn Layer<f32>)> {
         vec![("left".into(), &mut self.left), ("right".into(), &mut self.right)]
     }
+
+    fn children(&self) -> Vec<(String, &dyn Layer<f32>)> {
+        vec![("left".into(), &self.left), ("right".into(), &self.right)]
+    }
 }
 
 fn two_branch() -> TwoBranch {

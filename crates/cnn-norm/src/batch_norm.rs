@@ -335,6 +335,10 @@ impl<T: Float> BatchNorm<T> {
 }
 
 impl<T: Float> Layer<T> for BatchNorm<T> {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
         self.forward_then(x, mode, None)
     }

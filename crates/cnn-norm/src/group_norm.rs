@@ -76,6 +76,10 @@ impl<T: Float> GroupNorm<T> {
 }
 
 impl<T: Float> Layer<T> for GroupNorm<T> {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
         let c = channels("group_norm", x.shape(), 2, usize::MAX, self.channels)?;
         let n = x.shape()[0];
@@ -192,6 +196,10 @@ impl<T: Float> InstanceNorm2d<T> {
 }
 
 impl<T: Float> Layer<T> for InstanceNorm2d<T> {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
         let c = channels("instance_norm2d", x.shape(), 4, 4, self.channels)?;
         let n = x.shape()[0];

@@ -71,9 +71,23 @@ impl<T: Float> LayerNorm<T> {
             cache: None,
         })
     }
+
+    /// The trailing shape normalized over (`normalized_shape`).
+    pub fn normalized_shape(&self) -> &[usize] {
+        &self.normalized_shape
+    }
+
+    /// The ε added to the variance.
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
 }
 
 impl<T: Float> Layer<T> for LayerNorm<T> {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
         let ns = &self.normalized_shape;
         let shape = x.shape();

@@ -145,6 +145,11 @@ impl<T: Float> LayerNorm2d<T> {
         })
     }
 
+    /// The ε added to the variance.
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
+
     fn channels(&self) -> usize {
         self.weight.value().len()
     }
@@ -165,6 +170,10 @@ impl<T: Float> LayerNorm2d<T> {
 }
 
 impl<T: Float> Layer<T> for LayerNorm2d<T> {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn forward(&mut self, x: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
         let c = self.channels();
         if x.ndim() != 4 || x.shape()[1] != c || x.is_empty() {

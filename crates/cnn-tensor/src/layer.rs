@@ -85,6 +85,19 @@ pub trait Layer<T: Float = f32>: Send {
         None
     }
 
+    /// This layer as [`std::any::Any`] to read it: what lets a walk that only
+    /// reads (ONNX export) recognise the layer types it maps; `None` by default.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
+
+    /// The direct children, as [`Layer::children_mut`] gives them, to read:
+    /// walks that only read the tree (export) go through it. A container
+    /// implements both; empty by default.
+    fn children(&self) -> Vec<(String, &dyn Layer<T>)> {
+        Vec::new()
+    }
+
     /// The direct children of a container, by name, in `state_dict` order:
     /// the one method a container implements for every walk over the tree
     /// (re-seeding, synced BatchNorm, [`Layer::replace_child`], summaries,
