@@ -56,18 +56,21 @@ fn input_channels(dict: &StateDict) -> usize {
         .map_or(3, |(_, (s, _))| s[1])
 }
 
-/// Loads the network (its class count read from the file's head) and prints
-/// one line per image: the path, then the top-5 as `class:probability`. An
-/// image that cannot be read gets an `error:` line on stderr instead, and the
-/// others are still classified; returns how many could not be.
+/// A pretrained network built for `arch` with its weights from `weights`
+/// (a common key prefix stripped), for `size × size` inputs: the network,
+/// its class count (the head's first axis in the file) and input channels.
 ///
 /// # Errors
-/// Unreadable weights or labels; weights that do not fit the architecture.
-pub fn classify(req: &ClassifyRequest<'_>) -> Result<usize> {
-    let mut dict = StateDict::read(req.weights)?;
+/// Unreadable weights; weights that do not fit the architecture.
+pub fn load_pretrained(
+    weights: &Path,
+    arch_name: &str,
+    size: usize,
+) -> Result<(arch::Built, usize, usize)> {
+    let mut dict = StateDict::read(weights)?;
     let channels = input_channels(&dict);
-    let image = [channels, req.size, req.size];
-    let probe = arch::build(req.arch, image, 1000, 0)?;
+    let image = [channels, size, size];
+    let probe = arch::build(arch_name, image, 1000, 0)?;
     let mut keys = Vec::new();
     probe.model.visit("", &mut |k, _| keys.push(k.to_string()));
     if let Some(prefix) = dict.common_prefix(&keys) {
@@ -75,9 +78,9 @@ pub fn classify(req: &ClassifyRequest<'_>) -> Result<usize> {
     }
     let (head, _) = head_path(&*probe.model)?;
     let head_key = format!("{head}.weight");
-    let bad = |msg: String| Error::format(req.weights.display(), msg);
+    let bad = |msg: String| Error::format(weights.display(), msg);
     let classes = match dict.tensors.get(&head_key) {
-        None => return Err(bad(format!("no head weight {head_key} for --arch {}", req.arch))),
+        None => return Err(bad(format!("no head weight {head_key} for --arch {arch_name}"))),
         // The class count is the head's first axis: a file's shape is checked, never indexed blindly.
         Some((shape, _)) => match shape.as_slice() {
             [classes, _] if *classes > 0 => *classes,
@@ -88,8 +91,20 @@ pub fn classify(req: &ClassifyRequest<'_>) -> Result<usize> {
             }
         },
     };
-    let mut built = arch::build(req.arch, image, classes, 0)?;
+    let mut built = arch::build(arch_name, image, classes, 0)?;
     dict.load_into(&mut *built.model, cnn_nn::LoadMode::Strict, &|_| false)?;
+    Ok((built, classes, channels))
+}
+
+/// Loads the network (its class count read from the file's head) and prints
+/// one line per image: the path, then the top-5 as `class:probability`. An
+/// image that cannot be read gets an `error:` line on stderr instead, and the
+/// others are still classified; returns how many could not be.
+///
+/// # Errors
+/// Unreadable weights or labels; weights that do not fit the architecture.
+pub fn classify(req: &ClassifyRequest<'_>) -> Result<usize> {
+    let (mut built, classes, channels) = load_pretrained(req.weights, req.arch, req.size)?;
     let names: Option<Vec<String>> = match req.labels {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;

@@ -79,11 +79,8 @@ fn a_users_chaining_container_is_walked_through_its_children() {
         .push_named("flatten", Flatten::new());
     let model = onnx_model(&net, &[2, 3, 8, 8], &OnnxConfig::default()).unwrap();
     let graph = model.graph.unwrap();
-    let nodes: Vec<(String, String)> = graph
-        .node
-        .iter()
-        .map(|n| (n.name.clone().unwrap(), n.op_type.clone().unwrap()))
-        .collect();
+    let nodes: Vec<(String, String)> =
+        graph.node.iter().map(|n| (n.name.clone().unwrap(), n.op_type.clone().unwrap())).collect();
     let expected = [("pair.first", "Conv"), ("pair.second", "Relu"), ("flatten", "Flatten")];
     assert_eq!(nodes, expected.map(|(a, b)| (a.to_string(), b.to_string())));
     assert_eq!(graph.node[2].output, ["logits"]);
