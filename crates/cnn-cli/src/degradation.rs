@@ -29,6 +29,8 @@ draws the training error against iterations of the four in one PNG: He et
 al.'s degradation experiment. Prints each net's final training error and
 test accuracy.")]
 pub struct DegradationArgs {
+    #[command(flatten)]
+    board: crate::BoardArgs,
     /// digits (resized) | mnist:DIR | cifar10:DIR | cifar100:DIR | folder:DIR
     #[arg(long, default_value = "digits", value_parser = crate::parse_data)]
     data: DataSpec,
@@ -143,8 +145,13 @@ pub fn degradation(args: DegradationArgs, started: Instant) -> Result<ExitCode> 
                 .with_schedule(ScheduleKind::OneCycle)
                 .with_seed(args.seed);
             let clock = Instant::now();
-            let fit = Trainer::new(config)
-                .with_progress(if args.quiet { ProgressMode::Quiet } else { ProgressMode::Auto })
+            let mut trainer = Trainer::new(config)
+                .with_progress(if args.quiet { ProgressMode::Quiet } else { ProgressMode::Auto });
+            if args.board.on() {
+                // One log per network: `tensorboard --logdir OUT/tensorboard` overlays them.
+                trainer = trainer.with_tensorboard_dir(args.out.join("tensorboard").join(&name));
+            }
+            let fit = trainer
                 .with_on_step(move |_, s| {
                     if let Ok(mut v) = record.lock() {
                         v.push((s.correct, s.count));

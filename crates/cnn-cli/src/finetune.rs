@@ -54,6 +54,8 @@ head on them. See docs/transfer.md.")]
 pub struct FinetuneArgs {
     #[command(flatten)]
     pub(crate) data: DataArgs,
+    #[command(flatten)]
+    pub(crate) board: crate::BoardArgs,
     /// The pretrained weights (safetensors).
     #[arg(long)]
     weights: PathBuf,
@@ -252,7 +254,7 @@ pub fn run(args: FinetuneArgs, started: Instant) -> Result<ExitCode> {
         ProgressMode::Quiet
     } else {
         ProgressMode::Auto
-    });
+    }).with_tensorboard(args.board.on());
     let Some((result, times)) = fit_run(&info, &mut built, &splits, trainer, &out, &say, None)?
     else {
         return Ok(ExitCode::from(130));

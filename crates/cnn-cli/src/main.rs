@@ -87,6 +87,25 @@ enum Command {
     Env(env::EnvArgs),
 }
 
+/// Whether a training command writes TensorBoard event files; shared by
+/// `train`, `finetune`, `tune` and `degradation`.
+#[derive(Args, Debug, Clone, Copy)]
+struct BoardArgs {
+    /// Write TensorBoard event files (events.out.tfevents.*) beside the metrics: `tensorboard --logdir runs/` [default].
+    #[arg(long, overrides_with = "no_tensorboard")]
+    tensorboard: bool,
+    /// Do not write TensorBoard event files.
+    #[arg(long)]
+    no_tensorboard: bool,
+}
+
+impl BoardArgs {
+    /// Whether to log (on unless `--no-tensorboard` came last).
+    fn on(self) -> bool {
+        !self.no_tensorboard
+    }
+}
+
 /// How to split a data set; shared by every command that reads one.
 #[derive(Args, Debug, Clone)]
 struct DataArgs {

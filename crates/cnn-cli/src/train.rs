@@ -94,6 +94,8 @@ epoch; the run fails at the end only if the last one cannot be written.")]
 pub struct TrainArgs {
     #[command(flatten)]
     pub(crate) data: DataArgs,
+    #[command(flatten)]
+    pub(crate) board: crate::BoardArgs,
     /// The network.
     #[arg(long, default_value = "small", long_help = format!("The network: {ARCH_HELP}"))]
     arch: String,
@@ -420,7 +422,7 @@ fn run_in(
         ProgressMode::Quiet
     } else {
         ProgressMode::Auto
-    });
+    }).with_tensorboard(args.board.on());
     let Some((result, times)) = fit_run(&info, &mut built, &splits, trainer, &out, &say, group)?
     else {
         return Ok(ExitCode::from(130));
@@ -428,8 +430,9 @@ fn run_in(
     if rank != 0 {
         return Ok(ExitCode::SUCCESS);
     }
+    let board = if args.board.on() { ", TensorBoard events" } else { "" };
     say(format!(
-        "run saved in {}: last/ and best/ checkpoints, metrics.csv, metrics.json, curves.png, test.json",
+        "run saved in {}: last/ and best/ checkpoints, metrics.csv, metrics.json, curves.png, test.json{board}",
         out.display()
     ));
     if args.profile {

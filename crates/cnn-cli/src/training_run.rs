@@ -317,6 +317,31 @@ impl RunInfo {
             .with_transform(pipeline(&augs, self.image, &self.mean, &self.std, rgb)?))
     }
 
+    /// A PNG grid of the training augmentation on the first sample of each
+    /// class in turn (up to eight, the original then six draws): what
+    /// `cnn augment-preview` draws, logged to TensorBoard at the first step.
+    ///
+    /// # Errors
+    /// A bad augmentation spec; no readable sample.
+    pub fn augmentation_grid(&self, train: &dyn Dataset) -> Result<Vec<u8>> {
+        let augs = parse_augment(&self.augment, &self.data_spec()?)?;
+        let classes = train.classes().len().max(1);
+        let mut picked = Vec::new();
+        for i in 0..train.len().min(10_000) {
+            if picked.len() == 8.min(classes) {
+                break;
+            }
+            if let Ok((img, label)) = train.get(i) {
+                if label == picked.len() % classes {
+                    picked.push(img);
+                }
+            }
+        }
+        let pipe = crate::augment_spec::augmentations(&augs, self.image)?;
+        let scale = (96 / self.image[1].max(self.image[2]).max(1)).clamp(1, 12);
+        cnn_data::preview_grid_png(&picked, &pipe, 6, self.seed, scale)
+    }
+
     /// The training loader: shuffled, augmented, normalized.
     ///
     /// # Errors
@@ -421,6 +446,12 @@ pub fn fit_run(
         info.read_skipped(out);
     }
     let mut trainer = trainer.with_out_dir(out).with_stop_flag(stop).with_metadata(metadata);
+    if rank == 0 {
+        match info.augmentation_grid(&*splits.train) {
+            Ok(png) => trainer = trainer.with_tensorboard_image("data/augmentation", png),
+            Err(e) => say(format!("note: no augmentation grid for TensorBoard ({e})")),
+        }
+    }
     if rank == 0 && info.bad_images == BadImages::Skip {
         let (info, out) = (info.clone(), out.to_path_buf());
         trainer = trainer.with_on_epoch_end(move |_| {

@@ -39,6 +39,8 @@ a fifth of the training set is held out to select on (never the test set).")]
 pub struct TuneArgs {
     #[command(flatten)]
     pub(crate) data: DataArgs,
+    #[command(flatten)]
+    pub(crate) board: crate::BoardArgs,
     /// The network.
     #[arg(long, default_value = "small", long_help = format!("The network: {ARCH_HELP}"))]
     arch: String,
@@ -116,6 +118,7 @@ pub fn run(args: TuneArgs, started: Instant) -> Result<ExitCode> {
         format!("Budget: {budget:?}; base recipe: SGD with Nesterov momentum 0.9, one-cycle; the search sets lr, weight decay, epochs and, in step 5, the schedule"),
     ];
     let quiet = args.quiet;
+    let board = args.board.on();
     if !quiet {
         println!(
             "tuning {} on {}: {} training images, {} for validation; writing {}",
@@ -132,6 +135,7 @@ pub fn run(args: TuneArgs, started: Instant) -> Result<ExitCode> {
     let mut tuner = Tuner::new(config, TrainConfig::default())
         .with_out_dir(&out)
         .with_progress(progress)
+        .with_tensorboard(board)
         .with_context(context)
         .with_log(move |line| {
             if !quiet {

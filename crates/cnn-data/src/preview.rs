@@ -23,6 +23,21 @@ pub fn preview_grid(
     scale: usize,
     path: &Path,
 ) -> Result<()> {
+    let bytes = preview_grid_png(samples, pipeline, draws, seed, scale)?;
+    write_atomic(path, &bytes)
+}
+
+/// [`preview_grid`]'s PNG file, as bytes (a TensorBoard image).
+///
+/// # Errors
+/// As [`preview_grid`], but for the write.
+pub fn preview_grid_png(
+    samples: &[Array3<f32>],
+    pipeline: &dyn Transform<f32>,
+    draws: usize,
+    seed: u64,
+    scale: usize,
+) -> Result<Vec<u8>> {
     if samples.is_empty() || scale == 0 {
         return Err(Error::config("preview_grid", "need at least one sample and a positive scale"));
     }
@@ -59,6 +74,6 @@ pub fn preview_grid(
     let mut bytes = Vec::new();
     canvas
         .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .map_err(|e| Error::format(path.display(), e.to_string()))?;
-    write_atomic(path, &bytes)
+        .map_err(|e| Error::format("preview grid", e.to_string()))?;
+    Ok(bytes)
 }

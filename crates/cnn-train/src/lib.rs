@@ -51,6 +51,7 @@ mod profile;
 mod progress;
 mod step;
 use step::images_as;
+pub mod tensorboard;
 mod trainer;
 mod transfer;
 pub mod tune;

@@ -16,6 +16,7 @@ use crate::checkpoint::{find_checkpoint, load_checkpoint, save_checkpoint, Train
 use crate::distributed::{allreduce_gradients, broadcast_optimizer, broadcast_parameters};
 use crate::profile::{PhaseTimes, Stopwatch};
 use crate::step::{apply_gradients, compute_shard_gradients, StepStats};
+use crate::tensorboard::{confusion_png, scalar, EventWriter};
 use crate::{
     evaluate_distributed, plot_curves, CrossEntropy, EpochRecord, History, Loss, ProgressMode,
     TrainConfig,
@@ -82,6 +83,9 @@ pub struct Trainer {
     on_step: Option<StepCallback>,
     group: Arc<dyn Collective>,
     loss: Option<Arc<dyn Loss>>,
+    tensorboard: bool,
+    tensorboard_dir: Option<PathBuf>,
+    tensorboard_images: Vec<(String, Vec<u8>)>,
 }
 
 /// What [`Trainer::fit`] did.
@@ -115,6 +119,9 @@ impl Trainer {
             on_step: None,
             group: Arc::new(Solo),
             loss: None,
+            tensorboard: true,
+            tensorboard_dir: None,
+            tensorboard_images: Vec::new(),
         }
     }
 
@@ -158,6 +165,33 @@ impl Trainer {
         with_resume: resume: bool;
         /// How to show progress.
         with_progress: progress: ProgressMode;
+    }
+
+    /// Whether to write TensorBoard event files (`events.out.tfevents.*`)
+    /// into the output directory, as PyTorch's `SummaryWriter` and
+    /// Lightning's default logger do: per step `train/loss` and `train/lr`,
+    /// per epoch the record's losses, accuracies, images/s and lr under
+    /// `epoch/`, and the validation confusion matrix as an image. A resumed
+    /// run starts a new file that marks its first step, so TensorBoard drops
+    /// what an earlier file logged after the checkpoint. Default `true`; a
+    /// failed write warns and stops the logging, never the run.
+    pub fn with_tensorboard(mut self, on: bool) -> Self {
+        self.tensorboard = on;
+        self
+    }
+
+    /// Writes the TensorBoard event files into `dir` instead of the output
+    /// directory (also without one: a tuning trial, a comparison run).
+    pub fn with_tensorboard_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.tensorboard_dir = Some(dir.into());
+        self
+    }
+
+    /// A PNG logged as a TensorBoard image at the run's first step (the CLI
+    /// logs a grid of augmented training samples as `data/augmentation`).
+    pub fn with_tensorboard_image(mut self, tag: impl Into<String>, png: Vec<u8>) -> Self {
+        self.tensorboard_images.push((tag.into(), png));
+        self
     }
 
     /// A flag that, once set (by a Ctrl-C handler, say), makes the run finish
@@ -337,7 +371,22 @@ impl Trainer {
             .loss
             .clone()
             .unwrap_or_else(|| Arc::new(CrossEntropy::new(config.label_smoothing)));
+        let board_dir = self
+            .tensorboard_dir
+            .clone()
+            .or_else(|| self.out_dir.clone())
+            .filter(|_| self.tensorboard && rank == 0);
+        let board = match board_dir.map(|d| self.open_board(&d, &state)) {
+            Some(Err(e)) => {
+                eprintln!("warning: no TensorBoard log ({e})");
+                None
+            }
+            Some(Ok(w)) => Some(w),
+            None => None,
+        };
         Ok(Run {
+            board,
+            confusion: None,
             // Only rank 0 writes.
             out_dir: self.out_dir.clone().filter(|_| rank == 0),
             progress: crate::progress::Progress::new(shown, config.epochs, state.epoch),
@@ -357,6 +406,22 @@ impl Trainer {
             group,
             loss,
         })
+    }
+}
+
+impl Trainer {
+    /// A new event file in `dir`: a resumed run's marks its first step (so
+    /// TensorBoard drops later steps of earlier files), then the images.
+    fn open_board(&self, dir: &Path, state: &TrainerState) -> Result<EventWriter> {
+        let mut writer = EventWriter::create(dir)?;
+        if self.resume {
+            writer.session_start(state.global_step)?;
+        }
+        for (tag, png) in &self.tensorboard_images {
+            writer.add_png(tag, png.clone(), state.global_step)?;
+        }
+        writer.flush()?;
+        Ok(writer)
     }
 }
 
@@ -388,9 +453,23 @@ struct Run<T: Float> {
     /// Seconds per phase so far, and whether this call took a step yet.
     times: PhaseTimes,
     stepped: bool,
+    /// The TensorBoard event file (rank 0, when on), and the last
+    /// validation's confusion matrix for it.
+    board: Option<EventWriter>,
+    confusion: Option<Vec<Vec<u64>>>,
 }
 
 impl<T: Float> Run<T> {
+    /// Writes to the TensorBoard file, if any; a failure warns once and
+    /// stops the logging (the run goes on).
+    fn log(&mut self, write: impl FnOnce(&mut EventWriter) -> Result<()>) {
+        let Some(writer) = self.board.as_mut() else { return };
+        if let Err(e) = write(writer) {
+            self.progress.warn(&format!("warning: TensorBoard logging stopped ({e})"));
+            self.board = None;
+        }
+    }
+
     /// The steps of one epoch, from where the state left off. [`Flow::Stop`]
     /// when a stop flag was seen (on any rank): `last/` is written at once.
     fn train_epoch(
@@ -424,6 +503,10 @@ impl<T: Float> Run<T> {
             if let Some(on_step) = &mut trainer.on_step {
                 on_step(self.state.global_step - 1, &stats);
             }
+            let (step, lr) = (self.state.global_step - 1, self.lr);
+            self.log(|w| {
+                w.add_summary(step, vec![scalar("train/loss", stats.loss), scalar("train/lr", lr)])
+            });
             let p = &mut self.state.partial;
             p.loss_sum += stats.loss * global as f64;
             p.correct += stats.correct;
@@ -435,6 +518,7 @@ impl<T: Float> Run<T> {
                 p.seen as f64 / secs.max(1e-9),
             );
             if stop {
+                self.log(EventWriter::flush);
                 self.state.partial.train_seconds += clock.elapsed().as_secs_f64();
                 if let Some(dir) = &self.out_dir {
                     let writing = Stopwatch::start();
@@ -542,6 +626,7 @@ impl<T: Float> Run<T> {
         let report = val.map(|v| evaluate_distributed(model, v, &*self.group)).transpose()?;
         self.times.validation += clock.elapsed().as_secs_f64();
         let p = std::mem::take(&mut self.state.partial);
+        self.confusion = report.as_ref().map(|r| r.confusion.clone());
         Ok(EpochRecord {
             epoch: self.state.epoch + 1,
             train_loss: p.loss_sum / p.seen.max(1) as f64,
@@ -578,6 +663,10 @@ impl<T: Float> Run<T> {
         state.epoch += 1;
         state.batch = 0;
         self.progress.end_epoch(&record);
+        let step = state.global_step;
+        let confusion = self.confusion.take();
+        self.log(|w| log_epoch(w, &record, confusion.as_deref(), step));
+        let state = &mut self.state;
         if let Some(dir) = &self.out_dir {
             let written =
                 write_epoch(dir, model, &self.optimizer, state, improved, &mut self.times);
@@ -631,6 +720,34 @@ impl<T: Float> Run<T> {
             phases: self.times,
         })
     }
+}
+
+/// An epoch's record under `epoch/` (as Lightning's epoch-level logs), at
+/// the global step the epoch ended on, and the confusion image; flushed.
+fn log_epoch(
+    w: &mut EventWriter,
+    record: &EpochRecord,
+    confusion: Option<&[Vec<u64>]>,
+    step: u64,
+) -> Result<()> {
+    let mut values = vec![
+        scalar("epoch", record.epoch as f64),
+        scalar("epoch/train_loss", record.train_loss),
+        scalar("epoch/train_accuracy", record.train_accuracy),
+        scalar("epoch/lr", record.lr),
+        scalar("epoch/images_per_second", record.images_per_second),
+    ];
+    let optional = [
+        ("epoch/val_loss", record.val_loss),
+        ("epoch/val_top1", record.val_accuracy),
+        ("epoch/val_top5", record.val_top5),
+    ];
+    values.extend(optional.iter().filter_map(|(tag, v)| v.map(|v| scalar(tag, v))));
+    w.add_summary(step, values)?;
+    if let Some(c) = confusion.filter(|c| !c.is_empty()) {
+        w.add_png("val/confusion", confusion_png(c)?, step)?;
+    }
+    w.flush()
 }
 
 /// How each write of an epoch's end went.

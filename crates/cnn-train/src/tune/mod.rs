@@ -328,6 +328,7 @@ pub struct Tuner {
     context: Vec<String>,
     progress: ProgressMode,
     log: Box<dyn FnMut(&str) + Send>,
+    tensorboard: bool,
 }
 
 impl Tuner {
@@ -340,7 +341,22 @@ impl Tuner {
             context: Vec::new(),
             progress: ProgressMode::Quiet,
             log: Box::new(|_| {}),
+            tensorboard: true,
         }
+    }
+
+    /// Whether each search trial writes a TensorBoard log under the output
+    /// directory (`tensorboard/coarse/trial-N`, `tensorboard/refine/trial-N`:
+    /// `tensorboard --logdir DIR/tensorboard` shows them side by side).
+    /// Default `true`.
+    pub fn with_tensorboard(mut self, on: bool) -> Self {
+        self.tensorboard = on;
+        self
+    }
+
+    /// The TensorBoard directory of a search step's trials, when on.
+    fn board_dir(&self, step: &str) -> Option<PathBuf> {
+        self.out_dir.as_ref().filter(|_| self.tensorboard).map(|d| d.join("tensorboard").join(step))
     }
 
     /// Writes `report.md`, `best.json` and the plots into `dir` (created if missing).
@@ -435,11 +451,13 @@ impl Tuner {
                     "step 4/6: {} random trials of {} epoch(s)",
                     c.coarse_trials, c.coarse_epochs
                 ));
+                let board = self.board_dir("coarse");
                 let log = &mut self.log;
                 let plot = self.out_dir.as_ref().map(|d| d.join("coarse.png"));
                 let out = SearchOutput {
                     plot: plot.as_deref(),
                     progress: self.progress,
+                    tensorboard: board.as_deref(),
                     on_trial: &mut |t: &Trial| log(&format!("  {}", t.line())),
                 };
                 let (step4, trials) = coarse_search(factory, data, &self.base, pick, &c, out)?;
@@ -449,11 +467,13 @@ impl Tuner {
                     "step 5/6: {} candidates of {} epochs, warmup and cosine",
                     c.refine_candidates, c.refine_epochs
                 ));
+                let board = self.board_dir("refine");
                 let log = &mut self.log;
                 let plot = self.out_dir.as_ref().map(|d| d.join("refine.png"));
                 let out = SearchOutput {
                     plot: plot.as_deref(),
                     progress: self.progress,
+                    tensorboard: board.as_deref(),
                     on_trial: &mut |t: &Trial| log(&format!("  {}", t.line())),
                 };
                 let (step5, winner) = refine(factory, data, &self.base, &trials, &c, out)?;

@@ -58,6 +58,8 @@ pub struct SearchOutput<'a> {
     pub plot: Option<&'a Path>,
     /// How each trial's training shows progress.
     pub progress: ProgressMode,
+    /// Where each trial writes its TensorBoard log (`DIR/trial-N`), if anywhere.
+    pub tensorboard: Option<&'a Path>,
     /// Called with each finished trial.
     pub on_trial: &'a mut dyn FnMut(&Trial),
 }
@@ -89,9 +91,14 @@ fn train_trial(
     config: TrainConfig,
     seed: u64,
     progress: ProgressMode,
+    tensorboard: Option<&Path>,
 ) -> Result<Trial> {
     let mut model = factory(seed)?;
-    let history = match Trainer::new(config.clone()).with_progress(progress).fit(
+    let mut trainer = Trainer::new(config.clone()).with_progress(progress);
+    if let Some(dir) = tensorboard {
+        trainer = trainer.with_tensorboard_dir(dir.join(format!("trial-{id}")));
+    }
+    let history = match trainer.fit(
         &mut *model,
         &data.train,
         Some(&data.val),
@@ -145,7 +152,7 @@ pub fn coarse_search(
     config: &TuneConfig,
     out: SearchOutput<'_>,
 ) -> Result<(StepReport, Vec<Trial>)> {
-    let SearchOutput { plot, progress, on_trial } = out;
+    let SearchOutput { plot, progress, tensorboard, on_trial } = out;
     let mut rng = seeded_rng(trial_seed(config.seed, 4, 0));
     let epochs = at_least_two_steps(config.coarse_epochs, &data.train);
     let (down, up) = config.coarse_lr_decades;
@@ -156,7 +163,7 @@ pub fn coarse_search(
         let lr = log_uniform(&mut rng, lr_lo, lr_hi);
         let wd = log_uniform(&mut rng, wd_lo, wd_hi);
         let cfg = base.clone().with_lr(lr).with_weight_decay(wd).with_epochs(epochs);
-        let trial = train_trial(factory, data, id, cfg, config.seed, progress)?;
+        let trial = train_trial(factory, data, id, cfg, config.seed, progress, tensorboard)?;
         on_trial(&trial);
         trials.push(trial);
     }
@@ -255,7 +262,7 @@ pub fn refine(
     config: &TuneConfig,
     out: SearchOutput<'_>,
 ) -> Result<(StepReport, Trial)> {
-    let SearchOutput { plot, progress, on_trial } = out;
+    let SearchOutput { plot, progress, tensorboard, on_trial } = out;
     let ranked: Vec<&Trial> =
         sorted(coarse).into_iter().filter(|t| t.val_accuracy().is_some()).collect();
     let Some(best_coarse) = ranked.first() else {
@@ -282,7 +289,7 @@ pub fn refine(
     }
     let mut trials = Vec::new();
     for (i, cfg) in candidates.into_iter().enumerate() {
-        let trial = train_trial(factory, data, i + 1, cfg, config.seed, progress)?;
+        let trial = train_trial(factory, data, i + 1, cfg, config.seed, progress, tensorboard)?;
         on_trial(&trial);
         trials.push(trial);
     }
