@@ -48,12 +48,21 @@ fn preprocess(img: Array3<f32>, size: usize, channels: usize) -> Result<Array3<f
     })
 }
 
-/// The first layer's input channels, from the file: the first rank-4 weight's second axis.
-fn input_channels(dict: &StateDict) -> usize {
-    dict.tensors
-        .iter()
-        .find(|(k, (s, _))| k.ends_with("weight") && s.len() == 4)
-        .map_or(3, |(_, (s, _))| s[1])
+/// The first layer's input channels, from the file: the second axis of the
+/// weight of the network's first conv (its first rank-4 parameter in
+/// state-dict order; a depthwise conv's weight, first by name in ConvNeXt,
+/// would say 1); 3 when the file lacks it.
+fn input_channels(dict: &StateDict, model: &dyn cnn_tensor::Layer<f32>) -> usize {
+    let mut first = None;
+    model.visit("", &mut |k, p| {
+        if first.is_none() && p.value().ndim() == 4 {
+            first = Some(k.to_string());
+        }
+    });
+    first
+        .and_then(|k| dict.tensors.get(&k))
+        .and_then(|(s, _)| (s.len() == 4 && s[1] > 0).then_some(s[1]))
+        .unwrap_or(3)
 }
 
 /// A pretrained network built for `arch` with its weights from `weights`
@@ -68,14 +77,14 @@ pub fn load_pretrained(
     size: usize,
 ) -> Result<(arch::Built, usize, usize)> {
     let mut dict = StateDict::read(weights)?;
-    let channels = input_channels(&dict);
-    let image = [channels, size, size];
-    let probe = arch::build(arch_name, image, 1000, 0)?;
+    let probe = arch::build(arch_name, [3, size, size], 1000, 0)?;
     let mut keys = Vec::new();
     probe.model.visit("", &mut |k, _| keys.push(k.to_string()));
     if let Some(prefix) = dict.common_prefix(&keys) {
         dict.strip_prefix(&prefix);
     }
+    let channels = input_channels(&dict, &*probe.model);
+    let image = [channels, size, size];
     let (head, _) = head_path(&*probe.model)?;
     let head_key = format!("{head}.weight");
     let bad = |msg: String| Error::format(weights.display(), msg);

@@ -145,8 +145,11 @@ pub fn degradation(args: DegradationArgs, started: Instant) -> Result<ExitCode> 
                 .with_schedule(ScheduleKind::OneCycle)
                 .with_seed(args.seed);
             let clock = Instant::now();
-            let mut trainer = Trainer::new(config)
-                .with_progress(if args.quiet { ProgressMode::Quiet } else { ProgressMode::Auto });
+            let mut trainer = Trainer::new(config).with_progress(if args.quiet {
+                ProgressMode::Quiet
+            } else {
+                ProgressMode::Auto
+            });
             if args.board.on() {
                 // One log per network: `tensorboard --logdir OUT/tensorboard` overlays them.
                 trainer = trainer.with_tensorboard_dir(args.out.join("tensorboard").join(&name));

@@ -250,11 +250,9 @@ pub fn run(args: FinetuneArgs, started: Instant) -> Result<ExitCode> {
         TransferMode::Partial(p) => Some(p.clone()),
     };
     info.cached_features = args.mode == Mode::LinearProbe && augment == "none" && !args.no_cache;
-    let trainer = Trainer::new(config).with_progress(if args.quiet {
-        ProgressMode::Quiet
-    } else {
-        ProgressMode::Auto
-    }).with_tensorboard(args.board.on());
+    let trainer = Trainer::new(config)
+        .with_progress(if args.quiet { ProgressMode::Quiet } else { ProgressMode::Auto })
+        .with_tensorboard(args.board.on());
     let Some((result, times)) = fit_run(&info, &mut built, &splits, trainer, &out, &say, None)?
     else {
         return Ok(ExitCode::from(130));

@@ -418,11 +418,10 @@ fn run_in(
     for note in notes {
         say(format!("note: {note}"));
     }
-    let trainer = Trainer::new(config).with_resume(resuming).with_progress(if args.quiet {
-        ProgressMode::Quiet
-    } else {
-        ProgressMode::Auto
-    }).with_tensorboard(args.board.on());
+    let trainer = Trainer::new(config)
+        .with_resume(resuming)
+        .with_progress(if args.quiet { ProgressMode::Quiet } else { ProgressMode::Auto })
+        .with_tensorboard(args.board.on());
     let Some((result, times)) = fit_run(&info, &mut built, &splits, trainer, &out, &say, group)?
     else {
         return Ok(ExitCode::from(130));

@@ -29,9 +29,13 @@ fn model() -> Sequential<f32> {
 
 fn loaders() -> (DataLoader, DataLoader) {
     let (train, test) = Digits::load().unwrap().split(0.2, 0).unwrap();
-    let train: Arc<dyn Dataset> = Arc::new(Subset::new(Arc::new(train), (0..256).collect()).unwrap());
+    let train: Arc<dyn Dataset> =
+        Arc::new(Subset::new(Arc::new(train), (0..256).collect()).unwrap());
     let test: Arc<dyn Dataset> = Arc::new(Subset::new(Arc::new(test), (0..100).collect()).unwrap());
-    (DataLoader::new(train, 32, 1).unwrap(), DataLoader::new(test, 50, 0).unwrap().with_shuffle(false))
+    (
+        DataLoader::new(train, 32, 1).unwrap(),
+        DataLoader::new(test, 50, 0).unwrap().with_shuffle(false),
+    )
 }
 
 fn config() -> TrainConfig {

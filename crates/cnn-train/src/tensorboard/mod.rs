@@ -102,7 +102,11 @@ impl EventWriter {
     /// As [`EventWriter::write`].
     pub fn add_summary(&mut self, step: u64, values: Vec<Value>) -> Result<()> {
         let summary = Summary { value: values };
-        self.write(&Event { wall_time: now(), step: step as i64, what: Some(What::Summary(summary)) })
+        self.write(&Event {
+            wall_time: now(),
+            step: step as i64,
+            what: Some(What::Summary(summary)),
+        })
     }
 
     /// One scalar under `tag` at `step`.
@@ -118,8 +122,8 @@ impl EventWriter {
     /// # Errors
     /// [`Error::Format`] when `png` is not a PNG, else as [`EventWriter::write`].
     pub fn add_png(&mut self, tag: &str, png: Vec<u8>, step: u64) -> Result<()> {
-        let (width, height, colorspace) = png_header(&png)
-            .ok_or_else(|| Error::format(tag, "the image is not a PNG file"))?;
+        let (width, height, colorspace) =
+            png_header(&png).ok_or_else(|| Error::format(tag, "the image is not a PNG file"))?;
         let image = Image { height, width, colorspace, encoded_image_string: png };
         let value = Value { tag: tag.into(), kind: Some(Kind::Image(image)) };
         self.add_summary(step, vec![value])
@@ -133,7 +137,11 @@ impl EventWriter {
     /// As [`EventWriter::write`].
     pub fn session_start(&mut self, step: u64) -> Result<()> {
         let log = SessionLog { status: SESSION_START, ..Default::default() };
-        self.write(&Event { wall_time: now(), step: step as i64, what: Some(What::SessionLog(log)) })
+        self.write(&Event {
+            wall_time: now(),
+            step: step as i64,
+            what: Some(What::SessionLog(log)),
+        })
     }
 
     /// Writes out what is buffered.
@@ -178,7 +186,8 @@ fn png_header(png: &[u8]) -> Option<(i32, i32, i32)> {
 /// record's offset for a truncated record, a bad CRC or an undecodable event.
 pub fn read_events(path: &Path) -> Result<Vec<Event>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
-    let bad = |at: usize, msg: &str| Error::format(path.display(), format!("record at byte {at}: {msg}"));
+    let bad =
+        |at: usize, msg: &str| Error::format(path.display(), format!("record at byte {at}: {msg}"));
     let mut events = Vec::new();
     let mut at = 0;
     while at < bytes.len() {
@@ -210,7 +219,9 @@ pub fn event_files(dir: &Path) -> Result<Vec<PathBuf>> {
         .map_err(|e| Error::io("list", dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("events.out.tfevents."))
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("events.out.tfevents."))
         })
         .collect();
     files.sort();

@@ -98,11 +98,7 @@ fn train_trial(
     if let Some(dir) = tensorboard {
         trainer = trainer.with_tensorboard_dir(dir.join(format!("trial-{id}")));
     }
-    let history = match trainer.fit(
-        &mut *model,
-        &data.train,
-        Some(&data.val),
-    ) {
+    let history = match trainer.fit(&mut *model, &data.train, Some(&data.val)) {
         Ok(report) => report.history,
         Err(cnn_tensor::Error::Diverged { .. }) => History::default(),
         Err(e) => return Err(e),
