@@ -33,6 +33,10 @@ fn tune_writes_the_report_and_train_takes_best_json() {
         assert!(md.contains(heading), "{heading} missing:\n{md}");
     }
     assert_eq!(md.matches("**Verdict: ").count(), 6);
+    for step in ["coarse", "refine"] {
+        let trial = out.join("tensorboard").join(step).join("trial-1");
+        assert_eq!(cnn_train::tensorboard::event_files(&trial).unwrap().len(), 1, "{step}");
+    }
     assert_eq!(md.matches("**What to do next:**").count(), 6);
     for png in ["overfit.png", "lr_sweep.png", "coarse.png", "refine.png", "curves.png"] {
         assert!(md.contains(&format!("]({png})")), "{png} not linked");
@@ -234,6 +238,11 @@ fn degradation_runs_end_to_end_on_a_tiny_budget() {
     }
     assert!(last_line(&o).starts_with("drew "), "{text}");
     assert_png_not_blank(&out.join("degradation.png"));
+    for net in ["plain-8", "resnet-8", "plain-14", "resnet-14"] {
+        let log = out.join("tensorboard").join(net);
+        let files = cnn_train::tensorboard::event_files(&log).unwrap();
+        assert_eq!(files.len(), 1, "a TensorBoard log per net in {}", log.display());
+    }
     let csv = std::fs::read_to_string(out.join("degradation.csv")).unwrap();
     assert_eq!(csv.lines().next(), Some("net,depth,iteration,train_error_smoothed"));
     // 200 images, batch 64: 4 steps per net.
