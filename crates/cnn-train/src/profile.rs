@@ -33,11 +33,13 @@ pub struct PhaseTimes {
     pub checkpoints: f64,
     /// Writing `metrics.csv`, `metrics.json` and `curves.png`.
     pub metrics: f64,
+    /// Writing the TensorBoard event file.
+    pub tensorboard: f64,
 }
 
 impl PhaseTimes {
     /// The phases as `(name, seconds)`, in the order a run meets them.
-    pub fn phases(&self) -> [(&'static str, f64); 9] {
+    pub fn phases(&self) -> [(&'static str, f64); 10] {
         [
             ("trainer start", self.start),
             ("waiting for data", self.data),
@@ -48,6 +50,7 @@ impl PhaseTimes {
             ("validation", self.validation),
             ("checkpoints", self.checkpoints),
             ("metrics and curves", self.metrics),
+            ("TensorBoard log", self.tensorboard),
         ]
     }
 
@@ -88,7 +91,7 @@ mod tests {
         assert_eq!(t.total(), 2.75);
         assert_eq!(t.other(3.0), 0.25);
         assert_eq!(t.other(1.0), 0.0);
-        assert_eq!(t.phases().len(), 9);
+        assert_eq!(t.phases().len(), 10);
         assert!(t.phases().iter().any(|&(n, s)| n == "waiting for data" && s == 0.5));
     }
 }

@@ -464,7 +464,10 @@ impl<T: Float> Run<T> {
     /// stops the logging (the run goes on).
     fn log(&mut self, write: impl FnOnce(&mut EventWriter) -> Result<()>) {
         let Some(writer) = self.board.as_mut() else { return };
-        if let Err(e) = write(writer) {
+        let writing = Stopwatch::start();
+        let written = write(writer);
+        self.times.tensorboard += writing.seconds();
+        if let Err(e) = written {
             self.progress.warn(&format!("warning: TensorBoard logging stopped ({e})"));
             self.board = None;
         }
