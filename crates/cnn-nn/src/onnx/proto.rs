@@ -111,7 +111,7 @@ pub struct NodeProto {
     pub doc_string: Option<String>,
 }
 
-/// The type tags of [`AttributeProto::r#type`].
+/// The type tags of an [`AttributeProto`] (its `type` field).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
 #[repr(i32)]
 pub enum AttributeType {
