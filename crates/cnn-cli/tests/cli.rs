@@ -449,7 +449,7 @@ fn profile_accounts_for_the_whole_command() {
             (words[..k - 3].join(" "), words[k - 3].parse::<f64>().unwrap())
         })
         .collect();
-    assert_eq!(rows.len(), 13, "{out}");
+    assert_eq!(rows.len(), 14, "{out}");
     let seconds = |name: &str| rows.iter().find(|(n, _)| n.starts_with(name)).expect(name).1;
     for phase in ["steps", "first step", "validation", "checkpoints", "metrics and curves"] {
         assert!(seconds(phase) > 0.0, "{phase}: {out}");
