@@ -106,6 +106,8 @@ fn finetune_transfers_a_run_and_eval_classifies_images() {
         );
         let line = last_line(&o);
         assert!(line.contains("test accuracy") && line.contains("run saved in"), "{line}");
+        let events = cnn_train::tensorboard::event_files(&out).unwrap();
+        assert_eq!(events.len(), 1, "{mode}: a TensorBoard log");
         // The run evaluates like any other.
         let o = cnn(&["eval", "--run", out.to_str().unwrap()], tmp.path());
         assert!(o.status.success(), "{}", stderr(&o));
