@@ -73,6 +73,16 @@ impl<T: Float> GroupNorm<T> {
             cache: None,
         })
     }
+
+    /// The number of groups the channels are split into.
+    pub fn num_groups(&self) -> usize {
+        self.groups
+    }
+
+    /// The ε added to the variance.
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
 }
 
 impl<T: Float> Layer<T> for GroupNorm<T> {
@@ -192,6 +202,11 @@ impl<T: Float> InstanceNorm2d<T> {
             running: track_running_stats.then(|| RunningStats::new(num_features)),
             cache: None,
         })
+    }
+
+    /// The ε added to the variance.
+    pub fn eps(&self) -> f64 {
+        self.eps
     }
 }
 

@@ -21,6 +21,8 @@
 //! | `Flatten`, `Linear` | `Flatten` (axis 1), `Gemm` (`transB`) |
 //! | `LayerNorm2d` | `Transpose` to NHWC, `LayerNormalization` over the last axis, `Transpose` back |
 //! | `LayerNorm` | `LayerNormalization` over its trailing axes |
+//! | `GroupNorm` | `Reshape` to groups, `InstanceNormalization`, `Reshape` back, `Mul` and `Add` (opset 17 has no `GroupNormalization`) |
+//! | `InstanceNorm2d` | `InstanceNormalization`; `BatchNormalization` on its running statistics when it keeps them |
 //! | `PixelLinear` | a 1×1 `Conv` |
 //! | `Residual` (BasicBlock, Bottleneck) | its branches, `Add`, the activation |
 //! | `ConvNeXtBlock` | its layers, `Mul` by γ, `Add` |

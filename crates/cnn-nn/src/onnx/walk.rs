@@ -8,7 +8,7 @@ use cnn_conv::{
     conv_out_len, pool_out_len, AdaptiveAvgPool2d, AvgPool2d, Conv2d, GlobalAvgPool2d, MaxPool2d,
     Pool2dOptions,
 };
-use cnn_norm::{BatchNorm, LayerNorm, LayerNorm2d};
+use cnn_norm::{BatchNorm, GroupNorm, InstanceNorm2d, LayerNorm, LayerNorm2d};
 use cnn_tensor::{join_key, Error, Float, Layer, Result, Wiring};
 
 use super::builder::{float, int, ints, Builder, Value};
@@ -138,6 +138,12 @@ impl Exporter {
             }
             if let Some(norm) = any.downcast_ref::<LayerNorm<T>>() {
                 return self.layer_norm(norm, key, x);
+            }
+            if let Some(norm) = any.downcast_ref::<GroupNorm<T>>() {
+                return self.group_norm(norm, key, x);
+            }
+            if let Some(norm) = any.downcast_ref::<InstanceNorm2d<T>>() {
+                return self.instance_norm(norm, key, x);
             }
             if let Some(linear) = any.downcast_ref::<PixelLinear<T>>() {
                 return self.pixel_linear(linear, key, x);
@@ -525,6 +531,102 @@ impl Exporter {
             &[&x.name, &g, &beta],
             attrs,
             out,
+        ))
+    }
+
+    /// GroupNorm as PyTorch's exporter writes it below opset 18's
+    /// `GroupNormalization`: the groups as instances (`Reshape` to
+    /// `[N, G, -1]`, `InstanceNormalization` without affine), back to the
+    /// input's shape, then the per-channel affine (`Mul`, `Add`).
+    fn group_norm<T: Float>(&mut self, norm: &GroupNorm<T>, key: &str, x: Value) -> Result<Value> {
+        let g = norm.num_groups();
+        let c = x.shape.get(1).copied().unwrap_or(0);
+        if x.shape.len() < 3 || c % g != 0 {
+            return Err(shape_err(key, format!("GroupNorm of {g} groups got {:?}", x.shape)));
+        }
+        let name = at(key, "GroupNorm");
+        let grouped = self.b.constant_i64(&format!("{name}/grouped_shape"), &[0, g as i64, -1]);
+        let mut back = vec![0i64];
+        back.extend(x.shape[1..].iter().map(|&d| d as i64));
+        let back = self.b.constant_i64(&format!("{name}/shape"), &back);
+        let ones = self.b.constant(&format!("{name}/ones"), &[g], &vec![1.0; g]);
+        let zeros = self.b.constant(&format!("{name}/zeros"), &[g], &vec![0.0; g]);
+        let rest: usize = x.shape[1..].iter().product::<usize>() / g;
+        let r = self.b.node(
+            "Reshape",
+            &format!("{name}/groups"),
+            &[&x.name, &grouped],
+            vec![],
+            vec![x.shape[0], g, rest],
+        );
+        let attrs = vec![float("epsilon", norm.eps() as f32)];
+        let n = self.b.node(
+            "InstanceNormalization",
+            &format!("{name}/normalize"),
+            &[&r.name, &ones, &zeros],
+            attrs,
+            r.shape.clone(),
+        );
+        let shape = x.shape.clone();
+        let p = tensors(norm);
+        let (Some((_, w)), Some((_, b))) = (p.get("weight"), p.get("bias")) else {
+            return Ok(self.b.node("Reshape", &name, &[&n.name, &back], vec![], shape));
+        };
+        let y = self.b.node(
+            "Reshape",
+            &format!("{name}/ungroup"),
+            &[&n.name, &back],
+            vec![],
+            shape.clone(),
+        );
+        let mut dims = vec![c];
+        dims.extend(std::iter::repeat_n(1, x.shape.len() - 2));
+        let w = self.b.constant(&format!("{key}.weight"), &dims, w);
+        let b = self.b.constant(&format!("{key}.bias"), &dims, b);
+        let scaled =
+            self.b.node("Mul", &format!("{name}/scale"), &[&y.name, &w], vec![], shape.clone());
+        Ok(self.b.node("Add", &name, &[&scaled.name, &b], vec![], shape))
+    }
+
+    /// InstanceNorm2d: `InstanceNormalization`, or with running statistics
+    /// (which eval mode then uses) `BatchNormalization` on them.
+    fn instance_norm<T: Float>(
+        &mut self,
+        norm: &InstanceNorm2d<T>,
+        key: &str,
+        x: Value,
+    ) -> Result<Value> {
+        let [_, c, _, _] = rank4(key, &x, "InstanceNorm2d")?;
+        let p = tensors(norm);
+        let (ones, zeros) = (vec![1.0; c], vec![0.0; c]);
+        let w = p.get("weight").map_or(&ones, |(_, v)| v);
+        let b = p.get("bias").map_or(&zeros, |(_, v)| v);
+        if w.len() != c {
+            return Err(shape_err(key, format!("InstanceNorm2d of {} channels got {c}", w.len())));
+        }
+        let wname = self.b.constant(&format!("{key}.weight"), &[c], w);
+        let bname = self.b.constant(&format!("{key}.bias"), &[c], b);
+        let attrs = vec![float("epsilon", norm.eps() as f32)];
+        let shape = x.shape.clone();
+        if let (Some((_, mean)), Some((_, var))) = (p.get("running_mean"), p.get("running_var")) {
+            let mean = self.b.constant(&format!("{key}.running_mean"), &[c], mean);
+            let var = self.b.constant(&format!("{key}.running_var"), &[c], var);
+            let inputs = [x.name.as_str(), &wname, &bname, &mean, &var];
+            return Ok(self.b.node(
+                "BatchNormalization",
+                &at(key, "BatchNormalization"),
+                &inputs,
+                attrs,
+                shape,
+            ));
+        }
+        let inputs = [x.name.as_str(), &wname, &bname];
+        Ok(self.b.node(
+            "InstanceNormalization",
+            &at(key, "InstanceNormalization"),
+            &inputs,
+            attrs,
+            shape,
         ))
     }
 
