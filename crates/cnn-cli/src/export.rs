@@ -32,7 +32,7 @@ The model is the network in eval mode: input `input` [batch, C, H, W] of
 normalized pixels ((x/255 - mean) / std, recorded in the file's metadata),
 output `logits` [batch, classes]. docs/deploy.md runs it in onnxruntime.")]
 pub struct ExportArgs {
-    /// The run directory of `cnn train`, `finetune` or `tune`.
+    /// The run directory of `cnn train` or `cnn finetune`.
     #[arg(long, required_unless_present = "weights", conflicts_with = "weights")]
     run: Option<PathBuf>,
     /// Which checkpoint of the run.
