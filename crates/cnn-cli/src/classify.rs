@@ -65,6 +65,24 @@ fn input_channels(dict: &StateDict, model: &dyn cnn_tensor::Layer<f32>) -> usize
         .unwrap_or(3)
 }
 
+/// Class names from a file, one per line in class order (blank lines
+/// skipped); an error for `op` when they are not `classes` names.
+///
+/// # Errors
+/// [`Error::Io`] when the file cannot be read, [`Error::Config`] for another count.
+pub fn read_labels(path: &Path, classes: usize, op: &'static str) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
+    let names: Vec<String> =
+        text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+    if names.len() != classes {
+        return Err(Error::config(
+            op,
+            format!("{} names {} classes, the network has {classes}", path.display(), names.len()),
+        ));
+    }
+    Ok(names)
+}
+
 /// A pretrained network built for `arch` with its weights from `weights`
 /// (a common key prefix stripped), for `size × size` inputs: the network,
 /// its class count (the head's first axis in the file) and input channels.
@@ -114,25 +132,7 @@ pub fn load_pretrained(
 /// Unreadable weights or labels; weights that do not fit the architecture.
 pub fn classify(req: &ClassifyRequest<'_>) -> Result<usize> {
     let (mut built, classes, channels) = load_pretrained(req.weights, req.arch, req.size)?;
-    let names: Option<Vec<String>> = match req.labels {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
-            let names: Vec<String> =
-                text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
-            if names.len() != classes {
-                return Err(Error::config(
-                    "eval",
-                    format!(
-                        "{} names {} classes, the network has {classes}",
-                        path.display(),
-                        names.len()
-                    ),
-                ));
-            }
-            Some(names)
-        }
-        None => None,
-    };
+    let names = req.labels.map(|path| read_labels(path, classes, "eval")).transpose()?;
     let (mean, std) = if channels == req.mean.len() {
         (req.mean.to_vec(), req.std.to_vec())
     } else {

@@ -13,13 +13,23 @@ use crate::data::DataSpec;
 use crate::parse_data;
 use crate::training_run::RunInfo;
 
-/// Which checkpoint of a run.
+/// Which checkpoint of a run (`cnn eval`, `cnn export`).
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum Which {
+pub(crate) enum Which {
     /// The end of the last epoch (the model `cnn train` reported on).
     Last,
     /// The epoch of the best validation accuracy.
     Best,
+}
+
+impl Which {
+    /// The checkpoint directory's name.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Which::Last => "last",
+            Which::Best => "best",
+        }
+    }
 }
 
 /// Arguments of `cnn eval`.
@@ -101,11 +111,7 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
             "give --run DIR, or --weights FILE with --image",
         ));
     };
-    let name = match args.checkpoint {
-        Which::Last => "last",
-        Which::Best => "best",
-    };
-    let dir = find_checkpoint(&run, name)?;
+    let dir = find_checkpoint(&run, args.checkpoint.name())?;
     let state = TrainerState::read(&dir)?;
     let info = RunInfo::from_metadata(&state.metadata, &run)?;
     let mut built = info.build_model()?;

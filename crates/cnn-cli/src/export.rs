@@ -4,22 +4,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use cnn_nn::{export_onnx_with, load_state_dict, OnnxConfig, ONNX_INPUT, ONNX_OUTPUT};
 use cnn_tensor::{Error, Result};
 use cnn_train::checkpoint::MODEL_FILE;
 use cnn_train::{find_checkpoint, TrainerState};
 
+use crate::eval::Which;
 use crate::training_run::RunInfo;
-
-/// Which checkpoint of a run.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Which {
-    /// The end of the last epoch.
-    Last,
-    /// The epoch of the best validation accuracy.
-    Best,
-}
 
 /// Arguments of `cnn export`.
 #[derive(Args, Debug)]
@@ -77,11 +69,7 @@ struct Source {
 }
 
 fn from_run(run: &std::path::Path, which: Which) -> Result<Source> {
-    let name = match which {
-        Which::Last => "last",
-        Which::Best => "best",
-    };
-    let dir = find_checkpoint(run, name)?;
+    let dir = find_checkpoint(run, which.name())?;
     let state = TrainerState::read(&dir)?;
     let info = RunInfo::from_metadata(&state.metadata, run)?;
     let mut built = info.build_model()?;
@@ -109,22 +97,7 @@ fn from_weights(args: &ExportArgs, weights: &std::path::Path) -> Result<Source> 
         (crate::finetune::IMAGENET_MEAN.to_vec(), crate::finetune::IMAGENET_STD.to_vec())
     });
     let names = match &args.labels {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
-            let names: Vec<String> =
-                text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
-            if names.len() != classes {
-                return Err(Error::config(
-                    "export",
-                    format!(
-                        "{} names {} classes, the network has {classes}",
-                        path.display(),
-                        names.len()
-                    ),
-                ));
-            }
-            names
-        }
+        Some(path) => crate::classify::read_labels(path, classes, "export")?,
         None => Vec::new(),
     };
     Ok(Source {
