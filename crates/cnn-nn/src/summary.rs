@@ -59,7 +59,8 @@ pub fn summary<T: Float>(
     Ok((rows, out))
 }
 
-fn short(type_name: &str) -> String {
+/// A Rust type name without its module path and generics (`Conv2d`).
+pub(crate) fn short(type_name: &str) -> String {
     let base = type_name.split('<').next().unwrap_or(type_name);
     base.rsplit("::").next().unwrap_or(base).to_string()
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use cnn_act::{Act, Activation, DropPath, Dropout};
 use cnn_conv::{
-    conv_out_len, pool_out_len, AdaptiveAvgPool2d, AvgPool2d, Conv2d, GlobalAvgPool2d, MaxPool2d,
+    pool_out_len, AdaptiveAvgPool2d, AvgPool2d, Conv2d, ConvGeometry, GlobalAvgPool2d, MaxPool2d,
     Pool2dOptions,
 };
 use cnn_norm::{BatchNorm, GroupNorm, InstanceNorm2d, LayerNorm, LayerNorm2d};
@@ -47,11 +47,6 @@ fn shown(key: &str) -> &str {
     } else {
         key
     }
-}
-
-fn short(type_name: &str) -> &str {
-    let base = type_name.split('<').next().unwrap_or(type_name);
-    base.rsplit("::").next().unwrap_or(base)
 }
 
 fn shape_err(key: &str, msg: impl std::fmt::Display) -> Error {
@@ -160,7 +155,7 @@ impl Exporter {
             key,
             format!(
                 "{} has no ONNX mapping (export knows this workspace's layers and containers that chain their children)",
-                short(layer.type_name())
+                crate::summary::short(layer.type_name())
             ),
         ))
     }
@@ -182,7 +177,8 @@ impl Exporter {
                 Some((join_key(prefix, n), bn))
             });
             if let (true, Some(conv), Some((bn_key, bn))) = (self.fold, conv, next_bn) {
-                if tensors(bn).contains_key("running_mean") {
+                // What fused inference folds: a BatchNorm2d with running statistics.
+                if bn.is_2d() && bn.eval_scale_shift().is_some() {
                     x = self.conv(conv, &key, x, Some((bn, &bn_key)))?;
                     i += 2;
                     continue;
@@ -201,16 +197,11 @@ impl Exporter {
         x: Value,
         bn: Option<(&BatchNorm<T>, &str)>,
     ) -> Result<Value> {
-        let [n, c, h, w] = rank4(key, &x, "Conv2d")?;
+        let [_, c, _, _] = rank4(key, &x, "Conv2d")?;
         let p = tensors(conv);
         let (wshape, mut weight) = p.get("weight").cloned().unwrap_or_default();
         let o = conv.options;
-        let [out_c, per_group, kh, kw] = wshape[..] else {
-            return Err(shape_err(
-                key,
-                format!("the weight is {wshape:?}, not [O, I/groups, kh, kw]"),
-            ));
-        };
+        let per_group = wshape.get(1).copied().unwrap_or(0);
         if per_group * o.groups != c {
             return Err(shape_err(
                 key,
@@ -221,22 +212,32 @@ impl Exporter {
                 ),
             ));
         }
-        let oh = conv_out_len(h, kh, o.stride[0], o.padding[0], o.dilation[0]);
-        let ow = conv_out_len(w, kw, o.stride[1], o.padding[1], o.dilation[1]);
-        let (Some(oh), Some(ow)) = (oh, ow) else {
-            return Err(shape_err(key, format!("the kernel does not fit an input of {h}×{w}")));
-        };
+        // The conv's own checks and output size.
+        let g = ConvGeometry::new(&x.shape, &wshape, &o).map_err(|e| shape_err(key, e))?;
+        let (out_c, [kh, kw]) = (g.c_out, [g.kh, g.kw]);
         let mut bias = p.get("bias").map(|(_, b)| b.clone());
         let mut doc = None;
         if let Some((bn, bn_key)) = bn {
-            let (scale, shift) = bn_affine(bn, bn_key, out_c)?;
+            // The map fused inference folds (`y = x·scale + shift`), in f64 here.
+            let Some((scale, shift)) = bn.eval_scale_shift() else {
+                return Err(config_err(bn_key, "no running statistics to fold"));
+            };
+            if scale.len() != out_c {
+                return Err(shape_err(
+                    bn_key,
+                    format!("BatchNorm of {} channels after a conv of {out_c}", scale.len()),
+                ));
+            }
+            let f = |v: T| v.to_f64().unwrap_or(f64::NAN);
             let per_out = weight.len() / out_c;
             for (oc, row) in weight.chunks_exact_mut(per_out).enumerate() {
-                row.iter_mut().for_each(|v| *v = (f64::from(*v) * scale[oc]) as f32);
+                row.iter_mut().for_each(|v| *v = (f64::from(*v) * f(scale[oc])) as f32);
             }
             let b = bias.unwrap_or_else(|| vec![0.0; out_c]);
             bias = Some(
-                (0..out_c).map(|oc| (f64::from(b[oc]) * scale[oc] + shift[oc]) as f32).collect(),
+                (0..out_c)
+                    .map(|oc| (f64::from(b[oc]) * f(scale[oc]) + f(shift[oc])) as f32)
+                    .collect(),
             );
             doc = Some(format!("{key} with {bn_key} folded in"));
         }
@@ -253,7 +254,7 @@ impl Exporter {
             int("group", o.groups as i64),
         ];
         let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-        let y = self.b.node("Conv", &at(key, "Conv"), &inputs, attrs, vec![n, out_c, oh, ow]);
+        let y = self.b.node("Conv", &at(key, "Conv"), &inputs, attrs, vec![g.n, out_c, g.ho, g.wo]);
         if let Some(node) = self.b.nodes.last_mut() {
             node.doc_string = doc;
         }
@@ -717,31 +718,4 @@ impl Exporter {
         }
         self.add(&at(key, "Add"), &h, &x)
     }
-}
-
-/// The per-channel `scale` and `shift` of an eval-mode BatchNorm
-/// (`y = x·scale + shift`), in f64, to fold into the conv before it.
-fn bn_affine<T: Float>(
-    bn: &BatchNorm<T>,
-    key: &str,
-    channels: usize,
-) -> Result<(Vec<f64>, Vec<f64>)> {
-    let p = tensors(bn);
-    let get =
-        |k: &str| p.get(k).map(|(_, v)| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>());
-    let (Some(mean), Some(var)) = (get("running_mean"), get("running_var")) else {
-        return Err(config_err(key, "no running statistics to fold"));
-    };
-    if mean.len() != channels {
-        return Err(shape_err(
-            key,
-            format!("BatchNorm of {} channels after a conv of {channels}", mean.len()),
-        ));
-    }
-    let gamma = get("weight").unwrap_or_else(|| vec![1.0; channels]);
-    let beta = get("bias").unwrap_or_else(|| vec![0.0; channels]);
-    let eps = bn.config.eps;
-    let scale: Vec<f64> = (0..channels).map(|c| gamma[c] / (var[c] + eps).sqrt()).collect();
-    let shift = (0..channels).map(|c| beta[c] - mean[c] * scale[c]).collect();
-    Ok((scale, shift))
 }
