@@ -407,9 +407,7 @@ impl Trainer {
             loss,
         })
     }
-}
 
-impl Trainer {
     /// A new event file in `dir`: a resumed run's marks its first step (so
     /// TensorBoard drops later steps of earlier files), then the images.
     fn open_board(&self, dir: &Path, state: &TrainerState) -> Result<EventWriter> {
@@ -629,8 +627,7 @@ impl<T: Float> Run<T> {
         let report = val.map(|v| evaluate_distributed(model, v, &*self.group)).transpose()?;
         self.times.validation += clock.elapsed().as_secs_f64();
         let p = std::mem::take(&mut self.state.partial);
-        self.confusion = report.as_ref().map(|r| r.confusion.clone());
-        Ok(EpochRecord {
+        let record = EpochRecord {
             epoch: self.state.epoch + 1,
             train_loss: p.loss_sum / p.seen.max(1) as f64,
             train_accuracy: p.correct as f64 / p.seen.max(1) as f64,
@@ -640,7 +637,12 @@ impl<T: Float> Run<T> {
             lr: self.lr,
             seconds: p.train_seconds + clock.elapsed().as_secs_f64(),
             images_per_second: p.seen as f64 / p.train_seconds.max(1e-9),
-        })
+        };
+        // Kept for the TensorBoard image only, and moved, not copied.
+        if self.board.is_some() {
+            self.confusion = report.map(|r| r.confusion);
+        }
+        Ok(record)
     }
 
     /// The end of an epoch: the record in the history, the writes (a failed

@@ -115,6 +115,11 @@ fn a_run_logs_every_step_and_epoch_with_valid_records() {
     std::fs::write(&bad, bytes).unwrap();
     let err = read_events(&bad).unwrap_err().to_string();
     assert!(err.contains("CRC does not match"), "{err}");
+    // A file cut short (a killed writer) is named as truncated, not a panic.
+    let whole = std::fs::read(&files[0]).unwrap();
+    std::fs::write(&bad, &whole[..whole.len() - 3]).unwrap();
+    let err = read_events(&bad).unwrap_err().to_string();
+    assert!(err.contains("truncated record"), "{err}");
 }
 
 #[test]

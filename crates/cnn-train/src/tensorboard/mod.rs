@@ -88,12 +88,11 @@ impl EventWriter {
     pub fn write(&mut self, event: &Event) -> Result<()> {
         let data = event.encode_to_vec();
         let len = (data.len() as u64).to_le_bytes();
-        let mut record = Vec::with_capacity(data.len() + 16);
-        record.extend_from_slice(&len);
-        record.extend_from_slice(&masked_crc(&len).to_le_bytes());
-        record.extend_from_slice(&data);
-        record.extend_from_slice(&masked_crc(&data).to_le_bytes());
-        self.out.write_all(&record).map_err(|e| Error::io("write", &self.path, e))
+        // The four parts straight into the buffer: the frame, then the event.
+        [&len[..], &masked_crc(&len).to_le_bytes(), &data, &masked_crc(&data).to_le_bytes()]
+            .iter()
+            .try_for_each(|part| self.out.write_all(part))
+            .map_err(|e| Error::io("write", &self.path, e))
     }
 
     /// Writes `values` as one summary at `step`.
@@ -197,7 +196,9 @@ pub fn read_events(path: &Path) -> Result<Vec<Event>> {
             return Err(bad(at, "the length's CRC does not match"));
         }
         let n = u64::from_le_bytes(len.try_into().map_err(|_| bad(at, "length"))?) as usize;
-        let end = (at + 12).checked_add(n).filter(|&e| e + 4 <= bytes.len());
+        let end = (at + 12)
+            .checked_add(n)
+            .filter(|&e| e.checked_add(4).is_some_and(|stop| stop <= bytes.len()));
         let Some(end) = end else { return Err(bad(at, "truncated record")) };
         let data = &bytes[at + 12..end];
         let crc = &bytes[end..end + 4];
