@@ -76,13 +76,21 @@ fn from_run(run: &std::path::Path, which: Which) -> Result<Source> {
     load_state_dict(&mut *built.model, &dir.join(MODEL_FILE), cnn_nn::LoadMode::Strict)?;
     // Gray images are repeated into RGB for three-channel networks.
     let channels = if built.rgb { 3 } else { info.image[0] };
-    let repeat = |v: &[f64]| if v.len() == channels { v.to_vec() } else { vec![v[0]; channels] };
+    // One value per channel; a gray run's single value repeated for RGB.
+    let repeat = |v: &[f64], what: &str| match v {
+        _ if v.len() == channels => Ok(v.to_vec()),
+        [one] => Ok(vec![*one; channels]),
+        _ => Err(Error::format(
+            dir.display(),
+            format!("the run's {what} has {} values for {channels} channels", v.len()),
+        )),
+    };
     Ok(Source {
         arch: info.arch.clone(),
         image: [channels, info.image[1], info.image[2]],
         classes: info.classes.clone(),
-        mean: repeat(&info.mean),
-        std: repeat(&info.std),
+        mean: repeat(&info.mean, "mean")?,
+        std: repeat(&info.std, "std")?,
         from: format!("{} after epoch {}", dir.display(), state.epoch),
         built,
     })

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Args;
-use cnn_data::{channel_stats_with, preview_grid, Dataset, ImageFolder, SampleName};
+use cnn_data::{
+    channel_stats_with, first_of_each_class, preview_grid, Dataset, ImageFolder, SampleName,
+};
 use cnn_tensor::untrusted::contain_panic;
 use cnn_tensor::{Error, Result};
 
@@ -96,20 +98,11 @@ pub fn preview(args: PreviewArgs) -> Result<ExitCode> {
     let splits = data::load(spec, &args.data.split_options())?;
     let (policy, _) = bad_samples(&args.data);
     let image = splits.image_shape(&policy)?;
-    let classes = splits.classes().len().max(1);
     // The first sample of each class in turn, so the rows show the classes.
-    let mut picked = Vec::new();
-    let mut next_class = 0;
-    for i in 0..splits.train.len() {
-        if picked.len() == args.samples {
-            break;
-        }
-        let Some((img, label)) = policy.read(&*splits.train, i, i as u64)? else { continue };
-        if label == next_class % classes {
-            picked.push(img);
-            next_class += 1;
-        }
-    }
+    let train = &*splits.train;
+    let picked = first_of_each_class(train, args.samples, |i| {
+        Ok(policy.read(train, i, i as u64)?.map(|(img, _)| img))
+    })?;
     let pipe = augmentations(&augs, image)?;
     let scale = (96 / image[1].max(image[2])).clamp(1, 12);
     preview_grid(&picked, &pipe, args.draws, args.seed, scale, &args.out)?;

@@ -318,25 +318,17 @@ impl RunInfo {
     }
 
     /// A PNG grid of the training augmentation on the first sample of each
-    /// class in turn (up to eight, the original then six draws): what
+    /// class in turn ([`cnn_data::first_of_each_class`], up to eight; the
+    /// original then six draws): what
     /// `cnn augment-preview` draws, logged to TensorBoard at the first step.
     ///
     /// # Errors
     /// A bad augmentation spec; no readable sample.
     pub fn augmentation_grid(&self, train: &dyn Dataset) -> Result<Vec<u8>> {
         let augs = parse_augment(&self.augment, &self.data_spec()?)?;
-        let classes = train.classes().len().max(1);
-        let mut picked = Vec::new();
-        for i in 0..train.len().min(10_000) {
-            if picked.len() == 8.min(classes) {
-                break;
-            }
-            if let Ok((img, label)) = train.get(i) {
-                if label == picked.len() % classes {
-                    picked.push(img);
-                }
-            }
-        }
+        // An unreadable image is passed over here; the run itself reports it.
+        let picked =
+            cnn_data::first_of_each_class(train, 8, |i| Ok(train.get(i).ok().map(|s| s.0)))?;
         let pipe = crate::augment_spec::augmentations(&augs, self.image)?;
         let scale = (96 / self.image[1].max(self.image[2]).max(1)).clamp(1, 12);
         cnn_data::preview_grid_png(&picked, &pipe, 6, self.seed, scale)

@@ -39,5 +39,5 @@ pub use folder::{read_image, read_image_limited, ImageFolder, MAX_DECODED_BYTES,
 pub use idx::IdxDataset;
 pub use loader::{shard_range, Batch, DataLoader};
 pub use memory::{Resized, TensorDataset};
-pub use preview::{preview_grid, preview_grid_png};
+pub use preview::{first_of_each_class, preview_grid, preview_grid_png};
 pub use stats::{channel_stats, channel_stats_with};

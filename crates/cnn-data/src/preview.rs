@@ -3,6 +3,8 @@
 use std::path::Path;
 
 use cnn_augment::Transform;
+
+use crate::Dataset;
 use cnn_tensor::random::seeded_rng;
 use cnn_tensor::{write_atomic, Error, Result};
 use ndarray::Array3;
@@ -76,4 +78,34 @@ pub fn preview_grid_png(
         .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
         .map_err(|e| Error::format("preview grid", e.to_string()))?;
     Ok(bytes)
+}
+
+/// Up to `n` samples, the first of each class in turn (class 0, 1, …, then
+/// again from 0), so that a preview grid shows one class per row. Labels
+/// come from [`Dataset::label`] (no image is decoded to find them; a label
+/// that cannot be read skips its sample); `read` reads a picked sample, and
+/// its `None` (an unreadable image under a skip policy) moves on to the next
+/// sample of the same class.
+///
+/// # Errors
+/// Whatever `read` returns.
+pub fn first_of_each_class(
+    dataset: &dyn Dataset,
+    n: usize,
+    mut read: impl FnMut(usize) -> Result<Option<Array3<f32>>>,
+) -> Result<Vec<Array3<f32>>> {
+    let classes = dataset.classes().len().max(1);
+    let mut picked = Vec::new();
+    for i in 0..dataset.len() {
+        if picked.len() == n {
+            break;
+        }
+        if dataset.label(i).ok() != Some(picked.len() % classes) {
+            continue;
+        }
+        if let Some(img) = read(i)? {
+            picked.push(img);
+        }
+    }
+    Ok(picked)
 }

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use cnn_augment::{Compose, RandomHorizontalFlip};
-use cnn_data::{preview_grid, Dataset, Digits, ImageFolder};
+use cnn_data::{first_of_each_class, preview_grid, Dataset, Digits, ImageFolder, TensorDataset};
 use cnn_tensor::Error;
 
 fn dir(name: &str) -> tempfile::TempDir {
@@ -63,4 +63,22 @@ fn preview_grid_writes_a_png() {
     preview_grid(&samples, &pipeline, 4, 1, 4, &path).unwrap();
     let img = image::open(&path).unwrap();
     assert_eq!((img.width(), img.height()), (5 * (8 * 4 + 2), 3 * (8 * 4 + 2)));
+}
+
+#[test]
+fn previews_take_the_first_sample_of_each_class_in_turn() {
+    // One-pixel samples whose value is their index; labels out of order.
+    let labels = vec![1, 1, 0, 2, 0, 1, 2, 0];
+    let classes = vec!["a".into(), "b".into(), "c".into()];
+    let values: Vec<f32> = (0..labels.len()).map(|i| i as f32).collect();
+    let data = TensorDataset::new([1, 1, 1], values, labels, classes).unwrap();
+    let index = |picked: Vec<ndarray::Array3<f32>>| -> Vec<usize> {
+        picked.iter().map(|a| a[[0, 0, 0]] as usize).collect()
+    };
+    let all = first_of_each_class(&data, 5, |i| Ok(Some(data.get(i)?.0))).unwrap();
+    // Classes 0, 1, 2, then 0 and 1 again, each at its next sample.
+    assert_eq!(index(all), [2, 5, 6, 7]);
+    // An unreadable pick moves on to the next sample of its class.
+    let skip = first_of_each_class(&data, 3, |i| Ok((i != 2).then(|| data.get(i).unwrap().0)));
+    assert_eq!(index(skip.unwrap()), [4, 5, 6]);
 }
