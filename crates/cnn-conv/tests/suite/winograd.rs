@@ -5,7 +5,7 @@
 //! algorithm switch; determinism across thread counts.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use cnn_conv::naive::{conv2d_backward_naive, conv2d_forward_naive};
 use cnn_conv::{conv2d_backward, conv2d_forward, Conv2dOptions, ConvAlgorithm};

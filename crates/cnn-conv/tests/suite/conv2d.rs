@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // test helpers unwrap like the tests themselves
 
-mod common;
+use crate::common;
 
 use cnn_conv::naive::{conv2d_backward_naive, conv2d_forward_naive};
 use cnn_conv::{

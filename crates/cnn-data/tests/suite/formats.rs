@@ -7,7 +7,7 @@ use std::path::Path;
 
 use cnn_data::{Cifar, Dataset, IdxDataset};
 
-mod common;
+use crate::common;
 use cnn_tensor::Error;
 use common::{gz, idx_images, idx_labels};
 use proptest::prelude::*;

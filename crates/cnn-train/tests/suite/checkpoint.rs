@@ -184,7 +184,7 @@ fn killed_writers_leave_a_loadable_checkpoint() {
         let mut child = Command::new(&exe)
             .args([
                 "--exact",
-                "checkpoint_writer_child",
+                "checkpoint::checkpoint_writer_child",
                 "--ignored",
                 "--nocapture",
                 "--test-threads=1",

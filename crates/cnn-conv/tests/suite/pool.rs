@@ -1,7 +1,7 @@
 //! Pools: fast kernels against naive twins, backward against central
 //! differences, determinism, and errors.
 
-mod common;
+use crate::common;
 
 use cnn_conv::pool_naive::{avg_pool2d_forward_naive, max_pool2d_forward_naive};
 use cnn_conv::{

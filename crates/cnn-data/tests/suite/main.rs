@@ -1,0 +1,13 @@
+//! cnn-data's integration tests in one binary. Each module was a test file of
+//! its own; linked as one, the workspace's generic code is compiled and
+//! optimized once for all of them instead of once per file, which was most
+//! of CI's build time.
+//! Apart: `fuzz`, whose counting global allocator must see one test at a
+//! time.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod folder;
+mod formats;
+mod loader;

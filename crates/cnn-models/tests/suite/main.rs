@@ -1,0 +1,10 @@
+//! cnn-models's integration tests in one binary. Each module was a test file of
+//! its own; linked as one, the workspace's generic code is compiled and
+//! optimized once for all of them instead of once per file, which was most
+//! of CI's build time.
+
+mod buffer_reuse;
+mod fusion;
+mod onnx_export;
+mod resnet;
+mod state_dict;
