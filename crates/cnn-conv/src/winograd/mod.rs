@@ -26,6 +26,7 @@
 //! output plane. Each output is computed by one task in a fixed order, so
 //! results do not depend on the thread count.
 
+mod blocked;
 mod transforms;
 
 use cnn_tensor::scratch::Scratch as Pooled;
@@ -95,9 +96,13 @@ fn transform_input<T: Float>(
     });
 }
 
-/// Columns of a chunk's α² GEMMs (its tiles): what the weight transform is
-/// packed for, and what a cache keys it by.
-pub(crate) fn gemm_cols<T>(tile: Tile, g: &ConvGeometry) -> usize {
+/// Columns of the forward's α² GEMMs (a block's tiles, or a chunk's on the
+/// phase-by-phase path): what the weight transform is packed for, and what
+/// a cache keys it by.
+pub(crate) fn gemm_cols<T: Float>(tile: Tile, g: &ConvGeometry) -> usize {
+    if blocked::applies::<T>(tile, g) {
+        return blocked::block_tiles::<T>(tile, g);
+    }
     let grid = Grid::new(tile, g);
     grid.per_sample() * grid.samples_per_chunk::<T>(g)
 }
@@ -105,8 +110,29 @@ pub(crate) fn gemm_cols<T>(tile: Tile, g: &ConvGeometry) -> usize {
 /// `y = epilogue(conv3x3(x, w) + b)` by Winograd `tile`, for `g` (stride 1,
 /// dilation 1; any padding, groups and sizes), with `u` the weight transform
 /// ([`transform_weights`] of `w` for [`gemm_cols`]). `y` is `[n, c_out, ho, wo]`,
-/// written whole; the epilogue runs in the output transform.
+/// written whole; the epilogue runs in the output transform. By blocks of
+/// tiles where the products run in the micro-kernel (`blocked.rs`), else
+/// phase by phase: the same bits.
 pub(crate) fn forward<T: Float>(
+    tile: Tile,
+    g: &ConvGeometry,
+    x: &[T],
+    u: &[Vec<PackedLhs<T>>],
+    b: Option<&[T]>,
+    y: &mut [T],
+    epilogue: Epilogue,
+) {
+    if blocked::applies::<T>(tile, g) && blocked::pays(tile, g) {
+        blocked::forward(tile, g, x, u, b, y, epilogue);
+    } else {
+        forward_by_phases(tile, g, x, u, b, y, epilogue);
+    }
+}
+
+/// [`forward`] one step at a time over chunks of samples: every tile's input
+/// transform, then the α² products over all of them, then every output
+/// transform (the path of f64, and of f32 below AVX2).
+fn forward_by_phases<T: Float>(
     tile: Tile,
     g: &ConvGeometry,
     x: &[T],
@@ -331,23 +357,9 @@ impl<T: Float> PaddedPlanes<T> {
         (height, width): (usize, usize),
     ) -> Self {
         let area = height * width;
-        // Written whole below: zeros around the copied planes.
+        // Written whole: zeros around the copied planes.
         let mut data = Pooled::<T>::take(samples * area);
-        for si in 0..samples {
-            let src = &planes.data[si * planes.stride + planes.first * h * w..][..h * w];
-            let dst = &mut data[si * area..(si + 1) * area];
-            // Padded row r holds row r − top; column q column q − left.
-            for (r, row) in dst.chunks_mut(width).enumerate() {
-                let Some(ih) = r.checked_sub(top).filter(|&ih| ih < h) else {
-                    row.fill(T::zero());
-                    continue;
-                };
-                let (lo, hi) = (left.min(width), (left + w).min(width));
-                row[..lo].fill(T::zero());
-                row[lo..hi].copy_from_slice(&src[ih * w..ih * w + (hi - lo)]);
-                row[hi..].fill(T::zero());
-            }
-        }
+        copy_padded(planes, (h, w), (top, left), (height, width), &mut data[..samples * area]);
         PaddedPlanes { data, width, area, m, cols: grid.cols, rows: grid.rows }
     }
 
@@ -383,6 +395,32 @@ impl<T: Float> PaddedPlanes<T> {
         }
         // A chunk's V is bounded to tens of MiB: offsets fit 32 bits.
         u32::try_from(offset).expect("a chunk's planes fit 32-bit offsets")
+    }
+}
+
+/// The planes of `planes` (`h × w`, one per sample, as many as `dst` holds
+/// planes of `height × width`), each copied with its top-left corner at
+/// `(top, left)`, zeros around: `dst` is written whole.
+fn copy_padded<T: Float>(
+    planes: Planes<'_, T>,
+    (h, w): (usize, usize),
+    (top, left): (usize, usize),
+    (height, width): (usize, usize),
+    dst: &mut [T],
+) {
+    for (si, dst) in dst.chunks_mut(height * width).enumerate() {
+        let src = &planes.data[si * planes.stride + planes.first * h * w..][..h * w];
+        // Padded row r holds row r − top; column q column q − left.
+        for (r, row) in dst.chunks_mut(width).enumerate() {
+            let Some(ih) = r.checked_sub(top).filter(|&ih| ih < h) else {
+                row.fill(T::zero());
+                continue;
+            };
+            let (lo, hi) = (left.min(width), (left + w).min(width));
+            row[..lo].fill(T::zero());
+            row[lo..hi].copy_from_slice(&src[ih * w..ih * w + (hi - lo)]);
+            row[hi..].fill(T::zero());
+        }
     }
 }
 
