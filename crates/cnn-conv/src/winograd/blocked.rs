@@ -33,7 +33,8 @@ use crate::matrix::{mat_mut, SharedOut};
 use crate::ConvGeometry;
 use cnn_tensor::scratch::Scratch as Pooled;
 
-/// Bytes of a block's `V` and `M` together: half of a Zen 2 core's L2.
+/// Bytes of a block's `V` and `M` together: half of a Zen 2 core's L2
+/// (128 KiB to 1 MiB measured the same on ResNet-20's Winograd layers).
 const BLOCK_BYTES: usize = 256 << 10;
 
 /// Whether the forward runs by blocks: when the products run in the
