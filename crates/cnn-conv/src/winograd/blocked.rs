@@ -22,7 +22,7 @@
 //! same bits, and the block size may follow the thread count without
 //! changing a result.
 
-use cnn_tensor::{gemm_prepacked, Float, PackedLhs};
+use cnn_tensor::{gemm_prepacked, Float, PackedLhs, RhsPanels};
 use rayon::prelude::*;
 
 use super::transforms::{gather_patches, input_transform, output_transform, Lanes};
@@ -41,9 +41,8 @@ const BLOCK_BYTES: usize = 256 << 10;
 /// micro-kernel, which can read `V` already packed (f32 at AVX2 or AVX-512),
 /// and a channel's padded planes of the whole batch have 32-bit offsets.
 pub(super) fn applies<T: Float>(tile: Tile, g: &ConvGeometry) -> bool {
-    let grid = Grid::new(tile, g);
-    let (m, alpha) = (tile.m(), tile.alpha());
-    let area = (grid.rows * m + alpha - m) * (grid.cols * m + alpha - m);
+    let (height, width) = Grid::new(tile, g).padded_size();
+    let area = height * width;
     PackedLhs::<T>::uses_kernel() && g.n.checked_mul(area).is_some_and(|v| v <= u32::MAX as usize)
 }
 
@@ -110,7 +109,7 @@ fn forward_tile<T: Float, const A: usize, const M: usize>(
     // Each input channel's planes, zero-padded so that every patch lies
     // inside (`[c][sample][height × width]`): one pass over the group's input,
     // then gathers without checks. One buffer of the calling thread's pool.
-    let (height, width) = (grid.rows * M + A - M, grid.cols * M + A - M);
+    let (height, width) = grid.padded_size();
     let area = height * width;
     let corner = (g.opts.padding[0], g.opts.padding[1]);
     let mut padded = Pooled::<T>::take(cg * g.n * area);
@@ -130,7 +129,7 @@ fn forward_tile<T: Float, const A: usize, const M: usize>(
             // From this thread's pool: written before read (V whole, M by β = 0).
             let mut vm = Pooled::<T>::take(A * A * (v_len + m_len));
             let (v, m) = vm[..A * A * (v_len + m_len)].split_at_mut(A * A * v_len);
-            block.transform_input::<A, T>(&padded, v, v_len, |c, col| layout.index(c, col));
+            block.transform_input::<A, T>(&padded, v, &layout);
             for (xi, (v_xi, m_xi)) in v.chunks(v_len).zip(m.chunks_mut(m_len)).enumerate() {
                 let m_xi = mat_mut(m_xi, cog, tiles, tiles);
                 gemm_prepacked(&u[xi], v_xi, tiles, T::zero(), m_xi)
@@ -174,22 +173,21 @@ impl Block<'_> {
         (si, r / self.grid.cols, r % self.grid.cols)
     }
 
-    /// `V[ξ]` of every channel for the block's tiles, each `V[ξ]` (`v_len`
-    /// values from `ξ·v_len`) in the panel layout `at(c, col)` gives, 16
-    /// tiles a lane group; lanes past the block's tiles are written as 0,
-    /// as the panels' padding must be.
+    /// `V[ξ]` of every channel for the block's tiles, each `V[ξ]` in the
+    /// micro-kernel's panels (`layout`, from `ξ·layout.len()`), 16 tiles a
+    /// lane group; lanes past the block's tiles are written as 0, as the
+    /// panels' padding must be.
     fn transform_input<const A: usize, T: Float>(
         &self,
         padded: &Padded<'_, T>,
         v: &mut [T],
-        v_len: usize,
-        at: impl Fn(usize, usize) -> usize,
+        layout: &RhsPanels,
     ) {
         let (m, width, area) = (self.grid.tile.m(), padded.width, padded.area);
-        let channels = padded.data.len() / padded.channel;
+        let v_len = layout.len();
         // The patch offsets of each lane group, the same in every channel's
         // planes; lane groups cover the panels' padded columns.
-        let groups: Vec<([u32; LANES], usize, usize)> = (0..v_len / channels / LANES)
+        let groups: Vec<([u32; LANES], usize, usize)> = (0..layout.padded_cols() / LANES)
             .map(|q| {
                 let mut offsets = [0u32; LANES];
                 let lanes = LANES.min(self.tiles.saturating_sub(q * LANES));
@@ -208,7 +206,7 @@ impl Block<'_> {
             for (q, (offsets, max, lanes)) in groups.iter().enumerate() {
                 gather_patches::<T>(data, offsets, *max, A, width, &mut d);
                 input_transform(self.grid.tile, &d, &mut out);
-                let start = at(c, q * LANES);
+                let start = layout.index(c, q * LANES);
                 for (xi, o) in out.iter().enumerate().take(A * A) {
                     let dst: &mut [T; LANES] =
                         (&mut v[xi * v_len + start..][..LANES]).try_into().expect("LANES values");
@@ -333,8 +331,8 @@ mod tests {
 
     /// On 1, 2, 3 and 16 threads (blocks of other sizes each time) the
     /// blocked forward gives the same bits, and ResNet-20's 64-channel layer
-    /// at batch 128 takes the blocked path while ResNet-18's 128-channel
-    /// layer at batch 1 (49 tiles) does not.
+    /// at batch 128 takes the blocked path (in f32, where the micro-kernel
+    /// runs) while ResNet-18's 128-channel layer at batch 1 (49 tiles) does not.
     #[test]
     fn thread_counts_change_the_blocks_not_the_bits() {
         let opts = Conv2dOptions::default().with_padding(1);
@@ -358,6 +356,8 @@ mod tests {
         let resnet18 = ConvGeometry::new(&[1, 128, 28, 28], &[128, 128, 3, 3], &opts).unwrap();
         let two = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
         two.install(|| {
+            assert_eq!(applies::<f32>(Tile::F4, &resnet20), PackedLhs::<f32>::uses_kernel());
+            assert!(!applies::<f64>(Tile::F4, &resnet20), "f64 has no micro-kernel");
             assert!(pays(Tile::F4, &resnet20));
             assert!(!pays(Tile::F4, &resnet18));
         });

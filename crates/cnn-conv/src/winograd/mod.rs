@@ -67,6 +67,13 @@ impl Grid {
         self.rows * self.cols
     }
 
+    /// `(height, width)` of an input plane zero-padded so that every tile's
+    /// `α × α` patch lies inside: `rows·m + α − m` by `cols·m + α − m`.
+    fn padded_size(&self) -> (usize, usize) {
+        let (m, alpha) = (self.tile.m(), self.tile.alpha());
+        (self.rows * m + alpha - m, self.cols * m + alpha - m)
+    }
+
     /// Samples per chunk: as many as keep a chunk's transformed input `V` and
     /// GEMM side `M` (α² values per tile and channel) near [`CHUNK_BYTES`].
     fn samples_per_chunk<T>(&self, g: &ConvGeometry) -> usize {
@@ -317,9 +324,9 @@ impl<T: Float> PaddedPlanes<T> {
         planes: Planes<'_, T>,
         samples: usize,
     ) -> Self {
-        let (height, width) = (grid.rows * M + A - M, grid.cols * M + A - M);
+        debug_assert_eq!((A, M), (grid.tile.alpha(), grid.tile.m()));
         let corner = (g.opts.padding[0], g.opts.padding[1]);
-        Self::copied(grid, M, planes, samples, (g.h, g.w), corner, (height, width))
+        Self::copied(grid, M, planes, samples, (g.h, g.w), corner, grid.padded_size())
     }
 
     /// The output-gradient planes of `planes` (`g.ho × g.wo`) padded with
