@@ -42,6 +42,16 @@ fn layers() -> Vec<Maker> {
     ]
 }
 
+/// The kernels' view of GroupNorm(32, 64) on [`SHAPE`]: 32 groups a sample,
+/// γ and β per channel.
+fn group_norm_axes(len: usize) -> (cnn::norm::NormAxes, cnn::norm::AffineAxes) {
+    let groups = SHAPE[0] * 32;
+    let axes = cnn::norm::NormAxes { outer: 1, groups, inner: len / groups };
+    let af =
+        cnn::norm::AffineAxes { outer: SHAPE[0], features: SHAPE[1], inner: SHAPE[2] * SHAPE[3] };
+    (axes, af)
+}
+
 fn bench(c: &mut Criterion) {
     let x: ArrayD<f32> = normal(&SHAPE, 0.0, 1.0, &mut seeded_rng(1));
     let dy: ArrayD<f32> = normal(&SHAPE, 0.0, 1.0, &mut seeded_rng(2));
@@ -67,16 +77,7 @@ fn bench(c: &mut Criterion) {
             // 0.31 ms on a Zen 2), so the gap is x's cache state, not the layer.
             let (gamma, beta) = (vec![1.0f32; SHAPE[1]], vec![0.0f32; SHAPE[1]]);
             let xs = x.as_slice().expect("contiguous");
-            let axes = cnn::norm::NormAxes {
-                outer: 1,
-                groups: SHAPE[0] * 32,
-                inner: xs.len() / (SHAPE[0] * 32),
-            };
-            let af = cnn::norm::AffineAxes {
-                outer: SHAPE[0],
-                features: SHAPE[1],
-                inner: SHAPE[2] * SHAPE[3],
-            };
+            let (axes, af) = group_norm_axes(xs.len());
             fwd.bench_function(BenchmarkId::new("kernel", id), |b| {
                 b.iter(|| {
                     let affine = cnn::norm::Affine { gamma: &gamma, beta: &beta, axes: af };
@@ -123,11 +124,43 @@ fn bench(c: &mut Criterion) {
                 BatchSize::PerIteration,
             )
         });
+        if name == "group_norm_g32" {
+            // Both kernels on a borrowed x and dy, as PyTorch's script reads
+            // the same x and dy every call (the layer row clones both first:
+            // see the forward's kernel row). Same work as the layer: the
+            // statistics, y, then dx, dγ and dβ.
+            let (gamma, beta) = (vec![1.0f32; SHAPE[1]], vec![0.0f32; SHAPE[1]]);
+            let (xs, dys) = (x.as_slice().expect("contiguous"), dy.as_slice().expect("contiguous"));
+            let (axes, af) = group_norm_axes(xs.len());
+            both.bench_function(BenchmarkId::new("kernel", id), |b| {
+                b.iter(|| {
+                    let affine = || cnn::norm::Affine { gamma: &gamma, beta: &beta, axes: af };
+                    let (y, mean, var) =
+                        cnn::norm::normalize_fused(xs, axes, 1e-5, Some(affine())).expect("fwd");
+                    let rstd = cnn::norm::rstd(&var, 1e-5);
+                    let grads = cnn::norm::normalize_backward_fused(
+                        xs,
+                        dys,
+                        axes,
+                        &mean,
+                        &rstd,
+                        Some(affine()),
+                    )
+                    .expect("bwd");
+                    (y, grads)
+                })
+            });
+        }
         both.finish();
     }
 }
 
 fn config() -> Criterion {
+    // As the `cnn` binary sets it (and benches/resnet.rs): freed pages stay
+    // with the process (no purge), so each call's 8 MB output and the cached
+    // x it replaces reuse memory instead of faulting in fresh zeroed pages.
+    // SAFETY: sets a global option before the benchmarks run; mimalloc reads it on each purge.
+    unsafe { libmimalloc_sys::mi_option_set(15, -1) };
     Criterion::default()
         .sample_size(20)
         .warm_up_time(Duration::from_millis(500))

@@ -43,10 +43,13 @@ for name in CONV:
 for op in ["batch_norm2d", "group_norm_g32", "gelu"]:
     ROWS.append((f"{op} fwd", f"{op}_fwd/n32_c64_32x32", f"na:{op}:fwd"))
     ROWS.append((f"{op} fwd+bwd", f"{op}_fwd_bwd/n32_c64_32x32", f"na:{op}:both"))
-# The GroupNorm kernel on a borrowed x, as PyTorch's script reads its one x
-# every call (our layer row clones x first, and meets 8 MB just written).
+# The GroupNorm kernels on a borrowed x (and dy), as PyTorch's script reads its
+# one x and dy every call (our layer rows clone them first, and the kernel then
+# reads 8 MB from memory that PyTorch's finds in cache).
 ROWS.insert(-3, ("group_norm_g32 fwd, kernel on a borrowed x", "group_norm_g32_fwd/kernel/n32_c64_32x32",
                  "na:group_norm_g32:fwd"))
+ROWS.insert(-2, ("group_norm_g32 fwd+bwd, kernels on a borrowed x, dy",
+                 "group_norm_g32_fwd_bwd/kernel/n32_c64_32x32", "na:group_norm_g32:both"))
 ROWS.append(("resnet20 train step b128", "resnet20_cifar_train_step/b128", "resnet:train"))
 for b in (1, 8, 32):
     ROWS.append((f"resnet18 eval b{b}", f"resnet18_eval_forward/b{b}_224", f"resnet:eval{b}"))
