@@ -256,8 +256,8 @@ fn forward_plane_unit<T: Float>(
             (T::as_f32(padded), T::as_f32(k), b, level() >= SimdLevel::Avx2)
         {
             let y32 = T::as_f32_mut(y).expect("y has x's type");
-            if level() == SimdLevel::Avx512 {
-                // SAFETY: `level` says Avx512 only when the CPU has AVX-512F.
+            if level() >= SimdLevel::Avx512 {
+                // SAFETY: `level` says Avx512 or above only when the CPU has AVX-512F.
                 unsafe { x86::unit_blocks(g, p32, width, k32, b32, y32) };
             } else {
                 // SAFETY: `level` says Avx2 only when the CPU has AVX2 (and FMA).

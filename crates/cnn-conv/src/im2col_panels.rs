@@ -159,7 +159,7 @@ impl<'a> Im2colPanels<'a> {
             rows,
             col_masks,
             period,
-            wide: level == cnn_tensor::simd::SimdLevel::Avx512,
+            wide: level >= cnn_tensor::simd::SimdLevel::Avx512,
             _phases: phases,
             _x: std::marker::PhantomData,
         })

@@ -32,6 +32,7 @@
 //! # Ok::<(), cnn_tensor::Error>(())
 //! ```
 
+pub mod bf16;
 pub mod collective;
 mod error;
 mod float;

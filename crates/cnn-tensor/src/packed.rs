@@ -677,7 +677,7 @@ mod x86 {
 
     /// Whether the SIMD level is AVX-512 (the 512-bit kernel), not AVX2.
     fn wide() -> bool {
-        crate::simd::level() == crate::simd::SimdLevel::Avx512
+        crate::simd::level() >= crate::simd::SimdLevel::Avx512
     }
 
     /// The micro-kernel of panel shape `(mr, nv)`: the 512-bit one when

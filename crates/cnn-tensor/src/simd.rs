@@ -5,7 +5,8 @@
 //! + FMA and AVX-512 and chosen at run time here:
 //!
 //! - [`level`] detects the CPU once per process and caps it by the
-//!   environment variable `CNN_SIMD` (`portable`, `avx2` or `avx512`): the
+//!   environment variable `CNN_SIMD` (`portable`, `avx2`, `avx512` or
+//!   `avx512bf16`): the
 //!   one switch every vector path honours, so that tests and users can run
 //!   the portable path on any machine.
 //! - [`simd_fn!`](crate::simd_fn) defines a function that runs an
@@ -38,15 +39,20 @@ pub enum SimdLevel {
     Avx2,
     /// AVX-512F (16 lanes of f32), with AVX2 and FMA.
     Avx512,
+    /// AVX-512 with the bf16 instructions (`vdpbf16ps`, `vcvtneps2bf16`;
+    /// AVX512-BF16, -BW and -VL): the bf16 kernels' level. Every f32 path
+    /// runs as on [`SimdLevel::Avx512`].
+    Avx512Bf16,
 }
 
 impl SimdLevel {
-    /// The name `CNN_SIMD` takes: `portable`, `avx2` or `avx512`.
+    /// The name `CNN_SIMD` takes: `portable`, `avx2`, `avx512` or `avx512bf16`.
     pub fn name(self) -> &'static str {
         match self {
             SimdLevel::Portable => "portable",
             SimdLevel::Avx2 => "avx2",
             SimdLevel::Avx512 => "avx512",
+            SimdLevel::Avx512Bf16 => "avx512bf16",
         }
     }
 
@@ -56,6 +62,7 @@ impl SimdLevel {
             "portable" | "none" | "scalar" => Some(SimdLevel::Portable),
             "avx2" => Some(SimdLevel::Avx2),
             "avx512" | "avx512f" => Some(SimdLevel::Avx512),
+            "avx512bf16" | "avx512_bf16" | "bf16" => Some(SimdLevel::Avx512Bf16),
             _ => None,
         }
     }
@@ -65,10 +72,17 @@ impl SimdLevel {
 pub fn detected() -> SimdLevel {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f")
+        let avx512 = std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("fma");
+        if avx512
+            && std::arch::is_x86_feature_detected!("avx512bf16")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
         {
+            return SimdLevel::Avx512Bf16;
+        }
+        if avx512 {
             return SimdLevel::Avx512;
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
@@ -167,8 +181,10 @@ macro_rules! simd_fn {
                     $body($($arg),*)
                 }
                 match $crate::simd::level() {
-                    // SAFETY: `level` says Avx512 only when the CPU has AVX-512F, AVX2 and FMA.
-                    $crate::simd::SimdLevel::Avx512 => unsafe { avx512($($arg),*) },
+                    // SAFETY: `level` says Avx512 (or above) only when the CPU has AVX-512F, AVX2 and FMA.
+                    $crate::simd::SimdLevel::Avx512 | $crate::simd::SimdLevel::Avx512Bf16 => unsafe {
+                        avx512($($arg),*)
+                    },
                     // SAFETY: `level` says Avx2 only when the CPU has AVX2 and FMA.
                     $crate::simd::SimdLevel::Avx2 => unsafe { avx2($($arg),*) },
                     $crate::simd::SimdLevel::Portable => $body($($arg),*),
@@ -224,7 +240,7 @@ pub fn as_uninit<T: Copy>(s: &[T]) -> &[MaybeUninit<T>] {
 /// Every level this CPU can run, lowest first: what a test of "every vector
 /// path" iterates over.
 pub fn levels() -> Vec<SimdLevel> {
-    [SimdLevel::Portable, SimdLevel::Avx2, SimdLevel::Avx512]
+    [SimdLevel::Portable, SimdLevel::Avx2, SimdLevel::Avx512, SimdLevel::Avx512Bf16]
         .into_iter()
         .filter(|&l| l <= detected())
         .collect()
@@ -271,8 +287,13 @@ mod tests {
         assert_eq!(SimdLevel::parse("AVX2"), Some(SimdLevel::Avx2));
         assert_eq!(SimdLevel::parse(" portable "), Some(SimdLevel::Portable));
         assert_eq!(SimdLevel::parse("avx512"), Some(SimdLevel::Avx512));
+        assert_eq!(SimdLevel::parse("AVX512BF16"), Some(SimdLevel::Avx512Bf16));
+        for l in levels() {
+            assert_eq!(SimdLevel::parse(l.name()), Some(l), "{l:?} parses from its name");
+        }
         assert_eq!(SimdLevel::parse("sse9"), None);
         assert!(SimdLevel::Portable < SimdLevel::Avx2 && SimdLevel::Avx2 < SimdLevel::Avx512);
+        assert!(SimdLevel::Avx512 < SimdLevel::Avx512Bf16);
         assert!(level() <= detected());
     }
 

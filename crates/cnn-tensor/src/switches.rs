@@ -30,7 +30,7 @@ pub struct Switch {
 /// `CNN_SIMD`: caps the vector instruction set (`crate::simd::level`).
 pub static SIMD: Switch = Switch {
     name: "CNN_SIMD",
-    values: &["portable", "avx2", "avx512"],
+    values: &["portable", "avx2", "avx512", "avx512bf16"],
     default: "the best level the CPU has",
     what: "caps the vector instructions every kernel uses (portable runs the baseline path on any CPU)",
 };

@@ -187,7 +187,7 @@ pub(super) fn gather_patches<T: Float>(
     // The gathers index with signed 32-bit lanes: planes past 2^31 values
     // (8 GiB of f32 in one chunk) take the element copy.
     #[cfg(target_arch = "x86_64")]
-    if cnn_tensor::simd::level() == cnn_tensor::simd::SimdLevel::Avx512 && last <= i32::MAX as usize
+    if cnn_tensor::simd::level() >= cnn_tensor::simd::SimdLevel::Avx512 && last <= i32::MAX as usize
     {
         if let (Some(src), Some(dst)) = (T::as_f32(data), as_f32_lanes(d)) {
             // SAFETY: AVX-512F is present (the level says so); every index read,

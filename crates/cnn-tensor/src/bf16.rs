@@ -1,0 +1,330 @@
+//! bfloat16, the 16-bit float of mixed-precision training (f32's sign and
+//! 8-bit exponent, 7 stored mantissa bits), with the arithmetic of the
+//! AVX512-BF16 instructions that consume it, written out so that a CPU
+//! without them gives the same numbers.
+//!
+//! **Conversion** from f32 is `VCVTNEPS2BF16`'s: round to nearest, ties to
+//! even; a subnormal input becomes zero of its sign (bf16 keeps f32's
+//! exponent range, so nothing else underflows); ±Inf stays; a finite value
+//! that rounds past the largest bf16 becomes ±Inf; NaN stays NaN (quiet,
+//! with its sign and top payload bits). Back to f32 is exact.
+//!
+//! **The product step** is `VDPBF16PS`'s, per f32 lane, for pairs
+//! `(a₀, a₁)` and `(b₀, b₁)`: `acc ← ftz(fma(a₁, b₁, acc))`, then
+//! `acc ← ftz(fma(a₀, b₀, acc))`: the high pair first, each a fused
+//! multiply-add rounded once to nearest even (the product of two bf16 is
+//! exact in f32), a subnormal result flushed to zero of its sign. A product
+//! over `k` values is `k/2` such steps in order, on one accumulator
+//! ([`dot`]); an odd `k` is padded with a zero pair member.
+//!
+//! One caveat is stated rather than hidden: the instruction decides that a
+//! result is subnormal before rounding to the subnormal grid, [`dot_step`]
+//! after it, so a result within half a subnormal step below `f32::MIN_POSITIVE`
+//! can come out as `MIN_POSITIVE` here and zero there. Sums of products of
+//! the magnitudes a network holds never come near 1e-38.
+
+/// A bfloat16 value, stored as its 16 bits.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[repr(transparent)]
+pub struct Bf16(u16);
+
+impl Bf16 {
+    /// +0.
+    pub const ZERO: Bf16 = Bf16(0);
+
+    /// The value with these bits.
+    pub const fn from_bits(bits: u16) -> Bf16 {
+        Bf16(bits)
+    }
+
+    /// Its bits.
+    pub const fn to_bits(self) -> u16 {
+        self.0
+    }
+
+    /// `x` rounded as `VCVTNEPS2BF16` rounds it (see the module's doc).
+    #[inline(always)]
+    pub fn from_f32(x: f32) -> Bf16 {
+        let bits = x.to_bits();
+        let magnitude = bits & 0x7FFF_FFFF;
+        let sign = (bits >> 16) as u16 & 0x8000;
+        if magnitude < 0x0080_0000 {
+            // Zero or subnormal: zero of the same sign.
+            Bf16(sign)
+        } else if magnitude > 0x7F80_0000 {
+            // NaN: truncated, made quiet (a truncated signalling NaN could read as Inf).
+            Bf16((bits >> 16) as u16 | 0x0040)
+        } else {
+            // Normal or Inf: round to nearest even by adding 0x7FFF plus the
+            // kept lowest bit; a carry into the exponent is the right result
+            // (the next binade, or Inf past the largest finite value), and
+            // Inf's low half is zero, so it stays Inf.
+            let lsb = (bits >> 16) & 1;
+            Bf16((bits.wrapping_add(0x7FFF + lsb) >> 16) as u16)
+        }
+    }
+
+    /// The exact f32 of this value.
+    #[inline(always)]
+    pub fn to_f32(self) -> f32 {
+        f32::from_bits(u32::from(self.0) << 16)
+    }
+}
+
+impl std::fmt::Debug for Bf16 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}bf16", self.to_f32())
+    }
+}
+
+impl std::fmt::Display for Bf16 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.to_f32(), f)
+    }
+}
+
+/// `x` rounded to the nearest bf16 and back: the value a bf16 path computes
+/// with in place of `x` (what error bounds are stated against).
+#[inline(always)]
+pub fn round_f32(x: f32) -> f32 {
+    Bf16::from_f32(x).to_f32()
+}
+
+/// Every value of `src` rounded to bf16 into `dst`.
+///
+/// # Panics
+/// When the lengths differ (a caller's bug, not a user's input).
+pub fn convert_slice(src: &[f32], dst: &mut [Bf16]) {
+    assert_eq!(src.len(), dst.len(), "bf16::convert_slice: lengths differ");
+    convert_into(src, dst);
+}
+
+#[inline(always)]
+fn convert_body(src: &[f32], dst: &mut [Bf16]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = Bf16::from_f32(s);
+    }
+}
+
+crate::simd_fn! {
+    /// [`convert_slice`]'s loop, compiled for each level (integer lanes).
+    fn convert_into(src: &[f32], dst: &mut [Bf16]) = convert_body
+}
+
+/// Every value of `src` rounded to bf16, in a new vector.
+pub fn from_f32_slice(src: &[f32]) -> Vec<Bf16> {
+    let mut dst = vec![Bf16::ZERO; src.len()];
+    convert_into(src, &mut dst);
+    dst
+}
+
+/// `x`, or zero of its sign when `x` is subnormal: the flush of the product step.
+#[inline(always)]
+pub fn flush_subnormal(x: f32) -> f32 {
+    if x.is_subnormal() {
+        0.0f32.copysign(x)
+    } else {
+        x
+    }
+}
+
+/// One step of `VDPBF16PS` on one lane: the high pair (index 1) first, then
+/// the low one, each a fused multiply-add with the result flushed when
+/// subnormal (see the module's doc). `acc` itself is read as zero when
+/// subnormal.
+#[inline(always)]
+pub fn dot_step(acc: f32, a: [Bf16; 2], b: [Bf16; 2]) -> f32 {
+    let high = flush_subnormal(a[1].to_f32().mul_add(b[1].to_f32(), flush_subnormal(acc)));
+    flush_subnormal(a[0].to_f32().mul_add(b[0].to_f32(), high))
+}
+
+/// `acc + Σ a[i]·b[i]` as a bf16 product computes it: pairs `(a[2j], a[2j+1])`
+/// in order by [`dot_step`], the last pair completed with a zero when the
+/// length is odd. The sum of each output of a bf16 GEMM.
+///
+/// # Panics
+/// When the lengths differ (a caller's bug, not a user's input).
+pub fn dot(acc: f32, a: &[Bf16], b: &[Bf16]) -> f32 {
+    assert_eq!(a.len(), b.len(), "bf16::dot: lengths differ");
+    let mut acc = acc;
+    let (ap, bp) = (a.chunks_exact(2), b.chunks_exact(2));
+    let (ar, br) = (ap.remainder(), bp.remainder());
+    for (x, y) in ap.zip(bp) {
+        acc = dot_step(acc, [x[0], x[1]], [y[0], y[1]]);
+    }
+    if let (Some(&x), Some(&y)) = (ar.first(), br.first()) {
+        acc = dot_step(acc, [x, Bf16::ZERO], [y, Bf16::ZERO]);
+    }
+    acc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The nearest bf16 to a normal or infinite `x` by value, ties to the
+    /// even mantissa, worked out in f64 from the two bf16 neighbours of `x`
+    /// (not by the carry trick of [`Bf16::from_f32`]); past the largest
+    /// finite bf16 the upper neighbour is 2¹²⁸, which rounds to Inf.
+    fn nearest_by_value(x: f32) -> u16 {
+        if x.is_infinite() {
+            return (x.to_bits() >> 16) as u16;
+        }
+        let down = (x.to_bits() >> 16) as u16; // toward zero
+        let up = down + 1; // away from zero (into the exponent, or Inf's bits)
+        let value = |b: u16| -> f64 {
+            let mag = b & 0x7FFF;
+            if mag == 0x7F80 {
+                2f64.powi(128)
+            } else {
+                f64::from(Bf16(mag).to_f32())
+            }
+        };
+        let xm = f64::from(x).abs();
+        let (dd, du) = (xm - value(down & 0x7FFF), value(up & 0x7FFF) - xm);
+        if dd < du || (dd == du && down & 1 == 0) {
+            down
+        } else {
+            up
+        }
+    }
+
+    #[test]
+    fn rounding_ties_to_even_and_specials() {
+        let cases: [(u32, u16); 16] = [
+            (0x3F80_0000, 0x3F80), // 1.0 exact
+            (0x3F80_8000, 0x3F80), // tie, even below
+            (0x3F81_8000, 0x3F82), // tie, even above
+            (0x3F80_8001, 0x3F81), // just past the tie
+            (0x3F80_7FFF, 0x3F80), // just below it
+            (0xBF80_8000, 0xBF80), // negative tie
+            (0x7F7F_FFFF, 0x7F80), // f32::MAX rounds past the largest bf16: +Inf
+            (0x7F7F_7FFF, 0x7F7F), // the largest bf16 region, rounded down
+            (0x7F80_0000, 0x7F80), // +Inf
+            (0xFF80_0000, 0xFF80), // -Inf
+            (0x7F80_0001, 0x7FC0), // signalling NaN, low payload: NaN, not Inf
+            (0xFFC1_2345, 0xFFC1), // quiet NaN keeps its sign and top bits
+            (0x0000_0001, 0x0000), // smallest subnormal: +0
+            (0x807F_FFFF, 0x8000), // largest negative subnormal: -0
+            (0x0080_0000, 0x0080), // smallest normal stays
+            (0x8000_0000, 0x8000), // -0
+        ];
+        for (bits, want) in cases {
+            let got = Bf16::from_f32(f32::from_bits(bits)).to_bits();
+            assert_eq!(got, want, "{bits:#010x}: got {got:#06x}, expected {want:#06x}");
+        }
+        assert!(Bf16::from_f32(f32::NAN).to_f32().is_nan());
+        assert_eq!(round_f32(1.0 + 1.0 / 256.0), 1.0, "a tie at 1 + 2⁻⁸ goes to even");
+    }
+
+    #[test]
+    fn slices_convert_as_values_do_on_every_level() {
+        let src: Vec<f32> = (0..1000u32)
+            .map(|i| f32::from_bits(i.wrapping_mul(0x9E37_79B9)))
+            .chain([f32::NAN, f32::INFINITY, -0.0, 1e-40])
+            .collect();
+        let want: Vec<u16> = src.iter().map(|&x| Bf16::from_f32(x).to_bits()).collect();
+        let got: Vec<u16> = from_f32_slice(&src).iter().map(|b| b.to_bits()).collect();
+        assert_eq!(got, want);
+        let mut dst = vec![Bf16::ZERO; src.len()];
+        convert_slice(&src, &mut dst);
+        assert_eq!(dst.iter().map(|b| b.to_bits()).collect::<Vec<_>>(), want);
+    }
+
+    #[test]
+    fn the_high_pair_goes_first() {
+        let b = |x: f32| Bf16::from_f32(x);
+        // acc = −2³⁰: high first cancels exactly, then adds 1 → 1. Low first
+        // would lose the 1 (2³⁰ − 1 needs 30 bits) and end at 0.
+        let got = dot_step(-(2f32.powi(30)), [b(1.0), b(2f32.powi(30))], [b(1.0), b(1.0)]);
+        assert_eq!(got, 1.0);
+        let swapped = dot_step(-(2f32.powi(30)), [b(2f32.powi(30)), b(1.0)], [b(1.0), b(1.0)]);
+        assert_eq!(swapped, 0.0);
+    }
+
+    #[test]
+    fn subnormal_results_and_accumulators_flush_to_zero() {
+        let b = |x: f32| Bf16::from_f32(x);
+        // 2⁻⁶⁴ · 2⁻⁶⁴ = 2⁻¹²⁸ is subnormal in f32: flushed, sign kept.
+        let tiny = b(2f32.powi(-64));
+        assert_eq!(dot_step(0.0, [Bf16::ZERO, tiny], [Bf16::ZERO, tiny]).to_bits(), 0);
+        let neg = b(-(2f32.powi(-64)));
+        assert_eq!(
+            dot_step(0.0, [neg, Bf16::ZERO], [tiny, Bf16::ZERO]).to_bits(),
+            0x8000_0000,
+            "−2⁻¹²⁸ flushes to −0"
+        );
+        // A flushed −0 then meets the low pair's +0 product: +0, as IEEE adds zeros.
+        assert_eq!(dot_step(0.0, [Bf16::ZERO, neg], [Bf16::ZERO, tiny]).to_bits(), 0);
+        // A subnormal accumulator reads as zero.
+        assert_eq!(dot_step(1e-40, [b(1.0), Bf16::ZERO], [b(3.0), Bf16::ZERO]), 3.0);
+        // The smallest normal result stays.
+        let s = b(2f32.powi(-63));
+        assert_eq!(dot_step(0.0, [s, Bf16::ZERO], [s, Bf16::ZERO]), f32::MIN_POSITIVE);
+    }
+
+    #[test]
+    fn dot_pairs_in_order_and_pads_an_odd_length() {
+        let a = from_f32_slice(&[1.5, -2.0, 0.25, 3.0, 7.0]);
+        let b = from_f32_slice(&[2.0, 0.5, 4.0, -1.0, 0.5]);
+        let mut acc = 10.0f32;
+        acc = dot_step(acc, [a[0], a[1]], [b[0], b[1]]);
+        acc = dot_step(acc, [a[2], a[3]], [b[2], b[3]]);
+        acc = dot_step(acc, [a[4], Bf16::ZERO], [b[4], Bf16::ZERO]);
+        assert_eq!(dot(10.0, &a, &b), acc);
+        assert_eq!(acc, 10.0 + 3.0 - 1.0 + 1.0 - 3.0 + 3.5);
+        assert_eq!(dot(2.5, &[], &[]), 2.5);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// Any bit pattern: NaN in gives NaN out, subnormals and zeros give
+        /// a zero of their sign, everything else the nearest bf16 by value.
+        #[test]
+        fn rounding_matches_the_reference(bits in any::<u32>()) {
+            let x = f32::from_bits(bits);
+            let got = Bf16::from_f32(x);
+            if x.is_nan() {
+                prop_assert!(got.to_f32().is_nan());
+                prop_assert_eq!(got.to_bits() & 0x8000, (bits >> 16) as u16 & 0x8000);
+            } else if x == 0.0 || x.is_subnormal() {
+                prop_assert_eq!(got.to_bits(), (bits >> 16) as u16 & 0x8000);
+            } else {
+                prop_assert_eq!(got.to_bits(), nearest_by_value(x), "x = {:e}", x);
+            }
+        }
+
+        /// Values near ties: the low 16 bits within 2 of 0x8000.
+        #[test]
+        fn rounding_near_ties(high in 0x0080u32..0x7F80, low in 0x7FFEu32..=0x8002, neg: bool) {
+            let bits = (high << 16) | low | if neg { 0x8000_0000 } else { 0 };
+            let x = f32::from_bits(bits);
+            prop_assert_eq!(Bf16::from_f32(x).to_bits(), nearest_by_value(x));
+        }
+
+        /// Once rounded, a value converts to itself and back exactly.
+        #[test]
+        fn rounded_values_are_fixed_points(bits in any::<u32>()) {
+            let x = f32::from_bits(bits);
+            prop_assume!(!x.is_nan());
+            let r = round_f32(x);
+            prop_assert_eq!(round_f32(r).to_bits(), r.to_bits());
+        }
+
+        /// The step against f64: with products exact and one rounding per
+        /// step, each step is the exact `acc + a·b` rounded to f32. Values
+        /// on a grid of 2⁻⁸ within 2²⁵ keep every f64 sum here exact.
+        #[test]
+        fn steps_round_once(acc in -(1i32 << 24)..(1 << 24), a in prop::array::uniform2(-4096i32..4096),
+                            b in prop::array::uniform2(-4096i32..4096)) {
+            let acc = acc as f32 / 256.0;
+            let (a, b) = (a.map(|v| Bf16::from_f32(v as f32 / 16.0)), b.map(|v| Bf16::from_f32(v as f32 / 16.0)));
+            let p = |i: usize| f64::from(a[i].to_f32()) * f64::from(b[i].to_f32());
+            let high = (f64::from(acc) + p(1)) as f32;
+            let want = (f64::from(high) + p(0)) as f32;
+            prop_assert_eq!(dot_step(acc, a, b), want);
+        }
+    }
+}
