@@ -23,6 +23,10 @@
 //! can come out as `MIN_POSITIVE` here and zero there. Sums of products of
 //! the magnitudes a network holds never come near 1e-38.
 
+use ndarray::{ArrayView2, ArrayViewMut2};
+
+use crate::{Error, Result};
+
 /// A bfloat16 value, stored as its 16 bits.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
 #[repr(transparent)]
@@ -158,6 +162,54 @@ pub fn dot(acc: f32, a: &[Bf16], b: &[Bf16]) -> f32 {
     acc
 }
 
+/// `C ← A·B + β·C` as every bf16 product of the workspace computes it: `A`
+/// and `B` rounded to bf16 ([`Bf16::from_f32`]), each output summed by
+/// [`dot`] from zero along the shared axis in order, then `β·C` added in f32
+/// (`C` not read when `β == 0`). The naive twin of the bf16 kernels, and the
+/// definition of their bits.
+///
+/// Error bounds, away from the subnormal range (`u = 2⁻²⁴`, `k` the shared
+/// length, `γ = k·u/(1 − k·u)`, `S = Σ|aᵢ·bᵢ|` over the rounded values):
+/// within `γ·S` of the exact sum of the rounded inputs (one rounding per
+/// step); within `(2⁻⁷ + 2⁻¹⁶ + 2γ)·S'` of the exact product of the
+/// unrounded inputs, `S'` their `Σ|aᵢ·bᵢ|` (each input moves by at most 2⁻⁸
+/// of itself, so each product by at most `2⁻⁷ + 2⁻¹⁶` of itself).
+///
+/// # Errors
+/// [`Error::Shape`] when `A` is not `m × k`, `B` not `k × n` or `C` not `m × n`.
+pub fn gemm_reference(
+    a: ArrayView2<'_, f32>,
+    b: ArrayView2<'_, f32>,
+    beta: f32,
+    mut c: ArrayViewMut2<'_, f32>,
+) -> Result<()> {
+    let ((m, k), (k2, n)) = (a.dim(), b.dim());
+    if k != k2 || c.dim() != (m, n) {
+        let (cm, cn) = c.dim();
+        return Err(Error::shape(
+            "gemm_bf16",
+            format!(
+                "A is {m}x{k}, B is {k2}x{n}, C is {cm}x{cn}: expected B {k}x{n} and C {m}x{n}"
+            ),
+        ));
+    }
+    let rows: Vec<Vec<Bf16>> =
+        a.rows().into_iter().map(|r| r.iter().map(|&v| Bf16::from_f32(v)).collect()).collect();
+    let cols: Vec<Vec<Bf16>> = b
+        .columns()
+        .into_iter()
+        .map(|col| col.iter().map(|&v| Bf16::from_f32(v)).collect())
+        .collect();
+    for (i, row) in rows.iter().enumerate() {
+        for (j, col) in cols.iter().enumerate() {
+            let sum = dot(0.0, row, col);
+            let out = &mut c[[i, j]];
+            *out = if beta == 0.0 { sum } else { beta * *out + sum };
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,6 +329,47 @@ mod tests {
         assert_eq!(dot(2.5, &[], &[]), 2.5);
     }
 
+    #[test]
+    fn the_reference_gemm_is_dot_on_rounded_values() {
+        let mut rng = crate::random::seeded_rng(3);
+        let a: Vec<f32> =
+            crate::random::normal(&[5 * 7], 0.0, 1.0, &mut rng).into_raw_vec_and_offset().0;
+        let b: Vec<f32> =
+            crate::random::normal(&[7 * 4], 0.0, 1.0, &mut rng).into_raw_vec_and_offset().0;
+        let (av, bv) = (
+            ArrayView2::from_shape((5, 7), &a).unwrap(),
+            ArrayView2::from_shape((7, 4), &b).unwrap(),
+        );
+        let mut c = ndarray::Array2::<f32>::from_elem((5, 4), 2.0);
+        gemm_reference(av, bv, 0.5, c.view_mut()).unwrap();
+        for i in 0..5 {
+            let row = from_f32_slice(&a[i * 7..(i + 1) * 7]);
+            for j in 0..4 {
+                let col: Vec<f32> = (0..7).map(|p| b[p * 4 + j]).collect();
+                let want = 0.5 * 2.0 + dot(0.0, &row, &from_f32_slice(&col));
+                assert_eq!(c[[i, j]].to_bits(), want.to_bits(), "C[{i}, {j}]");
+            }
+        }
+        // Inputs that bf16 cannot hold are rounded: 1 + 2⁻¹⁰ is 1 here.
+        let x = [1.0 + 2f32.powi(-10)];
+        let mut one = ndarray::Array2::<f32>::zeros((1, 1));
+        let xv = ArrayView2::from_shape((1, 1), &x).unwrap();
+        gemm_reference(xv, xv, 0.0, one.view_mut()).unwrap();
+        assert_eq!(one[[0, 0]], 1.0);
+    }
+
+    #[test]
+    fn the_reference_gemm_refuses_shapes_that_disagree() {
+        let a = ndarray::Array2::<f32>::zeros((2, 3));
+        let b = ndarray::Array2::<f32>::zeros((4, 2));
+        let mut c = ndarray::Array2::<f32>::zeros((2, 2));
+        let err = gemm_reference(a.view(), b.view(), 0.0, c.view_mut()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "gemm_bf16: A is 2x3, B is 4x2, C is 2x2: expected B 3x2 and C 2x2"
+        );
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(4096))]
 
@@ -311,6 +404,41 @@ mod tests {
             prop_assume!(!x.is_nan());
             let r = round_f32(x);
             prop_assert_eq!(round_f32(r).to_bits(), r.to_bits());
+        }
+
+        /// The stated bounds, over shapes and magnitudes: against the exact
+        /// (f64) sums of the rounded inputs and of the raw ones.
+        #[test]
+        fn the_reference_gemm_keeps_its_bounds(m in 1usize..5, k in 1usize..300, n in 1usize..5,
+                                              scale in -20i32..20, seed in any::<u64>()) {
+            let mut rng = crate::random::seeded_rng(seed);
+            let s = 2f64.powi(scale);
+            let a: Vec<f32> = crate::random::normal(&[m * k], 0.0, s, &mut rng).into_raw_vec_and_offset().0;
+            let b: Vec<f32> = crate::random::normal(&[k * n], 0.0, 1.0, &mut rng).into_raw_vec_and_offset().0;
+            let (av, bv) = (ArrayView2::from_shape((m, k), &a).unwrap(), ArrayView2::from_shape((k, n), &b).unwrap());
+            let mut c = ndarray::Array2::<f32>::zeros((m, n));
+            gemm_reference(av, bv, 0.0, c.view_mut()).unwrap();
+            let u = 2f64.powi(-24);
+            let gamma = k as f64 * u / (1.0 - k as f64 * u);
+            for i in 0..m {
+                for j in 0..n {
+                    let (mut exact, mut sum_abs, mut raw, mut raw_abs) = (0f64, 0f64, 0f64, 0f64);
+                    for p in 0..k {
+                        let (x, y) = (a[i * k + p], b[p * n + j]);
+                        let r = f64::from(round_f32(x)) * f64::from(round_f32(y));
+                        exact += r;
+                        sum_abs += r.abs();
+                        raw += f64::from(x) * f64::from(y);
+                        raw_abs += (f64::from(x) * f64::from(y)).abs();
+                    }
+                    let got = f64::from(c[[i, j]]);
+                    prop_assert!((got - exact).abs() <= gamma * sum_abs,
+                                 "C[{}, {}] = {} against {} (Σ|ab| {})", i, j, got, exact, sum_abs);
+                    let bound = (2f64.powi(-7) + 2f64.powi(-16) + 2.0 * gamma) * raw_abs;
+                    prop_assert!((got - raw).abs() <= bound,
+                                 "C[{}, {}] = {} against the exact {} (bound {})", i, j, got, raw, bound);
+                }
+            }
         }
 
         /// The step against f64: with products exact and one rounding per
