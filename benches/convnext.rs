@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+mod common;
+
 /// A caching allocator, as a training program would use (see docs/benchmarks.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -59,12 +61,8 @@ fn eval_forward(c: &mut Criterion) {
 }
 
 fn config() -> Criterion {
-    // As the `cnn` binary and benches/resnet.rs set it: freed pages stay with
-    // the process, so steady-state steps reuse memory instead of faulting in
-    // fresh zeroed pages (8.5% of this bench's train step in page zeroing
-    // before it was set here).
-    // SAFETY: sets a global option before the benchmarks run; mimalloc reads it on each purge.
-    unsafe { libmimalloc_sys::mi_option_set(15, -1) };
+    // 8.5% of this bench's train step was page zeroing before this.
+    common::keep_freed_pages();
     Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_secs(2))

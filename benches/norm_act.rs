@@ -9,6 +9,8 @@
 
 use std::time::Duration;
 
+mod common;
+
 /// A caching allocator, as a training program would use: glibc's malloc hands
 /// multi-megabyte buffers back to the kernel on free and pays a page fault per
 /// 4 KiB on the next step (docs/benchmarks.md measures the difference).
@@ -156,11 +158,7 @@ fn bench(c: &mut Criterion) {
 }
 
 fn config() -> Criterion {
-    // As the `cnn` binary sets it (and benches/resnet.rs): freed pages stay
-    // with the process (no purge), so each call's 8 MB output and the cached
-    // x it replaces reuse memory instead of faulting in fresh zeroed pages.
-    // SAFETY: sets a global option before the benchmarks run; mimalloc reads it on each purge.
-    unsafe { libmimalloc_sys::mi_option_set(15, -1) };
+    common::keep_freed_pages();
     Criterion::default()
         .sample_size(20)
         .warm_up_time(Duration::from_millis(500))

@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+mod common;
+
 /// A caching allocator, as a training program would use (see docs/benchmarks.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -53,11 +55,7 @@ fn resnet18_eval(c: &mut Criterion) {
 }
 
 fn config() -> Criterion {
-    // As the `cnn` binary sets it: freed pages stay with the process (no
-    // purge), so steady-state steps reuse memory instead of faulting in fresh
-    // zeroed pages (examples/train_step_memory measures the difference).
-    // SAFETY: sets a global option before the benchmarks run; mimalloc reads it on each purge.
-    unsafe { libmimalloc_sys::mi_option_set(15, -1) };
+    common::keep_freed_pages();
     Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
