@@ -96,11 +96,17 @@ pub fn round_f32(x: f32) -> f32 {
 
 /// Every value of `src` rounded to bf16 into `dst`.
 ///
-/// # Panics
-/// When the lengths differ (a caller's bug, not a user's input).
-pub fn convert_slice(src: &[f32], dst: &mut [Bf16]) {
-    assert_eq!(src.len(), dst.len(), "bf16::convert_slice: lengths differ");
+/// # Errors
+/// [`Error::Shape`] when the lengths differ.
+pub fn convert_slice(src: &[f32], dst: &mut [Bf16]) -> Result<()> {
+    if src.len() != dst.len() {
+        return Err(Error::shape(
+            "bf16_convert",
+            format!("src has {} values, dst {}: expected the same length", src.len(), dst.len()),
+        ));
+    }
     convert_into(src, dst);
+    Ok(())
 }
 
 #[inline(always)]
@@ -270,8 +276,18 @@ mod tests {
         assert_eq!(round_f32(1.0 + 1.0 / 256.0), 1.0, "a tie at 1 + 2⁻⁸ goes to even");
     }
 
+    /// The slice conversion runs again at every SIMD level this CPU has (in
+    /// a child process each, as `CNN_SIMD` is read once).
     #[test]
-    fn slices_convert_as_values_do_on_every_level() {
+    fn every_simd_level_converts_slices_as_values() {
+        for level in crate::simd::levels() {
+            crate::simd::rerun_tests("slices_convert_as_values", &[("CNN_SIMD", level.name())])
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn slices_convert_as_values() {
         let src: Vec<f32> = (0..1000u32)
             .map(|i| f32::from_bits(i.wrapping_mul(0x9E37_79B9)))
             .chain([f32::NAN, f32::INFINITY, -0.0, 1e-40])
@@ -280,8 +296,13 @@ mod tests {
         let got: Vec<u16> = from_f32_slice(&src).iter().map(|b| b.to_bits()).collect();
         assert_eq!(got, want);
         let mut dst = vec![Bf16::ZERO; src.len()];
-        convert_slice(&src, &mut dst);
+        convert_slice(&src, &mut dst).unwrap();
         assert_eq!(dst.iter().map(|b| b.to_bits()).collect::<Vec<_>>(), want);
+        let err = convert_slice(&src, &mut dst[1..]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "bf16_convert: src has 1004 values, dst 1003: expected the same length"
+        );
     }
 
     #[test]
