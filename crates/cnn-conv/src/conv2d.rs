@@ -6,7 +6,7 @@
 //! nothing of the choice, nor of the weight cache: this module hands each its
 //! prepared weights.
 
-use cnn_tensor::{switches, Error, Float, Result};
+use cnn_tensor::{switches, with_precision, Error, Float, Precision, Result};
 use ndarray::{Array1, Array4, ArrayView1, ArrayView4};
 use std::cell::Cell;
 use std::sync::OnceLock;
@@ -122,6 +122,9 @@ pub(crate) fn route(g: &ConvGeometry) -> Result<Route> {
                 ConvAlgorithm::Im2col => None,
                 ConvAlgorithm::Winograd | ConvAlgorithm::Winograd4 => Some(Tile::F4),
                 ConvAlgorithm::Winograd2 => Some(Tile::F2),
+                // bf16 products: im2col (Winograd's transforms magnify
+                // the inputs' rounding; its error in bf16 is not yet measured).
+                ConvAlgorithm::Auto if cnn_tensor::precision() == Precision::Bf16 => None,
                 ConvAlgorithm::Auto if applies => auto_rule(g),
                 ConvAlgorithm::Auto => None,
             }))
@@ -190,7 +193,9 @@ pub(crate) fn conv2d_forward_cached<T: Float>(
     let y_slice = y.as_slice_mut().expect("a new array is contiguous");
     match route(&g)? {
         Route::Depthwise => crate::depthwise::forward(&g, xs, ws, b.as_deref(), y_slice, epilogue),
-        Route::Winograd(tile) => {
+        // Winograd computes in f32 whatever the scope (its bf16 error is not
+        // measured): its products and the cached U.
+        Route::Winograd(tile) => with_precision(Precision::F32, || {
             let cols = winograd::gemm_cols::<T>(tile, &g);
             let build = || winograd::transform_weights(tile, &g, ws, cols);
             let fresh;
@@ -204,14 +209,15 @@ pub(crate) fn conv2d_forward_cached<T: Float>(
                 }
             };
             winograd::forward(tile, &g, xs, u, b.as_deref(), y_slice, epilogue);
-        }
+        }),
         Route::Im2col => {
             let plan = Plan::new::<T>(&g, Pass::Forward);
             let build = || im2col_gemm::pack_weights(&g, &plan, ws, false);
             let fresh;
             let packed = match cache {
                 Some((c, version)) => {
-                    c.im2col((g.opts.groups, plan.max_cols(&g)), (version, ws), build)
+                    let key = (g.opts.groups, plan.max_cols(&g), cnn_tensor::precision());
+                    c.im2col(key, (version, ws), build)
                 }
                 None => {
                     fresh = build();
@@ -260,10 +266,10 @@ pub fn conv2d_backward<T: Float>(
     let mut dw_flat = vec![T::zero(); ws.len()];
     match (route, g.dx_as_forward()) {
         // dx and dW by Winograd when it applies: then no im2col block is needed.
-        (Route::Winograd(tile), Some(gt)) => {
+        (Route::Winograd(tile), Some(gt)) => with_precision(Precision::F32, || {
             winograd::backward_dx(tile, &g, &gt, ws, dys, dx_slice);
             winograd::backward_dw(tile, &g, xs, dys, &mut dw_flat);
-        }
+        }),
         _ => im2col_gemm::backward(&g, xs, ws, dys, dx_slice, &mut dw_flat),
     }
     let dw = Array4::from_shape_vec(w.raw_dim(), dw_flat).expect("same length as the weight");

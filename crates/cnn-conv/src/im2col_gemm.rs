@@ -14,7 +14,9 @@
 //! of threads.
 
 use cnn_tensor::scratch::Scratch as Pooled;
-use cnn_tensor::{gemm, gemm_nt, gemm_panels_by_split, Float, GemmSplit, PackedLhs};
+use cnn_tensor::{
+    gemm, gemm_nt, gemm_panels_by_split, with_precision, Float, GemmSplit, PackedLhs,
+};
 use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -389,6 +391,8 @@ pub(crate) fn backward<T: Float>(
     let dw_len = ws.len();
     // One partial dW per block, side by side in one pooled buffer.
     let mut partials = Pooled::<T>::zeroed(g.n.div_ceil(plan.samples) * dw_len);
+    // The dW products (not packed here) read the precision in each task.
+    let precision = cnn_tensor::precision();
     dx_slice
         .par_chunks_mut(plan.samples * per_in)
         .zip(partials.par_chunks_mut(dw_len))
@@ -396,23 +400,25 @@ pub(crate) fn backward<T: Float>(
         .for_each_init(
             || Scratch::new(g, &plan),
             |scratch, (blk, (dx_blk, dw))| {
-                let n0 = blk * plan.samples;
-                let s = dx_blk.len() / per_in;
-                let x_blk = &xs[n0 * per_in..(n0 + s) * per_in];
-                let dy_blk = &dys[n0 * per_out..(n0 + s) * per_out];
-                if plan.batched {
-                    backward_samples(
-                        g, plan.split, x_blk, &weights_t, dy_blk, dx_blk, dw, s, scratch,
-                    );
-                } else {
-                    let samples = x_blk
-                        .chunks(per_in)
-                        .zip(dy_blk.chunks(per_out))
-                        .zip(dx_blk.chunks_mut(per_in));
-                    for ((x_n, dy_n), dx_n) in samples {
-                        backward_sample(g, &plan, x_n, &weights_t, dy_n, dx_n, dw, scratch);
+                with_precision(precision, || {
+                    let n0 = blk * plan.samples;
+                    let s = dx_blk.len() / per_in;
+                    let x_blk = &xs[n0 * per_in..(n0 + s) * per_in];
+                    let dy_blk = &dys[n0 * per_out..(n0 + s) * per_out];
+                    if plan.batched {
+                        backward_samples(
+                            g, plan.split, x_blk, &weights_t, dy_blk, dx_blk, dw, s, scratch,
+                        );
+                    } else {
+                        let samples = x_blk
+                            .chunks(per_in)
+                            .zip(dy_blk.chunks(per_out))
+                            .zip(dx_blk.chunks_mut(per_in));
+                        for ((x_n, dy_n), dx_n) in samples {
+                            backward_sample(g, &plan, x_n, &weights_t, dy_n, dx_n, dw, scratch);
+                        }
                     }
-                }
+                })
             },
         );
 
@@ -476,10 +482,13 @@ fn add_weight_grad<T: Float>(
     }
     // Every partial is written whole (β = 0) before it is read.
     let mut partials = Pooled::<T>::take(parts * m * n);
+    let precision = cnn_tensor::precision();
     partials.par_chunks_mut(m * n).enumerate().for_each(|(p, part)| {
         let cols = ndarray::s![.., p * k / parts..(p + 1) * k / parts];
         let (dy_p, col_p) = (dy_g.slice(cols), col.slice(cols));
-        weight_grad_product(dy_p, col_p, mat_mut(part, m, n, n), thin, T::zero());
+        with_precision(precision, || {
+            weight_grad_product(dy_p, col_p, mat_mut(part, m, n, n), thin, T::zero());
+        });
     });
     for part in partials.chunks(m * n) {
         dw_g += &mat(part, m, n, n);

@@ -3,12 +3,13 @@
 //! stores: the dispatcher (`conv2d.rs`) builds what it holds with the
 //! kernels' own functions, so it depends on no kernel.
 
-use cnn_tensor::{Float, PackedLhs, Version};
+use cnn_tensor::{Float, PackedLhs, Precision, Version};
 
 /// Winograd's `U[ξ]` per group, keyed by (tile side m, groups, GEMM width).
 type WinogradWeights<T> = ((usize, usize, usize), Vec<Vec<PackedLhs<T>>>);
-/// The im2col path's packed `W_g` per group, keyed by (groups, GEMM width).
-type PackedWeights<T> = ((usize, usize), Vec<PackedLhs<T>>);
+/// The im2col path's packed `W_g` per group, keyed by (groups, GEMM width,
+/// precision: a bf16 scope packs rounded weights).
+type PackedWeights<T> = ((usize, usize, Precision), Vec<PackedLhs<T>>);
 
 /// A layer's cache and the version of the weights it is handed with.
 pub(crate) type Prepared<'a, T> = (&'a mut WeightCache<T>, Version);
@@ -82,7 +83,7 @@ impl<T: Float> WeightCache<T> {
     /// `pack` when the version or the key changed.
     pub(crate) fn im2col(
         &mut self,
-        key: (usize, usize),
+        key: (usize, usize, Precision),
         (version, w): (Version, &[T]),
         pack: impl FnOnce() -> Vec<PackedLhs<T>>,
     ) -> &[PackedLhs<T>] {

@@ -32,7 +32,7 @@ pub struct PixelLinear<T: Float = f32> {
     x: Option<ArrayD<T>>,
     /// The weight packed for the product in eval mode, kept between calls
     /// with the weight's version and the product width it was packed for.
-    eval_packed: Option<((Version, usize), PackedLhs<T>)>,
+    eval_packed: Option<((Version, usize, cnn_tensor::Precision), PackedLhs<T>)>,
 }
 
 impl<T: Float> PixelLinear<T> {
@@ -233,12 +233,13 @@ fn weight_grad<T: Float>(x: &[T], dy: &[T], (o, i, p): (usize, usize, usize)) ->
     let xt = ndarray::ArrayView2::from_shape((i, cols), &gx[..]).map_err(shape_err)?;
     let mut dw = vec![T::zero(); o * i];
     let rows = o.div_ceil(DW_ROW_BLOCKS).max(1);
+    let precision = cnn_tensor::precision();
     dw.par_chunks_mut(rows * i).enumerate().try_for_each(|(blk, part)| -> Result<()> {
         let r = part.len() / i;
         let dys = ndarray::ArrayView2::from_shape((r, cols), &gdy[blk * rows * cols..][..r * cols])
             .map_err(shape_err)?;
         let part = ndarray::ArrayViewMut2::from_shape((r, i), part).map_err(shape_err)?;
-        gemm(T::one(), dys, xt.t(), T::zero(), part)
+        cnn_tensor::with_precision(precision, || gemm(T::one(), dys, xt.t(), T::zero(), part))
     })?;
     Ok(dw)
 }
@@ -272,7 +273,7 @@ impl<T: Float> PixelLinear<T> {
         let width = p * samples_per_product(p, n);
         let fresh;
         let packed = if mode == Mode::Eval {
-            let key = (self.weight.version(), width);
+            let key = (self.weight.version(), width, cnn_tensor::precision());
             if self.eval_packed.as_ref().is_none_or(|(k, _)| *k != key) {
                 self.eval_packed = Some((key, PackedLhs::new(self.w2()?, width)));
             }

@@ -13,15 +13,20 @@
 //! `(a₀, a₁)` and `(b₀, b₁)`: `acc ← ftz(fma(a₁, b₁, acc))`, then
 //! `acc ← ftz(fma(a₀, b₀, acc))`: the high pair first, each a fused
 //! multiply-add rounded once to nearest even (the product of two bf16 is
-//! exact in f32), a subnormal result flushed to zero of its sign. A product
-//! over `k` values is `k/2` such steps in order, on one accumulator
-//! ([`dot`]); an odd `k` is padded with a zero pair member.
+//! exact in f32), a subnormal result flushed to zero of its sign ([`dot_step`]).
+//! The kernels put the earlier of two neighbours along the shared axis in
+//! the high half, so a product over `k` values is one chain of such
+//! multiply-adds in order of `k` ([`dot`]): the same order as the f32
+//! kernels, on rounded inputs, with the flush.
 //!
-//! One caveat is stated rather than hidden: the instruction decides that a
-//! result is subnormal before rounding to the subnormal grid, [`dot_step`]
-//! after it, so a result within half a subnormal step below `f32::MIN_POSITIVE`
-//! can come out as `MIN_POSITIVE` here and zero there. Sums of products of
-//! the magnitudes a network holds never come near 1e-38.
+//! Two caveats are stated rather than hidden, both about sums that pass
+//! through the subnormal range: the instruction decides that a result is
+//! subnormal before rounding to the subnormal grid, [`dot_step`] after it,
+//! so a result within half a subnormal step below `f32::MIN_POSITIVE` can
+//! come out as `MIN_POSITIVE` here and zero there; and for an odd `k` the
+//! instruction's last pair adds a `0·0`, which turns a sum that is exactly
+//! `-0` (only a flushed negative subnormal gives one) into `+0`. Sums of
+//! products of the magnitudes a network holds never come near 1e-38.
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
@@ -121,6 +126,19 @@ crate::simd_fn! {
     fn convert_into(src: &[f32], dst: &mut [Bf16]) = convert_body
 }
 
+#[inline(always)]
+fn round_body(values: &mut [f32]) {
+    for v in values {
+        *v = round_f32(*v);
+    }
+}
+
+crate::simd_fn! {
+    /// Every value rounded to the nearest bf16 in place ([`round_f32`]):
+    /// the operands of a bf16 product as the kernels read them.
+    pub fn round_slice(values: &mut [f32]) = round_body
+}
+
 /// Every value of `src` rounded to bf16, in a new vector.
 pub fn from_f32_slice(src: &[f32]) -> Vec<Bf16> {
     let mut dst = vec![Bf16::ZERO; src.len()];
@@ -148,9 +166,11 @@ pub fn dot_step(acc: f32, a: [Bf16; 2], b: [Bf16; 2]) -> f32 {
     flush_subnormal(a[0].to_f32().mul_add(b[0].to_f32(), high))
 }
 
-/// `acc + Σ a[i]·b[i]` as a bf16 product computes it: pairs `(a[2j], a[2j+1])`
-/// in order by [`dot_step`], the last pair completed with a zero when the
-/// length is odd. The sum of each output of a bf16 GEMM.
+/// `acc + Σ a[i]·b[i]` as a bf16 product computes it: one fused
+/// multiply-add per `i` in order, each result flushed when subnormal (the
+/// pairs `(a[2j], a[2j+1])` go to [`dot_step`] with `a[2j]` in the high half,
+/// as the kernels pack them; an odd last value is one more step). The sum of
+/// each output of a bf16 GEMM, within one slab of the shared axis.
 ///
 /// # Panics
 /// When the lengths differ (a caller's bug, not a user's input).
@@ -160,19 +180,24 @@ pub fn dot(acc: f32, a: &[Bf16], b: &[Bf16]) -> f32 {
     let (ap, bp) = (a.chunks_exact(2), b.chunks_exact(2));
     let (ar, br) = (ap.remainder(), bp.remainder());
     for (x, y) in ap.zip(bp) {
-        acc = dot_step(acc, [x[0], x[1]], [y[0], y[1]]);
+        acc = dot_step(acc, [x[1], x[0]], [y[1], y[0]]);
     }
     if let (Some(&x), Some(&y)) = (ar.first(), br.first()) {
-        acc = dot_step(acc, [x, Bf16::ZERO], [y, Bf16::ZERO]);
+        acc = flush_subnormal(x.to_f32().mul_add(y.to_f32(), flush_subnormal(acc)));
     }
     acc
 }
 
+/// Values of the shared axis summed per slab: the kernels sum each run of
+/// `SLAB` values (from the first) from zero and add it to `C` in f32, as
+/// the f32 kernels do (`C` stays in memory between the slabs).
+pub const SLAB: usize = crate::packed::KC;
+
 /// `C ← A·B + β·C` as every bf16 product of the workspace computes it: `A`
-/// and `B` rounded to bf16 ([`Bf16::from_f32`]), each output summed by
-/// [`dot`] from zero along the shared axis in order, then `β·C` added in f32
-/// (`C` not read when `β == 0`). The naive twin of the bf16 kernels, and the
-/// definition of their bits.
+/// and `B` rounded to bf16 ([`Bf16::from_f32`]); each output starts as
+/// `β·C` (`C` not read when `β == 0`) and gets, one [`SLAB`] of the shared
+/// axis after another, that slab's [`dot`] from zero added in f32. The naive
+/// twin of the bf16 kernels, and the definition of their bits.
 ///
 /// Error bounds, away from the subnormal range (`u = 2⁻²⁴`, `k` the shared
 /// length, `γ = k·u/(1 − k·u)`, `S = Σ|aᵢ·bᵢ|` over the rounded values):
@@ -208,9 +233,13 @@ pub fn gemm_reference(
         .collect();
     for (i, row) in rows.iter().enumerate() {
         for (j, col) in cols.iter().enumerate() {
-            let sum = dot(0.0, row, col);
             let out = &mut c[[i, j]];
-            *out = if beta == 0.0 { sum } else { beta * *out + sum };
+            let mut total = (beta != 0.0).then(|| beta * *out);
+            for (r, c) in row.chunks(SLAB).zip(col.chunks(SLAB)) {
+                let sum = dot(0.0, r, c);
+                total = Some(total.map_or(sum, |t| t + sum));
+            }
+            *out = total.unwrap_or(0.0);
         }
     }
     Ok(())
@@ -338,16 +367,39 @@ mod tests {
     }
 
     #[test]
-    fn dot_pairs_in_order_and_pads_an_odd_length() {
+    fn dot_sums_in_order_with_the_earlier_value_high() {
         let a = from_f32_slice(&[1.5, -2.0, 0.25, 3.0, 7.0]);
         let b = from_f32_slice(&[2.0, 0.5, 4.0, -1.0, 0.5]);
         let mut acc = 10.0f32;
-        acc = dot_step(acc, [a[0], a[1]], [b[0], b[1]]);
-        acc = dot_step(acc, [a[2], a[3]], [b[2], b[3]]);
-        acc = dot_step(acc, [a[4], Bf16::ZERO], [b[4], Bf16::ZERO]);
+        acc = dot_step(acc, [a[1], a[0]], [b[1], b[0]]);
+        acc = dot_step(acc, [a[3], a[2]], [b[3], b[2]]);
+        acc = a[4].to_f32().mul_add(b[4].to_f32(), acc);
         assert_eq!(dot(10.0, &a, &b), acc);
         assert_eq!(acc, 10.0 + 3.0 - 1.0 + 1.0 - 3.0 + 3.5);
         assert_eq!(dot(2.5, &[], &[]), 2.5);
+        // The order is k's: −2³⁰ + 2³⁰ first, then 1, gives 1; the other
+        // order within the pair would lose the 1 and give 0.
+        let x = from_f32_slice(&[2f32.powi(30), 1.0]);
+        let ones = from_f32_slice(&[1.0, 1.0]);
+        assert_eq!(dot(-(2f32.powi(30)), &x, &ones), 1.0);
+    }
+
+    #[test]
+    fn the_reference_sums_each_slab_from_zero() {
+        // k = SLAB + 2: the first slab sums 2²⁴ and SLAB − 1 ones from zero
+        // (each 1 lost against 2²⁴), the second slab 1 + 1 = 2 from zero,
+        // added to the first: 2²⁴ + 2. One chain over all k would give 2²⁴.
+        let k = SLAB + 2;
+        let mut a = vec![1.0f32; k];
+        a[0] = 2f32.powi(24);
+        let b = vec![1.0f32; k];
+        let (av, bv) = (
+            ArrayView2::from_shape((1, k), &a).unwrap(),
+            ArrayView2::from_shape((k, 1), &b).unwrap(),
+        );
+        let mut c = ndarray::Array2::<f32>::zeros((1, 1));
+        gemm_reference(av, bv, 0.0, c.view_mut()).unwrap();
+        assert_eq!(c[[0, 0]], 2f32.powi(24) + 2.0);
     }
 
     #[test]

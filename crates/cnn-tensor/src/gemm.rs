@@ -10,6 +10,10 @@ use crate::{Error, Float, Result};
 /// (ndarray's `general_mat_mul` is the same idea). With `beta == 0`, `C` is
 /// overwritten without being read.
 ///
+/// For f32 under a bf16 scope ([`crate::with_precision`]) the product is
+/// bf16's ([`crate::bf16::gemm_reference`] bit for bit, then scaled by `α`
+/// when `α ≠ 1`), in the packed micro-kernel.
+///
 /// # Errors
 /// [`Error::Shape`] when the inner or outer dimensions do not agree.
 pub fn gemm<T: Float>(
@@ -29,6 +33,9 @@ pub fn gemm<T: Float>(
                 c.dim()
             ),
         ));
+    }
+    if crate::precision::bf16_for::<T>() && crate::PackedLhs::<T>::uses_kernel() {
+        return bf16_product(alpha, a, b, beta, c);
     }
     let (sa, sb, sc) = (a.strides().to_vec(), b.strides().to_vec(), c.strides().to_vec());
     // SAFETY: ndarray views keep every indexed element inside their allocation;
@@ -51,6 +58,32 @@ pub fn gemm<T: Float>(
             sc[1],
         );
     }
+    Ok(())
+}
+
+/// [`gemm`] in bf16: `A` packed under the scope (so rounded), `B` rounded
+/// as it is packed; `α ≠ 1` scales the product before `β·C` is added.
+fn bf16_product<T: Float>(
+    alpha: T,
+    a: ArrayView2<'_, T>,
+    b: ArrayView2<'_, T>,
+    beta: T,
+    mut c: ArrayViewMut2<'_, T>,
+) -> Result<()> {
+    if a.ncols() == 0 {
+        c.mapv_inplace(|v| if beta == T::zero() { T::zero() } else { beta * v });
+        return Ok(());
+    }
+    let packed = crate::PackedLhs::new(a, b.ncols());
+    let mut scratch = crate::scratch::Scratch::<T>::take(0);
+    if alpha == T::one() {
+        return crate::gemm_packed(&packed, b, beta, c, scratch.vec_mut());
+    }
+    let mut product = Array2::zeros(c.dim());
+    crate::gemm_packed(&packed, b, T::zero(), product.view_mut(), scratch.vec_mut())?;
+    c.zip_mut_with(&product, |out, &p| {
+        *out = if beta == T::zero() { alpha * p } else { alpha * p + beta * *out };
+    });
     Ok(())
 }
 

@@ -52,6 +52,8 @@ const MAX_CHUNK: usize = 1024;
 /// matrixmultiply then costs more than it saves, and the lanes' reduction
 /// less). Anything else runs matrixmultiply's GEMM.
 /// `C` may have any strides. With `beta == 0`, `C` is written without being read.
+/// For f32 under a bf16 scope ([`crate::with_precision`]) it is
+/// [`gemm`]`(1, A, Bᵀ, β, C)` in bf16 (summed in order of `k`, not in lanes).
 ///
 /// # Errors
 /// [`Error::Shape`] when the shapes do not agree.
@@ -61,6 +63,10 @@ pub fn gemm_nt<T: Float>(
     beta: T,
     c: ArrayViewMut2<'_, T>,
 ) -> Result<()> {
+    if crate::precision::bf16_for::<T>() && crate::PackedLhs::<T>::uses_kernel() {
+        check_dims(&a, &b, &c)?;
+        return gemm(T::one(), a, b.t(), beta, c);
+    }
     product(a, b, beta, c, true)
 }
 

@@ -45,6 +45,7 @@ mod linear;
 mod loss;
 mod packed;
 mod param;
+pub mod precision;
 pub mod random;
 mod rectify;
 mod reduce;
@@ -69,6 +70,7 @@ pub use packed::{
     GemmSplit, PackedLhs, RhsPanels, PANELS,
 };
 pub use param::{Param, Version};
+pub use precision::{precision, with_precision, Precision};
 pub use rectify::rectify_with_signs;
 pub use reduce::{sum, SUM_LANES};
 

@@ -12,6 +12,13 @@
 //! whatever the panel or the vector width, so results never depend on how
 //! callers split work between threads, and the AVX2 and AVX-512 kernels give
 //! the same bits.
+//!
+//! Under [`Precision::Bf16`](crate::precision::Precision) (a
+//! [`with_precision`](crate::precision::with_precision) scope when `A` is
+//! packed), f32 products round `A` and `B` to bf16 and sum in f32, each
+//! multiply-add's subnormal result flushed: [`crate::bf16::gemm_reference`]
+//! bit for bit, at every SIMD level (the same panels and order of sums,
+//! a scalar kernel at the portable level).
 
 use std::ops::Range;
 
@@ -23,7 +30,7 @@ use crate::{gemm, Error, Float, Result};
 /// Depth of one pass over `k`. Measured on 2048² (one thread): 128 → 160
 /// GFLOP/s, 256 → 191, 512 → 203, 1024 → 219: fewer passes over `C` beat
 /// keeping the right panel in L1. Conv shapes (K ≤ 2304) were indifferent.
-const KC: usize = 1024;
+pub(crate) const KC: usize = 1024;
 /// Rows of `A` per block: `MC × KC` f32 (384 KiB) stays in L2.
 const MC: usize = 384;
 
@@ -79,6 +86,9 @@ pub struct PackedLhs<T: Float> {
     data: Vec<T>,
     /// The matrix itself, for the matrixmultiply path (empty when the micro-kernel runs).
     plain: Array2<T>,
+    /// Whether products round to bf16 (f32 packed under a bf16 scope): then
+    /// `data` holds the rounded values and every `B` is rounded as it is packed.
+    bf16: bool,
 }
 
 /// Whether `T` is f32 and a micro-kernel may run: the SIMD level
@@ -87,6 +97,26 @@ fn kernel_f32<T: Float>() -> bool {
     cfg!(target_arch = "x86_64")
         && T::as_f32(&[]).is_some()
         && crate::simd::level() >= crate::simd::SimdLevel::Avx2
+}
+
+/// Whether a product packed now rounds to bf16: `T` is f32 under a bf16
+/// scope. Every level runs it (a scalar kernel at the portable level); on a
+/// CPU other than x86-64 products stay f32.
+fn packs_bf16<T: Float>() -> bool {
+    cfg!(target_arch = "x86_64") && crate::precision::bf16_for::<T>()
+}
+
+/// Whether the micro-kernel runs for `T` (f32 at AVX2 or AVX-512, or any
+/// level in bf16).
+fn kernel_for<T: Float>(bf16: bool) -> bool {
+    bf16 || kernel_f32::<T>()
+}
+
+/// `values` rounded to bf16 in place, when `T` is f32 (the packed operands of a bf16 product).
+fn round_in_place<T: Float>(values: &mut [T]) {
+    if let Some(v) = T::as_f32_mut(values) {
+        crate::bf16::round_slice(v);
+    }
 }
 
 impl<T: Float> PackedLhs<T> {
@@ -100,7 +130,7 @@ impl<T: Float> PackedLhs<T> {
     /// matrix and right operands of about `typical_n` columns (the one that
     /// wastes the least padding), or `None` when products run in matrixmultiply.
     pub fn panel_for(m: usize, typical_n: usize) -> Option<(usize, usize)> {
-        kernel_f32::<T>().then(|| {
+        kernel_for::<T>(packs_bf16::<T>()).then(|| {
             let padded = |(mr, nv): (usize, usize)| {
                 m.div_ceil(mr) * mr * typical_n.max(1).div_ceil(16 * nv) * 16 * nv
             };
@@ -124,7 +154,8 @@ impl<T: Float> PackedLhs<T> {
     /// `panel` is not one of [`PANELS`]; [`Error::Shape`] when `data` has the
     /// wrong length.
     pub fn from_panels(m: usize, k: usize, panel: (usize, usize), data: Vec<T>) -> Result<Self> {
-        if !kernel_f32::<T>() || !PANELS.contains(&panel) {
+        let bf16 = packs_bf16::<T>();
+        if !kernel_for::<T>(bf16) || !PANELS.contains(&panel) {
             return Err(Error::config(
                 "gemm_packed",
                 format!("panel {panel:?}: the micro-kernel does not run here or has no such panel"),
@@ -141,7 +172,11 @@ impl<T: Float> PackedLhs<T> {
                 ),
             ));
         }
-        Ok(PackedLhs { m, k, shape: Some(panel), data, plain: Array2::zeros((0, 0)) })
+        let mut data = data;
+        if bf16 {
+            round_in_place(&mut data);
+        }
+        Ok(PackedLhs { m, k, shape: Some(panel), data, plain: Array2::zeros((0, 0)), bf16 })
     }
 
     /// Packs `a` for the micro-kernel panel `(MR, NV)` (one of [`PANELS`]),
@@ -157,10 +192,16 @@ impl<T: Float> PackedLhs<T> {
                 format!("panel {panel:?} is not one of {PANELS:?} (MR, NR/16)"),
             ));
         }
-        Ok(Self::pack(a, kernel_f32::<T>().then_some(panel)))
+        Ok(Self::pack(a, kernel_for::<T>(packs_bf16::<T>()).then_some(panel)))
     }
 
     fn pack(a: ArrayView2<'_, T>, shape: Option<(usize, usize)>) -> Self {
+        let bf16 = shape.is_some() && packs_bf16::<T>();
+        Self::pack_as(a, shape, bf16)
+    }
+
+    /// Packs `a` in panels of `shape`, rounded to bf16 when `bf16`.
+    fn pack_as(a: ArrayView2<'_, T>, shape: Option<(usize, usize)>, bf16: bool) -> Self {
         let (m, k) = a.dim();
         let mut data = Vec::new();
         if let Some((mr, _)) = shape {
@@ -170,15 +211,29 @@ impl<T: Float> PackedLhs<T> {
                     data[Self::packed_index(p, kk, k, mr)] = v;
                 }
             }
+            if bf16 {
+                round_in_place(&mut data);
+            }
         }
         let plain = if shape.is_some() { Array2::zeros((0, 0)) } else { a.to_owned() };
-        PackedLhs { m, k, shape, data, plain }
+        PackedLhs { m, k, shape, data, plain, bf16 }
     }
 
     /// Whether products with `T` run in this crate's micro-kernel (f32 at SIMD
-    /// level AVX2 or AVX-512) rather than in matrixmultiply.
+    /// level AVX2 or AVX-512, or f32 at any level under a bf16 scope) rather
+    /// than in matrixmultiply.
     pub fn uses_kernel() -> bool {
-        kernel_f32::<T>()
+        kernel_for::<T>(packs_bf16::<T>())
+    }
+
+    /// The precision of this operand's products: bf16 when it was packed
+    /// (as f32) under a bf16 scope, else f32.
+    pub fn precision(&self) -> crate::precision::Precision {
+        if self.bf16 {
+            crate::precision::Precision::Bf16
+        } else {
+            crate::precision::Precision::F32
+        }
     }
 
     /// Rows of `A`.
@@ -283,6 +338,15 @@ pub fn gemm_prepacked<T: Float>(
             ),
         ));
     }
+    if a.bf16 {
+        // The producer wrote f32 values: round a copy, as packing would have.
+        let mut rounded = crate::scratch::Scratch::<T>::take(layout.len());
+        let buf = rounded.vec_mut();
+        buf[..layout.len()].copy_from_slice(&packed[..layout.len()]);
+        round_in_place(&mut buf[..layout.len()]);
+        multiply_prepacked(a, 0..a.m, buf, (a.k, n), beta, c);
+        return Ok(());
+    }
     multiply_prepacked(a, 0..a.m, packed, (a.k, n), beta, c);
     Ok(())
 }
@@ -324,6 +388,9 @@ pub fn gemm_panels_by<T: Float>(
             let size = kc * layout.width();
             for (panel, part) in buf[start..start + size * panels].chunks_mut(size).enumerate() {
                 fill(panel, k0, kc, part);
+                if a.bf16 {
+                    round_in_place(part);
+                }
             }
             k0 += kc;
         }
@@ -336,7 +403,8 @@ pub fn gemm_panels_by<T: Float>(
         if beta != T::zero() && beta != T::one() {
             c.mapv_inplace(|v| v * beta);
         }
-        // SAFETY: `shape` is Some only for f32 at SIMD level AVX2 or AVX-512 (checked in `new`).
+        // SAFETY: `shape` is Some only for f32, at SIMD level AVX2 or AVX-512 or in bf16
+        // (checked in `new`).
         unsafe { x86::gemm_f32_by(a, n, beta != T::zero(), c, mr, nv, &mut fill) };
     }
     Ok(())
@@ -539,6 +607,10 @@ fn pack_rhs_for<T: Float>(a: &PackedLhs<T>, b: ArrayView2<'_, T>, buf: &mut Vec<
     #[cfg(target_arch = "x86_64")]
     if let Some((_, nv)) = a.shape {
         x86::pack_all(b, 16 * nv, buf);
+        if a.bf16 {
+            let len = b.nrows() * b.ncols().div_ceil(16 * nv) * 16 * nv;
+            round_in_place(&mut buf[..len]);
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (a, b, buf);
@@ -570,8 +642,11 @@ fn multiply_packed<T: Float>(
     if a.shape.is_some() {
         multiply_prepacked(a, rows, packed, b.dim(), beta, c);
     } else {
-        gemm(T::one(), a.plain.slice(s![rows, ..]), b, beta, c)
-            .expect("dimensions checked by the caller");
+        // An operand packed in f32 stays f32 under a bf16 scope.
+        crate::precision::with_precision(crate::precision::Precision::F32, || {
+            gemm(T::one(), a.plain.slice(s![rows, ..]), b, beta, c)
+        })
+        .expect("dimensions checked by the caller");
     }
 }
 
@@ -591,7 +666,8 @@ fn multiply_prepacked<T: Float>(
             if beta != T::zero() && beta != T::one() {
                 c.mapv_inplace(|v| v * beta);
             }
-            // SAFETY: `shape` is Some only for f32 at SIMD level AVX2 or AVX-512 (checked in `new`);
+            // SAFETY: `shape` is Some only for f32, at SIMD level AVX2 or AVX-512 or in bf16
+            // (checked in `new`);
             // `packed` holds `B` in this panel's layout (`pack_rhs_for`, or a producer
             // writing `RhsPanels`; its length is asserted in `gemm_f32`).
             unsafe { x86::gemm_f32(a, rows, packed, (k, n), beta != T::zero(), c, mr, nv) };
@@ -640,7 +716,7 @@ mod x86 {
         let a_data = as_f32(&a.data);
         let b_all = as_f32(packed);
         assert!(b_all.len() >= panels_n * nr * k, "B packed for this product");
-        let wide = wide();
+        let kind = Kind::now(a.bf16);
         let mut k0 = 0;
         while k0 < k {
             let kc = KC.min(k - k0);
@@ -663,7 +739,7 @@ mod x86 {
                             );
                             let tile =
                                 Tile { c: ct, rsc, csc, rows: tile_rows, cols, accumulate: acc };
-                            micro_for(wide, (mr, nv), kc, ap.as_ptr(), bp.as_ptr(), tile);
+                            micro_for(kind, (mr, nv), kc, ap.as_ptr(), bp.as_ptr(), tile);
                         }
                     }
                 }
@@ -675,19 +751,40 @@ mod x86 {
     /// `fill(panel, k0, kc, buf)` of [`super::gemm_panels_by`].
     type FillPanel<'f, T> = dyn FnMut(usize, usize, usize, &mut [T]) + 'f;
 
-    /// Whether the SIMD level is AVX-512 (the 512-bit kernel), not AVX2.
-    fn wide() -> bool {
-        crate::simd::level() >= crate::simd::SimdLevel::Avx512
+    /// Which micro-kernel runs a product: the SIMD level's, and whether
+    /// each multiply-add's subnormal result is flushed (bf16 products).
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Kind {
+        /// The 512-bit kernel (SIMD level AVX-512 or above).
+        Wide { flush: bool },
+        /// The 256-bit kernel (AVX2 with FMA).
+        Narrow { flush: bool },
+        /// Plain loops (the portable level): bf16 products only, as f32
+        /// products there run in matrixmultiply.
+        Scalar,
     }
 
-    /// The micro-kernel of panel shape `(mr, nv)`: the 512-bit one when
-    /// `wide`, else the 256-bit one (the same sums, so the same bits).
+    impl Kind {
+        /// The kernel for this thread's SIMD level; `bf16` products flush.
+        fn now(bf16: bool) -> Kind {
+            use crate::simd::{level, SimdLevel};
+            match level() {
+                l if l >= SimdLevel::Avx512 => Kind::Wide { flush: bf16 },
+                SimdLevel::Avx2 => Kind::Narrow { flush: bf16 },
+                _ => Kind::Scalar,
+            }
+        }
+    }
+
+    /// The micro-kernel of panel shape `(mr, nv)` of `kind`: every one sums
+    /// each entry in the same order (so the 512-bit, 256-bit and scalar
+    /// kernels give the same bits).
     ///
     /// # Safety
-    /// As [`micro`] when `wide`, else as [`micro_avx2`].
+    /// As [`micro`] for `Wide`, [`micro_avx2`] for `Narrow`, [`micro_scalar`] for `Scalar`.
     #[inline(always)]
     unsafe fn micro_for(
-        wide: bool,
+        kind: Kind,
         (mr, nv): (usize, usize),
         kc: usize,
         a: *const f32,
@@ -696,23 +793,80 @@ mod x86 {
     ) {
         // SAFETY: the caller's contract, passed on.
         unsafe {
-            if !wide {
-                return match (mr, nv) {
-                    (6, 1) => micro_avx2::<6, 1>(kc, a, b, tile),
-                    _ => micro_avx2_any(mr, nv, kc, a, b, tile),
-                };
+            match kind {
+                Kind::Scalar => micro_scalar(mr, 16 * nv, kc, a, b, tile),
+                Kind::Narrow { flush: false } => match (mr, nv) {
+                    (6, 1) => micro_avx2::<6, 1, false>(kc, a, b, tile),
+                    _ => micro_avx2_any::<false>(mr, nv, kc, a, b, tile),
+                },
+                Kind::Narrow { flush: true } => match (mr, nv) {
+                    (6, 1) => micro_avx2::<6, 1, true>(kc, a, b, tile),
+                    _ => micro_avx2_any::<true>(mr, nv, kc, a, b, tile),
+                },
+                Kind::Wide { flush: false } => micro_wide::<false>(mr, nv, kc, a, b, tile),
+                Kind::Wide { flush: true } => micro_wide::<true>(mr, nv, kc, a, b, tile),
             }
+        }
+    }
+
+    /// The 512-bit kernel of panel shape `(mr, nv)`.
+    ///
+    /// # Safety
+    /// As [`micro`].
+    #[inline(always)]
+    unsafe fn micro_wide<const FLUSH: bool>(
+        mr: usize,
+        nv: usize,
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        tile: Tile,
+    ) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe {
             match (mr, nv) {
-                (4, 6) => micro::<4, 6>(kc, a, b, tile),
-                (8, 3) => micro::<8, 3>(kc, a, b, tile),
-                (14, 2) => micro::<14, 2>(kc, a, b, tile),
-                (6, 4) => micro::<6, 4>(kc, a, b, tile),
-                (16, 1) => micro::<16, 1>(kc, a, b, tile),
-                (12, 2) => micro::<12, 2>(kc, a, b, tile),
-                (6, 1) => micro::<6, 1>(kc, a, b, tile),
+                (4, 6) => micro::<4, 6, FLUSH>(kc, a, b, tile),
+                (8, 3) => micro::<8, 3, FLUSH>(kc, a, b, tile),
+                (14, 2) => micro::<14, 2, FLUSH>(kc, a, b, tile),
+                (6, 4) => micro::<6, 4, FLUSH>(kc, a, b, tile),
+                (16, 1) => micro::<16, 1, FLUSH>(kc, a, b, tile),
+                (12, 2) => micro::<12, 2, FLUSH>(kc, a, b, tile),
+                (6, 1) => micro::<6, 1, FLUSH>(kc, a, b, tile),
                 // Every shape of PANELS has its arm; `PackedLhs` only ever
                 // packs with one of them (checked in `from_panels`).
                 _ => unreachable!("panel {mr}x{} is not one of PANELS", 16 * nv),
+            }
+        }
+    }
+
+    /// The scalar twin of the kernels (the portable level's bf16 products):
+    /// the same chain of fused multiply-adds per entry, each flushed.
+    ///
+    /// # Safety
+    /// `a` points to `kc·mr` readable floats, `b` to `kc·nr`; `t` as in [`micro`]
+    /// with `mr·nr ≤ 448` (every panel of `PANELS`).
+    #[inline(never)]
+    unsafe fn micro_scalar(mr: usize, nr: usize, kc: usize, a: *const f32, b: *const f32, t: Tile) {
+        let mut acc = [0f32; 448];
+        let acc = &mut acc[..mr * nr];
+        // SAFETY: the panels hold kc·mr and kc·nr floats (the caller's contract).
+        let (a, b) = unsafe {
+            (std::slice::from_raw_parts(a, kc * mr), std::slice::from_raw_parts(b, kc * nr))
+        };
+        for (a_p, b_p) in a.chunks_exact(mr).zip(b.chunks_exact(nr)) {
+            for (row, &ai) in acc.chunks_exact_mut(nr).zip(a_p) {
+                for (s, &bj) in row.iter_mut().zip(b_p) {
+                    *s = crate::bf16::flush_subnormal(ai.mul_add(bj, *s));
+                }
+            }
+        }
+        for (i, row) in acc.chunks_exact(nr).enumerate().take(t.rows) {
+            for (col, &x) in row.iter().enumerate().take(t.cols) {
+                // SAFETY: row i < t.rows and column col < t.cols lie inside the caller's C view.
+                unsafe {
+                    let dst = t.c.offset(i as isize * t.rsc + col as isize * t.csc);
+                    *dst = if t.accumulate { *dst + x } else { x };
+                }
             }
         }
     }
@@ -724,7 +878,7 @@ mod x86 {
     /// # Safety
     /// As [`micro_avx2`].
     #[inline(never)]
-    unsafe fn micro_avx2_any(
+    unsafe fn micro_avx2_any<const FLUSH: bool>(
         mr: usize,
         nv: usize,
         kc: usize,
@@ -735,12 +889,12 @@ mod x86 {
         // SAFETY: the caller's contract, passed on.
         unsafe {
             match (mr, nv) {
-                (4, 6) => micro_avx2::<4, 6>(kc, a, b, t),
-                (8, 3) => micro_avx2::<8, 3>(kc, a, b, t),
-                (14, 2) => micro_avx2::<14, 2>(kc, a, b, t),
-                (6, 4) => micro_avx2::<6, 4>(kc, a, b, t),
-                (16, 1) => micro_avx2::<16, 1>(kc, a, b, t),
-                (12, 2) => micro_avx2::<12, 2>(kc, a, b, t),
+                (4, 6) => micro_avx2::<4, 6, FLUSH>(kc, a, b, t),
+                (8, 3) => micro_avx2::<8, 3, FLUSH>(kc, a, b, t),
+                (14, 2) => micro_avx2::<14, 2, FLUSH>(kc, a, b, t),
+                (6, 4) => micro_avx2::<6, 4, FLUSH>(kc, a, b, t),
+                (16, 1) => micro_avx2::<16, 1, FLUSH>(kc, a, b, t),
+                (12, 2) => micro_avx2::<12, 2, FLUSH>(kc, a, b, t),
                 _ => unreachable!("panel {mr}x{} is not one of PANELS", 16 * nv),
             }
         }
@@ -770,7 +924,7 @@ mod x86 {
         let c_ptr = c.as_mut_ptr().cast::<f32>();
         let a_data = as_f32(&a.data);
         let mut buf = crate::scratch::Scratch::<T>::take(KC.min(k) * nr);
-        let wide = wide();
+        let kind = Kind::now(a.bf16);
         let mut k0 = 0;
         while k0 < k {
             let kc = KC.min(k - k0);
@@ -779,6 +933,9 @@ mod x86 {
                 let cols = nr.min(n - j * nr);
                 let panel = &mut buf.vec_mut()[..kc * nr];
                 fill(j, k0, kc, panel);
+                if a.bf16 {
+                    super::round_in_place(panel);
+                }
                 let bp = as_f32(panel);
                 for i in 0..row_panels {
                     let tile_rows = mr.min(a.m - i * mr);
@@ -789,7 +946,7 @@ mod x86 {
                     unsafe {
                         let ct = c_ptr.offset((i * mr) as isize * rsc + (j * nr) as isize * csc);
                         let tile = Tile { c: ct, rsc, csc, rows: tile_rows, cols, accumulate: acc };
-                        micro_for(wide, (mr, nv), kc, ap.as_ptr(), bp.as_ptr(), tile);
+                        micro_for(kind, (mr, nv), kc, ap.as_ptr(), bp.as_ptr(), tile);
                     }
                 }
             }
@@ -865,7 +1022,7 @@ mod x86 {
     /// `t.rsc`, `t.csc` addresses a writable `t.rows × t.cols` tile, with
     /// `t.rows ≤ MR` and `t.cols ≤ 16·NV`, that nothing else accesses meanwhile.
     #[target_feature(enable = "avx512f")]
-    unsafe fn micro<const MR: usize, const NV: usize>(
+    unsafe fn micro<const MR: usize, const NV: usize, const FLUSH: bool>(
         kc: usize,
         a: *const f32,
         b: *const f32,
@@ -883,6 +1040,9 @@ mod x86 {
                 let ai = _mm512_set1_ps(unsafe { *a.add(p * MR + i) });
                 for v in 0..NV {
                     row[v] = _mm512_fmadd_ps(ai, bv[v], row[v]);
+                    if FLUSH {
+                        row[v] = flush512(row[v]);
+                    }
                 }
             }
         }
@@ -909,6 +1069,27 @@ mod x86 {
                 }
             }
         }
+    }
+
+    /// `x` with every subnormal lane made zero of its sign (the bf16 step's flush).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn flush512(x: __m512) -> __m512 {
+        let tiny =
+            _mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_abs_ps(x), _mm512_set1_ps(f32::MIN_POSITIVE));
+        let bits = _mm512_castps_si512(x);
+        let sign = _mm512_set1_epi32(i32::MIN);
+        _mm512_castsi512_ps(_mm512_mask_and_epi32(bits, tiny, bits, sign))
+    }
+
+    /// `x` with every subnormal lane made zero of its sign (the bf16 step's flush).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn flush256(x: __m256) -> __m256 {
+        let magnitude = _mm256_andnot_ps(_mm256_set1_ps(-0.0), x);
+        let tiny = _mm256_cmp_ps::<_CMP_LT_OQ>(magnitude, _mm256_set1_ps(f32::MIN_POSITIVE));
+        // Keep the sign bit where tiny, everything where not.
+        _mm256_andnot_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0), tiny), x)
     }
 
     /// Stores the first `t.rows × t.cols` values of `acc` into the tile.
@@ -942,7 +1123,7 @@ mod x86 {
     /// # Safety
     /// The CPU has AVX2 and FMA; otherwise as [`micro`].
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn micro_avx2<const MR: usize, const NV: usize>(
+    unsafe fn micro_avx2<const MR: usize, const NV: usize, const FLUSH: bool>(
         kc: usize,
         a: *const f32,
         b: *const f32,
@@ -963,6 +1144,9 @@ mod x86 {
                 for v in 0..NV {
                     for h in 0..2 {
                         row[v][h] = _mm256_fmadd_ps(ai, bv[v][h], row[v][h]);
+                        if FLUSH {
+                            row[v][h] = flush256(row[v][h]);
+                        }
                     }
                 }
             }
