@@ -234,7 +234,7 @@ pub fn gemm_reference(
     for (i, row) in rows.iter().enumerate() {
         for (j, col) in cols.iter().enumerate() {
             let out = &mut c[[i, j]];
-            let mut total = (beta != 0.0).then(|| beta * *out);
+            let mut total = (beta != 0.0).then_some(beta * *out);
             for (r, c) in row.chunks(SLAB).zip(col.chunks(SLAB)) {
                 let sum = dot(0.0, r, c);
                 total = Some(total.map_or(sum, |t| t + sum));
