@@ -80,6 +80,8 @@ pub struct EvalArgs {
     /// Where to draw the confusion matrix [default: RUN/confusion.png].
     #[arg(long)]
     out: Option<PathBuf>,
+    #[command(flatten)]
+    precision: crate::PrecisionArgs,
 }
 
 /// Runs `cnn eval`.
@@ -93,14 +95,17 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         let (mean, std) = norm.unwrap_or_else(|| {
             (crate::finetune::IMAGENET_MEAN.to_vec(), crate::finetune::IMAGENET_STD.to_vec())
         });
-        let failed = crate::classify::classify(&crate::classify::ClassifyRequest {
-            weights,
-            arch: &args.arch,
-            images: &args.image,
-            labels: args.labels.as_deref(),
-            size: args.image_size,
-            mean: &mean,
-            std: &std,
+        let precision = args.precision.precision.unwrap_or_default();
+        let failed = cnn_tensor::with_precision(precision, || {
+            crate::classify::classify(&crate::classify::ClassifyRequest {
+                weights,
+                arch: &args.arch,
+                images: &args.image,
+                labels: args.labels.as_deref(),
+                size: args.image_size,
+                mean: &mean,
+                std: &std,
+            })
         })?;
         // As `cat` or `ls` with a missing file: the others are done, the exit status says not all were.
         return Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE });
@@ -122,15 +127,23 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     };
     let splits = info.load_splits(&spec)?;
     let plain = info.eval_loader(splits.test.clone(), args.batch_size, built.rgb)?;
-    let report = if args.tta > 1 {
-        let views = info.tta_loader(splits.test.clone(), args.batch_size, built.rgb)?;
-        evaluate_tta(&mut *built.model, &plain, &views, args.tta as usize)?
-    } else {
-        evaluate(&mut *built.model, &plain)?
-    };
+    // The run's precision unless --precision says otherwise.
+    let precision = args.precision.precision.unwrap_or(state.config.precision);
+    let report = cnn_tensor::with_precision(precision, || {
+        if args.tta > 1 {
+            let views = info.tta_loader(splits.test.clone(), args.batch_size, built.rgb)?;
+            evaluate_tta(&mut *built.model, &plain, &views, args.tta as usize)
+        } else {
+            evaluate(&mut *built.model, &plain)
+        }
+    })?;
     let png = args.out.clone().unwrap_or_else(|| run.join("confusion.png"));
     plot_confusion(&report.confusion, &report.classes, &png)?;
-    println!("{} after epoch {}, on the test split of {spec}", dir.display(), state.epoch);
+    println!(
+        "{} after epoch {}, on the test split of {spec}, products in {precision}",
+        dir.display(),
+        state.epoch
+    );
     print!("{}", report.table());
     if let Some(top5) = report.top5 {
         println!("top-5 accuracy {:.2}%", 100.0 * top5);

@@ -56,6 +56,8 @@ pub struct FinetuneArgs {
     pub(crate) data: DataArgs,
     #[command(flatten)]
     pub(crate) board: crate::BoardArgs,
+    #[command(flatten)]
+    pub(crate) precision: crate::PrecisionArgs,
     /// The pretrained weights (safetensors).
     #[arg(long)]
     weights: PathBuf,
@@ -228,21 +230,26 @@ pub fn run(args: FinetuneArgs, started: Instant) -> Result<ExitCode> {
         .with_lr(lr)
         .with_weight_decay(args.weight_decay)
         .with_schedule(ScheduleKind::WarmupCosine)
-        .with_seed(args.seed);
+        .with_seed(args.seed)
+        .with_precision(args.precision.precision.unwrap_or_default());
     if args.mode == Mode::Finetune {
         config = config.with_head(heads).with_backbone_lr_mult(args.backbone_lr_mult);
     }
     config.validate()?;
     say(format!(
-        "{:?} of {} on {}: {trainable} of {total} parameters train; {} training images of {}, {} for validation; normalization {norm_source}; run directory {}",
+        "{:?} of {} on {}{}: {trainable} of {total} parameters train; {} training images of {}, {} for validation; normalization {norm_source}; run directory {}",
         args.mode,
         info.arch,
         info.data,
+        crate::training_run::precision_words(config.precision),
         splits.train.len(),
         info.image.map(|v| v.to_string()).join("×"),
         splits.val.len(),
         out.display()
     ));
+    if let Some(note) = crate::training_run::precision_note(config.precision) {
+        say(format!("note: {note}"));
+    }
     let mut info = info;
     info.trainable = match &mode {
         TransferMode::Finetune => None,

@@ -106,6 +106,24 @@ impl BoardArgs {
     }
 }
 
+/// `--precision`, shared by `train`, `finetune`, `tune` and `eval`; parsed
+/// by `cnn_tensor::Precision`'s own `FromStr` (one parser for the name).
+#[derive(Args, Debug, Clone, Copy)]
+struct PrecisionArgs {
+    /// Products in f32, or bf16: mixed precision as PyTorch's CPU autocast
+    /// (convolutions and linear layers take bf16 inputs and sum in f32; norms,
+    /// the loss, the optimizer, weights and checkpoints stay f32). Fast on
+    /// CPUs with AVX512-BF16; elsewhere the same numbers, slower than f32
+    /// [default: f32; a recipe's or a run's own where there is one].
+    #[arg(long, value_name = "f32|bf16", value_parser = parse_precision)]
+    precision: Option<cnn_tensor::Precision>,
+}
+
+/// `--precision`'s value.
+fn parse_precision(s: &str) -> std::result::Result<cnn_tensor::Precision, String> {
+    s.parse().map_err(|e: cnn_tensor::Error| e.to_string())
+}
+
 /// How to split a data set; shared by every command that reads one.
 #[derive(Args, Debug, Clone)]
 struct DataArgs {

@@ -50,7 +50,7 @@ const CONFIG_CONFLICTS: [&str; 10] = [
     "label_smoothing",
 ];
 
-const RESUME_CONFLICTS: [&str; 20] = [
+const RESUME_CONFLICTS: [&str; 21] = [
     "no_decay_norms",
     "config",
     "data",
@@ -71,6 +71,7 @@ const RESUME_CONFLICTS: [&str; 20] = [
     "out",
     "no_nesterov",
     "warmup_epochs",
+    "precision",
 ];
 
 /// Arguments of `cnn train`; every one has a default, so `cnn train` alone
@@ -96,6 +97,8 @@ pub struct TrainArgs {
     pub(crate) data: DataArgs,
     #[command(flatten)]
     pub(crate) board: crate::BoardArgs,
+    #[command(flatten)]
+    pub(crate) precision: crate::PrecisionArgs,
     /// The network.
     #[arg(long, default_value = "small", long_help = format!("The network: {ARCH_HELP}"))]
     arch: String,
@@ -185,8 +188,11 @@ pub fn read_config(path: &std::path::Path) -> Result<TrainConfig> {
 impl TrainArgs {
     fn config(&self) -> Result<TrainConfig> {
         if let Some(path) = &self.config {
-            // --seed stays the command line's: it seeds the init and data too.
-            return Ok(read_config(path)?.with_seed(self.seed));
+            // --seed stays the command line's: it seeds the init and data too;
+            // --precision, when given, wins over the recipe's.
+            let recipe = read_config(path)?.with_seed(self.seed);
+            let precision = self.precision.precision.unwrap_or(recipe.precision);
+            return Ok(recipe.with_precision(precision));
         }
         let d = TrainConfig::default();
         Ok(TrainConfig {
@@ -219,6 +225,7 @@ impl TrainArgs {
             },
             label_smoothing: self.label_smoothing,
             seed: self.seed,
+            precision: self.precision.precision.unwrap_or_default(),
             ..d
         })
     }
@@ -364,6 +371,7 @@ fn run_in(
         )),
         _ => {}
     }
+    notes.extend(crate::training_run::precision_note(config.precision));
     info.distributed =
         group.as_ref().map(|g| crate::training_run::Distributed { ranks: g.size(), sync_bn });
     let mut built = info.build_model()?;
@@ -405,9 +413,10 @@ fn run_in(
     });
     let (params, _) = cnn_nn::count_params(&*built.model);
     say(format!(
-        "{} {} ({params} parameters) on {spec}{ranks}: {} training images of {}, {} for validation ({}), {} classes; run directory {}",
+        "{} {} ({params} parameters) on {spec}{ranks}{}: {} training images of {}, {} for validation ({}), {} classes; run directory {}",
         if resuming { "resuming" } else { "training" },
         info.arch,
+        crate::training_run::precision_words(config.precision),
         splits.train.len(),
         info.image.map(|v| v.to_string()).join("×"),
         splits.val.len(),

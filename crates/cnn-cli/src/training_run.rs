@@ -388,6 +388,27 @@ pub(crate) fn policy(bad: BadImages, log: &SharedSkipLog) -> BadSamples {
     }
 }
 
+/// What a start line says of the run's precision: nothing for f32,
+/// " in bf16 mixed precision" for bf16.
+pub fn precision_words(precision: cnn_tensor::Precision) -> &'static str {
+    match precision {
+        cnn_tensor::Precision::F32 => "",
+        cnn_tensor::Precision::Bf16 => " in bf16 mixed precision",
+    }
+}
+
+/// A note for a bf16 run on a CPU (or a `CNN_SIMD` cap) without
+/// AVX512-BF16: the same numbers, by the portable path, slower than f32.
+pub fn precision_note(precision: cnn_tensor::Precision) -> Option<String> {
+    use cnn_tensor::simd::{level, SimdLevel};
+    (precision == cnn_tensor::Precision::Bf16 && level() < SimdLevel::Avx512Bf16).then(|| {
+        format!(
+            "SIMD level {} has no AVX512-BF16: bf16 products run in the portable path, the same numbers as on a CPU with it but slower than f32",
+            level().name()
+        )
+    })
+}
+
 /// Trains a run's network and scores it on the test split: checkpoints,
 /// metrics and curves in `out`, Ctrl-C finishing the step and writing
 /// `last/`, a cached linear probe on the frozen backbone's features computed
@@ -412,6 +433,9 @@ pub fn fit_run(
 ) -> Result<Option<(cnn_train::EvalReport, RunTimes)>> {
     let rank = group.as_ref().map_or(0, |g| g.rank());
     let ranks = group.as_ref().map_or(1, |g| g.size());
+    // The run's precision also over what runs outside `fit`: cached
+    // features and the test.
+    let precision = trainer.config().precision;
     let trainer = match &group {
         Some(g) => trainer.with_group(g.clone()),
         None => trainer,
@@ -458,8 +482,12 @@ pub fn fit_run(
     let fitted = if info.cached_features && frozen > 0 {
         let clock = std::time::Instant::now();
         let in_order = train.over(train.dataset().clone()).with_shuffle(false);
-        let (features, shape) = cnn_train::extract_features(model, frozen, &in_order)?;
-        let (val_features, _) = cnn_train::extract_features(model, frozen, val)?;
+        let (features, shape) = cnn_tensor::with_precision(precision, || {
+            cnn_train::extract_features(model, frozen, &in_order)
+        })?;
+        let (val_features, _) = cnn_tensor::with_precision(precision, || {
+            cnn_train::extract_features(model, frozen, val)
+        })?;
         say(format!(
             "computed the frozen backbone's features once ({} values per image) in {:.1} s",
             shape.iter().product::<usize>(),
@@ -513,10 +541,10 @@ pub fn fit_run(
     }
     let testing = std::time::Instant::now();
     let test = info.eval_loader(splits.test.clone(), 256, built.rgb)?;
-    let result = match &group {
-        Some(g) => cnn_train::evaluate_distributed(model, &test, &**g)?,
-        None => cnn_train::evaluate(model, &test)?,
-    };
+    let result = cnn_tensor::with_precision(precision, || match &group {
+        Some(g) => cnn_train::evaluate_distributed(model, &test, &**g),
+        None => cnn_train::evaluate(model, &test),
+    })?;
     if rank == 0 {
         write_test_json(out, &result)?;
         info.write_skipped(out)?;

@@ -41,6 +41,8 @@ pub struct TuneArgs {
     pub(crate) data: DataArgs,
     #[command(flatten)]
     pub(crate) board: crate::BoardArgs,
+    #[command(flatten)]
+    pub(crate) precision: crate::PrecisionArgs,
     /// The network.
     #[arg(long, default_value = "small", long_help = format!("The network: {ARCH_HELP}"))]
     arch: String,
@@ -132,7 +134,8 @@ pub fn run(args: TuneArgs, started: Instant) -> Result<ExitCode> {
     // Bars for each trial on a terminal; in a log, the trial lines alone.
     let terminal = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
     let progress = if terminal && !quiet { ProgressMode::Bars } else { ProgressMode::Quiet };
-    let mut tuner = Tuner::new(config, TrainConfig::default())
+    let base = TrainConfig::default().with_precision(args.precision.precision.unwrap_or_default());
+    let mut tuner = Tuner::new(config, base)
         .with_out_dir(&out)
         .with_progress(progress)
         .with_tensorboard(board)

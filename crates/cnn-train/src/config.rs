@@ -1,7 +1,7 @@
 //! The training configuration: every knob with a documented default, `with_*` builders.
 
 use cnn_optim::{Optimizer, ParamGroup, Rule, Schedule};
-use cnn_tensor::{Error, Result};
+use cnn_tensor::{Error, Precision, Result};
 use serde::{Deserialize, Serialize};
 
 /// Which optimizer (PyTorch's names and update rules).
@@ -57,6 +57,28 @@ pub struct TrainConfig {
     pub guard: GuardConfig,
     /// Training a pretrained backbone more gently than a new head.
     pub transfer: TransferConfig,
+    /// The precision of the products of every step and validation
+    /// ([`cnn_tensor::with_precision`] around them): `Bf16` is mixed
+    /// precision (bf16 inputs, f32 sums; weights, gradients, optimizer state
+    /// and checkpoints stay f32). Default `F32`. Saved in `trainer.json`, so
+    /// a resumed run keeps it.
+    #[serde(with = "precision_name")]
+    pub precision: Precision,
+}
+
+/// [`Precision`] in `trainer.json`: its name, `"f32"` or `"bf16"`.
+mod precision_name {
+    use cnn_tensor::Precision;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(p: &Precision, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(p.name())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Precision, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// The optimizer of a [`TrainConfig`].
@@ -123,6 +145,7 @@ impl Default for TrainConfig {
             schedule: ScheduleConfig::default(),
             guard: GuardConfig::default(),
             transfer: TransferConfig::default(),
+            precision: Precision::F32,
         }
     }
 }
@@ -170,6 +193,9 @@ struct GroupedFile {
     guard: GuardConfig,
     #[serde(default)]
     transfer: TransferConfig,
+    /// Absent in runs written before bf16: f32.
+    #[serde(default, with = "precision_name")]
+    precision: Precision,
 }
 
 /// [`TrainConfig`] as `trainer.json` held it before the parts: every
@@ -216,6 +242,7 @@ impl TryFrom<serde_json::Value> for TrainConfig {
                 schedule: g.schedule,
                 guard: g.guard,
                 transfer: g.transfer,
+                precision: g.precision,
             });
         }
         let f: FlatFile = serde_json::from_value(v)?;
@@ -237,6 +264,7 @@ impl TryFrom<serde_json::Value> for TrainConfig {
                 divergence_patience: f.divergence_patience,
             },
             transfer: TransferConfig { head: f.head, backbone_lr_mult: f.backbone_lr_mult },
+            precision: Precision::F32,
         })
     }
 }
@@ -273,6 +301,8 @@ impl TrainConfig {
         with_head: transfer.head: Vec<String>;
         /// Sets [`TransferConfig::backbone_lr_mult`].
         with_backbone_lr_mult: transfer.backbone_lr_mult: f64;
+        /// Sets [`TrainConfig::precision`].
+        with_precision: precision: Precision;
     }
 
     /// timm's recipe for ConvNeXt and friends: AdamW at `lr` with decoupled

@@ -326,6 +326,20 @@ impl Trainer {
         let started = Instant::now();
         let mut run = self.start(model, train)?;
         run.times.start = started.elapsed().as_secs_f64();
+        // The run's precision (a resumed run's own) over every step and validation.
+        let precision = run.config.precision;
+        cnn_tensor::with_precision(precision, || self.fit_epochs(run, model, train, val, started))
+    }
+
+    /// The epochs of [`Trainer::fit`] from where `run` stands.
+    fn fit_epochs<T: Float>(
+        &mut self,
+        mut run: Run<T>,
+        model: &mut dyn Layer<T>,
+        train: &DataLoader,
+        val: Option<&DataLoader>,
+        started: Instant,
+    ) -> Result<FitReport> {
         let mut completed = true;
         while run.state.epoch < run.config.epochs {
             if run.train_epoch(self, model, train)? == Flow::Stop {
