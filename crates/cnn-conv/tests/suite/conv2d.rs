@@ -17,7 +17,7 @@ use common::{proptest_config, randn4, rel_err, Case};
 use ndarray::{Array1, Ix1, Ix4};
 use proptest::prelude::*;
 
-fn case(max_hw: usize) -> impl Strategy<Value = Case> {
+pub(crate) fn case(max_hw: usize) -> impl Strategy<Value = Case> {
     (
         1..4usize,
         1..4usize,

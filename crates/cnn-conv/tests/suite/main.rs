@@ -6,6 +6,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod bf16;
 mod conv2d;
 mod pool;
 mod winograd;

@@ -3,6 +3,7 @@
 //! optimized once for all of them instead of once per file, which was most
 //! of CI's build time.
 
+mod bf16;
 mod blocks;
 mod containers;
 mod onnx;

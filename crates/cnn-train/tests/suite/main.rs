@@ -7,6 +7,7 @@
 //! CI under MPI).
 
 mod bad_data;
+mod bf16;
 mod checkpoint;
 mod eval;
 mod resume;
