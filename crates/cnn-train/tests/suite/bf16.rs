@@ -2,6 +2,8 @@
 //! bits on any thread count and at any SIMD level, an exact resume, and
 //! checkpoints that stay f32 and load into an f32 model.
 
+#![allow(clippy::unwrap_used)] // test helpers unwrap like the tests themselves
+
 use std::path::Path;
 use std::sync::Arc;
 
