@@ -44,6 +44,8 @@ mod layer;
 mod linear;
 mod loss;
 mod packed;
+#[cfg(target_arch = "x86_64")]
+mod packed_pairs;
 mod param;
 pub mod precision;
 pub mod random;

@@ -89,6 +89,9 @@ pub struct PackedLhs<T: Float> {
     /// Whether products round to bf16 (f32 packed under a bf16 scope): then
     /// `data` holds the rounded values and every `B` is rounded as it is packed.
     bf16: bool,
+    /// `data` as bf16 pairs for the AVX512-BF16 kernel (`crate::packed_pairs`),
+    /// when a bf16 operand is packed where that kernel runs; else empty.
+    pub(crate) pairs: Vec<u32>,
 }
 
 /// Whether `T` is f32 and a micro-kernel may run: the SIMD level
@@ -116,6 +119,26 @@ fn kernel_for<T: Float>(bf16: bool) -> bool {
 fn round_in_place<T: Float>(values: &mut [T]) {
     if let Some(v) = T::as_f32_mut(values) {
         crate::bf16::round_slice(v);
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: pack bf16 operands as pairs below AVX512-BF16 too, so that the
+    /// pair kernel's data path runs (in its scalar twin) on any CPU.
+    pub(crate) static PAIRS_EVERYWHERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// `data` (rounded, in panels of `mr` rows over `k`) as pairs, when the
+/// AVX512-BF16 kernel runs here; else empty.
+fn pairs_of<T: Float>(data: &[T], k: usize, mr: usize) -> Vec<u32> {
+    let native = crate::simd::level() >= crate::simd::SimdLevel::Avx512Bf16;
+    #[cfg(test)]
+    let native = native || PAIRS_EVERYWHERE.with(std::cell::Cell::get);
+    match T::as_f32(data) {
+        #[cfg(target_arch = "x86_64")]
+        Some(d) if native && k > 0 => crate::packed_pairs::lhs_pairs(d, k, mr),
+        _ => Vec::new(),
     }
 }
 
@@ -173,10 +196,13 @@ impl<T: Float> PackedLhs<T> {
             ));
         }
         let mut data = data;
+        let mut pairs = Vec::new();
         if bf16 {
             round_in_place(&mut data);
+            pairs = pairs_of(&data, k, panel.0);
         }
-        Ok(PackedLhs { m, k, shape: Some(panel), data, plain: Array2::zeros((0, 0)), bf16 })
+        let plain = Array2::zeros((0, 0));
+        Ok(PackedLhs { m, k, shape: Some(panel), data, plain, bf16, pairs })
     }
 
     /// Packs `a` for the micro-kernel panel `(MR, NV)` (one of [`PANELS`]),
@@ -215,8 +241,12 @@ impl<T: Float> PackedLhs<T> {
                 round_in_place(&mut data);
             }
         }
+        let pairs = match shape {
+            Some((mr, _)) if bf16 => pairs_of(&data, k, mr),
+            _ => Vec::new(),
+        };
         let plain = if shape.is_some() { Array2::zeros((0, 0)) } else { a.to_owned() };
-        PackedLhs { m, k, shape, data, plain, bf16 }
+        PackedLhs { m, k, shape, data, plain, bf16, pairs }
     }
 
     /// Whether products with `T` run in this crate's micro-kernel (f32 at SIMD
@@ -677,7 +707,7 @@ fn multiply_prepacked<T: Float>(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
     use ndarray::{ArrayView2, ArrayViewMut2};
@@ -716,12 +746,17 @@ mod x86 {
         let a_data = as_f32(&a.data);
         let b_all = as_f32(packed);
         assert!(b_all.len() >= panels_n * nr * k, "B packed for this product");
-        let kind = Kind::now(a.bf16);
+        let kind = Kind::now(a);
+        let mut b_pairs = crate::scratch::Scratch::<u32>::take(0);
         let mut k0 = 0;
         while k0 < k {
             let kc = KC.min(k - k0);
             let acc = accumulate || k0 > 0;
             let b_data = &b_all[k0 * panels_n * nr..];
+            if let Kind::Pairs { .. } = kind {
+                let slab = &b_data[..panels_n * kc * nr];
+                crate::packed_pairs::rhs_pairs(slab, panels_n, kc, nr, b_pairs.vec_mut());
+            }
             // Blocks of MC rows of A (kept in L2) against every right panel (kept in L1).
             for i0 in (first..end).step_by(per_block) {
                 for j in 0..panels_n {
@@ -739,7 +774,14 @@ mod x86 {
                             );
                             let tile =
                                 Tile { c: ct, rsc, csc, rows: tile_rows, cols, accumulate: acc };
-                            micro_for(kind, (mr, nv), kc, ap.as_ptr(), bp.as_ptr(), tile);
+                            if let Kind::Pairs { native } = kind {
+                                let kcp = kc.div_ceil(2);
+                                let ap = &a.pairs[(i * k.div_ceil(2) + k0 / 2) * mr..];
+                                let bp = &b_pairs.vec_mut()[j * kcp * nr..];
+                                pairs_for(native, (mr, nv), kcp, ap.as_ptr(), bp.as_ptr(), &tile);
+                            } else {
+                                micro_for(kind, (mr, nv), kc, ap.as_ptr(), bp.as_ptr(), tile);
+                            }
                         }
                     }
                 }
@@ -755,6 +797,9 @@ mod x86 {
     /// each multiply-add's subnormal result is flushed (bf16 products).
     #[derive(Clone, Copy, PartialEq, Eq)]
     enum Kind {
+        /// bf16 pairs (`crate::packed_pairs`): `VDPBF16PS` when `native`,
+        /// else its scalar twin (tests only).
+        Pairs { native: bool },
         /// The 512-bit kernel (SIMD level AVX-512 or above).
         Wide { flush: bool },
         /// The 256-bit kernel (AVX2 with FMA).
@@ -765,9 +810,14 @@ mod x86 {
     }
 
     impl Kind {
-        /// The kernel for this thread's SIMD level; `bf16` products flush.
-        fn now(bf16: bool) -> Kind {
+        /// The kernel for `a`'s products at this thread's SIMD level: bf16
+        /// pairs when `a` was packed as pairs, else bf16 products flush.
+        fn now<T: Float>(a: &PackedLhs<T>) -> Kind {
             use crate::simd::{level, SimdLevel};
+            let bf16 = a.bf16;
+            if bf16 && !a.pairs.is_empty() {
+                return Kind::Pairs { native: level() >= SimdLevel::Avx512Bf16 };
+            }
             match level() {
                 l if l >= SimdLevel::Avx512 => Kind::Wide { flush: bf16 },
                 SimdLevel::Avx2 => Kind::Narrow { flush: bf16 },
@@ -794,6 +844,7 @@ mod x86 {
         // SAFETY: the caller's contract, passed on.
         unsafe {
             match kind {
+                Kind::Pairs { .. } => unreachable!("pair products run in `pairs_for`"),
                 Kind::Scalar => micro_scalar(mr, 16 * nv, kc, a, b, tile),
                 Kind::Narrow { flush: false } => match (mr, nv) {
                     (6, 1) => micro_avx2::<6, 1, false>(kc, a, b, tile),
@@ -805,6 +856,30 @@ mod x86 {
                 },
                 Kind::Wide { flush: false } => micro_wide::<false>(mr, nv, kc, a, b, tile),
                 Kind::Wide { flush: true } => micro_wide::<true>(mr, nv, kc, a, b, tile),
+            }
+        }
+    }
+
+    /// The pair kernel: `VDPBF16PS` when `native`, else its scalar twin.
+    ///
+    /// # Safety
+    /// As [`crate::packed_pairs::micro_pairs`] when `native`, else as
+    /// [`crate::packed_pairs::micro_pairs_scalar`].
+    #[inline(always)]
+    unsafe fn pairs_for(
+        native: bool,
+        (mr, nv): (usize, usize),
+        kcp: usize,
+        a: *const u32,
+        b: *const u32,
+        tile: &Tile,
+    ) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe {
+            if native {
+                crate::packed_pairs::micro_pairs((mr, nv), kcp, a, b, tile);
+            } else {
+                crate::packed_pairs::micro_pairs_scalar(mr, 16 * nv, kcp, a, b, tile);
             }
         }
     }
@@ -860,15 +935,8 @@ mod x86 {
                 }
             }
         }
-        for (i, row) in acc.chunks_exact(nr).enumerate().take(t.rows) {
-            for (col, &x) in row.iter().enumerate().take(t.cols) {
-                // SAFETY: row i < t.rows and column col < t.cols lie inside the caller's C view.
-                unsafe {
-                    let dst = t.c.offset(i as isize * t.rsc + col as isize * t.csc);
-                    *dst = if t.accumulate { *dst + x } else { x };
-                }
-            }
-        }
+        // SAFETY: the caller's contract on `t`.
+        unsafe { t.store_scalar(acc, nr) };
     }
 
     /// The 256-bit kernel on a panel shape chosen for AVX-512 (a
@@ -924,7 +992,8 @@ mod x86 {
         let c_ptr = c.as_mut_ptr().cast::<f32>();
         let a_data = as_f32(&a.data);
         let mut buf = crate::scratch::Scratch::<T>::take(KC.min(k) * nr);
-        let kind = Kind::now(a.bf16);
+        let kind = Kind::now(a);
+        let mut b_pairs = crate::scratch::Scratch::<u32>::take(0);
         let mut k0 = 0;
         while k0 < k {
             let kc = KC.min(k - k0);
@@ -937,16 +1006,26 @@ mod x86 {
                     super::round_in_place(panel);
                 }
                 let bp = as_f32(panel);
+                if let Kind::Pairs { .. } = kind {
+                    crate::packed_pairs::rhs_pairs(bp, 1, kc, nr, b_pairs.vec_mut());
+                }
                 for i in 0..row_panels {
                     let tile_rows = mr.min(a.m - i * mr);
                     let ap = &a_data[(i * k + k0) * mr..];
-                    // SAFETY: the A panel holds kc·MR values from `ap`, the B panel kc·NR;
-                    // the tile of C (tile_rows x cols from row i·MR, column j·NR) lies
-                    // inside the view, which is a.rows() x n.
+                    // SAFETY: the A panel holds kc·MR values from `ap` (or ⌈kc/2⌉·MR
+                    // pairs), the B panel kc·NR (or ⌈kc/2⌉·NR pairs); the tile of C
+                    // (tile_rows x cols from row i·MR, column j·NR) lies inside the
+                    // view, which is a.rows() x n.
                     unsafe {
                         let ct = c_ptr.offset((i * mr) as isize * rsc + (j * nr) as isize * csc);
                         let tile = Tile { c: ct, rsc, csc, rows: tile_rows, cols, accumulate: acc };
-                        micro_for(kind, (mr, nv), kc, ap.as_ptr(), bp.as_ptr(), tile);
+                        if let Kind::Pairs { native } = kind {
+                            let ap = &a.pairs[(i * k.div_ceil(2) + k0 / 2) * mr..];
+                            let bp = b_pairs.vec_mut().as_ptr();
+                            pairs_for(native, (mr, nv), kc.div_ceil(2), ap.as_ptr(), bp, &tile);
+                        } else {
+                            micro_for(kind, (mr, nv), kc, ap.as_ptr(), bp.as_ptr(), tile);
+                        }
                     }
                 }
             }
@@ -1005,13 +1084,67 @@ mod x86 {
     }
 
     /// Where a micro-tile goes in `C`.
-    struct Tile {
+    pub(crate) struct Tile {
         c: *mut f32,
         rsc: isize,
         csc: isize,
         rows: usize,
         cols: usize,
         accumulate: bool,
+    }
+
+    impl Tile {
+        /// Stores (or adds, when accumulating) the first `rows × cols` of
+        /// `acc`, a row-major `MR × nr` tile.
+        ///
+        /// # Safety
+        /// The tile addresses a writable `rows × cols` block of `C` (strides
+        /// `rsc`, `csc`) that nothing else accesses meanwhile.
+        pub(crate) unsafe fn store_scalar(&self, acc: &[f32], nr: usize) {
+            for (i, row) in acc.chunks_exact(nr).enumerate().take(self.rows) {
+                for (col, &x) in row.iter().enumerate().take(self.cols) {
+                    // SAFETY: row i < rows and column col < cols lie inside the caller's C view.
+                    unsafe {
+                        let dst = self.c.offset(i as isize * self.rsc + col as isize * self.csc);
+                        *dst = if self.accumulate { *dst + x } else { x };
+                    }
+                }
+            }
+        }
+
+        /// Stores (or adds) a tile of 512-bit accumulators: the full tile
+        /// with vector stores, a partial one value by value.
+        ///
+        /// # Safety
+        /// The CPU has AVX-512F; as [`Tile::store_scalar`], with `rows ≤ MR`
+        /// and `cols ≤ 16·NV`.
+        #[inline(always)]
+        pub(crate) unsafe fn store_512<const MR: usize, const NV: usize>(
+            &self,
+            acc: &[[__m512; NV]; MR],
+        ) {
+            if self.rows < MR || self.cols < 16 * NV || self.csc != 1 {
+                // SAFETY: the caller's contract, passed on.
+                unsafe { store_partial(acc, self) };
+                return;
+            }
+            for (i, row) in acc.iter().enumerate() {
+                // SAFETY: a full tile: row i < MR and 16·NV columns lie inside C.
+                let c_row = unsafe { self.c.offset(i as isize * self.rsc) };
+                for (v, &r) in row.iter().enumerate() {
+                    // SAFETY: as above, column block v < NV; the CPU has AVX-512F.
+                    unsafe {
+                        let dst = c_row.add(16 * v);
+                        let sum = if self.accumulate {
+                            _mm512_add_ps(_mm512_loadu_ps(dst), r)
+                        } else {
+                            r
+                        };
+                        _mm512_storeu_ps(dst, sum);
+                    }
+                }
+            }
+        }
     }
 
     /// `C[MR × 16·NV] (+)= A_panel · B_panel` over `kc` steps, in registers.
