@@ -1,5 +1,6 @@
 //! conv2d forward and backward on the eight shapes, and the sgemm
-//! ceiling, in FLOP/s (criterion's "elem/s" counts FLOPs here).
+//! ceiling, in FLOP/s (criterion's "elem/s" counts FLOPs here); both again
+//! in bf16 mixed precision (`_bf16` groups and rows).
 //!
 //! Forward FLOPs = 2·N·Cout·Ho·Wo·Cin/groups·kh·kw; backward (dx + dW) twice that.
 //! `cargo bench --bench conv`; figures and PyTorch's in docs/benchmarks.md.
@@ -17,6 +18,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use cnn::conv::{conv2d_backward, conv2d_forward, Conv2dOptions, ConvGeometry};
 use cnn::tensor::random::{normal, seeded_rng};
+use cnn::tensor::{with_precision, Precision};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ndarray::{Array2, Array4, Ix2, Ix4};
 use rayon::prelude::*;
@@ -50,21 +52,29 @@ fn conv(c: &mut Criterion) {
         let g = ConvGeometry::new(x.shape(), w.shape(), &opts).expect("valid shape");
         let dy = randn4(g.out_shape(), 3);
 
-        let mut fwd = c.benchmark_group("conv2d_fwd");
-        fwd.throughput(Throughput::Elements(g.flops()));
-        fwd.bench_function(BenchmarkId::from_parameter(name), |b| {
-            b.iter(|| black_box(conv2d_forward(x.view(), w.view(), None, &opts).expect("forward")))
-        });
-        fwd.finish();
+        for (suffix, precision) in [("", Precision::F32), ("_bf16", Precision::Bf16)] {
+            let mut fwd = c.benchmark_group(format!("conv2d_fwd{suffix}"));
+            fwd.throughput(Throughput::Elements(g.flops()));
+            fwd.bench_function(BenchmarkId::from_parameter(name), |b| {
+                b.iter(|| {
+                    with_precision(precision, || {
+                        black_box(conv2d_forward(x.view(), w.view(), None, &opts).expect("forward"))
+                    })
+                })
+            });
+            fwd.finish();
 
-        let mut bwd = c.benchmark_group("conv2d_bwd");
-        bwd.throughput(Throughput::Elements(2 * g.flops()));
-        bwd.bench_function(BenchmarkId::from_parameter(name), |b| {
-            b.iter(|| {
-                black_box(conv2d_backward(x.view(), w.view(), dy.view(), &opts).expect("backward"))
-            })
-        });
-        bwd.finish();
+            let mut bwd = c.benchmark_group(format!("conv2d_bwd{suffix}"));
+            bwd.throughput(Throughput::Elements(2 * g.flops()));
+            bwd.bench_function(BenchmarkId::from_parameter(name), |b| {
+                b.iter(|| {
+                    with_precision(precision, || {
+                        black_box(conv2d_backward(x.view(), w.view(), dy.view(), &opts))
+                    })
+                })
+            });
+            bwd.finish();
+        }
     }
 }
 
@@ -81,14 +91,23 @@ fn sgemm(c: &mut Criterion) {
     group.bench_function("2048_1thread", |bch| {
         bch.iter(|| cnn::tensor::gemm(1.0, a.view(), b.view(), 0.0, out.view_mut()).expect("gemm"))
     });
-    let packed = cnn::tensor::PackedLhs::new(a.view(), M);
     let mut scratch = Vec::new();
-    group.bench_function("2048_packed_1thread", |bch| {
-        bch.iter(|| {
-            cnn::tensor::gemm_packed(&packed, b.view(), 0.0, out.view_mut(), &mut scratch)
-                .expect("gemm")
-        })
-    });
+    // f32 and bf16 (inputs rounded, f32 sums) packed products, 1024² and 2048².
+    for size in [1024, 2048] {
+        let (a, b) = (a.slice(ndarray::s![..size, ..size]), b.slice(ndarray::s![..size, ..size]));
+        let mut out = Array2::<f32>::zeros((size, size));
+        group.throughput(Throughput::Elements(2 * (size * size * size) as u64));
+        for (suffix, precision) in [("", Precision::F32), ("_bf16", Precision::Bf16)] {
+            let packed = with_precision(precision, || cnn::tensor::PackedLhs::new(a, size));
+            group.bench_function(format!("{size}_packed{suffix}_1thread"), |bch| {
+                bch.iter(|| {
+                    cnn::tensor::gemm_packed(&packed, b, 0.0, out.view_mut(), &mut scratch)
+                        .expect("gemm")
+                })
+            });
+        }
+    }
+    group.throughput(Throughput::Elements(2 * (M * M * M) as u64));
     // Every panel shape of the micro-kernel, one thread: how the per-vendor
     // tables in cnn-tensor's packed.rs were (and are to be) chosen.
     for (mr, nv) in cnn::tensor::PANELS {

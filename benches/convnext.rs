@@ -1,6 +1,7 @@
 //! timm's `convnext_atto`: a train step at batch 32 on 3×64×64 (forward,
 //! cross-entropy, backward, AdamW step) and an eval forward at batch 8 on
-//! 3×224×224, in images per second. PyTorch's figures
+//! 3×224×224, in images per second, each again in bf16 mixed precision
+//! (`_bf16` rows). PyTorch's figures
 //! (benches/torch/torch_convnext.py, timm's own model) are in docs/benchmarks.md.
 
 #![allow(missing_docs)] // criterion's macros generate undocumented functions
@@ -15,7 +16,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use cnn::models::convnext_atto;
 use cnn::tensor::random::{normal, seeded_rng};
-use cnn::tensor::{ArrayD, Layer, Mode};
+use cnn::tensor::{with_precision, ArrayD, Layer, Mode, Precision};
 use cnn::train::{apply_gradients, compute_gradients, TrainConfig};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
@@ -30,21 +31,18 @@ fn train_step(c: &mut Criterion) {
     let mut group = c.benchmark_group("convnext_atto_train_step");
     group.throughput(Throughput::Elements(32));
     let mut step = 0;
-    group.bench_function("b32_64", |b| {
-        b.iter(|| {
-            compute_gradients(
-                &mut net,
-                x.clone(),
-                &labels,
-                &cnn::train::CrossEntropy::default(),
-                0,
-                step,
-            )
-            .expect("step");
-            apply_gradients(&mut opt, &schedule, &mut net, step).expect("update");
-            step += 1;
-        })
-    });
+    for (name, precision) in [("b32_64", Precision::F32), ("b32_64_bf16", Precision::Bf16)] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                with_precision(precision, || {
+                    let loss = cnn::train::CrossEntropy::default();
+                    compute_gradients(&mut net, x.clone(), &labels, &loss, 0, step).expect("step");
+                    apply_gradients(&mut opt, &schedule, &mut net, step).expect("update");
+                });
+                step += 1;
+            })
+        });
+    }
     group.finish();
 }
 
@@ -56,6 +54,9 @@ fn eval_forward(c: &mut Criterion) {
     group.throughput(Throughput::Elements(8));
     group.bench_function("b8_224", |b| {
         b.iter(|| net.forward(x.clone(), Mode::Eval).expect("forward"))
+    });
+    group.bench_function("b8_224_bf16", |b| {
+        b.iter(|| with_precision(Precision::Bf16, || net.forward(x.clone(), Mode::Eval)))
     });
     group.finish();
 }

@@ -1,6 +1,7 @@
 //! Whole networks: a CIFAR ResNet-20 train step at batch 128 (forward,
 //! cross-entropy, backward, SGD step) and a ResNet-18 eval forward at batch 8
-//! on 3×224×224, in images per second (criterion's "elem/s").
+//! on 3×224×224, in images per second (criterion's "elem/s"); each again in
+//! bf16 mixed precision (`_bf16` rows: products with bf16 inputs, f32 sums).
 //! PyTorch's figures (benches/torch/torch_resnet.py) are in docs/benchmarks.md.
 
 #![allow(missing_docs)] // criterion's macros generate undocumented functions
@@ -16,7 +17,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use cnn::models::{cifar_resnet, resnet18, CifarResNetConfig};
 use cnn::optim::{Optimizer, Rule};
 use cnn::tensor::random::{normal, seeded_rng};
-use cnn::tensor::{cross_entropy, ArrayD, Layer, Mode};
+use cnn::tensor::{cross_entropy, with_precision, ArrayD, Layer, Mode, Precision};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 fn train_step(c: &mut Criterion) {
@@ -27,15 +28,19 @@ fn train_step(c: &mut Criterion) {
     let targets: Vec<usize> = (0..128).map(|i| i % 10).collect();
     let mut group = c.benchmark_group("resnet20_cifar_train_step");
     group.throughput(Throughput::Elements(128));
-    group.bench_function("b128", |b| {
-        b.iter(|| {
-            opt.zero_grad(&mut net);
-            let logits = net.forward(x.clone(), Mode::Train).expect("forward");
-            let (_loss, dlogits) = cross_entropy(&logits, &targets, 0.0).expect("loss");
-            net.backward(dlogits).expect("backward");
-            opt.step(&mut net).expect("step");
-        })
-    });
+    for (name, precision) in [("b128", Precision::F32), ("b128_bf16", Precision::Bf16)] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                with_precision(precision, || {
+                    opt.zero_grad(&mut net);
+                    let logits = net.forward(x.clone(), Mode::Train).expect("forward");
+                    let (_loss, dlogits) = cross_entropy(&logits, &targets, 0.0).expect("loss");
+                    net.backward(dlogits).expect("backward");
+                    opt.step(&mut net).expect("step");
+                })
+            })
+        });
+    }
     group.finish();
 }
 
@@ -49,6 +54,9 @@ fn resnet18_eval(c: &mut Criterion) {
         group.throughput(Throughput::Elements(batch as u64));
         group.bench_function(format!("b{batch}_224"), |b| {
             b.iter(|| net.forward(x.clone(), Mode::Eval).expect("forward"))
+        });
+        group.bench_function(format!("b{batch}_224_bf16"), |b| {
+            b.iter(|| with_precision(Precision::Bf16, || net.forward(x.clone(), Mode::Eval)))
         });
     }
     group.finish();

@@ -139,6 +139,43 @@ crate::simd_fn! {
     pub fn round_slice(values: &mut [f32]) = round_body
 }
 
+#[inline(always)]
+fn min_exponent_body(values: &[f32]) -> u32 {
+    values
+        .iter()
+        .map(|v| {
+            let bits = v.to_bits() & 0x7FFF_FFFF;
+            if bits == 0 {
+                255
+            } else {
+                bits >> 23
+            }
+        })
+        .fold(255, u32::min)
+}
+
+crate::simd_fn! {
+    /// The smallest biased exponent (`bits >> 23`, 1 for the smallest normal)
+    /// of the nonzero values, 255 when all are zero: with [`needs_flush`],
+    /// whether a product of two operands can meet a subnormal sum.
+    pub fn min_exponent(values: &[f32]) -> u32 = min_exponent_body
+}
+
+/// Whether a bf16 product of operands whose nonzero values have biased
+/// exponents of at least `a` and `b` ([`min_exponent`], on rounded values)
+/// can pass through a subnormal partial sum, so that [`dot`]'s flushes matter.
+///
+/// Why not otherwise: a nonzero bf16 of exponent `E` is a multiple of
+/// `2^(E − 7)`, so every product is a multiple of `q = 2^(Ea + Eb − 14)`
+/// (unbiased); a sum of multiples of `q` is one, and rounding it to f32
+/// keeps it one (either it is representable, or its ulp exceeds `q`). So
+/// every partial sum is zero or at least `q` in magnitude, and when
+/// `q ≥ 2⁻¹²⁶` (`Ea + Eb ≥ −112`, biased `a + b ≥ 142`) none is subnormal:
+/// the flushes never fire, and plain multiply-adds give the same bits.
+pub fn needs_flush(a: u32, b: u32) -> bool {
+    a + b < 142
+}
+
 /// Every value of `src` rounded to bf16, in a new vector.
 pub fn from_f32_slice(src: &[f32]) -> Vec<Bf16> {
     let mut dst = vec![Bf16::ZERO; src.len()];
@@ -511,6 +548,31 @@ mod tests {
                     prop_assert!((got - raw).abs() <= bound,
                                  "C[{}, {}] = {} against the exact {} (bound {})", i, j, got, raw, bound);
                 }
+            }
+        }
+
+        /// Where [`needs_flush`] says no, the flushes of [`dot`] never fire:
+        /// it equals a plain chain of multiply-adds, bit for bit. Exponents
+        /// are drawn at and around the boundary (`a + b` near 142), with
+        /// random signs and mantissas, so partial sums cancel.
+        #[test]
+        fn no_flush_needed_means_none_fires(ea in 60u32..90, eb in 50u32..85, seed in 0u64..1000) {
+            let mut rng = crate::random::seeded_rng(seed);
+            use rand::Rng;
+            let mut draw = |e: u32| -> Vec<Bf16> {
+                (0..40).map(|_| {
+                    let e = e + rng.random_range(0..4u32);
+                    let bits = (rng.random_range(0..2u32) << 31) | (e << 23) | (rng.random_range(0..128u32) << 16);
+                    Bf16::from_f32(f32::from_bits(bits))
+                }).collect()
+            };
+            let (a, b) = (draw(ea), draw(eb));
+            let (fa, fb) = (min_exponent(&a.iter().map(|v| v.to_f32()).collect::<Vec<_>>()),
+                            min_exponent(&b.iter().map(|v| v.to_f32()).collect::<Vec<_>>()));
+            let plain = a.iter().zip(&b).fold(0f32, |acc, (x, y)| x.to_f32().mul_add(y.to_f32(), acc));
+            let flushed = dot(0.0, &a, &b);
+            if !needs_flush(fa, fb) {
+                prop_assert_eq!(plain.to_bits(), flushed.to_bits());
             }
         }
 

@@ -92,6 +92,10 @@ pub struct PackedLhs<T: Float> {
     /// `data` as bf16 pairs for the AVX512-BF16 kernel (`crate::packed_pairs`),
     /// when a bf16 operand is packed where that kernel runs; else empty.
     pub(crate) pairs: Vec<u32>,
+    /// The smallest biased exponent of `data`'s nonzero values
+    /// ([`crate::bf16::min_exponent`]): with `B`'s, whether the flushing
+    /// kernel is needed ([`crate::bf16::needs_flush`]). 255 for f32 operands.
+    min_exp: u32,
 }
 
 /// Whether `T` is f32 and a micro-kernel may run: the SIMD level
@@ -127,6 +131,11 @@ thread_local! {
     /// Tests: pack bf16 operands as pairs below AVX512-BF16 too, so that the
     /// pair kernel's data path runs (in its scalar twin) on any CPU.
     pub(crate) static PAIRS_EVERYWHERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The smallest biased exponent of the nonzero values, when `T` is f32.
+fn min_exponent_of<T: Float>(values: &[T]) -> u32 {
+    T::as_f32(values).map_or(255, crate::bf16::min_exponent)
 }
 
 /// `data` (rounded, in panels of `mr` rows over `k`) as pairs, when the
@@ -202,7 +211,8 @@ impl<T: Float> PackedLhs<T> {
             pairs = pairs_of(&data, k, panel.0);
         }
         let plain = Array2::zeros((0, 0));
-        Ok(PackedLhs { m, k, shape: Some(panel), data, plain, bf16, pairs })
+        let min_exp = min_exponent_of(&data);
+        Ok(PackedLhs { m, k, shape: Some(panel), data, plain, bf16, pairs, min_exp })
     }
 
     /// Packs `a` for the micro-kernel panel `(MR, NV)` (one of [`PANELS`]),
@@ -246,7 +256,8 @@ impl<T: Float> PackedLhs<T> {
             _ => Vec::new(),
         };
         let plain = if shape.is_some() { Array2::zeros((0, 0)) } else { a.to_owned() };
-        PackedLhs { m, k, shape, data, plain, bf16, pairs }
+        let min_exp = min_exponent_of(&data);
+        PackedLhs { m, k, shape, data, plain, bf16, pairs, min_exp }
     }
 
     /// Whether products with `T` run in this crate's micro-kernel (f32 at SIMD
@@ -753,10 +764,11 @@ pub(crate) mod x86 {
             let kc = KC.min(k - k0);
             let acc = accumulate || k0 > 0;
             let b_data = &b_all[k0 * panels_n * nr..];
+            let slab = &b_data[..panels_n * kc * nr];
             if let Kind::Pairs { .. } = kind {
-                let slab = &b_data[..panels_n * kc * nr];
                 crate::packed_pairs::rhs_pairs(slab, panels_n, kc, nr, b_pairs.vec_mut());
             }
+            let kind = kind.for_rhs(a, slab);
             // Blocks of MC rows of A (kept in L2) against every right panel (kept in L1).
             for i0 in (first..end).step_by(per_block) {
                 for j in 0..panels_n {
@@ -822,6 +834,18 @@ pub(crate) mod x86 {
                 l if l >= SimdLevel::Avx512 => Kind::Wide { flush: bf16 },
                 SimdLevel::Avx2 => Kind::Narrow { flush: bf16 },
                 _ => Kind::Scalar,
+            }
+        }
+
+        /// This kind for a product of `a` with the (rounded) values `b`:
+        /// without the flushes when no partial sum can be subnormal
+        /// ([`crate::bf16::needs_flush`]), which gives the same bits faster.
+        fn for_rhs<T: Float>(self, a: &PackedLhs<T>, b: &[f32]) -> Kind {
+            let flush = || crate::bf16::needs_flush(a.min_exp, crate::bf16::min_exponent(b));
+            match self {
+                Kind::Wide { flush: true } => Kind::Wide { flush: flush() },
+                Kind::Narrow { flush: true } => Kind::Narrow { flush: flush() },
+                other => other,
             }
         }
     }
@@ -1009,6 +1033,7 @@ pub(crate) mod x86 {
                 if let Kind::Pairs { .. } = kind {
                     crate::packed_pairs::rhs_pairs(bp, 1, kc, nr, b_pairs.vec_mut());
                 }
+                let kind = kind.for_rhs(a, bp);
                 for i in 0..row_panels {
                     let tile_rows = mr.min(a.m - i * mr);
                     let ap = &a_data[(i * k + k0) * mr..];
