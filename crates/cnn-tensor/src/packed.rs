@@ -385,10 +385,11 @@ pub fn gemm_prepacked<T: Float>(
         let buf = rounded.vec_mut();
         buf[..layout.len()].copy_from_slice(&packed[..layout.len()]);
         round_in_place(&mut buf[..layout.len()]);
-        multiply_prepacked(a, 0..a.m, buf, (a.k, n), beta, c);
+        let b_exp = bf16_exponent(a, &buf[..layout.len()]);
+        multiply_prepacked(a, 0..a.m, (buf, b_exp), (a.k, n), beta, c);
         return Ok(());
     }
-    multiply_prepacked(a, 0..a.m, packed, (a.k, n), beta, c);
+    multiply_prepacked(a, 0..a.m, (packed, 255), (a.k, n), beta, c);
     Ok(())
 }
 
@@ -435,7 +436,8 @@ pub fn gemm_panels_by<T: Float>(
             }
             k0 += kc;
         }
-        multiply_prepacked(a, 0..a.m, buf, (a.k, n), beta, c);
+        let b_exp = bf16_exponent(a, &buf[..layout.len()]);
+        multiply_prepacked(a, 0..a.m, (buf, b_exp), (a.k, n), beta, c);
         return Ok(());
     }
     #[cfg(target_arch = "x86_64")]
@@ -605,10 +607,10 @@ pub fn gemm_packed_split<T: Float>(
         }
         // Pack this block's columns of B once for all its row blocks.
         with_pack_buffer(a, &b_cols, |buf| {
-            pack_rhs_for(a, b_cols, buf);
+            let b_exp = pack_rhs_for(a, b_cols, buf);
             let packed: &[T] = buf;
             row_views.into_par_iter().for_each(|(rows, c_block)| {
-                multiply_packed(a, rows, packed, b_cols, beta, c_block);
+                multiply_packed(a, rows, (packed, b_exp), b_cols, beta, c_block);
             });
         });
     });
@@ -643,18 +645,32 @@ fn with_pack_buffer<T: Float, R>(
     f(buf.vec_mut())
 }
 
-/// Packs `b` for `a`'s micro-kernel into `buf` (nothing on the matrixmultiply path).
-fn pack_rhs_for<T: Float>(a: &PackedLhs<T>, b: ArrayView2<'_, T>, buf: &mut Vec<T>) {
+/// Packs `b` for `a`'s micro-kernel into `buf` (nothing on the matrixmultiply
+/// path); returns the smallest exponent of its values ([`bf16_exponent`]).
+fn pack_rhs_for<T: Float>(a: &PackedLhs<T>, b: ArrayView2<'_, T>, buf: &mut Vec<T>) -> u32 {
     #[cfg(target_arch = "x86_64")]
     if let Some((_, nv)) = a.shape {
         x86::pack_all(b, 16 * nv, buf);
+        let len = b.nrows() * b.ncols().div_ceil(16 * nv) * 16 * nv;
         if a.bf16 {
-            let len = b.nrows() * b.ncols().div_ceil(16 * nv) * 16 * nv;
             round_in_place(&mut buf[..len]);
         }
+        return bf16_exponent(a, &buf[..len]);
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (a, b, buf);
+    255
+}
+
+/// For a bf16 product with `a`, the smallest biased exponent of the nonzero
+/// values of the packed right operand (one scan per packed `B`, shared by
+/// its row blocks); 255 (no scan) for an f32 product.
+fn bf16_exponent<T: Float>(a: &PackedLhs<T>, packed: &[T]) -> u32 {
+    if a.bf16 {
+        min_exponent_of(packed)
+    } else {
+        255
+    }
 }
 
 /// `C ← A[rows]·B + β·C` for rows `rows` of `A` (whole panels, or up to the
@@ -667,15 +683,16 @@ fn multiply<T: Float>(
     c: ArrayViewMut2<'_, T>,
     scratch: &mut Vec<T>,
 ) {
-    pack_rhs_for(a, b, scratch);
-    multiply_packed(a, rows, scratch, b, beta, c);
+    let b_exp = pack_rhs_for(a, b, scratch);
+    multiply_packed(a, rows, (scratch, b_exp), b, beta, c);
 }
 
-/// `C ← A[rows]·B + β·C` with `B` already packed in `packed` by [`pack_rhs_for`].
+/// `C ← A[rows]·B + β·C` with `B` already packed in `packed` by
+/// [`pack_rhs_for`] (with the exponent it returned).
 fn multiply_packed<T: Float>(
     a: &PackedLhs<T>,
     rows: Range<usize>,
-    packed: &[T],
+    packed: (&[T], u32),
     b: ArrayView2<'_, T>,
     beta: T,
     c: ArrayViewMut2<'_, T>,
@@ -691,11 +708,12 @@ fn multiply_packed<T: Float>(
     }
 }
 
-/// `C ← A[rows]·B + β·C` in the micro-kernel, `B` (`k × n`) packed in `packed`.
+/// `C ← A[rows]·B + β·C` in the micro-kernel, `B` (`k × n`) packed in
+/// `packed`, with the smallest exponent of its values ([`bf16_exponent`]).
 fn multiply_prepacked<T: Float>(
     a: &PackedLhs<T>,
     rows: Range<usize>,
-    packed: &[T],
+    (packed, b_exp): (&[T], u32),
     (k, n): (usize, usize),
     beta: T,
     c: ArrayViewMut2<'_, T>,
@@ -707,11 +725,11 @@ fn multiply_prepacked<T: Float>(
             if beta != T::zero() && beta != T::one() {
                 c.mapv_inplace(|v| v * beta);
             }
+            let b = (packed, b_exp);
             // SAFETY: `shape` is Some only for f32, at SIMD level AVX2 or AVX-512 or in bf16
-            // (checked in `new`);
-            // `packed` holds `B` in this panel's layout (`pack_rhs_for`, or a producer
-            // writing `RhsPanels`; its length is asserted in `gemm_f32`).
-            unsafe { x86::gemm_f32(a, rows, packed, (k, n), beta != T::zero(), c, mr, nv) };
+            // (checked in `new`); `packed` holds `B` in this panel's layout (`pack_rhs_for`,
+            // or a producer writing `RhsPanels`; its length is asserted in `gemm_f32`).
+            unsafe { x86::gemm_f32(a, rows, b, (k, n), beta != T::zero(), c, mr, nv) };
         }
         _ => unreachable!("a packed B exists only for the micro-kernel ({k}x{n}, {})", c.nrows()),
     }
@@ -741,7 +759,7 @@ pub(crate) mod x86 {
     pub(super) unsafe fn gemm_f32<T: Float>(
         a: &PackedLhs<T>,
         rows: std::ops::Range<usize>,
-        packed: &[T],
+        (packed, b_exp): (&[T], u32),
         (k, n): (usize, usize),
         accumulate: bool,
         mut c: ArrayViewMut2<'_, T>,
@@ -768,7 +786,7 @@ pub(crate) mod x86 {
             if let Kind::Pairs { .. } = kind {
                 crate::packed_pairs::rhs_pairs(slab, panels_n, kc, nr, b_pairs.vec_mut());
             }
-            let kind = kind.for_rhs(a, slab);
+            let kind = kind.for_rhs(a, b_exp);
             // Blocks of MC rows of A (kept in L2) against every right panel (kept in L1).
             for i0 in (first..end).step_by(per_block) {
                 for j in 0..panels_n {
@@ -837,11 +855,12 @@ pub(crate) mod x86 {
             }
         }
 
-        /// This kind for a product of `a` with the (rounded) values `b`:
-        /// without the flushes when no partial sum can be subnormal
-        /// ([`crate::bf16::needs_flush`]), which gives the same bits faster.
-        fn for_rhs<T: Float>(self, a: &PackedLhs<T>, b: &[f32]) -> Kind {
-            let flush = || crate::bf16::needs_flush(a.min_exp, crate::bf16::min_exponent(b));
+        /// This kind for a product of `a` with a right operand whose values'
+        /// smallest exponent is `b_exp`: without the flushes when no partial
+        /// sum can be subnormal ([`crate::bf16::needs_flush`]), which gives the
+        /// same bits faster.
+        fn for_rhs<T: Float>(self, a: &PackedLhs<T>, b_exp: u32) -> Kind {
+            let flush = || crate::bf16::needs_flush(a.min_exp, b_exp);
             match self {
                 Kind::Wide { flush: true } => Kind::Wide { flush: flush() },
                 Kind::Narrow { flush: true } => Kind::Narrow { flush: flush() },
@@ -1033,7 +1052,7 @@ pub(crate) mod x86 {
                 if let Kind::Pairs { .. } = kind {
                     crate::packed_pairs::rhs_pairs(bp, 1, kc, nr, b_pairs.vec_mut());
                 }
-                let kind = kind.for_rhs(a, bp);
+                let kind = kind.for_rhs(a, crate::bf16::min_exponent(bp));
                 for i in 0..row_panels {
                     let tile_rows = mr.min(a.m - i * mr);
                     let ap = &a_data[(i * k + k0) * mr..];
@@ -1078,6 +1097,29 @@ pub(crate) mod x86 {
     fn pack_rhs<T: Float>(b: ArrayView2<'_, T>, nr: usize, scratch: &mut [T]) {
         let (kc, n) = b.dim();
         let panels_n = n.div_ceil(nr);
+        if let (Some(bt), true) = (b.t().as_slice_memory_order(), b.t().is_standard_layout()) {
+            // `B` is the transpose of a row-major matrix (`gemm_nt`'s `Bᵀ`, a
+            // weight gradient's im2col rows): read each of its columns as
+            // the contiguous row it is.
+            let ld = b.strides()[1] as usize;
+            for j in 0..panels_n {
+                let panel = &mut scratch[j * kc * nr..(j + 1) * kc * nr];
+                for l in 0..nr {
+                    let col = j * nr + l;
+                    if col < n {
+                        let src = &bt[col * ld..col * ld + kc];
+                        for (kk, &v) in src.iter().enumerate() {
+                            panel[kk * nr + l] = v;
+                        }
+                    } else {
+                        for kk in 0..kc {
+                            panel[kk * nr + l] = T::zero();
+                        }
+                    }
+                }
+            }
+            return;
+        }
         for (kk, row) in b.rows().into_iter().enumerate() {
             for j in 0..panels_n {
                 let dst = &mut scratch[(j * kc + kk) * nr..(j * kc + kk + 1) * nr];
