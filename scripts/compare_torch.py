@@ -9,7 +9,9 @@ runs, interleaved, PyTorch's reference script and our criterion bench for
 conv2d (shapes A-H and the depthwise 7x7), BatchNorm / GroupNorm / GELU, the
 CIFAR ResNet-20 train step, ResNet-18 eval at batch 1, 8 and 32, and
 timm's ConvNeXt-atto (train step b32 64x64, eval b8 224x224; VENV needs
-timm too) beside ours; both
+timm too) beside ours, then each of those but the norms again in bf16 mixed
+precision: ours `_bf16` rows beside PyTorch under
+`torch.autocast("cpu", dtype=torch.bfloat16)` (benches/torch/torch_autocast.py); both
 sides at T threads (default 2: OMP_NUM_THREADS and RAYON_NUM_THREADS). It
 prints a Markdown table: the median time of each side over the rounds (ours:
 criterion's median of each run; PyTorch's: its script's median of each run),
@@ -55,10 +57,21 @@ for b in (1, 8, 32):
     ROWS.append((f"resnet18 eval b{b}", f"resnet18_eval_forward/b{b}_224", f"resnet:eval{b}"))
 ROWS.append(("convnext_atto train step b32 64", "convnext_atto_train_step/b32_64", "convnext:train"))
 ROWS.append(("convnext_atto eval b8 224", "convnext_atto_eval_forward/b8_224", "convnext:eval"))
+# bf16 mixed precision: ours under with_precision(Bf16), PyTorch under autocast.
+for name in CONV:
+    ROWS.append((f"bf16 conv2d fwd {name}", f"conv2d_fwd_bf16/{name}", f"bf16:conv:{name}:fwd"))
+    ROWS.append((f"bf16 conv2d bwd {name}", f"conv2d_bwd_bf16/{name}", f"bf16:conv:{name}:bwd"))
+ROWS.append(("bf16 resnet20 train step b128", "resnet20_cifar_train_step/b128_bf16", "bf16:resnet:train"))
+for b in (1, 8, 32):
+    ROWS.append((f"bf16 resnet18 eval b{b}", f"resnet18_eval_forward/b{b}_224_bf16", f"bf16:resnet:eval{b}"))
+ROWS.append(("bf16 convnext_atto train step b32 64", "convnext_atto_train_step/b32_64_bf16",
+             "bf16:convnext:train"))
+ROWS.append(("bf16 convnext_atto eval b8 224", "convnext_atto_eval_forward/b8_224_bf16", "bf16:convnext:eval"))
 
 # (cargo bench target, criterion filter, PyTorch script)
 SUITES = [("conv", "conv2d_", "torch_conv.py"), ("norm_act", "", "torch_norm_act.py"),
-          ("resnet", "", "torch_resnet.py"), ("convnext", "", "torch_convnext.py")]
+          ("resnet", "", "torch_resnet.py"), ("convnext", "", "torch_convnext.py"),
+          (None, "", "torch_autocast.py")]  # its rows are ours of the benches above
 
 
 def run(cmd, env):
@@ -79,6 +92,12 @@ def ours_ms(ident, since):
 def parse_torch(script, text):
     """{key: ms} from a reference script's output."""
     found = {}
+    if script == "torch_autocast.py":
+        # The other scripts' formats with "bf16 " in front.
+        lines = "\n".join(l[5:] for l in text.splitlines() if l.startswith("bf16 "))
+        for inner in ("torch_conv.py", "torch_resnet.py", "torch_convnext.py"):
+            found.update({f"bf16:{k}": v for k, v in parse_torch(inner, lines).items()})
+        return found
     for line in text.splitlines():
         p = line.split()
         if script == "torch_conv.py" and len(p) == 5 and p[0] in CONV:
@@ -119,9 +138,12 @@ def main():
     torch = {key: [] for _, _, key in ROWS}
     for r in range(args.rounds):
         for bench, flt, script in SUITES:
-            print(f"round {r + 1}/{args.rounds}: {script}, then cargo bench --bench {bench}", file=sys.stderr)
+            then = f", then cargo bench --bench {bench}" if bench else ""
+            print(f"round {r + 1}/{args.rounds}: {script}{then}", file=sys.stderr)
             for k, v in parse_torch(script, run([python, TORCH / script, str(args.threads)], env)).items():
                 torch[k].append(v)
+            if bench is None:
+                continue
             cmd = ["cargo", "bench", "--bench", bench, "--"] + ([flt] if flt else []) + timing
             started = time.time()
             run(cmd, env)

@@ -3,6 +3,7 @@
 mod arch;
 mod augment_spec;
 mod classify;
+mod compare;
 mod data;
 mod degradation;
 mod env;
@@ -49,7 +50,7 @@ fn keep_freed_pages() {
     name = "cnn",
     version,
     about = "Train, evaluate and inspect convolutional networks on the CPU.",
-    after_help = "Examples:\n  cnn train                                  # the embedded digits, the default recipe\n  cnn train --data mnist:~/data/mnist --epochs 3\n  cnn tune --budget small\n  cnn finetune --weights resnet18.safetensors --arch resnet18 --data folder:~/photos --mode linear-probe\n  cnn eval --run runs/20261127-101500 --tta 8\n  cnn export --run runs/20261127-101500 --onnx model.onnx\n  cnn summary --arch resnet18\n  cnn augment-preview --data cifar10:~/data/cifar-10-batches-bin --out preview.png\n  cnn stats --data folder:~/photos\n  cnn check-data --data folder:~/photos\n  cnn env                                    # the CNN_* switches: CNN_SIMD, CNN_GEMM_PANEL, CNN_CONV_ALGORITHM, CNN_FUSION"
+    after_help = "Examples:\n  cnn train                                  # the embedded digits, the default recipe\n  cnn train --data mnist:~/data/mnist --epochs 3\n  cnn tune --budget small\n  cnn finetune --weights resnet18.safetensors --arch resnet18 --data folder:~/photos --mode linear-probe\n  cnn eval --run runs/20261127-101500 --tta 8\n  cnn export --run runs/20261127-101500 --onnx model.onnx\n  cnn compare runs/f32 runs/bf16 --out f32_vs_bf16.png\n  cnn summary --arch resnet18\n  cnn augment-preview --data cifar10:~/data/cifar-10-batches-bin --out preview.png\n  cnn stats --data folder:~/photos\n  cnn check-data --data folder:~/photos\n  cnn env                                    # the CNN_* switches: CNN_SIMD, CNN_GEMM_PANEL, CNN_CONV_ALGORITHM, CNN_FUSION"
 )]
 struct Cli {
     /// Worker threads (default: every core). Results are the same bitwise for any count.
@@ -69,6 +70,8 @@ enum Command {
     Finetune(Box<finetune::FinetuneArgs>),
     /// Evaluate a run's checkpoint (loss, accuracy, per class, confusion matrix), or classify images with pretrained weights.
     Eval(eval::EvalArgs),
+    /// Draw runs side by side (training loss, validation loss and accuracy by epoch) and print their final figures.
+    Compare(compare::CompareArgs),
     /// Export a run's checkpoint or pretrained weights as an ONNX model (opset 17) for ONNX Runtime, OpenVINO, TensorRT.
     Export(export::ExportArgs),
     /// The activation-statistics probe: each layer's mean and std for several inits, and a plot.
@@ -220,6 +223,7 @@ fn main() -> ExitCode {
         Command::Finetune(args) => finetune::run(*args, started),
         Command::Eval(args) => eval::run(args),
         Command::Export(args) => export::run(args),
+        Command::Compare(args) => compare::run(args),
         Command::InitStats(args) => init_stats::init_stats(args),
         Command::Degradation(args) => degradation::degradation(args, started),
         Command::Summary(args) => inspect::summary(args),

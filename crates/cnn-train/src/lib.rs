@@ -70,7 +70,7 @@ pub use history::{EpochRecord, History};
 pub use loss::{CrossEntropy, Loss};
 #[cfg(feature = "distributed")]
 pub use mpi::Mpi;
-pub use plot::{plot_confusion, plot_curves, plot_scatter, LineChart};
+pub use plot::{plot_confusion, plot_curves, plot_runs, plot_scatter, LineChart};
 pub use profile::PhaseTimes;
 pub use progress::ProgressMode;
 pub use step::{

@@ -109,7 +109,7 @@ fn tick_label(y: f64, span: f64) -> String {
     format!("{y:.decimals$}")
 }
 
-type Series = (&'static str, RGBColor, Vec<(f64, f64)>);
+type Series = (String, RGBColor, Vec<(f64, f64)>);
 
 /// One chart of [`plot_curves`]: some series by epoch.
 struct Panel<'a> {
@@ -156,7 +156,7 @@ fn panel(
                 LineSeries::new(points.iter().copied(), color.stroke_width(2)).point_size(3),
             )
             .map_err(&err)?
-            .label(*name)
+            .label(name.as_str())
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
             });
@@ -175,13 +175,15 @@ pub fn plot_curves(history: &History, path: &Path) -> Result<()> {
     let pts = |f: &dyn Fn(&crate::EpochRecord) -> Option<f64>| -> Vec<(f64, f64)> {
         history.epochs.iter().filter_map(|r| f(r).map(|v| (r.epoch as f64, v))).collect()
     };
-    let loss =
-        [("train", TRAIN, pts(&|r| Some(r.train_loss))), ("validation", VAL, pts(&|r| r.val_loss))];
-    let acc = [
-        ("train", TRAIN, pts(&|r| Some(100.0 * r.train_accuracy))),
-        ("validation", VAL, pts(&|r| r.val_accuracy.map(|a| 100.0 * a))),
+    let loss = [
+        ("train".into(), TRAIN, pts(&|r| Some(r.train_loss))),
+        ("validation".into(), VAL, pts(&|r| r.val_loss)),
     ];
-    let lr = [("lr (end of epoch)", LR, pts(&|r| Some(r.lr)))];
+    let acc = [
+        ("train".into(), TRAIN, pts(&|r| Some(100.0 * r.train_accuracy))),
+        ("validation".into(), VAL, pts(&|r| r.val_accuracy.map(|a| 100.0 * a))),
+    ];
+    let lr = [("lr (end of epoch)".into(), LR, pts(&|r| Some(r.lr)))];
     render_png(path, (1500, 460), |root| {
         let areas = root.split_evenly((1, 3));
         let panels = [
@@ -209,6 +211,78 @@ pub fn plot_curves(history: &History, path: &Path) -> Result<()> {
         ];
         for (area, p) in areas.iter().zip(panels) {
             panel(area, path, n, p)?;
+        }
+        Ok(())
+    })
+}
+
+/// Colours of the runs of [`plot_runs`], in order (matplotlib's first ten).
+const RUN_COLORS: [RGBColor; 10] = [
+    TRAIN,
+    VAL,
+    LR,
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// Draws several runs side by side (f32 against bf16, two recipes): the
+/// training loss, the validation loss and the validation accuracy by epoch,
+/// one colour per run, labelled by `runs`' names.
+///
+/// # Errors
+/// As [`plot_curves`]; [`Error::Config`] for no runs or more than ten.
+pub fn plot_runs(runs: &[(String, History)], path: &Path) -> Result<()> {
+    if runs.is_empty() || runs.len() > RUN_COLORS.len() {
+        return Err(Error::config(
+            "plot_runs",
+            format!("{} runs: expected 1 to {}", runs.len(), RUN_COLORS.len()),
+        ));
+    }
+    let epochs = runs.iter().map(|(_, h)| h.epochs.len()).max().unwrap_or(0);
+    let series = |f: &dyn Fn(&crate::EpochRecord) -> Option<f64>| -> Vec<Series> {
+        runs.iter()
+            .zip(RUN_COLORS)
+            .map(|((name, h), color)| {
+                let pts = h.epochs.iter().filter_map(|r| f(r).map(|v| (r.epoch as f64, v)));
+                (name.clone(), color, pts.collect())
+            })
+            .collect()
+    };
+    let train_loss = series(&|r| Some(r.train_loss));
+    let val_loss = series(&|r| r.val_loss);
+    let val_acc = series(&|r| r.val_accuracy.map(|a| 100.0 * a));
+    render_png(path, (1500, 460), |root| {
+        let areas = root.split_evenly((1, 3));
+        let panels = [
+            Panel {
+                title: "Training loss",
+                y_desc: "cross-entropy",
+                series: &train_loss,
+                floor_at_zero: true,
+                legend_at: SeriesLabelPosition::UpperRight,
+            },
+            Panel {
+                title: "Validation loss",
+                y_desc: "cross-entropy",
+                series: &val_loss,
+                floor_at_zero: true,
+                legend_at: SeriesLabelPosition::UpperRight,
+            },
+            Panel {
+                title: "Validation accuracy",
+                y_desc: "top-1 accuracy (%)",
+                series: &val_acc,
+                floor_at_zero: false,
+                legend_at: SeriesLabelPosition::LowerRight,
+            },
+        ];
+        for (area, p) in areas.iter().zip(panels) {
+            panel(area, path, epochs, p)?;
         }
         Ok(())
     })

@@ -12,4 +12,5 @@ mod bad_images;
 mod cli;
 mod disk_faults;
 mod export;
+mod precision;
 mod workflow;
