@@ -117,7 +117,7 @@ pub fn run(args: TuneArgs, started: Instant) -> Result<ExitCode> {
     let context = vec![
         format!("Data: {} ({} training images of {}, {} for validation: {}; {} classes)", info.data, splits.train.len(), info.image.map(|v| v.to_string()).join("×"), splits.val.len(), splits.val_source, info.classes.len()),
         format!("Network: {} (seed {}), batch size {}, augmentation {}", info.arch, info.seed, info.batch_size, info.augment),
-        format!("Budget: {budget:?}; base recipe: SGD with Nesterov momentum 0.9, one-cycle; the search sets lr, weight decay, epochs and, in step 5, the schedule"),
+        format!("Budget: {budget:?}; base recipe: SGD with Nesterov momentum 0.9, one-cycle, products in {}; the search sets lr, weight decay, epochs and, in step 5, the schedule", args.precision.precision.unwrap_or_default()),
     ];
     let quiet = args.quiet;
     let board = args.board.on();
