@@ -1191,8 +1191,11 @@ pub(crate) mod x86 {
             acc: &[[__m512; NV]; MR],
         ) {
             if self.rows < MR || self.cols < 16 * NV || self.csc != 1 {
+                // A copy: a partial store indexes by `rows`, and a data-dependent
+                // index on `acc` itself would keep it in memory (see `micro`).
+                let copy = *acc;
                 // SAFETY: the caller's contract, passed on.
-                unsafe { store_partial(acc, self) };
+                unsafe { store_partial(&copy, self) };
                 return;
             }
             for (i, row) in acc.iter().enumerate() {
@@ -1250,7 +1253,9 @@ pub(crate) mod x86 {
         // index (a loop bounded by `t.rows`) makes LLVM keep it in a stack
         // array zeroed by a 1.5 KiB memset on every call (2% of the
         // ResNet-20 step). So the full tile is stored with constant indices
-        // and a partial one from a copy, in a function of its own.
+        // and a partial one from a copy, in a function of its own. (Inline
+        // rather than `Tile::store_512`, which the bf16 kernel uses: this
+        // kernel's code generation was measured as it is.)
         if t.rows < MR || t.cols < 16 * NV || t.csc != 1 {
             let copy = acc;
             // SAFETY: the caller's contract on `t` is passed on.
