@@ -211,7 +211,7 @@ impl<T: Float> PackedLhs<T> {
             pairs = pairs_of(&data, k, panel.0);
         }
         let plain = Array2::zeros((0, 0));
-        let min_exp = min_exponent_of(&data);
+        let min_exp = if bf16 { min_exponent_of(&data) } else { 255 };
         Ok(PackedLhs { m, k, shape: Some(panel), data, plain, bf16, pairs, min_exp })
     }
 
@@ -256,7 +256,7 @@ impl<T: Float> PackedLhs<T> {
             _ => Vec::new(),
         };
         let plain = if shape.is_some() { Array2::zeros((0, 0)) } else { a.to_owned() };
-        let min_exp = min_exponent_of(&data);
+        let min_exp = if bf16 { min_exponent_of(&data) } else { 255 };
         PackedLhs { m, k, shape, data, plain, bf16, pairs, min_exp }
     }
 
