@@ -159,6 +159,30 @@ fn min_exponent_body(values: &[f32]) -> u32 {
     lanes.iter().copied().fold(tail, u32::min).min(255)
 }
 
+#[inline(always)]
+fn round_min_exponent_body(values: &mut [f32]) -> u32 {
+    let key = |v: f32| (v.to_bits() & 0x7FFF_FFFF).wrapping_sub(1) >> 23;
+    let mut lanes = [u32::MAX; 16];
+    let mut chunks = values.chunks_exact_mut(16);
+    for chunk in &mut chunks {
+        for (l, v) in lanes.iter_mut().zip(chunk) {
+            *v = round_f32(*v);
+            *l = (*l).min(key(*v));
+        }
+    }
+    let mut tail = u32::MAX;
+    for v in chunks.into_remainder() {
+        *v = round_f32(*v);
+        tail = tail.min(key(*v));
+    }
+    lanes.iter().copied().fold(tail, u32::min).min(255)
+}
+
+crate::simd_fn! {
+    /// [`round_slice`] and then [`min_exponent`] of the rounded values, in one pass.
+    pub fn round_and_min_exponent(values: &mut [f32]) -> u32 = round_min_exponent_body
+}
+
 crate::simd_fn! {
     /// The smallest biased exponent (`bits >> 23`, 1 for the smallest normal)
     /// of the nonzero values, or one less (for a value whose mantissa bits

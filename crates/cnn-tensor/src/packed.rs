@@ -650,12 +650,19 @@ fn with_pack_buffer<T: Float, R>(
 fn pack_rhs_for<T: Float>(a: &PackedLhs<T>, b: ArrayView2<'_, T>, buf: &mut Vec<T>) -> u32 {
     #[cfg(target_arch = "x86_64")]
     if let Some((_, nv)) = a.shape {
-        x86::pack_all(b, 16 * nv, buf);
-        let len = b.nrows() * b.ncols().div_ceil(16 * nv) * 16 * nv;
-        if a.bf16 {
-            round_in_place(&mut buf[..len]);
+        if !a.bf16 {
+            x86::pack_all(b, 16 * nv, buf, &mut |_: &mut [T]| {});
+            return 255;
         }
-        return bf16_exponent(a, &buf[..len]);
+        // Rounded, and the smallest exponent found, part by part while in cache.
+        let mut exp = 255;
+        let mut finish = |part: &mut [T]| {
+            if let Some(v) = T::as_f32_mut(part) {
+                exp = exp.min(crate::bf16::round_and_min_exponent(v));
+            }
+        };
+        x86::pack_all(b, 16 * nv, buf, &mut finish);
+        return exp;
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (a, b, buf);
@@ -1079,7 +1086,15 @@ pub(crate) mod x86 {
 
     /// `B` packed slab by slab of `KC` rows: the slab of rows `k0..k0 + kc`
     /// starts at `k0·⌈n/NR⌉·NR` and holds panel `j` as `kc` rows of `NR` columns.
-    pub(super) fn pack_all<T: Float>(b: ArrayView2<'_, T>, nr: usize, out: &mut Vec<T>) {
+    ///
+    /// `finish` is called on every packed part while it is still in cache
+    /// (each panel, or each slab): bf16 products round there.
+    pub(super) fn pack_all<T: Float>(
+        b: ArrayView2<'_, T>,
+        nr: usize,
+        out: &mut Vec<T>,
+        finish: &mut impl FnMut(&mut [T]),
+    ) {
         let (k, n) = b.dim();
         let width = n.div_ceil(nr) * nr;
         if out.len() < k * width {
@@ -1088,35 +1103,41 @@ pub(crate) mod x86 {
         let mut k0 = 0;
         while k0 < k {
             let kc = KC.min(k - k0);
-            pack_rhs(b.slice(ndarray::s![k0..k0 + kc, ..]), nr, &mut out[k0 * width..]);
+            let slab = &mut out[k0 * width..(k0 + kc) * width];
+            pack_rhs(b.slice(ndarray::s![k0..k0 + kc, ..]), nr, slab, finish);
             k0 += kc;
         }
     }
 
-    /// `dst[(j·kc + kk)·NR + l] = b[kk, j·NR + l]`, zero past the last column.
-    fn pack_rhs<T: Float>(b: ArrayView2<'_, T>, nr: usize, scratch: &mut [T]) {
+    /// `dst[(j·kc + kk)·NR + l] = b[kk, j·NR + l]`, zero past the last column;
+    /// then `finish` on each panel (columns of `B` contiguous) or on the slab.
+    fn pack_rhs<T: Float>(
+        b: ArrayView2<'_, T>,
+        nr: usize,
+        scratch: &mut [T],
+        finish: &mut impl FnMut(&mut [T]),
+    ) {
         let (kc, n) = b.dim();
         let panels_n = n.div_ceil(nr);
-        if let (Some(bt), true) = (b.t().as_slice_memory_order(), b.t().is_standard_layout()) {
-            // `B` is the transpose of a row-major matrix (`gemm_nt`'s `Bᵀ`, a
-            // weight gradient's im2col rows): read each of its columns as
-            // the contiguous row it is.
-            let ld = b.strides()[1] as usize;
+        if b.strides()[0] == 1 && kc > 1 {
+            // Each column of `B` is contiguous (`B` is the transpose of a
+            // row-major matrix, or a slab of one: `gemm_nt`'s `Bᵀ`, a weight
+            // gradient's im2col rows): read each column as the run it is.
             for j in 0..panels_n {
                 let panel = &mut scratch[j * kc * nr..(j + 1) * kc * nr];
-                for l in 0..nr {
-                    let col = j * nr + l;
-                    if col < n {
-                        let src = &bt[col * ld..col * ld + kc];
-                        for (kk, &v) in src.iter().enumerate() {
-                            panel[kk * nr + l] = v;
-                        }
-                    } else {
-                        for kk in 0..kc {
-                            panel[kk * nr + l] = T::zero();
-                        }
+                let cols = nr.min(n - j * nr);
+                // The panel's columns, each a contiguous run of `kc` values.
+                let columns: Vec<_> = (0..cols).map(|l| b.column(j * nr + l)).collect();
+                let runs: Option<Vec<&[T]>> = columns.iter().map(|c| c.as_slice()).collect();
+                let runs = runs.expect("columns of unit stride");
+                // Row by row of the panel: 16 streams read in order, one written in order.
+                for (kk, row) in panel.chunks_exact_mut(nr).enumerate() {
+                    for (d, run) in row.iter_mut().zip(&runs) {
+                        *d = run[kk];
                     }
+                    row[cols..].fill(T::zero());
                 }
+                finish(panel);
             }
             return;
         }
@@ -1148,6 +1169,7 @@ pub(crate) mod x86 {
                 dst[width..].fill(T::zero());
             }
         }
+        finish(&mut scratch[..kc * panels_n * nr]);
     }
 
     /// Where a micro-tile goes in `C`.
