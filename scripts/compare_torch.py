@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Ours beside PyTorch in one sitting: one table of speed ratios.
 
-Usage: python3 scripts/compare_torch.py VENV [--rounds N] [--threads T] [--quick]
+Usage: python3 scripts/compare_torch.py VENV [--rounds N] [--threads T] [--quick] [--bf16]
 
 VENV is a Python virtual environment with torch and torchvision (for example
 `python3 -m venv ~/tv && ~/tv/bin/pip install torch torchvision`). Each round
@@ -9,9 +9,11 @@ runs, interleaved, PyTorch's reference script and our criterion bench for
 conv2d (shapes A-H and the depthwise 7x7), BatchNorm / GroupNorm / GELU, the
 CIFAR ResNet-20 train step, ResNet-18 eval at batch 1, 8 and 32, and
 timm's ConvNeXt-atto (train step b32 64x64, eval b8 224x224; VENV needs
-timm too) beside ours, then each of those but the norms again in bf16 mixed
-precision: ours `_bf16` rows beside PyTorch under
-`torch.autocast("cpu", dtype=torch.bfloat16)` (benches/torch/torch_autocast.py); both
+timm too) beside ours; with `--bf16`, each of those but the norms again in
+bf16 mixed precision: ours `_bf16` rows beside PyTorch under
+`torch.autocast("cpu", dtype=torch.bfloat16)` (benches/torch/torch_autocast.py;
+only meaningful on a CPU with AVX512-BF16: elsewhere PyTorch's autocast
+emulates, 40-170x slower than its f32, and takes most of an hour); both
 sides at T threads (default 2: OMP_NUM_THREADS and RAYON_NUM_THREADS). It
 prints a Markdown table: the median time of each side over the rounds (ours:
 criterion's median of each run; PyTorch's: its script's median of each run),
@@ -69,9 +71,11 @@ ROWS.append(("bf16 convnext_atto train step b32 64", "convnext_atto_train_step/b
 ROWS.append(("bf16 convnext_atto eval b8 224", "convnext_atto_eval_forward/b8_224_bf16", "bf16:convnext:eval"))
 
 # (cargo bench target, criterion filter, PyTorch script)
-SUITES = [("conv", "conv2d_", "torch_conv.py"), ("norm_act", "", "torch_norm_act.py"),
-          ("resnet", "", "torch_resnet.py"), ("convnext", "", "torch_convnext.py"),
-          (None, "", "torch_autocast.py")]  # its rows are ours of the benches above
+# (the criterion filters leave out our bf16 rows; --bf16 drops them)
+SUITES = [("conv", "conv2d_(fwd|bwd)/", "torch_conv.py"), ("norm_act", "", "torch_norm_act.py"),
+          ("resnet", "(b128|_224)$", "torch_resnet.py"), ("convnext", "(b32_64|b8_224)$", "torch_convnext.py")]
+# With --bf16: PyTorch's autocast script; its rows are ours of the benches above.
+BF16_SUITE = (None, "", "torch_autocast.py")
 
 
 def run(cmd, env):
@@ -126,7 +130,12 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--bf16", action="store_true", help="also the bf16 rows beside PyTorch's autocast")
     args = ap.parse_args()
+    suites = SUITES
+    if args.bf16:
+        suites = [(b, "conv2d_" if b == "conv" else "", s) for b, _, s in SUITES] + [BF16_SUITE]
+    rows = [r for r in ROWS if args.bf16 or not r[0].startswith("bf16 ")]
     python = args.venv / "bin" / "python"
     if not python.exists():
         sys.exit(f"{python} does not exist: give the venv that has torch (see --help)")
@@ -134,27 +143,28 @@ def main():
     timing = ["--warm-up-time", "0.5", "--measurement-time", "1"] if args.quick else []
     print("building the benches ...", file=sys.stderr)
     run(["cargo", "bench", "--no-run"], env)
-    ours = {key: [] for _, key, _ in ROWS}
-    torch = {key: [] for _, _, key in ROWS}
+    ours = {key: [] for _, key, _ in rows}
+    torch = {key: [] for _, _, key in rows}
     for r in range(args.rounds):
-        for bench, flt, script in SUITES:
+        for bench, flt, script in suites:
             then = f", then cargo bench --bench {bench}" if bench else ""
             print(f"round {r + 1}/{args.rounds}: {script}{then}", file=sys.stderr)
             for k, v in parse_torch(script, run([python, TORCH / script, str(args.threads)], env)).items():
-                torch[k].append(v)
+                if k in torch:
+                    torch[k].append(v)
             if bench is None:
                 continue
             cmd = ["cargo", "bench", "--bench", bench, "--"] + ([flt] if flt else []) + timing
             started = time.time()
             run(cmd, env)
-            for _, key, _ in ROWS:
+            for _, key, _ in rows:
                 t = ours_ms(key, started) if key_in_bench(key, bench) else None
                 if t is not None:
                     ours[key].append(t)
     fmt = lambda xs: ", ".join(f"{x:.3g}" for x in xs)
     print(f"| {'':28} | ours ms (median) | PyTorch ms (median) | ours / PyTorch (speed) | ours runs | PyTorch runs |")
     print("| --- | ---: | ---: | ---: | --- | --- |")
-    for label, ok, tk in ROWS:
+    for label, ok, tk in rows:
         o, t = ours[ok], torch[tk]
         if not o or not t:
             print(f"| {label} | {'-' if not o else f'{statistics.median(o):.3g}'} | "
