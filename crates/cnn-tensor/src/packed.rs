@@ -1130,10 +1130,26 @@ pub(crate) mod x86 {
                 let columns: Vec<_> = (0..cols).map(|l| b.column(j * nr + l)).collect();
                 let runs: Option<Vec<&[T]>> = columns.iter().map(|c| c.as_slice()).collect();
                 let runs = runs.expect("columns of unit stride");
-                // Row by row of the panel: 16 streams read in order, one written in order.
-                for (kk, row) in panel.chunks_exact_mut(nr).enumerate() {
+                // Blocks of 8 rows: 8 contiguous values of each column in,
+                // 8 panel rows out (a transpose the compiler keeps in registers).
+                const R: usize = 8;
+                let mut rows = panel.chunks_exact_mut(R * nr);
+                for (blk, out) in (&mut rows).enumerate() {
+                    let mut tile = [[T::zero(); R]; 96];
+                    for (t, run) in tile.iter_mut().zip(&runs) {
+                        *t = *<&[T; R]>::try_from(&run[blk * R..blk * R + R]).expect("R values");
+                    }
+                    for (r, row) in out.chunks_exact_mut(nr).enumerate() {
+                        for (d, t) in row.iter_mut().zip(&tile) {
+                            *d = t[r];
+                        }
+                        row[cols..].fill(T::zero());
+                    }
+                }
+                let done = kc / R * R;
+                for (kk, row) in rows.into_remainder().chunks_exact_mut(nr).enumerate() {
                     for (d, run) in row.iter_mut().zip(&runs) {
-                        *d = run[kk];
+                        *d = run[done + kk];
                     }
                     row[cols..].fill(T::zero());
                 }
