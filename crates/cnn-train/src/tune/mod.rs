@@ -389,6 +389,14 @@ impl Tuner {
     /// [`Error::Config`] for bad settings; whatever the model, the loaders or
     /// the file writes return.
     pub fn run(&mut self, factory: &mut ModelFactory<'_>, data: &TuneData) -> Result<TuneReport> {
+        // Every step in the base recipe's precision, not only the trials
+        // that train through `Trainer::fit`.
+        let precision = self.base.precision;
+        cnn_tensor::with_precision(precision, || self.run_steps(factory, data))
+    }
+
+    /// The steps of [`Tuner::run`], inside its precision scope.
+    fn run_steps(&mut self, factory: &mut ModelFactory<'_>, data: &TuneData) -> Result<TuneReport> {
         let started = Instant::now();
         self.config.validate()?;
         self.base.validate()?;
