@@ -127,40 +127,12 @@ crate::simd_fn! {
 }
 
 #[inline(always)]
-fn round_body(values: &mut [f32]) {
-    for v in values {
-        *v = round_f32(*v);
-    }
-}
-
-crate::simd_fn! {
-    /// Every value rounded to the nearest bf16 in place ([`round_f32`]):
-    /// the operands of a bf16 product as the kernels read them.
-    pub fn round_slice(values: &mut [f32]) = round_body
-}
-
-#[inline(always)]
-fn min_exponent_body(values: &[f32]) -> u32 {
-    // Zero becomes 0xFFFF_FFFF after the wrapping decrement, so one unsigned
-    // min skips it; a nonzero magnitude `m` keeps its exponent unless its
-    // mantissa is zero, where `(m − 1) >> 23` is one less: never more than
-    // the exponent, so never a missed flush. 16 lanes of minima, for the
-    // vectorizer.
-    let key = |v: f32| (v.to_bits() & 0x7FFF_FFFF).wrapping_sub(1) >> 23;
-    let mut lanes = [u32::MAX; 16];
-    let chunks = values.chunks_exact(16);
-    let rest = chunks.remainder();
-    for chunk in chunks {
-        for (l, &v) in lanes.iter_mut().zip(chunk) {
-            *l = (*l).min(key(v));
-        }
-    }
-    let tail = rest.iter().map(|&v| key(v)).fold(u32::MAX, u32::min);
-    lanes.iter().copied().fold(tail, u32::min).min(255)
-}
-
-#[inline(always)]
 fn round_min_exponent_body(values: &mut [f32]) -> u32 {
+    // The key of a value is its biased exponent (`bits >> 23`) taken from
+    // `magnitude − 1`: zero becomes 0xFFFF_FFFF, so one unsigned min skips
+    // it; a nonzero value whose mantissa bits are all zero gets one less
+    // than its exponent, never more, so never a missed flush. 16 lanes of
+    // minima, for the vectorizer.
     let key = |v: f32| (v.to_bits() & 0x7FFF_FFFF).wrapping_sub(1) >> 23;
     let mut lanes = [u32::MAX; 16];
     let mut chunks = values.chunks_exact_mut(16);
@@ -179,20 +151,17 @@ fn round_min_exponent_body(values: &mut [f32]) -> u32 {
 }
 
 crate::simd_fn! {
-    /// [`round_slice`] and then [`min_exponent`] of the rounded values, in one pass.
+    /// Every value rounded to the nearest bf16 in place ([`round_f32`]: the
+    /// operands of a bf16 product as the kernels read them), returning the
+    /// smallest biased exponent (`bits >> 23`, 1 for the smallest normal) of
+    /// the nonzero rounded values, or one less (for a value whose mantissa
+    /// bits are all zero), 255 when all are zero: a lower bound that, with
+    /// [`needs_flush`], says whether a product can meet a subnormal sum.
     pub fn round_and_min_exponent(values: &mut [f32]) -> u32 = round_min_exponent_body
 }
 
-crate::simd_fn! {
-    /// The smallest biased exponent (`bits >> 23`, 1 for the smallest normal)
-    /// of the nonzero values, or one less (for a value whose mantissa bits
-    /// are all zero), 255 when all are zero: a lower bound that, with
-    /// [`needs_flush`], says whether a product can meet a subnormal sum.
-    pub fn min_exponent(values: &[f32]) -> u32 = min_exponent_body
-}
-
 /// Whether a bf16 product of operands whose nonzero values have biased
-/// exponents of at least `a` and `b` ([`min_exponent`], on rounded values)
+/// exponents of at least `a` and `b` ([`round_and_min_exponent`])
 /// can pass through a subnormal partial sum, so that [`dot`]'s flushes matter.
 ///
 /// Why not otherwise: a nonzero bf16 of exponent `E` is a multiple of
@@ -597,8 +566,8 @@ mod tests {
                 }).collect()
             };
             let (a, b) = (draw(ea), draw(eb));
-            let (fa, fb) = (min_exponent(&a.iter().map(|v| v.to_f32()).collect::<Vec<_>>()),
-                            min_exponent(&b.iter().map(|v| v.to_f32()).collect::<Vec<_>>()));
+            let (fa, fb) = (round_and_min_exponent(&mut a.iter().map(|v| v.to_f32()).collect::<Vec<_>>()),
+                            round_and_min_exponent(&mut b.iter().map(|v| v.to_f32()).collect::<Vec<_>>()));
             let plain = a.iter().zip(&b).fold(0f32, |acc, (x, y)| x.to_f32().mul_add(y.to_f32(), acc));
             let flushed = dot(0.0, &a, &b);
             if !needs_flush(fa, fb) {

@@ -93,8 +93,9 @@ pub struct PackedLhs<T: Float> {
     /// when a bf16 operand is packed where that kernel runs; else empty.
     pub(crate) pairs: Vec<u32>,
     /// The smallest biased exponent of `data`'s nonzero values
-    /// ([`crate::bf16::min_exponent`]): with `B`'s, whether the flushing
-    /// kernel is needed ([`crate::bf16::needs_flush`]). 255 for f32 operands.
+    /// ([`crate::bf16::round_and_min_exponent`]): with `B`'s, whether the
+    /// flushing kernel is needed ([`crate::bf16::needs_flush`]). 255 for f32
+    /// operands.
     min_exp: u32,
 }
 
@@ -119,11 +120,11 @@ fn kernel_for<T: Float>(bf16: bool) -> bool {
     bf16 || kernel_f32::<T>()
 }
 
-/// `values` rounded to bf16 in place, when `T` is f32 (the packed operands of a bf16 product).
-fn round_in_place<T: Float>(values: &mut [T]) {
-    if let Some(v) = T::as_f32_mut(values) {
-        crate::bf16::round_slice(v);
-    }
+/// `values` rounded to bf16 in place, when `T` is f32 (the packed operands
+/// of a bf16 product), and the smallest exponent of the rounded values
+/// (255 when `T` is not f32): one pass, while the values are in cache.
+fn round_for_bf16<T: Float>(values: &mut [T]) -> u32 {
+    T::as_f32_mut(values).map_or(255, crate::bf16::round_and_min_exponent)
 }
 
 #[cfg(test)]
@@ -131,11 +132,6 @@ thread_local! {
     /// Tests: pack bf16 operands as pairs below AVX512-BF16 too, so that the
     /// pair kernel's data path runs (in its scalar twin) on any CPU.
     pub(crate) static PAIRS_EVERYWHERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// The smallest biased exponent of the nonzero values, when `T` is f32.
-fn min_exponent_of<T: Float>(values: &[T]) -> u32 {
-    T::as_f32(values).map_or(255, crate::bf16::min_exponent)
 }
 
 /// `data` (rounded, in panels of `mr` rows over `k`) as pairs, when the
@@ -204,15 +200,7 @@ impl<T: Float> PackedLhs<T> {
                 ),
             ));
         }
-        let mut data = data;
-        let mut pairs = Vec::new();
-        if bf16 {
-            round_in_place(&mut data);
-            pairs = pairs_of(&data, k, panel.0);
-        }
-        let plain = Array2::zeros((0, 0));
-        let min_exp = if bf16 { min_exponent_of(&data) } else { 255 };
-        Ok(PackedLhs { m, k, shape: Some(panel), data, plain, bf16, pairs, min_exp })
+        Ok(Self::with_data(m, k, Some(panel), data, Array2::zeros((0, 0)), bf16))
     }
 
     /// Packs `a` for the micro-kernel panel `(MR, NV)` (one of [`PANELS`]),
@@ -231,13 +219,8 @@ impl<T: Float> PackedLhs<T> {
         Ok(Self::pack(a, kernel_for::<T>(packs_bf16::<T>()).then_some(panel)))
     }
 
+    /// Packs `a` in panels of `shape`, rounded to bf16 under a bf16 scope.
     fn pack(a: ArrayView2<'_, T>, shape: Option<(usize, usize)>) -> Self {
-        let bf16 = shape.is_some() && packs_bf16::<T>();
-        Self::pack_as(a, shape, bf16)
-    }
-
-    /// Packs `a` in panels of `shape`, rounded to bf16 when `bf16`.
-    fn pack_as(a: ArrayView2<'_, T>, shape: Option<(usize, usize)>, bf16: bool) -> Self {
         let (m, k) = a.dim();
         let mut data = Vec::new();
         if let Some((mr, _)) = shape {
@@ -247,16 +230,27 @@ impl<T: Float> PackedLhs<T> {
                     data[Self::packed_index(p, kk, k, mr)] = v;
                 }
             }
-            if bf16 {
-                round_in_place(&mut data);
-            }
         }
-        let pairs = match shape {
-            Some((mr, _)) if bf16 => pairs_of(&data, k, mr),
-            _ => Vec::new(),
-        };
         let plain = if shape.is_some() { Array2::zeros((0, 0)) } else { a.to_owned() };
-        let min_exp = if bf16 { min_exponent_of(&data) } else { 255 };
+        Self::with_data(m, k, shape, data, plain, shape.is_some() && packs_bf16::<T>())
+    }
+
+    /// The operand from its panels (or its plain matrix): for a bf16
+    /// product, `data` rounded, its smallest exponent and its pairs (where
+    /// the AVX512-BF16 kernel runs) are derived here, once.
+    fn with_data(
+        m: usize,
+        k: usize,
+        shape: Option<(usize, usize)>,
+        mut data: Vec<T>,
+        plain: Array2<T>,
+        bf16: bool,
+    ) -> Self {
+        let (mut pairs, mut min_exp) = (Vec::new(), 255);
+        if let (Some((mr, _)), true) = (shape, bf16) {
+            min_exp = round_for_bf16(&mut data);
+            pairs = pairs_of(&data, k, mr);
+        }
         PackedLhs { m, k, shape, data, plain, bf16, pairs, min_exp }
     }
 
@@ -384,8 +378,7 @@ pub fn gemm_prepacked<T: Float>(
         let mut rounded = crate::scratch::Scratch::<T>::take(layout.len());
         let buf = rounded.vec_mut();
         buf[..layout.len()].copy_from_slice(&packed[..layout.len()]);
-        round_in_place(&mut buf[..layout.len()]);
-        let b_exp = bf16_exponent(a, &buf[..layout.len()]);
+        let b_exp = round_for_bf16(&mut buf[..layout.len()]);
         multiply_prepacked(a, 0..a.m, (buf, b_exp), (a.k, n), beta, c);
         return Ok(());
     }
@@ -424,19 +417,18 @@ pub fn gemm_panels_by<T: Float>(
         let mut packed = crate::scratch::Scratch::<T>::take(layout.len());
         let buf = packed.vec_mut();
         let panels = layout.padded_cols() / layout.width();
-        let mut k0 = 0;
+        let (mut k0, mut b_exp) = (0, 255);
         while k0 < a.k {
             let (_, kc, start) = layout.slab(k0);
             let size = kc * layout.width();
             for (panel, part) in buf[start..start + size * panels].chunks_mut(size).enumerate() {
                 fill(panel, k0, kc, part);
                 if a.bf16 {
-                    round_in_place(part);
+                    b_exp = b_exp.min(round_for_bf16(part));
                 }
             }
             k0 += kc;
         }
-        let b_exp = bf16_exponent(a, &buf[..layout.len()]);
         multiply_prepacked(a, 0..a.m, (buf, b_exp), (a.k, n), beta, c);
         return Ok(());
     }
@@ -646,7 +638,8 @@ fn with_pack_buffer<T: Float, R>(
 }
 
 /// Packs `b` for `a`'s micro-kernel into `buf` (nothing on the matrixmultiply
-/// path); returns the smallest exponent of its values ([`bf16_exponent`]).
+/// path); for a bf16 product rounds it and returns the smallest exponent of
+/// its values ([`round_for_bf16`]), else 255.
 fn pack_rhs_for<T: Float>(a: &PackedLhs<T>, b: ArrayView2<'_, T>, buf: &mut Vec<T>) -> u32 {
     #[cfg(target_arch = "x86_64")]
     if let Some((_, nv)) = a.shape {
@@ -656,28 +649,13 @@ fn pack_rhs_for<T: Float>(a: &PackedLhs<T>, b: ArrayView2<'_, T>, buf: &mut Vec<
         }
         // Rounded, and the smallest exponent found, part by part while in cache.
         let mut exp = 255;
-        let mut finish = |part: &mut [T]| {
-            if let Some(v) = T::as_f32_mut(part) {
-                exp = exp.min(crate::bf16::round_and_min_exponent(v));
-            }
-        };
+        let mut finish = |part: &mut [T]| exp = exp.min(round_for_bf16(part));
         x86::pack_all(b, 16 * nv, buf, &mut finish);
         return exp;
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (a, b, buf);
     255
-}
-
-/// For a bf16 product with `a`, the smallest biased exponent of the nonzero
-/// values of the packed right operand (one scan per packed `B`, shared by
-/// its row blocks); 255 (no scan) for an f32 product.
-fn bf16_exponent<T: Float>(a: &PackedLhs<T>, packed: &[T]) -> u32 {
-    if a.bf16 {
-        min_exponent_of(packed)
-    } else {
-        255
-    }
 }
 
 /// `C ← A[rows]·B + β·C` for rows `rows` of `A` (whole panels, or up to the
@@ -716,7 +694,8 @@ fn multiply_packed<T: Float>(
 }
 
 /// `C ← A[rows]·B + β·C` in the micro-kernel, `B` (`k × n`) packed in
-/// `packed`, with the smallest exponent of its values ([`bf16_exponent`]).
+/// `packed`, with the smallest exponent of its values ([`round_for_bf16`];
+/// 255 for an f32 product).
 fn multiply_prepacked<T: Float>(
     a: &PackedLhs<T>,
     rows: Range<usize>,
@@ -1052,14 +1031,12 @@ pub(crate) mod x86 {
                 let cols = nr.min(n - j * nr);
                 let panel = &mut buf.vec_mut()[..kc * nr];
                 fill(j, k0, kc, panel);
-                if a.bf16 {
-                    super::round_in_place(panel);
-                }
+                let b_exp = if a.bf16 { super::round_for_bf16(panel) } else { 255 };
                 let bp = as_f32(panel);
                 if let Kind::Pairs { .. } = kind {
                     crate::packed_pairs::rhs_pairs(bp, 1, kc, nr, b_pairs.vec_mut());
                 }
-                let kind = kind.for_rhs(a, crate::bf16::min_exponent(bp));
+                let kind = kind.for_rhs(a, b_exp);
                 for i in 0..row_panels {
                     let tile_rows = mr.min(a.m - i * mr);
                     let ap = &a_data[(i * k + k0) * mr..];
