@@ -70,10 +70,6 @@ fn bf16_product<T: Float>(
     beta: T,
     mut c: ArrayViewMut2<'_, T>,
 ) -> Result<()> {
-    if a.ncols() == 0 {
-        c.mapv_inplace(|v| if beta == T::zero() { T::zero() } else { beta * v });
-        return Ok(());
-    }
     let packed = crate::PackedLhs::new(a, b.ncols());
     let mut scratch = crate::scratch::Scratch::<T>::take(0);
     if alpha == T::one() {

@@ -408,8 +408,7 @@ pub fn gemm_panels_by<T: Float>(
     let layout = panels_for_product(a, n, &c)?;
     let mut fill = fill;
     if a.k == 0 {
-        let mut c = c;
-        c.mapv_inplace(|v| v * beta); // an empty sum: C ← β·C
+        empty_product(beta, c);
         return Ok(());
     }
     if a.m > MC {
@@ -693,6 +692,16 @@ fn multiply_packed<T: Float>(
     }
 }
 
+/// `C ← β·C`, the product of an empty shared axis (`k = 0`); `C` is not
+/// read when `β = 0` (it may hold NaN).
+fn empty_product<T: Float>(beta: T, mut c: ArrayViewMut2<'_, T>) {
+    if beta == T::zero() {
+        c.fill(T::zero());
+    } else {
+        c.mapv_inplace(|v| v * beta);
+    }
+}
+
 /// `C ← A[rows]·B + β·C` in the micro-kernel, `B` (`k × n`) packed in
 /// `packed`, with the smallest exponent of its values ([`round_for_bf16`];
 /// 255 for an f32 product).
@@ -705,6 +714,8 @@ fn multiply_prepacked<T: Float>(
     c: ArrayViewMut2<'_, T>,
 ) {
     match a.shape {
+        #[cfg(target_arch = "x86_64")]
+        Some(_) if k == 0 => empty_product(beta, c),
         #[cfg(target_arch = "x86_64")]
         Some((mr, nv)) => {
             let mut c = c;
@@ -740,7 +751,8 @@ pub(crate) mod x86 {
     /// on a panel), `c` being those rows; `packed` is `B` (`k × n`) packed by [`pack_all`].
     ///
     /// # Safety
-    /// `T` is `f32` and the SIMD level is AVX2 or AVX-512 (the CPU has those).
+    /// `T` is `f32` and the SIMD level is AVX2 or AVX-512 (the CPU has those), or
+    /// `a` is a bf16 operand (any level: the kernel is chosen by `Kind::now`).
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn gemm_f32<T: Float>(
         a: &PackedLhs<T>,
@@ -761,18 +773,17 @@ pub(crate) mod x86 {
         let a_data = as_f32(&a.data);
         let b_all = as_f32(packed);
         assert!(b_all.len() >= panels_n * nr * k, "B packed for this product");
-        let kind = Kind::now(a);
+        let kind = Kind::now(a).for_rhs(a, b_exp);
         let mut b_pairs = crate::scratch::Scratch::<u32>::take(0);
         let mut k0 = 0;
         while k0 < k {
             let kc = KC.min(k - k0);
             let acc = accumulate || k0 > 0;
             let b_data = &b_all[k0 * panels_n * nr..];
-            let slab = &b_data[..panels_n * kc * nr];
             if let Kind::Pairs { .. } = kind {
+                let slab = &b_data[..panels_n * kc * nr];
                 crate::packed_pairs::rhs_pairs(slab, panels_n, kc, nr, b_pairs.vec_mut());
             }
-            let kind = kind.for_rhs(a, b_exp);
             // Blocks of MC rows of A (kept in L2) against every right panel (kept in L1).
             for i0 in (first..end).step_by(per_block) {
                 for j in 0..panels_n {
@@ -1003,7 +1014,7 @@ pub(crate) mod x86 {
     /// The same order of sums per entry of C as [`gemm_f32`] (slab by slab).
     ///
     /// # Safety
-    /// `T` is `f32` and the SIMD level is AVX2 or AVX-512; `a.rows() ≤ MC`.
+    /// As [`gemm_f32`]; `a.rows() ≤ MC`.
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn gemm_f32_by<T: Float>(
         a: &PackedLhs<T>,
@@ -1631,7 +1642,16 @@ mod tests {
         if empty.rhs_panels(4).is_some() {
             gemm_panels_by(&empty, 4, 0.5, c.view_mut(), |_, _, _, _| unreachable!()).unwrap();
             assert!(c.iter().all(|&v| v == 0.5));
+            // β = 0: C is written (zeros), not read (NaN stays out).
+            c.fill(f32::NAN);
+            gemm_panels_by(&empty, 4, 0.0, c.view_mut(), |_, _, _, _| unreachable!()).unwrap();
+            assert!(c.iter().all(|&v| v == 0.0));
         }
+        // The same by `gemm_packed` on an empty B.
+        let mut c = Array2::<f32>::from_elem((3, 4), f32::NAN);
+        let b = Array2::<f32>::zeros((0, 4));
+        gemm_packed(&empty, b.view(), 0.0, c.view_mut(), &mut Vec::new()).unwrap();
+        assert!(c.iter().all(|&v| v == 0.0), "{c:?}");
     }
 
     /// Cut into 1, 2, 3 and more ranges than panels, the product made panel
