@@ -52,6 +52,26 @@ const SHAPES_INTEL: [(usize, usize); 3] = [(14, 2), (8, 3), (6, 4)];
 /// 16 ymm registers (the shape of BLIS's Haswell sgemm kernel).
 const SHAPES_AVX2: [(usize, usize); 1] = [(6, 1)];
 
+/// The widest panel of [`PANELS`], in columns.
+const MAX_NR: usize = max_over_panels(false);
+
+/// The most accumulators of a panel of [`PANELS`] (`MR·NR`).
+pub(crate) const MAX_TILE: usize = max_over_panels(true);
+
+/// The largest `NR` (or `MR·NR` when `tile`) over [`PANELS`], at compile time.
+const fn max_over_panels(tile: bool) -> usize {
+    let (mut i, mut most) = (0, 0);
+    while i < PANELS.len() {
+        let (mr, nr) = (PANELS[i].0, 16 * PANELS[i].1);
+        let v = if tile { mr * nr } else { nr };
+        if v > most {
+            most = v;
+        }
+        i += 1;
+    }
+    most
+}
+
 /// Every panel shape the micro-kernel is compiled for.
 pub const PANELS: [(usize, usize); 7] = [(8, 3), (4, 6), (12, 2), (14, 2), (6, 4), (16, 1), (6, 1)];
 
@@ -738,7 +758,7 @@ pub(crate) mod x86 {
 
     use ndarray::{ArrayView2, ArrayViewMut2};
 
-    use super::{PackedLhs, KC, MC};
+    use super::{PackedLhs, KC, MAX_NR, MC};
 
     use crate::Float;
 
@@ -959,10 +979,10 @@ pub(crate) mod x86 {
     ///
     /// # Safety
     /// `a` points to `kc·mr` readable floats, `b` to `kc·nr`; `t` as in [`micro`]
-    /// with `mr·nr ≤ 448` (every panel of `PANELS`).
+    /// with `mr·nr ≤ MAX_TILE` (every panel of `PANELS`).
     #[inline(never)]
     unsafe fn micro_scalar(mr: usize, nr: usize, kc: usize, a: *const f32, b: *const f32, t: Tile) {
-        let mut acc = [0f32; 448];
+        let mut acc = [0f32; super::MAX_TILE];
         let acc = &mut acc[..mr * nr];
         // SAFETY: the panels hold kc·mr and kc·nr floats (the caller's contract).
         let (a, b) = unsafe {
@@ -1114,17 +1134,20 @@ pub(crate) mod x86 {
             for j in 0..panels_n {
                 let panel = &mut scratch[j * kc * nr..(j + 1) * kc * nr];
                 let cols = nr.min(n - j * nr);
-                // The panel's columns, each a contiguous run of `kc` values.
-                let columns: Vec<_> = (0..cols).map(|l| b.column(j * nr + l)).collect();
-                let runs: Option<Vec<&[T]>> = columns.iter().map(|c| c.as_slice()).collect();
-                let runs = runs.expect("columns of unit stride");
+                // The panel's columns, each a contiguous run of `kc` values
+                // (on the stack: no allocation per panel).
+                let mut runs: [&[T]; MAX_NR] = [&[]; MAX_NR];
+                for (l, run) in runs.iter_mut().enumerate().take(cols) {
+                    *run = b.column(j * nr + l).to_slice().expect("columns of unit stride");
+                }
+                let runs = &runs[..cols];
                 // Blocks of 8 rows: 8 contiguous values of each column in,
                 // 8 panel rows out (a transpose the compiler keeps in registers).
                 const R: usize = 8;
                 let mut rows = panel.chunks_exact_mut(R * nr);
                 for (blk, out) in (&mut rows).enumerate() {
-                    let mut tile = [[T::zero(); R]; 96];
-                    for (t, run) in tile.iter_mut().zip(&runs) {
+                    let mut tile = [[T::zero(); R]; MAX_NR];
+                    for (t, run) in tile.iter_mut().zip(runs) {
                         *t = *<&[T; R]>::try_from(&run[blk * R..blk * R + R]).expect("R values");
                     }
                     for (r, row) in out.chunks_exact_mut(nr).enumerate() {
@@ -1136,7 +1159,7 @@ pub(crate) mod x86 {
                 }
                 let done = kc / R * R;
                 for (kk, row) in rows.into_remainder().chunks_exact_mut(nr).enumerate() {
-                    for (d, run) in row.iter_mut().zip(&runs) {
+                    for (d, run) in row.iter_mut().zip(runs) {
                         *d = run[done + kk];
                     }
                     row[cols..].fill(T::zero());

@@ -75,7 +75,7 @@ fn split(pair: u32) -> [Bf16; 2] {
 /// # Safety
 /// `a` points to `kp·mr` readable pairs, `b` to `kp·nr`; `t` addresses a
 /// writable `t.rows × t.cols` tile (`t.rows ≤ mr`, `t.cols ≤ nr`,
-/// `mr·nr ≤ 448`) that nothing else accesses meanwhile.
+/// `mr·nr ≤ MAX_TILE`) that nothing else accesses meanwhile.
 pub(crate) unsafe fn micro_pairs_scalar(
     mr: usize,
     nr: usize,
@@ -84,7 +84,7 @@ pub(crate) unsafe fn micro_pairs_scalar(
     b: *const u32,
     t: &Tile,
 ) {
-    let mut acc = [0f32; 448];
+    let mut acc = [0f32; crate::packed::MAX_TILE];
     let acc = &mut acc[..mr * nr];
     // SAFETY: the panels hold kp·mr and kp·nr pairs (the caller's contract).
     let (a, b) =
