@@ -11,7 +11,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
-use crate::History;
+use crate::{EpochRecord, History};
 
 const FONT: &str = "sans-serif";
 const TRAIN: RGBColor = RGBColor(31, 119, 180);
@@ -171,10 +171,7 @@ fn panel(
 /// # Errors
 /// [`Error::Io`] when the file cannot be written; [`Error::Format`] if drawing fails.
 pub fn plot_curves(history: &History, path: &Path) -> Result<()> {
-    let n = history.epochs.len();
-    let pts = |f: &dyn Fn(&crate::EpochRecord) -> Option<f64>| -> Vec<(f64, f64)> {
-        history.epochs.iter().filter_map(|r| f(r).map(|v| (r.epoch as f64, v))).collect()
-    };
+    let pts = |f: &dyn Fn(&EpochRecord) -> Option<f64>| points(history, f);
     let loss = [
         ("train".into(), TRAIN, pts(&|r| Some(r.train_loss))),
         ("validation".into(), VAL, pts(&|r| r.val_loss)),
@@ -184,33 +181,39 @@ pub fn plot_curves(history: &History, path: &Path) -> Result<()> {
         ("validation".into(), VAL, pts(&|r| r.val_accuracy.map(|a| 100.0 * a))),
     ];
     let lr = [("lr (end of epoch)".into(), LR, pts(&|r| Some(r.lr)))];
+    let panels = [
+        Panel::falling("Loss", "cross-entropy", &loss),
+        Panel::accuracy("Accuracy", &acc),
+        Panel::falling("Learning rate", "lr", &lr),
+    ];
+    draw_row(path, history.epochs.len(), panels)
+}
+
+/// `(epoch, f(record))` for every record of `history` where `f` has a value.
+fn points(history: &History, f: &dyn Fn(&EpochRecord) -> Option<f64>) -> Vec<(f64, f64)> {
+    history.epochs.iter().filter_map(|r| f(r).map(|v| (r.epoch as f64, v))).collect()
+}
+
+impl<'a> Panel<'a> {
+    /// A chart of values that fall toward zero (losses, the lr): the axis
+    /// floored at zero, the legend top right.
+    fn falling(title: &'a str, y_desc: &'a str, series: &'a [Series]) -> Self {
+        let legend_at = SeriesLabelPosition::UpperRight;
+        Panel { title, y_desc, series, floor_at_zero: true, legend_at }
+    }
+
+    /// A chart of top-1 accuracies in %, the legend bottom right.
+    fn accuracy(title: &'a str, series: &'a [Series]) -> Self {
+        let (y_desc, legend_at) = ("top-1 accuracy (%)", SeriesLabelPosition::LowerRight);
+        Panel { title, y_desc, series, floor_at_zero: false, legend_at }
+    }
+}
+
+/// Three charts side by side over `epochs`, written as one 1500×460 PNG.
+fn draw_row(path: &Path, epochs: usize, panels: [Panel<'_>; 3]) -> Result<()> {
     render_png(path, (1500, 460), |root| {
-        let areas = root.split_evenly((1, 3));
-        let panels = [
-            Panel {
-                title: "Loss",
-                y_desc: "cross-entropy",
-                series: &loss,
-                floor_at_zero: true,
-                legend_at: SeriesLabelPosition::UpperRight,
-            },
-            Panel {
-                title: "Accuracy",
-                y_desc: "top-1 accuracy (%)",
-                series: &acc,
-                floor_at_zero: false,
-                legend_at: SeriesLabelPosition::LowerRight,
-            },
-            Panel {
-                title: "Learning rate",
-                y_desc: "lr",
-                series: &lr,
-                floor_at_zero: true,
-                legend_at: SeriesLabelPosition::UpperRight,
-            },
-        ];
-        for (area, p) in areas.iter().zip(panels) {
-            panel(area, path, n, p)?;
+        for (area, p) in root.split_evenly((1, 3)).iter().zip(panels) {
+            panel(area, path, epochs, p)?;
         }
         Ok(())
     })
@@ -244,48 +247,19 @@ pub fn plot_runs(runs: &[(String, History)], path: &Path) -> Result<()> {
         ));
     }
     let epochs = runs.iter().map(|(_, h)| h.epochs.len()).max().unwrap_or(0);
-    let series = |f: &dyn Fn(&crate::EpochRecord) -> Option<f64>| -> Vec<Series> {
-        runs.iter()
-            .zip(RUN_COLORS)
-            .map(|((name, h), color)| {
-                let pts = h.epochs.iter().filter_map(|r| f(r).map(|v| (r.epoch as f64, v)));
-                (name.clone(), color, pts.collect())
-            })
-            .collect()
+    let series = |f: &dyn Fn(&EpochRecord) -> Option<f64>| -> Vec<Series> {
+        let each = runs.iter().zip(RUN_COLORS);
+        each.map(|((name, h), color)| (name.clone(), color, points(h, f))).collect()
     };
     let train_loss = series(&|r| Some(r.train_loss));
     let val_loss = series(&|r| r.val_loss);
     let val_acc = series(&|r| r.val_accuracy.map(|a| 100.0 * a));
-    render_png(path, (1500, 460), |root| {
-        let areas = root.split_evenly((1, 3));
-        let panels = [
-            Panel {
-                title: "Training loss",
-                y_desc: "cross-entropy",
-                series: &train_loss,
-                floor_at_zero: true,
-                legend_at: SeriesLabelPosition::UpperRight,
-            },
-            Panel {
-                title: "Validation loss",
-                y_desc: "cross-entropy",
-                series: &val_loss,
-                floor_at_zero: true,
-                legend_at: SeriesLabelPosition::UpperRight,
-            },
-            Panel {
-                title: "Validation accuracy",
-                y_desc: "top-1 accuracy (%)",
-                series: &val_acc,
-                floor_at_zero: false,
-                legend_at: SeriesLabelPosition::LowerRight,
-            },
-        ];
-        for (area, p) in areas.iter().zip(panels) {
-            panel(area, path, epochs, p)?;
-        }
-        Ok(())
-    })
+    let panels = [
+        Panel::falling("Training loss", "cross-entropy", &train_loss),
+        Panel::falling("Validation loss", "cross-entropy", &val_loss),
+        Panel::accuracy("Validation accuracy", &val_acc),
+    ];
+    draw_row(path, epochs, panels)
 }
 
 /// Draws `confusion.png`: true class by row, predicted class by column, each
