@@ -482,11 +482,11 @@ pub fn fit_run(
     let fitted = if info.cached_features && frozen > 0 {
         let clock = std::time::Instant::now();
         let in_order = train.over(train.dataset().clone()).with_shuffle(false);
-        let (features, shape) = cnn_tensor::with_precision(precision, || {
-            cnn_train::extract_features(model, frozen, &in_order)
-        })?;
-        let (val_features, _) = cnn_tensor::with_precision(precision, || {
-            cnn_train::extract_features(model, frozen, val)
+        let ((features, shape), (val_features, _)) = cnn_tensor::with_precision(precision, || {
+            Ok::<_, Error>((
+                cnn_train::extract_features(model, frozen, &in_order)?,
+                cnn_train::extract_features(model, frozen, val)?,
+            ))
         })?;
         say(format!(
             "computed the frozen backbone's features once ({} values per image) in {:.1} s",

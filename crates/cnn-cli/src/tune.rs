@@ -114,10 +114,11 @@ pub fn run(args: TuneArgs, started: Instant) -> Result<ExitCode> {
         .with_seed(args.seed)
         .with_overfit_samples(args.overfit_samples)
         .with_lr_candidates(args.lrs.clone());
+    let precision = args.precision.precision.unwrap_or_default();
     let context = vec![
         format!("Data: {} ({} training images of {}, {} for validation: {}; {} classes)", info.data, splits.train.len(), info.image.map(|v| v.to_string()).join("×"), splits.val.len(), splits.val_source, info.classes.len()),
         format!("Network: {} (seed {}), batch size {}, augmentation {}", info.arch, info.seed, info.batch_size, info.augment),
-        format!("Budget: {budget:?}; base recipe: SGD with Nesterov momentum 0.9, one-cycle, products in {}; the search sets lr, weight decay, epochs and, in step 5, the schedule", args.precision.precision.unwrap_or_default()),
+        format!("Budget: {budget:?}; base recipe: SGD with Nesterov momentum 0.9, one-cycle, products in {precision}; the search sets lr, weight decay, epochs and, in step 5, the schedule"),
     ];
     let quiet = args.quiet;
     let board = args.board.on();
@@ -134,7 +135,7 @@ pub fn run(args: TuneArgs, started: Instant) -> Result<ExitCode> {
     // Bars for each trial on a terminal; in a log, the trial lines alone.
     let terminal = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
     let progress = if terminal && !quiet { ProgressMode::Bars } else { ProgressMode::Quiet };
-    let base = TrainConfig::default().with_precision(args.precision.precision.unwrap_or_default());
+    let base = TrainConfig::default().with_precision(precision);
     let mut tuner = Tuner::new(config, base)
         .with_out_dir(&out)
         .with_progress(progress)
