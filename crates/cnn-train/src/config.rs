@@ -482,6 +482,23 @@ mod tests {
         assert_eq!(serde_json::from_value::<TrainConfig>(v).unwrap(), TrainConfig::default());
     }
 
+    /// The precision is saved by name, read back, absent means f32 (a run
+    /// written before bf16), and a name that is not one is an error.
+    #[test]
+    fn precision_is_saved_by_name_and_defaults_to_f32() {
+        let bf16 = TrainConfig::default().with_precision(Precision::Bf16);
+        let v = serde_json::to_value(&bf16).unwrap();
+        assert_eq!(v["precision"], "bf16");
+        assert_eq!(serde_json::from_value::<TrainConfig>(v.clone()).unwrap(), bf16);
+        let mut old = v.clone();
+        old.as_object_mut().unwrap().remove("precision");
+        assert_eq!(serde_json::from_value::<TrainConfig>(old).unwrap().precision, Precision::F32);
+        let mut bad = v;
+        bad["precision"] = "fp16".into();
+        let e = serde_json::from_value::<TrainConfig>(bad).unwrap_err().to_string();
+        assert!(e.contains("not a precision"), "{e}");
+    }
+
     #[test]
     fn timm_adamw_leaves_one_dimensional_parameters_undecayed() {
         let opt = TrainConfig::timm_adamw(4e-3, 0.05).build_optimizer::<f32>().unwrap();
