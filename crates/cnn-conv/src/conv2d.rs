@@ -122,10 +122,10 @@ pub(crate) fn route(g: &ConvGeometry) -> Result<Route> {
                 ConvAlgorithm::Im2col => None,
                 ConvAlgorithm::Winograd | ConvAlgorithm::Winograd4 => Some(Tile::F4),
                 ConvAlgorithm::Winograd2 => Some(Tile::F2),
-                // bf16 products: im2col (Winograd's transforms magnify the
-                // inputs' rounding: F(4×4) 9× im2col's error in a model, out of
-                // the bound; F(2×2) 1.5×, not yet tested on these kernels).
-                ConvAlgorithm::Auto if cnn_tensor::precision() == Precision::Bf16 => None,
+                // The same rule under a bf16 scope: where it takes Winograd,
+                // F(4×4) in f32 (2.25 multiplies per output and input channel)
+                // outruns im2col in bf16 (9 at twice f32's rate) and keeps
+                // f32's error (docs/conv.md).
                 ConvAlgorithm::Auto if applies => auto_rule(g),
                 ConvAlgorithm::Auto => None,
             }))
@@ -194,8 +194,9 @@ pub(crate) fn conv2d_forward_cached<T: Float>(
     let y_slice = y.as_slice_mut().expect("a new array is contiguous");
     match route(&g)? {
         Route::Depthwise => crate::depthwise::forward(&g, xs, ws, b.as_deref(), y_slice, epilogue),
-        // Winograd computes in f32 whatever the scope (its bf16 error is not
-        // measured): its products and the cached U.
+        // Winograd computes in f32 whatever the scope, its products and the
+        // cached U: in bf16 its transforms magnify the rounding past the
+        // bound of bf16 products (docs/conv.md).
         Route::Winograd(tile) => with_precision(Precision::F32, || {
             let cols = winograd::gemm_cols::<T>(tile, &g);
             let build = || winograd::transform_weights(tile, &g, ws, cols);

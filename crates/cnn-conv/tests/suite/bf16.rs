@@ -1,7 +1,7 @@
 //! Convolutions under a bf16 scope (`cnn_tensor::with_precision`): forward,
 //! dx and dW within their stated bounds of the f64 naive kernel on inputs
 //! rounded to bf16, and of the f32 path; and the policy: depthwise and
-//! Winograd stay f32, `Auto` picks im2col.
+//! Winograd stay f32, im2col rounds.
 //!
 //! The bounds (`u = 2⁻²⁴`; `S` the sum of `|a·b|` over the `n` products
 //! that make an output, on the rounded inputs; `S'` the same on the
@@ -146,30 +146,49 @@ fn wide_bf16_convs_keep_their_bounds() {
 }
 
 /// The policy: a depthwise conv and a forced Winograd compute in f32 under
-/// the scope (the same bits as outside it); `Auto` on a shape Winograd
-/// would take computes by im2col in bf16 (the bits of forced im2col in bf16,
-/// not those of f32 im2col).
+/// the scope (the same bits as outside it); `Auto` keeps f32's choice of
+/// Winograd F(4×4) in f32 where the shape rule takes it (the bits of f32,
+/// forward and both gradients), and computes by im2col in bf16 where the
+/// rule takes im2col (the bits of forced im2col in bf16, not of f32).
 #[test]
-fn depthwise_and_winograd_stay_f32_and_auto_picks_im2col() {
+fn depthwise_and_winograd_stay_f32_and_im2col_rounds() {
     use cnn_conv::Conv2dOptions;
     let bf16 = |f: &dyn Fn() -> Array4<f32>| with_precision(Precision::Bf16, f);
     let x = f32_of(&randn4([2, 32, 12, 12], 1));
     let dw_w = f32_of(&randn4([32, 1, 3, 3], 2));
     let dw_opts = Conv2dOptions { groups: 32, ..Conv2dOptions::default().with_padding(1) };
-    let run =
-        |w: &Array4<f32>, o: &Conv2dOptions| conv2d_forward(x.view(), w.view(), None, o).unwrap();
-    assert_eq!(bf16(&|| run(&dw_w, &dw_opts)), run(&dw_w, &dw_opts), "depthwise");
+    let run = |x: &Array4<f32>, w: &Array4<f32>, o: &Conv2dOptions| {
+        conv2d_forward(x.view(), w.view(), None, o).unwrap()
+    };
+    assert_eq!(bf16(&|| run(&x, &dw_w, &dw_opts)), run(&x, &dw_w, &dw_opts), "depthwise");
 
     let w = f32_of(&randn4([32, 32, 3, 3], 3));
     let wino = Conv2dOptions::default().with_padding(1).with_algorithm(ConvAlgorithm::Winograd4);
-    assert_eq!(bf16(&|| run(&w, &wino)), run(&w, &wino), "forced Winograd");
+    let wino2 = wino.with_algorithm(ConvAlgorithm::Winograd2);
+    for o in [&wino, &wino2] {
+        assert_eq!(bf16(&|| run(&x, &w, o)), run(&x, &w, o), "forced Winograd");
+    }
     let dy = f32_of(&randn4([2, 32, 12, 12], 4));
-    let back = |o: &Conv2dOptions| conv2d_backward(x.view(), w.view(), dy.view(), o).unwrap().dw;
-    assert_eq!(with_precision(Precision::Bf16, || back(&wino)), back(&wino), "Winograd dW");
+    let back = |x: &Array4<f32>, dy: &Array4<f32>, o: &Conv2dOptions| {
+        let g = conv2d_backward(x.view(), w.view(), dy.view(), o).unwrap();
+        (g.dx, g.dw)
+    };
+    let back_bf16 = |x: &Array4<f32>, dy: &Array4<f32>, o: &Conv2dOptions| {
+        with_precision(Precision::Bf16, || back(x, dy, o))
+    };
+    assert_eq!(back_bf16(&x, &dy, &wino), back(&x, &dy, &wino), "Winograd dx and dW");
 
+    // Batch 4 at 16x16: 64 tiles of 4x4, which the rule gives to F(4x4).
     let auto = Conv2dOptions::default().with_padding(1);
+    let (xw, dyw) = (f32_of(&randn4([4, 32, 16, 16], 5)), f32_of(&randn4([4, 32, 16, 16], 6)));
+    assert_eq!(bf16(&|| run(&xw, &w, &auto)), run(&xw, &w, &wino), "Auto keeps F(4x4) in f32");
+    assert_eq!(back_bf16(&xw, &dyw, &auto), back(&xw, &dyw, &wino), "and its gradients");
+
+    // 18 tiles: the rule takes im2col, which rounds.
     let im2col = auto.with_algorithm(ConvAlgorithm::Im2col);
-    let auto_bf16 = bf16(&|| run(&w, &auto));
-    assert_eq!(auto_bf16, bf16(&|| run(&w, &im2col)), "Auto is im2col in bf16");
-    assert_ne!(auto_bf16, run(&w, &im2col), "and rounds");
+    let auto_bf16 = bf16(&|| run(&x, &w, &auto));
+    assert_eq!(auto_bf16, bf16(&|| run(&x, &w, &im2col)), "Auto is im2col in bf16 here");
+    assert_ne!(auto_bf16, run(&x, &w, &im2col), "and rounds");
+    assert_eq!(back_bf16(&x, &dy, &auto), back_bf16(&x, &dy, &im2col), "gradients too");
+    assert_ne!(back_bf16(&x, &dy, &auto), back(&x, &dy, &im2col));
 }
