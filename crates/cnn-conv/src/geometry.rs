@@ -28,6 +28,9 @@ pub struct Conv2dOptions {
 /// With `Auto` the environment variable `CNN_CONV_ALGORITHM` (same names:
 /// `auto`, `im2col`, `winograd`, `winograd2`, `winograd4`) can force one for
 /// the whole process, where it applies; the shape rule is in docs/conv.md.
+/// Winograd computes in f32 under a bf16 scope too (`cnn_tensor::with_precision`;
+/// its transforms would magnify bf16's rounding), and `Auto` makes the same
+/// choice in both precisions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum ConvAlgorithm {
     /// Winograd F(4×4, 3×3) where the shape rule says it is faster, else im2col.
