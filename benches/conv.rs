@@ -139,7 +139,8 @@ fn sgemm(c: &mut Criterion) {
 /// orientation the im2col path used to choose (`dWᵀ = col · dyᵀ` under 64
 /// output channels) against cnn-tensor's lane kernel `gemm_nt`. Shapes:
 /// ResNet-20's three stages and ResNet-18's first (m channels, n = 9·C_in
-/// taps, k output positions of one task), and Winograd's `dU` products.
+/// taps, k output positions of one task), and Winograd's `dU` products;
+/// and the same in bf16 (`_bf16` ids).
 fn weight_grad(c: &mut Criterion) {
     let mut group = c.benchmark_group("weight_grad");
     for (m, n, k) in [
@@ -179,6 +180,25 @@ fn weight_grad(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("gemm_nt", &shape), |bch| {
             bch.iter(|| {
                 cnn::tensor::gemm_nt(dy.view(), col.view(), 0.0, dw.view_mut()).expect("gemm_nt")
+            })
+        });
+        // In bf16: the one chain of k (`col` packed transposed, as the
+        // weight gradients did before their bf16 lanes), and `gemm_nt`,
+        // which takes the lanes where its rule does.
+        let bf16 = |f: &mut dyn FnMut()| with_precision(Precision::Bf16, f);
+        group.bench_function(BenchmarkId::new("gemm_bf16", &shape), |bch| {
+            bch.iter(|| {
+                bf16(&mut || {
+                    cnn::tensor::gemm(1.0, dy.view(), col.t(), 0.0, dw.view_mut()).expect("gemm")
+                })
+            })
+        });
+        group.bench_function(BenchmarkId::new("gemm_nt_bf16", &shape), |bch| {
+            bch.iter(|| {
+                bf16(&mut || {
+                    cnn::tensor::gemm_nt(dy.view(), col.view(), 0.0, dw.view_mut())
+                        .expect("gemm_nt")
+                })
             })
         });
     }

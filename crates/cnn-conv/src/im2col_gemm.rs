@@ -652,6 +652,58 @@ mod tests {
         }
     }
 
+    /// Under a bf16 scope the same weight gradients take `gemm_nt`'s bf16
+    /// lanes at every SIMD level (portable included: the rule is the shape's
+    /// alone) and stay within the bound of bf16 products against the naive
+    /// kernel on the unrounded inputs, `(2⁻⁷ + 2⁻¹⁶)·S + 2n·u·S`.
+    #[test]
+    fn bf16_weight_gradients_run_in_the_bf16_lanes() {
+        use cnn_tensor::{with_precision, Precision};
+        let (c_in, c_out) = (16, 16);
+        let opts = Conv2dOptions::default().with_padding(1);
+        let x = ndarray::Array4::from_shape_fn([4, c_in, 32, 32], |(n, c, i, j)| {
+            ((n * 7 + c * 5 + i * 3 + j) as f32 * 0.37).sin()
+        });
+        let w = ndarray::Array4::from_shape_fn((c_out, c_in, 3, 3), |(o, c, i, j)| {
+            ((o * 5 + c * 3 + i * 2 + j) as f32 * 0.11).cos()
+        });
+        let dy = ndarray::Array4::from_shape_fn((4, c_out, 32, 32), |(n, o, i, j)| {
+            ((n + o * 3 + i * 5 + j * 7) as f32 * 0.23).sin()
+        });
+        let before = LANE_DW.load(Ordering::Relaxed);
+        let got = with_precision(Precision::Bf16, || {
+            crate::conv2d_backward(x.view(), w.view(), dy.view(), &opts).unwrap()
+        });
+        assert!(LANE_DW.load(Ordering::Relaxed) > before, "the bf16 lanes ran");
+        let f64_of = |a: &ndarray::Array4<f32>| a.mapv(f64::from);
+        let (x64, w64, dy64) = (f64_of(&x), f64_of(&w), f64_of(&dy));
+        let want = crate::naive::conv2d_backward_naive(x64.view(), w64.view(), dy64.view(), &opts)
+            .unwrap();
+        let abs = |a: &ndarray::Array4<f64>| a.mapv(f64::abs);
+        let s = crate::naive::conv2d_backward_naive(
+            abs(&x64).view(),
+            abs(&w64).view(),
+            abs(&dy64).view(),
+            &opts,
+        )
+        .unwrap();
+        let n = (4 * 32 * 32) as f64;
+        let factor = 1.0 / 128.0 + 1.0 / 65536.0 + 2.0 * n / f64::from(1u32 << 24);
+        for ((&a, &b), &s) in got.dw.iter().zip(&want.dw).zip(&s.dw) {
+            assert!((f64::from(a) - b).abs() <= factor * s, "{a} vs {b} (S {s})");
+        }
+    }
+
+    /// [`bf16_weight_gradients_run_in_the_bf16_lanes`] in a child process per SIMD level.
+    #[test]
+    fn bf16_lanes_run_at_every_level() {
+        for level in cnn_tensor::simd::levels() {
+            let env = [("CNN_SIMD", level.name())];
+            cnn_tensor::simd::rerun_tests("bf16_weight_gradients_run_in_the_bf16_lanes", &env)
+                .unwrap();
+        }
+    }
+
     /// A forward tile whose product is cut by columns (shape F at 32
     /// samples is cut in two) still fuses its im2col, a range of whole
     /// panels a task, and gives the bits of the uncut fused product and of

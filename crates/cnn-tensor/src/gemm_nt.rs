@@ -52,8 +52,11 @@ const MAX_CHUNK: usize = 1024;
 /// matrixmultiply then costs more than it saves, and the lanes' reduction
 /// less). Anything else runs matrixmultiply's GEMM.
 /// `C` may have any strides. With `beta == 0`, `C` is written without being read.
-/// For f32 under a bf16 scope ([`crate::with_precision`]) it is
-/// [`gemm`]`(1, A, Bᵀ, β, C)` in bf16 (summed in order of `k`, not in lanes).
+/// For f32 under a bf16 scope ([`crate::with_precision`]) the rule is the
+/// same at every SIMD level (rows contiguous, and the shape rule): where it
+/// holds the product is [`gemm_nt_lanes_bf16`]'s, bit for bit (16 lanes of
+/// bf16 pairs, `VDPBF16PS` where the CPU has it), else [`gemm`]`(1, A, Bᵀ,
+/// β, C)` in bf16 (summed in order of `k`).
 ///
 /// # Errors
 /// [`Error::Shape`] when the shapes do not agree.
@@ -65,6 +68,10 @@ pub fn gemm_nt<T: Float>(
 ) -> Result<()> {
     if crate::precision::bf16_for::<T>() && crate::PackedLhs::<T>::uses_kernel() {
         check_dims(&a, &b, &c)?;
+        if rows_contiguous(&a, &b) && lanes_pay(&a, &b) {
+            crate::gemm_nt_bf16::product(a, b, beta, c);
+            return Ok(());
+        }
         return gemm(T::one(), a, b.t(), beta, c);
     }
     product(a, b, beta, c, true)
@@ -99,6 +106,7 @@ fn product<T: Float>(
                 k,
                 beta,
                 Out { ptr: c.as_mut_ptr().cast(), rsc, csc },
+                LaneKernel::F32,
             );
         }
         return Ok(());
@@ -106,19 +114,27 @@ fn product<T: Float>(
     gemm(T::one(), a, b.t(), beta, c)
 }
 
-/// Whether [`gemm_nt`] runs the lane kernel for these operands.
+/// Whether [`gemm_nt`] runs a lane kernel for these operands: the f32 one,
+/// or under a bf16 scope the bf16 lanes (at every SIMD level).
 pub fn gemm_nt_uses_kernel<T: Float>(a: &ArrayView2<'_, T>, b: &ArrayView2<'_, T>) -> bool {
+    if crate::precision::bf16_for::<T>() {
+        return rows_contiguous(a, b) && lanes_pay(a, b);
+    }
     lane_kernel_can_run(a, b) && lanes_pay(a, b)
 }
 
 /// f32, SIMD level AVX2 or higher, rows of both operands contiguous.
 fn lane_kernel_can_run<T: Float>(a: &ArrayView2<'_, T>, b: &ArrayView2<'_, T>) -> bool {
-    let contiguous = |v: &ArrayView2<'_, T>| v.ncols() <= 1 || v.strides()[1] == 1;
     cfg!(target_arch = "x86_64")
         && T::as_f32(&[]).is_some()
         && crate::simd::level() >= crate::simd::SimdLevel::Avx2
-        && contiguous(a)
-        && contiguous(b)
+        && rows_contiguous(a, b)
+}
+
+/// The rows of both operands are contiguous (unit column stride).
+fn rows_contiguous<T>(a: &ArrayView2<'_, T>, b: &ArrayView2<'_, T>) -> bool {
+    let contiguous = |v: &ArrayView2<'_, T>| v.ncols() <= 1 || v.strides()[1] == 1;
+    contiguous(a) && contiguous(b)
 }
 
 /// The rule of [`gemm_nt`]. Where it pays was measured on one core of the
@@ -138,7 +154,7 @@ fn lanes_pay<T: Float>(a: &ArrayView2<'_, T>, b: &ArrayView2<'_, T>) -> bool {
     m * n <= 64 * (m + n) && m * n <= 1 << 16 && (k >= 256 || (k >= 128 && m * n <= 16 * (m + n)))
 }
 
-fn check_dims<T: Float>(
+pub(crate) fn check_dims<T: Float>(
     a: &ArrayView2<'_, T>,
     b: &ArrayView2<'_, T>,
     c: &ArrayViewMut2<'_, T>,
@@ -211,19 +227,30 @@ pub fn reduce_lanes<T: Float>(l: [T; NT_LANES]) -> T {
 /// Rows of a matrix, each contiguous: row `r` starts at `ptr + r·stride`.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
-struct Operand {
-    ptr: *const f32,
-    rows: usize,
-    stride: isize,
+pub(crate) struct Operand {
+    pub(crate) ptr: *const f32,
+    pub(crate) rows: usize,
+    pub(crate) stride: isize,
 }
 
 /// The output `C`: `C[i, j]` at `ptr + i·rsc + j·csc`.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
-struct Out {
-    ptr: *mut f32,
-    rsc: isize,
-    csc: isize,
+pub(crate) struct Out {
+    pub(crate) ptr: *mut f32,
+    pub(crate) rsc: isize,
+    pub(crate) csc: isize,
+}
+
+/// Which block kernel [`lanes_f32`] runs.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LaneKernel {
+    /// f32 values, one position a lane and step (AVX2 or AVX-512 by level).
+    F32,
+    /// bf16 pairs, two positions a lane and step (`VDPBF16PS`): the
+    /// operands' "values" are 32-bit pairs, `k` counts pairs, a multiple of 16.
+    Bf16Pairs,
 }
 
 /// The lane kernel over the whole product, chunk by chunk of the shared axis.
@@ -234,11 +261,19 @@ struct Out {
 /// reduces its lanes into `C`.
 ///
 /// # Safety
-/// The SIMD level is AVX2 or higher; `a` and `b` address their rows of `k`
-/// readable values each; `c` addresses a writable `a.rows × b.rows` matrix
-/// that nothing else accesses meanwhile.
+/// The SIMD level is AVX2 or higher (AVX512-BF16 for `Bf16Pairs`, with `k`
+/// a multiple of 16); `a` and `b` address their rows of `k` readable values
+/// each; `c` addresses a writable `a.rows × b.rows` matrix that nothing else
+/// accesses meanwhile.
 #[cfg(target_arch = "x86_64")]
-unsafe fn lanes_f32(a: Operand, b: Operand, k: usize, beta: f32, c: Out) {
+pub(crate) unsafe fn lanes_f32(
+    a: Operand,
+    b: Operand,
+    k: usize,
+    beta: f32,
+    c: Out,
+    kernel: LaneKernel,
+) {
     // The operand with fewer rows is `B`, re-read from cache for each block
     // of `A`'s rows: `Cᵀ = B·Aᵀ` has the same bits (each product `a·b` is `b·a`).
     let (a, b, c) =
@@ -252,7 +287,8 @@ unsafe fn lanes_f32(a: Operand, b: Operand, k: usize, beta: f32, c: Out) {
     let mut partial =
         crate::scratch::Scratch::<f32>::take(if chunks > 1 { m * n * NT_LANES } else { 0 });
     let avx512 = crate::simd::level() >= crate::simd::SimdLevel::Avx512;
-    let (mr, nr) = if avx512 { (4, 4) } else { (2, 3) };
+    let pairs = kernel == LaneKernel::Bf16Pairs;
+    let (mr, nr) = if avx512 || pairs { (4, 4) } else { (2, 3) };
     for ch in 0..chunks {
         let span = Span {
             start: ch * chunk,
@@ -278,7 +314,9 @@ unsafe fn lanes_f32(a: Operand, b: Operand, k: usize, beta: f32, c: Out) {
                 // SAFETY: the block lies inside the operands, the partials
                 // (bm·bn·16 floats at its offset, when chunks > 1) and C.
                 unsafe {
-                    if avx512 {
+                    if pairs {
+                        crate::gemm_nt_bf16::block_pairs_any(bm, bn, &block, &span);
+                    } else if avx512 {
                         x86::block_avx512_any(bm, bn, &block, &span);
                     } else {
                         x86::block_avx2_any(bm, bn, &block, &span);
@@ -291,24 +329,24 @@ unsafe fn lanes_f32(a: Operand, b: Operand, k: usize, beta: f32, c: Out) {
 
 /// The shared-axis range of one chunk, and where it stands in the product.
 #[cfg(target_arch = "x86_64")]
-struct Span {
-    start: usize,
-    end: usize,
+pub(crate) struct Span {
+    pub(crate) start: usize,
+    pub(crate) end: usize,
     /// The lanes start at zero (else they are loaded from the partials).
-    first: bool,
+    pub(crate) first: bool,
     /// The lanes are reduced into `C` (else stored to the partials).
-    last: bool,
+    pub(crate) last: bool,
 }
 
 /// One block of outputs: `MR` rows of `A` from `a`, `NR` rows of `B` from
 /// `b`, its partial lanes at `lanes` (`MR·NR·16`, row-major by block) and
 /// its corner of `C` at `c`.
 #[cfg(target_arch = "x86_64")]
-struct Block {
-    a: *const f32,
-    lda: isize,
-    b: *const f32,
-    ldb: isize,
+pub(crate) struct Block {
+    pub(crate) a: *const f32,
+    pub(crate) lda: isize,
+    pub(crate) b: *const f32,
+    pub(crate) ldb: isize,
     lanes: *mut f32,
     c: *mut f32,
     rsc: isize,
@@ -332,7 +370,7 @@ impl Block {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
     use super::{Block, Span, NT_LANES};
@@ -498,15 +536,8 @@ mod x86 {
             std::array::from_fn(|i| blk.a.wrapping_offset(i as isize * blk.lda));
         let b: [*const f32; NR] =
             std::array::from_fn(|j| blk.b.wrapping_offset(j as isize * blk.ldb));
-        let mut acc = [[_mm512_setzero_ps(); NR]; MR];
-        if !span.first {
-            for (i, row) in acc.iter_mut().enumerate() {
-                for (j, lanes) in row.iter_mut().enumerate() {
-                    // SAFETY: the block's partials hold MR·NR·16 floats.
-                    *lanes = unsafe { _mm512_loadu_ps(blk.lanes.add((i * NR + j) * NT_LANES)) };
-                }
-            }
-        }
+        // SAFETY: the caller's contract on the block's partials.
+        let mut acc = unsafe { start_512::<MR, NR>(blk, span) };
         let full_end = span.start + (span.end - span.start) / NT_LANES * NT_LANES;
         let mut p = span.start;
         while p < full_end {
@@ -535,6 +566,46 @@ mod x86 {
                 }
             }
         }
+        // SAFETY: the caller's contract on the block's partials and C.
+        unsafe { finish_512(blk, span, &acc) };
+    }
+
+    /// The lanes of an `MR × NR` block at the start of a chunk: zero on the
+    /// first, else loaded from the block's partials.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `blk.lanes` holds `MR·NR·16` floats unless `span.first`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn start_512<const MR: usize, const NR: usize>(
+        blk: &Block,
+        span: &Span,
+    ) -> [[__m512; NR]; MR] {
+        let mut acc = [[_mm512_setzero_ps(); NR]; MR];
+        if !span.first {
+            for (i, row) in acc.iter_mut().enumerate() {
+                for (j, lanes) in row.iter_mut().enumerate() {
+                    // SAFETY: the block's partials hold MR·NR·16 floats.
+                    *lanes = unsafe { _mm512_loadu_ps(blk.lanes.add((i * NR + j) * NT_LANES)) };
+                }
+            }
+        }
+        acc
+    }
+
+    /// The lanes of an `MR × NR` block at the end of a chunk: reduced by the
+    /// fixed tree into `C` after the last, else stored to the partials.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `blk.lanes` holds `MR·NR·16` floats unless
+    /// `span.last`; `blk.c` an `MR × NR` corner of `C`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn finish_512<const MR: usize, const NR: usize>(
+        blk: &Block,
+        span: &Span,
+        acc: &[[__m512; NR]; MR],
+    ) {
         for (i, row) in acc.iter().enumerate() {
             for (j, &lanes) in row.iter().enumerate() {
                 if span.last {
