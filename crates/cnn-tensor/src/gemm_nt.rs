@@ -54,7 +54,7 @@ const MAX_CHUNK: usize = 1024;
 /// `C` may have any strides. With `beta == 0`, `C` is written without being read.
 /// For f32 under a bf16 scope ([`crate::with_precision`]) the rule is the
 /// same at every SIMD level (rows contiguous, and the shape rule): where it
-/// holds the product is [`gemm_nt_lanes_bf16`]'s, bit for bit (16 lanes of
+/// holds the product is [`crate::gemm_nt_lanes_bf16`]'s, bit for bit (16 lanes of
 /// bf16 pairs, `VDPBF16PS` where the CPU has it), else [`gemm`]`(1, A, Bᵀ,
 /// β, C)` in bf16 (summed in order of `k`).
 ///
