@@ -219,20 +219,6 @@ fn draw_row(path: &Path, epochs: usize, panels: [Panel<'_>; 3]) -> Result<()> {
     })
 }
 
-/// Colours of the runs of [`plot_runs`], in order (matplotlib's first ten).
-const RUN_COLORS: [RGBColor; 10] = [
-    TRAIN,
-    VAL,
-    LR,
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-    RGBColor(227, 119, 194),
-    RGBColor(127, 127, 127),
-    RGBColor(188, 189, 34),
-    RGBColor(23, 190, 207),
-];
-
 /// Draws several runs side by side (f32 against bf16, two recipes): the
 /// training loss, the validation loss and the validation accuracy by epoch,
 /// one colour per run, labelled by `runs`' names.
@@ -240,15 +226,15 @@ const RUN_COLORS: [RGBColor; 10] = [
 /// # Errors
 /// As [`plot_curves`]; [`Error::Config`] for no runs or more than ten.
 pub fn plot_runs(runs: &[(String, History)], path: &Path) -> Result<()> {
-    if runs.is_empty() || runs.len() > RUN_COLORS.len() {
+    if runs.is_empty() || runs.len() > PALETTE.len() {
         return Err(Error::config(
             "plot_runs",
-            format!("{} runs: expected 1 to {}", runs.len(), RUN_COLORS.len()),
+            format!("{} runs: expected 1 to {}", runs.len(), PALETTE.len()),
         ));
     }
     let epochs = runs.iter().map(|(_, h)| h.epochs.len()).max().unwrap_or(0);
     let series = |f: &dyn Fn(&EpochRecord) -> Option<f64>| -> Vec<Series> {
-        let each = runs.iter().zip(RUN_COLORS);
+        let each = runs.iter().zip(PALETTE);
         each.map(|((name, h), color)| (name.clone(), color, points(h, f))).collect()
     };
     let train_loss = series(&|r| Some(r.train_loss));
