@@ -68,7 +68,7 @@ pub fn gemm_nt<T: Float>(
 ) -> Result<()> {
     if crate::precision::bf16_for::<T>() && crate::PackedLhs::<T>::uses_kernel() {
         check_dims(&a, &b, &c)?;
-        if rows_contiguous(&a, &b) && lanes_pay(&a, &b) {
+        if bf16_lanes_apply(&a, &b) {
             crate::gemm_nt_bf16::product(a, b, beta, c);
             return Ok(());
         }
@@ -118,9 +118,14 @@ fn product<T: Float>(
 /// or under a bf16 scope the bf16 lanes (at every SIMD level).
 pub fn gemm_nt_uses_kernel<T: Float>(a: &ArrayView2<'_, T>, b: &ArrayView2<'_, T>) -> bool {
     if crate::precision::bf16_for::<T>() {
-        return rows_contiguous(a, b) && lanes_pay(a, b);
+        return bf16_lanes_apply(a, b);
     }
     lane_kernel_can_run(a, b) && lanes_pay(a, b)
+}
+
+/// The rule of the bf16 lanes: the shape's alone, the same at every SIMD level.
+fn bf16_lanes_apply<T: Float>(a: &ArrayView2<'_, T>, b: &ArrayView2<'_, T>) -> bool {
+    rows_contiguous(a, b) && lanes_pay(a, b)
 }
 
 /// f32, SIMD level AVX2 or higher, rows of both operands contiguous.
@@ -502,26 +507,33 @@ pub(crate) mod x86 {
         }
     }
 
+    /// Calls `$kernel::<MR, NR>(blk, span)` for a `bm × bn` block of at most
+    /// 4 × 4 (the 512-bit kernels' block): one instance per shape.
+    macro_rules! blocks_4x4 {
+        ($kernel:ident, $bm:expr, $bn:expr, $blk:expr, $span:expr) => {
+            blocks_4x4!(@rows $kernel, $bm, $bn, $blk, $span; 4, 3, 2)
+        };
+        (@rows $kernel:ident, $bm:expr, $bn:expr, $blk:expr, $span:expr; $($m:literal),*) => {
+            match ($bm, $bn) {
+                $(
+                    ($m, 4) => $kernel::<$m, 4>($blk, $span),
+                    ($m, 3) => $kernel::<$m, 3>($blk, $span),
+                    ($m, 2) => $kernel::<$m, 2>($blk, $span),
+                    ($m, _) => $kernel::<$m, 1>($blk, $span),
+                )*
+                _ => $kernel::<1, 1>($blk, $span),
+            }
+        };
+    }
+    pub(crate) use blocks_4x4;
+
     /// Dispatches a `bm × bn` block (at most 4 × 4) to its AVX-512 kernel.
     ///
     /// # Safety
     /// As [`block_avx512`].
     pub(super) unsafe fn block_avx512_any(bm: usize, bn: usize, blk: &Block, span: &Span) {
-        macro_rules! shapes {
-            ($($m:literal),*) => {
-                match (bm, bn) {
-                    $(
-                        ($m, 4) => block_avx512::<$m, 4>(blk, span),
-                        ($m, 3) => block_avx512::<$m, 3>(blk, span),
-                        ($m, 2) => block_avx512::<$m, 2>(blk, span),
-                        ($m, _) => block_avx512::<$m, 1>(blk, span),
-                    )*
-                    _ => block_avx512::<1, 1>(blk, span),
-                }
-            };
-        }
         // SAFETY: the caller's contract, for the block shape it names.
-        unsafe { shapes!(4, 3, 2) }
+        unsafe { blocks_4x4!(block_avx512, bm, bn, blk, span) }
     }
 
     /// One `MR × NR` block over one chunk in 512-bit registers, 16 lanes in

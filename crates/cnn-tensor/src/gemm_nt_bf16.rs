@@ -139,7 +139,7 @@ mod x86 {
 
     use super::{f32_of, GROUP};
     use crate::bf16::{needs_flush, round_and_min_exponent};
-    use crate::gemm_nt::x86::{finish_512, start_512};
+    use crate::gemm_nt::x86::{blocks_4x4, finish_512, start_512};
     use crate::gemm_nt::{lanes_f32, Block, LaneKernel, Operand, Out, Span, NT_LANES};
     use crate::scratch::Scratch;
     use crate::simd::{level, SimdLevel};
@@ -244,21 +244,8 @@ mod x86 {
     /// # Safety
     /// As [`block_pairs`].
     pub(crate) unsafe fn block_pairs_any(bm: usize, bn: usize, blk: &Block, span: &Span) {
-        macro_rules! shapes {
-            ($($m:literal),*) => {
-                match (bm, bn) {
-                    $(
-                        ($m, 4) => block_pairs::<$m, 4>(blk, span),
-                        ($m, 3) => block_pairs::<$m, 3>(blk, span),
-                        ($m, 2) => block_pairs::<$m, 2>(blk, span),
-                        ($m, _) => block_pairs::<$m, 1>(blk, span),
-                    )*
-                    _ => block_pairs::<1, 1>(blk, span),
-                }
-            };
-        }
         // SAFETY: the caller's contract, for the block shape it names.
-        unsafe { shapes!(4, 3, 2) }
+        unsafe { blocks_4x4!(block_pairs, bm, bn, blk, span) }
     }
 
     /// One `MR × NR` block over one chunk of pairs: one `VDPBF16PS` per
